@@ -1,0 +1,1 @@
+//! Stage classification. Placeholder.

@@ -1,0 +1,1 @@
+//! Kernel ↔ scope join. Placeholder.

@@ -1,0 +1,28 @@
+//! `gpuspan-core`: the data model and the pure logic of gpuspan.
+//!
+//! Everything here is plain data in, plain data out: no unsafe, no FFI, no files, no threads.
+//! The agent (`gpuspan-agent`) feeds it decoded CUPTI activity records ([`activity`]) and
+//! scope events ([`scope`]); the exporters (`gpuspan-export`) read and write the
+//! Kineto-schema [`trace::Trace`] it produces; the CLI runs [`stats`] on traces from either
+//! source. Keeping this crate free of I/O is what lets the same join / classify / stats code
+//! run on a live agent, on a capture file and on a third-party torch.profiler trace.
+//!
+//! Modules, one job each:
+//! - [`activity`]: owned, decoded CUPTI activity records (kernel, memcpy, memset, API,
+//!   external correlation, overhead), times in CUPTI ns.
+//! - [`scope`]: scope events (request / step / stage ranges from NVTX or the API) and the
+//!   parsing of their names.
+//! - [`classify`]: stage classification rules (scope first, then kernel-name rules), cached
+//!   per distinct kernel name.
+//! - [`join`]: kernels ↔ scopes through external correlation ids, producing a [`trace::Trace`].
+//! - [`trace`]: the Kineto-schema trace model (µs floats, as Kineto writes them).
+//! - [`stats`]: kernel / stage / step breakdown of a trace (`gpuspan stats`).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod activity;
+pub mod classify;
+pub mod join;
+pub mod scope;
+pub mod stats;
+pub mod trace;

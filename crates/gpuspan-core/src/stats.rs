@@ -1,0 +1,1 @@
+//! Trace statistics (`gpuspan stats`). Placeholder: filled in by the stats work.

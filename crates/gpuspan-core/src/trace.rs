@@ -1,0 +1,172 @@
+//! The Kineto-schema trace model: what a capture file holds and what `gpuspan stats` reads.
+//!
+//! One [`Trace`] is the in-memory form of a Kineto / torch.profiler Chrome-trace JSON file
+//! (`traceEvents` of complete `ph: "X"` events). Times are µs as `f64`, Kineto's own unit,
+//! relative to [`Trace::base_time_ns`] when the file has one (Kineto ≥ 2.x writes
+//! `baseTimeNanoseconds` and relative `ts`), never rounded. Only complete events are kept;
+//! flow (`s`/`f`), instant and metadata events are not part of the model except process /
+//! thread names ([`Trace::process_names`], [`Trace::thread_names`]).
+//!
+//! Both category schemas map onto [`Category`]: the current one (`kernel`, `gpu_memcpy`,
+//! `gpu_memset`, `cuda_runtime`, `cuda_driver`, `user_annotation`, `gpu_user_annotation`,
+//! `cpu_op`, `python_function`) and the old one (`Kernel`, `Memcpy`, `Memset`, `Runtime`,
+//! `Operator`).
+
+use std::collections::BTreeMap;
+
+/// Event category (Kineto `cat`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Category {
+    /// `kernel` / old `Kernel`.
+    Kernel,
+    /// `gpu_memcpy` / old `Memcpy`.
+    GpuMemcpy,
+    /// `gpu_memset` / old `Memset`.
+    GpuMemset,
+    /// `cuda_runtime` / old `Runtime`.
+    CudaRuntime,
+    /// `cuda_driver`.
+    CudaDriver,
+    /// `user_annotation` (CPU side ranges, e.g. `ProfilerStep#N`, our scopes).
+    UserAnnotation,
+    /// `gpu_user_annotation` (GPU-side projection of a user annotation).
+    GpuUserAnnotation,
+    /// `cpu_op` / old `Operator`.
+    CpuOp,
+    /// `python_function`.
+    PythonFunction,
+    /// Anything else, kept verbatim.
+    Other(String),
+}
+
+impl Category {
+    /// Maps a Kineto `cat` string (either schema).
+    pub fn from_kineto(cat: &str) -> Category {
+        match cat {
+            "kernel" | "Kernel" => Category::Kernel,
+            "gpu_memcpy" | "Memcpy" => Category::GpuMemcpy,
+            "gpu_memset" | "Memset" => Category::GpuMemset,
+            "cuda_runtime" | "Runtime" => Category::CudaRuntime,
+            "cuda_driver" | "Driver" => Category::CudaDriver,
+            "user_annotation" => Category::UserAnnotation,
+            "gpu_user_annotation" => Category::GpuUserAnnotation,
+            "cpu_op" | "Operator" => Category::CpuOp,
+            "python_function" => Category::PythonFunction,
+            other => Category::Other(other.to_string()),
+        }
+    }
+
+    /// The current-schema `cat` string written to capture files.
+    pub fn as_kineto(&self) -> &str {
+        match self {
+            Category::Kernel => "kernel",
+            Category::GpuMemcpy => "gpu_memcpy",
+            Category::GpuMemset => "gpu_memset",
+            Category::CudaRuntime => "cuda_runtime",
+            Category::CudaDriver => "cuda_driver",
+            Category::UserAnnotation => "user_annotation",
+            Category::GpuUserAnnotation => "gpu_user_annotation",
+            Category::CpuOp => "cpu_op",
+            Category::PythonFunction => "python_function",
+            Category::Other(s) => s,
+        }
+    }
+
+    /// True for GPU activity that occupies the device: kernels, memcpy, memset.
+    pub fn is_gpu_activity(&self) -> bool {
+        matches!(self, Category::Kernel | Category::GpuMemcpy | Category::GpuMemset)
+    }
+
+    /// True for CPU launch calls (`cuda_runtime`, `cuda_driver`).
+    pub fn is_launch_api(&self) -> bool {
+        matches!(self, Category::CudaRuntime | Category::CudaDriver)
+    }
+}
+
+/// One complete (`ph: "X"`) trace event.
+///
+/// The typed `args` fields are the ones Kineto writes for GPU events (`device`, `stream`,
+/// `correlation`, `External id`, `grid`, `block`, `registers per thread`, `shared memory`,
+/// `bytes`) plus gpuspan's own (`gpuspan.stage`, `gpuspan.step`, `gpuspan.trace_id`,
+/// `gpuspan.scope`). Other args are kept in [`TraceEvent::extra_args`] so a read → write
+/// round trip loses nothing the model does not interpret.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TraceEvent {
+    /// Category.
+    pub cat: Option<Category>,
+    /// Event name (kernel name, API name, range name).
+    pub name: String,
+    /// Kineto `pid` (device id for GPU rows in current Kineto, OS pid for CPU rows).
+    pub pid: i64,
+    /// Kineto `tid` (stream for GPU rows, thread for CPU rows). Old-schema strings such as
+    /// `"stream 7"` are reduced to their number.
+    pub tid: i64,
+    /// Start, µs, relative to [`Trace::base_time_ns`] when set.
+    pub ts_us: f64,
+    /// Duration, µs.
+    pub dur_us: f64,
+    /// `args.device`.
+    pub device: Option<i64>,
+    /// `args.stream`.
+    pub stream: Option<i64>,
+    /// `args.correlation`: the CUPTI correlation id shared by a launch and its GPU work.
+    pub correlation: Option<i64>,
+    /// `args["External id"]` (torch op id).
+    pub external_id: Option<i64>,
+    /// `args.grid`.
+    pub grid: Option<[i64; 3]>,
+    /// `args.block`.
+    pub block: Option<[i64; 3]>,
+    /// `args["registers per thread"]`.
+    pub registers_per_thread: Option<i64>,
+    /// `args["shared memory"]`, bytes.
+    pub shared_memory_bytes: Option<i64>,
+    /// `args.bytes` for memcpy / memset.
+    pub bytes: Option<i64>,
+    /// `args["gpuspan.stage"]`: the stage this GPU event was attributed to.
+    pub stage: Option<String>,
+    /// `args["gpuspan.step"]`: the step scope name (e.g. `dit.step 3/50`, `ProfilerStep#6`).
+    pub step: Option<String>,
+    /// `args["gpuspan.trace_id"]`: W3C trace id (32 hex) of the enclosing request.
+    pub trace_id: Option<String>,
+    /// `args["gpuspan.scope"]`: the innermost scope name the event was launched under.
+    pub scope: Option<String>,
+    /// Any other args, verbatim.
+    pub extra_args: BTreeMap<String, serde_json::Value>,
+}
+
+impl TraceEvent {
+    /// End, µs (`ts_us + dur_us`).
+    pub fn end_us(&self) -> f64 {
+        self.ts_us + self.dur_us
+    }
+
+    /// True when the event is of category `c`.
+    pub fn is(&self, c: &Category) -> bool {
+        self.cat.as_ref() == Some(c)
+    }
+}
+
+/// A whole trace.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Trace {
+    /// Complete events, in file order.
+    pub events: Vec<TraceEvent>,
+    /// `baseTimeNanoseconds`: Unix ns that `ts_us == 0` stands for, when known.
+    pub base_time_ns: Option<i64>,
+    /// `schemaVersion`, when present.
+    pub schema_version: Option<i64>,
+    /// `deviceProperties`, verbatim, when present.
+    pub device_properties: Option<serde_json::Value>,
+    /// `process_name` metadata: pid → name.
+    pub process_names: BTreeMap<i64, String>,
+    /// `thread_name` metadata: (pid, tid) → name.
+    pub thread_names: BTreeMap<(i64, i64), String>,
+}
+
+impl Trace {
+    /// Iterator over kernel events.
+    pub fn kernels(&self) -> impl Iterator<Item = &TraceEvent> {
+        self.events.iter().filter(|e| e.is(&Category::Kernel))
+    }
+}
