@@ -1,1 +1,11 @@
+//! End-to-end tests: the agent injected into real processes on the simulated H100, and the
+//! `gpuspan` CLI on the real GPU traces of `../shared/fixtures/traces`.
+//!
+//! They start the workspace's built artifacts (`gpuspan`, `gpuspan-replay`,
+//! `libgpuspan.so`, `libgpuspan_simgpu.so`); `scripts/test.sh` builds them first.
 
+mod cli_errors;
+mod demo;
+mod inject;
+mod replay;
+mod util;

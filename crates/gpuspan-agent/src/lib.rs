@@ -1,1 +1,35 @@
-//! placeholder
+//! `libgpuspan.so`: the gpuspan agent that runs inside an inference worker.
+//!
+//! Entry points ([`entry`], the only `unsafe` of this crate besides the hot-path FFI
+//! shims in [`hooks`]): the `LD_PRELOAD` constructor, `InitializeInjection` (the CUDA driver
+//! calls it for `CUDA_INJECTION64_PATH`) and `InitializeInjectionNvtx2` (every NVTX instance
+//! calls it for `NVTX_INJECTION64_PATH`). All three end in [`state::activate`], which is
+//! idempotent.
+//!
+//! Data flow (DESIGN.md "Data flow"):
+//! - app threads: NVTX push/pop → [`hooks`] → a fixed-size `ScopeEvent` on a bounded
+//!   lock-free queue (full ⇒ drop + count), plus a CUPTI external-correlation push/pop of
+//!   the scope id (fine mode);
+//! - CUPTI threads: buffer requested / completed → [`cupti_callbacks`] → the bounded buffer
+//!   pool and a bounded queue of completed buffers; no lock, no allocation;
+//! - the collector thread ([`collector`]): drains both queues, decodes each buffer once,
+//!   keeps scopes and records, and at exit (or [`flush_capture`]) joins them into a Kineto
+//!   trace written to `GPUSPAN_OUT/capture.json.gz` ([`capture`]).
+//!
+//! Inside someone else's process: every `extern "C"` entry is wrapped in `catch_unwind`,
+//! problems are reported once on stderr ([`log`]) and the agent goes inactive; it never
+//! exits, aborts or blocks the app.
+//!
+//! Who depends on it: the root crate `gpuspan` (Rust API facade), and every process it is
+//! injected into.
+
+pub mod capture;
+pub mod collector;
+pub mod config;
+pub mod cupti_callbacks;
+pub mod entry;
+pub mod hooks;
+pub mod log;
+pub mod state;
+
+pub use state::{flush_capture, AgentStatus};

@@ -1,1 +1,86 @@
-fn main() {}
+//! `gpuspan`: the command line of the gpuspan profiling agent.
+//!
+//! - `demo`, `run`, `replay` start a worker with `libgpuspan.so` injected (and, with `--sim`,
+//!   the simulated H100 under it) and leave `DIR/capture.json.gz` behind ([`cmd_run`]);
+//! - `stats` summarises a capture or any Kineto trace ([`cmd_stats`]).
+//!
+//! Exit codes: the worker's own for `run` / `demo` / `replay`; 2 for a bad input file or a
+//! usage error; 3 when the agent or simulator libraries cannot be found.
+#![forbid(unsafe_code)]
+
+mod artifacts;
+mod cmd_run;
+mod cmd_stats;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "gpuspan", version, about = "GPU-side profiling agent for DiT inference workers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Built-in DiT video workload (stdit preset) on the simulated H100 with the agent
+    /// injected: writes DIR/capture.json.gz and prints the per-stage table.
+    Demo {
+        /// Output directory.
+        #[arg(long, default_value = "gpuspan-out")]
+        out: PathBuf,
+        /// Denoising steps.
+        #[arg(long, default_value_t = 50)]
+        steps: u32,
+    },
+    /// Runs CMD with the agent injected (LD_PRELOAD).
+    Run {
+        /// Collection mode: off, coarse, fine.
+        #[arg(long, default_value = "fine")]
+        mode: String,
+        /// Output directory.
+        #[arg(long, default_value = "gpuspan-out")]
+        out: PathBuf,
+        /// Put the simulated H100 under CMD.
+        #[arg(long)]
+        sim: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Replays a Kineto trace on the simulated H100 through the agent.
+    Replay {
+        /// The Kineto / torch.profiler trace (.json or .json.gz).
+        trace: PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "gpuspan-out")]
+        out: PathBuf,
+    },
+    /// Kernel / stage / step breakdown of a capture or a Kineto trace.
+    Stats {
+        /// The trace file (.json or .json.gz).
+        file: PathBuf,
+        /// Print the DESIGN.md JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Demo { out, steps } => cmd_run::demo(&out, steps),
+        Command::Run { mode, out, sim, cmd } => cmd_run::run(&cmd, &mode, &out, sim, None),
+        Command::Replay { trace, out } => cmd_run::replay(&trace, &out),
+        Command::Stats { file, json } => cmd_stats::run(&file, json),
+    }
+}

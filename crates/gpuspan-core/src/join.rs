@@ -1,1 +1,499 @@
-//! Kernel ↔ scope join. Placeholder.
+//! The join: decoded activity records + scopes → a Kineto-schema [`Trace`].
+//!
+//! Kernels (and memcpy / memset) are tied to the scope that was innermost on the launching
+//! thread through CUPTI external correlation: the agent pushes the scope id (kind CUSTOM2)
+//! at each scope begin, CUPTI emits an `ExternalCorrelation` record `{externalId = scope id,
+//! correlationId}` for every API call made while it is pushed, and the GPU record carries the
+//! same correlation id (CUPTI-NOTES §2, §3). Records arrive unordered and across buffers, so
+//! the join runs after collection, over everything collected.
+//!
+//! Each scope's attribution (innermost stage scope, enclosing step, enclosing request) is
+//! computed once when the scope begins, from its parent's, so the per-kernel work is two
+//! hash lookups plus a cached classification.
+
+use crate::activity::{ActivityRecord, ApiDomain, GPUSPAN_EXTERNAL_KIND};
+use crate::classify::Classifier;
+use crate::scope::{ScopeEvent, ScopeId, ScopeKind};
+use crate::trace::{Category, Trace, TraceEvent};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// What a scope contributes to the events launched under it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Attribution {
+    /// Innermost enclosing stage scope name (`ffn`, `attention.cross`, …), if any.
+    pub stage: Option<&'static str>,
+    /// Enclosing step scope, if any.
+    pub step: Option<ScopeId>,
+    /// Enclosing request scope, if any.
+    pub request: Option<ScopeId>,
+}
+
+/// One scope, paired from its begin and end events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopeInfo {
+    /// Scope id (the external correlation id pushed for it).
+    pub id: ScopeId,
+    /// Enclosing scope on the same thread, 0 when none.
+    pub parent: ScopeId,
+    /// Range name as given.
+    pub name: String,
+    /// Parsed meaning of the name.
+    pub kind: ScopeKind,
+    /// OS thread id that opened it.
+    pub thread_id: u32,
+    /// Begin, CUPTI ns.
+    pub begin_ns: u64,
+    /// End, CUPTI ns; `None` while open.
+    pub end_ns: Option<u64>,
+    /// Attribution for events launched directly under this scope.
+    pub attribution: Attribution,
+}
+
+impl ScopeInfo {
+    /// W3C trace id (32 lower-case hex) of a request scope's traceparent, when well-formed
+    /// (`00-<32 hex>-<16 hex>-<2 hex>`, W3C Trace Context §3.2) and not all zeros.
+    pub fn trace_id(&self) -> Option<String> {
+        match &self.kind {
+            ScopeKind::Request { traceparent: Some(tp), .. } => parse_traceparent_trace_id(tp),
+            _ => None,
+        }
+    }
+}
+
+/// Trace id of a W3C traceparent (`version-traceid-parentid-flags`), if well-formed.
+pub fn parse_traceparent_trace_id(tp: &str) -> Option<String> {
+    let parts: Vec<&str> = tp.split('-').collect();
+    if parts.len() < 4 || parts[0].len() != 2 || parts[1].len() != 32 || parts[2].len() != 16 || parts[3].len() != 2 {
+        return None;
+    }
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !parts.iter().take(4).all(|p| hex(p)) || parts[0] == "ff" {
+        return None;
+    }
+    if parts[1].bytes().all(|b| b == b'0') || parts[2].bytes().all(|b| b == b'0') {
+        return None;
+    }
+    Some(parts[1].to_string())
+}
+
+/// All scopes seen, by id.
+#[derive(Debug, Default, Clone)]
+pub struct ScopeTable {
+    scopes: HashMap<ScopeId, ScopeInfo>,
+    /// End events whose begin was not seen (dropped on a full queue): counted, ignored.
+    pub orphan_ends: u64,
+}
+
+impl ScopeTable {
+    /// An empty table.
+    pub fn new() -> ScopeTable {
+        ScopeTable::default()
+    }
+
+    /// Applies one scope event (begins must be applied before their children's, which holds
+    /// for events drained in queue order).
+    pub fn apply(&mut self, ev: &ScopeEvent) {
+        match ev {
+            ScopeEvent::Begin { id, parent, thread_id, ts_ns, name } => {
+                let name = name.as_str().to_string();
+                let kind = ScopeKind::parse(&name);
+                let mut attribution =
+                    self.scopes.get(parent).map(|p| p.attribution.clone()).unwrap_or_default();
+                match &kind {
+                    ScopeKind::Request { .. } => attribution.request = Some(*id),
+                    ScopeKind::Step { .. } => attribution.step = Some(*id),
+                    ScopeKind::Stage(s) => attribution.stage = Some(s),
+                    ScopeKind::Other => {}
+                }
+                self.scopes.insert(
+                    *id,
+                    ScopeInfo {
+                        id: *id,
+                        parent: *parent,
+                        name,
+                        kind,
+                        thread_id: *thread_id,
+                        begin_ns: *ts_ns,
+                        end_ns: None,
+                        attribution,
+                    },
+                );
+            }
+            ScopeEvent::End { id, ts_ns } => match self.scopes.get_mut(id) {
+                Some(s) => s.end_ns = Some(*ts_ns),
+                None => self.orphan_ends += 1,
+            },
+        }
+    }
+
+    /// The scope with this id.
+    pub fn get(&self, id: ScopeId) -> Option<&ScopeInfo> {
+        self.scopes.get(&id)
+    }
+
+    /// Number of scopes.
+    pub fn len(&self) -> usize {
+        self.scopes.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.scopes.is_empty()
+    }
+
+    /// All scopes, in id order.
+    pub fn iter_sorted(&self) -> Vec<&ScopeInfo> {
+        let mut v: Vec<&ScopeInfo> = self.scopes.values().collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+}
+
+/// Counts from one join.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JoinStats {
+    /// GPU events (kernel / memcpy / memset) written.
+    pub gpu_events: u64,
+    /// GPU events tied to a scope through external correlation.
+    pub attributed: u64,
+    /// Kernels skipped because timing was incomplete (end = 0 after a forced flush).
+    pub incomplete: u64,
+}
+
+/// Driver API names for the callback ids gpuspan writes as `cuda_driver` events
+/// (`cupti_driver_cbid.h`, identical in 12.9 and 13.5).
+pub fn driver_api_name(cbid: u32) -> &'static str {
+    match cbid {
+        1 => "cuInit",
+        17 => "cuCtxSynchronize",
+        19 => "cuModuleLoadData",
+        23 => "cuModuleGetFunction",
+        119 => "cuEventRecord",
+        120 => "cuEventQuery",
+        121 => "cuEventSynchronize",
+        123 => "cuEventElapsedTime",
+        124 => "cuStreamCreate",
+        126 => "cuStreamSynchronize",
+        216 => "cuMemsetD8Async",
+        220 => "cuMemsetD32Async",
+        243 => "cuMemAlloc_v2",
+        245 => "cuMemFree_v2",
+        249 => "cuMemsetD8_v2",
+        276 => "cuMemcpyHtoD_v2",
+        277 => "cuMemcpyHtoDAsync_v2",
+        278 => "cuMemcpyDtoH_v2",
+        279 => "cuMemcpyDtoHAsync_v2",
+        281 => "cuMemcpyDtoDAsync_v2",
+        307 => "cuLaunchKernel",
+        652 | 653 => "cuLaunchKernelEx",
+        _ => "cuda_driver_call",
+    }
+}
+
+/// Options of [`build_trace`].
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// CUPTI ns that `ts = 0` stands for (written as `baseTimeNanoseconds`).
+    pub base_time_ns: u64,
+    /// OS process id, the `pid` of CPU rows.
+    pub process_id: u32,
+    /// Write API records as `cuda_driver` / `cuda_runtime` events.
+    pub include_api: bool,
+}
+
+fn rel_us(ns: u64, base: u64) -> f64 {
+    (ns as i128 - base as i128) as f64 / 1000.0
+}
+
+/// Joins records and scopes into a Kineto-schema trace.
+///
+/// GPU rows: `pid` = device id, `tid` = stream id (Kineto's convention); CPU rows (scopes as
+/// `user_annotation`, API calls as `cuda_driver` / `cuda_runtime`): `pid` = process id,
+/// `tid` = thread id. Every GPU event carries `gpuspan.stage`, and `gpuspan.step`,
+/// `gpuspan.scope`, `gpuspan.trace_id` when its launch was inside such a scope.
+pub fn build_trace(
+    records: &[ActivityRecord],
+    scopes: &ScopeTable,
+    classifier: &mut Classifier,
+    opts: &JoinOptions,
+) -> (Trace, JoinStats) {
+    let mut st = JoinStats::default();
+    let mut ext: HashMap<u32, ScopeId> = HashMap::new();
+    for r in records {
+        if let ActivityRecord::ExternalCorrelation(e) = r {
+            if e.external_kind == GPUSPAN_EXTERNAL_KIND {
+                ext.insert(e.correlation_id, e.external_id);
+            }
+        }
+    }
+    let base = opts.base_time_ns;
+    let mut events = Vec::with_capacity(records.len() + scopes.len());
+    let mut gpu_rows: BTreeSet<(i64, i64)> = BTreeSet::new();
+    let mut cpu_threads: BTreeSet<i64> = BTreeSet::new();
+    let mut trace_ids: HashMap<ScopeId, Option<String>> = HashMap::new();
+
+    let mut attribute = |ev: &mut TraceEvent, corr: u32, name_class: Option<std::sync::Arc<str>>| {
+        let scope = ext.get(&corr).and_then(|id| scopes.get(*id));
+        let stage: String = match (scope.and_then(|s| s.attribution.stage), name_class) {
+            (Some(s), _) => s.to_string(),
+            (None, Some(c)) => c.to_string(),
+            (None, None) => String::new(),
+        };
+        if !stage.is_empty() {
+            ev.stage = Some(stage);
+        }
+        if let Some(s) = scope {
+            st.attributed += 1;
+            ev.scope = Some(s.name.clone());
+            if let Some(step) = s.attribution.step.and_then(|id| scopes.get(id)) {
+                ev.step = Some(step.name.clone());
+            }
+            if let Some(rid) = s.attribution.request {
+                let tid = trace_ids
+                    .entry(rid)
+                    .or_insert_with(|| scopes.get(rid).and_then(|r| r.trace_id()))
+                    .clone();
+                ev.trace_id = tid;
+            }
+        }
+    };
+
+    for r in records {
+        match r {
+            ActivityRecord::Kernel(k) => {
+                if k.end_ns == 0 || k.end_ns < k.start_ns {
+                    st.incomplete += 1;
+                    continue;
+                }
+                let mut ev = TraceEvent {
+                    cat: Some(Category::Kernel),
+                    name: k.name.to_string(),
+                    pid: k.device_id as i64,
+                    tid: k.stream_id as i64,
+                    ts_us: rel_us(k.start_ns, base),
+                    dur_us: (k.end_ns - k.start_ns) as f64 / 1000.0,
+                    device: Some(k.device_id as i64),
+                    stream: Some(k.stream_id as i64),
+                    correlation: Some(k.correlation_id as i64),
+                    grid: Some(k.grid.map(|v| v as i64)),
+                    block: Some(k.block.map(|v| v as i64)),
+                    registers_per_thread: Some(k.registers_per_thread as i64),
+                    shared_memory_bytes: Some(
+                        k.static_shared_memory_bytes as i64 + k.dynamic_shared_memory_bytes as i64,
+                    ),
+                    ..Default::default()
+                };
+                let has_scope_stage = ext
+                    .get(&k.correlation_id)
+                    .and_then(|id| scopes.get(*id))
+                    .and_then(|s| s.attribution.stage)
+                    .is_some();
+                let class = if has_scope_stage { None } else { Some(classifier.class_of(&k.name)) };
+                attribute(&mut ev, k.correlation_id, class);
+                gpu_rows.insert((ev.pid, ev.tid));
+                st.gpu_events += 1;
+                events.push(ev);
+            }
+            ActivityRecord::Memcpy(m) => {
+                let mut ev = TraceEvent {
+                    cat: Some(Category::GpuMemcpy),
+                    name: m.kind.kineto_name().to_string(),
+                    pid: m.device_id as i64,
+                    tid: m.stream_id as i64,
+                    ts_us: rel_us(m.start_ns, base),
+                    dur_us: m.end_ns.saturating_sub(m.start_ns) as f64 / 1000.0,
+                    device: Some(m.device_id as i64),
+                    stream: Some(m.stream_id as i64),
+                    correlation: Some(m.correlation_id as i64),
+                    bytes: Some(m.bytes as i64),
+                    ..Default::default()
+                };
+                attribute(&mut ev, m.correlation_id, None);
+                ev.stage = Some("memcpy".into());
+                gpu_rows.insert((ev.pid, ev.tid));
+                st.gpu_events += 1;
+                events.push(ev);
+            }
+            ActivityRecord::Memset(m) => {
+                let mut ev = TraceEvent {
+                    cat: Some(Category::GpuMemset),
+                    name: "Memset".to_string(),
+                    pid: m.device_id as i64,
+                    tid: m.stream_id as i64,
+                    ts_us: rel_us(m.start_ns, base),
+                    dur_us: m.end_ns.saturating_sub(m.start_ns) as f64 / 1000.0,
+                    device: Some(m.device_id as i64),
+                    stream: Some(m.stream_id as i64),
+                    correlation: Some(m.correlation_id as i64),
+                    bytes: Some(m.bytes as i64),
+                    ..Default::default()
+                };
+                attribute(&mut ev, m.correlation_id, None);
+                ev.stage = Some("memset".into());
+                gpu_rows.insert((ev.pid, ev.tid));
+                st.gpu_events += 1;
+                events.push(ev);
+            }
+            ActivityRecord::Api(a) if opts.include_api => {
+                let (cat, name) = match a.domain {
+                    ApiDomain::Driver => (Category::CudaDriver, driver_api_name(a.cbid)),
+                    ApiDomain::Runtime => (Category::CudaRuntime, "cuda_runtime_call"),
+                };
+                cpu_threads.insert(a.thread_id as i64);
+                events.push(TraceEvent {
+                    cat: Some(cat),
+                    name: name.to_string(),
+                    pid: opts.process_id as i64,
+                    tid: a.thread_id as i64,
+                    ts_us: rel_us(a.start_ns, base),
+                    dur_us: a.end_ns.saturating_sub(a.start_ns) as f64 / 1000.0,
+                    correlation: Some(a.correlation_id as i64),
+                    ..Default::default()
+                });
+            }
+            _ => {}
+        }
+    }
+
+    let last_ns = records
+        .iter()
+        .filter_map(|r| match r {
+            ActivityRecord::Kernel(k) => Some(k.end_ns),
+            ActivityRecord::Api(a) => Some(a.end_ns),
+            _ => None,
+        })
+        .chain(scopes.scopes.values().filter_map(|s| s.end_ns))
+        .max()
+        .unwrap_or(base);
+    for s in scopes.iter_sorted() {
+        let end = s.end_ns.unwrap_or(last_ns.max(s.begin_ns));
+        cpu_threads.insert(s.thread_id as i64);
+        let mut ev = TraceEvent {
+            cat: Some(Category::UserAnnotation),
+            name: s.name.clone(),
+            pid: opts.process_id as i64,
+            tid: s.thread_id as i64,
+            ts_us: rel_us(s.begin_ns, base),
+            dur_us: end.saturating_sub(s.begin_ns) as f64 / 1000.0,
+            ..Default::default()
+        };
+        if let Some(tid) = s.attribution.request.and_then(|r| scopes.get(r)).and_then(|r| r.trace_id()) {
+            ev.trace_id = Some(tid);
+        }
+        events.push(ev);
+    }
+    events.sort_by(|a, b| a.ts_us.total_cmp(&b.ts_us));
+
+    let mut process_names = BTreeMap::new();
+    let mut thread_names = BTreeMap::new();
+    process_names.insert(opts.process_id as i64, format!("python3 / worker {}", opts.process_id));
+    for t in cpu_threads {
+        thread_names.insert((opts.process_id as i64, t), format!("thread {t}"));
+    }
+    for (dev, stream) in gpu_rows {
+        process_names.entry(dev).or_insert_with(|| format!("GPU {dev}"));
+        thread_names.insert((dev, stream), format!("stream {stream}"));
+    }
+    let trace = Trace {
+        events,
+        base_time_ns: Some(base as i64),
+        schema_version: Some(1),
+        device_properties: None,
+        process_names,
+        thread_names,
+    };
+    (trace, st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activity::*;
+    use crate::scope::InlineName;
+    use std::sync::Arc;
+
+    fn begin(id: u64, parent: u64, ts: u64, name: &str) -> ScopeEvent {
+        ScopeEvent::Begin { id, parent, thread_id: 11, ts_ns: ts, name: InlineName::new(name) }
+    }
+
+    fn kernel(name: &str, corr: u32, start: u64, end: u64) -> ActivityRecord {
+        ActivityRecord::Kernel(KernelRecord {
+            name: Arc::from(name),
+            start_ns: start,
+            end_ns: end,
+            device_id: 0,
+            context_id: 1,
+            stream_id: 7,
+            correlation_id: corr,
+            grid: [1, 1, 1],
+            block: [128, 1, 1],
+            registers_per_thread: 32,
+            static_shared_memory_bytes: 0,
+            dynamic_shared_memory_bytes: 1024,
+            graph_id: 0,
+        })
+    }
+
+    fn ext(corr: u32, id: u64) -> ActivityRecord {
+        ActivityRecord::ExternalCorrelation(ExternalCorrelationRecord {
+            external_kind: GPUSPAN_EXTERNAL_KIND,
+            external_id: id,
+            correlation_id: corr,
+        })
+    }
+
+    #[test]
+    fn kernels_land_in_their_scopes() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut t = ScopeTable::new();
+        for e in [
+            begin(1, 0, 1_000, &format!("gpuspan.request {tp}")),
+            begin(2, 1, 2_000, "dit.step 0/2"),
+            begin(3, 2, 3_000, "ffn"),
+            ScopeEvent::End { id: 3, ts_ns: 9_000 },
+            ScopeEvent::End { id: 2, ts_ns: 9_500 },
+            ScopeEvent::End { id: 1, ts_ns: 10_000 },
+            ScopeEvent::End { id: 99, ts_ns: 10_000 },
+        ] {
+            t.apply(&e);
+        }
+        assert_eq!(t.orphan_ends, 1);
+        // Records out of order: kernel before its external correlation, as CUPTI may deliver.
+        let recs = vec![
+            kernel("sm90_xmma_gemm_bf16", 5, 4_000, 6_000),
+            ext(5, 3),
+            kernel("flash_fwd_kernel", 6, 6_000, 7_500),
+            ext(6, 2),
+            kernel("unscoped_thing", 7, 8_000, 8_500),
+            kernel("still_running", 8, 8_600, 0),
+        ];
+        let mut c = Classifier::default();
+        let opts = JoinOptions { base_time_ns: 1_000, process_id: 42, include_api: true };
+        let (trace, st) = build_trace(&recs, &t, &mut c, &opts);
+        assert_eq!(st, JoinStats { gpu_events: 3, attributed: 2, incomplete: 1 });
+        let ks: Vec<_> = trace.kernels().collect();
+        assert_eq!(ks.len(), 3);
+        assert_eq!(ks[0].name, "sm90_xmma_gemm_bf16");
+        assert_eq!(ks[0].stage.as_deref(), Some("ffn"), "scope decides over the name rule");
+        assert_eq!(ks[0].step.as_deref(), Some("dit.step 0/2"));
+        assert_eq!(ks[0].trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(ks[0].ts_us, 3.0);
+        assert_eq!(ks[0].dur_us, 2.0);
+        assert_eq!(ks[0].shared_memory_bytes, Some(1024));
+        assert_eq!(ks[1].stage.as_deref(), Some("attention"), "name rule when no stage scope");
+        assert_eq!(ks[1].scope.as_deref(), Some("dit.step 0/2"));
+        assert_eq!(ks[2].stage.as_deref(), Some("other"));
+        assert_eq!(ks[2].step, None);
+        let ann: Vec<_> = trace.events.iter().filter(|e| e.is(&Category::UserAnnotation)).collect();
+        assert_eq!(ann.len(), 3);
+        assert_eq!(trace.thread_names.get(&(0, 7)).map(String::as_str), Some("stream 7"));
+    }
+
+    #[test]
+    fn traceparent_validation() {
+        assert!(parse_traceparent_trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_some());
+        assert!(parse_traceparent_trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+        assert!(parse_traceparent_trace_id("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").is_none());
+        assert!(parse_traceparent_trace_id("garbage").is_none());
+    }
+}

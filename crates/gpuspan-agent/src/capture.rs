@@ -1,0 +1,68 @@
+//! Writing the capture: join the collected records with the scopes and write
+//! `GPUSPAN_OUT/capture.json.gz` (Kineto schema, DESIGN.md "Spans, metrics, files").
+
+use crate::collector::Collector;
+use crate::state::Agent;
+use gpuspan_core::activity::ActivityRecord;
+use gpuspan_core::join::{build_trace, JoinOptions};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+/// File name of the capture inside the output directory.
+pub const CAPTURE_FILE: &str = "capture.json.gz";
+
+/// Joins and writes. The loss counters are written as `gpuspan.*` trace-level metadata on a
+/// `gpuspan.summary` event (cat `gpuspan`, zero duration, in its args), so a reader can tell a complete capture
+/// from a lossy one.
+pub fn write(a: &Agent, c: &mut Collector) -> Result<PathBuf, String> {
+    let first_ns = c
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            ActivityRecord::Kernel(k) if k.start_ns > 0 => Some(k.start_ns),
+            ActivityRecord::Api(x) => Some(x.start_ns),
+            ActivityRecord::Memcpy(m) => Some(m.start_ns),
+            ActivityRecord::Memset(m) => Some(m.start_ns),
+            _ => None,
+        })
+        .chain(c.scopes.iter_sorted().iter().map(|s| s.begin_ns))
+        .min()
+        .unwrap_or(0);
+    // Whole milliseconds, so relative µs timestamps stay short and exact.
+    let base_time_ns = first_ns - first_ns % 1_000_000;
+    let opts = JoinOptions { base_time_ns, process_id: std::process::id(), include_api: true };
+    let Collector { records, scopes, classifier, .. } = c;
+    let (mut trace, st) = build_trace(records, scopes, classifier, &opts);
+    let counters = &a.counters;
+    let mut summary = gpuspan_core::trace::TraceEvent {
+        cat: Some(gpuspan_core::trace::Category::Other("gpuspan".into())),
+        name: "gpuspan.summary".into(),
+        pid: std::process::id() as i64,
+        tid: 0,
+        ts_us: 0.0,
+        dur_us: 0.0,
+        ..Default::default()
+    };
+    let mut put = |k: &str, v: u64| {
+        summary.extra_args.insert(format!("gpuspan.{k}"), serde_json::Value::from(v));
+    };
+    put("gpu_events", st.gpu_events);
+    put("gpu_events_attributed", st.attributed);
+    put("kernels_incomplete", st.incomplete);
+    put("records_decoded", counters.records_decoded.load(Ordering::Relaxed));
+    put("records_dropped_cupti", counters.cupti_records_dropped.load(Ordering::Relaxed));
+    put("records_dropped_limit", counters.records_over_limit.load(Ordering::Relaxed));
+    put("scope_events_dropped", counters.scope_events_dropped.load(Ordering::Relaxed));
+    put("buffers_dropped", counters.buffers_dropped.load(Ordering::Relaxed));
+    put("buffers_declined", a.pool.declined());
+    put("cupti_version", a.api.version() as u64);
+    // At the first event's time: Kineto readers reject ts = 0 placeholders.
+    summary.ts_us = trace.events.first().map(|e| e.ts_us).unwrap_or(0.0);
+    trace.events.insert(0, summary);
+    let dir = &a.config.out_dir;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(CAPTURE_FILE);
+    gpuspan_export::write_trace(&trace, &path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    crate::log::info(&format!("wrote {} ({} GPU events)", path.display(), st.gpu_events));
+    Ok(path)
+}

@@ -1,0 +1,163 @@
+//! The collector thread: drains scope events and completed CUPTI buffers, decodes each
+//! buffer once, and keeps what the capture needs.
+//!
+//! It never holds its own lock across `cuptiActivityFlushAll` (the buffer callback would
+//! then wait on CUPTI's lock while CUPTI waits on ours, CUPTI-NOTES §1): flushes happen with
+//! the [`Collector`] unlocked, and the callbacks themselves take no lock at all.
+
+use crate::config::Config;
+use crate::state::{agent, Agent};
+use gpuspan_core::activity::ActivityRecord;
+use gpuspan_core::classify::{Classifier, StageRules};
+use gpuspan_core::join::ScopeTable;
+use gpuspan_cupti::activity::FLUSH_FORCED;
+use gpuspan_cupti::buffers::RawBuffer;
+use gpuspan_cupti::decode::{decode_buffer, DecodeStats, NameCache};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How often the collector drains its queues.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(5);
+/// How often it asks CUPTI for completed buffers (`cuptiActivityFlushAll(0)`).
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What the collector has gathered.
+#[derive(Debug)]
+pub struct Collector {
+    /// Scopes seen so far.
+    pub scopes: ScopeTable,
+    /// Decoded records, in arrival order.
+    pub records: Vec<ActivityRecord>,
+    /// Kernel-name interning.
+    pub names: NameCache,
+    /// Stage classification, cached per kernel name.
+    pub classifier: Classifier,
+    /// Totals of all decoded buffers.
+    pub decode_totals: DecodeStats,
+    /// Path of the written capture, once written.
+    pub written: Option<PathBuf>,
+}
+
+impl Collector {
+    /// An empty collector using `rules`.
+    pub fn new(rules: StageRules) -> Collector {
+        Collector {
+            scopes: ScopeTable::new(),
+            records: Vec::new(),
+            names: NameCache::default(),
+            classifier: Classifier::new(rules),
+            decode_totals: DecodeStats::default(),
+            written: None,
+        }
+    }
+
+    /// Drains both queues of `a` into this collector.
+    pub fn drain(&mut self, a: &Agent) {
+        while let Some(ev) = a.scope_queue.pop() {
+            self.scopes.apply(&ev);
+        }
+        let next = a.api.get_next_record_fn();
+        while let Some((addr, valid)) = a.completed_queue.pop() {
+            let before = self.records.len();
+            // SAFETY: `addr` is a pool buffer CUPTI completed with `valid` bytes of records
+            // laid out by the CUPTI whose GetNextRecord we pass; nobody else touches it now.
+            let st = unsafe { decode_buffer(next, addr as *mut u8, valid, &mut self.names, &mut self.records) };
+            // SAFETY: decoded; the buffer goes back to the pool exactly once.
+            unsafe { a.pool.give_back(RawBuffer(addr)) };
+            let added = self.records.len() - before;
+            a.counters.records_decoded.fetch_add(added as u64, Ordering::Relaxed);
+            if self.records.len() > a.config.max_records {
+                let over = self.records.len() - a.config.max_records;
+                self.records.truncate(a.config.max_records);
+                a.counters.records_over_limit.fetch_add(over as u64, Ordering::Relaxed);
+            }
+            self.decode_totals.decoded += st.decoded;
+            self.decode_totals.skipped += st.skipped;
+            self.decode_totals.invalid += st.invalid;
+            self.decode_totals.incomplete_kernels += st.incomplete_kernels;
+        }
+    }
+}
+
+/// Stage rules: built-in, plus the `GPUSPAN_RULES` file's rules first. A bad file gets one
+/// warning naming it, and the built-in rules are used.
+pub fn load_rules(config: &Config) -> StageRules {
+    let Some(p) = &config.rules_path else { return StageRules::builtin() };
+    match std::fs::read_to_string(p) {
+        Ok(text) => StageRules::with_overrides(&text).unwrap_or_else(|e| {
+            crate::log::warn(&format!("GPUSPAN_RULES={}: {e}; using built-in rules", p.display()));
+            StageRules::builtin()
+        }),
+        Err(e) => {
+            crate::log::warn(&format!("GPUSPAN_RULES={}: {e}; using built-in rules", p.display()));
+            StageRules::builtin()
+        }
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static THREAD: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
+
+/// Starts the collector thread (once).
+pub fn start_thread() {
+    let Ok(mut g) = THREAD.lock() else { return };
+    if g.is_some() {
+        return;
+    }
+    let h = std::thread::Builder::new().name("gpuspan-collector".into()).spawn(|| {
+        let _ = std::panic::catch_unwind(run);
+    });
+    match h {
+        Ok(h) => *g = Some(h),
+        Err(e) => crate::log::warn(&format!("cannot start the collector thread: {e}")),
+    }
+}
+
+fn run() {
+    let Some(a) = agent() else { return };
+    let mut last_flush = Instant::now();
+    while !STOP.load(Ordering::Acquire) {
+        std::thread::sleep(DRAIN_INTERVAL);
+        if last_flush.elapsed() >= FLUSH_INTERVAL {
+            // Unlocked: the completion callback must be able to run during the flush.
+            let _ = a.api.flush_all(0);
+            last_flush = Instant::now();
+        }
+        if let Ok(mut c) = a.collector.lock() {
+            c.drain(a);
+        }
+        if let Ok(n) = a.api.dropped_records() {
+            a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Stops collection, flushes CUPTI (complete records first, then a forced flush for the
+/// rest), disables the activity kinds, releases the CUPTI subscriber, and writes the capture.
+/// Idempotent: later calls return the first path.
+pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
+    if let Some(p) = a.collector.lock().ok().and_then(|c| c.written.clone()) {
+        return Ok(p);
+    }
+    STOP.store(true, Ordering::Release);
+    if let Some(h) = THREAD.lock().ok().and_then(|mut g| g.take()) {
+        let _ = h.join();
+    }
+    a.collecting.store(false, Ordering::Release);
+    let _ = a.api.flush_all(0);
+    let _ = a.api.flush_all(FLUSH_FORCED);
+    if let Ok(n) = a.api.dropped_records() {
+        a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    a.api.disable_fine_kinds();
+    if let Some(s) = a.subscriber.lock().ok().and_then(|mut g| g.take()) {
+        let _ = a.api.unsubscribe(s);
+    }
+    let mut c = a.collector.lock().map_err(|_| "collector state poisoned".to_string())?;
+    c.drain(a);
+    let path = crate::capture::write(a, &mut c)?;
+    c.written = Some(path.clone());
+    Ok(path)
+}

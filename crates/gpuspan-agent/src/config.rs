@@ -1,0 +1,85 @@
+//! Agent configuration, from the environment (it must work under `LD_PRELOAD`).
+//!
+//! Variables (DESIGN.md "Configuration"): `GPUSPAN_MODE` (`off` | `coarse` | `fine`),
+//! `GPUSPAN_OUT` (capture directory, default `./gpuspan-out`), `GPUSPAN_RULES` (stage rules
+//! TOML), `GPUSPAN_LOG`. A bad value gets one warning naming the variable and the default
+//! used, never a failure.
+//!
+//! Deviation from DESIGN.md, for now: coarse mode (CUDA events) is not built yet (issue 5),
+//! so the default mode is `fine`, and `coarse` is accepted but collects in fine mode with a
+//! warning.
+
+use std::path::PathBuf;
+
+/// Collection mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Loaded but inert.
+    Off,
+    /// CUDA-event timing (not built yet; see module docs).
+    Coarse,
+    /// CUPTI Activity API.
+    Fine,
+}
+
+/// Parsed configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Collection mode.
+    pub mode: Mode,
+    /// Directory for `capture.json.gz`.
+    pub out_dir: PathBuf,
+    /// Stage-rules override file.
+    pub rules_path: Option<PathBuf>,
+    /// Activity buffer size, bytes (`GPUSPAN_BUFFER_BYTES`, default 4 MiB as Kineto).
+    pub buffer_bytes: usize,
+    /// Most activity buffers alive at once (`GPUSPAN_MAX_BUFFERS`, default 32).
+    pub max_buffers: usize,
+    /// Most activity records kept per capture (`GPUSPAN_MAX_RECORDS`, default 8 000 000);
+    /// more are dropped and counted.
+    pub max_records: usize,
+}
+
+/// Warnings produced while parsing (printed by the caller, once each).
+pub type ConfigWarnings = Vec<String>;
+
+fn parse_num(name: &str, default: usize, warnings: &mut ConfigWarnings) -> usize {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                warnings.push(format!("{name}={v:?} is not a positive integer; using {default}"));
+                default
+            }
+        },
+    }
+}
+
+impl Config {
+    /// Reads the environment. Never fails; problems are returned as warnings.
+    pub fn from_env() -> (Config, ConfigWarnings) {
+        let mut w = Vec::new();
+        let mode = match std::env::var("GPUSPAN_MODE").as_deref().map(str::trim) {
+            Err(_) | Ok("") | Ok("fine") => Mode::Fine,
+            Ok("off") => Mode::Off,
+            Ok("coarse") => {
+                w.push("GPUSPAN_MODE=coarse is not implemented yet; collecting in fine mode".into());
+                Mode::Coarse
+            }
+            Ok(other) => {
+                w.push(format!("GPUSPAN_MODE={other:?} is not one of off, coarse, fine; using fine"));
+                Mode::Fine
+            }
+        };
+        let out_dir = std::env::var_os("GPUSPAN_OUT")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("gpuspan-out"));
+        let rules_path = std::env::var_os("GPUSPAN_RULES").filter(|v| !v.is_empty()).map(PathBuf::from);
+        let buffer_bytes = parse_num("GPUSPAN_BUFFER_BYTES", 4 << 20, &mut w);
+        let max_buffers = parse_num("GPUSPAN_MAX_BUFFERS", 32, &mut w);
+        let max_records = parse_num("GPUSPAN_MAX_RECORDS", 8_000_000, &mut w);
+        (Config { mode, out_dir, rules_path, buffer_bytes, max_buffers, max_records }, w)
+    }
+}

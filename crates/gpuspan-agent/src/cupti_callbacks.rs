@@ -1,0 +1,65 @@
+//! CUPTI buffer callbacks: the only code CUPTI's threads run in the agent.
+//!
+//! Both run under CUPTI's internal lock (CUPTI-NOTES §1), so they take no lock of ours,
+//! allocate nothing beyond a pool buffer, make no CUDA or CUPTI call and never panic across
+//! the FFI boundary.
+
+use crate::state::agent;
+use gpuspan_cupti::buffers::RawBuffer;
+use std::sync::atomic::Ordering;
+
+/// `CUpti_BuffersCallbackRequestFunc`: lends CUPTI a zeroed pool buffer, or declines
+/// (`*buffer = NULL`) when the pool is exhausted and CUPTI ≥ API 27.
+///
+/// # Safety
+/// Called by CUPTI with valid out-pointers.
+pub unsafe extern "C" fn buffer_requested(buffer: *mut *mut u8, size: *mut usize, max_records: *mut usize) {
+    let r = std::panic::catch_unwind(|| {
+        let (ptr, bytes) = match agent() {
+            Some(a) => match a.pool.take(a.allow_decline) {
+                Some(b) => (b.0 as *mut u8, a.pool.buffer_bytes()),
+                None => (std::ptr::null_mut(), 0),
+            },
+            None => (std::ptr::null_mut(), 0),
+        };
+        // SAFETY: CUPTI passes valid out-pointers (A12 CUpti_BuffersCallbackRequestFunc).
+        unsafe {
+            *buffer = ptr;
+            *size = bytes;
+            *max_records = 0;
+        }
+    });
+    if r.is_err() {
+        // SAFETY: as above; decline on an internal error.
+        unsafe {
+            *buffer = std::ptr::null_mut();
+            *size = 0;
+        }
+    }
+}
+
+/// `CUpti_BuffersCallbackCompleteFunc`: queues the filled buffer for the collector thread.
+/// If the queue were full (it is sized above the pool, so only with overflow buffers) the
+/// buffer is returned unread and counted.
+///
+/// # Safety
+/// Called by CUPTI with a buffer it got from [`buffer_requested`].
+pub unsafe extern "C" fn buffer_completed(
+    _ctx: *mut std::ffi::c_void,
+    _stream_id: u32,
+    buffer: *mut u8,
+    _size: usize,
+    valid_bytes: usize,
+) {
+    let _ = std::panic::catch_unwind(|| {
+        let Some(a) = agent() else { return };
+        if buffer.is_null() {
+            return;
+        }
+        if a.completed_queue.push((buffer as usize, valid_bytes)).is_err() {
+            a.counters.buffers_dropped.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: the buffer came from our pool and CUPTI hands ownership back here.
+            unsafe { a.pool.give_back(RawBuffer(buffer as usize)) };
+        }
+    });
+}

@@ -1,0 +1,172 @@
+//! The hot path: NVTX range push / pop on application threads.
+//!
+//! Rules (DESIGN.md "Hot-path rules"): no allocation, no lock, no syscall besides the first
+//! `gettid` of a thread, no logging, no panic across FFI; one atomic load when the agent is
+//! not collecting. Each push copies the name into a fixed-size `ScopeEvent`, pushes the
+//! scope id as a CUPTI external correlation id (kind CUSTOM2) and queues the event; a full
+//! queue drops the event and counts it.
+
+use crate::state::{agent, Agent};
+use gpuspan_core::activity::GPUSPAN_EXTERNAL_KIND;
+use gpuspan_core::scope::{InlineName, ScopeEvent, ScopeId};
+use gpuspan_cupti::nvtx::{ascii_message, EventAttributes};
+use std::cell::Cell;
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::atomic::Ordering;
+
+/// Deepest nesting tracked per thread; deeper ranges are counted for the NVTX return value
+/// but not turned into scopes.
+pub const MAX_DEPTH: usize = 64;
+
+/// Value NVTX returns for push/pop when not tracked (`NVTX_NO_PUSH_POP_TRACKING`, nvtxImplCore.h).
+pub const NO_PUSH_POP_TRACKING: i32 = -2;
+
+struct ThreadScopes {
+    depth: Cell<usize>,
+    ids: [Cell<ScopeId>; MAX_DEPTH],
+    tid: Cell<u32>,
+}
+
+thread_local! {
+    static SCOPES: ThreadScopes = const {
+        ThreadScopes {
+            depth: Cell::new(0),
+            ids: [const { Cell::new(0) }; MAX_DEPTH],
+            tid: Cell::new(0),
+        }
+    };
+}
+
+fn thread_id(t: &ThreadScopes) -> u32 {
+    let v = t.tid.get();
+    if v != 0 {
+        return v;
+    }
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+    t.tid.set(tid);
+    tid
+}
+
+/// Opens a scope named `name` on this thread. Returns the 0-based nesting level of the new
+/// range (NVTX's `nvtxRangePush*` contract), or [`NO_PUSH_POP_TRACKING`] when inactive.
+pub fn scope_begin(name: &[u8]) -> i32 {
+    let Some(a) = agent() else { return NO_PUSH_POP_TRACKING };
+    if !a.collecting.load(Ordering::Relaxed) {
+        return NO_PUSH_POP_TRACKING;
+    }
+    SCOPES.with(|t| {
+        let depth = t.depth.get();
+        t.depth.set(depth + 1);
+        if depth >= MAX_DEPTH {
+            return depth as i32;
+        }
+        let parent = if depth == 0 { 0 } else { t.ids[depth - 1].get() };
+        let id = a.next_scope_id.fetch_add(1, Ordering::Relaxed);
+        t.ids[depth].set(id);
+        begin_event(a, id, parent, thread_id(t), name);
+        depth as i32
+    })
+}
+
+fn begin_event(a: &Agent, id: ScopeId, parent: ScopeId, thread_id: u32, name: &[u8]) {
+    let ts_ns = a.api.timestamp_ns();
+    a.api.push_external_correlation(GPUSPAN_EXTERNAL_KIND, id);
+    let ev = ScopeEvent::Begin { id, parent, thread_id, ts_ns, name: InlineName::from_bytes(name) };
+    if a.scope_queue.push(ev).is_err() {
+        a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Closes the innermost scope of this thread. Returns the nesting level of the closed range,
+/// or [`NO_PUSH_POP_TRACKING`] when inactive or nothing is open.
+pub fn scope_end() -> i32 {
+    let Some(a) = agent() else { return NO_PUSH_POP_TRACKING };
+    SCOPES.with(|t| {
+        let depth = t.depth.get();
+        if depth == 0 {
+            return NO_PUSH_POP_TRACKING;
+        }
+        t.depth.set(depth - 1);
+        let level = depth - 1;
+        if level >= MAX_DEPTH {
+            return level as i32;
+        }
+        let id = t.ids[level].get();
+        if id == 0 {
+            return level as i32;
+        }
+        t.ids[level].set(0);
+        let _ = a.api.pop_external_correlation(GPUSPAN_EXTERNAL_KIND);
+        let ev = ScopeEvent::End { id, ts_ns: a.api.timestamp_ns() };
+        if a.scope_queue.push(ev).is_err() {
+            a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        level as i32
+    })
+}
+
+/// `nvtxRangePushA` hook.
+///
+/// # Safety
+/// `msg` is NULL or a NUL-terminated string (NVTX contract).
+pub unsafe extern "C" fn range_push_a(msg: *const c_char) -> i32 {
+    std::panic::catch_unwind(|| {
+        if msg.is_null() {
+            return scope_begin(b"");
+        }
+        // SAFETY: NVTX passes a NUL-terminated ASCII string.
+        scope_begin(unsafe { CStr::from_ptr(msg) }.to_bytes())
+    })
+    .unwrap_or(NO_PUSH_POP_TRACKING)
+}
+
+/// `nvtxRangePushEx` hook (ASCII messages; others become an unnamed scope).
+///
+/// # Safety
+/// `attr` is NULL or a valid `nvtxEventAttributes_t` (NVTX contract).
+pub unsafe extern "C" fn range_push_ex(attr: *const EventAttributes) -> i32 {
+    std::panic::catch_unwind(|| {
+        // SAFETY: NVTX contract on `attr`.
+        let name = unsafe { ascii_message(attr) }.unwrap_or(b"");
+        scope_begin(name)
+    })
+    .unwrap_or(NO_PUSH_POP_TRACKING)
+}
+
+/// `nvtxRangePop` hook.
+///
+/// # Safety
+/// None beyond being called by NVTX.
+pub unsafe extern "C" fn range_pop() -> i32 {
+    std::panic::catch_unwind(scope_end).unwrap_or(NO_PUSH_POP_TRACKING)
+}
+
+/// `nvtxDomainRangePushEx` hook (the domain is ignored: scopes are named by message).
+///
+/// # Safety
+/// `attr` is NULL or a valid `nvtxEventAttributes_t`.
+pub unsafe extern "C" fn domain_range_push_ex(_domain: *mut c_void, attr: *const EventAttributes) -> i32 {
+    // SAFETY: forwarded contract.
+    unsafe { range_push_ex(attr) }
+}
+
+/// `nvtxDomainRangePop` hook.
+///
+/// # Safety
+/// None beyond being called by NVTX.
+pub unsafe extern "C" fn domain_range_pop(_domain: *mut c_void) -> i32 {
+    // SAFETY: no arguments used.
+    unsafe { range_pop() }
+}
+
+/// The hook table installed into every NVTX instance.
+pub fn nvtx_hooks() -> gpuspan_cupti::nvtx::Hooks {
+    gpuspan_cupti::nvtx::Hooks {
+        range_push_a,
+        range_push_ex,
+        range_pop,
+        domain_range_push_ex,
+        domain_range_pop,
+    }
+}

@@ -1,0 +1,182 @@
+//! The process-wide agent: created once by [`activate`], read by the hot path with one
+//! atomic load.
+
+use crate::collector::Collector;
+use crate::config::{Config, Mode};
+use crossbeam::queue::ArrayQueue;
+use gpuspan_core::scope::ScopeEvent;
+use gpuspan_cupti::activity::{ActivityApi, Subscriber, BUFFER_DECLINE_MIN_VERSION};
+use gpuspan_cupti::buffers::BufferPool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// Capacity of the scope-event queue (events; each ≈ 190 bytes).
+pub const SCOPE_QUEUE_CAP: usize = 1 << 16;
+/// Capacity of the completed-buffer queue; larger than any pool, so it never fills.
+pub const COMPLETED_QUEUE_CAP: usize = 1024;
+
+/// Counters of things lost, each reported in the capture and by [`AgentStatus`].
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Scope events dropped because the scope queue was full.
+    pub scope_events_dropped: AtomicU64,
+    /// Completed buffers dropped because the completed queue was full.
+    pub buffers_dropped: AtomicU64,
+    /// Records CUPTI reported dropped (`cuptiActivityGetNumDroppedRecords`).
+    pub cupti_records_dropped: AtomicU64,
+    /// Records dropped because the capture reached `max_records`.
+    pub records_over_limit: AtomicU64,
+    /// Records decoded.
+    pub records_decoded: AtomicU64,
+}
+
+/// The live agent (fine mode).
+pub struct Agent {
+    /// Configuration read at activation.
+    pub config: Config,
+    /// CUPTI.
+    pub api: ActivityApi,
+    /// Activity buffers lent to CUPTI.
+    pub pool: BufferPool,
+    /// May the buffer-requested callback decline (CUPTI API ≥ 27)?
+    pub allow_decline: bool,
+    /// Scope events from app threads.
+    pub scope_queue: ArrayQueue<ScopeEvent>,
+    /// Completed buffers `(address, valid_bytes)` from CUPTI threads.
+    pub completed_queue: ArrayQueue<(usize, usize)>,
+    /// Next scope id (also the external correlation id); starts at 1.
+    pub next_scope_id: AtomicU64,
+    /// Collection on: the hot path does nothing while false.
+    pub collecting: AtomicBool,
+    /// Loss counters.
+    pub counters: Counters,
+    /// The collector's state (scopes, records), shared with the exit path.
+    pub collector: Mutex<Collector>,
+    /// CUPTI subscriber slot we hold.
+    pub subscriber: Mutex<Option<Subscriber>>,
+}
+
+static AGENT: OnceLock<Agent> = OnceLock::new();
+static ACTIVATION: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// The agent if active: one atomic load (hot path).
+#[inline]
+pub fn agent() -> Option<&'static Agent> {
+    AGENT.get()
+}
+
+/// A snapshot of the agent's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentStatus {
+    /// Why the agent is inactive, or `None` when collecting.
+    pub inactive_reason: Option<String>,
+    /// CUPTI API version in use (0 when inactive).
+    pub cupti_version: u32,
+    /// Records decoded so far.
+    pub records_decoded: u64,
+    /// Scope events dropped.
+    pub scope_events_dropped: u64,
+}
+
+/// Status of the agent (activation is not triggered by this call).
+pub fn status() -> AgentStatus {
+    match (ACTIVATION.get(), AGENT.get()) {
+        (_, Some(a)) => AgentStatus {
+            inactive_reason: None,
+            cupti_version: a.api.version(),
+            records_decoded: a.counters.records_decoded.load(Ordering::Relaxed),
+            scope_events_dropped: a.counters.scope_events_dropped.load(Ordering::Relaxed),
+        },
+        (Some(Err(e)), None) => AgentStatus {
+            inactive_reason: Some(e.clone()),
+            cupti_version: 0,
+            records_decoded: 0,
+            scope_events_dropped: 0,
+        },
+        _ => AgentStatus {
+            inactive_reason: Some("not activated".into()),
+            cupti_version: 0,
+            records_decoded: 0,
+            scope_events_dropped: 0,
+        },
+    }
+}
+
+/// Activates the agent once per process (later calls return the first outcome). On failure
+/// prints one warning saying why the agent is inactive and returns the reason.
+pub fn activate() -> Result<(), String> {
+    ACTIVATION
+        .get_or_init(|| {
+            crate::log::init_from_env();
+            let r = activate_inner();
+            if let Err(e) = &r {
+                crate::log::warn(&format!("inactive: {e}"));
+            }
+            r
+        })
+        .clone()
+}
+
+fn activate_inner() -> Result<(), String> {
+    let (config, warnings) = Config::from_env();
+    for w in &warnings {
+        crate::log::warn(w);
+    }
+    if config.mode == Mode::Off {
+        return Err("GPUSPAN_MODE=off".into());
+    }
+    let api = ActivityApi::load().map_err(|e| format!("{e}"))?;
+    let subscriber = api.subscribe().map_err(|e| match e.code() {
+        Some(39) => format!(
+            "CUPTI is held by another tool ({e}); the worker runs unprofiled"
+        ),
+        Some(15) => format!("{e}: no CUDA driver or GPU available to CUPTI"),
+        _ => format!("{e}"),
+    })?;
+    let allow_decline = api.version() >= BUFFER_DECLINE_MIN_VERSION;
+    let rules = crate::collector::load_rules(&config);
+    let agent = Agent {
+        pool: BufferPool::new(config.buffer_bytes, config.max_buffers),
+        allow_decline,
+        scope_queue: ArrayQueue::new(SCOPE_QUEUE_CAP),
+        completed_queue: ArrayQueue::new(COMPLETED_QUEUE_CAP),
+        next_scope_id: AtomicU64::new(1),
+        collecting: AtomicBool::new(false),
+        counters: Counters::default(),
+        collector: Mutex::new(Collector::new(rules)),
+        subscriber: Mutex::new(Some(subscriber)),
+        config,
+        api,
+    };
+    if AGENT.set(agent).is_err() {
+        return Ok(());
+    }
+    let a = AGENT.get().expect("just set");
+    let setup = a
+        .api
+        .register_callbacks(crate::cupti_callbacks::buffer_requested, crate::cupti_callbacks::buffer_completed)
+        .and_then(|_| a.api.enable_fine_kinds());
+    if let Err(e) = setup {
+        if let Some(s) = a.subscriber.lock().ok().and_then(|mut g| g.take()) {
+            let _ = a.api.unsubscribe(s);
+        }
+        return Err(format!("{e}"));
+    }
+    a.collecting.store(true, Ordering::Release);
+    crate::collector::start_thread();
+    crate::entry::register_exit_handler();
+    crate::log::info(&format!(
+        "fine mode on: CUPTI API {} from {}",
+        a.api.version(),
+        a.api.loaded_from()
+    ));
+    Ok(())
+}
+
+/// Flushes CUPTI, stops collection and writes the capture now (also what the exit handler
+/// does). Returns the capture path, or why nothing was written. Idempotent: a second call
+/// returns the same path without writing again.
+pub fn flush_capture() -> Result<std::path::PathBuf, String> {
+    let a = agent().ok_or_else(|| status().inactive_reason.unwrap_or_default())?;
+    crate::collector::finish(a)
+}

@@ -1,0 +1,218 @@
+//! The safe Activity / Callback API surface the agent uses.
+//!
+//! [`ActivityApi`] wraps [`CuptiSymbols`] with typed calls. Kinds and constants are from
+//! `cupti_activity.h` (`CUpti_ActivityKind`, CUPTI 12.9 = 13.5 values).
+
+use crate::error::{check, CuptiError, CUPTI_ERROR_QUEUE_EMPTY};
+use crate::symbols::{BufferCompletedFn, BufferRequestedFn, CuptiSymbols};
+use std::ffi::c_void;
+
+/// `CUPTI_ACTIVITY_KIND_MEMCPY`.
+pub const KIND_MEMCPY: u32 = 1;
+/// `CUPTI_ACTIVITY_KIND_MEMSET`.
+pub const KIND_MEMSET: u32 = 2;
+/// `CUPTI_ACTIVITY_KIND_KERNEL` (serialises kernels; we use CONCURRENT_KERNEL).
+pub const KIND_KERNEL: u32 = 3;
+/// `CUPTI_ACTIVITY_KIND_OVERHEAD`.
+pub const KIND_OVERHEAD: u32 = 5;
+/// `CUPTI_ACTIVITY_KIND_DRIVER`.
+pub const KIND_DRIVER: u32 = 6;
+/// `CUPTI_ACTIVITY_KIND_RUNTIME`.
+pub const KIND_RUNTIME: u32 = 7;
+/// `CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL`.
+pub const KIND_CONCURRENT_KERNEL: u32 = 10;
+/// `CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION`.
+pub const KIND_EXTERNAL_CORRELATION: u32 = 36;
+
+/// The kinds fine mode enables (DESIGN.md "Collection modes"): kernels, memcpy, memset,
+/// driver + runtime API (external correlation needs both, CUPTI-NOTES §2), external
+/// correlation, overhead.
+pub const FINE_MODE_KINDS: [u32; 7] = [
+    KIND_CONCURRENT_KERNEL,
+    KIND_MEMCPY,
+    KIND_MEMSET,
+    KIND_DRIVER,
+    KIND_RUNTIME,
+    KIND_EXTERNAL_CORRELATION,
+    KIND_OVERHEAD,
+];
+
+/// `cuptiActivityFlushAll` flag that returns incomplete records too
+/// (`CUPTI_ACTIVITY_FLAG_FLUSH_FORCED` = 1). Still-running kernels come back with end = 0
+/// and are never re-delivered (CUPTI-NOTES §1): use only for the final flush.
+pub const FLUSH_FORCED: u32 = 1;
+
+/// CUPTI API version from which declining a buffer request (NULL buffer) is safe
+/// (CUPTI-NOTES §1; Kineto `kCuptiBufferRejectionMinVersion`).
+pub const BUFFER_DECLINE_MIN_VERSION: u32 = 27;
+
+/// A CUPTI subscriber handle (`CUpti_SubscriberHandle`).
+#[derive(Debug)]
+pub struct Subscriber(*mut c_void);
+// SAFETY: a CUPTI subscriber handle is an opaque token CUPTI accepts from any thread
+// (cupti_callbacks.h: cuptiSubscribe/cuptiUnsubscribe are thread-safe).
+unsafe impl Send for Subscriber {}
+// SAFETY: see Send; the handle is never dereferenced by us.
+unsafe impl Sync for Subscriber {}
+
+/// Typed access to the CUPTI calls gpuspan makes.
+#[derive(Debug)]
+pub struct ActivityApi {
+    syms: CuptiSymbols,
+    version: u32,
+}
+
+unsafe extern "C" fn noop_callback(_: *mut c_void, _: u32, _: u32, _: *const c_void) {}
+
+impl ActivityApi {
+    /// Loads CUPTI and reads its API version (`cuptiGetVersion`: 28 for 12.9, 130500 for
+    /// 13.5). Errors: library or symbol missing, or `cuptiGetVersion` failing (CUPTI 13
+    /// without a driver returns 999 for everything).
+    pub fn load() -> Result<ActivityApi, CuptiError> {
+        let syms = CuptiSymbols::load()?;
+        let mut version = 0u32;
+        // SAFETY: valid out-pointer to a u32, the documented signature.
+        check("cuptiGetVersion", unsafe { (syms.get_version)(&mut version) })?;
+        Ok(ActivityApi { syms, version })
+    }
+
+    /// The CUPTI API version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// True for a CUPTI 13.x API version (≥ 130000), whose records are longer (still
+    /// prefix-compatible with 12.x, CUPTI-NOTES §2).
+    pub fn is_cupti13(&self) -> bool {
+        self.version >= 130_000
+    }
+
+    /// The library file that loaded.
+    pub fn loaded_from(&self) -> &str {
+        &self.syms.loaded_from
+    }
+
+    /// `cuptiActivityGetNextRecord`, for [`crate::decode::decode_buffer`].
+    pub fn get_next_record_fn(&self) -> crate::symbols::GetNextRecordFn {
+        self.syms.get_next_record
+    }
+
+    /// `cuptiSubscribe` with a callback that does nothing and no domain enabled: it claims
+    /// CUPTI's single subscriber slot, so a second tool (or a tool already there) is seen as
+    /// code 39 instead of corrupting each other's state. Errors: 39 when another client holds
+    /// CUPTI; 15 without a driver.
+    pub fn subscribe(&self) -> Result<Subscriber, CuptiError> {
+        let mut h: *mut c_void = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; the callback is a 'static extern "C" fn with the
+        // `CUpti_CallbackFunc` signature; userdata NULL.
+        let code = unsafe { (self.syms.subscribe)(&mut h, Some(noop_callback), std::ptr::null_mut()) };
+        check("cuptiSubscribe", code)?;
+        Ok(Subscriber(h))
+    }
+
+    /// `cuptiUnsubscribe`: releases the subscriber slot for other tools.
+    pub fn unsubscribe(&self, s: Subscriber) -> Result<(), CuptiError> {
+        // SAFETY: `s` came from `subscribe` and is consumed, so it is released once.
+        check("cuptiUnsubscribe", unsafe { (self.syms.unsubscribe)(s.0) })
+    }
+
+    /// `cuptiActivityRegisterCallbacks`.
+    pub fn register_callbacks(
+        &self,
+        requested: BufferRequestedFn,
+        completed: BufferCompletedFn,
+    ) -> Result<(), CuptiError> {
+        // SAFETY: both are 'static extern "C" fns with the CUPTI callback signatures.
+        check("cuptiActivityRegisterCallbacks", unsafe {
+            (self.syms.register_callbacks)(requested, completed)
+        })
+    }
+
+    /// `cuptiActivityEnable(kind)`.
+    pub fn enable(&self, kind: u32) -> Result<(), CuptiError> {
+        // SAFETY: plain integer argument.
+        check("cuptiActivityEnable", unsafe { (self.syms.activity_enable)(kind) })
+    }
+
+    /// `cuptiActivityDisable(kind)`.
+    pub fn disable(&self, kind: u32) -> Result<(), CuptiError> {
+        // SAFETY: plain integer argument.
+        check("cuptiActivityDisable", unsafe { (self.syms.activity_disable)(kind) })
+    }
+
+    /// Enables every kind in [`FINE_MODE_KINDS`]; on the first failure disables what was
+    /// enabled and returns the error.
+    pub fn enable_fine_kinds(&self) -> Result<(), CuptiError> {
+        for (i, k) in FINE_MODE_KINDS.iter().enumerate() {
+            if let Err(e) = self.enable(*k) {
+                for k2 in &FINE_MODE_KINDS[..i] {
+                    let _ = self.disable(*k2);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Disables every kind in [`FINE_MODE_KINDS`] (errors ignored: best effort at shutdown).
+    pub fn disable_fine_kinds(&self) {
+        for k in FINE_MODE_KINDS {
+            let _ = self.disable(k);
+        }
+    }
+
+    /// `cuptiActivityFlushAll(flags)`: blocks until completed buffers are handed to the
+    /// completion callback. Never call it from a buffer callback, nor while holding a lock
+    /// that a buffer callback takes (CUPTI-NOTES §1, ABBA deadlock).
+    pub fn flush_all(&self, flags: u32) -> Result<(), CuptiError> {
+        // SAFETY: plain integer argument.
+        check("cuptiActivityFlushAll", unsafe { (self.syms.flush_all)(flags) })
+    }
+
+    /// `cuptiActivityGetNumDroppedRecords(NULL, 0, &n)`: records CUPTI dropped for lack of
+    /// buffer space since the last call (resets on read).
+    pub fn dropped_records(&self) -> Result<usize, CuptiError> {
+        let mut n = 0usize;
+        // SAFETY: NULL context is allowed (A12); valid out-pointer.
+        check("cuptiActivityGetNumDroppedRecords", unsafe {
+            (self.syms.dropped_records)(std::ptr::null_mut(), 0, &mut n)
+        })?;
+        Ok(n)
+    }
+
+    /// `cuptiActivityPushExternalCorrelationId(kind, id)` on the calling thread's stack.
+    /// Hot path: one indirect call, no allocation. Returns the raw code.
+    #[inline]
+    pub fn push_external_correlation(&self, kind: u32, id: u64) -> u32 {
+        // SAFETY: plain integer arguments.
+        unsafe { (self.syms.push_external)(kind, id) }
+    }
+
+    /// `cuptiActivityPopExternalCorrelationId(kind, &last)`. `Ok(None)` on an empty stack
+    /// (code 18). Hot path.
+    #[inline]
+    pub fn pop_external_correlation(&self, kind: u32) -> Result<Option<u64>, CuptiError> {
+        let mut last = 0u64;
+        // SAFETY: valid out-pointer.
+        let code = unsafe { (self.syms.pop_external)(kind, &mut last) };
+        match code {
+            0 => Ok(Some(last)),
+            CUPTI_ERROR_QUEUE_EMPTY => Ok(None),
+            c => Err(CuptiError::Call { call: "cuptiActivityPopExternalCorrelationId", code: c }),
+        }
+    }
+
+    /// `cuptiGetTimestamp`: ns in the activity records' time domain (CLOCK_REALTIME on
+    /// Linux). Returns 0 if the call fails. Hot path.
+    #[inline]
+    pub fn timestamp_ns(&self) -> u64 {
+        let mut t = 0u64;
+        // SAFETY: valid out-pointer.
+        let code = unsafe { (self.syms.get_timestamp)(&mut t) };
+        if code == 0 {
+            t
+        } else {
+            0
+        }
+    }
+}

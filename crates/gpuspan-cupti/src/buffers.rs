@@ -1,0 +1,146 @@
+//! A bounded pool of activity buffers handed to CUPTI.
+//!
+//! CUPTI asks for a buffer through the buffer-requested callback and hands it back, filled,
+//! through the buffer-completed callback, possibly from several threads at once (per-thread
+//! buffers are the default, CUPTI-NOTES §1). The pool never grows past `max_buffers`: when
+//! every buffer is out, a request is declined (NULL buffer: CUPTI drops and counts the
+//! records) on CUPTI API ≥ 27, and on older CUPTI, where declining can crash, one extra
+//! buffer is allocated and counted as an overflow. Free buffers sit in a lock-free
+//! [`crossbeam::queue::ArrayQueue`]; no lock is taken in either callback.
+//!
+//! Buffers are 8-byte aligned (`ACTIVITY_RECORD_ALIGNMENT`, `cupti_common.h`) and handed out
+//! zeroed.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Alignment of activity buffers (CUPTI `ACTIVITY_RECORD_ALIGNMENT`).
+pub const BUFFER_ALIGN: usize = 8;
+
+/// A raw activity buffer address (owned by the pool or lent to CUPTI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawBuffer(pub usize);
+
+/// Bounded pool of equally sized activity buffers.
+#[derive(Debug)]
+pub struct BufferPool {
+    /// Addresses of free buffers.
+    free: crossbeam_queue::ArrayQueue<usize>,
+    buffer_bytes: usize,
+    max_buffers: usize,
+    allocated: AtomicUsize,
+    declined: AtomicU64,
+    overflow: AtomicU64,
+}
+
+impl BufferPool {
+    /// A pool of at most `max_buffers` buffers of `buffer_bytes` each (allocated lazily).
+    /// Kineto uses 4 MiB buffers; NVIDIA recommends 1–10 MB (CUPTI-NOTES §1).
+    pub fn new(buffer_bytes: usize, max_buffers: usize) -> BufferPool {
+        let max_buffers = max_buffers.max(1);
+        BufferPool {
+            free: crossbeam_queue::ArrayQueue::new(max_buffers + 64),
+            buffer_bytes: buffer_bytes.max(64) & !(BUFFER_ALIGN - 1),
+            max_buffers,
+            allocated: AtomicUsize::new(0),
+            declined: AtomicU64::new(0),
+            overflow: AtomicU64::new(0),
+        }
+    }
+
+    /// Size of every buffer, bytes.
+    pub fn buffer_bytes(&self) -> usize {
+        self.buffer_bytes
+    }
+
+    fn layout(&self) -> Layout {
+        // buffer_bytes > 0 and BUFFER_ALIGN is a power of two: never fails.
+        Layout::from_size_align(self.buffer_bytes, BUFFER_ALIGN).expect("valid layout")
+    }
+
+    /// Takes a zeroed buffer for CUPTI. `allow_decline`: may return `None` when the pool is
+    /// exhausted (CUPTI ≥ API 27); otherwise allocates an overflow buffer.
+    pub fn take(&self, allow_decline: bool) -> Option<RawBuffer> {
+        if let Some(addr) = self.free.pop() {
+            return Some(RawBuffer(addr));
+        }
+        let n = self.allocated.fetch_add(1, Ordering::Relaxed);
+        if n >= self.max_buffers {
+            if allow_decline {
+                self.allocated.fetch_sub(1, Ordering::Relaxed);
+                self.declined.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            self.overflow.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: non-zero size, valid alignment.
+        let p = unsafe { alloc_zeroed(self.layout()) };
+        if p.is_null() {
+            self.allocated.fetch_sub(1, Ordering::Relaxed);
+            self.declined.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(RawBuffer(p as usize))
+    }
+
+    /// Returns a buffer after its records were decoded. It is zeroed again (CUPTI-NOTES §1:
+    /// hand over zeroed buffers) and kept, or freed when the free list is full.
+    ///
+    /// # Safety
+    /// `b` came from [`BufferPool::take`] of this pool and is no longer used by CUPTI or us.
+    pub unsafe fn give_back(&self, b: RawBuffer) {
+        // SAFETY: caller contract: `b` is one of our buffers of `buffer_bytes` bytes.
+        unsafe { std::ptr::write_bytes(b.0 as *mut u8, 0, self.buffer_bytes) };
+        if let Err(addr) = self.free.push(b.0) {
+            self.allocated.fetch_sub(1, Ordering::Relaxed);
+            // SAFETY: allocated by `take` with this layout and not referenced any more.
+            unsafe { dealloc(addr as *mut u8, self.layout()) };
+        }
+    }
+
+    /// Requests declined because the pool was exhausted.
+    pub fn declined(&self) -> u64 {
+        self.declined.load(Ordering::Relaxed)
+    }
+
+    /// Buffers allocated beyond `max_buffers` (only on CUPTI < 27).
+    pub fn overflow(&self) -> u64 {
+        self.overflow.load(Ordering::Relaxed)
+    }
+
+    /// Buffers currently allocated (free or lent).
+    pub fn allocated(&self) -> usize {
+        self.allocated.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_is_bounded_and_reuses() {
+        let pool = BufferPool::new(4096, 2);
+        let a = pool.take(true).unwrap();
+        let b = pool.take(true).unwrap();
+        assert_eq!(a.0 % BUFFER_ALIGN, 0);
+        assert!(pool.take(true).is_none(), "third buffer must be declined");
+        assert_eq!(pool.declined(), 1);
+        // SAFETY: test writes inside the buffer it owns.
+        unsafe { *(a.0 as *mut u8) = 7 };
+        // SAFETY: `a` came from this pool and is not used after.
+        unsafe { pool.give_back(a) };
+        let c = pool.take(true).unwrap();
+        assert_eq!(c, a, "freed buffer is reused");
+        // SAFETY: reading the first byte of an owned buffer.
+        assert_eq!(unsafe { *(c.0 as *const u8) }, 0, "reused buffer is zeroed");
+        let d = pool.take(false).unwrap();
+        assert_eq!(pool.overflow(), 1);
+        // SAFETY: all from this pool, unused after.
+        unsafe {
+            pool.give_back(b);
+            pool.give_back(c);
+            pool.give_back(d);
+        }
+    }
+}

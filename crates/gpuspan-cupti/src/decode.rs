@@ -1,0 +1,232 @@
+//! Decoding a completed activity buffer into owned records, once.
+//!
+//! Records are walked with `cuptiActivityGetNextRecord` (never by striding with a struct
+//! size: CUPTI 13 records are longer, CUPTI-NOTES "Traps"), and each is read through the
+//! cudarc `sys` struct of the CUPTI 12.9 layout. CUPTI 13.x records (Kernel13, Memcpy7,
+//! Memset5) are append-only extensions of those (CUPTI-NOTES §2), so the 12.9 struct is a
+//! valid prefix for both; the fields we read all lie inside that prefix.
+//!
+//! Kernel names are copied while the buffer is processed (their lifetime is undocumented)
+//! and interned per distinct name pointer/content in a [`NameCache`].
+
+use crate::error::{CUPTI_ERROR_INVALID_KIND, CUPTI_ERROR_MAX_LIMIT_REACHED};
+use crate::symbols::GetNextRecordFn;
+use cudarc::cupti::sys::{
+    CUpti_Activity, CUpti_ActivityAPI, CUpti_ActivityExternalCorrelation, CUpti_ActivityKernel9,
+    CUpti_ActivityMemcpy6, CUpti_ActivityMemset4, CUpti_ActivityOverhead3,
+};
+use gpuspan_core::activity::*;
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::sync::Arc;
+
+/// Interns kernel names: one `Arc<str>` per distinct name, looked up by the name pointer
+/// first (CUPTI shares one pointer per kernel, A12 `Kernel9.name`) and by content after.
+#[derive(Debug, Default)]
+pub struct NameCache {
+    by_ptr: HashMap<usize, Arc<str>>,
+    by_name: HashMap<Box<str>, Arc<str>>,
+}
+
+impl NameCache {
+    /// Number of distinct names seen.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// True when no name was seen.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// # Safety
+    /// `p` is NULL or a NUL-terminated string valid for this call.
+    unsafe fn intern(&mut self, p: *const std::ffi::c_char) -> Arc<str> {
+        if p.is_null() {
+            return Arc::from("<unnamed>");
+        }
+        if let Some(a) = self.by_ptr.get(&(p as usize)) {
+            return a.clone();
+        }
+        // SAFETY: caller guarantees a NUL-terminated string.
+        let s = unsafe { CStr::from_ptr(p) }.to_string_lossy();
+        let a = match self.by_name.get(s.as_ref()) {
+            Some(a) => a.clone(),
+            None => {
+                let a: Arc<str> = Arc::from(s.as_ref());
+                self.by_name.insert(s.as_ref().into(), a.clone());
+                a
+            }
+        };
+        self.by_ptr.insert(p as usize, a.clone());
+        a
+    }
+}
+
+/// What one buffer yielded.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Records decoded into owned records.
+    pub decoded: u64,
+    /// Records of kinds gpuspan does not use (skipped).
+    pub skipped: u64,
+    /// `cuptiActivityGetNextRecord` reported an invalid / incomplete record
+    /// (`CUPTI_ERROR_INVALID_KIND`); the rest of the buffer is abandoned.
+    pub invalid: u64,
+    /// Kernels handed back by a forced flush while still running (end = 0).
+    pub incomplete_kernels: u64,
+}
+
+/// Decodes every record of `buf[..valid_bytes]`, appending to `out`.
+///
+/// `next_record` is `cuptiActivityGetNextRecord` of the CUPTI that filled the buffer
+/// (`ActivityApi::get_next_record_fn`), or any function with its contract.
+///
+/// # Safety
+/// `buf` points to a buffer of at least `valid_bytes` bytes that CUPTI completed, holding
+/// records laid out by the CUPTI whose `next_record` is passed; name pointers inside the
+/// records are valid for the duration of this call.
+pub unsafe fn decode_buffer(
+    next_record: GetNextRecordFn,
+    buf: *mut u8,
+    valid_bytes: usize,
+    names: &mut NameCache,
+    out: &mut Vec<ActivityRecord>,
+) -> DecodeStats {
+    let mut st = DecodeStats::default();
+    if buf.is_null() || valid_bytes == 0 {
+        return st;
+    }
+    let mut rec: *mut CUpti_Activity = std::ptr::null_mut();
+    loop {
+        // SAFETY: buffer contract from the caller; `rec` is NULL or the previous record.
+        let code = unsafe { next_record(buf, valid_bytes, &mut rec) };
+        if code == CUPTI_ERROR_MAX_LIMIT_REACHED {
+            break;
+        }
+        if code == CUPTI_ERROR_INVALID_KIND || code != 0 || rec.is_null() {
+            st.invalid += 1;
+            break;
+        }
+        // SAFETY: CUPTI returned a record pointer inside the buffer; every record starts with
+        // a u32 kind (`CUpti_Activity`). Read unaligned-tolerant.
+        let kind = unsafe { std::ptr::read_unaligned(rec as *const u32) };
+        // SAFETY: for each kind, CUPTI wrote at least the 12.9 struct of that kind at `rec`
+        // (13.x records extend it), so reading that struct is in bounds.
+        match unsafe { decode_one(kind, rec as *const u8, names) } {
+            Some(r) => {
+                if let ActivityRecord::Kernel(k) = &r {
+                    if k.end_ns == 0 && k.start_ns != 0 {
+                        st.incomplete_kernels += 1;
+                    }
+                }
+                out.push(r);
+                st.decoded += 1;
+            }
+            None => st.skipped += 1,
+        }
+    }
+    st
+}
+
+/// Reads field `$f` of cudarc struct `$S` at record pointer `$p` as `$T`, by offset, without
+/// materialising the whole struct (some fields are Rust enums; a value CUPTI adds later would
+/// be an invalid enum).
+macro_rules! field {
+    ($p:expr, $S:ty, $f:ident, $T:ty) => {
+        std::ptr::read_unaligned($p.add(std::mem::offset_of!($S, $f)) as *const $T)
+    };
+}
+
+/// # Safety
+/// `p` points to a complete record of kind `kind` (12.9 layout or a 13.x extension).
+unsafe fn decode_one(kind: u32, p: *const u8, names: &mut NameCache) -> Option<ActivityRecord> {
+    use crate::activity::*;
+    // SAFETY (whole body): per the fn contract, the 12.9 struct of `kind` lies at `p`, so every
+    // field offset read below is in bounds; reads are unaligned-tolerant and use the field's
+    // own C type (enums as u32).
+    unsafe {
+        Some(match kind {
+            KIND_KERNEL | KIND_CONCURRENT_KERNEL => {
+                type K = CUpti_ActivityKernel9;
+                ActivityRecord::Kernel(KernelRecord {
+                    name: names.intern(field!(p, K, name, *const std::ffi::c_char)),
+                    start_ns: field!(p, K, start, u64),
+                    end_ns: field!(p, K, end, u64),
+                    device_id: field!(p, K, deviceId, u32),
+                    context_id: field!(p, K, contextId, u32),
+                    stream_id: field!(p, K, streamId, u32),
+                    correlation_id: field!(p, K, correlationId, u32),
+                    grid: [field!(p, K, gridX, i32), field!(p, K, gridY, i32), field!(p, K, gridZ, i32)],
+                    block: [field!(p, K, blockX, i32), field!(p, K, blockY, i32), field!(p, K, blockZ, i32)],
+                    registers_per_thread: field!(p, K, registersPerThread, u16),
+                    static_shared_memory_bytes: field!(p, K, staticSharedMemory, i32),
+                    dynamic_shared_memory_bytes: field!(p, K, dynamicSharedMemory, i32),
+                    graph_id: field!(p, K, graphId, u32),
+                })
+            }
+            KIND_MEMCPY => {
+                type M = CUpti_ActivityMemcpy6;
+                ActivityRecord::Memcpy(MemcpyRecord {
+                    kind: MemcpyKind::from_raw(field!(p, M, copyKind, u8)),
+                    bytes: field!(p, M, bytes, u64),
+                    start_ns: field!(p, M, start, u64),
+                    end_ns: field!(p, M, end, u64),
+                    device_id: field!(p, M, deviceId, u32),
+                    context_id: field!(p, M, contextId, u32),
+                    stream_id: field!(p, M, streamId, u32),
+                    correlation_id: field!(p, M, correlationId, u32),
+                })
+            }
+            KIND_MEMSET => {
+                type M = CUpti_ActivityMemset4;
+                ActivityRecord::Memset(MemsetRecord {
+                    value: field!(p, M, value, u32),
+                    bytes: field!(p, M, bytes, u64),
+                    start_ns: field!(p, M, start, u64),
+                    end_ns: field!(p, M, end, u64),
+                    device_id: field!(p, M, deviceId, u32),
+                    context_id: field!(p, M, contextId, u32),
+                    stream_id: field!(p, M, streamId, u32),
+                    correlation_id: field!(p, M, correlationId, u32),
+                })
+            }
+            KIND_DRIVER | KIND_RUNTIME => {
+                type A = CUpti_ActivityAPI;
+                ActivityRecord::Api(ApiRecord {
+                    domain: if kind == KIND_DRIVER { ApiDomain::Driver } else { ApiDomain::Runtime },
+                    cbid: field!(p, A, cbid, u32),
+                    start_ns: field!(p, A, start, u64),
+                    end_ns: field!(p, A, end, u64),
+                    process_id: field!(p, A, processId, u32),
+                    thread_id: field!(p, A, threadId, u32),
+                    correlation_id: field!(p, A, correlationId, u32),
+                    return_value: field!(p, A, returnValue, u32),
+                })
+            }
+            KIND_EXTERNAL_CORRELATION => {
+                type E = CUpti_ActivityExternalCorrelation;
+                ActivityRecord::ExternalCorrelation(ExternalCorrelationRecord {
+                    external_kind: field!(p, E, externalKind, u32),
+                    external_id: field!(p, E, externalId, u64),
+                    correlation_id: field!(p, E, correlationId, u32),
+                })
+            }
+            KIND_OVERHEAD => {
+                type O = CUpti_ActivityOverhead3;
+                // `overheadData` is heap memory the client must free (A12 Overhead3).
+                let data = field!(p, O, overheadData, *mut std::ffi::c_void);
+                if !data.is_null() {
+                    libc::free(data);
+                }
+                ActivityRecord::Overhead(OverheadRecord {
+                    overhead_kind: field!(p, O, overheadKind, u32),
+                    start_ns: field!(p, O, start, u64),
+                    end_ns: field!(p, O, end, u64),
+                    correlation_id: field!(p, O, correlationId, u32),
+                })
+            }
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,66 @@
+//! Shared helpers: where the artifacts and fixtures are, running commands.
+
+use gpuspan_core::stats::Stats;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// `target/<profile>/`, where cargo put every workspace artifact.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let deps = exe.parent().expect("deps dir");
+    let dir = if deps.ends_with("deps") { deps.parent().unwrap() } else { deps };
+    dir.to_path_buf()
+}
+
+/// An artifact in the target dir; panics with a clear message when it was not built.
+pub fn artifact(name: &str) -> PathBuf {
+    let p = target_dir().join(name);
+    assert!(p.exists(), "{} missing: run `cargo build --workspace` first (scripts/test.sh does)", p.display());
+    p
+}
+
+/// The `gpuspan` CLI.
+pub fn gpuspan() -> Command {
+    Command::new(artifact("gpuspan"))
+}
+
+/// `../shared/fixtures/traces/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/traces").join(name)
+}
+
+/// All fixture traces.
+pub const FIXTURES: [&str; 5] = [
+    "h100-vit-falconsai.json.gz",
+    "h100-bert-small.json.gz",
+    "h100-qwen-prefill.json.gz",
+    "a100-hta-control.json.gz",
+    "v100-resnet50-oldschema.json.gz",
+];
+
+/// Runs and returns the output, with stdout/stderr in the panic message on a spawn error.
+pub fn output(c: &mut Command) -> Output {
+    c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"))
+}
+
+/// `gpuspan stats --json FILE`, parsed.
+pub fn stats_json(file: &Path) -> Stats {
+    let o = output(gpuspan().arg("stats").arg("--json").arg(file));
+    assert!(o.status.success(), "stats {} failed: {}", file.display(), String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).expect("stats --json parses")
+}
+
+/// The real CUPTI 12.9 library directory from the PyPI wheel in the test venv, if installed.
+pub fn real_cupti_lib_dir() -> Option<PathBuf> {
+    let venv = std::env::var_os("GPUSPAN_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let lib = venv.join("lib");
+    for e in std::fs::read_dir(&lib).ok()?.flatten() {
+        let d = e.path().join("site-packages/nvidia/cuda_cupti/lib");
+        if d.join("libcupti.so.12").exists() {
+            return Some(d);
+        }
+    }
+    None
+}
