@@ -1,1 +1,34 @@
-//! gpuspan
+//! `gpuspan`: the GPU-side profiling agent for DiT inference workers, as a Rust library and
+//! as `libgpuspan.so`.
+//!
+//! This root package builds the shared object that gets injected (`LD_PRELOAD`,
+//! `CUDA_INJECTION64_PATH`, `NVTX_INJECTION64_PATH`): its three C entry points below are
+//! thin shims over `gpuspan-agent`, each wrapped in `catch_unwind` there. The Rust API facade
+//! (request / step / stage guards) comes with issue 3; for now [`flush_capture`] and
+//! [`status`] are re-exported for programs that link the agent.
+
+pub use gpuspan_agent::hooks;
+pub use gpuspan_agent::state::{flush_capture, status, AgentStatus};
+
+#[ctor::ctor]
+fn gpuspan_on_load() {
+    gpuspan_agent::entry::on_load();
+}
+
+/// Called by the CUDA driver when `CUDA_INJECTION64_PATH` names this library.
+#[no_mangle]
+pub extern "C" fn InitializeInjection() -> i32 {
+    gpuspan_agent::entry::initialize_injection()
+}
+
+/// Called by every NVTX v3 instance when `NVTX_INJECTION64_PATH` names this library.
+///
+/// # Safety
+/// Called by NVTX with its export-table accessor.
+#[no_mangle]
+pub unsafe extern "C" fn InitializeInjectionNvtx2(
+    get_export_table: Option<gpuspan_cupti::nvtx::GetExportTableFn>,
+) -> i32 {
+    // SAFETY: forwarded from NVTX unchanged.
+    unsafe { gpuspan_agent::entry::initialize_injection_nvtx2(get_export_table) }
+}

@@ -4,11 +4,11 @@
 use crate::util::*;
 use std::process::Command;
 
-/// Runs `sh -c script` with `env`, with and without the agent; returns (without, with).
-fn with_and_without(script: &str, env: &[(&str, String)]) -> (std::process::Output, std::process::Output) {
+/// Runs `program args` with `env`, with and without the agent; returns (without, with).
+fn with_and_without(program: &str, args: &[&str], env: &[(&str, String)]) -> (std::process::Output, std::process::Output) {
     let base = || {
-        let mut c = Command::new("/bin/sh");
-        c.arg("-c").arg(script).env_remove("LD_PRELOAD").env_remove("NVTX_INJECTION64_PATH");
+        let mut c = Command::new(program);
+        c.args(args).env_remove("LD_PRELOAD").env_remove("NVTX_INJECTION64_PATH");
         for (k, v) in env {
             c.env(k, v);
         }
@@ -34,7 +34,8 @@ fn assert_same_and_one_warning(without: &std::process::Output, with: &std::proce
 fn no_cuda_libraries_at_all() {
     let empty = tempfile::tempdir().unwrap();
     let (without, with) = with_and_without(
-        "echo hello from the worker; exit 3",
+        "/bin/sh",
+        &["-c", "echo hello from the worker; exit 3"],
         &[("LD_LIBRARY_PATH", empty.path().display().to_string())],
     );
     assert_eq!(without.status.code(), Some(3));
@@ -50,7 +51,8 @@ fn real_libcupti_without_a_driver() {
         return;
     };
     let (without, with) = with_and_without(
-        "echo real cupti; exit 0",
+        "/bin/sh",
+        &["-c", "echo real cupti; exit 0"],
         &[("LD_LIBRARY_PATH", dir.display().to_string())],
     );
     // CUPTI 12.9 without a driver: cuptiGetVersion works, cuptiSubscribe returns 15.
@@ -62,9 +64,9 @@ fn cupti_held_by_another_tool() {
     let sim = tempfile::tempdir().unwrap();
     gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
     let replay = artifact("gpuspan-replay");
-    let script = format!("{} stdit --steps 2", replay.display());
     let (without, with) = with_and_without(
-        &script,
+        replay.to_str().unwrap(),
+        &["stdit", "--steps", "2"],
         &[
             ("LD_LIBRARY_PATH", sim.path().display().to_string()),
             ("GPUSPAN_SIM_FAULT", "cupti_subscribed".to_string()),

@@ -29,14 +29,6 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/traces").join(name)
 }
 
-/// All fixture traces.
-pub const FIXTURES: [&str; 5] = [
-    "h100-vit-falconsai.json.gz",
-    "h100-bert-small.json.gz",
-    "h100-qwen-prefill.json.gz",
-    "a100-hta-control.json.gz",
-    "v100-resnet50-oldschema.json.gz",
-];
 
 /// Runs and returns the output, with stdout/stderr in the panic message on a spawn error.
 pub fn output(c: &mut Command) -> Output {

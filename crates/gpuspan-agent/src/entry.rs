@@ -1,4 +1,8 @@
-//! The `extern "C"` entry points of `libgpuspan.so`, and the exit handler.
+//! What the `extern "C"` entry points of `libgpuspan.so` do, and the exit handler.
+//!
+//! The `#[no_mangle]` symbols and the ELF constructor themselves are in the root package
+//! (`src/lib.rs`), which builds `libgpuspan.so`: cargo cannot have this crate's library also
+//! be named `gpuspan` next to the root package's.
 //!
 //! - ELF constructor (`LD_PRELOAD`): points `NVTX_INJECTION64_PATH` at this library when it
 //!   is unset, then activates. Under `CUDA_INJECTION64_PATH` alone the constructor also
@@ -48,9 +52,11 @@ fn pin_self() {
     }
 }
 
-#[ctor::ctor]
-fn on_load() {
-    // Only when loaded as libgpuspan.so (not when the rlib is linked into a test binary).
+/// What the ELF constructor of `libgpuspan.so` does (`LD_PRELOAD`, or `dlopen` by the CUDA
+/// driver / NVTX): when running from a shared object, points `NVTX_INJECTION64_PATH` at it
+/// if unset, pins it, and activates. Does nothing when this code is linked into an
+/// executable (tests, the CLI) or when `GPUSPAN_NO_AUTOSTART` is set.
+pub fn on_load() {
     let _ = std::panic::catch_unwind(|| {
         let Some(me) = own_path() else { return };
         if std::env::var_os("GPUSPAN_NO_AUTOSTART").is_some() {
@@ -64,10 +70,9 @@ fn on_load() {
     });
 }
 
-/// Called by the CUDA driver for `CUDA_INJECTION64_PATH` (CUPTI sample
-/// `cupti_trace_injection`). Returns 1 (Kineto and Parca return 1 on success).
-#[no_mangle]
-pub extern "C" fn InitializeInjection() -> i32 {
+/// What `InitializeInjection` (CUDA driver, `CUDA_INJECTION64_PATH`; CUPTI sample
+/// `cupti_trace_injection`) does. Returns 1, as Kineto and Parca do on success.
+pub fn initialize_injection() -> i32 {
     let _ = std::panic::catch_unwind(|| {
         pin_self();
         let _ = state::activate();
@@ -75,14 +80,13 @@ pub extern "C" fn InitializeInjection() -> i32 {
     1
 }
 
-/// Called by each NVTX v3 instance (`nvtxInitOnce`) with its export-table accessor.
+/// What `InitializeInjectionNvtx2` does: installs the hooks into the calling NVTX instance
+/// and returns 1, or returns 0 when the agent is inactive (NVTX then makes its calls no-ops).
+/// Makes no NVTX call (CUPTI-NOTES §5).
 ///
 /// # Safety
-/// `get_export_table` is NVTX's accessor (or NULL).
-#[no_mangle]
-pub unsafe extern "C" fn InitializeInjectionNvtx2(
-    get_export_table: Option<gpuspan_cupti::nvtx::GetExportTableFn>,
-) -> i32 {
+/// `get_export_table` is the accessor NVTX passed (or `None`).
+pub unsafe fn initialize_injection_nvtx2(get_export_table: Option<gpuspan_cupti::nvtx::GetExportTableFn>) -> i32 {
     std::panic::catch_unwind(|| {
         let Some(get) = get_export_table else { return 0 };
         if state::activate().is_err() {

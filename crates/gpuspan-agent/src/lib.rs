@@ -1,4 +1,5 @@
-//! `libgpuspan.so`: the gpuspan agent that runs inside an inference worker.
+//! `gpuspan-agent`: the gpuspan agent that runs inside an inference worker (built into
+//! `libgpuspan.so` by the root package, whose `src/lib.rs` holds the `extern "C"` symbols).
 //!
 //! Entry points ([`entry`], the only `unsafe` of this crate besides the hot-path FFI
 //! shims in [`hooks`]): the `LD_PRELOAD` constructor, `InitializeInjection` (the CUDA driver

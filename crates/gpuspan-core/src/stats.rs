@@ -156,12 +156,24 @@ pub fn compute(trace: &Trace, source: &str) -> Stats {
             }
         })
         .collect();
-    kernels.sort_by(|a, b| b.total_us.total_cmp(&a.total_us).then_with(|| a.name.cmp(&b.name)));
+    kernels.sort_by(|a, b| {
+        b.total_us
+            .total_cmp(&a.total_us)
+            .then_with(|| a.name.cmp(&b.name))
+    });
     let mut stages: Vec<StageStats> = by_stage
         .into_iter()
-        .map(|(stage, (count, total_us))| StageStats { stage: stage.to_string(), count, total_us })
+        .map(|(stage, (count, total_us))| StageStats {
+            stage: stage.to_string(),
+            count,
+            total_us,
+        })
         .collect();
-    stages.sort_by(|a, b| b.total_us.total_cmp(&a.total_us).then_with(|| a.stage.cmp(&b.stage)));
+    stages.sort_by(|a, b| {
+        b.total_us
+            .total_cmp(&a.total_us)
+            .then_with(|| a.stage.cmp(&b.stage))
+    });
 
     // Span and busy union over kernels + memcpy + memset.
     let mut intervals: Vec<(f64, f64)> = trace
@@ -192,7 +204,11 @@ pub fn compute(trace: &Trace, source: &str) -> Stats {
             kernel_total_us,
         })
         .collect();
-    steps.sort_by(|a, b| a.start_us.total_cmp(&b.start_us).then_with(|| a.name.cmp(&b.name)));
+    steps.sort_by(|a, b| {
+        a.start_us
+            .total_cmp(&b.start_us)
+            .then_with(|| a.name.cmp(&b.name))
+    });
 
     Stats {
         source: source.to_string(),
@@ -213,7 +229,10 @@ fn span_and_busy(intervals: &mut [(f64, f64)]) -> (f64, f64) {
     let Some(&(first, _)) = intervals.first() else {
         return (0.0, 0.0);
     };
-    let last_end = intervals.iter().map(|i| i.1).fold(f64::NEG_INFINITY, f64::max);
+    let last_end = intervals
+        .iter()
+        .map(|i| i.1)
+        .fold(f64::NEG_INFINITY, f64::max);
     let mut busy = 0.0;
     let (mut cs, mut ce) = intervals[0];
     for &(s, e) in &intervals[1..] {
@@ -282,11 +301,13 @@ enum StepKind {
 }
 
 fn is_step_event(e: &TraceEvent) -> bool {
-    match (step_kind(&e.name), &e.cat) {
-        (Some(StepKind::Profiler), Some(Category::UserAnnotation | Category::CpuOp)) => true,
-        (Some(StepKind::Dit), Some(Category::UserAnnotation)) => true,
-        _ => false,
-    }
+    matches!(
+        (step_kind(&e.name), &e.cat),
+        (
+            Some(StepKind::Profiler),
+            Some(Category::UserAnnotation | Category::CpuOp)
+        ) | (Some(StepKind::Dit), Some(Category::UserAnnotation))
+    )
 }
 
 /// A step's CPU range.
@@ -365,14 +386,22 @@ fn assign(trace: &Trace) -> (Vec<StepRange>, Vec<(usize, Option<usize>)>) {
         .events
         .iter()
         .filter(|e| is_step_event(e))
-        .map(|e| StepRange { name: e.name.clone(), start: e.ts_us, dur: e.dur_us })
+        .map(|e| StepRange {
+            name: e.name.clone(),
+            start: e.ts_us,
+            dur: e.dur_us,
+        })
         .collect();
     let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, r) in ranges.iter().enumerate() {
         by_name.entry(r.name.clone()).or_default().push(i);
     }
     let cpu_index = RangeIndex::new(
-        ranges.iter().enumerate().map(|(i, r)| (r.start, r.start + r.dur, i)).collect(),
+        ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.start, r.start + r.dur, i))
+            .collect(),
     );
     // GPU-side projections of step ranges, id = index into trace.events.
     let gpu_index = RangeIndex::new(
@@ -433,7 +462,11 @@ fn assign(trace: &Trace) -> (Vec<StepRange>, Vec<(usize, Option<usize>)>) {
                 None => {
                     // A step known only from the kernels' args: its range is its kernels'.
                     let s = *synthetic.entry(name.to_string()).or_insert_with(|| {
-                        ranges.push(StepRange { name: name.to_string(), start: k.ts_us, dur: 0.0 });
+                        ranges.push(StepRange {
+                            name: name.to_string(),
+                            start: k.ts_us,
+                            dur: 0.0,
+                        });
                         ranges.len() - 1
                     });
                     let r = &mut ranges[s];
@@ -455,10 +488,20 @@ mod tests {
     use super::*;
 
     fn ev(cat: Category, name: &str, tid: i64, ts: f64, dur: f64) -> TraceEvent {
-        TraceEvent { cat: Some(cat), name: name.into(), tid, ts_us: ts, dur_us: dur, ..Default::default() }
+        TraceEvent {
+            cat: Some(cat),
+            name: name.into(),
+            tid,
+            ts_us: ts,
+            dur_us: dur,
+            ..Default::default()
+        }
     }
     fn kernel(name: &str, stream: i64, ts: f64, dur: f64) -> TraceEvent {
-        TraceEvent { stream: Some(stream), ..ev(Category::Kernel, name, stream, ts, dur) }
+        TraceEvent {
+            stream: Some(stream),
+            ..ev(Category::Kernel, name, stream, ts, dur)
+        }
     }
     fn with_corr(mut e: TraceEvent, c: i64) -> TraceEvent {
         e.correlation = Some(c);
@@ -469,10 +512,10 @@ mod tests {
     fn busy_union_over_two_streams_and_memcpy_extends_span() {
         let trace = Trace {
             events: vec![
-                kernel("a", 7, 0.0, 10.0),  // 0..10
-                kernel("b", 8, 5.0, 10.0),  // 5..15, overlaps a
-                kernel("a", 7, 20.0, 5.0),  // 20..25
-                kernel("c", 8, 21.0, 2.5),  // inside the previous one
+                kernel("a", 7, 0.0, 10.0),                                     // 0..10
+                kernel("b", 8, 5.0, 10.0),                                     // 5..15, overlaps a
+                kernel("a", 7, 20.0, 5.0),                                     // 20..25
+                kernel("c", 8, 21.0, 2.5), // inside the previous one
                 ev(Category::GpuMemcpy, "Memcpy HtoD", 7, 30.0, 10.0), // 30..40
                 ev(Category::CudaRuntime, "cudaLaunchKernel", 1, -100.0, 5.0), // CPU: ignored
             ],
@@ -490,7 +533,10 @@ mod tests {
     #[test]
     fn empty_trace_is_all_zero() {
         let s = compute(&Trace::default(), "e");
-        assert_eq!((s.kernel_count, s.gpu_span_us, s.gpu_busy_us, s.gpu_idle_us), (0, 0.0, 0.0, 0.0));
+        assert_eq!(
+            (s.kernel_count, s.gpu_span_us, s.gpu_busy_us, s.gpu_idle_us),
+            (0, 0.0, 0.0, 0.0)
+        );
         assert!(s.kernels.is_empty() && s.stages.is_empty() && s.steps.is_empty());
     }
 
@@ -510,7 +556,11 @@ mod tests {
             ..Default::default()
         };
         let s = compute(&trace, "x");
-        let names: Vec<_> = s.kernels.iter().map(|k| (k.name.as_str(), k.stage.as_str())).collect();
+        let names: Vec<_> = s
+            .kernels
+            .iter()
+            .map(|k| (k.name.as_str(), k.stage.as_str()))
+            .collect();
         assert_eq!(
             names,
             [
@@ -521,11 +571,24 @@ mod tests {
             ]
         );
         let f = &s.kernels[1];
-        assert_eq!((f.count, f.total_us, f.mean_us, f.min_us, f.max_us), (2, 24.0, 12.0, 10.0, 14.0));
-        let st: Vec<_> = s.stages.iter().map(|x| (x.stage.as_str(), x.count, x.total_us)).collect();
+        assert_eq!(
+            (f.count, f.total_us, f.mean_us, f.min_us, f.max_us),
+            (2, 24.0, 12.0, 10.0, 14.0)
+        );
+        let st: Vec<_> = s
+            .stages
+            .iter()
+            .map(|x| (x.stage.as_str(), x.count, x.total_us))
+            .collect();
         assert_eq!(
             st,
-            [("ffn", 1, 30.0), ("attention", 2, 24.0), ("gemm", 1, 2.0), ("norm", 1, 1.0), ("other", 1, 0.5)]
+            [
+                ("ffn", 1, 30.0),
+                ("attention", 2, 24.0),
+                ("gemm", 1, 2.0),
+                ("norm", 1, 1.0),
+                ("other", 1, 0.5)
+            ]
         );
         let stage_sum: f64 = s.stages.iter().map(|x| x.total_us).sum();
         assert_eq!(stage_sum, s.kernel_total_us);
@@ -533,15 +596,41 @@ mod tests {
 
     #[test]
     fn name_rules() {
-        assert_eq!(name_class("void flash::flash_fwd_kernel<Flash_fwd_kernel_traits<cutlass::half_t>>"), "attention");
-        assert_eq!(name_class("fmha_cutlassF_bf16_aligned_64x128_rf_sm80"), "attention");
-        assert_eq!(name_class("void (anonymous namespace)::softmax_warp_forward<float>"), "attention");
-        assert_eq!(name_class("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTN"), "gemm");
-        assert_eq!(name_class("void cutlass::Kernel<cutlass_80_tensorop_s1688gemm>"), "gemm");
+        assert_eq!(
+            name_class("void flash::flash_fwd_kernel<Flash_fwd_kernel_traits<cutlass::half_t>>"),
+            "attention"
+        );
+        assert_eq!(
+            name_class("fmha_cutlassF_bf16_aligned_64x128_rf_sm80"),
+            "attention"
+        );
+        assert_eq!(
+            name_class("void (anonymous namespace)::softmax_warp_forward<float>"),
+            "attention"
+        );
+        assert_eq!(
+            name_class("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTN"),
+            "gemm"
+        );
+        assert_eq!(
+            name_class("void cutlass::Kernel<cutlass_80_tensorop_s1688gemm>"),
+            "gemm"
+        );
         assert_eq!(name_class("ampere_sgemm_128x64_nn"), "gemm");
-        assert_eq!(name_class("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float>"), "norm");
-        assert_eq!(name_class("void at::native::unrolled_elementwise_kernel<...>"), "elementwise");
-        assert_eq!(name_class("void at::native::vectorized_elementwise_kernel<4, ...>"), "elementwise");
+        assert_eq!(
+            name_class(
+                "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float>"
+            ),
+            "norm"
+        );
+        assert_eq!(
+            name_class("void at::native::unrolled_elementwise_kernel<...>"),
+            "elementwise"
+        );
+        assert_eq!(
+            name_class("void at::native::vectorized_elementwise_kernel<4, ...>"),
+            "elementwise"
+        );
         assert_eq!(name_class("cask_cudnn::computeOffsetsKernel"), "other");
         assert_eq!(name_class(""), "other");
     }
@@ -554,11 +643,26 @@ mod tests {
             events: vec![
                 ev(Category::UserAnnotation, "ProfilerStep#1", 1, 0.0, 100.0),
                 ev(Category::UserAnnotation, "ProfilerStep#2", 1, 100.0, 100.0),
-                ev(Category::GpuUserAnnotation, "ProfilerStep#1", 7, 100.0, 50.0), // GPU [100,150)
-                with_corr(ev(Category::CudaRuntime, "cudaLaunchKernel", 1, 50.0, 1.0), 1),
-                with_corr(ev(Category::CudaRuntime, "cudaLaunchKernel", 1, 150.0, 1.0), 2),
+                ev(
+                    Category::GpuUserAnnotation,
+                    "ProfilerStep#1",
+                    7,
+                    100.0,
+                    50.0,
+                ), // GPU [100,150)
+                with_corr(
+                    ev(Category::CudaRuntime, "cudaLaunchKernel", 1, 50.0, 1.0),
+                    1,
+                ),
+                with_corr(
+                    ev(Category::CudaRuntime, "cudaLaunchKernel", 1, 150.0, 1.0),
+                    2,
+                ),
                 with_corr(ev(Category::CudaDriver, "cuLaunchKernel", 1, 99.5, 0.25), 3),
-                with_corr(ev(Category::CudaRuntime, "cudaLaunchKernel", 1, 300.0, 1.0), 4),
+                with_corr(
+                    ev(Category::CudaRuntime, "cudaLaunchKernel", 1, 300.0, 1.0),
+                    4,
+                ),
                 // 7: launched in step 1, runs during step 2's CPU range
                 with_corr(kernel("k1", 7, 120.0, 2.0), 1),
                 // 8: launched in step 2, runs after every step
@@ -586,17 +690,43 @@ mod tests {
         let got: Vec<(usize, Option<&str>)> = a.iter().map(|(i, s)| (*i, s.as_deref())).collect();
         let s1 = Some("ProfilerStep#1");
         let s2 = Some("ProfilerStep#2");
-        assert_eq!(got, [(7, s1), (8, s2), (9, s1), (10, s1), (11, s2), (12, None), (13, s1), (14, None)]);
+        assert_eq!(
+            got,
+            [
+                (7, s1),
+                (8, s2),
+                (9, s1),
+                (10, s1),
+                (11, s2),
+                (12, None),
+                (13, s1),
+                (14, None)
+            ]
+        );
     }
 
     #[test]
     fn steps_table() {
         let s = compute(&step_trace(), "steps");
-        let got: Vec<_> =
-            s.steps.iter().map(|x| (x.name.as_str(), x.start_us, x.dur_us, x.kernel_count, x.kernel_total_us)).collect();
+        let got: Vec<_> = s
+            .steps
+            .iter()
+            .map(|x| {
+                (
+                    x.name.as_str(),
+                    x.start_us,
+                    x.dur_us,
+                    x.kernel_count,
+                    x.kernel_total_us,
+                )
+            })
+            .collect();
         assert_eq!(
             got,
-            [("ProfilerStep#1", 0.0, 100.0, 4, 2.0 + 8.0 + 16.0 + 1.0), ("ProfilerStep#2", 100.0, 100.0, 2, 4.0 + 32.0)]
+            [
+                ("ProfilerStep#1", 0.0, 100.0, 4, 2.0 + 8.0 + 16.0 + 1.0),
+                ("ProfilerStep#2", 100.0, 100.0, 2, 4.0 + 32.0)
+            ]
         );
     }
 
@@ -613,9 +743,18 @@ mod tests {
                 ev(Category::UserAnnotation, "dit.step 1/10", 1, 50.0, 40.0),
                 ev(Category::UserAnnotation, "not a step", 1, 0.0, 100.0),
                 ev(Category::CpuOp, "dit.step 2/10", 1, 0.0, 100.0), // wrong cat for dit.step
-                with_corr(ev(Category::CudaRuntime, "cudaLaunchKernel", 1, 5.0, 1.0), 1),
-                with_corr(ev(Category::CudaRuntime, "cudaLaunchKernel", 1, 20.0, 1.0), 2),
-                with_corr(ev(Category::CudaRuntime, "cudaLaunchKernel", 1, 60.0, 1.0), 3),
+                with_corr(
+                    ev(Category::CudaRuntime, "cudaLaunchKernel", 1, 5.0, 1.0),
+                    1,
+                ),
+                with_corr(
+                    ev(Category::CudaRuntime, "cudaLaunchKernel", 1, 20.0, 1.0),
+                    2,
+                ),
+                with_corr(
+                    ev(Category::CudaRuntime, "cudaLaunchKernel", 1, 60.0, 1.0),
+                    3,
+                ),
                 with_corr(kernel("a", 7, 6.0, 1.0), 1),
                 with_corr(kernel("b", 7, 21.0, 1.0), 2),
                 with_corr(kernel("c", 7, 61.0, 1.0), 3),
@@ -625,7 +764,10 @@ mod tests {
             ..Default::default()
         };
         let a = kernel_step_assignment(&trace);
-        let got: Vec<_> = a.iter().map(|(i, s)| (*i, s.clone().unwrap_or_default())).collect();
+        let got: Vec<_> = a
+            .iter()
+            .map(|(i, s)| (*i, s.clone().unwrap_or_default()))
+            .collect();
         assert_eq!(
             got,
             [
@@ -637,7 +779,11 @@ mod tests {
             ]
         );
         let s = compute(&trace, "d");
-        let got: Vec<_> = s.steps.iter().map(|x| (x.name.as_str(), x.start_us, x.dur_us, x.kernel_count)).collect();
+        let got: Vec<_> = s
+            .steps
+            .iter()
+            .map(|x| (x.name.as_str(), x.start_us, x.dur_us, x.kernel_count))
+            .collect();
         assert_eq!(
             got,
             [
@@ -654,27 +800,50 @@ mod tests {
         let trace = Trace {
             events: vec![
                 ev(Category::CpuOp, "ProfilerStep#5", 1, 0.0, 10.0),
-                with_corr(ev(Category::CudaRuntime, "cudaLaunchKernel", 1, 1.0, 1.0), 1),
+                with_corr(
+                    ev(Category::CudaRuntime, "cudaLaunchKernel", 1, 1.0, 1.0),
+                    1,
+                ),
                 with_corr(kernel("k", 7, 50.0, 1.0), 1),
             ],
             ..Default::default()
         };
-        assert_eq!(kernel_step_assignment(&trace), [(2, Some("ProfilerStep#5".to_string()))]);
+        assert_eq!(
+            kernel_step_assignment(&trace),
+            [(2, Some("ProfilerStep#5".to_string()))]
+        );
     }
 
     #[test]
     fn json_keys_in_design_order() {
         let s = compute(&step_trace(), "capture.json.gz");
         let j = serde_json::to_string(&s).unwrap();
-        let keys = ["\"source\"", "\"kernel_count\"", "\"kernel_total_us\"", "\"gpu_span_us\"", "\"gpu_busy_us\"",
-            "\"gpu_idle_us\"", "\"kernels\"", "\"stages\"", "\"steps\""];
+        let keys = [
+            "\"source\"",
+            "\"kernel_count\"",
+            "\"kernel_total_us\"",
+            "\"gpu_span_us\"",
+            "\"gpu_busy_us\"",
+            "\"gpu_idle_us\"",
+            "\"kernels\"",
+            "\"stages\"",
+            "\"steps\"",
+        ];
         let pos: Vec<usize> = keys.iter().map(|k| j.find(k).unwrap()).collect();
         assert!(pos.windows(2).all(|w| w[0] < w[1]), "{j}");
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
-        for k in ["name", "stage", "count", "total_us", "mean_us", "min_us", "max_us"] {
+        for k in [
+            "name", "stage", "count", "total_us", "mean_us", "min_us", "max_us",
+        ] {
             assert!(v["kernels"][0].get(k).is_some(), "{k}");
         }
-        for k in ["name", "start_us", "dur_us", "kernel_count", "kernel_total_us"] {
+        for k in [
+            "name",
+            "start_us",
+            "dur_us",
+            "kernel_count",
+            "kernel_total_us",
+        ] {
             assert!(v["steps"][0].get(k).is_some(), "{k}");
         }
         assert_eq!(serde_json::from_str::<Stats>(&j).unwrap(), s);

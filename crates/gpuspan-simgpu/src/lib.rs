@@ -1,1 +1,44 @@
-//! placeholder
+//! A simulated NVIDIA H100 behind the C ABI of `libcuda.so.1`, `libcupti.so.12` and
+//! `libnvidia-ml.so.1` (the subset gpuspan and its replay worker call), for machines
+//! without a GPU. See DESIGN.md "The simulated H100" and CUPTI-NOTES.md "Things a
+//! simulator must reproduce".
+//!
+//! # Using it
+//! Build the cdylib, then [`install::install`] symlinks it under the NVIDIA sonames in a
+//! directory that goes first on `LD_LIBRARY_PATH` ([`install::sim_env`]). One loaded
+//! copy serves all three libraries, so CUPTI sees the driver's launches.
+//!
+//! # Conventions
+//! - **Kernel durations**: the sim computes nothing. A kernel runs for the number of ns
+//!   in the `u64` that `kernelParams[0]` points to (the argument of the real spin kernel
+//!   in `kernels/`); with `kernelParams == NULL` it runs 1000 ns. `cuModuleLoadData`
+//!   accepts any image and `cuModuleGetFunction` any name; that name is the kernel
+//!   record's `name` (one interned, process-lifetime string per name). Records get
+//!   `registersPerThread` 32, grid/block/dynamic shared memory from the launch.
+//! - **Timeline**: a kernel starts at max(launch entry + 2 µs, end of the previous work
+//!   on its stream); the legacy stream (0/0x1/0x2) orders with all blocking streams,
+//!   `CU_STREAM_NON_BLOCKING` streams don't. Copies: 25 GB/s host↔device, 2 TB/s
+//!   device↔device, memsets 3 TB/s, + 1 µs each. Memory calls move no data.
+//! - **Clock** (`GPUSPAN_SIM_CLOCK`): `virtual` (default) starts at Unix ns
+//!   1_763_000_000_000_000_000 and advances only by per-call host costs
+//!   ([`sim::costs`]), synchronizing calls (jump to the awaited end) and
+//!   `gpuspanSimAdvanceHostNs`; `real` uses CLOCK_REALTIME and sleeps. API records,
+//!   GPU records and `cuptiGetTimestamp` share it.
+//! - **CUPTI ABI** (`GPUSPAN_SIM_CUPTI_VERSION`): `12` (API 28; Kernel9 208 B, Memcpy6
+//!   96, Memset4 88) or `13` (API 130500; Kernel13 248, Memcpy7 112, Memset5 104).
+//! - **Faults** (`GPUSPAN_SIM_FAULT`, comma list): `no_device`, `cupti_subscribed`,
+//!   `drop_records` (every `GPUSPAN_SIM_DROP_EVERY`-th record, default 10).
+//! - **Extra symbols**: see [`abi::ext`] (`gpuspanSimAdvanceHostNs`,
+//!   `gpuspanSimIsVirtual`, `gpuspanSimCuptiCounters`, `gpuspanSimReset`).
+//! - `cuInit` honours `CUDA_INJECTION64_PATH` like the real driver.
+
+pub mod abi;
+pub mod install;
+pub mod sim;
+
+pub use sim::cupti_counters;
+
+/// Workloads of the replay worker: trace replay, DiT presets, the op executor.
+pub mod workload;
+/// The NVTX v3 loader logic used by the replay worker.
+pub mod nvtx_loader;

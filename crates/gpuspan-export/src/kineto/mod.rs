@@ -1,0 +1,44 @@
+//! Kineto / torch.profiler Chrome-trace JSON: reading ([`read_trace`]) and writing
+//! ([`write_trace`]) capture files.
+//!
+//! The format is Chrome's "JSON Object Format" trace (`{"traceEvents": [...], ...}`) with
+//! Kineto's conventions: complete events (`ph: "X"`) with `ts` / `dur` in µs (floats with ns
+//! decimals in Kineto ≥ 2, integers in older versions), `pid` = device id and `tid` = stream
+//! for GPU rows, the CUPTI `correlation` id joining a `cuda_runtime` launch to its `kernel`,
+//! `M` metadata events naming processes and threads, and top-level `schemaVersion`,
+//! `baseTimeNanoseconds` and `deviceProperties`. Both category schemas are understood on
+//! input (current `kernel` / `cuda_runtime` / `gpu_memcpy` / ... and old `Kernel` / `Runtime`
+//! / `Memcpy` / `Memset` / `Operator` with `tid: "stream 7"`); output is always the current
+//! schema. See <https://github.com/pytorch/kineto/blob/main/libkineto/src/output_json.cpp>
+//! for the writer this mirrors.
+
+mod error;
+mod read;
+mod write;
+
+pub use error::{ReadError, ReadErrorKind};
+pub use read::read_trace;
+pub use write::write_trace;
+
+/// The typed `args` keys the model interprets (see [`gpuspan_core::trace::TraceEvent`]);
+/// every other arg goes to `extra_args` on read and comes back verbatim on write.
+pub(crate) mod keys {
+    pub const DEVICE: &str = "device";
+    pub const STREAM: &str = "stream";
+    pub const CORRELATION: &str = "correlation";
+    pub const EXTERNAL_ID: &str = "External id";
+    /// Old-schema (Kineto 1.x) spelling of `External id` on GPU and runtime events.
+    pub const EXTERNAL_ID_OLD: &str = "external id";
+    pub const GRID: &str = "grid";
+    pub const BLOCK: &str = "block";
+    pub const REGISTERS: &str = "registers per thread";
+    pub const SHARED_MEMORY: &str = "shared memory";
+    pub const BYTES: &str = "bytes";
+    pub const STAGE: &str = "gpuspan.stage";
+    pub const STEP: &str = "gpuspan.step";
+    pub const TRACE_ID: &str = "gpuspan.trace_id";
+    pub const SCOPE: &str = "gpuspan.scope";
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,594 @@
+//! Reading Kineto / torch.profiler Chrome-trace JSON (`.json` or `.json.gz`) into a
+//! [`Trace`], streaming: the file is decompressed and deserialized event by event into typed
+//! structs; only each event's `args` object is held as a `serde_json::Value` map, and only
+//! until its typed fields are pulled out.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+use gpuspan_core::trace::{Category, Trace, TraceEvent};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::error::{ReadError, ReadErrorKind};
+use super::keys;
+
+/// Reads a Kineto / torch.profiler trace file into a [`Trace`].
+///
+/// - Compression is detected by content (gzip magic bytes `1f 8b`), not by file name, so a
+///   `.json` that is really gzipped and a `.json.gz` that is plain both read.
+/// - Both Kineto category schemas are accepted: current (`kernel`, `cuda_runtime`,
+///   `gpu_memcpy`, `gpu_memset`, `cuda_driver`, `user_annotation`, `gpu_user_annotation`,
+///   `cpu_op`, `python_function`) and old (`Kernel`, `Runtime`, `Memcpy`, `Memset`,
+///   `Operator`, with `tid` strings such as `"stream 7"`, reduced to their number).
+/// - Only complete events (`ph: "X"`) become [`Trace::events`], in file order, `ts` / `dur`
+///   kept exactly as written (µs); `args` fill the typed [`TraceEvent`] fields (`device`,
+///   `stream`, `correlation`, `External id` / old `external id`, `grid`, `block`,
+///   `registers per thread`, `shared memory`, `bytes`, `gpuspan.stage|step|trace_id|scope`)
+///   and every other arg, or a typed one of an unexpected type, goes to `extra_args`.
+/// - `M` events `process_name` / `thread_name` fill [`Trace::process_names`] /
+///   [`Trace::thread_names`]; `baseTimeNanoseconds`, `schemaVersion` and `deviceProperties`
+///   are kept; other top-level keys and other event phases (flows, instants, counters) are
+///   skipped.
+/// - Lenient where harmless: numbers may be ints, floats or numeric strings (`ts` too);
+///   a `pid` / `tid` string that is not a number (Kineto's `"Spans"` row) becomes -1; a
+///   missing `dur` is 0. Strict where it matters: an `X` event without a numeric `ts`, a
+///   non-numeric `dur`, or a `traceEvents` entry that is not an object is an error naming
+///   the event's index. A bare JSON array of events (Chrome's "JSON Array Format") is
+///   accepted as well.
+///
+/// Never panics; every failure is a [`ReadError`] whose `Display` is one line naming the
+/// file.
+pub fn read_trace(path: &Path) -> Result<Trace, ReadError> {
+    let err = |kind| ReadError::new(path, kind);
+    let file = File::open(path).map_err(|e| err(ReadErrorKind::Io(e)))?;
+    let mut buf = BufReader::with_capacity(1 << 16, file);
+    let head = buf.fill_buf().map_err(|e| err(ReadErrorKind::Io(e)))?;
+    if head.is_empty() {
+        return Err(err(ReadErrorKind::Empty));
+    }
+    let gzip = head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b;
+    if gzip {
+        let dec = flate2::bufread::MultiGzDecoder::new(buf);
+        parse(BufReader::with_capacity(1 << 16, dec), true).map_err(err)
+    } else {
+        parse(buf, false).map_err(err)
+    }
+}
+
+/// Parse state shared by the visitors: the trace being built and the first semantic error
+/// (reported instead of serde's generic one).
+#[derive(Default)]
+struct State {
+    trace: Trace,
+    saw_trace_events: bool,
+    error: Option<ReadErrorKind>,
+    /// Index of the event being deserialized when serde itself failed.
+    failed_index: Option<usize>,
+}
+
+fn parse<R: Read>(reader: R, gzip: bool) -> Result<Trace, ReadErrorKind> {
+    let mut state = State::default();
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let res = TopSeed { state: &mut state }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+    match res {
+        Ok(()) if !state.saw_trace_events => {
+            Err(ReadErrorKind::NotKineto("no \"traceEvents\" array".into()))
+        }
+        Ok(()) => Ok(state.trace),
+        Err(e) => Err(match state.error.take() {
+            Some(kind) => kind,
+            None => map_json_error(e, gzip, state.failed_index),
+        }),
+    }
+}
+
+fn strip_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    match s.strip_suffix(&suffix) {
+        Some(m) => m.to_string(),
+        None => s,
+    }
+}
+
+fn map_json_error(e: serde_json::Error, gzip: bool, failed_index: Option<usize>) -> ReadErrorKind {
+    use serde_json::error::Category as C;
+    match e.classify() {
+        C::Io => {
+            let io: std::io::Error = e.into();
+            let corrupt = matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::InvalidInput
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+            if gzip && corrupt {
+                if io.kind() == std::io::ErrorKind::UnexpectedEof {
+                    ReadErrorKind::Gzip(format!("truncated ({io})"))
+                } else {
+                    ReadErrorKind::Gzip(io.to_string())
+                }
+            } else {
+                ReadErrorKind::Io(io)
+            }
+        }
+        C::Syntax | C::Eof => ReadErrorKind::Json {
+            line: e.line(),
+            column: e.column(),
+            msg: strip_position(&e),
+        },
+        C::Data => {
+            let msg = format!(
+                "{} (line {} column {})",
+                strip_position(&e),
+                e.line(),
+                e.column()
+            );
+            match failed_index {
+                Some(index) => ReadErrorKind::BadEvent { index, msg },
+                None => ReadErrorKind::NotKineto(msg),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Lenient scalar
+// ---------------------------------------------------------------------------------------
+
+/// Any JSON value, reduced to what the reader needs from a scalar field; arrays and objects
+/// are skipped without being built.
+#[derive(Debug, Default, Clone, PartialEq)]
+enum Scalar {
+    #[default]
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Str(String),
+    Compound,
+}
+
+impl Scalar {
+    fn as_f64(&self) -> Option<f64> {
+        match self {
+            Scalar::Int(i) => Some(*i as f64),
+            Scalar::UInt(u) => Some(*u as f64),
+            Scalar::Float(f) if f.is_finite() => Some(*f),
+            Scalar::Str(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
+            _ => None,
+        }
+    }
+
+    fn as_i64(&self) -> Option<i64> {
+        match self {
+            Scalar::Int(i) => Some(*i),
+            Scalar::UInt(u) => i64::try_from(*u).ok(),
+            Scalar::Float(f) => f64_to_i64(*f),
+            Scalar::Str(s) => {
+                let t = s.trim();
+                t.parse::<i64>()
+                    .ok()
+                    .or_else(|| t.parse::<f64>().ok().and_then(f64_to_i64))
+            }
+            _ => None,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Scalar::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// `pid` / `tid`: a number, a numeric string, or a string ending in a number
+    /// (`"stream 7"`); anything else is -1.
+    fn as_id(&self) -> i64 {
+        if let Some(n) = self.as_i64() {
+            return n;
+        }
+        if let Scalar::Str(s) = self {
+            if let Some(n) = s
+                .split_whitespace()
+                .last()
+                .and_then(|t| t.parse::<i64>().ok())
+            {
+                return n;
+            }
+        }
+        -1
+    }
+
+    fn into_text(self) -> String {
+        match self {
+            Scalar::Str(s) => s,
+            Scalar::Int(i) => i.to_string(),
+            Scalar::UInt(u) => u.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+            Scalar::Null | Scalar::Compound => String::new(),
+        }
+    }
+}
+
+fn f64_to_i64(f: f64) -> Option<i64> {
+    // -2^63 and 2^63 are exact f64s; i64 holds [-2^63, 2^63).
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    if f.is_finite() && f.fract() == 0.0 && (-LIMIT..LIMIT).contains(&f) {
+        Some(f as i64)
+    } else {
+        None
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+        Ok(match i64::try_from(v) {
+            Ok(i) => Scalar::Int(i),
+            Err(_) => Scalar::UInt(v),
+        })
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Float(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Str(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
+        Ok(Scalar::Str(v))
+    }
+    fn visit_unit<E>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_none<E>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Scalar, D::Error> {
+        Scalar::deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Compound)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Compound)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Events
+// ---------------------------------------------------------------------------------------
+
+/// One `traceEvents` entry as written; unknown keys (`id`, `bp`, `s`, ...) are skipped.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawEvent {
+    ph: Scalar,
+    cat: Scalar,
+    name: Scalar,
+    pid: Scalar,
+    tid: Scalar,
+    ts: Scalar,
+    dur: Scalar,
+    args: Option<Value>,
+}
+
+/// A `traceEvents` entry: an object, or (`None`) something that is not one.
+struct Slot(Option<RawEvent>);
+
+impl<'de> Deserialize<'de> for Slot {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SlotVisitor)
+    }
+}
+
+struct SlotVisitor;
+
+impl<'de> Visitor<'de> for SlotVisitor {
+    type Value = Slot;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a trace event object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Slot, A::Error> {
+        RawEvent::deserialize(de::value::MapAccessDeserializer::new(map)).map(|e| Slot(Some(e)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Slot, A::Error> {
+        ScalarVisitor.visit_seq(seq).map(|_| Slot(None))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Slot, E> {
+        Ok(Slot(None))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Slot, E> {
+        Ok(Slot(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Slot, E> {
+        Ok(Slot(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Slot, E> {
+        Ok(Slot(None))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Slot, E> {
+        Ok(Slot(None))
+    }
+    fn visit_unit<E>(self) -> Result<Slot, E> {
+        Ok(Slot(None))
+    }
+}
+
+fn short(name: &str) -> Cow<'_, str> {
+    const MAX: usize = 60;
+    if name.chars().count() <= MAX {
+        Cow::Borrowed(name)
+    } else {
+        Cow::Owned(format!("{}…", name.chars().take(MAX).collect::<String>()))
+    }
+}
+
+fn arg_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_u64().and_then(|u| i64::try_from(u).ok()))
+            .or_else(|| n.as_f64().and_then(f64_to_i64)),
+        Value::String(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    }
+}
+
+fn arg_dim3(v: &Value) -> Option<[i64; 3]> {
+    match v {
+        Value::Array(a) if a.len() == 3 => {
+            Some([arg_int(&a[0])?, arg_int(&a[1])?, arg_int(&a[2])?])
+        }
+        _ => None,
+    }
+}
+
+fn arg_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Moves the typed args into `ev`'s fields; the rest (and typed keys whose value has an
+/// unexpected type) into `ev.extra_args`, so nothing is lost.
+fn take_args(ev: &mut TraceEvent, args: Map<String, Value>) {
+    for (k, v) in args {
+        let used = match k.as_str() {
+            keys::DEVICE => set(&mut ev.device, arg_int(&v)),
+            keys::STREAM => set(&mut ev.stream, arg_int(&v)),
+            keys::CORRELATION => set(&mut ev.correlation, arg_int(&v)),
+            keys::EXTERNAL_ID | keys::EXTERNAL_ID_OLD => set(&mut ev.external_id, arg_int(&v)),
+            keys::GRID => set(&mut ev.grid, arg_dim3(&v)),
+            keys::BLOCK => set(&mut ev.block, arg_dim3(&v)),
+            keys::REGISTERS => set(&mut ev.registers_per_thread, arg_int(&v)),
+            keys::SHARED_MEMORY => set(&mut ev.shared_memory_bytes, arg_int(&v)),
+            keys::BYTES => set(&mut ev.bytes, arg_int(&v)),
+            keys::STAGE => set(&mut ev.stage, arg_string(&v)),
+            keys::STEP => set(&mut ev.step, arg_string(&v)),
+            keys::TRACE_ID => set(&mut ev.trace_id, arg_string(&v)),
+            keys::SCOPE => set(&mut ev.scope, arg_string(&v)),
+            _ => false,
+        };
+        if !used {
+            ev.extra_args.insert(k, v);
+        }
+    }
+}
+
+/// Sets `slot` to `value` when the slot is empty and the value parsed; says whether it did.
+fn set<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
+    if slot.is_none() && value.is_some() {
+        *slot = value;
+        true
+    } else {
+        false
+    }
+}
+
+fn complete_event(raw: RawEvent) -> Result<TraceEvent, String> {
+    let name = raw.name.into_text();
+    let ts_us = raw.ts.as_f64().ok_or_else(|| {
+        format!(
+            "complete (X) event {:?} has no numeric \"ts\"",
+            short(&name)
+        )
+    })?;
+    let dur_us = match raw.dur {
+        Scalar::Null => 0.0,
+        d => d.as_f64().ok_or_else(|| {
+            format!(
+                "complete (X) event {:?} has a non-numeric \"dur\"",
+                short(&name)
+            )
+        })?,
+    };
+    let cat = match raw.cat {
+        Scalar::Null | Scalar::Compound => None,
+        Scalar::Str(s) => Some(Category::from_kineto(&s)),
+        other => Some(Category::Other(other.into_text())),
+    };
+    let mut ev = TraceEvent {
+        cat,
+        name,
+        pid: raw.pid.as_id(),
+        tid: raw.tid.as_id(),
+        ts_us,
+        dur_us,
+        ..TraceEvent::default()
+    };
+    if let Some(Value::Object(args)) = raw.args {
+        take_args(&mut ev, args);
+    }
+    Ok(ev)
+}
+
+fn metadata_event(trace: &mut Trace, raw: RawEvent) {
+    let label = match &raw.args {
+        Some(Value::Object(a)) => match a.get("name") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return,
+        },
+        _ => return,
+    };
+    match raw.name.as_str() {
+        Some("process_name") => {
+            trace.process_names.insert(raw.pid.as_id(), label);
+        }
+        Some("thread_name") => {
+            trace
+                .thread_names
+                .insert((raw.pid.as_id(), raw.tid.as_id()), label);
+        }
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Top level and the traceEvents array
+// ---------------------------------------------------------------------------------------
+
+struct TopSeed<'a> {
+    state: &'a mut State,
+}
+
+impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object with a \"traceEvents\" array")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_ref() {
+                "traceEvents" => {
+                    self.state.saw_trace_events = true;
+                    map.next_value_seed(EventsSeed {
+                        state: &mut *self.state,
+                    })?;
+                }
+                "baseTimeNanoseconds" => {
+                    let v: Scalar = map.next_value()?;
+                    match v.as_i64() {
+                        Some(n) => self.state.trace.base_time_ns = Some(n),
+                        None if v == Scalar::Null => {}
+                        None => {
+                            self.state.error = Some(ReadErrorKind::NotKineto(
+                                "\"baseTimeNanoseconds\" is not an integer".into(),
+                            ));
+                            return Err(de::Error::custom("baseTimeNanoseconds"));
+                        }
+                    }
+                }
+                "schemaVersion" => {
+                    let v: Scalar = map.next_value()?;
+                    self.state.trace.schema_version = v.as_i64();
+                }
+                "deviceProperties" => {
+                    let v: Value = map.next_value()?;
+                    if !v.is_null() {
+                        self.state.trace.device_properties = Some(v);
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Chrome's "JSON Array Format": the file is the event array itself.
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        self.state.saw_trace_events = true;
+        EventsSeed { state: self.state }.visit_seq(seq)
+    }
+}
+
+struct EventsSeed<'a> {
+    state: &'a mut State,
+}
+
+impl<'de> DeserializeSeed<'de> for EventsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the \"traceEvents\" array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0usize;
+        loop {
+            self.state.failed_index = Some(index);
+            let slot = match seq.next_element::<Slot>()? {
+                None => break,
+                Some(slot) => slot,
+            };
+            match slot.0 {
+                None => {
+                    self.state.error = Some(ReadErrorKind::BadEvent {
+                        index,
+                        msg: "not a JSON object".into(),
+                    });
+                    return Err(de::Error::custom("event is not an object"));
+                }
+                Some(raw) => match raw.ph.as_str() {
+                    Some("X") => match complete_event(raw) {
+                        Ok(ev) => self.state.trace.events.push(ev),
+                        Err(msg) => {
+                            self.state.error = Some(ReadErrorKind::BadEvent { index, msg });
+                            return Err(de::Error::custom("bad event"));
+                        }
+                    },
+                    Some("M") => metadata_event(&mut self.state.trace, raw),
+                    _ => {}
+                },
+            }
+            index += 1;
+        }
+        self.state.failed_index = None;
+        Ok(())
+    }
+}

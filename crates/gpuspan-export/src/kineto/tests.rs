@@ -1,0 +1,788 @@
+//! Tests of the Kineto reader and writer: fixtures from real GPUs, round trips, error
+//! messages, leniency, and garbled input (must never panic).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use gpuspan_core::stats;
+use gpuspan_core::trace::{Category, Trace, TraceEvent};
+use serde_json::{json, Value};
+
+use super::*;
+
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/fixtures/traces"
+);
+
+/// (file, kernel count by cat kernel / Kernel), counted independently with Python's json.
+const FIXTURE_KERNELS: &[(&str, usize)] = &[
+    ("h100-vit-falconsai.json.gz", 154),
+    ("h100-bert-small.json.gz", 60),
+    ("h100-qwen-prefill.json.gz", 1465),
+    ("a100-hta-control.json.gz", 8568),
+    ("v100-resnet50-oldschema.json.gz", 8772),
+];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(FIXTURES).join(name)
+}
+
+/// Each fixture read once per test process (debug-build reads of the 35 MB ones are slow).
+fn cached(name: &str) -> &'static Trace {
+    use std::sync::OnceLock;
+    static CACHE: [OnceLock<Trace>; 5] = [const { OnceLock::new() }; 5];
+    let i = FIXTURE_KERNELS
+        .iter()
+        .position(|(n, _)| *n == name)
+        .expect("known fixture");
+    CACHE[i].get_or_init(|| read_trace(&fixture(name)).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn gunzip(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap()),
+        &mut out,
+    )
+    .unwrap();
+    out
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn read_err(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let p = write_file(dir, name, bytes);
+    match read_trace(&p) {
+        Ok(t) => panic!("{name}: expected an error, read {} events", t.events.len()),
+        Err(e) => {
+            let s = e.to_string();
+            assert!(!s.contains('\n'), "error must be one line: {s:?}");
+            assert!(
+                s.starts_with(&p.display().to_string()),
+                "error must name the file: {s}"
+            );
+            s[p.display().to_string().len()..].to_string()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn fixtures_read_with_expected_kernel_counts_and_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    for &(name, kernels) in FIXTURE_KERNELS {
+        let t = cached(name);
+        assert_eq!(t.kernels().count(), kernels, "{name}");
+        assert_eq!(t.schema_version, Some(1), "{name}");
+        assert!(t.device_properties.is_some(), "{name}");
+        assert!(t
+            .events
+            .iter()
+            .all(|e| e.ts_us.is_finite() && e.dur_us.is_finite()));
+        // Every kernel carries the typed GPU args.
+        for k in t.kernels() {
+            assert!(
+                k.device.is_some() && k.stream.is_some() && k.correlation.is_some(),
+                "{name}: {k:?}"
+            );
+            assert!(k.grid.is_some() && k.block.is_some(), "{name}");
+            assert!(
+                k.registers_per_thread.is_some() && k.shared_memory_bytes.is_some(),
+                "{name}"
+            );
+            assert!(!k.extra_args.contains_key("device") && !k.extra_args.contains_key("grid"));
+        }
+
+        let out = dir.path().join(name);
+        write_trace(t, &out).unwrap();
+        assert!(!dir.path().join(format!("{name}.tmp")).exists());
+        let back = read_trace(&out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.kernels().count(), kernels, "{name}");
+        assert_eq!(back.events.len(), t.events.len(), "{name}");
+        for (a, b) in t.events.iter().zip(&back.events) {
+            assert_eq!(a.name, b.name);
+            assert_eq!(
+                a.ts_us.to_bits(),
+                b.ts_us.to_bits(),
+                "{name}: ts of {}",
+                a.name
+            );
+            assert_eq!(
+                a.dur_us.to_bits(),
+                b.dur_us.to_bits(),
+                "{name}: dur of {}",
+                a.name
+            );
+        }
+        // And in fact the whole event model survives.
+        assert_eq!(back.events, t.events, "{name}");
+        assert_eq!(back.base_time_ns, t.base_time_ns);
+        assert_eq!(back.schema_version, t.schema_version);
+        assert_eq!(back.device_properties, t.device_properties);
+        for (k, v) in &t.process_names {
+            assert_eq!(back.process_names.get(k), Some(v));
+        }
+        for (k, v) in &t.thread_names {
+            assert_eq!(back.thread_names.get(k), Some(v));
+        }
+        // Every GPU row is named after its stream.
+        for k in back.kernels() {
+            assert!(back
+                .thread_names
+                .get(&(k.pid, k.tid))
+                .is_some_and(|n| n.starts_with("stream ")));
+        }
+    }
+}
+
+#[test]
+fn fixture_details() {
+    // Current schema, baseTimeNanoseconds, ns-precision float ts.
+    let t = cached("h100-bert-small.json.gz");
+    assert_eq!(t.base_time_ns, Some(1_751_410_836_000_000_000));
+    let k = t.kernels().next().unwrap();
+    assert_eq!(k.ts_us, 1419247333430.849);
+    assert_eq!(k.dur_us, 3.136);
+    assert_eq!((k.pid, k.tid, k.device, k.stream), (0, 7, Some(0), Some(7)));
+    assert_eq!((k.correlation, k.external_id), (Some(8218), Some(9)));
+    assert_eq!((k.grid, k.block), (Some([564, 1, 1]), Some([128, 1, 1])));
+    assert_eq!(
+        (k.registers_per_thread, k.shared_memory_bytes),
+        (Some(32), Some(0))
+    );
+    assert_eq!(k.extra_args.get("blocks per SM"), Some(&json!(4.272727)));
+    assert_eq!(
+        t.thread_names.get(&(0, 7)).map(String::as_str),
+        Some("stream 7 ")
+    );
+    assert!(t
+        .events
+        .iter()
+        .any(|e| e.is(&Category::GpuUserAnnotation) && e.name == "ProfilerStep#6"));
+    assert!(t.events.iter().any(|e| e.is(&Category::CudaDriver)));
+    let m = t
+        .events
+        .iter()
+        .find(|e| e.is(&Category::GpuMemcpy))
+        .unwrap();
+    assert!(m.bytes.is_some());
+
+    // Old schema: cat "Kernel", tid "stream 7", "external id", integer µs.
+    let t = cached("v100-resnet50-oldschema.json.gz");
+    assert_eq!(t.base_time_ns, None);
+    let k = t.kernels().next().unwrap();
+    assert_eq!(
+        k.name,
+        "cask_cudnn::computeOffsetsKernel(cask_cudnn::ComputeOffsetsParams)"
+    );
+    assert_eq!(
+        (k.pid, k.tid, k.ts_us, k.dur_us),
+        (0, 7, 1623142623531625.0, 2.0)
+    );
+    assert_eq!(k.external_id, Some(544));
+    assert!(!k.extra_args.contains_key("external id"));
+    assert!(t.events.iter().any(|e| e.is(&Category::CudaRuntime)));
+    assert!(t
+        .events
+        .iter()
+        .any(|e| e.is(&Category::CpuOp) && e.name == "ProfilerStep#5"));
+    assert!(t.events.iter().any(|e| e.is(&Category::GpuMemset)));
+    // Old-schema CPU tid strings are numbers too.
+    assert_eq!(
+        t.thread_names.get(&(25738, 25772)).map(String::as_str),
+        Some("thread 25772 (python)")
+    );
+    // Kineto's "Trace" span with pid "Spans" / "Traces" is kept with pid -1.
+    let tr = t
+        .events
+        .iter()
+        .find(|e| e.cat == Some(Category::Other("Trace".into())))
+        .unwrap();
+    assert_eq!((tr.pid, tr.tid), (-1, -1));
+
+    // A100: three streams on device 3.
+    let t = cached("a100-hta-control.json.gz");
+    let mut streams: Vec<i64> = t.kernels().filter_map(|k| k.stream).collect();
+    streams.sort();
+    streams.dedup();
+    assert_eq!(streams, [7, 20, 21]);
+    assert!(t.kernels().all(|k| k.device == Some(3) && k.pid == 3));
+}
+
+/// Independent plain computation over the raw JSON (serde_json::Value, not the reader).
+fn plain_kernel_totals(path: &Path) -> (usize, f64) {
+    let v: Value = serde_json::from_slice(&gunzip(path)).unwrap();
+    let mut n = 0;
+    let mut total = 0.0;
+    for e in v["traceEvents"].as_array().unwrap() {
+        if e["ph"] == "X" && (e["cat"] == "kernel" || e["cat"] == "Kernel") {
+            n += 1;
+            total += e["dur"].as_f64().unwrap();
+        }
+    }
+    (n, total)
+}
+
+#[test]
+fn stats_on_fixtures_match_plain_computation() {
+    // (file, per-step kernel counts, kernels in no step) from an independent Python pass.
+    type StepCounts<'a> = &'a [(&'a str, usize)];
+    let steps: &[(&str, StepCounts, usize)] = &[
+        ("h100-vit-falconsai.json.gz", &[("ProfilerStep#6", 154)], 0),
+        ("h100-bert-small.json.gz", &[("ProfilerStep#6", 60)], 0),
+        ("h100-qwen-prefill.json.gz", &[("ProfilerStep#6", 1459)], 6),
+        (
+            "a100-hta-control.json.gz",
+            &[
+                ("ProfilerStep#1009", 1428),
+                ("ProfilerStep#1010", 1428),
+                ("ProfilerStep#1011", 1428),
+                ("ProfilerStep#1012", 1428),
+                ("ProfilerStep#1013", 1428),
+                ("ProfilerStep#1014", 1428),
+            ],
+            0,
+        ),
+        (
+            "v100-resnet50-oldschema.json.gz",
+            &[
+                ("ProfilerStep#5", 1462),
+                ("ProfilerStep#6", 1462),
+                ("ProfilerStep#7", 1462),
+                ("ProfilerStep#8", 1462),
+                ("ProfilerStep#9", 1462),
+                ("ProfilerStep#10", 1462),
+            ],
+            0,
+        ),
+    ];
+    // gpu_span / gpu_busy from the same Python pass (interval union over kernel + memcpy +
+    // memset, all streams).
+    let span_busy: &[(f64, f64)] = &[
+        (7559.843994140625, 1225.308837890625),
+        (3907.824951171875, 309.437744140625),
+        (49652.83203125, 45647.310546875),
+        (464594.0, 388587.0),
+        (996477.0, 603558.0),
+    ];
+    for (&(name, expect_steps, unassigned), &(span, busy)) in steps.iter().zip(span_busy) {
+        let path = fixture(name);
+        let t = cached(name);
+        let s = stats::compute(t, name);
+        assert!(
+            (s.gpu_span_us - span).abs() < 1e-3,
+            "{name}: span {} vs {span}",
+            s.gpu_span_us
+        );
+        assert!(
+            (s.gpu_busy_us - busy).abs() < 1e-3,
+            "{name}: busy {} vs {busy}",
+            s.gpu_busy_us
+        );
+        let (n, total) = plain_kernel_totals(&path);
+        assert_eq!(s.kernel_count, n, "{name}");
+        assert!(
+            (s.kernel_total_us - total).abs() <= 1e-9 * total,
+            "{name}: {} vs {total}",
+            s.kernel_total_us
+        );
+        assert!(
+            s.gpu_busy_us <= s.gpu_span_us && s.gpu_busy_us > 0.0,
+            "{name}"
+        );
+        assert!((s.gpu_idle_us - (s.gpu_span_us - s.gpu_busy_us)).abs() < 1e-6);
+        let stage_count: usize = s.stages.iter().map(|x| x.count).sum();
+        assert_eq!(stage_count, n);
+        let kernel_rows: usize = s.kernels.iter().map(|x| x.count).sum();
+        assert_eq!(kernel_rows, n);
+        assert!(s.kernels.windows(2).all(|w| w[0].total_us >= w[1].total_us));
+
+        let got: Vec<(&str, usize)> = s
+            .steps
+            .iter()
+            .map(|x| (x.name.as_str(), x.kernel_count))
+            .collect();
+        assert_eq!(got, expect_steps, "{name}");
+        let a = stats::kernel_step_assignment(t);
+        assert_eq!(a.len(), n);
+        assert_eq!(
+            a.iter().filter(|(_, s)| s.is_none()).count(),
+            unassigned,
+            "{name}"
+        );
+        assert!(a.iter().all(|(i, _)| t.events[*i].is(&Category::Kernel)));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Writer
+// ---------------------------------------------------------------------------------------
+
+fn sample_trace() -> Trace {
+    let mut extra = BTreeMap::new();
+    extra.insert("blocks per SM".to_string(), json!(1.5));
+    extra.insert("note".to_string(), json!({"nested": [1, "two"]}));
+    Trace {
+        events: vec![
+            TraceEvent {
+                cat: Some(Category::Kernel),
+                name: "flash_fwd_kernel".into(),
+                pid: 0,
+                tid: 7,
+                ts_us: 1_234_567.891,
+                dur_us: 0.001,
+                device: Some(0),
+                stream: Some(7),
+                correlation: Some(42),
+                external_id: Some(9),
+                grid: Some([132, 1, 1]),
+                block: Some([128, 1, 1]),
+                registers_per_thread: Some(255),
+                shared_memory_bytes: Some(232_448),
+                stage: Some("attention.spatial".into()),
+                step: Some("dit.step 3/50".into()),
+                trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+                scope: Some("attention.spatial".into()),
+                extra_args: extra,
+                ..Default::default()
+            },
+            TraceEvent {
+                cat: Some(Category::GpuMemcpy),
+                name: "Memcpy HtoD (Pageable -> Device)".into(),
+                pid: 0,
+                tid: 7,
+                ts_us: 1_234_570.0,
+                dur_us: 12.345,
+                bytes: Some(1 << 20),
+                ..Default::default()
+            },
+            TraceEvent {
+                cat: Some(Category::CudaRuntime),
+                name: "cudaLaunchKernel".into(),
+                pid: 4242,
+                tid: 4243,
+                ts_us: 1_234_560.5,
+                dur_us: 3.25,
+                correlation: Some(42),
+                ..Default::default()
+            },
+            TraceEvent {
+                cat: None,
+                name: "uncategorized".into(),
+                pid: 4242,
+                tid: 4243,
+                ts_us: 0.0,
+                dur_us: 0.0,
+                ..Default::default()
+            },
+        ],
+        base_time_ns: Some(1_751_410_836_000_000_000),
+        schema_version: None,
+        device_properties: Some(json!([{"id": 0, "name": "NVIDIA H100 80GB HBM3"}])),
+        process_names: [(4242, "python3".to_string())].into_iter().collect(),
+        thread_names: [((4242, 4243), "thread 4243 (python3)".to_string())]
+            .into_iter()
+            .collect(),
+    }
+}
+
+#[test]
+fn write_plain_and_gz_read_back_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = sample_trace();
+    for name in ["c.json", "c.json.gz"] {
+        let p = dir.path().join(name);
+        write_trace(&t, &p).unwrap();
+        let raw = std::fs::read(&p).unwrap();
+        assert_eq!(
+            raw.starts_with(&[0x1f, 0x8b]),
+            name.ends_with(".gz"),
+            "{name}"
+        );
+        let back = read_trace(&p).unwrap();
+        assert_eq!(back.events, t.events, "{name}");
+        assert_eq!(back.base_time_ns, t.base_time_ns);
+        assert_eq!(back.schema_version, Some(1));
+        assert_eq!(back.device_properties, t.device_properties);
+        assert_eq!(
+            back.process_names.get(&4242).map(String::as_str),
+            Some("python3")
+        );
+        assert_eq!(
+            back.process_names.get(&0).map(String::as_str),
+            Some("GPU 0")
+        );
+        assert_eq!(
+            back.thread_names.get(&(0, 7)).map(String::as_str),
+            Some("stream 7")
+        );
+        assert_eq!(
+            back.thread_names.get(&(4242, 4243)).map(String::as_str),
+            Some("thread 4243 (python3)")
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "no .tmp left behind"
+    );
+}
+
+#[test]
+fn written_json_is_current_kineto_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.json");
+    write_trace(&sample_trace(), &p).unwrap();
+    let text = std::fs::read_to_string(&p).unwrap();
+    // ns survive: whole-ns µs values are written with at most 3 decimals.
+    assert!(text.contains("\"ts\":1234567.891"), "{text}");
+    assert!(text.contains("\"dur\":0.001"));
+    assert!(text.contains("\"dur\":12.345"));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["schemaVersion"], 1);
+    assert_eq!(
+        v["baseTimeNanoseconds"],
+        json!(1_751_410_836_000_000_000i64)
+    );
+    let evs = v["traceEvents"].as_array().unwrap();
+    let k = evs.iter().find(|e| e["cat"] == "kernel").unwrap();
+    assert_eq!(k["ph"], "X");
+    assert_eq!((k["pid"].clone(), k["tid"].clone()), (json!(0), json!(7)));
+    let a = &k["args"];
+    assert_eq!(a["device"], 0);
+    assert_eq!(a["stream"], 7);
+    assert_eq!(a["correlation"], 42);
+    assert_eq!(a["External id"], 9);
+    assert_eq!(a["grid"], json!([132, 1, 1]));
+    assert_eq!(a["block"], json!([128, 1, 1]));
+    assert_eq!(a["registers per thread"], 255);
+    assert_eq!(a["shared memory"], 232_448);
+    assert_eq!(a["gpuspan.stage"], "attention.spatial");
+    assert_eq!(a["gpuspan.step"], "dit.step 3/50");
+    assert_eq!(a["gpuspan.trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(a["gpuspan.scope"], "attention.spatial");
+    assert_eq!(a["blocks per SM"], 1.5);
+    assert_eq!(a["note"]["nested"][1], "two");
+    let m = evs.iter().find(|e| e["cat"] == "gpu_memcpy").unwrap();
+    assert_eq!(m["args"]["bytes"], 1 << 20);
+    let r = evs.iter().find(|e| e["cat"] == "cuda_runtime").unwrap();
+    assert_eq!(r["args"]["correlation"], 42);
+    let u = evs.iter().find(|e| e["name"] == "uncategorized").unwrap();
+    assert!(u.get("cat").is_none() && u.get("args").is_none());
+    let meta: Vec<_> = evs.iter().filter(|e| e["ph"] == "M").collect();
+    assert!(meta
+        .iter()
+        .any(|e| e["name"] == "thread_name" && e["args"]["name"] == "stream 7"));
+    assert!(meta
+        .iter()
+        .any(|e| e["name"] == "process_name" && e["pid"] == 4242));
+    // Real events keep their ts; only the one written with ts 0 had ts 0.
+    assert_eq!(
+        evs.iter()
+            .filter(|e| e["ph"] == "X" && e["ts"] == 0.0)
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn write_refuses_non_finite_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = sample_trace();
+    t.events[1].dur_us = f64::NAN;
+    let p = dir.path().join("bad.json.gz");
+    let e = write_trace(&t, &p).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // Unwritable destination: an error, not a panic, and no .tmp left.
+    let p = dir.path().join("no/such/dir/c.json");
+    assert!(write_trace(&sample_trace(), &p).is_err());
+}
+
+#[test]
+fn write_replaces_existing_file_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.json.gz");
+    std::fs::write(&p, b"old").unwrap();
+    write_trace(&sample_trace(), &p).unwrap();
+    assert_eq!(read_trace(&p).unwrap().events.len(), 4);
+}
+
+// ---------------------------------------------------------------------------------------
+// Reader: errors and leniency
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn error_messages_name_file_and_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_eq!(
+        read_err(d, "h.json.gz", &gzip(br#"{"schemaVersion": 1}"#)),
+        ": not a Kineto trace: no \"traceEvents\" array"
+    );
+    assert_eq!(
+        read_err(d, "x.json", b"{\n\"traceEvents\": [\n  {\"ph\": }\n]}"),
+        ": invalid JSON at line 3 column 10: expected value"
+    );
+    let e = read_err(
+        d,
+        "y.json.gz",
+        &[
+            0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    );
+    assert!(e.starts_with(": gzip stream corrupt: "), "{e}");
+    let mut gz = gzip(br#"{"traceEvents": [{"ph": "X", "ts": 1, "dur": 2, "name": "k"}]}"#);
+    gz.truncate(gz.len() - 12);
+    let e = read_err(d, "t.json.gz", &gz);
+    assert!(
+        e.starts_with(": gzip stream corrupt: ") || e.starts_with(": invalid JSON"),
+        "{e}"
+    );
+    assert_eq!(
+        read_err(
+            d,
+            "ts.json",
+            br#"{"traceEvents": [{"ph": "M"}, {"ph": "X", "name": "k", "dur": 1}]}"#
+        ),
+        ": event 1: complete (X) event \"k\" has no numeric \"ts\""
+    );
+    assert_eq!(
+        read_err(
+            d,
+            "ts2.json",
+            br#"{"traceEvents": [{"ph": "X", "name": "k", "ts": "soon", "dur": 1}]}"#
+        ),
+        ": event 0: complete (X) event \"k\" has no numeric \"ts\""
+    );
+    assert_eq!(
+        read_err(
+            d,
+            "dur.json",
+            br#"{"traceEvents": [{"ph": "X", "name": "k", "ts": 1, "dur": "long"}]}"#
+        ),
+        ": event 0: complete (X) event \"k\" has a non-numeric \"dur\""
+    );
+    assert_eq!(
+        read_err(d, "obj.json", br#"{"traceEvents": [{"ph": "i"}, 7]}"#),
+        ": event 1: not a JSON object"
+    );
+    let e = read_err(
+        d,
+        "dup.json",
+        br#"{"traceEvents": [{"ph": "X", "ts": 1, "ts": 2}]}"#,
+    );
+    assert!(e.starts_with(": event 0: duplicate field `ts`"), "{e}");
+    let e = read_err(d, "arr.json", br#"{"traceEvents": {"ph": "X"}}"#);
+    assert!(
+        e.starts_with(
+            ": not a Kineto trace: invalid type: map, expected the \"traceEvents\" array"
+        ),
+        "{e}"
+    );
+    let e = read_err(d, "str.json", br#""hello""#);
+    assert!(
+        e.starts_with(": not a Kineto trace: invalid type: string"),
+        "{e}"
+    );
+    assert_eq!(read_err(d, "empty.json", b""), ": empty file");
+    let e = read_err(d, "trail.json", br#"{"traceEvents": []} x"#);
+    assert!(
+        e.starts_with(": invalid JSON at line 1 column 21: trailing characters"),
+        "{e}"
+    );
+    let e = read_err(
+        d,
+        "base.json",
+        br#"{"traceEvents": [], "baseTimeNanoseconds": "yesterday"}"#,
+    );
+    assert_eq!(
+        e,
+        ": not a Kineto trace: \"baseTimeNanoseconds\" is not an integer"
+    );
+    let missing = d.join("missing.json");
+    let e = read_trace(&missing).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("{}: cannot read: ", missing.display())),
+        "{e}"
+    );
+}
+
+#[test]
+fn lenient_numbers_ids_and_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = br#"{"traceEvents": [
+        {"ph": "X", "cat": "Kernel", "name": "k", "pid": "0", "tid": "stream 7", "ts": "12.5", "dur": "3",
+         "args": {"device": "0", "stream": 7.0, "correlation": 5, "external id": 3, "grid": [1, 2, 3],
+                  "block": "bad", "gpuspan.stage": "ffn", "gpuspan.step": 4}},
+        {"ph": "X", "cat": "Runtime", "name": 17, "pid": 1.0, "tid": 2, "ts": 10},
+        {"ph": "X", "name": "nocat", "ts": 1e3, "dur": 2, "args": null},
+        {"ph": "s", "id": 5, "ts": "whatever"},
+        {"name": "no ph"},
+        {"ph": "M", "name": "thread_name", "pid": 1, "tid": "2", "args": {"name": "main"}},
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "python3"}},
+        {"ph": "M", "name": "process_name", "pid": 9, "args": {}}
+    ], "baseTimeNanoseconds": 1751410836000000000, "schemaVersion": "1", "unknown": {"deep": [1]}}"#;
+    // Gzip detected by content, not by name, both ways.
+    for (name, bytes) in [("a.json", gzip(text)), ("b.json.gz", text.to_vec())] {
+        let t = read_trace(&write_file(dir.path(), name, &bytes)).unwrap();
+        assert_eq!(t.events.len(), 3);
+        let k = &t.events[0];
+        assert_eq!(k.cat, Some(Category::Kernel));
+        assert_eq!((k.pid, k.tid, k.ts_us, k.dur_us), (0, 7, 12.5, 3.0));
+        assert_eq!(
+            (k.device, k.stream, k.correlation, k.external_id),
+            (Some(0), Some(7), Some(5), Some(3))
+        );
+        assert_eq!((k.grid, k.block), (Some([1, 2, 3]), None));
+        assert_eq!(k.extra_args.get("block"), Some(&json!("bad")));
+        assert_eq!(k.stage.as_deref(), Some("ffn"));
+        assert_eq!(k.step, None);
+        assert_eq!(k.extra_args.get("gpuspan.step"), Some(&json!(4)));
+        let r = &t.events[1];
+        assert_eq!(
+            (r.cat.clone(), r.name.as_str(), r.pid, r.tid, r.dur_us),
+            (Some(Category::CudaRuntime), "17", 1, 2, 0.0)
+        );
+        assert_eq!((t.events[2].cat.clone(), t.events[2].ts_us), (None, 1000.0));
+        assert_eq!(
+            t.thread_names.get(&(1, 2)).map(String::as_str),
+            Some("main")
+        );
+        assert_eq!(t.process_names.len(), 1);
+        assert_eq!(
+            (t.base_time_ns, t.schema_version),
+            (Some(1_751_410_836_000_000_000), Some(1))
+        );
+    }
+    // Chrome's JSON Array Format.
+    let t = read_trace(&write_file(
+        dir.path(),
+        "arr.json",
+        br#"[{"ph": "X", "name": "k", "ts": 1, "dur": 1}]"#,
+    ))
+    .unwrap();
+    assert_eq!(t.events.len(), 1);
+}
+
+/// A small but real trace (the first events of a fixture), as JSON text.
+fn small_fixture_text() -> Vec<u8> {
+    let v: Value = serde_json::from_slice(&gunzip(&fixture("h100-bert-small.json.gz"))).unwrap();
+    let mut top = v.as_object().unwrap().clone();
+    let evs = top["traceEvents"].as_array().unwrap();
+    let mut keep: Vec<Value> = evs
+        .iter()
+        .filter(|e| e["ph"] == "M")
+        .take(10)
+        .cloned()
+        .collect();
+    keep.extend(
+        evs.iter()
+            .filter(|e| e["cat"] == "kernel")
+            .take(20)
+            .cloned(),
+    );
+    keep.extend(
+        evs.iter()
+            .filter(|e| e["cat"] == "cuda_runtime")
+            .take(20)
+            .cloned(),
+    );
+    keep.extend(evs.iter().filter(|e| e["ph"] == "f").take(5).cloned());
+    top.insert("traceEvents".into(), Value::Array(keep));
+    serde_json::to_vec_pretty(&top).unwrap()
+}
+
+#[test]
+fn garbled_and_truncated_input_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = small_fixture_text();
+    let gz = gzip(&text);
+    let good = read_trace(&write_file(dir.path(), "good.json", &text)).unwrap();
+    assert_eq!(good.kernels().count(), 20);
+
+    let p = dir.path().join("f.json");
+    let try_bytes = |bytes: &[u8]| {
+        std::fs::write(&p, bytes).unwrap();
+        if let Err(e) = read_trace(&p) {
+            let s = e.to_string();
+            assert!(!s.is_empty() && !s.contains('\n'), "{s:?}");
+        }
+    };
+    // Truncations of the plain and the gzipped file at many points.
+    for src in [&text, &gz] {
+        let n = src.len();
+        for i in 0..200 {
+            try_bytes(&src[..n * i / 200]);
+        }
+        for i in 0..64.min(n) {
+            try_bytes(&src[..i]);
+        }
+    }
+    // Random byte flips, insertions and deletions (deterministic xorshift).
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let specials = b"{}[]\":,-0.e9X\\\x00\xff";
+    for round in 0..300 {
+        let src = if round % 3 == 0 { &gz } else { &text };
+        let mut b = src.clone();
+        for _ in 0..1 + next() % 8 {
+            let at = (next() as usize) % b.len();
+            match next() % 3 {
+                0 => b[at] = specials[(next() as usize) % specials.len()],
+                1 => b[at] ^= 1 << (next() % 8),
+                _ => {
+                    b.remove(at);
+                }
+            }
+        }
+        try_bytes(&b);
+    }
+    // Structurally valid JSON of every odd shape.
+    for s in [
+        "null",
+        "0",
+        "[]",
+        "{}",
+        "[[]]",
+        "[null]",
+        r#"{"traceEvents": null}"#,
+        r#"{"traceEvents": [[1, {}]]}"#,
+        r#"{"traceEvents": [{"ph": ["X"]}]}"#,
+        r#"{"traceEvents": [{"ph": "X", "ts": 1e308, "dur": -1e308}]}"#,
+        r#"{"traceEvents": [{"ph": "X", "ts": "NaN"}]}"#,
+        r#"{"traceEvents": [{"ph": "X", "ts": "inf"}]}"#,
+        r#"{"traceEvents": [{"ph": "X", "ts": 1, "pid": 1e300, "tid": -99999999999999999999}]}"#,
+        r#"{"traceEvents": [{"ph": "X", "ts": 1, "args": {"grid": [1e300, -1, 0.5], "bytes": 18446744073709551615}}]}"#,
+        r#"{"traceEvents": [{"ph": "M", "name": "thread_name", "args": {"name": {"x": 1}}}]}"#,
+        r#"{"traceEvents": [], "deviceProperties": null, "baseTimeNanoseconds": 1e30}"#,
+        &format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
+        &format!(
+            r#"{{"traceEvents": [{{"ph": "X", "ts": 1, "args": {{"a": {}1{}}}}}]}}"#,
+            "[".repeat(5000),
+            "]".repeat(5000)
+        ),
+    ] {
+        try_bytes(s.as_bytes());
+    }
+}

@@ -1,0 +1,269 @@
+//! Writing a [`Trace`] as a current-schema Kineto Chrome-trace JSON file, streamed with
+//! serde (no intermediate `serde_json::Value` of the whole file).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use gpuspan_core::trace::{Trace, TraceEvent};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+
+use super::keys;
+
+/// Kineto's JSON schema version written when the trace does not carry one.
+const DEFAULT_SCHEMA_VERSION: i64 = 1;
+
+/// Writes `trace` to `path` as a current-schema Kineto trace (what torch.profiler ≥ 2.x
+/// writes), gzip-compressed when `path` ends in `.gz`.
+///
+/// The write is atomic: the file is written to `<path>.tmp`, flushed and synced, then
+/// renamed over `path`, so a reader never sees a half-written capture; on error the
+/// temporary file is removed.
+///
+/// Content: top-level `schemaVersion` (the trace's, else 1), `baseTimeNanoseconds` and
+/// `deviceProperties` when set, and `traceEvents` holding
+/// - `M` metadata: `process_name` for every named process and `thread_name` for every named
+///   thread of the trace, plus names for GPU rows that have none (`"stream N"` for the
+///   (device, stream) rows of kernels / memcpy / memset / gpu_user_annotation, `"GPU N"` for
+///   their process), as Kineto names them;
+/// - one `ph: "X"` event per [`Trace::events`] entry, in order: `cat` (current schema, from
+///   [`gpuspan_core::trace::Category::as_kineto`]), `name`, `pid`, `tid`, `ts`, `dur` and
+///   `args` (`device`, `stream`, `correlation`, `External id`, `grid`, `block`,
+///   `registers per thread`, `shared memory`, `bytes`, `gpuspan.stage` / `.step` /
+///   `.trace_id` / `.scope`, then `extra_args` verbatim).
+///
+/// `ts` / `dur` are written as given (µs, never rounded or shifted) with the shortest
+/// decimal that reads back to the same `f64`, so a value that came from whole ns
+/// (`ns as f64 / 1000.0`) is written with at most 3 decimals and ns survive a round trip.
+/// A non-finite `ts` or `dur` is refused (`InvalidData`) rather than written as `null`.
+pub fn write_trace(trace: &Trace, path: &Path) -> io::Result<()> {
+    if let Some((i, e)) = trace
+        .events
+        .iter()
+        .enumerate()
+        .find(|(_, e)| !e.ts_us.is_finite() || !e.dur_us.is_finite())
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("event {i} ({:?}) has a non-finite ts or dur", e.name),
+        ));
+    }
+    let gzip = path.as_os_str().to_string_lossy().ends_with(".gz");
+    let tmp = tmp_path(path);
+    let res = write_to(trace, &tmp, gzip).and_then(|()| fs::rename(&tmp, path));
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+fn write_to(trace: &Trace, tmp: &Path, gzip: bool) -> io::Result<()> {
+    let file = File::create(tmp)?;
+    let file = if gzip {
+        let enc = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+        let mut w = BufWriter::with_capacity(1 << 16, enc);
+        serde_json::to_writer(&mut w, &TraceOut(trace))?;
+        w.flush()?;
+        let enc = w.into_inner().map_err(|e| e.into_error())?;
+        enc.finish()?
+    } else {
+        let mut w = BufWriter::with_capacity(1 << 16, file);
+        serde_json::to_writer(&mut w, &TraceOut(trace))?;
+        w.flush()?;
+        w.into_inner().map_err(|e| e.into_error())?
+    };
+    file.sync_all()
+}
+
+struct TraceOut<'a>(&'a Trace);
+
+impl Serialize for TraceOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry(
+            "schemaVersion",
+            &t.schema_version.unwrap_or(DEFAULT_SCHEMA_VERSION),
+        )?;
+        if let Some(b) = t.base_time_ns {
+            m.serialize_entry("baseTimeNanoseconds", &b)?;
+        }
+        if let Some(p) = &t.device_properties {
+            m.serialize_entry("deviceProperties", p)?;
+        }
+        m.serialize_entry("traceEvents", &EventsOut(t))?;
+        m.end()
+    }
+}
+
+struct EventsOut<'a>(&'a Trace);
+
+/// An `M` metadata event (`process_name` / `thread_name`).
+#[derive(Serialize)]
+struct MetaOut<'a> {
+    name: &'static str,
+    ph: &'static str,
+    ts: f64,
+    pid: i64,
+    tid: i64,
+    args: MetaArgs<'a>,
+}
+
+#[derive(Serialize)]
+struct MetaArgs<'a> {
+    name: &'a str,
+}
+
+impl Serialize for EventsOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let meta_ts = t
+            .events
+            .iter()
+            .map(|e| e.ts_us)
+            .reduce(f64::min)
+            .unwrap_or(0.0);
+
+        let mut processes: BTreeMap<i64, Cow<'_, str>> = t
+            .process_names
+            .iter()
+            .map(|(p, n)| (*p, Cow::Borrowed(n.as_str())))
+            .collect();
+        let mut threads: BTreeMap<(i64, i64), Cow<'_, str>> = t
+            .thread_names
+            .iter()
+            .map(|(k, n)| (*k, Cow::Borrowed(n.as_str())))
+            .collect();
+        for e in t.events.iter().filter(|e| is_gpu_row(e)) {
+            processes
+                .entry(e.pid)
+                .or_insert_with(|| Cow::Owned(format!("GPU {}", e.pid)));
+            threads
+                .entry((e.pid, e.tid))
+                .or_insert_with(|| Cow::Owned(format!("stream {}", e.tid)));
+        }
+
+        let mut seq = s.serialize_seq(None)?;
+        for (pid, name) in &processes {
+            seq.serialize_element(&MetaOut {
+                name: "process_name",
+                ph: "M",
+                ts: meta_ts,
+                pid: *pid,
+                tid: 0,
+                args: MetaArgs { name },
+            })?;
+        }
+        for ((pid, tid), name) in &threads {
+            seq.serialize_element(&MetaOut {
+                name: "thread_name",
+                ph: "M",
+                ts: meta_ts,
+                pid: *pid,
+                tid: *tid,
+                args: MetaArgs { name },
+            })?;
+        }
+        for e in &t.events {
+            seq.serialize_element(&EventOut(e))?;
+        }
+        seq.end()
+    }
+}
+
+fn is_gpu_row(e: &TraceEvent) -> bool {
+    use gpuspan_core::trace::Category;
+    match &e.cat {
+        Some(c) => c.is_gpu_activity() || *c == Category::GpuUserAnnotation,
+        None => false,
+    }
+}
+
+struct EventOut<'a>(&'a TraceEvent);
+
+impl Serialize for EventOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let e = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("ph", "X")?;
+        if let Some(c) = &e.cat {
+            m.serialize_entry("cat", c.as_kineto())?;
+        }
+        m.serialize_entry("name", &e.name)?;
+        m.serialize_entry("pid", &e.pid)?;
+        m.serialize_entry("tid", &e.tid)?;
+        m.serialize_entry("ts", &e.ts_us)?;
+        m.serialize_entry("dur", &e.dur_us)?;
+        let args = ArgsOut(e);
+        if !args.is_empty() {
+            m.serialize_entry("args", &args)?;
+        }
+        m.end()
+    }
+}
+
+struct ArgsOut<'a>(&'a TraceEvent);
+
+impl ArgsOut<'_> {
+    fn is_empty(&self) -> bool {
+        let e = self.0;
+        e.device.is_none()
+            && e.stream.is_none()
+            && e.correlation.is_none()
+            && e.external_id.is_none()
+            && e.grid.is_none()
+            && e.block.is_none()
+            && e.registers_per_thread.is_none()
+            && e.shared_memory_bytes.is_none()
+            && e.bytes.is_none()
+            && e.stage.is_none()
+            && e.step.is_none()
+            && e.trace_id.is_none()
+            && e.scope.is_none()
+            && e.extra_args.is_empty()
+    }
+}
+
+impl Serialize for ArgsOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let e = self.0;
+        let mut m = s.serialize_map(None)?;
+        let mut written: BTreeSet<&'static str> = BTreeSet::new();
+        macro_rules! typed {
+            ($key:expr, $field:expr) => {
+                if let Some(v) = &$field {
+                    m.serialize_entry($key, v)?;
+                    written.insert($key);
+                }
+            };
+        }
+        typed!(keys::DEVICE, e.device);
+        typed!(keys::STREAM, e.stream);
+        typed!(keys::CORRELATION, e.correlation);
+        typed!(keys::EXTERNAL_ID, e.external_id);
+        typed!(keys::GRID, e.grid);
+        typed!(keys::BLOCK, e.block);
+        typed!(keys::REGISTERS, e.registers_per_thread);
+        typed!(keys::SHARED_MEMORY, e.shared_memory_bytes);
+        typed!(keys::BYTES, e.bytes);
+        typed!(keys::STAGE, e.stage);
+        typed!(keys::STEP, e.step);
+        typed!(keys::TRACE_ID, e.trace_id);
+        typed!(keys::SCOPE, e.scope);
+        for (k, v) in &e.extra_args {
+            if !written.contains(k.as_str()) {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
+    }
+}

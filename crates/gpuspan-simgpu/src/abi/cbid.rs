@@ -1,0 +1,52 @@
+//! `CUpti_driver_api_trace_cbid` values of the exported driver functions
+//! (`cupti_driver_cbid.h`, identical in 12.9 and 13.5 — CUPTI-NOTES §4).
+#![allow(non_upper_case_globals)]
+
+pub const cuInit: u32 = 1;
+pub const cuDriverGetVersion: u32 = 2;
+pub const cuDeviceGet: u32 = 3;
+pub const cuDeviceGetCount: u32 = 4;
+pub const cuDeviceGetName: u32 = 5;
+pub const cuDeviceGetAttribute: u32 = 9;
+pub const cuCtxGetDevice: u32 = 16;
+pub const cuCtxSynchronize: u32 = 17;
+pub const cuModuleLoadData: u32 = 19;
+pub const cuModuleLoadDataEx: u32 = 20;
+pub const cuModuleUnload: u32 = 22;
+pub const cuModuleGetFunction: u32 = 23;
+pub const cuEventCreate: u32 = 118;
+pub const cuEventRecord: u32 = 119;
+pub const cuEventQuery: u32 = 120;
+pub const cuEventSynchronize: u32 = 121;
+pub const cuEventDestroy: u32 = 122;
+pub const cuEventElapsedTime: u32 = 123;
+pub const cuStreamCreate: u32 = 124;
+pub const cuStreamQuery: u32 = 125;
+pub const cuStreamSynchronize: u32 = 126;
+pub const cuStreamDestroy: u32 = 127;
+pub const cuMemsetD8Async: u32 = 216;
+pub const cuMemsetD32Async: u32 = 220;
+pub const cuMemGetInfo_v2: u32 = 242;
+pub const cuMemAlloc_v2: u32 = 243;
+pub const cuMemFree_v2: u32 = 245;
+pub const cuMemsetD8_v2: u32 = 249;
+pub const cuMemsetD32_v2: u32 = 251;
+pub const cuDeviceTotalMem_v2: u32 = 259;
+pub const cuMemcpyHtoD_v2: u32 = 276;
+pub const cuMemcpyHtoDAsync_v2: u32 = 277;
+pub const cuMemcpyDtoH_v2: u32 = 278;
+pub const cuMemcpyDtoHAsync_v2: u32 = 279;
+pub const cuMemcpyDtoD_v2: u32 = 280;
+pub const cuMemcpyDtoDAsync_v2: u32 = 281;
+pub const cuStreamWaitEvent: u32 = 295;
+pub const cuCtxSetCurrent: u32 = 303;
+pub const cuCtxGetCurrent: u32 = 304;
+pub const cuLaunchKernel: u32 = 307;
+pub const cuEventDestroy_v2: u32 = 325;
+pub const cuStreamDestroy_v2: u32 = 326;
+pub const cuStreamCreateWithPriority: u32 = 367;
+pub const cuDevicePrimaryCtxRetain: u32 = 386;
+pub const cuDevicePrimaryCtxRelease: u32 = 387;
+pub const cuDevicePrimaryCtxRelease_v2: u32 = 544;
+pub const cuGetProcAddress_v2: u32 = 677;
+pub const cuEventElapsedTime_v2: u32 = 780;

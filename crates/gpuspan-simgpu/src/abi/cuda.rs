@@ -1,0 +1,1035 @@
+//! `libcuda.so.1` subset (cuda.h 12.9 signatures via cudarc's `driver::sys` types).
+//!
+//! Kernel durations: the sim computes nothing. A kernel runs for the number of ns in the
+//! `u64` that `kernelParams[0]` points to (the spin kernel's argument); with
+//! `kernelParams == NULL` it runs [`costs::DEFAULT_KERNEL_NS`]. Memory calls move no data.
+
+// Safety contract of every export: the C prototype of the function it replaces (cuda.h,
+// cupti_*.h, nvml.h): pointer arguments are NULL or valid for the documented access.
+#![allow(non_snake_case, clippy::missing_safety_doc)]
+
+use super::cbid;
+use super::guard;
+use crate::sim::records::{self, kind, KernelFields, MemFields};
+use crate::sim::timeline::WorkKind;
+use crate::sim::trace::{traced, Call, Ctx};
+use crate::sim::{costs, device, sim, State, CONTEXT_HANDLE, CONTEXT_ID, DEVICE_ID};
+use cudarc::driver::sys::{
+    cuuint64_t, CUcontext, CUdevice, CUdeviceptr, CUdriverProcAddressQueryResult, CUevent,
+    CUfunction, CUmodule, CUresult, CUstream,
+};
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::ptr::null;
+
+use CUresult::*;
+
+fn call(cbid: u32, name: &'static CStr) -> Call {
+    Call {
+        cbid,
+        name,
+        params: null(),
+        symbol: null(),
+    }
+}
+
+/// Refuses calls before a successful `cuInit` (CUDA_ERROR_NOT_INITIALIZED = 3).
+fn need_init(st: &State) -> Result<(), CUresult> {
+    if st.initialized {
+        Ok(())
+    } else {
+        Err(CUDA_ERROR_NOT_INITIALIZED)
+    }
+}
+
+/// Runs a traced call whose body may bail out with an error code.
+fn run(c: Call, body: impl FnOnce(&mut State, &mut Ctx) -> Result<(), CUresult>) -> CUresult {
+    traced(c, |st, ctx| {
+        match need_init(st).and_then(|()| body(st, ctx)) {
+            Ok(()) => CUDA_SUCCESS,
+            Err(e) => e,
+        }
+    })
+}
+
+/// Writes `v` through an out-pointer, or fails with INVALID_VALUE for NULL.
+fn out<T>(p: *mut T, v: T) -> Result<(), CUresult> {
+    if p.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: non-NULL out-pointer supplied by the caller for a `T`, as the API requires.
+    unsafe { p.write(v) };
+    Ok(())
+}
+
+fn copy_str(name: *mut c_char, len: c_int, s: &str) -> Result<(), CUresult> {
+    if name.is_null() || len <= 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let n = s.len().min(len as usize - 1);
+    // SAFETY: the caller provides `len` writable bytes at `name`; we write n + 1 ≤ len.
+    unsafe {
+        std::ptr::copy_nonoverlapping(s.as_ptr(), name as *mut u8, n);
+        *name.add(n) = 0;
+    }
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuInit(_flags: c_uint) -> CUresult {
+    guard(|| {
+        super::injection::run_once();
+        traced(call(cbid::cuInit, c"cuInit"), |st, _| {
+            if st.cfg.faults.no_device {
+                return CUDA_ERROR_NO_DEVICE;
+            }
+            st.initialized = true;
+            CUDA_SUCCESS
+        })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDriverGetVersion(v: *mut c_int) -> CUresult {
+    guard(|| {
+        out(v, device::CUDA_DRIVER_VERSION)
+            .err()
+            .unwrap_or(CUDA_SUCCESS)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetCount(count: *mut c_int) -> CUresult {
+    guard(|| {
+        traced(
+            call(cbid::cuDeviceGetCount, c"cuDeviceGetCount"),
+            |st, _| {
+                let n = if st.cfg.faults.no_device { 0 } else { 1 };
+                if !st.cfg.faults.no_device && !st.initialized {
+                    return CUDA_ERROR_NOT_INITIALIZED;
+                }
+                out(count, n).err().unwrap_or(CUDA_SUCCESS)
+            },
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGet(dev: *mut CUdevice, ordinal: c_int) -> CUresult {
+    guard(|| {
+        run(call(cbid::cuDeviceGet, c"cuDeviceGet"), |_, _| {
+            if ordinal != 0 {
+                return Err(CUDA_ERROR_INVALID_DEVICE);
+            }
+            out(dev, 0)
+        })
+    })
+}
+
+fn check_dev(dev: CUdevice) -> Result<(), CUresult> {
+    if dev == 0 {
+        Ok(())
+    } else {
+        Err(CUDA_ERROR_INVALID_DEVICE)
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: CUdevice) -> CUresult {
+    guard(|| {
+        run(call(cbid::cuDeviceGetName, c"cuDeviceGetName"), |_, _| {
+            check_dev(dev).and_then(|()| copy_str(name, len, device::NAME))
+        })
+    })
+}
+
+/// `attrib` is a `CUdevice_attribute`; taken as int so unknown values are not UB.
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetAttribute(
+    pi: *mut c_int,
+    attrib: c_int,
+    dev: CUdevice,
+) -> CUresult {
+    guard(|| {
+        run(
+            call(cbid::cuDeviceGetAttribute, c"cuDeviceGetAttribute"),
+            |_, _| {
+                check_dev(dev)?;
+                let v = device::attribute(attrib).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+                out(pi, v)
+            },
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult {
+    guard(|| {
+        run(
+            call(cbid::cuDeviceTotalMem_v2, c"cuDeviceTotalMem_v2"),
+            |_, _| check_dev(dev).and_then(|()| out(bytes, device::TOTAL_MEM_BYTES as usize)),
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
+    guard(|| {
+        run(call(cbid::cuMemGetInfo_v2, c"cuMemGetInfo_v2"), |st, _| {
+            let free_b = device::TOTAL_MEM_BYTES - device::RESERVED_MEM_BYTES - st.allocated_bytes;
+            out(free, free_b as usize)?;
+            out(total, device::TOTAL_MEM_BYTES as usize)
+        })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) -> CUresult {
+    guard(|| {
+        run(
+            call(cbid::cuDevicePrimaryCtxRetain, c"cuDevicePrimaryCtxRetain"),
+            |_, _| check_dev(dev).and_then(|()| out(pctx, CONTEXT_HANDLE as usize as CUcontext)),
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
+    guard(|| {
+        run(
+            call(
+                cbid::cuDevicePrimaryCtxRelease_v2,
+                c"cuDevicePrimaryCtxRelease_v2",
+            ),
+            |_, _| check_dev(dev),
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDevicePrimaryCtxRelease(dev: CUdevice) -> CUresult {
+    guard(|| {
+        run(
+            call(
+                cbid::cuDevicePrimaryCtxRelease,
+                c"cuDevicePrimaryCtxRelease",
+            ),
+            |_, _| check_dev(dev),
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxSetCurrent(ctx: CUcontext) -> CUresult {
+    guard(|| {
+        run(call(cbid::cuCtxSetCurrent, c"cuCtxSetCurrent"), |st, _| {
+            match ctx as usize as u64 {
+                0 => st.context_current = false,
+                CONTEXT_HANDLE => st.context_current = true,
+                _ => return Err(CUDA_ERROR_INVALID_CONTEXT),
+            }
+            Ok(())
+        })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetCurrent(pctx: *mut CUcontext) -> CUresult {
+    guard(|| {
+        run(call(cbid::cuCtxGetCurrent, c"cuCtxGetCurrent"), |st, _| {
+            let h = if st.context_current {
+                CONTEXT_HANDLE
+            } else {
+                0
+            };
+            out(pctx, h as usize as CUcontext)
+        })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetDevice(dev: *mut CUdevice) -> CUresult {
+    guard(|| {
+        run(call(cbid::cuCtxGetDevice, c"cuCtxGetDevice"), |_, _| {
+            out(dev, 0)
+        })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
+    guard(|| {
+        run(
+            call(cbid::cuCtxSynchronize, c"cuCtxSynchronize"),
+            |st, ctx| {
+                ctx.wait_until_ns = Some(st.timeline.device_tail_ns());
+                ctx.cost_ns = costs::SYNC_RETURN_NS;
+                Ok(())
+            },
+        )
+    })
+}
+
+fn create_stream(ph: *mut CUstream, flags: c_uint, c: Call) -> CUresult {
+    run(c, |st, _| {
+        if ph.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let h = st.timeline.create_stream(flags);
+        out(ph, h as usize as CUstream)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamCreate(ph: *mut CUstream, flags: c_uint) -> CUresult {
+    guard(|| create_stream(ph, flags, call(cbid::cuStreamCreate, c"cuStreamCreate")))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamCreateWithPriority(
+    ph: *mut CUstream,
+    flags: c_uint,
+    _priority: c_int,
+) -> CUresult {
+    guard(|| {
+        create_stream(
+            ph,
+            flags,
+            call(
+                cbid::cuStreamCreateWithPriority,
+                c"cuStreamCreateWithPriority",
+            ),
+        )
+    })
+}
+
+fn destroy_stream(h: CUstream, c: Call) -> CUresult {
+    run(c, |st, _| {
+        if st.timeline.destroy_stream(h as usize as u64) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_INVALID_HANDLE)
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamDestroy_v2(h: CUstream) -> CUresult {
+    guard(|| destroy_stream(h, call(cbid::cuStreamDestroy_v2, c"cuStreamDestroy_v2")))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamDestroy(h: CUstream) -> CUresult {
+    guard(|| destroy_stream(h, call(cbid::cuStreamDestroy, c"cuStreamDestroy")))
+}
+
+fn stream_tail(st: &State, h: CUstream) -> Result<u64, CUresult> {
+    st.timeline
+        .tail_ns(h as usize as u64)
+        .ok_or(CUDA_ERROR_INVALID_HANDLE)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamSynchronize(h: CUstream) -> CUresult {
+    guard(|| {
+        run(
+            call(cbid::cuStreamSynchronize, c"cuStreamSynchronize"),
+            |st, ctx| {
+                ctx.wait_until_ns = Some(stream_tail(st, h)?);
+                ctx.cost_ns = costs::SYNC_RETURN_NS;
+                Ok(())
+            },
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamQuery(h: CUstream) -> CUresult {
+    guard(|| {
+        run(call(cbid::cuStreamQuery, c"cuStreamQuery"), |st, ctx| {
+            if stream_tail(st, h)? > ctx.t0_ns {
+                Err(CUDA_ERROR_NOT_READY)
+            } else {
+                Ok(())
+            }
+        })
+    })
+}
+
+/// Makes later work on `h` wait for `ev` (by placing a zero-length op at the event time).
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamWaitEvent(h: CUstream, ev: CUevent, _flags: c_uint) -> CUresult {
+    guard(|| {
+        run(
+            call(cbid::cuStreamWaitEvent, c"cuStreamWaitEvent"),
+            |st, _| {
+                let at = st
+                    .events
+                    .recorded_at(ev as usize as u64)
+                    .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+                if let Some(t) = at {
+                    st.timeline
+                        .place(h as usize as u64, t, 0, WorkKind::Memory)
+                        .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+                }
+                Ok(())
+            },
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleLoadData(m: *mut CUmodule, _image: *const c_void) -> CUresult {
+    guard(|| {
+        run(
+            call(cbid::cuModuleLoadData, c"cuModuleLoadData"),
+            |st, _| {
+                let h = st.new_module();
+                out(m, h as usize as CUmodule)
+            },
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleLoadDataEx(
+    m: *mut CUmodule,
+    _image: *const c_void,
+    _n: c_uint,
+    _opts: *mut c_void,
+    _vals: *mut *mut c_void,
+) -> CUresult {
+    guard(|| {
+        run(
+            call(cbid::cuModuleLoadDataEx, c"cuModuleLoadDataEx"),
+            |st, _| {
+                let h = st.new_module();
+                out(m, h as usize as CUmodule)
+            },
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleUnload(m: CUmodule) -> CUresult {
+    guard(|| {
+        run(call(cbid::cuModuleUnload, c"cuModuleUnload"), |st, _| {
+            if st.modules.remove(&(m as usize as u64)) {
+                Ok(())
+            } else {
+                Err(CUDA_ERROR_INVALID_HANDLE)
+            }
+        })
+    })
+}
+
+/// Any name resolves: the sim records it and uses it as the kernel name.
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleGetFunction(
+    f: *mut CUfunction,
+    m: CUmodule,
+    name: *const c_char,
+) -> CUresult {
+    guard(|| {
+        run(
+            call(cbid::cuModuleGetFunction, c"cuModuleGetFunction"),
+            |st, _| {
+                if !st.modules.contains(&(m as usize as u64)) {
+                    return Err(CUDA_ERROR_INVALID_HANDLE);
+                }
+                if name.is_null() {
+                    return Err(CUDA_ERROR_INVALID_VALUE);
+                }
+                // SAFETY: non-NULL NUL-terminated name from the caller.
+                let n = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+                let h = st.new_function(&n);
+                out(f, h as usize as CUfunction)
+            },
+        )
+    })
+}
+
+/// Kernel duration per the crate convention (see module docs).
+fn kernel_duration_ns(kernel_params: *mut *mut c_void) -> u64 {
+    if kernel_params.is_null() {
+        return costs::DEFAULT_KERNEL_NS;
+    }
+    // SAFETY: a non-NULL kernelParams is an array with one pointer per kernel argument;
+    // by the sim's convention the first points to a u64 duration in ns.
+    let first = unsafe { *kernel_params };
+    if first.is_null() {
+        return costs::DEFAULT_KERNEL_NS;
+    }
+    // SAFETY: see above; read unaligned to tolerate packed argument buffers.
+    unsafe { (first as *const u64).read_unaligned() }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchKernel(
+    f: CUfunction,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared_bytes: c_uint,
+    h: CUstream,
+    kernel_params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    guard(|| {
+        let name = sim().lock().functions.get(&(f as usize as u64)).copied();
+        let params = cudarc::cupti::sys::cuLaunchKernel_params_st {
+            f: f as usize as _,
+            gridDimX: gx,
+            gridDimY: gy,
+            gridDimZ: gz,
+            blockDimX: bx,
+            blockDimY: by,
+            blockDimZ: bz,
+            sharedMemBytes: shared_bytes,
+            hStream: h as usize as _,
+            kernelParams: kernel_params,
+            extra,
+        };
+        let c = Call {
+            cbid: cbid::cuLaunchKernel,
+            name: c"cuLaunchKernel",
+            params: &params as *const _ as *const c_void,
+            symbol: name.map_or(null(), |n| n.as_ptr()),
+        };
+        run(c, |st, ctx| {
+            let name = name.ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+            if gx == 0
+                || gy == 0
+                || gz == 0
+                || bx == 0
+                || by == 0
+                || bz == 0
+                || (bx as u64) * (by as u64) * (bz as u64) > 1024
+            {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            let dur = kernel_duration_ns(kernel_params);
+            ctx.cost_ns = costs::LAUNCH_HOST_NS;
+            let ready = ctx.t0_ns + costs::LAUNCH_LATENCY_NS;
+            let p = st
+                .timeline
+                .place(h as usize as u64, ready, dur, WorkKind::Kernel)
+                .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+            st.grid_id += 1;
+            if let Some(k) = st.cupti.kernel_kind() {
+                let fields = KernelFields {
+                    start_ns: p.start_ns,
+                    end_ns: p.end_ns,
+                    device_id: DEVICE_ID,
+                    context_id: CONTEXT_ID,
+                    stream_id: p.stream_id,
+                    grid: [gx as i32, gy as i32, gz as i32],
+                    block: [bx as i32, by as i32, bz as i32],
+                    dynamic_shared_bytes: shared_bytes as i32,
+                    registers_per_thread: 32,
+                    correlation_id: ctx.correlation_id,
+                    grid_id: st.grid_id,
+                    name_ptr: name.as_ptr() as usize,
+                };
+                ctx.records.push(records::kernel(k, &fields, st.cfg.cupti));
+            }
+            Ok(())
+        })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventCreate(ph: *mut CUevent, flags: c_uint) -> CUresult {
+    guard(|| {
+        run(call(cbid::cuEventCreate, c"cuEventCreate"), |st, _| {
+            if ph.is_null() {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            let h = st.events.create(flags);
+            out(ph, h as usize as CUevent)
+        })
+    })
+}
+
+fn destroy_event(ev: CUevent, c: Call) -> CUresult {
+    run(c, |st, _| {
+        if st.events.destroy(ev as usize as u64) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_INVALID_HANDLE)
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventDestroy_v2(ev: CUevent) -> CUresult {
+    guard(|| destroy_event(ev, call(cbid::cuEventDestroy_v2, c"cuEventDestroy_v2")))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventDestroy(ev: CUevent) -> CUresult {
+    guard(|| destroy_event(ev, call(cbid::cuEventDestroy, c"cuEventDestroy")))
+}
+
+/// Records at the stream's tail, or shortly after the call if the stream is idle.
+#[no_mangle]
+pub unsafe extern "C" fn cuEventRecord(ev: CUevent, h: CUstream) -> CUresult {
+    guard(|| {
+        let params = cudarc::cupti::sys::cuEventRecord_params_st {
+            hEvent: ev as usize as _,
+            hStream: h as usize as _,
+        };
+        let c = Call {
+            cbid: cbid::cuEventRecord,
+            name: c"cuEventRecord",
+            params: &params as *const _ as *const c_void,
+            symbol: null(),
+        };
+        run(c, |st, ctx| {
+            ctx.cost_ns = costs::EVENT_RECORD_HOST_NS;
+            let at = stream_tail(st, h)?.max(ctx.t0_ns + costs::LAUNCH_LATENCY_NS);
+            if st.events.record(ev as usize as u64, at) {
+                Ok(())
+            } else {
+                Err(CUDA_ERROR_INVALID_HANDLE)
+            }
+        })
+    })
+}
+
+fn event_status(s: crate::sim::events::EventStatus) -> CUresult {
+    use crate::sim::events::EventStatus::*;
+    match s {
+        Ready => CUDA_SUCCESS,
+        NotReady => CUDA_ERROR_NOT_READY,
+        InvalidHandle => CUDA_ERROR_INVALID_HANDLE,
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventQuery(ev: CUevent) -> CUresult {
+    guard(|| {
+        run(
+            call(cbid::cuEventQuery, c"cuEventQuery"),
+            |st, ctx| match event_status(st.events.query(ev as usize as u64, ctx.t0_ns)) {
+                CUDA_SUCCESS => Ok(()),
+                e => Err(e),
+            },
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventSynchronize(ev: CUevent) -> CUresult {
+    guard(|| {
+        run(
+            call(cbid::cuEventSynchronize, c"cuEventSynchronize"),
+            |st, ctx| {
+                let at = st
+                    .events
+                    .recorded_at(ev as usize as u64)
+                    .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+                ctx.wait_until_ns = at;
+                ctx.cost_ns = costs::SYNC_RETURN_NS;
+                Ok(())
+            },
+        )
+    })
+}
+
+fn elapsed(ms: *mut f32, a: CUevent, b: CUevent, c: Call) -> CUresult {
+    run(c, |st, ctx| {
+        let v = st
+            .events
+            .elapsed_ms(a as usize as u64, b as usize as u64, ctx.t0_ns)
+            .map_err(event_status)?;
+        out(ms, v)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, a: CUevent, b: CUevent) -> CUresult {
+    guard(|| {
+        elapsed(
+            ms,
+            a,
+            b,
+            call(cbid::cuEventElapsedTime, c"cuEventElapsedTime"),
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventElapsedTime_v2(ms: *mut f32, a: CUevent, b: CUevent) -> CUresult {
+    guard(|| {
+        elapsed(
+            ms,
+            a,
+            b,
+            call(cbid::cuEventElapsedTime_v2, c"cuEventElapsedTime_v2"),
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
+    guard(|| {
+        run(call(cbid::cuMemAlloc_v2, c"cuMemAlloc_v2"), |st, _| {
+            if dptr.is_null() {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            let p = st.alloc(bytes as u64).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+            out(dptr, p)
+        })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
+    guard(|| {
+        run(call(cbid::cuMemFree_v2, c"cuMemFree_v2"), |st, _| {
+            if st.free(dptr) {
+                Ok(())
+            } else {
+                Err(CUDA_ERROR_INVALID_VALUE)
+            }
+        })
+    })
+}
+
+/// Direction of a copy: CUPTI copyKind, srcKind, dstKind and bandwidth.
+#[derive(Clone, Copy)]
+enum Dir {
+    HtoD,
+    DtoH,
+    DtoD,
+}
+
+impl Dir {
+    /// (`CUpti_ActivityMemcpyKind`, src `CUpti_ActivityMemoryKind`, dst kind, bytes/µs).
+    fn cupti(self) -> (u8, u8, u8, u64) {
+        match self {
+            Dir::HtoD => (1, 1, 3, device::HOST_COPY_BYTES_PER_US),
+            Dir::DtoH => (2, 3, 1, device::HOST_COPY_BYTES_PER_US),
+            Dir::DtoD => (8, 3, 3, device::DEVICE_COPY_BYTES_PER_US),
+        }
+    }
+}
+
+fn transfer_ns(bytes: u64, bytes_per_us: u64) -> u64 {
+    device::COPY_SETUP_NS + (bytes as u128 * 1_000 / bytes_per_us as u128) as u64
+}
+
+fn mem_fields(st: &State, ctx: &Ctx, p: crate::sim::timeline::Placed, bytes: u64) -> MemFields {
+    let _ = st;
+    MemFields {
+        start_ns: p.start_ns,
+        end_ns: p.end_ns,
+        bytes,
+        device_id: DEVICE_ID,
+        context_id: CONTEXT_ID,
+        stream_id: p.stream_id,
+        correlation_id: ctx.correlation_id,
+    }
+}
+
+/// A copy on stream `h`; synchronous copies use the legacy stream and wait for the end.
+fn memcpy(dir: Dir, bytes: usize, h: CUstream, is_async: bool, c: Call) -> CUresult {
+    run(c, |st, ctx| {
+        let (ck, sk, dk, bw) = dir.cupti();
+        let stream = if is_async { h as usize as u64 } else { 0 };
+        ctx.cost_ns = costs::ASYNC_COPY_HOST_NS;
+        let ready = ctx.t0_ns + costs::LAUNCH_LATENCY_NS;
+        let p = st
+            .timeline
+            .place(
+                stream,
+                ready,
+                transfer_ns(bytes as u64, bw),
+                WorkKind::Memory,
+            )
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if !is_async {
+            ctx.wait_until_ns = Some(p.end_ns);
+        }
+        if st.cupti.is_enabled(kind::MEMCPY) {
+            let f = mem_fields(st, ctx, p, bytes as u64);
+            ctx.records
+                .push(records::memcpy(&f, ck, sk, dk, is_async, st.cfg.cupti));
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyHtoD_v2(
+    _dst: CUdeviceptr,
+    _src: *const c_void,
+    n: usize,
+) -> CUresult {
+    guard(|| {
+        memcpy(
+            Dir::HtoD,
+            n,
+            std::ptr::null_mut(),
+            false,
+            call(cbid::cuMemcpyHtoD_v2, c"cuMemcpyHtoD_v2"),
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoH_v2(
+    _dst: *mut c_void,
+    _src: CUdeviceptr,
+    n: usize,
+) -> CUresult {
+    guard(|| {
+        memcpy(
+            Dir::DtoH,
+            n,
+            std::ptr::null_mut(),
+            false,
+            call(cbid::cuMemcpyDtoH_v2, c"cuMemcpyDtoH_v2"),
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoD_v2(
+    _dst: CUdeviceptr,
+    _src: CUdeviceptr,
+    n: usize,
+) -> CUresult {
+    guard(|| {
+        memcpy(
+            Dir::DtoD,
+            n,
+            std::ptr::null_mut(),
+            false,
+            call(cbid::cuMemcpyDtoD_v2, c"cuMemcpyDtoD_v2"),
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
+    _dst: CUdeviceptr,
+    _src: *const c_void,
+    n: usize,
+    h: CUstream,
+) -> CUresult {
+    guard(|| {
+        memcpy(
+            Dir::HtoD,
+            n,
+            h,
+            true,
+            call(cbid::cuMemcpyHtoDAsync_v2, c"cuMemcpyHtoDAsync_v2"),
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
+    _dst: *mut c_void,
+    _src: CUdeviceptr,
+    n: usize,
+    h: CUstream,
+) -> CUresult {
+    guard(|| {
+        memcpy(
+            Dir::DtoH,
+            n,
+            h,
+            true,
+            call(cbid::cuMemcpyDtoHAsync_v2, c"cuMemcpyDtoHAsync_v2"),
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(
+    _dst: CUdeviceptr,
+    _src: CUdeviceptr,
+    n: usize,
+    h: CUstream,
+) -> CUresult {
+    guard(|| {
+        memcpy(
+            Dir::DtoD,
+            n,
+            h,
+            true,
+            call(cbid::cuMemcpyDtoDAsync_v2, c"cuMemcpyDtoDAsync_v2"),
+        )
+    })
+}
+
+/// A memset of `bytes` on stream `h`; synchronous ones use the legacy stream and wait.
+fn memset(bytes: u64, value: u32, h: CUstream, is_async: bool, c: Call) -> CUresult {
+    run(c, |st, ctx| {
+        let stream = if is_async { h as usize as u64 } else { 0 };
+        ctx.cost_ns = costs::ASYNC_COPY_HOST_NS;
+        let ready = ctx.t0_ns + costs::LAUNCH_LATENCY_NS;
+        let dur = transfer_ns(bytes, device::MEMSET_BYTES_PER_US);
+        let p = st
+            .timeline
+            .place(stream, ready, dur, WorkKind::Memory)
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if !is_async {
+            ctx.wait_until_ns = Some(p.end_ns);
+        }
+        if st.cupti.is_enabled(kind::MEMSET) {
+            let f = mem_fields(st, ctx, p, bytes);
+            ctx.records
+                .push(records::memset(&f, value, is_async, st.cfg.cupti));
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemsetD8_v2(_dst: CUdeviceptr, v: u8, n: usize) -> CUresult {
+    guard(|| {
+        memset(
+            n as u64,
+            v as u32,
+            std::ptr::null_mut(),
+            false,
+            call(cbid::cuMemsetD8_v2, c"cuMemsetD8_v2"),
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemsetD32_v2(_dst: CUdeviceptr, v: c_uint, n: usize) -> CUresult {
+    guard(|| {
+        memset(
+            n as u64 * 4,
+            v,
+            std::ptr::null_mut(),
+            false,
+            call(cbid::cuMemsetD32_v2, c"cuMemsetD32_v2"),
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemsetD8Async(
+    _dst: CUdeviceptr,
+    v: u8,
+    n: usize,
+    h: CUstream,
+) -> CUresult {
+    guard(|| {
+        memset(
+            n as u64,
+            v as u32,
+            h,
+            true,
+            call(cbid::cuMemsetD8Async, c"cuMemsetD8Async"),
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemsetD32Async(
+    _dst: CUdeviceptr,
+    v: c_uint,
+    n: usize,
+    h: CUstream,
+) -> CUresult {
+    guard(|| {
+        memset(
+            n as u64 * 4,
+            v,
+            h,
+            true,
+            call(cbid::cuMemsetD32Async, c"cuMemsetD32Async"),
+        )
+    })
+}
+
+/// (name, description) of the codes the sim returns (cuda.h `cudaError_enum` docs).
+fn error_text(e: c_int) -> Option<(&'static CStr, &'static CStr)> {
+    Some(match e {
+        0 => (c"CUDA_SUCCESS", c"no error"),
+        1 => (c"CUDA_ERROR_INVALID_VALUE", c"invalid argument"),
+        2 => (c"CUDA_ERROR_OUT_OF_MEMORY", c"out of memory"),
+        3 => (c"CUDA_ERROR_NOT_INITIALIZED", c"initialization error"),
+        100 => (
+            c"CUDA_ERROR_NO_DEVICE",
+            c"no CUDA-capable device is detected",
+        ),
+        101 => (c"CUDA_ERROR_INVALID_DEVICE", c"invalid device ordinal"),
+        201 => (c"CUDA_ERROR_INVALID_CONTEXT", c"invalid device context"),
+        400 => (c"CUDA_ERROR_INVALID_HANDLE", c"invalid resource handle"),
+        500 => (c"CUDA_ERROR_NOT_FOUND", c"named symbol not found"),
+        600 => (c"CUDA_ERROR_NOT_READY", c"device not ready"),
+        999 => (c"CUDA_ERROR_UNKNOWN", c"unknown error"),
+        _ => return None,
+    })
+}
+
+/// `error` is a `CUresult`; taken as int so unknown values are not UB.
+#[no_mangle]
+pub unsafe extern "C" fn cuGetErrorString(error: c_int, s: *mut *const c_char) -> CUresult {
+    guard(|| match error_text(error) {
+        Some((_, d)) => out(s, d.as_ptr()).err().unwrap_or(CUDA_SUCCESS),
+        None => CUDA_ERROR_INVALID_VALUE,
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGetErrorName(error: c_int, s: *mut *const c_char) -> CUresult {
+    guard(|| match error_text(error) {
+        Some((n, _)) => out(s, n.as_ptr()).err().unwrap_or(CUDA_SUCCESS),
+        None => CUDA_ERROR_INVALID_VALUE,
+    })
+}
+
+/// Resolves `symbol` to this library's export of the same name (trying `_v2` first, as
+/// the per-version table of the real driver would for 12.x callers).
+#[no_mangle]
+pub unsafe extern "C" fn cuGetProcAddress_v2(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    _cuda_version: c_int,
+    _flags: cuuint64_t,
+    status: *mut CUdriverProcAddressQueryResult,
+) -> CUresult {
+    guard(|| {
+        if symbol.is_null() || pfn.is_null() {
+            return CUDA_ERROR_INVALID_VALUE;
+        }
+        // SAFETY: non-NULL NUL-terminated symbol name from the caller.
+        let name = unsafe { CStr::from_ptr(symbol) }
+            .to_string_lossy()
+            .into_owned();
+        let found =
+            super::ext::own_symbol(&format!("{name}_v2")).or_else(|| super::ext::own_symbol(&name));
+        let (p, st, r) = match found {
+            Some(p) => (
+                p,
+                CUdriverProcAddressQueryResult::CU_GET_PROC_ADDRESS_SUCCESS,
+                CUDA_SUCCESS,
+            ),
+            None => (
+                std::ptr::null_mut(),
+                CUdriverProcAddressQueryResult::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND,
+                CUDA_ERROR_NOT_FOUND,
+            ),
+        };
+        // SAFETY: `pfn` is non-NULL (checked); `status` may be NULL and is then skipped.
+        unsafe {
+            *pfn = p;
+            if !status.is_null() {
+                *status = st;
+            }
+        }
+        r
+    })
+}

@@ -1,0 +1,79 @@
+//! The sim's own exports (not part of any NVIDIA library).
+//!
+//! | symbol | purpose |
+//! |---|---|
+//! | `gpuspanSimAdvanceHostNs(uint64_t ns)` | model host time: virtual clock += ns, or sleep ns in real mode |
+//! | `int gpuspanSimIsVirtual(void)` | 1 with the virtual clock, 0 with the real one |
+//! | `gpuspanSimCuptiCounters(uint64_t *subscribes, uint64_t *enables)` | cuptiSubscribe / cuptiActivityEnable call counts |
+//! | `gpuspanSimReset(void)` | test only: fresh simulator, environment re-read, held buffers forgotten |
+
+// Safety contract of every export: the C prototype of the function it replaces (cuda.h,
+// cupti_*.h, nvml.h): pointer arguments are NULL or valid for the documented access.
+#![allow(non_snake_case, clippy::missing_safety_doc)]
+
+use super::guard;
+use crate::sim::{self, sim};
+use std::ffi::{c_int, c_void, CString};
+
+#[no_mangle]
+pub unsafe extern "C" fn gpuspanSimAdvanceHostNs(ns: u64) {
+    guard(|| {
+        let sleep = sim().lock().clock.advance(ns);
+        if let Some(d) = sleep {
+            std::thread::sleep(d);
+        }
+        sim().wake.notify_all();
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn gpuspanSimIsVirtual() -> c_int {
+    guard(|| sim().lock().clock.is_virtual() as c_int)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn gpuspanSimCuptiCounters(subscribes: *mut u64, enables: *mut u64) {
+    guard(|| {
+        let (s, e) = sim::cupti_counters();
+        // SAFETY: each out-pointer is written only when non-NULL.
+        unsafe {
+            if !subscribes.is_null() {
+                *subscribes = s;
+            }
+            if !enables.is_null() {
+                *enables = e;
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn gpuspanSimReset() {
+    guard(sim::reset)
+}
+
+/// Address of an exported symbol of the object this code lives in (for
+/// `cuGetProcAddress_v2`), found through `dladdr` + `dlopen(RTLD_NOLOAD)` + `dlsym`.
+pub fn own_symbol(name: &str) -> Option<*mut c_void> {
+    let cname = CString::new(name).ok()?;
+    // SAFETY: Dl_info is plain data; zeroed is a valid initial value.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr only reads the address of one of our own functions.
+    if unsafe { libc::dladdr(gpuspanSimIsVirtual as *const c_void, &mut info) } == 0
+        || info.dli_fname.is_null()
+    {
+        return None;
+    }
+    // SAFETY: dli_fname is a valid C string from dladdr; RTLD_NOLOAD only looks up an
+    // object that is already loaded (ourselves), so no initializers run.
+    let h = unsafe { libc::dlopen(info.dli_fname, libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+    if h.is_null() {
+        return None;
+    }
+    // SAFETY: h is a live handle; cname is NUL-terminated. The extra reference from
+    // dlopen is released right after.
+    let p = unsafe { libc::dlsym(h, cname.as_ptr()) };
+    // SAFETY: balances the dlopen above.
+    unsafe { libc::dlclose(h) };
+    (!p.is_null()).then_some(p)
+}

@@ -1,0 +1,318 @@
+//! `libnvidia-ml.so.1` subset (NVML API reference; CUPTI-NOTES §7). Return codes are
+//! `nvmlReturn_t` values as u32.
+
+// Safety contract of every export: the C prototype of the function it replaces (cuda.h,
+// cupti_*.h, nvml.h): pointer arguments are NULL or valid for the documented access.
+#![allow(non_snake_case, clippy::missing_safety_doc)]
+
+use super::guard;
+use crate::sim::timeline::WorkKind;
+use crate::sim::{device, sim, State};
+use std::ffi::{c_char, c_uint, c_void, CStr};
+
+/// `nvmlReturn_t` values (nvml.h).
+pub mod ret {
+    pub const SUCCESS: u32 = 0;
+    pub const UNINITIALIZED: u32 = 1;
+    pub const INVALID_ARGUMENT: u32 = 2;
+    pub const NOT_SUPPORTED: u32 = 3;
+    pub const INSUFFICIENT_SIZE: u32 = 7;
+    pub const DRIVER_NOT_LOADED: u32 = 9;
+    pub const ARGUMENT_VERSION_MISMATCH: u32 = 25;
+    pub const UNKNOWN: u32 = 999;
+}
+
+/// Opaque `nvmlDevice_t` of the one device.
+const DEVICE_HANDLE: usize = 0x4e7d_0000_0010;
+/// NVML utilization sample period (the longest of the documented 1/6–1 s).
+const SAMPLE_PERIOD_NS: u64 = 1_000_000_000;
+
+/// `nvmlUtilization_t` {gpu, memory} in percent.
+#[repr(C)]
+pub struct NvmlUtilization {
+    pub gpu: c_uint,
+    pub memory: c_uint,
+}
+
+/// `nvmlMemory_t` (bytes).
+#[repr(C)]
+pub struct NvmlMemory {
+    pub total: u64,
+    pub free: u64,
+    pub used: u64,
+}
+
+/// `nvmlMemory_v2_t` (bytes); `version` must be `sizeof | 2 << 24`.
+#[repr(C)]
+pub struct NvmlMemoryV2 {
+    pub version: c_uint,
+    pub total: u64,
+    pub reserved: u64,
+    pub free: u64,
+    pub used: u64,
+}
+
+/// Runs `f` with the state if NVML is initialized and `dev` is our handle.
+fn with_device(dev: *mut c_void, f: impl FnOnce(&mut State) -> u32) -> u32 {
+    guard(|| {
+        let mut st = sim().lock();
+        if st.nvml_refs == 0 {
+            return ret::UNINITIALIZED;
+        }
+        if dev as usize != DEVICE_HANDLE {
+            return ret::INVALID_ARGUMENT;
+        }
+        f(&mut st)
+    })
+}
+
+fn put_str(buf: *mut c_char, len: c_uint, s: &str) -> u32 {
+    if buf.is_null() {
+        return ret::INVALID_ARGUMENT;
+    }
+    if (len as usize) < s.len() + 1 {
+        return ret::INSUFFICIENT_SIZE;
+    }
+    // SAFETY: the caller provides `len` ≥ s.len() + 1 writable bytes at `buf`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(s.as_ptr(), buf as *mut u8, s.len());
+        *buf.add(s.len()) = 0;
+    }
+    ret::SUCCESS
+}
+
+fn put<T>(p: *mut T, v: T) -> u32 {
+    if p.is_null() {
+        return ret::INVALID_ARGUMENT;
+    }
+    // SAFETY: non-NULL out-pointer from the caller.
+    unsafe { p.write(v) };
+    ret::SUCCESS
+}
+
+/// Ref-counted init; `no_device` fault → DRIVER_NOT_LOADED (9).
+#[no_mangle]
+pub unsafe extern "C" fn nvmlInit_v2() -> u32 {
+    init()
+}
+
+/// Shared by both init exports (exports never call each other: an executable that also
+/// links the rlib could interpose them).
+fn init() -> u32 {
+    guard(|| {
+        let mut st = sim().lock();
+        if st.cfg.faults.no_device {
+            return ret::DRIVER_NOT_LOADED;
+        }
+        st.nvml_refs += 1;
+        ret::SUCCESS
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlInit() -> u32 {
+    init()
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlShutdown() -> u32 {
+    guard(|| {
+        let mut st = sim().lock();
+        if st.nvml_refs == 0 {
+            return ret::UNINITIALIZED;
+        }
+        st.nvml_refs -= 1;
+        ret::SUCCESS
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> u32 {
+    guard(|| {
+        if sim().lock().nvml_refs == 0 {
+            ret::UNINITIALIZED
+        } else {
+            put(count, 1)
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
+    index: c_uint,
+    dev: *mut *mut c_void,
+) -> u32 {
+    guard(|| {
+        if sim().lock().nvml_refs == 0 {
+            return ret::UNINITIALIZED;
+        }
+        if index != 0 {
+            return ret::INVALID_ARGUMENT;
+        }
+        put(dev, DEVICE_HANDLE as *mut c_void)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetName(
+    dev: *mut c_void,
+    name: *mut c_char,
+    len: c_uint,
+) -> u32 {
+    with_device(dev, |_| put_str(name, len, device::NAME))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetUUID(
+    dev: *mut c_void,
+    uuid: *mut c_char,
+    len: c_uint,
+) -> u32 {
+    with_device(dev, |_| put_str(uuid, len, device::UUID))
+}
+
+/// GPU % = share of the last 1 s (host clock) with ≥ 1 kernel running; memory % = share
+/// with a copy/memset running, or half the kernel share if higher (kernels read memory).
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
+    dev: *mut c_void,
+    util: *mut NvmlUtilization,
+) -> u32 {
+    with_device(dev, |st| {
+        let (gpu, mem) = utilization(st);
+        put(util, NvmlUtilization { gpu, memory: mem })
+    })
+}
+
+fn utilization(st: &mut State) -> (u32, u32) {
+    let now = st.clock.now_ns();
+    let gpu = st
+        .timeline
+        .utilization_pct(WorkKind::Kernel, now, SAMPLE_PERIOD_NS);
+    let mem = st
+        .timeline
+        .utilization_pct(WorkKind::Memory, now, SAMPLE_PERIOD_NS)
+        .max(gpu / 2);
+    (gpu, mem)
+}
+
+fn memory_numbers(st: &State) -> (u64, u64, u64) {
+    let used = device::RESERVED_MEM_BYTES + st.allocated_bytes;
+    (
+        device::TOTAL_MEM_BYTES,
+        device::TOTAL_MEM_BYTES - used,
+        used,
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(dev: *mut c_void, mem: *mut NvmlMemory) -> u32 {
+    with_device(dev, |st| {
+        let (total, free, used) = memory_numbers(st);
+        put(mem, NvmlMemory { total, free, used })
+    })
+}
+
+/// Checks `version >> 24 == 2` (CUPTI-NOTES §7) → else ARGUMENT_VERSION_MISMATCH (25).
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
+    dev: *mut c_void,
+    mem: *mut NvmlMemoryV2,
+) -> u32 {
+    with_device(dev, |st| {
+        if mem.is_null() {
+            return ret::INVALID_ARGUMENT;
+        }
+        // SAFETY: non-NULL pointer to the caller's struct; `version` is its first field.
+        let version = unsafe { (*mem).version };
+        if version >> 24 != 2 {
+            return ret::ARGUMENT_VERSION_MISMATCH;
+        }
+        let (total, free, used) = memory_numbers(st);
+        let reserved = device::RESERVED_MEM_BYTES;
+        put(
+            mem,
+            NvmlMemoryV2 {
+                version,
+                total,
+                reserved,
+                free,
+                used: used - reserved,
+            },
+        )
+    })
+}
+
+/// Sensor 0 (GPU) only, °C rising with utilization.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetTemperature(
+    dev: *mut c_void,
+    sensor: c_uint,
+    temp: *mut c_uint,
+) -> u32 {
+    with_device(dev, |st| {
+        if sensor != 0 {
+            return ret::INVALID_ARGUMENT;
+        }
+        let (gpu, _) = utilization(st);
+        put(
+            temp,
+            device::IDLE_TEMP_C + (device::BUSY_TEMP_C - device::IDLE_TEMP_C) * gpu / 100,
+        )
+    })
+}
+
+/// mW, linear between idle and busy power in the GPU utilization.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(dev: *mut c_void, mw: *mut c_uint) -> u32 {
+    with_device(dev, |st| {
+        let (gpu, _) = utilization(st);
+        put(
+            mw,
+            device::IDLE_POWER_MW + (device::BUSY_POWER_MW - device::IDLE_POWER_MW) / 100 * gpu,
+        )
+    })
+}
+
+/// MHz: GRAPHICS 0 and SM 1 → SM clock, MEM 2 → memory clock, VIDEO 3 → 1755.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetClockInfo(
+    dev: *mut c_void,
+    clock_type: c_uint,
+    mhz: *mut c_uint,
+) -> u32 {
+    with_device(dev, |_| match clock_type {
+        0 | 1 => put(mhz, device::SM_CLOCK_MHZ),
+        2 => put(mhz, device::MEM_CLOCK_MHZ),
+        3 => put(mhz, 1755),
+        _ => ret::INVALID_ARGUMENT,
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlSystemGetDriverVersion(buf: *mut c_char, len: c_uint) -> u32 {
+    guard(|| {
+        if sim().lock().nvml_refs == 0 {
+            ret::UNINITIALIZED
+        } else {
+            put_str(buf, len, device::DRIVER_VERSION)
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlErrorString(r: u32) -> *const c_char {
+    guard(|| {
+        let s: &'static CStr = match r {
+            ret::SUCCESS => c"Success",
+            ret::UNINITIALIZED => c"Uninitialized",
+            ret::INVALID_ARGUMENT => c"Invalid Argument",
+            ret::NOT_SUPPORTED => c"Not Supported",
+            ret::INSUFFICIENT_SIZE => c"Insufficient Size",
+            ret::DRIVER_NOT_LOADED => c"Driver Not Loaded",
+            ret::ARGUMENT_VERSION_MISMATCH => c"Argument Version Mismatch",
+            _ => c"Unknown Error",
+        };
+        s.as_ptr()
+    })
+}

@@ -1,0 +1,179 @@
+//! The simulator core: one process-wide [`State`] behind a mutex.
+//!
+//! Lock rule: the mutex is never held while a client callback runs (buffer request /
+//! completion, callback-API subscriber, injection init) — see [`trace`] and [`delivery`].
+
+pub mod buffers;
+pub mod clock;
+pub mod config;
+pub mod costs;
+pub mod cupti;
+pub mod delivery;
+pub mod device;
+pub mod events;
+pub mod names;
+pub mod records;
+pub mod timeline;
+pub mod trace;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::CStr;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+
+/// Opaque handle of the one (primary) context.
+pub const CONTEXT_HANDLE: u64 = 0x5c7c_0000_0010;
+/// CUPTI `contextId` of that context.
+pub const CONTEXT_ID: u32 = 1;
+/// CUPTI `deviceId` of the device.
+pub const DEVICE_ID: u32 = 0;
+const MODULE_HANDLE_BASE: u64 = 0x5a0d_0000_0000;
+const FUNCTION_HANDLE_BASE: u64 = 0x5f0c_0000_0000;
+/// First address `cuMemAlloc` returns (device pointers look like real UVA addresses).
+const DEVICE_HEAP_BASE: u64 = 0x7f40_0000_0000;
+
+/// Everything the simulator knows.
+#[derive(Debug)]
+pub struct State {
+    pub cfg: config::Config,
+    pub clock: clock::HostClock,
+    pub timeline: timeline::Timeline,
+    pub events: events::Events,
+    pub cupti: cupti::Cupti,
+    pub pool: buffers::Pool,
+    pub counters: cupti::Counters,
+    pub jobs: VecDeque<delivery::Job>,
+    /// Last correlation id handed out.
+    pub correlation: u32,
+    /// Records offered so far (drives the `drop_records` fault).
+    pub record_seq: u64,
+    pub initialized: bool,
+    pub nvml_refs: u32,
+    pub context_current: bool,
+    pub modules: HashSet<u64>,
+    pub functions: HashMap<u64, &'static CStr>,
+    pub allocations: HashMap<u64, u64>,
+    pub allocated_bytes: u64,
+    next_handle: u64,
+    next_dptr: u64,
+    pub grid_id: i64,
+}
+
+impl State {
+    pub fn new(cfg: config::Config) -> State {
+        State {
+            cfg,
+            clock: clock::HostClock::new(cfg.clock),
+            timeline: timeline::Timeline::new(),
+            events: events::Events::new(),
+            cupti: cupti::Cupti::default(),
+            pool: buffers::Pool::new(),
+            counters: cupti::Counters::default(),
+            jobs: VecDeque::new(),
+            correlation: 0,
+            record_seq: 0,
+            initialized: false,
+            nvml_refs: 0,
+            context_current: false,
+            modules: HashSet::new(),
+            functions: HashMap::new(),
+            allocations: HashMap::new(),
+            allocated_bytes: 0,
+            next_handle: 0,
+            next_dptr: DEVICE_HEAP_BASE,
+            grid_id: 0,
+        }
+    }
+
+    /// Next correlation id (never 0).
+    pub fn next_correlation(&mut self) -> u32 {
+        self.correlation = self.correlation.wrapping_add(1).max(1);
+        self.correlation
+    }
+
+    pub fn new_module(&mut self) -> u64 {
+        self.next_handle += 1;
+        let h = MODULE_HANDLE_BASE + self.next_handle * 0x10;
+        self.modules.insert(h);
+        h
+    }
+
+    pub fn new_function(&mut self, name: &str) -> u64 {
+        self.next_handle += 1;
+        let h = FUNCTION_HANDLE_BASE + self.next_handle * 0x10;
+        self.functions.insert(h, names::intern(name));
+        h
+    }
+
+    /// Bump allocation of device memory (no backing store: the sim moves no data).
+    pub fn alloc(&mut self, bytes: u64) -> Option<u64> {
+        if self.allocated_bytes + bytes > device::TOTAL_MEM_BYTES - device::RESERVED_MEM_BYTES {
+            return None;
+        }
+        let p = self.next_dptr;
+        self.next_dptr += bytes.max(1).div_ceil(512) * 512;
+        self.allocations.insert(p, bytes);
+        self.allocated_bytes += bytes;
+        Some(p)
+    }
+
+    pub fn free(&mut self, p: u64) -> bool {
+        match self.allocations.remove(&p) {
+            Some(b) => {
+                self.allocated_bytes -= b;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `cuptiFinalize`: drop all CUPTI state (buffers must have been delivered first) and
+    /// re-read the CUPTI ABI version from the environment.
+    pub fn reset_cupti(&mut self) {
+        self.cupti = cupti::Cupti::default();
+        self.pool = buffers::Pool::new();
+        self.cfg.cupti = config::Config::from_env().cupti;
+    }
+}
+
+/// The process-wide simulator.
+pub struct Sim {
+    state: Mutex<State>,
+    /// Wakes the delivery thread (new full buffer, flush job, clock change).
+    pub wake: Condvar,
+}
+
+/// The simulator, created on first use from the environment.
+pub fn sim() -> &'static Sim {
+    static SIM: OnceLock<Sim> = OnceLock::new();
+    SIM.get_or_init(|| Sim {
+        state: Mutex::new(State::new(config::Config::from_env())),
+        wake: Condvar::new(),
+    })
+}
+
+impl Sim {
+    /// Locks the state (a panic elsewhere does not poison the simulator).
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Test hook (`gpuspanSimReset`): a fresh simulator re-reading the environment. Buffers
+/// the sim still held are forgotten (not delivered).
+pub fn reset() {
+    let s = sim();
+    let mut st = s.lock();
+    *st = State::new(config::Config::from_env());
+}
+
+/// (cuptiSubscribe calls, cuptiActivityEnable calls) since start or the last [`reset`].
+pub fn cupti_counters() -> (u64, u64) {
+    let st = sim().lock();
+    (st.counters.subscribes, st.counters.enables)
+}
+
+/// OS thread id of the caller (gettid).
+pub fn os_tid() -> u32 {
+    // SAFETY: SYS_gettid takes no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}

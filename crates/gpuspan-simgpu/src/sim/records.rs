@@ -1,0 +1,357 @@
+//! Activity records encoded byte-exact in CUPTI's layouts.
+//!
+//! Offsets come from cudarc's bindgen structs of `cupti_activity.h` 12.9
+//! (`CUpti_ActivityKernel9` 208 B, `Memcpy6` 96, `Memset4` 88, `API` 40,
+//! `ExternalCorrelation` 24, `Overhead3` 56). The 13.x layouts the sim writes with
+//! `GPUSPAN_SIM_CUPTI_VERSION=13` (`Kernel13` 248, `Memcpy7` 112, `Memset5` 104) are the
+//! 12.9 struct as prefix plus appended fields, all zero here (CUPTI-NOTES §2
+//! "Append-only"). Records are built in a `Vec<u8>` with explicit offsets: no unsafe.
+
+use super::config::CuptiAbi;
+use cudarc::cupti::sys::{
+    CUpti_ActivityAPI as Api, CUpti_ActivityExternalCorrelation as ExtCorr,
+    CUpti_ActivityKernel9 as K9, CUpti_ActivityMemcpy6 as M6, CUpti_ActivityMemset4 as S4,
+    CUpti_ActivityOverhead3 as O3,
+};
+use std::mem::{offset_of, size_of};
+
+/// `CUpti_ActivityKind` values used by the sim (`cupti_activity.h`).
+pub mod kind {
+    pub const MEMCPY: u32 = 1;
+    pub const MEMSET: u32 = 2;
+    pub const KERNEL: u32 = 3;
+    pub const DRIVER: u32 = 6;
+    pub const RUNTIME: u32 = 7;
+    pub const OVERHEAD: u32 = 5;
+    pub const CONCURRENT_KERNEL: u32 = 10;
+    pub const EXTERNAL_CORRELATION: u32 = 36;
+}
+
+/// Records are 8-byte aligned (`cupti_common.h` `ACTIVITY_RECORD_ALIGNMENT`).
+pub const RECORD_ALIGN: usize = 8;
+
+/// Size in bytes of a record of `kind` under `abi`; `None` for kinds the sim never writes.
+pub fn record_size(kind_: u32, abi: CuptiAbi) -> Option<usize> {
+    let v13 = abi == CuptiAbi::V13;
+    Some(match kind_ {
+        kind::KERNEL | kind::CONCURRENT_KERNEL => {
+            if v13 {
+                248
+            } else {
+                size_of::<K9>()
+            }
+        }
+        kind::MEMCPY => {
+            if v13 {
+                112
+            } else {
+                size_of::<M6>()
+            }
+        }
+        kind::MEMSET => {
+            if v13 {
+                104
+            } else {
+                size_of::<S4>()
+            }
+        }
+        kind::DRIVER | kind::RUNTIME => size_of::<Api>(),
+        kind::EXTERNAL_CORRELATION => size_of::<ExtCorr>(),
+        kind::OVERHEAD => size_of::<O3>(),
+        _ => return None,
+    })
+}
+
+/// One encoded record plus what the buffer logic needs to know about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub bytes: Vec<u8>,
+    /// Host time from which the record is complete (GPU end; 0 for host-side records).
+    pub complete_at_ns: u64,
+    /// Offsets of u64 timestamp fields zeroed when a forced flush hands the record back
+    /// before `complete_at_ns` (a still-running kernel gets end=0; pytorch/pytorch#195844).
+    pub zero_if_incomplete: Vec<usize>,
+}
+
+impl Record {
+    fn new(kind_: u32, abi: CuptiAbi) -> Record {
+        let size = record_size(kind_, abi).expect("sim writes only known kinds");
+        let mut r = Record {
+            bytes: vec![0; size],
+            complete_at_ns: 0,
+            zero_if_incomplete: Vec::new(),
+        };
+        r.put_u32(0, kind_);
+        r
+    }
+    pub fn kind(&self) -> u32 {
+        self.get_u32(0)
+    }
+    pub fn put_u8(&mut self, off: usize, v: u8) {
+        self.bytes[off] = v;
+    }
+    pub fn put_u16(&mut self, off: usize, v: u16) {
+        self.bytes[off..off + 2].copy_from_slice(&v.to_ne_bytes());
+    }
+    pub fn put_u32(&mut self, off: usize, v: u32) {
+        self.bytes[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    pub fn put_u64(&mut self, off: usize, v: u64) {
+        self.bytes[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+    pub fn get_u32(&self, off: usize) -> u32 {
+        u32::from_ne_bytes(self.bytes[off..off + 4].try_into().expect("4 bytes"))
+    }
+    pub fn get_u64(&self, off: usize) -> u64 {
+        u64::from_ne_bytes(self.bytes[off..off + 8].try_into().expect("8 bytes"))
+    }
+}
+
+/// Fields of a kernel record the sim fills.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelFields {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub device_id: u32,
+    pub context_id: u32,
+    pub stream_id: u32,
+    pub grid: [i32; 3],
+    pub block: [i32; 3],
+    pub dynamic_shared_bytes: i32,
+    pub registers_per_thread: u16,
+    pub correlation_id: u32,
+    pub grid_id: i64,
+    /// Interned, process-lifetime C string (see `sim::names`).
+    pub name_ptr: usize,
+}
+
+/// `CUpti_ActivityKernel9` (or Kernel13 under 13.x); `kind_` is KERNEL or CONCURRENT_KERNEL.
+pub fn kernel(kind_: u32, f: &KernelFields, abi: CuptiAbi) -> Record {
+    let mut r = Record::new(kind_, abi);
+    r.put_u16(offset_of!(K9, registersPerThread), f.registers_per_thread);
+    r.put_u64(offset_of!(K9, start), f.start_ns);
+    r.put_u64(offset_of!(K9, end), f.end_ns);
+    r.put_u64(offset_of!(K9, completed), f.end_ns);
+    r.put_u32(offset_of!(K9, deviceId), f.device_id);
+    r.put_u32(offset_of!(K9, contextId), f.context_id);
+    r.put_u32(offset_of!(K9, streamId), f.stream_id);
+    for (i, off) in [
+        offset_of!(K9, gridX),
+        offset_of!(K9, gridY),
+        offset_of!(K9, gridZ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        r.put_u32(off, f.grid[i] as u32);
+    }
+    for (i, off) in [
+        offset_of!(K9, blockX),
+        offset_of!(K9, blockY),
+        offset_of!(K9, blockZ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        r.put_u32(off, f.block[i] as u32);
+    }
+    r.put_u32(
+        offset_of!(K9, dynamicSharedMemory),
+        f.dynamic_shared_bytes as u32,
+    );
+    r.put_u32(offset_of!(K9, correlationId), f.correlation_id);
+    r.put_u64(offset_of!(K9, gridId), f.grid_id as u64);
+    r.put_u64(offset_of!(K9, name), f.name_ptr as u64);
+    r.put_u8(offset_of!(K9, launchType), 0); // CUPTI_ACTIVITY_LAUNCH_TYPE_REGULAR
+    r.put_u32(
+        offset_of!(K9, sharedMemoryExecuted),
+        f.dynamic_shared_bytes as u32,
+    );
+    r.complete_at_ns = f.end_ns;
+    r.zero_if_incomplete = vec![offset_of!(K9, end), offset_of!(K9, completed)];
+    r
+}
+
+/// Fields shared by memcpy and memset records.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MemFields {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub bytes: u64,
+    pub device_id: u32,
+    pub context_id: u32,
+    pub stream_id: u32,
+    pub correlation_id: u32,
+}
+
+/// `CUpti_ActivityMemcpy6` (Memcpy7 under 13.x). `copy_kind`: `CUpti_ActivityMemcpyKind`
+/// (HTOD 1, DTOH 2, DTOD 8); src/dst: `CUpti_ActivityMemoryKind` (PAGEABLE 1, DEVICE 3).
+pub fn memcpy(
+    f: &MemFields,
+    copy_kind: u8,
+    src_kind: u8,
+    dst_kind: u8,
+    is_async: bool,
+    abi: CuptiAbi,
+) -> Record {
+    let mut r = Record::new(kind::MEMCPY, abi);
+    r.put_u8(offset_of!(M6, copyKind), copy_kind);
+    r.put_u8(offset_of!(M6, srcKind), src_kind);
+    r.put_u8(offset_of!(M6, dstKind), dst_kind);
+    // CUPTI_ACTIVITY_FLAG_MEMCPY_ASYNC = 1
+    r.put_u8(offset_of!(M6, flags), is_async as u8);
+    r.put_u64(offset_of!(M6, bytes), f.bytes);
+    r.put_u64(offset_of!(M6, start), f.start_ns);
+    r.put_u64(offset_of!(M6, end), f.end_ns);
+    r.put_u32(offset_of!(M6, deviceId), f.device_id);
+    r.put_u32(offset_of!(M6, contextId), f.context_id);
+    r.put_u32(offset_of!(M6, streamId), f.stream_id);
+    r.put_u32(offset_of!(M6, correlationId), f.correlation_id);
+    r.put_u64(offset_of!(M6, copyCount), 1);
+    r.complete_at_ns = f.end_ns;
+    r.zero_if_incomplete = vec![offset_of!(M6, end)];
+    r
+}
+
+/// `CUpti_ActivityMemset4` (Memset5 under 13.x); memory kind DEVICE.
+pub fn memset(f: &MemFields, value: u32, is_async: bool, abi: CuptiAbi) -> Record {
+    let mut r = Record::new(kind::MEMSET, abi);
+    r.put_u32(offset_of!(S4, value), value);
+    r.put_u64(offset_of!(S4, bytes), f.bytes);
+    r.put_u64(offset_of!(S4, start), f.start_ns);
+    r.put_u64(offset_of!(S4, end), f.end_ns);
+    r.put_u32(offset_of!(S4, deviceId), f.device_id);
+    r.put_u32(offset_of!(S4, contextId), f.context_id);
+    r.put_u32(offset_of!(S4, streamId), f.stream_id);
+    r.put_u32(offset_of!(S4, correlationId), f.correlation_id);
+    r.put_u16(offset_of!(S4, flags), is_async as u16);
+    r.put_u16(offset_of!(S4, memoryKind), 3);
+    r.complete_at_ns = f.end_ns;
+    r.zero_if_incomplete = vec![offset_of!(S4, end)];
+    r
+}
+
+/// Fields of a `CUpti_ActivityAPI` record.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiFields {
+    pub cbid: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub process_id: u32,
+    pub thread_id: u32,
+    pub correlation_id: u32,
+    pub return_value: u32,
+}
+
+/// `CUpti_ActivityAPI` with kind DRIVER or RUNTIME.
+pub fn api(kind_: u32, f: &ApiFields) -> Record {
+    let mut r = Record::new(kind_, CuptiAbi::V12);
+    r.put_u32(offset_of!(Api, cbid), f.cbid);
+    r.put_u64(offset_of!(Api, start), f.start_ns);
+    r.put_u64(offset_of!(Api, end), f.end_ns);
+    r.put_u32(offset_of!(Api, processId), f.process_id);
+    r.put_u32(offset_of!(Api, threadId), f.thread_id);
+    r.put_u32(offset_of!(Api, correlationId), f.correlation_id);
+    r.put_u32(offset_of!(Api, returnValue), f.return_value);
+    r
+}
+
+/// `CUpti_ActivityExternalCorrelation`.
+pub fn external_correlation(external_kind: u32, external_id: u64, correlation_id: u32) -> Record {
+    let mut r = Record::new(kind::EXTERNAL_CORRELATION, CuptiAbi::V12);
+    r.put_u32(offset_of!(ExtCorr, externalKind), external_kind);
+    r.put_u64(offset_of!(ExtCorr, externalId), external_id);
+    r.put_u32(offset_of!(ExtCorr, correlationId), correlation_id);
+    r
+}
+
+/// `CUpti_ActivityOverhead3` of kind CUPTI_BUFFER_FLUSH (0x10000) for a thread;
+/// `overheadData` is NULL (nothing for the client to free), correlationId 0.
+pub fn overhead_buffer_flush(
+    start_ns: u64,
+    end_ns: u64,
+    process_id: u32,
+    thread_id: u32,
+) -> Record {
+    let mut r = Record::new(kind::OVERHEAD, CuptiAbi::V12);
+    r.put_u32(offset_of!(O3, overheadKind), 0x1_0000);
+    r.put_u32(offset_of!(O3, objectKind), 2); // CUPTI_ACTIVITY_OBJECT_THREAD
+    let oid = offset_of!(O3, objectId);
+    r.put_u32(oid, process_id);
+    r.put_u32(oid + 4, thread_id);
+    r.put_u64(offset_of!(O3, start), start_ns);
+    r.put_u64(offset_of!(O3, end), end_ns);
+    r
+}
+
+/// Byte offsets the tests and the buffer logic read back.
+pub mod offsets {
+    use super::*;
+    pub const KERNEL_START: usize = offset_of!(K9, start);
+    pub const KERNEL_END: usize = offset_of!(K9, end);
+    pub const KERNEL_STREAM_ID: usize = offset_of!(K9, streamId);
+    pub const KERNEL_CORRELATION_ID: usize = offset_of!(K9, correlationId);
+    pub const KERNEL_NAME: usize = offset_of!(K9, name);
+    pub const API_CORRELATION_ID: usize = offset_of!(Api, correlationId);
+    pub const API_CBID: usize = offset_of!(Api, cbid);
+    pub const EXT_EXTERNAL_ID: usize = offset_of!(ExtCorr, externalId);
+    pub const EXT_CORRELATION_ID: usize = offset_of!(ExtCorr, correlationId);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_per_abi_match_cupti_notes() {
+        for (k, v12, v13) in [
+            (10, 208, 248),
+            (3, 208, 248),
+            (1, 96, 112),
+            (2, 88, 104),
+            (6, 40, 40),
+            (36, 24, 24),
+            (5, 56, 56),
+        ] {
+            assert_eq!(record_size(k, CuptiAbi::V12), Some(v12), "kind {k} v12");
+            assert_eq!(record_size(k, CuptiAbi::V13), Some(v13), "kind {k} v13");
+            assert_eq!(v12 % RECORD_ALIGN, 0);
+            assert_eq!(v13 % RECORD_ALIGN, 0);
+        }
+        assert_eq!(record_size(0, CuptiAbi::V12), None);
+        assert_eq!(record_size(9999, CuptiAbi::V12), None);
+    }
+
+    #[test]
+    fn kernel_record_fields_land_at_cupti_offsets() {
+        let f = KernelFields {
+            start_ns: 11,
+            end_ns: 22,
+            stream_id: 13,
+            correlation_id: 77,
+            name_ptr: 0xabc,
+            grid: [4, 2, 1],
+            ..Default::default()
+        };
+        let r = kernel(kind::CONCURRENT_KERNEL, &f, CuptiAbi::V12);
+        assert_eq!(r.kind(), 10);
+        assert_eq!(r.get_u64(16), 11);
+        assert_eq!(r.get_u64(24), 22);
+        assert_eq!(r.get_u32(48), 13);
+        assert_eq!(r.get_u32(52), 4);
+        assert_eq!(r.get_u32(92), 77);
+        assert_eq!(r.get_u64(104), 0xabc);
+        let a = api(
+            kind::DRIVER,
+            &ApiFields {
+                cbid: 307,
+                correlation_id: 77,
+                thread_id: 9,
+                ..Default::default()
+            },
+        );
+        assert_eq!((a.get_u32(4), a.get_u32(28), a.get_u32(32)), (307, 9, 77));
+        let e = external_correlation(5, 0xfeed, 77);
+        assert_eq!((e.get_u32(4), e.get_u64(8), e.get_u32(16)), (5, 0xfeed, 77));
+    }
+}

@@ -1,0 +1,258 @@
+//! One traced driver API call: correlation id, callback-API ENTER/EXIT, host-clock cost,
+//! API / external-correlation / GPU activity records, and writing them into client
+//! buffers (requesting buffers through the client callback when needed).
+//!
+//! Record order per call: external-correlation records (one per non-empty kind stack of
+//! the calling thread), then the GPU record, then the API record — the GPU record before
+//! its API record as real buffers show (CUPTI-NOTES §2 "Ordering"), the external ones
+//! before the API record they tag (§3).
+
+use super::records::{self, kind, Record};
+use super::{costs, os_tid, sim, State};
+use cudarc::cupti::sys::{CUpti_ApiCallbackSite, CUpti_CallbackData, CUpti_CallbackDomain};
+use cudarc::driver::sys::CUresult;
+use std::collections::VecDeque;
+use std::ffi::{c_char, c_void, CStr};
+
+/// What the caller of [`traced`] describes about the call.
+pub struct Call {
+    /// `CUpti_driver_api_trace_cbid` of the function.
+    pub cbid: u32,
+    /// The function's name (`CUpti_CallbackData.functionName`).
+    pub name: &'static CStr,
+    /// Pointer to the `*_params` struct (`functionParams`), or NULL.
+    pub params: *const c_void,
+    /// Kernel name for launches (`symbolName`), or NULL.
+    pub symbol: *const c_char,
+}
+
+/// What the body of a call sees and produces.
+#[derive(Debug)]
+pub struct Ctx {
+    /// Host time at entry.
+    pub t0_ns: u64,
+    /// Correlation id for GPU records (0 while neither DRIVER nor RUNTIME is enabled).
+    pub correlation_id: u32,
+    /// Host cost charged to the virtual clock.
+    pub cost_ns: u64,
+    /// Synchronizing calls: host time the call returns no earlier than.
+    pub wait_until_ns: Option<u64>,
+    /// GPU records produced by the call.
+    pub records: Vec<Record>,
+}
+
+/// CUPTI-style thread id for API records: `pthread_self()` truncated, or gettid with
+/// `cuptiSetThreadIdType(SYSTEM)` (CUPTI-NOTES §2 `CUpti_ActivityAPI`).
+fn api_thread_id(system: bool) -> u32 {
+    if system {
+        os_tid()
+    } else {
+        // SAFETY: pthread_self has no preconditions.
+        unsafe { libc::pthread_self() as u32 }
+    }
+}
+
+type SubscriberFn = unsafe extern "C" fn(*mut c_void, CUpti_CallbackDomain, u32, *const c_void);
+
+fn call_subscriber(
+    cb: (SubscriberFn, usize),
+    call: &Call,
+    site: CUpti_ApiCallbackSite,
+    ret: *mut CUresult,
+    corr_data: &mut u64,
+    corr: u32,
+) {
+    let data = CUpti_CallbackData {
+        callbackSite: site,
+        functionName: call.name.as_ptr(),
+        functionParams: call.params,
+        functionReturnValue: ret as *mut c_void,
+        symbolName: call.symbol,
+        context: super::CONTEXT_HANDLE as usize as cudarc::driver::sys::CUcontext,
+        contextUid: super::CONTEXT_ID,
+        correlationData: corr_data as *mut u64,
+        correlationId: corr,
+    };
+    // SAFETY: `cb.0` is the subscriber's callback with the CUPTI signature; `data` and
+    // everything it points to outlive the call; no sim lock is held.
+    unsafe {
+        (cb.0)(
+            cb.1 as *mut c_void,
+            CUpti_CallbackDomain::CUPTI_CB_DOMAIN_DRIVER_API,
+            call.cbid,
+            &data as *const CUpti_CallbackData as *const c_void,
+        )
+    };
+}
+
+/// Runs `body` as a driver API call. `body` runs under the sim lock and must not call
+/// out to client code.
+pub fn traced(call: Call, body: impl FnOnce(&mut State, &mut Ctx) -> CUresult) -> CUresult {
+    let s = sim();
+    let (cb, corr, mut ctx) = {
+        let mut st = s.lock();
+        let cb = st
+            .cupti
+            .callback_for(super::cupti::DOMAIN_DRIVER_API, call.cbid);
+        let correlating = st.cupti.correlating();
+        let corr = if correlating || cb.is_some() {
+            st.next_correlation()
+        } else {
+            0
+        };
+        let ctx = Ctx {
+            t0_ns: st.clock.now_ns(),
+            correlation_id: if correlating { corr } else { 0 },
+            cost_ns: costs::DEFAULT_CALL_NS,
+            wait_until_ns: None,
+            records: Vec::new(),
+        };
+        (cb, corr, ctx)
+    };
+    let mut corr_data = 0u64;
+    if let Some(cb) = cb {
+        call_subscriber(
+            cb,
+            &call,
+            CUpti_ApiCallbackSite::CUPTI_API_ENTER,
+            std::ptr::null_mut(),
+            &mut corr_data,
+            corr,
+        );
+    }
+
+    let mut st = s.lock();
+    let mut result = body(&mut st, &mut ctx);
+    st.clock.charge(ctx.cost_ns);
+    if let Some(t) = ctx.wait_until_ns {
+        if let Some(sleep) = st.clock.wait_until(t) {
+            drop(st);
+            std::thread::sleep(sleep);
+            st = s.lock();
+        }
+    }
+    let out = finish_records(&mut st, &call, corr, ctx, result);
+    drop(st);
+    emit(out);
+
+    if cb.is_some() {
+        // Re-read: the subscriber may have unsubscribed during the call.
+        let still = s
+            .lock()
+            .cupti
+            .callback_for(super::cupti::DOMAIN_DRIVER_API, call.cbid);
+        if let Some(cb) = still {
+            call_subscriber(
+                cb,
+                &call,
+                CUpti_ApiCallbackSite::CUPTI_API_EXIT,
+                &mut result,
+                &mut corr_data,
+                corr,
+            );
+        }
+    }
+    result
+}
+
+/// Builds the records of a finished call in buffer order.
+fn finish_records(
+    st: &mut State,
+    call: &Call,
+    mut corr: u32,
+    ctx: Ctx,
+    result: CUresult,
+) -> Vec<Record> {
+    let mut out = Vec::new();
+    let api_on = st.cupti.is_enabled(kind::DRIVER);
+    if api_on && corr == 0 {
+        corr = st.next_correlation();
+    }
+    let tid = os_tid();
+    if st.cupti.is_enabled(kind::EXTERNAL_CORRELATION) && st.cupti.correlating() && corr != 0 {
+        for (k, id) in st.cupti.external_tops(tid) {
+            out.push(records::external_correlation(k, id, corr));
+        }
+    }
+    out.extend(ctx.records);
+    if api_on {
+        let f = records::ApiFields {
+            cbid: call.cbid,
+            start_ns: ctx.t0_ns,
+            end_ns: st.clock.now_ns(),
+            // SAFETY: getpid has no preconditions.
+            process_id: unsafe { libc::getpid() } as u32,
+            thread_id: api_thread_id(st.cupti.system_thread_ids),
+            correlation_id: corr,
+            return_value: result as u32,
+        };
+        out.push(records::api(kind::DRIVER, &f));
+    }
+    out
+}
+
+/// Writes `records` into client buffers, in order. Records are dropped (and counted)
+/// when no callbacks are registered, the client declines a buffer, or the
+/// `drop_records` fault picks them.
+pub fn emit(records: Vec<Record>) {
+    let s = sim();
+    let mut queue: VecDeque<Record> = records.into();
+    while let Some(rec) = queue.pop_front() {
+        let mut st = s.lock();
+        st.record_seq += 1;
+        if st.cfg.faults.drop_records && st.record_seq.is_multiple_of(st.cfg.drop_every) {
+            st.cupti.dropped += 1;
+            continue;
+        }
+        if st.cupti.request.is_none() || st.cupti.complete.is_none() {
+            st.cupti.dropped += 1;
+            continue;
+        }
+        let mut requests = 0;
+        loop {
+            match st.pool.append(&rec) {
+                super::buffers::Append::Written { filled } => {
+                    if filled {
+                        s.wake.notify_all();
+                    }
+                    break;
+                }
+                super::buffers::Append::NeedBuffer => {
+                    let Some(request) = st.cupti.request else {
+                        st.cupti.dropped += 1;
+                        break;
+                    };
+                    if requests == 2 {
+                        st.cupti.dropped += 1;
+                        break;
+                    }
+                    requests += 1;
+                    let overhead = st.cupti.is_enabled(kind::OVERHEAD);
+                    let t0 = st.clock.now_ns();
+                    let system_tids = st.cupti.system_thread_ids;
+                    drop(st);
+                    let (mut ptr, mut size, mut max) = (std::ptr::null_mut::<u8>(), 0usize, 0usize);
+                    // SAFETY: `request` is the client's registered request callback with
+                    // the CUPTI signature; the out-pointers are valid locals; no lock held.
+                    unsafe { request(&mut ptr, &mut size, &mut max) };
+                    st = s.lock();
+                    if overhead {
+                        let t1 = st.clock.now_ns();
+                        // SAFETY: getpid has no preconditions.
+                        let pid = unsafe { libc::getpid() } as u32;
+                        queue.push_back(records::overhead_buffer_flush(
+                            t0,
+                            t1,
+                            pid,
+                            api_thread_id(system_tids),
+                        ));
+                    }
+                    if !st.pool.add_buffer(ptr, size, max) {
+                        st.cupti.dropped += 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

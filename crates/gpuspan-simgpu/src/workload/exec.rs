@@ -1,0 +1,432 @@
+//! Plays a [`Workload`] through the CUDA driver API, like a real inference worker.
+//!
+//! `libcuda.so.1` is opened at run time with `libloading` (never linked), so the same binary
+//! drives the simulated H100 (the sim's cdylib installed under that soname first on
+//! `LD_LIBRARY_PATH`) or a real driver. `cuInit(0)` is where the driver honours
+//! `CUDA_INJECTION64_PATH`; NVTX ranges go through [`crate::nvtx_loader`], so the agent's
+//! `InitializeInjectionNvtx2` path is the one exercised.
+//!
+//! Conventions agreed with the simulator: every kernel is the `spin` kernel's image loaded
+//! with `cuModuleLoadData` and looked up under the recorded kernel name
+//! (`cuModuleGetFunction` accepts any name in the sim; on a real driver unknown names fall
+//! back to `spin`); the kernel's only parameter is a `u64` duration in ns, which the sim
+//! reads from `kernelParams[0]` and the real `spin` kernel busy-waits for. Host gaps use the
+//! sim's `gpuspanSimAdvanceHostNs` when the virtual clock is on, else the thread sleeps.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_uint, c_void, CString};
+use std::fmt;
+use std::ptr::null_mut;
+
+use libloading::Library;
+
+use super::{MemcpyKind, Op, Workload};
+use crate::nvtx_loader;
+
+/// PTX of the `spin` kernel: busy-waits `%globaltimer` for its `u64` parameter (ns).
+pub const SPIN_PTX: &str = r#".version 7.8
+.target sm_90
+.address_size 64
+
+.visible .entry spin(.param .u64 spin_param_0)
+{
+	.reg .pred 	%p<2>;
+	.reg .b64 	%rd<6>;
+
+	ld.param.u64 	%rd1, [spin_param_0];
+	mov.u64 	%rd2, %globaltimer;
+$L__spin:
+	mov.u64 	%rd3, %globaltimer;
+	sub.s64 	%rd4, %rd3, %rd2;
+	setp.lt.u64 	%p1, %rd4, %rd1;
+	@%p1 bra 	$L__spin;
+	ret;
+}
+"#;
+
+/// `CU_STREAM_NON_BLOCKING` (cuda.h `CUstream_flags`).
+pub const CU_STREAM_NON_BLOCKING: c_uint = 0x1;
+
+/// Largest device / host buffer used for copies, bytes (larger copies are clamped).
+pub const MAX_COPY_BYTES: u64 = 512 << 20;
+
+type CuResult = c_int;
+type CuDevice = c_int;
+type CuContext = *mut c_void;
+type CuModule = *mut c_void;
+type CuFunction = *mut c_void;
+type CuStream = *mut c_void;
+type CuDevicePtr = u64;
+
+type FnInit = unsafe extern "C" fn(c_uint) -> CuResult;
+type FnDeviceGet = unsafe extern "C" fn(*mut CuDevice, c_int) -> CuResult;
+type FnDeviceGetName = unsafe extern "C" fn(*mut c_char, c_int, CuDevice) -> CuResult;
+type FnPrimaryCtxRetain = unsafe extern "C" fn(*mut CuContext, CuDevice) -> CuResult;
+type FnPrimaryCtxRelease = unsafe extern "C" fn(CuDevice) -> CuResult;
+type FnCtxSetCurrent = unsafe extern "C" fn(CuContext) -> CuResult;
+type FnCtxSynchronize = unsafe extern "C" fn() -> CuResult;
+type FnModuleLoadData = unsafe extern "C" fn(*mut CuModule, *const c_void) -> CuResult;
+type FnModuleGetFunction =
+    unsafe extern "C" fn(*mut CuFunction, CuModule, *const c_char) -> CuResult;
+type FnStreamCreate = unsafe extern "C" fn(*mut CuStream, c_uint) -> CuResult;
+type FnStreamDestroy = unsafe extern "C" fn(CuStream) -> CuResult;
+type FnMemAlloc = unsafe extern "C" fn(*mut CuDevicePtr, usize) -> CuResult;
+type FnMemFree = unsafe extern "C" fn(CuDevicePtr) -> CuResult;
+#[allow(clippy::type_complexity)]
+type FnLaunchKernel = unsafe extern "C" fn(
+    CuFunction,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    CuStream,
+    *mut *mut c_void,
+    *mut *mut c_void,
+) -> CuResult;
+type FnMemcpyHtoDAsync =
+    unsafe extern "C" fn(CuDevicePtr, *const c_void, usize, CuStream) -> CuResult;
+type FnMemcpyDtoHAsync =
+    unsafe extern "C" fn(*mut c_void, CuDevicePtr, usize, CuStream) -> CuResult;
+type FnMemcpyDtoDAsync =
+    unsafe extern "C" fn(CuDevicePtr, CuDevicePtr, usize, CuStream) -> CuResult;
+type FnMemsetD8Async = unsafe extern "C" fn(CuDevicePtr, u8, usize, CuStream) -> CuResult;
+type FnMemsetD32Async = unsafe extern "C" fn(CuDevicePtr, c_uint, usize, CuStream) -> CuResult;
+type FnSimAdvanceHostNs = unsafe extern "C" fn(u64);
+type FnSimIsVirtual = unsafe extern "C" fn() -> c_int;
+
+/// Why a replay could not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecError {
+    /// `libcuda.so.1` could not be opened (message from the loader).
+    NoDriver(String),
+    /// A required driver symbol is missing.
+    MissingSymbol(&'static str),
+    /// A driver call returned a non-zero `CUresult`.
+    Cuda {
+        /// The driver function.
+        call: &'static str,
+        /// Its raw `CUresult`.
+        code: i32,
+    },
+}
+
+impl fmt::Display for ExecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecError::NoDriver(m) => write!(f, "cannot load libcuda.so.1: {m}"),
+            ExecError::MissingSymbol(s) => write!(f, "libcuda.so.1 lacks {s}"),
+            ExecError::Cuda { call, code } => write!(f, "{call} failed with CUresult {code}"),
+        }
+    }
+}
+
+impl std::error::Error for ExecError {}
+
+/// What a replay did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecSummary {
+    /// Kernels launched.
+    pub kernels: u64,
+    /// Memcpys issued.
+    pub memcpys: u64,
+    /// Memsets issued.
+    pub memsets: u64,
+    /// Range pushes issued.
+    pub ranges: u64,
+    /// Device 0's name (`cuDeviceGetName`).
+    pub device_name: String,
+    /// True when the sim's virtual clock drove host gaps.
+    pub virtual_clock: bool,
+}
+
+struct Api {
+    init: FnInit,
+    device_get: FnDeviceGet,
+    device_get_name: FnDeviceGetName,
+    primary_ctx_retain: FnPrimaryCtxRetain,
+    primary_ctx_release: FnPrimaryCtxRelease,
+    ctx_set_current: FnCtxSetCurrent,
+    ctx_synchronize: FnCtxSynchronize,
+    module_load_data: FnModuleLoadData,
+    module_get_function: FnModuleGetFunction,
+    stream_create: FnStreamCreate,
+    stream_destroy: FnStreamDestroy,
+    mem_alloc: FnMemAlloc,
+    mem_free: FnMemFree,
+    launch_kernel: FnLaunchKernel,
+    memcpy_htod: FnMemcpyHtoDAsync,
+    memcpy_dtoh: FnMemcpyDtoHAsync,
+    memcpy_dtod: FnMemcpyDtoDAsync,
+    memset_d8: FnMemsetD8Async,
+    memset_d32: FnMemsetD32Async,
+    sim_advance: Option<FnSimAdvanceHostNs>,
+    sim_is_virtual: Option<FnSimIsVirtual>,
+}
+
+/// Resolves `name` from `lib` as a function pointer of type `T`.
+///
+/// # Safety
+/// `T` must be the symbol's true C signature.
+unsafe fn sym<T: Copy>(lib: &Library, name: &'static str) -> Result<T, ExecError> {
+    let cname = format!("{name}\0");
+    // SAFETY: forwarded to the caller: `T` is the C signature of `name`.
+    unsafe {
+        lib.get::<T>(cname.as_bytes())
+            .map(|s| *s)
+            .map_err(|_| ExecError::MissingSymbol(name))
+    }
+}
+
+impl Api {
+    fn load(lib: &Library) -> Result<Api, ExecError> {
+        // SAFETY: every type alias above transcribes the cuda.h prototype of the symbol it
+        // is resolved for (CUresult = int, handles = pointers, CUdeviceptr = u64, size_t =
+        // usize); the two sim extras are `void(uint64_t)` and `int(void)`.
+        unsafe {
+            Ok(Api {
+                init: sym(lib, "cuInit")?,
+                device_get: sym(lib, "cuDeviceGet")?,
+                device_get_name: sym(lib, "cuDeviceGetName")?,
+                primary_ctx_retain: sym(lib, "cuDevicePrimaryCtxRetain")?,
+                primary_ctx_release: sym(lib, "cuDevicePrimaryCtxRelease_v2")?,
+                ctx_set_current: sym(lib, "cuCtxSetCurrent")?,
+                ctx_synchronize: sym(lib, "cuCtxSynchronize")?,
+                module_load_data: sym(lib, "cuModuleLoadData")?,
+                module_get_function: sym(lib, "cuModuleGetFunction")?,
+                stream_create: sym(lib, "cuStreamCreate")?,
+                stream_destroy: sym(lib, "cuStreamDestroy_v2")?,
+                mem_alloc: sym(lib, "cuMemAlloc_v2")?,
+                mem_free: sym(lib, "cuMemFree_v2")?,
+                launch_kernel: sym(lib, "cuLaunchKernel")?,
+                memcpy_htod: sym(lib, "cuMemcpyHtoDAsync_v2")?,
+                memcpy_dtoh: sym(lib, "cuMemcpyDtoHAsync_v2")?,
+                memcpy_dtod: sym(lib, "cuMemcpyDtoDAsync_v2")?,
+                memset_d8: sym(lib, "cuMemsetD8Async")?,
+                memset_d32: sym(lib, "cuMemsetD32Async")?,
+                sim_advance: sym(lib, "gpuspanSimAdvanceHostNs").ok(),
+                sim_is_virtual: sym(lib, "gpuspanSimIsVirtual").ok(),
+            })
+        }
+    }
+}
+
+fn check(call: &'static str, code: CuResult) -> Result<(), ExecError> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(ExecError::Cuda { call, code })
+    }
+}
+
+/// Opens `libcuda.so.1` (the dynamic loader's search, so `LD_LIBRARY_PATH` decides whether
+/// it is the simulator or a real driver).
+pub fn open_driver() -> Result<Library, ExecError> {
+    // SAFETY: loading the CUDA driver runs its initializers; that is what a CUDA program does.
+    unsafe { Library::new("libcuda.so.1") }.map_err(|e| ExecError::NoDriver(e.to_string()))
+}
+
+/// Runs `workload` on device 0 of the driver in `lib`: `cuInit(0)`, primary context,
+/// one non-blocking stream per workload stream id, then every op in order, then
+/// `cuCtxSynchronize`.
+pub fn execute(lib: &Library, workload: &Workload) -> Result<ExecSummary, ExecError> {
+    let api = Api::load(lib)?;
+    let mut out = ExecSummary::default();
+    // SAFETY (whole block): each call passes arguments of the types its cuda.h prototype
+    // declares; out-pointers point at live locals; the context is made current before any
+    // context-bound call; buffers passed to copies are at least `bytes` long (clamped to
+    // MAX_COPY_BYTES, the size allocated); kernel parameter arrays point at live locals for
+    // the duration of the launch call (the driver copies them).
+    unsafe {
+        check("cuInit", (api.init)(0))?;
+        let mut dev: CuDevice = 0;
+        check("cuDeviceGet", (api.device_get)(&mut dev, 0))?;
+        let mut name = [0 as c_char; 256];
+        check(
+            "cuDeviceGetName",
+            (api.device_get_name)(name.as_mut_ptr(), name.len() as c_int, dev),
+        )?;
+        out.device_name = std::ffi::CStr::from_ptr(name.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        let mut ctx: CuContext = null_mut();
+        check(
+            "cuDevicePrimaryCtxRetain",
+            (api.primary_ctx_retain)(&mut ctx, dev),
+        )?;
+        check("cuCtxSetCurrent", (api.ctx_set_current)(ctx))?;
+
+        let ptx = CString::new(SPIN_PTX).expect("PTX has no NUL");
+        let mut module: CuModule = null_mut();
+        check(
+            "cuModuleLoadData",
+            (api.module_load_data)(&mut module, ptx.as_ptr() as *const c_void),
+        )?;
+        let mut spin: CuFunction = null_mut();
+        check(
+            "cuModuleGetFunction",
+            (api.module_get_function)(&mut spin, module, c"spin".as_ptr()),
+        )?;
+
+        // Streams, one per distinct workload stream id, created up front.
+        let mut streams: HashMap<u32, CuStream> = HashMap::new();
+        let mut max_bytes: u64 = 4096;
+        for op in &workload.ops {
+            let (s, b) = match op {
+                Op::Launch { stream, .. } => (Some(*stream), 0),
+                Op::Memcpy { stream, bytes, .. } | Op::Memset { stream, bytes } => {
+                    (Some(*stream), *bytes)
+                }
+                _ => (None, 0),
+            };
+            max_bytes = max_bytes.max(b.min(MAX_COPY_BYTES));
+            if let Some(s) = s {
+                if let std::collections::hash_map::Entry::Vacant(e) = streams.entry(s) {
+                    let mut h: CuStream = null_mut();
+                    check(
+                        "cuStreamCreate",
+                        (api.stream_create)(&mut h, CU_STREAM_NON_BLOCKING),
+                    )?;
+                    e.insert(h);
+                }
+            }
+        }
+        // Device buffer: two halves so DtoD copies have distinct source and destination.
+        let mut dbuf: CuDevicePtr = 0;
+        check(
+            "cuMemAlloc_v2",
+            (api.mem_alloc)(&mut dbuf, (2 * max_bytes) as usize),
+        )?;
+        let mut hbuf: Vec<u8> = vec![0u8; max_bytes as usize];
+
+        out.virtual_clock = api.sim_is_virtual.map(|f| f() != 0).unwrap_or(false);
+        let mut functions: HashMap<&str, CuFunction> = HashMap::new();
+
+        for op in &workload.ops {
+            match op {
+                Op::RangePush(n) => {
+                    nvtx_loader::nvtx_range_push(n);
+                    out.ranges += 1;
+                }
+                Op::RangePop => {
+                    nvtx_loader::nvtx_range_pop();
+                }
+                Op::Launch {
+                    name,
+                    dur_ns,
+                    stream,
+                    grid,
+                    block,
+                    shared_mem_bytes,
+                } => {
+                    let f = match functions.get(name.as_str()) {
+                        Some(f) => *f,
+                        None => {
+                            let mut f: CuFunction = null_mut();
+                            let cname = CString::new(name.replace('\0', " ")).unwrap_or_default();
+                            let rc = (api.module_get_function)(&mut f, module, cname.as_ptr());
+                            let f = if rc == 0 && !f.is_null() { f } else { spin };
+                            functions.insert(name.as_str(), f);
+                            f
+                        }
+                    };
+                    let mut dur: u64 = *dur_ns;
+                    let mut params: [*mut c_void; 1] = [&mut dur as *mut u64 as *mut c_void];
+                    let g = grid.map(|v| v.max(1));
+                    let b = block.map(|v| v.max(1));
+                    check(
+                        "cuLaunchKernel",
+                        (api.launch_kernel)(
+                            f,
+                            g[0],
+                            g[1],
+                            g[2],
+                            b[0],
+                            b[1],
+                            b[2],
+                            *shared_mem_bytes,
+                            streams[stream],
+                            params.as_mut_ptr(),
+                            null_mut(),
+                        ),
+                    )?;
+                    out.kernels += 1;
+                }
+                Op::Memcpy {
+                    kind,
+                    bytes,
+                    stream,
+                } => {
+                    let n = (*bytes).clamp(1, max_bytes) as usize;
+                    let s = streams[stream];
+                    match kind {
+                        MemcpyKind::HtoD => check(
+                            "cuMemcpyHtoDAsync_v2",
+                            (api.memcpy_htod)(dbuf, hbuf.as_ptr() as *const c_void, n, s),
+                        )?,
+                        MemcpyKind::DtoH => check(
+                            "cuMemcpyDtoHAsync_v2",
+                            (api.memcpy_dtoh)(hbuf.as_mut_ptr() as *mut c_void, dbuf, n, s),
+                        )?,
+                        MemcpyKind::DtoD => check(
+                            "cuMemcpyDtoDAsync_v2",
+                            (api.memcpy_dtod)(dbuf + max_bytes, dbuf, n, s),
+                        )?,
+                    }
+                    out.memcpys += 1;
+                }
+                Op::Memset { bytes, stream } => {
+                    let n = (*bytes).clamp(1, max_bytes);
+                    let s = streams[stream];
+                    if n % 4 == 0 {
+                        check(
+                            "cuMemsetD32Async",
+                            (api.memset_d32)(dbuf, 0, (n / 4) as usize, s),
+                        )?;
+                    } else {
+                        check("cuMemsetD8Async", (api.memset_d8)(dbuf, 0, n as usize, s))?;
+                    }
+                    out.memsets += 1;
+                }
+                Op::HostGap { ns } => host_gap(&api, out.virtual_clock, *ns),
+                Op::Synchronize => check("cuCtxSynchronize", (api.ctx_synchronize)())?,
+            }
+        }
+        check("cuCtxSynchronize", (api.ctx_synchronize)())?;
+        for (_, s) in streams {
+            check("cuStreamDestroy_v2", (api.stream_destroy)(s))?;
+        }
+        check("cuMemFree_v2", (api.mem_free)(dbuf))?;
+        drop(hbuf);
+        check(
+            "cuDevicePrimaryCtxRelease_v2",
+            (api.primary_ctx_release)(dev),
+        )?;
+    }
+    Ok(out)
+}
+
+/// Host work of `ns`: the sim's virtual clock when on, else a sleep (short gaps spin).
+fn host_gap(api: &Api, virtual_clock: bool, ns: u64) {
+    if ns == 0 {
+        return;
+    }
+    if virtual_clock {
+        if let Some(adv) = api.sim_advance {
+            // SAFETY: `gpuspanSimAdvanceHostNs(uint64_t)` is the sim's documented extra.
+            unsafe { adv(ns) };
+            return;
+        }
+    }
+    let d = std::time::Duration::from_nanos(ns);
+    if ns >= 50_000 {
+        std::thread::sleep(d);
+    } else {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < d {
+            std::hint::spin_loop();
+        }
+    }
+}

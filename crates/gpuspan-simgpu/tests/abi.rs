@@ -1,0 +1,748 @@
+//! Drives the built cdylib through its C ABI (dlopen via libloading), as the agent and
+//! the replay worker will. The sim is process-global: tests serialize on `LOCK` and
+//! start with `gpuspanSimReset`.
+
+use libloading::Library;
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ffi::{c_char, c_void, CStr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn lib_path() -> PathBuf {
+    if let Some(p) = gpuspan_simgpu::install::find_sim_lib() {
+        return p;
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    target
+        .join("debug")
+        .join(gpuspan_simgpu::install::SIM_LIB_NAME)
+}
+
+fn lib() -> &'static Library {
+    static LIB: OnceLock<Library> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let p = lib_path();
+        // SAFETY: loading our own cdylib; its initializers are Rust statics only.
+        unsafe { Library::new(&p) }.unwrap_or_else(|e| panic!("load {}: {e}", p.display()))
+    })
+}
+
+/// Looks up `name` as the fn-pointer type `T`.
+fn sym<T: Copy>(name: &str) -> T {
+    let n = format!("{name}\0");
+    // SAFETY: the test declares each symbol with its C signature.
+    unsafe {
+        *lib()
+            .get::<T>(n.as_bytes())
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+}
+
+macro_rules! c {
+    ($name:ident ( $($arg:expr),* $(,)? ) as fn($($t:ty),* $(,)?) -> $r:ty) => {{
+        let f: unsafe extern "C" fn($($t),*) -> $r = sym(stringify!($name));
+        // SAFETY: argument types match the C prototype of the export.
+        unsafe { f($($arg),*) }
+    }};
+}
+
+// --- buffer callbacks -------------------------------------------------------------
+
+static BUF_SIZE: AtomicUsize = AtomicUsize::new(1 << 16);
+static DECLINE: AtomicBool = AtomicBool::new(false);
+static RECORDS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+static DELIVERIES: Mutex<Vec<(std::thread::ThreadId, usize)>> = Mutex::new(Vec::new());
+
+extern "C" fn request(buf: *mut *mut u8, size: *mut usize, max: *mut usize) {
+    let n = BUF_SIZE.load(Ordering::SeqCst);
+    // SAFETY: out-pointers from the sim; layout is non-zero-sized.
+    unsafe {
+        *buf = if DECLINE.load(Ordering::SeqCst) {
+            std::ptr::null_mut()
+        } else {
+            alloc_zeroed(Layout::from_size_align(n, 8).unwrap())
+        };
+        *size = n;
+        *max = 0;
+    }
+}
+
+extern "C" fn complete(_ctx: *mut c_void, _stream: u32, buf: *mut u8, size: usize, valid: usize) {
+    let next: unsafe extern "C" fn(*mut u8, usize, *mut *mut c_void) -> u32 =
+        sym("cuptiActivityGetNextRecord");
+    let mut rec: *mut c_void = std::ptr::null_mut();
+    let mut starts = Vec::new();
+    // SAFETY: buffer from our request callback, handed back by the sim.
+    let last = loop {
+        let r = unsafe { next(buf, valid, &mut rec) };
+        if r != 0 {
+            break r;
+        }
+        starts.push(rec as usize);
+    };
+    assert_eq!(last, 12, "walk ends with MAX_LIMIT_REACHED");
+    let end = buf as usize + valid;
+    let mut out = RECORDS.lock().unwrap();
+    for (i, &s) in starts.iter().enumerate() {
+        let e = starts.get(i + 1).copied().unwrap_or(end);
+        // SAFETY: [s, e) lies inside the valid part of the buffer.
+        out.push(unsafe { std::slice::from_raw_parts(s as *const u8, e - s) }.to_vec());
+    }
+    DELIVERIES
+        .lock()
+        .unwrap()
+        .push((std::thread::current().id(), starts.len()));
+    // SAFETY: allocated in `request` with this size and alignment.
+    unsafe { dealloc(buf, Layout::from_size_align(size, 8).unwrap()) };
+}
+
+fn u32_at(r: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes(r[off..off + 4].try_into().unwrap())
+}
+fn u64_at(r: &[u8], off: usize) -> u64 {
+    u64::from_ne_bytes(r[off..off + 8].try_into().unwrap())
+}
+
+fn take_records() -> Vec<Vec<u8>> {
+    std::mem::take(&mut *RECORDS.lock().unwrap())
+}
+
+/// Locks, sets the sim's environment, resets the sim and the callback state.
+fn fresh(env: &[(&str, &str)]) -> MutexGuard<'static, ()> {
+    let g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    for v in [
+        "GPUSPAN_SIM_FAULT",
+        "GPUSPAN_SIM_DROP_EVERY",
+        "GPUSPAN_SIM_CUPTI_VERSION",
+        "GPUSPAN_SIM_CLOCK",
+    ] {
+        std::env::remove_var(v);
+    }
+    for (k, v) in env {
+        std::env::set_var(k, v);
+    }
+    c!(gpuspanSimReset() as fn() -> ());
+    BUF_SIZE.store(1 << 16, Ordering::SeqCst);
+    DECLINE.store(false, Ordering::SeqCst);
+    take_records();
+    DELIVERIES.lock().unwrap().clear();
+    g
+}
+
+fn register() {
+    type Req = extern "C" fn(*mut *mut u8, *mut usize, *mut usize);
+    type Done = extern "C" fn(*mut c_void, u32, *mut u8, usize, usize);
+    assert_eq!(
+        c!(cuptiActivityRegisterCallbacks(request, complete) as fn(Req, Done) -> u32),
+        0
+    );
+}
+
+fn enable(kinds: &[u32]) {
+    for &k in kinds {
+        assert_eq!(
+            c!(cuptiActivityEnable(k) as fn(u32) -> u32),
+            0,
+            "enable {k}"
+        );
+    }
+}
+
+fn flush(flag: u32) {
+    assert_eq!(c!(cuptiActivityFlushAll(flag) as fn(u32) -> u32), 0);
+}
+
+/// cuInit + primary context + module; returns (function "spin_kernel", stream).
+fn setup(stream_flags: u32) -> (*mut c_void, *mut c_void) {
+    assert_eq!(c!(cuInit(0) as fn(u32) -> u32), 0);
+    let mut dev = -1i32;
+    assert_eq!(c!(cuDeviceGet(&mut dev, 0) as fn(*mut i32, i32) -> u32), 0);
+    let mut ctx: *mut c_void = std::ptr::null_mut();
+    assert_eq!(
+        c!(cuDevicePrimaryCtxRetain(&mut ctx, dev) as fn(*mut *mut c_void, i32) -> u32),
+        0
+    );
+    assert_eq!(c!(cuCtxSetCurrent(ctx) as fn(*mut c_void) -> u32), 0);
+    let mut m: *mut c_void = std::ptr::null_mut();
+    assert_eq!(
+        c!(cuModuleLoadData(&mut m, c"ptx".as_ptr() as *const c_void)
+            as fn(*mut *mut c_void, *const c_void) -> u32),
+        0
+    );
+    let mut f: *mut c_void = std::ptr::null_mut();
+    assert_eq!(
+        c!(cuModuleGetFunction(&mut f, m, c"spin_kernel".as_ptr())
+            as fn(*mut *mut c_void, *mut c_void, *const c_char) -> u32),
+        0
+    );
+    let mut s: *mut c_void = std::ptr::null_mut();
+    assert_eq!(
+        c!(cuStreamCreate(&mut s, stream_flags) as fn(*mut *mut c_void, u32) -> u32),
+        0
+    );
+    (f, s)
+}
+
+/// Launches `f` on `s` for `ns` nanoseconds (the sim's kernelParams[0] convention).
+fn launch(f: *mut c_void, s: *mut c_void, ns: u64) -> u32 {
+    let mut dur = ns;
+    let mut params = [&mut dur as *mut u64 as *mut c_void];
+    c!(cuLaunchKernel(
+        f,
+        4,
+        1,
+        1,
+        128,
+        1,
+        1,
+        256,
+        s,
+        params.as_mut_ptr(),
+        std::ptr::null_mut()
+    )
+        as fn(
+            *mut c_void,
+            u32,
+            u32,
+            u32,
+            u32,
+            u32,
+            u32,
+            u32,
+            *mut c_void,
+            *mut *mut c_void,
+            *mut *mut c_void,
+        ) -> u32)
+}
+
+fn sync(s: *mut c_void) {
+    assert_eq!(c!(cuStreamSynchronize(s) as fn(*mut c_void) -> u32), 0);
+}
+
+const KERNEL: u32 = 10;
+const DRIVER: u32 = 6;
+const MEMCPY: u32 = 1;
+const MEMSET: u32 = 2;
+const EXTCORR: u32 = 36;
+const OVERHEAD: u32 = 5;
+
+#[test]
+fn launches_records_correlation_and_delivery() {
+    let _g = fresh(&[]);
+    register();
+    enable(&[KERNEL, DRIVER, MEMCPY, MEMSET, EXTCORR, OVERHEAD]);
+    let (f, s) = setup(0);
+    assert_eq!(launch(f, s, 50_000), 0);
+    assert_eq!(
+        c!(cuptiActivityPushExternalCorrelationId(5, 777) as fn(u32, u64) -> u32),
+        0
+    );
+    assert_eq!(launch(f, s, 20_000), 0);
+    let mut last = 0u64;
+    assert_eq!(
+        c!(cuptiActivityPopExternalCorrelationId(5, &mut last) as fn(u32, *mut u64) -> u32),
+        0
+    );
+    assert_eq!(last, 777);
+    assert_eq!(
+        c!(cuptiActivityPopExternalCorrelationId(5, &mut last) as fn(u32, *mut u64) -> u32),
+        18,
+        "QUEUE_EMPTY"
+    );
+    assert_eq!(
+        c!(
+            cuMemcpyHtoDAsync_v2(0x7f40_0000_0000, std::ptr::null(), 1 << 20, s)
+                as fn(u64, *const c_void, usize, *mut c_void) -> u32
+        ),
+        0
+    );
+    assert_eq!(
+        c!(cuMemsetD8Async(0x7f40_0000_0000, 0, 4096, s) as fn(u64, u8, usize, *mut c_void) -> u32),
+        0
+    );
+    sync(s);
+    flush(0);
+
+    let recs = take_records();
+    let deliveries = DELIVERIES.lock().unwrap().clone();
+    assert!(!deliveries.is_empty());
+    assert!(
+        deliveries
+            .iter()
+            .all(|(t, _)| *t != std::thread::current().id()),
+        "delivered from the sim's thread"
+    );
+
+    let kernels: Vec<&Vec<u8>> = recs.iter().filter(|r| u32_at(r, 0) == KERNEL).collect();
+    assert_eq!(kernels.len(), 2);
+    assert!(kernels.iter().all(|r| r.len() == 208), "Kernel9 stride");
+    let (a, b) = (kernels[0], kernels[1]);
+    assert_eq!(
+        u64_at(a, 24) - u64_at(a, 16),
+        50_000,
+        "duration from kernelParams[0]"
+    );
+    assert_eq!(u64_at(b, 16), u64_at(a, 24), "second starts at first's end");
+    assert_eq!(u32_at(a, 48), u32_at(b, 48), "same streamId");
+    assert_eq!(u64_at(a, 104), u64_at(b, 104), "one interned name pointer");
+    // SAFETY: the name pointer lives as long as the process.
+    let name = unsafe { CStr::from_ptr(u64_at(a, 104) as usize as *const c_char) };
+    assert_eq!(name.to_str().unwrap(), "spin_kernel");
+    assert_eq!(u32_at(a, 64), 128, "blockX");
+    assert_eq!(u32_at(a, 80), 256, "dynamic shared memory");
+
+    let apis: Vec<&Vec<u8>> = recs.iter().filter(|r| u32_at(r, 0) == DRIVER).collect();
+    assert!(apis.iter().all(|r| r.len() == 40));
+    let launch_apis: Vec<&&Vec<u8>> = apis.iter().filter(|r| u32_at(r, 4) == 307).collect();
+    assert_eq!(launch_apis.len(), 2);
+    for (k, api) in kernels.iter().zip(&launch_apis) {
+        assert_ne!(u32_at(k, 92), 0);
+        assert_eq!(
+            u32_at(k, 92),
+            u32_at(api, 32),
+            "kernel and API record share the correlation id"
+        );
+    }
+    let corr_b = u32_at(b, 92);
+    let ext_pos = recs
+        .iter()
+        .position(|r| u32_at(r, 0) == EXTCORR)
+        .expect("ext corr record");
+    let ext = &recs[ext_pos];
+    assert_eq!(ext.len(), 24);
+    assert_eq!(
+        (u32_at(ext, 4), u64_at(ext, 8), u32_at(ext, 16)),
+        (5, 777, corr_b)
+    );
+    let api_pos = recs
+        .iter()
+        .position(|r| u32_at(r, 0) == DRIVER && u32_at(r, 32) == corr_b)
+        .unwrap();
+    assert!(
+        ext_pos < api_pos,
+        "external correlation before its API record"
+    );
+    assert_eq!(
+        recs.iter().filter(|r| u32_at(r, 0) == EXTCORR).count(),
+        1,
+        "only the call made while pushed"
+    );
+
+    let memcpy: Vec<&Vec<u8>> = recs.iter().filter(|r| u32_at(r, 0) == MEMCPY).collect();
+    assert_eq!(memcpy.len(), 1);
+    assert_eq!(memcpy[0].len(), 96);
+    assert_eq!(u64_at(memcpy[0], 8), 1 << 20, "bytes");
+    assert!(
+        u64_at(memcpy[0], 16) >= u64_at(b, 24),
+        "copy after the kernels on its stream"
+    );
+    let memset: Vec<&Vec<u8>> = recs.iter().filter(|r| u32_at(r, 0) == MEMSET).collect();
+    assert_eq!(memset.len(), 1);
+    assert_eq!(memset[0].len(), 88);
+
+    let overhead: Vec<&Vec<u8>> = recs.iter().filter(|r| u32_at(r, 0) == OVERHEAD).collect();
+    assert!(!overhead.is_empty(), "buffer request overhead record");
+    assert!(overhead
+        .iter()
+        .all(|r| r.len() == 56 && u32_at(r, 4) == 0x1_0000));
+
+    // API record timing comes from the same host clock as cuptiGetTimestamp.
+    let mut ts = 0u64;
+    assert_eq!(c!(cuptiGetTimestamp(&mut ts) as fn(*mut u64) -> u32), 0);
+    assert!(apis
+        .iter()
+        .all(|r| u64_at(r, 16) <= ts && u64_at(r, 8) <= u64_at(r, 16)));
+    assert!(
+        ts >= u64_at(memset[0], 24),
+        "sync moved the host clock past the GPU end"
+    );
+}
+
+#[test]
+fn flush_semantics_and_worker_delivery() {
+    let _g = fresh(&[]);
+    register();
+    enable(&[KERNEL]);
+    let (f, s) = setup(0);
+    assert_eq!(launch(f, s, 1_000_000_000), 0);
+    flush(0);
+    assert!(
+        take_records().is_empty(),
+        "running kernel's buffer is not complete"
+    );
+    flush(1);
+    let recs = take_records();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(
+        u64_at(&recs[0], 24),
+        0,
+        "forced flush: end = 0 while running"
+    );
+    assert_eq!(
+        u32_at(&recs[0], 92),
+        0,
+        "no correlation ids without DRIVER/RUNTIME"
+    );
+    sync(s);
+    flush(1);
+    assert!(take_records().is_empty(), "never re-delivered");
+
+    // A full buffer is delivered by the worker without any flush.
+    BUF_SIZE.store(208 * 2, Ordering::SeqCst);
+    DELIVERIES.lock().unwrap().clear();
+    for _ in 0..3 {
+        assert_eq!(launch(f, s, 1_000), 0);
+    }
+    sync(s);
+    let t0 = std::time::Instant::now();
+    while DELIVERIES.lock().unwrap().is_empty() && t0.elapsed().as_secs() < 5 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(
+        take_records().len(),
+        2,
+        "the full buffer with two records came back on its own"
+    );
+    flush(0);
+    assert_eq!(
+        take_records().len(),
+        1,
+        "flush(0) returns the non-full complete buffer"
+    );
+}
+
+#[test]
+fn dropped_records_count_and_reset_on_read() {
+    let _g = fresh(&[
+        ("GPUSPAN_SIM_FAULT", "drop_records"),
+        ("GPUSPAN_SIM_DROP_EVERY", "3"),
+    ]);
+    register();
+    enable(&[DRIVER]);
+    assert_eq!(c!(cuInit(0) as fn(u32) -> u32), 0);
+    let mut n = 0i32;
+    for _ in 0..8 {
+        assert_eq!(c!(cuDeviceGetCount(&mut n) as fn(*mut i32) -> u32), 0);
+    }
+    assert_eq!(n, 1);
+    flush(0);
+    assert_eq!(take_records().len(), 6, "9 API records, every 3rd dropped");
+    let mut dropped = 99usize;
+    assert_eq!(
+        c!(
+            cuptiActivityGetNumDroppedRecords(std::ptr::null_mut(), 0, &mut dropped)
+                as fn(*mut c_void, u32, *mut usize) -> u32
+        ),
+        0
+    );
+    assert_eq!(dropped, 3);
+    assert_eq!(
+        c!(
+            cuptiActivityGetNumDroppedRecords(std::ptr::null_mut(), 0, &mut dropped)
+                as fn(*mut c_void, u32, *mut usize) -> u32
+        ),
+        0
+    );
+    assert_eq!(dropped, 0, "reset on read");
+
+    drop(_g);
+    let _g = fresh(&[]);
+    register();
+    enable(&[DRIVER]);
+    DECLINE.store(true, Ordering::SeqCst);
+    assert_eq!(c!(cuInit(0) as fn(u32) -> u32), 0);
+    assert_eq!(c!(cuDeviceGetCount(&mut n) as fn(*mut i32) -> u32), 0);
+    assert_eq!(
+        c!(
+            cuptiActivityGetNumDroppedRecords(std::ptr::null_mut(), 0, &mut dropped)
+                as fn(*mut c_void, u32, *mut usize) -> u32
+        ),
+        0
+    );
+    assert_eq!(dropped, 2, "declined buffers drop the records");
+}
+
+#[test]
+fn events_not_ready_then_success() {
+    let _g = fresh(&[]);
+    let (f, s) = setup(0);
+    let mk = |flags: u32| {
+        let mut e: *mut c_void = std::ptr::null_mut();
+        assert_eq!(
+            c!(cuEventCreate(&mut e, flags) as fn(*mut *mut c_void, u32) -> u32),
+            0
+        );
+        e
+    };
+    let (e1, e2, nt, never) = (mk(0), mk(0), mk(2), mk(0));
+    let query = |e| c!(cuEventQuery(e) as fn(*mut c_void) -> u32);
+    let elapsed = |a, b| {
+        let mut ms = -1f32;
+        let r =
+            c!(cuEventElapsedTime(&mut ms, a, b) as fn(*mut f32, *mut c_void, *mut c_void) -> u32);
+        (r, ms)
+    };
+    assert_eq!(query(never), 0, "never recorded → SUCCESS");
+    assert_eq!(elapsed(e1, e2).0, 400, "unrecorded → INVALID_HANDLE");
+    assert_eq!(
+        c!(cuEventRecord(e1, s) as fn(*mut c_void, *mut c_void) -> u32),
+        0
+    );
+    assert_eq!(launch(f, s, 1_000_000), 0);
+    assert_eq!(
+        c!(cuEventRecord(e2, s) as fn(*mut c_void, *mut c_void) -> u32),
+        0
+    );
+    assert_eq!(
+        c!(cuEventRecord(nt, s) as fn(*mut c_void, *mut c_void) -> u32),
+        0
+    );
+    assert_eq!(query(e2), 600, "NOT_READY while the kernel runs");
+    assert_eq!(elapsed(e1, e2).0, 600);
+    assert_eq!(c!(cuEventSynchronize(e2) as fn(*mut c_void) -> u32), 0);
+    assert_eq!(query(e2), 0);
+    let (r, ms) = elapsed(e1, e2);
+    assert_eq!(r, 0);
+    assert!((1.0..1.01).contains(&ms), "elapsed {ms} ms");
+    assert_eq!(elapsed(e1, nt).0, 400, "DISABLE_TIMING → INVALID_HANDLE");
+    assert_eq!(c!(cuEventDestroy_v2(e1) as fn(*mut c_void) -> u32), 0);
+    assert_eq!(query(e1), 400);
+}
+
+/// (callbackSite, cbid, correlationId, symbolName) per subscriber callback.
+type Seen = (u32, u32, u32, Option<String>);
+static CALLBACKS: Mutex<Vec<Seen>> = Mutex::new(Vec::new());
+
+extern "C" fn on_api(_ud: *mut c_void, domain: u32, cbid: u32, data: *const c_void) {
+    assert_eq!(domain, 1);
+    let d = data as *const u8;
+    // SAFETY: `data` is a CUpti_CallbackData (site @0, symbolName @32, correlationId @64).
+    let (site, sym, corr) = unsafe {
+        let sym = *(d.add(32) as *const *const c_char);
+        (
+            *(d as *const u32),
+            (!sym.is_null()).then(|| CStr::from_ptr(sym).to_string_lossy().into_owned()),
+            *(d.add(64) as *const u32),
+        )
+    };
+    CALLBACKS.lock().unwrap().push((site, cbid, corr, sym));
+}
+
+#[test]
+fn single_subscriber_and_enter_exit_callbacks() {
+    let _g = fresh(&[]);
+    type Cb = extern "C" fn(*mut c_void, u32, u32, *const c_void);
+    let subscribe = |sub: &mut *mut c_void| {
+        c!(cuptiSubscribe(sub, on_api, std::ptr::null_mut())
+            as fn(*mut *mut c_void, Cb, *mut c_void) -> u32)
+    };
+    let mut sub = std::ptr::null_mut();
+    assert_eq!(subscribe(&mut sub), 0);
+    let mut sub2 = std::ptr::null_mut();
+    assert_eq!(subscribe(&mut sub2), 39, "second subscriber refused");
+    assert_eq!(
+        c!(cuptiEnableDomain(1, sub, 1) as fn(u32, *mut c_void, u32) -> u32),
+        0
+    );
+    register();
+    enable(&[DRIVER, KERNEL]);
+    CALLBACKS.lock().unwrap().clear();
+    let (f, s) = setup(0);
+    assert_eq!(launch(f, s, 5_000), 0);
+    sync(s);
+    flush(0);
+    let cbs = CALLBACKS.lock().unwrap().clone();
+    let launches: Vec<_> = cbs.iter().filter(|c| c.1 == 307).collect();
+    assert_eq!(launches.len(), 2, "ENTER and EXIT");
+    assert_eq!((launches[0].0, launches[1].0), (0, 1));
+    assert_eq!(launches[0].2, launches[1].2);
+    assert_eq!(launches[0].3.as_deref(), Some("spin_kernel"));
+    let recs = take_records();
+    let api = recs
+        .iter()
+        .find(|r| u32_at(r, 0) == DRIVER && u32_at(r, 4) == 307)
+        .unwrap();
+    assert_eq!(
+        u32_at(api, 32),
+        launches[0].2,
+        "callback correlationId = API record's"
+    );
+
+    assert_eq!(c!(cuptiUnsubscribe(sub) as fn(*mut c_void) -> u32), 0);
+    assert_eq!(subscribe(&mut sub2), 0, "free again after unsubscribe");
+    let (mut n_sub, mut n_en) = (0u64, 0u64);
+    c!(gpuspanSimCuptiCounters(&mut n_sub, &mut n_en) as fn(*mut u64, *mut u64) -> ());
+    assert_eq!((n_sub, n_en), (3, 2));
+    assert_eq!(c!(cuptiFinalize() as fn() -> u32), 0);
+    assert_eq!(subscribe(&mut sub2), 0, "finalize released the subscriber");
+
+    drop(_g);
+    let _g = fresh(&[("GPUSPAN_SIM_FAULT", "cupti_subscribed")]);
+    assert_eq!(subscribe(&mut sub), 39, "held by another tool");
+}
+
+#[test]
+fn cupti_13_layouts() {
+    let _g = fresh(&[("GPUSPAN_SIM_CUPTI_VERSION", "13")]);
+    let mut v = 0u32;
+    assert_eq!(c!(cuptiGetVersion(&mut v) as fn(*mut u32) -> u32), 0);
+    assert_eq!(v, 130_500);
+    register();
+    enable(&[KERNEL, MEMCPY, MEMSET]);
+    let (f, s) = setup(0);
+    assert_eq!(launch(f, s, 1_000), 0);
+    assert_eq!(
+        c!(cuMemcpyDtoDAsync_v2(0, 0, 4096, s) as fn(u64, u64, usize, *mut c_void) -> u32),
+        0
+    );
+    assert_eq!(
+        c!(cuMemsetD32Async(0, 7, 1024, s) as fn(u64, u32, usize, *mut c_void) -> u32),
+        0
+    );
+    sync(s);
+    flush(0);
+    let sizes: Vec<(u32, usize)> = take_records()
+        .iter()
+        .map(|r| (u32_at(r, 0), r.len()))
+        .collect();
+    assert_eq!(sizes, vec![(KERNEL, 248), (MEMCPY, 112), (MEMSET, 104)]);
+
+    drop(_g);
+    let _g = fresh(&[]);
+    assert_eq!(c!(cuptiGetVersion(&mut v) as fn(*mut u32) -> u32), 0);
+    assert_eq!(v, 28);
+}
+
+#[test]
+fn no_device_fault() {
+    let _g = fresh(&[("GPUSPAN_SIM_FAULT", "no_device")]);
+    assert_eq!(c!(cuInit(0) as fn(u32) -> u32), 100);
+    let mut n = -1i32;
+    assert_eq!(c!(cuDeviceGetCount(&mut n) as fn(*mut i32) -> u32), 0);
+    assert_eq!(n, 0);
+    assert_eq!(c!(nvmlInit_v2() as fn() -> u32), 9);
+}
+
+#[test]
+fn nvml_device_queries_and_utilization() {
+    let _g = fresh(&[]);
+    let (f, s) = setup(0);
+    assert_eq!(c!(nvmlInit_v2() as fn() -> u32), 0);
+    let mut dev: *mut c_void = std::ptr::null_mut();
+    assert_eq!(
+        c!(nvmlDeviceGetHandleByIndex_v2(0, &mut dev) as fn(u32, *mut *mut c_void) -> u32),
+        0
+    );
+    let mut name = [0 as c_char; 96];
+    assert_eq!(
+        c!(nvmlDeviceGetName(dev, name.as_mut_ptr(), 96)
+            as fn(*mut c_void, *mut c_char, u32) -> u32),
+        0
+    );
+    // SAFETY: NUL-terminated by the sim.
+    assert_eq!(
+        unsafe { CStr::from_ptr(name.as_ptr()) }.to_str().unwrap(),
+        "NVIDIA H100 80GB HBM3"
+    );
+    #[repr(C)]
+    struct MemV2 {
+        version: u32,
+        total: u64,
+        reserved: u64,
+        free: u64,
+        used: u64,
+    }
+    let mut m = MemV2 {
+        version: 1 << 24,
+        total: 0,
+        reserved: 0,
+        free: 0,
+        used: 0,
+    };
+    assert_eq!(
+        c!(nvmlDeviceGetMemoryInfo_v2(dev, &mut m) as fn(*mut c_void, *mut MemV2) -> u32),
+        25,
+        "version mismatch"
+    );
+    m.version = std::mem::size_of::<MemV2>() as u32 | 2 << 24;
+    assert_eq!(
+        c!(nvmlDeviceGetMemoryInfo_v2(dev, &mut m) as fn(*mut c_void, *mut MemV2) -> u32),
+        0
+    );
+    assert_eq!(m.total, m.reserved + m.free + m.used);
+    assert!(m.total > 80_000_000_000);
+
+    #[repr(C)]
+    struct Util {
+        gpu: u32,
+        memory: u32,
+    }
+    assert_eq!(launch(f, s, 500_000_000), 0);
+    sync(s);
+    let mut u = Util { gpu: 0, memory: 0 };
+    assert_eq!(
+        c!(nvmlDeviceGetUtilizationRates(dev, &mut u) as fn(*mut c_void, *mut Util) -> u32),
+        0
+    );
+    assert_eq!(u.gpu, 50, "500 ms kernel in the last 1 s");
+    c!(gpuspanSimAdvanceHostNs(2_000_000_000) as fn(u64) -> ());
+    assert_eq!(
+        c!(nvmlDeviceGetUtilizationRates(dev, &mut u) as fn(*mut c_void, *mut Util) -> u32),
+        0
+    );
+    assert_eq!(u.gpu, 0, "idle for the whole last second");
+    assert_eq!(c!(gpuspanSimIsVirtual() as fn() -> i32), 1);
+    assert_eq!(c!(nvmlShutdown() as fn() -> u32), 0);
+}
+
+#[test]
+fn get_proc_address_returns_our_exports() {
+    let _g = fresh(&[]);
+    let gpa = |name: &CStr| {
+        let mut p: *mut c_void = std::ptr::null_mut();
+        let mut status = 9u32;
+        let r = c!(
+            cuGetProcAddress_v2(name.as_ptr(), &mut p, 12090, 0, &mut status)
+                as fn(*const c_char, *mut *mut c_void, i32, u64, *mut u32) -> u32
+        );
+        (r, p as usize, status)
+    };
+    let launch: usize = sym::<unsafe extern "C" fn()>("cuLaunchKernel") as usize;
+    let alloc_v2: usize = sym::<unsafe extern "C" fn()>("cuMemAlloc_v2") as usize;
+    assert_eq!(gpa(c"cuLaunchKernel"), (0, launch, 0));
+    assert_eq!(
+        gpa(c"cuMemAlloc"),
+        (0, alloc_v2, 0),
+        "the _v2 export for the base name"
+    );
+    assert_eq!(gpa(c"cuNoSuchThing").0, 500);
+}
+
+#[test]
+fn real_clock_sleeps_until_the_simulated_end() {
+    let _g = fresh(&[("GPUSPAN_SIM_CLOCK", "real")]);
+    assert_eq!(c!(gpuspanSimIsVirtual() as fn() -> i32), 0);
+    let (f, s) = setup(0);
+    let mut t0 = 0u64;
+    assert_eq!(c!(cuptiGetTimestamp(&mut t0) as fn(*mut u64) -> u32), 0);
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert!(t0.abs_diff(wall) < 1_000_000_000, "CLOCK_REALTIME domain");
+    let started = std::time::Instant::now();
+    assert_eq!(launch(f, s, 30_000_000), 0);
+    sync(s);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(29),
+        "sync slept {:?}",
+        started.elapsed()
+    );
+    drop(_g);
+    let _g = fresh(&[]);
+}
