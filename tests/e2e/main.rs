@@ -6,6 +6,7 @@
 
 mod cli_errors;
 mod demo;
+mod faults;
 mod inject;
 mod replay;
 mod util;

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::classify::StageRules;
 use crate::trace::{Category, Trace, TraceEvent};
 
 /// The `gpuspan stats --json` object. Field names and order are the interface
@@ -113,10 +114,16 @@ pub fn compute(trace: &Trace, source: &str) -> Stats {
     let mut by_stage: HashMap<&str, (usize, f64)> = HashMap::new();
     let mut kernel_count = 0usize;
     let mut kernel_total_us = 0.0f64;
+    let rules = StageRules::builtin();
+    // Name rules once per distinct kernel name (classify.rs), never per event.
+    let mut class_cache: HashMap<&str, &str> = HashMap::new();
     for e in trace.kernels() {
         kernel_count += 1;
         kernel_total_us += e.dur_us;
-        let stage = kernel_stage(e);
+        let stage = match e.stage.as_deref() {
+            Some(s) if !s.is_empty() => s,
+            _ => *class_cache.entry(e.name.as_str()).or_insert_with(|| rules.class_of(&e.name)),
+        };
         let acc = by_name.entry(e.name.as_str()).or_insert(Acc {
             count: 0,
             total: 0.0,
@@ -246,34 +253,6 @@ fn span_and_busy(intervals: &mut [(f64, f64)]) -> (f64, f64) {
     }
     busy += ce - cs;
     (last_end - first, busy)
-}
-
-/// The stage of one kernel event: its `gpuspan.stage` arg, else the kernel-name rules.
-fn kernel_stage(e: &TraceEvent) -> &str {
-    match e.stage.as_deref() {
-        Some(s) if !s.is_empty() => s,
-        _ => name_class(&e.name),
-    }
-}
-
-/// Kernel-name rules of DESIGN.md "Stage classification" (flash / fmha / sdpa / softmax →
-/// attention; gemm / xmma / cutlass / nvjet → gemm; layer_norm / rms_norm → norm;
-/// elementwise / vectorized / unrolled → elementwise; else other). Case-insensitive
-/// substring match, first rule wins.
-// TODO(lead): switch to `crate::classify::classify_kernel_name` once it lands.
-fn name_class(name: &str) -> &'static str {
-    const RULES: &[(&[&str], &str)] = &[
-        (&["flash", "fmha", "sdpa", "softmax"], "attention"),
-        (&["gemm", "xmma", "cutlass", "nvjet"], "gemm"),
-        (&["layer_norm", "rms_norm", "layernorm", "rmsnorm"], "norm"),
-        (&["elementwise", "vectorized", "unrolled"], "elementwise"),
-    ];
-    let lower = name.to_ascii_lowercase();
-    RULES
-        .iter()
-        .find(|(pats, _)| pats.iter().any(|p| lower.contains(p)))
-        .map(|(_, class)| *class)
-        .unwrap_or("other")
 }
 
 /// True for a step range name: `ProfilerStep#<n>` or `dit.step <i>/<n>`.
@@ -597,42 +576,42 @@ mod tests {
     #[test]
     fn name_rules() {
         assert_eq!(
-            name_class("void flash::flash_fwd_kernel<Flash_fwd_kernel_traits<cutlass::half_t>>"),
+            StageRules::builtin().class_of("void flash::flash_fwd_kernel<Flash_fwd_kernel_traits<cutlass::half_t>>"),
             "attention"
         );
         assert_eq!(
-            name_class("fmha_cutlassF_bf16_aligned_64x128_rf_sm80"),
+            StageRules::builtin().class_of("fmha_cutlassF_bf16_aligned_64x128_rf_sm80"),
             "attention"
         );
         assert_eq!(
-            name_class("void (anonymous namespace)::softmax_warp_forward<float>"),
+            StageRules::builtin().class_of("void (anonymous namespace)::softmax_warp_forward<float>"),
             "attention"
         );
         assert_eq!(
-            name_class("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTN"),
+            StageRules::builtin().class_of("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTN"),
             "gemm"
         );
         assert_eq!(
-            name_class("void cutlass::Kernel<cutlass_80_tensorop_s1688gemm>"),
+            StageRules::builtin().class_of("void cutlass::Kernel<cutlass_80_tensorop_s1688gemm>"),
             "gemm"
         );
-        assert_eq!(name_class("ampere_sgemm_128x64_nn"), "gemm");
+        assert_eq!(StageRules::builtin().class_of("ampere_sgemm_128x64_nn"), "gemm");
         assert_eq!(
-            name_class(
+            StageRules::builtin().class_of(
                 "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float>"
             ),
             "norm"
         );
         assert_eq!(
-            name_class("void at::native::unrolled_elementwise_kernel<...>"),
+            StageRules::builtin().class_of("void at::native::unrolled_elementwise_kernel<...>"),
             "elementwise"
         );
         assert_eq!(
-            name_class("void at::native::vectorized_elementwise_kernel<4, ...>"),
+            StageRules::builtin().class_of("void at::native::vectorized_elementwise_kernel<4, ...>"),
             "elementwise"
         );
-        assert_eq!(name_class("cask_cudnn::computeOffsetsKernel"), "other");
-        assert_eq!(name_class(""), "other");
+        assert_eq!(StageRules::builtin().class_of("cask_cudnn::computeOffsetsKernel"), "other");
+        assert_eq!(StageRules::builtin().class_of(""), "other");
     }
 
     /// Two CPU steps [0,100) and [100,200); launches at 50, 150, 99.5, 300.

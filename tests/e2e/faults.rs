@@ -1,0 +1,51 @@
+//! The agent on a simulated CUPTI 13.x, and under dropped records.
+
+use crate::util::*;
+use std::path::Path;
+
+/// Runs the 2-step stdit preset under the agent with extra environment; returns the capture.
+fn run_stdit(out: &Path, env: &[(&str, &str)]) -> gpuspan_core::trace::Trace {
+    let mut c = gpuspan();
+    c.args(["run", "--sim", "--out"]).arg(out).arg("--").arg(artifact("gpuspan-replay")).args(["stdit", "--steps", "2"]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = output(&mut c);
+    assert!(o.status.success(), "run failed: {}", String::from_utf8_lossy(&o.stderr));
+    gpuspan_export::read_trace(&out.join("capture.json.gz")).expect("capture")
+}
+
+fn summary_arg(t: &gpuspan_core::trace::Trace, key: &str) -> u64 {
+    let s = t.events.iter().find(|e| e.name == "gpuspan.summary").expect("gpuspan.summary event");
+    s.extra_args.get(key).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("{key} in {:?}", s.extra_args))
+}
+
+#[test]
+fn cupti13_layouts_give_the_same_capture() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let t12 = run_stdit(a.path(), &[]);
+    let t13 = run_stdit(b.path(), &[("GPUSPAN_SIM_CUPTI_VERSION", "13")]);
+    assert_eq!(summary_arg(&t12, "gpuspan.cupti_version"), 28);
+    assert_eq!(summary_arg(&t13, "gpuspan.cupti_version"), 130500);
+    let k12: Vec<_> = t12.kernels().map(|k| (k.name.clone(), k.dur_us, k.stage.clone(), k.step.clone())).collect();
+    let k13: Vec<_> = t13.kernels().map(|k| (k.name.clone(), k.dur_us, k.stage.clone(), k.step.clone())).collect();
+    assert!(!k12.is_empty());
+    assert_eq!(k13, k12, "same kernels, durations, stages and steps from 13.x records");
+}
+
+#[test]
+fn dropped_records_are_counted_not_hidden() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let full = run_stdit(a.path(), &[]);
+    let lossy = run_stdit(b.path(), &[("GPUSPAN_SIM_FAULT", "drop_records"), ("GPUSPAN_SIM_DROP_EVERY", "10")]);
+    assert_eq!(summary_arg(&full, "gpuspan.records_dropped_cupti"), 0);
+    let dropped = summary_arg(&lossy, "gpuspan.records_dropped_cupti");
+    let (nf, nl) = (full.kernels().count() as u64, lossy.kernels().count() as u64);
+    assert!(dropped > 0, "CUPTI's dropped count reaches the capture");
+    assert!(nl < nf, "fewer kernels when records drop ({nl} vs {nf})");
+    let decoded_full = summary_arg(&full, "gpuspan.records_decoded");
+    let decoded_lossy = summary_arg(&lossy, "gpuspan.records_decoded");
+    assert_eq!(decoded_lossy + dropped, decoded_full, "every record is either decoded or counted as dropped");
+}
