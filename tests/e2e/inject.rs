@@ -75,3 +75,34 @@ fn cupti_held_by_another_tool() {
     assert_eq!(without.status.code(), Some(0), "{}", String::from_utf8_lossy(&without.stderr));
     assert_same_and_one_warning(&without, &with, "held by another tool");
 }
+
+/// `CUDA_INJECTION64_PATH` alone (no LD_PRELOAD): the simulated driver loads the agent in
+/// `cuInit` and calls `InitializeInjection`, and the capture holds every kernel.
+#[test]
+fn cuda_injection64_path_alone() {
+    let sim = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
+    let o = output(
+        Command::new(artifact("gpuspan-replay"))
+            .args(["stdit", "--steps", "2"])
+            .env_remove("LD_PRELOAD")
+            .env_remove("NVTX_INJECTION64_PATH")
+            .env("LD_LIBRARY_PATH", sim.path())
+            .env("CUDA_INJECTION64_PATH", artifact("libgpuspan.so"))
+            .env("GPUSPAN_OUT", out.path()),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t = gpuspan_export::read_trace(&out.path().join("capture.json.gz")).expect("capture written");
+    // The replay worker prints `replayed N kernels, ...`.
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let launched: usize = stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("replay summary: {stdout}"));
+    assert_eq!(t.kernels().count(), launched, "every launched kernel captured");
+    // The whole generation runs inside `gpuspan.request`: every kernel has a scope, which
+    // needs the NVTX injection the agent set up from inside `cuInit`.
+    assert!(t.kernels().all(|k| k.scope.is_some() && k.trace_id.is_some()), "kernels attributed to scopes");
+}

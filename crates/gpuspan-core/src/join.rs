@@ -205,6 +205,21 @@ fn rel_us(ns: u64, base: u64) -> f64 {
     (ns as i128 - base as i128) as f64 / 1000.0
 }
 
+/// The fields a memcpy / memset row shares: GPU row (pid = device, tid = stream), times, bytes.
+fn gpu_event(device: u32, stream: u32, corr: u32, start_ns: u64, end_ns: u64, bytes: u64, base: u64) -> TraceEvent {
+    TraceEvent {
+        pid: device as i64,
+        tid: stream as i64,
+        ts_us: rel_us(start_ns, base),
+        dur_us: end_ns.saturating_sub(start_ns) as f64 / 1000.0,
+        device: Some(device as i64),
+        stream: Some(stream as i64),
+        correlation: Some(corr as i64),
+        bytes: Some(bytes as i64),
+        ..Default::default()
+    }
+}
+
 /// Joins records and scopes into a Kineto-schema trace.
 ///
 /// GPU rows: `pid` = device id, `tid` = stream id (Kineto's convention); CPU rows (scopes as
@@ -298,15 +313,7 @@ pub fn build_trace(
                 let mut ev = TraceEvent {
                     cat: Some(Category::GpuMemcpy),
                     name: m.kind.kineto_name().to_string(),
-                    pid: m.device_id as i64,
-                    tid: m.stream_id as i64,
-                    ts_us: rel_us(m.start_ns, base),
-                    dur_us: m.end_ns.saturating_sub(m.start_ns) as f64 / 1000.0,
-                    device: Some(m.device_id as i64),
-                    stream: Some(m.stream_id as i64),
-                    correlation: Some(m.correlation_id as i64),
-                    bytes: Some(m.bytes as i64),
-                    ..Default::default()
+                    ..gpu_event(m.device_id, m.stream_id, m.correlation_id, m.start_ns, m.end_ns, m.bytes, base)
                 };
                 attribute(&mut ev, m.correlation_id, None);
                 ev.stage = Some("memcpy".into());
@@ -318,15 +325,7 @@ pub fn build_trace(
                 let mut ev = TraceEvent {
                     cat: Some(Category::GpuMemset),
                     name: "Memset".to_string(),
-                    pid: m.device_id as i64,
-                    tid: m.stream_id as i64,
-                    ts_us: rel_us(m.start_ns, base),
-                    dur_us: m.end_ns.saturating_sub(m.start_ns) as f64 / 1000.0,
-                    device: Some(m.device_id as i64),
-                    stream: Some(m.stream_id as i64),
-                    correlation: Some(m.correlation_id as i64),
-                    bytes: Some(m.bytes as i64),
-                    ..Default::default()
+                    ..gpu_event(m.device_id, m.stream_id, m.correlation_id, m.start_ns, m.end_ns, m.bytes, base)
                 };
                 attribute(&mut ev, m.correlation_id, None);
                 ev.stage = Some("memset".into());

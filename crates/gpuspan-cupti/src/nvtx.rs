@@ -92,6 +92,7 @@ pub struct Hooks {
 ///
 /// # Safety
 /// `get_export_table` is the function NVTX passed to `InitializeInjectionNvtx2`.
+#[allow(clippy::missing_transmute_annotations)] // target type: the slot's generic fn pointer
 pub unsafe fn install_hooks(get_export_table: GetExportTableFn, hooks: &Hooks) -> usize {
     // SAFETY: calling NVTX's own export-table accessor with a documented id.
     let cb = unsafe { get_export_table(ETID_CALLBACKS) } as *const ExportTableCallbacks;
@@ -145,7 +146,7 @@ pub unsafe fn ascii_message<'a>(attr: *const EventAttributes) -> Option<&'a [u8]
     }
     // SAFETY: caller contract.
     let a = unsafe { &*attr };
-    if a.messageType as i32 != MESSAGE_TYPE_ASCII {
+    if a.messageType != MESSAGE_TYPE_ASCII {
         return None;
     }
     // SAFETY: for ASCII messages the union holds a `const char *`.

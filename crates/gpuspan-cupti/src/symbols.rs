@@ -77,6 +77,8 @@ impl CuptiSymbols {
         Err(CuptiError::NotFound { tried })
     }
 
+    // Each transmute's target type is the field it initialises (the C signature above).
+    #[allow(clippy::missing_transmute_annotations)]
     fn resolve(lib: libloading::Library, name: &str) -> Result<CuptiSymbols, CuptiError> {
         let s = CuptiSymbols {
             get_version: sym!(lib, "cuptiGetVersion"),
