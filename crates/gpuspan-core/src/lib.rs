@@ -1,6 +1,6 @@
 //! `gpuspan-core`: the data model and the pure logic of gpuspan.
 //!
-//! Everything here is plain data in, plain data out: no unsafe, no FFI, no files, no threads.
+//! Everything here is plain data in, plain data out: safe Rust only (`forbid`), no FFI, no files, no threads.
 //! The agent (`gpuspan-agent`) feeds it decoded CUPTI activity records ([`activity`]) and
 //! scope events ([`scope`]); the exporters (`gpuspan-export`) read and write the
 //! Kineto-schema [`trace::Trace`] it produces; the CLI runs [`stats`] on traces from either

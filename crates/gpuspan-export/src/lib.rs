@@ -14,8 +14,8 @@
 //! - the replay worker (`gpuspan-simgpu`) reads real Kineto traces with [`read_trace`] to
 //!   replay their kernels on the simulated H100.
 //!
-//! The crate does I/O but keeps no global state, spawns no threads and contains no unsafe
-//! code; all interpretation of a trace (stages, steps, busy time) stays in `gpuspan-core`.
+//! The crate does I/O but keeps no global state, spawns no threads and is safe Rust only
+//! (`forbid`); all interpretation of a trace (stages, steps, busy time) stays in `gpuspan-core`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
