@@ -16,6 +16,7 @@ use cudarc::cupti::sys::{
 use gpuspan_core::classify::Classifier;
 use gpuspan_core::join::{build_trace, JoinOptions, ScopeTable};
 use gpuspan_core::scope::{InlineName, ScopeEvent};
+use gpuspan_core::spans::{SpanAssembler, SpanOptions};
 use gpuspan_cupti::decode::{decode_buffer, NameCache};
 use std::mem::{offset_of, size_of};
 
@@ -124,10 +125,57 @@ fn bench_decode_join(c: &mut Criterion) {
             // SAFETY: as above.
             unsafe { decode_buffer(next_record, buf.as_mut_ptr(), valid, &mut names, &mut out) };
             let mut cl = Classifier::default();
-            let opts = JoinOptions { base_time_ns: 0, process_id: 1, include_api: true };
+            let opts = JoinOptions { base_time_ns: 0, process_id: 1, include_api: true, trace_seed: None };
             let (trace, st) = build_trace(&out, &table, &mut cl, &opts);
             assert_eq!(st.attributed as usize, N);
             black_box(trace)
+        })
+    });
+    g.finish();
+}
+
+/// The scope events of one request around the benchmark's step and stages (ids 1–5).
+fn request_events() -> Vec<ScopeEvent> {
+    let ev = |id, parent, name: &str| ScopeEvent::Begin { id, parent, thread_id: 1, ts_ns: 0, name: InlineName::new(name) };
+    let mut v = vec![
+        ev(100, 0, "gpuspan.request 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 model=bench"),
+        ev(1, 100, "dit.step 0/50"),
+    ];
+    for (id, n) in [(2, "attention.spatial"), (3, "attention.cross"), (4, "ffn"), (5, "norm")] {
+        v.push(ev(id, 1, n));
+    }
+    for id in [2, 3, 4, 5, 1, 100] {
+        v.push(ScopeEvent::End { id, ts_ns: 1, launches: None });
+    }
+    v
+}
+
+fn bench_spans(c: &mut Criterion) {
+    const N: usize = 20_000;
+    let mut buf = recorded_buffer(N);
+    let valid = buf.len();
+    let events = request_events();
+    let mut g = c.benchmark_group("decode_join_classify");
+    g.throughput(Throughput::Elements((3 * N) as u64));
+    g.bench_function("decode+assemble_spans", |b| {
+        b.iter(|| {
+            let mut names = NameCache::default();
+            let mut out = Vec::with_capacity(3 * N);
+            // SAFETY: `buf` holds `valid` bytes of records in the layout `next_record` walks.
+            unsafe { decode_buffer(next_record, buf.as_mut_ptr(), valid, &mut names, &mut out) };
+            let mut cl = Classifier::default();
+            let mut table = ScopeTable::new();
+            let mut asm = SpanAssembler::new(SpanOptions { kernel_span_budget: u64::MAX, ..Default::default() });
+            for e in &events {
+                table.apply(e);
+                asm.observe_scope(e, &table);
+            }
+            for r in &out {
+                asm.observe_record(r, &table, &mut cl);
+            }
+            let f = asm.poll(&table, 0, true);
+            assert_eq!(f.spans.iter().filter(|s| &*s.name == "cuda.kernel").count(), N);
+            black_box(f)
         })
     });
     g.finish();
@@ -153,5 +201,5 @@ fn bench_nvtx(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_decode_join, bench_nvtx);
+criterion_group!(benches, bench_decode_join, bench_spans, bench_nvtx);
 criterion_main!(benches);

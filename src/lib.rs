@@ -3,10 +3,23 @@
 //!
 //! This root package builds the shared object that gets injected (`LD_PRELOAD`,
 //! `CUDA_INJECTION64_PATH`, `NVTX_INJECTION64_PATH`): its three C entry points below are
-//! thin shims over `gpuspan-agent`, each wrapped in `catch_unwind` there. The Rust API facade
-//! (request / step / stage guards) comes with issue 3; for now [`flush_capture`] and
-//! [`status`] are re-exported for programs that link the agent.
+//! thin shims over `gpuspan-agent`, each wrapped in `catch_unwind` there. [`flush_capture`]
+//! and [`status`] are re-exported for programs that link the agent.
+//!
+//! How a worker tells the agent about its requests, steps and stages (scopes), besides NVTX:
+//! - Rust: [`request`], [`step`], [`stage`] return a [`ScopeGuard`] that closes the scope
+//!   when dropped (module [`api`]).
+//! - C: `include/gpuspan.h` (`gpuspan_request_begin`, `gpuspan_step_begin`,
+//!   `gpuspan_stage_begin`, `gpuspan_end`, `gpuspan_is_active`, `gpuspan_version`),
+//!   exported by `libgpuspan.so`.
+//! - Python: `python/gpuspan.py`, a ctypes wrapper over the C ABI (no build step).
+//!
+//! All three share the allocation-free NVTX hot path ([`hooks::scope_begin`]) and cost one
+//! atomic load when the agent is not collecting.
 
+mod capi;
+pub mod api;
+pub use api::{request, stage, step, ScopeGuard};
 pub use gpuspan_agent::hooks;
 pub use gpuspan_agent::state::{flush_capture, status, AgentStatus};
 

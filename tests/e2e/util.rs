@@ -19,9 +19,14 @@ pub fn artifact(name: &str) -> PathBuf {
     p
 }
 
-/// The `gpuspan` CLI.
+/// The `gpuspan` CLI. Metrics go to an ephemeral port (tests run in parallel) and no OTLP
+/// endpoint is inherited from the environment.
 pub fn gpuspan() -> Command {
-    Command::new(artifact("gpuspan"))
+    let mut c = Command::new(artifact("gpuspan"));
+    c.env("GPUSPAN_METRICS_ADDR", "127.0.0.1:0")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    c
 }
 
 /// `../shared/fixtures/traces/<name>`.

@@ -30,9 +30,13 @@ pub fn write(a: &Agent, c: &mut Collector) -> Result<PathBuf, String> {
         .unwrap_or(0);
     // Whole milliseconds, so relative µs timestamps stay short and exact.
     let base_time_ns = first_ns - first_ns % 1_000_000;
-    let opts = JoinOptions { base_time_ns, process_id: std::process::id(), include_api: true };
-    let Collector { records, scopes, classifier, .. } = c;
-    let (mut trace, st) = build_trace(records, scopes, classifier, &opts);
+    let opts = JoinOptions {
+        base_time_ns,
+        process_id: std::process::id(),
+        include_api: true,
+        trace_seed: Some(c.assembler.options().seed),
+    };
+    let (mut trace, st) = build_trace(&c.records, &c.scopes, &mut c.classifier, &opts);
     let counters = &a.counters;
     let mut summary = gpuspan_core::trace::TraceEvent {
         cat: Some(gpuspan_core::trace::Category::Other("gpuspan".into())),
@@ -56,6 +60,21 @@ pub fn write(a: &Agent, c: &mut Collector) -> Result<PathBuf, String> {
     put("buffers_dropped", counters.buffers_dropped.load(Ordering::Relaxed));
     put("buffers_declined", a.pool.declined());
     put("cupti_version", a.api.version() as u64);
+    let sp = &c.assembler.stats;
+    put("spans", sp.spans);
+    put("span_requests", sp.requests);
+    put("span_steps", sp.steps);
+    put("kernel_spans_omitted", sp.kernel_spans_omitted);
+    put("span_units_timed_out", sp.units_timed_out);
+    put("span_gpu_late", sp.gpu_late);
+    if let Some(p) = &a.telemetry.spans {
+        let oc = p.counters();
+        put("otlp_spans_submitted", oc.submitted.load(Ordering::Relaxed));
+        put("otlp_spans_exported", oc.exported.load(Ordering::Relaxed));
+        put("otlp_spans_dropped", oc.dropped());
+        put("otlp_backlog_peak_bytes", oc.backlog_peak_bytes.load(Ordering::Relaxed));
+        put("otlp_backlog_bound_bytes", p.settings().backlog_bytes as u64);
+    }
     // At the first event's time: Kineto readers reject ts = 0 placeholders.
     summary.ts_us = trace.events.first().map(|e| e.ts_us).unwrap_or(0.0);
     trace.events.insert(0, summary);

@@ -10,6 +10,7 @@ use crate::state::{agent, Agent};
 use gpuspan_core::activity::ActivityRecord;
 use gpuspan_core::classify::{Classifier, StageRules};
 use gpuspan_core::join::ScopeTable;
+use gpuspan_core::spans::{Finalized, SpanAssembler, SpanOptions};
 use gpuspan_cupti::activity::FLUSH_FORCED;
 use gpuspan_cupti::buffers::RawBuffer;
 use gpuspan_cupti::decode::{decode_buffer, DecodeStats, NameCache};
@@ -22,6 +23,8 @@ use std::time::{Duration, Instant};
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(5);
 /// How often it asks CUPTI for completed buffers (`cuptiActivityFlushAll(0)`).
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// How often it asks the span assembler for finished steps and requests.
+pub const SPAN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What the collector has gathered.
 #[derive(Debug)]
@@ -36,27 +39,36 @@ pub struct Collector {
     pub classifier: Classifier,
     /// Totals of all decoded buffers.
     pub decode_totals: DecodeStats,
+    /// Span assembly (steps and requests as they complete).
+    pub assembler: SpanAssembler,
     /// Path of the written capture, once written.
     pub written: Option<PathBuf>,
 }
 
 impl Collector {
-    /// An empty collector using `rules`.
-    pub fn new(rules: StageRules) -> Collector {
+    /// An empty collector using `rules` and span options `spans`.
+    pub fn new(rules: StageRules, spans: SpanOptions) -> Collector {
         Collector {
             scopes: ScopeTable::new(),
             records: Vec::new(),
             names: NameCache::default(),
             classifier: Classifier::new(rules),
             decode_totals: DecodeStats::default(),
+            assembler: SpanAssembler::new(spans),
             written: None,
         }
+    }
+
+    /// Finished steps and requests since the last call (`force`: everything, at exit).
+    pub fn poll_spans(&mut self, now_ms: u64, force: bool) -> Finalized {
+        self.assembler.poll(&self.scopes, now_ms, force)
     }
 
     /// Drains both queues of `a` into this collector.
     pub fn drain(&mut self, a: &Agent) {
         while let Some(ev) = a.scope_queue.pop() {
             self.scopes.apply(&ev);
+            self.assembler.observe_scope(&ev, &self.scopes);
         }
         let next = a.api.get_next_record_fn();
         while let Some((addr, valid)) = a.completed_queue.pop() {
@@ -66,6 +78,9 @@ impl Collector {
             let st = unsafe { decode_buffer(next, addr as *mut u8, valid, &mut self.names, &mut self.records) };
             // SAFETY: decoded; the buffer goes back to the pool exactly once.
             unsafe { a.pool.give_back(RawBuffer(addr)) };
+            for r in &self.records[before..] {
+                self.assembler.observe_record(r, &self.scopes, &mut self.classifier);
+            }
             let added = self.records.len() - before;
             a.counters.records_decoded.fetch_add(added as u64, Ordering::Relaxed);
             if self.records.len() > a.config.max_records {
@@ -115,9 +130,16 @@ pub fn start_thread() {
     }
 }
 
+/// Milliseconds since the collector's clock started (the span assembler's clock).
+fn now_ms(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
 fn run() {
     let Some(a) = agent() else { return };
+    let start = *CLOCK_START.get_or_init(Instant::now);
     let mut last_flush = Instant::now();
+    let mut last_poll = Instant::now();
     while !STOP.load(Ordering::Acquire) {
         std::thread::sleep(DRAIN_INTERVAL);
         if last_flush.elapsed() >= FLUSH_INTERVAL {
@@ -125,14 +147,30 @@ fn run() {
             let _ = a.api.flush_all(0);
             last_flush = Instant::now();
         }
+        let mut done = None;
         if let Ok(mut c) = a.collector.lock() {
             c.drain(a);
+            if last_poll.elapsed() >= SPAN_POLL_INTERVAL {
+                last_poll = Instant::now();
+                let f = c.poll_spans(now_ms(start), false);
+                done = Some((f, c.assembler.take_context_problems()));
+            }
         }
         if let Ok(n) = a.api.dropped_records() {
             a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
         }
+        // Outside the collector lock: exporting never delays draining.
+        if let Some((f, problems)) = done {
+            a.telemetry.report_context_problems(problems);
+            if !f.is_empty() {
+                a.telemetry.publish(f);
+            }
+            a.telemetry.update_counters(a);
+        }
     }
 }
+
+static CLOCK_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 /// Stops collection, flushes CUPTI (complete records first, then a forced flush for the
 /// rest), disables the activity kinds, releases the CUPTI subscriber, and writes the capture.
@@ -157,6 +195,11 @@ pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
     }
     let mut c = a.collector.lock().map_err(|_| "collector state poisoned".to_string())?;
     c.drain(a);
+    let start = *CLOCK_START.get_or_init(Instant::now);
+    let last = c.poll_spans(now_ms(start), true);
+    a.telemetry.report_context_problems(c.assembler.take_context_problems());
+    a.telemetry.publish(last);
+    a.telemetry.shutdown(a);
     let path = crate::capture::write(a, &mut c)?;
     c.written = Some(path.clone());
     Ok(path)

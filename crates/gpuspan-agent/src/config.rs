@@ -2,7 +2,10 @@
 //!
 //! Variables (DESIGN.md "Configuration"): `GPUSPAN_MODE` (`off` | `coarse` | `fine`),
 //! `GPUSPAN_OUT` (capture directory, default `./gpuspan-out`), `GPUSPAN_RULES` (stage rules
-//! TOML), `GPUSPAN_LOG`. A bad value gets one warning naming the variable and the default
+//! TOML), `GPUSPAN_LOG`, `GPUSPAN_METRICS_ADDR` (Prometheus endpoint, default off),
+//! `GPUSPAN_KERNEL_SPAN_BUDGET` (default 20 000 `cuda.kernel` spans per trace),
+//! `GPUSPAN_WORKER_ID` (the `worker_id` metric label, default `<host>:<pid>`). The OTLP
+//! variables are read by `gpuspan_export::otlp::OtlpSettings`. A bad value gets one warning naming the variable and the default
 //! used, never a failure.
 //!
 //! Deviation from DESIGN.md, for now: coarse mode (CUDA events) is not built yet (issue 5),
@@ -38,6 +41,23 @@ pub struct Config {
     /// Most activity records kept per capture (`GPUSPAN_MAX_RECORDS`, default 8 000 000);
     /// more are dropped and counted.
     pub max_records: usize,
+    /// Prometheus endpoint address (`GPUSPAN_METRICS_ADDR`, `host:port`; unset, empty or
+    /// `off` = no endpoint).
+    pub metrics_addr: Option<String>,
+    /// Most `cuda.kernel` spans per trace (`GPUSPAN_KERNEL_SPAN_BUDGET`, default 20 000;
+    /// 0 = none).
+    pub kernel_span_budget: u64,
+    /// `worker_id` label of the metrics (`GPUSPAN_WORKER_ID`, default `<host>:<pid>`).
+    pub worker_id: String,
+}
+
+/// The host name (`/proc/sys/kernel/hostname`), or `unknown`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Warnings produced while parsing (printed by the caller, once each).
@@ -80,6 +100,34 @@ impl Config {
         let buffer_bytes = parse_num("GPUSPAN_BUFFER_BYTES", 4 << 20, &mut w);
         let max_buffers = parse_num("GPUSPAN_MAX_BUFFERS", 32, &mut w);
         let max_records = parse_num("GPUSPAN_MAX_RECORDS", 8_000_000, &mut w);
-        (Config { mode, out_dir, rules_path, buffer_bytes, max_buffers, max_records }, w)
+        let metrics_addr = std::env::var("GPUSPAN_METRICS_ADDR")
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty() && v != "off");
+        let kernel_span_budget = match std::env::var("GPUSPAN_KERNEL_SPAN_BUDGET") {
+            Err(_) => 20_000,
+            Ok(v) => v.trim().parse::<u64>().unwrap_or_else(|_| {
+                w.push(format!("GPUSPAN_KERNEL_SPAN_BUDGET={v:?} is not a non-negative integer; using 20000"));
+                20_000
+            }),
+        };
+        let worker_id = std::env::var("GPUSPAN_WORKER_ID")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| format!("{}:{}", host_name(), std::process::id()));
+        (
+            Config {
+                mode,
+                out_dir,
+                rules_path,
+                buffer_bytes,
+                max_buffers,
+                max_records,
+                metrics_addr,
+                kernel_span_budget,
+                worker_id,
+            },
+            w,
+        )
     }
 }

@@ -101,6 +101,11 @@ pub unsafe fn initialize_injection_nvtx2(get_export_table: Option<gpuspan_cupti:
 
 extern "C" fn at_exit() {
     let _ = std::panic::catch_unwind(|| {
+        // A forked child inherits the agent's state but none of its threads, and the
+        // CUPTI session and the capture belong to the parent: the child leaves both alone.
+        if !state::in_activating_process() {
+            return;
+        }
         if let Err(e) = state::flush_capture() {
             crate::log::warn(&format!("capture not written: {e}"));
         }

@@ -24,7 +24,15 @@ pub const NO_PUSH_POP_TRACKING: i32 = -2;
 struct ThreadScopes {
     depth: Cell<usize>,
     ids: [Cell<ScopeId>; MAX_DEPTH],
+    /// `launches` when each open scope began.
+    launch_base: [Cell<u64>; MAX_DEPTH],
     tid: Cell<u32>,
+    /// Successful calls of this thread that make one GPU record each (counted on EXIT by
+    /// [`api_callback`]).
+    launches: Cell<u64>,
+    /// Runtime API calls in progress: a driver call inside one is the runtime's own
+    /// and is not counted again.
+    runtime_depth: Cell<u32>,
 }
 
 thread_local! {
@@ -32,9 +40,43 @@ thread_local! {
         ThreadScopes {
             depth: Cell::new(0),
             ids: [const { Cell::new(0) }; MAX_DEPTH],
+            launch_base: [const { Cell::new(0) }; MAX_DEPTH],
             tid: Cell::new(0),
+            launches: Cell::new(0),
+            runtime_depth: Cell::new(0),
         }
     };
+}
+
+/// The CUPTI subscriber callback: counts this thread's successful launch / copy / set calls
+/// (only those callback ids are enabled, `ActivityApi::enable_launch_callbacks`), so a
+/// scope's end can say how many GPU records to expect. Thread-local counters only: no
+/// lock, no allocation.
+///
+/// # Safety
+/// Called by CUPTI with its callback arguments (`data` a `CUpti_CallbackData*` for the API
+/// domains).
+pub unsafe extern "C" fn api_callback(_userdata: *mut c_void, domain: u32, _cbid: u32, data: *const c_void) {
+    use gpuspan_cupti::activity::{API_ENTER, API_EXIT, DOMAIN_DRIVER_API, DOMAIN_RUNTIME_API};
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: CUPTI's callback data for an API domain (contract).
+        let Some((site, ret)) = (unsafe { gpuspan_cupti::activity::callback_site_and_result(data) }) else {
+            return;
+        };
+        let _ = SCOPES.try_with(|t| match (domain, site) {
+            (DOMAIN_RUNTIME_API, API_ENTER) => t.runtime_depth.set(t.runtime_depth.get() + 1),
+            (DOMAIN_RUNTIME_API, API_EXIT) => {
+                t.runtime_depth.set(t.runtime_depth.get().saturating_sub(1));
+                if ret == Some(0) {
+                    t.launches.set(t.launches.get() + 1);
+                }
+            }
+            (DOMAIN_DRIVER_API, API_EXIT) if t.runtime_depth.get() == 0 && ret == Some(0) => {
+                t.launches.set(t.launches.get() + 1);
+            }
+            _ => {}
+        });
+    });
 }
 
 fn thread_id(t: &ThreadScopes) -> u32 {
@@ -64,6 +106,7 @@ pub fn scope_begin(name: &[u8]) -> i32 {
         let parent = if depth == 0 { 0 } else { t.ids[depth - 1].get() };
         let id = a.next_scope_id.fetch_add(1, Ordering::Relaxed);
         t.ids[depth].set(id);
+        t.launch_base[depth].set(t.launches.get());
         begin_event(a, id, parent, thread_id(t), name);
         depth as i32
     })
@@ -98,7 +141,11 @@ pub fn scope_end() -> i32 {
         }
         t.ids[level].set(0);
         let _ = a.api.pop_external_correlation(GPUSPAN_EXTERNAL_KIND);
-        let ev = ScopeEvent::End { id, ts_ns: a.api.timestamp_ns() };
+        let launches = a
+            .counting_launches
+            .load(Ordering::Relaxed)
+            .then(|| (t.launches.get() - t.launch_base[level].get()).min(u32::MAX as u64) as u32);
+        let ev = ScopeEvent::End { id, ts_ns: a.api.timestamp_ns(), launches };
         if a.scope_queue.push(ev).is_err() {
             a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
         }

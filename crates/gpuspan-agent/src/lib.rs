@@ -15,7 +15,10 @@
 //!   pool and a bounded queue of completed buffers; no lock, no allocation;
 //! - the collector thread ([`collector`]): drains both queues, decodes each buffer once,
 //!   keeps scopes and records, and at exit (or [`flush_capture`]) joins them into a Kineto
-//!   trace written to `GPUSPAN_OUT/capture.json.gz` ([`capture`]).
+//!   trace written to `GPUSPAN_OUT/capture.json.gz` ([`capture`]); as steps and requests
+//!   complete it assembles their span tree (`gpuspan_core::spans`) and hands spans and
+//!   timings to [`telemetry`]: the OTLP exporter thread and the metrics (Prometheus
+//!   endpoint, NVML gauges from [`nvml`]).
 //!
 //! Inside someone else's process: every `extern "C"` entry is wrapped in `catch_unwind`,
 //! problems are reported once on stderr ([`log`]) and the agent goes inactive; it never
@@ -31,6 +34,8 @@ pub mod cupti_callbacks;
 pub mod entry;
 pub mod hooks;
 pub mod log;
+pub mod nvml;
 pub mod state;
+pub mod telemetry;
 
 pub use state::{flush_capture, AgentStatus};

@@ -10,8 +10,9 @@ use gpuspan_cupti::buffers::BufferPool;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-/// Capacity of the scope-event queue (events; each ≈ 190 bytes).
-pub const SCOPE_QUEUE_CAP: usize = 1 << 16;
+/// Capacity of the scope-event queue (events; each ≈ 290 bytes, so ≈ 4.6 MiB; the
+/// collector drains it every 5 ms).
+pub const SCOPE_QUEUE_CAP: usize = 1 << 14;
 /// Capacity of the completed-buffer queue; larger than any pool, so it never fills.
 pub const COMPLETED_QUEUE_CAP: usize = 1024;
 
@@ -48,15 +49,26 @@ pub struct Agent {
     pub next_scope_id: AtomicU64,
     /// Collection on: the hot path does nothing while false.
     pub collecting: AtomicBool,
+    /// The CUPTI API callbacks count launches, so scope ends carry launch counts.
+    pub counting_launches: AtomicBool,
     /// Loss counters.
     pub counters: Counters,
     /// The collector's state (scopes, records), shared with the exit path.
     pub collector: Mutex<Collector>,
     /// CUPTI subscriber slot we hold.
     pub subscriber: Mutex<Option<Subscriber>>,
+    /// Span export, metrics.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 static AGENT: OnceLock<Agent> = OnceLock::new();
+static ACTIVATING_PID: AtomicU64 = AtomicU64::new(0);
+
+/// True in the process that activated the agent; false in a `fork`ed child (which
+/// inherits the agent's memory but none of its threads).
+pub fn in_activating_process() -> bool {
+    ACTIVATING_PID.load(Ordering::Relaxed) == std::process::id() as u64
+}
 static ACTIVATION: OnceLock<Result<(), String>> = OnceLock::new();
 
 /// The agent if active: one atomic load (hot path).
@@ -117,7 +129,28 @@ pub fn activate() -> Result<(), String> {
         .clone()
 }
 
+/// Span options: the budget from the configuration, and the CUPTI → Unix clock offset
+/// measured now (CUPTI timestamps are CLOCK_REALTIME ns on Linux, CUPTI-NOTES §2, so the
+/// offset is ≈ 0 on a real GPU; the simulated H100's virtual clock needs it).
+/// Kernel spans are only built when they have somewhere to go (an OTLP endpoint).
+fn span_options(config: &Config, api: &ActivityApi, exporting: bool) -> gpuspan_core::spans::SpanOptions {
+    let unix_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    let offset = (unix_ns - api.timestamp_ns() as i128) as i64;
+    let offset = if offset.unsigned_abs() < 1_000_000 { 0 } else { offset };
+    gpuspan_core::spans::SpanOptions {
+        kernel_span_budget: config.kernel_span_budget,
+        kernel_spans: exporting && config.kernel_span_budget > 0,
+        clock_offset_ns: offset,
+        seed: ((std::process::id() as u64) << 32) ^ unix_ns as u64,
+        ..Default::default()
+    }
+}
+
 fn activate_inner() -> Result<(), String> {
+    ACTIVATING_PID.store(std::process::id() as u64, Ordering::Relaxed);
     let (config, warnings) = Config::from_env();
     for w in &warnings {
         crate::log::warn(w);
@@ -126,7 +159,7 @@ fn activate_inner() -> Result<(), String> {
         return Err("GPUSPAN_MODE=off".into());
     }
     let api = ActivityApi::load().map_err(|e| format!("{e}"))?;
-    let subscriber = api.subscribe().map_err(|e| match e.code() {
+    let subscriber = api.subscribe_with(crate::hooks::api_callback).map_err(|e| match e.code() {
         Some(39) => format!(
             "CUPTI is held by another tool ({e}); the worker runs unprofiled"
         ),
@@ -135,6 +168,8 @@ fn activate_inner() -> Result<(), String> {
     })?;
     let allow_decline = api.version() >= BUFFER_DECLINE_MIN_VERSION;
     let rules = crate::collector::load_rules(&config);
+    let telemetry = crate::telemetry::Telemetry::start(&config);
+    let spans = span_options(&config, &api, telemetry.spans.is_some());
     let agent = Agent {
         pool: BufferPool::new(config.buffer_bytes, config.max_buffers),
         allow_decline,
@@ -142,9 +177,11 @@ fn activate_inner() -> Result<(), String> {
         completed_queue: ArrayQueue::new(COMPLETED_QUEUE_CAP),
         next_scope_id: AtomicU64::new(1),
         collecting: AtomicBool::new(false),
+        counting_launches: AtomicBool::new(false),
         counters: Counters::default(),
-        collector: Mutex::new(Collector::new(rules)),
+        collector: Mutex::new(Collector::new(rules, spans)),
         subscriber: Mutex::new(Some(subscriber)),
+        telemetry,
         config,
         api,
     };
@@ -162,6 +199,18 @@ fn activate_inner() -> Result<(), String> {
         }
         return Err(format!("{e}"));
     }
+    // Launch counting lets step spans finish as soon as their records are in; without it
+    // they finish by the fallback rule (documented in gpuspan_core::spans::assemble).
+    let counting = a
+        .subscriber
+        .lock()
+        .ok()
+        .and_then(|g| g.as_ref().map(|s| a.api.enable_launch_callbacks(s)));
+    match counting {
+        Some(Ok(())) => a.counting_launches.store(true, Ordering::Release),
+        Some(Err(e)) => crate::log::info(&format!("launch counting off ({e}); step spans finish by timing")),
+        None => {}
+    }
     a.collecting.store(true, Ordering::Release);
     crate::collector::start_thread();
     crate::entry::register_exit_handler();
@@ -178,5 +227,8 @@ fn activate_inner() -> Result<(), String> {
 /// returns the same path without writing again.
 pub fn flush_capture() -> Result<std::path::PathBuf, String> {
     let a = agent().ok_or_else(|| status().inactive_reason.unwrap_or_default())?;
+    if !in_activating_process() {
+        return Err("in a forked child of the profiled process: the capture belongs to the parent".into());
+    }
     crate::collector::finish(a)
 }

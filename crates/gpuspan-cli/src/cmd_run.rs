@@ -40,6 +40,10 @@ pub struct RunOutcome {
     pub elapsed: Duration,
 }
 
+/// Where `run` / `demo` / `replay` have the agent serve Prometheus metrics unless
+/// `GPUSPAN_METRICS_ADDR` is set (9464: the OpenTelemetry Prometheus exporter's port).
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+
 /// Runs `cmd` with the agent injected. Errors are one-line messages and an exit code.
 pub fn run_injected(cmd: &[String], mode: &str, out: &Path, sim: bool, label: Option<&str>) -> Result<RunOutcome, (String, u8)> {
     let agent = artifacts::agent_lib().map_err(|e| (e.to_string(), 3))?;
@@ -55,6 +59,10 @@ pub fn run_injected(cmd: &[String], mode: &str, out: &Path, sim: bool, label: Op
         .env("NVTX_INJECTION64_PATH", &agent)
         .env("GPUSPAN_MODE", mode)
         .env("GPUSPAN_OUT", &out);
+    // `run` and `demo` serve metrics by default (DESIGN.md); the user's setting wins.
+    if std::env::var_os("GPUSPAN_METRICS_ADDR").is_none() {
+        c.env("GPUSPAN_METRICS_ADDR", DEFAULT_METRICS_ADDR);
+    }
     let _simdir = if sim {
         let sim_lib = artifacts::sim_lib().map_err(|e| (e.to_string(), 3))?;
         let dir = tempfile::Builder::new()

@@ -58,6 +58,26 @@ impl ScopeInfo {
             _ => None,
         }
     }
+
+    /// The trace id a request scope's spans use: the traceparent's when well-formed, else
+    /// the new one [`crate::spans::TraceContext::for_request`] derives from `seed` (the same
+    /// seed as the span assembler's, so capture and spans agree). `None` for other scopes.
+    pub fn trace_id_with_seed(&self, seed: u64) -> Option<String> {
+        match &self.kind {
+            ScopeKind::Request { traceparent, attrs } => {
+                let (ctx, _) = crate::spans::TraceContext::for_request(traceparent.as_deref(), attrs, seed, self.id);
+                Some(crate::spans::ids::hex(&ctx.trace_id))
+            }
+            _ => None,
+        }
+    }
+
+    fn trace_id_for(&self, seed: Option<u64>) -> Option<String> {
+        match seed {
+            Some(seed) => self.trace_id_with_seed(seed),
+            None => self.trace_id(),
+        }
+    }
 }
 
 /// Trace id of a W3C traceparent (`version-traceid-parentid-flags`), if well-formed.
@@ -119,7 +139,7 @@ impl ScopeTable {
                     },
                 );
             }
-            ScopeEvent::End { id, ts_ns } => match self.scopes.get_mut(id) {
+            ScopeEvent::End { id, ts_ns, .. } => match self.scopes.get_mut(id) {
                 Some(s) => s.end_ns = Some(*ts_ns),
                 None => self.orphan_ends += 1,
             },
@@ -199,6 +219,10 @@ pub struct JoinOptions {
     pub process_id: u32,
     /// Write API records as `cuda_driver` / `cuda_runtime` events.
     pub include_api: bool,
+    /// Seed of the trace ids made for requests without a usable traceparent (the span
+    /// assembler's [`crate::spans::SpanOptions::seed`]); `None`: such requests get no
+    /// `gpuspan.trace_id`.
+    pub trace_seed: Option<u64>,
 }
 
 fn rel_us(ns: u64, base: u64) -> f64 {
@@ -266,7 +290,7 @@ pub fn build_trace(
             if let Some(rid) = s.attribution.request {
                 let tid = trace_ids
                     .entry(rid)
-                    .or_insert_with(|| scopes.get(rid).and_then(|r| r.trace_id()))
+                    .or_insert_with(|| scopes.get(rid).and_then(|r| r.trace_id_for(opts.trace_seed)))
                     .clone();
                 ev.trace_id = tid;
             }
@@ -376,7 +400,7 @@ pub fn build_trace(
             dur_us: end.saturating_sub(s.begin_ns) as f64 / 1000.0,
             ..Default::default()
         };
-        if let Some(tid) = s.attribution.request.and_then(|r| scopes.get(r)).and_then(|r| r.trace_id()) {
+        if let Some(tid) = s.attribution.request.and_then(|r| scopes.get(r)).and_then(|r| r.trace_id_for(opts.trace_seed)) {
             ev.trace_id = Some(tid);
         }
         events.push(ev);
@@ -407,39 +431,8 @@ pub fn build_trace(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::activity::*;
-    use crate::scope::InlineName;
-    use std::sync::Arc;
 
-    fn begin(id: u64, parent: u64, ts: u64, name: &str) -> ScopeEvent {
-        ScopeEvent::Begin { id, parent, thread_id: 11, ts_ns: ts, name: InlineName::new(name) }
-    }
-
-    fn kernel(name: &str, corr: u32, start: u64, end: u64) -> ActivityRecord {
-        ActivityRecord::Kernel(KernelRecord {
-            name: Arc::from(name),
-            start_ns: start,
-            end_ns: end,
-            device_id: 0,
-            context_id: 1,
-            stream_id: 7,
-            correlation_id: corr,
-            grid: [1, 1, 1],
-            block: [128, 1, 1],
-            registers_per_thread: 32,
-            static_shared_memory_bytes: 0,
-            dynamic_shared_memory_bytes: 1024,
-            graph_id: 0,
-        })
-    }
-
-    fn ext(corr: u32, id: u64) -> ActivityRecord {
-        ActivityRecord::ExternalCorrelation(ExternalCorrelationRecord {
-            external_kind: GPUSPAN_EXTERNAL_KIND,
-            external_id: id,
-            correlation_id: corr,
-        })
-    }
+    use crate::test_records::{begin, ext, kernel};
 
     #[test]
     fn kernels_land_in_their_scopes() {
@@ -449,10 +442,10 @@ mod tests {
             begin(1, 0, 1_000, &format!("gpuspan.request {tp}")),
             begin(2, 1, 2_000, "dit.step 0/2"),
             begin(3, 2, 3_000, "ffn"),
-            ScopeEvent::End { id: 3, ts_ns: 9_000 },
-            ScopeEvent::End { id: 2, ts_ns: 9_500 },
-            ScopeEvent::End { id: 1, ts_ns: 10_000 },
-            ScopeEvent::End { id: 99, ts_ns: 10_000 },
+            ScopeEvent::End { id: 3, ts_ns: 9_000, launches: None },
+            ScopeEvent::End { id: 2, ts_ns: 9_500, launches: None },
+            ScopeEvent::End { id: 1, ts_ns: 10_000, launches: None },
+            ScopeEvent::End { id: 99, ts_ns: 10_000, launches: None },
         ] {
             t.apply(&e);
         }
@@ -467,7 +460,7 @@ mod tests {
             kernel("still_running", 8, 8_600, 0),
         ];
         let mut c = Classifier::default();
-        let opts = JoinOptions { base_time_ns: 1_000, process_id: 42, include_api: true };
+        let opts = JoinOptions { base_time_ns: 1_000, process_id: 42, include_api: true, trace_seed: None };
         let (trace, st) = build_trace(&recs, &t, &mut c, &opts);
         assert_eq!(st, JoinStats { gpu_events: 3, attributed: 2, incomplete: 1 });
         let ks: Vec<_> = trace.kernels().collect();

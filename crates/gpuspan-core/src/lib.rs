@@ -16,6 +16,8 @@
 //!   per distinct kernel name.
 //! - [`join`]: kernels ↔ scopes through external correlation ids, producing a [`trace::Trace`].
 //! - [`trace`]: the Kineto-schema trace model (µs floats, as Kineto writes them).
+//! - [`spans`]: the OpenTelemetry span tree (request → step → stage → kernel) and the step /
+//!   request timings the metrics read, assembled incrementally as records arrive.
 //! - [`stats`]: kernel / stage / step breakdown of a trace (`gpuspan stats`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -24,5 +26,9 @@ pub mod activity;
 pub mod classify;
 pub mod join;
 pub mod scope;
+pub mod spans;
 pub mod stats;
 pub mod trace;
+
+#[cfg(test)]
+mod test_records;

@@ -16,12 +16,12 @@
 pub type ScopeId = u64;
 
 /// Capacity of [`InlineName`], bytes. Longer names are truncated at a UTF-8 boundary.
-pub const INLINE_NAME_CAP: usize = 160;
+pub const INLINE_NAME_CAP: usize = 256;
 
 /// A scope name stored inline so the hot path never allocates.
 #[derive(Clone, Copy)]
 pub struct InlineName {
-    len: u8,
+    len: u16,
     bytes: [u8; INLINE_NAME_CAP],
 }
 
@@ -41,7 +41,7 @@ impl InlineName {
         n = valid;
         let mut bytes = [0u8; INLINE_NAME_CAP];
         bytes[..n].copy_from_slice(&b[..n]);
-        Self { len: n as u8, bytes }
+        Self { len: n as u16, bytes }
     }
 
     /// The stored name.
@@ -64,6 +64,9 @@ impl PartialEq for InlineName {
 }
 
 /// One scope boundary, as produced on an application thread.
+// Fixed size on purpose: events travel through a preallocated lock-free queue, and boxing
+// the name would allocate on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ScopeEvent {
     /// A scope opened.
@@ -85,6 +88,11 @@ pub enum ScopeEvent {
         id: ScopeId,
         /// CPU time of the end, CUPTI ns.
         ts_ns: u64,
+        /// Launches (kernel launches, copies, sets: calls that make one GPU activity record)
+        /// the thread made while the scope was open, nested scopes included, counted by the
+        /// agent's CUPTI API callbacks; `None` when those callbacks are off. Lets the span
+        /// assembler know when all of a step's GPU records are in.
+        launches: Option<u32>,
     },
 }
 
@@ -196,6 +204,9 @@ mod tests {
         let long = "é".repeat(200);
         let n = InlineName::new(&long);
         assert!(n.as_str().len() <= INLINE_NAME_CAP);
+        // A name of exactly the capacity survives whole (the length must not wrap).
+        let full = "x".repeat(INLINE_NAME_CAP + 10);
+        assert_eq!(InlineName::new(&full).as_str(), &full[..INLINE_NAME_CAP]);
         assert_eq!(n.as_str().len() % 2, 0);
         assert!(long.starts_with(n.as_str()));
     }

@@ -64,6 +64,46 @@ pub struct ActivityApi {
 
 unsafe extern "C" fn noop_callback(_: *mut c_void, _: u32, _: u32, _: *const c_void) {}
 
+/// The `CUpti_CallbackFunc` signature: `(userdata, domain, cbid, const CUpti_CallbackData*)`
+/// (`cupti_callbacks.h`; domain and cbid as u32 so unknown values are not UB).
+pub type ApiCallbackFn = unsafe extern "C" fn(*mut c_void, u32, u32, *const c_void);
+
+/// `CUPTI_CB_DOMAIN_DRIVER_API` (`cupti_callbacks.h`).
+pub const DOMAIN_DRIVER_API: u32 = 1;
+/// `CUPTI_CB_DOMAIN_RUNTIME_API`.
+pub const DOMAIN_RUNTIME_API: u32 = 2;
+/// `CUPTI_API_ENTER` (`CUpti_ApiCallbackSite`).
+pub const API_ENTER: u32 = 0;
+/// `CUPTI_API_EXIT`.
+pub const API_EXIT: u32 = 1;
+
+/// Reads `callbackSite` and, on exit, the call's return value (`CUresult` /
+/// `cudaError_t`, both C `int`) from a `CUpti_CallbackData` of the DRIVER or RUNTIME domain.
+/// Offsets from cudarc's `CUpti_CallbackData` (the 12.9 header's layout, unchanged in 13.x).
+///
+/// # Safety
+/// `data` is NULL or the `CUpti_CallbackData*` CUPTI passed to the subscriber callback for
+/// an API domain, valid for the duration of the callback.
+pub unsafe fn callback_site_and_result(data: *const c_void) -> Option<(u32, Option<i32>)> {
+    use cudarc::cupti::sys::CUpti_CallbackData as D;
+    if data.is_null() {
+        return None;
+    }
+    let base = data as *const u8;
+    // SAFETY: `data` points to a CUpti_CallbackData (contract); callbackSite is a 4-byte
+    // enum at its offset, read as u32 so an unexpected value is not UB.
+    let site = unsafe { std::ptr::read_unaligned(base.add(std::mem::offset_of!(D, callbackSite)) as *const u32) };
+    if site != API_EXIT {
+        return Some((site, None));
+    }
+    // SAFETY: as above; functionReturnValue is a pointer field, NULL or pointing at the
+    // call's int-sized return value during the EXIT callback.
+    let ret_ptr = unsafe { std::ptr::read_unaligned(base.add(std::mem::offset_of!(D, functionReturnValue)) as *const *const i32) };
+    // SAFETY: non-NULL return-value pointer CUPTI provides for the EXIT site.
+    let ret = (!ret_ptr.is_null()).then(|| unsafe { std::ptr::read_unaligned(ret_ptr) });
+    Some((site, ret))
+}
+
 impl ActivityApi {
     /// Loads CUPTI and reads its API version (`cuptiGetVersion`: 28 for 12.9, 130500 for
     /// 13.5). Errors: library or symbol missing, or `cuptiGetVersion` failing (CUPTI 13
@@ -102,12 +142,44 @@ impl ActivityApi {
     /// code 39 instead of corrupting each other's state. Errors: 39 when another client holds
     /// CUPTI; 15 without a driver.
     pub fn subscribe(&self) -> Result<Subscriber, CuptiError> {
+        self.subscribe_with(noop_callback)
+    }
+
+    /// `cuptiSubscribe` with `callback` as the subscriber's API callback (it runs on the
+    /// application thread making each enabled call, ENTER and EXIT).
+    pub fn subscribe_with(&self, callback: ApiCallbackFn) -> Result<Subscriber, CuptiError> {
         let mut h: *mut c_void = std::ptr::null_mut();
         // SAFETY: valid out-pointer; the callback is a 'static extern "C" fn with the
         // `CUpti_CallbackFunc` signature; userdata NULL.
-        let code = unsafe { (self.syms.subscribe)(&mut h, Some(noop_callback), std::ptr::null_mut()) };
+        let code = unsafe { (self.syms.subscribe)(&mut h, Some(callback), std::ptr::null_mut()) };
         check("cuptiSubscribe", code)?;
         Ok(Subscriber(h))
+    }
+
+    /// Enables the subscriber's API callbacks for the calls that make one GPU activity
+    /// record each (`gpuspan_core::spans::DRIVER_GPU_WORK_CBIDS` in the DRIVER domain,
+    /// `RUNTIME_GPU_WORK_CBIDS` in the RUNTIME domain), so the agent can count launches per
+    /// scope. On an error the callbacks enabled so far are disabled again.
+    pub fn enable_launch_callbacks(&self, s: &Subscriber) -> Result<(), CuptiError> {
+        use gpuspan_core::spans::{DRIVER_GPU_WORK_CBIDS, RUNTIME_GPU_WORK_CBIDS};
+        let all = DRIVER_GPU_WORK_CBIDS
+            .iter()
+            .map(|c| (DOMAIN_DRIVER_API, *c))
+            .chain(RUNTIME_GPU_WORK_CBIDS.iter().map(|c| (DOMAIN_RUNTIME_API, *c)));
+        let mut done = Vec::new();
+        for (domain, cbid) in all {
+            // SAFETY: `s` is a live subscriber handle from `subscribe_with`.
+            let code = unsafe { (self.syms.enable_callback)(1, s.0, domain, cbid) };
+            if let Err(e) = check("cuptiEnableCallback", code) {
+                for (d, c) in done {
+                    // SAFETY: as above; disabling what we enabled.
+                    unsafe { (self.syms.enable_callback)(0, s.0, d, c) };
+                }
+                return Err(e);
+            }
+            done.push((domain, cbid));
+        }
+        Ok(())
     }
 
     /// `cuptiUnsubscribe`: releases the subscriber slot for other tools.

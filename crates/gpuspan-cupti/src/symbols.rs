@@ -29,6 +29,8 @@ pub struct CuptiSymbols {
     pub(crate) get_version: unsafe extern "C" fn(*mut u32) -> u32,
     pub(crate) subscribe: unsafe extern "C" fn(*mut *mut c_void, CallbackFn, *mut c_void) -> u32,
     pub(crate) unsubscribe: unsafe extern "C" fn(*mut c_void) -> u32,
+    /// `cuptiEnableCallback(enable, subscriber, domain, cbid)`.
+    pub(crate) enable_callback: unsafe extern "C" fn(u32, *mut c_void, u32, u32) -> u32,
     pub(crate) activity_enable: unsafe extern "C" fn(u32) -> u32,
     pub(crate) activity_disable: unsafe extern "C" fn(u32) -> u32,
     pub(crate) register_callbacks: unsafe extern "C" fn(BufferRequestedFn, BufferCompletedFn) -> u32,
@@ -84,6 +86,7 @@ impl CuptiSymbols {
             get_version: sym!(lib, "cuptiGetVersion"),
             subscribe: sym!(lib, "cuptiSubscribe"),
             unsubscribe: sym!(lib, "cuptiUnsubscribe"),
+            enable_callback: sym!(lib, "cuptiEnableCallback"),
             activity_enable: sym!(lib, "cuptiActivityEnable"),
             activity_disable: sym!(lib, "cuptiActivityDisable"),
             register_callbacks: sym!(lib, "cuptiActivityRegisterCallbacks"),

@@ -6,6 +6,11 @@
 //! loader logic (`NVTX_INJECTION64_PATH`). WORKLOAD is a built-in preset (`stdit`,
 //! `wan2.1`) or a Kineto trace file (`.json` / `.json.gz`).
 //!
+//! Each request is an NVTX range `gpuspan.request <traceparent> model=<name>`: presets
+//! build theirs; a trace replay is wrapped in one, with `--traceparent` if given (every
+//! request then shares that parent span) or else the deterministic
+//! `preset::traceparent(<file stem>, request index)`.
+//!
 //! Exit codes: 0 done; 1 a CUDA call failed; 2 bad workload (unknown preset, unreadable or
 //! invalid trace); 3 no `libcuda.so.1`. Errors are one line on stderr.
 
@@ -15,8 +20,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use gpuspan_simgpu::workload::exec::{execute, open_driver};
 use gpuspan_simgpu::workload::from_trace::workload_from_trace;
-use gpuspan_simgpu::workload::preset::{preset, DEFAULT_STEPS, PRESET_NAMES};
-use gpuspan_simgpu::workload::Workload;
+use gpuspan_simgpu::workload::preset::{preset, traceparent, DEFAULT_STEPS, PRESET_NAMES};
+use gpuspan_simgpu::workload::{Op, Workload};
 
 /// Replay a DiT preset or a Kineto trace on the (simulated) GPU, with NVTX scopes.
 #[derive(Parser, Debug)]
@@ -30,11 +35,25 @@ struct Args {
     /// Requests to run (a trace is replayed this many times).
     #[arg(long, default_value_t = 1)]
     requests: u32,
+    /// W3C traceparent of the replayed requests (trace files only).
+    #[arg(long)]
+    traceparent: Option<String>,
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("gpuspan-replay: {msg}");
     ExitCode::from(code)
+}
+
+/// File name without directories and without `.json` / `.json.gz` / `.pt.trace.json…`.
+fn trace_stem(path: &str) -> String {
+    let name = Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = name.split('.').next().unwrap_or("");
+    if stem.is_empty() {
+        "trace".into()
+    } else {
+        stem.replace(' ', "_")
+    }
 }
 
 fn main() -> ExitCode {
@@ -45,9 +64,13 @@ fn main() -> ExitCode {
         match gpuspan_export::read_trace(Path::new(&args.workload)) {
             Ok(trace) => {
                 let one = workload_from_trace(&trace);
+                let stem = trace_stem(&args.workload);
                 let mut w = Workload::new();
-                for _ in 0..args.requests {
+                for r in 0..args.requests {
+                    let tp = args.traceparent.clone().unwrap_or_else(|| traceparent(&stem, r));
+                    w.ops.push(Op::RangePush(format!("gpuspan.request {tp} model={stem}")));
                     w.extend(&one);
+                    w.ops.push(Op::RangePop);
                 }
                 w
             }

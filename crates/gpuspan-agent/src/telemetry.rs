@@ -1,0 +1,194 @@
+//! Where finished spans and timings go: the OTLP span pipeline, the metrics (Prometheus
+//! endpoint, NVML gauges), and the agent's own counters. Owned by the agent, fed by the
+//! collector thread outside its lock, shut down (bounded) at exit.
+
+use crate::config::Config;
+use crate::state::Agent;
+use gpuspan_core::spans::{ContextProblem, Finalized};
+use gpuspan_export::metrics::{Metrics, MetricsLabels, MetricsServer};
+use gpuspan_export::otlp::{OtlpMetrics, OtlpSettings, SpanPipeline};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Longest wait for the OTLP exporter to deliver what is queued at exit.
+pub const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Period of the NVML sampler.
+pub const NVML_PERIOD: Duration = Duration::from_secs(1);
+
+/// Shortest interval between two "no usable traceparent" warnings.
+pub const CONTEXT_WARN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The agent's outputs besides the capture file.
+pub struct Telemetry {
+    /// OTLP span exporter, when an endpoint is configured.
+    pub spans: Option<SpanPipeline>,
+    /// Metrics registry (always kept; served when `GPUSPAN_METRICS_ADDR` is set).
+    pub metrics: Arc<Metrics>,
+    /// The same metrics over OTLP, when an endpoint is configured.
+    otlp_metrics: Option<Arc<OtlpMetrics>>,
+    server: Mutex<Option<MetricsServer>>,
+    context_warn: Mutex<(Option<Instant>, u64)>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").field("spans", &self.spans).finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// Starts what the configuration asks for. Problems (a bad endpoint, a port in use,
+    /// no NVML) are one warning each; the rest still starts.
+    pub fn start(config: &Config) -> Telemetry {
+        let device = crate::nvml::device_info();
+        let gpu_type = device.as_ref().map(|d| d.0.clone()).unwrap_or_else(|| "unknown".into());
+        let metrics = Metrics::new(MetricsLabels {
+            worker_id: config.worker_id.clone(),
+            gpu_index: 0,
+            gpu_type: gpu_type.clone(),
+        });
+        let (otlp, warnings) = OtlpSettings::from_env();
+        for w in warnings {
+            crate::log::warn(&w);
+        }
+        let otlp = otlp.map(|mut s| {
+            s.resource_attributes.push(("host.name".into(), crate::config::host_name()));
+            if let Some((name, driver)) = &device {
+                s.resource_attributes.push(("gpu.device.name".into(), name.clone()));
+                s.resource_attributes.push(("gpu.driver.version".into(), driver.clone()));
+            }
+            s
+        });
+        let otlp_metrics = otlp.as_ref().and_then(|s| {
+            let base = vec![
+                opentelemetry::KeyValue::new("worker_id", config.worker_id.clone()),
+                opentelemetry::KeyValue::new("gpu_index", 0i64),
+                opentelemetry::KeyValue::new("gpu_type", gpu_type.clone()),
+            ];
+            match OtlpMetrics::start(s, base) {
+                Ok(m) => {
+                    let m = Arc::new(m);
+                    metrics.attach_otlp(m.clone());
+                    Some(m)
+                }
+                Err(e) => {
+                    crate::log::warn(&format!("{e}; metrics are not exported over OTLP"));
+                    None
+                }
+            }
+        });
+        let spans = otlp.and_then(|s| {
+            let warn: gpuspan_export::otlp::pipeline::WarnFn = Arc::new(|m: &str| crate::log::warn(m));
+            match SpanPipeline::start(s, warn) {
+                Ok(p) => {
+                    crate::log::info(&format!(
+                        "exporting spans over OTLP ({:?}) to {}",
+                        p.settings().protocol,
+                        p.settings().endpoint
+                    ));
+                    Some(p)
+                }
+                Err(e) => {
+                    crate::log::warn(&format!("{e}; spans are not exported"));
+                    None
+                }
+            }
+        });
+        let server = config.metrics_addr.as_deref().and_then(|addr| {
+            match gpuspan_export::metrics::serve(addr, metrics.clone()) {
+                Ok(s) => {
+                    crate::log::info(&format!("metrics on http://{}/metrics", s.local_addr()));
+                    Some(s)
+                }
+                Err(e) => {
+                    crate::log::warn(&format!("GPUSPAN_METRICS_ADDR={addr}: {e}; metrics are not served"));
+                    None
+                }
+            }
+        });
+        if server.is_some() || spans.is_some() {
+            let _ = crate::nvml::start_sampler(metrics.clone(), NVML_PERIOD);
+        }
+        Telemetry { spans, metrics, otlp_metrics, server: Mutex::new(server), context_warn: Mutex::new((None, 0)) }
+    }
+
+    /// Address the metrics endpoint listens on, if serving.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.server.lock().ok().and_then(|g| g.as_ref().map(|s| s.local_addr()))
+    }
+
+    /// Publishes what the assembler finalized. Never blocks on the network.
+    pub fn publish(&self, f: Finalized) {
+        for s in &f.steps {
+            self.metrics.observe_step(s);
+        }
+        for r in &f.requests {
+            self.metrics.observe_request(r);
+        }
+        if let Some(p) = &self.spans {
+            p.submit(f.spans);
+        }
+    }
+
+    /// Reports requests without a usable traceparent: one warning per
+    /// [`CONTEXT_WARN_INTERVAL`], with the count since the last one.
+    pub fn report_context_problems(&self, problems: Vec<ContextProblem>) {
+        if problems.is_empty() {
+            return;
+        }
+        let Ok(mut g) = self.context_warn.lock() else { return };
+        g.1 += problems.len() as u64;
+        let due = g.0.is_none_or(|t| t.elapsed() >= CONTEXT_WARN_INTERVAL);
+        if due {
+            crate::log::warn(&format!(
+                "{} ({} request(s) so far): started a new trace for it; its GPU spans have no parent",
+                problems[0], g.1
+            ));
+            *g = (Some(Instant::now()), 0);
+        }
+    }
+
+    /// Refreshes the agent-counter metrics from `a`.
+    pub fn update_counters(&self, a: &Agent) {
+        let c = &a.counters;
+        let otlp_dropped = self.spans.as_ref().map(|p| p.counters().dropped()).unwrap_or(0);
+        self.metrics.set_agent_counters(
+            c.records_decoded.load(Ordering::Relaxed),
+            &[
+                ("cupti", c.cupti_records_dropped.load(Ordering::Relaxed)),
+                ("record_limit", c.records_over_limit.load(Ordering::Relaxed)),
+                ("scope_queue", c.scope_events_dropped.load(Ordering::Relaxed)),
+                ("buffer_queue", c.buffers_dropped.load(Ordering::Relaxed)),
+                ("otlp_spans", otlp_dropped),
+            ],
+            a.collecting.load(Ordering::Relaxed),
+        );
+    }
+
+    /// Exit: delivers queued spans within [`EXIT_FLUSH_TIMEOUT`], reports spans lost to an
+    /// unreachable endpoint in one line, and stops the metrics endpoint.
+    pub fn shutdown(&self, a: &Agent) {
+        if let Some(p) = &self.spans {
+            p.shutdown(EXIT_FLUSH_TIMEOUT);
+            let c = p.counters();
+            let dropped = c.dropped();
+            if dropped > 0 {
+                crate::log::warn(&format!(
+                    "OTLP: {dropped} of {} spans were dropped (endpoint {} unreachable or slow; backlog bound {} bytes)",
+                    c.submitted.load(Ordering::Relaxed),
+                    p.settings().endpoint,
+                    p.settings().backlog_bytes
+                ));
+            }
+        }
+        self.update_counters(a);
+        if let Some(m) = &self.otlp_metrics {
+            m.shutdown();
+        }
+        if let Some(s) = self.server.lock().ok().and_then(|mut g| g.take()) {
+            s.stop();
+        }
+    }
+}

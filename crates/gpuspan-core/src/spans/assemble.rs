@@ -1,0 +1,756 @@
+//! The incremental span assembler: the agent's collector feeds it scope events and decoded
+//! records as they arrive and polls it; it hands back each step's and request's spans once
+//! that unit of work is complete.
+//!
+//! Units of work: a step scope (its GPU work, whatever stage scopes it contains), and a
+//! request's *direct* work (launched inside the request but outside any step, like the VAE
+//! decode). A unit is complete when its scope has ended and it has as many GPU records as
+//! it made launches. The launch count comes, exactly, with the scope's end event when the
+//! agent counts launches in its CUPTI API callbacks (`launches` of [`ScopeEvent::End`]; the
+//! request's direct work is its count minus its steps'). Without that count the assembler
+//! falls back to counting the launch / copy / set API records that have arrived
+//! ([`gpu_work_expected`]), after waiting `settle_ms` from the end so a periodic flush can
+//! deliver them; this can finish a step early when its API records sit in a buffer CUPTI
+//! has not delivered yet (records of a still-running kernel hold the whole buffer back),
+//! which the late-record counter then shows. Either way a unit is finalized `grace_ms`
+//! after its end with what arrived (a launch that failed, an unknown call), counted in
+//! [`AssemblerStats::units_timed_out`]. A request is complete when
+//! it has ended and all its units are. Records that arrive for a finalized unit are
+//! counted as late (they remain in the capture file, which is built separately).
+//!
+//! Time: records and scopes are in CUPTI ns (CLOCK_REALTIME on Linux, CUPTI-NOTES §2);
+//! spans are in Unix ns = CUPTI ns + [`SpanOptions::clock_offset_ns`], which the agent
+//! measures once (≈ 0 with real CUPTI; the simulated H100's virtual clock needs it).
+
+use super::context::{ContextProblem, TraceContext};
+use super::ids;
+use super::model::{AttrValue, Finalized, RequestTiming, SpanRecord, StepTiming};
+use crate::activity::{ActivityRecord, ApiDomain, GPUSPAN_EXTERNAL_KIND};
+use crate::classify::Classifier;
+use crate::join::ScopeTable;
+use crate::scope::{ScopeEvent, ScopeId, ScopeKind};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Does an API call with this callback id make exactly one GPU activity record (a kernel
+/// launch, a memcpy, a memset)? Driver ids from `cupti_driver_cbid.h`, runtime ids from
+/// `cupti_runtime_cbid.h` (12.9 and 13.5 agree). Graph launches are not listed: they make
+/// many records.
+pub fn gpu_work_expected(domain: ApiDomain, cbid: u32) -> bool {
+    match domain {
+        ApiDomain::Driver => DRIVER_GPU_WORK_CBIDS.contains(&cbid),
+        ApiDomain::Runtime => RUNTIME_GPU_WORK_CBIDS.contains(&cbid),
+    }
+}
+
+/// Driver API callback ids of calls that make one GPU activity record
+/// (`cupti_driver_cbid.h`): cuMemsetD8Async, cuMemsetD32Async, cuMemsetD8_v2,
+/// cuMemsetD32_v2, cuMemcpyHtoD_v2 … cuMemcpyDtoDAsync_v2, cuMemcpy, cuMemcpyAsync,
+/// cuLaunchKernel, cuLaunchKernelEx, cuLaunchKernelEx_ptsz.
+pub const DRIVER_GPU_WORK_CBIDS: [u32; 15] = [216, 220, 249, 251, 276, 277, 278, 279, 280, 281, 305, 306, 307, 652, 653];
+
+/// Runtime API callback ids of calls that make one GPU activity record
+/// (`cupti_runtime_cbid.h`): cudaMemcpy, cudaMemcpyAsync, cudaMemset, cudaMemsetAsync,
+/// cudaLaunchKernel(_ptsz), cudaMemcpyAsync_ptsz, cudaLaunchCooperativeKernel,
+/// cudaLaunchKernelExC(_ptsz).
+pub const RUNTIME_GPU_WORK_CBIDS: [u32; 10] = [31, 41, 49, 51, 211, 214, 225, 269, 430, 431];
+
+/// Settings of a [`SpanAssembler`].
+#[derive(Debug, Clone)]
+pub struct SpanOptions {
+    /// Most `cuda.kernel` spans per trace (`GPUSPAN_KERNEL_SPAN_BUDGET`, default 20 000);
+    /// beyond it stage spans stay exact and `gpuspan.kernel_spans_omitted` says how many
+    /// kernels have no span.
+    pub kernel_span_budget: u64,
+    /// Make `cuda.kernel` spans at all (fine mode).
+    pub kernel_spans: bool,
+    /// Unix ns − CUPTI ns.
+    pub clock_offset_ns: i64,
+    /// Seed of trace ids made for requests without a usable traceparent (pid and start time).
+    pub seed: u64,
+    /// Minimum wait after a unit's end is seen before it may complete, caller's ms.
+    pub settle_ms: u64,
+    /// Longest wait for a unit's missing GPU records after its end, caller's ms.
+    pub grace_ms: u64,
+    /// Most GPU records held for unfinished units; more are dropped and counted.
+    pub max_pending_gpu: usize,
+}
+
+impl Default for SpanOptions {
+    fn default() -> Self {
+        SpanOptions {
+            kernel_span_budget: 20_000,
+            kernel_spans: true,
+            clock_offset_ns: 0,
+            seed: 0,
+            settle_ms: 600,
+            grace_ms: 10_000,
+            max_pending_gpu: 4 << 20,
+        }
+    }
+}
+
+/// Counters of an assembler.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AssemblerStats {
+    /// Spans produced.
+    pub spans: u64,
+    /// Requests finalized.
+    pub requests: u64,
+    /// Steps finalized.
+    pub steps: u64,
+    /// GPU records outside any request (no spans for them).
+    pub gpu_outside_request: u64,
+    /// GPU records that arrived after their unit was finalized.
+    pub gpu_late: u64,
+    /// GPU records dropped because `max_pending_gpu` were held.
+    pub gpu_dropped: u64,
+    /// Units finalized by `grace_ms` with fewer GPU records than launches.
+    pub units_timed_out: u64,
+    /// Kernels without a `cuda.kernel` span because of the budget.
+    pub kernel_spans_omitted: u64,
+    /// Requests that named no traceparent.
+    pub context_missing: u64,
+    /// Requests whose traceparent did not parse.
+    pub context_malformed: u64,
+    /// Records and API calls that were never tied to a scope (no external correlation).
+    pub unattributed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GpuKind {
+    Kernel,
+    Memcpy,
+    Memset,
+}
+
+#[derive(Debug, Clone)]
+struct Gpu {
+    kind: GpuKind,
+    name: Arc<str>,
+    stage: Arc<str>,
+    start_ns: u64,
+    end_ns: u64,
+    device: u32,
+    stream: u32,
+    corr: u32,
+    grid: [i32; 3],
+    block: [i32; 3],
+    registers: u16,
+    shared_bytes: i64,
+    bytes: u64,
+}
+
+impl Gpu {
+    /// A memcpy / memset: `(start_ns, end_ns, device, stream, correlation id, bytes)`; its
+    /// stage is `memcpy` / `memset`.
+    fn copy(kind: GpuKind, name: Arc<str>, (start_ns, end_ns, device, stream, corr, bytes): (u64, u64, u32, u32, u32, u64)) -> Gpu {
+        Gpu {
+            kind,
+            name,
+            stage: Arc::from(if kind == GpuKind::Memset { "memset" } else { "memcpy" }),
+            start_ns,
+            end_ns: end_ns.max(start_ns),
+            device,
+            stream,
+            corr,
+            grid: [0; 3],
+            block: [0; 3],
+            registers: 0,
+            shared_bytes: 0,
+            bytes,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Pending {
+    Gpu(Gpu),
+    Api { domain: ApiDomain, corr: u32 },
+}
+
+#[derive(Debug, Default)]
+struct Unit {
+    request: ScopeId,
+    /// Exact launches of the unit, once its end (and, for a request's own work, its
+    /// steps' ends) reported them.
+    launches: Option<u32>,
+    expected_driver: u32,
+    expected_runtime: u32,
+    received: u32,
+    gpu: Vec<Gpu>,
+    end_seen_ms: Option<u64>,
+}
+
+impl Unit {
+    fn expected(&self) -> u32 {
+        if self.expected_runtime > 0 {
+            self.expected_runtime
+        } else {
+            self.expected_driver
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Request {
+    ctx: TraceContext,
+    span_id: [u8; 8],
+    trace_state: Arc<str>,
+    model: Arc<str>,
+    frames: Option<u64>,
+    attrs: Vec<(String, String)>,
+    context_problem: Option<ContextProblem>,
+    open_units: u32,
+    ended: bool,
+    kernel_count: u64,
+    activity_count: u64,
+    busy_ns: u64,
+    first_ns: Option<u64>,
+    last_ns: Option<u64>,
+    steps: u64,
+    vae: Option<(u64, u64)>,
+    kernel_spans: u64,
+    omitted: u64,
+    /// Launches of its steps, summed from their end events; `None` once a step's count was
+    /// unknown.
+    step_launches: Option<u64>,
+}
+
+/// Builds spans incrementally. Not thread-safe by design: the collector thread owns it.
+#[derive(Debug)]
+pub struct SpanAssembler {
+    opts: SpanOptions,
+    corr_scope: HashMap<u32, ScopeId>,
+    waiting: Vec<(u64, Pending)>,
+    units: HashMap<ScopeId, Unit>,
+    requests: HashMap<ScopeId, Request>,
+    held_gpu: usize,
+    generation: u64,
+    problems: Vec<ContextProblem>,
+    stage_names: HashMap<&'static str, Arc<str>>,
+    /// Counters.
+    pub stats: AssemblerStats,
+}
+
+/// Polls a record waits for its external correlation record before it counts as
+/// unattributed (the agent polls every 100 ms and flushes every 500 ms: 2 s covers several
+/// flushes, since API and GPU records may come in different buffers).
+const WAIT_GENERATIONS: u64 = 20;
+
+fn attr_str(k: &'static str, v: impl Into<Arc<str>>) -> (Cow<'static, str>, AttrValue) {
+    (Cow::Borrowed(k), AttrValue::Str(v.into()))
+}
+
+fn attr_int(k: &'static str, v: i64) -> (Cow<'static, str>, AttrValue) {
+    (Cow::Borrowed(k), AttrValue::Int(v))
+}
+
+impl SpanAssembler {
+    /// An empty assembler.
+    pub fn new(opts: SpanOptions) -> SpanAssembler {
+        SpanAssembler {
+            opts,
+            corr_scope: HashMap::new(),
+            waiting: Vec::new(),
+            units: HashMap::new(),
+            requests: HashMap::new(),
+            held_gpu: 0,
+            generation: 0,
+            problems: Vec::new(),
+            stage_names: HashMap::new(),
+            stats: AssemblerStats::default(),
+        }
+    }
+
+    /// Options in use.
+    pub fn options(&self) -> &SpanOptions {
+        &self.opts
+    }
+
+    /// Trace-context problems seen since the last call (for a rate-limited warning).
+    pub fn take_context_problems(&mut self) -> Vec<ContextProblem> {
+        std::mem::take(&mut self.problems)
+    }
+
+    /// Requests and units not finalized yet.
+    pub fn open_counts(&self) -> (usize, usize) {
+        (self.requests.len(), self.units.len())
+    }
+
+    /// Observes a scope event, after it was applied to `scopes`.
+    pub fn observe_scope(&mut self, ev: &ScopeEvent, scopes: &ScopeTable) {
+        match ev {
+            ScopeEvent::Begin { id, .. } => {
+                let Some(s) = scopes.get(*id) else { return };
+                match &s.kind {
+                    ScopeKind::Request { traceparent, attrs } => {
+                        let (ctx, problem) =
+                            TraceContext::for_request(traceparent.as_deref(), attrs, self.opts.seed, *id);
+                        match &problem {
+                            Some(ContextProblem::Missing) => self.stats.context_missing += 1,
+                            Some(ContextProblem::Malformed(_)) => self.stats.context_malformed += 1,
+                            None => {}
+                        }
+                        if let Some(p) = &problem {
+                            if self.problems.len() < 16 {
+                                self.problems.push(p.clone());
+                            }
+                        }
+                        let span_id = ids::span_id(
+                            &ctx.trace_id,
+                            &[b"gpu.request", &id.to_be_bytes(), &s.begin_ns.to_be_bytes()],
+                        );
+                        // Ordinary attribute values arrive percent-encoded (the APIs escape
+                        // spaces and `%`); tracestate and baggage are headers, kept as is.
+                        let attrs: Vec<(String, String)> = attrs
+                            .iter()
+                            .filter(|(k, _)| k != "tracestate" && k != "baggage")
+                            .map(|(k, v)| (super::context::percent_decode(k), super::context::percent_decode(v)))
+                            .collect();
+                        let get = |k: &str| attrs.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
+                        self.requests.insert(
+                            *id,
+                            Request {
+                                span_id,
+                                trace_state: Arc::from(ctx.trace_state.as_str()),
+                                ctx,
+                                model: Arc::from(get("model").unwrap_or_else(|| "unknown".into()).as_str()),
+                                frames: get("frames").and_then(|f| f.parse().ok()),
+                                attrs: attrs.clone(),
+                                context_problem: problem,
+                                open_units: 1,
+                                ended: false,
+                                kernel_count: 0,
+                                activity_count: 0,
+                                busy_ns: 0,
+                                first_ns: None,
+                                last_ns: None,
+                                steps: 0,
+                                vae: None,
+                                kernel_spans: 0,
+                                omitted: 0,
+                                step_launches: Some(0),
+                            },
+                        );
+                        self.units.insert(*id, Unit { request: *id, ..Default::default() });
+                    }
+                    ScopeKind::Step { .. } => {
+                        let Some(rid) = s.attribution.request else { return };
+                        if let Some(r) = self.requests.get_mut(&rid) {
+                            r.open_units += 1;
+                            self.units.insert(*id, Unit { request: rid, ..Default::default() });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            ScopeEvent::End { id, launches, .. } => {
+                if let Some(r) = self.requests.get_mut(id) {
+                    r.ended = true;
+                    let direct = match (launches, r.step_launches) {
+                        (Some(total), Some(steps)) => Some((*total as u64).saturating_sub(steps) as u32),
+                        _ => None,
+                    };
+                    if let Some(u) = self.units.get_mut(id) {
+                        u.launches = direct;
+                    }
+                } else if let Some(u) = self.units.get_mut(id) {
+                    u.launches = *launches;
+                    let rid = u.request;
+                    if let Some(r) = self.requests.get_mut(&rid) {
+                        r.step_launches = match (r.step_launches, launches) {
+                            (Some(a), Some(b)) => Some(a + *b as u64),
+                            _ => None,
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Observes one decoded record. Kernels are classified here (scope stage first, then
+    /// the cached name rules).
+    pub fn observe_record(&mut self, rec: &ActivityRecord, scopes: &ScopeTable, classifier: &mut Classifier) {
+        let pending = match rec {
+            ActivityRecord::ExternalCorrelation(e) => {
+                if e.external_kind == GPUSPAN_EXTERNAL_KIND {
+                    self.corr_scope.insert(e.correlation_id, e.external_id);
+                }
+                return;
+            }
+            ActivityRecord::Api(a) => {
+                if !gpu_work_expected(a.domain, a.cbid) {
+                    return;
+                }
+                Pending::Api { domain: a.domain, corr: a.correlation_id }
+            }
+            ActivityRecord::Kernel(k) => {
+                if k.end_ns == 0 || k.end_ns < k.start_ns {
+                    return;
+                }
+                // The name's class; a stage scope overrides it once the kernel is placed
+                // (its external correlation record may not have arrived yet).
+                Pending::Gpu(Gpu {
+                    kind: GpuKind::Kernel,
+                    stage: classifier.class_of(&k.name),
+                    name: k.name.clone(),
+                    start_ns: k.start_ns,
+                    end_ns: k.end_ns,
+                    device: k.device_id,
+                    stream: k.stream_id,
+                    corr: k.correlation_id,
+                    grid: k.grid,
+                    block: k.block,
+                    registers: k.registers_per_thread,
+                    shared_bytes: k.static_shared_memory_bytes as i64 + k.dynamic_shared_memory_bytes as i64,
+                    bytes: 0,
+                })
+            }
+            ActivityRecord::Memcpy(m) => Pending::Gpu(Gpu::copy(
+                GpuKind::Memcpy,
+                Arc::from(m.kind.kineto_name()),
+                (m.start_ns, m.end_ns, m.device_id, m.stream_id, m.correlation_id, m.bytes),
+            )),
+            ActivityRecord::Memset(m) => Pending::Gpu(Gpu::copy(
+                GpuKind::Memset,
+                Arc::from("Memset"),
+                (m.start_ns, m.end_ns, m.device_id, m.stream_id, m.correlation_id, m.bytes),
+            )),
+            _ => return,
+        };
+        if let Err(p) = self.place(pending, scopes) {
+            self.waiting.push((self.generation, p));
+        }
+    }
+
+    /// Puts a record into its unit; gives it back when its external correlation is unknown.
+    fn place(&mut self, p: Pending, scopes: &ScopeTable) -> Result<(), Pending> {
+        let corr = match &p {
+            Pending::Gpu(g) => g.corr,
+            Pending::Api { corr, .. } => *corr,
+        };
+        let Some(scope) = self.corr_scope.get(&corr).and_then(|id| scopes.get(*id)) else {
+            return Err(p);
+        };
+        let Some(request) = scope.attribution.request else {
+            if matches!(p, Pending::Gpu(_)) {
+                self.stats.gpu_outside_request += 1;
+            }
+            return Ok(());
+        };
+        let key = scope.attribution.step.filter(|s| self.units.contains_key(s)).unwrap_or(request);
+        let Some(unit) = self.units.get_mut(&key) else {
+            if matches!(p, Pending::Gpu(_)) {
+                if self.requests.contains_key(&request) || scopes.get(request).is_some() {
+                    self.stats.gpu_late += 1;
+                } else {
+                    self.stats.gpu_outside_request += 1;
+                }
+            }
+            return Ok(());
+        };
+        match p {
+            Pending::Api { domain: ApiDomain::Driver, .. } => unit.expected_driver += 1,
+            Pending::Api { domain: ApiDomain::Runtime, .. } => unit.expected_runtime += 1,
+            Pending::Gpu(mut g) => {
+                unit.received += 1;
+                if let (GpuKind::Kernel, Some(stage)) = (g.kind, scope.attribution.stage) {
+                    g.stage = self
+                        .stage_names
+                        .entry(stage)
+                        .or_insert_with(|| Arc::from(stage))
+                        .clone();
+                }
+                if self.held_gpu >= self.opts.max_pending_gpu {
+                    self.stats.gpu_dropped += 1;
+                } else {
+                    self.held_gpu += 1;
+                    unit.gpu.push(g);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Finalizes what is complete. `now_ms` is the caller's monotonic clock; `force`
+    /// finalizes everything (exit, after the last forced flush).
+    pub fn poll(&mut self, scopes: &ScopeTable, now_ms: u64, force: bool) -> Finalized {
+        self.generation += 1;
+        let waiting = std::mem::take(&mut self.waiting);
+        for (gen, p) in waiting {
+            if let Err(p) = self.place(p, scopes) {
+                if force || self.generation.saturating_sub(gen) > WAIT_GENERATIONS {
+                    self.stats.unattributed += 1;
+                } else {
+                    self.waiting.push((gen, p));
+                }
+            }
+        }
+
+        let mut ready: Vec<ScopeId> = Vec::new();
+        for (id, u) in self.units.iter_mut() {
+            let ended = scopes.get(*id).and_then(|s| s.end_ns).is_some();
+            if !(ended || force) {
+                continue;
+            }
+            let seen = *u.end_seen_ms.get_or_insert(now_ms);
+            let waited = now_ms.saturating_sub(seen);
+            let complete = match u.launches {
+                Some(n) => u.received >= n,
+                None => waited >= self.opts.settle_ms && u.received >= u.expected(),
+            };
+            if force || complete {
+                ready.push(*id);
+            } else if waited >= self.opts.grace_ms {
+                self.stats.units_timed_out += 1;
+                ready.push(*id);
+            }
+        }
+        // Steps in scope order so spans and timings come out in step order.
+        ready.sort_unstable();
+        let mut out = Finalized::default();
+        for id in ready {
+            if let Some(u) = self.units.remove(&id) {
+                self.finalize_unit(id, u, scopes, &mut out);
+            }
+        }
+        let done: Vec<ScopeId> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| (r.ended || force) && r.open_units == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            if let Some(r) = self.requests.remove(&id) {
+                self.finalize_request(id, r, scopes, &mut out);
+            }
+        }
+        self.stats.spans += out.spans.len() as u64;
+        out
+    }
+
+    fn unix(&self, cupti_ns: u64) -> u64 {
+        (cupti_ns as i128 + self.opts.clock_offset_ns as i128).max(0) as u64
+    }
+
+    fn finalize_unit(&mut self, id: ScopeId, unit: Unit, scopes: &ScopeTable, out: &mut Finalized) {
+        self.held_gpu -= unit.gpu.len();
+        let rid = unit.request;
+        let Some(scope) = scopes.get(id) else { return };
+        let opts = self.opts.clone();
+        let Some(req) = self.requests.get_mut(&rid) else { return };
+        req.open_units = req.open_units.saturating_sub(1);
+        let is_step = id != rid;
+        let emit = req.ctx.sampled;
+
+        // Per-stage aggregates, in stage-name order.
+        struct Agg<'a> {
+            first: u64,
+            last: u64,
+            busy: u64,
+            kernels: u64,
+            activities: Vec<&'a Gpu>,
+        }
+        let mut stages: BTreeMap<Arc<str>, Agg> = BTreeMap::new();
+        for g in &unit.gpu {
+            let a = stages.entry(g.stage.clone()).or_insert(Agg {
+                first: u64::MAX,
+                last: 0,
+                busy: 0,
+                kernels: 0,
+                activities: Vec::new(),
+            });
+            a.first = a.first.min(g.start_ns);
+            a.last = a.last.max(g.end_ns);
+            a.busy += g.end_ns - g.start_ns;
+            a.kernels += (g.kind == GpuKind::Kernel) as u64;
+            a.activities.push(g);
+        }
+        let first = unit.gpu.iter().map(|g| g.start_ns).min();
+        let last = unit.gpu.iter().map(|g| g.end_ns).max();
+        let busy: u64 = unit.gpu.iter().map(|g| g.end_ns - g.start_ns).sum();
+        let kernels = unit.gpu.iter().filter(|g| g.kind == GpuKind::Kernel).count() as u64;
+        req.kernel_count += kernels;
+        req.activity_count += unit.gpu.len() as u64;
+        req.busy_ns += busy;
+        if let (Some(f), Some(l)) = (first, last) {
+            req.first_ns = Some(req.first_ns.map_or(f, |x| x.min(f)));
+            req.last_ns = Some(req.last_ns.map_or(l, |x| x.max(l)));
+        }
+        if let Some(v) = stages.get("vae.decode") {
+            req.vae = Some(match req.vae {
+                Some((f, l)) => (f.min(v.first), l.max(v.last)),
+                None => (v.first, v.last),
+            });
+        }
+
+        let trace_id = req.ctx.trace_id;
+        let (parent_id, parent_start, parent_end) = if is_step {
+            let begin = scope.begin_ns;
+            let end = scope.end_ns.unwrap_or(begin);
+            let sid = ids::span_id(&req.span_id, &[b"dit.step", &id.to_be_bytes()]);
+            (sid, first.unwrap_or(begin), last.unwrap_or(end))
+        } else {
+            (req.span_id, 0, 0)
+        };
+        let mk = |span_id, parent, name: Arc<str>, start: u64, end: u64, attributes| SpanRecord {
+            trace_id,
+            span_id,
+            parent_span_id: Some(parent),
+            parent_is_remote: false,
+            name,
+            start_unix_ns: (start as i128 + opts.clock_offset_ns as i128).max(0) as u64,
+            end_unix_ns: (end.max(start) as i128 + opts.clock_offset_ns as i128).max(0) as u64,
+            attributes,
+            trace_state: req.trace_state.clone(),
+            sampled: true,
+        };
+
+        let mut stage_busy = Vec::new();
+        let mut omitted_total = 0u64;
+        for (stage, agg) in &stages {
+            stage_busy.push((stage.clone(), agg.busy));
+            let stage_id = ids::span_id(&parent_id, &[b"stage", stage.as_bytes()]);
+            let mut omitted = 0u64;
+            if emit && opts.kernel_spans {
+                for g in agg.activities.iter().filter(|g| g.kind == GpuKind::Kernel) {
+                    if req.kernel_spans >= opts.kernel_span_budget {
+                        omitted += 1;
+                        continue;
+                    }
+                    req.kernel_spans += 1;
+                    let kid = ids::span_id(&stage_id, &[b"cuda.kernel", &g.corr.to_be_bytes(), &g.start_ns.to_be_bytes()]);
+                    let attributes = vec![
+                        attr_str("cuda.kernel.name", g.name.clone()),
+                        (Cow::Borrowed("cuda.kernel.grid"), AttrValue::IntArray(g.grid.iter().map(|&v| v as i64).collect())),
+                        (Cow::Borrowed("cuda.kernel.block"), AttrValue::IntArray(g.block.iter().map(|&v| v as i64).collect())),
+                        attr_int("cuda.kernel.registers", g.registers as i64),
+                        attr_int("cuda.kernel.shared_memory_bytes", g.shared_bytes),
+                        attr_int("gpu.stream.id", g.stream as i64),
+                        attr_int("gpu.device.id", g.device as i64),
+                        attr_int("cuda.correlation_id", g.corr as i64),
+                        attr_str("gpuspan.stage", g.stage.clone()),
+                    ];
+                    out.spans.push(mk(kid, stage_id, Arc::from("cuda.kernel"), g.start_ns, g.end_ns, attributes));
+                }
+            }
+            req.omitted += omitted;
+            omitted_total += omitted;
+            if emit {
+                let mut attributes = vec![
+                    attr_int("gpuspan.kernel_count", agg.activities.len() as i64),
+                    attr_int("gpuspan.gpu_busy_ns", agg.busy as i64),
+                    attr_str("gpuspan.stage", stage.clone()),
+                ];
+                if agg.kernels as usize != agg.activities.len() {
+                    let bytes: u64 = agg.activities.iter().map(|g| g.bytes).sum();
+                    attributes.push(attr_int("gpuspan.bytes", bytes as i64));
+                }
+                if omitted > 0 {
+                    attributes.push(attr_int("gpuspan.kernel_spans_omitted", omitted as i64));
+                }
+                out.spans.push(mk(stage_id, parent_id, stage.clone(), agg.first, agg.last, attributes));
+            }
+        }
+
+        let steps_done = is_step as u64;
+        if is_step {
+            req.steps += 1;
+            let (index, count) = match &scope.kind {
+                ScopeKind::Step { index, count } => (*index, *count),
+                _ => (0, None),
+            };
+            let dur = parent_end.saturating_sub(parent_start);
+            out.steps.push(StepTiming {
+                model: req.model.clone(),
+                trace_id,
+                index,
+                dur_ns: dur,
+                stage_busy_ns: stage_busy,
+            });
+            if emit {
+                let mut attributes = vec![
+                    attr_int("gpuspan.step.index", index as i64),
+                    attr_int("gpuspan.kernel_count", kernels as i64),
+                    attr_int("gpuspan.gpu_busy_ns", busy as i64),
+                    attr_str("gpuspan.scope", scope.name.as_str()),
+                ];
+                if let Some(n) = count {
+                    attributes.push(attr_int("gpuspan.step.count", n as i64));
+                }
+                if first.is_none() {
+                    attributes.push(attr_str("gpuspan.timing", "cpu_scope"));
+                }
+                let req_span = req.span_id;
+                let mut s = mk(parent_id, req_span, Arc::from("dit.step"), parent_start, parent_end, attributes);
+                s.parent_span_id = Some(req_span);
+                out.spans.push(s);
+            }
+        }
+        self.stats.steps += steps_done;
+        self.stats.kernel_spans_omitted += omitted_total;
+    }
+
+    fn finalize_request(&mut self, id: ScopeId, r: Request, scopes: &ScopeTable, out: &mut Finalized) {
+        self.stats.requests += 1;
+        let scope = scopes.get(id);
+        let begin = scope.map(|s| s.begin_ns).unwrap_or(0);
+        let end = scope.and_then(|s| s.end_ns).unwrap_or(begin);
+        let (start, stop) = match (r.first_ns, r.last_ns) {
+            (Some(f), Some(l)) => (f, l),
+            _ => (begin, end),
+        };
+        out.requests.push(RequestTiming {
+            model: r.model.clone(),
+            trace_id: r.ctx.trace_id,
+            dur_ns: stop.saturating_sub(start),
+            vae_decode_ns: r.vae.map(|(f, l)| l.saturating_sub(f)),
+            frames: r.frames,
+            kernel_count: r.kernel_count,
+        });
+        if !r.ctx.sampled {
+            return;
+        }
+        let mut attributes = vec![
+            attr_int("gpuspan.kernel_count", r.kernel_count as i64),
+            attr_int("gpuspan.activity_count", r.activity_count as i64),
+            attr_int("gpuspan.gpu_busy_ns", r.busy_ns as i64),
+            attr_int("gpuspan.step_count", r.steps as i64),
+            attr_str("gpuspan.model", r.model.clone()),
+            attr_str(
+                "gpuspan.trace_context",
+                match &r.context_problem {
+                    None => "traceparent",
+                    Some(ContextProblem::Missing) => "missing",
+                    Some(ContextProblem::Malformed(_)) => "malformed",
+                },
+            ),
+        ];
+        if r.first_ns.is_none() {
+            attributes.push(attr_str("gpuspan.timing", "cpu_scope"));
+        }
+        if r.omitted > 0 {
+            attributes.push(attr_int("gpuspan.kernel_spans_omitted", r.omitted as i64));
+        }
+        for (k, v) in &r.attrs {
+            attributes.push((Cow::Owned(format!("gpuspan.request.{k}")), AttrValue::Str(Arc::from(v.as_str()))));
+        }
+        for (k, v) in &r.ctx.baggage {
+            attributes.push((Cow::Owned(format!("gpuspan.baggage.{k}")), AttrValue::Str(Arc::from(v.as_str()))));
+        }
+        out.spans.push(SpanRecord {
+            trace_id: r.ctx.trace_id,
+            span_id: r.span_id,
+            parent_span_id: r.ctx.parent_span_id,
+            parent_is_remote: r.ctx.parent_span_id.is_some(),
+            name: Arc::from("gpu.request"),
+            start_unix_ns: self.unix(start),
+            end_unix_ns: self.unix(stop.max(start)),
+            attributes,
+            trace_state: r.trace_state.clone(),
+            sampled: true,
+        });
+    }
+}

@@ -1,0 +1,341 @@
+//! Span assembly on a small synthetic request: 2 steps × (attention.spatial, ffn) + a VAE
+//! decode, with records arriving out of order and across polls.
+
+use super::*;
+use crate::activity::*;
+use crate::classify::{Classifier, StageRules};
+use crate::join::ScopeTable;
+use crate::scope::ScopeEvent;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+use crate::test_records::{begin, ext, kernel};
+
+fn launch(corr: u32) -> ActivityRecord {
+    ActivityRecord::Api(ApiRecord {
+        domain: ApiDomain::Driver,
+        cbid: 307,
+        start_ns: 0,
+        end_ns: 0,
+        process_id: 1,
+        thread_id: 11,
+        correlation_id: corr,
+        return_value: 0,
+    })
+}
+
+struct Fixture {
+    scopes: ScopeTable,
+    asm: SpanAssembler,
+    cls: Classifier,
+}
+
+impl Fixture {
+    fn new(opts: SpanOptions) -> Fixture {
+        Fixture { scopes: ScopeTable::new(), asm: SpanAssembler::new(opts), cls: Classifier::new(StageRules::builtin()) }
+    }
+    fn scope(&mut self, ev: ScopeEvent) {
+        self.scopes.apply(&ev);
+        self.asm.observe_scope(&ev, &self.scopes);
+    }
+    fn rec(&mut self, r: ActivityRecord) {
+        self.asm.observe_record(&r, &self.scopes, &mut self.cls);
+    }
+    fn poll(&mut self, now_ms: u64) -> Finalized {
+        self.asm.poll(&self.scopes, now_ms, false)
+    }
+}
+
+/// Scope ids: 1 request, 2/5 steps, 3/6 attention.spatial, 4/7 ffn, 8 vae.decode.
+/// Kernel k (corr k) of step s runs [1000*k, 1000*k + 400 + k].
+fn run_request(f: &mut Fixture, tp: &str) -> Vec<(u32, u64, u64)> {
+    run_request_with(f, tp, false, true)
+}
+
+/// [`run_request`] with the launch counts on the end events (`counted`, as the agent's
+/// CUPTI callbacks report them) and with or without the API records delivered.
+fn run_request_with(f: &mut Fixture, tp: &str, counted: bool, api_records: bool) -> Vec<(u32, u64, u64)> {
+    let n_of = |c: u32| counted.then_some(c);
+    let mut kernels = Vec::new();
+    let mut corr = 1u32;
+    f.scope(begin(1, 0, 10, &format!("gpuspan.request {tp} model=stdit frames=48")));
+    for (step, attn, ffn) in [(2u64, 3u64, 4u64), (5, 6, 7)] {
+        f.scope(begin(step, 1, 100 * step, &format!("dit.step {}/2", step / 3)));
+        for (scope, name, n) in [(attn, "flash_fwd_kernel", 2), (ffn, "sm90_xmma_gemm_bf16", 3)] {
+            f.scope(begin(scope, step, 100 * step + 1, if scope == attn { "attention.spatial" } else { "ffn" }));
+            for _ in 0..n {
+                let (s, e) = (1000 * corr as u64, 1000 * corr as u64 + 400 + corr as u64);
+                kernels.push((corr, s, e));
+                // GPU records of the second step arrive before their external correlation
+                // and API records (another buffer delivered first).
+                if step == 5 {
+                    f.rec(kernel(name, corr, s, e));
+                }
+                f.rec(ext(corr, scope));
+                if api_records {
+                    f.rec(launch(corr));
+                }
+                corr += 1;
+            }
+            f.scope(ScopeEvent::End { id: scope, ts_ns: 100 * step + 50, launches: n_of(n) });
+        }
+        f.scope(ScopeEvent::End { id: step, ts_ns: 100 * step + 60, launches: n_of(5) });
+    }
+    f.scope(begin(8, 1, 900, "vae.decode"));
+    f.rec(ext(corr, 8));
+    if api_records {
+        f.rec(launch(corr));
+    }
+    kernels.push((corr, 1000 * corr as u64, 1000 * corr as u64 + 5000));
+    f.scope(ScopeEvent::End { id: 8, ts_ns: 950, launches: n_of(1) });
+    f.scope(ScopeEvent::End { id: 1, ts_ns: 990, launches: n_of(11) });
+    kernels
+}
+
+/// Delivers the kernels [`run_request`] left undelivered (step 1's and the VAE's).
+fn deliver_rest(f: &mut Fixture, ks: &[(u32, u64, u64)], name: &str) {
+    for &(c, s, e) in ks[..5].iter().chain(&ks[10..]) {
+        f.rec(kernel(name, c, s, e));
+    }
+}
+
+fn by_id(spans: &[SpanRecord]) -> HashMap<[u8; 8], &SpanRecord> {
+    spans.iter().map(|s| (s.span_id, s)).collect()
+}
+
+fn int(s: &SpanRecord, k: &str) -> i64 {
+    match s.attr(k) {
+        Some(AttrValue::Int(v)) => *v,
+        other => panic!("{k} on {}: {other:?}", s.name),
+    }
+}
+
+#[test]
+fn tree_times_aggregates_and_completeness() {
+    let mut f = Fixture::new(SpanOptions { clock_offset_ns: 1_000_000, ..Default::default() });
+    let kernels = run_request(&mut f, TP);
+    // Step 1's kernels (corr 1..=5) and the VAE kernel (corr 11) have not arrived: only
+    // step 2 (scope 5) may complete, and only after settle_ms.
+    assert!(f.poll(0).is_empty());
+    assert!(f.poll(599).is_empty());
+    let out = f.poll(600);
+    assert_eq!(out.steps.len(), 1);
+    assert_eq!(out.steps[0].index, 1);
+    assert!(out.requests.is_empty());
+
+    for &(corr, s, e) in &kernels[..5] {
+        let name = if corr <= 2 { "flash_fwd_kernel" } else { "sm90_xmma_gemm_bf16" };
+        f.rec(kernel(name, corr, s, e));
+    }
+    let out2 = f.poll(700);
+    assert_eq!(out2.steps.len(), 1, "step 1 completes once its 5 kernels are in");
+    assert!(out2.requests.is_empty(), "the VAE kernel is still missing");
+    let (c, s, e) = kernels[10];
+    f.rec(kernel("conv3d_fprop_implicit_gemm", c, s, e));
+    let out3 = f.poll(800);
+    assert_eq!(out3.requests.len(), 1);
+
+    let mut all = Finalized::default();
+    all.extend(out);
+    all.extend(out2);
+    all.extend(out3);
+    let spans = &all.spans;
+    let ids = by_id(spans);
+    assert_eq!(ids.len(), spans.len(), "span ids are unique");
+
+    // Exactly one root-in-this-process: gpu.request, child of the worker's span.
+    let req: Vec<&SpanRecord> = spans.iter().filter(|s| &*s.name == "gpu.request").collect();
+    assert_eq!(req.len(), 1);
+    let req = req[0];
+    assert_eq!(context::format_traceparent(&req.trace_id, &req.parent_span_id.unwrap(), true), TP);
+    assert!(req.parent_is_remote);
+    // Every other span's parent is in the set (no orphan), and all share the trace id.
+    for s in spans {
+        assert_eq!(s.trace_id, req.trace_id);
+        if s.span_id != req.span_id {
+            let p = ids.get(&s.parent_span_id.unwrap()).unwrap_or_else(|| panic!("orphan {}", s.name));
+            let expected_parent = match &*s.name {
+                "dit.step" => "gpu.request",
+                "cuda.kernel" => "stage",
+                "vae.decode" => "gpu.request",
+                _ => "dit.step",
+            };
+            if expected_parent == "stage" {
+                assert!(!matches!(&*p.name, "gpu.request" | "dit.step" | "cuda.kernel"));
+            } else {
+                assert_eq!(&*p.name, expected_parent, "parent of {}", s.name);
+            }
+            assert!(s.start_unix_ns >= p.start_unix_ns && s.end_unix_ns <= p.end_unix_ns, "{} inside {}", s.name, p.name);
+        }
+    }
+    let kernel_spans: Vec<&SpanRecord> = spans.iter().filter(|s| &*s.name == "cuda.kernel").collect();
+    assert_eq!(kernel_spans.len(), kernels.len());
+    let corrs: HashSet<i64> = kernel_spans.iter().map(|s| int(s, "cuda.correlation_id")).collect();
+    assert_eq!(corrs.len(), kernels.len());
+    let k1 = kernel_spans.iter().find(|s| int(s, "cuda.correlation_id") == 1).unwrap();
+    assert_eq!(k1.start_unix_ns, 1000 + 1_000_000);
+    assert_eq!(k1.end_unix_ns, 1401 + 1_000_000);
+    assert_eq!(k1.attr("cuda.kernel.grid"), Some(&AttrValue::IntArray(vec![4, 2, 1])));
+    assert_eq!(int(k1, "cuda.kernel.shared_memory_bytes"), 1024);
+
+    // Stage spans: one per (step, stage); busy = sum of their kernels' durations.
+    let ffn: Vec<&SpanRecord> = spans.iter().filter(|s| &*s.name == "ffn").collect();
+    assert_eq!(ffn.len(), 2, "the scope decides the stage even when the kernel came first");
+    assert_eq!(spans.iter().filter(|s| &*s.name == "attention.spatial").count(), 2);
+    assert!(!spans.iter().any(|s| &*s.name == "gemm" || &*s.name == "attention"));
+    let step1_ffn: i64 = kernels[2..5].iter().map(|(_, s, e)| (e - s) as i64).sum();
+    assert!(ffn.iter().any(|s| int(s, "gpuspan.gpu_busy_ns") == step1_ffn && int(s, "gpuspan.kernel_count") == 3));
+    let vae = spans.iter().find(|s| &*s.name == "vae.decode").unwrap();
+    assert_eq!(int(vae, "gpuspan.gpu_busy_ns"), 5000);
+    assert_eq!(vae.parent_span_id, Some(req.span_id));
+    // Request: GPU start of the first kernel to GPU end of the last.
+    assert_eq!(req.start_unix_ns, 1000 + 1_000_000);
+    assert_eq!(req.end_unix_ns, kernels[10].2 + 1_000_000);
+    assert_eq!(int(req, "gpuspan.kernel_count"), 11);
+    assert_eq!(int(req, "gpuspan.step_count"), 2);
+    assert_eq!(req.attr("gpuspan.request.model"), Some(&AttrValue::Str(Arc::from("stdit"))));
+
+    // Timings for the metrics.
+    let r = &all.requests[0];
+    assert_eq!(r.frames, Some(48));
+    assert_eq!(r.vae_decode_ns, Some(5000));
+    assert_eq!(r.kernel_count, 11);
+    let step1 = all.steps.iter().find(|s| s.index == 0).unwrap();
+    assert_eq!(step1.dur_ns, kernels[4].2 - kernels[0].1);
+    assert!(step1.stage_busy_ns.iter().any(|(st, b)| &**st == "ffn" && *b as i64 == step1_ffn));
+    assert_eq!(f.asm.open_counts(), (0, 0));
+}
+
+#[test]
+fn launch_counts_finish_steps_exactly_even_before_api_records_arrive() {
+    // The API records sit in an undelivered buffer (a kernel of theirs is still running):
+    // without counts, step 1 (none of whose records arrived) would look complete after
+    // settle_ms; with the counts from the end events it waits for its 5 kernels.
+    let mut f = Fixture::new(SpanOptions::default());
+    let ks = run_request_with(&mut f, TP, true, false);
+    let out = f.poll(0);
+    assert_eq!(out.steps.iter().map(|s| s.index).collect::<Vec<_>>(), [1], "step 2 is complete, no settle wait");
+    assert!(f.poll(5_000).is_empty(), "step 1 and the VAE wait for their kernels");
+    for &(c, s, e) in &ks[..5] {
+        f.rec(kernel("k", c, s, e));
+    }
+    assert_eq!(f.poll(5_001).steps.len(), 1);
+    assert!(f.poll(5_002).requests.is_empty(), "the request's own launch (the VAE) is missing");
+    let (c, s, e) = ks[10];
+    f.rec(kernel("k", c, s, e));
+    let last = f.poll(5_003);
+    assert_eq!(last.requests.len(), 1);
+    assert_eq!(last.requests[0].kernel_count, 11);
+    assert_eq!(f.asm.stats.units_timed_out, 0);
+    assert_eq!(f.asm.stats.gpu_late, 0);
+
+    // The fallback without counts finishes step 1 early and counts its kernels as late.
+    let mut g = Fixture::new(SpanOptions::default());
+    let ks = run_request_with(&mut g, TP, false, false);
+    g.poll(0);
+    let early = g.poll(600);
+    assert!(early.steps.iter().any(|s| s.index == 0), "finished without its kernels");
+    for &(c, s, e) in &ks[..5] {
+        g.rec(kernel("k", c, s, e));
+    }
+    g.poll(700);
+    assert_eq!(g.asm.stats.gpu_late, 5);
+}
+
+#[test]
+fn same_scopes_give_the_same_span_ids() {
+    let run = || {
+        let mut f = Fixture::new(SpanOptions::default());
+        let ks = run_request(&mut f, TP);
+        deliver_rest(&mut f, &ks, "k");
+        let mut v: Vec<[u8; 8]> = f.asm.poll(&f.scopes, 1_000, true).spans.iter().map(|s| s.span_id).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn budget_keeps_stage_spans_exact() {
+    let mut f = Fixture::new(SpanOptions { kernel_span_budget: 4, ..Default::default() });
+    let ks = run_request(&mut f, TP);
+    deliver_rest(&mut f, &ks, "sm90_xmma_gemm_bf16");
+    let out = f.asm.poll(&f.scopes, 0, true);
+    let kernel_spans = out.spans.iter().filter(|s| &*s.name == "cuda.kernel").count();
+    assert_eq!(kernel_spans, 4);
+    let req = out.spans.iter().find(|s| &*s.name == "gpu.request").unwrap();
+    assert_eq!(int(req, "gpuspan.kernel_spans_omitted"), ks.len() as i64 - 4);
+    let stage_total: i64 = out
+        .spans
+        .iter()
+        .filter(|s| !matches!(&*s.name, "gpu.request" | "dit.step" | "cuda.kernel"))
+        .map(|s| int(s, "gpuspan.kernel_count"))
+        .sum();
+    assert_eq!(stage_total, ks.len() as i64);
+    assert_eq!(f.asm.stats.kernel_spans_omitted, ks.len() as u64 - 4);
+}
+
+#[test]
+fn missing_kernels_time_out_after_grace() {
+    let mut f = Fixture::new(SpanOptions { grace_ms: 5_000, ..Default::default() });
+    run_request(&mut f, TP);
+    assert!(f.poll(0).is_empty());
+    let early = f.poll(4_999);
+    assert_eq!(early.steps.len(), 1, "only the complete step");
+    assert!(early.requests.is_empty());
+    let out = f.poll(5_000);
+    assert_eq!(out.requests.len(), 1);
+    assert_eq!(f.asm.stats.units_timed_out, 2, "step 1 and the request's own work");
+    // A kernel arriving afterwards is counted late, not lost silently.
+    f.rec(kernel("flash_fwd_kernel", 1, 1000, 1401));
+    f.poll(6_000);
+    assert_eq!(f.asm.stats.gpu_late, 1);
+}
+
+#[test]
+fn bad_or_missing_traceparent_still_yields_spans() {
+    let mut f = Fixture::new(SpanOptions { seed: 42, ..Default::default() });
+    let ks = run_request(&mut f, "not-a-traceparent");
+    deliver_rest(&mut f, &ks, "k");
+    let out = f.asm.poll(&f.scopes, 0, true);
+    let req = out.spans.iter().find(|s| &*s.name == "gpu.request").unwrap();
+    assert!(req.parent_span_id.is_none());
+    assert_eq!(req.attr("gpuspan.trace_context"), Some(&AttrValue::Str(Arc::from("malformed"))));
+    assert_eq!(out.spans.iter().filter(|s| &*s.name == "cuda.kernel").count(), 11);
+    assert_eq!(f.asm.stats.context_malformed, 1);
+    assert_eq!(f.asm.take_context_problems().len(), 1);
+}
+
+#[test]
+fn unsampled_requests_give_timings_but_no_spans() {
+    let mut f = Fixture::new(SpanOptions::default());
+    let ks = run_request(&mut f, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+    deliver_rest(&mut f, &ks, "k");
+    let out = f.asm.poll(&f.scopes, 0, true);
+    assert!(out.spans.is_empty());
+    assert_eq!(out.steps.len(), 2);
+    assert_eq!(out.requests.len(), 1);
+}
+
+#[test]
+fn expected_gpu_work_by_callback_id() {
+    assert!(gpu_work_expected(ApiDomain::Driver, 307));
+    assert!(gpu_work_expected(ApiDomain::Runtime, 211));
+    assert!(!gpu_work_expected(ApiDomain::Driver, 119), "cuEventRecord makes no activity record");
+    assert!(!gpu_work_expected(ApiDomain::Driver, 514), "graph launches make many");
+}
+
+#[test]
+fn request_attributes_are_percent_decoded() {
+    let mut f = Fixture::new(SpanOptions::default());
+    f.scope(begin(1, 0, 10, &format!("gpuspan.request {TP} model=my%20model tenant=gold%25 baggage=k=v%20w")));
+    f.scope(ScopeEvent::End { id: 1, ts_ns: 20, launches: Some(0) });
+    let out = f.poll(0);
+    let req = out.spans.iter().find(|s| &*s.name == "gpu.request").unwrap();
+    assert_eq!(req.attr("gpuspan.request.model"), Some(&AttrValue::Str(Arc::from("my model"))));
+    assert_eq!(req.attr("gpuspan.request.tenant"), Some(&AttrValue::Str(Arc::from("gold%"))));
+    assert_eq!(req.attr("gpuspan.baggage.k"), Some(&AttrValue::Str(Arc::from("v w"))), "baggage values decode per W3C Baggage");
+    assert_eq!(out.requests[0].model.as_ref(), "my model");
+}

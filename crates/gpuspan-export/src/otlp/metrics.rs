@@ -1,0 +1,183 @@
+//! The metrics of [`crate::metrics`] also exported as OTLP metrics, when an OTLP endpoint is
+//! configured: the same names, units, buckets and labels, through an OpenTelemetry SDK
+//! meter provider whose periodic reader runs on its own one-worker tokio runtime (the SDK's
+//! async-runtime reader, so both tonic and the async HTTP client have their reactor).
+//! Interval and timeout: the standard `OTEL_METRIC_EXPORT_INTERVAL` (default 60 000 ms) and
+//! `OTEL_METRIC_EXPORT_TIMEOUT`; the provider's shutdown at exit exports a last time.
+//!
+//! OTLP exemplars are not written (the Rust SDK does not record them); the Prometheus
+//! endpoint carries them.
+
+use super::config::{OtlpProtocol, OtlpSettings};
+use crate::metrics::families as f;
+use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider as _};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::Resource;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The instruments, mirroring the Prometheus families.
+pub struct OtlpMetrics {
+    provider: SdkMeterProvider,
+    _rt: tokio::runtime::Runtime,
+    base: Vec<KeyValue>,
+    step: Histogram<f64>,
+    vae: Histogram<f64>,
+    video: Histogram<f64>,
+    fps: Gauge<f64>,
+    gpu: HashMap<&'static str, Gauge<f64>>,
+    records: Counter<u64>,
+    dropped: Counter<u64>,
+    capture_active: Gauge<i64>,
+    last_totals: Mutex<HashMap<&'static str, u64>>,
+}
+
+impl std::fmt::Debug for OtlpMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpMetrics").finish_non_exhaustive()
+    }
+}
+
+/// Names of the NVML gauges, as in the Prometheus families.
+pub const GPU_GAUGES: [(&str, &str); 6] = [
+    ("gpu_utilization_percent", "%"),
+    ("gpu_memory_used_bytes", "By"),
+    ("gpu_memory_utilization_percent", "%"),
+    ("gpu_temperature_celsius", "Cel"),
+    ("gpu_power_watts", "W"),
+    ("gpu_sm_clock_mhz", "MHz"),
+];
+
+impl OtlpMetrics {
+    /// Starts the meter provider. `base` are the constant attributes (worker_id,
+    /// gpu_index, gpu_type). Errors: runtime or exporter construction, with the reason.
+    pub fn start(settings: &OtlpSettings, base: Vec<KeyValue>) -> Result<OtlpMetrics, String> {
+        use opentelemetry_otlp::WithExportConfig;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("gpuspan-otlp-metrics")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("OTLP metrics runtime: {e}"))?;
+        let _enter = rt.enter();
+        let exporter = match settings.protocol {
+            OtlpProtocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_timeout(settings.export_timeout)
+                .build(),
+            OtlpProtocol::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_timeout(settings.export_timeout)
+                .build(),
+        }
+        .map_err(|e| format!("OTLP metric exporter for {}: {e}", settings.endpoint))?;
+        let reader = opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
+        let resource = Resource::builder()
+            .with_attributes(settings.resource_attributes.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())))
+            .build();
+        let provider = SdkMeterProvider::builder().with_resource(resource).with_reader(reader).build();
+        let meter = provider.meter("gpuspan");
+        let step = meter
+            .f64_histogram("dit_inference_step_duration_ms")
+            .with_unit("ms")
+            .with_description(f::STEP_HELP)
+            .with_boundaries(f::STEP_BUCKETS_MS.to_vec())
+            .build();
+        let vae = meter
+            .f64_histogram("vae_decode_duration_seconds")
+            .with_unit("s")
+            .with_description(f::VAE_HELP)
+            .with_boundaries(f::VAE_BUCKETS_S.to_vec())
+            .build();
+        let video = meter
+            .f64_histogram("video_generation_duration_seconds")
+            .with_unit("s")
+            .with_description(f::VIDEO_HELP)
+            .with_boundaries(f::VIDEO_BUCKETS_S.to_vec())
+            .build();
+        let fps = meter.f64_gauge("frames_per_second_generated").with_unit("{frame}/s").build();
+        let gpu = GPU_GAUGES.iter().map(|(n, u)| (*n, meter.f64_gauge(*n).with_unit(*u).build())).collect();
+        let records = meter.u64_counter("gpuspan_records").with_unit("{record}").build();
+        let dropped = meter.u64_counter("gpuspan_records_dropped").with_unit("{record}").build();
+        let capture_active = meter.i64_gauge("gpuspan_capture_active").build();
+        drop(_enter);
+        Ok(OtlpMetrics {
+            provider,
+            _rt: rt,
+            base,
+            step,
+            vae,
+            video,
+            fps,
+            gpu,
+            records,
+            dropped,
+            capture_active,
+            last_totals: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn attrs(&self, extra: &[(&'static str, &str)]) -> Vec<KeyValue> {
+        let mut v = self.base.clone();
+        v.extend(extra.iter().map(|(k, val)| KeyValue::new(*k, val.to_string())));
+        v
+    }
+
+    /// One `dit_inference_step_duration_ms` observation.
+    pub fn step_ms(&self, model: &str, step_type: &'static str, ms: f64) {
+        self.step.record(ms, &self.attrs(&[("model", model), ("step_type", step_type)]));
+    }
+
+    /// One `vae_decode_duration_seconds` observation.
+    pub fn vae_s(&self, model: &str, s: f64) {
+        self.vae.record(s, &self.attrs(&[("model", model)]));
+    }
+
+    /// One `video_generation_duration_seconds` observation.
+    pub fn video_s(&self, model: &str, s: f64) {
+        self.video.record(s, &self.attrs(&[("model", model)]));
+    }
+
+    /// `frames_per_second_generated`.
+    pub fn fps(&self, model: &str, v: f64) {
+        self.fps.record(v, &self.attrs(&[("model", model)]));
+    }
+
+    /// One NVML gauge (a name of [`GPU_GAUGES`]) of device `gpu_index`.
+    pub fn gpu(&self, name: &'static str, gpu_index: u32, v: f64) {
+        if let Some(g) = self.gpu.get(name) {
+            let mut a: Vec<KeyValue> = self.base.iter().filter(|k| k.key.as_str() != "gpu_index").cloned().collect();
+            a.push(KeyValue::new("gpu_index", gpu_index as i64));
+            g.record(v, &a);
+        }
+    }
+
+    /// The agent counters from running totals (increments of what was not yet added).
+    pub fn agent_counters(&self, records_total: u64, dropped: &[(&'static str, u64)], capture_active: bool) {
+        let Ok(mut last) = self.last_totals.lock() else { return };
+        let mut bump = |key: &'static str, total: u64| -> u64 {
+            let prev = last.entry(key).or_insert(0);
+            let d = total.saturating_sub(*prev);
+            *prev = (*prev).max(total);
+            d
+        };
+        let d = bump("\0records", records_total);
+        self.records.add(d, &self.base);
+        for (reason, total) in dropped {
+            let d = bump(reason, *total);
+            self.dropped.add(d, &self.attrs(&[("reason", reason)]));
+        }
+        self.capture_active.record(capture_active as i64, &self.base);
+    }
+
+    /// Exports a last time and stops (bounded by the exporter timeout).
+    pub fn shutdown(&self) {
+        let _ = self.provider.shutdown();
+    }
+}

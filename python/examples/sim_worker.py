@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""A DiT-shaped worker for the simulated H100, annotated with ``gpuspan.py``.
+
+Run it under the agent with the simulated driver::
+
+    gpuspan run --sim -- python3 python/examples/sim_worker.py --steps 3 --requests 2
+
+It drives ``libcuda.so.1`` through ctypes (under ``gpuspan run --sim`` that is the simulated
+H100, first on ``LD_LIBRARY_PATH``): ``cuInit``, the primary context, a module (any image),
+kernels named like a DiT's (``flash_fwd_kernel``, ``sm90_xmma_gemm_bf16bf16_bf16f32``,
+``layer_norm_kernel``, ``conv3d_fprop_implicit_gemm``) launched on a created stream with
+their duration in ns as ``kernelParams[0]`` (the simulator's convention), and
+``cuCtxSynchronize`` at the end of each request.
+
+Structure of each request::
+
+    with tracer.start_as_current_span("worker.request"):        # when OpenTelemetry is there
+        with gpuspan.request(model="pyworker"):
+            for i in range(steps):
+                with gpuspan.step(i, steps):
+                    with gpuspan.stage("attention.spatial"): ...  # and temporal, cross, ffn, norm
+            with gpuspan.stage("vae.decode"): ...
+
+OpenTelemetry: with ``opentelemetry-sdk`` installed and ``OTEL_EXPORTER_OTLP_ENDPOINT`` set,
+a TracerProvider exports through the OTLP HTTP/protobuf span exporter
+(``opentelemetry.exporter.otlp.proto.http.trace_exporter.OTLPSpanExporter``) and a
+BatchSpanProcessor, and is shut down at the end; ``gpuspan.request()`` then takes the trace
+context of the ``worker.request`` span. ``--traceparent TP`` (repeatable; request r uses the
+r-th modulo their number) makes the worker span a child of TP, or, without a recording
+span, is passed to ``gpuspan.request`` directly. With neither, the agent starts a new trace.
+
+Output: one line per request, ``request <r> trace_id=<32 hex or -> kernels=<k>``, then
+``launched <n> kernels``.
+"""
+
+import argparse
+import contextlib
+import ctypes
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import gpuspan  # noqa: E402
+
+# (stage, kernel, launches per step, duration ns)
+STEP_PLAN = (
+    ("attention.spatial", "flash_fwd_kernel", 2, 400_000),
+    ("attention.temporal", "flash_fwd_kernel", 1, 250_000),
+    ("attention.cross", "flash_fwd_kernel", 1, 150_000),
+    ("ffn", "sm90_xmma_gemm_bf16bf16_bf16f32", 2, 300_000),
+    ("norm", "layer_norm_kernel", 1, 20_000),
+)
+VAE_PLAN = ("vae.decode", "conv3d_fprop_implicit_gemm", 4, 2_000_000)
+
+
+class Cuda:
+    """The few driver calls the worker needs, over ctypes."""
+
+    def __init__(self, name="libcuda.so.1"):
+        self.lib = ctypes.CDLL(name)
+        p = ctypes.c_void_p
+        u = ctypes.c_uint
+        for fn, args in {
+            "cuInit": (u,),
+            "cuDeviceGet": (ctypes.POINTER(ctypes.c_int), ctypes.c_int),
+            "cuDevicePrimaryCtxRetain": (ctypes.POINTER(p), ctypes.c_int),
+            "cuCtxSetCurrent": (p,),
+            "cuModuleLoadData": (ctypes.POINTER(p), p),
+            "cuModuleGetFunction": (ctypes.POINTER(p), p, ctypes.c_char_p),
+            "cuStreamCreate": (ctypes.POINTER(p), u),
+            "cuLaunchKernel": (p, u, u, u, u, u, u, u, p, ctypes.POINTER(p), ctypes.POINTER(p)),
+            "cuCtxSynchronize": (),
+        }.items():
+            f = getattr(self.lib, fn)
+            f.argtypes = args
+            f.restype = ctypes.c_int
+        self.check("cuInit", self.lib.cuInit(0))
+        dev = ctypes.c_int()
+        self.check("cuDeviceGet", self.lib.cuDeviceGet(ctypes.byref(dev), 0))
+        ctx = p()
+        self.check("cuDevicePrimaryCtxRetain", self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev))
+        self.check("cuCtxSetCurrent", self.lib.cuCtxSetCurrent(ctx))
+        self.module = p()
+        image = ctypes.create_string_buffer(b"\x7fELF sim module")
+        self.check("cuModuleLoadData", self.lib.cuModuleLoadData(ctypes.byref(self.module), ctypes.cast(image, p)))
+        self.stream = p()
+        self.check("cuStreamCreate", self.lib.cuStreamCreate(ctypes.byref(self.stream), 0))
+        self.functions = {}
+        self.launched = 0
+
+    @staticmethod
+    def check(what, rc):
+        if rc != 0:
+            raise RuntimeError(f"{what} failed: CUresult {rc}")
+
+    def function(self, name):
+        f = self.functions.get(name)
+        if f is None:
+            f = ctypes.c_void_p()
+            self.check("cuModuleGetFunction", self.lib.cuModuleGetFunction(ctypes.byref(f), self.module, name.encode()))
+            self.functions[name] = f
+        return f
+
+    def launch(self, name, duration_ns):
+        dur = ctypes.c_uint64(duration_ns)
+        params = (ctypes.c_void_p * 1)(ctypes.cast(ctypes.byref(dur), ctypes.c_void_p))
+        self.check(
+            "cuLaunchKernel",
+            self.lib.cuLaunchKernel(self.function(name), 132, 1, 1, 128, 1, 1, 0, self.stream, params, None),
+        )
+        self.launched += 1
+
+    def synchronize(self):
+        self.check("cuCtxSynchronize", self.lib.cuCtxSynchronize())
+
+
+def setup_otel():
+    """(tracer, propagator, provider): a real exporting tracer when the SDK and
+    OTEL_EXPORTER_OTLP_ENDPOINT are there, the API's tracer when only the API is, else Nones."""
+    try:
+        from opentelemetry import trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    except ImportError:
+        return None, None, None
+    provider = None
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+            resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "sim-worker")})
+            provider = TracerProvider(resource=resource)
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            trace.set_tracer_provider(provider)
+        except ImportError as e:
+            print(f"sim_worker: OpenTelemetry SDK / OTLP exporter not importable ({e}); no worker spans", file=sys.stderr)
+    return trace.get_tracer("gpuspan.sim_worker"), TraceContextTextMapPropagator(), provider
+
+
+def current_trace_id():
+    """Trace id (32 hex) of the current OpenTelemetry span, if valid."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    ctx = trace.get_current_span().get_span_context()
+    return f"{ctx.trace_id:032x}" if ctx.is_valid else None
+
+
+def run_request(cuda, steps):
+    """One request's GPU work inside the current gpuspan request scope; returns kernels launched."""
+    before = cuda.launched
+    for i in range(steps):
+        with gpuspan.step(i, steps):
+            for stage, kernel, n, ns in STEP_PLAN:
+                with gpuspan.stage(stage):
+                    for _ in range(n):
+                        cuda.launch(kernel, ns)
+    stage, kernel, n, ns = VAE_PLAN
+    with gpuspan.stage(stage):
+        for _ in range(n):
+            cuda.launch(kernel, ns)
+    cuda.synchronize()
+    return cuda.launched - before
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=3, help="denoising steps per request")
+    ap.add_argument("--requests", type=int, default=1, help="number of requests")
+    ap.add_argument(
+        "--traceparent",
+        action="append",
+        default=[],
+        help="W3C traceparent of the caller (repeatable: request r uses the r-th modulo their number)",
+    )
+    args = ap.parse_args(argv)
+
+    tracer, propagator, provider = setup_otel()
+    cuda = Cuda()
+    try:
+        for r in range(args.requests):
+            tp = args.traceparent[r % len(args.traceparent)] if args.traceparent else None
+            if tracer is not None:
+                parent = propagator.extract({"traceparent": tp}) if tp else None
+                span_cm = tracer.start_as_current_span("worker.request", context=parent)
+            else:
+                span_cm = contextlib.nullcontext()
+            with span_cm:
+                span_trace_id = current_trace_id()
+                # With a valid current span, gpuspan.request() takes its context (tracestate,
+                # baggage) itself; otherwise the explicit traceparent, if any, is passed.
+                with gpuspan.request(None if span_trace_id else tp, model="pyworker"):
+                    kernels = run_request(cuda, args.steps)
+                trace_id = span_trace_id or (tp.split("-")[1] if tp and tp.count("-") == 3 else "-")
+            print(f"request {r} trace_id={trace_id} kernels={kernels}", flush=True)
+    finally:
+        if provider is not None:
+            provider.shutdown()
+    print(f"launched {cuda.launched} kernels", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
