@@ -202,9 +202,8 @@ fn demo_spans_over_http_protobuf_over_budget() {
     demo_over(Transport::HttpProtobuf, 50);
 }
 
-#[test]
-fn fixture_replay_spans_over_http_protobuf() {
-    let rx = OtlpReceiver::start(Transport::HttpProtobuf, "127.0.0.1:0");
+fn fixture_replay_over(transport: Transport) {
+    let rx = OtlpReceiver::start(transport, "127.0.0.1:0");
     let out = tempfile::tempdir().unwrap();
     let mut c = gpuspan();
     c.arg("replay").arg(fixture("h100-vit-falconsai.json.gz")).arg("--out").arg(out.path());
@@ -219,4 +218,14 @@ fn fixture_replay_spans_over_http_protobuf() {
     assert_eq!(by_name["cuda.kernel"].len(), kernel_count);
     assert!(by_name.get("dit.step").is_some_and(|v| !v.is_empty()), "ProfilerStep ranges become steps");
     compare_stage_totals(&stage_busy(&by_name), &capture_stages, kernel_count);
+}
+
+#[test]
+fn fixture_replay_spans_over_http_protobuf() {
+    fixture_replay_over(Transport::HttpProtobuf);
+}
+
+#[test]
+fn fixture_replay_spans_over_grpc() {
+    fixture_replay_over(Transport::Grpc);
 }
