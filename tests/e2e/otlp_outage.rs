@@ -50,9 +50,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn endpoint_down_for_10s_then_up() {
     let otlp_port = free_port();
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    // Below what a 10 s outage produces (≈ 2–3 requests of ≈ 4 MB of spans each), above
-    // one request's burst, which arrives at once when its records do.
-    let bound: usize = 8 << 20;
+    // Kernel spans capped at 200 per request (≈ 240 spans, ≈ 150 KB per request): a 10 s
+    // outage (≈ 3 requests) overflows a 256 KiB backlog, while one request's burst after
+    // recovery fits in it even when a loaded machine exports slowly.
+    let bound: usize = 256 << 10;
     let out = tempfile::tempdir().unwrap();
     let requests = 6;
     let mut c = gpuspan();
@@ -64,6 +65,7 @@ fn endpoint_down_for_10s_then_up() {
         .env("GPUSPAN_SIM_CLOCK", "real")
         .env("GPUSPAN_METRICS_ADDR", &metrics_addr)
         .env("GPUSPAN_OTLP_BACKLOG_BYTES", bound.to_string())
+        .env("GPUSPAN_KERNEL_SPAN_BUDGET", "200")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{otlp_port}"))
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
         .stdout(Stdio::null())
