@@ -4,15 +4,21 @@
 #   .venv/  NVIDIA's real CUPTI 12.9 and 13.5 and NVTX libraries/headers from PyPI wheels
 #           (they load without a GPU: layout checks, "real libcupti, no driver" test),
 #           and the OpenTelemetry Python SDK + OTLP/HTTP exporter (the Python worker test).
-#   Debian  `prometheus` (prometheus + promtool: the scrape and exposition tests).
+#           HolisticTraceAnalysis 0.5.0 (the HTA comparison tests).
+#   Debian  `prometheus` (prometheus + promtool: the scrape and exposition tests) and
+#           `chromium` (the HTML waterfall's load-time test).
+#   npm     @paulirish/trace_engine into tests/interop/node_modules (Chrome trace engine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+APT_PACKAGES=()
+command -v promtool >/dev/null && command -v prometheus >/dev/null || APT_PACKAGES+=(prometheus)
+[ -x /usr/bin/chromium ] || APT_PACKAGES+=(chromium)
+if [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT_PACKAGES[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then
@@ -23,7 +29,19 @@ if ! .venv/bin/python -c 'import importlib.metadata as m; [m.version(p) for p in
     nvidia-cuda-cupti-cu12==12.9.79 nvidia-cuda-cupti==13.5.25 nvidia-nvtx-cu12==12.9.79 \
     opentelemetry-sdk==1.45.2 opentelemetry-exporter-otlp-proto-http==1.45.2
 fi
+# HolisticTraceAnalysis without its notebook / test extras (jupyterlab, pytest), which it
+# never imports: the six packages below are what it loads.
+if ! .venv/bin/python -c 'import hta.trace_analysis' 2>/dev/null; then
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps HolisticTraceAnalysis==0.5.0
+  .venv/bin/pip install --quiet --disable-pip-version-check \
+    pandas==3.1.1 numpy==2.4.6 plotly==7.1.0 networkx==3.6.1 PyYAML==6.0.3 psutil==7.2.2
+fi
 export GPUSPAN_VENV="$PWD/.venv"
+
+# Chrome DevTools' trace engine (npm), pinned by tests/interop/package-lock.json.
+if [ ! -f tests/interop/node_modules/@paulirish/trace_engine/package.json ]; then
+  (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 # Every workspace artifact (libgpuspan.so, libgpuspan_simgpu.so, gpuspan-replay, gpuspan)
 # must exist before the end-to-end tests start processes with them.

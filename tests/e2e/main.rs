@@ -6,11 +6,14 @@
 
 mod cli_errors;
 mod demo;
+mod diff;
 mod faults;
 mod inject;
+mod interop;
 mod otlp;
 mod otlp_outage;
 mod prometheus;
 mod python_api;
 mod replay;
 mod util;
+mod waterfall;

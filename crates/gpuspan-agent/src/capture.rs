@@ -28,8 +28,10 @@ pub fn write(a: &Agent, c: &mut Collector) -> Result<PathBuf, String> {
         .chain(c.scopes.iter_sorted().iter().map(|s| s.begin_ns))
         .min()
         .unwrap_or(0);
-    // Whole milliseconds, so relative µs timestamps stay short and exact.
-    let base_time_ns = first_ns - first_ns % 1_000_000;
+    // Whole milliseconds strictly before the first event, so relative µs timestamps stay
+    // short and exact and none is 0 (Chrome's trace engine drops ts = 0 as out of bounds).
+    let before = first_ns.saturating_sub(1);
+    let base_time_ns = before - before % 1_000_000;
     let opts = JoinOptions {
         base_time_ns,
         process_id: std::process::id(),

@@ -130,7 +130,8 @@ pub fn replay(trace: &Path, out: &Path) -> ExitCode {
     run(&cmd, "fine", out, true, Some("replaying"))
 }
 
-/// `gpuspan demo`: the stdit preset on the simulated H100, then the per-stage table.
+/// `gpuspan demo`: the stdit preset on the simulated H100, then `DIR/waterfall.html` next to
+/// the capture, the per-stage table, and the paths of both files.
 pub fn demo(out: &Path, steps: u32) -> ExitCode {
     let bin = match artifacts::replay_bin() {
         Ok(b) => b,
@@ -163,6 +164,14 @@ pub fn demo(out: &Path, steps: u32) -> ExitCode {
         }
     };
     let stats = gpuspan_core::stats::compute(&trace, &capture.to_string_lossy());
+    // The waterfall page of every step, next to the capture.
+    let page = capture.with_file_name("waterfall.html");
+    let waterfall = gpuspan_export::waterfall::Waterfall::from_trace(&trace, &capture.to_string_lossy());
+    if let Err(e) = gpuspan_export::waterfall::write_html(&waterfall, None, &page) {
+        eprintln!("gpuspan: cannot write {}: {e}", page.display());
+        return ExitCode::from(2);
+    }
+    drop(waterfall);
     print_stage_table(&stats);
     println!();
     println!(
@@ -174,6 +183,7 @@ pub fn demo(out: &Path, steps: u32) -> ExitCode {
         o.elapsed.as_secs_f64()
     );
     println!("capture: {}", capture.display());
+    println!("waterfall: {}", page.display());
     ExitCode::SUCCESS
 }
 

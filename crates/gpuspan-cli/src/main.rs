@@ -2,15 +2,20 @@
 //!
 //! - `demo`, `run`, `replay` start a worker with `libgpuspan.so` injected (and, with `--sim`,
 //!   the simulated H100 under it) and leave `DIR/capture.json.gz` behind ([`cmd_run`]);
-//! - `stats` summarises a capture or any Kineto trace ([`cmd_stats`]).
+//! - `stats` summarises a capture or any Kineto trace ([`cmd_stats`]);
+//! - `waterfall` draws one step's kernels per stream, in the terminal or as HTML
+//!   ([`cmd_waterfall`]);
+//! - `diff` compares two traces per stage, kernel and step ([`cmd_diff`]).
 //!
 //! Exit codes: the worker's own for `run` / `demo` / `replay`; 2 for a bad input file or a
 //! usage error; 3 when the agent or simulator libraries cannot be found.
 #![forbid(unsafe_code)]
 
 mod artifacts;
+mod cmd_diff;
 mod cmd_run;
 mod cmd_stats;
+mod cmd_waterfall;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -66,6 +71,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Per-step kernel waterfall: one row per stream, bars coloured by stage.
+    Waterfall {
+        /// The trace file (.json or .json.gz).
+        file: PathBuf,
+        /// Step to draw (index into the trace's steps, 0-based); default: the slowest.
+        #[arg(long)]
+        step: Option<usize>,
+        /// Write a self-contained HTML waterfall of every step to OUT instead.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+    /// What got slower from A to B: per stage, per kernel, per step.
+    Diff {
+        /// The baseline trace.
+        a: PathBuf,
+        /// The trace to compare with it.
+        b: PathBuf,
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Exit 1 when a stage slowed by more than PCT percent (CI gates, canaries).
+        #[arg(long, value_name = "PCT")]
+        fail_over: Option<f64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -82,5 +111,7 @@ fn main() -> ExitCode {
         Command::Run { mode, out, sim, cmd } => cmd_run::run(&cmd, &mode, &out, sim, None),
         Command::Replay { trace, out } => cmd_run::replay(&trace, &out),
         Command::Stats { file, json } => cmd_stats::run(&file, json),
+        Command::Waterfall { file, step, html } => cmd_waterfall::run(&file, step, html.as_deref()),
+        Command::Diff { a, b, json, fail_over } => cmd_diff::run(&a, &b, json, fail_over),
     }
 }

@@ -18,12 +18,16 @@
 //! - [`trace`]: the Kineto-schema trace model (µs floats, as Kineto writes them).
 //! - [`spans`]: the OpenTelemetry span tree (request → step → stage → kernel) and the step /
 //!   request timings the metrics read, assembled incrementally as records arrive.
-//! - [`stats`]: kernel / stage / step breakdown of a trace (`gpuspan stats`).
+//! - [`stats`]: kernel / stage / step breakdown of a trace and the HTA-style analyses
+//!   (kernel types, temporal and idle breakdown, launch delay, memcpy) (`gpuspan stats`).
+//! - [`diff`]: what got slower from one trace to another, per stage, kernel and step, with
+//!   a noise test against the baseline's step-to-step spread (`gpuspan diff`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod activity;
 pub mod classify;
+pub mod diff;
 pub mod join;
 pub mod scope;
 pub mod spans;

@@ -7,9 +7,9 @@
 //!   TraceLens, Perfetto and `chrome://tracing` open;
 //! - [`otlp`]: spans (`gpuspan_core::spans::SpanRecord`) and metrics over OTLP gRPC or
 //!   HTTP/protobuf with `opentelemetry-otlp`;
-//! - [`metrics`]: the Prometheus families and their `/metrics` endpoint.
-//!
-//! The HTML waterfall will live here as well (DESIGN.md "Data flow").
+//! - [`metrics`]: the Prometheus families and their `/metrics` endpoint;
+//! - [`waterfall`]: per-step kernel waterfalls of a trace, drawn for the terminal or as one
+//!   self-contained HTML page (`gpuspan waterfall`, `gpuspan demo`).
 //!
 //! Who depends on it:
 //! - `gpuspan-cli` (`gpuspan stats`, `waterfall`, `diff`, `replay`) reads traces with
@@ -33,5 +33,6 @@
 pub mod kineto;
 pub mod metrics;
 pub mod otlp;
+pub mod waterfall;
 
 pub use kineto::{read_trace, write_trace, ReadError, ReadErrorKind};

@@ -523,6 +523,200 @@ fn write_replaces_existing_file_atomically() {
     assert_eq!(read_trace(&p).unwrap().events.len(), 4);
 }
 
+/// What Chrome DevTools' trace engine, HTA and Perfetto need from every written event: only
+/// `X` and `M` phases (no begin / end pairs to match), a name and a category on each (the
+/// `M` events get Chrome's `__metadata`), and a `process_name` / `thread_name` for every
+/// row that has events, GPU rows as Kineto names them, unnamed CPU rows by their ids.
+#[test]
+fn written_events_have_name_cat_and_every_row_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = sample_trace();
+    // A CPU row with no name in the trace, in a process with none either.
+    t.events.push(TraceEvent {
+        cat: Some(Category::UserAnnotation),
+        name: "dit.step 1/50".into(),
+        pid: 77,
+        tid: 78,
+        ts_us: 1_234_561.0,
+        dur_us: 9.0,
+        ..Default::default()
+    });
+    let p = dir.path().join("c.json");
+    write_trace(&t, &p).unwrap();
+    let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    let evs = v["traceEvents"].as_array().unwrap();
+    let mut procs = BTreeMap::new();
+    let mut threads = BTreeMap::new();
+    for e in evs {
+        match e["ph"].as_str() {
+            Some("M") => {
+                assert_eq!(e["cat"], "__metadata", "{e}");
+                assert!(
+                    e["ts"].is_number() && e["pid"].is_i64() && e["tid"].is_i64(),
+                    "{e}"
+                );
+                let label = e["args"]["name"].as_str().unwrap().to_string();
+                match e["name"].as_str().unwrap() {
+                    "process_name" => procs.insert(e["pid"].as_i64().unwrap(), label),
+                    "thread_name" => threads.insert(
+                        (e["pid"].as_i64().unwrap(), e["tid"].as_i64().unwrap()),
+                        label,
+                    ),
+                    other => panic!("unexpected metadata {other}"),
+                };
+            }
+            Some("X") => {
+                assert!(e["name"].is_string(), "{e}");
+                // The writer invents no category: only the model's uncategorized event lacks one.
+                assert!(e["cat"].is_string() || e["name"] == "uncategorized", "{e}");
+            }
+            other => panic!("phase {other:?} written: {e}"),
+        }
+    }
+    for e in evs.iter().filter(|e| e["ph"] == "X") {
+        let (pid, tid) = (e["pid"].as_i64().unwrap(), e["tid"].as_i64().unwrap());
+        assert!(procs.contains_key(&pid), "process {pid} unnamed");
+        assert!(
+            threads.contains_key(&(pid, tid)),
+            "thread {pid}/{tid} unnamed"
+        );
+    }
+    assert_eq!(procs[&0], "GPU 0");
+    assert_eq!(threads[&(0, 7)], "stream 7");
+    assert_eq!(procs[&4242], "python3");
+    assert_eq!(threads[&(4242, 4243)], "thread 4243 (python3)");
+    assert_eq!(procs[&77], "process 77");
+    assert_eq!(threads[&(77, 78)], "thread 78");
+    // Read back, the invented names are the trace's names.
+    let back = read_trace(&p).unwrap();
+    assert_eq!(back.events, t.events);
+    assert_eq!(
+        back.thread_names.get(&(77, 78)).map(String::as_str),
+        Some("thread 78")
+    );
+}
+
+/// Whole-ns times (as CUPTI gives them) for a row of back-to-back kernels: the k-th starts
+/// where the (k−1)-th ends. In µs `f64`, `ts + dur` of many of them lands one ulp past
+/// the next `ts`, which Chrome's trace engine reads as an overlap and drops the later
+/// kernel from its tree (never drawn). The writer writes those `dur`s one rounding error
+/// shorter; nothing else changes.
+#[test]
+fn back_to_back_gpu_events_do_not_overlap_in_f64_when_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut events = Vec::new();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut t_ns: u64 = 1_763_000_000_251_724 - 1_763_000_000_000_000;
+    for i in 0..2000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let dur_ns = 1_000 + x % 200_000;
+        let cat = if i % 97 == 0 {
+            Category::GpuMemcpy
+        } else {
+            Category::Kernel
+        };
+        events.push(TraceEvent {
+            cat: Some(cat),
+            name: format!("k{}", i % 7),
+            pid: 0,
+            tid: 13,
+            ts_us: t_ns as f64 / 1000.0,
+            dur_us: dur_ns as f64 / 1000.0,
+            device: Some(0),
+            stream: Some(13),
+            ..Default::default()
+        });
+        t_ns += dur_ns;
+    }
+    let touching = |evs: &[TraceEvent]| {
+        evs.windows(2)
+            .filter(|w| w[0].pid == 0 && w[1].pid == 0 && w[0].ts_us + w[0].dur_us > w[1].ts_us)
+            .count()
+    };
+    let before = touching(&events);
+    assert!(before > 50, "the data has f64 overlaps to fix: {before}");
+    // Left alone: a real 1 ns overlap on another stream, and CPU events that touch.
+    let real = |ts_ns: u64, dur_ns: u64| TraceEvent {
+        cat: Some(Category::Kernel),
+        name: "real".into(),
+        pid: 0,
+        tid: 14,
+        ts_us: ts_ns as f64 / 1000.0,
+        dur_us: dur_ns as f64 / 1000.0,
+        ..Default::default()
+    };
+    events.push(real(500_000, 10_001));
+    events.push(real(510_000, 5_000));
+    let cpu = |ts: f64, dur: f64| TraceEvent {
+        cat: Some(Category::CudaDriver),
+        name: "cuLaunchKernel".into(),
+        pid: 5,
+        tid: 5,
+        ts_us: ts,
+        dur_us: dur,
+        ..Default::default()
+    };
+    events.push(cpu(251.001, 62.661));
+    events.push(cpu(313.662, 1.0));
+    let n = events.len();
+    assert!(
+        events[n - 2].end_us() > events[n - 1].ts_us,
+        "a CPU pair that overlaps by rounding"
+    );
+    let trace = Trace {
+        events,
+        base_time_ns: Some(1_763_000_000_000_000_000),
+        ..Default::default()
+    };
+
+    let fixes = super::write::touching_dur_fixes(&trace);
+    assert_eq!(
+        fixes.len(),
+        before,
+        "exactly the f64 overlaps on the GPU row"
+    );
+    for name in ["c.json", "c.json.gz"] {
+        let p = dir.path().join(name);
+        write_trace(&trace, &p).unwrap();
+        let back = read_trace(&p).unwrap();
+        assert_eq!(back.events.len(), trace.events.len());
+        assert_eq!(
+            touching(&back.events[..2000]),
+            0,
+            "{name}: no f64 overlap left on the row"
+        );
+        let mut changed = 0;
+        for (a, b) in trace.events.iter().zip(&back.events) {
+            assert_eq!(a.ts_us.to_bits(), b.ts_us.to_bits(), "ts never changes");
+            if a.dur_us.to_bits() != b.dur_us.to_bits() {
+                changed += 1;
+                assert!(
+                    b.dur_us < a.dur_us && a.dur_us - b.dur_us < 1e-9,
+                    "{name}: {} → {}",
+                    a.dur_us,
+                    b.dur_us
+                );
+            }
+            assert_eq!(
+                (&a.name, a.pid, a.tid, &a.cat),
+                (&b.name, b.pid, b.tid, &b.cat)
+            );
+        }
+        assert_eq!(
+            changed, before,
+            "{name}: only the overlapping durations changed"
+        );
+        // The real overlap and the CPU events are as given.
+        let n = trace.events.len();
+        assert_eq!(back.events[n - 4..], trace.events[n - 4..]);
+        // Kernel time moves by far less than a nanosecond in all.
+        let sum = |t: &[TraceEvent]| t.iter().map(|e| e.dur_us).sum::<f64>();
+        assert!((sum(&back.events) - sum(&trace.events)).abs() < 1e-6);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Reader: errors and leniency
 // ---------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 //! serde (no intermediate `serde_json::Value` of the whole file).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -16,6 +16,10 @@ use super::keys;
 /// Kineto's JSON schema version written when the trace does not carry one.
 const DEFAULT_SCHEMA_VERSION: i64 = 1;
 
+/// `cat` of the `M` metadata events: Chrome's own, so every written event has a name and a
+/// category (Kineto writes none; readers ignore it).
+const META_CAT: &str = "__metadata";
+
 /// Writes `trace` to `path` as a current-schema Kineto trace (what torch.profiler ≥ 2.x
 /// writes), gzip-compressed when `path` ends in `.gz`.
 ///
@@ -25,10 +29,12 @@ const DEFAULT_SCHEMA_VERSION: i64 = 1;
 ///
 /// Content: top-level `schemaVersion` (the trace's, else 1), `baseTimeNanoseconds` and
 /// `deviceProperties` when set, and `traceEvents` holding
-/// - `M` metadata: `process_name` for every named process and `thread_name` for every named
-///   thread of the trace, plus names for GPU rows that have none (`"stream N"` for the
-///   (device, stream) rows of kernels / memcpy / memset / gpu_user_annotation, `"GPU N"` for
-///   their process), as Kineto names them;
+/// - `M` metadata (`cat: "__metadata"`, as Chrome writes them): `process_name` for every
+///   named process and `thread_name` for every named thread of the trace, plus names for
+///   rows that have events but no name: `"stream N"` for the (device, stream) rows of kernels
+///   / memcpy / memset / gpu_user_annotation and `"GPU N"` for their process, as Kineto names
+///   them, `"thread N"` / `"process N"` for any other row; so every row a viewer draws is
+///   named (Chrome's trace engine, Perfetto and HTA all read these);
 /// - one `ph: "X"` event per [`Trace::events`] entry, in order: `cat` (current schema, from
 ///   [`gpuspan_core::trace::Category::as_kineto`]), `name`, `pid`, `tid`, `ts`, `dur` and
 ///   `args` (`device`, `stream`, `correlation`, `External id`, `grid`, `block`,
@@ -38,7 +44,14 @@ const DEFAULT_SCHEMA_VERSION: i64 = 1;
 /// `ts` / `dur` are written as given (µs, never rounded or shifted) with the shortest
 /// decimal that reads back to the same `f64`, so a value that came from whole ns
 /// (`ns as f64 / 1000.0`) is written with at most 3 decimals and ns survive a round trip.
-/// A non-finite `ts` or `dur` is refused (`InvalidData`) rather than written as `null`.
+/// One exception, for viewers that nest events by their `f64` ends: on a GPU row (same
+/// `pid` / `tid`), when a kernel / memcpy / memset ends exactly where the next one starts
+/// (back to back, as kernels on a busy stream do) but `ts + dur` in `f64` lands a rounding
+/// error past the next `ts`, its `dur` is written as the largest `f64` that does not
+/// overlap (a change of about 1e-10 µs, far below CUPTI's 1 ns; see [`touching_dur_fixes`]).
+/// Chrome DevTools' trace engine otherwise drops the later event from its tree and never
+/// draws it. A non-finite `ts` or `dur` is refused (`InvalidData`) rather than written as
+/// `null`.
 pub fn write_trace(trace: &Trace, path: &Path) -> io::Result<()> {
     if let Some((i, e)) = trace
         .events
@@ -67,28 +80,112 @@ fn tmp_path(path: &Path) -> PathBuf {
 }
 
 fn write_to(trace: &Trace, tmp: &Path, gzip: bool) -> io::Result<()> {
+    let fixes = touching_dur_fixes(trace);
+    let out = TraceOut {
+        trace,
+        fixes: &fixes,
+    };
     let file = File::create(tmp)?;
     let file = if gzip {
         let enc = flate2::write::GzEncoder::new(file, flate2::Compression::default());
         let mut w = BufWriter::with_capacity(1 << 16, enc);
-        serde_json::to_writer(&mut w, &TraceOut(trace))?;
+        serde_json::to_writer(&mut w, &out)?;
         w.flush()?;
         let enc = w.into_inner().map_err(|e| e.into_error())?;
         enc.finish()?
     } else {
         let mut w = BufWriter::with_capacity(1 << 16, file);
-        serde_json::to_writer(&mut w, &TraceOut(trace))?;
+        serde_json::to_writer(&mut w, &out)?;
         w.flush()?;
         w.into_inner().map_err(|e| e.into_error())?
     };
     file.sync_all()
 }
 
-struct TraceOut<'a>(&'a Trace);
+/// Largest overlap, µs, that [`touching_dur_fixes`] treats as `f64` rounding rather than
+/// real overlap: half a nanosecond (CUPTI times are whole ns, so a real overlap is ≥ 1 ns).
+const MAX_ROUNDING_OVERLAP_US: f64 = 0.0005;
+
+/// Durations to write instead of the trace's, by event index: for GPU activity (kernel,
+/// memcpy, memset) that ends exactly where the next activity on its row (`pid`, `tid`)
+/// starts, but whose `ts + dur` in `f64` overshoots that start by rounding (at most two
+/// ulps of the timestamps and under [`MAX_ROUNDING_OVERLAP_US`]), the largest
+/// `dur' <= dur` with `ts + dur' <= next.ts` in `f64`. Real overlaps (≥ 1 ns), nested
+/// events and other rows are left alone.
+pub(crate) fn touching_dur_fixes(trace: &Trace) -> HashMap<usize, f64> {
+    let mut rows: HashMap<(i64, i64), Vec<usize>> = HashMap::new();
+    for (i, e) in trace.events.iter().enumerate() {
+        if e.cat.as_ref().is_some_and(|c| c.is_gpu_activity()) {
+            rows.entry((e.pid, e.tid)).or_default().push(i);
+        }
+    }
+    let ev = &trace.events;
+    let mut fixes = HashMap::new();
+    for idx in rows.values_mut() {
+        idx.sort_by(|&a, &b| ev[a].ts_us.total_cmp(&ev[b].ts_us).then(a.cmp(&b)));
+        for w in idx.windows(2) {
+            let (a, b) = (&ev[w[0]], &ev[w[1]]);
+            let end = a.ts_us + a.dur_us;
+            let over = end - b.ts_us;
+            if over <= 0.0 || b.ts_us < a.ts_us || a.dur_us <= 0.0 {
+                continue;
+            }
+            let ulp = ulp(a.ts_us.abs().max(b.ts_us.abs()).max(end.abs()));
+            if over > 2.0 * ulp || over >= MAX_ROUNDING_OVERLAP_US {
+                continue;
+            }
+            if let Some(d) = fit_dur(a.ts_us, a.dur_us, b.ts_us) {
+                fixes.insert(w[0], d);
+            }
+        }
+    }
+    fixes
+}
+
+/// The largest `d <= dur`, `d >= 0`, with `ts + d <= limit` in `f64`, if found within a few
+/// steps (the subtraction is exact when `ts` and `limit` are within a factor 2).
+fn fit_dur(ts: f64, dur: f64, limit: f64) -> Option<f64> {
+    let mut d = (limit - ts).min(dur);
+    for _ in 0..64 {
+        if d < 0.0 || !d.is_finite() {
+            return None;
+        }
+        if ts + d <= limit {
+            return Some(d);
+        }
+        d = next_down(d);
+    }
+    None
+}
+
+/// The unit in the last place of a finite `x >= 0`.
+fn ulp(x: f64) -> f64 {
+    next_up(x) - x
+}
+
+fn next_up(x: f64) -> f64 {
+    if x.is_nan() || x == f64::INFINITY {
+        return x;
+    }
+    if x == 0.0 {
+        return f64::from_bits(1);
+    }
+    let b = x.to_bits();
+    f64::from_bits(if x > 0.0 { b + 1 } else { b - 1 })
+}
+
+fn next_down(x: f64) -> f64 {
+    -next_up(-x)
+}
+
+struct TraceOut<'a> {
+    trace: &'a Trace,
+    fixes: &'a HashMap<usize, f64>,
+}
 
 impl Serialize for TraceOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let t = self.0;
+        let t = self.trace;
         let mut m = s.serialize_map(None)?;
         m.serialize_entry(
             "schemaVersion",
@@ -100,18 +197,28 @@ impl Serialize for TraceOut<'_> {
         if let Some(p) = &t.device_properties {
             m.serialize_entry("deviceProperties", p)?;
         }
-        m.serialize_entry("traceEvents", &EventsOut(t))?;
+        m.serialize_entry(
+            "traceEvents",
+            &EventsOut {
+                trace: t,
+                fixes: self.fixes,
+            },
+        )?;
         m.end()
     }
 }
 
-struct EventsOut<'a>(&'a Trace);
+struct EventsOut<'a> {
+    trace: &'a Trace,
+    fixes: &'a HashMap<usize, f64>,
+}
 
 /// An `M` metadata event (`process_name` / `thread_name`).
 #[derive(Serialize)]
 struct MetaOut<'a> {
     name: &'static str,
     ph: &'static str,
+    cat: &'static str,
     ts: f64,
     pid: i64,
     tid: i64,
@@ -125,7 +232,7 @@ struct MetaArgs<'a> {
 
 impl Serialize for EventsOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let t = self.0;
+        let t = self.trace;
         let meta_ts = t
             .events
             .iter()
@@ -151,12 +258,21 @@ impl Serialize for EventsOut<'_> {
                 .entry((e.pid, e.tid))
                 .or_insert_with(|| Cow::Owned(format!("stream {}", e.tid)));
         }
+        for e in &t.events {
+            processes
+                .entry(e.pid)
+                .or_insert_with(|| Cow::Owned(format!("process {}", e.pid)));
+            threads
+                .entry((e.pid, e.tid))
+                .or_insert_with(|| Cow::Owned(format!("thread {}", e.tid)));
+        }
 
         let mut seq = s.serialize_seq(None)?;
         for (pid, name) in &processes {
             seq.serialize_element(&MetaOut {
                 name: "process_name",
                 ph: "M",
+                cat: META_CAT,
                 ts: meta_ts,
                 pid: *pid,
                 tid: 0,
@@ -167,14 +283,18 @@ impl Serialize for EventsOut<'_> {
             seq.serialize_element(&MetaOut {
                 name: "thread_name",
                 ph: "M",
+                cat: META_CAT,
                 ts: meta_ts,
                 pid: *pid,
                 tid: *tid,
                 args: MetaArgs { name },
             })?;
         }
-        for e in &t.events {
-            seq.serialize_element(&EventOut(e))?;
+        for (i, e) in t.events.iter().enumerate() {
+            seq.serialize_element(&EventOut {
+                event: e,
+                dur_us: self.fixes.get(&i).copied().unwrap_or(e.dur_us),
+            })?;
         }
         seq.end()
     }
@@ -188,11 +308,15 @@ fn is_gpu_row(e: &TraceEvent) -> bool {
     }
 }
 
-struct EventOut<'a>(&'a TraceEvent);
+struct EventOut<'a> {
+    event: &'a TraceEvent,
+    /// `event.dur_us`, or its [`touching_dur_fixes`] replacement.
+    dur_us: f64,
+}
 
 impl Serialize for EventOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let e = self.0;
+        let e = self.event;
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("ph", "X")?;
         if let Some(c) = &e.cat {
@@ -202,7 +326,7 @@ impl Serialize for EventOut<'_> {
         m.serialize_entry("pid", &e.pid)?;
         m.serialize_entry("tid", &e.tid)?;
         m.serialize_entry("ts", &e.ts_us)?;
-        m.serialize_entry("dur", &e.dur_us)?;
+        m.serialize_entry("dur", &self.dur_us)?;
         let args = ArgsOut(e);
         if !args.is_empty() {
             m.serialize_entry("args", &args)?;
