@@ -7,7 +7,7 @@
 #           HolisticTraceAnalysis 0.5.0 (the HTA comparison tests).
 #   Debian  `prometheus` (prometheus + promtool: the scrape and exposition tests) and
 #           `chromium` (the HTML waterfall's load-time test).
-#   npm     @paulirish/trace_engine into tests/interop/node_modules (Chrome trace engine).
+#   npm     @paulirish/trace_engine and playwright-core into tests/interop/node_modules.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,8 +38,10 @@ if ! .venv/bin/python -c 'import hta.trace_analysis' 2>/dev/null; then
 fi
 export GPUSPAN_VENV="$PWD/.venv"
 
-# Chrome DevTools' trace engine (npm), pinned by tests/interop/package-lock.json.
-if [ ! -f tests/interop/node_modules/@paulirish/trace_engine/package.json ]; then
+# Chrome DevTools' trace engine and playwright-core (npm; the waterfall page's browser test
+# drives Debian's chromium with it), pinned by tests/interop/package-lock.json.
+if [ ! -f tests/interop/node_modules/@paulirish/trace_engine/package.json ] \
+  || [ ! -f tests/interop/node_modules/playwright-core/package.json ]; then
   (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
