@@ -19,6 +19,8 @@
 //!   complete it assembles their span tree (`gpuspan_core::spans`) and hands spans and
 //!   timings to [`telemetry`]: the OTLP exporter thread and the metrics (Prometheus
 //!   endpoint, NVML gauges from [`nvml`]).
+//! - the control thread ([`control`]): a Unix socket per process for `gpuspan status PID`,
+//!   serving only the agent's uid and root.
 //!
 //! Inside someone else's process: every `extern "C"` entry is wrapped in `catch_unwind`,
 //! problems are reported once on stderr ([`log`]) and the agent goes inactive; it never
@@ -30,6 +32,7 @@
 pub mod capture;
 pub mod collector;
 pub mod config;
+pub mod control;
 pub mod cupti_callbacks;
 pub mod entry;
 pub mod hooks;

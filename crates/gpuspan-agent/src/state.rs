@@ -213,6 +213,7 @@ fn activate_inner() -> Result<(), String> {
     }
     a.collecting.store(true, Ordering::Release);
     crate::collector::start_thread();
+    crate::control::start();
     crate::entry::register_exit_handler();
     crate::log::info(&format!(
         "fine mode on: CUPTI API {} from {}",

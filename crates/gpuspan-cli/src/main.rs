@@ -5,16 +5,20 @@
 //! - `stats` summarises a capture or any Kineto trace ([`cmd_stats`]);
 //! - `waterfall` draws one step's kernels per stream, in the terminal or as HTML
 //!   ([`cmd_waterfall`]);
-//! - `diff` compares two traces per stage, kernel and step ([`cmd_diff`]).
+//! - `diff` compares two traces per stage, kernel and step ([`cmd_diff`]);
+//! - `status PID` asks a running worker's agent for its state over its control socket
+//!   ([`cmd_status`]).
 //!
 //! Exit codes: the worker's own for `run` / `demo` / `replay`; 2 for a bad input file or a
-//! usage error; 3 when the agent or simulator libraries cannot be found.
+//! usage error, or when `status` cannot reach the process's agent; 3 when the agent or
+//! simulator libraries cannot be found.
 #![forbid(unsafe_code)]
 
 mod artifacts;
 mod cmd_diff;
 mod cmd_run;
 mod cmd_stats;
+mod cmd_status;
 mod cmd_waterfall;
 
 use clap::{Parser, Subcommand};
@@ -95,6 +99,15 @@ enum Command {
         #[arg(long, value_name = "PCT")]
         fail_over: Option<f64>,
     },
+    /// State of a running worker's agent (mode, records, drops, spans) over its control
+    /// socket.
+    Status {
+        /// The worker's process id.
+        pid: u32,
+        /// Print the agent's reply (one JSON object) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -113,5 +126,6 @@ fn main() -> ExitCode {
         Command::Stats { file, json } => cmd_stats::run(&file, json),
         Command::Waterfall { file, step, html } => cmd_waterfall::run(&file, step, html.as_deref()),
         Command::Diff { a, b, json, fail_over } => cmd_diff::run(&a, &b, json, fail_over),
+        Command::Status { pid, json } => cmd_status::run(pid, json),
     }
 }

@@ -20,6 +20,9 @@
 //!   request timings the metrics read, assembled incrementally as records arrive.
 //! - [`stats`]: kernel / stage / step breakdown of a trace and the HTA-style analyses
 //!   (kernel types, temporal and idle breakdown, launch delay, memcpy) (`gpuspan stats`).
+//! - [`control`]: the control-socket protocol between a running agent and the CLI
+//!   (messages, limits, socket path rules; the sockets themselves live in the agent and
+//!   the CLI).
 //! - [`diff`]: what got slower from one trace to another, per stage, kernel and step, with
 //!   a noise test against the baseline's step-to-step spread (`gpuspan diff`).
 #![forbid(unsafe_code)]
@@ -27,6 +30,7 @@
 
 pub mod activity;
 pub mod classify;
+pub mod control;
 pub mod diff;
 pub mod join;
 pub mod scope;
