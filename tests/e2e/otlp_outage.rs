@@ -48,7 +48,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[test]
 fn endpoint_down_for_10s_then_up() {
-    let otlp_port = free_port();
+    // Refuses connections until the receiver starts on it; held so no parallel test is
+    // handed the same port meanwhile.
+    let reserved = gpuspan_testkit::ReservedPort::new();
+    let otlp_port = reserved.port();
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     // Kernel spans capped at 200 per request (≈ 240 spans, ≈ 150 KB per request): a 10 s
     // outage (≈ 3 requests) overflows a 256 KiB backlog, while one request's burst after
@@ -80,7 +83,7 @@ fn endpoint_down_for_10s_then_up() {
         s
     });
     std::thread::sleep(Duration::from_secs(10).saturating_sub(t0.elapsed()));
-    let rx = OtlpReceiver::start(Transport::HttpProtobuf, &format!("127.0.0.1:{otlp_port}"));
+    let rx = OtlpReceiver::start(Transport::HttpProtobuf, &format!("127.0.0.1:{}", reserved.release()));
     let recovered_at = t0.elapsed();
     // The metric counts drops while the worker runs.
     let mut dropped_metric = None;

@@ -94,8 +94,9 @@ fn delivers_over_http_protobuf() {
 
 #[test]
 fn outage_keeps_a_bounded_backlog_and_recovers() {
-    // A port with nothing listening (yet).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A port that refuses connections (yet), held so no parallel test is handed it.
+    let reserved = gpuspan_testkit::ReservedPort::new();
+    let port = reserved.port();
     let endpoint = format!("http://127.0.0.1:{port}");
     std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
     let bound = 256 << 10;
@@ -110,15 +111,20 @@ fn outage_keeps_a_bounded_backlog_and_recovers() {
         worst_submit = worst_submit.max(t.elapsed());
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // The exporter drains its queue between export attempts (each failed attempt may include
+    // opentelemetry-otlp's own retries), so wait for the backlog to overflow, bounded.
     let c = p.counters().clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.dropped_backlog.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(c.dropped_backlog.load(Ordering::Relaxed) > 0, "the backlog bound was never hit");
     assert!(c.backlog_peak_bytes.load(Ordering::Relaxed) <= bound as u64, "backlog exceeded its bound");
     assert!(c.export_failures.load(Ordering::Relaxed) > 0);
     println!("worst submit during the outage: {worst_submit:?}");
 
     // The endpoint comes up; spans made after recovery arrive.
-    let rx = OtlpReceiver::start(Transport::HttpProtobuf, &format!("127.0.0.1:{port}"));
+    let rx = OtlpReceiver::start(Transport::HttpProtobuf, &format!("127.0.0.1:{}", reserved.release()));
     let marker: Vec<SpanRecord> = (1_000_000..1_000_100).map(|i| span(i, Some(0))).collect();
     p.submit(marker);
     assert!(

@@ -22,6 +22,43 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A loopback TCP port held bound but not listening: connections to it are refused
+/// (RST, `ECONNREFUSED`) and nothing else can bind it until [`ReservedPort::release`].
+#[derive(Debug)]
+pub struct ReservedPort {
+    fd: std::os::fd::OwnedFd,
+    port: u16,
+}
+
+impl ReservedPort {
+    /// Reserves a free port on 127.0.0.1. Panics when the socket calls fail (tests only).
+    pub fn new() -> ReservedPort {
+        use nix::sys::socket::{bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+        use std::os::fd::AsRawFd;
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+        bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).expect("bind 127.0.0.1:0");
+        let port = getsockname::<SockaddrIn>(fd.as_raw_fd()).expect("getsockname").port();
+        ReservedPort { fd, port }
+    }
+
+    /// The reserved port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Frees the port (to start a receiver on it right away) and returns it.
+    pub fn release(self) -> u16 {
+        drop(self.fd);
+        self.port
+    }
+}
+
+impl Default for ReservedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// An attribute value as received.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Val {
