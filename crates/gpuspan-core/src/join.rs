@@ -80,20 +80,10 @@ impl ScopeInfo {
     }
 }
 
-/// Trace id of a W3C traceparent (`version-traceid-parentid-flags`), if well-formed.
+/// Trace id (32 lower-case hex) of a W3C traceparent, if well-formed by the rules of
+/// [`crate::spans::context::parse_traceparent`].
 pub fn parse_traceparent_trace_id(tp: &str) -> Option<String> {
-    let parts: Vec<&str> = tp.split('-').collect();
-    if parts.len() < 4 || parts[0].len() != 2 || parts[1].len() != 32 || parts[2].len() != 16 || parts[3].len() != 2 {
-        return None;
-    }
-    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if !parts.iter().take(4).all(|p| hex(p)) || parts[0] == "ff" {
-        return None;
-    }
-    if parts[1].bytes().all(|b| b == b'0') || parts[2].bytes().all(|b| b == b'0') {
-        return None;
-    }
-    Some(parts[1].to_string())
+    crate::spans::context::parse_traceparent(tp).ok().map(|(trace_id, _, _)| crate::spans::ids::hex(&trace_id))
 }
 
 /// All scopes seen, by id.

@@ -239,6 +239,11 @@ pub struct SpanAssembler {
 /// flushes, since API and GPU records may come in different buffers).
 const WAIT_GENERATIONS: u64 = 20;
 
+/// CUPTI ns + `offset_ns` = Unix ns (clamped at 0).
+fn to_unix(cupti_ns: u64, offset_ns: i64) -> u64 {
+    (cupti_ns as i128 + offset_ns as i128).max(0) as u64
+}
+
 fn attr_str(k: &'static str, v: impl Into<Arc<str>>) -> (Cow<'static, str>, AttrValue) {
     (Cow::Borrowed(k), AttrValue::Str(v.into()))
 }
@@ -532,7 +537,7 @@ impl SpanAssembler {
     }
 
     fn unix(&self, cupti_ns: u64) -> u64 {
-        (cupti_ns as i128 + self.opts.clock_offset_ns as i128).max(0) as u64
+        to_unix(cupti_ns, self.opts.clock_offset_ns)
     }
 
     fn finalize_unit(&mut self, id: ScopeId, unit: Unit, scopes: &ScopeTable, out: &mut Finalized) {
@@ -601,8 +606,8 @@ impl SpanAssembler {
             parent_span_id: Some(parent),
             parent_is_remote: false,
             name,
-            start_unix_ns: (start as i128 + opts.clock_offset_ns as i128).max(0) as u64,
-            end_unix_ns: (end.max(start) as i128 + opts.clock_offset_ns as i128).max(0) as u64,
+            start_unix_ns: to_unix(start, opts.clock_offset_ns),
+            end_unix_ns: to_unix(end.max(start), opts.clock_offset_ns),
             attributes,
             trace_state: req.trace_state.clone(),
             sampled: true,
