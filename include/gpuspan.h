@@ -44,6 +44,8 @@
 
 #include <stdint.h>
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -93,6 +95,18 @@ int gpuspan_stage_begin(const char *name);
  * Returns the nesting level of the closed scope, or -2 (not collecting, or no open scope).
  */
 int gpuspan_end(void);
+
+/*
+ * Names the CUDA streams (CUstream / cudaStream_t; at most 4 are kept) on which the scopes
+ * the calling thread opens from now on are timed in coarse mode, like PyTorch's "current
+ * stream". n = 0 (or streams = NULL) goes back to the default: the legacy default stream,
+ * which orders with blocking streams but never sees work on non-blocking ones (spans then
+ * say gpuspan.timing=legacy_stream). Call it after creating your streams, and again when
+ * the thread switches streams. No allocation, no lock.
+ *
+ * Returns how many streams were kept, or -2 when the agent is not loaded.
+ */
+int gpuspan_use_streams(void *const *streams, size_t n);
 
 /*
  * Returns 1 when the agent is loaded and collecting, 0 otherwise (the other calls are then

@@ -52,6 +52,13 @@ are percent-encoded as UTF-8 bytes (``%20``, ``%25``; ``=`` too in keys); values
 whitespace around ``,`` / ``;``, with any other whitespace percent-encoded. Names are cut
 at the agent's fixed name capacity (256 bytes in this version), so keep attributes short.
 
+Streams (coarse mode, the agent's default, times scopes with CUDA events): a scope is timed
+on the streams its thread named with ``use_streams(handle, ...)``; when torch is already
+imported and CUDA initialized, ``request_begin`` and ``step_begin`` name
+``torch.cuda.current_stream()`` by themselves. A thread that named none is timed on the
+legacy default stream, which never sees work on non-blocking streams (PyTorch's side
+streams): such spans carry ``gpuspan.timing=legacy_stream``.
+
 Threads: scopes belong to the thread that opens them; requests on several threads keep their
 own scopes and trace ids. A context manager must be exited on the thread that entered it.
 Works with Python 3.8+ (tested with 3.11).
@@ -62,12 +69,14 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import sys
 import unicodedata
 import warnings
 from typing import Optional
 
 __all__ = [
     "request",
+    "use_streams",
     "step",
     "stage",
     "request_begin",
@@ -85,6 +94,7 @@ NOT_COLLECTING = -2
 
 _SYMBOLS = (
     "gpuspan_request_begin",
+    "gpuspan_use_streams",
     "gpuspan_step_begin",
     "gpuspan_stage_begin",
     "gpuspan_end",
@@ -106,6 +116,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.gpuspan_is_active.restype = ctypes.c_int
     lib.gpuspan_version.argtypes = ()
     lib.gpuspan_version.restype = ctypes.c_char_p
+    lib.gpuspan_use_streams.argtypes = (ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t)
+    lib.gpuspan_use_streams.restype = ctypes.c_int
     return lib
 
 
@@ -243,6 +255,37 @@ def _otel_context() -> tuple:
 # --- low-level calls ------------------------------------------------------------------------
 
 
+def use_streams(*streams: int) -> int:
+    """Names the CUDA streams (``cudaStream_t`` handles as ints, e.g.
+    ``torch.cuda.current_stream().cuda_stream``; at most 4 kept) on which the scopes this
+    thread opens from now on are timed in coarse mode. No argument goes back to the legacy
+    default stream. Returns how many were kept, or -2 when the agent is not loaded."""
+    if _lib is None:
+        return NOT_COLLECTING
+    arr = (ctypes.c_void_p * max(len(streams), 1))(*[ctypes.c_void_p(int(s)) for s in streams])
+    return _lib.gpuspan_use_streams(arr, len(streams))
+
+
+def _torch_current_stream() -> Optional[int]:
+    """``torch.cuda.current_stream().cuda_stream`` when torch is already imported and CUDA is
+    initialized; None otherwise (gpuspan never imports torch itself, nor initializes CUDA)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        if not torch.cuda.is_initialized():
+            return None
+        return int(torch.cuda.current_stream().cuda_stream)
+    except Exception:
+        return None
+
+
+def _follow_torch_stream() -> None:
+    s = _torch_current_stream()
+    if s is not None:
+        use_streams(s)
+
+
 def request_begin(traceparent: Optional[str] = None, **attrs: object) -> int:
     """Opens a request scope ``gpuspan.request <traceparent> k=v ...`` on this thread (see the
     module docstring for the trace context and the encoding). Returns the nesting level of the
@@ -258,6 +301,7 @@ def request_begin(traceparent: Optional[str] = None, **attrs: object) -> int:
             attrs["baggage"] = otel_bg
     tp = _first_token(traceparent)
     text = " ".join(_attr(k, v) for k, v in attrs.items())
+    _follow_torch_stream()
     return _lib.gpuspan_request_begin(tp.encode("utf-8") if tp else None, text.encode("utf-8") if text else None)
 
 
@@ -266,6 +310,7 @@ def step_begin(index: int, count: int) -> int:
     level, or -2; close it with ``end()``."""
     if _lib is None:
         return NOT_COLLECTING
+    _follow_torch_stream()
     return _lib.gpuspan_step_begin(int(index) & 0xFFFFFFFF, int(count) & 0xFFFFFFFF)
 
 

@@ -5,6 +5,8 @@
 #           (they load without a GPU: layout checks, "real libcupti, no driver" test),
 #           and the OpenTelemetry Python SDK + OTLP/HTTP exporter (the Python worker test).
 #           HolisticTraceAnalysis 0.5.0 (the HTA comparison tests).
+#           NVRTC 12.9 + ptxas (nvidia-cuda-nvrtc-cu12, nvidia-cuda-nvcc-cu12): kernels/*.cu → sm_90 PTX,
+#           ptxas spill check.
 #   Debian  `prometheus` (prometheus + promtool: the scrape and exposition tests) and
 #           `chromium` (the HTML waterfall's load-time test).
 #   npm     @paulirish/trace_engine and playwright-core into tests/interop/node_modules.
@@ -35,6 +37,11 @@ if ! .venv/bin/python -c 'import hta.trace_analysis' 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps HolisticTraceAnalysis==0.5.0
   .venv/bin/pip install --quiet --disable-pip-version-check \
     pandas==3.1.1 numpy==2.4.6 plotly==7.1.0 networkx==3.6.1 PyYAML==6.0.3 psutil==7.2.2
+fi
+# NVRTC (build.rs compiles kernels/*.cu to sm_90 PTX with it) and ptxas (tests/kernels_ptxas.rs).
+if ! .venv/bin/python -c 'import importlib.metadata as m; [m.version(p) for p in ("nvidia-cuda-nvrtc-cu12","nvidia-cuda-nvcc-cu12")]' 2>/dev/null; then
+  .venv/bin/pip install --quiet --disable-pip-version-check nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-nvcc-cu12==12.9.86
+  touch kernels/*.cu
 fi
 export GPUSPAN_VENV="$PWD/.venv"
 

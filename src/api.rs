@@ -84,6 +84,15 @@ pub fn is_active() -> bool {
     gpuspan_agent::state::agent().is_some_and(|a| a.collecting.load(Ordering::Relaxed))
 }
 
+/// Names the CUDA streams (`CUstream` / `cudaStream_t` handles as addresses, e.g. cudarc's
+/// `CudaStream::cu_stream() as usize`) on which scopes this thread opens from now on are
+/// timed in coarse mode; at most 4 are kept, an empty slice goes back to the legacy default
+/// stream (which never sees work on non-blocking streams: spans then carry
+/// `gpuspan.timing=legacy_stream`). Returns how many were kept. No allocation, no lock.
+pub fn use_streams(streams: &[usize]) -> usize {
+    gpuspan_agent::hooks::use_streams(streams)
+}
+
 /// The version of this library (`CARGO_PKG_VERSION`).
 pub fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")

@@ -93,6 +93,29 @@ pub extern "C" fn gpuspan_end() -> c_int {
     catch_unwind(scope_end).unwrap_or(NO_PUSH_POP_TRACKING)
 }
 
+/// `int gpuspan_use_streams(void *const *streams, size_t n)`: the CUDA streams the calling
+/// thread's next scopes are timed on in coarse mode (at most 4 kept; `n == 0` or NULL: the
+/// legacy default stream). Returns how many were kept, or -2 when the agent is not loaded.
+///
+/// # Safety
+/// `streams` is NULL or points to `n` readable pointers.
+#[no_mangle]
+pub unsafe extern "C" fn gpuspan_use_streams(streams: *const *mut std::ffi::c_void, n: usize) -> c_int {
+    catch_unwind(|| {
+        if gpuspan_agent::state::agent().is_none() {
+            return NO_PUSH_POP_TRACKING;
+        }
+        let mut addrs = [0usize; gpuspan_agent::coarse::mark::MAX_SCOPE_STREAMS];
+        let n = if streams.is_null() { 0 } else { n.min(addrs.len()) };
+        for (i, a) in addrs.iter_mut().enumerate().take(n) {
+            // SAFETY: `streams` points to at least `n` pointers (caller's contract), i < n.
+            *a = unsafe { *streams.add(i) } as usize;
+        }
+        crate::api::use_streams(&addrs[..n]) as c_int
+    })
+    .unwrap_or(NO_PUSH_POP_TRACKING)
+}
+
 /// `int gpuspan_is_active(void)`: 1 when the agent is collecting, else 0.
 #[no_mangle]
 pub extern "C" fn gpuspan_is_active() -> c_int {

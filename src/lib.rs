@@ -19,6 +19,7 @@
 
 mod capi;
 pub mod api;
+pub mod kernels;
 pub use api::{request, stage, step, ScopeGuard};
 pub use gpuspan_agent::hooks;
 pub use gpuspan_agent::state::{flush_capture, status, AgentStatus};

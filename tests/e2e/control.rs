@@ -144,7 +144,7 @@ fn control_socket_status_errors_peer_check_and_cleanup() {
     let mut c = gpuspan();
     // 30 steps on the real clock (≈ 18 s): time for every check while it runs. Small
     // activity buffers, so records reach the collector (and the status) step by step.
-    c.args(["run", "--sim", "--out"])
+    c.args(["run", "--mode", "fine", "--sim", "--out"])
         .arg(out.path())
         .arg("--")
         .arg(artifact("gpuspan-replay"))

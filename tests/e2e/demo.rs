@@ -81,7 +81,7 @@ fn wan21_matches_the_calibration_profile() {
     let out = tempfile::tempdir().unwrap();
     let o = output(
         gpuspan()
-            .args(["run", "--sim", "--out"])
+            .args(["run", "--mode", "fine", "--sim", "--out"])
             .arg(out.path())
             .arg("--")
             .arg(artifact("gpuspan-replay"))

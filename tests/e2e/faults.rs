@@ -6,7 +6,7 @@ use std::path::Path;
 /// Runs the 2-step stdit preset under the agent with extra environment; returns the capture.
 fn run_stdit(out: &Path, env: &[(&str, &str)]) -> gpuspan_core::trace::Trace {
     let mut c = gpuspan();
-    c.args(["run", "--sim", "--out"]).arg(out).arg("--").arg(artifact("gpuspan-replay")).args(["stdit", "--steps", "2"]);
+    c.args(["run", "--mode", "fine", "--sim", "--out"]).arg(out).arg("--").arg(artifact("gpuspan-replay")).args(["stdit", "--steps", "2"]);
     for (k, v) in env {
         c.env(k, v);
     }

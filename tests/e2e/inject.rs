@@ -90,6 +90,7 @@ fn cuda_injection64_path_alone() {
             .env_remove("NVTX_INJECTION64_PATH")
             .env("LD_LIBRARY_PATH", sim.path())
             .env("CUDA_INJECTION64_PATH", artifact("libgpuspan.so"))
+            .env("GPUSPAN_MODE", "fine")
             .env("GPUSPAN_OUT", out.path()),
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

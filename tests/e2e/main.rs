@@ -5,6 +5,7 @@
 //! `libgpuspan.so`, `libgpuspan_simgpu.so`); `scripts/test.sh` builds them first.
 
 mod cli_errors;
+mod coarse;
 mod control;
 mod demo;
 mod diff;

@@ -60,7 +60,7 @@ fn endpoint_down_for_10s_then_up() {
     let out = tempfile::tempdir().unwrap();
     let requests = 6;
     let mut c = gpuspan();
-    c.args(["run", "--sim", "--out"])
+    c.args(["run", "--mode", "fine", "--sim", "--out"])
         .arg(out.path())
         .arg("--")
         .arg(artifact("gpuspan-replay"))

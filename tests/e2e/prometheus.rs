@@ -85,7 +85,7 @@ fn prometheus_scrapes_step_histograms_and_promtool_accepts_the_exposition() {
     // long enough to be scraped: 3 requests × 4 steps.
     let out = tempfile::tempdir().unwrap();
     let mut c = gpuspan();
-    c.args(["run", "--sim", "--out"])
+    c.args(["run", "--mode", "fine", "--sim", "--out"])
         .arg(out.path())
         .arg("--")
         .arg(artifact("gpuspan-replay"))

@@ -39,7 +39,7 @@ fn python() -> Option<PathBuf> {
 }
 
 fn run_sim(out: &Path, program: &Path, args: &[&str]) -> Output {
-    let o = output(gpuspan().args(["run", "--sim", "--out"]).arg(out).arg("--").arg(program).args(args));
+    let o = output(gpuspan().args(["run", "--mode", "fine", "--sim", "--out"]).arg(out).arg("--").arg(program).args(args));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{} failed:\n{}\n{stderr}", program.display(), String::from_utf8_lossy(&o.stdout));
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -199,7 +199,7 @@ fn python_worker_with_opentelemetry_takes_the_current_span() {
         args.extend(traceparent.map(|tp| ["--traceparent", tp]).into_iter().flatten());
         let o = output(
             gpuspan()
-                .args(["run", "--sim", "--out"])
+                .args(["run", "--mode", "fine", "--sim", "--out"])
                 .arg(out.path())
                 .arg("--")
                 .arg(&py)

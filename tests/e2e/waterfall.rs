@@ -288,7 +288,7 @@ fn waterfall_html_of_a_100k_kernel_capture_renders_in_chromium_under_2s() {
     let dir = tempfile::tempdir().unwrap();
     let o = output(
         gpuspan()
-            .args(["run", "--sim", "--out"])
+            .args(["run", "--mode", "fine", "--sim", "--out"])
             .arg(dir.path())
             .arg("--")
             .arg(artifact("gpuspan-replay"))

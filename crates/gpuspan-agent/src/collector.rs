@@ -23,6 +23,14 @@ use std::time::{Duration, Instant};
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(5);
 /// How often it asks CUPTI for completed buffers (`cuptiActivityFlushAll(0)`).
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest wait at exit for the events of scopes that ended (coarse mode); the
+/// application has normally synchronized before exiting, so they are complete.
+pub const COARSE_EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// Why coarse mode writes no `capture.json.gz` at exit (kernel captures come from fine
+/// windows, `gpuspan capture PID`).
+pub const NO_COARSE_CAPTURE: &str = "coarse mode records no kernels: spans and metrics only (use `gpuspan capture PID` or GPUSPAN_MODE=fine for a kernel capture)";
+
 /// How often it asks the span assembler for finished steps and requests.
 pub const SPAN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -43,6 +51,11 @@ pub struct Collector {
     pub assembler: SpanAssembler,
     /// Path of the written capture, once written.
     pub written: Option<PathBuf>,
+    /// [`finish`] ran (coarse mode writes nothing, so `written` cannot tell).
+    pub finished: bool,
+    /// Coarse mode: pending scope marks → scope GPU intervals.
+    pub resolver: crate::coarse::resolve::Resolver,
+    times: Vec<gpuspan_core::spans::ScopeGpuTime>,
 }
 
 impl Collector {
@@ -56,6 +69,9 @@ impl Collector {
             decode_totals: DecodeStats::default(),
             assembler: SpanAssembler::new(spans),
             written: None,
+            finished: false,
+            resolver: crate::coarse::resolve::Resolver::new(),
+            times: Vec::new(),
         }
     }
 
@@ -64,11 +80,41 @@ impl Collector {
         self.assembler.poll(&self.scopes, now_ms, force)
     }
 
+    fn feed_times(&mut self) {
+        for t in self.times.drain(..) {
+            self.assembler.observe_scope_time(&t, &self.scopes);
+        }
+    }
+
+    /// Coarse mode at exit: resolves the remaining scope intervals (waiting at most
+    /// `wait` for their events) and feeds them to the assembler.
+    pub fn finish_coarse(&mut self, a: &Agent, wait: Duration) {
+        if let Some(c) = &a.coarse {
+            while let Some(m) = c.marks.pop() {
+                self.resolver.accept(m, c);
+            }
+            self.resolver.finish(c, Instant::now() + wait, &mut self.times);
+            self.feed_times();
+        }
+    }
+
     /// Drains both queues of `a` into this collector.
     pub fn drain(&mut self, a: &Agent) {
+        // Marks first: an application thread queues a scope's event before its mark, so
+        // every scope a mark names is in the scope queue drained next, and in the table
+        // before its interval is fed.
+        if let Some(c) = &a.coarse {
+            while let Some(m) = c.marks.pop() {
+                self.resolver.accept(m, c);
+            }
+        }
         while let Some(ev) = a.scope_queue.pop() {
             self.scopes.apply(&ev);
             self.assembler.observe_scope(&ev, &self.scopes);
+        }
+        if let Some(c) = &a.coarse {
+            self.resolver.resolve(c, &mut self.times);
+            self.feed_times();
         }
         let next = a.api.get_next_record_fn();
         while let Some((addr, valid)) = a.completed_queue.pop() {
@@ -142,7 +188,7 @@ fn run() {
     let mut last_poll = Instant::now();
     while !STOP.load(Ordering::Acquire) {
         std::thread::sleep(DRAIN_INTERVAL);
-        if last_flush.elapsed() >= FLUSH_INTERVAL {
+        if last_flush.elapsed() >= FLUSH_INTERVAL && a.fine_on.load(Ordering::Acquire) {
             // Unlocked: the completion callback must be able to run during the flush.
             let _ = a.api.flush_all(0);
             last_flush = Instant::now();
@@ -156,9 +202,12 @@ fn run() {
                 done = Some((f, c.assembler.take_context_problems()));
             }
         }
-        if let Ok(n) = a.api.dropped_records() {
-            a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
+        if a.fine_on.load(Ordering::Acquire) {
+            if let Ok(n) = a.api.dropped_records() {
+                a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
+            }
         }
+        report_coarse_fallbacks(a);
         // Outside the collector lock: exporting never delays draining.
         if let Some((f, problems)) = done {
             a.telemetry.report_context_problems(problems);
@@ -172,34 +221,82 @@ fn run() {
 
 static CLOCK_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
+/// One warning the first time coarse timing had to fall back to CPU times (the hot path
+/// only counts).
+fn report_coarse_fallbacks(a: &Agent) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let Some(c) = &a.coarse else { return };
+    let exhausted = c.counters.pool_exhausted.load(Ordering::Relaxed);
+    let errors = c.counters.event_errors.load(Ordering::Relaxed);
+    if (exhausted > 0 || errors > 0) && !WARNED.swap(true, Ordering::Relaxed) {
+        let why = if exhausted > 0 {
+            format!(
+                "the CUDA event pool (GPUSPAN_EVENT_POOL={}) was exhausted",
+                c.pool.capacity()
+            )
+        } else {
+            "the driver refused an event call (no CUDA context on the thread, or cuInit not called yet)".to_string()
+        };
+        crate::log::warn(&format!(
+            "coarse mode: {why}; {} scope boundaries so far were timed on the CPU side (gpuspan.timing=cpu_fallback)",
+            exhausted + errors
+        ));
+    }
+}
+
 /// Stops collection, flushes CUPTI (complete records first, then a forced flush for the
 /// rest), disables the activity kinds, releases the CUPTI subscriber, and writes the capture.
 /// Idempotent: later calls return the first path.
 pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
-    if let Some(p) = a.collector.lock().ok().and_then(|c| c.written.clone()) {
-        return Ok(p);
+    if let Some((written, finished)) = a.collector.lock().ok().map(|c| (c.written.clone(), c.finished)) {
+        match written {
+            Some(p) => return Ok(p),
+            None if finished => return Err(NO_COARSE_CAPTURE.into()),
+            None => {}
+        }
     }
     STOP.store(true, Ordering::Release);
     if let Some(h) = THREAD.lock().ok().and_then(|mut g| g.take()) {
         let _ = h.join();
     }
     a.collecting.store(false, Ordering::Release);
-    let _ = a.api.flush_all(0);
-    let _ = a.api.flush_all(FLUSH_FORCED);
-    if let Ok(n) = a.api.dropped_records() {
-        a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
+    if a.fine_on.swap(false, Ordering::AcqRel) {
+        let _ = a.api.flush_all(0);
+        let _ = a.api.flush_all(FLUSH_FORCED);
+        if let Ok(n) = a.api.dropped_records() {
+            a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        a.api.disable_fine_kinds();
     }
-    a.api.disable_fine_kinds();
     if let Some(s) = a.subscriber.lock().ok().and_then(|mut g| g.take()) {
         let _ = a.api.unsubscribe(s);
     }
     let mut c = a.collector.lock().map_err(|_| "collector state poisoned".to_string())?;
     c.drain(a);
+    c.finish_coarse(a, COARSE_EXIT_WAIT);
+    report_coarse_fallbacks(a);
+    if let Some(co) = &a.coarse {
+        let k = &co.counters;
+        let l = |x: &std::sync::atomic::AtomicU64| x.load(Ordering::Relaxed);
+        crate::log::info(&format!(
+            "coarse timing: {} scopes timed with CUDA events, {} on the CPU side (event pool exhausted {}, driver errors {}, marks dropped {}); {} events made",
+            l(&k.scopes_timed),
+            l(&k.scopes_cpu_timed),
+            l(&k.pool_exhausted),
+            l(&k.event_errors),
+            l(&k.marks_dropped),
+            co.pool.created()
+        ));
+    }
     let start = *CLOCK_START.get_or_init(Instant::now);
     let last = c.poll_spans(now_ms(start), true);
     a.telemetry.report_context_problems(c.assembler.take_context_problems());
     a.telemetry.publish(last);
     a.telemetry.shutdown(a);
+    c.finished = true;
+    if a.config.mode == crate::config::Mode::Coarse {
+        return Err(NO_COARSE_CAPTURE.into());
+    }
     let path = crate::capture::write(a, &mut c)?;
     c.written = Some(path.clone());
     Ok(path)

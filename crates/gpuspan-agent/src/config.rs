@@ -4,13 +4,12 @@
 //! `GPUSPAN_OUT` (capture directory, default `./gpuspan-out`), `GPUSPAN_RULES` (stage rules
 //! TOML), `GPUSPAN_LOG`, `GPUSPAN_METRICS_ADDR` (Prometheus endpoint, default off),
 //! `GPUSPAN_KERNEL_SPAN_BUDGET` (default 20 000 `cuda.kernel` spans per trace),
-//! `GPUSPAN_WORKER_ID` (the `worker_id` metric label, default `<host>:<pid>`). The OTLP
+//! `GPUSPAN_WORKER_ID` (the `worker_id` metric label, default `<host>:<pid>`),
+//! `GPUSPAN_EVENT_POOL` (most CUDA events of coarse mode, default 4096). The OTLP
 //! variables are read by `gpuspan_export::otlp::OtlpSettings`. A bad value gets one warning naming the variable and the default
 //! used, never a failure.
 //!
-//! Deviation from DESIGN.md, for now: coarse mode (CUDA events) is not built yet (issue 5),
-//! so the default mode is `fine`, and `coarse` is accepted but collects in fine mode with a
-//! warning.
+//! The default mode is `coarse` (DESIGN.md "Collection modes").
 
 use std::path::PathBuf;
 
@@ -19,7 +18,7 @@ use std::path::PathBuf;
 pub enum Mode {
     /// Loaded but inert.
     Off,
-    /// CUDA-event timing (not built yet; see module docs).
+    /// CUDA-event timing of scopes, no CUPTI subscription (the default).
     Coarse,
     /// CUPTI Activity API.
     Fine,
@@ -49,6 +48,8 @@ pub struct Config {
     pub kernel_span_budget: u64,
     /// `worker_id` label of the metrics (`GPUSPAN_WORKER_ID`, default `<host>:<pid>`).
     pub worker_id: String,
+    /// Most CUDA events coarse mode keeps (`GPUSPAN_EVENT_POOL`, default 4096).
+    pub event_pool: usize,
 }
 
 /// The host name (`/proc/sys/kernel/hostname`), or `unknown`.
@@ -81,15 +82,12 @@ impl Config {
     pub fn from_env() -> (Config, ConfigWarnings) {
         let mut w = Vec::new();
         let mode = match std::env::var("GPUSPAN_MODE").as_deref().map(str::trim) {
-            Err(_) | Ok("") | Ok("fine") => Mode::Fine,
+            Err(_) | Ok("") | Ok("coarse") => Mode::Coarse,
+            Ok("fine") => Mode::Fine,
             Ok("off") => Mode::Off,
-            Ok("coarse") => {
-                w.push("GPUSPAN_MODE=coarse is not implemented yet; collecting in fine mode".into());
-                Mode::Coarse
-            }
             Ok(other) => {
-                w.push(format!("GPUSPAN_MODE={other:?} is not one of off, coarse, fine; using fine"));
-                Mode::Fine
+                w.push(format!("GPUSPAN_MODE={other:?} is not one of off, coarse, fine; using coarse"));
+                Mode::Coarse
             }
         };
         let out_dir = std::env::var_os("GPUSPAN_OUT")
@@ -100,6 +98,7 @@ impl Config {
         let buffer_bytes = parse_num("GPUSPAN_BUFFER_BYTES", 4 << 20, &mut w);
         let max_buffers = parse_num("GPUSPAN_MAX_BUFFERS", 32, &mut w);
         let max_records = parse_num("GPUSPAN_MAX_RECORDS", 8_000_000, &mut w);
+        let event_pool = parse_num("GPUSPAN_EVENT_POOL", crate::coarse::pool::DEFAULT_EVENT_POOL, &mut w);
         let metrics_addr = std::env::var("GPUSPAN_METRICS_ADDR")
             .ok()
             .map(|v| v.trim().to_string())
@@ -126,6 +125,7 @@ impl Config {
                 metrics_addr,
                 kernel_span_budget,
                 worker_id,
+                event_pool,
             },
             w,
         )

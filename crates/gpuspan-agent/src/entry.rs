@@ -106,8 +106,10 @@ extern "C" fn at_exit() {
         if !state::in_activating_process() {
             return;
         }
-        if let Err(e) = state::flush_capture() {
-            crate::log::warn(&format!("capture not written: {e}"));
+        match state::flush_capture() {
+            Err(e) if e == crate::collector::NO_COARSE_CAPTURE => crate::log::info(&e),
+            Err(e) => crate::log::warn(&format!("capture not written: {e}")),
+            Ok(_) => {}
         }
     });
 }

@@ -2,12 +2,17 @@
 //!
 //! Rules (DESIGN.md "Hot-path rules"): no allocation, no lock, no syscall besides the first
 //! `gettid` of a thread, no logging, no panic across FFI; one atomic load when the agent is
-//! not collecting. Each push copies the name into a fixed-size `ScopeEvent`, pushes the
-//! scope id as a CUPTI external correlation id (kind CUSTOM2) and queues the event; a full
-//! queue drops the event and counts it.
+//! not collecting. Each push copies the name into a fixed-size `ScopeEvent` and queues it
+//! (a full queue drops the event and counts it); in coarse mode it also records a pooled
+//! CUDA event on each of the thread's streams ([`use_streams`]; the legacy default stream
+//! when none were named) and queues a mark ([`crate::coarse::mark`]); while CUPTI collects
+//! it pushes the scope id as a CUPTI external correlation id (kind CUSTOM2), and pops it
+//! at the end only if it pushed it.
 
+use crate::coarse::mark::{record_boundary, MAX_SCOPE_STREAMS};
 use crate::state::{agent, Agent};
 use gpuspan_core::activity::GPUSPAN_EXTERNAL_KIND;
+use gpuspan_cupti::events::Stream;
 use gpuspan_core::scope::{InlineName, ScopeEvent, ScopeId};
 use gpuspan_cupti::nvtx::{ascii_message, EventAttributes};
 use std::cell::Cell;
@@ -33,6 +38,12 @@ struct ThreadScopes {
     /// Runtime API calls in progress: a driver call inside one is the runtime's own
     /// and is not counted again.
     runtime_depth: Cell<u32>,
+    /// Whether the scope at each level pushed an external correlation id.
+    pushed: [Cell<bool>; MAX_DEPTH],
+    /// Streams scopes of this thread are timed on in coarse mode ([`use_streams`]).
+    streams: [Cell<usize>; MAX_SCOPE_STREAMS],
+    /// How many of `streams` are set (0: the legacy default stream).
+    n_streams: Cell<u8>,
 }
 
 thread_local! {
@@ -44,6 +55,9 @@ thread_local! {
             tid: Cell::new(0),
             launches: Cell::new(0),
             runtime_depth: Cell::new(0),
+            pushed: [const { Cell::new(false) }; MAX_DEPTH],
+            streams: [const { Cell::new(0) }; MAX_SCOPE_STREAMS],
+            n_streams: Cell::new(0),
         }
     };
 }
@@ -90,6 +104,31 @@ fn thread_id(t: &ThreadScopes) -> u32 {
     tid
 }
 
+/// Sets the CUDA streams (`CUstream` / `cudaStream_t` handles as addresses) that scopes
+/// opened afterwards on this thread are timed on in coarse mode, like PyTorch's "current
+/// stream"; the first [`MAX_SCOPE_STREAMS`] are kept, and an empty slice goes back to the
+/// legacy default stream. Returns how many were kept. No allocation, no lock.
+pub fn use_streams(streams: &[usize]) -> usize {
+    let n = streams.len().min(MAX_SCOPE_STREAMS);
+    let _ = SCOPES.try_with(|t| {
+        for (i, s) in streams[..n].iter().enumerate() {
+            t.streams[i].set(*s);
+        }
+        t.n_streams.set(n as u8);
+    });
+    n
+}
+
+/// This thread's streams, copied out (no allocation).
+fn thread_streams(t: &ThreadScopes) -> ([Stream; MAX_SCOPE_STREAMS], usize) {
+    let mut out = [Stream::LEGACY; MAX_SCOPE_STREAMS];
+    let n = t.n_streams.get() as usize;
+    for (i, s) in out.iter_mut().enumerate().take(n) {
+        *s = Stream::from_raw(t.streams[i].get());
+    }
+    (out, n)
+}
+
 /// Opens a scope named `name` on this thread. Returns the 0-based nesting level of the new
 /// range (NVTX's `nvtxRangePush*` contract), or [`NO_PUSH_POP_TRACKING`] when inactive.
 pub fn scope_begin(name: &[u8]) -> i32 {
@@ -107,17 +146,25 @@ pub fn scope_begin(name: &[u8]) -> i32 {
         let id = a.next_scope_id.fetch_add(1, Ordering::Relaxed);
         t.ids[depth].set(id);
         t.launch_base[depth].set(t.launches.get());
-        begin_event(a, id, parent, thread_id(t), name);
+        let pushed = a.fine_on.load(Ordering::Relaxed);
+        t.pushed[depth].set(pushed);
+        let (streams, n) = thread_streams(t);
+        begin_event(a, id, parent, thread_id(t), name, pushed, &streams[..n]);
         depth as i32
     })
 }
 
-fn begin_event(a: &Agent, id: ScopeId, parent: ScopeId, thread_id: u32, name: &[u8]) {
+fn begin_event(a: &Agent, id: ScopeId, parent: ScopeId, thread_id: u32, name: &[u8], push: bool, streams: &[Stream]) {
     let ts_ns = a.api.timestamp_ns();
-    a.api.push_external_correlation(GPUSPAN_EXTERNAL_KIND, id);
+    if push {
+        a.api.push_external_correlation(GPUSPAN_EXTERNAL_KIND, id);
+    }
     let ev = ScopeEvent::Begin { id, parent, thread_id, ts_ns, name: InlineName::from_bytes(name) };
     if a.scope_queue.push(ev).is_err() {
         a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(c) = &a.coarse {
+        record_boundary(c, id, parent, false, ts_ns, streams);
     }
 }
 
@@ -140,14 +187,21 @@ pub fn scope_end() -> i32 {
             return level as i32;
         }
         t.ids[level].set(0);
-        let _ = a.api.pop_external_correlation(GPUSPAN_EXTERNAL_KIND);
+        if t.pushed[level].replace(false) {
+            let _ = a.api.pop_external_correlation(GPUSPAN_EXTERNAL_KIND);
+        }
         let launches = a
             .counting_launches
             .load(Ordering::Relaxed)
             .then(|| (t.launches.get() - t.launch_base[level].get()).min(u32::MAX as u64) as u32);
-        let ev = ScopeEvent::End { id, ts_ns: a.api.timestamp_ns(), launches };
+        let ts_ns = a.api.timestamp_ns();
+        let ev = ScopeEvent::End { id, ts_ns, launches };
         if a.scope_queue.push(ev).is_err() {
             a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(c) = &a.coarse {
+            let (streams, n) = thread_streams(t);
+            record_boundary(c, id, 0, true, ts_ns, &streams[..n]);
         }
         level as i32
     })

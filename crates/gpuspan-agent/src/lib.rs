@@ -9,8 +9,10 @@
 //!
 //! Data flow (DESIGN.md "Data flow"):
 //! - app threads: NVTX push/pop → [`hooks`] → a fixed-size `ScopeEvent` on a bounded
-//!   lock-free queue (full ⇒ drop + count), plus a CUPTI external-correlation push/pop of
-//!   the scope id (fine mode);
+//!   lock-free queue (full ⇒ drop + count), plus, in coarse mode, one pooled CUDA event
+//!   per stream of the scope and a fixed-size mark on a second queue ([`coarse`]), and
+//!   while CUPTI collects (fine mode, fine windows) a CUPTI external-correlation push/pop
+//!   of the scope id;
 //! - CUPTI threads: buffer requested / completed → [`cupti_callbacks`] → the bounded buffer
 //!   pool and a bounded queue of completed buffers; no lock, no allocation;
 //! - the collector thread ([`collector`]): drains both queues, decodes each buffer once,
@@ -30,6 +32,7 @@
 //! injected into.
 
 pub mod capture;
+pub mod coarse;
 pub mod collector;
 pub mod config;
 pub mod control;

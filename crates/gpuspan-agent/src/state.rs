@@ -31,7 +31,7 @@ pub struct Counters {
     pub records_decoded: AtomicU64,
 }
 
-/// The live agent (fine mode).
+/// The live agent.
 pub struct Agent {
     /// Configuration read at activation.
     pub config: Config,
@@ -49,6 +49,11 @@ pub struct Agent {
     pub next_scope_id: AtomicU64,
     /// Collection on: the hot path does nothing while false.
     pub collecting: AtomicBool,
+    /// CUPTI is subscribed with the activity kinds enabled (fine mode, or a fine window in
+    /// coarse mode): the hot path pushes external correlation ids only while true.
+    pub fine_on: AtomicBool,
+    /// Coarse timing (coarse mode only).
+    pub coarse: Option<crate::coarse::Coarse>,
     /// The CUPTI API callbacks count launches, so scope ends carry launch counts.
     pub counting_launches: AtomicBool,
     /// Loss counters.
@@ -142,7 +147,8 @@ fn span_options(config: &Config, api: &ActivityApi, exporting: bool) -> gpuspan_
     let offset = if offset.unsigned_abs() < 1_000_000 { 0 } else { offset };
     gpuspan_core::spans::SpanOptions {
         kernel_span_budget: config.kernel_span_budget,
-        kernel_spans: exporting && config.kernel_span_budget > 0,
+        kernel_spans: exporting && config.kernel_span_budget > 0 && config.mode == Mode::Fine,
+        coarse: config.mode == Mode::Coarse,
         clock_offset_ns: offset,
         seed: ((std::process::id() as u64) << 32) ^ unix_ns as u64,
         ..Default::default()
@@ -158,14 +164,18 @@ fn activate_inner() -> Result<(), String> {
     if config.mode == Mode::Off {
         return Err("GPUSPAN_MODE=off".into());
     }
+    // Both modes load CUPTI: its clock timestamps scopes, and coarse mode subscribes to it
+    // only for fine windows.
     let api = ActivityApi::load().map_err(|e| format!("{e}"))?;
-    let subscriber = api.subscribe_with(crate::hooks::api_callback).map_err(|e| match e.code() {
-        Some(39) => format!(
-            "CUPTI is held by another tool ({e}); the worker runs unprofiled"
-        ),
-        Some(15) => format!("{e}: no CUDA driver or GPU available to CUPTI"),
-        _ => format!("{e}"),
-    })?;
+    let subscriber = match config.mode {
+        Mode::Fine => Some(api.subscribe_with(crate::hooks::api_callback).map_err(|e| match e.code() {
+            Some(39) => format!("CUPTI is held by another tool ({e}); the worker runs unprofiled"),
+            Some(15) => format!("{e}: no CUDA driver or GPU available to CUPTI"),
+            _ => format!("{e}"),
+        })?),
+        _ => None,
+    };
+    let coarse = (config.mode == Mode::Coarse).then(|| crate::coarse::Coarse::new(config.event_pool));
     let allow_decline = api.version() >= BUFFER_DECLINE_MIN_VERSION;
     let rules = crate::collector::load_rules(&config);
     let telemetry = crate::telemetry::Telemetry::start(&config);
@@ -177,10 +187,12 @@ fn activate_inner() -> Result<(), String> {
         completed_queue: ArrayQueue::new(COMPLETED_QUEUE_CAP),
         next_scope_id: AtomicU64::new(1),
         collecting: AtomicBool::new(false),
+        fine_on: AtomicBool::new(false),
+        coarse,
         counting_launches: AtomicBool::new(false),
         counters: Counters::default(),
         collector: Mutex::new(Collector::new(rules, spans)),
-        subscriber: Mutex::new(Some(subscriber)),
+        subscriber: Mutex::new(subscriber),
         telemetry,
         config,
         api,
@@ -189,6 +201,18 @@ fn activate_inner() -> Result<(), String> {
         return Ok(());
     }
     let a = AGENT.get().expect("just set");
+    if a.config.mode == Mode::Coarse {
+        a.collecting.store(true, Ordering::Release);
+        crate::collector::start_thread();
+        crate::control::start();
+        crate::entry::register_exit_handler();
+        let timing = match &a.coarse.as_ref().and_then(|c| c.events.as_ref()) {
+            Some(ev) => format!("CUDA events from {}", ev.loaded_from),
+            None => "CPU times (no CUDA driver)".into(),
+        };
+        crate::log::info(&format!("coarse mode on: scopes timed with {timing}; CUPTI {} loaded, not subscribed", a.api.version()));
+        return Ok(());
+    }
     let setup = a
         .api
         .register_callbacks(crate::cupti_callbacks::buffer_requested, crate::cupti_callbacks::buffer_completed)
@@ -211,6 +235,7 @@ fn activate_inner() -> Result<(), String> {
         Some(Err(e)) => crate::log::info(&format!("launch counting off ({e}); step spans finish by timing")),
         None => {}
     }
+    a.fine_on.store(true, Ordering::Release);
     a.collecting.store(true, Ordering::Release);
     crate::collector::start_thread();
     crate::control::start();

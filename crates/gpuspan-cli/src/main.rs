@@ -47,7 +47,7 @@ enum Command {
     /// Runs CMD with the agent injected (LD_PRELOAD).
     Run {
         /// Collection mode: off, coarse, fine.
-        #[arg(long, default_value = "fine")]
+        #[arg(long, default_value = "coarse")]
         mode: String,
         /// Output directory.
         #[arg(long, default_value = "gpuspan-out")]

@@ -27,6 +27,7 @@ pub mod activity;
 pub mod buffers;
 pub mod decode;
 pub mod error;
+pub mod events;
 pub mod symbols;
 pub mod nvtx;
 

@@ -18,13 +18,21 @@
 //! it has ended and all its units are. Records that arrive for a finalized unit are
 //! counted as late (they remain in the capture file, which is built separately).
 //!
+//! Coarse mode ([`SpanOptions::coarse`]): no activity records at all. The agent times
+//! scopes with CUDA events and feeds each scope's GPU interval ([`ScopeGpuTime`], via
+//! [`SpanAssembler::observe_scope_time`]); a stage scope's interval stands in for its
+//! kernels, and a step or request is complete once its own interval is in (the agent
+//! resolves intervals in scope-end order, so children come first). Spans keep their fine
+//! names; they carry `gpuspan.timing` (how they were measured) and `gpuspan.scope_count`
+//! instead of kernel counts, and there are no `cuda.kernel` spans.
+//!
 //! Time: records and scopes are in CUPTI ns (CLOCK_REALTIME on Linux, CUPTI-NOTES §2);
 //! spans are in Unix ns = CUPTI ns + [`SpanOptions::clock_offset_ns`], which the agent
 //! measures once (≈ 0 with real CUPTI; the simulated H100's virtual clock needs it).
 
 use super::context::{ContextProblem, TraceContext};
 use super::ids;
-use super::model::{AttrValue, Finalized, RequestTiming, SpanRecord, StepTiming};
+use super::model::{AttrValue, Finalized, RequestTiming, ScopeGpuTime, SpanRecord, StepTiming, TimingSource};
 use crate::activity::{ActivityRecord, ApiDomain, GPUSPAN_EXTERNAL_KIND};
 use crate::classify::Classifier;
 use crate::join::ScopeTable;
@@ -75,6 +83,9 @@ pub struct SpanOptions {
     pub grace_ms: u64,
     /// Most GPU records held for unfinished units; more are dropped and counted.
     pub max_pending_gpu: usize,
+    /// Coarse mode: spans come from scope intervals ([`SpanAssembler::observe_scope_time`]),
+    /// not from activity records.
+    pub coarse: bool,
 }
 
 impl Default for SpanOptions {
@@ -87,6 +98,7 @@ impl Default for SpanOptions {
             settle_ms: 600,
             grace_ms: 10_000,
             max_pending_gpu: 4 << 20,
+            coarse: false,
         }
     }
 }
@@ -114,7 +126,8 @@ pub struct AssemblerStats {
     pub context_missing: u64,
     /// Requests whose traceparent did not parse.
     pub context_malformed: u64,
-    /// Records and API calls that were never tied to a scope (no external correlation).
+    /// Records and API calls that were never tied to a scope (no external correlation), and
+    /// coarse intervals of scopes the table does not know.
     pub unattributed: u64,
 }
 
@@ -123,6 +136,8 @@ enum GpuKind {
     Kernel,
     Memcpy,
     Memset,
+    /// A stage scope's coarse interval, standing in for its kernels.
+    Scope(TimingSource),
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +196,8 @@ struct Unit {
     received: u32,
     gpu: Vec<Gpu>,
     end_seen_ms: Option<u64>,
+    /// Coarse mode: the unit's own scope interval, once measured.
+    scope_time: Option<(u64, u64, TimingSource)>,
 }
 
 impl Unit {
@@ -216,6 +233,8 @@ struct Request {
     /// Launches of its steps, summed from their end events; `None` once a step's count was
     /// unknown.
     step_launches: Option<u64>,
+    /// Coarse mode: the least faithful timing of its units.
+    timing: Option<TimingSource>,
 }
 
 /// Builds spans incrementally. Not thread-safe by design: the collector thread owns it.
@@ -337,6 +356,7 @@ impl SpanAssembler {
                                 kernel_spans: 0,
                                 omitted: 0,
                                 step_launches: Some(0),
+                                timing: None,
                             },
                         );
                         self.units.insert(*id, Unit { request: *id, ..Default::default() });
@@ -373,6 +393,50 @@ impl SpanAssembler {
                 }
             }
         }
+    }
+
+    /// Coarse mode: observes one scope's measured GPU interval. A step's or request's own
+    /// interval completes its unit; a stage scope's becomes one entry of its step's (or,
+    /// outside steps, its request's) stage aggregates. Other scopes are ignored. An
+    /// interval for a unit already finalized is counted in [`AssemblerStats::gpu_late`].
+    pub fn observe_scope_time(&mut self, t: &ScopeGpuTime, scopes: &ScopeTable) {
+        let Some(s) = scopes.get(t.id) else {
+            self.stats.unattributed += 1;
+            return;
+        };
+        let end_ns = t.end_ns.max(t.start_ns);
+        if let Some(u) = self.units.get_mut(&t.id) {
+            u.scope_time = Some((t.start_ns, end_ns, t.source));
+            return;
+        }
+        let ScopeKind::Stage(stage) = s.kind else { return };
+        let Some(request) = s.attribution.request else {
+            self.stats.gpu_outside_request += 1;
+            return;
+        };
+        let key = s.attribution.step.filter(|x| self.units.contains_key(x)).unwrap_or(request);
+        let stage = self.stage_names.entry(stage).or_insert_with(|| Arc::from(stage)).clone();
+        let Some(unit) = self.units.get_mut(&key) else {
+            self.stats.gpu_late += 1;
+            return;
+        };
+        unit.received += 1;
+        self.held_gpu += 1;
+        unit.gpu.push(Gpu {
+            kind: GpuKind::Scope(t.source),
+            name: stage.clone(),
+            stage,
+            start_ns: t.start_ns,
+            end_ns,
+            device: 0,
+            stream: 0,
+            corr: 0,
+            grid: [0; 3],
+            block: [0; 3],
+            registers: 0,
+            shared_bytes: 0,
+            bytes: 0,
+        });
     }
 
     /// Observes one decoded record. Kernels are classified here (scope stage first, then
@@ -503,6 +567,7 @@ impl SpanAssembler {
             let seen = *u.end_seen_ms.get_or_insert(now_ms);
             let waited = now_ms.saturating_sub(seen);
             let complete = match u.launches {
+                _ if self.opts.coarse => u.scope_time.is_some(),
                 Some(n) => u.received >= n,
                 None => waited >= self.opts.settle_ms && u.received >= u.expected(),
             };
@@ -573,11 +638,25 @@ impl SpanAssembler {
             a.kernels += (g.kind == GpuKind::Kernel) as u64;
             a.activities.push(g);
         }
-        let first = unit.gpu.iter().map(|g| g.start_ns).min();
-        let last = unit.gpu.iter().map(|g| g.end_ns).max();
+        let (first, last) = match unit.scope_time {
+            Some((s, e, _)) => (Some(s), Some(e)),
+            None => (unit.gpu.iter().map(|g| g.start_ns).min(), unit.gpu.iter().map(|g| g.end_ns).max()),
+        };
+        let coarse = opts.coarse;
+        // The least faithful way any part of this unit was measured (coarse mode).
+        let unit_timing = unit
+            .gpu
+            .iter()
+            .filter_map(|g| match g.kind {
+                GpuKind::Scope(t) => Some(t),
+                _ => None,
+            })
+            .chain(unit.scope_time.map(|(_, _, t)| t))
+            .max();
         let busy: u64 = unit.gpu.iter().map(|g| g.end_ns - g.start_ns).sum();
         let kernels = unit.gpu.iter().filter(|g| g.kind == GpuKind::Kernel).count() as u64;
         req.kernel_count += kernels;
+        req.timing = req.timing.max(unit_timing);
         req.activity_count += unit.gpu.len() as u64;
         req.busy_ns += busy;
         if let (Some(f), Some(l)) = (first, last) {
@@ -643,7 +722,19 @@ impl SpanAssembler {
             }
             req.omitted += omitted;
             omitted_total += omitted;
-            if emit {
+            if emit && coarse {
+                let timing = agg.activities.iter().filter_map(|g| match g.kind {
+                    GpuKind::Scope(t) => Some(t),
+                    _ => None,
+                });
+                let attributes = vec![
+                    attr_int("gpuspan.scope_count", agg.activities.len() as i64),
+                    attr_int("gpuspan.gpu_busy_ns", agg.busy as i64),
+                    attr_str("gpuspan.stage", stage.clone()),
+                    attr_str("gpuspan.timing", timing.max().unwrap_or(TimingSource::CpuFallback).as_str()),
+                ];
+                out.spans.push(mk(stage_id, parent_id, stage.clone(), agg.first, agg.last, attributes));
+            } else if emit {
                 let mut attributes = vec![
                     attr_int("gpuspan.kernel_count", agg.activities.len() as i64),
                     attr_int("gpuspan.gpu_busy_ns", agg.busy as i64),
@@ -678,14 +769,19 @@ impl SpanAssembler {
             if emit {
                 let mut attributes = vec![
                     attr_int("gpuspan.step.index", index as i64),
-                    attr_int("gpuspan.kernel_count", kernels as i64),
                     attr_int("gpuspan.gpu_busy_ns", busy as i64),
                     attr_str("gpuspan.scope", scope.name.as_str()),
                 ];
+                if !coarse {
+                    attributes.push(attr_int("gpuspan.kernel_count", kernels as i64));
+                }
                 if let Some(n) = count {
                     attributes.push(attr_int("gpuspan.step.count", n as i64));
                 }
-                if first.is_none() {
+                if coarse {
+                    let t = unit_timing.unwrap_or(TimingSource::CpuFallback);
+                    attributes.push(attr_str("gpuspan.timing", t.as_str()));
+                } else if first.is_none() {
                     attributes.push(attr_str("gpuspan.timing", "cpu_scope"));
                 }
                 let req_span = req.span_id;
@@ -719,8 +815,6 @@ impl SpanAssembler {
             return;
         }
         let mut attributes = vec![
-            attr_int("gpuspan.kernel_count", r.kernel_count as i64),
-            attr_int("gpuspan.activity_count", r.activity_count as i64),
             attr_int("gpuspan.gpu_busy_ns", r.busy_ns as i64),
             attr_int("gpuspan.step_count", r.steps as i64),
             attr_str("gpuspan.model", r.model.clone()),
@@ -733,8 +827,14 @@ impl SpanAssembler {
                 },
             ),
         ];
-        if r.first_ns.is_none() {
-            attributes.push(attr_str("gpuspan.timing", "cpu_scope"));
+        if self.opts.coarse {
+            attributes.push(attr_str("gpuspan.timing", r.timing.unwrap_or(TimingSource::CpuFallback).as_str()));
+        } else {
+            attributes.push(attr_int("gpuspan.kernel_count", r.kernel_count as i64));
+            attributes.push(attr_int("gpuspan.activity_count", r.activity_count as i64));
+            if r.first_ns.is_none() {
+                attributes.push(attr_str("gpuspan.timing", "cpu_scope"));
+            }
         }
         if r.omitted > 0 {
             attributes.push(attr_int("gpuspan.kernel_spans_omitted", r.omitted as i64));

@@ -27,7 +27,7 @@ pub use assemble::{
     gpu_work_expected, AssemblerStats, SpanAssembler, SpanOptions, DRIVER_GPU_WORK_CBIDS, RUNTIME_GPU_WORK_CBIDS,
 };
 pub use context::{ContextProblem, TraceContext};
-pub use model::{AttrValue, Finalized, RequestTiming, SpanRecord, StepTiming};
+pub use model::{AttrValue, Finalized, RequestTiming, ScopeGpuTime, SpanRecord, StepTiming, TimingSource};
 
 #[cfg(test)]
 mod tests;

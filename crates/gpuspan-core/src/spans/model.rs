@@ -126,3 +126,45 @@ impl Finalized {
         self.spans.is_empty() && self.steps.is_empty() && self.requests.is_empty()
     }
 }
+
+/// How a scope's GPU interval was measured in coarse mode: the `gpuspan.timing` attribute
+/// of its spans. Ordered from most to least faithful; a span aggregating several scopes
+/// reports the least faithful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimingSource {
+    /// CUDA events recorded on the streams the application named for the scope.
+    CudaEvent,
+    /// CUDA events on the legacy default stream, because the scope named no stream (a plain
+    /// NVTX range). The legacy stream orders with blocking streams only: work on
+    /// non-blocking streams (PyTorch's pool streams) is not inside the measured interval.
+    LegacyStream,
+    /// No CUDA event could be recorded (event pool exhausted, no CUDA context on the
+    /// thread, a driver error): the interval is the scope's CPU begin and end.
+    CpuFallback,
+}
+
+impl TimingSource {
+    /// The attribute value: `cuda_event`, `legacy_stream` or `cpu_fallback`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimingSource::CudaEvent => "cuda_event",
+            TimingSource::LegacyStream => "legacy_stream",
+            TimingSource::CpuFallback => "cpu_fallback",
+        }
+    }
+}
+
+/// One scope's GPU interval measured by coarse timing, in the CUPTI clock domain (ns, the
+/// same domain as scope events and activity records) so the assembler treats it like
+/// activity times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScopeGpuTime {
+    /// The scope.
+    pub id: crate::scope::ScopeId,
+    /// When the GPU reached the scope's begin, CUPTI ns.
+    pub start_ns: u64,
+    /// When the GPU reached the scope's end, CUPTI ns (≥ `start_ns`).
+    pub end_ns: u64,
+    /// How it was measured.
+    pub source: TimingSource,
+}

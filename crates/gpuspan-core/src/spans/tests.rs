@@ -339,3 +339,105 @@ fn request_attributes_are_percent_decoded() {
     assert_eq!(req.attr("gpuspan.baggage.k"), Some(&AttrValue::Str(Arc::from("v w"))), "baggage values decode per W3C Baggage");
     assert_eq!(out.requests[0].model.as_ref(), "my model");
 }
+
+/// Coarse mode: a request of 2 steps × (attention.spatial, ffn) and a VAE decode, with the
+/// scope intervals the agent would measure with CUDA events, fed in scope-end order.
+/// Interval of scope `id` = [10_000·id, 10_000·id + 1_000·id]; steps and the request
+/// enclose their children.
+#[test]
+fn coarse_tree_from_scope_intervals() {
+    let mut f = Fixture::new(SpanOptions { coarse: true, kernel_spans: false, ..Default::default() });
+    let gt = |id: u64, start: u64, end: u64, source| ScopeGpuTime { id, start_ns: start, end_ns: end, source };
+    f.scope(begin(1, 0, 10, &format!("gpuspan.request {TP} model=wan2.1")));
+    let mut intervals = Vec::new();
+    for (step, attn, ffn, base) in [(2u64, 3u64, 4u64, 100_000u64), (5, 6, 7, 200_000)] {
+        f.scope(begin(step, 1, step, &format!("dit.step {}/2", step / 3)));
+        f.scope(begin(attn, step, step, "attention.spatial"));
+        f.scope(ScopeEvent::End { id: attn, ts_ns: step, launches: None });
+        f.scope(begin(ffn, step, step, "ffn"));
+        f.scope(ScopeEvent::End { id: ffn, ts_ns: step, launches: None });
+        f.scope(ScopeEvent::End { id: step, ts_ns: step, launches: None });
+        // attention [base+100, base+40_100], ffn [base+40_100, base+70_100], step [base, base+80_000]
+        intervals.push(gt(attn, base + 100, base + 40_100, TimingSource::CudaEvent));
+        intervals.push(gt(ffn, base + 40_100, base + 70_100, TimingSource::CudaEvent));
+        intervals.push(gt(step, base, base + 80_000, TimingSource::CudaEvent));
+    }
+    f.scope(begin(8, 1, 900, "vae.decode"));
+    f.scope(ScopeEvent::End { id: 8, ts_ns: 950, launches: None });
+    f.scope(ScopeEvent::End { id: 1, ts_ns: 990, launches: None });
+    intervals.push(gt(8, 300_000, 350_000, TimingSource::LegacyStream));
+    intervals.push(gt(1, 90_000, 360_000, TimingSource::CudaEvent));
+
+    // Nothing completes before the intervals arrive, whatever the time waited.
+    assert!(f.poll(5_000).is_empty());
+    // The first step's three intervals: that step completes, nothing else.
+    for t in &intervals[..3] {
+        f.asm.observe_scope_time(t, &f.scopes);
+    }
+    let out = f.poll(5_001);
+    assert_eq!(out.steps.len(), 1);
+    assert_eq!(out.steps[0].dur_ns, 80_000, "the step's own interval, not its stages'");
+    assert_eq!(
+        out.steps[0].stage_busy_ns,
+        vec![(Arc::from("attention.spatial"), 40_000), (Arc::from("ffn"), 30_000)]
+    );
+    for t in &intervals[3..] {
+        f.asm.observe_scope_time(t, &f.scopes);
+    }
+    let out2 = f.poll(5_002);
+    assert_eq!(out2.steps.len(), 1);
+    assert_eq!(out2.requests.len(), 1);
+    let r = &out2.requests[0];
+    assert_eq!(r.dur_ns, 270_000);
+    assert_eq!(r.vae_decode_ns, Some(50_000));
+    assert_eq!(r.kernel_count, 0, "coarse mode sees no kernels");
+
+    let spans: Vec<SpanRecord> = out.spans.into_iter().chain(out2.spans).collect();
+    assert!(spans.iter().all(|s| &*s.name != "cuda.kernel"));
+    let names: Vec<&str> = spans.iter().map(|s| &*s.name).collect();
+    assert_eq!(names.iter().filter(|n| **n == "dit.step").count(), 2);
+    assert_eq!(names.iter().filter(|n| **n == "ffn").count(), 2);
+    assert_eq!(names.iter().filter(|n| **n == "vae.decode").count(), 1);
+    let ids = by_id(&spans);
+    let req = spans.iter().find(|s| &*s.name == "gpu.request").unwrap();
+    assert_eq!(req.attr("gpuspan.timing"), Some(&AttrValue::Str(Arc::from("legacy_stream"))), "least faithful part");
+    assert!(req.attr("gpuspan.kernel_count").is_none());
+    assert_eq!((req.start_unix_ns, req.end_unix_ns), (90_000, 360_000));
+    for s in &spans {
+        if let Some(p) = s.parent_span_id.and_then(|p| ids.get(&p)) {
+            assert!(p.start_unix_ns <= s.start_unix_ns && s.end_unix_ns <= p.end_unix_ns, "{} inside {}", s.name, p.name);
+        }
+    }
+    let step2 = spans.iter().find(|s| &*s.name == "dit.step" && int(s, "gpuspan.step.index") == 1).unwrap();
+    assert_eq!((step2.start_unix_ns, step2.end_unix_ns), (200_000, 280_000));
+    assert_eq!(step2.attr("gpuspan.timing"), Some(&AttrValue::Str(Arc::from("cuda_event"))));
+    let ffn2 = spans.iter().find(|s| &*s.name == "ffn" && s.parent_span_id == Some(step2.span_id)).unwrap();
+    assert_eq!((ffn2.start_unix_ns, ffn2.end_unix_ns), (240_100, 270_100));
+    assert_eq!(int(ffn2, "gpuspan.scope_count"), 1);
+    assert_eq!(int(ffn2, "gpuspan.gpu_busy_ns"), 30_000);
+    let vae = spans.iter().find(|s| &*s.name == "vae.decode").unwrap();
+    assert_eq!(vae.parent_span_id, Some(req.span_id));
+    assert_eq!(vae.attr("gpuspan.timing"), Some(&AttrValue::Str(Arc::from("legacy_stream"))));
+    assert_eq!(f.asm.open_counts(), (0, 0));
+    // A late interval (for a finalized request) is counted, not re-emitted.
+    f.asm.observe_scope_time(&intervals[0], &f.scopes);
+    assert_eq!(f.asm.stats.gpu_late, 1);
+    assert!(f.poll(5_003).is_empty());
+}
+
+/// Coarse mode: a step whose interval never arrives is finalized by the grace timer (and
+/// counted), so its request is not held forever.
+#[test]
+fn coarse_missing_interval_times_out() {
+    let mut f = Fixture::new(SpanOptions { coarse: true, grace_ms: 1_000, ..Default::default() });
+    f.scope(begin(1, 0, 10, &format!("gpuspan.request {TP}")));
+    f.scope(begin(2, 1, 20, "dit.step 0/1"));
+    f.scope(ScopeEvent::End { id: 2, ts_ns: 30, launches: None });
+    f.scope(ScopeEvent::End { id: 1, ts_ns: 40, launches: None });
+    f.asm.observe_scope_time(&ScopeGpuTime { id: 1, start_ns: 10, end_ns: 40, source: TimingSource::CpuFallback }, &f.scopes);
+    assert!(f.poll(0).is_empty());
+    let out = f.poll(1_000);
+    assert_eq!(f.asm.stats.units_timed_out, 1);
+    assert_eq!(out.requests.len(), 1);
+    assert_eq!(out.steps.len(), 1);
+}

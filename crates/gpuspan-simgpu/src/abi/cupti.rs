@@ -121,6 +121,7 @@ pub unsafe extern "C" fn cuptiUnsubscribe(sub: CUpti_SubscriberHandle) -> CUptiR
         }
         st.cupti.subscriber = None;
         st.cupti.callbacks.clear();
+        st.counters.unsubscribes += 1;
         CUPTI_SUCCESS
     })
 }

@@ -5,6 +5,7 @@
 //! | `gpuspanSimAdvanceHostNs(uint64_t ns)` | model host time: virtual clock += ns, or sleep ns in real mode |
 //! | `int gpuspanSimIsVirtual(void)` | 1 with the virtual clock, 0 with the real one |
 //! | `gpuspanSimCuptiCounters(uint64_t *subscribes, uint64_t *enables)` | cuptiSubscribe / cuptiActivityEnable call counts |
+//! | `gpuspanSimCuptiSubscription(uint64_t *unsubscribes, int *subscribed, uint64_t *kinds_enabled)` | cuptiUnsubscribe calls, a subscriber held now (0/1), activity kinds enabled now |
 //! | `gpuspanSimReset(void)` | test only: fresh simulator, environment re-read, held buffers forgotten |
 
 // Safety contract of every export: the C prototype of the function it replaces (cuda.h,
@@ -29,6 +30,25 @@ pub unsafe extern "C" fn gpuspanSimAdvanceHostNs(ns: u64) {
 #[no_mangle]
 pub unsafe extern "C" fn gpuspanSimIsVirtual() -> c_int {
     guard(|| sim().lock().clock.is_virtual() as c_int)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn gpuspanSimCuptiSubscription(unsubscribes: *mut u64, subscribed: *mut c_int, kinds: *mut u64) {
+    guard(|| {
+        let (u, s, k) = sim::cupti_subscription();
+        // SAFETY: each out-pointer is written only when non-NULL.
+        unsafe {
+            if !unsubscribes.is_null() {
+                *unsubscribes = u;
+            }
+            if !subscribed.is_null() {
+                *subscribed = s as c_int;
+            }
+            if !kinds.is_null() {
+                *kinds = k;
+            }
+        }
+    })
 }
 
 #[no_mangle]

@@ -11,6 +11,9 @@
 //! request then shares that parent span) or else the deterministic
 //! `preset::traceparent(<file stem>, request index)`.
 //!
+//! The workload's streams are named to the agent (`gpuspan_use_streams`, when it is in the
+//! process) so coarse mode times scopes on them; `--legacy-stream` leaves them unnamed.
+//!
 //! Exit codes: 0 done; 1 a CUDA call failed; 2 bad workload (unknown preset, unreadable or
 //! invalid trace); 3 no `libcuda.so.1`. Errors are one line on stderr.
 
@@ -18,7 +21,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gpuspan_simgpu::workload::exec::{execute, open_driver};
+use gpuspan_simgpu::workload::exec::{execute_with, open_driver, ExecOptions};
 use gpuspan_simgpu::workload::from_trace::workload_from_trace;
 use gpuspan_simgpu::workload::preset::{preset, traceparent, DEFAULT_STEPS, PRESET_NAMES};
 use gpuspan_simgpu::workload::{Op, Workload};
@@ -38,6 +41,10 @@ struct Args {
     /// W3C traceparent of the replayed requests (trace files only).
     #[arg(long)]
     traceparent: Option<String>,
+    /// Do not name the streams to gpuspan (`gpuspan_use_streams`): behave like a worker that
+    /// only announces NVTX ranges, so coarse mode times scopes on the legacy default stream.
+    #[arg(long)]
+    legacy_stream: bool,
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -53,6 +60,25 @@ fn trace_stem(path: &str) -> String {
         "trace".into()
     } else {
         stem.replace(' ', "_")
+    }
+}
+
+/// On the simulated H100: `sim cupti: subscribes=N enables=N unsubscribes=N subscribed=0|1
+/// kinds_enabled=N` (the sim's `gpuspanSimCuptiCounters` / `gpuspanSimCuptiSubscription`),
+/// so tests can tell what the agent did with CUPTI while the worker ran. `None` on a real
+/// driver.
+fn sim_cupti_line(lib: &libloading::Library) -> Option<String> {
+    type Counters = unsafe extern "C" fn(*mut u64, *mut u64);
+    type Subscription = unsafe extern "C" fn(*mut u64, *mut std::ffi::c_int, *mut u64);
+    // SAFETY: the sim's documented extras, with these prototypes (`abi::ext`); out-pointers
+    // are live locals.
+    unsafe {
+        let counters = lib.get::<Counters>(b"gpuspanSimCuptiCounters\0").ok()?;
+        let subscription = lib.get::<Subscription>(b"gpuspanSimCuptiSubscription\0").ok()?;
+        let (mut s, mut e, mut u, mut held, mut k) = (0u64, 0u64, 0u64, 0, 0u64);
+        counters(&mut s, &mut e);
+        subscription(&mut u, &mut held, &mut k);
+        Some(format!("sim cupti: subscribes={s} enables={e} unsubscribes={u} subscribed={held} kinds_enabled={k}"))
     }
 }
 
@@ -81,12 +107,15 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(3, e),
     };
-    match execute(&lib, &workload) {
+    match execute_with(&lib, &workload, &ExecOptions { announce_streams: !args.legacy_stream }) {
         Ok(s) => {
             println!(
                 "replayed {} kernels, {} memcpy, {} memset on {}",
                 s.kernels, s.memcpys, s.memsets, s.device_name
             );
+            if let Some(line) = sim_cupti_line(&lib) {
+                println!("{line}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => fail(1, e),

@@ -49,6 +49,8 @@ pub struct Cupti {
 pub struct Counters {
     pub subscribes: u64,
     pub enables: u64,
+    /// Successful cuptiUnsubscribe calls.
+    pub unsubscribes: u64,
 }
 
 impl Cupti {

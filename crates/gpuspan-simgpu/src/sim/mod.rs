@@ -172,6 +172,13 @@ pub fn cupti_counters() -> (u64, u64) {
     (st.counters.subscribes, st.counters.enables)
 }
 
+/// (successful cuptiUnsubscribe calls, whether a subscriber is held now, activity kinds
+/// enabled now) since start or the last [`reset`].
+pub fn cupti_subscription() -> (u64, bool, u64) {
+    let st = sim().lock();
+    (st.counters.unsubscribes, st.cupti.subscriber.is_some(), st.cupti.enabled.len() as u64)
+}
+
 /// OS thread id of the caller (gettid).
 pub fn os_tid() -> u32 {
     // SAFETY: SYS_gettid takes no arguments and cannot fail.

@@ -230,8 +230,33 @@ pub fn open_driver() -> Result<Library, ExecError> {
 
 /// Runs `workload` on device 0 of the driver in `lib`: `cuInit(0)`, primary context,
 /// one non-blocking stream per workload stream id, then every op in order, then
-/// `cuCtxSynchronize`.
+/// `cuCtxSynchronize`. The streams are named to gpuspan (`gpuspan_use_streams`, when the
+/// agent is in the process) as a worker using gpuspan's API does.
 pub fn execute(lib: &Library, workload: &Workload) -> Result<ExecSummary, ExecError> {
+    execute_with(lib, workload, &ExecOptions::default())
+}
+
+/// How [`execute_with`] behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecOptions {
+    /// Name the workload's streams to the gpuspan agent through `gpuspan_use_streams`
+    /// (looked up in the process with `dlsym(RTLD_DEFAULT)`) so coarse mode times scopes
+    /// on them; `false` behaves like a worker that only uses NVTX (scopes are timed on the
+    /// legacy default stream). Default `true`.
+    pub announce_streams: bool,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        ExecOptions { announce_streams: true }
+    }
+}
+
+/// `int gpuspan_use_streams(void *const *streams, size_t n)` (`include/gpuspan.h`).
+type UseStreamsFn = unsafe extern "C" fn(*const CuStream, usize) -> c_int;
+
+/// [`execute`] with options.
+pub fn execute_with(lib: &Library, workload: &Workload, opts: &ExecOptions) -> Result<ExecSummary, ExecError> {
     let api = Api::load(lib)?;
     let mut out = ExecSummary::default();
     // SAFETY (whole block): each call passes arguments of the types its cuda.h prototype
@@ -291,6 +316,18 @@ pub fn execute(lib: &Library, workload: &Workload) -> Result<ExecSummary, ExecEr
                     )?;
                     e.insert(h);
                 }
+            }
+        }
+        if opts.announce_streams && !streams.is_empty() {
+            // The streams in stream-id order (deterministic), named to the agent if loaded.
+            let mut ids: Vec<u32> = streams.keys().copied().collect();
+            ids.sort_unstable();
+            let handles: Vec<CuStream> = ids.iter().map(|i| streams[i]).collect();
+            let f = libc::dlsym(libc::RTLD_DEFAULT, c"gpuspan_use_streams".as_ptr());
+            if !f.is_null() {
+                // `f` is the agent's `gpuspan_use_streams`, of the header's prototype.
+                let f: UseStreamsFn = std::mem::transmute(f);
+                f(handles.as_ptr(), handles.len());
             }
         }
         // Device buffer: two halves so DtoD copies have distinct source and destination.

@@ -1,0 +1,100 @@
+//! The hot-path half of coarse timing: record one pooled event per stream at a scope
+//! boundary and queue a fixed-size [`GpuMark`]. No allocation, no lock; the only driver
+//! calls are `cuEventRecord` (and `cuEventCreate` while the pool fills).
+
+use super::pool::{PooledEvent, TakeError};
+use super::Coarse;
+use gpuspan_core::scope::ScopeId;
+use gpuspan_core::spans::TimingSource;
+use gpuspan_cupti::events::Stream;
+use std::sync::atomic::Ordering;
+
+/// Most streams a scope is timed on (`gpuspan_use_streams` keeps the first 4).
+pub const MAX_SCOPE_STREAMS: usize = 4;
+
+/// One recorded boundary on one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamMark {
+    /// The pooled event recorded.
+    pub event: PooledEvent,
+    /// The stream it was recorded on.
+    pub stream: Stream,
+}
+
+/// A scope boundary as coarse timing saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuMark {
+    /// The scope.
+    pub scope: ScopeId,
+    /// Its enclosing scope on the thread (begin marks only; 0 for a root or an end).
+    pub parent: ScopeId,
+    /// `false` at the begin, `true` at the end.
+    pub is_end: bool,
+    /// CPU time of the boundary, CUPTI ns (the same value as the scope event's `ts_ns`).
+    pub cpu_ns: u64,
+    /// How the scope is timed: [`TimingSource::CudaEvent`] on named streams,
+    /// [`TimingSource::LegacyStream`], or [`TimingSource::CpuFallback`] when no event was
+    /// recorded (then `n == 0`).
+    pub source: TimingSource,
+    /// Events recorded, one per stream.
+    pub marks: [Option<StreamMark>; MAX_SCOPE_STREAMS],
+    /// How many of `marks` are set.
+    pub n: u8,
+}
+
+/// Records a boundary of `scope` on `streams` (empty: the legacy default stream) and queues
+/// its mark. On a full pool or a driver error the events taken so far go back and the
+/// mark says [`TimingSource::CpuFallback`]; on a full mark queue the events go back and
+/// the drop is counted.
+pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool, cpu_ns: u64, streams: &[Stream]) {
+    let (targets, source): (&[Stream], TimingSource) = if streams.is_empty() {
+        (&[Stream::LEGACY], TimingSource::LegacyStream)
+    } else {
+        (&streams[..streams.len().min(MAX_SCOPE_STREAMS)], TimingSource::CudaEvent)
+    };
+    let mut mark = GpuMark { scope, parent, is_end, cpu_ns, source, marks: [None; MAX_SCOPE_STREAMS], n: 0 };
+    if let Some(events) = &c.events {
+        for &stream in targets {
+            let ev = match c.pool.take(events) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    let counter = match e {
+                        TakeError::Exhausted => &c.counters.pool_exhausted,
+                        TakeError::Driver(_) => &c.counters.event_errors,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    fall_back(c, &mut mark);
+                    break;
+                }
+            };
+            if events.record(ev.0, stream).is_err() {
+                c.pool.give_back(ev);
+                c.counters.event_errors.fetch_add(1, Ordering::Relaxed);
+                fall_back(c, &mut mark);
+                break;
+            }
+            mark.marks[mark.n as usize] = Some(StreamMark { event: ev, stream });
+            mark.n += 1;
+        }
+    } else {
+        mark.source = TimingSource::CpuFallback;
+    }
+    if let Err(m) = c.marks.push(mark) {
+        give_back_all(c, &m);
+        c.counters.marks_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn fall_back(c: &Coarse, mark: &mut GpuMark) {
+    give_back_all(c, mark);
+    mark.marks = [None; MAX_SCOPE_STREAMS];
+    mark.n = 0;
+    mark.source = TimingSource::CpuFallback;
+}
+
+/// Returns every event of `mark` to the pool.
+pub fn give_back_all(c: &Coarse, mark: &GpuMark) {
+    for m in mark.marks.iter().flatten() {
+        c.pool.give_back(m.event);
+    }
+}

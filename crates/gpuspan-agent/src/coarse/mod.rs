@@ -1,0 +1,84 @@
+//! Coarse mode (`GPUSPAN_MODE=coarse`, the default): scope timing with pooled CUDA events,
+//! no CUPTI subscription (DESIGN.md "Collection modes").
+//!
+//! - [`pool`]: a bounded, reused pool of timed CUDA events, created lazily on the first
+//!   application thread that needs one (events belong to that thread's context).
+//! - [`mark`]: the hot-path half. At each scope boundary the application thread records
+//!   one event per stream of the scope (the streams it named through
+//!   `gpuspan_use_streams`, or the legacy default stream) and queues a fixed-size
+//!   [`mark::GpuMark`]; when the pool is empty or the driver refuses, the mark carries no
+//!   event and the scope is timed on the CPU side (counted).
+//! - [`resolve`]: the collector-thread half. It polls `cuEventQuery` (never blocks, never
+//!   synchronizes an application thread), reads `cuEventElapsedTime`, turns marks into
+//!   [`gpuspan_core::spans::ScopeGpuTime`]s in scope-end order, and gives the events back
+//!   to the pool.
+//!
+//! Cost on the application thread: one `cuEventRecord` per stream at each begin and end,
+//! independent of the number of kernels (measured by the `coarse_scope` bench).
+
+pub mod mark;
+pub mod pool;
+pub mod resolve;
+
+use crossbeam::queue::ArrayQueue;
+use gpuspan_cupti::events::CudaEvents;
+use std::sync::atomic::AtomicU64;
+
+/// Capacity of the mark queue (marks; each ≈ 140 bytes). The collector drains it every
+/// 5 ms.
+pub const MARK_QUEUE_CAP: usize = 1 << 14;
+
+/// Counters of coarse timing, reported in `status` and as metrics.
+#[derive(Debug, Default)]
+pub struct CoarseCounters {
+    /// Scope boundaries timed on the CPU side because the event pool was empty.
+    pub pool_exhausted: AtomicU64,
+    /// Scope boundaries timed on the CPU side because the driver refused an event call
+    /// (no context on the thread, `cuInit` not called yet, a stale stream).
+    pub event_errors: AtomicU64,
+    /// Marks dropped because the mark queue was full (their scopes get no GPU interval).
+    pub marks_dropped: AtomicU64,
+    /// Scope intervals resolved from CUDA events.
+    pub scopes_timed: AtomicU64,
+    /// Scope intervals that fell back to CPU times.
+    pub scopes_cpu_timed: AtomicU64,
+}
+
+/// Coarse timing state shared by application threads and the collector.
+pub struct Coarse {
+    /// The driver's event functions; `None` when no CUDA driver could be loaded (every
+    /// scope is then CPU-timed).
+    pub events: Option<CudaEvents>,
+    /// The event pool.
+    pub pool: pool::EventPool,
+    /// Marks from application threads.
+    pub marks: ArrayQueue<mark::GpuMark>,
+    /// Counters.
+    pub counters: CoarseCounters,
+}
+
+impl std::fmt::Debug for Coarse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coarse").field("events", &self.events).field("pool", &self.pool).finish_non_exhaustive()
+    }
+}
+
+impl Coarse {
+    /// Coarse timing with a pool of at most `pool_cap` events. A missing driver is one
+    /// warning; scopes are then CPU-timed.
+    pub fn new(pool_cap: usize) -> Coarse {
+        let events = match CudaEvents::load() {
+            Ok(e) => Some(e),
+            Err(e) => {
+                crate::log::warn(&format!("coarse mode: {e}; scopes are timed on the CPU side"));
+                None
+            }
+        };
+        Coarse {
+            events,
+            pool: pool::EventPool::new(pool_cap),
+            marks: ArrayQueue::new(MARK_QUEUE_CAP),
+            counters: CoarseCounters::default(),
+        }
+    }
+}

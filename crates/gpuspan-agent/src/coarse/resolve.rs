@@ -1,0 +1,304 @@
+//! The collector-thread half of coarse timing: marks → scope GPU intervals.
+//!
+//! Scopes resolve in the order their ends were queued (children before their parents),
+//! each once every event of its begin and end has completed (`cuEventQuery`, never
+//! blocking). Times are placed on the CUPTI clock like this:
+//! - a *root* scope (no enclosing scope on its thread; normally a request) starts at the
+//!   previous root's start plus `cuEventElapsedTime(previous root's begin, this begin)`,
+//!   and never before its own CPU begin (the GPU cannot pass an event before the host
+//!   recorded it); the first root starts at its CPU begin. The latest root's begin event
+//!   is the *anchor*, kept out of the pool until the next root replaces it.
+//! - any other scope on stream *i* starts at its root's start plus
+//!   `cuEventElapsedTime(root begin, begin_i)` and ends at that plus
+//!   `cuEventElapsedTime(begin_i, end_i)` (one short interval, so durations keep the
+//!   events' ~0.5 µs resolution even in a long request, where an f32 of ms from the request
+//!   start would lose µs).
+//! - a scope timed on several streams spans from the latest begin (when every stream has
+//!   reached it) to the latest end.
+//!
+//! A scope with no event at a boundary, or whose events the driver will not compare, is
+//! CPU-timed ([`TimingSource::CpuFallback`]).
+
+use super::mark::GpuMark;
+use super::pool::PooledEvent;
+use super::Coarse;
+use gpuspan_core::scope::ScopeId;
+use gpuspan_core::spans::{ScopeGpuTime, TimingSource};
+use gpuspan_cupti::events::{Context, CudaEvents, Event};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+#[derive(Debug)]
+struct Pending {
+    root: ScopeId,
+    begin: GpuMark,
+    end: Option<GpuMark>,
+    /// Roots: the established start, CUPTI ns.
+    root_start_ns: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    event: PooledEvent,
+    time_ns: u64,
+    /// The root whose begin event this is has resolved: the anchor owns the event.
+    owned: bool,
+}
+
+/// Pending scopes and the anchor. Owned by the collector.
+#[derive(Debug, Default)]
+pub struct Resolver {
+    pending: HashMap<ScopeId, Pending>,
+    ended: VecDeque<ScopeId>,
+    roots: VecDeque<ScopeId>,
+    anchor: Option<Anchor>,
+    current_ctx: Option<Context>,
+}
+
+fn ms_to_ns(ms: f32) -> i64 {
+    (ms as f64 * 1e6).round() as i64
+}
+
+fn add(t: u64, d_ns: i64) -> u64 {
+    (t as i128 + d_ns as i128).max(0) as u64
+}
+
+impl Resolver {
+    /// An empty resolver.
+    pub fn new() -> Resolver {
+        Resolver::default()
+    }
+
+    /// Scopes waiting for their end or their events.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Takes one mark from the queue. An end whose begin was never seen (a dropped mark)
+    /// gives its events straight back.
+    pub fn accept(&mut self, m: GpuMark, c: &Coarse) {
+        if !m.is_end {
+            let root = match self.pending.get(&m.parent) {
+                Some(p) if m.parent != 0 => p.root,
+                _ => m.scope,
+            };
+            if root == m.scope {
+                self.roots.push_back(m.scope);
+            }
+            self.pending.insert(m.scope, Pending { root, begin: m, end: None, root_start_ns: None });
+        } else if let Some(p) = self.pending.get_mut(&m.scope) {
+            p.end = Some(m);
+            self.ended.push_back(m.scope);
+        } else {
+            super::mark::give_back_all(c, &m);
+        }
+    }
+
+    fn use_ctx(&mut self, events: &CudaEvents, ctx: Context) {
+        if self.current_ctx != Some(ctx) && events.set_current(ctx).is_ok() {
+            self.current_ctx = Some(ctx);
+        }
+    }
+
+    /// Whether `ev` has completed; a query error counts as completed (the interval then
+    /// falls back to CPU times when the elapsed time cannot be read).
+    fn done(&mut self, events: &CudaEvents, ev: PooledEvent) -> bool {
+        self.use_ctx(events, ev.1);
+        events.is_complete(ev.0).unwrap_or(true)
+    }
+
+    fn elapsed_ns(&mut self, events: &CudaEvents, a: PooledEvent, b: Event) -> Option<i64> {
+        self.use_ctx(events, a.1);
+        events.elapsed_ms(a.0, b).ok().map(ms_to_ns)
+    }
+
+    fn all_done(&mut self, events: &CudaEvents, m: &GpuMark) -> bool {
+        m.marks.iter().flatten().all(|s| self.done(events, s.event))
+    }
+
+    /// Resolves what it can, appending intervals to `out` in scope-end order.
+    pub fn resolve(&mut self, c: &Coarse, out: &mut Vec<ScopeGpuTime>) {
+        let Some(events) = &c.events else {
+            self.resolve_cpu_only(c, out);
+            return;
+        };
+        // Roots first: a scope is placed relative to its root's start.
+        while let Some(&r) = self.roots.front() {
+            let Some(begin) = self.pending.get(&r).map(|p| p.begin) else {
+                self.roots.pop_front();
+                continue;
+            };
+            let start = match begin.marks[0] {
+                Some(b0) => {
+                    if !self.done(events, b0.event) {
+                        break;
+                    }
+                    let chained = match self.anchor {
+                        Some(a) => self.elapsed_ns(events, a.event, b0.event.0).map(|d| add(a.time_ns, d)),
+                        None => None,
+                    };
+                    let start = chained.unwrap_or(begin.cpu_ns).max(begin.cpu_ns);
+                    if let Some(old) = self.anchor.replace(Anchor { event: b0.event, time_ns: start, owned: false }) {
+                        if old.owned {
+                            c.pool.give_back(old.event);
+                        }
+                    }
+                    start
+                }
+                None => begin.cpu_ns,
+            };
+            if let Some(p) = self.pending.get_mut(&r) {
+                p.root_start_ns = Some(start);
+            }
+            self.roots.pop_front();
+        }
+        while let Some(&id) = self.ended.front() {
+            let Some(p) = self.pending.get(&id) else {
+                self.ended.pop_front();
+                continue;
+            };
+            let (root, begin, end) = (p.root, p.begin, p.end.expect("only ended scopes are queued"));
+            let root_ref = match self.pending.get(&root) {
+                Some(r) if r.root_start_ns.is_none() => break, // root not placed yet
+                Some(r) => r.begin.marks[0].map(|m| (m.event, r.root_start_ns.unwrap_or(r.begin.cpu_ns))),
+                None => None,
+            };
+            if !(self.all_done(events, &end) && self.all_done(events, &begin)) {
+                break;
+            }
+            let reference = root_ref.or(self.anchor.map(|a| (a.event, a.time_ns)));
+            let t = self.place(events, id, &begin, &end, reference);
+            c.counters.scopes_timed.fetch_add(u64::from(t.source != TimingSource::CpuFallback), Ordering::Relaxed);
+            c.counters.scopes_cpu_timed.fetch_add(u64::from(t.source == TimingSource::CpuFallback), Ordering::Relaxed);
+            out.push(t);
+            self.ended.pop_front();
+            self.release(c, id);
+        }
+    }
+
+    /// The interval of one scope whose events have all completed.
+    fn place(
+        &mut self,
+        events: &CudaEvents,
+        id: ScopeId,
+        begin: &GpuMark,
+        end: &GpuMark,
+        reference: Option<(PooledEvent, u64)>,
+    ) -> ScopeGpuTime {
+        let cpu = ScopeGpuTime {
+            id,
+            start_ns: begin.cpu_ns,
+            end_ns: end.cpu_ns.max(begin.cpu_ns),
+            source: TimingSource::CpuFallback,
+        };
+        let (Some(reference), true, true) = (reference, begin.n > 0, end.n > 0) else { return cpu };
+        let mut starts = [0u64; super::mark::MAX_SCOPE_STREAMS];
+        let mut start = 0u64;
+        for (i, b) in begin.marks.iter().enumerate() {
+            let Some(b) = b else { continue };
+            let Some(d) = self.elapsed_ns(events, reference.0, b.event.0) else { return cpu };
+            starts[i] = add(reference.1, d).max(begin.cpu_ns);
+            start = start.max(starts[i]);
+        }
+        let mut stop = 0u64;
+        for (j, e) in end.marks.iter().enumerate() {
+            let Some(e) = e else { continue };
+            let t = match begin.marks[j] {
+                Some(b) if b.stream == e.stream => self.elapsed_ns(events, b.event, e.event.0).map(|d| add(starts[j], d)),
+                _ => self.elapsed_ns(events, reference.0, e.event.0).map(|d| add(reference.1, d)),
+            };
+            let Some(t) = t else { return cpu };
+            stop = stop.max(t);
+        }
+        ScopeGpuTime { id, start_ns: start, end_ns: stop.max(start), source: begin.source.max(end.source) }
+    }
+
+    /// Gives a resolved scope's events back (a root's begin event stays with the anchor
+    /// while it is the anchor); a resolved root also releases any scope under it that never
+    /// ended (its end mark was dropped).
+    fn release(&mut self, c: &Coarse, id: ScopeId) {
+        let Some(p) = self.pending.remove(&id) else { return };
+        let anchor_event = self.anchor.map(|a| a.event);
+        for m in p.begin.marks.iter().flatten() {
+            if Some(m.event) == anchor_event && p.root == id {
+                if let Some(a) = self.anchor.as_mut() {
+                    a.owned = true;
+                }
+            } else {
+                c.pool.give_back(m.event);
+            }
+        }
+        if let Some(end) = &p.end {
+            super::mark::give_back_all(c, end);
+        }
+        if p.root == id {
+            let orphans: Vec<ScopeId> =
+                self.pending.iter().filter(|(_, q)| q.root == id && q.end.is_none()).map(|(k, _)| *k).collect();
+            for o in orphans {
+                if let Some(q) = self.pending.remove(&o) {
+                    super::mark::give_back_all(c, &q.begin);
+                    c.counters.marks_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Without a driver every scope is CPU-timed as soon as it ends.
+    fn resolve_cpu_only(&mut self, c: &Coarse, out: &mut Vec<ScopeGpuTime>) {
+        self.roots.clear();
+        while let Some(id) = self.ended.pop_front() {
+            if let Some(p) = self.pending.remove(&id) {
+                let end = p.end.map(|e| e.cpu_ns).unwrap_or(p.begin.cpu_ns);
+                c.counters.scopes_cpu_timed.fetch_add(1, Ordering::Relaxed);
+                out.push(ScopeGpuTime {
+                    id,
+                    start_ns: p.begin.cpu_ns,
+                    end_ns: end.max(p.begin.cpu_ns),
+                    source: TimingSource::CpuFallback,
+                });
+            }
+        }
+    }
+
+    /// At exit: resolves until `deadline` (the application normally synchronized before
+    /// exiting, so everything is complete), then CPU-times what is left of the ended
+    /// scopes and gives every event back.
+    pub fn finish(&mut self, c: &Coarse, deadline: Instant, out: &mut Vec<ScopeGpuTime>) {
+        loop {
+            let before = self.ended.len();
+            self.resolve(c, out);
+            if self.ended.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            if self.ended.len() == before {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        while let Some(id) = self.ended.pop_front() {
+            if let Some(p) = self.pending.get(&id) {
+                let end = p.end.map(|e| e.cpu_ns).unwrap_or(p.begin.cpu_ns);
+                out.push(ScopeGpuTime {
+                    id,
+                    start_ns: p.begin.cpu_ns,
+                    end_ns: end.max(p.begin.cpu_ns),
+                    source: TimingSource::CpuFallback,
+                });
+                c.counters.scopes_cpu_timed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for (_, p) in self.pending.drain() {
+            super::mark::give_back_all(c, &p.begin);
+            if let Some(e) = &p.end {
+                super::mark::give_back_all(c, e);
+            }
+        }
+        self.roots.clear();
+        if let Some(a) = self.anchor.take() {
+            // The anchor's event went back above with its root's begin, unless owned.
+            if a.owned {
+                c.pool.give_back(a.event);
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Coarse mode, the default (issue 5): scopes timed with pooled CUDA events, no CUPTI
+//! subscription. The same 50-step stdit request runs twice on the simulated H100 (virtual
+//! clock, deterministic): once in the default mode and once in fine mode. Spans and metrics
+//! of both arrive at an OTLP receiver.
+//!
+//! Ground truth, from the fine run's capture alone (its CUPTI API and GPU records and the
+//! scopes' CPU times, none of it from CUDA events): a CUDA event recorded at host time T
+//! on the one stream the workload uses completes when the stream has finished everything
+//! launched before T, or at T + the launch latency if the stream is idle (cuda.h
+//! `cuEventRecord`; the simulator's documented launch model). So a scope's GPU interval is
+//! `[max(begin + latency, tail(begin)), max(end + latency, tail(end))]`, with `tail(T)` the
+//! latest end of the GPU work whose launch call came before T. A step therefore includes
+//! the scheduler's host gap at its end, during which the GPU idles: the fine spans, which
+//! run from first kernel start to last kernel end, do not, and are not the reference.
+
+use crate::util::*;
+use gpuspan_testkit::{OtlpReceiver, ReceivedSpan, Transport};
+use std::collections::BTreeMap;
+use std::process::Output;
+use std::time::Duration;
+
+/// Runs `gpuspan run [--mode MODE] --sim -- gpuspan-replay stdit --steps N [extra]` with
+/// spans and metrics going to `rx`; returns the worker's output.
+fn run_stdit(mode: Option<&str>, steps: u32, extra: &[&str], env: &[(&str, &str)], rx: &OtlpReceiver) -> Output {
+    let out = tempfile::tempdir().unwrap();
+    run_stdit_into(out.path(), mode, steps, extra, env, rx)
+}
+
+/// [`run_stdit`] writing into `out`.
+fn run_stdit_into(out: &std::path::Path, mode: Option<&str>, steps: u32, extra: &[&str], env: &[(&str, &str)], rx: &OtlpReceiver) -> Output {
+    let mut c = gpuspan();
+    c.arg("run");
+    if let Some(m) = mode {
+        c.args(["--mode", m]);
+    }
+    c.args(["--sim", "--out"])
+        .arg(out)
+        .arg("--")
+        .arg(artifact("gpuspan-replay"))
+        .args(["stdit", "--steps", &steps.to_string()])
+        .args(extra)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.transport().protocol_env())
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "1000")
+        .env("GPUSPAN_LOG", "info");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = output(&mut c);
+    assert!(o.status.success(), "worker failed: {}", String::from_utf8_lossy(&o.stderr));
+    if mode.is_none() || mode == Some("coarse") {
+        assert!(!out.join("capture.json.gz").exists(), "coarse mode writes no kernel capture");
+    }
+    o
+}
+
+/// The worker's `sim cupti: …` line as (key → value).
+fn sim_cupti(o: &Output) -> BTreeMap<String, u64> {
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let line = stdout.lines().find(|l| l.starts_with("sim cupti:")).unwrap_or_else(|| panic!("no sim cupti line in {stdout}"));
+    line["sim cupti:".len()..]
+        .split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+fn spans_of(rx: &OtlpReceiver, trace_id: &str) -> Vec<ReceivedSpan> {
+    assert!(
+        rx.wait_for(Duration::from_secs(10), |s| s.iter().any(|s| s.name == "gpu.request" && s.trace_id == trace_id)),
+        "no gpu.request arrived"
+    );
+    rx.spans().into_iter().filter(|s| s.trace_id == trace_id).collect()
+}
+
+/// Scope intervals by the ground-truth rule of the module docs, from a fine capture:
+/// `(step index → interval ns, (step index, stage) → summed stage-scope intervals ns,
+/// vae.decode interval ns)`.
+fn ground_truth(capture: &std::path::Path) -> (BTreeMap<i64, f64>, BTreeMap<(i64, String), f64>, f64) {
+    use gpuspan_core::trace::Category;
+    let latency_us = gpuspan_simgpu::sim::costs::LAUNCH_LATENCY_NS as f64 / 1000.0;
+    let t = gpuspan_export::read_trace(capture).unwrap();
+    let mut launch_us = std::collections::HashMap::new();
+    for e in &t.events {
+        if matches!(e.cat, Some(Category::CudaDriver) | Some(Category::CudaRuntime)) {
+            if let Some(c) = e.correlation {
+                launch_us.insert(c, e.ts_us);
+            }
+        }
+    }
+    // (launch time, GPU end) of every GPU op, by launch time, with the running max of ends.
+    let mut ops: Vec<(f64, f64)> = t
+        .events
+        .iter()
+        .filter(|e| matches!(e.cat, Some(Category::Kernel) | Some(Category::GpuMemcpy) | Some(Category::GpuMemset)))
+        .map(|e| (launch_us[&e.correlation.unwrap()], e.end_us()))
+        .collect();
+    ops.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut tail_max = Vec::with_capacity(ops.len());
+    let mut m = f64::MIN;
+    for o in &ops {
+        m = m.max(o.1);
+        tail_max.push(m);
+    }
+    let tail = |t_us: f64| -> f64 {
+        let n = ops.partition_point(|o| o.0 < t_us);
+        if n == 0 {
+            f64::MIN
+        } else {
+            tail_max[n - 1]
+        }
+    };
+    let interval_ns = |b: f64, e: f64| -> f64 {
+        let start = (b + latency_us).max(tail(b));
+        let end = (e + latency_us).max(tail(e));
+        (end - start) * 1000.0
+    };
+    let scopes: Vec<_> = t.events.iter().filter(|e| e.cat == Some(Category::UserAnnotation)).collect();
+    let steps: Vec<(i64, f64, f64)> = scopes
+        .iter()
+        .filter_map(|e| {
+            let i = e.name.strip_prefix("dit.step ")?.split('/').next()?.parse().ok()?;
+            Some((i, e.ts_us, e.end_us()))
+        })
+        .collect();
+    let step_gt = steps.iter().map(|&(i, b, e)| (i, interval_ns(b, e))).collect();
+    let mut stage_gt = BTreeMap::new();
+    let mut vae = 0.0;
+    for e in &scopes {
+        if e.name == "vae.decode" {
+            vae = interval_ns(e.ts_us, e.end_us());
+        }
+        if !["attention.spatial", "attention.temporal", "attention.cross", "ffn", "norm"].contains(&e.name.as_str()) {
+            continue;
+        }
+        let Some(&(i, _, _)) = steps.iter().find(|&&(_, b, en)| b <= e.ts_us && e.end_us() <= en) else { continue };
+        *stage_gt.entry((i, e.name.clone())).or_insert(0.0) += interval_ns(e.ts_us, e.end_us());
+    }
+    (step_gt, stage_gt, vae)
+}
+
+/// Step index → duration ns of the `dit.step` spans.
+fn step_durations(spans: &[ReceivedSpan]) -> BTreeMap<i64, u64> {
+    spans
+        .iter()
+        .filter(|s| s.name == "dit.step")
+        .map(|s| (s.int("gpuspan.step.index").unwrap(), s.end_unix_ns - s.start_unix_ns))
+        .collect()
+}
+
+/// (step index, stage) → `gpuspan.gpu_busy_ns` of the stage spans under steps.
+fn stage_busy(spans: &[ReceivedSpan]) -> BTreeMap<(i64, String), i64> {
+    let steps: BTreeMap<&str, i64> =
+        spans.iter().filter(|s| s.name == "dit.step").map(|s| (s.span_id.as_str(), s.int("gpuspan.step.index").unwrap())).collect();
+    spans
+        .iter()
+        .filter_map(|s| Some(((*steps.get(s.parent_span_id.as_str())?, s.name.clone()), s.int("gpuspan.gpu_busy_ns")?)))
+        .collect()
+}
+
+/// The cumulative (count, sum) of `dit_inference_step_duration_ms{step_type="step"}` over
+/// OTLP (the latest export).
+fn step_histogram(rx: &OtlpReceiver) -> (u64, f64) {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let mut best = (0u64, 0f64);
+    for r in rx.metrics() {
+        for m in r.resource_metrics.iter().flat_map(|x| &x.scope_metrics).flat_map(|x| &x.metrics) {
+            let (true, Some(Data::Histogram(h))) = (m.name == "dit_inference_step_duration_ms", &m.data) else { continue };
+            for dp in &h.data_points {
+                let is_step = dp.attributes.iter().any(|kv| {
+                    kv.key == "step_type"
+                        && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(Value::StringValue(v)) if v == "step")
+                });
+                if is_step && dp.count >= best.0 {
+                    best = (dp.count, dp.sum.unwrap_or(0.0));
+                }
+            }
+        }
+    }
+    best
+}
+
+#[test]
+fn coarse_default_no_cupti_and_within_one_percent_of_ground_truth() {
+    const STEPS: u32 = 50;
+    let tp = gpuspan_simgpu::workload::preset::traceparent("stdit", 0);
+    let trace_id = tp.split('-').nth(1).unwrap().to_string();
+
+    let coarse_rx = OtlpReceiver::start(Transport::HttpProtobuf, "127.0.0.1:0");
+    let coarse = run_stdit(None, STEPS, &[], &[], &coarse_rx);
+    let cupti = sim_cupti(&coarse);
+    assert_eq!((cupti["subscribes"], cupti["enables"]), (0, 0), "coarse mode never subscribes nor enables: {cupti:?}");
+    let stderr = String::from_utf8_lossy(&coarse.stderr);
+    assert!(stderr.contains("coarse mode on"), "{stderr}");
+
+    let fine_out = tempfile::tempdir().unwrap();
+    let fine_rx = OtlpReceiver::start(Transport::HttpProtobuf, "127.0.0.1:0");
+    let fine = run_stdit_into(fine_out.path(), Some("fine"), STEPS, &[], &[], &fine_rx);
+    assert!(sim_cupti(&fine)["subscribes"] >= 1);
+    let (step_gt, stage_gt, vae_gt) = ground_truth(&fine_out.path().join("capture.json.gz"));
+
+    let spans = spans_of(&coarse_rx, &trace_id);
+    assert!(spans.iter().all(|s| s.name != "cuda.kernel"), "no kernel spans in coarse mode");
+    for s in spans.iter().filter(|s| s.name != "gpu.request") {
+        assert_eq!(s.str("gpuspan.timing"), Some("cuda_event"), "{} timed on the named stream", s.name);
+    }
+    let mut worst = 0f64;
+    let mut check = |what: String, got: f64, want: f64| {
+        let d = (got - want).abs() / want;
+        worst = worst.max(d);
+        assert!(d < 0.01, "{what}: coarse {got} ns, ground truth {want} ns ({:.3} %)", d * 100.0);
+    };
+    // Every step.
+    let cs = step_durations(&spans);
+    assert_eq!(cs.len(), STEPS as usize);
+    assert_eq!(step_gt.len(), STEPS as usize);
+    for (i, want) in &step_gt {
+        check(format!("step {i}"), cs[i] as f64, *want);
+    }
+    // Every (step, scope stage): the stage span's busy time is the sum of its scopes.
+    let cb = stage_busy(&spans);
+    assert_eq!(stage_gt.len(), 5 * STEPS as usize, "five scope stages per step");
+    for ((step, stage), want) in &stage_gt {
+        let got = cb.get(&(*step, stage.clone())).unwrap_or_else(|| panic!("no {stage} span in step {step}"));
+        check(format!("step {step} {stage}"), *got as f64, *want);
+    }
+    let vae = spans.iter().find(|s| s.name == "vae.decode").unwrap();
+    check("vae.decode".into(), (vae.end_unix_ns - vae.start_unix_ns) as f64, vae_gt);
+    // Metrics: the step histogram's count, and its sum against the ground truth's.
+    let (count, sum_ms) = step_histogram(&coarse_rx);
+    assert_eq!(count, STEPS as u64);
+    let want_ms = step_gt.values().sum::<f64>() / 1e6;
+    check("dit_inference_step_duration_ms sum".into(), sum_ms * 1e6, want_ms * 1e6);
+    eprintln!("coarse vs ground truth: worst relative difference {:.4} %", worst * 100.0);
+}
+
+/// A worker that names no stream (plain NVTX): scopes are timed on the legacy default
+/// stream, which never sees the non-blocking stream the kernels run on, and the spans say so.
+#[test]
+fn coarse_plain_nvtx_is_timed_on_the_legacy_stream_and_says_so() {
+    let rx = OtlpReceiver::start(Transport::Grpc, "127.0.0.1:0");
+    let o = run_stdit(Some("coarse"), 2, &["--legacy-stream"], &[], &rx);
+    assert_eq!(sim_cupti(&o)["subscribes"], 0);
+    let tp = gpuspan_simgpu::workload::preset::traceparent("stdit", 0);
+    let spans = spans_of(&rx, tp.split('-').nth(1).unwrap());
+    for s in &spans {
+        assert_eq!(s.str("gpuspan.timing"), Some("legacy_stream"), "{}", s.name);
+    }
+    assert_eq!(spans.iter().filter(|s| s.name == "dit.step").count(), 2);
+}
+
+/// A pool of 4 events cannot time hundreds of open scopes: the rest are timed on the CPU
+/// side, marked so, and the run still yields every step.
+#[test]
+fn coarse_exhausted_event_pool_falls_back_to_cpu_times() {
+    let rx = OtlpReceiver::start(Transport::Grpc, "127.0.0.1:0");
+    let o = run_stdit(Some("coarse"), 2, &[], &[("GPUSPAN_EVENT_POOL", "4")], &rx);
+    let tp = gpuspan_simgpu::workload::preset::traceparent("stdit", 0);
+    let spans = spans_of(&rx, tp.split('-').nth(1).unwrap());
+    assert_eq!(spans.iter().filter(|s| s.name == "dit.step").count(), 2);
+    let cpu = spans.iter().filter(|s| s.str("gpuspan.timing") == Some("cpu_fallback")).count();
+    assert!(cpu > 0, "some spans are CPU-timed");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("event pool"), "the exhaustion is reported: {stderr}");
+}
+
