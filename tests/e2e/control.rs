@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 /// The `gpuspan run` process and the worker it started: both killed if still running (a
 /// killed worker cannot remove its socket, so this does).
-struct Worker {
-    run: Child,
-    pid: Option<u32>,
+pub(crate) struct Worker {
+    pub(crate) run: Child,
+    pub(crate) pid: Option<u32>,
 }
 
 impl Drop for Worker {
@@ -39,7 +39,7 @@ fn parent_of(pid: u32) -> Option<u32> {
 }
 
 /// A child of `parent` (scanning `/proc`), waiting up to `within`.
-fn child_of(parent: u32, within: Duration) -> Option<u32> {
+pub(crate) fn child_of(parent: u32, within: Duration) -> Option<u32> {
     let t0 = Instant::now();
     while t0.elapsed() < within {
         for e in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -54,12 +54,12 @@ fn child_of(parent: u32, within: Duration) -> Option<u32> {
     None
 }
 
-fn euid() -> u32 {
+pub(crate) fn euid() -> u32 {
     std::fs::metadata("/proc/self").expect("/proc/self").uid()
 }
 
 /// Where the worker's socket is: the agent's rule in this (inherited) environment.
-fn expected_socket(pid: u32) -> PathBuf {
+pub(crate) fn expected_socket(pid: u32) -> PathBuf {
     let uid = euid();
     let dir = control_dir(std::env::var_os("XDG_RUNTIME_DIR").as_deref(), uid, |p| {
         std::fs::metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == uid)
@@ -68,7 +68,7 @@ fn expected_socket(pid: u32) -> PathBuf {
 }
 
 /// `gpuspan status PID --json`, parsed.
-fn status_json(pid: u32) -> serde_json::Value {
+pub(crate) fn status_json(pid: u32) -> serde_json::Value {
     let o = output(gpuspan().args(["status", &pid.to_string(), "--json"]));
     assert!(o.status.success(), "status failed: {}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8(o.stdout).unwrap();
@@ -77,7 +77,7 @@ fn status_json(pid: u32) -> serde_json::Value {
 }
 
 /// Sends `bytes` on a fresh connection and returns the reply line, parsed.
-fn raw(path: &Path, bytes: &[u8]) -> serde_json::Value {
+pub(crate) fn raw(path: &Path, bytes: &[u8]) -> serde_json::Value {
     let mut s = UnixStream::connect(path).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let _ = s.write_all(bytes);

@@ -4,8 +4,9 @@
 use crate::collector::Collector;
 use crate::state::Agent;
 use gpuspan_core::activity::ActivityRecord;
-use gpuspan_core::join::{build_trace, JoinOptions};
-use std::path::PathBuf;
+use gpuspan_core::classify::Classifier;
+use gpuspan_core::join::{build_trace, JoinOptions, ScopeTable};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 /// File name of the capture inside the output directory.
@@ -15,8 +16,32 @@ pub const CAPTURE_FILE: &str = "capture.json.gz";
 /// `gpuspan.summary` event (cat `gpuspan`, zero duration, in its args), so a reader can tell a complete capture
 /// from a lossy one.
 pub fn write(a: &Agent, c: &mut Collector) -> Result<PathBuf, String> {
-    let first_ns = c
-        .records
+    let sp = &c.assembler.stats;
+    let extra = vec![
+        ("spans".to_string(), sp.spans),
+        ("span_requests".to_string(), sp.requests),
+        ("span_steps".to_string(), sp.steps),
+        ("kernel_spans_omitted".to_string(), sp.kernel_spans_omitted),
+        ("span_units_timed_out".to_string(), sp.units_timed_out),
+        ("span_gpu_late".to_string(), sp.gpu_late),
+    ];
+    let seed = c.assembler.options().seed;
+    write_parts(a, &c.records, &c.scopes, &mut c.classifier, seed, &a.config.out_dir, &extra)
+}
+
+/// Joins `records` with `scopes` and writes `dir/capture.json.gz`, with the agent's loss
+/// counters and `extra` (`gpuspan.<key>` = value) in the summary event. Used for the
+/// exit capture and for each fine window's.
+pub fn write_parts(
+    a: &Agent,
+    records: &[ActivityRecord],
+    scopes: &ScopeTable,
+    classifier: &mut Classifier,
+    seed: u64,
+    dir: &Path,
+    extra: &[(String, u64)],
+) -> Result<PathBuf, String> {
+    let first_ns = records
         .iter()
         .filter_map(|r| match r {
             ActivityRecord::Kernel(k) if k.start_ns > 0 => Some(k.start_ns),
@@ -25,7 +50,7 @@ pub fn write(a: &Agent, c: &mut Collector) -> Result<PathBuf, String> {
             ActivityRecord::Memset(m) => Some(m.start_ns),
             _ => None,
         })
-        .chain(c.scopes.iter_sorted().iter().map(|s| s.begin_ns))
+        .chain(scopes.iter_sorted().iter().map(|s| s.begin_ns))
         .min()
         .unwrap_or(0);
     // Whole milliseconds strictly before the first event, so relative µs timestamps stay
@@ -36,9 +61,9 @@ pub fn write(a: &Agent, c: &mut Collector) -> Result<PathBuf, String> {
         base_time_ns,
         process_id: std::process::id(),
         include_api: true,
-        trace_seed: Some(c.assembler.options().seed),
+        trace_seed: Some(seed),
     };
-    let (mut trace, st) = build_trace(&c.records, &c.scopes, &mut c.classifier, &opts);
+    let (mut trace, st) = build_trace(records, scopes, classifier, &opts);
     let counters = &a.counters;
     let mut summary = gpuspan_core::trace::TraceEvent {
         cat: Some(gpuspan_core::trace::Category::Other("gpuspan".into())),
@@ -62,13 +87,9 @@ pub fn write(a: &Agent, c: &mut Collector) -> Result<PathBuf, String> {
     put("buffers_dropped", counters.buffers_dropped.load(Ordering::Relaxed));
     put("buffers_declined", a.pool.declined());
     put("cupti_version", a.api.version() as u64);
-    let sp = &c.assembler.stats;
-    put("spans", sp.spans);
-    put("span_requests", sp.requests);
-    put("span_steps", sp.steps);
-    put("kernel_spans_omitted", sp.kernel_spans_omitted);
-    put("span_units_timed_out", sp.units_timed_out);
-    put("span_gpu_late", sp.gpu_late);
+    for (k, v) in extra {
+        put(k, *v);
+    }
     if let Some(p) = &a.telemetry.spans {
         let oc = p.counters();
         put("otlp_spans_submitted", oc.submitted.load(Ordering::Relaxed));
@@ -80,7 +101,6 @@ pub fn write(a: &Agent, c: &mut Collector) -> Result<PathBuf, String> {
     // At the first event's time: Kineto readers reject ts = 0 placeholders.
     summary.ts_us = trace.events.first().map(|e| e.ts_us).unwrap_or(0.0);
     trace.events.insert(0, summary);
-    let dir = &a.config.out_dir;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join(CAPTURE_FILE);
     gpuspan_export::write_trace(&trace, &path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;

@@ -98,6 +98,20 @@ impl Collector {
         }
     }
 
+    /// Coarse mode: forgets the scopes of finalized requests and ended scopes outside any
+    /// request, so the table holds only what is in flight (not while a window is open: its
+    /// capture needs them).
+    pub fn prune(&mut self) {
+        let (asm, res) = (&self.assembler, &self.resolver);
+        self.scopes.retain(|s| {
+            s.end_ns.is_none()
+                || match s.attribution.request {
+                    Some(r) => asm.is_open_request(r),
+                    None => res.is_pending(s.id),
+                }
+        });
+    }
+
     /// Drains both queues of `a` into this collector.
     pub fn drain(&mut self, a: &Agent) {
         // Marks first: an application thread queues a scope's event before its mark, so
@@ -111,9 +125,13 @@ impl Collector {
         while let Some(ev) = a.scope_queue.pop() {
             self.scopes.apply(&ev);
             self.assembler.observe_scope(&ev, &self.scopes);
+            a.windows.observe_scope(&ev, &self.scopes);
         }
         if let Some(c) = &a.coarse {
             self.resolver.resolve(c, &mut self.times);
+            for t in &self.times {
+                a.windows.observe_gpu_done(t.id);
+            }
             self.feed_times();
         }
         let next = a.api.get_next_record_fn();
@@ -124,8 +142,12 @@ impl Collector {
             let st = unsafe { decode_buffer(next, addr as *mut u8, valid, &mut self.names, &mut self.records) };
             // SAFETY: decoded; the buffer goes back to the pool exactly once.
             unsafe { a.pool.give_back(RawBuffer(addr)) };
-            for r in &self.records[before..] {
-                self.assembler.observe_record(r, &self.scopes, &mut self.classifier);
+            // Coarse mode's spans come from scope intervals; its records (fine windows) only
+            // go to the window's capture.
+            if a.coarse.is_none() {
+                for r in &self.records[before..] {
+                    self.assembler.observe_record(r, &self.scopes, &mut self.classifier);
+                }
             }
             let added = self.records.len() - before;
             a.counters.records_decoded.fetch_add(added as u64, Ordering::Relaxed);
@@ -200,6 +222,9 @@ fn run() {
                 last_poll = Instant::now();
                 let f = c.poll_spans(now_ms(start), false);
                 done = Some((f, c.assembler.take_context_problems()));
+                if a.coarse.is_some() && !a.windows.is_active() {
+                    c.prune();
+                }
             }
         }
         if a.fine_on.load(Ordering::Acquire) {
@@ -208,6 +233,10 @@ fn run() {
             }
         }
         report_coarse_fallbacks(a);
+        // Flushing CUPTI happens without the collector lock (see the module docs).
+        if a.windows.ready_to_close() {
+            a.windows.close(a, false);
+        }
         // Outside the collector lock: exporting never delays draining.
         if let Some((f, problems)) = done {
             a.telemetry.report_context_problems(problems);
@@ -260,6 +289,9 @@ pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
         let _ = h.join();
     }
     a.collecting.store(false, Ordering::Release);
+    if a.windows.is_active() {
+        a.windows.close(a, true);
+    }
     if a.fine_on.swap(false, Ordering::AcqRel) {
         let _ = a.api.flush_all(0);
         let _ = a.api.flush_all(FLUSH_FORCED);

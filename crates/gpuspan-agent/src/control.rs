@@ -1,5 +1,5 @@
-//! The agent's control socket: a Unix domain socket through which `gpuspan status PID` (and
-//! later `gpuspan capture PID`) talk to a running worker.
+//! The agent's control socket: a Unix domain socket through which `gpuspan status PID` and
+//! `gpuspan capture PID` talk to a running worker.
 //!
 //! # Protocol (v1)
 //!
@@ -13,7 +13,7 @@
 //!   process that had our pid) is replaced; the socket is removed at exit.
 //! - `GPUSPAN_CONTROL=off` (or `0`, `false`) turns the socket off.
 //! - one request per connection: one JSON line of at most 4096 bytes,
-//!   `{"v":1,"op":"status"}`; one JSON reply line, `{"v":1,"ok":true,…}` or
+//!   `{"v":1,"op":"status"}` or `{"v":1,"op":"capture","steps":N,…}`; one JSON reply line, `{"v":1,"ok":true,…}` or
 //!   `{"v":1,"ok":false,"error":"…"}`; then the agent closes the connection.
 //! - the peer's uid comes from `SO_PEERCRED` (`unix(7)`: the credentials of the process
 //!   that called `connect`); only the agent's effective uid and root are served, others get
@@ -26,7 +26,9 @@
 //! or slow client holds it for at most that long; replies are sent with `MSG_NOSIGNAL` (a
 //! client that went away never raises `SIGPIPE` in the worker). Each connection runs
 //! under `catch_unwind`. A request only reads the agent's state (atomic counters, the
-//! collector's counters under its lock, waited for at most [`COLLECTOR_WAIT`]).
+//! collector's counters under its lock, waited for at most [`COLLECTOR_WAIT`]); `capture`
+//! arms a fine window ([`crate::window`]: subscribes CUPTI on this thread, never on an
+//! application thread) and answers at once; the CLI then polls `status`.
 //!
 //! Removal at exit: a destructor of this library (`ctor::dtor`, registered with
 //! `__cxa_atexit` when the library loads) removes the socket file if this process created
@@ -36,8 +38,9 @@
 //! process with the same pid replaces it.
 
 use gpuspan_core::control::{
-    control_dir, control_disabled, error_reply, frame, parse_request, socket_path, status_reply, Drops, Framing,
-    Request, RequestError, SpanCounts, Status, CONTROL_ENV, IO_TIMEOUT, MAX_REQUEST_BYTES,
+    capture_reply, control_dir, control_disabled, error_reply, frame, parse_request, socket_path, status_reply,
+    CaptureRequest, CoarseCounts, Drops, Framing, Request, RequestError, SpanCounts, Status, WindowStatus, CONTROL_ENV,
+    IO_TIMEOUT, MAX_REQUEST_BYTES,
 };
 use nix::sys::socket::{getsockopt, send, sockopt, MsgFlags};
 use std::io::{ErrorKind, Read};
@@ -99,7 +102,7 @@ pub fn start() {
         };
         let path = server.path.clone();
         let bound = server.bound();
-        match server.spawn(agent_status) {
+        match server.spawn(Handlers { status: agent_status, capture: agent_capture }) {
             Ok(_) => {
                 if let Ok(mut g) = BOUND.lock() {
                     *g = Some(bound);
@@ -148,6 +151,15 @@ pub fn prepare_dir(dir: &Path, euid: u32) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// What the server answers each op with.
+#[derive(Debug, Clone, Copy)]
+pub struct Handlers {
+    /// `status`.
+    pub status: fn() -> Status,
+    /// `capture`: the armed window, or why not.
+    pub capture: fn(&CaptureRequest) -> Result<WindowStatus, String>,
 }
 
 /// A bound control socket, not yet served.
@@ -210,28 +222,27 @@ impl Server {
         Bound { path: self.path.clone(), pid: std::process::id(), dev: self.dev, ino: self.ino }
     }
 
-    /// Serves connections on a thread named [`THREAD_NAME`], answering `status` with
-    /// `status()`. Peers of another uid than this process's effective uid, except root,
-    /// are refused.
-    pub fn spawn(self, status: fn() -> Status) -> std::io::Result<Running> {
+    /// Serves connections on a thread named [`THREAD_NAME`], answering with `handlers`.
+    /// Peers of another uid than this process's effective uid, except root, are refused.
+    pub fn spawn(self, handlers: Handlers) -> std::io::Result<Running> {
         let stop = Arc::new(AtomicBool::new(false));
         let path = self.path.clone();
         let flag = stop.clone();
         let euid = nix::unistd::geteuid().as_raw();
         let thread = std::thread::Builder::new().name(THREAD_NAME.into()).spawn(move || {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(euid, status, &flag)));
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(euid, handlers, &flag)));
         })?;
         Ok(Running { stop, path, thread: Some(thread) })
     }
 
-    fn serve(self, euid: u32, status: fn() -> Status, stop: &AtomicBool) {
+    fn serve(self, euid: u32, handlers: Handlers, stop: &AtomicBool) {
         for conn in self.listener.incoming() {
             if stop.load(Ordering::Acquire) {
                 break;
             }
             match conn {
                 Ok(stream) => {
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(stream, euid, status)));
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(stream, euid, handlers)));
                 }
                 // Out of descriptors and the like: do not spin.
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
@@ -258,7 +269,7 @@ pub fn peer_allowed(peer_uid: u32, euid: u32) -> bool {
 }
 
 /// One connection: check the peer, read one request line, answer, close.
-fn handle(stream: UnixStream, euid: u32, status: fn() -> Status) {
+fn handle(stream: UnixStream, euid: u32, handlers: Handlers) {
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let peer = getsockopt(&stream, sockopt::PeerCredentials).map(|c| c.uid());
     match peer {
@@ -274,7 +285,11 @@ fn handle(stream: UnixStream, euid: u32, status: fn() -> Status) {
         }
     }
     let answer = match read_request(&stream) {
-        Ok(Request::Status) => status_reply(&status()),
+        Ok(Request::Status) => status_reply(&(handlers.status)()),
+        Ok(Request::Capture(req)) => match (handlers.capture)(&req) {
+            Ok(w) => capture_reply(&w),
+            Err(e) => error_reply(&format!("capture refused: {e}")),
+        },
         Err(e) => error_reply(&e.to_string()),
     };
     reply(&stream, &answer);
@@ -350,7 +365,11 @@ pub fn agent_status() -> Status {
     let pipeline = a.and_then(|a| a.telemetry.spans.as_ref());
     Status {
         pid: std::process::id(),
-        mode: if st.inactive_reason.is_none() { "fine".into() } else { "inactive".into() },
+        mode: match a.map(|a| a.config.mode) {
+            Some(crate::config::Mode::Coarse) => "coarse".into(),
+            Some(_) => "fine".into(),
+            None => "inactive".into(),
+        },
         inactive_reason: st.inactive_reason,
         collecting: a.is_some_and(|a| a.collecting.load(Ordering::Relaxed)),
         cupti_version: st.cupti_version,
@@ -363,10 +382,29 @@ pub fn agent_status() -> Status {
             otlp_spans: pipeline.map(|p| p.counters().dropped()).unwrap_or(0),
         },
         spans: a.and_then(|a| span_counts(&a.collector)),
-        capture_window: None,
+        capture_window: a.and_then(|a| a.windows.status()),
+        coarse: a.and_then(|a| a.coarse.as_ref()).map(|c| {
+            let k = &c.counters;
+            CoarseCounts {
+                scopes_timed: k.scopes_timed.load(Ordering::Relaxed),
+                scopes_cpu_timed: k.scopes_cpu_timed.load(Ordering::Relaxed),
+                pool_exhausted: k.pool_exhausted.load(Ordering::Relaxed),
+                event_errors: k.event_errors.load(Ordering::Relaxed),
+                marks_dropped: k.marks_dropped.load(Ordering::Relaxed),
+                events_made: c.pool.created() as u64,
+            }
+        }),
         metrics_addr: a.and_then(|a| a.telemetry.metrics_addr()).map(|s| s.to_string()),
         otlp_endpoint: pipeline.map(|p| p.settings().endpoint.clone()),
         uptime_s: STARTED_AT.get().map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0),
+    }
+}
+
+/// Arms a fine window on the active agent ([`crate::window::Windows::open`]).
+pub fn agent_capture(req: &CaptureRequest) -> Result<WindowStatus, String> {
+    match crate::state::agent() {
+        Some(a) => a.windows.open(a, req, "control"),
+        None => Err(crate::state::status().inactive_reason.unwrap_or_else(|| "the agent is not active".into())),
     }
 }
 
@@ -424,15 +462,37 @@ mod tests {
             drops: Drops::default(),
             spans: Some(SpanCounts::default()),
             capture_window: None,
+            coarse: None,
             metrics_addr: None,
             otlp_endpoint: None,
             uptime_s: 0.5,
         }
     }
 
+    fn fake_capture(req: &CaptureRequest) -> Result<WindowStatus, String> {
+        match req.size {
+            gpuspan_core::control::WindowSize::Steps(n) if n < 10 => Ok(WindowStatus {
+                id: 1,
+                state: "armed".into(),
+                trigger: "control".into(),
+                kind: "steps".into(),
+                target: n,
+                done: 0,
+                out_dir: req.out.clone().unwrap_or_default(),
+                capture: None,
+                kernels: None,
+                steps: None,
+                error: None,
+            }),
+            _ => Err("no".into()),
+        }
+    }
+
+    const FAKE: Handlers = Handlers { status: fake_status, capture: fake_capture };
+
     fn serve(dir: &Path) -> Running {
         let s = Server::bind(&dir.join("1.sock")).unwrap();
-        s.spawn(fake_status).unwrap()
+        s.spawn(FAKE).unwrap()
     }
 
     /// Sends `bytes`, then reads the reply line.
@@ -479,6 +539,16 @@ mod tests {
         assert_eq!(error_of(&ask(&path, b"", true)), "empty request");
         // End of stream ends a request without a newline.
         assert!(ask(&path, b"{\"v\":1,\"op\":\"status\"}", true).contains("\"ok\":true"));
+        // capture: the handler's window, or its refusal.
+        let cap = |n: u64| {
+            Request::Capture(CaptureRequest { size: gpuspan_core::control::WindowSize::Steps(n), out: Some("/tmp/w".into()) })
+                .encode()
+        };
+        let ok = ask(&path, cap(3).as_bytes(), false);
+        let Reply::Ok(obj) = parse_reply(ok.as_bytes()).unwrap() else { panic!("{ok}") };
+        assert_eq!(gpuspan_core::control::parse_capture_reply(&obj).unwrap().target, 3);
+        assert_eq!(error_of(&ask(&path, cap(50).as_bytes(), false)), "capture refused: no");
+        assert!(error_of(&ask(&path, b"{\"v\":1,\"op\":\"capture\",\"steps\":0}\n", false)).starts_with("bad request"));
         // Still serving after all that.
         assert!(ask(&path, Request::Status.encode().as_bytes(), false).contains("\"ok\":true"));
         r.stop();
@@ -515,7 +585,7 @@ mod tests {
         // A stale socket: bound, then its listener dropped without removing the file.
         drop(UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        let r = Server::bind(&path).unwrap().spawn(fake_status).unwrap();
+        let r = Server::bind(&path).unwrap().spawn(FAKE).unwrap();
         assert!(ask(&path, Request::Status.encode().as_bytes(), false).contains("\"ok\":true"));
         // A live one is left alone.
         let e = Server::bind(&path).unwrap_err();

@@ -43,5 +43,6 @@ pub mod log;
 pub mod nvml;
 pub mod state;
 pub mod telemetry;
+pub mod window;
 
 pub use state::{flush_capture, AgentStatus};

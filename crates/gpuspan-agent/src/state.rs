@@ -64,6 +64,8 @@ pub struct Agent {
     pub subscriber: Mutex<Option<Subscriber>>,
     /// Span export, metrics.
     pub telemetry: crate::telemetry::Telemetry,
+    /// Fine-capture windows (coarse mode).
+    pub windows: crate::window::Windows,
 }
 
 static AGENT: OnceLock<Agent> = OnceLock::new();
@@ -194,6 +196,7 @@ fn activate_inner() -> Result<(), String> {
         collector: Mutex::new(Collector::new(rules, spans)),
         subscriber: Mutex::new(subscriber),
         telemetry,
+        windows: crate::window::Windows::new(),
         config,
         api,
     };

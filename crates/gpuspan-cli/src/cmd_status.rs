@@ -43,8 +43,8 @@ pub fn candidate_paths(pid: u32) -> Vec<PathBuf> {
     v
 }
 
-/// Sends one `status` request and returns the reply line (without its newline).
-fn ask(path: &std::path::Path) -> Result<String, String> {
+/// Sends one request and returns the reply line (without its newline).
+pub fn ask(path: &std::path::Path, request: &Request) -> Result<String, String> {
     let mut s = UnixStream::connect(path).map_err(|e| match e.kind() {
         ErrorKind::ConnectionRefused => {
             format!("cannot connect to {}: {e} (the process is gone or its agent is not listening)", path.display())
@@ -56,7 +56,7 @@ fn ask(path: &std::path::Path) -> Result<String, String> {
     s.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
     // A refused peer is answered before its request is read: the write may fail after the
     // reply arrived, so read whatever came back before reporting the write error.
-    let sent = s.write_all(Request::Status.encode().as_bytes());
+    let sent = s.write_all(request.encode().as_bytes());
     let mut reply = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -105,15 +105,37 @@ pub fn run(pid: u32, json: bool) -> ExitCode {
     }
 }
 
-fn status(pid: u32, json: bool) -> Result<String, String> {
+/// The control socket of `pid`'s agent, or why there is none.
+pub fn find_socket(pid: u32) -> Result<PathBuf, String> {
     let candidates = candidate_paths(pid);
-    let Some(path) = candidates.iter().find(|p| std::fs::symlink_metadata(p).is_ok()) else {
-        return Err(format!(
+    match candidates.iter().find(|p| std::fs::symlink_metadata(p).is_ok()) {
+        Some(p) => Ok(p.clone()),
+        None => Err(format!(
             "no control socket for process {pid} at {} (is it running with the agent loaded, under this uid, with GPUSPAN_CONTROL not off?)",
             candidates[0].display()
-        ));
-    };
-    let line = ask(path)?;
+        )),
+    }
+}
+
+/// One request to `pid`'s agent at `path`: the reply object, or a one-line error (the
+/// agent's refusal included).
+pub fn request(pid: u32, path: &std::path::Path, req: &Request) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let line = ask(path, req)?;
+    match parse_reply(line.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))? {
+        Reply::Ok(obj) => Ok(obj),
+        Reply::Error(e) => Err(format!("process {pid} refused the request: {e}")),
+    }
+}
+
+/// `pid`'s agent status.
+pub fn fetch_status(pid: u32, path: &std::path::Path) -> Result<Status, String> {
+    let obj = request(pid, path, &Request::Status)?;
+    parse_status(&obj).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn status(pid: u32, json: bool) -> Result<String, String> {
+    let path = &find_socket(pid)?;
+    let line = ask(path, &Request::Status)?;
     let obj = match parse_reply(line.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))? {
         Reply::Ok(obj) => obj,
         Reply::Error(e) => return Err(format!("process {pid} refused the request: {e}")),
@@ -155,7 +177,28 @@ fn render(s: &Status, path: &std::path::Path) -> String {
             None => "(collector busy)".into(),
         },
     ));
-    rows.push(("capture", s.capture_window.as_ref().map(|w| w.to_string()).unwrap_or_else(|| "none".into())));
+    rows.push((
+        "window",
+        s.capture_window
+            .as_ref()
+            .map(|w| {
+                let mut t = format!("{} #{} ({}): {}/{} {}, {}", w.state, w.id, w.trigger, w.done, w.target, w.kind, w.out_dir);
+                if let Some(e) = &w.error {
+                    t.push_str(&format!("; {e}"));
+                }
+                t
+            })
+            .unwrap_or_else(|| "none".into()),
+    ));
+    if let Some(c) = &s.coarse {
+        rows.push((
+            "coarse",
+            format!(
+                "{} scopes timed with CUDA events, {} on the CPU side; {} events",
+                c.scopes_timed, c.scopes_cpu_timed, c.events_made
+            ),
+        ));
+    }
     rows.push((
         "metrics",
         s.metrics_addr.as_ref().map(|a| format!("http://{a}/metrics")).unwrap_or_else(|| "off".into()),

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod artifacts;
+mod cmd_capture;
 mod cmd_diff;
 mod cmd_run;
 mod cmd_stats;
@@ -99,6 +100,24 @@ enum Command {
         #[arg(long, value_name = "PCT")]
         fail_over: Option<f64>,
     },
+    /// Opens a fine-capture window in a running worker (coarse mode) and waits, with a
+    /// progress bar, until its capture is written.
+    Capture {
+        /// The worker's process id.
+        pid: u32,
+        /// Capture the next N steps.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000), group = "size", required_unless_present_any = ["duration", "requests"])]
+        steps: Option<u64>,
+        /// Capture whole steps for this long (e.g. 2s, 500ms, 1m).
+        #[arg(long, value_name = "D", group = "size")]
+        duration: Option<String>,
+        /// Capture the next N requests, whole.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000), group = "size")]
+        requests: Option<u64>,
+        /// Directory for the capture (default: the worker's GPUSPAN_OUT/window-<id>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// State of a running worker's agent (mode, records, drops, spans) over its control
     /// socket.
     Status {
@@ -127,5 +146,8 @@ fn main() -> ExitCode {
         Command::Waterfall { file, step, html } => cmd_waterfall::run(&file, step, html.as_deref()),
         Command::Diff { a, b, json, fail_over } => cmd_diff::run(&a, &b, json, fail_over),
         Command::Status { pid, json } => cmd_status::run(pid, json),
+        Command::Capture { pid, steps, duration, requests, out } => {
+            cmd_capture::run(pid, cmd_capture::size(steps, duration.as_deref(), requests), out.as_deref())
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! The control protocol between a running agent and the `gpuspan` CLI (`gpuspan status PID`,
-//! later `gpuspan capture PID`): message types, limits, framing and the socket path rules.
+//! `gpuspan capture PID`): message types, limits, framing and the socket path rules.
 //!
 //! This module is pure (no I/O): the agent's server (`gpuspan_agent::control`) and the CLI's
 //! client (`gpuspan-cli`, `cmd_status.rs`) do the socket work and share everything else
@@ -20,15 +20,19 @@
 //!
 //! One request per connection. The client writes one line: a JSON object of at most
 //! [`MAX_REQUEST_BYTES`] bytes (UTF-8, not counting the terminating `\n`; end of stream
-//! also ends the line), `{"v":1,"op":"status"}`. Fields besides `v` and `op` are ignored.
+//! also ends the line): `{"v":1,"op":"status"}`, or `{"v":1,"op":"capture","steps":N}` /
+//! `"duration_ms":D` / `"requests":N` (exactly one of them, positive, at most
+//! [`MAX_WINDOW_STEPS`] / [`MAX_WINDOW_DURATION_MS`] / [`MAX_WINDOW_REQUESTS`]), with an
+//! optional absolute `"out"` directory ([`CaptureRequest`]). Unknown fields are ignored.
 //! The server reads at most `MAX_REQUEST_BYTES + 1` bytes, answers with one JSON line of at
 //! most [`MAX_REPLY_BYTES`] bytes and closes the connection:
 //! - success: `{"v":1,"ok":true, <fields of the op>}`; for `status` the fields of
-//!   [`Status`];
+//!   [`Status`]; for `capture`, `"window"`: the [`WindowStatus`] of the window it opened;
 //! - failure: `{"v":1,"ok":false,"error":"<one-line message>"}` ([`error_reply`]): for a
 //!   malformed line, a wrong or missing version, an unknown op, an oversize line
 //!   ([`RequestError`]), a peer of another uid, or a client that sends nothing within
-//!   [`IO_TIMEOUT`]. A failed request changes nothing in the agent.
+//!   [`IO_TIMEOUT`], a capture the agent refuses (a window already open, CUPTI held by
+//!   another client, fine mode). A failed request changes nothing in the agent.
 
 use serde::{Deserialize, Serialize};
 use std::ffi::OsStr;
@@ -90,24 +94,90 @@ pub fn control_disabled(value: Option<&str>) -> Result<bool, String> {
     }
 }
 
+/// Most steps one capture window may span.
+pub const MAX_WINDOW_STEPS: u64 = 100_000;
+/// Longest capture window, ms (one day).
+pub const MAX_WINDOW_DURATION_MS: u64 = 86_400_000;
+/// Most requests one capture window may span.
+pub const MAX_WINDOW_REQUESTS: u64 = 10_000;
+/// Longest `out` directory, bytes.
+pub const MAX_OUT_BYTES: usize = 1024;
+
+/// How long a fine-capture window lasts. Windows open and close at step boundaries (request
+/// boundaries for [`WindowSize::Requests`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WindowSize {
+    /// The next N steps that begin after the window is armed.
+    Steps(u64),
+    /// Whole steps: those that begin within this many ms (CPU time) of the begin of the
+    /// first step after arming; the window closes when the last of them has ended.
+    DurationMs(u64),
+    /// The next N requests that begin after arming, whole (their steps and the work
+    /// outside steps, like the VAE decode).
+    Requests(u64),
+}
+
+impl WindowSize {
+    /// `steps`, `duration` or `requests`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            WindowSize::Steps(_) => "steps",
+            WindowSize::DurationMs(_) => "duration",
+            WindowSize::Requests(_) => "requests",
+        }
+    }
+
+    /// N steps, ms, or N requests.
+    pub fn target(self) -> u64 {
+        match self {
+            WindowSize::Steps(n) | WindowSize::DurationMs(n) | WindowSize::Requests(n) => n,
+        }
+    }
+}
+
+/// `{"v":1,"op":"capture", "steps"|"duration_ms"|"requests": N, "out": DIR?}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureRequest {
+    /// The window's length.
+    pub size: WindowSize,
+    /// Absolute directory for the window's `capture.json.gz`; `None`: the agent's
+    /// `GPUSPAN_OUT/window-<id>/`.
+    pub out: Option<String>,
+}
+
 /// A request the agent understands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// `{"v":1,"op":"status"}`: the agent's state ([`Status`]).
     Status,
+    /// `{"v":1,"op":"capture",…}`: open a fine-capture window ([`CaptureRequest`]).
+    Capture(CaptureRequest),
 }
 
 impl Request {
     /// The op name on the wire.
-    pub fn op(self) -> &'static str {
+    pub fn op(&self) -> &'static str {
         match self {
             Request::Status => "status",
+            Request::Capture(_) => "capture",
         }
     }
 
     /// The request as its line, `\n` included.
-    pub fn encode(self) -> String {
-        format!("{{\"v\":{PROTOCOL_VERSION},\"op\":\"{}\"}}\n", self.op())
+    pub fn encode(&self) -> String {
+        let mut rest = String::new();
+        if let Request::Capture(c) = self {
+            let key = match c.size {
+                WindowSize::Steps(_) => "steps",
+                WindowSize::DurationMs(_) => "duration_ms",
+                WindowSize::Requests(_) => "requests",
+            };
+            rest.push_str(&format!(",\"{key}\":{}", c.size.target()));
+            if let Some(o) = &c.out {
+                rest.push_str(&format!(",\"out\":{}", serde_json::Value::from(o.as_str())));
+            }
+        }
+        format!("{{\"v\":{PROTOCOL_VERSION},\"op\":\"{}\"{rest}}}\n", self.op())
     }
 }
 
@@ -136,8 +206,11 @@ pub enum RequestError {
     #[error("malformed request: \"op\" must be a string")]
     MissingOp,
     /// `op` names nothing this agent does.
-    #[error("unknown op {0:?} (known: status)")]
+    #[error("unknown op {0:?} (known: status, capture)")]
     UnknownOp(String),
+    /// A field of the op is missing, of the wrong type or out of range.
+    #[error("bad request: {0}")]
+    BadField(String),
 }
 
 /// What the bytes read so far from a connection amount to (`buf` holds at most
@@ -189,9 +262,43 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     }
     match obj.get("op").and_then(|o| o.as_str()) {
         Some("status") => Ok(Request::Status),
+        Some("capture") => parse_capture(obj).map(Request::Capture),
         Some(other) => Err(RequestError::UnknownOp(truncate(other, 64).into_owned())),
         None => Err(RequestError::MissingOp),
     }
+}
+
+fn parse_capture(obj: &serde_json::Map<String, serde_json::Value>) -> Result<CaptureRequest, RequestError> {
+    let bad = |m: String| RequestError::BadField(m);
+    let mut sizes = Vec::new();
+    for (key, max) in [("steps", MAX_WINDOW_STEPS), ("duration_ms", MAX_WINDOW_DURATION_MS), ("requests", MAX_WINDOW_REQUESTS)] {
+        let Some(v) = obj.get(key) else { continue };
+        let n = v.as_u64().ok_or_else(|| bad(format!("\"{key}\" must be a positive integer")))?;
+        if n == 0 || n > max {
+            return Err(bad(format!("\"{key}\" must be between 1 and {max}, not {n}")));
+        }
+        sizes.push(match key {
+            "steps" => WindowSize::Steps(n),
+            "duration_ms" => WindowSize::DurationMs(n),
+            _ => WindowSize::Requests(n),
+        });
+    }
+    let size = match sizes.as_slice() {
+        [one] => *one,
+        [] => return Err(bad("capture needs one of \"steps\", \"duration_ms\", \"requests\"".into())),
+        _ => return Err(bad("capture takes only one of \"steps\", \"duration_ms\", \"requests\"".into())),
+    };
+    let out = match obj.get("out") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(o)) => {
+            if o.len() > MAX_OUT_BYTES || !o.starts_with('/') || o.contains('\0') {
+                return Err(bad(format!("\"out\" must be an absolute path of at most {MAX_OUT_BYTES} bytes")));
+            }
+            Some(o.clone())
+        }
+        Some(_) => return Err(bad("\"out\" must be a string".into())),
+    };
+    Ok(CaptureRequest { size, out })
 }
 
 fn truncate(s: &str, max_chars: usize) -> std::borrow::Cow<'_, str> {
@@ -232,7 +339,8 @@ pub struct SpanCounts {
 pub struct Status {
     /// The agent's process id.
     pub pid: u32,
-    /// `"fine"` (CUPTI Activity API) or `"inactive"` (see `inactive_reason`).
+    /// `"coarse"` (CUDA events, the default), `"fine"` (CUPTI Activity API) or
+    /// `"inactive"` (see `inactive_reason`).
     pub mode: String,
     /// Why the agent is inactive; `null` when active.
     pub inactive_reason: Option<String>,
@@ -247,15 +355,88 @@ pub struct Status {
     /// Span-assembler counters; `null` when the collector stayed busy for longer than the
     /// agent waits for it (writing the capture at exit).
     pub spans: Option<SpanCounts>,
-    /// The bounded fine-capture window in progress: always `null` until `gpuspan capture`
-    /// exists.
-    pub capture_window: Option<serde_json::Value>,
+    /// The fine-capture window in progress, else the last one; `null` when there was none.
+    pub capture_window: Option<WindowStatus>,
+    /// Coarse timing counters; `null` outside coarse mode.
+    #[serde(default)]
+    pub coarse: Option<CoarseCounts>,
     /// Address the Prometheus endpoint listens on (`host:port`), or `null`.
     pub metrics_addr: Option<String>,
     /// The OTLP endpoint spans go to, as configured, or `null`.
     pub otlp_endpoint: Option<String>,
     /// Seconds since the agent activated.
     pub uptime_s: f64,
+}
+
+/// Where a fine-capture window is ([`WindowStatus::state`]).
+pub mod window_state {
+    /// CUPTI subscribed, waiting for the first step (request) to begin.
+    pub const ARMED: &str = "armed";
+    /// Collecting the window's steps (requests).
+    pub const OPEN: &str = "open";
+    /// The last step ended; waiting for its GPU work, then flushing.
+    pub const CLOSING: &str = "closing";
+    /// The capture is written and CUPTI released.
+    pub const WRITTEN: &str = "written";
+    /// Not opened (see `error`): CUPTI held by another client, …
+    pub const REFUSED: &str = "refused";
+    /// Opened but no capture came out (see `error`).
+    pub const FAILED: &str = "failed";
+}
+
+/// One fine-capture window, as `status` and the `capture` reply show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowStatus {
+    /// Window number in this process, from 1.
+    pub id: u64,
+    /// One of [`window_state`].
+    pub state: String,
+    /// What opened it: `control` (`gpuspan capture`), `rule`, `anomaly`.
+    pub trigger: String,
+    /// `steps`, `duration` or `requests` ([`WindowSize::kind`]).
+    pub kind: String,
+    /// N steps, ms, or N requests.
+    pub target: u64,
+    /// Steps (requests) completed so far, or ms elapsed for `duration`.
+    pub done: u64,
+    /// Directory the capture goes to.
+    pub out_dir: String,
+    /// The capture file once written.
+    pub capture: Option<String>,
+    /// Kernels in the capture once written.
+    pub kernels: Option<u64>,
+    /// Steps in the capture once written.
+    pub steps: Option<u64>,
+    /// Why it was refused or failed.
+    pub error: Option<String>,
+}
+
+/// Coarse-mode counters in `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoarseCounts {
+    /// Scope intervals measured with CUDA events.
+    pub scopes_timed: u64,
+    /// Scope intervals that fell back to CPU times.
+    pub scopes_cpu_timed: u64,
+    /// Boundaries CPU-timed because the event pool was exhausted.
+    pub pool_exhausted: u64,
+    /// Boundaries CPU-timed because the driver refused an event call.
+    pub event_errors: u64,
+    /// Marks dropped on a full queue.
+    pub marks_dropped: u64,
+    /// CUDA events made so far (at most `GPUSPAN_EVENT_POOL`).
+    pub events_made: u64,
+}
+
+/// A successful `capture` reply line: `{"v":1,"ok":true,"window":{…}}\n`.
+pub fn capture_reply(w: &WindowStatus) -> String {
+    ok_reply(&serde_json::json!({ "window": w }).to_string())
+}
+
+/// The [`WindowStatus`] of a successful `capture` reply.
+pub fn parse_capture_reply(reply: &serde_json::Map<String, serde_json::Value>) -> Result<WindowStatus, String> {
+    let w = reply.get("window").ok_or("malformed capture reply: no \"window\"")?;
+    serde_json::from_value(w.clone()).map_err(|e| format!("malformed capture reply: {e}"))
 }
 
 /// A successful `status` reply line, `\n` included: `v` and `ok` first, then the fields
@@ -322,6 +503,7 @@ mod tests {
             drops: Drops { cupti: 1, record_limit: 2, scope_queue: 3, buffer_queue: 4, otlp_spans: 5 },
             spans: Some(SpanCounts { spans: 10, requests: 1, steps: 3 }),
             capture_window: None,
+            coarse: None,
             metrics_addr: Some("127.0.0.1:9464".into()),
             otlp_endpoint: None,
             uptime_s: 1.5,
@@ -348,6 +530,38 @@ mod tests {
         assert_eq!(control_disabled(Some(" off ")), Ok(true));
         assert_eq!(control_disabled(Some("0")), Ok(true));
         assert!(control_disabled(Some("maybe")).unwrap_err().contains("GPUSPAN_CONTROL"));
+    }
+
+    #[test]
+    fn control_capture_roundtrip() {
+        for size in [WindowSize::Steps(3), WindowSize::DurationMs(2000), WindowSize::Requests(1)] {
+            for out in [None, Some("/tmp/x y".to_string())] {
+                let r = Request::Capture(CaptureRequest { size, out: out.clone() });
+                let line = r.encode();
+                assert!(line.ends_with('\n') && line.len() < MAX_REQUEST_BYTES);
+                assert_eq!(parse_request(line.trim_end().as_bytes()), Ok(r));
+            }
+        }
+        assert_eq!(
+            parse_request(br#"{"v":1,"op":"capture","duration_ms":2000}"#),
+            Ok(Request::Capture(CaptureRequest { size: WindowSize::DurationMs(2000), out: None }))
+        );
+        let w = WindowStatus {
+            id: 1,
+            state: window_state::ARMED.into(),
+            trigger: "control".into(),
+            kind: "steps".into(),
+            target: 3,
+            done: 0,
+            out_dir: "/tmp/w".into(),
+            capture: None,
+            kernels: None,
+            steps: None,
+            error: None,
+        };
+        let line = capture_reply(&w);
+        let Reply::Ok(obj) = parse_reply(line.as_bytes()).unwrap() else { panic!("{line}") };
+        assert_eq!(parse_capture_reply(&obj).unwrap(), w);
     }
 
     #[test]
@@ -396,6 +610,19 @@ mod tests {
         assert_eq!(err(br#"{"v":1,"op":"reboot"}"#), RequestError::UnknownOp("reboot".into()));
         // The version is checked before the op.
         assert!(matches!(err(br#"{"v":9,"op":"reboot"}"#), RequestError::Version(_)));
+        // Capture fields: one size, positive, bounded; an absolute out.
+        for bad in [
+            &br#"{"v":1,"op":"capture"}"#[..],
+            br#"{"v":1,"op":"capture","steps":0}"#,
+            br#"{"v":1,"op":"capture","steps":-3}"#,
+            br#"{"v":1,"op":"capture","steps":"3"}"#,
+            br#"{"v":1,"op":"capture","steps":1000000}"#,
+            br#"{"v":1,"op":"capture","steps":3,"requests":1}"#,
+            br#"{"v":1,"op":"capture","steps":3,"out":"relative/dir"}"#,
+            br#"{"v":1,"op":"capture","steps":3,"out":7}"#,
+        ] {
+            assert!(matches!(err(bad), RequestError::BadField(_)), "{}", String::from_utf8_lossy(bad));
+        }
         // Messages are one line and name the problem.
         for e in [err(b"garbage"), err(br#"{"v":2,"op":"status"}"#), err(br#"{"v":1,"op":"reboot"}"#), RequestError::TooLong] {
             let m = e.to_string();

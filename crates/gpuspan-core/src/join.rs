@@ -136,6 +136,20 @@ impl ScopeTable {
         }
     }
 
+    /// Keeps only the scopes for which `keep` holds (coarse mode drops finished requests'
+    /// scopes so the table stays bounded by the scopes in flight).
+    pub fn retain(&mut self, mut keep: impl FnMut(&ScopeInfo) -> bool) {
+        self.scopes.retain(|_, s| keep(s));
+    }
+
+    /// A copy holding only the scopes for which `keep` holds (a fine window's capture).
+    pub fn subset(&self, keep: impl Fn(&ScopeInfo) -> bool) -> ScopeTable {
+        ScopeTable {
+            scopes: self.scopes.iter().filter(|(_, s)| keep(s)).map(|(k, v)| (*k, v.clone())).collect(),
+            orphan_ends: 0,
+        }
+    }
+
     /// The scope with this id.
     pub fn get(&self, id: ScopeId) -> Option<&ScopeInfo> {
         self.scopes.get(&id)

@@ -75,6 +75,11 @@ impl Resolver {
         self.pending.len()
     }
 
+    /// Whether scope `id` still waits here.
+    pub fn is_pending(&self, id: ScopeId) -> bool {
+        self.pending.contains_key(&id)
+    }
+
     /// Takes one mark from the queue. An end whose begin was never seen (a dropped mark)
     /// gives its events straight back.
     pub fn accept(&mut self, m: GpuMark, c: &Coarse) {

@@ -303,6 +303,11 @@ impl SpanAssembler {
         (self.requests.len(), self.units.len())
     }
 
+    /// Whether request scope `id` is still being assembled (begun and not finalized).
+    pub fn is_open_request(&self, id: ScopeId) -> bool {
+        self.requests.contains_key(&id)
+    }
+
     /// Observes a scope event, after it was applied to `scopes`.
     pub fn observe_scope(&mut self, ev: &ScopeEvent, scopes: &ScopeTable) {
         match ev {

@@ -1,0 +1,400 @@
+//! Fine-capture windows in coarse mode: coarse → fine → coarse at step boundaries, without
+//! restarting the process (DESIGN.md "Collection modes", triggers).
+//!
+//! Life of a window:
+//! 1. **armed** ([`Windows::open`], on the thread of the trigger: the control socket's, or
+//!    the collector's for rules): CUPTI is subscribed, the buffer callbacks registered and
+//!    the fine activity kinds enabled; from now on new scopes push their external
+//!    correlation id. If CUPTI is held by another client
+//!    (`CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED`) the window is refused with that
+//!    reason (in the reply, in `status`, once in the log) and coarse timing goes on.
+//! 2. **open** at the first step (request, for a `requests` window) that *begins* after
+//!    arming, so the window never holds half a step; it takes the next N steps, the steps
+//!    begun within the duration, or the next N requests.
+//! 3. **closing** when the last of them has ended on the CPU; it waits (at most
+//!    [`GPU_WAIT`]) until coarse timing has seen their GPU work finish, so no kernel of the
+//!    window is still running when CUPTI is flushed.
+//! 4. **written**: the collector flushes CUPTI (complete records, then a forced flush),
+//!    disables the activity kinds and unsubscribes (releasing CUPTI for other tools), and
+//!    writes `OUT/capture.json.gz` with the records of the window's scopes only (records
+//!    of work before or after it, collected while CUPTI was on, are dropped).
+//!
+//! One window at a time. All of it runs off the application's threads; the hot path only
+//! reads `fine_on` once per scope begin.
+
+use crate::state::Agent;
+use gpuspan_core::activity::{ActivityRecord, GPUSPAN_EXTERNAL_KIND};
+use gpuspan_core::control::{window_state, CaptureRequest, WindowSize, WindowStatus};
+use gpuspan_core::join::ScopeTable;
+use gpuspan_core::scope::{ScopeEvent, ScopeId, ScopeKind};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Longest wait, once a window's last step has ended, for coarse timing to see its GPU
+/// work finish before CUPTI is flushed anyway.
+pub const GPU_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Armed,
+    Open,
+    Closing,
+}
+
+#[derive(Debug)]
+struct Window {
+    status: WindowStatus,
+    size: WindowSize,
+    out_dir: PathBuf,
+    phase: Phase,
+    /// Units (steps, or requests) in the window.
+    units: Vec<ScopeId>,
+    accepting: bool,
+    ended: u64,
+    first_begin_ns: Option<u64>,
+    /// Units ended whose GPU work coarse timing has not yet seen finish.
+    gpu_pending: HashSet<ScopeId>,
+    closing_since: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_id: u64,
+    current: Option<Window>,
+    last: Option<WindowStatus>,
+}
+
+/// The agent's windows: at most one current, and the last one's outcome.
+#[derive(Debug, Default)]
+pub struct Windows {
+    active: AtomicBool,
+    inner: Mutex<Inner>,
+    refusal_logged: AtomicBool,
+}
+
+impl Windows {
+    /// No window yet.
+    pub fn new() -> Windows {
+        Windows::default()
+    }
+
+    /// A window is armed, open or closing (one atomic load).
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// The current window's status, else the last one's.
+    pub fn status(&self) -> Option<WindowStatus> {
+        let g = self.inner.lock().ok()?;
+        g.current.as_ref().map(|w| w.status.clone()).or_else(|| g.last.clone())
+    }
+
+    /// Arms a window (module docs, step 1). `trigger` names what asked (`control`, `rule`,
+    /// `anomaly`). Errors are one-line reasons; a refused window also becomes the last
+    /// window's status.
+    pub fn open(&self, a: &Agent, req: &CaptureRequest, trigger: &str) -> Result<WindowStatus, String> {
+        if a.config.mode != crate::config::Mode::Coarse {
+            return Err(
+                "GPUSPAN_MODE=fine already captures every kernel (GPUSPAN_OUT/capture.json.gz); capture windows are for coarse mode"
+                    .into(),
+            );
+        }
+        if !a.collecting.load(Ordering::Acquire) {
+            return Err("the agent is shutting down".into());
+        }
+        let mut g = self.inner.lock().map_err(|_| "window state poisoned".to_string())?;
+        if let Some(w) = &g.current {
+            return Err(format!("window {} is already {}; one window at a time", w.status.id, w.status.state));
+        }
+        g.next_id += 1;
+        let id = g.next_id;
+        let out_dir = match &req.out {
+            Some(o) => PathBuf::from(o),
+            None => absolute(&a.config.out_dir.join(format!("window-{id}"))),
+        };
+        let mut status = WindowStatus {
+            id,
+            state: window_state::ARMED.into(),
+            trigger: trigger.into(),
+            kind: req.size.kind().into(),
+            target: req.size.target(),
+            done: 0,
+            out_dir: out_dir.to_string_lossy().into_owned(),
+            capture: None,
+            kernels: None,
+            steps: None,
+            error: None,
+        };
+        let refuse = |g: &mut Inner, mut status: WindowStatus, why: String| {
+            status.state = window_state::REFUSED.into();
+            status.error = Some(why.clone());
+            g.last = Some(status);
+            Err(why)
+        };
+        if let Err(e) = std::fs::create_dir_all(&out_dir) {
+            return refuse(&mut g, status, format!("cannot create {}: {e}", out_dir.display()));
+        }
+        if let Err(why) = subscribe(a) {
+            if why.contains("MULTIPLE_SUBSCRIBERS") && !self.refusal_logged.swap(true, Ordering::Relaxed) {
+                crate::log::warn(&format!("capture window refused: {why}; coarse timing continues (logged once)"));
+            }
+            return refuse(&mut g, status, why);
+        }
+        a.fine_on.store(true, Ordering::Release);
+        crate::log::info(&format!(
+            "capture window {id} armed ({trigger}): {} {}, into {}",
+            req.size.target(),
+            req.size.kind(),
+            out_dir.display()
+        ));
+        status.state = window_state::ARMED.into();
+        g.current = Some(Window {
+            status: status.clone(),
+            size: req.size,
+            out_dir,
+            phase: Phase::Armed,
+            units: Vec::new(),
+            accepting: true,
+            ended: 0,
+            first_begin_ns: None,
+            gpu_pending: HashSet::new(),
+            closing_since: None,
+        });
+        self.active.store(true, Ordering::Release);
+        Ok(status)
+    }
+
+    /// Collector: one scope event, after it was applied to `scopes`.
+    pub fn observe_scope(&self, ev: &ScopeEvent, scopes: &ScopeTable) {
+        if !self.is_active() {
+            return;
+        }
+        let Ok(mut g) = self.inner.lock() else { return };
+        let Some(w) = g.current.as_mut() else { return };
+        match ev {
+            ScopeEvent::Begin { id, ts_ns, .. } => {
+                let Some(s) = scopes.get(*id) else { return };
+                if !is_unit(w.size, &s.kind) || !w.accepting || w.phase == Phase::Closing {
+                    return;
+                }
+                let first = *w.first_begin_ns.get_or_insert(*ts_ns);
+                let take = match w.size {
+                    WindowSize::Steps(n) | WindowSize::Requests(n) => (w.units.len() as u64) < n,
+                    WindowSize::DurationMs(d) => ts_ns.saturating_sub(first) < d.saturating_mul(1_000_000),
+                };
+                if !take {
+                    // A step begun past the duration: the window ends with the last one, which
+                    // may already have ended (a gap between requests).
+                    w.accepting = false;
+                    w.close_if_complete();
+                    return;
+                }
+                w.units.push(*id);
+                w.phase = Phase::Open;
+                w.status.state = window_state::OPEN.into();
+                if let WindowSize::Steps(n) | WindowSize::Requests(n) = w.size {
+                    w.accepting = (w.units.len() as u64) < n;
+                }
+            }
+            ScopeEvent::End { id, ts_ns, .. } => {
+                if !w.units.contains(id) {
+                    return;
+                }
+                w.ended += 1;
+                w.gpu_pending.insert(*id);
+                match w.size {
+                    WindowSize::DurationMs(d) => {
+                        let elapsed = ts_ns.saturating_sub(w.first_begin_ns.unwrap_or(*ts_ns));
+                        w.status.done = elapsed / 1_000_000;
+                        if elapsed >= d.saturating_mul(1_000_000) {
+                            w.accepting = false;
+                        }
+                    }
+                    _ => w.status.done = w.ended,
+                }
+                w.close_if_complete();
+            }
+        }
+    }
+
+    /// Collector: coarse timing resolved scope `id` (its GPU work has finished).
+    pub fn observe_gpu_done(&self, id: ScopeId) {
+        if !self.is_active() {
+            return;
+        }
+        if let Ok(mut g) = self.inner.lock() {
+            if let Some(w) = g.current.as_mut() {
+                w.gpu_pending.remove(&id);
+            }
+        }
+    }
+
+    /// Whether the current window may be written now: closing, and its GPU work seen
+    /// finished (or [`GPU_WAIT`] passed).
+    pub fn ready_to_close(&self) -> bool {
+        if !self.is_active() {
+            return false;
+        }
+        let Ok(g) = self.inner.lock() else { return false };
+        g.current.as_ref().is_some_and(|w| {
+            w.phase == Phase::Closing
+                && (w.gpu_pending.is_empty() || w.closing_since.is_some_and(|t| t.elapsed() >= GPU_WAIT))
+        })
+    }
+
+    /// Closes the current window (module docs, step 4). Called by the collector thread
+    /// without the collector lock held; `cut_short` when the process is exiting with the
+    /// window still open (what it holds so far is written).
+    pub fn close(&self, a: &Agent, cut_short: bool) {
+        // The window leaves `current` here; `last` shows it (closing) until it is written,
+        // so a status poll never sees an older window in between.
+        let taken = self.inner.lock().ok().and_then(|mut g| {
+            let w = g.current.take()?;
+            g.last = Some(w.status.clone());
+            Some(w)
+        });
+        let Some(mut w) = taken else { return };
+        // New scopes stop pushing external correlation ids; then CUPTI hands over what it
+        // holds: complete records first, then the rest.
+        a.fine_on.store(false, Ordering::Release);
+        let _ = a.api.flush_all(0);
+        let _ = a.api.flush_all(gpuspan_cupti::activity::FLUSH_FORCED);
+        if let Ok(n) = a.api.dropped_records() {
+            a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        a.api.disable_fine_kinds();
+        if let Some(s) = a.subscriber.lock().ok().and_then(|mut g| g.take()) {
+            let _ = a.api.unsubscribe(s);
+        }
+        let outcome = match a.collector.lock() {
+            Ok(mut c) => {
+                c.drain(a);
+                let r = write(a, &mut c, &w);
+                c.records.clear();
+                r
+            }
+            Err(_) => Err("collector state poisoned".into()),
+        };
+        match outcome {
+            Ok((path, kernels, steps)) => {
+                w.status.state = window_state::WRITTEN.into();
+                w.status.capture = Some(path.to_string_lossy().into_owned());
+                w.status.kernels = Some(kernels);
+                w.status.steps = Some(steps);
+                if cut_short {
+                    w.status.error = Some("the process exited before the window closed: partial capture".into());
+                }
+                crate::log::info(&format!(
+                    "capture window {} written: {} ({kernels} kernels, {steps} steps); CUPTI released",
+                    w.status.id,
+                    path.display()
+                ));
+            }
+            Err(e) => {
+                w.status.state = window_state::FAILED.into();
+                crate::log::warn(&format!("capture window {}: {e}", w.status.id));
+                w.status.error = Some(e);
+            }
+        }
+        if let Ok(mut g) = self.inner.lock() {
+            g.last = Some(w.status);
+        }
+        self.active.store(false, Ordering::Release);
+    }
+}
+
+impl Window {
+    /// Closing once no more units are taken and every unit taken has ended.
+    fn close_if_complete(&mut self) {
+        if !self.accepting && !self.units.is_empty() && self.ended == self.units.len() as u64 {
+            self.phase = Phase::Closing;
+            self.status.state = window_state::CLOSING.into();
+            self.closing_since = Some(Instant::now());
+        }
+    }
+}
+
+fn absolute(p: &std::path::Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+fn is_unit(size: WindowSize, kind: &ScopeKind) -> bool {
+    match size {
+        WindowSize::Steps(_) | WindowSize::DurationMs(_) => matches!(kind, ScopeKind::Step { .. }),
+        WindowSize::Requests(_) => matches!(kind, ScopeKind::Request { .. }),
+    }
+}
+
+/// Subscribes CUPTI and enables the fine kinds; on any failure CUPTI is left as found.
+fn subscribe(a: &Agent) -> Result<(), String> {
+    let mut slot = a.subscriber.lock().map_err(|_| "subscriber state poisoned".to_string())?;
+    if slot.is_some() {
+        return Err("CUPTI is already subscribed by this agent".into());
+    }
+    let s = a.api.subscribe_with(crate::hooks::api_callback).map_err(|e| match e.code() {
+        Some(39) => format!("CUPTI is held by another client ({e})"),
+        _ => format!("cannot subscribe to CUPTI: {e}"),
+    })?;
+    let setup = a
+        .api
+        .register_callbacks(crate::cupti_callbacks::buffer_requested, crate::cupti_callbacks::buffer_completed)
+        .and_then(|_| a.api.enable_fine_kinds());
+    if let Err(e) = setup {
+        a.api.disable_fine_kinds();
+        let _ = a.api.unsubscribe(s);
+        return Err(format!("cannot enable CUPTI activities: {e}"));
+    }
+    *slot = Some(s);
+    Ok(())
+}
+
+/// Writes the window's capture: only records whose scope lies in one of its units, and
+/// only those units' scopes and their ancestors. Returns (path, kernels, steps).
+fn write(a: &Agent, c: &mut crate::collector::Collector, w: &Window) -> Result<(PathBuf, u64, u64), String> {
+    let units: HashSet<ScopeId> = w.units.iter().copied().collect();
+    let in_window = |id: ScopeId| -> bool {
+        c.scopes.get(id).is_some_and(|s| {
+            let a = &s.attribution;
+            a.step.is_some_and(|x| units.contains(&x)) || a.request.is_some_and(|x| units.contains(&x))
+        })
+    };
+    let mut corr_scope: HashMap<u32, ScopeId> = HashMap::new();
+    for r in &c.records {
+        if let ActivityRecord::ExternalCorrelation(e) = r {
+            if e.external_kind == GPUSPAN_EXTERNAL_KIND {
+                corr_scope.insert(e.correlation_id, e.external_id);
+            }
+        }
+    }
+    let records: Vec<ActivityRecord> = c
+        .records
+        .iter()
+        .filter(|r| corr_scope.get(&r.correlation_id()).is_some_and(|s| in_window(*s)))
+        .cloned()
+        .collect();
+    // The units, what they contain, and their ancestors (the request: its trace id).
+    let mut keep: HashSet<ScopeId> = HashSet::new();
+    for &u in &w.units {
+        let mut p = c.scopes.get(u).map(|s| s.parent).unwrap_or(0);
+        while p != 0 && keep.insert(p) {
+            p = c.scopes.get(p).map(|s| s.parent).unwrap_or(0);
+        }
+    }
+    let scopes = c.scopes.subset(|s| keep.contains(&s.id) || in_window(s.id));
+    let steps = scopes.iter_sorted().iter().filter(|s| matches!(s.kind, ScopeKind::Step { .. }) && in_window(s.id)).count() as u64;
+    let kernels = records.iter().filter(|r| matches!(r, ActivityRecord::Kernel(_))).count() as u64;
+    let extra = vec![
+        ("window_id".to_string(), w.status.id),
+        ("window_units".to_string(), w.units.len() as u64),
+        ("window_steps".to_string(), steps),
+    ];
+    let path = crate::capture::write_parts(a, &records, &scopes, &mut c.classifier, c.assembler.options().seed, &w.out_dir, &extra)?;
+    Ok((path, kernels, steps))
+}

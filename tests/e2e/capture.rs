@@ -1,0 +1,252 @@
+//! Fine-capture windows (issue 5): `gpuspan capture PID --steps N | --duration D |
+//! --requests N` against a worker running in coarse mode on the simulated H100 (real clock),
+//! the refusal when CUPTI is held by another client, and bad control messages.
+//!
+//! The expected kernels of a window come from the workload itself
+//! (`gpuspan_simgpu::workload::preset`): the launches the worker makes inside each step /
+//! request scope, counted from its op list, independently of the agent.
+
+use crate::control::{child_of, expected_socket, raw, status_json, Worker};
+use crate::util::*;
+use gpuspan_core::trace::Category;
+use gpuspan_simgpu::workload::{preset::preset, Op};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const STEPS: u32 = 8;
+const REQUESTS: u32 = 6;
+
+/// Kernel launches per step scope name, and per request, of `stdit` with STEPS × REQUESTS.
+fn launches() -> (BTreeMap<String, u64>, u64) {
+    let w = preset("stdit", STEPS, REQUESTS).unwrap();
+    let mut stack: Vec<String> = Vec::new();
+    let mut per_step: BTreeMap<String, u64> = BTreeMap::new();
+    let mut per_request: Vec<u64> = Vec::new();
+    for op in &w.ops {
+        match op {
+            Op::RangePush(n) => {
+                if n.starts_with("gpuspan.request") {
+                    per_request.push(0);
+                }
+                stack.push(n.clone());
+            }
+            Op::RangePop => {
+                stack.pop();
+            }
+            Op::Launch { .. } => {
+                if let Some(step) = stack.iter().find(|n| n.starts_with("dit.step ")) {
+                    *per_step.entry(step.clone()).or_insert(0) += 1;
+                }
+                if stack.iter().any(|n| n.starts_with("gpuspan.request")) {
+                    *per_request.last_mut().unwrap() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    // Requests are identical: per-step counts summed over REQUESTS, so divide.
+    for v in per_step.values_mut() {
+        assert_eq!(*v % REQUESTS as u64, 0);
+        *v /= REQUESTS as u64;
+    }
+    assert!(per_request.windows(2).all(|p| p[0] == p[1]));
+    (per_step, per_request[0])
+}
+
+/// Starts the worker in coarse mode (real clock) and waits for its control socket.
+fn start_worker(out: &Path, env: &[(&str, &str)]) -> (Worker, std::thread::JoinHandle<String>) {
+    let mut c = gpuspan();
+    c.args(["run", "--sim", "--out"])
+        .arg(out)
+        .arg("--")
+        .arg(artifact("gpuspan-replay"))
+        .args(["stdit", "--steps", &STEPS.to_string(), "--requests", &REQUESTS.to_string()])
+        .env("GPUSPAN_SIM_CLOCK", "real")
+        .env("GPUSPAN_LOG", "info")
+        .env_remove("GPUSPAN_CONTROL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let run = c.spawn().unwrap();
+    let run_pid = run.id();
+    let mut w = Worker { run, pid: None };
+    let (stdout, stderr) = (w.run.stdout.take().unwrap(), w.run.stderr.take().unwrap());
+    let output = std::thread::spawn(move || {
+        let (mut a, mut b) = (String::new(), String::new());
+        let (mut so, mut se) = (stdout, stderr);
+        let t = std::thread::spawn(move || {
+            let _ = se.read_to_string(&mut b);
+            b
+        });
+        let _ = so.read_to_string(&mut a);
+        format!("{a}\n--- stderr ---\n{}", t.join().unwrap())
+    });
+    let pid = child_of(run_pid, Duration::from_secs(30)).expect("the worker process");
+    w.pid = Some(pid);
+    let sock = expected_socket(pid);
+    let t0 = Instant::now();
+    while !sock.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{} never appeared", sock.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (w, output)
+}
+
+/// `gpuspan capture PID ARGS --out DIR`: its output, and the capture it wrote.
+fn capture(pid: u32, args: &[&str], dir: &Path) -> (std::process::Output, Option<gpuspan_core::trace::Trace>) {
+    let o = output(gpuspan().args(["capture", &pid.to_string()]).args(args).arg("--out").arg(dir));
+    let t = gpuspan_export::read_trace(&dir.join("capture.json.gz")).ok();
+    (o, t)
+}
+
+fn scopes_named<'a>(t: &'a gpuspan_core::trace::Trace, prefix: &str) -> Vec<&'a gpuspan_core::trace::TraceEvent> {
+    t.events.iter().filter(|e| e.cat == Some(Category::UserAnnotation) && e.name.starts_with(prefix)).collect()
+}
+
+fn kernels(t: &gpuspan_core::trace::Trace) -> Vec<&gpuspan_core::trace::TraceEvent> {
+    t.events.iter().filter(|e| e.cat == Some(Category::Kernel)).collect()
+}
+
+/// Index of a `dit.step i/n` name.
+fn step_index(name: &str) -> u32 {
+    name["dit.step ".len()..].split('/').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn capture_windows_steps_duration_requests() {
+    let (per_step, per_request) = launches();
+    let out = tempfile::tempdir().unwrap();
+    let (mut w, output_thread) = start_worker(out.path(), &[]);
+    let pid = w.pid.unwrap();
+    let st = status_json(pid);
+    assert_eq!(st["mode"], "coarse", "{st}");
+    assert!(st["capture_window"].is_null());
+
+    // --steps 3: exactly three consecutive whole steps, every kernel of them, nothing else.
+    let d1 = tempfile::tempdir().unwrap();
+    let (o, t) = capture(pid, &["--steps", "3"], d1.path());
+    assert!(o.status.success(), "capture --steps 3: {}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains(&d1.path().join("capture.json.gz").display().to_string()), "{stdout}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("the capture will be"), "it says where the files will be: {stderr}");
+    let t = t.expect("the window's capture");
+    let steps = scopes_named(&t, "dit.step ");
+    assert_eq!(steps.len(), 3, "three steps: {:?}", steps.iter().map(|s| &s.name).collect::<Vec<_>>());
+    let mut idx: Vec<u32> = steps.iter().map(|s| step_index(&s.name)).collect();
+    idx.sort_unstable();
+    assert!(
+        idx.windows(2).all(|p| p[1] == p[0] + 1) || idx.contains(&(STEPS - 1)) && idx.contains(&0),
+        "consecutive steps (possibly across a request boundary): {idx:?}"
+    );
+    let want: u64 = steps.iter().map(|s| per_step[&s.name]).sum();
+    let ks = kernels(&t);
+    assert_eq!(ks.len() as u64, want, "every kernel of the three steps and nothing else");
+    assert!(ks.iter().all(|k| k.step.as_deref().is_some_and(|s| steps.iter().any(|x| x.name == s))));
+    let st = status_json(pid);
+    assert_eq!(st["capture_window"]["state"], "written", "{st}");
+    assert_eq!(st["capture_window"]["kernels"], want);
+    assert_eq!(st["capture_window"]["steps"], 3);
+
+    // --duration 2s.
+    let d2 = tempfile::tempdir().unwrap();
+    let (o, t) = capture(pid, &["--duration", "2s"], d2.path());
+    if !o.status.success() {
+        let text = output_thread.join().unwrap();
+        panic!("capture --duration: {}\nworker: {text}", String::from_utf8_lossy(&o.stderr));
+    }
+    let t = t.expect("the window's capture");
+    let steps = scopes_named(&t, "dit.step ");
+    assert!(!steps.is_empty());
+    // The steps that began within 2 s of the first one's begin, whole (the window closes
+    // at the end of the last of them, or at the first step end past 2 s).
+    let first = steps.iter().map(|s| s.ts_us).fold(f64::MAX, f64::min);
+    let last_begin = steps.iter().map(|s| s.ts_us).fold(0.0, f64::max);
+    assert!(last_begin - first < 2e6, "no step begun after the 2 s: {} µs", last_begin - first);
+    assert!(steps.len() >= 2, "a 2 s window of ≈ 0.6 s steps holds several: {}", steps.len());
+    let want: u64 = steps.iter().map(|s| per_step[&s.name]).sum();
+    assert_eq!(kernels(&t).len() as u64, want, "whole steps, nothing else");
+
+    // --requests 1: one whole request (its steps and its VAE decode).
+    let d3 = tempfile::tempdir().unwrap();
+    let (o, t) = capture(pid, &["--requests", "1"], d3.path());
+    assert!(o.status.success(), "capture --requests: {}", String::from_utf8_lossy(&o.stderr));
+    let t = t.expect("the window's capture");
+    assert_eq!(scopes_named(&t, "gpuspan.request").len(), 1);
+    assert_eq!(scopes_named(&t, "dit.step ").len(), STEPS as usize);
+    assert_eq!(kernels(&t).len() as u64, per_request, "every kernel of the request");
+    assert!(!scopes_named(&t, "vae.decode").is_empty());
+
+    // CUPTI was released after each window: three subscribes, three unsubscribes, nothing
+    // held when the worker finished.
+    let status = w.run.wait().unwrap();
+    assert!(status.success());
+    let text = output_thread.join().unwrap();
+    let line = text.lines().find(|l| l.starts_with("sim cupti:")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("subscribes=3 ") && line.contains("unsubscribes=3 "), "{line}");
+    assert!(line.contains("subscribed=0") && line.contains("kinds_enabled=0"), "{line}");
+    assert_eq!(text.matches("CUPTI released").count(), 3, "{text}");
+    w.pid = None;
+}
+
+/// The simulated "another tool holds CUPTI" fault: the window is refused with that reason
+/// (reply, status, one log line) and coarse timing goes on.
+#[test]
+fn capture_refused_when_cupti_is_held_and_coarse_continues() {
+    let out = tempfile::tempdir().unwrap();
+    let (mut w, output_thread) = start_worker(out.path(), &[("GPUSPAN_SIM_FAULT", "cupti_subscribed")]);
+    let pid = w.pid.unwrap();
+    let d = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let (o, t) = capture(pid, &["--steps", "2"], d.path());
+        assert_eq!(o.status.code(), Some(2));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains("CUPTI is held by another client") && e.contains("MULTIPLE_SUBSCRIBERS"), "{e}");
+        assert!(t.is_none());
+    }
+    let st = status_json(pid);
+    assert_eq!(st["capture_window"]["state"], "refused", "{st}");
+    assert!(st["capture_window"]["error"].as_str().unwrap().contains("held by another client"));
+    let timed = st["coarse"]["scopes_timed"].as_u64().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let now = status_json(pid)["coarse"]["scopes_timed"].as_u64().unwrap();
+        if now > timed {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "coarse timing stopped");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = w.run.wait();
+    let text = output_thread.join().unwrap();
+    assert_eq!(text.matches("capture window refused").count(), 1, "logged once: {text}");
+    w.pid = None;
+}
+
+/// Malformed and oversize capture messages get an error reply and open no window.
+#[test]
+fn capture_bad_messages_change_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let (w, _output) = start_worker(out.path(), &[]);
+    let pid = w.pid.unwrap();
+    let sock = expected_socket(pid);
+    for (msg, needle) in [
+        (b"{\"v\":1,\"op\":\"capture\",\"steps\":\"3\"}\n".to_vec(), "bad request"),
+        (b"{\"v\":1,\"op\":\"capture\",\"steps\":3,\"requests\":1}\n".to_vec(), "only one"),
+        (b"{\"v\":1,\"op\":\"capture\",\"steps\":3,\"out\":\"rel\"}\n".to_vec(), "absolute"),
+        (b"{\"v\":1,\"op\":\"capture\",\"steps\":3\n".to_vec(), "malformed"),
+        (vec![b'{'; 1 << 20], "too long"),
+    ] {
+        let r = raw(&sock, &msg);
+        assert_eq!(r["ok"], false, "{r}");
+        assert!(r["error"].as_str().unwrap().contains(needle), "{r}");
+    }
+    let st = status_json(pid);
+    assert!(st["capture_window"].is_null(), "no window opened: {st}");
+}
