@@ -18,5 +18,6 @@ mod otlp_outage;
 mod prometheus;
 mod python_api;
 mod replay;
+mod triggers;
 mod util;
 mod waterfall;

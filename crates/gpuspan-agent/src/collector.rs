@@ -10,6 +10,7 @@ use crate::state::{agent, Agent};
 use gpuspan_core::activity::ActivityRecord;
 use gpuspan_core::classify::{Classifier, StageRules};
 use gpuspan_core::join::ScopeTable;
+use gpuspan_core::scope::{ScopeEvent, ScopeId};
 use gpuspan_core::spans::{Finalized, SpanAssembler, SpanOptions};
 use gpuspan_cupti::activity::FLUSH_FORCED;
 use gpuspan_cupti::buffers::RawBuffer;
@@ -56,6 +57,10 @@ pub struct Collector {
     /// Coarse mode: pending scope marks → scope GPU intervals.
     pub resolver: crate::coarse::resolve::Resolver,
     times: Vec<gpuspan_core::spans::ScopeGpuTime>,
+    /// Flight recorder: the last steps ended, oldest first (at most its step count).
+    pub ring: std::collections::VecDeque<ScopeId>,
+    /// Anomaly rules over finished steps and API errors.
+    pub detector: gpuspan_core::triggers::AnomalyDetector,
 }
 
 impl Collector {
@@ -72,6 +77,8 @@ impl Collector {
             finished: false,
             resolver: crate::coarse::resolve::Resolver::new(),
             times: Vec::new(),
+            ring: std::collections::VecDeque::new(),
+            detector: Default::default(),
         }
     }
 
@@ -100,16 +107,126 @@ impl Collector {
 
     /// Coarse mode: forgets the scopes of finalized requests and ended scopes outside any
     /// request, so the table holds only what is in flight (not while a window is open: its
-    /// capture needs them).
-    pub fn prune(&mut self) {
+    /// capture needs them). With the flight recorder on, scopes and records from the
+    /// oldest recorded step's begin on are kept too.
+    pub fn prune(&mut self, a: &Agent) {
+        let cutoff_ns = match a.recorder_steps.get() {
+            Some(&n) if self.ring.len() as u64 >= n => {
+                self.ring.front().and_then(|s| self.scopes.get(*s)).map(|s| s.begin_ns)
+            }
+            Some(_) => return, // the ring is still filling: keep everything
+            None => None,
+        };
         let (asm, res) = (&self.assembler, &self.resolver);
         self.scopes.retain(|s| {
             s.end_ns.is_none()
+                || cutoff_ns.is_some_and(|c| s.end_ns.is_some_and(|e| e >= c))
                 || match s.attribution.request {
                     Some(r) => asm.is_open_request(r),
                     None => res.is_pending(s.id),
                 }
         });
+        if let Some(c) = cutoff_ns {
+            prune_records_before(&mut self.records, c);
+        }
+    }
+
+    /// The flight recorder's steps a window starts with (none when it is off).
+    pub fn past(&self, a: &Agent) -> crate::window::Past {
+        if a.recorder_steps.get().is_none() {
+            return Default::default();
+        }
+        let mut in_progress: Vec<ScopeId> = self
+            .scopes
+            .iter_sorted()
+            .iter()
+            .filter(|s| s.end_ns.is_none() && matches!(s.kind, gpuspan_core::scope::ScopeKind::Step { .. }))
+            .map(|s| s.id)
+            .collect();
+        in_progress.sort_unstable();
+        crate::window::Past { ended: self.ring.iter().copied().collect(), in_progress }
+    }
+
+    /// Flight recorder: a step ended; keep the last N.
+    fn record_step_end(&mut self, a: &Agent, id: ScopeId) {
+        let Some(&n) = a.recorder_steps.get() else { return };
+        if !self.scopes.get(id).is_some_and(|s| matches!(s.kind, gpuspan_core::scope::ScopeKind::Step { .. })) {
+            return;
+        }
+        self.ring.push_back(id);
+        while self.ring.len() as u64 > n {
+            self.ring.pop_front();
+        }
+    }
+
+    /// Per-request rules: a request that begins and matches one opens a window on itself.
+    fn apply_request_rules(&mut self, a: &Agent, id: ScopeId) {
+        if a.triggers.request.is_empty() || a.windows.is_active() {
+            return;
+        }
+        let Some(s) = self.scopes.get(id) else { return };
+        let gpuspan_core::scope::ScopeKind::Request { traceparent, attrs } = &s.kind else { return };
+        let (ctx, _) = gpuspan_core::spans::TraceContext::for_request(traceparent.as_deref(), attrs, self.assembler.options().seed, id);
+        let decoded: Vec<(String, String)> = attrs
+            .iter()
+            .filter(|(k, _)| k != "tracestate" && k != "baggage")
+            .map(|(k, v)| (gpuspan_core::spans::context::percent_decode(k), gpuspan_core::spans::context::percent_decode(v)))
+            .collect();
+        let facts = gpuspan_core::triggers::RequestFacts {
+            trace_id: &ctx.trace_id,
+            sampled: ctx.sampled,
+            baggage: &ctx.baggage,
+            attributes: &decoded,
+        };
+        let Some((i, rule)) = a.triggers.request.iter().enumerate().find(|(_, r)| r.matches(&facts)) else { return };
+        let label = rule.label(i);
+        let req = gpuspan_core::control::CaptureRequest { size: gpuspan_core::control::WindowSize::Requests(1), out: None };
+        let past = self.past(a);
+        match a.windows.open(a, &req, &format!("rule:{label}"), &past, Some(id)) {
+            Ok(w) => crate::log::info(&format!(
+                "rule {label}: request {} is captured fine (window {})",
+                gpuspan_core::spans::ids::hex(&ctx.trace_id),
+                w.id
+            )),
+            Err(e) => crate::log::info(&format!("rule {label} matched, no window: {e}")),
+        }
+    }
+
+    /// Anomaly rules over the steps `f` finalized and the API error counters; opens a
+    /// window on the next steps (with the recorder's past ones) when one fires.
+    fn apply_anomaly_rules(&mut self, a: &Agent, f: &Finalized) {
+        if self.detector.is_empty() {
+            return;
+        }
+        let mut fired = None;
+        for s in &f.steps {
+            let x = self.detector.observe_step(&s.model, s.index, s.dur_ns);
+            fired = fired.or(x);
+        }
+        let api = self.detector.observe_api_errors(
+            a.counters.api_errors.load(Ordering::Relaxed),
+            a.counters.api_ooms.load(Ordering::Relaxed),
+        );
+        let Some(an) = fired.or(api) else { return };
+        if a.windows.is_active() {
+            return;
+        }
+        let past = self.past(a);
+        let req = gpuspan_core::control::CaptureRequest {
+            size: gpuspan_core::control::WindowSize::Steps(an.capture_steps),
+            out: None,
+        };
+        match a.windows.open(a, &req, &format!("anomaly:{}", an.label), &past, None) {
+            Ok(w) => crate::log::warn(&format!(
+                "anomaly {}: {}; capturing the next {} steps{} (window {})",
+                an.label,
+                an.reason,
+                an.capture_steps,
+                if past.is_empty() { String::new() } else { format!(" and the {} recorded before", past.len()) },
+                w.id
+            )),
+            Err(e) => crate::log::info(&format!("anomaly {}: {}; no window: {e}", an.label, an.reason)),
+        }
     }
 
     /// Drains both queues of `a` into this collector.
@@ -126,6 +243,10 @@ impl Collector {
             self.scopes.apply(&ev);
             self.assembler.observe_scope(&ev, &self.scopes);
             a.windows.observe_scope(&ev, &self.scopes);
+            match ev {
+                ScopeEvent::End { id, .. } => self.record_step_end(a, id),
+                ScopeEvent::Begin { id, .. } => self.apply_request_rules(a, id),
+            }
         }
         if let Some(c) = &a.coarse {
             self.resolver.resolve(c, &mut self.times);
@@ -162,6 +283,18 @@ impl Collector {
             self.decode_totals.incomplete_kernels += st.incomplete_kernels;
         }
     }
+}
+
+/// Capture triggers from the `GPUSPAN_RULES` file (`[capture]`, see
+/// [`gpuspan_core::triggers`]); none without a file. A bad `[capture]` part gets one warning
+/// and no trigger.
+pub fn load_triggers(config: &Config) -> gpuspan_core::triggers::Triggers {
+    let Some(p) = &config.rules_path else { return Default::default() };
+    let Ok(text) = std::fs::read_to_string(p) else { return Default::default() };
+    gpuspan_core::triggers::Triggers::parse(&text).unwrap_or_else(|e| {
+        crate::log::warn(&format!("GPUSPAN_RULES={}: [capture]: {e}; no capture trigger is active", p.display()));
+        Default::default()
+    })
 }
 
 /// Stage rules: built-in, plus the `GPUSPAN_RULES` file's rules first. A bad file gets one
@@ -221,9 +354,10 @@ fn run() {
             if last_poll.elapsed() >= SPAN_POLL_INTERVAL {
                 last_poll = Instant::now();
                 let f = c.poll_spans(now_ms(start), false);
+                c.apply_anomaly_rules(a, &f);
                 done = Some((f, c.assembler.take_context_problems()));
                 if a.coarse.is_some() && !a.windows.is_active() {
-                    c.prune();
+                    c.prune(a);
                 }
             }
         }
@@ -249,6 +383,39 @@ fn run() {
 }
 
 static CLOCK_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// The flight recorder's steps a window starts with ([`Collector::past`]); takes the
+/// collector lock.
+pub fn recorder_past(a: &Agent) -> crate::window::Past {
+    if a.recorder_steps.get().is_none() {
+        return Default::default();
+    }
+    a.collector.lock().map(|c| c.past(a)).unwrap_or_default()
+}
+
+/// Flight recorder: drops records that started before `cutoff_ns` (CUPTI ns), and the
+/// external-correlation records older than every record kept (correlation ids grow with
+/// time). Records still in flight when their step left the ring are kept, which only
+/// over-retains (a window's capture keeps its own steps' records alone).
+pub fn prune_records_before(records: &mut Vec<ActivityRecord>, cutoff_ns: u64) {
+    let start_of = |r: &ActivityRecord| match r {
+        ActivityRecord::Kernel(k) => Some(k.start_ns),
+        ActivityRecord::Memcpy(m) => Some(m.start_ns),
+        ActivityRecord::Memset(m) => Some(m.start_ns),
+        ActivityRecord::Api(x) => Some(x.start_ns),
+        _ => None,
+    };
+    let min_corr = records
+        .iter()
+        .filter(|r| start_of(r).is_some_and(|t| t >= cutoff_ns))
+        .map(|r| r.correlation_id())
+        .min()
+        .unwrap_or(u32::MAX);
+    records.retain(|r| match start_of(r) {
+        Some(t) => t >= cutoff_ns,
+        None => r.correlation_id() >= min_corr,
+    });
+}
 
 /// One warning the first time coarse timing had to fall back to CPU times (the hot path
 /// only counts).

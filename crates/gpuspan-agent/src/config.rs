@@ -5,7 +5,9 @@
 //! TOML), `GPUSPAN_LOG`, `GPUSPAN_METRICS_ADDR` (Prometheus endpoint, default off),
 //! `GPUSPAN_KERNEL_SPAN_BUDGET` (default 20 000 `cuda.kernel` spans per trace),
 //! `GPUSPAN_WORKER_ID` (the `worker_id` metric label, default `<host>:<pid>`),
-//! `GPUSPAN_EVENT_POOL` (most CUDA events of coarse mode, default 4096). The OTLP
+//! `GPUSPAN_EVENT_POOL` (most CUDA events of coarse mode, default 4096),
+//! `GPUSPAN_FLIGHT_RECORDER` (steps the flight recorder keeps; overrides the rules file's
+//! `[capture] flight_recorder_steps`). The OTLP
 //! variables are read by `gpuspan_export::otlp::OtlpSettings`. A bad value gets one warning naming the variable and the default
 //! used, never a failure.
 //!
@@ -50,6 +52,8 @@ pub struct Config {
     pub worker_id: String,
     /// Most CUDA events coarse mode keeps (`GPUSPAN_EVENT_POOL`, default 4096).
     pub event_pool: usize,
+    /// Steps the flight recorder keeps (`GPUSPAN_FLIGHT_RECORDER`), when set.
+    pub flight_recorder: Option<u64>,
 }
 
 /// The host name (`/proc/sys/kernel/hostname`), or `unknown`.
@@ -99,6 +103,20 @@ impl Config {
         let max_buffers = parse_num("GPUSPAN_MAX_BUFFERS", 32, &mut w);
         let max_records = parse_num("GPUSPAN_MAX_RECORDS", 8_000_000, &mut w);
         let event_pool = parse_num("GPUSPAN_EVENT_POOL", crate::coarse::pool::DEFAULT_EVENT_POOL, &mut w);
+        let flight_recorder = match std::env::var("GPUSPAN_FLIGHT_RECORDER") {
+            Err(_) => None,
+            Ok(v) if v.trim().is_empty() || v.trim() == "off" || v.trim() == "0" => None,
+            Ok(v) => match v.trim().parse::<u64>() {
+                Ok(n) if (1..=gpuspan_core::triggers::MAX_FLIGHT_RECORDER_STEPS).contains(&n) => Some(n),
+                _ => {
+                    w.push(format!(
+                        "GPUSPAN_FLIGHT_RECORDER={v:?} is not a step count within 1..={}; the flight recorder stays off",
+                        gpuspan_core::triggers::MAX_FLIGHT_RECORDER_STEPS
+                    ));
+                    None
+                }
+            },
+        };
         let metrics_addr = std::env::var("GPUSPAN_METRICS_ADDR")
             .ok()
             .map(|v| v.trim().to_string())
@@ -126,6 +144,7 @@ impl Config {
                 kernel_span_budget,
                 worker_id,
                 event_pool,
+                flight_recorder,
             },
             w,
         )

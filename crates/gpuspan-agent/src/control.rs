@@ -403,7 +403,10 @@ pub fn agent_status() -> Status {
 /// Arms a fine window on the active agent ([`crate::window::Windows::open`]).
 pub fn agent_capture(req: &CaptureRequest) -> Result<WindowStatus, String> {
     match crate::state::agent() {
-        Some(a) => a.windows.open(a, req, "control"),
+        Some(a) => {
+            let past = crate::collector::recorder_past(a);
+            a.windows.open(a, req, "control", &past, None)
+        }
         None => Err(crate::state::status().inactive_reason.unwrap_or_else(|| "the agent is not active".into())),
     }
 }

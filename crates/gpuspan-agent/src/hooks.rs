@@ -81,16 +81,31 @@ pub unsafe extern "C" fn api_callback(_userdata: *mut c_void, domain: u32, _cbid
             (DOMAIN_RUNTIME_API, API_ENTER) => t.runtime_depth.set(t.runtime_depth.get() + 1),
             (DOMAIN_RUNTIME_API, API_EXIT) => {
                 t.runtime_depth.set(t.runtime_depth.get().saturating_sub(1));
-                if ret == Some(0) {
-                    t.launches.set(t.launches.get() + 1);
+                match ret {
+                    Some(0) => t.launches.set(t.launches.get() + 1),
+                    Some(code) => count_api_error(code),
+                    None => {}
                 }
             }
-            (DOMAIN_DRIVER_API, API_EXIT) if t.runtime_depth.get() == 0 && ret == Some(0) => {
-                t.launches.set(t.launches.get() + 1);
-            }
+            (DOMAIN_DRIVER_API, API_EXIT) if t.runtime_depth.get() == 0 => match ret {
+                Some(0) => t.launches.set(t.launches.get() + 1),
+                Some(code) => count_api_error(code),
+                None => {}
+            },
             _ => {}
         });
     });
+}
+
+/// A failed GPU-work call (the anomaly rules' `cuda_error` / `oom`): two relaxed atomic adds.
+fn count_api_error(code: i32) {
+    if let Some(a) = agent() {
+        a.counters.api_errors.fetch_add(1, Ordering::Relaxed);
+        // CUDA_ERROR_OUT_OF_MEMORY (cuda.h) = cudaErrorMemoryAllocation (driver_types.h) = 2.
+        if code == 2 {
+            a.counters.api_ooms.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 fn thread_id(t: &ThreadScopes) -> u32 {

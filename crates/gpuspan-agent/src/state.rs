@@ -29,6 +29,11 @@ pub struct Counters {
     pub records_over_limit: AtomicU64,
     /// Records decoded.
     pub records_decoded: AtomicU64,
+    /// GPU-work API calls that failed (seen by the CUPTI API callback while subscribed).
+    pub api_errors: AtomicU64,
+    /// Those that failed with `CUDA_ERROR_OUT_OF_MEMORY` (2, in both the driver's and the
+    /// runtime's enums).
+    pub api_ooms: AtomicU64,
 }
 
 /// The live agent.
@@ -66,6 +71,10 @@ pub struct Agent {
     pub telemetry: crate::telemetry::Telemetry,
     /// Fine-capture windows (coarse mode).
     pub windows: crate::window::Windows,
+    /// Capture triggers from the rules file (per-request and anomaly rules).
+    pub triggers: gpuspan_core::triggers::Triggers,
+    /// Steps the flight recorder keeps, when it holds CUPTI (coarse mode).
+    pub recorder_steps: std::sync::OnceLock<u64>,
 }
 
 static AGENT: OnceLock<Agent> = OnceLock::new();
@@ -180,6 +189,7 @@ fn activate_inner() -> Result<(), String> {
     let coarse = (config.mode == Mode::Coarse).then(|| crate::coarse::Coarse::new(config.event_pool));
     let allow_decline = api.version() >= BUFFER_DECLINE_MIN_VERSION;
     let rules = crate::collector::load_rules(&config);
+    let triggers = crate::collector::load_triggers(&config);
     let telemetry = crate::telemetry::Telemetry::start(&config);
     let spans = span_options(&config, &api, telemetry.spans.is_some());
     let agent = Agent {
@@ -193,10 +203,16 @@ fn activate_inner() -> Result<(), String> {
         coarse,
         counting_launches: AtomicBool::new(false),
         counters: Counters::default(),
-        collector: Mutex::new(Collector::new(rules, spans)),
+        collector: Mutex::new({
+            let mut c = Collector::new(rules, spans);
+            c.detector = gpuspan_core::triggers::AnomalyDetector::new(triggers.anomaly.clone());
+            c
+        }),
         subscriber: Mutex::new(subscriber),
         telemetry,
         windows: crate::window::Windows::new(),
+        triggers,
+        recorder_steps: std::sync::OnceLock::new(),
         config,
         api,
     };
@@ -205,6 +221,16 @@ fn activate_inner() -> Result<(), String> {
     }
     let a = AGENT.get().expect("just set");
     if a.config.mode == Mode::Coarse {
+        if let Some(n) = a.config.flight_recorder.or(a.triggers.flight_recorder_steps) {
+            match crate::window::subscribe(a) {
+                Ok(()) => {
+                    let _ = a.recorder_steps.set(n);
+                    a.fine_on.store(true, Ordering::Release);
+                    crate::log::info(&format!("flight recorder on: CUPTI collects the last {n} steps"));
+                }
+                Err(e) => crate::log::warn(&format!("flight recorder off: {e}")),
+            }
+        }
         a.collecting.store(true, Ordering::Release);
         crate::collector::start_thread();
         crate::control::start();

@@ -19,6 +19,15 @@
 //!    writes `OUT/capture.json.gz` with the records of the window's scopes only (records
 //!    of work before or after it, collected while CUPTI was on, are dropped).
 //!
+//! With the flight recorder on (`GPUSPAN_FLIGHT_RECORDER=N`), CUPTI stays subscribed for the
+//! whole run and the collector keeps the records of the last N steps; a window then starts
+//! with those past steps already in it (so the slow step that fired an anomaly rule is in
+//! its capture), does not subscribe, and leaves CUPTI subscribed when it closes.
+//!
+//! A per-request rule opens a window on the request that matched, from the first scope it
+//! opens after the rule fired (the collector sees the request begin within milliseconds,
+//! normally before its first step).
+//!
 //! One window at a time. All of it runs off the application's threads; the hot path only
 //! reads `fine_on` once per scope begin.
 
@@ -37,6 +46,27 @@ use std::time::{Duration, Instant};
 /// work finish before CUPTI is flushed anyway.
 pub const GPU_WAIT: Duration = Duration::from_secs(10);
 
+/// Steps a window starts with when the flight recorder is on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Past {
+    /// The recorder's ended steps, oldest first.
+    pub ended: Vec<ScopeId>,
+    /// Steps begun and not ended yet.
+    pub in_progress: Vec<ScopeId>,
+}
+
+impl Past {
+    /// How many steps.
+    pub fn len(&self) -> usize {
+        self.ended.len() + self.in_progress.len()
+    }
+
+    /// No step.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Armed,
@@ -52,6 +82,8 @@ struct Window {
     phase: Phase,
     /// Units (steps, or requests) in the window.
     units: Vec<ScopeId>,
+    /// How many of `units` are the flight recorder's past steps.
+    past: usize,
     accepting: bool,
     ended: u64,
     first_begin_ns: Option<u64>,
@@ -95,7 +127,18 @@ impl Windows {
     /// Arms a window (module docs, step 1). `trigger` names what asked (`control`, `rule`,
     /// `anomaly`). Errors are one-line reasons; a refused window also becomes the last
     /// window's status.
-    pub fn open(&self, a: &Agent, req: &CaptureRequest, trigger: &str) -> Result<WindowStatus, String> {
+    ///
+    /// `past`: units already in the window: the flight recorder's ended steps and the steps
+    /// in progress, whose records it has too ([`Past`]); `start_unit`: a unit already begun
+    /// that the window starts with (the request a rule matched).
+    pub fn open(
+        &self,
+        a: &Agent,
+        req: &CaptureRequest,
+        trigger: &str,
+        past: &Past,
+        start_unit: Option<ScopeId>,
+    ) -> Result<WindowStatus, String> {
         if a.config.mode != crate::config::Mode::Coarse {
             return Err(
                 "GPUSPAN_MODE=fine already captures every kernel (GPUSPAN_OUT/capture.json.gz); capture windows are for coarse mode"
@@ -137,11 +180,14 @@ impl Windows {
         if let Err(e) = std::fs::create_dir_all(&out_dir) {
             return refuse(&mut g, status, format!("cannot create {}: {e}", out_dir.display()));
         }
-        if let Err(why) = subscribe(a) {
-            if why.contains("MULTIPLE_SUBSCRIBERS") && !self.refusal_logged.swap(true, Ordering::Relaxed) {
-                crate::log::warn(&format!("capture window refused: {why}; coarse timing continues (logged once)"));
+        let recorder = a.recorder_steps.get().is_some();
+        if !recorder {
+            if let Err(why) = subscribe(a) {
+                if why.contains("MULTIPLE_SUBSCRIBERS") && !self.refusal_logged.swap(true, Ordering::Relaxed) {
+                    crate::log::warn(&format!("capture window refused: {why}; coarse timing continues (logged once)"));
+                }
+                return refuse(&mut g, status, why);
             }
-            return refuse(&mut g, status, why);
         }
         a.fine_on.store(true, Ordering::Release);
         crate::log::info(&format!(
@@ -151,18 +197,27 @@ impl Windows {
             out_dir.display()
         ));
         status.state = window_state::ARMED.into();
-        g.current = Some(Window {
+        let mut w = Window {
             status: status.clone(),
             size: req.size,
             out_dir,
             phase: Phase::Armed,
-            units: Vec::new(),
+            units: past.ended.iter().chain(&past.in_progress).copied().collect(),
+            past: past.ended.len() + past.in_progress.len(),
             accepting: true,
-            ended: 0,
+            ended: past.ended.len() as u64,
             first_begin_ns: None,
             gpu_pending: HashSet::new(),
             closing_since: None,
-        });
+        };
+        if let Some(u) = start_unit {
+            w.units.push(u);
+            w.phase = Phase::Open;
+            w.status.state = window_state::OPEN.into();
+            w.accepting = w.new_units() < req.size.target();
+        }
+        let status = w.status.clone();
+        g.current = Some(w);
         self.active.store(true, Ordering::Release);
         Ok(status)
     }
@@ -182,7 +237,7 @@ impl Windows {
                 }
                 let first = *w.first_begin_ns.get_or_insert(*ts_ns);
                 let take = match w.size {
-                    WindowSize::Steps(n) | WindowSize::Requests(n) => (w.units.len() as u64) < n,
+                    WindowSize::Steps(n) | WindowSize::Requests(n) => w.new_units() < n,
                     WindowSize::DurationMs(d) => ts_ns.saturating_sub(first) < d.saturating_mul(1_000_000),
                 };
                 if !take {
@@ -196,7 +251,7 @@ impl Windows {
                 w.phase = Phase::Open;
                 w.status.state = window_state::OPEN.into();
                 if let WindowSize::Steps(n) | WindowSize::Requests(n) = w.size {
-                    w.accepting = (w.units.len() as u64) < n;
+                    w.accepting = w.new_units() < n;
                 }
             }
             ScopeEvent::End { id, ts_ns, .. } => {
@@ -213,7 +268,7 @@ impl Windows {
                             w.accepting = false;
                         }
                     }
-                    _ => w.status.done = w.ended,
+                    _ => w.status.done = w.ended - w.past as u64,
                 }
                 w.close_if_complete();
             }
@@ -257,23 +312,32 @@ impl Windows {
             Some(w)
         });
         let Some(mut w) = taken else { return };
-        // New scopes stop pushing external correlation ids; then CUPTI hands over what it
-        // holds: complete records first, then the rest.
-        a.fine_on.store(false, Ordering::Release);
+        // New scopes stop pushing external correlation ids (unless the flight recorder
+        // keeps CUPTI); then CUPTI hands over what it holds: complete records first, then
+        // the rest (the window's GPU work has finished, so what a forced flush cuts short
+        // belongs to later steps).
+        let recorder = a.recorder_steps.get().is_some() && !cut_short;
+        if !recorder {
+            a.fine_on.store(false, Ordering::Release);
+        }
         let _ = a.api.flush_all(0);
         let _ = a.api.flush_all(gpuspan_cupti::activity::FLUSH_FORCED);
         if let Ok(n) = a.api.dropped_records() {
             a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
         }
-        a.api.disable_fine_kinds();
-        if let Some(s) = a.subscriber.lock().ok().and_then(|mut g| g.take()) {
-            let _ = a.api.unsubscribe(s);
+        if !recorder {
+            a.api.disable_fine_kinds();
+            if let Some(s) = a.subscriber.lock().ok().and_then(|mut g| g.take()) {
+                let _ = a.api.unsubscribe(s);
+            }
         }
         let outcome = match a.collector.lock() {
             Ok(mut c) => {
                 c.drain(a);
                 let r = write(a, &mut c, &w);
-                c.records.clear();
+                if !recorder {
+                    c.records.clear();
+                }
                 r
             }
             Err(_) => Err("collector state poisoned".into()),
@@ -288,9 +352,10 @@ impl Windows {
                     w.status.error = Some("the process exited before the window closed: partial capture".into());
                 }
                 crate::log::info(&format!(
-                    "capture window {} written: {} ({kernels} kernels, {steps} steps); CUPTI released",
+                    "capture window {} written: {} ({kernels} kernels, {steps} steps); {}",
                     w.status.id,
-                    path.display()
+                    path.display(),
+                    if recorder { "the flight recorder keeps CUPTI" } else { "CUPTI released" }
                 ));
             }
             Err(e) => {
@@ -307,9 +372,14 @@ impl Windows {
 }
 
 impl Window {
+    /// Units taken after arming (not the recorder's past steps).
+    fn new_units(&self) -> u64 {
+        (self.units.len() - self.past) as u64
+    }
+
     /// Closing once no more units are taken and every unit taken has ended.
     fn close_if_complete(&mut self) {
-        if !self.accepting && !self.units.is_empty() && self.ended == self.units.len() as u64 {
+        if !self.accepting && self.new_units() > 0 && self.ended == self.units.len() as u64 {
             self.phase = Phase::Closing;
             self.status.state = window_state::CLOSING.into();
             self.closing_since = Some(Instant::now());
@@ -332,8 +402,9 @@ fn is_unit(size: WindowSize, kind: &ScopeKind) -> bool {
     }
 }
 
-/// Subscribes CUPTI and enables the fine kinds; on any failure CUPTI is left as found.
-fn subscribe(a: &Agent) -> Result<(), String> {
+/// Subscribes CUPTI and enables the fine kinds (and the launch / copy / set API callbacks,
+/// which count failed calls for the anomaly rules); on any failure CUPTI is left as found.
+pub(crate) fn subscribe(a: &Agent) -> Result<(), String> {
     let mut slot = a.subscriber.lock().map_err(|_| "subscriber state poisoned".to_string())?;
     if slot.is_some() {
         return Err("CUPTI is already subscribed by this agent".into());
@@ -350,6 +421,9 @@ fn subscribe(a: &Agent) -> Result<(), String> {
         a.api.disable_fine_kinds();
         let _ = a.api.unsubscribe(s);
         return Err(format!("cannot enable CUPTI activities: {e}"));
+    }
+    if let Err(e) = a.api.enable_launch_callbacks(&s) {
+        crate::log::info(&format!("API callbacks off ({e}): CUDA errors are not seen"));
     }
     *slot = Some(s);
     Ok(())

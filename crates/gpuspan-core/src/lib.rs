@@ -37,6 +37,7 @@ pub mod scope;
 pub mod spans;
 pub mod stats;
 pub mod trace;
+pub mod triggers;
 
 #[cfg(test)]
 mod test_records;

@@ -45,6 +45,75 @@ struct Args {
     /// only announces NVTX ranges, so coarse mode times scopes on the legacy default stream.
     #[arg(long)]
     legacy_stream: bool,
+    /// `INDEX:KEY=VALUE`: add an attribute to request INDEX (0-based) of the run, e.g.
+    /// `1:baggage=gpuspan.capture=fine` (a W3C baggage header as a gateway would set it).
+    /// Repeatable.
+    #[arg(long, value_name = "INDEX:KEY=VALUE")]
+    request_attr: Vec<String>,
+    /// `STEP:FACTOR`: make the kernels of step STEP (of every request) FACTOR times longer
+    /// (a slow step for the anomaly rules).
+    #[arg(long, value_name = "STEP:FACTOR")]
+    slow_step: Option<String>,
+}
+
+/// Applies `--request-attr` and `--slow-step` to the workload's ops.
+fn adjust(w: &mut Workload, request_attrs: &[String], slow_step: Option<&str>) -> Result<(), String> {
+    let mut attrs: Vec<(u32, String)> = Vec::new();
+    for a in request_attrs {
+        let (i, kv) = a.split_once(':').ok_or_else(|| format!("--request-attr {a:?}: expected INDEX:KEY=VALUE"))?;
+        let i: u32 = i.parse().map_err(|_| format!("--request-attr {a:?}: INDEX is not a number"))?;
+        if !kv.contains('=') || kv.contains(char::is_whitespace) {
+            return Err(format!("--request-attr {a:?}: expected KEY=VALUE without spaces"));
+        }
+        attrs.push((i, kv.to_string()));
+    }
+    let slow = match slow_step {
+        None => None,
+        Some(s) => {
+            let (i, f) = s.split_once(':').ok_or_else(|| format!("--slow-step {s:?}: expected STEP:FACTOR"))?;
+            let i: u64 = i.parse().map_err(|_| format!("--slow-step {s:?}: STEP is not a number"))?;
+            let f: f64 = f.parse().ok().filter(|f: &f64| *f > 0.0).ok_or_else(|| format!("--slow-step {s:?}: FACTOR must be positive"))?;
+            Some((i, f))
+        }
+    };
+    let mut request = 0u32;
+    let mut in_slow_step = 0usize;
+    let mut depth_of_slow = None;
+    let mut depth = 0usize;
+    for op in w.ops.iter_mut() {
+        match op {
+            Op::RangePush(name) => {
+                if name.starts_with("gpuspan.request") {
+                    for (_, kv) in attrs.iter().filter(|(i, _)| *i == request) {
+                        name.push(' ');
+                        name.push_str(kv);
+                    }
+                    request += 1;
+                }
+                depth += 1;
+                if let (Some((i, _)), Some(rest)) = (slow, name.strip_prefix("dit.step ")) {
+                    if rest.split('/').next().and_then(|x| x.trim().parse::<u64>().ok()) == Some(i) {
+                        depth_of_slow = Some(depth);
+                        in_slow_step += 1;
+                    }
+                }
+            }
+            Op::RangePop => {
+                if depth_of_slow == Some(depth) {
+                    depth_of_slow = None;
+                }
+                depth = depth.saturating_sub(1);
+            }
+            Op::Launch { dur_ns, .. } if depth_of_slow.is_some() => {
+                *dur_ns = (*dur_ns as f64 * slow.map(|s| s.1).unwrap_or(1.0)) as u64;
+            }
+            _ => {}
+        }
+    }
+    if slow.is_some() && in_slow_step == 0 {
+        return Err("--slow-step: the workload has no such step".into());
+    }
+    Ok(())
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -103,6 +172,10 @@ fn main() -> ExitCode {
             Err(e) => return fail(2, format!("{e} (presets: {})", PRESET_NAMES.join(", "))),
         }
     };
+    let mut workload = workload;
+    if let Err(e) = adjust(&mut workload, &args.request_attr, args.slow_step.as_deref()) {
+        return fail(2, e);
+    }
     let lib = match open_driver() {
         Ok(l) => l,
         Err(e) => return fail(3, e),
