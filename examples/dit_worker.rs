@@ -793,10 +793,28 @@ struct RequestTruth {
     kernels_launched: u64,
 }
 
+/// Names the worker's streams to the gpuspan agent when it is in the process
+/// (`gpuspan_use_streams` of `include/gpuspan.h`, looked up with `dlsym(RTLD_DEFAULT)`), so
+/// coarse mode times scopes on them rather than on the legacy default stream.
+fn name_streams(streams: &[cu::CUstream]) {
+    type UseStreams = unsafe extern "C" fn(*const cu::CUstream, usize) -> i32;
+    // SAFETY: dlsym with a NUL-terminated name; a non-NULL result is the agent's
+    // `gpuspan_use_streams`, whose prototype `UseStreams` transcribes; `streams` is a live
+    // slice of `streams.len()` handles.
+    unsafe {
+        let f = libc::dlsym(libc::RTLD_DEFAULT, c"gpuspan_use_streams".as_ptr());
+        if !f.is_null() {
+            let f: UseStreams = std::mem::transmute(f);
+            f(streams.as_ptr(), streams.len());
+        }
+    }
+}
+
 fn run_dit(g: &mut Gpu, a: &Args) -> Result<(BTreeMap<String, StageTruth>, Vec<RequestTruth>), CuError> {
     let c = a.cfg;
     let main = g.stream(a.nonblocking)?;
     let vae_stream = g.stream(a.nonblocking)?;
+    name_streams(&[main, vae_stream]);
     let m = build_model(g, &c)?;
     g.sync()?;
     let (t, h, f) = (c.tokens(), c.hidden(), c.ffn().ffn_hidden);

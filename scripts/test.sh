@@ -56,3 +56,5 @@ fi
 # must exist before the end-to-end tests start processes with them.
 cargo build --workspace --all-targets
 cargo nextest run --workspace --no-fail-fast "$@"
+# The GPU validation script: without a GPU it runs the kernel compile checks and says so.
+scripts/gpu-validate.sh target/gpu-validate

@@ -78,7 +78,10 @@ fn spans_of(rx: &OtlpReceiver, trace_id: &str) -> Vec<ReceivedSpan> {
 /// Scope intervals by the ground-truth rule of the module docs, from a fine capture:
 /// `(step index → interval ns, (step index, stage) → summed stage-scope intervals ns,
 /// vae.decode interval ns)`.
-fn ground_truth(capture: &std::path::Path) -> (BTreeMap<i64, f64>, BTreeMap<(i64, String), f64>, f64) {
+/// (step index → ns, (step index, stage) → ns, vae.decode ns).
+type GroundTruth = (BTreeMap<i64, f64>, BTreeMap<(i64, String), f64>, f64);
+
+fn ground_truth(capture: &std::path::Path) -> GroundTruth {
     use gpuspan_core::trace::Category;
     let latency_us = gpuspan_simgpu::sim::costs::LAUNCH_LATENCY_NS as f64 / 1000.0;
     let t = gpuspan_export::read_trace(capture).unwrap();

@@ -101,7 +101,7 @@ fn assert_error(reply: &serde_json::Value, needle: &str) {
     assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
 }
 
-/// The status request from a Python client run as uid/gid 65534 (`setpriv`); what it
+/// A request (argv[2]) from a Python client run as uid/gid 65534 (`setpriv`); what it
 /// printed: the reply line, or `connect-error: …`. The agent answers a refused peer
 /// without reading its request, so the send may fail after the reply arrived.
 const PY_CLIENT: &str = r#"
@@ -112,7 +112,7 @@ try:
 except OSError as e:
     print("connect-error:", e); sys.exit(0)
 try:
-    s.sendall(b'{"v":1,"op":"status"}\n')
+    s.sendall(sys.argv[2].encode() + b'\n')
 except OSError:
     pass  # refused before reading: the reply is already queued
 buf = b""
@@ -124,13 +124,14 @@ while b"\n" not in buf:
 print(buf.decode().strip())
 "#;
 
-fn as_nobody(path: &Path) -> Option<String> {
+fn as_nobody(path: &Path, request: &str) -> Option<String> {
     let python = ["/usr/bin/python3", "/usr/local/bin/python3"].into_iter().map(PathBuf::from).find(|p| p.exists())?;
     let o = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(python)
         .args(["-c", PY_CLIENT])
         .arg(path)
+        .arg(request)
         .current_dir("/")
         .output()
         .ok()?;
@@ -246,7 +247,7 @@ fn control_socket_status_errors_peer_check_and_cleanup() {
     // in a world-readable directory, the socket's mode opened), SO_PEERCRED refuses it.
     if euid() != 0 || Command::new("setpriv").arg("--version").output().is_err() {
         eprintln!("note: not root or no setpriv: the other-uid check is skipped");
-    } else if let Some(blocked) = as_nobody(&sock) {
+    } else if let Some(blocked) = as_nobody(&sock, r#"{"v":1,"op":"status"}"#) {
         assert!(blocked.starts_with("connect-error:") && blocked.contains("ermission"), "{blocked}");
         let link_dir = tempfile::Builder::new().prefix("gpuspan-ctl-test-").tempdir_in(dir.parent().unwrap()).unwrap();
         std::fs::set_permissions(link_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -255,14 +256,20 @@ fn control_socket_status_errors_peer_check_and_cleanup() {
             Err(e) => eprintln!("note: cannot hard-link {} ({e}): the SO_PEERCRED check is skipped", sock.display()),
             Ok(()) => {
                 std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
-                let replies = [as_nobody(&link).unwrap(), as_nobody(&link).unwrap()];
+                // A status and a capture request: both refused before being read.
+                let replies = [
+                    as_nobody(&link, r#"{"v":1,"op":"status"}"#).unwrap(),
+                    as_nobody(&link, r#"{"v":1,"op":"capture","steps":3}"#).unwrap(),
+                ];
                 std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
                 std::fs::remove_file(&link).unwrap();
                 for r in &replies {
                     let v: serde_json::Value = serde_json::from_str(r).unwrap_or_else(|e| panic!("{e}: {r}"));
                     assert_error(&v, "permission denied: uid 65534");
                 }
-                assert_eq!(status_json(pid)["ok"], true, "root is still served");
+                let st = status_json(pid);
+                assert_eq!(st["ok"], true, "root is still served");
+                assert!(st["capture_window"].is_null(), "the refused capture opened nothing");
                 peer_checked = true;
             }
         }

@@ -155,7 +155,7 @@ impl Triggers {
                     "capture.anomaly[{i}]: no condition (step_over_ms, step_over_p99, cuda_error, oom)"
                 ));
             }
-            if r.step_over_ms.is_some_and(|t| !(t > 0.0)) {
+            if r.step_over_ms.is_some_and(|t| t.is_nan() || t <= 0.0) {
                 return Err(format!("capture.anomaly[{i}]: step_over_ms must be positive"));
             }
             if r.capture_steps == 0 || r.capture_steps > MAX_CAPTURE_STEPS {
