@@ -150,3 +150,35 @@ fn flight_recorder_exports_the_slow_step_that_fired_the_anomaly() {
     let line = text.lines().find(|l| l.starts_with("sim cupti:")).unwrap();
     assert!(line.contains("subscribes=1 ") && line.contains("subscribed=1"), "the recorder holds CUPTI for the run: {line}");
 }
+
+/// With the flight recorder holding CUPTI, an allocation the driver refuses with
+/// CUDA_ERROR_OUT_OF_MEMORY (the workload asks for 1 TiB at the start of step 4) fires the
+/// `oom` rule, and the capture holds the step it happened in.
+#[test]
+fn oom_on_the_api_fires_the_oom_rule() {
+    const STEPS: u32 = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, "[[capture.anomaly]]\nname = \"oom\"\noom = true\ncapture_steps = 1\n").unwrap();
+    let out = dir.path().join("out");
+    let text = run(
+        &out,
+        &["stdit", "--steps", &STEPS.to_string(), "--oom-at-step", "4"],
+        &[("GPUSPAN_RULES", rules.to_str().unwrap()), ("GPUSPAN_FLIGHT_RECORDER", "2")],
+    );
+    assert!(text.contains("1 allocations refused (out of memory)"), "{text}");
+    assert!(text.contains("anomaly oom: CUDA_ERROR_OUT_OF_MEMORY on the API"), "{text}");
+    let t = gpuspan_export::read_trace(&out.join("window-1/capture.json.gz")).expect("the OOM's capture");
+    let steps: Vec<&str> = t
+        .events
+        .iter()
+        .filter(|e| e.cat == Some(Category::UserAnnotation) && e.name.starts_with("dit.step "))
+        .map(|e| e.name.as_str())
+        .collect();
+    assert!(steps.contains(&"dit.step 4/8"), "the step of the OOM is in the capture: {steps:?}");
+    let (per_step, _, _) = launches(STEPS, None);
+    let got = kernels_by_step(&t);
+    for s in &steps {
+        assert_eq!(got[*s].len() as u64, per_step[*s], "every kernel of {s}");
+    }
+}

@@ -70,27 +70,29 @@ thread_local! {
 /// # Safety
 /// Called by CUPTI with its callback arguments (`data` a `CUpti_CallbackData*` for the API
 /// domains).
-pub unsafe extern "C" fn api_callback(_userdata: *mut c_void, domain: u32, _cbid: u32, data: *const c_void) {
+pub unsafe extern "C" fn api_callback(_userdata: *mut c_void, domain: u32, cbid: u32, data: *const c_void) {
     use gpuspan_cupti::activity::{API_ENTER, API_EXIT, DOMAIN_DRIVER_API, DOMAIN_RUNTIME_API};
     let _ = std::panic::catch_unwind(|| {
         // SAFETY: CUPTI's callback data for an API domain (contract).
         let Some((site, ret)) = (unsafe { gpuspan_cupti::activity::callback_site_and_result(data) }) else {
             return;
         };
+        // Allocation calls (enabled for the OOM rule) make no GPU record: errors only.
+        let alloc = gpuspan_cupti::activity::is_alloc_callback(domain, cbid);
         let _ = SCOPES.try_with(|t| match (domain, site) {
             (DOMAIN_RUNTIME_API, API_ENTER) => t.runtime_depth.set(t.runtime_depth.get() + 1),
             (DOMAIN_RUNTIME_API, API_EXIT) => {
                 t.runtime_depth.set(t.runtime_depth.get().saturating_sub(1));
                 match ret {
-                    Some(0) => t.launches.set(t.launches.get() + 1),
+                    Some(0) if !alloc => t.launches.set(t.launches.get() + 1),
+                    Some(0) | None => {}
                     Some(code) => count_api_error(code),
-                    None => {}
                 }
             }
             (DOMAIN_DRIVER_API, API_EXIT) if t.runtime_depth.get() == 0 => match ret {
-                Some(0) => t.launches.set(t.launches.get() + 1),
+                Some(0) if !alloc => t.launches.set(t.launches.get() + 1),
+                Some(0) | None => {}
                 Some(code) => count_api_error(code),
-                None => {}
             },
             _ => {}
         });

@@ -162,8 +162,10 @@ impl Telemetry {
                 ("scope_queue", c.scope_events_dropped.load(Ordering::Relaxed)),
                 ("buffer_queue", c.buffers_dropped.load(Ordering::Relaxed)),
                 ("otlp_spans", otlp_dropped),
+                ("coarse_marks", a.coarse.as_ref().map_or(0, |c| c.counters.marks_dropped.load(Ordering::Relaxed))),
             ],
-            a.collecting.load(Ordering::Relaxed),
+            // 1 while CUPTI collects kernels: fine mode, a fine window, the flight recorder.
+            a.fine_on.load(Ordering::Relaxed) && a.collecting.load(Ordering::Relaxed),
         );
     }
 

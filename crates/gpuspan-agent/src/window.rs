@@ -402,8 +402,9 @@ fn is_unit(size: WindowSize, kind: &ScopeKind) -> bool {
     }
 }
 
-/// Subscribes CUPTI and enables the fine kinds (and the launch / copy / set API callbacks,
-/// which count failed calls for the anomaly rules); on any failure CUPTI is left as found.
+/// Subscribes CUPTI and enables the fine kinds (and the launch / copy / set / allocation
+/// API callbacks, which count failed calls and OOMs for the anomaly rules); on any failure
+/// CUPTI is left as found.
 pub(crate) fn subscribe(a: &Agent) -> Result<(), String> {
     let mut slot = a.subscriber.lock().map_err(|_| "subscriber state poisoned".to_string())?;
     if slot.is_some() {
@@ -422,8 +423,8 @@ pub(crate) fn subscribe(a: &Agent) -> Result<(), String> {
         let _ = a.api.unsubscribe(s);
         return Err(format!("cannot enable CUPTI activities: {e}"));
     }
-    if let Err(e) = a.api.enable_launch_callbacks(&s) {
-        crate::log::info(&format!("API callbacks off ({e}): CUDA errors are not seen"));
+    if let Err(e) = a.api.enable_launch_callbacks(&s).and_then(|()| a.api.enable_alloc_callbacks(&s)) {
+        crate::log::info(&format!("API callbacks off ({e}): CUDA errors and OOMs are not seen"));
     }
     *slot = Some(s);
     Ok(())

@@ -69,6 +69,27 @@ unsafe extern "C" fn noop_callback(_: *mut c_void, _: u32, _: u32, _: *const c_v
 pub type ApiCallbackFn = unsafe extern "C" fn(*mut c_void, u32, u32, *const c_void);
 
 /// `CUPTI_CB_DOMAIN_DRIVER_API` (`cupti_callbacks.h`).
+/// Driver API callback ids of the allocation calls (`cupti_driver_cbid.h`, 12.9 and 13.5
+/// agree): cuMemAlloc, cuMemAlloc_v2, cuMemAllocPitch_v2, cuMemAllocHost_v2,
+/// cuMemAllocManaged, cuMemAllocAsync, cuMemAllocFromPoolAsync.
+pub const DRIVER_ALLOC_CBIDS: [u32; 7] = [29, 243, 244, 294, 371, 598, 611];
+
+/// Runtime API callback ids of the allocation calls (`cupti_runtime_cbid.h`, 12.9 and 13.5
+/// agree): cudaMalloc, cudaMallocPitch, cudaMallocHost, cudaMallocManaged, cudaMallocAsync,
+/// cudaMallocFromPoolAsync.
+pub const RUNTIME_ALLOC_CBIDS: [u32; 6] = [20, 21, 25, 206, 373, 391];
+
+/// Whether `(domain, cbid)` is an allocation call ([`DRIVER_ALLOC_CBIDS`],
+/// [`RUNTIME_ALLOC_CBIDS`]).
+#[inline]
+pub fn is_alloc_callback(domain: u32, cbid: u32) -> bool {
+    match domain {
+        DOMAIN_DRIVER_API => DRIVER_ALLOC_CBIDS.contains(&cbid),
+        DOMAIN_RUNTIME_API => RUNTIME_ALLOC_CBIDS.contains(&cbid),
+        _ => false,
+    }
+}
+
 pub const DOMAIN_DRIVER_API: u32 = 1;
 /// `CUPTI_CB_DOMAIN_RUNTIME_API`.
 pub const DOMAIN_RUNTIME_API: u32 = 2;
@@ -166,6 +187,30 @@ impl ActivityApi {
             .iter()
             .map(|c| (DOMAIN_DRIVER_API, *c))
             .chain(RUNTIME_GPU_WORK_CBIDS.iter().map(|c| (DOMAIN_RUNTIME_API, *c)));
+        let mut done = Vec::new();
+        for (domain, cbid) in all {
+            // SAFETY: `s` is a live subscriber handle from `subscribe_with`.
+            let code = unsafe { (self.syms.enable_callback)(1, s.0, domain, cbid) };
+            if let Err(e) = check("cuptiEnableCallback", code) {
+                for (d, c) in done {
+                    // SAFETY: as above; disabling what we enabled.
+                    unsafe { (self.syms.enable_callback)(0, s.0, d, c) };
+                }
+                return Err(e);
+            }
+            done.push((domain, cbid));
+        }
+        Ok(())
+    }
+
+    /// Also enables the API callbacks of the allocation calls ([`DRIVER_ALLOC_CBIDS`],
+    /// [`RUNTIME_ALLOC_CBIDS`]), so failed allocations (OOMs) reach the subscriber callback.
+    /// All or nothing, like [`ActivityApi::enable_launch_callbacks`].
+    pub fn enable_alloc_callbacks(&self, s: &Subscriber) -> Result<(), CuptiError> {
+        let all = DRIVER_ALLOC_CBIDS
+            .iter()
+            .map(|c| (DOMAIN_DRIVER_API, *c))
+            .chain(RUNTIME_ALLOC_CBIDS.iter().map(|c| (DOMAIN_RUNTIME_API, *c)));
         let mut done = Vec::new();
         for (domain, cbid) in all {
             // SAFETY: `s` is a live subscriber handle from `subscribe_with`.

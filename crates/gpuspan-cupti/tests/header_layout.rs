@@ -158,3 +158,35 @@ fn record_layouts_match_real_cupti_headers() {
     assert_eq!(got["M7."], 112);
     assert_eq!(got["S5."], 104);
 }
+
+/// The allocation callback ids we enable are the headers' (12.9 and 13.5).
+#[test]
+fn alloc_callback_ids_match_real_cupti_headers() {
+    use gpuspan_cupti::activity::{DRIVER_ALLOC_CBIDS, RUNTIME_ALLOC_CBIDS};
+    let Some(nv) = venv_nvidia() else {
+        assert!(std::env::var_os("CI").is_none(), "CI must have the CUPTI wheels (scripts/test.sh installs them)");
+        eprintln!("skipping: CUPTI wheels not installed (run scripts/test.sh)");
+        return;
+    };
+    let value = |text: &str, name: &str| -> u32 {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} not in the header"));
+        line.split('=').nth(1).unwrap().trim().trim_end_matches(',').parse().unwrap()
+    };
+    for inc in ["cuda_cupti/include", "cu13/include"] {
+        let drv = std::fs::read_to_string(nv.join(inc).join("cupti_driver_cbid.h")).unwrap();
+        let rt = std::fs::read_to_string(nv.join(inc).join("cupti_runtime_cbid.h")).unwrap();
+        let d: Vec<u32> = ["cuMemAlloc", "cuMemAlloc_v2", "cuMemAllocPitch_v2", "cuMemAllocHost_v2", "cuMemAllocManaged", "cuMemAllocAsync", "cuMemAllocFromPoolAsync"]
+            .iter()
+            .map(|n| value(&drv, &format!("CUPTI_DRIVER_TRACE_CBID_{n}")))
+            .collect();
+        assert_eq!(d, DRIVER_ALLOC_CBIDS, "{inc}");
+        let r: Vec<u32> = ["cudaMalloc_v3020", "cudaMallocPitch_v3020", "cudaMallocHost_v3020", "cudaMallocManaged_v6000", "cudaMallocAsync_v11020", "cudaMallocFromPoolAsync_v11020"]
+            .iter()
+            .map(|n| value(&rt, &format!("CUPTI_RUNTIME_TRACE_CBID_{n}")))
+            .collect();
+        assert_eq!(r, RUNTIME_ALLOC_CBIDS, "{inc}");
+    }
+}

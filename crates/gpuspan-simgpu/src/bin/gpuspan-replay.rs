@@ -54,6 +54,10 @@ struct Args {
     /// (a slow step for the anomaly rules).
     #[arg(long, value_name = "STEP:FACTOR")]
     slow_step: Option<String>,
+    /// At the start of step STEP (of every request), ask the driver for more memory than
+    /// the device has (`cuMemAlloc_v2`, which fails with CUDA_ERROR_OUT_OF_MEMORY) and go on.
+    #[arg(long, value_name = "STEP")]
+    oom_at_step: Option<u64>,
 }
 
 /// Applies `--request-attr` and `--slow-step` to the workload's ops.
@@ -176,6 +180,23 @@ fn main() -> ExitCode {
     if let Err(e) = adjust(&mut workload, &args.request_attr, args.slow_step.as_deref()) {
         return fail(2, e);
     }
+    if let Some(step) = args.oom_at_step {
+        let at: Vec<usize> = workload
+            .ops
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| {
+                matches!(op, Op::RangePush(n) if n.strip_prefix("dit.step ").and_then(|r| r.split('/').next()).and_then(|i| i.trim().parse::<u64>().ok()) == Some(step))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if at.is_empty() {
+            return fail(2, "--oom-at-step: the workload has no such step");
+        }
+        for i in at.into_iter().rev() {
+            workload.ops.insert(i + 1, Op::AllocProbe { bytes: 1 << 40 });
+        }
+    }
     let lib = match open_driver() {
         Ok(l) => l,
         Err(e) => return fail(3, e),
@@ -186,6 +207,9 @@ fn main() -> ExitCode {
                 "replayed {} kernels, {} memcpy, {} memset on {}",
                 s.kernels, s.memcpys, s.memsets, s.device_name
             );
+            if s.failed_allocs > 0 {
+                println!("{} allocations refused (out of memory)", s.failed_allocs);
+            }
             if let Some(line) = sim_cupti_line(&lib) {
                 println!("{line}");
             }

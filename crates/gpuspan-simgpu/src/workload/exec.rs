@@ -130,6 +130,8 @@ impl std::error::Error for ExecError {}
 pub struct ExecSummary {
     /// Kernels launched.
     pub kernels: u64,
+    /// [`Op::AllocProbe`]s the driver refused.
+    pub failed_allocs: u64,
     /// Memcpys issued.
     pub memcpys: u64,
     /// Memsets issued.
@@ -429,6 +431,14 @@ pub fn execute_with(lib: &Library, workload: &Workload, opts: &ExecOptions) -> R
                 }
                 Op::HostGap { ns } => host_gap(&api, out.virtual_clock, *ns),
                 Op::Synchronize => check("cuCtxSynchronize", (api.ctx_synchronize)())?,
+                Op::AllocProbe { bytes } => {
+                    let mut p: CuDevicePtr = 0;
+                    if (api.mem_alloc)(&mut p, *bytes as usize) == 0 {
+                        check("cuMemFree_v2", (api.mem_free)(p))?;
+                    } else {
+                        out.failed_allocs += 1;
+                    }
+                }
             }
         }
         check("cuCtxSynchronize", (api.ctx_synchronize)())?;

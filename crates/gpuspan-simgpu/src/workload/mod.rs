@@ -75,6 +75,13 @@ pub enum Op {
     },
     /// `cuCtxSynchronize()`: the host waits until all GPU work has finished.
     Synchronize,
+    /// `cuMemAlloc_v2(bytes)`, freed at once when it succeeds; a failure (e.g.
+    /// `CUDA_ERROR_OUT_OF_MEMORY` for more than the device holds) is ignored, as a worker
+    /// that catches an OOM and goes on.
+    AllocProbe {
+        /// Bytes asked for.
+        bytes: u64,
+    },
 }
 
 /// Per-kernel-name totals of a workload (see [`Workload::summary`]).
@@ -202,6 +209,7 @@ impl Workload {
                 Op::Memset { .. } => s.memset_count += 1,
                 Op::HostGap { ns } => s.host_gap_total_ns += ns,
                 Op::Synchronize => s.sync_count += 1,
+                Op::AllocProbe { .. } => {}
             }
         }
         s
@@ -275,6 +283,7 @@ impl Workload {
                     let last = stream_free.values().copied().max().unwrap_or(0);
                     host = host.max(last);
                 }
+                Op::AllocProbe { .. } => host += model.host_ns_per_call,
             }
         }
         intervals.sort_unstable();
