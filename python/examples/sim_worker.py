@@ -57,7 +57,7 @@ VAE_PLAN = ("vae.decode", "conv3d_fprop_implicit_gemm", 4, 2_000_000)
 class Cuda:
     """The few driver calls the worker needs, over ctypes."""
 
-    def __init__(self, name="libcuda.so.1"):
+    def __init__(self, name="libcuda.so.1", nonblocking=False):
         self.lib = ctypes.CDLL(name)
         p = ctypes.c_void_p
         u = ctypes.c_uint
@@ -85,7 +85,8 @@ class Cuda:
         image = ctypes.create_string_buffer(b"\x7fELF sim module")
         self.check("cuModuleLoadData", self.lib.cuModuleLoadData(ctypes.byref(self.module), ctypes.cast(image, p)))
         self.stream = p()
-        self.check("cuStreamCreate", self.lib.cuStreamCreate(ctypes.byref(self.stream), 0))
+        # CU_STREAM_NON_BLOCKING = 1 (cuda.h), like PyTorch's side streams.
+        self.check("cuStreamCreate", self.lib.cuStreamCreate(ctypes.byref(self.stream), 1 if nonblocking else 0))
         self.functions = {}
         self.launched = 0
 
@@ -177,10 +178,16 @@ def main(argv=None):
         default=[],
         help="W3C traceparent of the caller (repeatable: request r uses the r-th modulo their number)",
     )
+    ap.add_argument("--nonblocking", action="store_true", help="launch on a CU_STREAM_NON_BLOCKING stream")
+    ap.add_argument(
+        "--name-stream", action="store_true", help="name the stream to gpuspan (gpuspan.use_streams) for coarse timing"
+    )
     args = ap.parse_args(argv)
 
     tracer, propagator, provider = setup_otel()
-    cuda = Cuda()
+    cuda = Cuda(nonblocking=args.nonblocking)
+    if args.name_stream:
+        print(f"use_streams kept {gpuspan.use_streams(cuda.stream.value)}", flush=True)
     try:
         for r in range(args.requests):
             tp = args.traceparent[r % len(args.traceparent)] if args.traceparent else None

@@ -528,3 +528,45 @@ fn c_calls_are_no_ops_when_the_agent_is_inactive() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("inactive"), "the agent says once why: {stderr}");
 }
+
+/// Coarse mode (the default) with a Python worker on a non-blocking stream: named with
+/// `gpuspan.use_streams`, its scopes are timed on it (`gpuspan.timing=cuda_event`, steps as
+/// long as their kernels); unnamed, they fall back to the legacy default stream, which
+/// never sees that stream's work, and the spans say so.
+#[test]
+fn python_worker_names_its_stream_for_coarse_timing() {
+    let Some(py) = python() else { return };
+    let rx = gpuspan_testkit::OtlpReceiver::start(gpuspan_testkit::Transport::Grpc, "127.0.0.1:0");
+    let worker = repo().join("python/examples/sim_worker.py");
+    for (name, tp) in [(true, TP0), (false, TP1)] {
+        let out = tempfile::tempdir().unwrap();
+        let mut args = vec![worker.to_str().unwrap(), "--steps", "2", "--nonblocking", "--traceparent", tp];
+        if name {
+            args.push("--name-stream");
+        }
+        let o = output(
+            gpuspan()
+                .args(["run", "--sim", "--out"])
+                .arg(out.path())
+                .arg("--")
+                .arg(&py)
+                .args(&args)
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint())
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+                .env("OTEL_SDK_DISABLED", "true"),
+        );
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(stdout.contains("use_streams kept 1"), name, "{stdout}");
+        let id = trace_id(tp);
+        assert!(rx.wait_for(std::time::Duration::from_secs(10), |s| s.iter().any(|s| s.trace_id == id && s.name == "gpu.request")));
+        let spans: Vec<_> = rx.spans().into_iter().filter(|s| s.trace_id == id).collect();
+        let steps: Vec<_> = spans.iter().filter(|s| s.name == "dit.step").collect();
+        assert_eq!(steps.len(), 2);
+        let want = if name { "cuda_event" } else { "legacy_stream" };
+        for s in &spans {
+            assert_eq!(s.str("gpuspan.timing"), Some(want), "{} of the {} run", s.name, if name { "named" } else { "unnamed" });
+        }
+        assert!(!out.path().join("capture.json.gz").exists(), "coarse mode writes no capture");
+    }
+}
