@@ -165,13 +165,18 @@ pub fn scope_begin(name: &[u8]) -> i32 {
         t.launch_base[depth].set(t.launches.get());
         let pushed = a.fine_on.load(Ordering::Relaxed);
         t.pushed[depth].set(pushed);
-        let (streams, n) = thread_streams(t);
-        begin_event(a, id, parent, thread_id(t), name, pushed, &streams[..n]);
+        let ts_ns = begin_event(a, id, parent, thread_id(t), name, pushed);
+        if let Some(c) = &a.coarse {
+            let (streams, n) = thread_streams(t);
+            record_boundary(c, id, parent, false, ts_ns, &streams[..n]);
+        }
         depth as i32
     })
 }
 
-fn begin_event(a: &Agent, id: ScopeId, parent: ScopeId, thread_id: u32, name: &[u8], push: bool, streams: &[Stream]) {
+/// Queues the begin event (and pushes the external correlation id when `push`); returns its
+/// timestamp, CUPTI ns.
+fn begin_event(a: &Agent, id: ScopeId, parent: ScopeId, thread_id: u32, name: &[u8], push: bool) -> u64 {
     let ts_ns = a.api.timestamp_ns();
     if push {
         a.api.push_external_correlation(GPUSPAN_EXTERNAL_KIND, id);
@@ -180,9 +185,7 @@ fn begin_event(a: &Agent, id: ScopeId, parent: ScopeId, thread_id: u32, name: &[
     if a.scope_queue.push(ev).is_err() {
         a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
     }
-    if let Some(c) = &a.coarse {
-        record_boundary(c, id, parent, false, ts_ns, streams);
-    }
+    ts_ns
 }
 
 /// Closes the innermost scope of this thread. Returns the nesting level of the closed range,

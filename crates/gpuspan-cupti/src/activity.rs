@@ -183,34 +183,23 @@ impl ActivityApi {
     /// scope. On an error the callbacks enabled so far are disabled again.
     pub fn enable_launch_callbacks(&self, s: &Subscriber) -> Result<(), CuptiError> {
         use gpuspan_core::spans::{DRIVER_GPU_WORK_CBIDS, RUNTIME_GPU_WORK_CBIDS};
-        let all = DRIVER_GPU_WORK_CBIDS
-            .iter()
-            .map(|c| (DOMAIN_DRIVER_API, *c))
-            .chain(RUNTIME_GPU_WORK_CBIDS.iter().map(|c| (DOMAIN_RUNTIME_API, *c)));
-        let mut done = Vec::new();
-        for (domain, cbid) in all {
-            // SAFETY: `s` is a live subscriber handle from `subscribe_with`.
-            let code = unsafe { (self.syms.enable_callback)(1, s.0, domain, cbid) };
-            if let Err(e) = check("cuptiEnableCallback", code) {
-                for (d, c) in done {
-                    // SAFETY: as above; disabling what we enabled.
-                    unsafe { (self.syms.enable_callback)(0, s.0, d, c) };
-                }
-                return Err(e);
-            }
-            done.push((domain, cbid));
-        }
-        Ok(())
+        self.enable_callbacks(s, &DRIVER_GPU_WORK_CBIDS, &RUNTIME_GPU_WORK_CBIDS)
     }
 
     /// Also enables the API callbacks of the allocation calls ([`DRIVER_ALLOC_CBIDS`],
     /// [`RUNTIME_ALLOC_CBIDS`]), so failed allocations (OOMs) reach the subscriber callback.
     /// All or nothing, like [`ActivityApi::enable_launch_callbacks`].
     pub fn enable_alloc_callbacks(&self, s: &Subscriber) -> Result<(), CuptiError> {
-        let all = DRIVER_ALLOC_CBIDS
+        self.enable_callbacks(s, &DRIVER_ALLOC_CBIDS, &RUNTIME_ALLOC_CBIDS)
+    }
+
+    /// `cuptiEnableCallback(1, …)` for each driver and runtime callback id; on a failure the
+    /// ones enabled so far are disabled again.
+    fn enable_callbacks(&self, s: &Subscriber, driver: &[u32], runtime: &[u32]) -> Result<(), CuptiError> {
+        let all = driver
             .iter()
             .map(|c| (DOMAIN_DRIVER_API, *c))
-            .chain(RUNTIME_ALLOC_CBIDS.iter().map(|c| (DOMAIN_RUNTIME_API, *c)));
+            .chain(runtime.iter().map(|c| (DOMAIN_RUNTIME_API, *c)));
         let mut done = Vec::new();
         for (domain, cbid) in all {
             // SAFETY: `s` is a live subscriber handle from `subscribe_with`.

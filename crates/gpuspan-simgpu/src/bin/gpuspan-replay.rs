@@ -60,6 +60,11 @@ struct Args {
     oom_at_step: Option<u64>,
 }
 
+/// The index of a `dit.step i/n` range name.
+fn step_index(name: &str) -> Option<u64> {
+    name.strip_prefix("dit.step ")?.split('/').next()?.trim().parse().ok()
+}
+
 /// Applies `--request-attr` and `--slow-step` to the workload's ops.
 fn adjust(w: &mut Workload, request_attrs: &[String], slow_step: Option<&str>) -> Result<(), String> {
     let mut attrs: Vec<(u32, String)> = Vec::new();
@@ -95,11 +100,9 @@ fn adjust(w: &mut Workload, request_attrs: &[String], slow_step: Option<&str>) -
                     request += 1;
                 }
                 depth += 1;
-                if let (Some((i, _)), Some(rest)) = (slow, name.strip_prefix("dit.step ")) {
-                    if rest.split('/').next().and_then(|x| x.trim().parse::<u64>().ok()) == Some(i) {
-                        depth_of_slow = Some(depth);
-                        in_slow_step += 1;
-                    }
+                if slow.is_some_and(|(i, _)| step_index(name) == Some(i)) {
+                    depth_of_slow = Some(depth);
+                    in_slow_step += 1;
                 }
             }
             Op::RangePop => {
@@ -185,9 +188,7 @@ fn main() -> ExitCode {
             .ops
             .iter()
             .enumerate()
-            .filter(|(_, op)| {
-                matches!(op, Op::RangePush(n) if n.strip_prefix("dit.step ").and_then(|r| r.split('/').next()).and_then(|i| i.trim().parse::<u64>().ok()) == Some(step))
-            })
+            .filter(|(_, op)| matches!(op, Op::RangePush(n) if step_index(n) == Some(step)))
             .map(|(i, _)| i)
             .collect();
         if at.is_empty() {
