@@ -18,6 +18,8 @@ use gpuspan_core::join::{build_trace, JoinOptions, ScopeTable};
 use gpuspan_core::scope::{InlineName, ScopeEvent};
 use gpuspan_core::spans::{SpanAssembler, SpanOptions};
 use gpuspan_cupti::decode::{decode_buffer, NameCache};
+use gpuspan_cupti::layouts::RecordLayouts;
+use gpuspan_cupti::activity::{KIND_CONCURRENT_KERNEL, KIND_DRIVER, KIND_EXTERNAL_CORRELATION};
 use std::mem::{offset_of, size_of};
 
 const KERNEL_NAMES: [&[u8]; 4] = [
@@ -36,9 +38,9 @@ unsafe extern "C" fn next_record(buf: *mut u8, valid: usize, rec: *mut *mut CUpt
         let cur = *rec as *mut u8;
         let kind = std::ptr::read_unaligned(cur as *const u32);
         let size = match kind {
-            10 => size_of::<CUpti_ActivityKernel9>(),
-            6 => size_of::<CUpti_ActivityAPI>(),
-            36 => size_of::<CUpti_ActivityExternalCorrelation>(),
+            KIND_CONCURRENT_KERNEL => size_of::<CUpti_ActivityKernel9>(),
+            KIND_DRIVER => size_of::<CUpti_ActivityAPI>(),
+            KIND_EXTERNAL_CORRELATION => size_of::<CUpti_ActivityExternalCorrelation>(),
             _ => return 21,
         };
         cur.offset_from(buf) as usize + size
@@ -65,20 +67,20 @@ fn recorded_buffer(n: usize) -> Vec<u8> {
     for i in 0..n {
         let corr = i as u32 + 1;
         type E = CUpti_ActivityExternalCorrelation;
-        put(&mut b, at, 36u32);
+        put(&mut b, at, KIND_EXTERNAL_CORRELATION);
         put(&mut b, at + offset_of!(E, externalKind), 5u32);
         put(&mut b, at + offset_of!(E, externalId), 2 + (i % 4) as u64);
         put(&mut b, at + offset_of!(E, correlationId), corr);
         at += size_of::<E>();
         type A = CUpti_ActivityAPI;
-        put(&mut b, at, 6u32);
+        put(&mut b, at, KIND_DRIVER);
         put(&mut b, at + offset_of!(A, cbid), 307u32);
         put(&mut b, at + offset_of!(A, start), 1_000 * i as u64);
         put(&mut b, at + offset_of!(A, end), 1_000 * i as u64 + 3_000);
         put(&mut b, at + offset_of!(A, correlationId), corr);
         at += size_of::<A>();
         type K = CUpti_ActivityKernel9;
-        put(&mut b, at, 10u32);
+        put(&mut b, at, KIND_CONCURRENT_KERNEL);
         put(&mut b, at + offset_of!(K, start), 5_000 + 1_000 * i as u64);
         put(&mut b, at + offset_of!(K, end), 5_900 + 1_000 * i as u64);
         put(&mut b, at + offset_of!(K, streamId), 7u32);
@@ -113,7 +115,7 @@ fn bench_decode_join(c: &mut Criterion) {
             let mut names = NameCache::default();
             let mut out = Vec::with_capacity(3 * N);
             // SAFETY: `buf` holds `valid` bytes of records in the layout `next_record` walks.
-            let st = unsafe { decode_buffer(next_record, buf.as_mut_ptr(), valid, &mut names, &mut out) };
+            let st = unsafe { decode_buffer(next_record, &RecordLayouts::cupti_12_9(), buf.as_mut_ptr(), valid, &mut names, &mut out) };
             assert_eq!(st.decoded as usize, 3 * N);
             black_box(out)
         })
@@ -123,7 +125,7 @@ fn bench_decode_join(c: &mut Criterion) {
             let mut names = NameCache::default();
             let mut out = Vec::with_capacity(3 * N);
             // SAFETY: as above.
-            unsafe { decode_buffer(next_record, buf.as_mut_ptr(), valid, &mut names, &mut out) };
+            unsafe { decode_buffer(next_record, &RecordLayouts::cupti_12_9(), buf.as_mut_ptr(), valid, &mut names, &mut out) };
             let mut cl = Classifier::default();
             let opts = JoinOptions { base_time_ns: 0, process_id: 1, include_api: true, trace_seed: None };
             let (trace, st) = build_trace(&out, &table, &mut cl, &opts);
@@ -162,7 +164,7 @@ fn bench_spans(c: &mut Criterion) {
             let mut names = NameCache::default();
             let mut out = Vec::with_capacity(3 * N);
             // SAFETY: `buf` holds `valid` bytes of records in the layout `next_record` walks.
-            unsafe { decode_buffer(next_record, buf.as_mut_ptr(), valid, &mut names, &mut out) };
+            unsafe { decode_buffer(next_record, &RecordLayouts::cupti_12_9(), buf.as_mut_ptr(), valid, &mut names, &mut out) };
             let mut cl = Classifier::default();
             let mut table = ScopeTable::new();
             let mut asm = SpanAssembler::new(SpanOptions { kernel_span_budget: u64::MAX, ..Default::default() });

@@ -5,6 +5,8 @@
 #           (they load without a GPU: layout checks, "real libcupti, no driver" test),
 #           and the OpenTelemetry Python SDK + OTLP/HTTP exporter (the Python worker test).
 #           HolisticTraceAnalysis 0.5.0 (the HTA comparison tests).
+#           The CUPTI headers of every release 12.0 … 13.5 (.venv/cupti-headers/, from the
+#           wheels; scripts/fetch-cupti-headers.sh): the record-layout table's test.
 #           NVRTC 12.9 + ptxas (nvidia-cuda-nvrtc-cu12, nvidia-cuda-nvcc-cu12): kernels/*.cu → sm_90 PTX,
 #           ptxas spill check.
 #   Debian  `prometheus` (prometheus + promtool: the scrape and exposition tests) and
@@ -44,6 +46,8 @@ if ! .venv/bin/python -c 'import importlib.metadata as m; [m.version(p) for p in
   touch kernels/*.cu
 fi
 export GPUSPAN_VENV="$PWD/.venv"
+# The headers of every CUPTI release the decoder knows (12.0 … 13.5), for the layout test.
+scripts/fetch-cupti-headers.sh .venv
 
 # Chrome DevTools' trace engine and playwright-core (npm; the waterfall page's browser test
 # drives Debian's chromium with it), pinned by tests/interop/package-lock.json.

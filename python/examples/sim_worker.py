@@ -29,6 +29,13 @@ context of the ``worker.request`` span. ``--traceparent TP`` (repeatable; reques
 r-th modulo their number) makes the worker span a child of TP, or, without a recording
 span, is passed to ``gpuspan.request`` directly. With neither, the agent starts a new trace.
 
+``--nvtx LIB`` annotates through NVIDIA's NVTX library at LIB (``libnvtx3interop.so.1`` of
+the ``nvidia-nvtx-cu12`` wheel) instead of ``gpuspan.py``, the way a worker that uses NVTX
+would, exercising every message form: the request with ``nvtxRangePushA``, each step with
+``nvtxRangePushW`` (wide), the stages with ``nvtxDomainRangePushEx`` in the ``gpuspan``
+domain (ASCII, wide and registered-string messages in turn), and, as NCCL does, a range in
+an ``NCCL`` domain around each step's first stage, pushed before it and popped inside it.
+
 Output: one line per request, ``request <r> trace_id=<32 hex or -> kernels=<k>``, then
 ``launched <n> kernels``.
 """
@@ -116,6 +123,95 @@ class Cuda:
         self.check("cuCtxSynchronize", self.lib.cuCtxSynchronize())
 
 
+class NvtxAttributes(ctypes.Structure):
+    """``nvtxEventAttributes_t`` v2 (nvToolsExt.h, 48 bytes)."""
+
+    _fields_ = [
+        ("version", ctypes.c_uint16),
+        ("size", ctypes.c_uint16),
+        ("category", ctypes.c_uint32),
+        ("colorType", ctypes.c_int32),
+        ("color", ctypes.c_uint32),
+        ("payloadType", ctypes.c_int32),
+        ("reserved0", ctypes.c_int32),
+        ("payload", ctypes.c_uint64),
+        ("messageType", ctypes.c_int32),
+        ("message", ctypes.c_void_p),
+    ]
+
+
+class Nvtx:
+    """Scopes announced through a real NVTX library (see the module docs)."""
+
+    ASCII, UNICODE, REGISTERED = 1, 2, 3
+
+    def __init__(self, path):
+        self.lib = ctypes.CDLL(path)
+        p = ctypes.c_void_p
+        for fn, args, res in (
+            ("nvtxRangePushA", (ctypes.c_char_p,), ctypes.c_int),
+            ("nvtxRangePushW", (ctypes.c_wchar_p,), ctypes.c_int),
+            ("nvtxRangePop", (), ctypes.c_int),
+            ("nvtxDomainCreateA", (ctypes.c_char_p,), p),
+            ("nvtxDomainCreateW", (ctypes.c_wchar_p,), p),
+            ("nvtxDomainRegisterStringA", (p, ctypes.c_char_p), p),
+            ("nvtxDomainRangePushEx", (p, ctypes.POINTER(NvtxAttributes)), ctypes.c_int),
+            ("nvtxDomainRangePop", (p,), ctypes.c_int),
+        ):
+            f = getattr(self.lib, fn)
+            f.argtypes = args
+            f.restype = res
+        self.domain = self.lib.nvtxDomainCreateW("gpuspan")
+        self.nccl = self.lib.nvtxDomainCreateA(b"NCCL")
+        self.keep = []
+        self.stages = 0
+
+    @contextlib.contextmanager
+    def request(self, traceparent=None, **attrs):
+        name = "gpuspan.request" + (f" {traceparent}" if traceparent else "")
+        name += "".join(f" {k}={v}" for k, v in attrs.items())
+        self.lib.nvtxRangePushA(name.encode())
+        try:
+            yield
+        finally:
+            self.lib.nvtxRangePop()
+
+    @contextlib.contextmanager
+    def step(self, index, count):
+        self.lib.nvtxRangePushW(f"dit.step {index}/{count}")
+        self.nccl_open = self._push(self.nccl, self.ASCII, b"ncclAllReduce")
+        try:
+            yield
+        finally:
+            self.lib.nvtxRangePop()
+
+    def _push(self, domain, kind, text):
+        a = NvtxAttributes(version=3, size=ctypes.sizeof(NvtxAttributes), messageType=kind)
+        if kind == self.UNICODE:
+            msg = ctypes.c_wchar_p(text)
+        elif kind == self.REGISTERED:
+            msg = ctypes.c_void_p(self.lib.nvtxDomainRegisterStringA(domain, text.encode()))
+        else:
+            msg = ctypes.c_char_p(text if isinstance(text, bytes) else text.encode())
+        self.keep.append(msg)
+        a.message = ctypes.cast(msg, ctypes.c_void_p)
+        return self.lib.nvtxDomainRangePushEx(domain, ctypes.byref(a))
+
+    @contextlib.contextmanager
+    def stage(self, name):
+        kind = (self.ASCII, self.UNICODE, self.REGISTERED)[self.stages % 3]
+        self.stages += 1
+        self._push(self.domain, kind, name)
+        if getattr(self, "nccl_open", None) is not None:
+            # NCCL's range ends inside our stage: it must not close the stage.
+            self.lib.nvtxDomainRangePop(self.nccl)
+            self.nccl_open = None
+        try:
+            yield
+        finally:
+            self.lib.nvtxDomainRangePop(self.domain)
+
+
 def setup_otel():
     """(tracer, propagator, provider): a real exporting tracer when the SDK and
     OTEL_EXPORTER_OTLP_ENDPOINT are there, the API's tracer when only the API is, else Nones."""
@@ -151,17 +247,18 @@ def current_trace_id():
     return f"{ctx.trace_id:032x}" if ctx.is_valid else None
 
 
-def run_request(cuda, steps):
-    """One request's GPU work inside the current gpuspan request scope; returns kernels launched."""
+def run_request(cuda, steps, api=gpuspan):
+    """One request's GPU work inside the current request scope; returns kernels launched.
+    ``api``: ``gpuspan`` or an ``Nvtx`` annotator."""
     before = cuda.launched
     for i in range(steps):
-        with gpuspan.step(i, steps):
+        with api.step(i, steps):
             for stage, kernel, n, ns in STEP_PLAN:
-                with gpuspan.stage(stage):
+                with api.stage(stage):
                     for _ in range(n):
                         cuda.launch(kernel, ns)
     stage, kernel, n, ns = VAE_PLAN
-    with gpuspan.stage(stage):
+    with api.stage(stage):
         for _ in range(n):
             cuda.launch(kernel, ns)
     cuda.synchronize()
@@ -182,7 +279,9 @@ def main(argv=None):
     ap.add_argument(
         "--name-stream", action="store_true", help="name the stream to gpuspan (gpuspan.use_streams) for coarse timing"
     )
+    ap.add_argument("--nvtx", metavar="LIB", help="annotate through this NVTX library instead of gpuspan.py")
     args = ap.parse_args(argv)
+    api = Nvtx(args.nvtx) if args.nvtx else gpuspan
 
     tracer, propagator, provider = setup_otel()
     cuda = Cuda(nonblocking=args.nonblocking)
@@ -200,8 +299,8 @@ def main(argv=None):
                 span_trace_id = current_trace_id()
                 # With a valid current span, gpuspan.request() takes its context (tracestate,
                 # baggage) itself; otherwise the explicit traceparent, if any, is passed.
-                with gpuspan.request(None if span_trace_id else tp, model="pyworker"):
-                    kernels = run_request(cuda, args.steps)
+                with api.request(None if span_trace_id else tp, model="pyworker"):
+                    kernels = run_request(cuda, args.steps, api)
                 trace_id = span_trace_id or (tp.split("-")[1] if tp and tp.count("-") == 3 else "-")
             print(f"request {r} trace_id={trace_id} kernels={kernels}", flush=True)
     finally:

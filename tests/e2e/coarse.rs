@@ -54,12 +54,13 @@ fn run_stdit_into(out: &std::path::Path, mode: Option<&str>, steps: u32, extra: 
     o
 }
 
-/// The worker's `sim cupti: …` line as (key → value).
+/// The worker's `sim cupti: …` line as (key → value), its counters (not `version=`).
 fn sim_cupti(o: &Output) -> BTreeMap<String, u64> {
     let stdout = String::from_utf8_lossy(&o.stdout);
     let line = stdout.lines().find(|l| l.starts_with("sim cupti:")).unwrap_or_else(|| panic!("no sim cupti line in {stdout}"));
     line["sim cupti:".len()..]
         .split_whitespace()
+        .filter(|kv| !kv.starts_with("version="))
         .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap();
             (k.to_string(), v.parse().unwrap())

@@ -49,3 +49,60 @@ fn dropped_records_are_counted_not_hidden() {
     let decoded_lossy = summary_arg(&lossy, "gpuspan.records_decoded");
     assert_eq!(decoded_lossy + dropped, decoded_full, "every record is either decoded or counted as dropped");
 }
+
+/// Fine-mode replays under the simulated CUPTI of 12.0 (Overhead records of 40 bytes, no
+/// `overheadData`), 12.3 (Overhead2), 12.4 (Overhead3, whose `overheadData` the agent must
+/// free), 12.9 and 13.0 / 13.5 (longer kernel records) give the same `gpuspan stats --json`,
+/// with glibc checking every free (`MALLOC_CHECK_=3` aborts on a bad one: reading
+/// `overheadData` from a 12.0–12.3 record frees the next record's bytes).
+#[test]
+fn every_cupti_release_gives_the_same_stats() {
+    let mut reference: Option<(String, serde_json::Value)> = None;
+    for version in ["12.0", "12.3", "12.4", "12.9", "13.0", "13.5"] {
+        let out = tempfile::tempdir().unwrap();
+        let mut c = gpuspan();
+        c.args(["run", "--mode", "fine", "--sim", "--out"])
+            .arg(out.path())
+            .arg("--")
+            .arg(artifact("gpuspan-replay"))
+            .args(["stdit", "--steps", "2", "--requests", "2"])
+            .env("GPUSPAN_SIM_CUPTI_VERSION", version)
+            .env("MALLOC_CHECK_", "3");
+        let o = output(&mut c);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "CUPTI {version}: {stdout}\n{stderr}");
+        assert!(stdout.contains(&format!("sim cupti: version={version} ")), "CUPTI {version}: {stdout}");
+        let capture = out.path().join("capture.json.gz");
+        let t = gpuspan_export::read_trace(&capture).expect("capture");
+        let want_api = gpuspan_cupti::layouts::release_named(version).unwrap().api_version as u64;
+        assert_eq!(summary_arg(&t, "gpuspan.cupti_version"), want_api, "CUPTI {version}");
+        let so = output(gpuspan().args(["stats", "--json"]).arg(&capture));
+        assert!(so.status.success());
+        let mut stats: serde_json::Value = serde_json::from_slice(&so.stdout).unwrap();
+        stats.as_object_mut().unwrap().remove("source");
+        assert!(stats["kernel_count"].as_u64().unwrap() > 0);
+        match &reference {
+            None => reference = Some((version.to_string(), stats)),
+            Some((v0, s0)) => assert_eq!(&stats, s0, "stats under CUPTI {version} differ from CUPTI {v0}"),
+        }
+    }
+}
+
+/// An unknown simulated CUPTI version is an error, not a silent default.
+#[test]
+fn unknown_simulated_cupti_version_is_an_error() {
+    let out = tempfile::tempdir().unwrap();
+    let o = output(
+        gpuspan()
+            .args(["run", "--mode", "fine", "--sim", "--out"])
+            .arg(out.path())
+            .arg("--")
+            .arg(artifact("gpuspan-replay"))
+            .args(["stdit", "--steps", "1"])
+            .env("GPUSPAN_SIM_CUPTI_VERSION", "12.7"),
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "12.7 does not exist");
+    assert!(stderr.contains("GPUSPAN_SIM_CUPTI_VERSION=\"12.7\""), "{stderr}");
+}

@@ -12,6 +12,7 @@ mod demo;
 mod diff;
 mod faults;
 mod inject;
+mod nvtx;
 mod interop;
 mod otlp;
 mod otlp_outage;

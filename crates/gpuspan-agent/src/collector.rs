@@ -256,11 +256,13 @@ impl Collector {
             self.feed_times();
         }
         let next = a.api.get_next_record_fn();
+        let layouts = a.api.layouts();
         while let Some((addr, valid)) = a.completed_queue.pop() {
             let before = self.records.len();
             // SAFETY: `addr` is a pool buffer CUPTI completed with `valid` bytes of records
-            // laid out by the CUPTI whose GetNextRecord we pass; nobody else touches it now.
-            let st = unsafe { decode_buffer(next, addr as *mut u8, valid, &mut self.names, &mut self.records) };
+            // laid out by the CUPTI whose GetNextRecord and layouts we pass; nobody else
+            // touches it now.
+            let st = unsafe { decode_buffer(next, &layouts, addr as *mut u8, valid, &mut self.names, &mut self.records) };
             // SAFETY: decoded; the buffer goes back to the pool exactly once.
             unsafe { a.pool.give_back(RawBuffer(addr)) };
             // Coarse mode's spans come from scope intervals; its records (fine windows) only
@@ -367,6 +369,7 @@ fn run() {
             }
         }
         report_coarse_fallbacks(a);
+        report_foreign_buffers(a);
         // Flushing CUPTI happens without the collector lock (see the module docs).
         if a.windows.ready_to_close() {
             a.windows.close(a, false);
@@ -415,6 +418,18 @@ pub fn prune_records_before(records: &mut Vec<ActivityRecord>, cutoff_ns: u64) {
         Some(t) => t >= cutoff_ns,
         None => r.correlation_id() >= min_corr,
     });
+}
+
+/// One warning the first time another CUPTI activity client's buffer reached our completion
+/// callback (the callback only counts and leaves it alone).
+fn report_foreign_buffers(a: &Agent) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let n = a.counters.foreign_buffers.load(Ordering::Relaxed);
+    if n > 0 && !WARNED.swap(true, Ordering::Relaxed) {
+        crate::log::warn(&format!(
+            "{n} CUPTI activity buffer(s) lent by another activity client (torch.profiler / Kineto?) reached gpuspan's completion callback; left untouched, their records are that client's to lose"
+        ));
+    }
 }
 
 /// One warning the first time coarse timing had to fall back to CPU times (the hot path

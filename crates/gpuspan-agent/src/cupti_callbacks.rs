@@ -42,8 +42,12 @@ pub unsafe extern "C" fn buffer_requested(buffer: *mut *mut u8, size: *mut usize
 /// If the queue were full (it is sized above the pool, so only with overflow buffers) the
 /// buffer is returned unread and counted.
 ///
+/// A buffer our pool did not lend (another activity client's, lent before we registered
+/// these callbacks: CUPTI's buffer callbacks are one per process) is counted in
+/// `foreign_buffers` and left alone: not read, zeroed, recycled or freed.
+///
 /// # Safety
-/// Called by CUPTI with a buffer it got from [`buffer_requested`].
+/// Called by CUPTI with a buffer it got from a buffer-requested callback, ours or not.
 pub unsafe extern "C" fn buffer_completed(
     _ctx: *mut std::ffi::c_void,
     _stream_id: u32,
@@ -54,6 +58,10 @@ pub unsafe extern "C" fn buffer_completed(
     let _ = std::panic::catch_unwind(|| {
         let Some(a) = agent() else { return };
         if buffer.is_null() {
+            return;
+        }
+        if !a.pool.owns(buffer as usize) {
+            a.counters.foreign_buffers.fetch_add(1, Ordering::Relaxed);
             return;
         }
         if a.completed_queue.push((buffer as usize, valid_bytes)).is_err() {

@@ -8,29 +8,45 @@
 //! when none were named) and queues a mark ([`crate::coarse::mark`]); while CUPTI collects
 //! it pushes the scope id as a CUPTI external correlation id (kind CUSTOM2), and pops it
 //! at the end only if it pushed it.
+//!
+//! NVTX nesting is per thread *per domain*: each domain keeps its own count of open ranges,
+//! only scope domains ([`crate::nvtx_domains`]: the default one, `gpuspan`,
+//! `GPUSPAN_NVTX_DOMAINS`) open scopes, and a pop closes the innermost range of its own
+//! domain, so NCCL's ranges can neither open nor close ours. ASCII, wide (`W`) and
+//! registered-string messages all name scopes.
 
 use crate::coarse::mark::{record_boundary, MAX_SCOPE_STREAMS};
 use crate::state::{agent, Agent};
 use gpuspan_core::activity::GPUSPAN_EXTERNAL_KIND;
 use gpuspan_cupti::events::Stream;
-use gpuspan_core::scope::{InlineName, ScopeEvent, ScopeId};
-use gpuspan_cupti::nvtx::{ascii_message, EventAttributes};
+use crate::nvtx_domains::{self, is_scope_domain, DOMAIN_SLOTS};
+use gpuspan_core::scope::{InlineName, ScopeEvent, ScopeId, INLINE_NAME_CAP};
+use gpuspan_cupti::nvtx::{message_text, wide_to_utf8, EventAttributes, WChar};
 use std::cell::Cell;
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::atomic::Ordering;
 
-/// Deepest nesting tracked per thread; deeper ranges are counted for the NVTX return value
-/// but not turned into scopes.
+/// Deepest nesting of scopes tracked per thread (all scope domains together); deeper ranges
+/// are counted (`nvtx_ranges_too_deep`) and keep NVTX's return values right, but open no
+/// scope.
 pub const MAX_DEPTH: usize = 64;
 
 /// Value NVTX returns for push/pop when not tracked (`NVTX_NO_PUSH_POP_TRACKING`, nvtxImplCore.h).
 pub const NO_PUSH_POP_TRACKING: i32 = -2;
 
 struct ThreadScopes {
+    /// Entries on the scope stack (at most [`MAX_DEPTH`]).
     depth: Cell<usize>,
     ids: [Cell<ScopeId>; MAX_DEPTH],
+    /// NVTX domain slot of each entry ([`crate::nvtx_domains`]).
+    domains: [Cell<u8>; MAX_DEPTH],
     /// `launches` when each open scope began.
     launch_base: [Cell<u64>; MAX_DEPTH],
+    /// Open ranges per NVTX domain slot (NVTX push / pop nesting is per thread per domain,
+    /// `nvToolsExt.h`), scopes or not: the push / pop return values.
+    open: [Cell<u32>; DOMAIN_SLOTS],
+    /// Of a scope domain's open ranges, those pushed beyond [`MAX_DEPTH`] (no scope).
+    too_deep: [Cell<u32>; DOMAIN_SLOTS],
     tid: Cell<u32>,
     /// Successful calls of this thread that make one GPU record each (counted on EXIT by
     /// [`api_callback`]).
@@ -51,7 +67,10 @@ thread_local! {
         ThreadScopes {
             depth: Cell::new(0),
             ids: [const { Cell::new(0) }; MAX_DEPTH],
+            domains: [const { Cell::new(0) }; MAX_DEPTH],
             launch_base: [const { Cell::new(0) }; MAX_DEPTH],
+            open: [const { Cell::new(0) }; DOMAIN_SLOTS],
+            too_deep: [const { Cell::new(0) }; DOMAIN_SLOTS],
             tid: Cell::new(0),
             launches: Cell::new(0),
             runtime_depth: Cell::new(0),
@@ -146,22 +165,39 @@ fn thread_streams(t: &ThreadScopes) -> ([Stream; MAX_SCOPE_STREAMS], usize) {
     (out, n)
 }
 
-/// Opens a scope named `name` on this thread. Returns the 0-based nesting level of the new
-/// range (NVTX's `nvtxRangePush*` contract), or [`NO_PUSH_POP_TRACKING`] when inactive.
+/// Opens a scope named `name` on this thread, in the default NVTX domain (the C / Rust /
+/// Python API and `nvtxRangePush*`). Returns the 0-based nesting level of the new range
+/// (NVTX's `nvtxRangePush*` contract), or [`NO_PUSH_POP_TRACKING`] when inactive.
 pub fn scope_begin(name: &[u8]) -> i32 {
+    range_begin(0, name)
+}
+
+/// A range push in NVTX domain `slot` ([`crate::nvtx_domains`]): a scope when the domain is a
+/// scope domain and the stack has room, otherwise only counted for the return value. Returns
+/// the range's 0-based level within its domain, or [`NO_PUSH_POP_TRACKING`] when inactive.
+pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
     let Some(a) = agent() else { return NO_PUSH_POP_TRACKING };
     if !a.collecting.load(Ordering::Relaxed) {
         return NO_PUSH_POP_TRACKING;
     }
+    let slot = slot.min(DOMAIN_SLOTS - 1);
     SCOPES.with(|t| {
-        let depth = t.depth.get();
-        t.depth.set(depth + 1);
-        if depth >= MAX_DEPTH {
-            return depth as i32;
+        let level = t.open[slot].get();
+        t.open[slot].set(level.saturating_add(1));
+        if !is_scope_domain(slot) {
+            return level as i32;
         }
+        let depth = t.depth.get();
+        if depth >= MAX_DEPTH {
+            t.too_deep[slot].set(t.too_deep[slot].get() + 1);
+            a.counters.nvtx_ranges_too_deep.fetch_add(1, Ordering::Relaxed);
+            return level as i32;
+        }
+        t.depth.set(depth + 1);
         let parent = if depth == 0 { 0 } else { t.ids[depth - 1].get() };
         let id = a.next_scope_id.fetch_add(1, Ordering::Relaxed);
         t.ids[depth].set(id);
+        t.domains[depth].set(slot as u8);
         t.launch_base[depth].set(t.launches.get());
         let pushed = a.fine_on.load(Ordering::Relaxed);
         t.pushed[depth].set(pushed);
@@ -170,7 +206,7 @@ pub fn scope_begin(name: &[u8]) -> i32 {
             let (streams, n) = thread_streams(t);
             record_boundary(c, id, parent, false, ts_ns, &streams[..n]);
         }
-        depth as i32
+        level as i32
     })
 }
 
@@ -188,32 +224,60 @@ fn begin_event(a: &Agent, id: ScopeId, parent: ScopeId, thread_id: u32, name: &[
     ts_ns
 }
 
-/// Closes the innermost scope of this thread. Returns the nesting level of the closed range,
-/// or [`NO_PUSH_POP_TRACKING`] when inactive or nothing is open.
+/// Closes the innermost scope of this thread in the default NVTX domain. Returns the
+/// nesting level of the closed range, or [`NO_PUSH_POP_TRACKING`] when inactive or nothing
+/// is open.
 pub fn scope_end() -> i32 {
+    range_end(0)
+}
+
+/// A range pop in NVTX domain `slot`: closes that domain's innermost range (a pop in another
+/// domain never closes it). When the range is a scope that is not the innermost one of the
+/// thread (scope domains interleaved), it is taken out of the middle of the stack. Returns
+/// the closed range's level within its domain, or [`NO_PUSH_POP_TRACKING`].
+pub fn range_end(slot: usize) -> i32 {
     let Some(a) = agent() else { return NO_PUSH_POP_TRACKING };
+    let slot = slot.min(DOMAIN_SLOTS - 1);
     SCOPES.with(|t| {
-        let depth = t.depth.get();
-        if depth == 0 {
+        let open = t.open[slot].get();
+        if open == 0 {
             return NO_PUSH_POP_TRACKING;
         }
+        t.open[slot].set(open - 1);
+        let level = (open - 1) as i32;
+        if !is_scope_domain(slot) {
+            return level;
+        }
+        if t.too_deep[slot].get() > 0 {
+            t.too_deep[slot].set(t.too_deep[slot].get() - 1);
+            return level;
+        }
+        let depth = t.depth.get();
+        let Some(pos) = (0..depth).rev().find(|&i| t.domains[i].get() as usize == slot) else {
+            return level;
+        };
+        let id = t.ids[pos].get();
+        let pushed = t.pushed[pos].get();
+        let launch_base = t.launch_base[pos].get();
+        for i in pos..depth - 1 {
+            t.ids[i].set(t.ids[i + 1].get());
+            t.domains[i].set(t.domains[i + 1].get());
+            t.launch_base[i].set(t.launch_base[i + 1].get());
+            t.pushed[i].set(t.pushed[i + 1].get());
+        }
         t.depth.set(depth - 1);
-        let level = depth - 1;
-        if level >= MAX_DEPTH {
-            return level as i32;
-        }
-        let id = t.ids[level].get();
+        t.ids[depth - 1].set(0);
+        t.pushed[depth - 1].set(false);
         if id == 0 {
-            return level as i32;
+            return level;
         }
-        t.ids[level].set(0);
-        if t.pushed[level].replace(false) {
+        if pushed {
             let _ = a.api.pop_external_correlation(GPUSPAN_EXTERNAL_KIND);
         }
         let launches = a
             .counting_launches
             .load(Ordering::Relaxed)
-            .then(|| (t.launches.get() - t.launch_base[level].get()).min(u32::MAX as u64) as u32);
+            .then(|| (t.launches.get() - launch_base).min(u32::MAX as u64) as u32);
         let ts_ns = a.api.timestamp_ns();
         let ev = ScopeEvent::End { id, ts_ns, launches };
         if a.scope_queue.push(ev).is_err() {
@@ -223,7 +287,7 @@ pub fn scope_end() -> i32 {
             let (streams, n) = thread_streams(t);
             record_boundary(c, id, 0, true, ts_ns, &streams[..n]);
         }
-        level as i32
+        level
     })
 }
 
@@ -242,17 +306,28 @@ pub unsafe extern "C" fn range_push_a(msg: *const c_char) -> i32 {
     .unwrap_or(NO_PUSH_POP_TRACKING)
 }
 
-/// `nvtxRangePushEx` hook (ASCII messages; others become an unnamed scope).
+/// `nvtxRangePushW` hook: the wide name converted to UTF-8 on the stack.
+///
+/// # Safety
+/// `msg` is NULL or a NUL-terminated `wchar_t` string (NVTX contract).
+pub unsafe extern "C" fn range_push_w(msg: *const WChar) -> i32 {
+    std::panic::catch_unwind(|| {
+        let mut buf = [0u8; INLINE_NAME_CAP];
+        // SAFETY: NVTX passes NULL or a NUL-terminated wide string.
+        let n = unsafe { wide_to_utf8(msg, &mut buf) };
+        range_begin(0, &buf[..n])
+    })
+    .unwrap_or(NO_PUSH_POP_TRACKING)
+}
+
+/// `nvtxRangePushEx` hook (ASCII, wide or registered messages; others become an unnamed
+/// scope).
 ///
 /// # Safety
 /// `attr` is NULL or a valid `nvtxEventAttributes_t` (NVTX contract).
 pub unsafe extern "C" fn range_push_ex(attr: *const EventAttributes) -> i32 {
-    std::panic::catch_unwind(|| {
-        // SAFETY: NVTX contract on `attr`.
-        let name = unsafe { ascii_message(attr) }.unwrap_or(b"");
-        scope_begin(name)
-    })
-    .unwrap_or(NO_PUSH_POP_TRACKING)
+    // SAFETY: NVTX contract on `attr`; NULL is the default domain.
+    unsafe { domain_range_push_ex(std::ptr::null_mut(), attr) }
 }
 
 /// `nvtxRangePop` hook.
@@ -260,25 +335,90 @@ pub unsafe extern "C" fn range_push_ex(attr: *const EventAttributes) -> i32 {
 /// # Safety
 /// None beyond being called by NVTX.
 pub unsafe extern "C" fn range_pop() -> i32 {
-    std::panic::catch_unwind(scope_end).unwrap_or(NO_PUSH_POP_TRACKING)
+    std::panic::catch_unwind(|| range_end(0)).unwrap_or(NO_PUSH_POP_TRACKING)
 }
 
-/// `nvtxDomainRangePushEx` hook (the domain is ignored: scopes are named by message).
+/// `nvtxDomainRangePushEx` hook: a scope in a scope domain ([`crate::nvtx_domains`]),
+/// only counted in any other (NCCL's, a library's).
 ///
 /// # Safety
-/// `attr` is NULL or a valid `nvtxEventAttributes_t`.
-pub unsafe extern "C" fn domain_range_push_ex(_domain: *mut c_void, attr: *const EventAttributes) -> i32 {
-    // SAFETY: forwarded contract.
-    unsafe { range_push_ex(attr) }
+/// `domain` is NULL or a handle from [`domain_create_a`] / [`domain_create_w`]; `attr` is
+/// NULL or a valid `nvtxEventAttributes_t`.
+pub unsafe extern "C" fn domain_range_push_ex(domain: *mut c_void, attr: *const EventAttributes) -> i32 {
+    std::panic::catch_unwind(|| {
+        let slot = nvtx_domains::slot_of(domain as usize);
+        let mut buf = [0u8; INLINE_NAME_CAP];
+        // SAFETY: NVTX contract on `attr`; messages are read into `buf` or borrowed.
+        let name = if nvtx_domains::is_scope_domain(slot) { unsafe { message_text(attr, &mut buf) } } else { None };
+        range_begin(slot, name.unwrap_or(b""))
+    })
+    .unwrap_or(NO_PUSH_POP_TRACKING)
 }
 
-/// `nvtxDomainRangePop` hook.
+/// `nvtxDomainRangePop` hook: closes the innermost range of that domain only.
 ///
 /// # Safety
 /// None beyond being called by NVTX.
-pub unsafe extern "C" fn domain_range_pop(_domain: *mut c_void) -> i32 {
-    // SAFETY: no arguments used.
-    unsafe { range_pop() }
+pub unsafe extern "C" fn domain_range_pop(domain: *mut c_void) -> i32 {
+    std::panic::catch_unwind(|| range_end(nvtx_domains::slot_of(domain as usize))).unwrap_or(NO_PUSH_POP_TRACKING)
+}
+
+/// `nvtxDomainCreateA` hook: a small-integer handle ([`crate::nvtx_domains::create`]).
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+pub unsafe extern "C" fn domain_create_a(name: *const c_char) -> *mut c_void {
+    std::panic::catch_unwind(|| {
+        // SAFETY: NVTX contract: NUL-terminated or NULL.
+        let n = if name.is_null() { Default::default() } else { unsafe { CStr::from_ptr(name) }.to_string_lossy() };
+        nvtx_domains::create(&n) as *mut c_void
+    })
+    .unwrap_or(nvtx_domains::OVERFLOW_SLOT as *mut c_void)
+}
+
+/// `nvtxDomainCreateW` hook.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated wide string.
+pub unsafe extern "C" fn domain_create_w(name: *const WChar) -> *mut c_void {
+    std::panic::catch_unwind(|| {
+        let mut buf = [0u8; INLINE_NAME_CAP];
+        // SAFETY: NVTX contract.
+        let n = unsafe { wide_to_utf8(name, &mut buf) };
+        nvtx_domains::create(&String::from_utf8_lossy(&buf[..n])) as *mut c_void
+    })
+    .unwrap_or(nvtx_domains::OVERFLOW_SLOT as *mut c_void)
+}
+
+/// `nvtxDomainRegisterStringA` hook: the handle is a leaked UTF-8 copy's address.
+///
+/// # Safety
+/// `s` is NULL or a NUL-terminated string.
+pub unsafe extern "C" fn domain_register_string_a(_domain: *mut c_void, s: *const c_char) -> *const c_void {
+    std::panic::catch_unwind(|| {
+        if s.is_null() {
+            return std::ptr::null();
+        }
+        // SAFETY: NVTX contract: NUL-terminated.
+        let text = unsafe { CStr::from_ptr(s) }.to_string_lossy();
+        nvtx_domains::register_string(&text).map_or(std::ptr::null(), |c| c.as_ptr() as *const c_void)
+    })
+    .unwrap_or(std::ptr::null())
+}
+
+/// `nvtxDomainRegisterStringW` hook.
+///
+/// # Safety
+/// `s` is NULL or a NUL-terminated wide string.
+pub unsafe extern "C" fn domain_register_string_w(_domain: *mut c_void, s: *const WChar) -> *const c_void {
+    std::panic::catch_unwind(|| {
+        let mut buf = [0u8; INLINE_NAME_CAP];
+        // SAFETY: NVTX contract.
+        let n = unsafe { wide_to_utf8(s, &mut buf) };
+        nvtx_domains::register_string(&String::from_utf8_lossy(&buf[..n]))
+            .map_or(std::ptr::null(), |c| c.as_ptr() as *const c_void)
+    })
+    .unwrap_or(std::ptr::null())
 }
 
 /// The hook table installed into every NVTX instance.
@@ -289,5 +429,10 @@ pub fn nvtx_hooks() -> gpuspan_cupti::nvtx::Hooks {
         range_pop,
         domain_range_push_ex,
         domain_range_pop,
+        range_push_w,
+        domain_create_a,
+        domain_create_w,
+        domain_register_string_a,
+        domain_register_string_w,
     }
 }

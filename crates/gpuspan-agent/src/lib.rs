@@ -40,6 +40,7 @@ pub mod cupti_callbacks;
 pub mod entry;
 pub mod hooks;
 pub mod log;
+pub mod nvtx_domains;
 pub mod nvml;
 pub mod state;
 pub mod telemetry;

@@ -23,6 +23,10 @@ pub struct Counters {
     pub scope_events_dropped: AtomicU64,
     /// Completed buffers dropped because the completed queue was full.
     pub buffers_dropped: AtomicU64,
+    /// NVTX ranges of scope domains pushed beyond the per-thread stack (`hooks::MAX_DEPTH`).
+    pub nvtx_ranges_too_deep: AtomicU64,
+    /// Completed buffers our pool did not lend (another CUPTI activity client's), left alone.
+    pub foreign_buffers: AtomicU64,
     /// Records CUPTI reported dropped (`cuptiActivityGetNumDroppedRecords`).
     pub cupti_records_dropped: AtomicU64,
     /// Records dropped because the capture reached `max_records`.

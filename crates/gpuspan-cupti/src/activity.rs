@@ -7,22 +7,26 @@ use crate::error::{check, CuptiError, CUPTI_ERROR_QUEUE_EMPTY};
 use crate::symbols::{BufferCompletedFn, BufferRequestedFn, CuptiSymbols};
 use std::ffi::c_void;
 
-/// `CUPTI_ACTIVITY_KIND_MEMCPY`.
-pub const KIND_MEMCPY: u32 = 1;
-/// `CUPTI_ACTIVITY_KIND_MEMSET`.
-pub const KIND_MEMSET: u32 = 2;
-/// `CUPTI_ACTIVITY_KIND_KERNEL` (serialises kernels; we use CONCURRENT_KERNEL).
-pub const KIND_KERNEL: u32 = 3;
-/// `CUPTI_ACTIVITY_KIND_OVERHEAD`.
-pub const KIND_OVERHEAD: u32 = 5;
-/// `CUPTI_ACTIVITY_KIND_DRIVER`.
-pub const KIND_DRIVER: u32 = 6;
-/// `CUPTI_ACTIVITY_KIND_RUNTIME`.
-pub const KIND_RUNTIME: u32 = 7;
-/// `CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL`.
-pub const KIND_CONCURRENT_KERNEL: u32 = 10;
-/// `CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION`.
-pub const KIND_EXTERNAL_CORRELATION: u32 = 36;
+use cudarc::cupti::sys::CUpti_ActivityKind as K;
+
+/// `CUPTI_ACTIVITY_KIND_MEMCPY` (1). Every kind value comes from cudarc's bindgen of
+/// `cupti_activity.h` and is checked against the 12.x / 13.x wheel headers
+/// (`tests/header_layout.rs`).
+pub const KIND_MEMCPY: u32 = K::CUPTI_ACTIVITY_KIND_MEMCPY as u32;
+/// `CUPTI_ACTIVITY_KIND_MEMSET` (2).
+pub const KIND_MEMSET: u32 = K::CUPTI_ACTIVITY_KIND_MEMSET as u32;
+/// `CUPTI_ACTIVITY_KIND_KERNEL` (3; serialises kernels; we use CONCURRENT_KERNEL).
+pub const KIND_KERNEL: u32 = K::CUPTI_ACTIVITY_KIND_KERNEL as u32;
+/// `CUPTI_ACTIVITY_KIND_DRIVER` (4).
+pub const KIND_DRIVER: u32 = K::CUPTI_ACTIVITY_KIND_DRIVER as u32;
+/// `CUPTI_ACTIVITY_KIND_RUNTIME` (5).
+pub const KIND_RUNTIME: u32 = K::CUPTI_ACTIVITY_KIND_RUNTIME as u32;
+/// `CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL` (10).
+pub const KIND_CONCURRENT_KERNEL: u32 = K::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL as u32;
+/// `CUPTI_ACTIVITY_KIND_OVERHEAD` (17).
+pub const KIND_OVERHEAD: u32 = K::CUPTI_ACTIVITY_KIND_OVERHEAD as u32;
+/// `CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION` (39).
+pub const KIND_EXTERNAL_CORRELATION: u32 = K::CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION as u32;
 
 /// The kinds fine mode enables (DESIGN.md "Collection modes"): kernels, memcpy, memset,
 /// driver + runtime API (external correlation needs both, CUPTI-NOTES §2), external
@@ -60,6 +64,7 @@ unsafe impl Sync for Subscriber {}
 pub struct ActivityApi {
     syms: CuptiSymbols,
     version: u32,
+    layouts: crate::layouts::RecordLayouts,
 }
 
 unsafe extern "C" fn noop_callback(_: *mut c_void, _: u32, _: u32, _: *const c_void) {}
@@ -127,14 +132,23 @@ pub unsafe fn callback_site_and_result(data: *const c_void) -> Option<(u32, Opti
 
 impl ActivityApi {
     /// Loads CUPTI and reads its API version (`cuptiGetVersion`: 28 for 12.9, 130500 for
-    /// 13.5). Errors: library or symbol missing, or `cuptiGetVersion` failing (CUPTI 13
-    /// without a driver returns 999 for everything).
+    /// 13.5), which picks the record layouts the decoder reads ([`crate::layouts`]).
+    /// Errors: library or symbol missing, `cuptiGetVersion` failing (CUPTI 13 without a
+    /// driver returns 999 for everything), or a CUPTI older than 12.0
+    /// ([`CuptiError::Unsupported`]).
     pub fn load() -> Result<ActivityApi, CuptiError> {
         let syms = CuptiSymbols::load()?;
         let mut version = 0u32;
         // SAFETY: valid out-pointer to a u32, the documented signature.
         check("cuptiGetVersion", unsafe { (syms.get_version)(&mut version) })?;
-        Ok(ActivityApi { syms, version })
+        let layouts = crate::layouts::RecordLayouts::for_api_version(version)
+            .map_err(|why| CuptiError::Unsupported(format!("{why} ({})", syms.loaded_from)))?;
+        Ok(ActivityApi { syms, version, layouts })
+    }
+
+    /// The record layouts of the loaded CUPTI, for [`crate::decode::decode_buffer`].
+    pub fn layouts(&self) -> crate::layouts::RecordLayouts {
+        self.layouts
     }
 
     /// The CUPTI API version.
@@ -182,8 +196,12 @@ impl ActivityApi {
     /// `RUNTIME_GPU_WORK_CBIDS` in the RUNTIME domain), so the agent can count launches per
     /// scope. On an error the callbacks enabled so far are disabled again.
     pub fn enable_launch_callbacks(&self, s: &Subscriber) -> Result<(), CuptiError> {
-        use gpuspan_core::spans::{DRIVER_GPU_WORK_CBIDS, RUNTIME_GPU_WORK_CBIDS};
-        self.enable_callbacks(s, &DRIVER_GPU_WORK_CBIDS, &RUNTIME_GPU_WORK_CBIDS)
+        use gpuspan_core::spans::{DRIVER_GPU_WORK_CBIDS, RUNTIME_GPU_WORK_CBIDS, RUNTIME_GPU_WORK_CBIDS_13};
+        let mut runtime = RUNTIME_GPU_WORK_CBIDS.to_vec();
+        if self.is_cupti13() {
+            runtime.extend(RUNTIME_GPU_WORK_CBIDS_13);
+        }
+        self.enable_callbacks(s, &DRIVER_GPU_WORK_CBIDS, &runtime)
     }
 
     /// Also enables the API callbacks of the allocation calls ([`DRIVER_ALLOC_CBIDS`],

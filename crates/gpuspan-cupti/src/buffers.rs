@@ -10,6 +10,12 @@
 //!
 //! Buffers are 8-byte aligned (`ACTIVITY_RECORD_ALIGNMENT`, `cupti_common.h`) and handed out
 //! zeroed.
+//!
+//! The pool remembers the address of every buffer it allocated ([`BufferPool::owns`]), in a
+//! fixed table of atomics. CUPTI's buffer callbacks are process-wide: when another activity
+//! client (Kineto under torch.profiler, an older gpuspan) registered its callbacks before
+//! ours, its outstanding buffers come back through our completion callback. Such a buffer is
+//! not ours to zero, recycle or free; the agent counts it and leaves it alone.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -31,7 +37,14 @@ pub struct BufferPool {
     allocated: AtomicUsize,
     declined: AtomicU64,
     overflow: AtomicU64,
+    /// Addresses of every buffer currently allocated by this pool (0 = empty slot);
+    /// `max_buffers + OVERFLOW_SLOTS` slots.
+    lent: Box<[AtomicUsize]>,
 }
+
+/// Overflow buffers (CUPTI < API 27, which must not be declined) the ownership table can
+/// hold beyond `max_buffers`; past that a request is declined after all and counted.
+pub const OVERFLOW_SLOTS: usize = 64;
 
 impl BufferPool {
     /// A pool of at most `max_buffers` buffers of `buffer_bytes` each (allocated lazily).
@@ -39,12 +52,33 @@ impl BufferPool {
     pub fn new(buffer_bytes: usize, max_buffers: usize) -> BufferPool {
         let max_buffers = max_buffers.max(1);
         BufferPool {
-            free: crossbeam_queue::ArrayQueue::new(max_buffers + 64),
+            free: crossbeam_queue::ArrayQueue::new(max_buffers + OVERFLOW_SLOTS),
             buffer_bytes: buffer_bytes.max(64) & !(BUFFER_ALIGN - 1),
             max_buffers,
             allocated: AtomicUsize::new(0),
             declined: AtomicU64::new(0),
             overflow: AtomicU64::new(0),
+            lent: (0..max_buffers + OVERFLOW_SLOTS).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    /// Whether `addr` is the start of a buffer this pool allocated and has not freed: the
+    /// check the completion callback makes before treating a buffer as ours. Lock-free, a
+    /// scan of at most `max_buffers + OVERFLOW_SLOTS` atomics.
+    pub fn owns(&self, addr: usize) -> bool {
+        addr != 0 && self.lent.iter().any(|s| s.load(Ordering::Acquire) == addr)
+    }
+
+    /// Records `addr` in a free slot of the ownership table; false when the table is full.
+    fn remember(&self, addr: usize) -> bool {
+        self.lent
+            .iter()
+            .any(|s| s.compare_exchange(0, addr, Ordering::AcqRel, Ordering::Relaxed).is_ok())
+    }
+
+    fn forget(&self, addr: usize) {
+        if let Some(s) = self.lent.iter().find(|s| s.load(Ordering::Acquire) == addr) {
+            s.store(0, Ordering::Release);
         }
     }
 
@@ -80,6 +114,14 @@ impl BufferPool {
             self.declined.fetch_add(1, Ordering::Relaxed);
             return None;
         }
+        if !self.remember(p as usize) {
+            // More overflow buffers than the table holds: decline after all.
+            // SAFETY: just allocated with this layout, never handed out.
+            unsafe { dealloc(p, self.layout()) };
+            self.allocated.fetch_sub(1, Ordering::Relaxed);
+            self.declined.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         Some(RawBuffer(p as usize))
     }
 
@@ -92,6 +134,7 @@ impl BufferPool {
         // SAFETY: caller contract: `b` is one of our buffers of `buffer_bytes` bytes.
         unsafe { std::ptr::write_bytes(b.0 as *mut u8, 0, self.buffer_bytes) };
         if let Err(addr) = self.free.push(b.0) {
+            self.forget(addr);
             self.allocated.fetch_sub(1, Ordering::Relaxed);
             // SAFETY: allocated by `take` with this layout and not referenced any more.
             unsafe { dealloc(addr as *mut u8, self.layout()) };
@@ -136,11 +179,41 @@ mod tests {
         assert_eq!(unsafe { *(c.0 as *const u8) }, 0, "reused buffer is zeroed");
         let d = pool.take(false).unwrap();
         assert_eq!(pool.overflow(), 1);
+        for own in [b, c, d] {
+            assert!(pool.owns(own.0));
+        }
         // SAFETY: all from this pool, unused after.
         unsafe {
             pool.give_back(b);
             pool.give_back(c);
             pool.give_back(d);
+        }
+    }
+
+    #[test]
+    fn foreign_buffers_are_not_owned() {
+        let pool = BufferPool::new(4096, 1);
+        let mine = pool.take(true).unwrap();
+        let foreign = vec![0xabu8; 4096];
+        assert!(pool.owns(mine.0));
+        assert!(!pool.owns(foreign.as_ptr() as usize));
+        assert!(!pool.owns(0));
+        assert!(!pool.owns(mine.0 + 8), "an address inside a buffer is not a buffer");
+        // SAFETY: from this pool, unused after.
+        unsafe { pool.give_back(mine) };
+        assert!(pool.owns(mine.0), "a recycled buffer stays ours");
+    }
+
+    #[test]
+    fn overflow_beyond_the_ownership_table_is_declined() {
+        let pool = BufferPool::new(64, 1);
+        let taken: Vec<_> = (0..1 + OVERFLOW_SLOTS).map(|_| pool.take(false).unwrap()).collect();
+        assert!(pool.take(false).is_none());
+        assert_eq!(pool.declined(), 1);
+        assert!(taken.iter().all(|b| pool.owns(b.0)));
+        for b in taken {
+            // SAFETY: from this pool, unused after.
+            unsafe { pool.give_back(b) };
         }
     }
 }

@@ -1,15 +1,19 @@
 //! Decoding a completed activity buffer into owned records, once.
 //!
 //! Records are walked with `cuptiActivityGetNextRecord` (never by striding with a struct
-//! size: CUPTI 13 records are longer, CUPTI-NOTES "Traps"), and each is read through the
-//! cudarc `sys` struct of the CUPTI 12.9 layout. CUPTI 13.x records (Kernel13, Memcpy7,
-//! Memset5) are append-only extensions of those (CUPTI-NOTES §2), so the 12.9 struct is a
-//! valid prefix for both; the fields we read all lie inside that prefix.
+//! size: CUPTI 13 records are longer, CUPTI-NOTES "Traps"), and each field is read at its
+//! offset in cudarc's `sys` struct of the CUPTI 12.9 layout. Which fields exist depends on
+//! the CUPTI version ([`crate::layouts`]): every kernel, memcpy, memset, API and
+//! external-correlation field we read sits at the same offset in every record struct CUPTI
+//! 12.0 … 13.5 writes, while the overhead record has no `correlationId` before 12.3 and no
+//! `overheadData` (heap memory we must free) before 12.4, so those two are read only when
+//! the [`RecordLayouts`] say they exist.
 //!
 //! Kernel names are copied while the buffer is processed (their lifetime is undocumented)
 //! and interned per distinct name pointer/content in a [`NameCache`].
 
 use crate::error::{CUPTI_ERROR_INVALID_KIND, CUPTI_ERROR_MAX_LIMIT_REACHED};
+use crate::layouts::RecordLayouts;
 use crate::symbols::GetNextRecordFn;
 use cudarc::cupti::sys::{
     CUpti_Activity, CUpti_ActivityAPI, CUpti_ActivityExternalCorrelation, CUpti_ActivityKernel9,
@@ -80,14 +84,16 @@ pub struct DecodeStats {
 /// Decodes every record of `buf[..valid_bytes]`, appending to `out`.
 ///
 /// `next_record` is `cuptiActivityGetNextRecord` of the CUPTI that filled the buffer
-/// (`ActivityApi::get_next_record_fn`), or any function with its contract.
+/// (`ActivityApi::get_next_record_fn`), or any function with its contract; `layouts` are
+/// that CUPTI's (`ActivityApi::layouts`).
 ///
 /// # Safety
 /// `buf` points to a buffer of at least `valid_bytes` bytes that CUPTI completed, holding
-/// records laid out by the CUPTI whose `next_record` is passed; name pointers inside the
-/// records are valid for the duration of this call.
+/// records laid out by the CUPTI whose `next_record` and `layouts` are passed; name pointers
+/// inside the records are valid for the duration of this call.
 pub unsafe fn decode_buffer(
     next_record: GetNextRecordFn,
+    layouts: &RecordLayouts,
     buf: *mut u8,
     valid_bytes: usize,
     names: &mut NameCache,
@@ -111,9 +117,9 @@ pub unsafe fn decode_buffer(
         // SAFETY: CUPTI returned a record pointer inside the buffer; every record starts with
         // a u32 kind (`CUpti_Activity`). Read unaligned-tolerant.
         let kind = unsafe { std::ptr::read_unaligned(rec as *const u32) };
-        // SAFETY: for each kind, CUPTI wrote at least the 12.9 struct of that kind at `rec`
-        // (13.x records extend it), so reading that struct is in bounds.
-        match unsafe { decode_one(kind, rec as *const u8, names) } {
+        // SAFETY: for each kind, CUPTI wrote the record struct of its version at `rec`, and
+        // `decode_one` reads only fields that exist in it (`layouts`).
+        match unsafe { decode_one(kind, rec as *const u8, layouts, names) } {
             Some(r) => {
                 if let ActivityRecord::Kernel(k) = &r {
                     if k.end_ns == 0 && k.start_ns != 0 {
@@ -139,11 +145,13 @@ macro_rules! field {
 }
 
 /// # Safety
-/// `p` points to a complete record of kind `kind` (12.9 layout or a 13.x extension).
-unsafe fn decode_one(kind: u32, p: *const u8, names: &mut NameCache) -> Option<ActivityRecord> {
+/// `p` points to a complete record of kind `kind` written by the CUPTI `layouts` describe.
+unsafe fn decode_one(kind: u32, p: *const u8, layouts: &RecordLayouts, names: &mut NameCache) -> Option<ActivityRecord> {
     use crate::activity::*;
-    // SAFETY (whole body): per the fn contract, the 12.9 struct of `kind` lies at `p`, so every
-    // field offset read below is in bounds; reads are unaligned-tolerant and use the field's
+    // SAFETY (whole body): per the fn contract, the record struct of `kind` that this CUPTI
+    // writes lies at `p`; every field read below exists in it at the 12.9 offset (checked
+    // against every wheel header by tests/header_layout.rs), the overhead record's optional
+    // fields only where `layouts` says so; reads are unaligned-tolerant and use the field's
     // own C type (enums as u32).
     unsafe {
         Some(match kind {
@@ -214,16 +222,18 @@ unsafe fn decode_one(kind: u32, p: *const u8, names: &mut NameCache) -> Option<A
             }
             KIND_OVERHEAD => {
                 type O = CUpti_ActivityOverhead3;
-                // `overheadData` is heap memory the client must free (A12 Overhead3).
-                let data = field!(p, O, overheadData, *mut std::ffi::c_void);
-                if !data.is_null() {
-                    libc::free(data);
+                if layouts.overhead.has_overhead_data() {
+                    // `overheadData` is heap memory the client must free (12.4 Overhead3).
+                    let data = field!(p, O, overheadData, *mut std::ffi::c_void);
+                    if !data.is_null() {
+                        libc::free(data);
+                    }
                 }
                 ActivityRecord::Overhead(OverheadRecord {
                     overhead_kind: field!(p, O, overheadKind, u32),
                     start_ns: field!(p, O, start, u64),
                     end_ns: field!(p, O, end, u64),
-                    correlation_id: field!(p, O, correlationId, u32),
+                    correlation_id: if layouts.overhead.has_correlation_id() { field!(p, O, correlationId, u32) } else { 0 },
                 })
             }
             _ => return None,

@@ -54,6 +54,8 @@ pub enum CuptiError {
     },
     /// The library lacks a symbol we need.
     MissingSymbol(&'static str),
+    /// The loaded CUPTI is older than gpuspan decodes (before 12.0, `crate::layouts`).
+    Unsupported(String),
     /// A call returned a non-success code.
     Call {
         /// The CUPTI function.
@@ -80,6 +82,7 @@ impl fmt::Display for CuptiError {
                 write!(f, "no CUPTI library found (tried {})", tried.join(", "))
             }
             CuptiError::MissingSymbol(s) => write!(f, "CUPTI library lacks symbol {s}"),
+            CuptiError::Unsupported(why) => write!(f, "{why}"),
             CuptiError::Call { call, code } => {
                 write!(f, "{call} returned {code} ({})", result_name(*code))
             }

@@ -16,7 +16,8 @@
 //!   missing symbol is an [`error::CuptiError`], never a panic.
 //! - safe: [`activity::ActivityApi`] (subscribe, enable, flush, external correlation),
 //!   [`buffers::BufferPool`] (bounded activity buffers handed to CUPTI), [`decode`] (a
-//!   completed buffer → owned records, once).
+//!   completed buffer → owned records, once), reading only the fields that exist in the
+//!   loaded CUPTI's records ([`layouts`]: which struct each CUPTI 12.0 … 13.5 writes).
 //!
 //! [`nvtx`] holds the NVTX v3 injection ABI (export table, module slots) that the agent's
 //! `InitializeInjectionNvtx2` uses.
@@ -28,6 +29,7 @@ pub mod buffers;
 pub mod decode;
 pub mod error;
 pub mod events;
+pub mod layouts;
 pub mod symbols;
 pub mod nvtx;
 

@@ -16,9 +16,33 @@ pub type CallbackFn = Option<unsafe extern "C" fn(*mut c_void, u32, u32, *const 
 /// `cuptiActivityGetNextRecord(buffer, validBufferSizeBytes, &record)`.
 pub type GetNextRecordFn = unsafe extern "C" fn(*mut u8, usize, *mut *mut CUpti_Activity) -> u32;
 
-/// Library file names tried in order (cudarc's order: unversioned first, then majors).
-pub const CUPTI_LIB_NAMES: [&str; 4] =
-    ["libcupti.so", "libcupti.so.12", "libcupti.so.13", "libcupti.so.11.8"];
+/// Library file names tried in order: the versioned sonames first (the unversioned
+/// `libcupti.so` is a development symlink that may point at another toolkit's CUPTI than the
+/// worker's), then the unversioned one. A CUPTI already loaded in the process (by
+/// torch.profiler, say) under any of these names is preferred over all of them.
+pub const CUPTI_LIB_NAMES: [&str; 3] = ["libcupti.so.12", "libcupti.so.13", "libcupti.so"];
+
+/// Where pip's NVIDIA wheels put CUPTI under a `site-packages` directory
+/// (`nvidia-cuda-cupti-cu12`, `nvidia-cuda-cupti` 13.x).
+pub const WHEEL_CUPTI_PATHS: [&str; 2] = ["nvidia/cuda_cupti/lib/libcupti.so.12", "nvidia/cu13/lib/libcupti.so.13"];
+
+/// The `site-packages` directories of the libraries mapped into this process (from
+/// `/proc/self/maps` text), in first-seen order: a Python worker that imported torch has its
+/// environment's `site-packages` mapped, and the CUPTI wheel it installed lives there even
+/// when it is not on the loader's path.
+pub fn site_packages_in_maps(maps: &str) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<std::path::PathBuf> = Vec::new();
+    for line in maps.lines() {
+        let Some(path) = line.split_whitespace().nth(5) else { continue };
+        if let Some(i) = path.find("/site-packages/") {
+            let dir = std::path::PathBuf::from(&path[..i + "/site-packages".len()]);
+            if !out.contains(&dir) {
+                out.push(dir);
+            }
+        }
+    }
+    out
+}
 
 /// The CUPTI functions gpuspan calls. Loaded once; kept for the life of the process
 /// (the library is never unloaded: CUPTI owns threads that call back into us).
@@ -63,12 +87,34 @@ macro_rules! sym {
 }
 
 impl CuptiSymbols {
-    /// Loads the first CUPTI library that `dlopen` finds among [`CUPTI_LIB_NAMES`] and
-    /// resolves every symbol gpuspan uses. Errors: [`CuptiError::NotFound`] with the names
-    /// tried, [`CuptiError::MissingSymbol`]. Never panics.
+    /// Loads CUPTI and resolves every symbol gpuspan uses: a CUPTI already loaded in the
+    /// process under one of [`CUPTI_LIB_NAMES`] (`RTLD_NOLOAD`), else the first of those names
+    /// that `dlopen` finds, else the CUPTI wheel in a `site-packages` directory this process
+    /// has mapped ([`site_packages_in_maps`], [`WHEEL_CUPTI_PATHS`]). Errors:
+    /// [`CuptiError::NotFound`] with the names tried, [`CuptiError::MissingSymbol`]. Never
+    /// panics.
     pub fn load() -> Result<CuptiSymbols, CuptiError> {
-        let mut tried = Vec::new();
         for name in CUPTI_LIB_NAMES {
+            // SAFETY: RTLD_NOLOAD only looks up an object that is already loaded (its
+            // constructors have run); nothing new is loaded.
+            let loaded = unsafe {
+                libloading::os::unix::Library::open(Some(name), libc::RTLD_NOW | libc::RTLD_NOLOAD)
+            };
+            if let Ok(lib) = loaded {
+                return Self::resolve(lib.into(), name);
+            }
+        }
+        let mut tried = Vec::new();
+        let wheels: Vec<String> = std::fs::read_to_string("/proc/self/maps")
+            .map(|m| site_packages_in_maps(&m))
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|sp| WHEEL_CUPTI_PATHS.iter().map(move |w| sp.join(w)))
+            .filter(|p| p.exists())
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        for name in CUPTI_LIB_NAMES.iter().map(|n| n.to_string()).chain(wheels) {
+            let name = name.as_str();
             // SAFETY: loading libcupti runs its ELF constructors, which is what every CUPTI
             // client does; we pass a plain file name so the dynamic linker's search applies.
             match unsafe { libloading::Library::new(name) } {
@@ -100,5 +146,29 @@ impl CuptiSymbols {
             _lib: lib,
         };
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn site_packages_come_from_mapped_libraries() {
+        let maps = "\
+7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f02-7f03 r-xp 00000000 08:01 2 /opt/venv/lib/python3.11/site-packages/torch/lib/libtorch_cuda.so
+7f04-7f05 r--p 00000000 08:01 3 /opt/venv/lib/python3.11/site-packages/torch/lib/libc10.so
+7f06-7f07 rw-p 00000000 00:00 0
+7f08-7f09 r-xp 00000000 08:01 4 /home/u/.local/lib/python3.11/site-packages/numpy/core/_m.so
+";
+        assert_eq!(
+            site_packages_in_maps(maps),
+            [
+                std::path::PathBuf::from("/opt/venv/lib/python3.11/site-packages"),
+                std::path::PathBuf::from("/home/u/.local/lib/python3.11/site-packages"),
+            ]
+        );
+        assert!(site_packages_in_maps("").is_empty());
     }
 }

@@ -190,3 +190,219 @@ fn alloc_callback_ids_match_real_cupti_headers() {
         assert_eq!(r, RUNTIME_ALLOC_CBIDS, "{inc}");
     }
 }
+
+/// `.venv/cupti-headers/<release>/` as unpacked by `scripts/fetch-cupti-headers.sh`.
+fn release_headers() -> Option<PathBuf> {
+    let venv = std::env::var_os("GPUSPAN_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
+    let d = venv.join("cupti-headers");
+    if d.is_dir() {
+        return Some(d);
+    }
+    assert!(std::env::var_os("CI").is_none(), "CI must have the CUPTI headers (scripts/fetch-cupti-headers.sh)");
+    eprintln!("skipping: no {} (run scripts/fetch-cupti-headers.sh)", d.display());
+    None
+}
+
+/// `NAME = value` of an enum member or `#define NAME value` in a header's text.
+fn header_value(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let t = l.trim();
+        let rest = t.strip_prefix("#define ").unwrap_or(t);
+        let rest = rest.strip_prefix(name)?;
+        if rest.starts_with(|c: char| c.is_alphanumeric() || c == '_') {
+            return None;
+        }
+        let v = rest.trim_start_matches([' ', '\t', '=']).trim_end_matches(',').trim();
+        let v = v.split(|c: char| c.is_whitespace() || c == ',').next()?;
+        v.parse().ok()
+    })
+}
+
+/// The struct the `CUpti_ActivityKind` documentation of `kind` names ("The corresponding
+/// activity record structure is \ref CUpti_Activity…"): the last `CUpti_Activity*` of the
+/// doc comment right before `CUPTI_ACTIVITY_KIND_<kind> =`.
+fn documented_struct(text: &str, kind: &str) -> String {
+    let member = format!("CUPTI_ACTIVITY_KIND_{kind}");
+    let mut at = None;
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix(&member) {
+            if rest.trim_start().starts_with('=') {
+                at = Some(pos);
+                break;
+            }
+        }
+        pos += line.len();
+    }
+    let at = at.unwrap_or_else(|| panic!("{kind} not in the header"));
+    let doc_start = text[..at].rfind("/**").expect("doc comment");
+    let doc = &text[doc_start..at];
+    assert!(!doc.contains("*/\n  CUPTI_"), "the doc comment right before {kind}");
+    doc.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .rfind(|w| w.starts_with("CUpti_Activity"))
+        .unwrap_or_else(|| panic!("no struct named for {kind}"))
+        .to_string()
+}
+
+/// Every row of `gpuspan_cupti::layouts::RELEASES` against that release's own headers: the
+/// API version, the kind values, the struct each kind's documentation names, that struct's
+/// size, and the offset of every field the decoder reads (the 12.9 offsets it uses), with the
+/// overhead record's optional fields present exactly where the table says. Also the launch
+/// callback ids gpuspan enables.
+#[test]
+fn every_cupti_release_writes_what_the_layout_table_says() {
+    use gpuspan_cupti::activity::*;
+    use gpuspan_cupti::layouts::{OverheadLayout, RELEASES};
+    let Some(root) = release_headers() else { return };
+    let stub = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda-stub");
+    let k9 = |f: &str| -> usize {
+        expected().iter().find(|(t, n, _)| *t == "CUpti_ActivityKernel9" && *n == f).map(|e| e.2).unwrap()
+    };
+    let fields: [(&str, &[&str]); 5] = [
+        ("kernel", &["registersPerThread", "start", "end", "deviceId", "contextId", "streamId", "gridX", "gridY", "gridZ", "blockX", "blockY", "blockZ", "staticSharedMemory", "dynamicSharedMemory", "correlationId", "name", "graphId"]),
+        ("memcpy", &["copyKind", "bytes", "start", "end", "deviceId", "contextId", "streamId", "correlationId"]),
+        ("memset", &["value", "bytes", "start", "end", "deviceId", "contextId", "streamId", "correlationId"]),
+        ("api", &["cbid", "start", "end", "processId", "threadId", "correlationId", "returnValue"]),
+        ("ext", &["externalKind", "externalId", "correlationId"]),
+    ];
+    let twelve_nine = |family: &str, f: &str| -> usize {
+        match family {
+            "kernel" => k9(f),
+            "memcpy" => expected().iter().find(|(t, n, _)| *t == "CUpti_ActivityMemcpy6" && *n == f).map(|e| e.2).unwrap_or_else(|| {
+                // contextId is not in `expected()`: cudarc's offset.
+                offset_of!(CUpti_ActivityMemcpy6, contextId)
+            }),
+            "memset" => match f {
+                "deviceId" => offset_of!(CUpti_ActivityMemset4, deviceId),
+                "contextId" => offset_of!(CUpti_ActivityMemset4, contextId),
+                _ => expected().iter().find(|(t, n, _)| *t == "CUpti_ActivityMemset4" && *n == f).map(|e| e.2).unwrap(),
+            },
+            "api" => expected().iter().find(|(t, n, _)| *t == "CUpti_ActivityAPI" && *n == f).map(|e| e.2).unwrap(),
+            _ => expected().iter().find(|(t, n, _)| *t == "CUpti_ActivityExternalCorrelation" && *n == f).map(|e| e.2).unwrap(),
+        }
+    };
+    for r in RELEASES {
+        let inc = root.join(r.name);
+        let activity = std::fs::read_to_string(inc.join("cupti_activity.h"))
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/fetch-cupti-headers.sh)", inc.display()));
+        let version = std::fs::read_to_string(inc.join("cupti_version.h")).unwrap();
+        assert_eq!(header_value(&version, "CUPTI_API_VERSION"), Some(r.api_version as u64), "{} API version", r.name);
+        for (name, ours) in [
+            ("CUPTI_ACTIVITY_KIND_MEMCPY", KIND_MEMCPY),
+            ("CUPTI_ACTIVITY_KIND_MEMSET", KIND_MEMSET),
+            ("CUPTI_ACTIVITY_KIND_KERNEL", KIND_KERNEL),
+            ("CUPTI_ACTIVITY_KIND_DRIVER", KIND_DRIVER),
+            ("CUPTI_ACTIVITY_KIND_RUNTIME", KIND_RUNTIME),
+            ("CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL", KIND_CONCURRENT_KERNEL),
+            ("CUPTI_ACTIVITY_KIND_OVERHEAD", KIND_OVERHEAD),
+            ("CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION", KIND_EXTERNAL_CORRELATION),
+        ] {
+            assert_eq!(header_value(&activity, name), Some(ours as u64), "{} {name}", r.name);
+        }
+        let overhead_struct = match r.overhead {
+            OverheadLayout::V1 => "CUpti_ActivityOverhead",
+            OverheadLayout::V2 => "CUpti_ActivityOverhead2",
+            OverheadLayout::V3 => "CUpti_ActivityOverhead3",
+        };
+        assert_eq!(documented_struct(&activity, "CONCURRENT_KERNEL"), r.kernel.0, "{} kernel record", r.name);
+        assert_eq!(documented_struct(&activity, "MEMCPY"), r.memcpy.0, "{} memcpy record", r.name);
+        assert_eq!(documented_struct(&activity, "MEMSET"), r.memset.0, "{} memset record", r.name);
+        assert_eq!(documented_struct(&activity, "OVERHEAD"), overhead_struct, "{} overhead record", r.name);
+
+        // Sizes and offsets, compiled against this release's header.
+        let structs = [("kernel", r.kernel.0), ("memcpy", r.memcpy.0), ("memset", r.memset.0), ("api", "CUpti_ActivityAPI"), ("ext", "CUpti_ActivityExternalCorrelation")];
+        let mut c = String::from("#include <stdio.h>\n#include <stddef.h>\n#include <cupti_activity.h>\nint main(void){\n");
+        for (family, t) in structs {
+            c += &format!("printf(\"{family}. %zu\\n\", sizeof({t}));\n");
+            for f in fields.iter().find(|x| x.0 == family).unwrap().1 {
+                c += &format!("printf(\"{family}.{f} %zu\\n\", offsetof({t},{f}));\n");
+            }
+        }
+        c += &format!("printf(\"overhead. %zu\\n\", sizeof({overhead_struct}));\n");
+        for f in ["overheadKind", "start", "end"] {
+            c += &format!("printf(\"overhead.{f} %zu\\n\", offsetof({overhead_struct},{f}));\n");
+        }
+        if r.overhead.has_correlation_id() {
+            c += &format!("printf(\"overhead.correlationId %zu\\n\", offsetof({overhead_struct},correlationId));\n");
+        }
+        if r.overhead.has_overhead_data() {
+            c += &format!("printf(\"overhead.overheadData %zu\\n\", offsetof({overhead_struct},overheadData));\n");
+        }
+        c += "return 0;}\n";
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("l.c"), c).unwrap();
+        let exe = dir.path().join("l");
+        let o = Command::new("gcc").arg("-I").arg(&stub).arg("-I").arg(&inc).arg(dir.path().join("l.c")).arg("-o").arg(&exe).output().expect("gcc");
+        assert!(o.status.success(), "gcc against {}: {}", inc.display(), String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8(Command::new(&exe).output().unwrap().stdout).unwrap();
+        let got: std::collections::BTreeMap<&str, usize> =
+            out.lines().map(|l| l.split_once(' ').unwrap()).map(|(k, v)| (k, v.parse().unwrap())).collect();
+        assert_eq!(got["kernel."], r.kernel.1, "{} {} size", r.name, r.kernel.0);
+        assert_eq!(got["memcpy."], r.memcpy.1, "{} {} size", r.name, r.memcpy.0);
+        assert_eq!(got["memset."], r.memset.1, "{} {} size", r.name, r.memset.0);
+        assert_eq!(got["api."], size_of::<CUpti_ActivityAPI>(), "{} API size", r.name);
+        assert_eq!(got["ext."], size_of::<CUpti_ActivityExternalCorrelation>(), "{} external correlation size", r.name);
+        for (family, names) in fields {
+            for f in names {
+                assert_eq!(got[format!("{family}.{f}").as_str()], twelve_nine(family, f), "{} {family}.{f}", r.name);
+            }
+        }
+        type O = CUpti_ActivityOverhead3;
+        assert_eq!(got["overhead."], r.overhead.size(), "{} overhead size", r.name);
+        assert_eq!(got["overhead.overheadKind"], offset_of!(O, overheadKind), "{}", r.name);
+        assert_eq!(got["overhead.start"], offset_of!(O, start), "{}", r.name);
+        assert_eq!(got["overhead.end"], offset_of!(O, end), "{}", r.name);
+        if r.overhead.has_correlation_id() {
+            assert_eq!(got["overhead.correlationId"], offset_of!(O, correlationId), "{}", r.name);
+        }
+        if r.overhead.has_overhead_data() {
+            assert_eq!(got["overhead.overheadData"], offset_of!(O, overheadData), "{}", r.name);
+        }
+
+        // Launch callback ids: the same number in every release, and 505/506 only from 13.0.
+        let drv = std::fs::read_to_string(inc.join("cupti_driver_cbid.h")).unwrap();
+        let rt = std::fs::read_to_string(inc.join("cupti_runtime_cbid.h")).unwrap();
+        for (name, id) in [
+            ("cuLaunchKernel", 307),
+            ("cuLaunchKernel_ptsz", 442),
+            ("cuLaunchCooperativeKernel", 477),
+            ("cuLaunchCooperativeKernel_ptsz", 478),
+            ("cuLaunchKernelEx", 652),
+            ("cuLaunchKernelEx_ptsz", 653),
+            ("cuGraphLaunch", 514),
+            ("cuGraphLaunch_ptsz", 515),
+        ] {
+            assert_eq!(header_value(&drv, &format!("CUPTI_DRIVER_TRACE_CBID_{name}")), Some(id), "{} {name}", r.name);
+            if !name.starts_with("cuGraph") {
+                assert!(gpuspan_core::spans::DRIVER_GPU_WORK_CBIDS.contains(&(id as u32)), "{name} counted");
+            }
+        }
+        for (name, id) in [
+            ("cudaLaunchKernel_v7000", 211),
+            ("cudaLaunchKernel_ptsz_v7000", 214),
+            ("cudaLaunchCooperativeKernel_v9000", 269),
+            ("cudaLaunchCooperativeKernel_ptsz_v9000", 270),
+            ("cudaLaunchKernelExC_v11060", 430),
+            ("cudaLaunchKernelExC_ptsz_v11060", 431),
+            ("cudaGraphLaunch_v10000", 311),
+            ("cudaGraphLaunch_ptsz_v10000", 312),
+        ] {
+            assert_eq!(header_value(&rt, &format!("CUPTI_RUNTIME_TRACE_CBID_{name}")), Some(id), "{} {name}", r.name);
+            if !name.starts_with("cudaGraph") {
+                assert!(gpuspan_core::spans::RUNTIME_GPU_WORK_CBIDS.contains(&(id as u32)), "{name} counted");
+            }
+        }
+        let v13 = header_value(&rt, "CUPTI_RUNTIME_TRACE_CBID___cudaLaunchKernel_v13000");
+        let v13_ptsz = header_value(&rt, "CUPTI_RUNTIME_TRACE_CBID___cudaLaunchKernel_ptsz_v13000");
+        if r.api_version >= 130_000 {
+            assert_eq!((v13, v13_ptsz), (Some(505), Some(506)), "{}", r.name);
+            assert_eq!(gpuspan_core::spans::RUNTIME_GPU_WORK_CBIDS_13, [505, 506]);
+        } else {
+            assert_eq!((v13, v13_ptsz), (None, None), "{}: no CUDA 13 launch cbids", r.name);
+            assert!(header_value(&rt, "CUPTI_RUNTIME_TRACE_CBID_SIZE").unwrap() <= 505, "{}: 505 is past the 12.x table", r.name);
+        }
+    }
+}

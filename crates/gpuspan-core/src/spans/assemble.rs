@@ -48,21 +48,29 @@ use std::sync::Arc;
 pub fn gpu_work_expected(domain: ApiDomain, cbid: u32) -> bool {
     match domain {
         ApiDomain::Driver => DRIVER_GPU_WORK_CBIDS.contains(&cbid),
-        ApiDomain::Runtime => RUNTIME_GPU_WORK_CBIDS.contains(&cbid),
+        ApiDomain::Runtime => RUNTIME_GPU_WORK_CBIDS.contains(&cbid) || RUNTIME_GPU_WORK_CBIDS_13.contains(&cbid),
     }
 }
 
 /// Driver API callback ids of calls that make one GPU activity record
-/// (`cupti_driver_cbid.h`): cuMemsetD8Async, cuMemsetD32Async, cuMemsetD8_v2,
-/// cuMemsetD32_v2, cuMemcpyHtoD_v2 … cuMemcpyDtoDAsync_v2, cuMemcpy, cuMemcpyAsync,
-/// cuLaunchKernel, cuLaunchKernelEx, cuLaunchKernelEx_ptsz.
-pub const DRIVER_GPU_WORK_CBIDS: [u32; 15] = [216, 220, 249, 251, 276, 277, 278, 279, 280, 281, 305, 306, 307, 652, 653];
+/// (`cupti_driver_cbid.h`, the same in every CUPTI 12.0 … 13.5 header):
+/// cuMemsetD8Async, cuMemsetD32Async, cuMemsetD8_v2, cuMemsetD32_v2, cuMemcpyHtoD_v2 …
+/// cuMemcpyDtoDAsync_v2, cuMemcpy, cuMemcpyAsync, cuLaunchKernel, cuLaunchKernel_ptsz,
+/// cuLaunchCooperativeKernel(_ptsz), cuLaunchKernelEx(_ptsz). Graph launches make one record
+/// per node and are not here.
+pub const DRIVER_GPU_WORK_CBIDS: [u32; 18] =
+    [216, 220, 249, 251, 276, 277, 278, 279, 280, 281, 305, 306, 307, 442, 477, 478, 652, 653];
 
 /// Runtime API callback ids of calls that make one GPU activity record
-/// (`cupti_runtime_cbid.h`): cudaMemcpy, cudaMemcpyAsync, cudaMemset, cudaMemsetAsync,
-/// cudaLaunchKernel(_ptsz), cudaMemcpyAsync_ptsz, cudaLaunchCooperativeKernel,
-/// cudaLaunchKernelExC(_ptsz).
-pub const RUNTIME_GPU_WORK_CBIDS: [u32; 10] = [31, 41, 49, 51, 211, 214, 225, 269, 430, 431];
+/// (`cupti_runtime_cbid.h`, the same in every CUPTI 12.0 … 13.5 header): cudaMemcpy,
+/// cudaMemcpyAsync, cudaMemset, cudaMemsetAsync, cudaLaunchKernel(_ptsz),
+/// cudaMemcpyAsync_ptsz, cudaLaunchCooperativeKernel(_ptsz), cudaLaunchKernelExC(_ptsz).
+pub const RUNTIME_GPU_WORK_CBIDS: [u32; 11] = [31, 41, 49, 51, 211, 214, 225, 269, 270, 430, 431];
+
+/// Runtime callback ids that exist from CUPTI 13.0 on: `__cudaLaunchKernel(_ptsz)_v13000`,
+/// what nvcc 13's `<<<>>>` launch stub calls (`crt/host_runtime.h`) instead of
+/// cudaLaunchKernel. Enabled only on CUPTI 13 (an unknown cbid is an error on 12.x).
+pub const RUNTIME_GPU_WORK_CBIDS_13: [u32; 2] = [505, 506];
 
 /// Settings of a [`SpanAssembler`].
 #[derive(Debug, Clone)]

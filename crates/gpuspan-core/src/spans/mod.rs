@@ -24,7 +24,7 @@ pub mod ids;
 pub mod model;
 
 pub use assemble::{
-    gpu_work_expected, AssemblerStats, SpanAssembler, SpanOptions, DRIVER_GPU_WORK_CBIDS, RUNTIME_GPU_WORK_CBIDS,
+    gpu_work_expected, AssemblerStats, SpanAssembler, SpanOptions, DRIVER_GPU_WORK_CBIDS, RUNTIME_GPU_WORK_CBIDS, RUNTIME_GPU_WORK_CBIDS_13,
 };
 pub use context::{ContextProblem, TraceContext};
 pub use model::{AttrValue, Finalized, RequestTiming, ScopeGpuTime, SpanRecord, StepTiming, TimingSource};

@@ -82,6 +82,11 @@ pub unsafe extern "C" fn cuInit(_flags: c_uint) -> CUresult {
             if st.cfg.faults.no_device {
                 return CUDA_ERROR_NO_DEVICE;
             }
+            if st.cfg.bad_cupti_version {
+                // GPUSPAN_SIM_CUPTI_VERSION named no known release (said on stderr when the
+                // configuration was read).
+                return CUDA_ERROR_INVALID_VALUE;
+            }
             st.initialized = true;
             CUDA_SUCCESS
         })

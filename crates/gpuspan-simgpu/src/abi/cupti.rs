@@ -409,13 +409,14 @@ pub unsafe extern "C" fn cuptiFinalize() -> CUptiResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::records::kind;
 
     #[test]
     fn next_record_walks_and_reports_exact_codes() {
-        // Two records: API (kind 6, 40 B) then external correlation (kind 36, 24 B).
+        // Two records: API (DRIVER, 40 B) then external correlation (24 B).
         let mut buf = [0u64; 16];
-        buf[0] = 6;
-        buf[5] = 36;
+        buf[0] = kind::DRIVER as u64;
+        buf[5] = kind::EXTERNAL_CORRELATION as u64;
         let ptr = buf.as_mut_ptr();
         let base = ptr as usize;
         // SAFETY: `next_record` reads only inside the array.

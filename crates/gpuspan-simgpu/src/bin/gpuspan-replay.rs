@@ -139,7 +139,7 @@ fn trace_stem(path: &str) -> String {
     }
 }
 
-/// On the simulated H100: `sim cupti: subscribes=N enables=N unsubscribes=N subscribed=0|1
+/// On the simulated H100: `sim cupti: version=12.9 subscribes=N enables=N unsubscribes=N subscribed=0|1
 /// kinds_enabled=N` (the sim's `gpuspanSimCuptiCounters` / `gpuspanSimCuptiSubscription`),
 /// so tests can tell what the agent did with CUPTI while the worker ran. `None` on a real
 /// driver.
@@ -154,7 +154,10 @@ fn sim_cupti_line(lib: &libloading::Library) -> Option<String> {
         let (mut s, mut e, mut u, mut held, mut k) = (0u64, 0u64, 0u64, 0, 0u64);
         counters(&mut s, &mut e);
         subscription(&mut u, &mut held, &mut k);
-        Some(format!("sim cupti: subscribes={s} enables={e} unsubscribes={u} subscribed={held} kinds_enabled={k}"))
+        let version = gpuspan_simgpu::sim::config::Config::from_env().cupti.name();
+        Some(format!(
+            "sim cupti: version={version} subscribes={s} enables={e} unsubscribes={u} subscribed={held} kinds_enabled={k}"
+        ))
     }
 }
 

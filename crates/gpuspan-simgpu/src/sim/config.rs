@@ -3,11 +3,14 @@
 //! | variable | values | default |
 //! |---|---|---|
 //! | `GPUSPAN_SIM_CLOCK` | `virtual` \| `real` | `virtual` |
-//! | `GPUSPAN_SIM_CUPTI_VERSION` | `12` \| `13` | `12` |
+//! | `GPUSPAN_SIM_CUPTI_VERSION` | a CUPTI release `12.0` … `12.9`, `13.0` … `13.5` (`gpuspan_cupti::layouts::RELEASES`); `12` = `12.9`, `13` = `13.5` | `12.9` |
 //! | `GPUSPAN_SIM_FAULT` | comma list of `no_device`, `cupti_subscribed`, `drop_records` | none |
 //! | `GPUSPAN_SIM_DROP_EVERY` | N ≥ 1: with `drop_records`, every Nth record is dropped | `10` |
 //!
-//! A bad value gets one warning on stderr naming the variable and the default used.
+//! A bad value gets one warning on stderr naming the variable and the default used, except
+//! an unknown CUPTI version, which is an error: [`Config::bad_cupti_version`] makes `cuInit`
+//! fail and the replay worker exit, since a test that asked for a layout must not silently
+//! run another.
 
 /// How the host clock advances (see [`crate::sim::clock`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,24 +21,40 @@ pub enum ClockMode {
     Real,
 }
 
-/// Which CUPTI ABI the simulator claims (record layouts, `cuptiGetVersion`).
+/// Which CUPTI release the simulator claims: its `cuptiGetVersion` value and the record
+/// struct (and size) it writes for each kind ([`gpuspan_cupti::layouts::Release`], checked
+/// against the wheel headers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CuptiAbi {
-    /// CUPTI 12.9, API version 28: Kernel9 / Memcpy6 / Memset4.
-    V12,
-    /// CUPTI 13.5, API version 130500: Kernel13 / Memcpy7 / Memset5.
-    V13,
-}
+pub struct CuptiAbi(pub &'static Release);
 
 impl CuptiAbi {
-    /// The value `cuptiGetVersion` reports (CUPTI-NOTES header line).
+    /// CUPTI 12.9, API version 28: Kernel9 / Memcpy6 / Memset4 / Overhead3 (the default).
+    pub const V12: CuptiAbi = CuptiAbi(&RELEASES[8]);
+    /// CUPTI 13.5, API version 130500: Kernel13 / Memcpy7 / Memset5 / Overhead3.
+    pub const V13: CuptiAbi = CuptiAbi(&RELEASES[14]);
+
+    /// The value `cuptiGetVersion` reports.
     pub fn api_version(self) -> u32 {
-        match self {
-            CuptiAbi::V12 => 28,
-            CuptiAbi::V13 => 130_500,
+        self.0.api_version
+    }
+
+    /// `major.minor`, e.g. `12.0`.
+    pub fn name(self) -> &'static str {
+        self.0.name
+    }
+
+    /// The release named by a `GPUSPAN_SIM_CUPTI_VERSION` value: `12.0` … `13.5`, or `12`
+    /// / `13` for 12.9 / 13.5.
+    pub fn parse(v: &str) -> Option<CuptiAbi> {
+        match v.trim() {
+            "" | "12" => Some(CuptiAbi::V12),
+            "13" => Some(CuptiAbi::V13),
+            other => release_named(other).map(CuptiAbi),
         }
     }
 }
+
+use gpuspan_cupti::layouts::{release_named, Release, RELEASES};
 
 /// Injected faults (`GPUSPAN_SIM_FAULT`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,6 +75,8 @@ pub struct Config {
     pub faults: Faults,
     /// With `drop_records`: drop every Nth record.
     pub drop_every: u64,
+    /// `GPUSPAN_SIM_CUPTI_VERSION` named no known release (an error: see the module docs).
+    pub bad_cupti_version: bool,
 }
 
 impl Default for Config {
@@ -65,6 +86,7 @@ impl Default for Config {
             cupti: CuptiAbi::V12,
             faults: Faults::default(),
             drop_every: 10,
+            bad_cupti_version: false,
         }
     }
 }
@@ -90,10 +112,14 @@ impl Config {
             }
         }
         if let Some(v) = get("GPUSPAN_SIM_CUPTI_VERSION") {
-            match v.trim() {
-                "12" | "" => cfg.cupti = CuptiAbi::V12,
-                "13" => cfg.cupti = CuptiAbi::V13,
-                _ => warn("GPUSPAN_SIM_CUPTI_VERSION", &v, "12"),
+            match CuptiAbi::parse(&v) {
+                Some(abi) => cfg.cupti = abi,
+                None => {
+                    eprintln!(
+                        "gpuspan-simgpu: GPUSPAN_SIM_CUPTI_VERSION={v:?} is not a CUPTI release the simulator knows (12.0 … 12.6, 12.8, 12.9, 13.0 … 13.5)"
+                    );
+                    cfg.bad_cupti_version = true;
+                }
             }
         }
         if let Some(v) = get("GPUSPAN_SIM_FAULT") {
@@ -135,5 +161,23 @@ mod tests {
         assert!(cfg.faults.drop_records && cfg.faults.no_device && !cfg.faults.cupti_subscribed);
         assert_eq!(cfg.drop_every, 10);
         assert_eq!(Config::from_lookup(|_| None), Config::default());
+    }
+
+    #[test]
+    fn cupti_versions_by_release_and_unknown_ones_are_errors() {
+        let with = |v: &str| {
+            let v = v.to_string();
+            Config::from_lookup(move |k| (k == "GPUSPAN_SIM_CUPTI_VERSION").then(|| v.clone()))
+        };
+        assert_eq!(with("12.0").cupti.api_version(), 18);
+        assert_eq!(with("12.3").cupti.api_version(), 21);
+        assert_eq!(with("12.4").cupti.name(), "12.4");
+        assert_eq!(with("12").cupti, CuptiAbi::V12);
+        assert_eq!(CuptiAbi::V12.name(), "12.9");
+        assert_eq!(CuptiAbi::V13.name(), "13.5");
+        for bad in ["12.7", "11.8", "thirteen"] {
+            assert!(with(bad).bad_cupti_version, "{bad}");
+        }
+        assert!(!with("13.0").bad_cupti_version);
     }
 }

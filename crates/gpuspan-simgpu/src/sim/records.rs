@@ -2,10 +2,16 @@
 //!
 //! Offsets come from cudarc's bindgen structs of `cupti_activity.h` 12.9
 //! (`CUpti_ActivityKernel9` 208 B, `Memcpy6` 96, `Memset4` 88, `API` 40,
-//! `ExternalCorrelation` 24, `Overhead3` 56). The 13.x layouts the sim writes with
-//! `GPUSPAN_SIM_CUPTI_VERSION=13` (`Kernel13` 248, `Memcpy7` 112, `Memset5` 104) are the
-//! 12.9 struct as prefix plus appended fields, all zero here (CUPTI-NOTES §2
-//! "Append-only"). Records are built in a `Vec<u8>` with explicit offsets: no unsafe.
+//! `ExternalCorrelation` 24, `Overhead3` 56). Each simulated CUPTI release
+//! (`GPUSPAN_SIM_CUPTI_VERSION`, [`gpuspan_cupti::layouts::RELEASES`]) writes the record
+//! struct that release writes, at its size: kernel, memcpy and memset records of other
+//! releases differ from the 12.9 ones only in their length (fields appended, or `copyCount`
+//! and the graph ids' tail missing from the 88-byte Memcpy5 of 12.0–12.6), and all fields
+//! the sim fills lie in every one of them; the overhead record is `CUpti_ActivityOverhead`
+//! (40 B, no `correlationId`) on 12.0–12.2, `Overhead2` (48 B) on 12.3 and `Overhead3`
+//! (56 B, with `overheadData`, a `malloc`ed block the client must free) from 12.4
+//! (`tests/header_layout.rs` in `gpuspan-cupti` checks the table against the headers).
+//! Records are built in a `Vec<u8>` with explicit offsets.
 
 use super::config::CuptiAbi;
 use cudarc::cupti::sys::{
@@ -15,16 +21,19 @@ use cudarc::cupti::sys::{
 };
 use std::mem::{offset_of, size_of};
 
-/// `CUpti_ActivityKind` values used by the sim (`cupti_activity.h`).
+/// `CUpti_ActivityKind` values used by the sim (`cupti_activity.h`, through cudarc's
+/// bindgen enum: MEMCPY 1, MEMSET 2, KERNEL 3, DRIVER 4, RUNTIME 5, CONCURRENT_KERNEL 10,
+/// OVERHEAD 17, EXTERNAL_CORRELATION 39).
 pub mod kind {
-    pub const MEMCPY: u32 = 1;
-    pub const MEMSET: u32 = 2;
-    pub const KERNEL: u32 = 3;
-    pub const DRIVER: u32 = 6;
-    pub const RUNTIME: u32 = 7;
-    pub const OVERHEAD: u32 = 5;
-    pub const CONCURRENT_KERNEL: u32 = 10;
-    pub const EXTERNAL_CORRELATION: u32 = 36;
+    use cudarc::cupti::sys::CUpti_ActivityKind as K;
+    pub const MEMCPY: u32 = K::CUPTI_ACTIVITY_KIND_MEMCPY as u32;
+    pub const MEMSET: u32 = K::CUPTI_ACTIVITY_KIND_MEMSET as u32;
+    pub const KERNEL: u32 = K::CUPTI_ACTIVITY_KIND_KERNEL as u32;
+    pub const DRIVER: u32 = K::CUPTI_ACTIVITY_KIND_DRIVER as u32;
+    pub const RUNTIME: u32 = K::CUPTI_ACTIVITY_KIND_RUNTIME as u32;
+    pub const OVERHEAD: u32 = K::CUPTI_ACTIVITY_KIND_OVERHEAD as u32;
+    pub const CONCURRENT_KERNEL: u32 = K::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL as u32;
+    pub const EXTERNAL_CORRELATION: u32 = K::CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION as u32;
 }
 
 /// Records are 8-byte aligned (`cupti_common.h` `ACTIVITY_RECORD_ALIGNMENT`).
@@ -32,32 +41,14 @@ pub const RECORD_ALIGN: usize = 8;
 
 /// Size in bytes of a record of `kind` under `abi`; `None` for kinds the sim never writes.
 pub fn record_size(kind_: u32, abi: CuptiAbi) -> Option<usize> {
-    let v13 = abi == CuptiAbi::V13;
+    let r = abi.0;
     Some(match kind_ {
-        kind::KERNEL | kind::CONCURRENT_KERNEL => {
-            if v13 {
-                248
-            } else {
-                size_of::<K9>()
-            }
-        }
-        kind::MEMCPY => {
-            if v13 {
-                112
-            } else {
-                size_of::<M6>()
-            }
-        }
-        kind::MEMSET => {
-            if v13 {
-                104
-            } else {
-                size_of::<S4>()
-            }
-        }
+        kind::KERNEL | kind::CONCURRENT_KERNEL => r.kernel.1,
+        kind::MEMCPY => r.memcpy.1,
+        kind::MEMSET => r.memset.1,
         kind::DRIVER | kind::RUNTIME => size_of::<Api>(),
         kind::EXTERNAL_CORRELATION => size_of::<ExtCorr>(),
-        kind::OVERHEAD => size_of::<O3>(),
+        kind::OVERHEAD => r.overhead.size(),
         _ => return None,
     })
 }
@@ -207,7 +198,10 @@ pub fn memcpy(
     r.put_u32(offset_of!(M6, contextId), f.context_id);
     r.put_u32(offset_of!(M6, streamId), f.stream_id);
     r.put_u32(offset_of!(M6, correlationId), f.correlation_id);
-    r.put_u64(offset_of!(M6, copyCount), 1);
+    if r.bytes.len() >= offset_of!(M6, copyCount) + 8 {
+        // Not in the 88-byte Memcpy5 of CUPTI 12.0–12.6.
+        r.put_u64(offset_of!(M6, copyCount), 1);
+    }
     r.complete_at_ns = f.end_ns;
     r.zero_if_incomplete = vec![offset_of!(M6, end)];
     r
@@ -265,15 +259,33 @@ pub fn external_correlation(external_kind: u32, external_id: u64, correlation_id
     r
 }
 
-/// `CUpti_ActivityOverhead3` of kind CUPTI_BUFFER_FLUSH (0x10000) for a thread;
-/// `overheadData` is NULL (nothing for the client to free), correlationId 0.
+/// Bytes of the `overheadData` block the sim `malloc`s for each `Overhead3` record.
+pub const OVERHEAD_DATA_BYTES: usize = 32;
+
+/// The overhead record of `abi` (`CUpti_ActivityOverhead`, `2` or `3`) of kind
+/// CUPTI_BUFFER_FLUSH (0x10000) for a thread, correlationId 0 where it exists. An
+/// `Overhead3` record's `overheadData` points to a fresh `malloc`ed block of
+/// [`OVERHEAD_DATA_BYTES`] that the client must free, as CUPTI 12.4+ documents; when
+/// `with_data` is false it is NULL.
 pub fn overhead_buffer_flush(
     start_ns: u64,
     end_ns: u64,
     process_id: u32,
     thread_id: u32,
+    abi: CuptiAbi,
+    with_data: bool,
 ) -> Record {
-    let mut r = Record::new(kind::OVERHEAD, CuptiAbi::V12);
+    let mut r = Record::new(kind::OVERHEAD, abi);
+    if with_data && abi.0.overhead.has_overhead_data() {
+        // SAFETY: malloc of a small non-zero size; a NULL result is written as NULL. The
+        // block is the client's to free (CUPTI 12.4 `cupti_activity.h`, Overhead3).
+        let data = unsafe { libc::malloc(OVERHEAD_DATA_BYTES) };
+        if !data.is_null() {
+            // SAFETY: `data` holds OVERHEAD_DATA_BYTES writable bytes.
+            unsafe { std::ptr::write_bytes(data as *mut u8, 0x5a, OVERHEAD_DATA_BYTES) };
+        }
+        r.put_u64(offset_of!(O3, overheadData), data as u64);
+    }
     r.put_u32(offset_of!(O3, overheadKind), 0x1_0000);
     r.put_u32(offset_of!(O3, objectKind), 2); // CUPTI_ACTIVITY_OBJECT_THREAD
     let oid = offset_of!(O3, objectId);
@@ -309,15 +321,21 @@ mod tests {
             (3, 208, 248),
             (1, 96, 112),
             (2, 88, 104),
-            (6, 40, 40),
-            (36, 24, 24),
-            (5, 56, 56),
+            (4, 40, 40),
+            (5, 40, 40),
+            (39, 24, 24),
+            (17, 56, 56),
         ] {
             assert_eq!(record_size(k, CuptiAbi::V12), Some(v12), "kind {k} v12");
             assert_eq!(record_size(k, CuptiAbi::V13), Some(v13), "kind {k} v13");
             assert_eq!(v12 % RECORD_ALIGN, 0);
             assert_eq!(v13 % RECORD_ALIGN, 0);
         }
+        let v12_0 = CuptiAbi::parse("12.0").unwrap();
+        assert_eq!(record_size(kind::OVERHEAD, v12_0), Some(40));
+        assert_eq!(record_size(kind::MEMCPY, v12_0), Some(88));
+        assert_eq!(record_size(kind::OVERHEAD, CuptiAbi::parse("12.3").unwrap()), Some(48));
+        assert_eq!(record_size(kind::CONCURRENT_KERNEL, CuptiAbi::parse("13.0").unwrap()), Some(216));
         assert_eq!(record_size(0, CuptiAbi::V12), None);
         assert_eq!(record_size(9999, CuptiAbi::V12), None);
     }
@@ -341,6 +359,10 @@ mod tests {
         assert_eq!(r.get_u32(52), 4);
         assert_eq!(r.get_u32(92), 77);
         assert_eq!(r.get_u64(104), 0xabc);
+        let m = memcpy(&MemFields { bytes: 4096, ..Default::default() }, 1, 1, 3, false, CuptiAbi::parse("12.0").unwrap());
+        assert_eq!((m.bytes.len(), m.get_u64(8)), (88, 4096), "Memcpy5 has no copyCount");
+        let o = overhead_buffer_flush(1, 2, 3, 4, CuptiAbi::parse("12.2").unwrap(), true);
+        assert_eq!((o.bytes.len(), o.get_u64(24), o.get_u64(32)), (40, 1, 2), "Overhead (v1) has no overheadData");
         let a = api(
             kind::DRIVER,
             &ApiFields {
@@ -350,7 +372,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        assert_eq!((a.get_u32(4), a.get_u32(28), a.get_u32(32)), (307, 9, 77));
+        assert_eq!((a.kind(), a.get_u32(4), a.get_u32(28), a.get_u32(32)), (4, 307, 9, 77));
         let e = external_correlation(5, 0xfeed, 77);
         assert_eq!((e.get_u32(4), e.get_u64(8), e.get_u32(16)), (5, 0xfeed, 77));
     }

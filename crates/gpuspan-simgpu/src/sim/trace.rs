@@ -230,6 +230,7 @@ pub fn emit(records: Vec<Record>) {
                     let overhead = st.cupti.is_enabled(kind::OVERHEAD);
                     let t0 = st.clock.now_ns();
                     let system_tids = st.cupti.system_thread_ids;
+                    let abi = st.cfg.cupti;
                     drop(st);
                     let (mut ptr, mut size, mut max) = (std::ptr::null_mut::<u8>(), 0usize, 0usize);
                     // SAFETY: `request` is the client's registered request callback with
@@ -245,6 +246,8 @@ pub fn emit(records: Vec<Record>) {
                             t1,
                             pid,
                             api_thread_id(system_tids),
+                            abi,
+                            true,
                         ));
                     }
                     if !st.pool.add_buffer(ptr, size, max) {
