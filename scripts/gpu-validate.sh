@@ -104,8 +104,8 @@ run_one() { # MODE N
     LD_PRELOAD="$AGENT" GPUSPAN_MODE="$mode" GPUSPAN_OUT="$dir" GPUSPAN_METRICS_ADDR="127.0.0.1:$port" \
       "$WORKER" "${ARGS[@]}" --truth "$dir/truth.json" --scrape "127.0.0.1:$port" --scrape-out "$dir/metrics.prom" \
       >"$dir/worker.log" 2>&1 || failed "$dir"
-    if [ -f "$dir/capture.json.gz" ]; then
-      "$CLI" stats "$dir/capture.json.gz" --json >"$dir/stats.json"
+    if compgen -G "$dir/capture-*.json.gz" >/dev/null; then
+      "$CLI" stats "$dir" --json >"$dir/stats.json"
     elif [ "$mode" = fine ]; then
       echo "gpu-validate: fine run $n wrote no capture (see $dir/worker.log)" >&2
     fi
@@ -117,14 +117,14 @@ for n in $(seq 1 "$RUNS"); do
     run_one "$mode" "$n"
   done
 done
-"$CLI" waterfall "$OUT/runs/fine-1/capture.json.gz" --html "$OUT/waterfall.html" >/dev/null \
+"$CLI" waterfall "$OUT/runs/fine-1" --html "$OUT/waterfall.html" >/dev/null \
   || echo "gpu-validate: waterfall failed" >&2
 
 if [ -n "$REPLAY_TRACE" ] && [ -f "$REPLAY_TRACE" ]; then
   mkdir -p "$OUT/replay"
   LD_PRELOAD="$AGENT" GPUSPAN_MODE=fine GPUSPAN_OUT="$OUT/replay" \
     "$WORKER" --replay "$REPLAY_TRACE" --requests 1 --truth "$OUT/replay/truth.json" >"$OUT/replay/worker.log" 2>&1
-  "$CLI" stats "$OUT/replay/capture.json.gz" --json >"$OUT/replay/stats.json"
+  "$CLI" stats "$OUT/replay" --json >"$OUT/replay/stats.json"
 fi
 
 if command -v nsys >/dev/null 2>&1; then

@@ -5,8 +5,8 @@ Usage: gpu_validate_report.py OUT_DIR   (stdlib only; docs/gpu-validation.md exp
 
 Reads OUT_DIR/runs/<mode>-<n>/ for mode in none, coarse, fine:
   truth.json          examples/dit_worker.rs --truth (CUDA-event times, ms; launches)
-  stats.json          `gpuspan stats capture.json.gz --json` (agent runs; times in µs)
-  capture.json.gz     the agent's capture, fine mode (its `gpuspan.summary` drop counters)
+  stats.json          `gpuspan stats DIR --json` (agent runs; times in µs)
+  capture-<pid>.json.gz  the agent's capture, fine mode (its `gpuspan.summary` drop counters)
   metrics.prom        the agent's /metrics at the end of the run (dit_worker --scrape):
                       stage histograms and gpuspan_records_dropped_total{reason}
 and, when present, OUT_DIR/replay/ (a Kineto trace replayed as spin kernels, fine mode)
@@ -150,7 +150,7 @@ def main():
         truth = load_json(d / "truth.json")
         if truth is None:
             continue
-        capture = load_json(d / "capture.json.gz")
+        capture = next((load_json(c) for c in sorted(d.glob("capture-*.json.gz"))), None)
         stats = load_json(d / "stats.json")
         prom = parse_prom(d / "metrics.prom")
         runs[mode].append({
@@ -230,7 +230,7 @@ def main():
               f"{n_drop:>8}  " + (" ".join(f"{k.removeprefix('gpuspan.')}={v}" for k, v in counters.items())
                                   or ("no capture (coarse mode writes none)" if mode == "coarse" else "no summary")))
             if mode == "fine" and not r["capture_present"]:
-                failures.append(f"{mode}: {r['dir']}: no capture.json.gz")
+                failures.append(f"{mode}: {r['dir']}: no capture-<pid>.json.gz")
             if r["metrics_ms"] is None:
                 failures.append(f"{mode}: {r['dir']}: no metrics.prom (scrape failed; see worker.log)")
             if mode == "fine" and captured != launched:

@@ -79,8 +79,10 @@ impl Drop for ScopeGuard {
 }
 
 /// Is the agent loaded in this process and collecting? When `false`, [`request`], [`step`]
-/// and [`stage`] are no-ops.
+/// and [`stage`] are no-ops. The first call of the process (of this or of those three)
+/// activates the agent if nothing did before (`gpuspan_agent::entry::on_api_call`).
 pub fn is_active() -> bool {
+    gpuspan_agent::entry::on_api_call();
     gpuspan_agent::state::agent().is_some_and(|a| a.collecting.load(Ordering::Relaxed))
 }
 
@@ -139,6 +141,7 @@ pub fn step(index: u32, count: u32) -> ScopeGuard {
 /// inside; any other name is recorded as a plain scope (the kernels' stage then comes from
 /// the name rules).
 pub fn stage(name: &str) -> ScopeGuard {
+    gpuspan_agent::entry::on_api_call();
     ScopeGuard::new(scope_begin(name.as_bytes()))
 }
 
@@ -271,7 +274,8 @@ mod tests {
 
     #[test]
     fn guards_are_no_ops_when_the_agent_is_inactive() {
-        // The test binary links the rlib: the constructor does not activate here.
+        // The test binary links the rlib and has no CUPTI on its library path: the first
+        // API call tries to activate and the agent stays inactive.
         assert!(!is_active());
         let r = request(Some(TP), &[("model", "wan")]);
         assert!(!r.is_recording());

@@ -42,6 +42,7 @@ fn trim(b: &[u8]) -> &[u8] {
 #[no_mangle]
 pub unsafe extern "C" fn gpuspan_request_begin(traceparent: *const c_char, attrs: *const c_char) -> c_int {
     catch_unwind(|| {
+        gpuspan_agent::entry::on_api_call();
         if !crate::api::is_active() {
             return NO_PUSH_POP_TRACKING;
         }
@@ -63,6 +64,7 @@ pub unsafe extern "C" fn gpuspan_request_begin(traceparent: *const c_char, attrs
 #[no_mangle]
 pub extern "C" fn gpuspan_step_begin(index: u32, count: u32) -> c_int {
     catch_unwind(|| {
+        gpuspan_agent::entry::on_api_call();
         if !crate::api::is_active() {
             return NO_PUSH_POP_TRACKING;
         }
@@ -80,6 +82,7 @@ pub extern "C" fn gpuspan_step_begin(index: u32, count: u32) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn gpuspan_stage_begin(name: *const c_char) -> c_int {
     catch_unwind(|| {
+        gpuspan_agent::entry::on_api_call();
         // SAFETY: the caller passes NULL or a NUL-terminated string (header contract); the
         // agent copies (and cuts) it into its inline name.
         scope_begin(unsafe { c_bytes(name) })
@@ -102,6 +105,7 @@ pub extern "C" fn gpuspan_end() -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn gpuspan_use_streams(streams: *const *mut std::ffi::c_void, n: usize) -> c_int {
     catch_unwind(|| {
+        gpuspan_agent::entry::on_api_call();
         if gpuspan_agent::state::agent().is_none() {
             return NO_PUSH_POP_TRACKING;
         }
@@ -119,7 +123,11 @@ pub unsafe extern "C" fn gpuspan_use_streams(streams: *const *mut std::ffi::c_vo
 /// `int gpuspan_is_active(void)`: 1 when the agent is collecting, else 0.
 #[no_mangle]
 pub extern "C" fn gpuspan_is_active() -> c_int {
-    catch_unwind(crate::api::is_active).map_or(0, c_int::from)
+    catch_unwind(|| {
+        gpuspan_agent::entry::on_api_call();
+        crate::api::is_active()
+    })
+    .map_or(0, c_int::from)
 }
 
 /// `const char *gpuspan_version(void)`: this library's version, a static string.

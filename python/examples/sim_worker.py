@@ -36,6 +36,12 @@ would, exercising every message form: the request with ``nvtxRangePushA``, each 
 domain (ASCII, wide and registered-string messages in turn), and, as NCCL does, a range in
 an ``NCCL`` domain around each step's first stage, pushed before it and popped inside it.
 
+``--fork-at-step K`` forks the worker inside step K of the first request, as a worker that
+starts a helper process with ``os.fork`` would: the child checks ``gpuspan.is_active()``,
+opens a stage, prints ``child active=<0|1>`` and leaves with ``sys.exit(0)`` (so exit
+handlers run in it); the parent waits for it, prints ``forked child exited <code>`` and
+goes on.
+
 Output: one line per request, ``request <r> trace_id=<32 hex or -> kernels=<k>``, then
 ``launched <n> kernels``.
 """
@@ -247,12 +253,28 @@ def current_trace_id():
     return f"{ctx.trace_id:032x}" if ctx.is_valid else None
 
 
-def run_request(cuda, steps, api=gpuspan):
+def fork_here():
+    """Forks; the child reports whether the agent is active in it and exits (see the module
+    docs), the parent waits for it."""
+    pid = os.fork()
+    if pid == 0:
+        active = gpuspan.is_active()
+        with gpuspan.stage("child.stage"):
+            pass
+        print(f"child active={int(active)}", flush=True)
+        sys.exit(0)
+    _, status = os.waitpid(pid, 0)
+    print(f"forked child exited {os.waitstatus_to_exitcode(status)}", flush=True)
+
+
+def run_request(cuda, steps, api=gpuspan, fork_at=None):
     """One request's GPU work inside the current request scope; returns kernels launched.
-    ``api``: ``gpuspan`` or an ``Nvtx`` annotator."""
+    ``api``: ``gpuspan`` or an ``Nvtx`` annotator; ``fork_at``: fork inside that step."""
     before = cuda.launched
     for i in range(steps):
         with api.step(i, steps):
+            if i == fork_at:
+                fork_here()
             for stage, kernel, n, ns in STEP_PLAN:
                 with api.stage(stage):
                     for _ in range(n):
@@ -280,6 +302,7 @@ def main(argv=None):
         "--name-stream", action="store_true", help="name the stream to gpuspan (gpuspan.use_streams) for coarse timing"
     )
     ap.add_argument("--nvtx", metavar="LIB", help="annotate through this NVTX library instead of gpuspan.py")
+    ap.add_argument("--fork-at-step", type=int, metavar="K", help="fork inside step K of the first request")
     args = ap.parse_args(argv)
     api = Nvtx(args.nvtx) if args.nvtx else gpuspan
 
@@ -300,7 +323,7 @@ def main(argv=None):
                 # With a valid current span, gpuspan.request() takes its context (tracestate,
                 # baggage) itself; otherwise the explicit traceparent, if any, is passed.
                 with api.request(None if span_trace_id else tp, model="pyworker"):
-                    kernels = run_request(cuda, args.steps, api)
+                    kernels = run_request(cuda, args.steps, api, args.fork_at_step if r == 0 else None)
                 trace_id = span_trace_id or (tp.split("-")[1] if tp and tp.count("-") == 3 else "-")
             print(f"request {r} trace_id={trace_id} kernels={kernels}", flush=True)
     finally:

@@ -100,7 +100,7 @@ fn start_worker(out: &Path, env: &[(&str, &str)]) -> (Worker, std::thread::JoinH
 /// `gpuspan capture PID ARGS --out DIR`: its output, and the capture it wrote.
 fn capture(pid: u32, args: &[&str], dir: &Path) -> (std::process::Output, Option<gpuspan_core::trace::Trace>) {
     let o = output(gpuspan().args(["capture", &pid.to_string()]).args(args).arg("--out").arg(dir));
-    let t = gpuspan_export::read_trace(&dir.join("capture.json.gz")).ok();
+    let t = gpuspan_export::read_trace(&dir.join(format!("capture-{pid}.json.gz"))).ok();
     (o, t)
 }
 
@@ -132,7 +132,7 @@ fn capture_windows_steps_duration_requests() {
     let (o, t) = capture(pid, &["--steps", "3"], d1.path());
     assert!(o.status.success(), "capture --steps 3: {}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains(&d1.path().join("capture.json.gz").display().to_string()), "{stdout}");
+    assert!(stdout.contains(&d1.path().join(format!("capture-{pid}.json.gz")).display().to_string()), "{stdout}");
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("the capture will be"), "it says where the files will be: {stderr}");
     let t = t.expect("the window's capture");

@@ -49,7 +49,7 @@ fn run_stdit_into(out: &std::path::Path, mode: Option<&str>, steps: u32, extra: 
     let o = output(&mut c);
     assert!(o.status.success(), "worker failed: {}", String::from_utf8_lossy(&o.stderr));
     if mode.is_none() || mode == Some("coarse") {
-        assert!(!out.join("capture.json.gz").exists(), "coarse mode writes no kernel capture");
+        assert!(captures_in(out).is_empty(), "coarse mode writes no kernel capture");
     }
     o
 }
@@ -204,7 +204,7 @@ fn coarse_default_no_cupti_and_within_one_percent_of_ground_truth() {
     let fine_rx = OtlpReceiver::start(Transport::HttpProtobuf, "127.0.0.1:0");
     let fine = run_stdit_into(fine_out.path(), Some("fine"), STEPS, &[], &[], &fine_rx);
     assert!(sim_cupti(&fine)["subscribes"] >= 1);
-    let (step_gt, stage_gt, vae_gt) = ground_truth(&fine_out.path().join("capture.json.gz"));
+    let (step_gt, stage_gt, vae_gt) = ground_truth(&capture_in(fine_out.path()));
 
     let spans = spans_of(&coarse_rx, &trace_id);
     assert!(spans.iter().all(|s| s.name != "cuda.kernel"), "no kernel spans in coarse mode");

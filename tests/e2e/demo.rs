@@ -14,7 +14,7 @@ fn demo_has_every_stage_and_50_steps() {
     // Acceptance bound of issue 2 (a wall-clock cap, not a performance measurement).
     assert!(elapsed < Duration::from_secs(60), "demo took {elapsed:?}");
     let stdout = String::from_utf8_lossy(&o.stdout);
-    let capture = out.path().join("capture.json.gz");
+    let capture = capture_in(out.path());
     assert!(stdout.contains(&capture.display().to_string()), "prints the capture path: {stdout}");
 
     let s = stats_json(&capture);
@@ -88,7 +88,7 @@ fn wan21_matches_the_calibration_profile() {
             .args(["wan2.1", "--steps", "5"]),
     );
     assert!(o.status.success(), "wan2.1 run failed: {}", String::from_utf8_lossy(&o.stderr));
-    let s = stats_json(&out.path().join("capture.json.gz"));
+    let s = stats_json(&capture_in(out.path()));
     for (name, _sum, count, mean) in calibration_top20() {
         let k = s.kernels.iter().find(|k| k.name == name).unwrap_or_else(|| panic!("kernel missing: {name}"));
         let dc = (k.count as f64 - count).abs() / count;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 fn demo(dir: &Path) -> PathBuf {
     let o = output(gpuspan().args(["demo", "--steps", "4", "--out"]).arg(dir));
     assert!(o.status.success(), "demo failed: {}", String::from_utf8_lossy(&o.stderr));
-    dir.join("capture.json.gz")
+    capture_in(dir)
 }
 
 /// `gpuspan diff --json A B [extra…]`: exit code and the parsed object.

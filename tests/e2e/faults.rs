@@ -12,7 +12,7 @@ fn run_stdit(out: &Path, env: &[(&str, &str)]) -> gpuspan_core::trace::Trace {
     }
     let o = output(&mut c);
     assert!(o.status.success(), "run failed: {}", String::from_utf8_lossy(&o.stderr));
-    gpuspan_export::read_trace(&out.join("capture.json.gz")).expect("capture")
+    gpuspan_export::read_trace(&capture_in(out)).expect("capture")
 }
 
 fn summary_arg(t: &gpuspan_core::trace::Trace, key: &str) -> u64 {
@@ -73,7 +73,7 @@ fn every_cupti_release_gives_the_same_stats() {
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "CUPTI {version}: {stdout}\n{stderr}");
         assert!(stdout.contains(&format!("sim cupti: version={version} ")), "CUPTI {version}: {stdout}");
-        let capture = out.path().join("capture.json.gz");
+        let capture = capture_in(out.path());
         let t = gpuspan_export::read_trace(&capture).expect("capture");
         let want_api = gpuspan_cupti::layouts::release_named(version).unwrap().api_version as u64;
         assert_eq!(summary_arg(&t, "gpuspan.cupti_version"), want_api, "CUPTI {version}");

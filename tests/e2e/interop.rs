@@ -108,7 +108,7 @@ fn stats(file: &Path) -> Value {
 fn demo_capture(dir: &Path) -> PathBuf {
     let o = output(gpuspan().args(["demo", "--steps", "3", "--out"]).arg(dir));
     assert!(o.status.success(), "demo failed: {}", String::from_utf8_lossy(&o.stderr));
-    let p = dir.join("capture.json.gz");
+    let p = capture_in(dir);
     assert!(p.is_file(), "no capture: {}", String::from_utf8_lossy(&o.stderr));
     p
 }

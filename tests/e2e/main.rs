@@ -11,6 +11,7 @@ mod control;
 mod demo;
 mod diff;
 mod faults;
+mod fork;
 mod inject;
 mod nvtx;
 mod interop;

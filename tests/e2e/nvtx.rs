@@ -3,7 +3,7 @@
 //! domain ranges with ASCII / wide / registered-string messages, and another library's
 //! domain (NCCL's) whose ranges interleave with ours. `python/examples/sim_worker.py --nvtx`.
 
-use crate::util::{artifact, gpuspan, output};
+use crate::util::{artifact, capture_in, gpuspan, output};
 use gpuspan_export::read_trace;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -62,7 +62,7 @@ fn wide_names_domains_and_foreign_domain_ranges() {
         .find_map(|l| l.strip_prefix("launched ")?.strip_suffix(" kernels")?.parse().ok())
         .unwrap_or_else(|| panic!("no launched line: {stdout}"));
 
-    let t = read_trace(&out.path().join("capture.json.gz")).expect("capture written");
+    let t = read_trace(&capture_in(out.path())).expect("capture written");
     assert_eq!(t.kernels().count(), launched, "every kernel captured");
     let mut per_trace: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     let mut per_stage: BTreeMap<&str, usize> = BTreeMap::new();

@@ -125,7 +125,7 @@ fn demo_over(transport: Transport, steps: u32) {
     assert!(rx.wait_for(Duration::from_secs(10), |s| s.iter().any(|s| s.name == "gpu.request")), "no gpu.request arrived");
     let spans = rx.spans();
     let by_name = check_tree(&spans, &trace_id, &worker_span);
-    let (capture_stages, kernel_count) = capture_stage_totals_ns(&out.path().join("capture.json.gz"));
+    let (capture_stages, kernel_count) = capture_stage_totals_ns(&capture_in(out.path()));
     let kernel_spans = by_name.get("cuda.kernel").map_or(0, |v| v.len());
     let req = by_name["gpu.request"][0];
     assert_eq!(req.int("gpuspan.kernel_count"), Some(kernel_count as i64));
@@ -214,7 +214,7 @@ fn fixture_replay_over(transport: Transport) {
     assert!(rx.wait_for(Duration::from_secs(10), |s| s.iter().any(|s| s.name == "gpu.request")));
     let spans = rx.spans();
     let by_name = check_tree(&spans, &trace_id, &worker_span);
-    let (capture_stages, kernel_count) = capture_stage_totals_ns(&out.path().join("capture.json.gz"));
+    let (capture_stages, kernel_count) = capture_stage_totals_ns(&capture_in(out.path()));
     assert_eq!(by_name["cuda.kernel"].len(), kernel_count);
     assert!(by_name.get("dit.step").is_some_and(|v| !v.is_empty()), "ProfilerStep ranges become steps");
     compare_stage_totals(&stage_busy(&by_name), &capture_stages, kernel_count);

@@ -100,7 +100,7 @@ fn endpoint_down_for_10s_then_up() {
     assert!(run_time > recovered_at + Duration::from_secs(2), "the run must outlast the outage: {run_time:?}");
 
     // Summary counters the agent wrote into the capture.
-    let capture = out.path().join("capture.json.gz");
+    let capture = capture_in(out.path());
     let trace = gpuspan_export::read_trace(&capture).unwrap();
     let summary = trace.events.iter().find(|e| e.name == "gpuspan.summary").unwrap();
     let arg = |k: &str| summary.extra_args.get(k).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("{k} missing"));

@@ -82,7 +82,7 @@ fn python_worker_requests_carry_their_traceparents() {
     let want: BTreeSet<String> = [trace_id(TP0), trace_id(TP1)].map(String::from).into();
     assert_eq!(per_request.keys().cloned().collect::<BTreeSet<_>>(), want, "{stdout}");
 
-    let t = read_trace(&out.path().join("capture.json.gz")).expect("capture written");
+    let t = read_trace(&capture_in(out.path())).expect("capture written");
     let n = launched(&stdout);
     assert_eq!(t.kernels().count(), n, "every launched kernel captured");
     assert_eq!(per_request.values().sum::<usize>(), n);
@@ -129,7 +129,7 @@ fn bad_traceparents_start_new_traces_with_one_warning() {
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("malformed traceparent")).collect();
     assert_eq!(warnings.len(), 1, "one rate-limited warning: {stderr}");
     let stdout = String::from_utf8_lossy(&o.stdout);
-    let t = read_trace(&out.path().join("capture.json.gz")).expect("capture written");
+    let t = read_trace(&capture_in(out.path())).expect("capture written");
     assert_eq!(t.kernels().count(), launched(&stdout), "no GPU data lost");
     let ids: BTreeSet<&str> = t.kernels().map(|k| k.trace_id.as_deref().expect("a new trace id")).collect();
     assert_eq!(ids.len(), 4, "a new trace per request: {ids:?}");
@@ -159,7 +159,7 @@ fn python_finds_the_library_by_path_or_runs_without_it() {
     let o = output(base().env("GPUSPAN_LIB", artifact("libgpuspan.so")).env("GPUSPAN_OUT", out.path()).env("GPUSPAN_MODE", "fine"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    let t = read_trace(&out.path().join("capture.json.gz")).expect("capture written");
+    let t = read_trace(&capture_in(out.path())).expect("capture written");
     assert_eq!(t.kernels().count(), launched(&stdout));
     assert!(t.kernels().all(|k| k.trace_id.as_deref() == Some(trace_id(TP0))), "all kernels in the request");
 
@@ -218,7 +218,7 @@ fn python_worker_with_opentelemetry_takes_the_current_span() {
             Some(tp) => assert!(ids.iter().all(|id| id == trace_id(tp)), "children of the traceparent: {ids:?}"),
             None => assert!(ids[0] != ids[1] && ids.iter().all(|id| id.len() == 32), "new roots: {ids:?}"),
         }
-        let t = read_trace(&out.path().join("capture.json.gz")).expect("capture written");
+        let t = read_trace(&capture_in(out.path())).expect("capture written");
         assert_eq!(t.kernels().count(), launched(&stdout));
         let captured: BTreeSet<&str> = t.kernels().map(|k| k.trace_id.as_deref().expect("trace id")).collect();
         let printed: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
@@ -454,7 +454,7 @@ fn c_program_through_the_c_abi() {
     let want: Vec<i32> = [0].into_iter().chain(step).chain(step).chain([1, 1, 0, -2, 0, 1, 1, 0]).collect();
     assert_eq!(levels, want);
 
-    let t = read_trace(&out.path().join("capture.json.gz")).expect("capture written");
+    let t = read_trace(&capture_in(out.path())).expect("capture written");
     assert_eq!(t.kernels().count(), launched(&stdout));
     // (trace id, step, scope) → kernels.
     type Key<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
@@ -483,7 +483,7 @@ fn concurrent_requests_on_two_threads_keep_their_trace_ids() {
     let out = tempfile::tempdir().unwrap();
     let o = run_sim(out.path(), &exe, &["threads", TP0, TP1]);
     let stdout = String::from_utf8_lossy(&o.stdout);
-    let t = read_trace(&out.path().join("capture.json.gz")).expect("capture written");
+    let t = read_trace(&capture_in(out.path())).expect("capture written");
     assert_eq!(t.kernels().count(), launched(&stdout));
     let mut per_thread: BTreeMap<&str, usize> = BTreeMap::new();
     for k in t.kernels() {
@@ -567,6 +567,6 @@ fn python_worker_names_its_stream_for_coarse_timing() {
         for s in &spans {
             assert_eq!(s.str("gpuspan.timing"), Some(want), "{} of the {} run", s.name, if name { "named" } else { "unnamed" });
         }
-        assert!(!out.path().join("capture.json.gz").exists(), "coarse mode writes no capture");
+        assert!(captures_in(out.path()).is_empty(), "coarse mode writes no capture");
     }
 }

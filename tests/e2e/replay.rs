@@ -19,7 +19,7 @@ fn check_fixture(name: &str) {
     let out = tempfile::tempdir().unwrap();
     let o = output(gpuspan().arg("replay").arg(&original).arg("--out").arg(out.path()));
     assert!(o.status.success(), "{name}: replay failed: {}", String::from_utf8_lossy(&o.stderr));
-    let capture = out.path().join("capture.json.gz");
+    let capture = capture_in(out.path());
     assert!(capture.is_file(), "{name}: no capture; stderr: {}", String::from_utf8_lossy(&o.stderr));
 
     let a = stats_json(&original);

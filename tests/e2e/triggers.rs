@@ -77,9 +77,9 @@ fn baggage_rule_captures_that_request_fine_and_only_it() {
     assert!(text.contains("rule marked: request"), "{text}");
     let line = text.lines().find(|l| l.starts_with("sim cupti:")).unwrap();
     assert!(line.contains("subscribes=1 ") && line.contains("unsubscribes=1 ") && line.contains("subscribed=0"), "one window, CUPTI released: {line}");
-    assert!(!out.join("window-2").exists(), "the other requests stay coarse");
-    assert!(!out.join("capture.json.gz").exists());
-    let t = gpuspan_export::read_trace(&out.join("window-1/capture.json.gz")).expect("the request's capture");
+    assert!(window_dirs(&out, 2).is_empty(), "the other requests stay coarse");
+    assert!(captures_in(&out).is_empty());
+    let t = gpuspan_export::read_trace(&window_capture(&out, 1)).expect("the request's capture");
     let requests: Vec<&str> = t
         .events
         .iter()
@@ -120,7 +120,7 @@ fn flight_recorder_exports_the_slow_step_that_fired_the_anomaly() {
     assert!(text.contains("flight recorder on: CUPTI collects the last 4 steps"), "{text}");
     assert!(text.contains("anomaly slow: step 6 of stdit took"), "{text}");
     assert_eq!(text.matches("anomaly slow:").count(), 1, "one window: {text}");
-    let t = gpuspan_export::read_trace(&out.join("window-1/capture.json.gz")).expect("the anomaly's capture");
+    let t = gpuspan_export::read_trace(&window_capture(&out, 1)).expect("the anomaly's capture");
     let steps: Vec<String> = t
         .events
         .iter()
@@ -168,7 +168,7 @@ fn oom_on_the_api_fires_the_oom_rule() {
     );
     assert!(text.contains("1 allocations refused (out of memory)"), "{text}");
     assert!(text.contains("anomaly oom: CUDA_ERROR_OUT_OF_MEMORY on the API"), "{text}");
-    let t = gpuspan_export::read_trace(&out.join("window-1/capture.json.gz")).expect("the OOM's capture");
+    let t = gpuspan_export::read_trace(&window_capture(&out, 1)).expect("the OOM's capture");
     let steps: Vec<&str> = t
         .events
         .iter()

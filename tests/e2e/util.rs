@@ -61,3 +61,48 @@ pub fn real_cupti_lib_dir() -> Option<PathBuf> {
     }
     None
 }
+
+/// The per-process captures (`capture-<pid>.json.gz`) in `dir`, sorted by name.
+pub fn captures_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("capture-") && n.ends_with(".json.gz"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The one capture in `dir`; panics naming the directory and what it holds otherwise.
+pub fn capture_in(dir: &Path) -> PathBuf {
+    let mut v = captures_in(dir);
+    assert_eq!(v.len(), 1, "one capture-<pid>.json.gz expected in {}: {v:?}", dir.display());
+    v.remove(0)
+}
+
+/// The window directories `window-<pid>-<n>` in `dir` for window number `n`.
+pub fn window_dirs(dir: &Path, n: u32) -> Vec<PathBuf> {
+    let suffix = format!("-{n}");
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|name| name.starts_with("window-") && name.ends_with(&suffix) && name.matches('-').count() == 2)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The capture of window `n` in `dir` (`window-<pid>-<n>/capture-<pid>.json.gz`).
+pub fn window_capture(dir: &Path, n: u32) -> PathBuf {
+    let w = window_dirs(dir, n);
+    assert_eq!(w.len(), 1, "one window-<pid>-{n} in {}: {w:?}", dir.display());
+    capture_in(&w[0])
+}

@@ -207,7 +207,7 @@ fn demo_writes_waterfall_html_and_prints_its_path() {
 
     // The terminal waterfall of the demo capture: 3 dit steps + the work outside them
     // (VAE decode), each drawn within 80 columns.
-    let capture = out.path().join("capture.json.gz");
+    let capture = capture_in(out.path());
     let w = model(&capture);
     assert_eq!(w.steps.len(), 4);
     for step in ["0", "1", "2", "3"] {
@@ -299,7 +299,7 @@ fn waterfall_html_of_a_100k_kernel_capture_renders_in_chromium_under_2s() {
         "wan2.1 run failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let capture = dir.path().join("capture.json.gz");
+    let capture = capture_in(dir.path());
     let s = stats_json(&capture);
     assert!(s.kernel_count >= 100_000, "{} kernels", s.kernel_count);
     let page = dir.path().join("waterfall.html");

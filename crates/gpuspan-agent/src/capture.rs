@@ -1,5 +1,5 @@
 //! Writing the capture: join the collected records with the scopes and write
-//! `GPUSPAN_OUT/capture.json.gz` (Kineto schema, DESIGN.md "Spans, metrics, files").
+//! `GPUSPAN_OUT/capture-<pid>.json.gz` (Kineto schema, DESIGN.md "Spans, metrics, files").
 
 use crate::collector::Collector;
 use crate::state::Agent;
@@ -10,7 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 /// File name of the capture inside the output directory.
-pub const CAPTURE_FILE: &str = "capture.json.gz";
+pub const CAPTURE_FILE_PREFIX: &str = "capture-";
+
+/// The capture file name of this process: `capture-<pid>.json.gz`, so sibling workers
+/// under one `gpuspan run` (one per GPU, a launcher's ranks) each write their own.
+pub fn capture_file_name() -> String {
+    format!("{CAPTURE_FILE_PREFIX}{}.json.gz", std::process::id())
+}
 
 /// Joins and writes. The loss counters are written as `gpuspan.*` trace-level metadata on a
 /// `gpuspan.summary` event (cat `gpuspan`, zero duration, in its args), so a reader can tell a complete capture
@@ -29,7 +35,7 @@ pub fn write(a: &Agent, c: &mut Collector) -> Result<PathBuf, String> {
     write_parts(a, &c.records, &c.scopes, &mut c.classifier, seed, &a.config.out_dir, &extra)
 }
 
-/// Joins `records` with `scopes` and writes `dir/capture.json.gz`, with the agent's loss
+/// Joins `records` with `scopes` and writes `dir/capture-<pid>.json.gz`, with the agent's loss
 /// counters and `extra` (`gpuspan.<key>` = value) in the summary event. Used for the
 /// exit capture and for each fine window's.
 pub fn write_parts(
@@ -104,7 +110,7 @@ pub fn write_parts(
     summary.ts_us = trace.events.first().map(|e| e.ts_us).unwrap_or(0.0);
     trace.events.insert(0, summary);
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let path = dir.join(CAPTURE_FILE);
+    let path = dir.join(capture_file_name());
     gpuspan_export::write_trace(&trace, &path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     crate::log::info(&format!("wrote {} ({} GPU events)", path.display(), st.gpu_events));
     Ok(path)

@@ -28,7 +28,7 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// application has normally synchronized before exiting, so they are complete.
 pub const COARSE_EXIT_WAIT: Duration = Duration::from_secs(2);
 
-/// Why coarse mode writes no `capture.json.gz` at exit (kernel captures come from fine
+/// Why coarse mode writes no `capture-<pid>.json.gz` at exit (kernel captures come from fine
 /// windows, `gpuspan capture PID`).
 pub const NO_COARSE_CAPTURE: &str = "coarse mode records no kernels: spans and metrics only (use `gpuspan capture PID` or GPUSPAN_MODE=fine for a kernel capture)";
 

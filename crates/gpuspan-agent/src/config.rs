@@ -31,7 +31,7 @@ pub enum Mode {
 pub struct Config {
     /// Collection mode.
     pub mode: Mode,
-    /// Directory for `capture.json.gz`.
+    /// Directory for `capture-<pid>.json.gz` (`GPUSPAN_OUT`).
     pub out_dir: PathBuf,
     /// Stage-rules override file.
     pub rules_path: Option<PathBuf>,

@@ -48,7 +48,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,15 @@ struct Bound {
 }
 
 static BOUND: Mutex<Option<Bound>> = Mutex::new(None);
+/// The listening socket's descriptor while it is served, for the fork child handler.
+static LISTENER_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Takes the listening socket's descriptor (the `pthread_atfork` child handler closes it: a
+/// forked child must not hold the parent's control socket). Async-signal-safe: one atomic.
+pub fn take_listener_fd() -> Option<i32> {
+    let fd = LISTENER_FD.swap(-1, Ordering::AcqRel);
+    (fd >= 0).then_some(fd)
+}
 static STARTED_AT: OnceLock<Instant> = OnceLock::new();
 
 /// Starts the control server of the active agent (once per process): called by
@@ -88,7 +97,10 @@ pub fn start() {
             Ok(false) => {}
             Err(w) => crate::log::warn(&w),
         }
-        if BOUND.lock().map(|g| g.is_some()).unwrap_or(true) {
+        // Bound already by this process (a forked child that activated binds its own; a
+        // lock held across the fork is skipped rather than waited for).
+        let pid = std::process::id();
+        if BOUND.try_lock().map(|g| g.as_ref().is_some_and(|b| b.pid == pid)).unwrap_or(true) {
             return;
         }
         let euid = nix::unistd::geteuid().as_raw();
@@ -102,8 +114,10 @@ pub fn start() {
         };
         let path = server.path.clone();
         let bound = server.bound();
+        let fd = server.listener.as_raw_fd();
         match server.spawn(Handlers { status: agent_status, capture: agent_capture }) {
             Ok(_) => {
+                LISTENER_FD.store(fd, Ordering::Release);
                 if let Ok(mut g) = BOUND.lock() {
                     *g = Some(bound);
                 }

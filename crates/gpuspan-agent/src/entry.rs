@@ -4,10 +4,18 @@
 //! (`src/lib.rs`), which builds `libgpuspan.so`: cargo cannot have this crate's library also
 //! be named `gpuspan` next to the root package's.
 //!
-//! - ELF constructor (`LD_PRELOAD`): points `NVTX_INJECTION64_PATH` at this library when it
-//!   is unset, then activates. Under `CUDA_INJECTION64_PATH` alone the constructor also
-//!   runs (at dlopen time, inside `cuInit`), which is equally fine.
-//! - `InitializeInjection` (CUDA driver, `CUDA_INJECTION64_PATH`): activates; returns 1.
+//! - ELF constructor (`LD_PRELOAD`): only arranges injection. It points
+//!   `NVTX_INJECTION64_PATH` and `CUDA_INJECTION64_PATH` at this library when they are unset
+//!   and pins it; it does not activate, so a process that never initialises CUDA, calls NVTX
+//!   or calls the gpuspan API (a shell, a compiler, an Inductor compile worker,
+//!   `nvidia-smi`) gets no thread, no socket, no file and no output from us. Under
+//!   `CUDA_INJECTION64_PATH` alone the constructor runs at dlopen time inside `cuInit`,
+//!   which is equally fine.
+//! - `InitializeInjection` (CUDA driver, `CUDA_INJECTION64_PATH`, called during the
+//!   process's first `cuInit`): activates; returns 1.
+//! - The first gpuspan API call (C ABI, Rust guards, the Python helper): activates
+//!   ([`on_api_call`]), for workers that link the library or load it by path after CUDA
+//!   was initialised, and for processes where another tool owns `CUDA_INJECTION64_PATH`.
 //! - `InitializeInjectionNvtx2` (each NVTX instance): installs the hooks when the agent is
 //!   active and returns 1; returns 0 (NVTX then turns its calls into no-ops) when inactive.
 //!   It makes no NVTX call (CUPTI-NOTES §5: that would spin forever).
@@ -53,20 +61,60 @@ fn pin_self() {
 }
 
 /// What the ELF constructor of `libgpuspan.so` does (`LD_PRELOAD`, or `dlopen` by the CUDA
-/// driver / NVTX): when running from a shared object, points `NVTX_INJECTION64_PATH` at it
-/// if unset, pins it, and activates. Does nothing when this code is linked into an
-/// executable (tests, the CLI) or when `GPUSPAN_NO_AUTOSTART` is set.
+/// driver / NVTX): when running from a shared object, points `NVTX_INJECTION64_PATH` and
+/// `CUDA_INJECTION64_PATH` at it where unset (another tool's injection is left in place),
+/// and pins it. It does not activate: activation waits for the process's first CUDA
+/// initialisation, NVTX call or gpuspan API call. No thread, allocation of note, file or
+/// output. Does nothing when this code is linked into an executable (tests, the CLI) or
+/// when `GPUSPAN_NO_AUTOSTART` is set.
 pub fn on_load() {
     let _ = std::panic::catch_unwind(|| {
         let Some(me) = own_path() else { return };
         if std::env::var_os("GPUSPAN_NO_AUTOSTART").is_some() {
             return;
         }
-        if std::env::var_os("NVTX_INJECTION64_PATH").is_none() {
-            std::env::set_var("NVTX_INJECTION64_PATH", &me);
+        for var in ["NVTX_INJECTION64_PATH", "CUDA_INJECTION64_PATH"] {
+            if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
+                std::env::set_var(var, &me);
+            }
         }
         pin_self();
-        let _ = state::activate();
+    });
+}
+
+/// Activates the agent on the first gpuspan API call of the process (later calls: two
+/// atomic loads). `GPUSPAN_NO_AUTOSTART` turns this off as it does the constructor; in a
+/// forked child of an active process it does nothing (`state::activate_for`).
+#[inline]
+pub fn on_api_call() {
+    if state::agent().is_none() && !state::activation_attempted() && !state::is_forked_child() {
+        let _ = std::panic::catch_unwind(|| {
+            if std::env::var_os("GPUSPAN_NO_AUTOSTART").is_none() {
+                let _ = state::activate_for(state::Trigger::Api);
+            }
+        });
+    }
+}
+
+/// The `pthread_atfork` child handler: the child starts with the agent inactive
+/// (`state::on_fork_child`) and without the parent's control socket. Atomics and one
+/// `close`, all async-signal-safe (POSIX `fork`: the child of a multithreaded process may
+/// only make such calls until it execs).
+extern "C" fn at_fork_child() {
+    state::on_fork_child();
+    if let Some(fd) = crate::control::take_listener_fd() {
+        // SAFETY: `fd` is the control socket's listening descriptor, whose owner (the
+        // parent's server thread) does not exist in this child; nothing else closes it here.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Registers [`at_fork_child`] with `pthread_atfork`, once, before activation starts work.
+pub fn register_fork_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a 'static `extern "C" fn()` child handler, no prepare / parent handler.
+        unsafe { libc::pthread_atfork(None, None, Some(at_fork_child)) };
     });
 }
 
@@ -89,7 +137,7 @@ pub fn initialize_injection() -> i32 {
 pub unsafe fn initialize_injection_nvtx2(get_export_table: Option<gpuspan_cupti::nvtx::GetExportTableFn>) -> i32 {
     std::panic::catch_unwind(|| {
         let Some(get) = get_export_table else { return 0 };
-        if state::activate().is_err() {
+        if state::activate_for(state::Trigger::Nvtx).is_err() {
             return 0;
         }
         // SAFETY: `get` is the accessor NVTX passed us.

@@ -17,7 +17,7 @@
 //!   pool and a bounded queue of completed buffers; no lock, no allocation;
 //! - the collector thread ([`collector`]): drains both queues, decodes each buffer once,
 //!   keeps scopes and records, and at exit (or [`flush_capture`]) joins them into a Kineto
-//!   trace written to `GPUSPAN_OUT/capture.json.gz` ([`capture`]); as steps and requests
+//!   trace written to `GPUSPAN_OUT/capture-<pid>.json.gz` ([`capture`]); as steps and requests
 //!   complete it assembles their span tree (`gpuspan_core::spans`) and hands spans and
 //!   timings to [`telemetry`]: the OTLP exporter thread and the metrics (Prometheus
 //!   endpoint, NVML gauges from [`nvml`]).

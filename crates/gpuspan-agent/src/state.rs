@@ -7,7 +7,7 @@ use crossbeam::queue::ArrayQueue;
 use gpuspan_core::scope::ScopeEvent;
 use gpuspan_cupti::activity::{ActivityApi, Subscriber, BUFFER_DECLINE_MIN_VERSION};
 use gpuspan_cupti::buffers::BufferPool;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// Capacity of the scope-event queue (events; each ≈ 290 bytes, so ≈ 4.6 MiB; the
@@ -81,20 +81,67 @@ pub struct Agent {
     pub recorder_steps: std::sync::OnceLock<u64>,
 }
 
-static AGENT: OnceLock<Agent> = OnceLock::new();
-static ACTIVATING_PID: AtomicU64 = AtomicU64::new(0);
-
-/// True in the process that activated the agent; false in a `fork`ed child (which
-/// inherits the agent's memory but none of its threads).
-pub fn in_activating_process() -> bool {
-    ACTIVATING_PID.load(Ordering::Relaxed) == std::process::id() as u64
+/// One activation of the agent and what it made. A process has one; the `fork`ed child of
+/// a process whose agent had started activating gets a fresh one ([`on_fork_child`]), so the
+/// child never touches the parent's CUPTI session, queues, threads or half-finished
+/// activation, and can activate cleanly on its own CUDA initialisation.
+struct Lifecycle {
+    /// Activation began (set before any work, so a fork during activation sees it).
+    started: AtomicBool,
+    /// The process that activated.
+    pid: AtomicU64,
+    activation: OnceLock<Result<(), String>>,
+    agent: OnceLock<Agent>,
 }
-static ACTIVATION: OnceLock<Result<(), String>> = OnceLock::new();
 
-/// The agent if active: one atomic load (hot path).
+impl Lifecycle {
+    const fn new() -> Lifecycle {
+        Lifecycle { started: AtomicBool::new(false), pid: AtomicU64::new(0), activation: OnceLock::new(), agent: OnceLock::new() }
+    }
+}
+
+/// Lifecycles for a process and the forked descendants that activate again; past the last
+/// one a descendant stays inactive.
+pub const LIFECYCLES: usize = 4;
+static LIFECYCLE: [Lifecycle; LIFECYCLES] = [const { Lifecycle::new() }; LIFECYCLES];
+/// Index of this process's lifecycle.
+static GENERATION: AtomicUsize = AtomicUsize::new(0);
+/// This process is the forked child of one whose agent had started: only the CUDA driver's
+/// `InitializeInjection` (this process initialising CUDA itself) may activate here.
+static FORKED_CHILD: AtomicBool = AtomicBool::new(false);
+
+#[inline]
+fn lifecycle() -> Option<&'static Lifecycle> {
+    LIFECYCLE.get(GENERATION.load(Ordering::Acquire))
+}
+
+/// What the `pthread_atfork` child handler does (`entry`): if this process's agent had
+/// started activating (or was active), the child moves to a fresh lifecycle and remembers it
+/// was forked; the parent's agent stays behind in the child's memory, never used. Atomics
+/// only: async-signal-safe, no allocation, no lock, so a fork in the middle of activation
+/// cannot leave the child waiting for it.
+pub fn on_fork_child() {
+    if lifecycle().is_some_and(|l| l.started.load(Ordering::Acquire)) {
+        GENERATION.fetch_add(1, Ordering::AcqRel);
+        FORKED_CHILD.store(true, Ordering::Release);
+    }
+}
+
+/// True in the process that activated the agent; false in a `fork`ed child that did not
+/// activate itself.
+pub fn in_activating_process() -> bool {
+    lifecycle().is_some_and(|l| l.pid.load(Ordering::Relaxed) == std::process::id() as u64)
+}
+
+/// True in the forked child of a process whose agent had started (see [`on_fork_child`]).
+pub fn is_forked_child() -> bool {
+    FORKED_CHILD.load(Ordering::Acquire)
+}
+
+/// The agent if active: two atomic loads (hot path).
 #[inline]
 pub fn agent() -> Option<&'static Agent> {
-    AGENT.get()
+    lifecycle()?.agent.get()
 }
 
 /// A snapshot of the agent's state.
@@ -112,7 +159,7 @@ pub struct AgentStatus {
 
 /// Status of the agent (activation is not triggered by this call).
 pub fn status() -> AgentStatus {
-    match (ACTIVATION.get(), AGENT.get()) {
+    match (lifecycle().and_then(|l| l.activation.get()), agent()) {
         (_, Some(a)) => AgentStatus {
             inactive_reason: None,
             cupti_version: a.api.version(),
@@ -134,19 +181,54 @@ pub fn status() -> AgentStatus {
     }
 }
 
-/// Activates the agent once per process (later calls return the first outcome). On failure
-/// prints one warning saying why the agent is inactive and returns the reason.
-pub fn activate() -> Result<(), String> {
-    ACTIVATION
+/// Whether [`activate`] finished in this process (successfully or not). Two atomic loads.
+#[inline]
+pub fn activation_attempted() -> bool {
+    lifecycle().is_none_or(|l| l.activation.get().is_some())
+}
+
+/// What asks for activation: the CUDA driver (`InitializeInjection`, this process's first
+/// `cuInit`), an NVTX instance's first call, or a gpuspan API call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// `InitializeInjection`.
+    Cuda,
+    /// `InitializeInjectionNvtx2`.
+    Nvtx,
+    /// The C / Rust / Python API.
+    Api,
+}
+
+/// Activates the agent once per process (later calls return the first outcome; a call
+/// while another thread activates waits for it). On failure prints one warning saying why
+/// the agent is inactive and returns the reason. In the forked child of a process whose
+/// agent had started, only [`Trigger::Cuda`] activates (the child initialising CUDA itself);
+/// NVTX and API calls there find the agent inactive, without a warning.
+pub fn activate_for(trigger: Trigger) -> Result<(), String> {
+    let Some(l) = lifecycle() else {
+        return Err(format!("more than {} generations of forked processes activated", LIFECYCLES - 1));
+    };
+    if is_forked_child() && trigger != Trigger::Cuda && l.activation.get().is_none() {
+        return Err("in a forked child that has not initialised CUDA itself".into());
+    }
+    l.activation
         .get_or_init(|| {
+            crate::entry::register_fork_handler();
+            l.started.store(true, Ordering::Release);
+            l.pid.store(std::process::id() as u64, Ordering::Relaxed);
             crate::log::init_from_env();
-            let r = activate_inner();
+            let r = activate_inner(l);
             if let Err(e) = &r {
                 crate::log::warn(&format!("inactive: {e}"));
             }
             r
         })
         .clone()
+}
+
+/// [`activate_for`] the CUDA driver's injection (the trigger that works everywhere).
+pub fn activate() -> Result<(), String> {
+    activate_for(Trigger::Cuda)
 }
 
 /// Span options: the budget from the configuration, and the CUPTI → Unix clock offset
@@ -170,8 +252,7 @@ fn span_options(config: &Config, api: &ActivityApi, exporting: bool) -> gpuspan_
     }
 }
 
-fn activate_inner() -> Result<(), String> {
-    ACTIVATING_PID.store(std::process::id() as u64, Ordering::Relaxed);
+fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
     let (config, warnings) = Config::from_env();
     for w in &warnings {
         crate::log::warn(w);
@@ -220,10 +301,10 @@ fn activate_inner() -> Result<(), String> {
         config,
         api,
     };
-    if AGENT.set(agent).is_err() {
+    if l.agent.set(agent).is_err() {
         return Ok(());
     }
-    let a = AGENT.get().expect("just set");
+    let a = l.agent.get().expect("just set");
     if a.config.mode == Mode::Coarse {
         if let Some(n) = a.config.flight_recorder.or(a.triggers.flight_recorder_steps) {
             match crate::window::subscribe(a) {

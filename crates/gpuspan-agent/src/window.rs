@@ -16,7 +16,7 @@
 //!    window is still running when CUPTI is flushed.
 //! 4. **written**: the collector flushes CUPTI (complete records, then a forced flush),
 //!    disables the activity kinds and unsubscribes (releasing CUPTI for other tools), and
-//!    writes `OUT/capture.json.gz` with the records of the window's scopes only (records
+//!    writes `OUT/capture-<pid>.json.gz` with the records of the window's scopes only (records
 //!    of work before or after it, collected while CUPTI was on, are dropped).
 //!
 //! With the flight recorder on (`GPUSPAN_FLIGHT_RECORDER=N`), CUPTI stays subscribed for the
@@ -141,7 +141,7 @@ impl Windows {
     ) -> Result<WindowStatus, String> {
         if a.config.mode != crate::config::Mode::Coarse {
             return Err(
-                "GPUSPAN_MODE=fine already captures every kernel (GPUSPAN_OUT/capture.json.gz); capture windows are for coarse mode"
+                "GPUSPAN_MODE=fine already captures every kernel (GPUSPAN_OUT/capture-<pid>.json.gz); capture windows are for coarse mode"
                     .into(),
             );
         }
@@ -156,7 +156,7 @@ impl Windows {
         let id = g.next_id;
         let out_dir = match &req.out {
             Some(o) => PathBuf::from(o),
-            None => absolute(&a.config.out_dir.join(format!("window-{id}"))),
+            None => absolute(&a.config.out_dir.join(format!("window-{}-{id}", std::process::id()))),
         };
         let mut status = WindowStatus {
             id,

@@ -79,7 +79,7 @@ fn capture(pid: u32, size: Result<WindowSize, String>, out: Option<&Path>) -> Re
     let reply = request(pid, &path, &req)?;
     let w = parse_capture_reply(&reply).map_err(|e| format!("{}: {e}", path.display()))?;
     eprintln!(
-        "gpuspan: window {} armed in process {pid}: {} {}; the capture will be {}/capture.json.gz",
+        "gpuspan: window {} armed in process {pid}: {} {}; the capture will be {}/capture-{pid}.json.gz",
         w.id,
         w.target,
         w.kind,

@@ -39,7 +39,7 @@ pub fn run(a: &Path, b: &Path, json: bool, fail_over: Option<f64>) -> ExitCode {
         }
     }
     let summarise = |p: &Path| -> Result<DiffInput, ExitCode> {
-        match gpuspan_export::read_trace(p) {
+        match gpuspan_export::read_captures(p) {
             Ok(t) => Ok(DiffInput::new(&t, &p.display().to_string())),
             Err(e) => {
                 eprintln!("gpuspan: {e}");

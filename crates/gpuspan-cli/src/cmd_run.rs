@@ -34,8 +34,9 @@ fn absolute(p: &Path) -> PathBuf {
 pub struct RunOutcome {
     /// The worker's exit status code (128 + signal when killed by one).
     pub code: i32,
-    /// The capture, when the agent wrote one.
-    pub capture: Option<PathBuf>,
+    /// The captures the agent wrote, one per process that collected
+    /// (`OUT/capture-<pid>.json.gz`), sorted by name.
+    pub captures: Vec<PathBuf>,
     /// Wall time of the worker.
     pub elapsed: Duration,
 }
@@ -44,13 +45,33 @@ pub struct RunOutcome {
 /// `GPUSPAN_METRICS_ADDR` is set (9464: the OpenTelemetry Prometheus exporter's port).
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 
-/// Runs `cmd` with the agent injected. Errors are one-line messages and an exit code.
+/// The per-process capture files in `dir` (`capture-<pid>.json.gz`, what the agent of each
+/// process writes), sorted by name.
+pub fn captures_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("capture-") && n.ends_with(".json.gz"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Runs `cmd` with the agent injected. The captures an earlier run left in `out` are
+/// removed first, so `out` ends up holding this run's (one per process that collected).
+/// Errors are one-line messages and an exit code.
 pub fn run_injected(cmd: &[String], mode: &str, out: &Path, sim: bool, label: Option<&str>) -> Result<RunOutcome, (String, u8)> {
     let agent = artifacts::agent_lib().map_err(|e| (e.to_string(), 3))?;
     let out = absolute(out);
-    let capture = out.join("capture.json.gz");
-    if capture.exists() {
-        std::fs::remove_file(&capture).map_err(|e| (format!("cannot replace {}: {e}", capture.display()), 2))?;
+    for old in captures_in(&out) {
+        std::fs::remove_file(&old).map_err(|e| (format!("cannot replace {}: {e}", old.display()), 2))?;
     }
     let (program, args) = cmd.split_first().ok_or_else(|| ("no command given".to_string(), 2))?;
     let mut c = Command::new(program);
@@ -90,7 +111,7 @@ pub fn run_injected(cmd: &[String], mode: &str, out: &Path, sim: bool, label: Op
         use std::os::unix::process::ExitStatusExt;
         128 + status.signal().unwrap_or(0)
     });
-    Ok(RunOutcome { code, capture: capture.is_file().then_some(capture), elapsed })
+    Ok(RunOutcome { code, captures: captures_in(&out), elapsed })
 }
 
 fn exit_with(code: i32) -> ExitCode {
@@ -101,7 +122,7 @@ fn exit_with(code: i32) -> ExitCode {
 pub fn run(cmd: &[String], mode: &str, out: &Path, sim: bool, label: Option<&str>) -> ExitCode {
     match run_injected(cmd, mode, out, sim, label) {
         Ok(o) => {
-            if let Some(p) = &o.capture {
+            for p in &o.captures {
                 eprintln!("gpuspan: capture {}", p.display());
             }
             exit_with(o.code)
@@ -152,7 +173,8 @@ pub fn demo(out: &Path, steps: u32) -> ExitCode {
         eprintln!("gpuspan: the worker exited with {}", o.code);
         return exit_with(o.code);
     }
-    let Some(capture) = o.capture else {
+    // The replay worker is the one process that collects.
+    let Some(capture) = o.captures.into_iter().next() else {
         eprintln!("gpuspan: the agent wrote no capture (see its warnings above)");
         return ExitCode::from(1);
     };

@@ -20,13 +20,14 @@ const TOP_KERNELS: usize = 15;
 /// Table width, columns.
 const WIDTH: usize = 100;
 
-/// Runs `gpuspan stats`: reads `file` with [`gpuspan_export::read_trace`] and prints its
+/// Runs `gpuspan stats`: reads `file` (a trace, or a directory of them merged) with
+/// [`gpuspan_export::read_captures`] and prints its
 /// statistics to stdout, as pretty JSON when `json` is set, else as a table.
 ///
 /// Exit status: 0 on success; 2 when the file cannot be read, after one line
 /// `gpuspan: <error>` on stderr (the error names the file and what is wrong).
 pub fn run(file: &Path, json: bool) -> ExitCode {
-    let trace = match gpuspan_export::read_trace(file) {
+    let trace = match gpuspan_export::read_captures(file) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("gpuspan: {e}");

@@ -26,7 +26,7 @@ const WIDTH: usize = 80;
 /// Exit status: 0 on success; 2 after one line `gpuspan: <error>` on stderr when the file
 /// cannot be read, `step` is out of range, or the page cannot be written.
 pub fn run(file: &Path, step: Option<usize>, html: Option<&Path>) -> ExitCode {
-    let trace = match gpuspan_export::read_trace(file) {
+    let trace = match gpuspan_export::read_captures(file) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("gpuspan: {e}");

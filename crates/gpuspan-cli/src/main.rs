@@ -1,8 +1,9 @@
 //! `gpuspan`: the command line of the gpuspan profiling agent.
 //!
 //! - `demo`, `run`, `replay` start a worker with `libgpuspan.so` injected (and, with `--sim`,
-//!   the simulated H100 under it) and leave `DIR/capture.json.gz` behind ([`cmd_run`]);
-//! - `stats` summarises a capture or any Kineto trace ([`cmd_stats`]);
+//!   the simulated H100 under it) and leave `DIR/capture-<pid>.json.gz` behind, one per
+//!   process that collected ([`cmd_run`]);
+//! - `stats` summarises a capture, any Kineto trace, or a directory of them ([`cmd_stats`]);
 //! - `waterfall` draws one step's kernels per stream, in the terminal or as HTML
 //!   ([`cmd_waterfall`]);
 //! - `diff` compares two traces per stage, kernel and step ([`cmd_diff`]);
@@ -36,7 +37,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Built-in DiT video workload (stdit preset) on the simulated H100 with the agent
-    /// injected: writes DIR/capture.json.gz and prints the per-stage table.
+    /// injected: writes DIR/capture-<pid>.json.gz and DIR/waterfall.html and prints the
+    /// per-stage table.
     Demo {
         /// Output directory.
         #[arg(long, default_value = "gpuspan-out")]
@@ -70,7 +72,7 @@ enum Command {
     },
     /// Kernel / stage / step breakdown of a capture or a Kineto trace.
     Stats {
-        /// The trace file (.json or .json.gz).
+        /// The trace file (.json or .json.gz), or a directory of them (read as one).
         file: PathBuf,
         /// Print the DESIGN.md JSON object instead of tables.
         #[arg(long)]
@@ -78,7 +80,7 @@ enum Command {
     },
     /// Per-step kernel waterfall: one row per stream, bars coloured by stage.
     Waterfall {
-        /// The trace file (.json or .json.gz).
+        /// The trace file (.json or .json.gz), or a directory of them (read as one).
         file: PathBuf,
         /// Step to draw (index into the trace's steps, 0-based); default: the slowest.
         #[arg(long)]
@@ -89,9 +91,9 @@ enum Command {
     },
     /// What got slower from A to B: per stage, per kernel, per step.
     Diff {
-        /// The baseline trace.
+        /// The baseline trace, or a directory of them.
         a: PathBuf,
-        /// The trace to compare with it.
+        /// The trace (or directory) to compare with it.
         b: PathBuf,
         /// Print one JSON object instead of tables.
         #[arg(long)]
@@ -114,7 +116,7 @@ enum Command {
         /// Capture the next N requests, whole.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000), group = "size")]
         requests: Option<u64>,
-        /// Directory for the capture (default: the worker's GPUSPAN_OUT/window-<id>).
+        /// Directory for the capture (default: the worker's GPUSPAN_OUT/window-<pid>-<id>).
         #[arg(long)]
         out: Option<PathBuf>,
     },

@@ -140,8 +140,8 @@ impl WindowSize {
 pub struct CaptureRequest {
     /// The window's length.
     pub size: WindowSize,
-    /// Absolute directory for the window's `capture.json.gz`; `None`: the agent's
-    /// `GPUSPAN_OUT/window-<id>/`.
+    /// Absolute directory for the window's `capture-<pid>.json.gz`; `None`: the agent's
+    /// `GPUSPAN_OUT/window-<pid>-<id>/`.
     pub out: Option<String>,
 }
 

@@ -14,7 +14,8 @@
 //! Who depends on it:
 //! - `gpuspan-cli` (`gpuspan stats`, `waterfall`, `diff`, `replay`) reads traces with
 //!   [`read_trace`] and hands them to `gpuspan-core`'s analyses;
-//! - `gpuspan-agent` writes capture files (`DIR/capture.json.gz`) with [`write_trace`];
+//! - `gpuspan-agent` writes capture files (`DIR/capture-<pid>.json.gz`) with [`write_trace`];
+//!   the CLI reads a file or a directory of them with [`read_captures`];
 //! - `gpuspan-agent` feeds step / request timings, NVML samples and its own counters into
 //!   [`metrics::Metrics`] and serves them on `/metrics` with [`metrics::serve`] (OpenMetrics
 //!   with trace-id exemplars, or Prometheus text; its one thread, `gpuspan-metrics`);
@@ -35,4 +36,4 @@ pub mod metrics;
 pub mod otlp;
 pub mod waterfall;
 
-pub use kineto::{read_trace, write_trace, ReadError, ReadErrorKind};
+pub use kineto::{read_captures, read_trace, write_trace, ReadError, ReadErrorKind};

@@ -35,6 +35,8 @@ pub enum ReadErrorKind {
     },
     /// Valid JSON, but not a Chrome / Kineto trace (no `traceEvents` array, wrong types).
     NotKineto(String),
+    /// A directory given as a capture holds no trace file (`*.json`, `*.json.gz`).
+    NoTraceInDir,
     /// One event of `traceEvents` is unusable (e.g. an `X` event without a numeric `ts`).
     BadEvent {
         /// 0-based index of the event in `traceEvents`.
@@ -63,6 +65,7 @@ impl fmt::Display for ReadErrorKind {
                 write!(f, "invalid JSON at line {line} column {column}: {msg}")
             }
             ReadErrorKind::NotKineto(m) => write!(f, "not a Kineto trace: {m}"),
+            ReadErrorKind::NoTraceInDir => write!(f, "directory holds no trace file (*.json, *.json.gz)"),
             ReadErrorKind::BadEvent { index, msg } => write!(f, "event {index}: {msg}"),
         }
     }

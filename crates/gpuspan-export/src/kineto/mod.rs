@@ -12,10 +12,12 @@
 //! schema. See <https://github.com/pytorch/kineto/blob/main/libkineto/src/output_json.cpp>
 //! for the writer this mirrors.
 
+mod dir;
 mod error;
 mod read;
 mod write;
 
+pub use dir::{merge, read_captures, trace_files};
 pub use error::{ReadError, ReadErrorKind};
 pub use read::read_trace;
 pub use write::write_trace;

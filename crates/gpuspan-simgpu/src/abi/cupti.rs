@@ -30,7 +30,14 @@ pub unsafe extern "C" fn cuptiGetVersion(version: *mut u32) -> CUptiResult {
         if version.is_null() {
             return CUPTI_ERROR_INVALID_PARAMETER;
         }
-        let v = sim().lock().cfg.cupti.api_version();
+        let (v, slow) = {
+            let st = sim().lock();
+            (st.cfg.cupti.api_version(), st.cfg.faults.slow_cupti)
+        };
+        if slow {
+            // Outside the sim lock: only this caller waits.
+            std::thread::sleep(std::time::Duration::from_millis(crate::sim::config::SLOW_CUPTI_MS));
+        }
         // SAFETY: non-NULL out-pointer from the caller.
         unsafe { *version = v };
         CUPTI_SUCCESS

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `GPUSPAN_SIM_CLOCK` | `virtual` \| `real` | `virtual` |
 //! | `GPUSPAN_SIM_CUPTI_VERSION` | a CUPTI release `12.0` … `12.9`, `13.0` … `13.5` (`gpuspan_cupti::layouts::RELEASES`); `12` = `12.9`, `13` = `13.5` | `12.9` |
-//! | `GPUSPAN_SIM_FAULT` | comma list of `no_device`, `cupti_subscribed`, `drop_records` | none |
+//! | `GPUSPAN_SIM_FAULT` | comma list of `no_device`, `cupti_subscribed`, `drop_records`, `slow_cupti` | none |
 //! | `GPUSPAN_SIM_DROP_EVERY` | N ≥ 1: with `drop_records`, every Nth record is dropped | `10` |
 //!
 //! A bad value gets one warning on stderr naming the variable and the default used, except
@@ -65,7 +65,13 @@ pub struct Faults {
     pub cupti_subscribed: bool,
     /// Every Nth activity record is dropped and counted.
     pub drop_records: bool,
+    /// `cuptiGetVersion` takes [`SLOW_CUPTI_MS`] of wall time (a CUPTI that is slow to load,
+    /// so that a test can fork while a client of it is starting up).
+    pub slow_cupti: bool,
 }
+
+/// How long `cuptiGetVersion` sleeps under the `slow_cupti` fault, ms.
+pub const SLOW_CUPTI_MS: u64 = 400;
 
 /// Everything read from the environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +134,7 @@ impl Config {
                     "no_device" => cfg.faults.no_device = true,
                     "cupti_subscribed" => cfg.faults.cupti_subscribed = true,
                     "drop_records" => cfg.faults.drop_records = true,
+                    "slow_cupti" => cfg.faults.slow_cupti = true,
                     _ => warn("GPUSPAN_SIM_FAULT", f, "no fault"),
                 }
             }

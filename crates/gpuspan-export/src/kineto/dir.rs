@@ -1,0 +1,116 @@
+//! A directory of captures read as one trace: the per-process captures that sibling
+//! workers under one `gpuspan run` leave (`capture-<pid>.json.gz`, one per GPU or launcher
+//! rank), rolling segments, or a folder of torch.profiler traces (DESIGN.md "Command line":
+//! every command that reads a capture also reads a directory of them).
+
+use super::{read_trace, ReadError, ReadErrorKind};
+use gpuspan_core::trace::Trace;
+use std::path::{Path, PathBuf};
+
+/// The trace files of `dir`, directly inside it, sorted by name: gpuspan's captures
+/// (`capture*.json.gz`) when there are any, so other JSON beside them (a ground-truth file,
+/// a report) is not mistaken for a trace; otherwise every `*.json` and `*.json.gz` (a
+/// folder of torch.profiler traces). Errors: the directory cannot be listed, or it holds no
+/// trace file.
+pub fn trace_files(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ReadError::new(dir, ReadErrorKind::Io(e)))?;
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".json") || n.ends_with(".json.gz")))
+        .collect();
+    let is_capture = |p: &PathBuf| {
+        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("capture") && n.ends_with(".json.gz"))
+    };
+    if files.iter().any(is_capture) {
+        files.retain(is_capture);
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(ReadError::new(dir, ReadErrorKind::NoTraceInDir));
+    }
+    Ok(files)
+}
+
+/// Reads `path` as one trace: a file with [`read_trace`], or every trace file of a
+/// directory ([`trace_files`]) merged: events of all files in file order, each file's
+/// timestamps moved onto the earliest `baseTimeNanoseconds` among them (files without one
+/// keep theirs), process and thread names united, the first file's schema version and
+/// device properties. Events of different processes keep their `pid`s, so per-process
+/// analyses stay apart. Errors: the first file that does not read, named.
+pub fn read_captures(path: &Path) -> Result<Trace, ReadError> {
+    if !path.is_dir() {
+        return read_trace(path);
+    }
+    let traces = trace_files(path)?.iter().map(|f| read_trace(f)).collect::<Result<Vec<_>, _>>()?;
+    Ok(merge(traces))
+}
+
+/// Merges traces as [`read_captures`] describes.
+pub fn merge(traces: Vec<Trace>) -> Trace {
+    let base = traces.iter().filter_map(|t| t.base_time_ns).min();
+    let mut out = Trace { base_time_ns: base, ..Default::default() };
+    for (i, t) in traces.into_iter().enumerate() {
+        if i == 0 {
+            out.schema_version = t.schema_version;
+            out.device_properties = t.device_properties.clone();
+        }
+        let shift_us = match (t.base_time_ns, base) {
+            (Some(b), Some(m)) => (b - m) as f64 / 1000.0,
+            _ => 0.0,
+        };
+        out.events.extend(t.events.into_iter().map(|mut e| {
+            e.ts_us += shift_us;
+            e
+        }));
+        out.process_names.extend(t.process_names);
+        out.thread_names.extend(t.thread_names);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuspan_core::trace::{Category, TraceEvent};
+
+    fn trace(pid: i64, base_ns: i64, ts_us: f64) -> Trace {
+        Trace {
+            events: vec![TraceEvent {
+                cat: Some(Category::Kernel),
+                name: format!("k{pid}"),
+                pid,
+                ts_us,
+                dur_us: 1.0,
+                ..Default::default()
+            }],
+            base_time_ns: Some(base_ns),
+            process_names: [(pid, format!("worker {pid}"))].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_directory_merges_onto_the_earliest_base_time() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::write_trace(&trace(2, 5_000_000, 10.0), &dir.path().join("capture-2.json.gz")).unwrap();
+        crate::write_trace(&trace(1, 3_000_000, 10.0), &dir.path().join("capture-1.json.gz")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a trace").unwrap();
+        std::fs::write(dir.path().join("truth.json"), "{}").unwrap();
+        let files = trace_files(dir.path()).unwrap();
+        assert_eq!(files.len(), 2);
+        let t = read_captures(dir.path()).unwrap();
+        assert_eq!(t.base_time_ns, Some(3_000_000));
+        let ts: Vec<(i64, f64)> = t.kernels().map(|k| (k.pid, k.ts_us)).collect();
+        assert_eq!(ts, [(1, 10.0), (2, 2010.0)], "pid 2's kernel moved by its 2 ms later base");
+        assert_eq!(t.process_names.len(), 2);
+    }
+
+    #[test]
+    fn an_empty_directory_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = read_captures(dir.path()).unwrap_err().to_string();
+        assert!(e.contains(&dir.path().display().to_string()) && e.contains("no trace file"), "{e}");
+    }
+}
