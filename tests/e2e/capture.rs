@@ -58,12 +58,18 @@ fn launches() -> (BTreeMap<String, u64>, u64) {
 
 /// Starts the worker in coarse mode (real clock) and waits for its control socket.
 fn start_worker(out: &Path, env: &[(&str, &str)]) -> (Worker, std::thread::JoinHandle<String>) {
+    start_worker_with(out, &[], env)
+}
+
+/// [`start_worker`] with extra worker arguments.
+fn start_worker_with(out: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Worker, std::thread::JoinHandle<String>) {
     let mut c = gpuspan();
     c.args(["run", "--sim", "--out"])
         .arg(out)
         .arg("--")
         .arg(artifact("gpuspan-replay"))
         .args(["stdit", "--steps", &STEPS.to_string(), "--requests", &REQUESTS.to_string()])
+        .args(extra)
         .env("GPUSPAN_SIM_CLOCK", "real")
         .env("GPUSPAN_LOG", "info")
         .env_remove("GPUSPAN_CONTROL")
@@ -249,4 +255,31 @@ fn capture_bad_messages_change_nothing() {
     }
     let st = status_json(pid);
     assert!(st["capture_window"].is_null(), "no window opened: {st}");
+}
+
+/// A fine window opened mid-run in a worker that replays each step as a CUDA graph
+/// (`--cuda-graph`): CUPTI is subscribed while graphs launch, the worker finishes without a
+/// capture invalidated, and the window holds two whole steps, every graph kernel of them in
+/// its step.
+#[test]
+fn capture_window_over_cuda_graph_steps() {
+    let (per_step, _) = launches();
+    let out = tempfile::tempdir().unwrap();
+    let (mut w, output_thread) = start_worker_with(out.path(), &["--cuda-graph"], &[]);
+    let pid = w.pid.unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let (o, t) = capture(pid, &["--steps", "2"], d.path());
+    assert!(o.status.success(), "capture --steps 2: {}", String::from_utf8_lossy(&o.stderr));
+    let t = t.expect("the window's capture");
+    let steps = scopes_named(&t, "dit.step ");
+    assert_eq!(steps.len(), 2, "two steps: {:?}", steps.iter().map(|s| &s.name).collect::<Vec<_>>());
+    let want: u64 = steps.iter().map(|s| per_step[&s.name]).sum();
+    let ks = kernels(&t);
+    assert_eq!(ks.len() as u64, want, "every graph kernel of the two steps");
+    assert!(ks.iter().all(|k| k.step.as_deref().is_some_and(|s| steps.iter().any(|x| x.name == s))));
+    let status = w.run.wait().unwrap();
+    let text = output_thread.join().unwrap();
+    assert!(status.success(), "the worker finished: {text}");
+    assert!(text.contains("cuda graph: captured="), "{text}");
+    w.pid = None;
 }

@@ -108,8 +108,11 @@ fn ground_truth(capture: &std::path::Path) -> GroundTruth {
         m = m.max(o.1);
         tail_max.push(m);
     }
+    // Ops launched before `t_us`: by more than 1 ns, since µs floats in the file can put a
+    // launch that followed a boundary by a few ns at or just before it (a graph launch right
+    // after the previous step's end).
     let tail = |t_us: f64| -> f64 {
-        let n = ops.partition_point(|o| o.0 < t_us);
+        let n = ops.partition_point(|o| o.0 < t_us - 0.001);
         if n == 0 {
             f64::MIN
         } else {
@@ -271,3 +274,123 @@ fn coarse_exhausted_event_pool_falls_back_to_cpu_times() {
     assert!(stderr.contains("event pool"), "the exhaustion is reported: {stderr}");
 }
 
+
+/// `stdit --cuda-graph`: each forward pass (denoising step) is captured into a CUDA graph in
+/// GLOBAL mode the first time and replayed with `cuGraphLaunch` afterwards, as
+/// torch.compile's reduce-overhead mode does. Under coarse mode the worker must finish
+/// (no capture invalidated by the agent's event queries or legacy-stream records), the
+/// stage scopes that ran inside the capture get no span, and every step span is within 1 %
+/// of the ground truth taken from a fine run of the same graphs; in fine mode every graph
+/// kernel lands in its step and the step histogram matches the run without graphs within
+/// 1 %.
+#[test]
+fn cuda_graph_steps_under_coarse_and_fine() {
+    const STEPS: u32 = 6;
+    let tp = gpuspan_simgpu::workload::preset::traceparent("stdit", 0);
+    let trace_id = tp.split('-').nth(1).unwrap().to_string();
+
+    let coarse_rx = OtlpReceiver::start(Transport::HttpProtobuf, "127.0.0.1:0");
+    let coarse = run_stdit(None, STEPS, &["--cuda-graph"], &[], &coarse_rx);
+    let stdout = String::from_utf8_lossy(&coarse.stdout);
+    assert!(stdout.contains("cuda graph: captured=1 "), "{stdout}");
+
+    let fine_out = tempfile::tempdir().unwrap();
+    let fine_rx = OtlpReceiver::start(Transport::HttpProtobuf, "127.0.0.1:0");
+    let _fine = run_stdit_into(fine_out.path(), Some("fine"), STEPS, &["--cuda-graph"], &[], &fine_rx);
+    let capture = capture_in(fine_out.path());
+    let (step_gt, _, vae_gt) = ground_truth(&capture);
+    assert_eq!(step_gt.len(), STEPS as usize);
+
+    // Coarse: one span per step, within 1 % of the ground truth; no stage span (the stage
+    // scopes ran inside the capture, and on replay no stage code runs).
+    let spans = spans_of(&coarse_rx, &trace_id);
+    let cs = step_durations(&spans);
+    assert_eq!(cs.len(), STEPS as usize, "a span for every step");
+    for (i, want) in &step_gt {
+        let d = (cs[i] as f64 - want).abs() / want;
+        assert!(d < 0.01, "step {i}: coarse {} ns, ground truth {want} ns", cs[i]);
+    }
+    let steps: std::collections::BTreeSet<&str> = spans.iter().filter(|s| s.name == "dit.step").map(|s| s.span_id.as_str()).collect();
+    let stage_spans: Vec<&str> =
+        spans.iter().filter(|s| steps.contains(s.parent_span_id.as_str())).map(|s| s.name.as_str()).collect();
+    assert!(stage_spans.is_empty(), "no span for captured stage scopes: {stage_spans:?}");
+    let vae = spans.iter().find(|s| s.name == "vae.decode").expect("vae.decode runs outside the graphs");
+    let d = ((vae.end_unix_ns - vae.start_unix_ns) as f64 - vae_gt).abs() / vae_gt;
+    assert!(d < 0.01, "vae.decode off by {:.3} %", d * 100.0);
+
+    // Fine: every kernel of the run is in the capture, and every graph kernel is in its step:
+    // per step, as many kernels as the same run without graphs puts there.
+    let t = gpuspan_export::read_trace(&capture).unwrap();
+    let launched: usize = String::from_utf8_lossy(&_fine.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("replayed N kernels");
+    assert_eq!(t.kernels().count(), launched, "every kernel captured");
+    let plain_out = tempfile::tempdir().unwrap();
+    let plain_rx = OtlpReceiver::start(Transport::HttpProtobuf, "127.0.0.1:0");
+    let _plain = run_stdit_into(plain_out.path(), Some("fine"), STEPS, &[], &[], &plain_rx);
+    let plain = gpuspan_export::read_trace(&capture_in(plain_out.path())).unwrap();
+    let per_step = |t: &gpuspan_core::trace::Trace| -> BTreeMap<Option<String>, usize> {
+        let mut m = BTreeMap::new();
+        for k in t.kernels() {
+            *m.entry(k.step.clone()).or_insert(0) += 1;
+        }
+        m
+    };
+    let (with_graphs, without) = (per_step(&t), per_step(&plain));
+    assert_eq!(with_graphs.len(), STEPS as usize + 1, "every step and the work outside steps: {:?}", with_graphs.keys());
+    assert_eq!(with_graphs, without, "kernels per step with graphs and without");
+
+    // The fine step histogram with graphs against the same run without them.
+    let (n_graph, sum_graph) = step_histogram(&fine_rx);
+    let (n_plain, sum_plain) = step_histogram(&plain_rx);
+    assert_eq!((n_graph, n_plain), (STEPS as u64, STEPS as u64), "every step in both histograms");
+    let d = (sum_graph - sum_plain).abs() / sum_plain;
+    assert!(d < 0.01, "step histogram sum with graphs {sum_graph} ms vs without {sum_plain} ms");
+}
+
+/// A real trace (`h100-vit-falconsai`, whose `ProfilerStep#N` range is a forward pass)
+/// replayed three times with `--cuda-graph` (captured once, launched three times): under coarse mode the worker finishes (no capture
+/// invalidated); in fine mode every kernel lands in the same step as in the replay without
+/// graphs.
+#[test]
+fn cuda_graph_fixture_replay_under_coarse_and_fine() {
+    let trace = fixture("h100-vit-falconsai.json.gz");
+    let replay = |mode: &str, graphs: bool, out: &std::path::Path, rx: &OtlpReceiver| -> Output {
+        let mut c = gpuspan();
+        c.args(["run", "--mode", mode, "--sim", "--out"])
+            .arg(out)
+            .arg("--")
+            .arg(artifact("gpuspan-replay"))
+            .arg(&trace)
+            .args(["--requests", "3"])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint())
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.transport().protocol_env());
+        if graphs {
+            c.arg("--cuda-graph");
+        }
+        let o = output(&mut c);
+        assert!(o.status.success(), "{mode} graphs={graphs}: {}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    let rx = OtlpReceiver::start(Transport::HttpProtobuf, "127.0.0.1:0");
+    let out = tempfile::tempdir().unwrap();
+    let o = replay("coarse", true, out.path(), &rx);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("cuda graph: captured=1 launches=3"), "one graph, launched for each request's step: {stdout}");
+    let per_step = |dir: &std::path::Path| -> BTreeMap<Option<String>, usize> {
+        let t = gpuspan_export::read_trace(&capture_in(dir)).unwrap();
+        let mut m = BTreeMap::new();
+        for k in t.kernels() {
+            *m.entry(k.step.clone()).or_insert(0) += 1;
+        }
+        m
+    };
+    let (g, p) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    replay("fine", true, g.path(), &rx);
+    replay("fine", false, p.path(), &rx);
+    let (with_graphs, without) = (per_step(g.path()), per_step(p.path()));
+    assert!(with_graphs.iter().any(|(k, n)| k.is_some() && *n > 0), "kernels in steps: {with_graphs:?}");
+    assert_eq!(with_graphs, without, "kernels per step with graphs and without");
+}

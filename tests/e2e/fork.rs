@@ -8,11 +8,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn python() -> String {
-    let o = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).env_remove("LD_PRELOAD").output();
-    String::from_utf8_lossy(&o.expect("python3").stdout).trim().to_string()
-}
-
 /// A Python worker forks inside step 1; the child finds the agent inactive and exits
 /// through its exit handlers; the parent's capture holds every kernel the parent launched,
 /// in its scopes, and is the only capture.
@@ -25,7 +20,7 @@ fn forked_child_is_inactive_and_the_parents_capture_is_intact() {
             .args(["run", "--mode", "fine", "--sim", "--out"])
             .arg(out.path())
             .arg("--")
-            .arg(python())
+            .arg(python_exe())
             .arg(&worker)
             .args(["--steps", "3", "--requests", "2", "--fork-at-step", "1"]),
     );
@@ -83,7 +78,7 @@ print(f"parent active={lib.gpuspan_is_active()}", flush=True)
 "#;
     let t0 = Instant::now();
     let o = output(
-        Command::new(python())
+        Command::new(python_exe())
             .args(["-c", script])
             .env("LD_PRELOAD", artifact("libgpuspan.so"))
             .env("LD_LIBRARY_PATH", sim.path())

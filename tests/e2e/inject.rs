@@ -3,24 +3,7 @@
 //! do (no CUDA, no NVTX, no gpuspan API): it does not activate at all.
 
 use crate::util::*;
-use std::path::PathBuf;
 use std::process::Command;
-
-/// `libnvtx3interop.so.1` of the test venv's `nvidia-nvtx-cu12` wheel (CI must have it).
-fn real_nvtx_lib() -> Option<PathBuf> {
-    let venv = std::env::var_os("GPUSPAN_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
-    let found = std::fs::read_dir(venv.join("lib")).ok().into_iter().flatten().flatten().find_map(|e| {
-        let p = e.path().join("site-packages/nvidia/nvtx/lib/libnvtx3interop.so.1");
-        p.exists().then_some(p)
-    });
-    if found.is_none() {
-        assert!(std::env::var_os("CI").is_none(), "CI must have the nvidia-nvtx-cu12 wheel (scripts/test.sh)");
-        eprintln!("skipping: libnvtx3interop.so.1 not found (run scripts/test.sh)");
-    }
-    found
-}
 
 /// A worker that emits one NVTX range through NVIDIA's NVTX library (which activates the
 /// agent), prints `msg` and exits with `code`.

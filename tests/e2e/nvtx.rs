@@ -3,33 +3,13 @@
 //! domain ranges with ASCII / wide / registered-string messages, and another library's
 //! domain (NCCL's) whose ranges interleave with ours. `python/examples/sim_worker.py --nvtx`.
 
-use crate::util::{artifact, capture_in, gpuspan, output};
+use crate::util::{artifact, capture_in, gpuspan, output, python_exe, real_nvtx_lib};
 use gpuspan_export::read_trace;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `libnvtx3interop.so.1` from the test venv; CI must have it (`scripts/test.sh`).
-fn real_nvtx_lib() -> Option<PathBuf> {
-    let venv = std::env::var_os("GPUSPAN_VENV").map(PathBuf::from).unwrap_or_else(|| repo().join(".venv"));
-    let found = std::fs::read_dir(venv.join("lib")).ok().into_iter().flatten().flatten().find_map(|e| {
-        let p = e.path().join("site-packages/nvidia/nvtx/lib/libnvtx3interop.so.1");
-        p.exists().then_some(p)
-    });
-    if found.is_none() {
-        assert!(std::env::var_os("CI").is_none(), "CI must have the nvidia-nvtx-cu12 wheel");
-        eprintln!("skipping: libnvtx3interop.so.1 not found");
-    }
-    found
-}
-
-fn python() -> PathBuf {
-    let o = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).env_remove("LD_PRELOAD").output();
-    PathBuf::from(String::from_utf8_lossy(&o.expect("python3").stdout).trim())
 }
 
 const STAGES: [&str; 6] = ["attention.spatial", "attention.temporal", "attention.cross", "ffn", "norm", "vae.decode"];
@@ -49,7 +29,7 @@ fn wide_names_domains_and_foreign_domain_ranges() {
             .args(["run", "--mode", "fine", "--sim", "--out"])
             .arg(out.path())
             .arg("--")
-            .arg(python())
+            .arg(python_exe())
             .arg(&worker)
             .args(["--steps", "3", "--requests", "2", "--nvtx"])
             .arg(&nvtx),

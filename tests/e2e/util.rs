@@ -64,18 +64,31 @@ pub fn real_cupti_lib_dir() -> Option<PathBuf> {
 
 /// The per-process captures (`capture-<pid>.json.gz`) in `dir`, sorted by name.
 pub fn captures_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("capture-") && n.ends_with(".json.gz"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    gpuspan_export::process_captures(dir)
+}
+
+/// `libnvtx3interop.so.1` of the test venv's `nvidia-nvtx-cu12` wheel (NVIDIA's NVTX
+/// library); `None` (with a message) outside CI when it is not installed, a failure under CI.
+pub fn real_nvtx_lib() -> Option<PathBuf> {
+    let venv = std::env::var_os("GPUSPAN_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let found = std::fs::read_dir(venv.join("lib")).ok().into_iter().flatten().flatten().find_map(|e| {
+        let p = e.path().join("site-packages/nvidia/nvtx/lib/libnvtx3interop.so.1");
+        p.exists().then_some(p)
+    });
+    if found.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "CI must have the nvidia-nvtx-cu12 wheel (scripts/test.sh)");
+        eprintln!("skipping: libnvtx3interop.so.1 not found (run scripts/test.sh)");
+    }
+    found
+}
+
+/// The real interpreter behind `python3` (`sys.executable`), so that an injected process
+/// tree is the worker itself and not a version manager's shim.
+pub fn python_exe() -> PathBuf {
+    let o = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).env_remove("LD_PRELOAD").output();
+    PathBuf::from(String::from_utf8_lossy(&o.expect("python3").stdout).trim())
 }
 
 /// The one capture in `dir`; panics naming the directory and what it holds otherwise.

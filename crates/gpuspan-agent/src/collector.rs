@@ -340,6 +340,7 @@ fn now_ms(start: Instant) -> u64 {
 
 fn run() {
     let Some(a) = agent() else { return };
+    let mut relaxed = false;
     let start = *CLOCK_START.get_or_init(Instant::now);
     let mut last_flush = Instant::now();
     let mut last_poll = Instant::now();
@@ -349,6 +350,13 @@ fn run() {
             // Unlocked: the completion callback must be able to run during the flush.
             let _ = a.api.flush_all(0);
             last_flush = Instant::now();
+        }
+        // This thread queries events while the application may hold a stream capture open in
+        // GLOBAL mode: in RELAXED mode those queries never invalidate it (CUPTI-NOTES §6b).
+        // Activation runs inside `cuInit`, so the driver may not answer yet: retried each
+        // round until it does (no event exists before `cuInit` has returned).
+        if !relaxed {
+            relaxed = relax_capture_mode(a);
         }
         let mut done = None;
         if let Ok(mut c) = a.collector.lock() {
@@ -386,6 +394,24 @@ fn run() {
 }
 
 static CLOCK_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Puts the collector thread in RELAXED capture mode (coarse mode: the only agent thread that
+/// queries events). False while the driver is not initialised yet (`cuInit` still running);
+/// true once done, and also when it cannot be done for another reason (one warning; an old
+/// driver without the call has no graphs either), or when there is nothing to relax.
+fn relax_capture_mode(a: &Agent) -> bool {
+    let Some(ev) = a.coarse.as_ref().and_then(|c| c.events.as_ref()) else { return true };
+    match ev.relax_thread_capture_mode() {
+        Ok(()) => true,
+        Err(gpuspan_cupti::events::CUDA_ERROR_NOT_INITIALIZED) => false,
+        Err(code) => {
+            crate::log::warn(&format!(
+                "cuThreadExchangeStreamCaptureMode(RELAXED) failed ({code}): coarse timing may invalidate CUDA-graph captures of other threads"
+            ));
+            true
+        }
+    }
+}
 
 /// The flight recorder's steps a window starts with ([`Collector::past`]); takes the
 /// collector lock.

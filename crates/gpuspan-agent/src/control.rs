@@ -406,6 +406,7 @@ pub fn agent_status() -> Status {
                 event_errors: k.event_errors.load(Ordering::Relaxed),
                 marks_dropped: k.marks_dropped.load(Ordering::Relaxed),
                 events_made: c.pool.created() as u64,
+                scopes_in_capture: k.scopes_in_capture.load(Ordering::Relaxed),
             }
         }),
         metrics_addr: a.and_then(|a| a.telemetry.metrics_addr()).map(|s| s.to_string()),

@@ -51,6 +51,10 @@ struct ThreadScopes {
     /// Successful calls of this thread that make one GPU record each (counted on EXIT by
     /// [`api_callback`]).
     launches: Cell<u64>,
+    /// Successful graph launches of this thread (each makes one record per graph node).
+    graph_launches: Cell<u64>,
+    /// `graph_launches` when each open scope began.
+    graph_base: [Cell<u64>; MAX_DEPTH],
     /// Runtime API calls in progress: a driver call inside one is the runtime's own
     /// and is not counted again.
     runtime_depth: Cell<u32>,
@@ -73,6 +77,8 @@ thread_local! {
             too_deep: [const { Cell::new(0) }; DOMAIN_SLOTS],
             tid: Cell::new(0),
             launches: Cell::new(0),
+            graph_launches: Cell::new(0),
+            graph_base: [const { Cell::new(0) }; MAX_DEPTH],
             runtime_depth: Cell::new(0),
             pushed: [const { Cell::new(false) }; MAX_DEPTH],
             streams: [const { Cell::new(0) }; MAX_SCOPE_STREAMS],
@@ -96,21 +102,30 @@ pub unsafe extern "C" fn api_callback(_userdata: *mut c_void, domain: u32, cbid:
         let Some((site, ret)) = (unsafe { gpuspan_cupti::activity::callback_site_and_result(data) }) else {
             return;
         };
-        // Allocation calls (enabled for the OOM rule) make no GPU record: errors only.
+        // Allocation calls (enabled for the OOM rule) make no GPU record: errors only. A
+        // graph launch makes one record per node: the scope's count becomes unknown.
         let alloc = gpuspan_cupti::activity::is_alloc_callback(domain, cbid);
+        let graph = gpuspan_cupti::activity::is_graph_launch_callback(domain, cbid);
+        let succeeded = |t: &ThreadScopes| {
+            if graph {
+                t.graph_launches.set(t.graph_launches.get() + 1);
+            } else if !alloc {
+                t.launches.set(t.launches.get() + 1);
+            }
+        };
         let _ = SCOPES.try_with(|t| match (domain, site) {
             (DOMAIN_RUNTIME_API, API_ENTER) => t.runtime_depth.set(t.runtime_depth.get() + 1),
             (DOMAIN_RUNTIME_API, API_EXIT) => {
                 t.runtime_depth.set(t.runtime_depth.get().saturating_sub(1));
                 match ret {
-                    Some(0) if !alloc => t.launches.set(t.launches.get() + 1),
-                    Some(0) | None => {}
+                    Some(0) => succeeded(t),
+                    None => {}
                     Some(code) => count_api_error(code),
                 }
             }
             (DOMAIN_DRIVER_API, API_EXIT) if t.runtime_depth.get() == 0 => match ret {
-                Some(0) if !alloc => t.launches.set(t.launches.get() + 1),
-                Some(0) | None => {}
+                Some(0) => succeeded(t),
+                None => {}
                 Some(code) => count_api_error(code),
             },
             _ => {}
@@ -199,6 +214,7 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
         t.ids[depth].set(id);
         t.domains[depth].set(slot as u8);
         t.launch_base[depth].set(t.launches.get());
+        t.graph_base[depth].set(t.graph_launches.get());
         let pushed = a.fine_on.load(Ordering::Relaxed);
         t.pushed[depth].set(pushed);
         let ts_ns = begin_event(a, id, parent, thread_id(t), name, pushed);
@@ -259,10 +275,12 @@ pub fn range_end(slot: usize) -> i32 {
         let id = t.ids[pos].get();
         let pushed = t.pushed[pos].get();
         let launch_base = t.launch_base[pos].get();
+        let graph_base = t.graph_base[pos].get();
         for i in pos..depth - 1 {
             t.ids[i].set(t.ids[i + 1].get());
             t.domains[i].set(t.domains[i + 1].get());
             t.launch_base[i].set(t.launch_base[i + 1].get());
+            t.graph_base[i].set(t.graph_base[i + 1].get());
             t.pushed[i].set(t.pushed[i + 1].get());
         }
         t.depth.set(depth - 1);
@@ -274,9 +292,8 @@ pub fn range_end(slot: usize) -> i32 {
         if pushed {
             let _ = a.api.pop_external_correlation(GPUSPAN_EXTERNAL_KIND);
         }
-        let launches = a
-            .counting_launches
-            .load(Ordering::Relaxed)
+        // A graph launch inside makes the record count unknown (one per graph node).
+        let launches = (a.counting_launches.load(Ordering::Relaxed) && t.graph_launches.get() == graph_base)
             .then(|| (t.launches.get() - launch_base).min(u32::MAX as u64) as u32);
         let ts_ns = a.api.timestamp_ns();
         let ev = ScopeEvent::End { id, ts_ns, launches };

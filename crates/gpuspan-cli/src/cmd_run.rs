@@ -45,32 +45,13 @@ pub struct RunOutcome {
 /// `GPUSPAN_METRICS_ADDR` is set (9464: the OpenTelemetry Prometheus exporter's port).
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 
-/// The per-process capture files in `dir` (`capture-<pid>.json.gz`, what the agent of each
-/// process writes), sorted by name.
-pub fn captures_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("capture-") && n.ends_with(".json.gz"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 /// Runs `cmd` with the agent injected. The captures an earlier run left in `out` are
 /// removed first, so `out` ends up holding this run's (one per process that collected).
 /// Errors are one-line messages and an exit code.
 pub fn run_injected(cmd: &[String], mode: &str, out: &Path, sim: bool, label: Option<&str>) -> Result<RunOutcome, (String, u8)> {
     let agent = artifacts::agent_lib().map_err(|e| (e.to_string(), 3))?;
     let out = absolute(out);
-    for old in captures_in(&out) {
+    for old in gpuspan_export::process_captures(&out) {
         std::fs::remove_file(&old).map_err(|e| (format!("cannot replace {}: {e}", old.display()), 2))?;
     }
     let (program, args) = cmd.split_first().ok_or_else(|| ("no command given".to_string(), 2))?;
@@ -111,7 +92,7 @@ pub fn run_injected(cmd: &[String], mode: &str, out: &Path, sim: bool, label: Op
         use std::os::unix::process::ExitStatusExt;
         128 + status.signal().unwrap_or(0)
     });
-    Ok(RunOutcome { code, captures: captures_in(&out), elapsed })
+    Ok(RunOutcome { code, captures: gpuspan_export::process_captures(&out), elapsed })
 }
 
 fn exit_with(code: i32) -> ExitCode {

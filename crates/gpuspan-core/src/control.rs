@@ -426,6 +426,9 @@ pub struct CoarseCounts {
     pub marks_dropped: u64,
     /// CUDA events made so far (at most `GPUSPAN_EVENT_POOL`).
     pub events_made: u64,
+    /// Boundaries that ran inside a CUDA-graph capture (nothing recorded, no span).
+    #[serde(default)]
+    pub scopes_in_capture: u64,
 }
 
 /// A successful `capture` reply line: `{"v":1,"ok":true,"window":{…}}\n`.

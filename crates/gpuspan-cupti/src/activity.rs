@@ -84,6 +84,18 @@ pub const DRIVER_ALLOC_CBIDS: [u32; 7] = [29, 243, 244, 294, 371, 598, 611];
 /// cudaMallocFromPoolAsync.
 pub const RUNTIME_ALLOC_CBIDS: [u32; 6] = [20, 21, 25, 206, 373, 391];
 
+/// Whether `(domain, cbid)` is a graph launch (`gpuspan_core::spans::DRIVER_GRAPH_LAUNCH_CBIDS`,
+/// `RUNTIME_GRAPH_LAUNCH_CBIDS`).
+#[inline]
+pub fn is_graph_launch_callback(domain: u32, cbid: u32) -> bool {
+    use gpuspan_core::spans::{DRIVER_GRAPH_LAUNCH_CBIDS, RUNTIME_GRAPH_LAUNCH_CBIDS};
+    match domain {
+        DOMAIN_DRIVER_API => DRIVER_GRAPH_LAUNCH_CBIDS.contains(&cbid),
+        DOMAIN_RUNTIME_API => RUNTIME_GRAPH_LAUNCH_CBIDS.contains(&cbid),
+        _ => false,
+    }
+}
+
 /// Whether `(domain, cbid)` is an allocation call ([`DRIVER_ALLOC_CBIDS`],
 /// [`RUNTIME_ALLOC_CBIDS`]).
 #[inline]
@@ -195,13 +207,21 @@ impl ActivityApi {
     /// record each (`gpuspan_core::spans::DRIVER_GPU_WORK_CBIDS` in the DRIVER domain,
     /// `RUNTIME_GPU_WORK_CBIDS` in the RUNTIME domain), so the agent can count launches per
     /// scope. On an error the callbacks enabled so far are disabled again.
+    /// The graph launches (`DRIVER_GRAPH_LAUNCH_CBIDS`, `RUNTIME_GRAPH_LAUNCH_CBIDS`) are
+    /// enabled too: a scope with one inside has an unknown record count.
     pub fn enable_launch_callbacks(&self, s: &Subscriber) -> Result<(), CuptiError> {
-        use gpuspan_core::spans::{DRIVER_GPU_WORK_CBIDS, RUNTIME_GPU_WORK_CBIDS, RUNTIME_GPU_WORK_CBIDS_13};
+        use gpuspan_core::spans::{
+            DRIVER_GPU_WORK_CBIDS, DRIVER_GRAPH_LAUNCH_CBIDS, RUNTIME_GPU_WORK_CBIDS, RUNTIME_GPU_WORK_CBIDS_13,
+            RUNTIME_GRAPH_LAUNCH_CBIDS,
+        };
+        let mut driver = DRIVER_GPU_WORK_CBIDS.to_vec();
+        driver.extend(DRIVER_GRAPH_LAUNCH_CBIDS);
         let mut runtime = RUNTIME_GPU_WORK_CBIDS.to_vec();
+        runtime.extend(RUNTIME_GRAPH_LAUNCH_CBIDS);
         if self.is_cupti13() {
             runtime.extend(RUNTIME_GPU_WORK_CBIDS_13);
         }
-        self.enable_callbacks(s, &DRIVER_GPU_WORK_CBIDS, &runtime)
+        self.enable_callbacks(s, &driver, &runtime)
     }
 
     /// Also enables the API callbacks of the allocation calls ([`DRIVER_ALLOC_CBIDS`],

@@ -31,6 +31,12 @@ pub const CUDA_ERROR_NOT_INITIALIZED: CuResult = 3;
 pub const CUDA_ERROR_INVALID_CONTEXT: CuResult = 201;
 /// `CU_EVENT_DEFAULT` (cuda.h `CUevent_flags`): a timed event.
 pub const CU_EVENT_DEFAULT: u32 = 0;
+/// `CUDA_ERROR_STREAM_CAPTURE_IMPLICIT` (cuda.h): the legacy stream was used while a
+/// blocking stream was capturing; `cuStreamIsCapturing` on the legacy stream answers it then.
+pub const CUDA_ERROR_STREAM_CAPTURE_IMPLICIT: CuResult = 906;
+/// `CU_STREAM_CAPTURE_MODE_RELAXED` (cuda.h `CUstreamCaptureMode`: GLOBAL 0, THREAD_LOCAL 1,
+/// RELAXED 2).
+pub const CU_STREAM_CAPTURE_MODE_RELAXED: u32 = 2;
 
 /// Library names tried in order: the driver's soname, then the development link.
 pub const CUDA_LIB_NAMES: [&str; 2] = ["libcuda.so.1", "libcuda.so"];
@@ -41,6 +47,25 @@ type EventQueryFn = unsafe extern "C" fn(*mut c_void) -> CuResult;
 type EventElapsedFn = unsafe extern "C" fn(*mut f32, *mut c_void, *mut c_void) -> CuResult;
 type CtxGetCurrentFn = unsafe extern "C" fn(*mut *mut c_void) -> CuResult;
 type CtxSetCurrentFn = unsafe extern "C" fn(*mut c_void) -> CuResult;
+type StreamIsCapturingFn = unsafe extern "C" fn(*mut c_void, *mut u32) -> CuResult;
+type ExchangeCaptureModeFn = unsafe extern "C" fn(*mut u32) -> CuResult;
+
+/// What `cuStreamIsCapturing` says about a stream (cuda.h `CUstreamCaptureStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureStatus {
+    /// `CU_STREAM_CAPTURE_STATUS_NONE`: work on it executes; an event recorded on it is a
+    /// timestamp.
+    None,
+    /// `ACTIVE` (1) or `INVALIDATED` (2): the stream is being captured into a graph; work
+    /// and event records become graph nodes, not executed.
+    Capturing,
+    /// The legacy stream while a blocking stream captures
+    /// ([`CUDA_ERROR_STREAM_CAPTURE_IMPLICIT`]): touching it would invalidate that capture.
+    ImplicitCapture,
+    /// The driver refused the query (a stale stream handle, say): recording on the stream
+    /// would fail the same way.
+    Unknown,
+}
 
 /// A CUDA event made by [`CudaEvents::create`] (`CUevent`, an opaque driver pointer kept
 /// as an address so it can travel through lock-free queues).
@@ -90,6 +115,8 @@ pub struct CudaEvents {
     elapsed: EventElapsedFn,
     ctx_get: CtxGetCurrentFn,
     ctx_set: CtxSetCurrentFn,
+    is_capturing: Option<StreamIsCapturingFn>,
+    exchange_mode: Option<ExchangeCaptureModeFn>,
 }
 
 impl std::fmt::Debug for CudaEvents {
@@ -158,6 +185,11 @@ impl CudaEvents {
                 elapsed: std::mem::transmute(elapsed),
                 ctx_get: std::mem::transmute(symbol(&lib, "cuCtxGetCurrent")?),
                 ctx_set: std::mem::transmute(symbol(&lib, "cuCtxSetCurrent")?),
+                // `cuStreamIsCapturing(CUstream, CUstreamCaptureStatus*)` and
+                // `cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode*)` (CUDA 10.0+;
+                // optional so an older driver still gets coarse timing).
+                is_capturing: symbol(&lib, "cuStreamIsCapturing").ok().map(|p| std::mem::transmute(p)),
+                exchange_mode: symbol(&lib, "cuThreadExchangeStreamCaptureMode").ok().map(|p| std::mem::transmute(p)),
                 loaded_from: name,
                 _lib: lib,
             })
@@ -213,6 +245,39 @@ impl CudaEvents {
         // SAFETY: out-pointer to a live local; both events came from `create`.
         match unsafe { (self.elapsed)(&mut ms, start.0 as *mut c_void, end.0 as *mut c_void) } {
             0 => Ok(ms),
+            e => Err(e),
+        }
+    }
+
+    /// `cuStreamIsCapturing(stream)`: whether an event recorded on `stream` now would be a
+    /// timestamp ([`CaptureStatus::None`]) or a graph node. The query itself is allowed
+    /// during any capture and invalidates nothing (cuda.h).
+    /// A driver without the function (before CUDA 10.0, which has no graphs) answers
+    /// [`CaptureStatus::None`].
+    pub fn capture_status(&self, stream: Stream) -> CaptureStatus {
+        let Some(f) = self.is_capturing else { return CaptureStatus::None };
+        let mut status = 0u32;
+        // SAFETY: out-pointer to a live local; `stream` is the application's handle or
+        // LEGACY (module docs on trusting it).
+        match unsafe { f(stream.0 as *mut c_void, &mut status) } {
+            0 if status == 0 => CaptureStatus::None,
+            0 => CaptureStatus::Capturing,
+            CUDA_ERROR_STREAM_CAPTURE_IMPLICIT => CaptureStatus::ImplicitCapture,
+            _ => CaptureStatus::Unknown,
+        }
+    }
+
+    /// Puts the calling thread in `CU_STREAM_CAPTURE_MODE_RELAXED` (what PyTorch does around
+    /// its allocator's event queries, CUPTI-NOTES §6b), so that this thread's event queries
+    /// never invalidate a capture another thread has open in GLOBAL mode. For the agent's
+    /// own threads; never called on an application thread. Returns the driver's code on
+    /// failure (or when the driver lacks the function).
+    pub fn relax_thread_capture_mode(&self) -> Result<(), CuResult> {
+        let Some(f) = self.exchange_mode else { return Err(CUDA_ERROR_INVALID_HANDLE) };
+        let mut mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+        // SAFETY: in/out pointer to a live local holding a valid CUstreamCaptureMode.
+        match unsafe { f(&mut mode) } {
+            0 => Ok(()),
             e => Err(e),
         }
     }

@@ -26,8 +26,28 @@
 //!   GPU records and `cuptiGetTimestamp` share it.
 //! - **CUPTI ABI** (`GPUSPAN_SIM_CUPTI_VERSION`): `12` (API 28; Kernel9 208 B, Memcpy6
 //!   96, Memset4 88) or `13` (API 130500; Kernel13 248, Memcpy7 112, Memset5 104).
+//! - **Stream capture and CUDA graphs** ([`sim::graphs`], [`abi::graph`]; CUPTI-NOTES
+//!   §6b): `cuStreamBeginCapture(_v2)` … `cuStreamEndCapture`, `cuStreamIsCapturing`,
+//!   `cuStreamGetCaptureInfo(_v2/_v3)`, `cuThreadExchangeStreamCaptureMode`,
+//!   `cuGraphInstantiate(_v2/WithFlags)`, `cuGraphLaunch(_ptsz)`, `cuGraphExecDestroy`,
+//!   `cuGraphDestroy`, `cuEventRecordWithFlags`. Launches, async copies / sets on a
+//!   capturing stream become graph nodes (API record as usual, no GPU record); an event
+//!   recorded there holds a dependency set (907 `CUDA_ERROR_CAPTURED_EVENT` on query,
+//!   synchronize, elapsed time); streams fork into a capture by waiting on such an event
+//!   and must be joined back (904 otherwise); `CU_EVENT_RECORD_EXTERNAL` /
+//!   `CU_EVENT_WAIT_EXTERNAL` make event-record / event-wait nodes. The potentially unsafe calls (event query /
+//!   synchronize, stream query / synchronize, context synchronize, `cuMemAlloc_v2`,
+//!   `cuMemFree_v2`, synchronous copies / sets) fail with 900 and invalidate the offending
+//!   captures by the capture-mode rule of cuda.h; legacy-stream work during a blocking
+//!   stream's capture fails with 906 and invalidates it; `cuStreamEndCapture` of an
+//!   invalidated capture returns 901 and no graph. A graph launch runs the exec's nodes on
+//!   the stream by their dependencies; each kernel record carries the `cuGraphLaunch`
+//!   call's correlation id (API record cbid 514) and non-zero `graphId` / `graphNodeId`.
+//!   Capture modes are thread-locals of the library (`gpuspanSimReset` leaves them).
 //! - **Faults** (`GPUSPAN_SIM_FAULT`, comma list): `no_device`, `cupti_subscribed`,
-//!   `drop_records` (every `GPUSPAN_SIM_DROP_EVERY`-th record, default 10).
+//!   `drop_records` (every `GPUSPAN_SIM_DROP_EVERY`-th record, default 10), `slow_cupti`,
+//!   `capture_invalidated` (every `cuStreamEndCapture` returns 901: the capture was
+//!   invalidated, as by another thread's unsafe call); see [`sim::config`].
 //! - **Extra symbols**: see [`abi::ext`] (`gpuspanSimAdvanceHostNs`,
 //!   `gpuspanSimIsVirtual`, `gpuspanSimCuptiCounters`, `gpuspanSimReset`).
 //! - `cuInit` honours `CUDA_INJECTION64_PATH` like the real driver.

@@ -1,12 +1,22 @@
 //! The hot-path half of coarse timing: record one pooled event per stream at a scope
 //! boundary and queue a fixed-size [`GpuMark`]. No allocation, no lock; the only driver
-//! calls are `cuEventRecord` (and `cuEventCreate` while the pool fills).
+//! calls are `cuStreamIsCapturing`, `cuEventRecord` (and `cuEventCreate` while the pool
+//! fills).
+//!
+//! CUDA graphs: an event recorded into a stream that is being captured becomes a graph
+//! node, not a timestamp, and touching the legacy stream while a blocking stream captures
+//! invalidates that capture (`CUDA_ERROR_STREAM_CAPTURE_IMPLICIT`; CUPTI-NOTES §6b). So
+//! each boundary first asks `cuStreamIsCapturing` of every stream it would record on (the
+//! query is allowed during captures and invalidates nothing); when one is capturing, or the
+//! legacy stream answers IMPLICIT, nothing is recorded and the mark says
+//! [`TimingSource::Captured`]: the scope was recorded into the graph, is counted, and gets
+//! no span. Its work runs later inside the graph launch that an enclosing scope times.
 
 use super::pool::{PooledEvent, TakeError};
 use super::Coarse;
 use gpuspan_core::scope::ScopeId;
 use gpuspan_core::spans::TimingSource;
-use gpuspan_cupti::events::Stream;
+use gpuspan_cupti::events::{CaptureStatus, Stream};
 use std::sync::atomic::Ordering;
 
 /// Most streams a scope is timed on (`gpuspan_use_streams` keeps the first 4).
@@ -54,6 +64,16 @@ pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool
     };
     let mut mark = GpuMark { scope, parent, is_end, cpu_ns, source, marks: [None; MAX_SCOPE_STREAMS], n: 0 };
     if let Some(events) = &c.events {
+        let capturing = |s: Stream| matches!(events.capture_status(s), CaptureStatus::Capturing | CaptureStatus::ImplicitCapture);
+        if targets.iter().any(|&s| capturing(s)) {
+            mark.source = TimingSource::Captured;
+            c.counters.scopes_in_capture.fetch_add(1, Ordering::Relaxed);
+            if let Err(m) = c.marks.push(mark) {
+                give_back_all(c, &m);
+                c.counters.marks_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
         for &stream in targets {
             let ev = match c.pool.take(events) {
                 Ok(ev) => ev,

@@ -42,6 +42,9 @@ pub struct CoarseCounters {
     pub scopes_timed: AtomicU64,
     /// Scope intervals that fell back to CPU times.
     pub scopes_cpu_timed: AtomicU64,
+    /// Scope boundaries that ran while a stream they would be timed on was being captured
+    /// into a CUDA graph (nothing recorded; the scope gets no span).
+    pub scopes_in_capture: AtomicU64,
 }
 
 /// Coarse timing state shared by application threads and the collector.

@@ -174,7 +174,7 @@ impl Resolver {
             }
             let reference = root_ref.or(self.anchor.map(|a| (a.event, a.time_ns)));
             let t = self.place(events, id, &begin, &end, reference);
-            c.counters.scopes_timed.fetch_add(u64::from(t.source != TimingSource::CpuFallback), Ordering::Relaxed);
+            c.counters.scopes_timed.fetch_add(u64::from(t.source < TimingSource::CpuFallback), Ordering::Relaxed);
             c.counters.scopes_cpu_timed.fetch_add(u64::from(t.source == TimingSource::CpuFallback), Ordering::Relaxed);
             out.push(t);
             self.ended.pop_front();
@@ -197,6 +197,10 @@ impl Resolver {
             end_ns: end.cpu_ns.max(begin.cpu_ns),
             source: TimingSource::CpuFallback,
         };
+        if begin.source == TimingSource::Captured || end.source == TimingSource::Captured {
+            // Recorded into a CUDA graph: no GPU interval (the assembler emits no span).
+            return ScopeGpuTime { source: TimingSource::Captured, ..cpu };
+        }
         let (Some(reference), true, true) = (reference, begin.n > 0, end.n > 0) else { return cpu };
         let mut starts = [0u64; super::mark::MAX_SCOPE_STREAMS];
         let mut start = 0u64;

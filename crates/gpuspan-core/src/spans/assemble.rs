@@ -41,14 +41,17 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-/// Does an API call with this callback id make exactly one GPU activity record (a kernel
-/// launch, a memcpy, a memset)? Driver ids from `cupti_driver_cbid.h`, runtime ids from
-/// `cupti_runtime_cbid.h` (12.9 and 13.5 agree). Graph launches are not listed: they make
-/// many records.
+/// Does an API call with this callback id make GPU activity records: exactly one (a kernel
+/// launch, a memcpy, a memset) or, for a graph launch, at least one? Driver ids from
+/// `cupti_driver_cbid.h`, runtime ids from `cupti_runtime_cbid.h` (12.0 … 13.5 agree).
 pub fn gpu_work_expected(domain: ApiDomain, cbid: u32) -> bool {
     match domain {
-        ApiDomain::Driver => DRIVER_GPU_WORK_CBIDS.contains(&cbid),
-        ApiDomain::Runtime => RUNTIME_GPU_WORK_CBIDS.contains(&cbid) || RUNTIME_GPU_WORK_CBIDS_13.contains(&cbid),
+        ApiDomain::Driver => DRIVER_GPU_WORK_CBIDS.contains(&cbid) || DRIVER_GRAPH_LAUNCH_CBIDS.contains(&cbid),
+        ApiDomain::Runtime => {
+            RUNTIME_GPU_WORK_CBIDS.contains(&cbid)
+                || RUNTIME_GPU_WORK_CBIDS_13.contains(&cbid)
+                || RUNTIME_GRAPH_LAUNCH_CBIDS.contains(&cbid)
+        }
     }
 }
 
@@ -66,6 +69,15 @@ pub const DRIVER_GPU_WORK_CBIDS: [u32; 18] =
 /// cudaMemcpyAsync, cudaMemset, cudaMemsetAsync, cudaLaunchKernel(_ptsz),
 /// cudaMemcpyAsync_ptsz, cudaLaunchCooperativeKernel(_ptsz), cudaLaunchKernelExC(_ptsz).
 pub const RUNTIME_GPU_WORK_CBIDS: [u32; 11] = [31, 41, 49, 51, 211, 214, 225, 269, 270, 430, 431];
+
+/// Graph-launch callback ids (`cupti_driver_cbid.h` / `cupti_runtime_cbid.h`, the same in
+/// 12.0 … 13.5): cuGraphLaunch(_ptsz) 514 / 515 in the DRIVER domain, cudaGraphLaunch(_ptsz)
+/// 311 / 312 in the RUNTIME domain. One call runs every node of the graph: its kernel,
+/// memcpy and memset records all carry the call's correlation id, so the number of records
+/// is the graph's, not one (CUPTI-NOTES §2 "Graphs").
+pub const DRIVER_GRAPH_LAUNCH_CBIDS: [u32; 2] = [514, 515];
+/// See [`DRIVER_GRAPH_LAUNCH_CBIDS`].
+pub const RUNTIME_GRAPH_LAUNCH_CBIDS: [u32; 2] = [311, 312];
 
 /// Runtime callback ids that exist from CUPTI 13.0 on: `__cudaLaunchKernel(_ptsz)_v13000`,
 /// what nvcc 13's `<<<>>>` launch stub calls (`crt/host_runtime.h`) instead of
@@ -137,6 +149,9 @@ pub struct AssemblerStats {
     /// Records and API calls that were never tied to a scope (no external correlation), and
     /// coarse intervals of scopes the table does not know.
     pub unattributed: u64,
+    /// Coarse scopes (stages, steps, requests) that ran inside a CUDA-graph capture
+    /// ([`TimingSource::Captured`]): counted, no span.
+    pub captured_scopes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,8 +433,14 @@ impl SpanAssembler {
             return;
         };
         let end_ns = t.end_ns.max(t.start_ns);
+        if t.source == TimingSource::Captured {
+            self.stats.captured_scopes += 1;
+        }
         if let Some(u) = self.units.get_mut(&t.id) {
             u.scope_time = Some((t.start_ns, end_ns, t.source));
+            return;
+        }
+        if t.source == TimingSource::Captured {
             return;
         }
         let ScopeKind::Stage(stage) = s.kind else { return };
@@ -582,6 +603,9 @@ impl SpanAssembler {
             let complete = match u.launches {
                 _ if self.opts.coarse => u.scope_time.is_some(),
                 Some(n) => u.received >= n,
+                // Unknown count (no launch callbacks, or a graph launch inside): settle_ms
+                // after the end, once every launch API record seen has a GPU record (a graph
+                // launch's counts as one).
                 None => waited >= self.opts.settle_ms && u.received >= u.expected(),
             };
             if force || complete {
@@ -625,6 +649,10 @@ impl SpanAssembler {
         let opts = self.opts.clone();
         let Some(req) = self.requests.get_mut(&rid) else { return };
         req.open_units = req.open_units.saturating_sub(1);
+        if matches!(unit.scope_time, Some((_, _, TimingSource::Captured))) {
+            // Recorded into a CUDA graph, not executed: no span, no timing.
+            return;
+        }
         let is_step = id != rid;
         let emit = req.ctx.sampled;
 

@@ -24,7 +24,7 @@ pub mod ids;
 pub mod model;
 
 pub use assemble::{
-    gpu_work_expected, AssemblerStats, SpanAssembler, SpanOptions, DRIVER_GPU_WORK_CBIDS, RUNTIME_GPU_WORK_CBIDS, RUNTIME_GPU_WORK_CBIDS_13,
+    gpu_work_expected, AssemblerStats, SpanAssembler, SpanOptions, DRIVER_GPU_WORK_CBIDS, RUNTIME_GPU_WORK_CBIDS, RUNTIME_GPU_WORK_CBIDS_13, DRIVER_GRAPH_LAUNCH_CBIDS, RUNTIME_GRAPH_LAUNCH_CBIDS,
 };
 pub use context::{ContextProblem, TraceContext};
 pub use model::{AttrValue, Finalized, RequestTiming, ScopeGpuTime, SpanRecord, StepTiming, TimingSource};

@@ -141,15 +141,20 @@ pub enum TimingSource {
     /// No CUDA event could be recorded (event pool exhausted, no CUDA context on the
     /// thread, a driver error): the interval is the scope's CPU begin and end.
     CpuFallback,
+    /// A boundary of the scope ran while its stream was being captured into a CUDA graph
+    /// (or the legacy stream could not be touched because a capture was open): its work was
+    /// recorded into the graph, not executed, so it has no GPU interval and gets no span.
+    Captured,
 }
 
 impl TimingSource {
-    /// The attribute value: `cuda_event`, `legacy_stream` or `cpu_fallback`.
+    /// The attribute value: `cuda_event`, `legacy_stream`, `cpu_fallback` or `captured`.
     pub fn as_str(self) -> &'static str {
         match self {
             TimingSource::CudaEvent => "cuda_event",
             TimingSource::LegacyStream => "legacy_stream",
             TimingSource::CpuFallback => "cpu_fallback",
+            TimingSource::Captured => "captured",
         }
     }
 }

@@ -7,6 +7,23 @@ use super::{read_trace, ReadError, ReadErrorKind};
 use gpuspan_core::trace::Trace;
 use std::path::{Path, PathBuf};
 
+/// The per-process captures the agent writes in `dir` (`capture-<pid>.json.gz`), sorted by
+/// name; empty when there are none or `dir` cannot be listed.
+pub fn process_captures(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("capture-") && n.ends_with(".json.gz"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 /// The trace files of `dir`, directly inside it, sorted by name: gpuspan's captures
 /// (`capture*.json.gz`) when there are any, so other JSON beside them (a ground-truth file,
 /// a report) is not mistaken for a trace; otherwise every `*.json` and `*.json.gz` (a

@@ -17,7 +17,7 @@ mod error;
 mod read;
 mod write;
 
-pub use dir::{merge, read_captures, trace_files};
+pub use dir::{merge, process_captures, read_captures, trace_files};
 pub use error::{ReadError, ReadErrorKind};
 pub use read::read_trace;
 pub use write::write_trace;

@@ -1,52 +1,84 @@
 //! `CUpti_driver_api_trace_cbid` values of the exported driver functions
-//! (`cupti_driver_cbid.h`, identical in 12.9 and 13.5 — CUPTI-NOTES §4).
+//! (`cupti_driver_cbid.h`, the same numbers in every CUPTI 12.0 … 13.5 header —
+//! CUPTI-NOTES §4; `tests/cbid_headers.rs` checks [`ALL`] against each header in
+//! `.venv/cupti-headers/`).
 #![allow(non_upper_case_globals)]
 
-pub const cuInit: u32 = 1;
-pub const cuDriverGetVersion: u32 = 2;
-pub const cuDeviceGet: u32 = 3;
-pub const cuDeviceGetCount: u32 = 4;
-pub const cuDeviceGetName: u32 = 5;
-pub const cuDeviceGetAttribute: u32 = 9;
-pub const cuCtxGetDevice: u32 = 16;
-pub const cuCtxSynchronize: u32 = 17;
-pub const cuModuleLoadData: u32 = 19;
-pub const cuModuleLoadDataEx: u32 = 20;
-pub const cuModuleUnload: u32 = 22;
-pub const cuModuleGetFunction: u32 = 23;
-pub const cuEventCreate: u32 = 118;
-pub const cuEventRecord: u32 = 119;
-pub const cuEventQuery: u32 = 120;
-pub const cuEventSynchronize: u32 = 121;
-pub const cuEventDestroy: u32 = 122;
-pub const cuEventElapsedTime: u32 = 123;
-pub const cuStreamCreate: u32 = 124;
-pub const cuStreamQuery: u32 = 125;
-pub const cuStreamSynchronize: u32 = 126;
-pub const cuStreamDestroy: u32 = 127;
-pub const cuMemsetD8Async: u32 = 216;
-pub const cuMemsetD32Async: u32 = 220;
-pub const cuMemGetInfo_v2: u32 = 242;
-pub const cuMemAlloc_v2: u32 = 243;
-pub const cuMemFree_v2: u32 = 245;
-pub const cuMemsetD8_v2: u32 = 249;
-pub const cuMemsetD32_v2: u32 = 251;
-pub const cuDeviceTotalMem_v2: u32 = 259;
-pub const cuMemcpyHtoD_v2: u32 = 276;
-pub const cuMemcpyHtoDAsync_v2: u32 = 277;
-pub const cuMemcpyDtoH_v2: u32 = 278;
-pub const cuMemcpyDtoHAsync_v2: u32 = 279;
-pub const cuMemcpyDtoD_v2: u32 = 280;
-pub const cuMemcpyDtoDAsync_v2: u32 = 281;
-pub const cuStreamWaitEvent: u32 = 295;
-pub const cuCtxSetCurrent: u32 = 303;
-pub const cuCtxGetCurrent: u32 = 304;
-pub const cuLaunchKernel: u32 = 307;
-pub const cuEventDestroy_v2: u32 = 325;
-pub const cuStreamDestroy_v2: u32 = 326;
-pub const cuStreamCreateWithPriority: u32 = 367;
-pub const cuDevicePrimaryCtxRetain: u32 = 386;
-pub const cuDevicePrimaryCtxRelease: u32 = 387;
-pub const cuDevicePrimaryCtxRelease_v2: u32 = 544;
-pub const cuGetProcAddress_v2: u32 = 677;
-pub const cuEventElapsedTime_v2: u32 = 780;
+/// Defines one constant per driver function and the [`ALL`] table.
+macro_rules! cbids {
+    ($($name:ident = $v:expr),* $(,)?) => {
+        $(
+            #[doc = concat!("`CUPTI_DRIVER_TRACE_CBID_", stringify!($name), "` = ", stringify!($v), ".")]
+            pub const $name: u32 = $v;
+        )*
+        /// Every `(function name, cbid)` above, in cbid order.
+        pub const ALL: &[(&str, u32)] = &[$((stringify!($name), $v)),*];
+    };
+}
+
+cbids! {
+    cuInit = 1,
+    cuDriverGetVersion = 2,
+    cuDeviceGet = 3,
+    cuDeviceGetCount = 4,
+    cuDeviceGetName = 5,
+    cuDeviceGetAttribute = 9,
+    cuCtxGetDevice = 16,
+    cuCtxSynchronize = 17,
+    cuModuleLoadData = 19,
+    cuModuleLoadDataEx = 20,
+    cuModuleUnload = 22,
+    cuModuleGetFunction = 23,
+    cuEventCreate = 118,
+    cuEventRecord = 119,
+    cuEventQuery = 120,
+    cuEventSynchronize = 121,
+    cuEventDestroy = 122,
+    cuEventElapsedTime = 123,
+    cuStreamCreate = 124,
+    cuStreamQuery = 125,
+    cuStreamSynchronize = 126,
+    cuStreamDestroy = 127,
+    cuMemsetD8Async = 216,
+    cuMemsetD32Async = 220,
+    cuMemGetInfo_v2 = 242,
+    cuMemAlloc_v2 = 243,
+    cuMemFree_v2 = 245,
+    cuMemsetD8_v2 = 249,
+    cuMemsetD32_v2 = 251,
+    cuDeviceTotalMem_v2 = 259,
+    cuMemcpyHtoD_v2 = 276,
+    cuMemcpyHtoDAsync_v2 = 277,
+    cuMemcpyDtoH_v2 = 278,
+    cuMemcpyDtoHAsync_v2 = 279,
+    cuMemcpyDtoD_v2 = 280,
+    cuMemcpyDtoDAsync_v2 = 281,
+    cuStreamWaitEvent = 295,
+    cuCtxSetCurrent = 303,
+    cuCtxGetCurrent = 304,
+    cuLaunchKernel = 307,
+    cuEventDestroy_v2 = 325,
+    cuStreamDestroy_v2 = 326,
+    cuStreamCreateWithPriority = 367,
+    cuDevicePrimaryCtxRetain = 386,
+    cuDevicePrimaryCtxRelease = 387,
+    cuStreamBeginCapture = 495,
+    cuStreamEndCapture = 497,
+    cuStreamIsCapturing = 499,
+    cuGraphInstantiate = 513,
+    cuGraphLaunch = 514,
+    cuGraphLaunch_ptsz = 515,
+    cuGraphExecDestroy = 516,
+    cuGraphDestroy = 517,
+    cuStreamGetCaptureInfo = 536,
+    cuStreamBeginCapture_v2 = 539,
+    cuThreadExchangeStreamCaptureMode = 541,
+    cuDevicePrimaryCtxRelease_v2 = 544,
+    cuGraphInstantiate_v2 = 578,
+    cuEventRecordWithFlags = 587,
+    cuStreamGetCaptureInfo_v2 = 629,
+    cuGraphInstantiateWithFlags = 643,
+    cuGetProcAddress_v2 = 677,
+    cuStreamGetCaptureInfo_v3 = 729,
+    cuEventElapsedTime_v2 = 780,
+}

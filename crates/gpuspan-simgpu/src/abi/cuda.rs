@@ -3,6 +3,15 @@
 //! Kernel durations: the sim computes nothing. A kernel runs for the number of ns in the
 //! `u64` that `kernelParams[0]` points to (the spin kernel's argument); with
 //! `kernelParams == NULL` it runs [`costs::DEFAULT_KERNEL_NS`]. Memory calls move no data.
+//!
+//! Stream capture (`sim::graphs`, CUPTI-NOTES §6b): launches, async copies / sets and
+//! event records on a capturing stream become graph nodes (API record and callbacks as
+//! usual, no GPU record); work on the legacy stream while a blocking stream captures fails
+//! with 906 and invalidates that capture; the potentially unsafe calls (event query /
+//! synchronize, stream query / synchronize, context synchronize, allocation and free,
+//! synchronous copies and sets) follow the capture-mode rule of
+//! `cuThreadExchangeStreamCaptureMode`. The capture and graph entry points are in
+//! [`super::graph`].
 
 // Safety contract of every export: the C prototype of the function it replaces (cuda.h,
 // cupti_*.h, nvml.h): pointer arguments are NULL or valid for the documented access.
@@ -13,7 +22,8 @@ use super::guard;
 use crate::sim::records::{self, kind, KernelFields, MemFields};
 use crate::sim::timeline::WorkKind;
 use crate::sim::trace::{traced, Call, Ctx};
-use crate::sim::{costs, device, sim, State, CONTEXT_HANDLE, CONTEXT_ID, DEVICE_ID};
+use crate::sim::graphs::{self, NodeOp, Wait};
+use crate::sim::{costs, device, os_tid, sim, State, CONTEXT_HANDLE, CONTEXT_ID, DEVICE_ID};
 use cudarc::driver::sys::{
     cuuint64_t, CUcontext, CUdevice, CUdeviceptr, CUdriverProcAddressQueryResult, CUevent,
     CUfunction, CUmodule, CUresult, CUstream,
@@ -23,7 +33,8 @@ use std::ptr::null;
 
 use CUresult::*;
 
-fn call(cbid: u32, name: &'static CStr) -> Call {
+/// A [`Call`] without parameters or symbol.
+pub(super) fn call(cbid: u32, name: &'static CStr) -> Call {
     Call {
         cbid,
         name,
@@ -42,7 +53,7 @@ fn need_init(st: &State) -> Result<(), CUresult> {
 }
 
 /// Runs a traced call whose body may bail out with an error code.
-fn run(c: Call, body: impl FnOnce(&mut State, &mut Ctx) -> Result<(), CUresult>) -> CUresult {
+pub(super) fn run(c: Call, body: impl FnOnce(&mut State, &mut Ctx) -> Result<(), CUresult>) -> CUresult {
     traced(c, |st, ctx| {
         match need_init(st).and_then(|()| body(st, ctx)) {
             Ok(()) => CUDA_SUCCESS,
@@ -52,7 +63,7 @@ fn run(c: Call, body: impl FnOnce(&mut State, &mut Ctx) -> Result<(), CUresult>)
 }
 
 /// Writes `v` through an out-pointer, or fails with INVALID_VALUE for NULL.
-fn out<T>(p: *mut T, v: T) -> Result<(), CUresult> {
+pub(super) fn out<T>(p: *mut T, v: T) -> Result<(), CUresult> {
     if p.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -72,6 +83,43 @@ fn copy_str(name: *mut c_char, len: c_int, s: &str) -> Result<(), CUresult> {
         *name.add(n) = 0;
     }
     Ok(())
+}
+
+/// `CU_STREAM_LEGACY` (cuda.h): the legacy default stream, as is handle 0.
+pub(super) const CU_STREAM_LEGACY: u64 = 0x1;
+
+/// The cuda.h rule for potentially unsafe calls, for the calling thread and its capture
+/// mode (`sim::graphs::Graphs::check_unsafe`): 900 and the offending captures invalidated.
+pub(super) fn unsafe_call(st: &mut State) -> Result<(), CUresult> {
+    st.graphs.check_unsafe(os_tid(), graphs::thread_mode())
+}
+
+/// Work on the legacy stream (handle 0 or `CU_STREAM_LEGACY`) while a blocking stream
+/// captures would depend on that capture: `CUDA_ERROR_STREAM_CAPTURE_IMPLICIT` (906), and
+/// the captures with a blocking stream are invalidated.
+pub(super) fn legacy_use(st: &mut State, h: u64) -> Result<(), CUresult> {
+    if (h == 0 || h == CU_STREAM_LEGACY) && st.graphs.blocking_capture() {
+        st.graphs.invalidate_blocking();
+        return Err(CUDA_ERROR_STREAM_CAPTURE_IMPLICIT);
+    }
+    Ok(())
+}
+
+/// Whether stream-ordered work on `h` is captured (true) or runs (false); fails for
+/// legacy-stream work during a blocking capture (906) and on an invalidated capture (901).
+pub(super) fn captured(st: &mut State, h: u64) -> Result<bool, CUresult> {
+    legacy_use(st, h)?;
+    st.graphs.captures_work(h)
+}
+
+/// `CUDA_ERROR_CAPTURED_EVENT` (907) for an event last recorded in a capture: it holds a
+/// graph dependency, no timestamp (cuda.h `CUresult`, `cuThreadExchangeStreamCaptureMode`).
+fn not_captured_event(st: &State, ev: CUevent) -> Result<(), CUresult> {
+    if st.graphs.is_captured_event(ev as usize as u64) {
+        Err(CUDA_ERROR_CAPTURED_EVENT)
+    } else {
+        Ok(())
+    }
 }
 
 #[no_mangle]
@@ -266,6 +314,7 @@ pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
         run(
             call(cbid::cuCtxSynchronize, c"cuCtxSynchronize"),
             |st, ctx| {
+                unsafe_call(st)?;
                 ctx.wait_until_ns = Some(st.timeline.device_tail_ns());
                 ctx.cost_ns = costs::SYNC_RETURN_NS;
                 Ok(())
@@ -310,6 +359,7 @@ pub unsafe extern "C" fn cuStreamCreateWithPriority(
 fn destroy_stream(h: CUstream, c: Call) -> CUresult {
     run(c, |st, _| {
         if st.timeline.destroy_stream(h as usize as u64) {
+            st.graphs.stream_destroyed(h as usize as u64);
             Ok(())
         } else {
             Err(CUDA_ERROR_INVALID_HANDLE)
@@ -327,7 +377,8 @@ pub unsafe extern "C" fn cuStreamDestroy(h: CUstream) -> CUresult {
     guard(|| destroy_stream(h, call(cbid::cuStreamDestroy, c"cuStreamDestroy")))
 }
 
-fn stream_tail(st: &State, h: CUstream) -> Result<u64, CUresult> {
+/// Where everything enqueued so far on `h` ends; INVALID_HANDLE for an unknown stream.
+pub(super) fn stream_tail(st: &State, h: CUstream) -> Result<u64, CUresult> {
     st.timeline
         .tail_ns(h as usize as u64)
         .ok_or(CUDA_ERROR_INVALID_HANDLE)
@@ -339,6 +390,9 @@ pub unsafe extern "C" fn cuStreamSynchronize(h: CUstream) -> CUresult {
         run(
             call(cbid::cuStreamSynchronize, c"cuStreamSynchronize"),
             |st, ctx| {
+                unsafe_call(st)?;
+                legacy_use(st, h as usize as u64)?;
+                st.graphs.check_stream_wait(h as usize as u64)?;
                 ctx.wait_until_ns = Some(stream_tail(st, h)?);
                 ctx.cost_ns = costs::SYNC_RETURN_NS;
                 Ok(())
@@ -351,6 +405,9 @@ pub unsafe extern "C" fn cuStreamSynchronize(h: CUstream) -> CUresult {
 pub unsafe extern "C" fn cuStreamQuery(h: CUstream) -> CUresult {
     guard(|| {
         run(call(cbid::cuStreamQuery, c"cuStreamQuery"), |st, ctx| {
+            unsafe_call(st)?;
+            legacy_use(st, h as usize as u64)?;
+            st.graphs.check_stream_wait(h as usize as u64)?;
             if stream_tail(st, h)? > ctx.t0_ns {
                 Err(CUDA_ERROR_NOT_READY)
             } else {
@@ -360,17 +417,50 @@ pub unsafe extern "C" fn cuStreamQuery(h: CUstream) -> CUresult {
     })
 }
 
+/// `CU_EVENT_WAIT_EXTERNAL` (cuda.h `CUevent_wait_flags`): in a capture, an event-wait node.
+const CU_EVENT_WAIT_EXTERNAL: c_uint = 0x1;
+
 /// Makes later work on `h` wait for `ev` (by placing a zero-length op at the event time).
+/// Under capture (`sim::graphs::Graphs::wait_event`): waiting on an event recorded in a
+/// capture forks `h` into that capture or joins it back; a capturing stream may not wait
+/// on work recorded outside its capture (905) unless `CU_EVENT_WAIT_EXTERNAL` makes it an
+/// event-wait node.
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamWaitEvent(h: CUstream, ev: CUevent, _flags: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuStreamWaitEvent(h: CUstream, ev: CUevent, flags: c_uint) -> CUresult {
     guard(|| {
         run(
             call(cbid::cuStreamWaitEvent, c"cuStreamWaitEvent"),
             |st, _| {
+                let (hs, evh) = (h as usize as u64, ev as usize as u64);
+                if flags & !CU_EVENT_WAIT_EXTERNAL != 0 {
+                    return Err(CUDA_ERROR_INVALID_VALUE);
+                }
+                legacy_use(st, hs)?;
                 let at = st
                     .events
-                    .recorded_at(ev as usize as u64)
+                    .recorded_at(evh)
                     .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+                if !st.timeline.knows(hs) {
+                    return Err(CUDA_ERROR_INVALID_HANDLE);
+                }
+                if crate::sim::timeline::is_legacy(hs) {
+                    // The legacy / per-thread stream cannot take part in a capture.
+                    if let Some(cap) = st.graphs.event_capture(evh) {
+                        st.graphs.invalidate(cap);
+                        return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+                    }
+                    not_captured_event(st, ev)?;
+                } else {
+                    let blocking = st.timeline.is_blocking(hs).unwrap_or(false);
+                    let external = flags & CU_EVENT_WAIT_EXTERNAL != 0;
+                    if st.graphs.wait_event(hs, blocking, evh, at.is_some(), external)? == Wait::Captured {
+                        return Ok(());
+                    }
+                }
+                if flags != 0 {
+                    // cuda.h: CU_EVENT_WAIT_EXTERNAL "is invalid outside of stream capture".
+                    return Err(CUDA_ERROR_INVALID_VALUE);
+                }
                 if let Some(t) = at {
                     st.timeline
                         .place(h as usize as u64, t, 0, WorkKind::Memory)
@@ -517,6 +607,16 @@ pub unsafe extern "C" fn cuLaunchKernel(
             }
             let dur = kernel_duration_ns(kernel_params);
             ctx.cost_ns = costs::LAUNCH_HOST_NS;
+            if captured(st, h as usize as u64)? {
+                let op = NodeOp::Kernel {
+                    name,
+                    grid: [gx, gy, gz],
+                    block: [bx, by, bz],
+                    shared_bytes,
+                };
+                st.graphs.add_node(h as usize as u64, op, dur)?;
+                return Ok(());
+            }
             let ready = ctx.t0_ns + costs::LAUNCH_LATENCY_NS;
             let p = st
                 .timeline
@@ -537,6 +637,8 @@ pub unsafe extern "C" fn cuLaunchKernel(
                     correlation_id: ctx.correlation_id,
                     grid_id: st.grid_id,
                     name_ptr: name.as_ptr() as usize,
+                    graph_id: 0,
+                    graph_node_id: 0,
                 };
                 ctx.records.push(records::kernel(k, &fields, st.cfg.cupti));
             }
@@ -561,6 +663,7 @@ pub unsafe extern "C" fn cuEventCreate(ph: *mut CUevent, flags: c_uint) -> CUres
 fn destroy_event(ev: CUevent, c: Call) -> CUresult {
     run(c, |st, _| {
         if st.events.destroy(ev as usize as u64) {
+            st.graphs.forget_event(ev as usize as u64);
             Ok(())
         } else {
             Err(CUDA_ERROR_INVALID_HANDLE)
@@ -578,6 +681,44 @@ pub unsafe extern "C" fn cuEventDestroy(ev: CUevent) -> CUresult {
     guard(|| destroy_event(ev, call(cbid::cuEventDestroy, c"cuEventDestroy")))
 }
 
+/// `CU_EVENT_RECORD_EXTERNAL` (cuda.h `CUevent_record_flags`): in a capture, an event-record
+/// node; invalid outside capture.
+const CU_EVENT_RECORD_EXTERNAL: c_uint = 0x1;
+
+/// `cuEventRecord` / `cuEventRecordWithFlags`: records at the stream's tail, or shortly after
+/// the call if the stream is idle. On a capturing stream the event takes the stream's
+/// dependency set instead (no timestamp: queries then fail with 907) or, with
+/// `CU_EVENT_RECORD_EXTERNAL`, becomes an event-record node.
+fn event_record(ev: CUevent, h: CUstream, flags: c_uint, c: Call) -> CUresult {
+    run(c, |st, ctx| {
+        ctx.cost_ns = costs::EVENT_RECORD_HOST_NS;
+        let (evh, hs) = (ev as usize as u64, h as usize as u64);
+        if flags & !CU_EVENT_RECORD_EXTERNAL != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if st.events.recorded_at(evh).is_none() {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        if captured(st, hs)? {
+            if flags & CU_EVENT_RECORD_EXTERNAL != 0 {
+                st.graphs.add_node(hs, NodeOp::EventRecord { event: evh }, 0)?;
+                return Ok(());
+            }
+            return st.graphs.record_event(hs, evh);
+        }
+        if flags & CU_EVENT_RECORD_EXTERNAL != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let at = stream_tail(st, h)?.max(ctx.t0_ns + costs::LAUNCH_LATENCY_NS);
+        st.graphs.forget_event(evh);
+        if st.events.record(evh, at) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_INVALID_HANDLE)
+        }
+    })
+}
+
 /// Records at the stream's tail, or shortly after the call if the stream is idle.
 #[no_mangle]
 pub unsafe extern "C" fn cuEventRecord(ev: CUevent, h: CUstream) -> CUresult {
@@ -592,15 +733,26 @@ pub unsafe extern "C" fn cuEventRecord(ev: CUevent, h: CUstream) -> CUresult {
             params: &params as *const _ as *const c_void,
             symbol: null(),
         };
-        run(c, |st, ctx| {
-            ctx.cost_ns = costs::EVENT_RECORD_HOST_NS;
-            let at = stream_tail(st, h)?.max(ctx.t0_ns + costs::LAUNCH_LATENCY_NS);
-            if st.events.record(ev as usize as u64, at) {
-                Ok(())
-            } else {
-                Err(CUDA_ERROR_INVALID_HANDLE)
-            }
-        })
+        event_record(ev, h, 0, c)
+    })
+}
+
+/// `cuEventRecord` with `CUevent_record_flags` (cuda.h 11.1+).
+#[no_mangle]
+pub unsafe extern "C" fn cuEventRecordWithFlags(ev: CUevent, h: CUstream, flags: c_uint) -> CUresult {
+    guard(|| {
+        let params = cudarc::cupti::sys::cuEventRecordWithFlags_params_st {
+            hEvent: ev as usize as _,
+            hStream: h as usize as _,
+            flags,
+        };
+        let c = Call {
+            cbid: cbid::cuEventRecordWithFlags,
+            name: c"cuEventRecordWithFlags",
+            params: &params as *const _ as *const c_void,
+            symbol: null(),
+        };
+        event_record(ev, h, flags, c)
     })
 }
 
@@ -618,9 +770,13 @@ pub unsafe extern "C" fn cuEventQuery(ev: CUevent) -> CUresult {
     guard(|| {
         run(
             call(cbid::cuEventQuery, c"cuEventQuery"),
-            |st, ctx| match event_status(st.events.query(ev as usize as u64, ctx.t0_ns)) {
-                CUDA_SUCCESS => Ok(()),
-                e => Err(e),
+            |st, ctx| {
+                unsafe_call(st)?;
+                not_captured_event(st, ev)?;
+                match event_status(st.events.query(ev as usize as u64, ctx.t0_ns)) {
+                    CUDA_SUCCESS => Ok(()),
+                    e => Err(e),
+                }
             },
         )
     })
@@ -632,6 +788,8 @@ pub unsafe extern "C" fn cuEventSynchronize(ev: CUevent) -> CUresult {
         run(
             call(cbid::cuEventSynchronize, c"cuEventSynchronize"),
             |st, ctx| {
+                unsafe_call(st)?;
+                not_captured_event(st, ev)?;
                 let at = st
                     .events
                     .recorded_at(ev as usize as u64)
@@ -646,6 +804,8 @@ pub unsafe extern "C" fn cuEventSynchronize(ev: CUevent) -> CUresult {
 
 fn elapsed(ms: *mut f32, a: CUevent, b: CUevent, c: Call) -> CUresult {
     run(c, |st, ctx| {
+        not_captured_event(st, a)?;
+        not_captured_event(st, b)?;
         let v = st
             .events
             .elapsed_ms(a as usize as u64, b as usize as u64, ctx.t0_ns)
@@ -682,6 +842,7 @@ pub unsafe extern "C" fn cuEventElapsedTime_v2(ms: *mut f32, a: CUevent, b: CUev
 pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
     guard(|| {
         run(call(cbid::cuMemAlloc_v2, c"cuMemAlloc_v2"), |st, _| {
+            unsafe_call(st)?;
             if dptr.is_null() {
                 return Err(CUDA_ERROR_INVALID_VALUE);
             }
@@ -695,6 +856,7 @@ pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> 
 pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
     guard(|| {
         run(call(cbid::cuMemFree_v2, c"cuMemFree_v2"), |st, _| {
+            unsafe_call(st)?;
             if st.free(dptr) {
                 Ok(())
             } else {
@@ -706,7 +868,7 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
 
 /// Direction of a copy: CUPTI copyKind, srcKind, dstKind and bandwidth.
 #[derive(Clone, Copy)]
-enum Dir {
+pub(super) enum Dir {
     HtoD,
     DtoH,
     DtoD,
@@ -723,7 +885,8 @@ impl Dir {
     }
 }
 
-fn transfer_ns(bytes: u64, bytes_per_us: u64) -> u64 {
+/// GPU time of moving `bytes` at `bytes_per_us`, plus the fixed setup cost.
+pub(super) fn transfer_ns(bytes: u64, bytes_per_us: u64) -> u64 {
     device::COPY_SETUP_NS + (bytes as u128 * 1_000 / bytes_per_us as u128) as u64
 }
 
@@ -737,6 +900,8 @@ fn mem_fields(st: &State, ctx: &Ctx, p: crate::sim::timeline::Placed, bytes: u64
         context_id: CONTEXT_ID,
         stream_id: p.stream_id,
         correlation_id: ctx.correlation_id,
+        graph_id: 0,
+        graph_node_id: 0,
     }
 }
 
@@ -746,6 +911,14 @@ fn memcpy(dir: Dir, bytes: usize, h: CUstream, is_async: bool, c: Call) -> CUres
         let (ck, sk, dk, bw) = dir.cupti();
         let stream = if is_async { h as usize as u64 } else { 0 };
         ctx.cost_ns = costs::ASYNC_COPY_HOST_NS;
+        if !is_async {
+            unsafe_call(st)?;
+        }
+        if captured(st, stream)? {
+            let op = NodeOp::Memcpy { copy_kind: ck, src_kind: sk, dst_kind: dk, bytes: bytes as u64 };
+            st.graphs.add_node(stream, op, transfer_ns(bytes as u64, bw))?;
+            return Ok(());
+        }
         let ready = ctx.t0_ns + costs::LAUNCH_LATENCY_NS;
         let p = st
             .timeline
@@ -878,8 +1051,15 @@ fn memset(bytes: u64, value: u32, h: CUstream, is_async: bool, c: Call) -> CUres
     run(c, |st, ctx| {
         let stream = if is_async { h as usize as u64 } else { 0 };
         ctx.cost_ns = costs::ASYNC_COPY_HOST_NS;
-        let ready = ctx.t0_ns + costs::LAUNCH_LATENCY_NS;
         let dur = transfer_ns(bytes, device::MEMSET_BYTES_PER_US);
+        if !is_async {
+            unsafe_call(st)?;
+        }
+        if captured(st, stream)? {
+            st.graphs.add_node(stream, NodeOp::Memset { bytes, value }, dur)?;
+            return Ok(());
+        }
+        let ready = ctx.t0_ns + costs::LAUNCH_LATENCY_NS;
         let p = st
             .timeline
             .place(stream, ready, dur, WorkKind::Memory)
@@ -972,8 +1152,48 @@ fn error_text(e: c_int) -> Option<(&'static CStr, &'static CStr)> {
         101 => (c"CUDA_ERROR_INVALID_DEVICE", c"invalid device ordinal"),
         201 => (c"CUDA_ERROR_INVALID_CONTEXT", c"invalid device context"),
         400 => (c"CUDA_ERROR_INVALID_HANDLE", c"invalid resource handle"),
+        401 => (
+            c"CUDA_ERROR_ILLEGAL_STATE",
+            c"the operation cannot be performed in the present state",
+        ),
         500 => (c"CUDA_ERROR_NOT_FOUND", c"named symbol not found"),
         600 => (c"CUDA_ERROR_NOT_READY", c"device not ready"),
+        900 => (
+            c"CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
+            c"operation not permitted when stream is capturing",
+        ),
+        901 => (
+            c"CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
+            c"operation failed due to a previous error during capture",
+        ),
+        902 => (
+            c"CUDA_ERROR_STREAM_CAPTURE_MERGE",
+            c"operation would result in a merge of separate capture sequences",
+        ),
+        903 => (
+            c"CUDA_ERROR_STREAM_CAPTURE_UNMATCHED",
+            c"capture was not ended in the same stream as it began",
+        ),
+        904 => (
+            c"CUDA_ERROR_STREAM_CAPTURE_UNJOINED",
+            c"capturing stream has unjoined work",
+        ),
+        905 => (
+            c"CUDA_ERROR_STREAM_CAPTURE_ISOLATION",
+            c"dependency created on uncaptured work in another stream",
+        ),
+        906 => (
+            c"CUDA_ERROR_STREAM_CAPTURE_IMPLICIT",
+            c"operation would make the legacy stream depend on a capturing blocking stream",
+        ),
+        907 => (
+            c"CUDA_ERROR_CAPTURED_EVENT",
+            c"operation not permitted on an event last recorded in a capturing stream",
+        ),
+        908 => (
+            c"CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD",
+            c"attempt to terminate a thread-local capture sequence from another thread",
+        ),
         999 => (c"CUDA_ERROR_UNKNOWN", c"unknown error"),
         _ => return None,
     })
@@ -996,13 +1216,39 @@ pub unsafe extern "C" fn cuGetErrorName(error: c_int, s: *mut *const c_char) -> 
     })
 }
 
+/// Entry points whose symbol depends on the caller's CUDA version, as the real driver's
+/// per-version table resolves them: `(name, minimum cudaVersion, export)`, newest first. From
+/// cuda.h's `#define`s: 12.x `cuGraphInstantiate` → `cuGraphInstantiateWithFlags` (11.x:
+/// `cuGraphInstantiate_v2`), `cuStreamGetCaptureInfo` → `_v2` from 11.3 (13.x: `_v3`),
+/// `cuStreamBeginCapture` → `_v2` from 10.1. Below every minimum the unversioned export.
+const VERSIONED_SYMBOLS: &[(&str, c_int, &str)] = &[
+    ("cuGraphInstantiate", 12000, "cuGraphInstantiateWithFlags"),
+    ("cuGraphInstantiate", 11000, "cuGraphInstantiate_v2"),
+    ("cuStreamGetCaptureInfo", 13000, "cuStreamGetCaptureInfo_v3"),
+    ("cuStreamGetCaptureInfo", 11030, "cuStreamGetCaptureInfo_v2"),
+    ("cuStreamBeginCapture", 10010, "cuStreamBeginCapture_v2"),
+];
+
+/// The export `cuGetProcAddress_v2` hands out for `name` at `cuda_version`.
+fn resolve_symbol(name: &str, cuda_version: c_int) -> Option<*mut c_void> {
+    if VERSIONED_SYMBOLS.iter().any(|(n, _, _)| *n == name) {
+        let pick = VERSIONED_SYMBOLS
+            .iter()
+            .find(|(n, min, _)| *n == name && cuda_version >= *min)
+            .map_or(name, |(_, _, export)| export);
+        return super::ext::own_symbol(pick);
+    }
+    super::ext::own_symbol(&format!("{name}_v2")).or_else(|| super::ext::own_symbol(name))
+}
+
 /// Resolves `symbol` to this library's export of the same name (trying `_v2` first, as
-/// the per-version table of the real driver would for 12.x callers).
+/// the per-version table of the real driver would for 12.x callers; the names of
+/// `VERSIONED_SYMBOLS` by `cuda_version`).
 #[no_mangle]
 pub unsafe extern "C" fn cuGetProcAddress_v2(
     symbol: *const c_char,
     pfn: *mut *mut c_void,
-    _cuda_version: c_int,
+    cuda_version: c_int,
     _flags: cuuint64_t,
     status: *mut CUdriverProcAddressQueryResult,
 ) -> CUresult {
@@ -1014,8 +1260,7 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
         let name = unsafe { CStr::from_ptr(symbol) }
             .to_string_lossy()
             .into_owned();
-        let found =
-            super::ext::own_symbol(&format!("{name}_v2")).or_else(|| super::ext::own_symbol(&name));
+        let found = resolve_symbol(&name, cuda_version);
         let (p, st, r) = match found {
             Some(p) => (
                 p,

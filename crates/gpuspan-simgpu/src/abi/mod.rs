@@ -1,5 +1,6 @@
 //! The exported C ABI: `libcuda.so.1` ([`cuda`]), `libcupti.so.12` ([`cupti`]),
-//! `libnvidia-ml.so.1` ([`nvml`]) subsets and the sim's own hooks ([`ext`]).
+//! `libnvidia-ml.so.1` ([`nvml`]) subsets, stream capture and CUDA graphs ([`graph`]) and the
+//! sim's own hooks ([`ext`]).
 //!
 //! Every export runs inside [`guard`]: a panic never unwinds into C; it becomes the
 //! library's "unknown error" code.
@@ -8,6 +9,7 @@ pub mod cbid;
 pub mod cuda;
 pub mod cupti;
 pub mod ext;
+pub mod graph;
 pub mod injection;
 pub mod nvml;
 

@@ -1,4 +1,4 @@
-//! `gpuspan-replay WORKLOAD [--steps N] [--requests N]`: the replay worker.
+//! `gpuspan-replay WORKLOAD [--steps N] [--requests N] [--cuda-graph]`: the replay worker.
 //!
 //! Behaves like a real inference worker: opens `libcuda.so.1` at run time, `cuInit(0)`
 //! (where `CUDA_INJECTION64_PATH` takes effect), launches the workload's kernels through the
@@ -14,14 +14,29 @@
 //! The workload's streams are named to the agent (`gpuspan_use_streams`, when it is in the
 //! process) so coarse mode times scopes on them; `--legacy-stream` leaves them unnamed.
 //!
-//! Exit codes: 0 done; 1 a CUDA call failed; 2 bad workload (unknown preset, unreadable or
-//! invalid trace); 3 no `libcuda.so.1`. Errors are one line on stderr.
+//! `--cuda-graph` replays as a worker whose forward passes run as CUDA graphs
+//! (torch.compile's "reduce-overhead" mode): each step's forward pass (the ops inside
+//! `dit.step` / `ProfilerStep#`, see `workload::graph_plan`) is captured in GLOBAL mode the
+//! first time its kernels are seen, with its stage ranges running on the CPU during the
+//! capture only; every step launches the graph with one `cuGraphLaunch` on the step's
+//! stream. What surrounds the forward pass in a step (allocation probe, input / output
+//! copies, the scheduler's synchronize and host gap) and everything outside steps (text
+//! encoder, VAE decode) runs normally. A workload whose steps synchronise, allocate or copy
+//! to or from the host inside the forward pass is refused (exit 2), as is `--slow-step`
+//! (a replayed graph runs the kernels it captured). The last stdout line is
+//! `cuda graph: captured=<graphs> launches=<cuGraphLaunch calls>`.
+//!
+//! Exit codes: 0 done; 1 a CUDA call failed (with `--cuda-graph`, a capture, instantiation
+//! or graph launch failure names the driver's error, `cuGetErrorName`); 2 bad workload
+//! (unknown preset, unreadable or invalid trace, not capturable with `--cuda-graph`); 3 no
+//! `libcuda.so.1`. Errors are one line on stderr.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gpuspan_simgpu::workload::exec::{execute_with, open_driver, ExecOptions};
+use gpuspan_simgpu::workload::exec::{execute_with, open_driver, ExecError, ExecOptions};
+use gpuspan_simgpu::workload::graph_plan;
 use gpuspan_simgpu::workload::from_trace::workload_from_trace;
 use gpuspan_simgpu::workload::preset::{preset, traceparent, DEFAULT_STEPS, PRESET_NAMES};
 use gpuspan_simgpu::workload::{Op, Workload};
@@ -58,6 +73,10 @@ struct Args {
     /// the device has (`cuMemAlloc_v2`, which fails with CUDA_ERROR_OUT_OF_MEMORY) and go on.
     #[arg(long, value_name = "STEP")]
     oom_at_step: Option<u64>,
+    /// Capture each step's forward pass into a CUDA graph once and replay it with
+    /// `cuGraphLaunch` on every step (torch.compile "reduce-overhead"; see the module docs).
+    #[arg(long)]
+    cuda_graph: bool,
 }
 
 /// The index of a `dit.step i/n` range name.
@@ -201,11 +220,20 @@ fn main() -> ExitCode {
             workload.ops.insert(i + 1, Op::AllocProbe { bytes: 1 << 40 });
         }
     }
+    if args.cuda_graph {
+        if args.slow_step.is_some() {
+            return fail(2, "--cuda-graph: --slow-step cannot be honoured: a replayed CUDA graph runs the kernels it captured");
+        }
+        if let Err(e) = graph_plan::plan(&workload) {
+            return fail(2, format!("--cuda-graph: {e}"));
+        }
+    }
     let lib = match open_driver() {
         Ok(l) => l,
         Err(e) => return fail(3, e),
     };
-    match execute_with(&lib, &workload, &ExecOptions { announce_streams: !args.legacy_stream }) {
+    let opts = ExecOptions { announce_streams: !args.legacy_stream, cuda_graph: args.cuda_graph };
+    match execute_with(&lib, &workload, &opts) {
         Ok(s) => {
             println!(
                 "replayed {} kernels, {} memcpy, {} memset on {}",
@@ -217,8 +245,12 @@ fn main() -> ExitCode {
             if let Some(line) = sim_cupti_line(&lib) {
                 println!("{line}");
             }
+            if args.cuda_graph {
+                println!("cuda graph: captured={} launches={}", s.graphs_captured, s.graph_launches);
+            }
             ExitCode::SUCCESS
         }
+        Err(e @ ExecError::NotCapturable(_)) => fail(2, e),
         Err(e) => fail(1, e),
     }
 }

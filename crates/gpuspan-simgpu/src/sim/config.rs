@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `GPUSPAN_SIM_CLOCK` | `virtual` \| `real` | `virtual` |
 //! | `GPUSPAN_SIM_CUPTI_VERSION` | a CUPTI release `12.0` … `12.9`, `13.0` … `13.5` (`gpuspan_cupti::layouts::RELEASES`); `12` = `12.9`, `13` = `13.5` | `12.9` |
-//! | `GPUSPAN_SIM_FAULT` | comma list of `no_device`, `cupti_subscribed`, `drop_records`, `slow_cupti` | none |
+//! | `GPUSPAN_SIM_FAULT` | comma list of `no_device`, `cupti_subscribed`, `drop_records`, `slow_cupti`, `capture_invalidated` | none |
 //! | `GPUSPAN_SIM_DROP_EVERY` | N ≥ 1: with `drop_records`, every Nth record is dropped | `10` |
 //!
 //! A bad value gets one warning on stderr naming the variable and the default used, except
@@ -68,6 +68,9 @@ pub struct Faults {
     /// `cuptiGetVersion` takes [`SLOW_CUPTI_MS`] of wall time (a CUPTI that is slow to load,
     /// so that a test can fork while a client of it is starting up).
     pub slow_cupti: bool,
+    /// Every `cuStreamEndCapture` finds its capture invalidated, as if another thread had
+    /// made a potentially unsafe call in GLOBAL mode during it: 901 and no graph.
+    pub capture_invalidated: bool,
 }
 
 /// How long `cuptiGetVersion` sleeps under the `slow_cupti` fault, ms.
@@ -135,6 +138,7 @@ impl Config {
                     "cupti_subscribed" => cfg.faults.cupti_subscribed = true,
                     "drop_records" => cfg.faults.drop_records = true,
                     "slow_cupti" => cfg.faults.slow_cupti = true,
+                    "capture_invalidated" => cfg.faults.capture_invalidated = true,
                     _ => warn("GPUSPAN_SIM_FAULT", f, "no fault"),
                 }
             }
@@ -158,7 +162,7 @@ mod tests {
         let env = |k: &str| match k {
             "GPUSPAN_SIM_CLOCK" => Some("real".to_string()),
             "GPUSPAN_SIM_CUPTI_VERSION" => Some("13".to_string()),
-            "GPUSPAN_SIM_FAULT" => Some("drop_records, no_device,bogus".to_string()),
+            "GPUSPAN_SIM_FAULT" => Some("drop_records, no_device,bogus,capture_invalidated".to_string()),
             "GPUSPAN_SIM_DROP_EVERY" => Some("0".to_string()),
             _ => None,
         };
@@ -166,6 +170,7 @@ mod tests {
         assert_eq!(cfg.clock, ClockMode::Real);
         assert_eq!(cfg.cupti, CuptiAbi::V13);
         assert!(cfg.faults.drop_records && cfg.faults.no_device && !cfg.faults.cupti_subscribed);
+        assert!(cfg.faults.capture_invalidated && !cfg.faults.slow_cupti);
         assert_eq!(cfg.drop_every, 10);
         assert_eq!(Config::from_lookup(|_| None), Config::default());
     }

@@ -18,3 +18,8 @@ pub const SYNC_RETURN_NS: u64 = 1_000;
 pub const DEFAULT_CALL_NS: u64 = 500;
 /// Kernel duration when `kernelParams` is NULL (crate docs, "kernel durations").
 pub const DEFAULT_KERNEL_NS: u64 = 1_000;
+/// Host cost of `cuGraphLaunch`, whatever the number of nodes: one submission of a whole
+/// graph (the point of CUDA graphs; same order as one launch).
+pub const GRAPH_LAUNCH_HOST_NS: u64 = 4_000;
+/// Host cost of `cuGraphInstantiate*` per node of the graph (plus [`DEFAULT_CALL_NS`]).
+pub const GRAPH_INSTANTIATE_NS_PER_NODE: u64 = 200;

@@ -11,6 +11,7 @@ pub mod cupti;
 pub mod delivery;
 pub mod device;
 pub mod events;
+pub mod graphs;
 pub mod names;
 pub mod records;
 pub mod timeline;
@@ -38,6 +39,8 @@ pub struct State {
     pub clock: clock::HostClock,
     pub timeline: timeline::Timeline,
     pub events: events::Events,
+    /// Stream captures, graphs and executable graphs.
+    pub graphs: graphs::Graphs,
     pub cupti: cupti::Cupti,
     pub pool: buffers::Pool,
     pub counters: cupti::Counters,
@@ -65,6 +68,7 @@ impl State {
             clock: clock::HostClock::new(cfg.clock),
             timeline: timeline::Timeline::new(),
             events: events::Events::new(),
+            graphs: graphs::Graphs::default(),
             cupti: cupti::Cupti::default(),
             pool: buffers::Pool::new(),
             counters: cupti::Counters::default(),

@@ -114,6 +114,10 @@ pub struct KernelFields {
     pub grid_id: i64,
     /// Interned, process-lifetime C string (see `sim::names`).
     pub name_ptr: usize,
+    /// CUPTI `graphId` of the graph that launched the kernel; 0 outside graph launches.
+    pub graph_id: u32,
+    /// CUPTI `graphNodeId` of the node that launched the kernel; 0 outside graph launches.
+    pub graph_node_id: u64,
 }
 
 /// `CUpti_ActivityKernel9` (or Kernel13 under 13.x); `kind_` is KERNEL or CONCURRENT_KERNEL.
@@ -153,6 +157,8 @@ pub fn kernel(kind_: u32, f: &KernelFields, abi: CuptiAbi) -> Record {
     r.put_u32(offset_of!(K9, correlationId), f.correlation_id);
     r.put_u64(offset_of!(K9, gridId), f.grid_id as u64);
     r.put_u64(offset_of!(K9, name), f.name_ptr as u64);
+    r.put_u64(offset_of!(K9, graphNodeId), f.graph_node_id);
+    r.put_u32(offset_of!(K9, graphId), f.graph_id);
     r.put_u8(offset_of!(K9, launchType), 0); // CUPTI_ACTIVITY_LAUNCH_TYPE_REGULAR
     r.put_u32(
         offset_of!(K9, sharedMemoryExecuted),
@@ -173,6 +179,9 @@ pub struct MemFields {
     pub context_id: u32,
     pub stream_id: u32,
     pub correlation_id: u32,
+    /// CUPTI `graphId` / `graphNodeId` for a graph node's copy or set; 0 otherwise.
+    pub graph_id: u32,
+    pub graph_node_id: u64,
 }
 
 /// `CUpti_ActivityMemcpy6` (Memcpy7 under 13.x). `copy_kind`: `CUpti_ActivityMemcpyKind`
@@ -198,6 +207,9 @@ pub fn memcpy(
     r.put_u32(offset_of!(M6, contextId), f.context_id);
     r.put_u32(offset_of!(M6, streamId), f.stream_id);
     r.put_u32(offset_of!(M6, correlationId), f.correlation_id);
+    // Same offsets in Memcpy5 (88 B) … Memcpy7 (records only grow at the end).
+    r.put_u64(offset_of!(M6, graphNodeId), f.graph_node_id);
+    r.put_u32(offset_of!(M6, graphId), f.graph_id);
     if r.bytes.len() >= offset_of!(M6, copyCount) + 8 {
         // Not in the 88-byte Memcpy5 of CUPTI 12.0–12.6.
         r.put_u64(offset_of!(M6, copyCount), 1);
@@ -218,6 +230,8 @@ pub fn memset(f: &MemFields, value: u32, is_async: bool, abi: CuptiAbi) -> Recor
     r.put_u32(offset_of!(S4, contextId), f.context_id);
     r.put_u32(offset_of!(S4, streamId), f.stream_id);
     r.put_u32(offset_of!(S4, correlationId), f.correlation_id);
+    r.put_u64(offset_of!(S4, graphNodeId), f.graph_node_id);
+    r.put_u32(offset_of!(S4, graphId), f.graph_id);
     r.put_u16(offset_of!(S4, flags), is_async as u16);
     r.put_u16(offset_of!(S4, memoryKind), 3);
     r.complete_at_ns = f.end_ns;
@@ -304,6 +318,8 @@ pub mod offsets {
     pub const KERNEL_STREAM_ID: usize = offset_of!(K9, streamId);
     pub const KERNEL_CORRELATION_ID: usize = offset_of!(K9, correlationId);
     pub const KERNEL_NAME: usize = offset_of!(K9, name);
+    pub const KERNEL_GRAPH_NODE_ID: usize = offset_of!(K9, graphNodeId);
+    pub const KERNEL_GRAPH_ID: usize = offset_of!(K9, graphId);
     pub const API_CORRELATION_ID: usize = offset_of!(Api, correlationId);
     pub const API_CBID: usize = offset_of!(Api, cbid);
     pub const EXT_EXTERNAL_ID: usize = offset_of!(ExtCorr, externalId);
@@ -359,6 +375,11 @@ mod tests {
         assert_eq!(r.get_u32(52), 4);
         assert_eq!(r.get_u32(92), 77);
         assert_eq!(r.get_u64(104), 0xabc);
+        assert_eq!((r.get_u64(144), r.get_u32(156)), (0, 0), "no graph ids outside graph launches");
+        let g = kernel(kind::CONCURRENT_KERNEL, &KernelFields { graph_id: 3, graph_node_id: 99, ..f }, CuptiAbi::V13);
+        assert_eq!((g.get_u64(144), g.get_u32(156), g.bytes.len()), (99, 3, 248), "Kernel9 graphNodeId @144, graphId @156");
+        let mg = memset(&MemFields { graph_id: 4, graph_node_id: 5, ..Default::default() }, 0, true, CuptiAbi::V12);
+        assert_eq!((mg.get_u64(64), mg.get_u32(72)), (5, 4), "Memset4 graphNodeId @64, graphId @72");
         let m = memcpy(&MemFields { bytes: 4096, ..Default::default() }, 1, 1, 3, false, CuptiAbi::parse("12.0").unwrap());
         assert_eq!((m.bytes.len(), m.get_u64(8)), (88, 4096), "Memcpy5 has no copyCount");
         let o = overhead_buffer_flush(1, 2, 3, 4, CuptiAbi::parse("12.2").unwrap(), true);

@@ -156,20 +156,48 @@ impl Timeline {
             s.tail_ns = end_ns;
             s.id
         };
+        self.add_busy(kind, start_ns, end_ns);
+        Some(Placed {
+            start_ns,
+            end_ns,
+            stream_id,
+        })
+    }
+
+    /// Records `[start_ns, end_ns)` of `kind` work for NVML utilization without touching
+    /// any stream's tail (graph nodes, which their dependencies place).
+    pub fn add_busy(&mut self, kind: WorkKind, start_ns: u64, end_ns: u64) {
         let list = match kind {
             WorkKind::Kernel => &mut self.kernels,
             WorkKind::Memory => &mut self.memory,
         };
         list.push_back((start_ns, end_ns));
         if list.len() > 100_000 {
-            let horizon = ready_ns.saturating_sub(UTIL_WINDOW_NS);
+            let horizon = start_ns.saturating_sub(UTIL_WINDOW_NS);
             list.retain(|&(_, e)| e >= horizon);
         }
-        Some(Placed {
-            start_ns,
-            end_ns,
-            stream_id,
-        })
+    }
+
+    /// Makes later work on `handle` wait until `end_ns` (a graph launched on it ends
+    /// there). Returns the stream's CUPTI `streamId`; `None` for an unknown handle.
+    pub fn extend_tail(&mut self, handle: u64, end_ns: u64) -> Option<u32> {
+        if is_legacy(handle) {
+            self.legacy_tail_ns = self.legacy_tail_ns.max(end_ns);
+            return Some(LEGACY_STREAM_ID);
+        }
+        let s = self.streams.get_mut(&handle)?;
+        s.tail_ns = s.tail_ns.max(end_ns);
+        Some(s.id)
+    }
+
+    /// Whether created stream `handle` is blocking (made without `CU_STREAM_NON_BLOCKING`,
+    /// so the legacy stream orders with it); `None` for the legacy / per-thread streams and
+    /// unknown handles.
+    pub fn is_blocking(&self, handle: u64) -> Option<bool> {
+        if is_legacy(handle) {
+            return None;
+        }
+        self.streams.get(&handle).map(|s| !s.non_blocking)
     }
 
     /// Percentage (0–100) of `[now - period, now]` with at least one piece of `kind` work

@@ -12,6 +12,15 @@
 //! back to `spin`); the kernel's only parameter is a `u64` duration in ns, which the sim
 //! reads from `kernelParams[0]` and the real `spin` kernel busy-waits for. Host gaps use the
 //! sim's `gpuspanSimAdvanceHostNs` when the virtual clock is on, else the thread sleeps.
+//!
+//! With [`ExecOptions::cuda_graph`] each step's forward pass ([`super::graph_plan`]) is
+//! captured into a CUDA graph the first time its kernels are seen (`cuStreamBeginCapture_v2`
+//! in GLOBAL mode on the origin stream; other streams forked in and joined back with
+//! events; `cuStreamEndCapture`, `cuGraphInstantiateWithFlags`) and every step launches its
+//! graph with one `cuGraphLaunch` on the origin stream. During a capture the region's ops
+//! are issued as usual (its NVTX ranges and host gaps run on the CPU, its launches become
+//! graph nodes); on later steps they are skipped: the CPU code of a captured forward pass
+//! does not run on replay. Ops outside the regions run normally.
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CString};
@@ -20,6 +29,7 @@ use std::ptr::null_mut;
 
 use libloading::Library;
 
+use super::graph_plan::{self, GraphPlan, GraphRegion};
 use super::{MemcpyKind, Op, Workload};
 use crate::nvtx_loader;
 
@@ -57,6 +67,9 @@ type CuModule = *mut c_void;
 type CuFunction = *mut c_void;
 type CuStream = *mut c_void;
 type CuDevicePtr = u64;
+type CuEvent = *mut c_void;
+type CuGraph = *mut c_void;
+type CuGraphExec = *mut c_void;
 
 type FnInit = unsafe extern "C" fn(c_uint) -> CuResult;
 type FnDeviceGet = unsafe extern "C" fn(*mut CuDevice, c_int) -> CuResult;
@@ -95,6 +108,17 @@ type FnMemcpyDtoDAsync =
 type FnMemsetD8Async = unsafe extern "C" fn(CuDevicePtr, u8, usize, CuStream) -> CuResult;
 type FnMemsetD32Async = unsafe extern "C" fn(CuDevicePtr, c_uint, usize, CuStream) -> CuResult;
 type FnSimAdvanceHostNs = unsafe extern "C" fn(u64);
+type FnStreamBeginCapture = unsafe extern "C" fn(CuStream, c_uint) -> CuResult;
+type FnStreamEndCapture = unsafe extern "C" fn(CuStream, *mut CuGraph) -> CuResult;
+type FnGraphInstantiateWithFlags = unsafe extern "C" fn(*mut CuGraphExec, CuGraph, u64) -> CuResult;
+type FnGraphLaunch = unsafe extern "C" fn(CuGraphExec, CuStream) -> CuResult;
+type FnGraphExecDestroy = unsafe extern "C" fn(CuGraphExec) -> CuResult;
+type FnGraphDestroy = unsafe extern "C" fn(CuGraph) -> CuResult;
+type FnEventCreate = unsafe extern "C" fn(*mut CuEvent, c_uint) -> CuResult;
+type FnEventRecord = unsafe extern "C" fn(CuEvent, CuStream) -> CuResult;
+type FnStreamWaitEvent = unsafe extern "C" fn(CuStream, CuEvent, c_uint) -> CuResult;
+type FnEventDestroy = unsafe extern "C" fn(CuEvent) -> CuResult;
+type FnGetErrorName = unsafe extern "C" fn(c_int, *mut *const c_char) -> CuResult;
 type FnSimIsVirtual = unsafe extern "C" fn() -> c_int;
 
 /// Why a replay could not run.
@@ -111,6 +135,17 @@ pub enum ExecError {
         /// Its raw `CUresult`.
         code: i32,
     },
+    /// `--cuda-graph`: a call of a capture, instantiation or graph launch failed.
+    Graph {
+        /// The driver function.
+        call: &'static str,
+        /// Its raw `CUresult`.
+        code: i32,
+        /// The code's name from `cuGetErrorName` (`CUresult <code>` when it has none).
+        name: String,
+    },
+    /// `--cuda-graph`: the workload's steps cannot be captured ([`graph_plan::plan`]'s reason).
+    NotCapturable(String),
 }
 
 impl fmt::Display for ExecError {
@@ -119,6 +154,8 @@ impl fmt::Display for ExecError {
             ExecError::NoDriver(m) => write!(f, "cannot load libcuda.so.1: {m}"),
             ExecError::MissingSymbol(s) => write!(f, "libcuda.so.1 lacks {s}"),
             ExecError::Cuda { call, code } => write!(f, "{call} failed with CUresult {code}"),
+            ExecError::Graph { call, code, name } => write!(f, "{call} failed with {name} ({code})"),
+            ExecError::NotCapturable(why) => write!(f, "--cuda-graph: {why}"),
         }
     }
 }
@@ -142,6 +179,10 @@ pub struct ExecSummary {
     pub device_name: String,
     /// True when the sim's virtual clock drove host gaps.
     pub virtual_clock: bool,
+    /// `--cuda-graph`: graphs captured and instantiated.
+    pub graphs_captured: u64,
+    /// `--cuda-graph`: `cuGraphLaunch` calls.
+    pub graph_launches: u64,
 }
 
 struct Api {
@@ -215,6 +256,75 @@ impl Api {
     }
 }
 
+/// The driver entry points of `--cuda-graph` (resolved only in that mode).
+struct GraphApi {
+    begin_capture: FnStreamBeginCapture,
+    end_capture: FnStreamEndCapture,
+    instantiate: FnGraphInstantiateWithFlags,
+    launch: FnGraphLaunch,
+    exec_destroy: FnGraphExecDestroy,
+    graph_destroy: FnGraphDestroy,
+    event_create: FnEventCreate,
+    event_record: FnEventRecord,
+    stream_wait_event: FnStreamWaitEvent,
+    event_destroy: FnEventDestroy,
+    error_name: FnGetErrorName,
+}
+
+impl GraphApi {
+    fn load(lib: &Library) -> Result<GraphApi, ExecError> {
+        // SAFETY: each alias transcribes the cuda.h 12.x prototype of the symbol it is
+        // resolved for (CUstreamCaptureMode = unsigned int, unsigned long long = u64).
+        unsafe {
+            Ok(GraphApi {
+                begin_capture: sym(lib, "cuStreamBeginCapture_v2")?,
+                end_capture: sym(lib, "cuStreamEndCapture")?,
+                instantiate: sym(lib, "cuGraphInstantiateWithFlags")?,
+                launch: sym(lib, "cuGraphLaunch")?,
+                exec_destroy: sym(lib, "cuGraphExecDestroy")?,
+                graph_destroy: sym(lib, "cuGraphDestroy")?,
+                event_create: sym(lib, "cuEventCreate")?,
+                event_record: sym(lib, "cuEventRecord")?,
+                stream_wait_event: sym(lib, "cuStreamWaitEvent")?,
+                event_destroy: sym(lib, "cuEventDestroy_v2")?,
+                error_name: sym(lib, "cuGetErrorName")?,
+            })
+        }
+    }
+
+    /// `code` of `call` as an error carrying the driver's name for it.
+    fn check(&self, call: &'static str, code: CuResult) -> Result<(), ExecError> {
+        if code == 0 {
+            return Ok(());
+        }
+        let mut p: *const c_char = std::ptr::null();
+        // SAFETY: `cuGetErrorName(CUresult, const char**)`; the out-pointer is a live local and
+        // the returned string is static driver memory.
+        let name = unsafe {
+            if (self.error_name)(code, &mut p) == 0 && !p.is_null() {
+                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+            } else {
+                format!("CUresult {code}")
+            }
+        };
+        Err(ExecError::Graph { call, code, name })
+    }
+
+    /// Re-labels a plain CUDA error of an op issued inside a capture with the driver's name.
+    fn named(&self, e: ExecError) -> ExecError {
+        match e {
+            ExecError::Cuda { call, code } => self.check(call, code).err().unwrap_or(ExecError::Cuda { call, code }),
+            other => other,
+        }
+    }
+}
+
+/// `CU_STREAM_CAPTURE_MODE_GLOBAL` (cuda.h `CUstreamCaptureMode`), the mode torch.cuda.graph
+/// captures in by default.
+const CAPTURE_MODE_GLOBAL: c_uint = 0;
+/// `CU_EVENT_DISABLE_TIMING` (cuda.h `CUevent_flags`): fork / join events carry no time.
+const EVENT_DISABLE_TIMING: c_uint = 0x2;
+
 fn check(call: &'static str, code: CuResult) -> Result<(), ExecError> {
     if code == 0 {
         Ok(())
@@ -246,20 +356,30 @@ pub struct ExecOptions {
     /// on them; `false` behaves like a worker that only uses NVTX (scopes are timed on the
     /// legacy default stream). Default `true`.
     pub announce_streams: bool,
+    /// Capture each step's forward pass into a CUDA graph and launch it (module docs);
+    /// [`ExecError::NotCapturable`] when [`graph_plan::plan`] refuses the workload.
+    /// Default `false`.
+    pub cuda_graph: bool,
 }
 
 impl Default for ExecOptions {
     fn default() -> Self {
-        ExecOptions { announce_streams: true }
+        ExecOptions { announce_streams: true, cuda_graph: false }
     }
 }
 
 /// `int gpuspan_use_streams(void *const *streams, size_t n)` (`include/gpuspan.h`).
 type UseStreamsFn = unsafe extern "C" fn(*const CuStream, usize) -> c_int;
 
-/// [`execute`] with options.
+/// [`execute`] with options ([`ExecOptions::cuda_graph`]: the module docs).
 pub fn execute_with(lib: &Library, workload: &Workload, opts: &ExecOptions) -> Result<ExecSummary, ExecError> {
     let api = Api::load(lib)?;
+    let (graphs, plan) = if opts.cuda_graph {
+        let plan = graph_plan::plan(workload).map_err(ExecError::NotCapturable)?;
+        (Some(GraphApi::load(lib)?), Some(plan))
+    } else {
+        (None, None)
+    };
     let mut out = ExecSummary::default();
     // SAFETY (whole block): each call passes arguments of the types its cuda.h prototype
     // declares; out-pointers point at live locals; the context is made current before any
@@ -338,16 +458,74 @@ pub fn execute_with(lib: &Library, workload: &Workload, opts: &ExecOptions) -> R
             "cuMemAlloc_v2",
             (api.mem_alloc)(&mut dbuf, (2 * max_bytes) as usize),
         )?;
-        let mut hbuf: Vec<u8> = vec![0u8; max_bytes as usize];
+        let hbuf: Vec<u8> = vec![0u8; max_bytes as usize];
 
         out.virtual_clock = api.sim_is_virtual.map(|f| f() != 0).unwrap_or(false);
-        let mut functions: HashMap<&str, CuFunction> = HashMap::new();
+        let mut r = Replay {
+            api: &api,
+            module,
+            spin,
+            functions: HashMap::new(),
+            streams,
+            dbuf,
+            hbuf,
+            max_bytes,
+            out,
+        };
+        match (&graphs, &plan) {
+            (Some(g), Some(p)) => r.run_graphs(&workload.ops, g, p)?,
+            _ => {
+                for op in &workload.ops {
+                    r.op(op, true)?;
+                }
+            }
+        }
+        let Replay { streams, dbuf, hbuf, out, .. } = r;
+        check("cuCtxSynchronize", (api.ctx_synchronize)())?;
+        for (_, s) in streams {
+            check("cuStreamDestroy_v2", (api.stream_destroy)(s))?;
+        }
+        check("cuMemFree_v2", (api.mem_free)(dbuf))?;
+        drop(hbuf);
+        check(
+            "cuDevicePrimaryCtxRelease_v2",
+            (api.primary_ctx_release)(dev),
+        )?;
+        Ok(out)
+    }
+}
 
-        for op in &workload.ops {
+/// The replay's driver objects and counters while ops are issued.
+struct Replay<'a> {
+    api: &'a Api,
+    module: CuModule,
+    spin: CuFunction,
+    functions: HashMap<&'a str, CuFunction>,
+    streams: HashMap<u32, CuStream>,
+    dbuf: CuDevicePtr,
+    hbuf: Vec<u8>,
+    max_bytes: u64,
+    out: ExecSummary,
+}
+
+impl<'a> Replay<'a> {
+    /// Issues one op. `count`: add its GPU work to the summary (false while capturing: the
+    /// work runs, and is counted, when the graph is launched).
+    ///
+    /// # Safety
+    /// The context is current; `self` holds the module, streams and buffers made by
+    /// [`execute_with`].
+    unsafe fn op(&mut self, op: &'a Op, count: bool) -> Result<(), ExecError> {
+        let api = self.api;
+        // SAFETY (whole body): arguments of the types each cuda.h prototype declares;
+        // buffers passed to copies are at least `n` ≤ `max_bytes` long (the sizes allocated);
+        // the kernel parameter array points at a live local for the duration of the launch
+        // call (the driver copies it, also when capturing).
+        unsafe {
             match op {
                 Op::RangePush(n) => {
                     nvtx_loader::nvtx_range_push(n);
-                    out.ranges += 1;
+                    self.out.ranges += 1;
                 }
                 Op::RangePop => {
                     nvtx_loader::nvtx_range_pop();
@@ -360,14 +538,14 @@ pub fn execute_with(lib: &Library, workload: &Workload, opts: &ExecOptions) -> R
                     block,
                     shared_mem_bytes,
                 } => {
-                    let f = match functions.get(name.as_str()) {
+                    let f = match self.functions.get(name.as_str()) {
                         Some(f) => *f,
                         None => {
                             let mut f: CuFunction = null_mut();
                             let cname = CString::new(name.replace('\0', " ")).unwrap_or_default();
-                            let rc = (api.module_get_function)(&mut f, module, cname.as_ptr());
-                            let f = if rc == 0 && !f.is_null() { f } else { spin };
-                            functions.insert(name.as_str(), f);
+                            let rc = (api.module_get_function)(&mut f, self.module, cname.as_ptr());
+                            let f = if rc == 0 && !f.is_null() { f } else { self.spin };
+                            self.functions.insert(name.as_str(), f);
                             f
                         }
                     };
@@ -386,73 +564,174 @@ pub fn execute_with(lib: &Library, workload: &Workload, opts: &ExecOptions) -> R
                             b[1],
                             b[2],
                             *shared_mem_bytes,
-                            streams[stream],
+                            self.streams[stream],
                             params.as_mut_ptr(),
                             null_mut(),
                         ),
                     )?;
-                    out.kernels += 1;
+                    self.out.kernels += count as u64;
                 }
                 Op::Memcpy {
                     kind,
                     bytes,
                     stream,
                 } => {
-                    let n = (*bytes).clamp(1, max_bytes) as usize;
-                    let s = streams[stream];
+                    let n = (*bytes).clamp(1, self.max_bytes) as usize;
+                    let s = self.streams[stream];
+                    let (dbuf, max_bytes) = (self.dbuf, self.max_bytes);
                     match kind {
                         MemcpyKind::HtoD => check(
                             "cuMemcpyHtoDAsync_v2",
-                            (api.memcpy_htod)(dbuf, hbuf.as_ptr() as *const c_void, n, s),
+                            (api.memcpy_htod)(dbuf, self.hbuf.as_ptr() as *const c_void, n, s),
                         )?,
                         MemcpyKind::DtoH => check(
                             "cuMemcpyDtoHAsync_v2",
-                            (api.memcpy_dtoh)(hbuf.as_mut_ptr() as *mut c_void, dbuf, n, s),
+                            (api.memcpy_dtoh)(self.hbuf.as_mut_ptr() as *mut c_void, dbuf, n, s),
                         )?,
                         MemcpyKind::DtoD => check(
                             "cuMemcpyDtoDAsync_v2",
                             (api.memcpy_dtod)(dbuf + max_bytes, dbuf, n, s),
                         )?,
                     }
-                    out.memcpys += 1;
+                    self.out.memcpys += count as u64;
                 }
                 Op::Memset { bytes, stream } => {
-                    let n = (*bytes).clamp(1, max_bytes);
-                    let s = streams[stream];
+                    let n = (*bytes).clamp(1, self.max_bytes);
+                    let s = self.streams[stream];
                     if n % 4 == 0 {
                         check(
                             "cuMemsetD32Async",
-                            (api.memset_d32)(dbuf, 0, (n / 4) as usize, s),
+                            (api.memset_d32)(self.dbuf, 0, (n / 4) as usize, s),
                         )?;
                     } else {
-                        check("cuMemsetD8Async", (api.memset_d8)(dbuf, 0, n as usize, s))?;
+                        check("cuMemsetD8Async", (api.memset_d8)(self.dbuf, 0, n as usize, s))?;
                     }
-                    out.memsets += 1;
+                    self.out.memsets += count as u64;
                 }
-                Op::HostGap { ns } => host_gap(&api, out.virtual_clock, *ns),
+                Op::HostGap { ns } => host_gap(api, self.out.virtual_clock, *ns),
                 Op::Synchronize => check("cuCtxSynchronize", (api.ctx_synchronize)())?,
                 Op::AllocProbe { bytes } => {
                     let mut p: CuDevicePtr = 0;
                     if (api.mem_alloc)(&mut p, *bytes as usize) == 0 {
                         check("cuMemFree_v2", (api.mem_free)(p))?;
                     } else {
-                        out.failed_allocs += 1;
+                        self.out.failed_allocs += 1;
                     }
                 }
             }
         }
-        check("cuCtxSynchronize", (api.ctx_synchronize)())?;
-        for (_, s) in streams {
-            check("cuStreamDestroy_v2", (api.stream_destroy)(s))?;
-        }
-        check("cuMemFree_v2", (api.mem_free)(dbuf))?;
-        drop(hbuf);
-        check(
-            "cuDevicePrimaryCtxRelease_v2",
-            (api.primary_ctx_release)(dev),
-        )?;
+        Ok(())
     }
-    Ok(out)
+
+    /// Issues `ops` with the regions of `plan` captured once per graph and launched.
+    ///
+    /// # Safety
+    /// As [`Replay::op`]; `g` was resolved from the same driver.
+    unsafe fn run_graphs(&mut self, ops: &'a [Op], g: &GraphApi, plan: &GraphPlan) -> Result<(), ExecError> {
+        let mut execs: Vec<Option<(CuGraph, CuGraphExec)>> = vec![None; plan.graphs];
+        let mut events: Vec<CuEvent> = Vec::new();
+        let mut i = 0;
+        let mut result = Ok(());
+        while i < ops.len() {
+            let Some(r) = plan.region_at(i) else {
+                // SAFETY: forwarded from the caller.
+                if let Err(e) = unsafe { self.op(&ops[i], true) } {
+                    result = Err(e);
+                    break;
+                }
+                i += 1;
+                continue;
+            };
+            let exec = match execs[r.graph] {
+                Some((_, x)) => x,
+                None => {
+                    // SAFETY: forwarded from the caller.
+                    match unsafe { self.capture(ops, r, g, &mut events) } {
+                        Ok(pair) => {
+                            execs[r.graph] = Some(pair);
+                            self.out.graphs_captured += 1;
+                            pair.1
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+            };
+            // SAFETY: `cuGraphLaunch(CUgraphExec, CUstream)` with a live exec and stream.
+            if let Err(e) = g.check("cuGraphLaunch", unsafe { (g.launch)(exec, self.streams[&r.origin]) }) {
+                result = Err(e);
+                break;
+            }
+            self.out.graph_launches += 1;
+            self.out.kernels += r.kernels;
+            self.out.memcpys += r.memcpys;
+            self.out.memsets += r.memsets;
+            i = r.end;
+        }
+        // SAFETY: destroying the execs, graphs and events made above, once each.
+        unsafe {
+            for (graph, exec) in execs.into_iter().flatten() {
+                let e = g.check("cuGraphExecDestroy", (g.exec_destroy)(exec)).and(g.check("cuGraphDestroy", (g.graph_destroy)(graph)));
+                result = result.and(e);
+            }
+            for ev in events {
+                result = result.and(g.check("cuEventDestroy_v2", (g.event_destroy)(ev)));
+            }
+        }
+        result
+    }
+
+    /// Captures region `r` into a graph and instantiates it: GLOBAL-mode capture on the
+    /// origin stream, the other streams forked in with an event recorded on the origin and
+    /// joined back with one event each. `events` is the pool of fork / join events.
+    ///
+    /// # Safety
+    /// As [`Replay::run_graphs`].
+    unsafe fn capture(
+        &mut self,
+        ops: &'a [Op],
+        r: &GraphRegion,
+        g: &GraphApi,
+        events: &mut Vec<CuEvent>,
+    ) -> Result<(CuGraph, CuGraphExec), ExecError> {
+        let origin = self.streams[&r.origin];
+        let mut event = |k: usize| -> Result<CuEvent, ExecError> {
+            while events.len() <= k {
+                let mut e: CuEvent = null_mut();
+                // SAFETY: `cuEventCreate(CUevent*, unsigned)` into a live local.
+                g.check("cuEventCreate", unsafe { (g.event_create)(&mut e, EVENT_DISABLE_TIMING) })?;
+                events.push(e);
+            }
+            Ok(events[k])
+        };
+        // SAFETY (whole block): cuda.h prototypes; handles made by this replay; out-pointers
+        // are live locals.
+        unsafe {
+            g.check("cuStreamBeginCapture_v2", (g.begin_capture)(origin, CAPTURE_MODE_GLOBAL))?;
+            if !r.forked.is_empty() {
+                let fork = event(0)?;
+                g.check("cuEventRecord", (g.event_record)(fork, origin))?;
+                for s in &r.forked {
+                    g.check("cuStreamWaitEvent", (g.stream_wait_event)(self.streams[s], fork, 0))?;
+                }
+            }
+            for op in &ops[r.start..r.end] {
+                self.op(op, false).map_err(|e| g.named(e))?;
+            }
+            for (k, s) in r.forked.iter().enumerate() {
+                let join = event(k + 1)?;
+                g.check("cuEventRecord", (g.event_record)(join, self.streams[s]))?;
+                g.check("cuStreamWaitEvent", (g.stream_wait_event)(origin, join, 0))?;
+            }
+            let mut graph: CuGraph = null_mut();
+            g.check("cuStreamEndCapture", (g.end_capture)(origin, &mut graph))?;
+            let mut exec: CuGraphExec = null_mut();
+            g.check("cuGraphInstantiateWithFlags", (g.instantiate)(&mut exec, graph, 0))?;
+            Ok((graph, exec))
+        }
+    }
 }
 
 /// Host work of `ns`: the sim's virtual clock when on, else a sleep (short gaps spin).

@@ -4,7 +4,8 @@
 //! pushes / pops, kernel launches with their GPU duration, async memcpy / memset, host gaps
 //! and device synchronizations. It is pure data: [`from_trace`] builds one from a real
 //! Kineto trace, [`preset`] builds the built-in DiT video workloads (`wan2.1`, `stdit`), and
-//! [`exec`] plays one through the CUDA driver API.
+//! [`exec`] plays one through the CUDA driver API ([`graph_plan`]: which parts its
+//! `--cuda-graph` mode captures into CUDA graphs).
 //!
 //! [`Workload::estimate_timeline`] is a small, deterministic model of how the simulated H100
 //! executes a workload (host cost per API call, launch latency, per-stream in-order GPU
@@ -14,6 +15,7 @@ use std::collections::BTreeMap;
 
 pub mod exec;
 pub mod from_trace;
+pub mod graph_plan;
 pub mod preset;
 
 /// Direction of a [`Op::Memcpy`].
