@@ -394,3 +394,45 @@ fn cuda_graph_fixture_replay_under_coarse_and_fine() {
     assert!(with_graphs.iter().any(|(k, n)| k.is_some() && *n > 0), "kernels in steps: {with_graphs:?}");
     assert_eq!(with_graphs, without, "kernels per step with graphs and without");
 }
+
+/// Coarse timing needs only the driver: with the simulated `libcuda.so.1` but no CUPTI
+/// library anywhere on the path, the agent says once that fine capture is off and still
+/// times every step with CUDA events.
+#[test]
+fn coarse_mode_runs_without_cupti() {
+    const STEPS: u32 = 3;
+    let sim = tempfile::tempdir().unwrap();
+    gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
+    for name in std::fs::read_dir(sim.path()).unwrap().flatten().map(|e| e.path()) {
+        if name.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libcupti")) {
+            std::fs::remove_file(&name).unwrap();
+        }
+    }
+    let rx = OtlpReceiver::start(Transport::HttpProtobuf, "127.0.0.1:0");
+    let out = tempfile::tempdir().unwrap();
+    let o = output(
+        std::process::Command::new(artifact("gpuspan-replay"))
+            .args(["stdit", "--steps", &STEPS.to_string()])
+            .env("LD_PRELOAD", artifact("libgpuspan.so"))
+            .env("LD_LIBRARY_PATH", sim.path())
+            .env_remove("NVTX_INJECTION64_PATH")
+            .env_remove("CUDA_INJECTION64_PATH")
+            .env("GPUSPAN_MODE", "coarse")
+            .env("GPUSPAN_OUT", out.path())
+            .env("GPUSPAN_LOG", "info")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint())
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.transport().protocol_env()),
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("fine capture windows are off").count(), 1, "one line says so: {stderr}");
+    assert!(stderr.contains("coarse mode on") && stderr.contains("no CUPTI"), "{stderr}");
+    let tp = gpuspan_simgpu::workload::preset::traceparent("stdit", 0);
+    let spans = spans_of(&rx, tp.split('-').nth(1).unwrap());
+    let steps: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.name == "dit.step").collect();
+    assert_eq!(steps.len(), STEPS as usize, "every step");
+    for s in &steps {
+        assert!(s.end_unix_ns > s.start_unix_ns, "{s:?}");
+        assert_ne!(s.str("gpuspan.timing"), Some("cpu_fallback"), "timed with events: {s:?}");
+    }
+}

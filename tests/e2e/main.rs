@@ -10,6 +10,7 @@ mod coarse;
 mod control;
 mod demo;
 mod diff;
+mod exit;
 mod faults;
 mod fork;
 mod inject;

@@ -92,9 +92,10 @@ pub fn write_parts(
     put("scope_events_dropped", counters.scope_events_dropped.load(Ordering::Relaxed));
     put("buffers_dropped", counters.buffers_dropped.load(Ordering::Relaxed));
     put("buffers_declined", a.pool.declined());
+    put("partial", counters.terminated_by_signal.load(Ordering::Relaxed));
     put("nvtx_ranges_too_deep", counters.nvtx_ranges_too_deep.load(Ordering::Relaxed));
     put("buffers_foreign", counters.foreign_buffers.load(Ordering::Relaxed));
-    put("cupti_version", a.api.version() as u64);
+    put("cupti_version", a.cupti_version() as u64);
     for (k, v) in extra {
         put(k, *v);
     }

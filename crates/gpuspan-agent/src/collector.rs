@@ -255,8 +255,10 @@ impl Collector {
             }
             self.feed_times();
         }
-        let next = a.api.get_next_record_fn();
-        let layouts = a.api.layouts();
+        // Buffers complete only where CUPTI was loaded and collecting.
+        let Some(api) = &a.api else { return };
+        let next = api.get_next_record_fn();
+        let layouts = api.layouts();
         while let Some((addr, valid)) = a.completed_queue.pop() {
             let before = self.records.len();
             // SAFETY: `addr` is a pool buffer CUPTI completed with `valid` bytes of records
@@ -346,9 +348,13 @@ fn run() {
     let mut last_poll = Instant::now();
     while !STOP.load(Ordering::Acquire) {
         std::thread::sleep(DRAIN_INTERVAL);
-        if last_flush.elapsed() >= FLUSH_INTERVAL && a.fine_on.load(Ordering::Acquire) {
+        if crate::entry::sigterm_seen() {
+            finish_after_sigterm(a);
+            break;
+        }
+        if let (true, true, Some(api)) = (last_flush.elapsed() >= FLUSH_INTERVAL, a.fine_on.load(Ordering::Acquire), &a.api) {
             // Unlocked: the completion callback must be able to run during the flush.
-            let _ = a.api.flush_all(0);
+            let _ = api.flush_all(0);
             last_flush = Instant::now();
         }
         // This thread queries events while the application may hold a stream capture open in
@@ -371,8 +377,8 @@ fn run() {
                 }
             }
         }
-        if a.fine_on.load(Ordering::Acquire) {
-            if let Ok(n) = a.api.dropped_records() {
+        if let (true, Some(api)) = (a.fine_on.load(Ordering::Acquire), &a.api) {
+            if let Ok(n) = api.dropped_records() {
                 a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
@@ -394,6 +400,24 @@ fn run() {
 }
 
 static CLOCK_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// SIGTERM arrived while CUPTI collected ([`crate::entry::install_sigterm_handler`]): on a
+/// thread of its own (finishing joins this collector thread), write what was collected,
+/// marked partial (`gpuspan.partial`), then end the process as SIGTERM would have.
+fn finish_after_sigterm(a: &'static Agent) {
+    a.counters.terminated_by_signal.store(1, Ordering::Relaxed);
+    let finish = move || {
+        let _ = std::panic::catch_unwind(|| match crate::state::flush_capture() {
+            Ok(p) => crate::log::warn(&format!("SIGTERM: wrote what was collected to {} (marked partial)", p.display())),
+            Err(e) if e == NO_COARSE_CAPTURE => {}
+            Err(e) => crate::log::warn(&format!("SIGTERM: capture not written: {e}")),
+        });
+        crate::entry::reraise_sigterm();
+    };
+    if std::thread::Builder::new().name("gpuspan-exit".into()).spawn(finish).is_err() {
+        crate::entry::reraise_sigterm();
+    }
+}
 
 /// Puts the collector thread in RELAXED capture mode (coarse mode: the only agent thread that
 /// queries events). False while the driver is not initialised yet (`cuInit` still running);
@@ -485,6 +509,10 @@ fn report_coarse_fallbacks(a: &Agent) {
 /// rest), disables the activity kinds, releases the CUPTI subscriber, and writes the capture.
 /// Idempotent: later calls return the first path.
 pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
+    // One finish at a time (the exit handler, `flush_capture`, the SIGTERM path): a second
+    // caller waits for the first and returns its outcome, so the capture is written once.
+    static FINISHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = FINISHING.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((written, finished)) = a.collector.lock().ok().map(|c| (c.written.clone(), c.finished)) {
         match written {
             Some(p) => return Ok(p),
@@ -500,16 +528,16 @@ pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
     if a.windows.is_active() {
         a.windows.close(a, true);
     }
-    if a.fine_on.swap(false, Ordering::AcqRel) {
-        let _ = a.api.flush_all(0);
-        let _ = a.api.flush_all(FLUSH_FORCED);
-        if let Ok(n) = a.api.dropped_records() {
+    if let (true, Some(api)) = (a.fine_on.swap(false, Ordering::AcqRel), &a.api) {
+        let _ = api.flush_all(0);
+        let _ = api.flush_all(FLUSH_FORCED);
+        if let Ok(n) = api.dropped_records() {
             a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
         }
-        a.api.disable_fine_kinds();
+        api.disable_fine_kinds();
     }
-    if let Some(s) = a.subscriber.lock().ok().and_then(|mut g| g.take()) {
-        let _ = a.api.unsubscribe(s);
+    if let (Some(s), Some(api)) = (a.subscriber.lock().ok().and_then(|mut g| g.take()), &a.api) {
+        let _ = api.unsubscribe(s);
     }
     let mut c = a.collector.lock().map_err(|_| "collector state poisoned".to_string())?;
     c.drain(a);

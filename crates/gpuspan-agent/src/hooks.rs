@@ -210,12 +210,14 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
         }
         t.depth.set(depth + 1);
         let parent = if depth == 0 { 0 } else { t.ids[depth - 1].get() };
-        let id = a.next_scope_id.fetch_add(1, Ordering::Relaxed);
+        // SeqCst with `fine_on` below: a fine window takes only scopes numbered after it set
+        // `fine_on` (window.rs `arm`).
+        let id = a.next_scope_id.fetch_add(1, Ordering::SeqCst);
         t.ids[depth].set(id);
         t.domains[depth].set(slot as u8);
         t.launch_base[depth].set(t.launches.get());
         t.graph_base[depth].set(t.graph_launches.get());
-        let pushed = a.fine_on.load(Ordering::Relaxed);
+        let pushed = a.fine_on.load(Ordering::SeqCst);
         t.pushed[depth].set(pushed);
         let ts_ns = begin_event(a, id, parent, thread_id(t), name, pushed);
         if let Some(c) = &a.coarse {
@@ -229,9 +231,11 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
 /// Queues the begin event (and pushes the external correlation id when `push`); returns its
 /// timestamp, CUPTI ns.
 fn begin_event(a: &Agent, id: ScopeId, parent: ScopeId, thread_id: u32, name: &[u8], push: bool) -> u64 {
-    let ts_ns = a.api.timestamp_ns();
+    let ts_ns = a.now_ns();
     if push {
-        a.api.push_external_correlation(GPUSPAN_EXTERNAL_KIND, id);
+        if let Some(api) = &a.api {
+            api.push_external_correlation(GPUSPAN_EXTERNAL_KIND, id);
+        }
     }
     let ev = ScopeEvent::Begin { id, parent, thread_id, ts_ns, name: InlineName::from_bytes(name) };
     if a.scope_queue.push(ev).is_err() {
@@ -289,13 +293,13 @@ pub fn range_end(slot: usize) -> i32 {
         if id == 0 {
             return level;
         }
-        if pushed {
-            let _ = a.api.pop_external_correlation(GPUSPAN_EXTERNAL_KIND);
+        if let (true, Some(api)) = (pushed, &a.api) {
+            let _ = api.pop_external_correlation(GPUSPAN_EXTERNAL_KIND);
         }
         // A graph launch inside makes the record count unknown (one per graph node).
         let launches = (a.counting_launches.load(Ordering::Relaxed) && t.graph_launches.get() == graph_base)
             .then(|| (t.launches.get() - launch_base).min(u32::MAX as u64) as u32);
-        let ts_ns = a.api.timestamp_ns();
+        let ts_ns = a.now_ns();
         let ev = ScopeEvent::End { id, ts_ns, launches };
         if a.scope_queue.push(ev).is_err() {
             a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);

@@ -25,6 +25,8 @@ pub struct Counters {
     pub buffers_dropped: AtomicU64,
     /// NVTX ranges of scope domains pushed beyond the per-thread stack (`hooks::MAX_DEPTH`).
     pub nvtx_ranges_too_deep: AtomicU64,
+    /// 1 when SIGTERM ended collection early (the capture holds what came before it).
+    pub terminated_by_signal: AtomicU64,
     /// Completed buffers our pool did not lend (another CUPTI activity client's), left alone.
     pub foreign_buffers: AtomicU64,
     /// Records CUPTI reported dropped (`cuptiActivityGetNumDroppedRecords`).
@@ -44,8 +46,9 @@ pub struct Counters {
 pub struct Agent {
     /// Configuration read at activation.
     pub config: Config,
-    /// CUPTI.
-    pub api: ActivityApi,
+    /// CUPTI; `None` in coarse mode when no usable CUPTI loaded (coarse timing needs only
+    /// the driver; fine windows then refuse).
+    pub api: Option<ActivityApi>,
     /// Activity buffers lent to CUPTI.
     pub pool: BufferPool,
     /// May the buffer-requested callback decline (CUPTI API ≥ 27)?
@@ -103,6 +106,35 @@ impl Lifecycle {
 /// Lifecycles for a process and the forked descendants that activate again; past the last
 /// one a descendant stays inactive.
 pub const LIFECYCLES: usize = 4;
+impl Agent {
+    /// Now, ns, in the time domain of scope events and activity records: `cuptiGetTimestamp`
+    /// when CUPTI is loaded, else `CLOCK_REALTIME`, which is CUPTI's own source on Linux
+    /// (CUPTI-NOTES §2), so spans line up either way. Hot path: a vDSO clock read, no syscall.
+    #[inline]
+    pub fn now_ns(&self) -> u64 {
+        match &self.api {
+            Some(api) => api.timestamp_ns(),
+            None => realtime_ns(),
+        }
+    }
+
+    /// The CUPTI API version in use, 0 without CUPTI.
+    pub fn cupti_version(&self) -> u32 {
+        self.api.as_ref().map_or(0, |a| a.version())
+    }
+
+    /// CUPTI, or why there is none (for the callers that need it: fine windows).
+    pub fn cupti(&self) -> Result<&ActivityApi, String> {
+        self.api.as_ref().ok_or_else(|| "no CUPTI library was loaded (coarse timing runs without it; fine capture needs it)".to_string())
+    }
+}
+
+/// `CLOCK_REALTIME` in ns since the Unix epoch (0 before 1970).
+#[inline]
+pub fn realtime_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
 static LIFECYCLE: [Lifecycle; LIFECYCLES] = [const { Lifecycle::new() }; LIFECYCLES];
 /// Index of this process's lifecycle.
 static GENERATION: AtomicUsize = AtomicUsize::new(0);
@@ -162,7 +194,7 @@ pub fn status() -> AgentStatus {
     match (lifecycle().and_then(|l| l.activation.get()), agent()) {
         (_, Some(a)) => AgentStatus {
             inactive_reason: None,
-            cupti_version: a.api.version(),
+            cupti_version: a.cupti_version(),
             records_decoded: a.counters.records_decoded.load(Ordering::Relaxed),
             scope_events_dropped: a.counters.scope_events_dropped.load(Ordering::Relaxed),
         },
@@ -235,12 +267,9 @@ pub fn activate() -> Result<(), String> {
 /// measured now (CUPTI timestamps are CLOCK_REALTIME ns on Linux, CUPTI-NOTES §2, so the
 /// offset is ≈ 0 on a real GPU; the simulated H100's virtual clock needs it).
 /// Kernel spans are only built when they have somewhere to go (an OTLP endpoint).
-fn span_options(config: &Config, api: &ActivityApi, exporting: bool) -> gpuspan_core::spans::SpanOptions {
-    let unix_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0);
-    let offset = (unix_ns - api.timestamp_ns() as i128) as i64;
+fn span_options(config: &Config, api: Option<&ActivityApi>, exporting: bool) -> gpuspan_core::spans::SpanOptions {
+    let unix_ns = realtime_ns() as i128;
+    let offset = api.map_or(0, |api| (unix_ns - api.timestamp_ns() as i128) as i64);
     let offset = if offset.unsigned_abs() < 1_000_000 { 0 } else { offset };
     gpuspan_core::spans::SpanOptions {
         kernel_span_budget: config.kernel_span_budget,
@@ -260,11 +289,16 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
     if config.mode == Mode::Off {
         return Err("GPUSPAN_MODE=off".into());
     }
-    // Both modes load CUPTI: its clock timestamps scopes, and coarse mode subscribes to it
-    // only for fine windows.
-    let api = ActivityApi::load().map_err(|e| format!("{e}"))?;
-    let subscriber = match config.mode {
-        Mode::Fine => Some(api.subscribe_with(crate::hooks::api_callback).map_err(|e| match e.code() {
+    // Fine mode needs CUPTI. Coarse mode loads it for fine windows and the flight recorder
+    // but times scopes with the driver's events alone, so a missing (or too old) CUPTI
+    // only turns those off; coarse mode needs a driver or CUPTI to be of any use.
+    let (api, no_cupti) = match ActivityApi::load() {
+        Ok(api) => (Some(api), None),
+        Err(e) if config.mode == Mode::Coarse => (None, Some(e.to_string())),
+        Err(e) => return Err(e.to_string()),
+    };
+    let subscriber = match (config.mode, &api) {
+        (Mode::Fine, Some(api)) => Some(api.subscribe_with(crate::hooks::api_callback).map_err(|e| match e.code() {
             Some(39) => format!("CUPTI is held by another tool ({e}); the worker runs unprofiled"),
             Some(15) => format!("{e}: no CUDA driver or GPU available to CUPTI"),
             _ => format!("{e}"),
@@ -272,11 +306,17 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
         _ => None,
     };
     let coarse = (config.mode == Mode::Coarse).then(|| crate::coarse::Coarse::new(config.event_pool));
-    let allow_decline = api.version() >= BUFFER_DECLINE_MIN_VERSION;
+    if let Some(why) = &no_cupti {
+        if coarse.as_ref().is_some_and(|c| c.events.is_none()) {
+            return Err(format!("{why}, and no CUDA driver library for coarse timing"));
+        }
+        crate::log::warn(&format!("{why}: coarse timing goes on with the CUDA driver's events; fine capture windows are off"));
+    }
+    let allow_decline = api.as_ref().is_some_and(|a| a.version() >= BUFFER_DECLINE_MIN_VERSION);
     let rules = crate::collector::load_rules(&config);
     let triggers = crate::collector::load_triggers(&config);
     let telemetry = crate::telemetry::Telemetry::start(&config);
-    let spans = span_options(&config, &api, telemetry.spans.is_some());
+    let spans = span_options(&config, api.as_ref(), telemetry.spans.is_some());
     let agent = Agent {
         pool: BufferPool::new(config.buffer_bytes, config.max_buffers),
         allow_decline,
@@ -324,16 +364,20 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
             Some(ev) => format!("CUDA events from {}", ev.loaded_from),
             None => "CPU times (no CUDA driver)".into(),
         };
-        crate::log::info(&format!("coarse mode on: scopes timed with {timing}; CUPTI {} loaded, not subscribed", a.api.version()));
+        let cupti = match &a.api {
+            Some(api) => format!("CUPTI {} loaded, not subscribed", api.version()),
+            None => "no CUPTI".to_string(),
+        };
+        crate::log::info(&format!("coarse mode on: scopes timed with {timing}; {cupti}"));
         return Ok(());
     }
-    let setup = a
-        .api
+    let Some(api) = a.api.as_ref() else { return Err("fine mode without CUPTI".into()) };
+    let setup = api
         .register_callbacks(crate::cupti_callbacks::buffer_requested, crate::cupti_callbacks::buffer_completed)
-        .and_then(|_| a.api.enable_fine_kinds());
+        .and_then(|_| api.enable_fine_kinds());
     if let Err(e) = setup {
         if let Some(s) = a.subscriber.lock().ok().and_then(|mut g| g.take()) {
-            let _ = a.api.unsubscribe(s);
+            let _ = api.unsubscribe(s);
         }
         return Err(format!("{e}"));
     }
@@ -343,7 +387,7 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
         .subscriber
         .lock()
         .ok()
-        .and_then(|g| g.as_ref().map(|s| a.api.enable_launch_callbacks(s)));
+        .and_then(|g| g.as_ref().map(|s| api.enable_launch_callbacks(s)));
     match counting {
         Some(Ok(())) => a.counting_launches.store(true, Ordering::Release),
         Some(Err(e)) => crate::log::info(&format!("launch counting off ({e}); step spans finish by timing")),
@@ -351,13 +395,14 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
     }
     a.fine_on.store(true, Ordering::Release);
     a.collecting.store(true, Ordering::Release);
+    crate::entry::install_sigterm_handler();
     crate::collector::start_thread();
     crate::control::start();
     crate::entry::register_exit_handler();
     crate::log::info(&format!(
         "fine mode on: CUPTI API {} from {}",
-        a.api.version(),
-        a.api.loaded_from()
+        api.version(),
+        api.loaded_from()
     ));
     Ok(())
 }

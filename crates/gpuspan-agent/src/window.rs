@@ -87,6 +87,9 @@ struct Window {
     accepting: bool,
     ended: u64,
     first_begin_ns: Option<u64>,
+    /// The first scope id that surely pushed its external correlation id (see `arm`); new
+    /// units are taken from it on.
+    first_id: ScopeId,
     /// Units ended whose GPU work coarse timing has not yet seen finish.
     gpu_pending: HashSet<ScopeId>,
     closing_since: Option<Instant>,
@@ -189,7 +192,12 @@ impl Windows {
                 return refuse(&mut g, status, why);
             }
         }
-        a.fine_on.store(true, Ordering::Release);
+        a.fine_on.store(true, Ordering::SeqCst);
+        // Scopes numbered from here on pushed their external correlation id: the hot path
+        // takes its id, then reads `fine_on` (both SeqCst), so an id at or past this one was
+        // taken after the store above and saw it. An earlier step whose Begin the collector
+        // only sees now did not push, and its kernels outside stage scopes would be missing.
+        let first_id = if recorder { 0 } else { a.next_scope_id.load(Ordering::SeqCst) };
         crate::log::info(&format!(
             "capture window {id} armed ({trigger}): {} {}, into {}",
             req.size.target(),
@@ -207,6 +215,7 @@ impl Windows {
             accepting: true,
             ended: past.ended.len() as u64,
             first_begin_ns: None,
+            first_id,
             gpu_pending: HashSet::new(),
             closing_since: None,
         };
@@ -232,7 +241,7 @@ impl Windows {
         match ev {
             ScopeEvent::Begin { id, ts_ns, .. } => {
                 let Some(s) = scopes.get(*id) else { return };
-                if !is_unit(w.size, &s.kind) || !w.accepting || w.phase == Phase::Closing {
+                if !is_unit(w.size, &s.kind) || !w.accepting || w.phase == Phase::Closing || *id < w.first_id {
                     return;
                 }
                 let first = *w.first_begin_ns.get_or_insert(*ts_ns);
@@ -320,15 +329,17 @@ impl Windows {
         if !recorder {
             a.fine_on.store(false, Ordering::Release);
         }
-        let _ = a.api.flush_all(0);
-        let _ = a.api.flush_all(gpuspan_cupti::activity::FLUSH_FORCED);
-        if let Ok(n) = a.api.dropped_records() {
-            a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        if !recorder {
-            a.api.disable_fine_kinds();
-            if let Some(s) = a.subscriber.lock().ok().and_then(|mut g| g.take()) {
-                let _ = a.api.unsubscribe(s);
+        if let Some(api) = &a.api {
+            let _ = api.flush_all(0);
+            let _ = api.flush_all(gpuspan_cupti::activity::FLUSH_FORCED);
+            if let Ok(n) = api.dropped_records() {
+                a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if !recorder {
+                api.disable_fine_kinds();
+                if let Some(s) = a.subscriber.lock().ok().and_then(|mut g| g.take()) {
+                    let _ = api.unsubscribe(s);
+                }
             }
         }
         let outcome = match a.collector.lock() {
@@ -406,27 +417,29 @@ fn is_unit(size: WindowSize, kind: &ScopeKind) -> bool {
 /// API callbacks, which count failed calls and OOMs for the anomaly rules); on any failure
 /// CUPTI is left as found.
 pub(crate) fn subscribe(a: &Agent) -> Result<(), String> {
+    let api = a.cupti()?;
     let mut slot = a.subscriber.lock().map_err(|_| "subscriber state poisoned".to_string())?;
     if slot.is_some() {
         return Err("CUPTI is already subscribed by this agent".into());
     }
-    let s = a.api.subscribe_with(crate::hooks::api_callback).map_err(|e| match e.code() {
+    let s = api.subscribe_with(crate::hooks::api_callback).map_err(|e| match e.code() {
         Some(39) => format!("CUPTI is held by another client ({e})"),
         _ => format!("cannot subscribe to CUPTI: {e}"),
     })?;
-    let setup = a
-        .api
+    let setup = api
         .register_callbacks(crate::cupti_callbacks::buffer_requested, crate::cupti_callbacks::buffer_completed)
-        .and_then(|_| a.api.enable_fine_kinds());
+        .and_then(|_| api.enable_fine_kinds());
     if let Err(e) = setup {
-        a.api.disable_fine_kinds();
-        let _ = a.api.unsubscribe(s);
+        api.disable_fine_kinds();
+        let _ = api.unsubscribe(s);
         return Err(format!("cannot enable CUPTI activities: {e}"));
     }
-    if let Err(e) = a.api.enable_launch_callbacks(&s).and_then(|()| a.api.enable_alloc_callbacks(&s)) {
+    if let Err(e) = api.enable_launch_callbacks(&s).and_then(|()| api.enable_alloc_callbacks(&s)) {
         crate::log::info(&format!("API callbacks off ({e}): CUDA errors and OOMs are not seen"));
     }
     *slot = Some(s);
+    // CUPTI collects now: SIGTERM must not lose what it gathers.
+    crate::entry::install_sigterm_handler();
     Ok(())
 }
 
