@@ -283,3 +283,58 @@ fn capture_window_over_cuda_graph_steps() {
     assert!(text.contains("cuda graph: captured="), "{text}");
     w.pid = None;
 }
+
+/// A second CUPTI activity client in the worker (what torch.profiler / Kineto is: its own
+/// buffer callbacks and `CONCURRENT_KERNEL`, no subscriber). Coarse mode leaves it alone: it
+/// receives a record of every kernel. A fine window then registers gpuspan's callbacks, so
+/// CUPTI hands the client's outstanding buffers to gpuspan: they are counted
+/// (`gpuspan.buffers_foreign`) and left untouched (the client's canaries hold, no heap
+/// corruption), and the window's capture is still exact.
+#[test]
+fn a_second_activity_client_is_left_alone() {
+    // Coarse mode alone: the client sees every kernel.
+    let out = tempfile::tempdir().unwrap();
+    let o = output(
+        gpuspan()
+            .args(["run", "--sim", "--out"])
+            .arg(out.path())
+            .arg("--")
+            .arg(artifact("gpuspan-replay"))
+            .args(["stdit", "--steps", "2", "--activity-client"]),
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    let replayed: u64 = stdout.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("replayed N");
+    assert!(
+        stdout.contains(&format!("kernels={replayed} canary_intact=1")),
+        "the client got a record of every kernel: {stdout}"
+    );
+
+    // A fine window while the client collects.
+    let (per_step, _) = launches();
+    let out = tempfile::tempdir().unwrap();
+    let (mut w, output_thread) = start_worker_with(out.path(), &["--activity-client"], &[]);
+    let pid = w.pid.unwrap();
+    // Arm once work has completed (a scope timed), so the client already holds a buffer of
+    // records when gpuspan registers its callbacks.
+    let t0 = Instant::now();
+    while status_json(pid)["coarse"]["scopes_timed"].as_u64().unwrap_or(0) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no scope timed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (o, t) = capture(pid, &["--steps", "2"], d.path());
+    assert!(o.status.success(), "capture --steps 2: {}", String::from_utf8_lossy(&o.stderr));
+    let t = t.expect("the window's capture");
+    let steps = scopes_named(&t, "dit.step ");
+    let want: u64 = steps.iter().map(|s| per_step[&s.name]).sum();
+    assert_eq!(kernels(&t).len() as u64, want, "the window's capture is exact");
+    let summary = t.events.iter().find(|e| e.name == "gpuspan.summary").unwrap();
+    let foreign = summary.extra_args.get("gpuspan.buffers_foreign").and_then(|v| v.as_u64()).unwrap();
+    let status = w.run.wait().unwrap();
+    let text = output_thread.join().unwrap();
+    assert!(foreign >= 1, "the client's buffer reached gpuspan's callback: {:?}\n{text}", summary.extra_args);
+    assert!(status.success(), "{text}");
+    assert!(text.contains("canary_intact=1"), "nothing wrote into the client's buffers: {text}");
+    w.pid = None;
+}

@@ -95,6 +95,7 @@ pub fn write_parts(
     put("partial", counters.terminated_by_signal.load(Ordering::Relaxed));
     put("nvtx_ranges_too_deep", counters.nvtx_ranges_too_deep.load(Ordering::Relaxed));
     put("buffers_foreign", counters.foreign_buffers.load(Ordering::Relaxed));
+    put("buffers_foreign_bytes_cut", counters.foreign_bytes_cut.load(Ordering::Relaxed));
     put("cupti_version", a.cupti_version() as u64);
     for (k, v) in extra {
         put(k, *v);

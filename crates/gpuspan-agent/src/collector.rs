@@ -477,7 +477,7 @@ fn report_foreign_buffers(a: &Agent) {
     let n = a.counters.foreign_buffers.load(Ordering::Relaxed);
     if n > 0 && !WARNED.swap(true, Ordering::Relaxed) {
         crate::log::warn(&format!(
-            "{n} CUPTI activity buffer(s) lent by another activity client (torch.profiler / Kineto?) reached gpuspan's completion callback; left untouched, their records are that client's to lose"
+            "{n} CUPTI activity buffer(s) lent by another activity client (torch.profiler / Kineto?) reached gpuspan's completion callback: their records were copied and the buffers left untouched, but that client will not get them back"
         ));
     }
 }

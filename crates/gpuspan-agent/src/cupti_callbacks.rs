@@ -44,7 +44,10 @@ pub unsafe extern "C" fn buffer_requested(buffer: *mut *mut u8, size: *mut usize
 ///
 /// A buffer our pool did not lend (another activity client's, lent before we registered
 /// these callbacks: CUPTI's buffer callbacks are one per process) is counted in
-/// `foreign_buffers` and left alone: not read, zeroed, recycled or freed.
+/// `foreign_buffers` and never written, zeroed, recycled or freed. CUPTI keeps filling that
+/// client's current buffer after our registration, so it can hold our records too: its
+/// valid bytes are copied into one of our pool buffers (at most a pool buffer's worth; the
+/// cut is counted in `foreign_bytes_cut`) and the copy is decoded like any other buffer.
 ///
 /// # Safety
 /// Called by CUPTI with a buffer it got from a buffer-requested callback, ours or not.
@@ -62,6 +65,21 @@ pub unsafe extern "C" fn buffer_completed(
         }
         if !a.pool.owns(buffer as usize) {
             a.counters.foreign_buffers.fetch_add(1, Ordering::Relaxed);
+            let Some(copy) = a.pool.take(true) else {
+                a.counters.buffers_dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let n = valid_bytes.min(a.pool.buffer_bytes());
+            a.counters.foreign_bytes_cut.fetch_add((valid_bytes - n) as u64, Ordering::Relaxed);
+            // SAFETY: CUPTI handed us `buffer` with `valid_bytes` readable bytes; `copy` is a
+            // pool buffer of `buffer_bytes() >= n` bytes that nobody else uses; they do not
+            // overlap (ours are our own allocations). The foreign buffer is only read.
+            unsafe { std::ptr::copy_nonoverlapping(buffer as *const u8, copy.0 as *mut u8, n) };
+            if a.completed_queue.push((copy.0, n)).is_err() {
+                a.counters.buffers_dropped.fetch_add(1, Ordering::Relaxed);
+                // SAFETY: our pool buffer, not queued anywhere.
+                unsafe { a.pool.give_back(copy) };
+            }
             return;
         }
         if a.completed_queue.push((buffer as usize, valid_bytes)).is_err() {

@@ -27,8 +27,11 @@ pub struct Counters {
     pub nvtx_ranges_too_deep: AtomicU64,
     /// 1 when SIGTERM ended collection early (the capture holds what came before it).
     pub terminated_by_signal: AtomicU64,
-    /// Completed buffers our pool did not lend (another CUPTI activity client's), left alone.
+    /// Completed buffers our pool did not lend (another CUPTI activity client's): copied
+    /// (read only) into a pool buffer for decoding, never written or freed.
     pub foreign_buffers: AtomicU64,
+    /// Bytes of foreign buffers beyond one pool buffer, not copied.
+    pub foreign_bytes_cut: AtomicU64,
     /// Records CUPTI reported dropped (`cuptiActivityGetNumDroppedRecords`).
     pub cupti_records_dropped: AtomicU64,
     /// Records dropped because the capture reached `max_records`.

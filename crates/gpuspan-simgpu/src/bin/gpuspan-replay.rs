@@ -26,6 +26,11 @@
 //! (a replayed graph runs the kernels it captured). The last stdout line is
 //! `cuda graph: captured=<graphs> launches=<cuGraphLaunch calls>`.
 //!
+//! `--activity-client` starts a second CUPTI activity client in the worker before anything
+//! else, as torch.profiler (Kineto) would be (`workload::activity_client`): its own buffer
+//! callbacks, `CONCURRENT_KERNEL` enabled, canary-filled 32 MiB buffers; the last stdout line is
+//! `activity client: lent=<n> returned=<n> kernels=<n> canary_intact=<0|1>`.
+//!
 //! Exit codes: 0 done; 1 a CUDA call failed (with `--cuda-graph`, a capture, instantiation
 //! or graph launch failure names the driver's error, `cuGetErrorName`); 2 bad workload
 //! (unknown preset, unreadable or invalid trace, not capturable with `--cuda-graph`); 3 no
@@ -77,6 +82,10 @@ struct Args {
     /// `cuGraphLaunch` on every step (torch.compile "reduce-overhead"; see the module docs).
     #[arg(long)]
     cuda_graph: bool,
+    /// Start a second CUPTI activity client in the worker, as torch.profiler would be (see
+    /// the module docs).
+    #[arg(long)]
+    activity_client: bool,
 }
 
 /// The index of a `dit.step i/n` range name.
@@ -232,6 +241,11 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(3, e),
     };
+    if args.activity_client {
+        if let Err(e) = gpuspan_simgpu::workload::activity_client::start() {
+            return fail(1, format!("--activity-client: {e}"));
+        }
+    }
     let opts = ExecOptions { announce_streams: !args.legacy_stream, cuda_graph: args.cuda_graph };
     match execute_with(&lib, &workload, &opts) {
         Ok(s) => {
@@ -247,6 +261,16 @@ fn main() -> ExitCode {
             }
             if args.cuda_graph {
                 println!("cuda graph: captured={} launches={}", s.graphs_captured, s.graph_launches);
+            }
+            if args.activity_client {
+                let r = gpuspan_simgpu::workload::activity_client::finish();
+                println!(
+                    "activity client: lent={} returned={} kernels={} canary_intact={}",
+                    r.lent,
+                    r.returned,
+                    r.kernels,
+                    u8::from(r.canary_intact)
+                );
             }
             ExitCode::SUCCESS
         }

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 
+pub mod activity_client;
 pub mod exec;
 pub mod from_trace;
 pub mod graph_plan;

@@ -1,0 +1,163 @@
+//! A second CUPTI activity client inside the replay worker (`gpuspan-replay
+//! --activity-client`), as torch.profiler's Kineto is inside a PyTorch worker: it registers
+//! its own buffer callbacks and enables `CONCURRENT_KERNEL` through the process's CUPTI,
+//! with no callback-API subscriber.
+//!
+//! CUPTI keeps one pair of buffer callbacks per process: whoever registered last receives
+//! every completed buffer, including those the other client lent (CUPTI-NOTES §1). So the
+//! client fills each buffer it lends with a canary byte ([`CANARY`]) and, at the end,
+//! checks that nobody wrote into them beyond what CUPTI filled: the bytes past `validSize`
+//! of the buffers it got back, and, in those another client received instead, the bytes
+//! past the last record `cuptiActivityGetNextRecord` still finds (plus [`MAX_RECORD_BYTES`]).
+//! It counts the kernel records it received.
+//!
+//! Buffers are never freed (the checks read them at the end; a handful of MiB per run).
+
+use libloading::Library;
+use std::sync::Mutex;
+
+/// Size of each buffer the client lends, bytes: 32 MiB, room for ≈ 160 000 kernel records,
+/// so a test run's records stay in the client's first buffer until a flush (the situation
+/// in which another client's flush hands it over).
+pub const BUFFER_BYTES: usize = 32 << 20;
+/// The byte every lent buffer is filled with.
+pub const CANARY: u8 = 0xA5;
+/// The longest record a CUPTI 12.0 … 13.5 writes for the kinds enabled here (Kernel13,
+/// 248 B), rounded up: how far past the start of the last record found a buffer may hold
+/// record bytes.
+pub const MAX_RECORD_BYTES: usize = 256;
+
+/// `CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL` (`cupti_activity.h`).
+const KIND_CONCURRENT_KERNEL: u32 = 10;
+/// `CUPTI_ACTIVITY_FLAG_FLUSH_FORCED`.
+const FLUSH_FORCED: u32 = 1;
+
+type NextRecordFn = unsafe extern "C" fn(*mut u8, usize, *mut *mut u8) -> u32;
+type FlushFn = unsafe extern "C" fn(u32) -> u32;
+
+#[derive(Default)]
+struct State {
+    /// (address, lent) of every buffer lent; `Some(valid_bytes)` once it came back.
+    buffers: Vec<(usize, Option<usize>)>,
+    kernels: u64,
+    next_record: Option<NextRecordFn>,
+}
+
+static STATE: Mutex<State> = Mutex::new(State { buffers: Vec::new(), kernels: 0, next_record: None });
+
+/// What the client saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Buffers lent to CUPTI.
+    pub lent: usize,
+    /// Buffers CUPTI gave back to this client.
+    pub returned: usize,
+    /// Kernel records in them.
+    pub kernels: u64,
+    /// Every canary byte checked was intact.
+    pub canary_intact: bool,
+}
+
+unsafe extern "C" fn request(buffer: *mut *mut u8, size: *mut usize, max_records: *mut usize) {
+    let b = vec![CANARY; BUFFER_BYTES].into_boxed_slice();
+    let p = Box::leak(b).as_mut_ptr();
+    if let Ok(mut st) = STATE.lock() {
+        st.buffers.push((p as usize, None));
+    }
+    // SAFETY: CUPTI passes valid out-pointers to the buffer-requested callback.
+    unsafe {
+        *buffer = p;
+        *size = BUFFER_BYTES;
+        *max_records = 0;
+    }
+}
+
+unsafe extern "C" fn complete(_ctx: *mut std::ffi::c_void, _stream: u32, buffer: *mut u8, _size: usize, valid: usize) {
+    let Ok(mut st) = STATE.lock() else { return };
+    let Some(i) = st.buffers.iter().position(|(a, _)| *a == buffer as usize) else { return };
+    st.buffers[i].1 = Some(valid);
+    let Some(next) = st.next_record else { return };
+    let mut rec: *mut u8 = std::ptr::null_mut();
+    // SAFETY: `buffer` is one of ours with `valid` bytes of records; `next` is the process's
+    // cuptiActivityGetNextRecord; each record starts with its u32 kind.
+    unsafe {
+        while next(buffer, valid, &mut rec) == 0 && !rec.is_null() {
+            if (rec as *const u32).read_unaligned() == KIND_CONCURRENT_KERNEL {
+                st.kernels += 1;
+            }
+        }
+    }
+}
+
+/// Registers the client's buffer callbacks and enables `CONCURRENT_KERNEL` through
+/// `libcupti.so.12` (the process's CUPTI). Errors name the call that failed.
+pub fn start() -> Result<(), String> {
+    // SAFETY: loading the process's CUPTI (already loaded under the simulator's driver, or
+    // the real one) and resolving functions with their cupti_activity.h prototypes.
+    unsafe {
+        let lib = Library::new("libcupti.so.12").map_err(|e| format!("libcupti.so.12: {e}"))?;
+        type RegisterFn = unsafe extern "C" fn(
+            unsafe extern "C" fn(*mut *mut u8, *mut usize, *mut usize),
+            unsafe extern "C" fn(*mut std::ffi::c_void, u32, *mut u8, usize, usize),
+        ) -> u32;
+        let register = *lib.get::<RegisterFn>(b"cuptiActivityRegisterCallbacks\0").map_err(|e| e.to_string())?;
+        let enable = *lib.get::<unsafe extern "C" fn(u32) -> u32>(b"cuptiActivityEnable\0").map_err(|e| e.to_string())?;
+        let next = *lib.get::<NextRecordFn>(b"cuptiActivityGetNextRecord\0").map_err(|e| e.to_string())?;
+        if let Ok(mut st) = STATE.lock() {
+            st.next_record = Some(next);
+        }
+        match register(request, complete) {
+            0 => {}
+            c => return Err(format!("cuptiActivityRegisterCallbacks returned {c}")),
+        }
+        match enable(KIND_CONCURRENT_KERNEL) {
+            0 => {}
+            c => return Err(format!("cuptiActivityEnable(CONCURRENT_KERNEL) returned {c}")),
+        }
+        std::mem::forget(lib);
+    }
+    Ok(())
+}
+
+/// Flushes CUPTI (forced: the run is over) and checks the canaries of every buffer lent.
+pub fn finish() -> Report {
+    // SAFETY: as in `start`.
+    unsafe {
+        if let Ok(lib) = Library::new("libcupti.so.12") {
+            if let Ok(flush) = lib.get::<FlushFn>(b"cuptiActivityFlushAll\0") {
+                flush(FLUSH_FORCED);
+            }
+            std::mem::forget(lib);
+        }
+    }
+    let st = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut intact = true;
+    for &(addr, valid) in &st.buffers {
+        let from = match (valid, st.next_record) {
+            (Some(v), _) => v.min(BUFFER_BYTES),
+            (None, Some(next)) => {
+                // Records CUPTI wrote start at 0 and end where the canary begins: the walk
+                // stops at the first non-record (the canary reads as an unknown kind).
+                let mut rec: *mut u8 = std::ptr::null_mut();
+                let mut last = None;
+                // SAFETY: a buffer of ours, BUFFER_BYTES long; GetNextRecord reads inside it.
+                unsafe {
+                    while next(addr as *mut u8, BUFFER_BYTES, &mut rec) == 0 && !rec.is_null() {
+                        last = Some(rec as usize - addr);
+                    }
+                }
+                last.map_or(0, |o| (o + MAX_RECORD_BYTES).min(BUFFER_BYTES))
+            }
+            (None, None) => 0,
+        };
+        // SAFETY: each address is a leaked BUFFER_BYTES allocation of ours.
+        let b = unsafe { std::slice::from_raw_parts(addr as *const u8, BUFFER_BYTES) };
+        intact &= b[from..].iter().all(|&x| x == CANARY);
+    }
+    Report {
+        lent: st.buffers.len(),
+        returned: st.buffers.iter().filter(|b| b.1.is_some()).count(),
+        kernels: st.kernels,
+        canary_intact: intact,
+    }
+}
