@@ -87,28 +87,6 @@ pub struct Agent {
     pub recorder_steps: std::sync::OnceLock<u64>,
 }
 
-/// One activation of the agent and what it made. A process has one; the `fork`ed child of
-/// a process whose agent had started activating gets a fresh one ([`on_fork_child`]), so the
-/// child never touches the parent's CUPTI session, queues, threads or half-finished
-/// activation, and can activate cleanly on its own CUDA initialisation.
-struct Lifecycle {
-    /// Activation began (set before any work, so a fork during activation sees it).
-    started: AtomicBool,
-    /// The process that activated.
-    pid: AtomicU64,
-    activation: OnceLock<Result<(), String>>,
-    agent: OnceLock<Agent>,
-}
-
-impl Lifecycle {
-    const fn new() -> Lifecycle {
-        Lifecycle { started: AtomicBool::new(false), pid: AtomicU64::new(0), activation: OnceLock::new(), agent: OnceLock::new() }
-    }
-}
-
-/// Lifecycles for a process and the forked descendants that activate again; past the last
-/// one a descendant stays inactive.
-pub const LIFECYCLES: usize = 4;
 impl Agent {
     /// Now, ns, in the time domain of scope events and activity records: `cuptiGetTimestamp`
     /// when CUPTI is loaded, else `CLOCK_REALTIME`, which is CUPTI's own source on Linux
@@ -138,6 +116,28 @@ pub fn realtime_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
+/// One activation of the agent and what it made. A process has one; the `fork`ed child of
+/// a process whose agent had started activating gets a fresh one ([`on_fork_child`]), so the
+/// child never touches the parent's CUPTI session, queues, threads or half-finished
+/// activation, and can activate cleanly on its own CUDA initialisation.
+struct Lifecycle {
+    /// Activation began (set before any work, so a fork during activation sees it).
+    started: AtomicBool,
+    /// The process that activated.
+    pid: AtomicU64,
+    activation: OnceLock<Result<(), String>>,
+    agent: OnceLock<Agent>,
+}
+
+impl Lifecycle {
+    const fn new() -> Lifecycle {
+        Lifecycle { started: AtomicBool::new(false), pid: AtomicU64::new(0), activation: OnceLock::new(), agent: OnceLock::new() }
+    }
+}
+
+/// Lifecycles for a process and the forked descendants that activate again; past the last
+/// one a descendant stays inactive.
+pub const LIFECYCLES: usize = 4;
 static LIFECYCLE: [Lifecycle; LIFECYCLES] = [const { Lifecycle::new() }; LIFECYCLES];
 /// Index of this process's lifecycle.
 static GENERATION: AtomicUsize = AtomicUsize::new(0);
