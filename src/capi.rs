@@ -42,7 +42,7 @@ fn trim(b: &[u8]) -> &[u8] {
 #[no_mangle]
 pub unsafe extern "C" fn gpuspan_request_begin(traceparent: *const c_char, attrs: *const c_char) -> c_int {
     catch_unwind(|| {
-        gpuspan_agent::entry::on_api_call();
+        // `is_active` activates the agent on the first API call.
         if !crate::api::is_active() {
             return NO_PUSH_POP_TRACKING;
         }
@@ -64,7 +64,7 @@ pub unsafe extern "C" fn gpuspan_request_begin(traceparent: *const c_char, attrs
 #[no_mangle]
 pub extern "C" fn gpuspan_step_begin(index: u32, count: u32) -> c_int {
     catch_unwind(|| {
-        gpuspan_agent::entry::on_api_call();
+        // `is_active` activates the agent on the first API call.
         if !crate::api::is_active() {
             return NO_PUSH_POP_TRACKING;
         }
@@ -123,11 +123,7 @@ pub unsafe extern "C" fn gpuspan_use_streams(streams: *const *mut std::ffi::c_vo
 /// `int gpuspan_is_active(void)`: 1 when the agent is collecting, else 0.
 #[no_mangle]
 pub extern "C" fn gpuspan_is_active() -> c_int {
-    catch_unwind(|| {
-        gpuspan_agent::entry::on_api_call();
-        crate::api::is_active()
-    })
-    .map_or(0, c_int::from)
+    catch_unwind(crate::api::is_active).map_or(0, c_int::from)
 }
 
 /// `const char *gpuspan_version(void)`: this library's version, a static string.

@@ -105,21 +105,25 @@ impl CuptiSymbols {
             }
         }
         let mut tried = Vec::new();
-        let wheels: Vec<String> = std::fs::read_to_string("/proc/self/maps")
-            .map(|m| site_packages_in_maps(&m))
-            .unwrap_or_default()
-            .iter()
-            .flat_map(|sp| WHEEL_CUPTI_PATHS.iter().map(move |w| sp.join(w)))
-            .filter(|p| p.exists())
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
-        for name in CUPTI_LIB_NAMES.iter().map(|n| n.to_string()).chain(wheels) {
-            let name = name.as_str();
+        for name in CUPTI_LIB_NAMES {
             // SAFETY: loading libcupti runs its ELF constructors, which is what every CUPTI
             // client does; we pass a plain file name so the dynamic linker's search applies.
             match unsafe { libloading::Library::new(name) } {
                 Ok(lib) => return Self::resolve(lib, name),
                 Err(_) => tried.push(name.to_string()),
+            }
+        }
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        let wheels = site_packages_in_maps(&maps)
+            .into_iter()
+            .flat_map(|sp| WHEEL_CUPTI_PATHS.iter().map(move |w| sp.join(w)))
+            .filter(|p| p.exists());
+        for path in wheels {
+            let name = path.to_string_lossy().into_owned();
+            // SAFETY: as above, by full path.
+            match unsafe { libloading::Library::new(&path) } {
+                Ok(lib) => return Self::resolve(lib, &name),
+                Err(_) => tried.push(name),
             }
         }
         Err(CuptiError::NotFound { tried })

@@ -2,54 +2,15 @@
 //! the replay worker will. The sim is process-global: tests serialize on `LOCK` and
 //! start with `gpuspanSimReset`.
 
-use libloading::Library;
+#[macro_use]
+mod common;
+use common::*;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ffi::{c_char, c_void, CStr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 
 static LOCK: Mutex<()> = Mutex::new(());
-
-fn lib_path() -> PathBuf {
-    if let Some(p) = gpuspan_simgpu::install::find_sim_lib() {
-        return p;
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    target
-        .join("debug")
-        .join(gpuspan_simgpu::install::SIM_LIB_NAME)
-}
-
-fn lib() -> &'static Library {
-    static LIB: OnceLock<Library> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let p = lib_path();
-        // SAFETY: loading our own cdylib; its initializers are Rust statics only.
-        unsafe { Library::new(&p) }.unwrap_or_else(|e| panic!("load {}: {e}", p.display()))
-    })
-}
-
-/// Looks up `name` as the fn-pointer type `T`.
-fn sym<T: Copy>(name: &str) -> T {
-    let n = format!("{name}\0");
-    // SAFETY: the test declares each symbol with its C signature.
-    unsafe {
-        *lib()
-            .get::<T>(n.as_bytes())
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
-    }
-}
-
-macro_rules! c {
-    ($name:ident ( $($arg:expr),* $(,)? ) as fn($($t:ty),* $(,)?) -> $r:ty) => {{
-        let f: unsafe extern "C" fn($($t),*) -> $r = sym(stringify!($name));
-        // SAFETY: argument types match the C prototype of the export.
-        unsafe { f($($arg),*) }
-    }};
-}
 
 // --- buffer callbacks -------------------------------------------------------------
 

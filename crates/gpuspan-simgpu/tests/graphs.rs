@@ -5,47 +5,14 @@
 //! tests serialize on `LOCK` and start with `gpuspanSimReset`; capture modes are
 //! per-thread, so each test runs its capturing code on a fresh thread.
 
-use libloading::Library;
+#[macro_use]
+mod common;
+use common::*;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ffi::{c_char, c_void, CStr};
-use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 
 static LOCK: Mutex<()> = Mutex::new(());
-
-fn lib() -> &'static Library {
-    static LIB: OnceLock<Library> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let p = gpuspan_simgpu::install::find_sim_lib().unwrap_or_else(|| {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-            target
-                .join("debug")
-                .join(gpuspan_simgpu::install::SIM_LIB_NAME)
-        });
-        // SAFETY: loading our own cdylib; its initializers are Rust statics only.
-        unsafe { Library::new(&p) }.unwrap_or_else(|e| panic!("load {}: {e}", p.display()))
-    })
-}
-
-fn sym<T: Copy>(name: &str) -> T {
-    let n = format!("{name}\0");
-    // SAFETY: each caller declares the symbol with its C signature.
-    unsafe {
-        *lib()
-            .get::<T>(n.as_bytes())
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
-    }
-}
-
-macro_rules! c {
-    ($name:ident ( $($arg:expr),* $(,)? ) as fn($($t:ty),* $(,)?) -> $r:ty) => {{
-        let f: unsafe extern "C" fn($($t),*) -> $r = sym(stringify!($name));
-        // SAFETY: argument types match the C prototype of the export.
-        unsafe { f($($arg),*) }
-    }};
-}
 
 type P = *mut c_void;
 

@@ -24,25 +24,23 @@ pub fn process_captures(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// The trace files of `dir`, directly inside it, sorted by name: gpuspan's captures
-/// (`capture*.json.gz`) when there are any, so other JSON beside them (a ground-truth file,
+/// The trace files of `dir`, directly inside it, sorted by name: gpuspan's per-process
+/// captures ([`process_captures`]) when there are any, so other JSON beside them (a ground-truth file,
 /// a report) is not mistaken for a trace; otherwise every `*.json` and `*.json.gz` (a
 /// folder of torch.profiler traces). Errors: the directory cannot be listed, or it holds no
 /// trace file.
 pub fn trace_files(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
     let entries = std::fs::read_dir(dir).map_err(|e| ReadError::new(dir, ReadErrorKind::Io(e)))?;
+    let captures = process_captures(dir);
+    if !captures.is_empty() {
+        return Ok(captures);
+    }
     let mut files: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.is_file())
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".json") || n.ends_with(".json.gz")))
         .collect();
-    let is_capture = |p: &PathBuf| {
-        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("capture") && n.ends_with(".json.gz"))
-    };
-    if files.iter().any(is_capture) {
-        files.retain(is_capture);
-    }
     files.sort();
     if files.is_empty() {
         return Err(ReadError::new(dir, ReadErrorKind::NoTraceInDir));

@@ -21,19 +21,15 @@ use cudarc::cupti::sys::{
 };
 use std::mem::{offset_of, size_of};
 
-/// `CUpti_ActivityKind` values used by the sim (`cupti_activity.h`, through cudarc's
-/// bindgen enum: MEMCPY 1, MEMSET 2, KERNEL 3, DRIVER 4, RUNTIME 5, CONCURRENT_KERNEL 10,
-/// OVERHEAD 17, EXTERNAL_CORRELATION 39).
+/// `CUpti_ActivityKind` values used by the sim: the agent's own constants
+/// (`gpuspan_cupti::activity`, from cudarc's bindgen enum and checked against every 12.x /
+/// 13.x header by `gpuspan-cupti/tests/header_layout.rs`): MEMCPY 1, MEMSET 2, KERNEL 3,
+/// DRIVER 4, RUNTIME 5, CONCURRENT_KERNEL 10, OVERHEAD 17, EXTERNAL_CORRELATION 39.
 pub mod kind {
-    use cudarc::cupti::sys::CUpti_ActivityKind as K;
-    pub const MEMCPY: u32 = K::CUPTI_ACTIVITY_KIND_MEMCPY as u32;
-    pub const MEMSET: u32 = K::CUPTI_ACTIVITY_KIND_MEMSET as u32;
-    pub const KERNEL: u32 = K::CUPTI_ACTIVITY_KIND_KERNEL as u32;
-    pub const DRIVER: u32 = K::CUPTI_ACTIVITY_KIND_DRIVER as u32;
-    pub const RUNTIME: u32 = K::CUPTI_ACTIVITY_KIND_RUNTIME as u32;
-    pub const OVERHEAD: u32 = K::CUPTI_ACTIVITY_KIND_OVERHEAD as u32;
-    pub const CONCURRENT_KERNEL: u32 = K::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL as u32;
-    pub const EXTERNAL_CORRELATION: u32 = K::CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION as u32;
+    pub use gpuspan_cupti::activity::{
+        KIND_CONCURRENT_KERNEL as CONCURRENT_KERNEL, KIND_DRIVER as DRIVER, KIND_EXTERNAL_CORRELATION as EXTERNAL_CORRELATION,
+        KIND_KERNEL as KERNEL, KIND_MEMCPY as MEMCPY, KIND_MEMSET as MEMSET, KIND_OVERHEAD as OVERHEAD, KIND_RUNTIME as RUNTIME,
+    };
 }
 
 /// Records are 8-byte aligned (`cupti_common.h` `ACTIVITY_RECORD_ALIGNMENT`).
