@@ -8,6 +8,7 @@ use gpuspan_core::classify::Classifier;
 use gpuspan_core::join::{build_trace, JoinOptions, ScopeTable};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 /// File name of the capture inside the output directory.
 pub const CAPTURE_FILE_PREFIX: &str = "capture-";
@@ -18,10 +19,11 @@ pub fn capture_file_name() -> String {
     format!("{CAPTURE_FILE_PREFIX}{}.json.gz", std::process::id())
 }
 
-/// Joins and writes. The loss counters are written as `gpuspan.*` trace-level metadata on a
-/// `gpuspan.summary` event (cat `gpuspan`, zero duration, in its args), so a reader can tell a complete capture
-/// from a lossy one.
-pub fn write(a: &Agent, c: &mut Collector) -> Result<PathBuf, String> {
+/// Joins and writes, stopping at `deadline` (the exit budget; see [`write_parts`]). The loss
+/// counters are written as `gpuspan.*` trace-level metadata on a `gpuspan.summary` event
+/// (cat `gpuspan`, zero duration, in its args; the file's last event), so a reader can tell
+/// a complete capture from a lossy one.
+pub fn write(a: &Agent, c: &mut Collector, deadline: Option<Instant>) -> Result<PathBuf, String> {
     let sp = &c.assembler.stats;
     let extra = vec![
         ("spans".to_string(), sp.spans),
@@ -32,12 +34,20 @@ pub fn write(a: &Agent, c: &mut Collector) -> Result<PathBuf, String> {
         ("span_gpu_late".to_string(), sp.gpu_late),
     ];
     let seed = c.assembler.options().seed;
-    write_parts(a, &c.records, &c.scopes, &mut c.classifier, seed, &a.config.out_dir, &extra)
+    write_parts(a, &c.records, &c.scopes, &mut c.classifier, seed, &a.config.out_dir, &extra, deadline)
 }
 
 /// Joins `records` with `scopes` and writes `dir/capture-<pid>.json.gz`, with the agent's loss
 /// counters and `extra` (`gpuspan.<key>` = value) in the summary event. Used for the
 /// exit capture and for each fine window's.
+///
+/// With a `deadline` (the exit budget, `GPUSPAN_EXIT_BUDGET`), the file is written at gzip
+/// level 1, the join stops turning records into events after a third of the time left
+/// (`gpuspan.records_cut_exit_budget`), the scopes' events go first, and GPU events stop at
+/// the deadline (`gpuspan.events_cut_exit_budget`): the capture is still a valid trace of
+/// every scope and of the GPU activity up to the cut (records are in arrival order, so what
+/// is cut is the end of the run), and its summary says `gpuspan.partial` = 1.
+#[allow(clippy::too_many_arguments)]
 pub fn write_parts(
     a: &Agent,
     records: &[ActivityRecord],
@@ -46,6 +56,7 @@ pub fn write_parts(
     seed: u64,
     dir: &Path,
     extra: &[(String, u64)],
+    deadline: Option<Instant>,
 ) -> Result<PathBuf, String> {
     let first_ns = records
         .iter()
@@ -68,15 +79,29 @@ pub fn write_parts(
         process_id: std::process::id(),
         include_api: true,
         trace_seed: Some(seed),
+        // A third of what is left for the join; the rest for writing.
+        deadline: deadline.map(|d| {
+            let now = Instant::now();
+            now + d.saturating_duration_since(now) / 3
+        }),
     };
     let (mut trace, st) = build_trace(records, scopes, classifier, &opts);
+    if deadline.is_some() {
+        // Scopes (CPU rows) first: if the deadline cuts the write, what goes is the tail of
+        // the GPU activity, and every step and request still has its range.
+        let (mut cpu, gpu): (Vec<_>, Vec<_>) =
+            trace.events.drain(..).partition(|e| !e.cat.as_ref().is_some_and(|c| c.is_gpu_activity()));
+        cpu.extend(gpu);
+        trace.events = cpu;
+    }
     let counters = &a.counters;
     let mut summary = gpuspan_core::trace::TraceEvent {
         cat: Some(gpuspan_core::trace::Category::Other("gpuspan".into())),
         name: "gpuspan.summary".into(),
         pid: std::process::id() as i64,
         tid: 0,
-        ts_us: 0.0,
+        // At the first event's time: Kineto readers reject ts = 0 placeholders.
+        ts_us: trace.events.first().map(|e| e.ts_us).unwrap_or(0.0),
         dur_us: 0.0,
         ..Default::default()
     };
@@ -92,7 +117,7 @@ pub fn write_parts(
     put("scope_events_dropped", counters.scope_events_dropped.load(Ordering::Relaxed));
     put("buffers_dropped", counters.buffers_dropped.load(Ordering::Relaxed));
     put("buffers_declined", a.pool.declined());
-    put("partial", counters.terminated_by_signal.load(Ordering::Relaxed));
+    put("buffers_unread_exit_budget", counters.buffers_unread_at_exit.load(Ordering::Relaxed));
     put("nvtx_ranges_too_deep", counters.nvtx_ranges_too_deep.load(Ordering::Relaxed));
     put("buffers_foreign", counters.foreign_buffers.load(Ordering::Relaxed));
     put("buffers_foreign_bytes_cut", counters.foreign_bytes_cut.load(Ordering::Relaxed));
@@ -108,12 +133,37 @@ pub fn write_parts(
         put("otlp_backlog_peak_bytes", oc.backlog_peak_bytes.load(Ordering::Relaxed));
         put("otlp_backlog_bound_bytes", p.settings().backlog_bytes as u64);
     }
-    // At the first event's time: Kineto readers reject ts = 0 placeholders.
-    summary.ts_us = trace.events.first().map(|e| e.ts_us).unwrap_or(0.0);
-    trace.events.insert(0, summary);
+    // Partial: SIGTERM ended collection, or the exit budget left buffers unread or events
+    // unwritten (filled in once the writer knows).
+    let signalled = counters.terminated_by_signal.load(Ordering::Relaxed) > 0;
+    let unread = counters.buffers_unread_at_exit.load(Ordering::Relaxed) > 0
+        || counters.cupti_flush_timed_out.load(Ordering::Relaxed) > 0
+        || st.records_cut > 0;
+    put("cupti_flush_timed_out", counters.cupti_flush_timed_out.load(Ordering::Relaxed));
+    put("records_cut_exit_budget", st.records_cut);
+    let fill = move |ev: &mut gpuspan_core::trace::TraceEvent, p: &gpuspan_export::kineto::WriteProgress| {
+        let partial = signalled || unread || p.events_cut > 0;
+        ev.extra_args.insert("gpuspan.partial".into(), serde_json::Value::from(u64::from(partial)));
+        ev.extra_args.insert("gpuspan.events_cut_exit_budget".into(), serde_json::Value::from(p.events_cut as u64));
+    };
+    let opts = gpuspan_export::kineto::WriteOptions {
+        deadline,
+        gzip_level: deadline.map(|_| 1),
+        trailer: Some(gpuspan_export::kineto::Trailer { event: summary, fill: &fill }),
+    };
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join(capture_file_name());
-    gpuspan_export::write_trace(&trace, &path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    crate::log::info(&format!("wrote {} ({} GPU events)", path.display(), st.gpu_events));
+    let written = gpuspan_export::kineto::write_trace_with(&trace, &path, &opts)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    if written.events_cut > 0 {
+        crate::log::warn(&format!(
+            "the exit budget (GPUSPAN_EXIT_BUDGET) ran out while writing {}: {} of {} events written, the rest cut (marked partial)",
+            path.display(),
+            written.events_written,
+            written.events_written + written.events_cut
+        ));
+    } else {
+        crate::log::info(&format!("wrote {} ({} GPU events)", path.display(), st.gpu_events));
+    }
     Ok(path)
 }

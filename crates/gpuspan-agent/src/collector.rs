@@ -231,6 +231,16 @@ impl Collector {
 
     /// Drains both queues of `a` into this collector.
     pub fn drain(&mut self, a: &Agent) {
+        self.drain_limited(a, DrainLimit::None);
+    }
+
+    /// [`Collector::drain`], but CUPTI buffers are decoded only until `until` passes (the
+    /// exit budget); the rest stay in the queue. Returns whether the buffer queue was emptied.
+    pub fn drain_until(&mut self, a: &Agent, until: Instant) -> bool {
+        self.drain_limited(a, DrainLimit::Until(until))
+    }
+
+    fn drain_limited(&mut self, a: &Agent, limit: DrainLimit) -> bool {
         // Marks first: an application thread queues a scope's event before its mark, so
         // every scope a mark names is in the scope queue drained next, and in the table
         // before its interval is fed.
@@ -256,10 +266,19 @@ impl Collector {
             self.feed_times();
         }
         // Buffers complete only where CUPTI was loaded and collecting.
-        let Some(api) = &a.api else { return };
+        let Some(api) = &a.api else { return true };
         let next = api.get_next_record_fn();
         let layouts = api.layouts();
-        while let Some((addr, valid)) = a.completed_queue.pop() {
+        loop {
+            let stop = match limit {
+                DrainLimit::None => false,
+                DrainLimit::Until(t) => Instant::now() >= t,
+                DrainLimit::WhileRunning => STOP.load(Ordering::Acquire),
+            };
+            if stop {
+                return a.completed_queue.is_empty();
+            }
+            let Some((addr, valid)) = a.completed_queue.pop() else { return true };
             let before = self.records.len();
             // SAFETY: `addr` is a pool buffer CUPTI completed with `valid` bytes of records
             // laid out by the CUPTI whose GetNextRecord and layouts we pass; nobody else
@@ -287,6 +306,18 @@ impl Collector {
             self.decode_totals.incomplete_kernels += st.incomplete_kernels;
         }
     }
+}
+
+/// How long [`Collector::drain_limited`] decodes CUPTI buffers.
+#[derive(Debug, Clone, Copy)]
+enum DrainLimit {
+    /// All of them.
+    None,
+    /// Until this instant (the exit budget).
+    Until(Instant),
+    /// Until [`finish`] stops the collector thread (the thread's own rounds), so it lets go
+    /// of the collector state at once.
+    WhileRunning,
 }
 
 /// Capture triggers from the `GPUSPAN_RULES` file (`[capture]`, see
@@ -366,7 +397,7 @@ fn run() {
         }
         let mut done = None;
         if let Ok(mut c) = a.collector.lock() {
-            c.drain(a);
+            c.drain_limited(a, DrainLimit::WhileRunning);
             if last_poll.elapsed() >= SPAN_POLL_INTERVAL {
                 last_poll = Instant::now();
                 let f = c.poll_spans(now_ms(start), false);
@@ -386,7 +417,7 @@ fn run() {
         report_foreign_buffers(a);
         // Flushing CUPTI happens without the collector lock (see the module docs).
         if a.windows.ready_to_close() {
-            a.windows.close(a, false);
+            a.windows.close(a, false, None);
         }
         // Outside the collector lock: exporting never delays draining.
         if let Some((f, problems)) = done {
@@ -505,43 +536,173 @@ fn report_coarse_fallbacks(a: &Agent) {
     }
 }
 
+/// The exit budget (`GPUSPAN_EXIT_BUDGET`) of one [`finish`], in phases: the agent's threads
+/// stop within the first quarter, CUPTI hands over its last buffers by three eighths,
+/// decoding, coarse events and spans are done by half ([`ExitBudget::collect_deadline`]),
+/// and the capture write stops at [`ExitBudget::deadline`]. A phase that overruns (a thread
+/// or CUPTI stuck on a lock of the thread that called `exit`) costs only its own share.
+#[derive(Debug, Clone, Copy)]
+pub struct ExitBudget {
+    start: Instant,
+    total: Duration,
+}
+
+impl ExitBudget {
+    /// A budget of `total` starting now.
+    pub fn start(total: Duration) -> ExitBudget {
+        ExitBudget { start: Instant::now(), total }
+    }
+    /// When the agent's threads must have stopped: a quarter of the budget (a thread stuck
+    /// in a CUDA / CUPTI call is left behind then).
+    pub fn threads_deadline(&self) -> Instant {
+        self.start + self.total / 4
+    }
+    /// When CUPTI must have handed over its last buffers: three eighths of the budget.
+    pub fn cupti_deadline(&self) -> Instant {
+        self.start + self.total * 3 / 8
+    }
+    /// When collecting (threads, CUPTI, decoding, spans) must be done: half the budget.
+    pub fn collect_deadline(&self) -> Instant {
+        self.start + self.total / 2
+    }
+    /// When everything must be done.
+    pub fn deadline(&self) -> Instant {
+        self.start + self.total
+    }
+    /// Time left until `until`, zero when past.
+    pub fn left(until: Instant) -> Duration {
+        until.saturating_duration_since(Instant::now())
+    }
+    /// Milliseconds since the start.
+    pub fn elapsed_ms(&self) -> u128 {
+        self.start.elapsed().as_millis()
+    }
+}
+
+/// Waits until `h` has finished or `until` passed (polling every ms): joins it if it
+/// finished, else leaves it running (it exits with the process) and says so.
+fn join_until(h: std::thread::JoinHandle<()>, until: Instant) -> bool {
+    while !h.is_finished() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if h.is_finished() {
+        let _ = h.join();
+        true
+    } else {
+        false
+    }
+}
+
+/// Runs `f` on a thread of its own named `name` and waits for it at most until `until`:
+/// `Some(result)`, or `None` when it did not finish in time (it goes on, detached, and ends
+/// with the process) or no thread could be made (then `f` runs here, unbounded).
+pub(crate) fn run_bounded<R: Send + 'static>(name: &str, until: Instant, f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let f = std::sync::Arc::new(std::sync::Mutex::new(Some(f)));
+    let g = f.clone();
+    let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
+        if let Some(f) = g.lock().ok().and_then(|mut x| x.take()) {
+            let _ = tx.send(f());
+        }
+    });
+    match spawned {
+        Ok(_) => rx.recv_timeout(until.saturating_duration_since(Instant::now())).ok(),
+        Err(_) => f.lock().ok().and_then(|mut x| x.take()).map(|f| f()),
+    }
+}
+
+/// Takes the collector lock, waiting at most until `until` (the collector thread may still
+/// hold it when it did not stop in time).
+pub(crate) fn lock_until(a: &Agent, until: Instant) -> Result<std::sync::MutexGuard<'_, Collector>, String> {
+    loop {
+        match a.collector.try_lock() {
+            Ok(g) => return Ok(g),
+            Err(std::sync::TryLockError::Poisoned(_)) => return Err("collector state poisoned".into()),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() >= until => {
+                return Err("the collector thread still held its state when the exit budget ran out".into())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
 /// Stops collection, flushes CUPTI (complete records first, then a forced flush for the
-/// rest), disables the activity kinds, releases the CUPTI subscriber, and writes the capture.
-/// Idempotent: later calls return the first path.
+/// rest), disables the activity kinds, releases the CUPTI subscriber, stops the agent's
+/// threads (collector, control socket, NVML sampler, OTLP export) and writes the capture,
+/// all within the exit budget ([`ExitBudget`], `GPUSPAN_EXIT_BUDGET`): buffers not decoded
+/// by half the budget are counted (`gpuspan.buffers_unread_exit_budget`), events not
+/// written by its end are cut (`gpuspan.events_cut_exit_budget`); either marks the capture
+/// partial. Idempotent: later calls return the first path.
 pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
+    let budget = ExitBudget::start(a.config.exit_budget);
     // One finish at a time (the exit handler, `flush_capture`, the SIGTERM path): a second
-    // caller waits for the first and returns its outcome, so the capture is written once.
+    // caller waits for the first (itself bounded) and returns its outcome, so the capture is
+    // written once.
     static FINISHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = FINISHING.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((written, finished)) = a.collector.lock().ok().map(|c| (c.written.clone(), c.finished)) {
+    let _one = loop {
+        match FINISHING.try_lock() {
+            Ok(g) => break g,
+            Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() >= budget.deadline() => {
+                return Err("another finish (a flush or the exit handler) was still running when the exit budget ran out".into())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    };
+    if let Some((written, finished)) = lock_until(a, budget.collect_deadline()).ok().map(|c| (c.written.clone(), c.finished)) {
         match written {
             Some(p) => return Ok(p),
             None if finished => return Err(NO_COARSE_CAPTURE.into()),
             None => {}
         }
     }
+    let collect_by = budget.collect_deadline();
     STOP.store(true, Ordering::Release);
     if let Some(h) = THREAD.lock().ok().and_then(|mut g| g.take()) {
-        let _ = h.join();
+        if !join_until(h, budget.threads_deadline()) {
+            crate::log::warn("the collector thread did not stop within the exit budget");
+        }
     }
+    crate::control::stop(budget.threads_deadline());
+    a.telemetry.stop_sampler(budget.threads_deadline());
+    let t_threads = budget.elapsed_ms();
     a.collecting.store(false, Ordering::Release);
     if a.windows.is_active() {
-        a.windows.close(a, true);
+        a.windows.close(a, true, Some(budget.deadline()));
     }
-    if let (true, Some(api)) = (a.fine_on.swap(false, Ordering::AcqRel), &a.api) {
-        let _ = api.flush_all(0);
-        let _ = api.flush_all(FLUSH_FORCED);
-        if let Ok(n) = api.dropped_records() {
-            a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
+    // CUPTI may wait for a lock held by the thread that called exit (a signal handler that
+    // interrupted it inside a CUDA call): bounded, and what it does not hand over in time is
+    // counted and the capture marked partial.
+    let release = move || {
+        if let (true, Some(api)) = (a.fine_on.swap(false, Ordering::AcqRel), &a.api) {
+            let _ = api.flush_all(0);
+            let _ = api.flush_all(FLUSH_FORCED);
+            if let Ok(n) = api.dropped_records() {
+                a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            api.disable_fine_kinds();
         }
-        api.disable_fine_kinds();
+        if let (Some(s), Some(api)) = (a.subscriber.lock().ok().and_then(|mut g| g.take()), &a.api) {
+            let _ = api.unsubscribe(s);
+        }
+    };
+    if run_bounded("gpuspan-cupti-release", budget.cupti_deadline(), release).is_none() {
+        a.counters.cupti_flush_timed_out.store(1, Ordering::Relaxed);
+        crate::log::warn("CUPTI did not hand over its last buffers within the exit budget (a CUDA call interrupted by exit?); the capture holds what was decoded before and is marked partial");
     }
-    if let (Some(s), Some(api)) = (a.subscriber.lock().ok().and_then(|mut g| g.take()), &a.api) {
-        let _ = api.unsubscribe(s);
+    let t_flush = budget.elapsed_ms();
+    let mut c = lock_until(a, collect_by)?;
+    c.drain_until(a, collect_by);
+    let unread = a.completed_queue.len() as u64;
+    if unread > 0 {
+        a.counters.buffers_unread_at_exit.fetch_add(unread, Ordering::Relaxed);
+        crate::log::warn(&format!(
+            "the exit budget (GPUSPAN_EXIT_BUDGET={:?}) ran out with {unread} CUPTI buffer(s) not decoded; the capture is marked partial",
+            a.config.exit_budget
+        ));
     }
-    let mut c = a.collector.lock().map_err(|_| "collector state poisoned".to_string())?;
-    c.drain(a);
-    c.finish_coarse(a, COARSE_EXIT_WAIT);
+    let t_decode = budget.elapsed_ms();
+    c.finish_coarse(a, COARSE_EXIT_WAIT.min(ExitBudget::left(collect_by)));
     report_coarse_fallbacks(a);
     if let Some(co) = &a.coarse {
         let k = &co.counters;
@@ -560,12 +721,23 @@ pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
     let last = c.poll_spans(now_ms(start), true);
     a.telemetry.report_context_problems(c.assembler.take_context_problems());
     a.telemetry.publish(last);
-    a.telemetry.shutdown(a);
+    a.telemetry.shutdown(a, ExitBudget::left(collect_by));
+    let t_spans = budget.elapsed_ms();
     c.finished = true;
     if a.config.mode == crate::config::Mode::Coarse {
         return Err(NO_COARSE_CAPTURE.into());
     }
-    let path = crate::capture::write(a, &mut c)?;
+    let path = crate::capture::write(a, &mut c, Some(budget.deadline()));
+    crate::log::info(&format!(
+        "finished in {} ms of a {:?} budget: threads {t_threads} ms, CUPTI flush {} ms, decode {} ms, spans {} ms, capture {} ms",
+        budget.elapsed_ms(),
+        a.config.exit_budget,
+        t_flush - t_threads,
+        t_decode - t_flush,
+        t_spans - t_decode,
+        budget.elapsed_ms() - t_spans
+    ));
+    let path = path?;
     c.written = Some(path.clone());
     Ok(path)
 }

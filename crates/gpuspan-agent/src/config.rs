@@ -7,7 +7,8 @@
 //! `GPUSPAN_WORKER_ID` (the `worker_id` metric label, default `<host>:<pid>`),
 //! `GPUSPAN_EVENT_POOL` (most CUDA events of coarse mode, default 4096),
 //! `GPUSPAN_FLIGHT_RECORDER` (steps the flight recorder keeps; overrides the rules file's
-//! `[capture] flight_recorder_steps`). The OTLP
+//! `[capture] flight_recorder_steps`), `GPUSPAN_EXIT_BUDGET` (most time the agent spends
+//! finishing at exit, default 2 s). The OTLP
 //! variables are read by `gpuspan_export::otlp::OtlpSettings`. A bad value gets one warning naming the variable and the default
 //! used, never a failure.
 //!
@@ -54,7 +55,16 @@ pub struct Config {
     pub event_pool: usize,
     /// Steps the flight recorder keeps (`GPUSPAN_FLIGHT_RECORDER`), when set.
     pub flight_recorder: Option<u64>,
+    /// Most wall time the agent's finishing work takes (exit handler, SIGTERM,
+    /// `flush_capture`): stopping its threads, flushing CUPTI, decoding, span export and the
+    /// capture write together (`GPUSPAN_EXIT_BUDGET`, humantime syntax such as `2s` or
+    /// `500ms`, default [`DEFAULT_EXIT_BUDGET`]). What does not fit is cut and counted.
+    pub exit_budget: std::time::Duration,
 }
+
+/// Default of [`Config::exit_budget`]: 2 s, short enough for a pod's termination grace
+/// period (Kubernetes' default is 30 s, shared with the worker's own shutdown).
+pub const DEFAULT_EXIT_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The host name (`/proc/sys/kernel/hostname`), or `unknown`.
 pub fn host_name() -> String {
@@ -128,6 +138,16 @@ impl Config {
                 20_000
             }),
         };
+        let exit_budget = match std::env::var("GPUSPAN_EXIT_BUDGET") {
+            Err(_) => DEFAULT_EXIT_BUDGET,
+            Ok(v) => match humantime::parse_duration(v.trim()) {
+                Ok(d) if d > std::time::Duration::ZERO => d,
+                _ => {
+                    w.push(format!("GPUSPAN_EXIT_BUDGET={v:?} is not a positive duration such as 2s or 500ms; using 2s"));
+                    DEFAULT_EXIT_BUDGET
+                }
+            },
+        };
         let worker_id = std::env::var("GPUSPAN_WORKER_ID")
             .ok()
             .filter(|v| !v.trim().is_empty())
@@ -145,6 +165,7 @@ impl Config {
                 worker_id,
                 event_pool,
                 flight_recorder,
+                exit_budget,
             },
             w,
         )

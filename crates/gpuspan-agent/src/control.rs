@@ -74,6 +74,8 @@ struct Bound {
 }
 
 static BOUND: Mutex<Option<Bound>> = Mutex::new(None);
+/// The agent's server thread and the process that started it, for [`stop`].
+static RUNNING: Mutex<Option<(u32, Running)>> = Mutex::new(None);
 /// The listening socket's descriptor while it is served, for the fork child handler.
 static LISTENER_FD: AtomicI32 = AtomicI32::new(-1);
 
@@ -116,8 +118,11 @@ pub fn start() {
         let bound = server.bound();
         let fd = server.listener.as_raw_fd();
         match server.spawn(Handlers { status: agent_status, capture: agent_capture }) {
-            Ok(_) => {
+            Ok(running) => {
                 LISTENER_FD.store(fd, Ordering::Release);
+                if let Ok(mut g) = RUNNING.lock() {
+                    *g = Some((pid, running));
+                }
                 if let Ok(mut g) = BOUND.lock() {
                     *g = Some(bound);
                 }
@@ -185,7 +190,7 @@ pub struct Server {
     ino: u64,
 }
 
-/// A running server thread (for tests and tools; the agent's runs until the process exits).
+/// A running server thread (the agent's stops when it finishes, [`stop`]).
 #[derive(Debug)]
 pub struct Running {
     stop: Arc<AtomicBool>,
@@ -274,6 +279,38 @@ impl Running {
             let _ = t.join();
         }
         let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// [`Running::stop`], waiting for the thread at most until `until` (a connection being
+    /// answered holds it at most [`IO_TIMEOUT`]); returns whether it stopped. A thread still
+    /// answering is left to end with the process.
+    pub fn stop_until(mut self, until: Instant) -> bool {
+        self.stop.store(true, Ordering::Release);
+        // The connection wakes `accept`; then the name can go.
+        let _ = UnixStream::connect(&self.path);
+        let _ = std::fs::remove_file(&self.path);
+        let Some(t) = self.thread.take() else { return true };
+        while !t.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let stopped = t.is_finished();
+        if stopped {
+            let _ = t.join();
+        }
+        stopped
+    }
+}
+
+/// Stops the agent's control server (the agent is finishing): its thread ends, waited for
+/// at most until `until`, and the socket file is removed. Nothing when none runs, or when
+/// the one recorded belongs to the parent of this forked process (its socket is not ours).
+pub fn stop(until: Instant) {
+    let running = RUNNING.try_lock().ok().and_then(|mut g| g.take_if(|(pid, _)| *pid == std::process::id()));
+    if let Some((_, r)) = running {
+        LISTENER_FD.store(-1, Ordering::Release);
+        if !r.stop_until(until) {
+            crate::log::info("the control thread had not stopped by the exit budget's collection deadline; it ends with the process");
+        }
     }
 }
 

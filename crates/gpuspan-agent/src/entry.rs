@@ -197,6 +197,17 @@ pub fn reraise_sigterm() {
     }
 }
 
+/// Beyond the exit budget, how long [`at_exit`] waits for the finishing thread (joins, the
+/// last OTLP request's grace) before it lets the process go on exiting.
+pub const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The exit handler. The finishing work ([`state::flush_capture`]) runs on a thread of its
+/// own (`gpuspan-exit`), waited for at most the exit budget plus [`EXIT_GRACE`]: `exit()`
+/// may be called from a signal handler that interrupted a thread inside a CUDA / CUPTI call
+/// or holding one of the agent's locks, and work done on that interrupted thread could wait
+/// on it forever. If the finishing thread does not report in time, one warning says so and
+/// the process exits without the capture (that thread dies with it). Without a thread (none
+/// can be made), the work runs here.
 extern "C" fn at_exit() {
     let _ = std::panic::catch_unwind(|| {
         // A forked child inherits the agent's state but none of its threads, and the
@@ -204,7 +215,22 @@ extern "C" fn at_exit() {
         if !state::in_activating_process() {
             return;
         }
-        match state::flush_capture() {
+        let budget = state::agent().map_or(crate::config::DEFAULT_EXIT_BUDGET, |a| a.config.exit_budget);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new().name("gpuspan-exit".into()).spawn(move || {
+            let r = std::panic::catch_unwind(state::flush_capture).unwrap_or_else(|_| Err("finishing panicked".into()));
+            let _ = tx.send(r);
+        });
+        let outcome = match spawned {
+            Ok(_) => match rx.recv_timeout(budget + EXIT_GRACE) {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "finishing did not complete within the exit budget ({budget:?}; a lock held by the thread that called exit?): the process exits without waiting"
+                )),
+            },
+            Err(_) => state::flush_capture(),
+        };
+        match outcome {
             Err(e) if e == crate::collector::NO_COARSE_CAPTURE => crate::log::info(&e),
             Err(e) => crate::log::warn(&format!("capture not written: {e}")),
             Ok(_) => {}

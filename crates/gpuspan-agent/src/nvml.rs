@@ -15,9 +15,40 @@ use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::Nvml;
 use std::ffi::OsStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The running sampler thread; [`Sampler::stop_until`] ends it (the agent finishing).
+#[derive(Debug)]
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Sampler {
+    /// Asks the thread to stop (it sleeps with `park_timeout`, so it wakes at once) and waits
+    /// for it at most until `until` (an NVML call in progress is not interrupted). Returns
+    /// whether it ended.
+    pub fn stop_until(self, until: Instant) -> bool {
+        self.stop.store(true, Ordering::Release);
+        self.thread.thread().unpark();
+        while !self.thread.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let ended = self.thread.is_finished();
+        if ended {
+            let _ = self.thread.join();
+        }
+        ended
+    }
+
+    /// Whether the thread is still sampling.
+    pub fn is_running(&self) -> bool {
+        !self.thread.is_finished()
+    }
+}
 
 /// The NVML soname the driver installs (and the simulated H100 is installed under).
 pub const NVML_LIB: &str = "libnvidia-ml.so.1";
@@ -66,11 +97,11 @@ fn sample_all(nvml: &Nvml, metrics: &Metrics) -> u32 {
 /// NVML device its utilization (`gpu` %), memory used / total (bytes,
 /// `nvmlDeviceGetMemoryInfo_v2`), GPU temperature (°C), power (mW → W) and SM clock (MHz),
 /// and hands them to [`Metrics::set_gpu_sample`]. The first sample is taken before this
-/// returns. The thread runs for the life of the process.
+/// returns. The thread runs until [`Sampler::stop_until`].
 ///
 /// Returns `None`, after one warning saying why and that the `gpu_*` gauges are absent,
 /// when NVML cannot be loaded or initialized (or the thread cannot be spawned).
-pub fn start_sampler(metrics: Arc<Metrics>, period: Duration) -> Option<JoinHandle<()>> {
+pub fn start_sampler(metrics: Arc<Metrics>, period: Duration) -> Option<Sampler> {
     let nvml = match open() {
         Ok(n) => n,
         Err(why) => {
@@ -86,11 +117,19 @@ pub fn start_sampler(metrics: Arc<Metrics>, period: Duration) -> Option<JoinHand
         crate::log::warn("NVML sampling panicked; the gpu_* metrics are absent");
         return None;
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
     let spawned = std::thread::Builder::new()
         .name("gpuspan-nvml".into())
         .spawn(move || {
             let run = AssertUnwindSafe(|| loop {
-                std::thread::sleep(period);
+                let until = Instant::now() + period;
+                while !flag.load(Ordering::Acquire) && Instant::now() < until {
+                    std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
+                }
+                if flag.load(Ordering::Acquire) {
+                    break;
+                }
                 sample_all(&nvml, &metrics);
             });
             if catch_unwind(run).is_err() {
@@ -98,7 +137,7 @@ pub fn start_sampler(metrics: Arc<Metrics>, period: Duration) -> Option<JoinHand
             }
         });
     match spawned {
-        Ok(h) => Some(h),
+        Ok(thread) => Some(Sampler { stop, thread }),
         Err(e) => {
             crate::log::warn(&format!(
                 "cannot start the NVML sampler thread ({e}); the gpu_* metrics are absent"

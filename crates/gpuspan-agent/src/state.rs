@@ -32,6 +32,10 @@ pub struct Counters {
     pub foreign_buffers: AtomicU64,
     /// Bytes of foreign buffers beyond one pool buffer, not copied.
     pub foreign_bytes_cut: AtomicU64,
+    /// Completed buffers left undecoded because the exit budget ran out.
+    pub buffers_unread_at_exit: AtomicU64,
+    /// 1 when CUPTI's last flush at exit did not return within the exit budget.
+    pub cupti_flush_timed_out: AtomicU64,
     /// Records CUPTI reported dropped (`cuptiActivityGetNumDroppedRecords`).
     pub cupti_records_dropped: AtomicU64,
     /// Records dropped because the capture reached `max_records`.

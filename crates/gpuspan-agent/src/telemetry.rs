@@ -29,6 +29,7 @@ pub struct Telemetry {
     /// The same metrics over OTLP, when an endpoint is configured.
     otlp_metrics: Option<Arc<OtlpMetrics>>,
     server: Mutex<Option<MetricsServer>>,
+    sampler: Mutex<Option<crate::nvml::Sampler>>,
     context_warn: Mutex<(Option<Instant>, u64)>,
 }
 
@@ -108,10 +109,19 @@ impl Telemetry {
                 }
             }
         });
-        if server.is_some() || spans.is_some() {
-            let _ = crate::nvml::start_sampler(metrics.clone(), NVML_PERIOD);
+        let sampler = if server.is_some() || spans.is_some() {
+            crate::nvml::start_sampler(metrics.clone(), NVML_PERIOD)
+        } else {
+            None
+        };
+        Telemetry {
+            spans,
+            metrics,
+            otlp_metrics,
+            server: Mutex::new(server),
+            sampler: Mutex::new(sampler),
+            context_warn: Mutex::new((None, 0)),
         }
-        Telemetry { spans, metrics, otlp_metrics, server: Mutex::new(server), context_warn: Mutex::new((None, 0)) }
     }
 
     /// Address the metrics endpoint listens on, if serving.
@@ -169,11 +179,23 @@ impl Telemetry {
         );
     }
 
-    /// Exit: delivers queued spans within [`EXIT_FLUSH_TIMEOUT`], reports spans lost to an
-    /// unreachable endpoint in one line, and stops the metrics endpoint.
-    pub fn shutdown(&self, a: &Agent) {
+    /// Stops the NVML sampler thread (the agent finishing), waiting for it at most until
+    /// `until`.
+    pub fn stop_sampler(&self, until: Instant) {
+        if let Some(s) = self.sampler.lock().ok().and_then(|mut g| g.take()) {
+            if !s.stop_until(until) {
+                crate::log::info("the NVML sampler was still in an NVML call when the agent finished");
+            }
+        }
+    }
+
+    /// Exit: delivers queued spans within `timeout` (at most [`EXIT_FLUSH_TIMEOUT`]; what the
+    /// exit budget leaves), reports spans lost to an unreachable endpoint in one line, and
+    /// stops the metrics endpoint and the OTLP exporters' threads.
+    pub fn shutdown(&self, a: &Agent, timeout: Duration) {
+        let until = Instant::now() + timeout;
         if let Some(p) = &self.spans {
-            p.shutdown(EXIT_FLUSH_TIMEOUT);
+            p.shutdown(timeout.min(EXIT_FLUSH_TIMEOUT));
             let c = p.counters();
             let dropped = c.dropped();
             if dropped > 0 {
@@ -187,7 +209,9 @@ impl Telemetry {
         }
         self.update_counters(a);
         if let Some(m) = &self.otlp_metrics {
-            m.shutdown();
+            if !m.shutdown_within(until.saturating_duration_since(Instant::now())) {
+                crate::log::info("the OTLP metrics exporter had not finished its last export when the exit budget ran out");
+            }
         }
         if let Some(s) = self.server.lock().ok().and_then(|mut g| g.take()) {
             s.stop();

@@ -311,8 +311,9 @@ impl Windows {
 
     /// Closes the current window (module docs, step 4). Called by the collector thread
     /// without the collector lock held; `cut_short` when the process is exiting with the
-    /// window still open (what it holds so far is written).
-    pub fn close(&self, a: &Agent, cut_short: bool) {
+    /// window still open (what it holds so far is written). With a `deadline` (the exit
+    /// budget) CUPTI's release, the lock, decoding and the write are all bounded by it.
+    pub fn close(&self, a: &'static Agent, cut_short: bool, deadline: Option<Instant>) {
         // The window leaves `current` here; `last` shows it (closing) until it is written,
         // so a status poll never sees an older window in between.
         let taken = self.inner.lock().ok().and_then(|mut g| {
@@ -329,29 +330,49 @@ impl Windows {
         if !recorder {
             a.fine_on.store(false, Ordering::Release);
         }
-        if let Some(api) = &a.api {
-            let _ = api.flush_all(0);
-            let _ = api.flush_all(gpuspan_cupti::activity::FLUSH_FORCED);
-            if let Ok(n) = api.dropped_records() {
-                a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            if !recorder {
-                api.disable_fine_kinds();
-                if let Some(s) = a.subscriber.lock().ok().and_then(|mut g| g.take()) {
-                    let _ = api.unsubscribe(s);
+        let release = move || {
+            if let Some(api) = &a.api {
+                let _ = api.flush_all(0);
+                let _ = api.flush_all(gpuspan_cupti::activity::FLUSH_FORCED);
+                if let Ok(n) = api.dropped_records() {
+                    a.counters.cupti_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                if !recorder {
+                    api.disable_fine_kinds();
+                    if let Some(s) = a.subscriber.lock().ok().and_then(|mut g| g.take()) {
+                        let _ = api.unsubscribe(s);
+                    }
                 }
             }
+        };
+        match deadline {
+            // At exit, CUPTI may wait on a lock of the thread that called exit: bounded.
+            Some(d) => {
+                if crate::collector::run_bounded("gpuspan-cupti-release", d, release).is_none() {
+                    a.counters.cupti_flush_timed_out.store(1, Ordering::Relaxed);
+                }
+            }
+            None => release(),
         }
-        let outcome = match a.collector.lock() {
+        let locked = match deadline {
+            Some(d) => crate::collector::lock_until(a, d),
+            None => a.collector.lock().map_err(|_| "collector state poisoned".to_string()),
+        };
+        let outcome = match locked {
             Ok(mut c) => {
-                c.drain(a);
-                let r = write(a, &mut c, &w);
+                match deadline {
+                    Some(d) => {
+                        c.drain_until(a, d);
+                    }
+                    None => c.drain(a),
+                }
+                let r = write(a, &mut c, &w, deadline);
                 if !recorder {
                     c.records.clear();
                 }
                 r
             }
-            Err(_) => Err("collector state poisoned".into()),
+            Err(e) => Err(e),
         };
         match outcome {
             Ok((path, kernels, steps)) => {
@@ -445,7 +466,7 @@ pub(crate) fn subscribe(a: &Agent) -> Result<(), String> {
 
 /// Writes the window's capture: only records whose scope lies in one of its units, and
 /// only those units' scopes and their ancestors. Returns (path, kernels, steps).
-fn write(a: &Agent, c: &mut crate::collector::Collector, w: &Window) -> Result<(PathBuf, u64, u64), String> {
+fn write(a: &Agent, c: &mut crate::collector::Collector, w: &Window, deadline: Option<Instant>) -> Result<(PathBuf, u64, u64), String> {
     let units: HashSet<ScopeId> = w.units.iter().copied().collect();
     let in_window = |id: ScopeId| -> bool {
         c.scopes.get(id).is_some_and(|s| {
@@ -483,6 +504,6 @@ fn write(a: &Agent, c: &mut crate::collector::Collector, w: &Window) -> Result<(
         ("window_units".to_string(), w.units.len() as u64),
         ("window_steps".to_string(), steps),
     ];
-    let path = crate::capture::write_parts(a, &records, &scopes, &mut c.classifier, c.assembler.options().seed, &w.out_dir, &extra)?;
+    let path = crate::capture::write_parts(a, &records, &scopes, &mut c.classifier, c.assembler.options().seed, &w.out_dir, &extra, deadline)?;
     Ok((path, kernels, steps))
 }

@@ -45,6 +45,12 @@ pub struct RunOutcome {
 /// `GPUSPAN_METRICS_ADDR` is set (9464: the OpenTelemetry Prometheus exporter's port).
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 
+/// The agent's exit budget on the simulated H100 (`--sim`, `demo`, `replay`) unless
+/// `GPUSPAN_EXIT_BUDGET` is set: there the whole capture is the point and no orchestrator is
+/// waiting to kill the worker, while a debug build of the agent writes a 100k-kernel capture
+/// in seconds. Real workers keep the agent's own default (2 s).
+pub const SIM_EXIT_BUDGET: &str = "60s";
+
 /// Runs `cmd` with the agent injected. The captures an earlier run left in `out` are
 /// removed first, so `out` ends up holding this run's (one per process that collected).
 /// Errors are one-line messages and an exit code.
@@ -74,6 +80,9 @@ pub fn run_injected(cmd: &[String], mode: &str, out: &Path, sim: bool, label: Op
         gpuspan_simgpu::install::install(dir.path(), &sim_lib)
             .map_err(|e| (format!("cannot install the simulated H100 into {}: {e}", dir.path().display()), 3))?;
         c.env("LD_LIBRARY_PATH", prepend_path_var("LD_LIBRARY_PATH", dir.path(), ":"));
+        if std::env::var_os("GPUSPAN_EXIT_BUDGET").is_none() {
+            c.env("GPUSPAN_EXIT_BUDGET", SIM_EXIT_BUDGET);
+        }
         Some(dir)
     } else {
         None

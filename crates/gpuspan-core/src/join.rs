@@ -182,6 +182,8 @@ pub struct JoinStats {
     pub attributed: u64,
     /// Kernels skipped because timing was incomplete (end = 0 after a forced flush).
     pub incomplete: u64,
+    /// Records not turned into events because [`JoinOptions::deadline`] passed.
+    pub records_cut: u64,
 }
 
 /// Driver API names for the callback ids gpuspan writes as `cuda_driver` events
@@ -227,6 +229,10 @@ pub struct JoinOptions {
     /// assembler's [`crate::spans::SpanOptions::seed`]); `None`: such requests get no
     /// `gpuspan.trace_id`.
     pub trace_seed: Option<u64>,
+    /// Stop turning records into events once this instant has passed (checked every 1024
+    /// records; an exit budget): the rest are counted in [`JoinStats::records_cut`]. Scopes
+    /// are always written. `None`: every record.
+    pub deadline: Option<std::time::Instant>,
 }
 
 fn rel_us(ns: u64, base: u64) -> f64 {
@@ -301,7 +307,11 @@ pub fn build_trace(
         }
     };
 
-    for r in records {
+    for (i, r) in records.iter().enumerate() {
+        if i % 1024 == 0 && opts.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            st.records_cut = (records.len() - i) as u64;
+            break;
+        }
         match r {
             ActivityRecord::Kernel(k) => {
                 if k.end_ns == 0 || k.end_ns < k.start_ns {
@@ -464,9 +474,9 @@ mod tests {
             kernel("still_running", 8, 8_600, 0),
         ];
         let mut c = Classifier::default();
-        let opts = JoinOptions { base_time_ns: 1_000, process_id: 42, include_api: true, trace_seed: None };
+        let opts = JoinOptions { base_time_ns: 1_000, process_id: 42, include_api: true, trace_seed: None, deadline: None };
         let (trace, st) = build_trace(&recs, &t, &mut c, &opts);
-        assert_eq!(st, JoinStats { gpu_events: 3, attributed: 2, incomplete: 1 });
+        assert_eq!(st, JoinStats { gpu_events: 3, attributed: 2, incomplete: 1, records_cut: 0 });
         let ks: Vec<_> = trace.kernels().collect();
         assert_eq!(ks.len(), 3);
         assert_eq!(ks[0].name, "sm90_xmma_gemm_bf16");

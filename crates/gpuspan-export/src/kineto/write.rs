@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use gpuspan_core::trace::{Trace, TraceEvent};
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -53,9 +54,58 @@ const META_CAT: &str = "__metadata";
 /// draws it. A non-finite `ts` or `dur` is refused (`InvalidData`) rather than written as
 /// `null`.
 pub fn write_trace(trace: &Trace, path: &Path) -> io::Result<()> {
+    write_trace_with(trace, path, &WriteOptions::default()).map(|_| ())
+}
+
+/// How [`write_trace_with`] writes, beyond [`write_trace`]'s defaults.
+#[derive(Default)]
+pub struct WriteOptions<'a> {
+    /// Stop writing [`Trace::events`] once this instant has passed (checked every
+    /// [`DEADLINE_CHECK_EVERY`] events): the file is still closed as a valid trace, holding
+    /// the events before the cut (an exit budget: the agent must leave the host process in
+    /// bounded time). `None`: write everything.
+    pub deadline: Option<Instant>,
+    /// gzip level, 0 (none) to 9 (smallest); `None`: flate2's default, 6.
+    pub gzip_level: Option<u32>,
+    /// One event written after all others, completed once the writer knows what it wrote
+    /// (a summary that can say the deadline cut the file). Its row (`pid`, `tid`) is named
+    /// like every other row.
+    pub trailer: Option<Trailer<'a>>,
+}
+
+/// The last event of a written trace ([`WriteOptions::trailer`]): `event` as given, after
+/// `fill` has seen what was written.
+pub struct Trailer<'a> {
+    /// The event; its `ts_us` / `dur_us` must be finite.
+    pub event: TraceEvent,
+    /// Completes `event` (typically its `extra_args`) from the writer's progress.
+    pub fill: &'a dyn Fn(&mut TraceEvent, &WriteProgress),
+}
+
+/// What [`write_trace_with`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteProgress {
+    /// Events of [`Trace::events`] written (metadata and trailer not counted).
+    pub events_written: usize,
+    /// Events of [`Trace::events`] left out because [`WriteOptions::deadline`] passed.
+    pub events_cut: usize,
+}
+
+/// How often (in events) the writer looks at [`WriteOptions::deadline`].
+pub const DEADLINE_CHECK_EVERY: usize = 512;
+
+/// [`write_trace`] with a deadline, a gzip level and a trailer event ([`WriteOptions`]).
+/// Returns how many events were written and cut.
+///
+/// # Errors
+/// As [`write_trace`]: a non-finite `ts` / `dur` (`InvalidData`, nothing written) or the
+/// file system's error (the temporary file is removed).
+pub fn write_trace_with(trace: &Trace, path: &Path, opts: &WriteOptions<'_>) -> io::Result<WriteProgress> {
+    let trailer = opts.trailer.as_ref().map(|t| &t.event);
     if let Some((i, e)) = trace
         .events
         .iter()
+        .chain(trailer)
         .enumerate()
         .find(|(_, e)| !e.ts_us.is_finite() || !e.dur_us.is_finite())
     {
@@ -66,7 +116,7 @@ pub fn write_trace(trace: &Trace, path: &Path) -> io::Result<()> {
     }
     let gzip = path.as_os_str().to_string_lossy().ends_with(".gz");
     let tmp = tmp_path(path);
-    let res = write_to(trace, &tmp, gzip).and_then(|()| fs::rename(&tmp, path));
+    let res = write_to(trace, &tmp, gzip, opts).and_then(|p| fs::rename(&tmp, path).map(|()| p));
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -79,15 +129,19 @@ fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn write_to(trace: &Trace, tmp: &Path, gzip: bool) -> io::Result<()> {
+fn write_to(trace: &Trace, tmp: &Path, gzip: bool, opts: &WriteOptions<'_>) -> io::Result<WriteProgress> {
     let fixes = touching_dur_fixes(trace);
+    let progress = std::cell::Cell::new(WriteProgress::default());
     let out = TraceOut {
         trace,
         fixes: &fixes,
+        opts,
+        progress: &progress,
     };
     let file = File::create(tmp)?;
     let file = if gzip {
-        let enc = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+        let level = opts.gzip_level.map_or(flate2::Compression::default(), |l| flate2::Compression::new(l.min(9)));
+        let enc = flate2::write::GzEncoder::new(file, level);
         let mut w = BufWriter::with_capacity(1 << 16, enc);
         serde_json::to_writer(&mut w, &out)?;
         w.flush()?;
@@ -99,7 +153,8 @@ fn write_to(trace: &Trace, tmp: &Path, gzip: bool) -> io::Result<()> {
         w.flush()?;
         w.into_inner().map_err(|e| e.into_error())?
     };
-    file.sync_all()
+    file.sync_all()?;
+    Ok(progress.get())
 }
 
 /// Largest overlap, µs, that [`touching_dur_fixes`] treats as `f64` rounding rather than
@@ -181,6 +236,8 @@ fn next_down(x: f64) -> f64 {
 struct TraceOut<'a> {
     trace: &'a Trace,
     fixes: &'a HashMap<usize, f64>,
+    opts: &'a WriteOptions<'a>,
+    progress: &'a std::cell::Cell<WriteProgress>,
 }
 
 impl Serialize for TraceOut<'_> {
@@ -202,6 +259,8 @@ impl Serialize for TraceOut<'_> {
             &EventsOut {
                 trace: t,
                 fixes: self.fixes,
+                opts: self.opts,
+                progress: self.progress,
             },
         )?;
         m.end()
@@ -211,6 +270,8 @@ impl Serialize for TraceOut<'_> {
 struct EventsOut<'a> {
     trace: &'a Trace,
     fixes: &'a HashMap<usize, f64>,
+    opts: &'a WriteOptions<'a>,
+    progress: &'a std::cell::Cell<WriteProgress>,
 }
 
 /// An `M` metadata event (`process_name` / `thread_name`).
@@ -250,6 +311,7 @@ impl Serialize for EventsOut<'_> {
             .iter()
             .map(|(k, n)| (*k, Cow::Borrowed(n.as_str())))
             .collect();
+        let trailer = self.opts.trailer.as_ref().map(|t| &t.event);
         for e in t.events.iter().filter(|e| is_gpu_row(e)) {
             processes
                 .entry(e.pid)
@@ -258,7 +320,7 @@ impl Serialize for EventsOut<'_> {
                 .entry((e.pid, e.tid))
                 .or_insert_with(|| Cow::Owned(format!("stream {}", e.tid)));
         }
-        for e in &t.events {
+        for e in t.events.iter().chain(trailer) {
             processes
                 .entry(e.pid)
                 .or_insert_with(|| Cow::Owned(format!("process {}", e.pid)));
@@ -290,11 +352,26 @@ impl Serialize for EventsOut<'_> {
                 args: MetaArgs { name },
             })?;
         }
+        let mut written = t.events.len();
         for (i, e) in t.events.iter().enumerate() {
+            if i % DEADLINE_CHECK_EVERY == 0 && self.opts.deadline.is_some_and(|d| Instant::now() >= d) {
+                written = i;
+                break;
+            }
             seq.serialize_element(&EventOut {
                 event: e,
                 dur_us: self.fixes.get(&i).copied().unwrap_or(e.dur_us),
             })?;
+        }
+        let progress = WriteProgress {
+            events_written: written,
+            events_cut: t.events.len() - written,
+        };
+        self.progress.set(progress);
+        if let Some(tr) = &self.opts.trailer {
+            let mut ev = tr.event.clone();
+            (tr.fill)(&mut ev, &progress);
+            seq.serialize_element(&EventOut { dur_us: ev.dur_us, event: &ev })?;
         }
         seq.end()
     }

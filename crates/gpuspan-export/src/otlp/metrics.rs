@@ -180,4 +180,18 @@ impl OtlpMetrics {
     pub fn shutdown(&self) {
         let _ = self.provider.shutdown();
     }
+
+    /// [`OtlpMetrics::shutdown`] on a thread of its own, waited for at most `timeout` (the
+    /// SDK's `shutdown_with_timeout` ignores its timeout in 0.33, and an exit budget must
+    /// hold); an export still running then ends with the process. Returns whether the
+    /// shutdown finished in time.
+    pub fn shutdown_within(&self, timeout: std::time::Duration) -> bool {
+        let provider = self.provider.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new().name("gpuspan-otlp-metrics-stop".into()).spawn(move || {
+            let _ = provider.shutdown();
+            let _ = tx.send(());
+        });
+        spawned.is_ok() && rx.recv_timeout(timeout).is_ok()
+    }
 }

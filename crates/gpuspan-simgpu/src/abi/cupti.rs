@@ -289,7 +289,8 @@ pub unsafe extern "C" fn cuptiActivityGetNextRecord(
         if buffer.is_null() || record.is_null() {
             return CUPTI_ERROR_INVALID_PARAMETER;
         }
-        let abi = sim().lock().cfg.cupti;
+        // No simulator lock: parsing a caller's buffer waits for no CUDA call.
+        let abi = crate::sim::cupti_abi();
         // SAFETY: non-NULL in/out pointer from the caller.
         let current = unsafe { *record } as usize;
         // SAFETY: `next_record` only reads 4-byte kinds at addresses it checked to lie

@@ -31,6 +31,13 @@
 //! callbacks, `CONCURRENT_KERNEL` enabled, canary-filled 32 MiB buffers; the last stdout line is
 //! `activity client: lent=<n> returned=<n> kernels=<n> canary_intact=<0|1>`.
 //!
+//! Hostile exits, as real workers do them (the agent must finish within its budget and never
+//! deadlock): `--exit-on-sigterm` installs a SIGTERM handler that calls `exit(0)` from the
+//! signal handler (not async-signal-safe, yet common: the atexit handlers then run on
+//! whichever thread the signal interrupted, possibly inside a CUDA call);
+//! `--exit-after-ms MS` starts a second thread that calls `exit(0)` after MS ms while the
+//! main thread keeps launching.
+//!
 //! Exit codes: 0 done; 1 a CUDA call failed (with `--cuda-graph`, a capture, instantiation
 //! or graph launch failure names the driver's error, `cuGetErrorName`); 2 bad workload
 //! (unknown preset, unreadable or invalid trace, not capturable with `--cuda-graph`); 3 no
@@ -86,6 +93,40 @@ struct Args {
     /// the module docs).
     #[arg(long)]
     activity_client: bool,
+    /// Install a SIGTERM handler that calls `exit(0)` inside the signal handler.
+    #[arg(long)]
+    exit_on_sigterm: bool,
+    /// A second thread calls `exit(0)` after this many ms, mid-run.
+    #[arg(long, value_name = "MS")]
+    exit_after_ms: Option<u64>,
+}
+
+/// `--exit-on-sigterm`'s handler: `exit(0)` from signal context, as some workers do.
+extern "C" fn exit_in_handler(_sig: libc::c_int) {
+    // SAFETY: deliberately not async-signal-safe (that is the behaviour under test); exit
+    // is a valid call with a valid status.
+    unsafe { libc::exit(0) }
+}
+
+/// Sets up `--exit-on-sigterm` and `--exit-after-ms`.
+fn arrange_exits(on_sigterm: bool, after_ms: Option<u64>) {
+    if on_sigterm || after_ms.is_some() {
+        use std::io::Write;
+        println!("exits armed");
+        let _ = std::io::stdout().flush();
+    }
+    if on_sigterm {
+        // SAFETY: `signal` with a 'static extern "C" handler.
+        unsafe { libc::signal(libc::SIGTERM, exit_in_handler as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    }
+    if let Some(ms) = after_ms {
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            println!("exit from a second thread");
+            // SAFETY: exit from another thread while the main one runs: what is under test.
+            unsafe { libc::exit(0) }
+        });
+    }
 }
 
 /// The index of a `dit.step i/n` range name.
@@ -246,6 +287,7 @@ fn main() -> ExitCode {
             return fail(1, format!("--activity-client: {e}"));
         }
     }
+    arrange_exits(args.exit_on_sigterm, args.exit_after_ms);
     let opts = ExecOptions { announce_streams: !args.legacy_stream, cuda_graph: args.cuda_graph };
     match execute_with(&lib, &workload, &opts) {
         Ok(s) => {

@@ -61,8 +61,28 @@ pub struct State {
     pub grid_id: i64,
 }
 
+/// Index in `gpuspan_cupti::layouts::RELEASES` of the CUPTI release whose layouts the
+/// simulator writes (`State::cfg.cupti`), readable without the simulator's lock:
+/// `cuptiActivityGetNextRecord` only parses a buffer the caller owns and, like the real one,
+/// takes no lock (a thread stuck inside a CUDA call must not stop another from decoding).
+static CUPTI_ABI_INDEX: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// Records `abi` as the layouts in effect ([`cupti_abi`]).
+fn publish_cupti_abi(abi: config::CuptiAbi) {
+    if let Some(i) = gpuspan_cupti::layouts::RELEASES.iter().position(|r| r.name == abi.0.name) {
+        CUPTI_ABI_INDEX.store(i, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// The CUPTI release whose layouts the simulator writes, without taking its lock.
+pub fn cupti_abi() -> config::CuptiAbi {
+    let i = CUPTI_ABI_INDEX.load(std::sync::atomic::Ordering::Acquire);
+    gpuspan_cupti::layouts::RELEASES.get(i).map_or(config::CuptiAbi::V12, config::CuptiAbi)
+}
+
 impl State {
     pub fn new(cfg: config::Config) -> State {
+        publish_cupti_abi(cfg.cupti);
         State {
             cfg,
             clock: clock::HostClock::new(cfg.clock),
@@ -136,6 +156,7 @@ impl State {
         self.cupti = cupti::Cupti::default();
         self.pool = buffers::Pool::new();
         self.cfg.cupti = config::Config::from_env().cupti;
+        publish_cupti_abi(self.cfg.cupti);
     }
 }
 
