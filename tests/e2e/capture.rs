@@ -63,13 +63,21 @@ fn start_worker(out: &Path, env: &[(&str, &str)]) -> (Worker, std::thread::JoinH
 
 /// [`start_worker`] with extra worker arguments.
 fn start_worker_with(out: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Worker, std::thread::JoinHandle<String>) {
+    let (steps, requests) = (STEPS.to_string(), REQUESTS.to_string());
+    let mut args = vec!["stdit", "--steps", &steps, "--requests", &requests];
+    args.extend_from_slice(extra);
+    start_replay(out, &args, env)
+}
+
+/// `gpuspan run --sim -- gpuspan-replay ARGS` in coarse mode (real clock); waits for the
+/// worker's control socket.
+fn start_replay(out: &Path, replay_args: &[&str], env: &[(&str, &str)]) -> (Worker, std::thread::JoinHandle<String>) {
     let mut c = gpuspan();
     c.args(["run", "--sim", "--out"])
         .arg(out)
         .arg("--")
         .arg(artifact("gpuspan-replay"))
-        .args(["stdit", "--steps", &STEPS.to_string(), "--requests", &REQUESTS.to_string()])
-        .args(extra)
+        .args(replay_args)
         .env("GPUSPAN_SIM_CLOCK", "real")
         .env("GPUSPAN_LOG", "info")
         .env_remove("GPUSPAN_CONTROL")
@@ -282,6 +290,94 @@ fn capture_window_over_cuda_graph_steps() {
     assert!(status.success(), "the worker finished: {text}");
     assert!(text.contains("cuda graph: captured="), "{text}");
     w.pid = None;
+}
+
+/// A real trace replayed with `--cuda-graph` (`h100-vit-falconsai`, whose `ProfilerStep#N`
+/// is a forward pass captured once and launched per request) under a fine window opened
+/// mid-run: the worker finishes (no capture invalidated), and each step of the window holds
+/// exactly the kernels the same step holds in a fine-mode replay without graphs.
+#[test]
+fn capture_window_over_a_cuda_graph_fixture_replay() {
+    let trace = fixture("h100-vit-falconsai.json.gz");
+    let trace = trace.to_str().unwrap();
+    // Kernels of one step, from a fine-mode replay without graphs.
+    let p = tempfile::tempdir().unwrap();
+    let o = output(
+        gpuspan()
+            .args(["run", "--mode", "fine", "--sim", "--out"])
+            .arg(p.path())
+            .arg("--")
+            .arg(artifact("gpuspan-replay"))
+            .args([trace, "--requests", "1"]),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let plain = gpuspan_export::read_trace(&capture_in(p.path())).unwrap();
+    let per_step = plain.kernels().filter(|k| k.step.is_some()).count();
+    assert!(per_step > 0, "the fixture's step holds kernels");
+
+    let out = tempfile::tempdir().unwrap();
+    let (mut w, output_thread) = start_replay(out.path(), &[trace, "--requests", "400", "--cuda-graph"], &[]);
+    let pid = w.pid.unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let (o, t) = capture(pid, &["--steps", "2"], d.path());
+    assert!(o.status.success(), "capture --steps 2: {}", String::from_utf8_lossy(&o.stderr));
+    let t = t.expect("the window's capture");
+    let steps: Vec<String> = t.events.iter().filter(|e| e.cat == Some(Category::UserAnnotation) && e.name.starts_with("ProfilerStep#")).map(|e| e.name.clone()).collect();
+    assert_eq!(steps.len(), 2, "two steps: {steps:?}");
+    // Every request replays the same trace, so both steps may carry the same name.
+    for s in steps.iter().collect::<std::collections::BTreeSet<_>>() {
+        let occurrences = steps.iter().filter(|x| *x == s).count();
+        let n = t.kernels().filter(|k| k.step.as_deref() == Some(s.as_str())).count();
+        assert_eq!(n, per_step * occurrences, "{s}: graph kernels in the window's steps vs the same step without graphs");
+    }
+    assert_eq!(t.kernels().count(), 2 * per_step, "nothing outside the two steps");
+    let status = w.run.wait().unwrap();
+    let text = output_thread.join().unwrap();
+    assert!(status.success(), "the worker finished: {text}");
+    assert!(text.contains("cuda graph: captured=1 launches=400"), "{text}");
+    w.pid = None;
+}
+
+/// SIGTERM while a fine window collects (coarse mode, window armed by `gpuspan capture`):
+/// the agent's handler (installed when the window subscribed CUPTI) writes the window's
+/// capture of what it collected, marked partial, and the worker still dies of SIGTERM.
+#[test]
+fn sigterm_during_a_fine_window_leaves_a_partial_window_capture() {
+    let out = tempfile::tempdir().unwrap();
+    let (mut w, output_thread) = start_worker_with(out.path(), &[], &[]);
+    let pid = w.pid.unwrap();
+    let d = tempfile::tempdir().unwrap();
+    // A window far longer than the test: it is collecting when the signal comes.
+    let mut cap = gpuspan()
+        .args(["capture", &pid.to_string(), "--steps", "1000", "--out"])
+        .arg(d.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let st = status_json(pid);
+        let done = st["capture_window"]["done"].as_u64().unwrap_or(0);
+        if st["capture_window"]["state"] == "open" && done >= 1 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "the window never collected a step: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on the worker's pid (our grandchild, alive: its socket answered).
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let status = w.run.wait().unwrap();
+    let text = output_thread.join().unwrap();
+    let _ = cap.wait();
+    w.pid = None;
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "the worker died of SIGTERM: {text}");
+    assert!(text.contains("SIGTERM: wrote what the open capture window collected"), "{text}");
+    let t = gpuspan_export::read_trace(&d.path().join(format!("capture-{pid}.json.gz"))).expect("a readable window capture");
+    let summary = t.events.iter().find(|e| e.name == "gpuspan.summary").unwrap();
+    assert_eq!(summary.extra_args.get("gpuspan.partial").and_then(|v| v.as_u64()), Some(1), "marked partial");
+    assert!(!scopes_named(&t, "dit.step ").is_empty(), "the steps collected before the signal");
+    assert!(!kernels(&t).is_empty(), "their kernels");
 }
 
 /// A second CUPTI activity client in the worker (what torch.profiler / Kineto is: its own

@@ -437,9 +437,13 @@ static CLOCK_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 /// marked partial (`gpuspan.partial`), then end the process as SIGTERM would have.
 fn finish_after_sigterm(a: &'static Agent) {
     a.counters.terminated_by_signal.store(1, Ordering::Relaxed);
+    let window = a.windows.is_active();
     let finish = move || {
         let _ = std::panic::catch_unwind(|| match crate::state::flush_capture() {
             Ok(p) => crate::log::warn(&format!("SIGTERM: wrote what was collected to {} (marked partial)", p.display())),
+            Err(e) if e == NO_COARSE_CAPTURE && window => {
+                crate::log::warn("SIGTERM: wrote what the open capture window collected (marked partial)")
+            }
             Err(e) if e == NO_COARSE_CAPTURE => {}
             Err(e) => crate::log::warn(&format!("SIGTERM: capture not written: {e}")),
         });
