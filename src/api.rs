@@ -83,7 +83,7 @@ impl Drop for ScopeGuard {
 /// activates the agent if nothing did before (`gpuspan_agent::entry::on_api_call`).
 pub fn is_active() -> bool {
     gpuspan_agent::entry::on_api_call();
-    gpuspan_agent::state::agent().is_some_and(|a| a.collecting.load(Ordering::Relaxed))
+    gpuspan_agent::shared::shared().is_some_and(|a| a.collecting.load(Ordering::Relaxed))
 }
 
 /// Names the CUDA streams (`CUstream` / `cudaStream_t` handles as addresses, e.g. cudarc's

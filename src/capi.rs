@@ -106,7 +106,7 @@ pub extern "C" fn gpuspan_end() -> c_int {
 pub unsafe extern "C" fn gpuspan_use_streams(streams: *const *mut std::ffi::c_void, n: usize) -> c_int {
     catch_unwind(|| {
         gpuspan_agent::entry::on_api_call();
-        if gpuspan_agent::state::agent().is_none() {
+        if gpuspan_agent::shared::shared().is_none() {
             return NO_PUSH_POP_TRACKING;
         }
         let mut addrs = [0usize; gpuspan_agent::coarse::mark::MAX_SCOPE_STREAMS];

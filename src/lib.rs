@@ -22,7 +22,7 @@ pub mod api;
 pub mod kernels;
 pub use api::{request, stage, step, ScopeGuard};
 pub use gpuspan_agent::hooks;
-pub use gpuspan_agent::state::{flush_capture, status, AgentStatus};
+pub use gpuspan_agent::lifecycle::{flush_capture, status, AgentStatus};
 
 #[ctor::ctor]
 fn gpuspan_on_load() {

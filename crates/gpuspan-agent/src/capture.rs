@@ -2,7 +2,8 @@
 //! `GPUSPAN_OUT/capture-<pid>.json.gz` (Kineto schema, DESIGN.md "Spans, metrics, files").
 
 use crate::collector::Collector;
-use crate::state::Agent;
+use crate::shared::Shared;
+use crate::telemetry::Telemetry;
 use gpuspan_core::activity::ActivityRecord;
 use gpuspan_core::classify::Classifier;
 use gpuspan_core::join::{build_trace, JoinOptions, ScopeTable};
@@ -23,7 +24,7 @@ pub fn capture_file_name() -> String {
 /// counters are written as `gpuspan.*` trace-level metadata on a `gpuspan.summary` event
 /// (cat `gpuspan`, zero duration, in its args; the file's last event), so a reader can tell
 /// a complete capture from a lossy one.
-pub fn write(a: &Agent, c: &mut Collector, deadline: Option<Instant>) -> Result<PathBuf, String> {
+pub fn write(a: &Shared, telemetry: &Telemetry, c: &mut Collector, deadline: Option<Instant>) -> Result<PathBuf, String> {
     let sp = &c.assembler.stats;
     let extra = vec![
         ("spans".to_string(), sp.spans),
@@ -34,7 +35,7 @@ pub fn write(a: &Agent, c: &mut Collector, deadline: Option<Instant>) -> Result<
         ("span_gpu_late".to_string(), sp.gpu_late),
     ];
     let seed = c.assembler.options().seed;
-    write_parts(a, &c.records, &c.scopes, &mut c.classifier, seed, &a.config.out_dir, &extra, deadline)
+    write_parts(a, telemetry, &c.records, &c.scopes, &mut c.classifier, seed, &a.config.out_dir, &extra, deadline)
 }
 
 /// Joins `records` with `scopes` and writes `dir/capture-<pid>.json.gz`, with the agent's loss
@@ -49,7 +50,8 @@ pub fn write(a: &Agent, c: &mut Collector, deadline: Option<Instant>) -> Result<
 /// is cut is the end of the run), and its summary says `gpuspan.partial` = 1.
 #[allow(clippy::too_many_arguments)]
 pub fn write_parts(
-    a: &Agent,
+    a: &Shared,
+    telemetry: &Telemetry,
     records: &[ActivityRecord],
     scopes: &ScopeTable,
     classifier: &mut Classifier,
@@ -125,7 +127,7 @@ pub fn write_parts(
     for (k, v) in extra {
         put(k, *v);
     }
-    if let Some(p) = &a.telemetry.spans {
+    if let Some(p) = &telemetry.spans {
         let oc = p.counters();
         put("otlp_spans_submitted", oc.submitted.load(Ordering::Relaxed));
         put("otlp_spans_exported", oc.exported.load(Ordering::Relaxed));

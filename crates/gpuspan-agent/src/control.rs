@@ -37,6 +37,7 @@
 //! signal leaves its socket behind: the CLI then reports "connection refused", and a later
 //! process with the same pid replaces it.
 
+use crate::agent::Agent;
 use gpuspan_core::control::{
     capture_reply, control_dir, control_disabled, error_reply, frame, parse_request, socket_path, status_reply,
     CaptureRequest, CoarseCounts, Drops, Framing, Request, RequestError, SpanCounts, Status, WindowStatus, CONTROL_ENV,
@@ -74,6 +75,14 @@ struct Bound {
 }
 
 static BOUND: Mutex<Option<Bound>> = Mutex::new(None);
+/// The agent the control server answers for (set by [`start`]; a forked child that
+/// activates replaces it with its own).
+static SERVED: Mutex<Option<&'static Agent>> = Mutex::new(None);
+
+fn served() -> Option<&'static Agent> {
+    SERVED.lock().ok().and_then(|g| *g)
+}
+
 /// The agent's server thread and the process that started it, for [`stop`].
 static RUNNING: Mutex<Option<(u32, Running)>> = Mutex::new(None);
 /// The listening socket's descriptor while it is served, for the fork child handler.
@@ -87,11 +96,14 @@ pub fn take_listener_fd() -> Option<i32> {
 }
 static STARTED_AT: OnceLock<Instant> = OnceLock::new();
 
-/// Starts the control server of the active agent (once per process): called by
-/// `state::activate_inner` once the collector runs. Problems (socket turned off, an insecure
+/// Starts the control server of the active agent `a` (once per process): called by
+/// [`crate::lifecycle`] once the collector runs. Problems (socket turned off, an insecure
 /// directory, a socket name in use by a live process, no thread) are one warning each and
 /// leave the agent running without a socket. Never panics.
-pub fn start() {
+pub fn start(a: &'static Agent) {
+    if let Ok(mut g) = SERVED.lock() {
+        *g = Some(a);
+    }
     let _ = std::panic::catch_unwind(|| {
         STARTED_AT.get_or_init(Instant::now);
         match control_disabled(std::env::var(CONTROL_ENV).ok().as_deref()) {
@@ -404,13 +416,12 @@ fn log_refusal(uid: u32, euid: u32) {
     ));
 }
 
-/// The active agent's status, from [`crate::state`]: counters are relaxed atomic loads,
+/// The served agent's status: counters are relaxed atomic loads,
 /// span counters are read under the collector's lock (waited for at most
 /// [`COLLECTOR_WAIT`]).
 pub fn agent_status() -> Status {
-    let st = crate::state::status();
-    let a = crate::state::agent();
-    let load = |f: fn(&crate::state::Counters) -> &std::sync::atomic::AtomicU64| {
+    let a = served();
+    let load = |f: fn(&crate::shared::Counters) -> &std::sync::atomic::AtomicU64| {
         a.map(|a| f(&a.counters).load(Ordering::Relaxed)).unwrap_or(0)
     };
     let pipeline = a.and_then(|a| a.telemetry.spans.as_ref());
@@ -421,10 +432,10 @@ pub fn agent_status() -> Status {
             Some(_) => "fine".into(),
             None => "inactive".into(),
         },
-        inactive_reason: st.inactive_reason,
+        inactive_reason: if a.is_some() { None } else { Some("not activated".into()) },
         collecting: a.is_some_and(|a| a.collecting.load(Ordering::Relaxed)),
-        cupti_version: st.cupti_version,
-        records_decoded: st.records_decoded,
+        cupti_version: a.map_or(0, |a| a.cupti_version()),
+        records_decoded: load(|c| &c.records_decoded),
         drops: Drops {
             cupti: load(|c| &c.cupti_records_dropped),
             record_limit: load(|c| &c.records_over_limit),
@@ -454,12 +465,9 @@ pub fn agent_status() -> Status {
 
 /// Arms a fine window on the active agent ([`crate::window::Windows::open`]).
 pub fn agent_capture(req: &CaptureRequest) -> Result<WindowStatus, String> {
-    match crate::state::agent() {
-        Some(a) => {
-            let past = crate::collector::recorder_past(a);
-            a.windows.open(a, req, "control", &past, None)
-        }
-        None => Err(crate::state::status().inactive_reason.unwrap_or_else(|| "the agent is not active".into())),
+    match served() {
+        Some(a) => a.windows.open(a, req, "control", &a.recorder_past(), None),
+        None => Err("the agent is not active".into()),
     }
 }
 

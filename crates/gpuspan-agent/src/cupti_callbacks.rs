@@ -4,7 +4,7 @@
 //! allocate nothing beyond a pool buffer, make no CUDA or CUPTI call and never panic across
 //! the FFI boundary.
 
-use crate::state::agent;
+use crate::shared::shared;
 use gpuspan_cupti::buffers::RawBuffer;
 use std::sync::atomic::Ordering;
 
@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 /// Called by CUPTI with valid out-pointers.
 pub unsafe extern "C" fn buffer_requested(buffer: *mut *mut u8, size: *mut usize, max_records: *mut usize) {
     let r = std::panic::catch_unwind(|| {
-        let (ptr, bytes) = match agent() {
+        let (ptr, bytes) = match shared() {
             Some(a) => match a.pool.take(a.allow_decline) {
                 Some(b) => (b.0 as *mut u8, a.pool.buffer_bytes()),
                 None => (std::ptr::null_mut(), 0),
@@ -59,7 +59,7 @@ pub unsafe extern "C" fn buffer_completed(
     valid_bytes: usize,
 ) {
     let _ = std::panic::catch_unwind(|| {
-        let Some(a) = agent() else { return };
+        let Some(a) = shared() else { return };
         if buffer.is_null() {
             return;
         }

@@ -22,7 +22,8 @@
 //!
 //! Every entry is wrapped in `catch_unwind`.
 
-use crate::state;
+use crate::lifecycle;
+use crate::lifecycle::Trigger;
 
 /// Returns the path of this shared object (via `dladdr` on one of its functions).
 pub fn own_path() -> Option<std::path::PathBuf> {
@@ -84,29 +85,42 @@ pub fn on_load() {
 
 /// Activates the agent on the first gpuspan API call of the process (later calls: two
 /// atomic loads). `GPUSPAN_NO_AUTOSTART` turns this off as it does the constructor; in a
-/// forked child of an active process it does nothing (`state::activate_for`).
+/// forked child of an active process it does nothing (`lifecycle::activate_for`).
 #[inline]
 pub fn on_api_call() {
-    if state::agent().is_none() && !state::activation_attempted() && !state::is_forked_child() {
+    if lifecycle::agent().is_none() && !lifecycle::activation_attempted() && !crate::shared::is_forked_child() {
         let _ = std::panic::catch_unwind(|| {
             if std::env::var_os("GPUSPAN_NO_AUTOSTART").is_none() {
-                let _ = state::activate_for(state::Trigger::Api);
+                let _ = activate(Trigger::Api);
             }
         });
     }
 }
 
 /// The `pthread_atfork` child handler: the child starts with the agent inactive
-/// (`state::on_fork_child`) and without the parent's control socket. Atomics and one
+/// (`lifecycle::on_fork_child`) and without the parent's control socket. Atomics and one
 /// `close`, all async-signal-safe (POSIX `fork`: the child of a multithreaded process may
 /// only make such calls until it execs).
 extern "C" fn at_fork_child() {
-    state::on_fork_child();
+    lifecycle::on_fork_child();
     if let Some(fd) = crate::control::take_listener_fd() {
         // SAFETY: `fd` is the control socket's listening descriptor, whose owner (the
         // parent's server thread) does not exist in this child; nothing else closes it here.
         unsafe { libc::close(fd) };
     }
+}
+
+/// Activates the agent for `trigger` ([`crate::lifecycle::activate_for`]) with the
+/// process-level handlers this module owns: the fork handler is registered before any
+/// activation work (so a fork in the middle of it is seen), the exit handler once the agent
+/// is active.
+pub fn activate(trigger: Trigger) -> Result<(), String> {
+    register_fork_handler();
+    let r = lifecycle::activate_for(trigger);
+    if r.is_ok() {
+        register_exit_handler();
+    }
+    r
 }
 
 /// Registers [`at_fork_child`] with `pthread_atfork`, once, before activation starts work.
@@ -123,7 +137,7 @@ pub fn register_fork_handler() {
 pub fn initialize_injection() -> i32 {
     let _ = std::panic::catch_unwind(|| {
         pin_self();
-        let _ = state::activate();
+        let _ = activate(Trigger::Cuda);
     });
     1
 }
@@ -137,7 +151,7 @@ pub fn initialize_injection() -> i32 {
 pub unsafe fn initialize_injection_nvtx2(get_export_table: Option<gpuspan_cupti::nvtx::GetExportTableFn>) -> i32 {
     std::panic::catch_unwind(|| {
         let Some(get) = get_export_table else { return 0 };
-        if state::activate_for(state::Trigger::Nvtx).is_err() {
+        if activate(Trigger::Nvtx).is_err() {
             return 0;
         }
         // SAFETY: `get` is the accessor NVTX passed us.
@@ -147,61 +161,11 @@ pub unsafe fn initialize_injection_nvtx2(get_export_table: Option<gpuspan_cupti:
     .unwrap_or(0)
 }
 
-static SIGTERM_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// The SIGTERM handler: sets a flag, nothing else (async-signal-safe). The collector
-/// thread sees it, writes what was collected and re-raises ([`reraise_sigterm`]).
-extern "C" fn on_sigterm(_sig: libc::c_int) {
-    SIGTERM_SEEN.store(true, std::sync::atomic::Ordering::Release);
-}
-
-/// While CUPTI collects (fine mode, fine windows), SIGTERM would end the process without
-/// exit handlers and lose everything collected. When the application left SIGTERM at its
-/// default disposition, this installs [`on_sigterm`] (once); an application's own handler
-/// (or SIG_IGN) is left alone. Process-wide, as signal dispositions are.
-pub fn install_sigterm_handler() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: sigaction with a NULL new action only reads the current one into a zeroed
-        // `sigaction`; the installed handler is a 'static extern "C" fn that only stores to
-        // an atomic, with an empty mask and SA_RESTART so interrupted calls resume.
-        unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(libc::SIGTERM, std::ptr::null(), &mut old) != 0 || old.sa_sigaction != libc::SIG_DFL {
-                return;
-            }
-            let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = on_sigterm as extern "C" fn(libc::c_int) as usize;
-            libc::sigemptyset(&mut act.sa_mask);
-            act.sa_flags = libc::SA_RESTART;
-            libc::sigaction(libc::SIGTERM, &act, std::ptr::null_mut());
-        }
-    });
-}
-
-/// Whether SIGTERM arrived through [`on_sigterm`]. One atomic load.
-pub fn sigterm_seen() -> bool {
-    SIGTERM_SEEN.load(std::sync::atomic::Ordering::Acquire)
-}
-
-/// Restores SIGTERM's default disposition and raises it again, so the process ends as the
-/// signal would have ended it (exit status "killed by SIGTERM").
-pub fn reraise_sigterm() {
-    // SAFETY: plain libc calls with a zeroed, valid `sigaction` holding SIG_DFL.
-    unsafe {
-        let mut act: libc::sigaction = std::mem::zeroed();
-        act.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut act.sa_mask);
-        libc::sigaction(libc::SIGTERM, &act, std::ptr::null_mut());
-        libc::raise(libc::SIGTERM);
-    }
-}
-
 /// Beyond the exit budget, how long [`at_exit`] waits for the finishing thread (joins, the
 /// last OTLP request's grace) before it lets the process go on exiting.
 pub const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The exit handler. The finishing work ([`state::flush_capture`]) runs on a thread of its
+/// The exit handler. The finishing work ([`lifecycle::flush_capture`]) runs on a thread of its
 /// own (`gpuspan-exit`), waited for at most the exit budget plus [`EXIT_GRACE`]: `exit()`
 /// may be called from a signal handler that interrupted a thread inside a CUDA / CUPTI call
 /// or holding one of the agent's locks, and work done on that interrupted thread could wait
@@ -212,13 +176,13 @@ extern "C" fn at_exit() {
     let _ = std::panic::catch_unwind(|| {
         // A forked child inherits the agent's state but none of its threads, and the
         // CUPTI session and the capture belong to the parent: the child leaves both alone.
-        if !state::in_activating_process() {
+        if !lifecycle::in_activating_process() {
             return;
         }
-        let budget = state::agent().map_or(crate::config::DEFAULT_EXIT_BUDGET, |a| a.config.exit_budget);
+        let budget = lifecycle::agent().map_or(crate::config::DEFAULT_EXIT_BUDGET, |a| a.config.exit_budget);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let spawned = std::thread::Builder::new().name("gpuspan-exit".into()).spawn(move || {
-            let r = std::panic::catch_unwind(state::flush_capture).unwrap_or_else(|_| Err("finishing panicked".into()));
+            let r = std::panic::catch_unwind(lifecycle::flush_capture).unwrap_or_else(|_| Err("finishing panicked".into()));
             let _ = tx.send(r);
         });
         let outcome = match spawned {
@@ -228,10 +192,10 @@ extern "C" fn at_exit() {
                     "finishing did not complete within the exit budget ({budget:?}; a lock held by the thread that called exit?): the process exits without waiting"
                 )),
             },
-            Err(_) => state::flush_capture(),
+            Err(_) => lifecycle::flush_capture(),
         };
         match outcome {
-            Err(e) if e == crate::collector::NO_COARSE_CAPTURE => crate::log::info(&e),
+            Err(e) if e == crate::collector_thread::NO_COARSE_CAPTURE => crate::log::info(&e),
             Err(e) => crate::log::warn(&format!("capture not written: {e}")),
             Ok(_) => {}
         }

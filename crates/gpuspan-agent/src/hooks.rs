@@ -16,7 +16,7 @@
 //! registered-string messages all name scopes.
 
 use crate::coarse::mark::{record_boundary, MAX_SCOPE_STREAMS};
-use crate::state::{agent, Agent};
+use crate::shared::{shared, Shared};
 use gpuspan_core::activity::GPUSPAN_EXTERNAL_KIND;
 use gpuspan_cupti::events::Stream;
 use crate::nvtx_domains::{self, is_scope_domain, DOMAIN_SLOTS};
@@ -135,7 +135,7 @@ pub unsafe extern "C" fn api_callback(_userdata: *mut c_void, domain: u32, cbid:
 
 /// A failed GPU-work call (the anomaly rules' `cuda_error` / `oom`): two relaxed atomic adds.
 fn count_api_error(code: i32) {
-    if let Some(a) = agent() {
+    if let Some(a) = shared() {
         a.counters.api_errors.fetch_add(1, Ordering::Relaxed);
         // CUDA_ERROR_OUT_OF_MEMORY (cuda.h) = cudaErrorMemoryAllocation (driver_types.h) = 2.
         if code == 2 {
@@ -191,7 +191,7 @@ pub fn scope_begin(name: &[u8]) -> i32 {
 /// scope domain and the stack has room, otherwise only counted for the return value. Returns
 /// the range's 0-based level within its domain, or [`NO_PUSH_POP_TRACKING`] when inactive.
 pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
-    let Some(a) = agent() else { return NO_PUSH_POP_TRACKING };
+    let Some(a) = shared() else { return NO_PUSH_POP_TRACKING };
     if !a.collecting.load(Ordering::Relaxed) {
         return NO_PUSH_POP_TRACKING;
     }
@@ -230,7 +230,7 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
 
 /// Queues the begin event (and pushes the external correlation id when `push`); returns its
 /// timestamp, CUPTI ns.
-fn begin_event(a: &Agent, id: ScopeId, parent: ScopeId, thread_id: u32, name: &[u8], push: bool) -> u64 {
+fn begin_event(a: &Shared, id: ScopeId, parent: ScopeId, thread_id: u32, name: &[u8], push: bool) -> u64 {
     let ts_ns = a.now_ns();
     if push {
         if let Some(api) = &a.api {
@@ -256,7 +256,7 @@ pub fn scope_end() -> i32 {
 /// thread (scope domains interleaved), it is taken out of the middle of the stack. Returns
 /// the closed range's level within its domain, or [`NO_PUSH_POP_TRACKING`].
 pub fn range_end(slot: usize) -> i32 {
-    let Some(a) = agent() else { return NO_PUSH_POP_TRACKING };
+    let Some(a) = shared() else { return NO_PUSH_POP_TRACKING };
     let slot = slot.min(DOMAIN_SLOTS - 1);
     SCOPES.with(|t| {
         let open = t.open[slot].get();

@@ -4,8 +4,9 @@
 //! Entry points ([`entry`], the only `unsafe` of this crate besides the hot-path FFI
 //! shims in [`hooks`]): the `LD_PRELOAD` constructor, `InitializeInjection` (the CUDA driver
 //! calls it for `CUDA_INJECTION64_PATH`) and `InitializeInjectionNvtx2` (every NVTX instance
-//! calls it for `NVTX_INJECTION64_PATH`). All three end in [`state::activate`], which is
-//! idempotent.
+//! calls it for `NVTX_INJECTION64_PATH`). All three end in [`lifecycle::activate_for`]
+//! (through [`entry::activate`]), which is idempotent; [`lifecycle`] holds the agent's life
+//! (activation, fork, finishing) as an explicit state machine.
 //!
 //! Data flow (DESIGN.md "Data flow"):
 //! - app threads: NVTX push/pop → [`hooks`] → a fixed-size `ScopeEvent` on a bounded
@@ -15,7 +16,7 @@
 //!   of the scope id;
 //! - CUPTI threads: buffer requested / completed → [`cupti_callbacks`] → the bounded buffer
 //!   pool and a bounded queue of completed buffers; no lock, no allocation;
-//! - the collector thread ([`collector`]): drains both queues, decodes each buffer once,
+//! - the collector thread ([`collector_thread`], state in [`collector`]): drains both queues, decodes each buffer once,
 //!   keeps scopes and records, and at exit (or [`flush_capture`]) joins them into a Kineto
 //!   trace written to `GPUSPAN_OUT/capture-<pid>.json.gz` ([`capture`]); as steps and requests
 //!   complete it assembles their span tree (`gpuspan_core::spans`) and hands spans and
@@ -31,19 +32,26 @@
 //! Who depends on it: the root crate `gpuspan` (Rust API facade), and every process it is
 //! injected into.
 
-pub mod capture;
-pub mod coarse;
-pub mod collector;
-pub mod config;
-pub mod control;
-pub mod cupti_callbacks;
-pub mod entry;
-pub mod hooks;
+// Modules from the bottom up: each imports only modules listed before it (no import
+// cycle; `tests/module_layers.rs` checks it).
 pub mod log;
+pub mod coarse;
+pub mod config;
 pub mod nvtx_domains;
 pub mod nvml;
-pub mod state;
+pub mod bounded;
+pub mod signals;
+pub mod shared;
 pub mod telemetry;
+pub mod hooks;
+pub mod cupti_callbacks;
+pub mod collector;
+pub mod capture;
 pub mod window;
+pub mod agent;
+pub mod control;
+pub mod collector_thread;
+pub mod lifecycle;
+pub mod entry;
 
-pub use state::{flush_capture, AgentStatus};
+pub use lifecycle::{flush_capture, AgentStatus};

@@ -3,7 +3,7 @@
 //! collector thread outside its lock, shut down (bounded) at exit.
 
 use crate::config::Config;
-use crate::state::Agent;
+use crate::shared::Shared;
 use gpuspan_core::spans::{ContextProblem, Finalized};
 use gpuspan_export::metrics::{Metrics, MetricsLabels, MetricsServer};
 use gpuspan_export::otlp::{OtlpMetrics, OtlpSettings, SpanPipeline};
@@ -161,7 +161,7 @@ impl Telemetry {
     }
 
     /// Refreshes the agent-counter metrics from `a`.
-    pub fn update_counters(&self, a: &Agent) {
+    pub fn update_counters(&self, a: &Shared) {
         let c = &a.counters;
         let otlp_dropped = self.spans.as_ref().map(|p| p.counters().dropped()).unwrap_or(0);
         self.metrics.set_agent_counters(
@@ -192,7 +192,7 @@ impl Telemetry {
     /// Exit: delivers queued spans within `timeout` (at most [`EXIT_FLUSH_TIMEOUT`]; what the
     /// exit budget leaves), reports spans lost to an unreachable endpoint in one line, and
     /// stops the metrics endpoint and the OTLP exporters' threads.
-    pub fn shutdown(&self, a: &Agent, timeout: Duration) {
+    pub fn shutdown(&self, a: &Shared, timeout: Duration) {
         let until = Instant::now() + timeout;
         if let Some(p) = &self.spans {
             p.shutdown(timeout.min(EXIT_FLUSH_TIMEOUT));

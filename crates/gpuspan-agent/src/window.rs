@@ -31,7 +31,9 @@
 //! One window at a time. All of it runs off the application's threads; the hot path only
 //! reads `fine_on` once per scope begin.
 
-use crate::state::Agent;
+use crate::collector::{Collector, Past};
+use crate::shared::Shared;
+use crate::telemetry::Telemetry;
 use gpuspan_core::activity::{ActivityRecord, GPUSPAN_EXTERNAL_KIND};
 use gpuspan_core::control::{window_state, CaptureRequest, WindowSize, WindowStatus};
 use gpuspan_core::join::ScopeTable;
@@ -45,27 +47,6 @@ use std::time::{Duration, Instant};
 /// Longest wait, once a window's last step has ended, for coarse timing to see its GPU
 /// work finish before CUPTI is flushed anyway.
 pub const GPU_WAIT: Duration = Duration::from_secs(10);
-
-/// Steps a window starts with when the flight recorder is on.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Past {
-    /// The recorder's ended steps, oldest first.
-    pub ended: Vec<ScopeId>,
-    /// Steps begun and not ended yet.
-    pub in_progress: Vec<ScopeId>,
-}
-
-impl Past {
-    /// How many steps.
-    pub fn len(&self) -> usize {
-        self.ended.len() + self.in_progress.len()
-    }
-
-    /// No step.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -136,7 +117,7 @@ impl Windows {
     /// that the window starts with (the request a rule matched).
     pub fn open(
         &self,
-        a: &Agent,
+        a: &Shared,
         req: &CaptureRequest,
         trigger: &str,
         past: &Past,
@@ -313,7 +294,7 @@ impl Windows {
     /// without the collector lock held; `cut_short` when the process is exiting with the
     /// window still open (what it holds so far is written). With a `deadline` (the exit
     /// budget) CUPTI's release, the lock, decoding and the write are all bounded by it.
-    pub fn close(&self, a: &'static Agent, cut_short: bool, deadline: Option<Instant>) {
+    pub fn close(&self, a: &'static Shared, collector: &Mutex<Collector>, telemetry: &Telemetry, cut_short: bool, deadline: Option<Instant>) {
         // The window leaves `current` here; `last` shows it (closing) until it is written,
         // so a status poll never sees an older window in between.
         let taken = self.inner.lock().ok().and_then(|mut g| {
@@ -348,25 +329,25 @@ impl Windows {
         match deadline {
             // At exit, CUPTI may wait on a lock of the thread that called exit: bounded.
             Some(d) => {
-                if crate::collector::run_bounded("gpuspan-cupti-release", d, release).is_none() {
+                if crate::bounded::run_bounded("gpuspan-cupti-release", d, release).is_none() {
                     a.counters.cupti_flush_timed_out.store(1, Ordering::Relaxed);
                 }
             }
             None => release(),
         }
         let locked = match deadline {
-            Some(d) => crate::collector::lock_until(a, d),
-            None => a.collector.lock().map_err(|_| "collector state poisoned".to_string()),
+            Some(d) => crate::bounded::lock_until(collector, d, "the collector state"),
+            None => collector.lock().map_err(|_| "collector state poisoned".to_string()),
         };
         let outcome = match locked {
             Ok(mut c) => {
                 match deadline {
                     Some(d) => {
-                        c.drain_until(a, d);
+                        c.drain_until(a, &crate::collector::NoObserver, d);
                     }
-                    None => c.drain(a),
+                    None => c.drain(a, &crate::collector::NoObserver),
                 }
-                let r = write(a, &mut c, &w, deadline);
+                let r = write(a, telemetry, &mut c, &w, deadline);
                 if !recorder {
                     c.records.clear();
                 }
@@ -437,7 +418,7 @@ fn is_unit(size: WindowSize, kind: &ScopeKind) -> bool {
 /// Subscribes CUPTI and enables the fine kinds (and the launch / copy / set / allocation
 /// API callbacks, which count failed calls and OOMs for the anomaly rules); on any failure
 /// CUPTI is left as found.
-pub(crate) fn subscribe(a: &Agent) -> Result<(), String> {
+pub(crate) fn subscribe(a: &Shared) -> Result<(), String> {
     let api = a.cupti()?;
     let mut slot = a.subscriber.lock().map_err(|_| "subscriber state poisoned".to_string())?;
     if slot.is_some() {
@@ -460,13 +441,13 @@ pub(crate) fn subscribe(a: &Agent) -> Result<(), String> {
     }
     *slot = Some(s);
     // CUPTI collects now: SIGTERM must not lose what it gathers.
-    crate::entry::install_sigterm_handler();
+    crate::signals::install_sigterm_handler();
     Ok(())
 }
 
 /// Writes the window's capture: only records whose scope lies in one of its units, and
 /// only those units' scopes and their ancestors. Returns (path, kernels, steps).
-fn write(a: &Agent, c: &mut crate::collector::Collector, w: &Window, deadline: Option<Instant>) -> Result<(PathBuf, u64, u64), String> {
+fn write(a: &Shared, telemetry: &Telemetry, c: &mut Collector, w: &Window, deadline: Option<Instant>) -> Result<(PathBuf, u64, u64), String> {
     let units: HashSet<ScopeId> = w.units.iter().copied().collect();
     let in_window = |id: ScopeId| -> bool {
         c.scopes.get(id).is_some_and(|s| {
@@ -504,6 +485,6 @@ fn write(a: &Agent, c: &mut crate::collector::Collector, w: &Window, deadline: O
         ("window_units".to_string(), w.units.len() as u64),
         ("window_steps".to_string(), steps),
     ];
-    let path = crate::capture::write_parts(a, &records, &scopes, &mut c.classifier, c.assembler.options().seed, &w.out_dir, &extra, deadline)?;
+    let path = crate::capture::write_parts(a, telemetry, &records, &scopes, &mut c.classifier, c.assembler.options().seed, &w.out_dir, &extra, deadline)?;
     Ok((path, kernels, steps))
 }

@@ -1,123 +1,56 @@
-//! The process-wide agent: created once by [`activate`], read by the hot path with one
-//! atomic load.
+//! The agent's lifecycle, as an explicit state machine per generation ([`Phase`]):
+//! activation (on the process's first CUDA initialisation, NVTX call or gpuspan API call),
+//! fork (a child of an activated process starts a fresh generation) and finishing (exit,
+//! SIGTERM, `flush_capture`). It builds the [`Agent`] and starts the agent's threads; the
+//! collector thread, the control socket and the windows get the agent as `&'static Agent`
+//! and never call back into this module (only `entry` does, above it).
+//!
+//! ```text
+//!   Dormant ──first trigger──▶ Activating ──ok──▶ Active ──finish──▶ Finishing ──▶ Finished
+//!                                  └──error / GPUSPAN_MODE=off──▶ Inactive
+//!   fork() of a process past Dormant: the child's next generation starts Dormant, and
+//!   only its own CUDA initialisation may activate it.
+//! ```
 
+use crate::agent::Agent;
 use crate::collector::Collector;
 use crate::config::{Config, Mode};
+use crate::shared::{generation, is_forked_child, realtime_ns, Counters, Shared, COMPLETED_QUEUE_CAP, GENERATIONS, SCOPE_QUEUE_CAP};
 use crossbeam::queue::ArrayQueue;
-use gpuspan_core::scope::ScopeEvent;
-use gpuspan_cupti::activity::{ActivityApi, Subscriber, BUFFER_DECLINE_MIN_VERSION};
+use gpuspan_cupti::activity::{ActivityApi, BUFFER_DECLINE_MIN_VERSION};
 use gpuspan_cupti::buffers::BufferPool;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-/// Capacity of the scope-event queue (events; each ≈ 290 bytes, so ≈ 4.6 MiB; the
-/// collector drains it every 5 ms).
-pub const SCOPE_QUEUE_CAP: usize = 1 << 14;
-/// Capacity of the completed-buffer queue; larger than any pool, so it never fills.
-pub const COMPLETED_QUEUE_CAP: usize = 1024;
-
-/// Counters of things lost, each reported in the capture and by [`AgentStatus`].
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Scope events dropped because the scope queue was full.
-    pub scope_events_dropped: AtomicU64,
-    /// Completed buffers dropped because the completed queue was full.
-    pub buffers_dropped: AtomicU64,
-    /// NVTX ranges of scope domains pushed beyond the per-thread stack (`hooks::MAX_DEPTH`).
-    pub nvtx_ranges_too_deep: AtomicU64,
-    /// 1 when SIGTERM ended collection early (the capture holds what came before it).
-    pub terminated_by_signal: AtomicU64,
-    /// Completed buffers our pool did not lend (another CUPTI activity client's): copied
-    /// (read only) into a pool buffer for decoding, never written or freed.
-    pub foreign_buffers: AtomicU64,
-    /// Bytes of foreign buffers beyond one pool buffer, not copied.
-    pub foreign_bytes_cut: AtomicU64,
-    /// Completed buffers left undecoded because the exit budget ran out.
-    pub buffers_unread_at_exit: AtomicU64,
-    /// 1 when CUPTI's last flush at exit did not return within the exit budget.
-    pub cupti_flush_timed_out: AtomicU64,
-    /// Records CUPTI reported dropped (`cuptiActivityGetNumDroppedRecords`).
-    pub cupti_records_dropped: AtomicU64,
-    /// Records dropped because the capture reached `max_records`.
-    pub records_over_limit: AtomicU64,
-    /// Records decoded.
-    pub records_decoded: AtomicU64,
-    /// GPU-work API calls that failed (seen by the CUPTI API callback while subscribed).
-    pub api_errors: AtomicU64,
-    /// Those that failed with `CUDA_ERROR_OUT_OF_MEMORY` (2, in both the driver's and the
-    /// runtime's enums).
-    pub api_ooms: AtomicU64,
+/// Where a generation's agent is in its life (see the module docs for the transitions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Nothing has asked for activation yet: no thread, no file, no output.
+    Dormant = 0,
+    /// A trigger is activating (loading CUPTI, starting threads).
+    Activating = 1,
+    /// Collecting.
+    Active = 2,
+    /// Activation failed or was turned off (the reason is in [`status`]).
+    Inactive = 3,
+    /// Finishing: flushing, writing the capture, stopping threads (exit budget).
+    Finishing = 4,
+    /// Finished: the capture (if any) is written; the hot path does nothing.
+    Finished = 5,
 }
 
-/// The live agent.
-pub struct Agent {
-    /// Configuration read at activation.
-    pub config: Config,
-    /// CUPTI; `None` in coarse mode when no usable CUPTI loaded (coarse timing needs only
-    /// the driver; fine windows then refuse).
-    pub api: Option<ActivityApi>,
-    /// Activity buffers lent to CUPTI.
-    pub pool: BufferPool,
-    /// May the buffer-requested callback decline (CUPTI API ≥ 27)?
-    pub allow_decline: bool,
-    /// Scope events from app threads.
-    pub scope_queue: ArrayQueue<ScopeEvent>,
-    /// Completed buffers `(address, valid_bytes)` from CUPTI threads.
-    pub completed_queue: ArrayQueue<(usize, usize)>,
-    /// Next scope id (also the external correlation id); starts at 1.
-    pub next_scope_id: AtomicU64,
-    /// Collection on: the hot path does nothing while false.
-    pub collecting: AtomicBool,
-    /// CUPTI is subscribed with the activity kinds enabled (fine mode, or a fine window in
-    /// coarse mode): the hot path pushes external correlation ids only while true.
-    pub fine_on: AtomicBool,
-    /// Coarse timing (coarse mode only).
-    pub coarse: Option<crate::coarse::Coarse>,
-    /// The CUPTI API callbacks count launches, so scope ends carry launch counts.
-    pub counting_launches: AtomicBool,
-    /// Loss counters.
-    pub counters: Counters,
-    /// The collector's state (scopes, records), shared with the exit path.
-    pub collector: Mutex<Collector>,
-    /// CUPTI subscriber slot we hold.
-    pub subscriber: Mutex<Option<Subscriber>>,
-    /// Span export, metrics.
-    pub telemetry: crate::telemetry::Telemetry,
-    /// Fine-capture windows (coarse mode).
-    pub windows: crate::window::Windows,
-    /// Capture triggers from the rules file (per-request and anomaly rules).
-    pub triggers: gpuspan_core::triggers::Triggers,
-    /// Steps the flight recorder keeps, when it holds CUPTI (coarse mode).
-    pub recorder_steps: std::sync::OnceLock<u64>,
-}
-
-impl Agent {
-    /// Now, ns, in the time domain of scope events and activity records: `cuptiGetTimestamp`
-    /// when CUPTI is loaded, else `CLOCK_REALTIME`, which is CUPTI's own source on Linux
-    /// (CUPTI-NOTES §2), so spans line up either way. Hot path: a vDSO clock read, no syscall.
-    #[inline]
-    pub fn now_ns(&self) -> u64 {
-        match &self.api {
-            Some(api) => api.timestamp_ns(),
-            None => realtime_ns(),
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            1 => Phase::Activating,
+            2 => Phase::Active,
+            3 => Phase::Inactive,
+            4 => Phase::Finishing,
+            5 => Phase::Finished,
+            _ => Phase::Dormant,
         }
     }
-
-    /// The CUPTI API version in use, 0 without CUPTI.
-    pub fn cupti_version(&self) -> u32 {
-        self.api.as_ref().map_or(0, |a| a.version())
-    }
-
-    /// CUPTI, or why there is none (for the callers that need it: fine windows).
-    pub fn cupti(&self) -> Result<&ActivityApi, String> {
-        self.api.as_ref().ok_or_else(|| "no CUPTI library was loaded (coarse timing runs without it; fine capture needs it)".to_string())
-    }
-}
-
-/// `CLOCK_REALTIME` in ns since the Unix epoch (0 before 1970).
-#[inline]
-pub fn realtime_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// One activation of the agent and what it made. A process has one; the `fork`ed child of
@@ -125,8 +58,9 @@ pub fn realtime_ns() -> u64 {
 /// child never touches the parent's CUPTI session, queues, threads or half-finished
 /// activation, and can activate cleanly on its own CUDA initialisation.
 struct Lifecycle {
-    /// Activation began (set before any work, so a fork during activation sees it).
-    started: AtomicBool,
+    /// Its [`Phase`] (set to `Activating` before any work, so a fork during activation sees
+    /// it).
+    phase: AtomicU8,
     /// The process that activated.
     pid: AtomicU64,
     activation: OnceLock<Result<(), String>>,
@@ -135,23 +69,29 @@ struct Lifecycle {
 
 impl Lifecycle {
     const fn new() -> Lifecycle {
-        Lifecycle { started: AtomicBool::new(false), pid: AtomicU64::new(0), activation: OnceLock::new(), agent: OnceLock::new() }
+        Lifecycle { phase: AtomicU8::new(Phase::Dormant as u8), pid: AtomicU64::new(0), activation: OnceLock::new(), agent: OnceLock::new() }
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
+
+    /// Moves `from` → `to`; false (nothing changed) when the phase was not `from`.
+    fn transition(&self, from: Phase, to: Phase) -> bool {
+        self.phase.compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 }
 
-/// Lifecycles for a process and the forked descendants that activate again; past the last
-/// one a descendant stays inactive.
-pub const LIFECYCLES: usize = 4;
-static LIFECYCLE: [Lifecycle; LIFECYCLES] = [const { Lifecycle::new() }; LIFECYCLES];
-/// Index of this process's lifecycle.
-static GENERATION: AtomicUsize = AtomicUsize::new(0);
-/// This process is the forked child of one whose agent had started: only the CUDA driver's
-/// `InitializeInjection` (this process initialising CUDA itself) may activate here.
-static FORKED_CHILD: AtomicBool = AtomicBool::new(false);
+static LIFECYCLE: [Lifecycle; GENERATIONS] = [const { Lifecycle::new() }; GENERATIONS];
 
 #[inline]
 fn lifecycle() -> Option<&'static Lifecycle> {
-    LIFECYCLE.get(GENERATION.load(Ordering::Acquire))
+    LIFECYCLE.get(generation())
+}
+
+/// This generation's phase ([`Phase::Dormant`] past the last generation).
+pub fn phase() -> Phase {
+    lifecycle().map_or(Phase::Dormant, |l| l.phase())
 }
 
 /// What the `pthread_atfork` child handler does (`entry`): if this process's agent had
@@ -160,9 +100,8 @@ fn lifecycle() -> Option<&'static Lifecycle> {
 /// only: async-signal-safe, no allocation, no lock, so a fork in the middle of activation
 /// cannot leave the child waiting for it.
 pub fn on_fork_child() {
-    if lifecycle().is_some_and(|l| l.started.load(Ordering::Acquire)) {
-        GENERATION.fetch_add(1, Ordering::AcqRel);
-        FORKED_CHILD.store(true, Ordering::Release);
+    if lifecycle().is_some_and(|l| l.phase() != Phase::Dormant) {
+        crate::shared::enter_next_generation();
     }
 }
 
@@ -172,12 +111,8 @@ pub fn in_activating_process() -> bool {
     lifecycle().is_some_and(|l| l.pid.load(Ordering::Relaxed) == std::process::id() as u64)
 }
 
-/// True in the forked child of a process whose agent had started (see [`on_fork_child`]).
-pub fn is_forked_child() -> bool {
-    FORKED_CHILD.load(Ordering::Acquire)
-}
-
-/// The agent if active: two atomic loads (hot path).
+/// The agent if this generation activated one (the hot path uses
+/// [`crate::shared::shared`] instead).
 #[inline]
 pub fn agent() -> Option<&'static Agent> {
     lifecycle()?.agent.get()
@@ -186,6 +121,8 @@ pub fn agent() -> Option<&'static Agent> {
 /// A snapshot of the agent's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentStatus {
+    /// Where the agent is in its life.
+    pub phase: Phase,
     /// Why the agent is inactive, or `None` when collecting.
     pub inactive_reason: Option<String>,
     /// CUPTI API version in use (0 when inactive).
@@ -200,18 +137,21 @@ pub struct AgentStatus {
 pub fn status() -> AgentStatus {
     match (lifecycle().and_then(|l| l.activation.get()), agent()) {
         (_, Some(a)) => AgentStatus {
+            phase: phase(),
             inactive_reason: None,
             cupti_version: a.cupti_version(),
             records_decoded: a.counters.records_decoded.load(Ordering::Relaxed),
             scope_events_dropped: a.counters.scope_events_dropped.load(Ordering::Relaxed),
         },
         (Some(Err(e)), None) => AgentStatus {
+            phase: phase(),
             inactive_reason: Some(e.clone()),
             cupti_version: 0,
             records_decoded: 0,
             scope_events_dropped: 0,
         },
         _ => AgentStatus {
+            phase: phase(),
             inactive_reason: Some("not activated".into()),
             cupti_version: 0,
             records_decoded: 0,
@@ -243,31 +183,31 @@ pub enum Trigger {
 /// the agent is inactive and returns the reason. In the forked child of a process whose
 /// agent had started, only [`Trigger::Cuda`] activates (the child initialising CUDA itself);
 /// NVTX and API calls there find the agent inactive, without a warning.
+///
+/// The caller (`entry`) registers the fork and exit handlers around it.
 pub fn activate_for(trigger: Trigger) -> Result<(), String> {
     let Some(l) = lifecycle() else {
-        return Err(format!("more than {} generations of forked processes activated", LIFECYCLES - 1));
+        return Err(format!("more than {} generations of forked processes activated", GENERATIONS - 1));
     };
     if is_forked_child() && trigger != Trigger::Cuda && l.activation.get().is_none() {
         return Err("in a forked child that has not initialised CUDA itself".into());
     }
     l.activation
         .get_or_init(|| {
-            crate::entry::register_fork_handler();
-            l.started.store(true, Ordering::Release);
+            l.transition(Phase::Dormant, Phase::Activating);
             l.pid.store(std::process::id() as u64, Ordering::Relaxed);
             crate::log::init_from_env();
             let r = activate_inner(l);
-            if let Err(e) = &r {
-                crate::log::warn(&format!("inactive: {e}"));
-            }
+            match &r {
+                Ok(()) => l.transition(Phase::Activating, Phase::Active),
+                Err(e) => {
+                    crate::log::warn(&format!("inactive: {e}"));
+                    l.transition(Phase::Activating, Phase::Inactive)
+                }
+            };
             r
         })
         .clone()
-}
-
-/// [`activate_for`] the CUDA driver's injection (the trigger that works everywhere).
-pub fn activate() -> Result<(), String> {
-    activate_for(Trigger::Cuda)
 }
 
 /// Span options: the budget from the configuration, and the CUPTI → Unix clock offset
@@ -324,7 +264,7 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
     let triggers = crate::collector::load_triggers(&config);
     let telemetry = crate::telemetry::Telemetry::start(&config);
     let spans = span_options(&config, api.as_ref(), telemetry.spans.is_some());
-    let agent = Agent {
+    let shared = Shared {
         pool: BufferPool::new(config.buffer_bytes, config.max_buffers),
         allow_decline,
         scope_queue: ArrayQueue::new(SCOPE_QUEUE_CAP),
@@ -335,23 +275,20 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
         coarse,
         counting_launches: AtomicBool::new(false),
         counters: Counters::default(),
-        collector: Mutex::new({
-            let mut c = Collector::new(rules, spans);
-            c.detector = gpuspan_core::triggers::AnomalyDetector::new(triggers.anomaly.clone());
-            c
-        }),
         subscriber: Mutex::new(subscriber),
-        telemetry,
-        windows: crate::window::Windows::new(),
         triggers,
         recorder_steps: std::sync::OnceLock::new(),
         config,
         api,
     };
+    let mut collector = Collector::new(rules, spans);
+    collector.detector = gpuspan_core::triggers::AnomalyDetector::new(shared.triggers.anomaly.clone());
+    let agent = Agent { shared, collector: Mutex::new(collector), windows: crate::window::Windows::new(), telemetry };
     if l.agent.set(agent).is_err() {
         return Ok(());
     }
-    let a = l.agent.get().expect("just set");
+    let a: &'static Agent = l.agent.get().expect("just set");
+    crate::shared::publish(&a.shared);
     if a.config.mode == Mode::Coarse {
         if let Some(n) = a.config.flight_recorder.or(a.triggers.flight_recorder_steps) {
             match crate::window::subscribe(a) {
@@ -364,9 +301,8 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
             }
         }
         a.collecting.store(true, Ordering::Release);
-        crate::collector::start_thread();
-        crate::control::start();
-        crate::entry::register_exit_handler();
+        crate::collector_thread::start_thread(a);
+        crate::control::start(a);
         let timing = match &a.coarse.as_ref().and_then(|c| c.events.as_ref()) {
             Some(ev) => format!("CUDA events from {}", ev.loaded_from),
             None => "CPU times (no CUDA driver)".into(),
@@ -402,10 +338,9 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
     }
     a.fine_on.store(true, Ordering::Release);
     a.collecting.store(true, Ordering::Release);
-    crate::entry::install_sigterm_handler();
-    crate::collector::start_thread();
-    crate::control::start();
-    crate::entry::register_exit_handler();
+    crate::signals::install_sigterm_handler();
+    crate::collector_thread::start_thread(a);
+    crate::control::start(a);
     crate::log::info(&format!(
         "fine mode on: CUPTI API {} from {}",
         api.version(),
@@ -418,9 +353,14 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
 /// does). Returns the capture path, or why nothing was written. Idempotent: a second call
 /// returns the same path without writing again.
 pub fn flush_capture() -> Result<std::path::PathBuf, String> {
-    let a = agent().ok_or_else(|| status().inactive_reason.unwrap_or_default())?;
+    let (Some(l), Some(a)) = (lifecycle(), agent()) else {
+        return Err(status().inactive_reason.unwrap_or_default());
+    };
     if !in_activating_process() {
         return Err("in a forked child of the profiled process: the capture belongs to the parent".into());
     }
-    crate::collector::finish(a)
+    l.transition(Phase::Active, Phase::Finishing);
+    let r = crate::collector_thread::finish(a);
+    l.transition(Phase::Finishing, Phase::Finished);
+    r
 }
