@@ -5,6 +5,7 @@
 //! `libgpuspan.so`, `libgpuspan_simgpu.so`); `scripts/test.sh` builds them first.
 
 mod capture;
+mod classify;
 mod cli_errors;
 mod coarse;
 mod control;

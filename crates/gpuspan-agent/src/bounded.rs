@@ -51,3 +51,47 @@ pub fn lock_until<'a, T>(m: &'a Mutex<T>, until: Instant, what: &str) -> Result<
         }
     }
 }
+
+/// The exit budget (`GPUSPAN_EXIT_BUDGET`) of one finish (`collector_thread::finish`), in phases: the agent's threads
+/// stop within the first quarter, CUPTI hands over its last buffers by three eighths,
+/// decoding, coarse events and spans are done by half ([`ExitBudget::collect_deadline`]),
+/// and the capture write stops at [`ExitBudget::deadline`]. A phase that overruns (a thread
+/// or CUPTI stuck on a lock of the thread that called `exit`) costs only its own share.
+#[derive(Debug, Clone, Copy)]
+pub struct ExitBudget {
+    start: Instant,
+    total: Duration,
+}
+
+impl ExitBudget {
+    /// A budget of `total` starting now.
+    pub fn start(total: Duration) -> ExitBudget {
+        ExitBudget { start: Instant::now(), total }
+    }
+    /// When the agent's threads must have stopped: a quarter of the budget (a thread stuck
+    /// in a CUDA / CUPTI call is left behind then).
+    pub fn threads_deadline(&self) -> Instant {
+        self.start + self.total / 4
+    }
+    /// When CUPTI must have handed over its last buffers: three eighths of the budget.
+    pub fn cupti_deadline(&self) -> Instant {
+        self.start + self.total * 3 / 8
+    }
+    /// When collecting (threads, CUPTI, decoding, spans) must be done: half the budget.
+    pub fn collect_deadline(&self) -> Instant {
+        self.start + self.total / 2
+    }
+    /// When everything must be done.
+    pub fn deadline(&self) -> Instant {
+        self.start + self.total
+    }
+    /// Time left until `until`, zero when past.
+    pub fn left(until: Instant) -> Duration {
+        until.saturating_duration_since(Instant::now())
+    }
+    /// Milliseconds since the start.
+    pub fn elapsed_ms(&self) -> u128 {
+        self.start.elapsed().as_millis()
+    }
+}
+

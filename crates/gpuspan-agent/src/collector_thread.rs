@@ -4,7 +4,7 @@
 //! and notices SIGTERM; [`finish`] stops it and everything else within the exit budget.
 
 use crate::agent::Agent;
-use crate::bounded::{join_until, lock_until, run_bounded};
+use crate::bounded::{join_until, lock_until, run_bounded, ExitBudget};
 use crate::collector::{Collector, DrainLimit, ScopeObserver};
 use gpuspan_core::scope::{ScopeEvent, ScopeId};
 use gpuspan_core::spans::Finalized;
@@ -275,49 +275,6 @@ fn report_coarse_fallbacks(a: &Agent) {
     }
 }
 
-/// The exit budget (`GPUSPAN_EXIT_BUDGET`) of one [`finish`], in phases: the agent's threads
-/// stop within the first quarter, CUPTI hands over its last buffers by three eighths,
-/// decoding, coarse events and spans are done by half ([`ExitBudget::collect_deadline`]),
-/// and the capture write stops at [`ExitBudget::deadline`]. A phase that overruns (a thread
-/// or CUPTI stuck on a lock of the thread that called `exit`) costs only its own share.
-#[derive(Debug, Clone, Copy)]
-pub struct ExitBudget {
-    start: Instant,
-    total: Duration,
-}
-
-impl ExitBudget {
-    /// A budget of `total` starting now.
-    pub fn start(total: Duration) -> ExitBudget {
-        ExitBudget { start: Instant::now(), total }
-    }
-    /// When the agent's threads must have stopped: a quarter of the budget (a thread stuck
-    /// in a CUDA / CUPTI call is left behind then).
-    pub fn threads_deadline(&self) -> Instant {
-        self.start + self.total / 4
-    }
-    /// When CUPTI must have handed over its last buffers: three eighths of the budget.
-    pub fn cupti_deadline(&self) -> Instant {
-        self.start + self.total * 3 / 8
-    }
-    /// When collecting (threads, CUPTI, decoding, spans) must be done: half the budget.
-    pub fn collect_deadline(&self) -> Instant {
-        self.start + self.total / 2
-    }
-    /// When everything must be done.
-    pub fn deadline(&self) -> Instant {
-        self.start + self.total
-    }
-    /// Time left until `until`, zero when past.
-    pub fn left(until: Instant) -> Duration {
-        until.saturating_duration_since(Instant::now())
-    }
-    /// Milliseconds since the start.
-    pub fn elapsed_ms(&self) -> u128 {
-        self.start.elapsed().as_millis()
-    }
-}
-
 /// Stops collection, flushes CUPTI (complete records first, then a forced flush for the
 /// rest), disables the activity kinds, releases the CUPTI subscriber, stops the agent's
 /// threads (collector, control socket, NVML sampler, OTLP export) and writes the capture,
@@ -341,7 +298,10 @@ pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
             Err(std::sync::TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
         }
     };
-    if let Some((written, finished)) = lock_until(&a.collector, budget.collect_deadline(), "the collector state").ok().map(|c| (c.written.clone(), c.finished)) {
+    // The collector thread lets go of its state at once when told to stop (it may be in
+    // the middle of a large drain), so stop it before looking.
+    STOP.store(true, Ordering::Release);
+    if let Some((written, finished)) = lock_until(&a.collector, budget.threads_deadline(), "the collector state").ok().map(|c| (c.written.clone(), c.finished)) {
         match written {
             Some(p) => return Ok(p),
             None if finished => return Err(NO_COARSE_CAPTURE.into()),
@@ -349,7 +309,6 @@ pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
         }
     }
     let collect_by = budget.collect_deadline();
-    STOP.store(true, Ordering::Release);
     if let Some(h) = THREAD.lock().ok().and_then(|mut g| g.take()) {
         if !join_until(h, budget.threads_deadline()) {
             crate::log::warn("the collector thread did not stop within the exit budget");
@@ -360,7 +319,7 @@ pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
     let t_threads = budget.elapsed_ms();
     a.collecting.store(false, Ordering::Release);
     if a.windows.is_active() {
-        a.windows.close(a, &a.collector, &a.telemetry, true, Some(budget.deadline()));
+        a.windows.close(a, &a.collector, &a.telemetry, true, Some(&budget));
     }
     // CUPTI may wait for a lock held by the thread that called exit (a signal handler that
     // interrupted it inside a CUDA call): bounded, and what it does not hand over in time is

@@ -1,8 +1,10 @@
 //! `gpuspan-agent`: the gpuspan agent that runs inside an inference worker (built into
 //! `libgpuspan.so` by the root package, whose `src/lib.rs` holds the `extern "C"` symbols).
 //!
-//! Entry points ([`entry`], the only `unsafe` of this crate besides the hot-path FFI
-//! shims in [`hooks`]): the `LD_PRELOAD` constructor, `InitializeInjection` (the CUDA driver
+//! Entry points ([`entry`]; with the SIGTERM handler in [`signals`], the CUPTI callbacks
+//! in [`cupti_callbacks`], the buffer decode in [`collector`] and the hot-path FFI shims in
+//! [`hooks`], the only `unsafe` of this
+//! crate): the `LD_PRELOAD` constructor, `InitializeInjection` (the CUDA driver
 //! calls it for `CUDA_INJECTION64_PATH`) and `InitializeInjectionNvtx2` (every NVTX instance
 //! calls it for `NVTX_INJECTION64_PATH`). All three end in [`lifecycle::activate_for`]
 //! (through [`entry::activate`]), which is idempotent; [`lifecycle`] holds the agent's life

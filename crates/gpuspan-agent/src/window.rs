@@ -292,9 +292,9 @@ impl Windows {
 
     /// Closes the current window (module docs, step 4). Called by the collector thread
     /// without the collector lock held; `cut_short` when the process is exiting with the
-    /// window still open (what it holds so far is written). With a `deadline` (the exit
-    /// budget) CUPTI's release, the lock, decoding and the write are all bounded by it.
-    pub fn close(&self, a: &'static Shared, collector: &Mutex<Collector>, telemetry: &Telemetry, cut_short: bool, deadline: Option<Instant>) {
+    /// window still open (what it holds so far is written). With an exit `budget`, CUPTI's
+    /// release, the lock and decoding, and the write each stop at their phase's deadline.
+    pub fn close(&self, a: &'static Shared, collector: &Mutex<Collector>, telemetry: &Telemetry, cut_short: bool, budget: Option<&crate::bounded::ExitBudget>) {
         // The window leaves `current` here; `last` shows it (closing) until it is written,
         // so a status poll never sees an older window in between.
         let taken = self.inner.lock().ok().and_then(|mut g| {
@@ -326,28 +326,28 @@ impl Windows {
                 }
             }
         };
-        match deadline {
+        match budget {
             // At exit, CUPTI may wait on a lock of the thread that called exit: bounded.
-            Some(d) => {
-                if crate::bounded::run_bounded("gpuspan-cupti-release", d, release).is_none() {
+            Some(b) => {
+                if crate::bounded::run_bounded("gpuspan-cupti-release", b.cupti_deadline(), release).is_none() {
                     a.counters.cupti_flush_timed_out.store(1, Ordering::Relaxed);
                 }
             }
             None => release(),
         }
-        let locked = match deadline {
-            Some(d) => crate::bounded::lock_until(collector, d, "the collector state"),
+        let locked = match budget {
+            Some(b) => crate::bounded::lock_until(collector, b.collect_deadline(), "the collector state"),
             None => collector.lock().map_err(|_| "collector state poisoned".to_string()),
         };
         let outcome = match locked {
             Ok(mut c) => {
-                match deadline {
-                    Some(d) => {
-                        c.drain_until(a, &crate::collector::NoObserver, d);
+                match budget {
+                    Some(b) => {
+                        c.drain_until(a, &crate::collector::NoObserver, b.collect_deadline());
                     }
                     None => c.drain(a, &crate::collector::NoObserver),
                 }
-                let r = write(a, telemetry, &mut c, &w, deadline);
+                let r = write(a, telemetry, &mut c, &w, budget.map(|b| b.deadline()));
                 if !recorder {
                     c.records.clear();
                 }

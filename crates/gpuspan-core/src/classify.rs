@@ -4,7 +4,9 @@
 //! 1. the innermost enclosing scope whose name is a stage (`attention.spatial`,
 //!    `attention.temporal`, `attention.cross`, `ffn`, `norm`, `vae.decode`) decides;
 //! 2. otherwise the kernel-name rules (data: `rules/stages.toml`, overridable) give a class:
-//!    `attention`, `gemm`, `norm`, `elementwise`, else `other`;
+//!    `moe`, `communication`, `attention`, `norm`, `embedding`, `conv`, `gemm`, `optimizer`,
+//!    `sort`, `elementwise`, else `other` (the file says which names each takes, and why in
+//!    that order);
 //! 3. memcpy and memset are `memcpy` / `memset` by kind.
 //!
 //! Name rules are matched once per distinct kernel name and cached ([`Classifier`]), never
@@ -147,6 +149,49 @@ mod tests {
         assert_eq!(r.class_of("void at::native::vectorized_elementwise_kernel<4, ...>"), "elementwise");
         assert_eq!(r.class_of("void cunn_SoftMaxForward<4, float>"), "attention");
         assert_eq!(r.class_of("some_unknown_kernel"), "other");
+    }
+
+    #[test]
+    fn builtin_rules_cover_what_workers_that_announce_nothing_run() {
+        let r = StageRules::builtin();
+        for (name, class) in [
+            // NCCL (a100 fixture), NCCL 2.19+ device kernels, vLLM's custom all-reduce.
+            ("ncclKernel_SendRecv_RING_SIMPLE_Sum_int8_t(ncclWorkElem)", "communication"),
+            ("ncclDevKernel_AllGather_RING_LL(ncclDevKernelArgsStorage<4096ul>)", "communication"),
+            ("void vllm::cross_device_reduce_1stage<__nv_bfloat16, 8>", "communication"),
+            // cuDNN convolutions (v100 fixture) and implicit-GEMM fprop (H100 VAE decode).
+            ("void cudnn::detail::dgrad_engine<float, 512, 6, 5, 3, 3, 3, false>", "conv"),
+            ("void cudnn::cnn::wgrad_alg0_engine<float, 128, 6, 7, 3, 3, 5, false, 512>", "conv"),
+            ("volta_scudnn_128x64_relu_interior_nn_v1", "conv"),
+            ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "conv"),
+            ("void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16, __nv_bfloat16, float, false, true>", "conv"),
+            // cuDNN batch norm (v100 fixture), layer-norm backward (a100 fixture).
+            ("void cudnn::bn_fw_tr_1C11_kernel_NCHW<float, float, 512, true, 1>", "norm"),
+            ("void cudnn::bn_bw_1C11_kernel_new<float, float, float2, 512, true, 1>", "norm"),
+            ("void at::native::(anonymous namespace)::GammaBetaBackwardCUDAKernel<float, float>", "norm"),
+            // Blackwell batched GEMM, MoE routing, rotary embeddings.
+            ("bmm_E4m3E4m3_Fp32_t128x128x128_tmem_cga1x1x1", "gemm"),
+            ("fused_moe_kernel", "moe"),
+            ("void vllm::moe::topkGatingSoftmax<8, 128>", "moe"),
+            ("void vllm::rotary_embedding_kernel<c10::BFloat16, true>", "attention"),
+            // torch.compile (Inductor) Triton kernels, by the ops their names list.
+            ("triton_poi_fused_add_mul_0", "elementwise"),
+            ("triton_red_fused_native_layer_norm_0", "norm"),
+            ("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0", "norm"),
+            ("triton_per_fused__softmax_1", "attention"),
+            ("triton_tem_fused_mm_0", "gemm"),
+            ("triton_tem_fused_convolution_0", "conv"),
+            // FBGEMM embeddings, fused optimizers, CUB sorts (a100 fixture).
+            ("void split_embedding_codegen_forward_unweighted_kernel<float, float, float, long, 2ul>", "embedding"),
+            ("void multi_tensor_apply_kernel<TensorListMetadata<4>, AdamFunctor<float>, float>", "optimizer"),
+            ("void cub::DeviceRadixSortOnesweepKernel<cub::DeviceRadixSortPolicy<long, int, int>::Policy800>", "sort"),
+            ("void at::native::(anonymous namespace)::CatArrayBatchedCopy<float, unsigned int, 2, 128, 1>", "elementwise"),
+            // A type conversion is not a convolution; a lambda is not an optimizer.
+            ("void at::native::vectorized_elementwise_kernel<4, at::native::convert_kernel>", "elementwise"),
+            ("void at::native::unrolled_elementwise_kernel<at::native::{lambda()#1}>", "elementwise"),
+        ] {
+            assert_eq!(r.class_of(name), class, "{name}");
+        }
     }
 
     #[test]

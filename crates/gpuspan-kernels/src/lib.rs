@@ -44,8 +44,8 @@ pub struct KernelInfo {
     /// Source file under `kernels/` that defines it.
     pub source: &'static str,
     /// Class its name gets from gpuspan's built-in name rules when no stage scope encloses it
-    /// (`crates/gpuspan-core/rules/stages.toml`): `attention`, `gemm`, `norm` or `other`.
-    /// The convolution is `other` by name and becomes `vae.decode` under that scope.
+    /// (`crates/gpuspan-core/rules/stages.toml`): `attention`, `gemm`, `norm`, `conv` or
+    /// `other`. The convolution is `conv` by name and becomes `vae.decode` under that scope.
     pub name_class: &'static str,
 }
 
@@ -63,7 +63,7 @@ pub const KERNELS: [KernelInfo; 9] = [
     KernelInfo { name: "gemm_bf16_bias", source: "ffn.cu", name_class: "gemm" },
     KernelInfo { name: "gemm_bf16_bias_gelu", source: "ffn.cu", name_class: "gemm" },
     KernelInfo { name: "layer_norm_bf16", source: "layer_norm.cu", name_class: "norm" },
-    KernelInfo { name: "vae_conv3d_k3_bf16", source: "conv3d.cu", name_class: "other" },
+    KernelInfo { name: "vae_conv3d_k3_bf16", source: "conv3d.cu", name_class: "conv" },
 ];
 
 #[cfg(test)]

@@ -557,7 +557,7 @@ mod tests {
             StageRules::builtin().class_of("void at::native::vectorized_elementwise_kernel<4, ...>"),
             "elementwise"
         );
-        assert_eq!(StageRules::builtin().class_of("cask_cudnn::computeOffsetsKernel"), "other");
+        assert_eq!(StageRules::builtin().class_of("cask_cudnn::computeOffsetsKernel"), "conv");
         assert_eq!(StageRules::builtin().class_of(""), "other");
     }
 

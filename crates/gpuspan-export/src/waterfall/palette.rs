@@ -19,7 +19,8 @@ pub struct StageStyle {
     pub symbol: char,
 }
 
-/// Fixed (stage, colour, symbol) for the DESIGN.md stages and classes.
+/// Fixed (stage, colour, symbol) for the DESIGN.md stages and the built-in rules' classes
+/// (`gpuspan-core/rules/stages.toml`).
 const KNOWN: &[(&str, &str, char)] = &[
     ("attention.spatial", "#4e79a7", 'S'),
     ("attention.temporal", "#59a14f", 'T'),
@@ -29,6 +30,12 @@ const KNOWN: &[(&str, &str, char)] = &[
     ("gemm", "#edc948", 'G'),
     ("norm", "#e15759", 'N'),
     ("elementwise", "#9c755f", 'E'),
+    ("conv", "#d37295", 'K'),
+    ("communication", "#499894", 'C'),
+    ("embedding", "#86bcb6", 'D'),
+    ("optimizer", "#b6992d", 'O'),
+    ("sort", "#d4a6c8", 'R'),
+    ("moe", "#8f6b9e", 'Q'),
     ("vae.decode", "#ff9da7", 'V'),
     ("memcpy", "#bab0ac", 'M'),
     ("memset", "#8cd17d", 'Z'),
@@ -36,10 +43,7 @@ const KNOWN: &[(&str, &str, char)] = &[
 ];
 
 /// Colours for stages outside [`KNOWN`], in order of appearance.
-const SPARE: &[&str] = &[
-    "#a0cbe8", "#ffbe7d", "#d4a6c8", "#86bcb6", "#b6992d", "#499894", "#d37295", "#fabfd2",
-    "#8f6b9e", "#6b8e23",
-];
+const SPARE: &[&str] = &["#a0cbe8", "#ffbe7d", "#fabfd2", "#6b8e23", "#c49c94", "#17becf", "#bcbd22", "#aec7e8"];
 
 /// Fallback characters once a stage's own letters are taken.
 const FALLBACK_SYMBOLS: &str = "0123456789#@%&*+=?!~^$";
