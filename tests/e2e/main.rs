@@ -22,6 +22,7 @@ mod otlp_outage;
 mod prometheus;
 mod python_api;
 mod replay;
+mod steps_auto;
 mod triggers;
 mod util;
 mod waterfall;

@@ -21,20 +21,23 @@ const TOP_KERNELS: usize = 15;
 const WIDTH: usize = 100;
 
 /// Runs `gpuspan stats`: reads `file` (a trace, or a directory of them merged) with
-/// [`gpuspan_export::read_captures`] and prints its
+/// [`gpuspan_export::read_captures`], takes its steps as `steps` says
+/// ([`crate::steps_arg`]; the JSON then carries `step_detection`) and prints its
 /// statistics to stdout, as pretty JSON when `json` is set, else as a table.
 ///
 /// Exit status: 0 on success; 2 when the file cannot be read, after one line
 /// `gpuspan: <error>` on stderr (the error names the file and what is wrong).
-pub fn run(file: &Path, json: bool) -> ExitCode {
-    let trace = match gpuspan_export::read_captures(file) {
+pub fn run(file: &Path, json: bool, steps: Option<crate::steps_arg::StepsMode>) -> ExitCode {
+    let mut trace = match gpuspan_export::read_captures(file) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("gpuspan: {e}");
             return ExitCode::from(2);
         }
     };
-    let stats = stats::compute(&trace, &file.display().to_string());
+    let detection = crate::steps_arg::prepare(&mut trace, steps, file);
+    let mut stats = stats::compute(&trace, &file.display().to_string());
+    stats.step_detection = detection;
     let out = if json {
         match serde_json::to_string_pretty(&stats) {
             Ok(s) => s,
@@ -405,7 +408,7 @@ mod tests {
 
     #[test]
     fn unreadable_file_exits_2() {
-        assert_eq!(run(Path::new("/nonexistent/trace.json.gz"), true), ExitCode::from(2));
+        assert_eq!(run(Path::new("/nonexistent/trace.json.gz"), true, None), ExitCode::from(2));
     }
 
     // ---- The real traces of ../shared/fixtures/traces against plain, independent

@@ -25,14 +25,15 @@ const WIDTH: usize = 80;
 ///
 /// Exit status: 0 on success; 2 after one line `gpuspan: <error>` on stderr when the file
 /// cannot be read, `step` is out of range, or the page cannot be written.
-pub fn run(file: &Path, step: Option<usize>, html: Option<&Path>) -> ExitCode {
-    let trace = match gpuspan_export::read_captures(file) {
+pub fn run(file: &Path, step: Option<usize>, html: Option<&Path>, steps: Option<crate::steps_arg::StepsMode>) -> ExitCode {
+    let mut trace = match gpuspan_export::read_captures(file) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("gpuspan: {e}");
             return ExitCode::from(2);
         }
     };
+    crate::steps_arg::prepare(&mut trace, steps, file);
     let w = Waterfall::from_trace(&trace, &file.display().to_string());
     drop(trace);
     if let Some(n) = step.filter(|&n| n >= w.steps.len()) {
@@ -103,7 +104,7 @@ mod tests {
     #[test]
     fn unreadable_file_exits_2() {
         assert_eq!(
-            run(Path::new("/nonexistent/trace.json.gz"), None, None),
+            run(Path::new("/nonexistent/trace.json.gz"), None, None, None),
             ExitCode::from(2)
         );
     }

@@ -22,6 +22,7 @@ mod cmd_run;
 mod cmd_stats;
 mod cmd_status;
 mod cmd_waterfall;
+mod steps_arg;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -77,6 +78,10 @@ enum Command {
         /// Print the DESIGN.md JSON object instead of tables.
         #[arg(long)]
         json: bool,
+        /// Where steps come from: `scopes` (the trace's step ranges) or `auto` (detected
+        /// from the repeating kernel sequence). Default: auto when the trace names no steps.
+        #[arg(long, value_enum)]
+        steps: Option<steps_arg::StepsMode>,
     },
     /// Per-step kernel waterfall: one row per stream, bars coloured by stage.
     Waterfall {
@@ -88,6 +93,10 @@ enum Command {
         /// Write a self-contained HTML waterfall of every step to OUT instead.
         #[arg(long)]
         html: Option<PathBuf>,
+        /// Where steps come from: `scopes` (the trace's step ranges) or `auto` (detected
+        /// from the repeating kernel sequence). Default: auto when the trace names no steps.
+        #[arg(long, value_enum)]
+        steps: Option<steps_arg::StepsMode>,
     },
     /// What got slower from A to B: per stage, per kernel, per step.
     Diff {
@@ -101,6 +110,10 @@ enum Command {
         /// Exit 1 when a stage slowed by more than PCT percent (CI gates, canaries).
         #[arg(long, value_name = "PCT")]
         fail_over: Option<f64>,
+        /// Where steps come from: `scopes` (the trace's step ranges) or `auto` (detected
+        /// from the repeating kernel sequence). Default: auto when the trace names no steps.
+        #[arg(long, value_enum)]
+        steps: Option<steps_arg::StepsMode>,
     },
     /// Opens a fine-capture window in a running worker (coarse mode) and waits, with a
     /// progress bar, until its capture is written.
@@ -144,9 +157,9 @@ fn main() -> ExitCode {
         Command::Demo { out, steps } => cmd_run::demo(&out, steps),
         Command::Run { mode, out, sim, cmd } => cmd_run::run(&cmd, &mode, &out, sim, None),
         Command::Replay { trace, out } => cmd_run::replay(&trace, &out),
-        Command::Stats { file, json } => cmd_stats::run(&file, json),
-        Command::Waterfall { file, step, html } => cmd_waterfall::run(&file, step, html.as_deref()),
-        Command::Diff { a, b, json, fail_over } => cmd_diff::run(&a, &b, json, fail_over),
+        Command::Stats { file, json, steps } => cmd_stats::run(&file, json, steps),
+        Command::Waterfall { file, step, html, steps } => cmd_waterfall::run(&file, step, html.as_deref(), steps),
+        Command::Diff { a, b, json, fail_over, steps } => cmd_diff::run(&a, &b, json, fail_over, steps),
         Command::Status { pid, json } => cmd_status::run(pid, json),
         Command::Capture { pid, steps, duration, requests, out } => {
             cmd_capture::run(pid, cmd_capture::size(steps, duration.as_deref(), requests), out.as_deref())

@@ -36,6 +36,7 @@ pub mod join;
 pub mod scope;
 pub mod spans;
 pub mod stats;
+pub mod step_detect;
 pub mod trace;
 pub mod triggers;
 

@@ -108,6 +108,10 @@ pub struct Stats {
     /// Memcpy / memset per kind, by `total_us` descending.
     #[serde(default)]
     pub memcpy: Vec<MemcpyStats>,
+    /// When the steps were detected from the kernel stream (`--steps auto`) rather than
+    /// read from the trace's ranges: what was found ([`crate::step_detect::Detection`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_detection: Option<crate::step_detect::Detection>,
 }
 
 /// Statistics of all kernels sharing one name (HTA `get_gpu_kernel_breakdown`'s per-name
@@ -405,6 +409,7 @@ pub fn compute(trace: &Trace, source: &str) -> Stats {
         idle_breakdown: idle::idle_breakdown(trace, &gpu, &launches),
         launch: launch::launch_stats(trace, &gpu, &launches),
         memcpy: memcpy::memcpy_stats(&gpu),
+        step_detection: None,
     }
 }
 

@@ -1,0 +1,57 @@
+//! `--steps auto|scopes` of `stats`, `waterfall` and `diff`: where a trace's steps come
+//! from. `scopes`: its `ProfilerStep#N` / `dit.step i/n` ranges and `gpuspan.step` args, as
+//! recorded. `auto`: detected from the kernel stream ([`gpuspan_core::step_detect`]),
+//! replacing any recorded steps. Default: `auto` when the trace names no steps, else
+//! `scopes`.
+
+use std::path::Path;
+
+use gpuspan_core::step_detect::{self, Detection, Evidence};
+use gpuspan_core::trace::Trace;
+
+/// Where steps come from (`--steps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StepsMode {
+    /// Detected from the repeating kernel sequence.
+    Auto,
+    /// The trace's own step ranges and `gpuspan.step` args.
+    Scopes,
+}
+
+/// Applies `mode` (default as the module docs say) to `trace` read from `file`: with
+/// detection, the kernels get the detected steps and one line on stderr says what was
+/// found. Returns the detection, if one ran.
+pub fn prepare(trace: &mut Trace, mode: Option<StepsMode>, file: &Path) -> Option<Detection> {
+    let mode = mode.unwrap_or(if step_detect::has_step_scopes(trace) { StepsMode::Scopes } else { StepsMode::Auto });
+    if mode == StepsMode::Scopes {
+        return None;
+    }
+    let d = step_detect::detect(trace);
+    step_detect::apply(trace, &d);
+    eprintln!("gpuspan: {}: {}", file.display(), describe(&d));
+    Some(d)
+}
+
+/// One line for people: how many steps, from what evidence, with what confidence.
+pub fn describe(d: &Detection) -> String {
+    match d.evidence {
+        Evidence::None => format!(
+            "steps detected from the kernel stream: no repeating forward pass found, the run is one step ({} kernels)",
+            d.steps.first().map_or(0, |s| s.kernels)
+        ),
+        e => format!(
+            "steps detected from the kernel stream: {} steps of {} pass(es) × {} kernels on device {} stream {} ({}; {:.0} % of that stream's kernels){}",
+            d.steps.len(),
+            d.passes_per_step,
+            d.period_kernels,
+            d.row.0,
+            d.row.1,
+            match e {
+                Evidence::IdleGaps => "the GPU idles between steps",
+                _ => "each pass repeats its layers",
+            },
+            d.confidence * 100.0,
+            d.regions.iter().map(|r| format!("; {} kernels before/after: {}", r.kernels, r.name)).collect::<String>()
+        ),
+    }
+}

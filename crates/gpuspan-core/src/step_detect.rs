@@ -1,0 +1,390 @@
+//! Step detection from the kernel stream (issue 12, item 3): for captures and Kineto traces
+//! with no usable step ranges (a worker that announces nothing), find the repeating
+//! denoiser forward passes (or training iterations) in the kernel sequence and call each
+//! repetition a step.
+//!
+//! Method, on the device / stream row with the most kernels (the compute stream):
+//! 1. Each kernel becomes a symbol: its name. (Grid / block are left out: data-dependent
+//!    sizes, such as embedding lookups, change them between otherwise identical steps.)
+//! 2. Candidate periods `P` are the distances between consecutive occurrences of the
+//!    symbols that occur at most [`MAX_ANCHOR_COUNT`] times (a kernel that runs once per
+//!    pass marks the pass length); the [`MAX_CANDIDATES`] most frequent distances are tried.
+//! 3. For each `P`, the longest run of positions `i` with `S[i] = S[i + P]` is a region of
+//!    `reps` identical blocks of `P` kernels; the period covering most kernels wins (ties:
+//!    the shorter period).
+//! 4. Identical blocks are also what a model's *layers* look like inside one forward pass,
+//!    so the blocks count as steps only with evidence that each is a whole pass or
+//!    iteration: either the block itself repeats inside (a forward pass holds its layers:
+//!    an inner period covering at least [`MIN_INNER_COVERAGE`] of the block), or the GPU
+//!    idles at the block boundaries ([`BIG_GAP_FACTOR`] × the median idle gap inside a
+//!    block, at least [`MIN_BIG_GAP_US`]: the scheduler's or optimizer's host work between
+//!    steps). Without evidence the whole trace is one step.
+//! 5. Guidance passes: when only every k-th block boundary is such an idle gap (classifier-
+//!    free guidance as k sequential passes with the scheduler's host work after them), k
+//!    blocks make one step.
+//!
+//! Kernels of other rows belong to the step whose time range (first kernel start to last
+//! kernel end of its blocks on the compute row) contains their start. What runs on the
+//! compute row before the first step is reported as `text_encode`, after the last as
+//! `vae.decode` (DiT pipelines: prompt encoding, then denoising, then decoding).
+//!
+//! Used by `gpuspan stats | waterfall | diff --steps auto` (`gpuspan-cli`), which apply the
+//! result with [`apply`] so every analysis sees `dit.step i/n` steps.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::trace::{Category, Trace};
+
+/// Symbols occurring more often than this are not used as period anchors (they repeat per
+/// layer, not per pass).
+pub const MAX_ANCHOR_COUNT: usize = 512;
+/// Candidate periods tried, most frequent first.
+pub const MAX_CANDIDATES: usize = 256;
+/// Inner coverage (fraction of a block in an inner repeating region of period ≥ 2) that
+/// makes a block a forward pass rather than a layer.
+pub const MIN_INNER_COVERAGE: f64 = 0.5;
+/// A block boundary is a step boundary by idle time when the GPU idles there at least this
+/// many times the median idle gap inside a block…
+pub const BIG_GAP_FACTOR: f64 = 10.0;
+/// …and at least this long, µs.
+pub const MIN_BIG_GAP_US: f64 = 50.0;
+
+/// The region before the first step, as reported.
+pub const BEFORE_STEPS: &str = "text_encode";
+/// The region after the last step, as reported.
+pub const AFTER_STEPS: &str = "vae.decode";
+
+/// Why the blocks were taken for steps (or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Evidence {
+    /// Each block repeats inside (a forward pass over its layers).
+    InnerRepetition,
+    /// The GPU idles at block boundaries.
+    IdleGaps,
+    /// No repeating blocks with evidence: the whole trace is one step.
+    None,
+}
+
+/// One detected step: a time range and its kernels on the compute row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectedStep {
+    /// `dit.step i/n`.
+    pub name: String,
+    /// First kernel start on the compute row, µs (trace time).
+    pub start_us: f64,
+    /// Last kernel end on the compute row, µs.
+    pub end_us: f64,
+    /// Kernels of the step on the compute row.
+    pub kernels: usize,
+}
+
+/// A region of the compute row outside the steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Region {
+    /// [`BEFORE_STEPS`] or [`AFTER_STEPS`].
+    pub name: String,
+    /// Kernels of the region on the compute row.
+    pub kernels: usize,
+    /// Start, µs.
+    pub start_us: f64,
+    /// End, µs.
+    pub end_us: f64,
+}
+
+/// What [`detect`] found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Detection {
+    /// Steps in time order (one, covering every kernel, without evidence).
+    pub steps: Vec<DetectedStep>,
+    /// Kernels per repeated block on the compute row (0 when none was found).
+    pub period_kernels: usize,
+    /// Blocks (forward passes) per step.
+    pub passes_per_step: usize,
+    /// Why.
+    pub evidence: Evidence,
+    /// Fraction of the compute row's kernels inside the repeated blocks (0 … 1): how much
+    /// of the run the steps explain.
+    pub confidence: f64,
+    /// The compute row, `(pid, tid)` (device, stream for GPU rows).
+    pub row: (i64, i64),
+    /// Before the first step and after the last, when not empty.
+    pub regions: Vec<Region>,
+}
+
+/// The best periodic region of `s`: `(period, start, reps)` with `reps ≥ 2`, or `None`.
+fn best_period(s: &[u32]) -> Option<(usize, usize, usize)> {
+    let n = s.len();
+    if n < 4 {
+        return None;
+    }
+    let mut positions: HashMap<u32, Vec<usize>> = HashMap::new();
+    for (i, &x) in s.iter().enumerate() {
+        positions.entry(x).or_default().push(i);
+    }
+    let mut distances: HashMap<usize, usize> = HashMap::new();
+    for p in positions.values().filter(|p| (2..=MAX_ANCHOR_COUNT).contains(&p.len())) {
+        for w in p.windows(2) {
+            *distances.entry(w[1] - w[0]).or_default() += 1;
+        }
+    }
+    let mut cands: Vec<(usize, usize)> = distances.into_iter().filter(|&(d, _)| d >= 1 && d <= n / 2).collect();
+    cands.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    cands.truncate(MAX_CANDIDATES);
+    // (covered kernels, period, start, reps)
+    let mut best: Option<(usize, usize, usize, usize)> = None;
+    for (p, _) in cands {
+        let (mut run, mut start, mut best_run, mut best_start) = (0usize, 0usize, 0usize, 0usize);
+        for i in 0..n - p {
+            if s[i] == s[i + p] {
+                if run == 0 {
+                    start = i;
+                }
+                run += 1;
+                if run > best_run {
+                    best_run = run;
+                    best_start = start;
+                }
+            } else {
+                run = 0;
+            }
+        }
+        let reps = (best_run + p) / p;
+        if reps < 2 {
+            continue;
+        }
+        let covered = reps * p;
+        // More kernels covered (by more than 1 %), or about as many (within 1 %) with a
+        // shorter period (passes rather than pairs of passes).
+        let better = match best {
+            None => true,
+            Some((c, _, _, _)) if covered * 100 > c * 101 => true,
+            Some((c, bp, _, _)) => covered * 101 >= c * 100 && p < bp,
+        };
+        if better {
+            best = Some((covered, p, best_start, reps));
+        }
+    }
+    best.map(|(_, p, start, reps)| (p, start, reps))
+}
+
+/// Detects steps in `trace` (module docs). A trace without kernels gives no step.
+pub fn detect(trace: &Trace) -> Detection {
+    let mut rows: HashMap<(i64, i64), usize> = HashMap::new();
+    for k in trace.kernels() {
+        *rows.entry((k.pid, k.tid)).or_default() += 1;
+    }
+    let row = rows.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).map(|(r, _)| *r).unwrap_or((0, 0));
+    let mut ks: Vec<(f64, f64, &str)> =
+        trace.kernels().filter(|k| (k.pid, k.tid) == row).map(|k| (k.ts_us, k.end_us(), k.name.as_str())).collect();
+    ks.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut ids: HashMap<&str, u32> = HashMap::new();
+    let s: Vec<u32> = ks
+        .iter()
+        .map(|k| {
+            let next = ids.len() as u32;
+            *ids.entry(k.2).or_insert(next)
+        })
+        .collect();
+    let one_step = |evidence: Evidence| -> Detection {
+        let steps = match (ks.first(), ks.last()) {
+            (Some(f), Some(_)) => vec![DetectedStep {
+                name: "dit.step 0/1".into(),
+                start_us: f.0,
+                end_us: ks.iter().map(|k| k.1).fold(f64::MIN, f64::max),
+                kernels: ks.len(),
+            }],
+            _ => Vec::new(),
+        };
+        Detection { steps, period_kernels: 0, passes_per_step: 1, evidence, confidence: 0.0, row, regions: Vec::new() }
+    };
+    let Some((p, start, reps)) = best_period(&s) else { return one_step(Evidence::None) };
+    let gap_before = |i: usize| -> f64 { if i == 0 { 0.0 } else { (ks[i].0 - ks[i - 1].1).max(0.0) } };
+    // Evidence 1: a block holds an inner repeating region (layers).
+    let inner = best_period(&s[start..start + p])
+        .filter(|&(q, _, r)| q >= 2 && (q * r) as f64 >= MIN_INNER_COVERAGE * p as f64)
+        .is_some();
+    // Evidence 2: idle gaps at block boundaries.
+    let mut inner_gaps: Vec<f64> = (start + 1..start + p).map(gap_before).collect();
+    inner_gaps.sort_by(f64::total_cmp);
+    let median = inner_gaps.get(inner_gaps.len() / 2).copied().unwrap_or(0.0);
+    let threshold = (BIG_GAP_FACTOR * median).max(MIN_BIG_GAP_US);
+    let big: Vec<bool> = (1..reps).map(|j| gap_before(start + j * p) >= threshold).collect();
+    let n_big = big.iter().filter(|b| **b).count();
+    let evidence = if n_big > 0 {
+        Evidence::IdleGaps
+    } else if inner {
+        Evidence::InnerRepetition
+    } else {
+        return one_step(Evidence::None);
+    };
+    // Passes per step: the regular spacing of the big gaps, when not every boundary has one.
+    let passes = if n_big > 0 && n_big < big.len() {
+        let first = big.iter().position(|b| *b).unwrap_or(0) + 1;
+        let regular = big.iter().enumerate().all(|(j, b)| *b == ((j + 1) % first == 0));
+        if regular && reps % first == 0 { first } else { 1 }
+    } else {
+        1
+    };
+    let n_steps = reps / passes;
+    let steps: Vec<DetectedStep> = (0..n_steps)
+        .map(|i| {
+            let (a, b) = (start + i * passes * p, start + (i + 1) * passes * p);
+            DetectedStep {
+                name: format!("dit.step {i}/{n_steps}"),
+                start_us: ks[a].0,
+                end_us: ks[a..b].iter().map(|k| k.1).fold(f64::MIN, f64::max),
+                kernels: b - a,
+            }
+        })
+        .collect();
+    let end = start + n_steps * passes * p;
+    let mut regions = Vec::new();
+    if start > 0 {
+        regions.push(Region {
+            name: BEFORE_STEPS.into(),
+            kernels: start,
+            start_us: ks[0].0,
+            end_us: ks[..start].iter().map(|k| k.1).fold(f64::MIN, f64::max),
+        });
+    }
+    if end < ks.len() {
+        regions.push(Region {
+            name: AFTER_STEPS.into(),
+            kernels: ks.len() - end,
+            start_us: ks[end].0,
+            end_us: ks[end..].iter().map(|k| k.1).fold(f64::MIN, f64::max),
+        });
+    }
+    Detection {
+        steps,
+        period_kernels: p,
+        passes_per_step: passes,
+        evidence,
+        confidence: (n_steps * passes * p) as f64 / ks.len() as f64,
+        row,
+        regions,
+    }
+}
+
+/// Whether `trace` names its steps: a `ProfilerStep#N` or `dit.step i/n` range, or a kernel
+/// carrying a `gpuspan.step`.
+pub fn has_step_scopes(trace: &Trace) -> bool {
+    trace.events.iter().any(|e| is_step_scope(&e.name, e.cat.as_ref())) || trace.kernels().any(|k| k.step.is_some())
+}
+
+fn is_step_scope(name: &str, cat: Option<&Category>) -> bool {
+    let named = name.starts_with("ProfilerStep#") || name.starts_with("dit.step ");
+    named
+        && matches!(
+            cat,
+            Some(Category::UserAnnotation | Category::GpuUserAnnotation | Category::CpuOp)
+        )
+}
+
+/// Removes what names steps in `trace` (step range events and the kernels' `gpuspan.step`),
+/// so [`detect`]'s result is all that decides them.
+pub fn strip_step_scopes(trace: &mut Trace) {
+    trace.events.retain(|e| !is_step_scope(&e.name, e.cat.as_ref()));
+    for e in trace.events.iter_mut() {
+        e.step = None;
+    }
+}
+
+/// Applies `d` to `trace`: removes its own step names ([`strip_step_scopes`]) and sets the
+/// `gpuspan.step` of each kernel to the detected step whose time range contains its start
+/// (kernels outside every step get none), so the stats, waterfall and diff see the detected
+/// steps. Returns how many kernels were placed in a step.
+pub fn apply(trace: &mut Trace, d: &Detection) -> usize {
+    strip_step_scopes(trace);
+    let mut placed = 0;
+    for e in trace.events.iter_mut().filter(|e| e.is(&Category::Kernel)) {
+        // Steps are in time order and do not overlap: the last one starting at or before.
+        let i = d.steps.partition_point(|s| s.start_us <= e.ts_us);
+        if let Some(s) = i.checked_sub(1).map(|i| &d.steps[i]) {
+            if e.ts_us < s.end_us {
+                e.step = Some(s.name.clone());
+                placed += 1;
+            }
+        }
+    }
+    placed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::TraceEvent;
+
+    fn kernel(name: &str, ts: f64, dur: f64) -> TraceEvent {
+        TraceEvent { cat: Some(Category::Kernel), name: name.into(), pid: 0, tid: 7, ts_us: ts, dur_us: dur, ..Default::default() }
+    }
+
+    /// `prefix`, then `steps` × (`passes` × a 3-layer pass, `gap` µs idle after each step),
+    /// then `suffix`; 1 µs kernels back to back.
+    fn synthetic(steps: usize, passes: usize, gap: f64, layers: usize) -> Trace {
+        let mut t = Trace::default();
+        let mut ts = 0.0;
+        let push = |t: &mut Trace, name: &str, ts: &mut f64| {
+            t.events.push(kernel(name, *ts, 1.0));
+            *ts += 1.0;
+        };
+        for n in ["tok_embed", "text_gemm", "text_norm"] {
+            push(&mut t, n, &mut ts);
+        }
+        for _ in 0..steps {
+            for _ in 0..passes {
+                push(&mut t, "time_embed", &mut ts);
+                for _ in 0..layers {
+                    for n in ["norm", "qkv_gemm", "flash_attn", "ffn_gemm"] {
+                        push(&mut t, n, &mut ts);
+                    }
+                }
+                push(&mut t, "proj_out", &mut ts);
+            }
+            ts += gap;
+        }
+        for n in ["vae_conv", "vae_conv", "vae_norm"] {
+            push(&mut t, n, &mut ts);
+        }
+        t
+    }
+
+    #[test]
+    fn passes_with_layers_are_steps_and_the_regions_are_named() {
+        let d = detect(&synthetic(5, 1, 0.0, 3));
+        assert_eq!(d.steps.len(), 5, "{d:?}");
+        assert_eq!(d.evidence, Evidence::InnerRepetition);
+        assert_eq!(d.period_kernels, 14);
+        let names: Vec<&str> = d.regions.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, [BEFORE_STEPS, AFTER_STEPS]);
+    }
+
+    #[test]
+    fn guidance_passes_group_by_the_idle_gap_after_each_step() {
+        let d = detect(&synthetic(4, 2, 500.0, 3));
+        assert_eq!((d.steps.len(), d.passes_per_step, d.evidence), (4, 2, Evidence::IdleGaps), "{d:?}");
+        assert!(d.steps.iter().all(|s| s.kernels == 28));
+    }
+
+    #[test]
+    fn layers_of_one_pass_are_not_steps() {
+        // One pass of 6 identical layers, no gaps: one step.
+        let d = detect(&synthetic(1, 1, 0.0, 6));
+        assert_eq!((d.steps.len(), d.evidence), (1, Evidence::None), "{d:?}");
+    }
+
+    #[test]
+    fn apply_names_kernels_and_strips_the_old_steps() {
+        let mut t = synthetic(3, 1, 0.0, 3);
+        t.events.push(TraceEvent { cat: Some(Category::UserAnnotation), name: "ProfilerStep#1".into(), ts_us: 0.0, dur_us: 1e6, ..Default::default() });
+        assert!(has_step_scopes(&t));
+        let d = detect(&t);
+        let placed = apply(&mut t, &d);
+        assert_eq!(placed, 3 * 14);
+        assert!(!t.events.iter().any(|e| e.name.starts_with("ProfilerStep")));
+        assert_eq!(t.kernels().filter(|k| k.step.as_deref() == Some("dit.step 1/3")).count(), 14);
+    }
+}
