@@ -117,3 +117,33 @@ fn stats_detects_steps_by_default_when_a_trace_names_none() {
     let s: gpuspan_core::stats::Stats = serde_json::from_slice(&o.stdout).unwrap();
     assert!(s.steps.is_empty() && s.step_detection.is_none());
 }
+
+/// torch.profiler's `step()` around a whole request (one `ProfilerStep#N` holding every
+/// denoising step) does not stop detection: `stats` detects the steps inside it by default.
+#[test]
+fn one_profiler_step_around_a_request_holds_the_detected_steps() {
+    let d = tempfile::tempdir().unwrap();
+    let mut t = preset_capture(d.path(), "stdit", 3);
+    strip_step_scopes(&mut t);
+    let (start, end) = t.events.iter().fold((f64::MAX, f64::MIN), |(a, b), e| (a.min(e.ts_us), b.max(e.end_us())));
+    t.events.push(gpuspan_core::trace::TraceEvent {
+        cat: Some(Category::UserAnnotation),
+        name: "ProfilerStep#0".into(),
+        pid: 1,
+        tid: 1,
+        ts_us: start,
+        dur_us: end - start,
+        ..Default::default()
+    });
+    let file = d.path().join("one-profiler-step.json.gz");
+    gpuspan_export::write_trace(&t, &file).unwrap();
+    let o = output(gpuspan().args(["stats", "--json"]).arg(&file));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: gpuspan_core::stats::Stats = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = s.steps.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(names, ["dit.step 0/3", "dit.step 1/3", "dit.step 2/3"], "{}", String::from_utf8_lossy(&o.stderr));
+    // A single ProfilerStep around one forward pass (no repetition) stays the step.
+    let o = output(gpuspan().args(["stats", "--json"]).arg(fixture("h100-vit-falconsai.json.gz")));
+    let s: gpuspan_core::stats::Stats = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(s.step_detection.is_none() && s.steps.len() == 1 && s.steps[0].name.starts_with("ProfilerStep#"), "{:?}", s.steps);
+}

@@ -376,6 +376,40 @@ mod tests {
         assert_eq!((d.steps.len(), d.evidence), (1, Evidence::None), "{d:?}");
     }
 
+    /// torch.compile-style: each step is one compiled-graph call of Triton kernels, launched
+    /// back to back (no idle between steps), inside `## Call CompiledFxGraph … ##` ranges
+    /// that are not step names: the passes' inner repetition (layers) decides.
+    #[test]
+    fn compiled_graph_calls_back_to_back_are_steps() {
+        let mut t = Trace::default();
+        let mut ts = 0.0;
+        for _ in 0..6 {
+            t.events.push(TraceEvent {
+                cat: Some(Category::UserAnnotation),
+                name: "## Call CompiledFxGraph fkq3v7zq ##".into(),
+                pid: 1,
+                tid: 1,
+                ts_us: ts,
+                dur_us: 100.0,
+                ..Default::default()
+            });
+            let mut push = |name: &str| {
+                t.events.push(kernel(name, ts, 1.0));
+                ts += 1.0;
+            };
+            push("triton_poi_fused_embedding_0");
+            for _ in 0..4 {
+                for n in ["triton_red_fused_native_layer_norm_1", "triton_tem_fused_mm_2", "triton_per_fused__softmax_3", "triton_tem_fused_mm_4", "triton_poi_fused_gelu_5"] {
+                    push(n);
+                }
+            }
+            push("triton_poi_fused_add_6");
+        }
+        assert!(!has_step_scopes(&t));
+        let d = detect(&t);
+        assert_eq!((d.steps.len(), d.evidence, d.period_kernels), (6, Evidence::InnerRepetition, 22), "{d:?}");
+    }
+
     #[test]
     fn apply_names_kernels_and_strips_the_old_steps() {
         let mut t = synthetic(3, 1, 0.0, 3);
