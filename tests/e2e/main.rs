@@ -17,6 +17,7 @@ mod fork;
 mod inject;
 mod nvtx;
 mod interop;
+mod lenient;
 mod otlp;
 mod otlp_outage;
 mod prometheus;

@@ -31,7 +31,7 @@ const TOP_KERNELS: usize = 15;
 const TOP_STEPS: usize = 10;
 
 /// Runs `gpuspan diff`; see the module documentation for output and exit status.
-pub fn run(a: &Path, b: &Path, json: bool, fail_over: Option<f64>, steps: Option<crate::steps_arg::StepsMode>) -> ExitCode {
+pub fn run(a: &Path, b: &Path, json: bool, fail_over: Option<f64>, steps: Option<crate::steps_arg::StepsMode>, strict: bool) -> ExitCode {
     if let Some(p) = fail_over {
         if !p.is_finite() {
             eprintln!("gpuspan: --fail-over {p}: not a finite percentage");
@@ -39,16 +39,9 @@ pub fn run(a: &Path, b: &Path, json: bool, fail_over: Option<f64>, steps: Option
         }
     }
     let summarise = |p: &Path| -> Result<DiffInput, ExitCode> {
-        match gpuspan_export::read_captures(p) {
-            Ok(mut t) => {
-                crate::steps_arg::prepare(&mut t, steps, p);
-                Ok(DiffInput::new(&t, &p.display().to_string()))
-            }
-            Err(e) => {
-                eprintln!("gpuspan: {e}");
-                Err(ExitCode::from(2))
-            }
-        }
+        let mut t = crate::input::read(p, strict)?;
+        crate::steps_arg::prepare(&mut t, steps, p);
+        Ok(DiffInput::new(&t, &p.display().to_string()))
     };
     let ia = match summarise(a) {
         Ok(x) => x,
@@ -318,7 +311,7 @@ mod tests {
 
     #[test]
     fn unreadable_file_exits_2() {
-        assert_eq!(run(Path::new("/nonexistent/a.json"), Path::new("/nonexistent/b.json"), true, None, None), ExitCode::from(2));
-        assert_eq!(run(Path::new("a"), Path::new("b"), true, Some(f64::NAN), None), ExitCode::from(2));
+        assert_eq!(run(Path::new("/nonexistent/a.json"), Path::new("/nonexistent/b.json"), true, None, None, false), ExitCode::from(2));
+        assert_eq!(run(Path::new("a"), Path::new("b"), true, Some(f64::NAN), None, false), ExitCode::from(2));
     }
 }

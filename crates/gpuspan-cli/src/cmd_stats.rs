@@ -21,19 +21,17 @@ const TOP_KERNELS: usize = 15;
 const WIDTH: usize = 100;
 
 /// Runs `gpuspan stats`: reads `file` (a trace, or a directory of them merged) with
-/// [`gpuspan_export::read_captures`], takes its steps as `steps` says
+/// [`crate::input::read`] (malformed events skipped and counted unless `strict`), takes its
+/// steps as `steps` says
 /// ([`crate::steps_arg`]; the JSON then carries `step_detection`) and prints its
 /// statistics to stdout, as pretty JSON when `json` is set, else as a table.
 ///
 /// Exit status: 0 on success; 2 when the file cannot be read, after one line
 /// `gpuspan: <error>` on stderr (the error names the file and what is wrong).
-pub fn run(file: &Path, json: bool, steps: Option<crate::steps_arg::StepsMode>) -> ExitCode {
-    let mut trace = match gpuspan_export::read_captures(file) {
+pub fn run(file: &Path, json: bool, steps: Option<crate::steps_arg::StepsMode>, strict: bool) -> ExitCode {
+    let mut trace = match crate::input::read(file, strict) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("gpuspan: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let detection = crate::steps_arg::prepare(&mut trace, steps, file);
     let mut stats = stats::compute(&trace, &file.display().to_string());
@@ -408,7 +406,7 @@ mod tests {
 
     #[test]
     fn unreadable_file_exits_2() {
-        assert_eq!(run(Path::new("/nonexistent/trace.json.gz"), true, None), ExitCode::from(2));
+        assert_eq!(run(Path::new("/nonexistent/trace.json.gz"), true, None, false), ExitCode::from(2));
     }
 
     // ---- The real traces of ../shared/fixtures/traces against plain, independent

@@ -25,13 +25,10 @@ const WIDTH: usize = 80;
 ///
 /// Exit status: 0 on success; 2 after one line `gpuspan: <error>` on stderr when the file
 /// cannot be read, `step` is out of range, or the page cannot be written.
-pub fn run(file: &Path, step: Option<usize>, html: Option<&Path>, steps: Option<crate::steps_arg::StepsMode>) -> ExitCode {
-    let mut trace = match gpuspan_export::read_captures(file) {
+pub fn run(file: &Path, step: Option<usize>, html: Option<&Path>, steps: Option<crate::steps_arg::StepsMode>, strict: bool) -> ExitCode {
+    let mut trace = match crate::input::read(file, strict) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("gpuspan: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     crate::steps_arg::prepare(&mut trace, steps, file);
     let w = Waterfall::from_trace(&trace, &file.display().to_string());
@@ -104,7 +101,7 @@ mod tests {
     #[test]
     fn unreadable_file_exits_2() {
         assert_eq!(
-            run(Path::new("/nonexistent/trace.json.gz"), None, None, None),
+            run(Path::new("/nonexistent/trace.json.gz"), None, None, None, false),
             ExitCode::from(2)
         );
     }

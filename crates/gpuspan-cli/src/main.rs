@@ -22,6 +22,7 @@ mod cmd_run;
 mod cmd_stats;
 mod cmd_status;
 mod cmd_waterfall;
+mod input;
 mod steps_arg;
 
 use clap::{Parser, Subcommand};
@@ -82,6 +83,9 @@ enum Command {
         /// from the repeating kernel sequence). Default: auto when the trace names no steps.
         #[arg(long, value_enum)]
         steps: Option<steps_arg::StepsMode>,
+        /// Refuse a trace with malformed events (default: skip and count them, one warning).
+        #[arg(long)]
+        strict: bool,
     },
     /// Per-step kernel waterfall: one row per stream, bars coloured by stage.
     Waterfall {
@@ -97,6 +101,9 @@ enum Command {
         /// from the repeating kernel sequence). Default: auto when the trace names no steps.
         #[arg(long, value_enum)]
         steps: Option<steps_arg::StepsMode>,
+        /// Refuse a trace with malformed events (default: skip and count them, one warning).
+        #[arg(long)]
+        strict: bool,
     },
     /// What got slower from A to B: per stage, per kernel, per step.
     Diff {
@@ -114,6 +121,9 @@ enum Command {
         /// from the repeating kernel sequence). Default: auto when the trace names no steps.
         #[arg(long, value_enum)]
         steps: Option<steps_arg::StepsMode>,
+        /// Refuse a trace with malformed events (default: skip and count them, one warning).
+        #[arg(long)]
+        strict: bool,
     },
     /// Opens a fine-capture window in a running worker (coarse mode) and waits, with a
     /// progress bar, until its capture is written.
@@ -157,9 +167,11 @@ fn main() -> ExitCode {
         Command::Demo { out, steps } => cmd_run::demo(&out, steps),
         Command::Run { mode, out, sim, cmd } => cmd_run::run(&cmd, &mode, &out, sim, None),
         Command::Replay { trace, out } => cmd_run::replay(&trace, &out),
-        Command::Stats { file, json, steps } => cmd_stats::run(&file, json, steps),
-        Command::Waterfall { file, step, html, steps } => cmd_waterfall::run(&file, step, html.as_deref(), steps),
-        Command::Diff { a, b, json, fail_over, steps } => cmd_diff::run(&a, &b, json, fail_over, steps),
+        Command::Stats { file, json, steps, strict } => cmd_stats::run(&file, json, steps, strict),
+        Command::Waterfall { file, step, html, steps, strict } => {
+            cmd_waterfall::run(&file, step, html.as_deref(), steps, strict)
+        }
+        Command::Diff { a, b, json, fail_over, steps, strict } => cmd_diff::run(&a, &b, json, fail_over, steps, strict),
         Command::Status { pid, json } => cmd_status::run(pid, json),
         Command::Capture { pid, steps, duration, requests, out } => {
             cmd_capture::run(pid, cmd_capture::size(steps, duration.as_deref(), requests), out.as_deref())

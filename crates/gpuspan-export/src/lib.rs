@@ -36,4 +36,4 @@ pub mod metrics;
 pub mod otlp;
 pub mod waterfall;
 
-pub use kineto::{process_captures, read_captures, read_trace, write_trace, ReadError, ReadErrorKind};
+pub use kineto::{process_captures, read_captures, read_captures_with, read_trace, read_trace_with, write_trace, ReadError, ReadErrorKind};

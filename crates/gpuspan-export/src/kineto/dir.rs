@@ -3,7 +3,8 @@
 //! rank), rolling segments, or a folder of torch.profiler traces (DESIGN.md "Command line":
 //! every command that reads a capture also reads a directory of them).
 
-use super::{read_trace, ReadError, ReadErrorKind};
+use super::read::{read_trace_with, ReadOptions, Skipped};
+use super::{ReadError, ReadErrorKind};
 use gpuspan_core::trace::Trace;
 use std::path::{Path, PathBuf};
 
@@ -55,11 +56,23 @@ pub fn trace_files(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
 /// device properties. Events of different processes keep their `pid`s, so per-process
 /// analyses stay apart. Errors: the first file that does not read, named.
 pub fn read_captures(path: &Path) -> Result<Trace, ReadError> {
+    read_captures_with(path, ReadOptions { strict: true }).map(|(t, _)| t)
+}
+
+/// [`read_captures`] with [`ReadOptions`] (each file read by
+/// [`super::read::read_trace_with`]): the merged trace and every file's skipped events.
+pub fn read_captures_with(path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
     if !path.is_dir() {
-        return read_trace(path);
+        return read_trace_with(path, opts);
     }
-    let traces = trace_files(path)?.iter().map(|f| read_trace(f)).collect::<Result<Vec<_>, _>>()?;
-    Ok(merge(traces))
+    let mut skipped = Skipped::default();
+    let mut traces = Vec::new();
+    for f in trace_files(path)? {
+        let (t, s) = read_trace_with(&f, opts)?;
+        skipped.add(s);
+        traces.push(t);
+    }
+    Ok((merge(traces), skipped))
 }
 
 /// Merges traces as [`read_captures`] describes.

@@ -42,8 +42,69 @@ use super::keys;
 ///   accepted as well.
 ///
 /// Never panics; every failure is a [`ReadError`] whose `Display` is one line naming the
-/// file.
+/// file. This is the strict reader; [`read_trace_with`] can skip malformed events instead.
 pub fn read_trace(path: &Path) -> Result<Trace, ReadError> {
+    read_trace_with(path, ReadOptions { strict: true }).map(|(t, _)| t)
+}
+
+/// How [`read_trace_with`] treats malformed events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// `true`: [`read_trace`]'s rules (a bad `X` event is an error; a missing `dur` is 0;
+    /// events of an unknown phase are ignored). `false` (lenient): every malformed event is
+    /// skipped and counted in [`Skipped`]: a `traceEvents` entry that is not an object, an
+    /// `X` event without a numeric `ts` or `dur` (a missing `dur` too), an event whose `ph`
+    /// is missing or not one of Chrome's phases. Only a file that is not a trace at all
+    /// (not JSON, no `traceEvents`) is refused.
+    pub strict: bool,
+}
+
+/// The events a lenient read skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// How many.
+    pub count: usize,
+    /// The first one: its file (for a directory read), 0-based index in `traceEvents`, and
+    /// why.
+    pub first: Option<(std::path::PathBuf, usize, String)>,
+}
+
+impl Skipped {
+    /// Adds `other` (a later file's skips).
+    pub fn add(&mut self, other: Skipped) {
+        self.count += other.count;
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
+
+    /// The one warning line for people, or `None` when nothing was skipped:
+    /// `<file>: skipped N malformed event(s) (first: event I: why); --strict refuses them`.
+    pub fn warning(&self) -> Option<String> {
+        let (file, index, why) = self.first.as_ref()?;
+        Some(format!(
+            "{}: skipped {} malformed event{} (first: event {index}: {why}); --strict refuses them",
+            file.display(),
+            self.count,
+            if self.count == 1 { "" } else { "s" }
+        ))
+    }
+}
+
+/// Chrome trace-event phases ("Trace Event Format": duration B / E, complete X, instant
+/// i / I, counter C, async b / n / e and legacy S / T / p / F, flow s / t / f, sample P,
+/// object N / O / D, metadata M, memory dump V / v, mark R, clock sync c, context ( / ),
+/// linked id =). Anything else is an unknown phase.
+const CHROME_PHASES: &[&str] = &[
+    "B", "E", "X", "i", "I", "C", "b", "n", "e", "S", "T", "p", "F", "s", "t", "f", "P", "N", "O", "D", "M", "V", "v",
+    "R", "c", "(", ")", "=",
+];
+
+/// [`read_trace`] with [`ReadOptions`]: the trace, and what a lenient read skipped.
+///
+/// # Errors
+/// As [`read_trace`]; in lenient mode a malformed event is never one.
+pub fn read_trace_with(path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
     let err = |kind| ReadError::new(path, kind);
     let file = File::open(path).map_err(|e| err(ReadErrorKind::Io(e)))?;
     let mut buf = BufReader::with_capacity(1 << 16, file);
@@ -52,12 +113,16 @@ pub fn read_trace(path: &Path) -> Result<Trace, ReadError> {
         return Err(err(ReadErrorKind::Empty));
     }
     let gzip = head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b;
-    if gzip {
+    let (trace, mut skipped) = if gzip {
         let dec = flate2::bufread::MultiGzDecoder::new(buf);
-        parse(BufReader::with_capacity(1 << 16, dec), true).map_err(err)
+        parse(BufReader::with_capacity(1 << 16, dec), true, opts).map_err(err)?
     } else {
-        parse(buf, false).map_err(err)
+        parse(buf, false, opts).map_err(err)?
+    };
+    if let Some(first) = skipped.first.as_mut() {
+        first.0 = path.to_path_buf();
     }
+    Ok((trace, skipped))
 }
 
 /// Parse state shared by the visitors: the trace being built and the first semantic error
@@ -65,14 +130,17 @@ pub fn read_trace(path: &Path) -> Result<Trace, ReadError> {
 #[derive(Default)]
 struct State {
     trace: Trace,
+    /// Skip malformed events instead of failing ([`ReadOptions::strict`] false).
+    lenient: bool,
+    skipped: Skipped,
     saw_trace_events: bool,
     error: Option<ReadErrorKind>,
     /// Index of the event being deserialized when serde itself failed.
     failed_index: Option<usize>,
 }
 
-fn parse<R: Read>(reader: R, gzip: bool) -> Result<Trace, ReadErrorKind> {
-    let mut state = State::default();
+fn parse<R: Read>(reader: R, gzip: bool, opts: ReadOptions) -> Result<(Trace, Skipped), ReadErrorKind> {
+    let mut state = State { lenient: !opts.strict, ..State::default() };
     let mut de = serde_json::Deserializer::from_reader(reader);
     let res = TopSeed { state: &mut state }
         .deserialize(&mut de)
@@ -81,7 +149,7 @@ fn parse<R: Read>(reader: R, gzip: bool) -> Result<Trace, ReadErrorKind> {
         Ok(()) if !state.saw_trace_events => {
             Err(ReadErrorKind::NotKineto("no \"traceEvents\" array".into()))
         }
-        Ok(()) => Ok(state.trace),
+        Ok(()) => Ok((state.trace, state.skipped)),
         Err(e) => Err(match state.error.take() {
             Some(kind) => kind,
             None => map_json_error(e, gzip, state.failed_index),
@@ -415,7 +483,7 @@ fn set<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
     }
 }
 
-fn complete_event(raw: RawEvent) -> Result<TraceEvent, String> {
+fn complete_event(raw: RawEvent, lenient: bool) -> Result<TraceEvent, String> {
     let name = raw.name.into_text();
     let ts_us = raw.ts.as_f64().ok_or_else(|| {
         format!(
@@ -424,6 +492,9 @@ fn complete_event(raw: RawEvent) -> Result<TraceEvent, String> {
         )
     })?;
     let dur_us = match raw.dur {
+        Scalar::Null if lenient => {
+            return Err(format!("complete (X) event {:?} has no \"dur\"", short(&name)));
+        }
         Scalar::Null => 0.0,
         d => d.as_f64().ok_or_else(|| {
             format!(
@@ -566,25 +637,37 @@ impl<'de> Visitor<'de> for EventsSeed<'_> {
                 None => break,
                 Some(slot) => slot,
             };
-            match slot.0 {
-                None => {
-                    self.state.error = Some(ReadErrorKind::BadEvent {
-                        index,
-                        msg: "not a JSON object".into(),
-                    });
-                    return Err(de::Error::custom("event is not an object"));
-                }
+            let lenient = self.state.lenient;
+            let bad = match slot.0 {
+                None => Some("not a JSON object".to_string()),
                 Some(raw) => match raw.ph.as_str() {
-                    Some("X") => match complete_event(raw) {
-                        Ok(ev) => self.state.trace.events.push(ev),
-                        Err(msg) => {
-                            self.state.error = Some(ReadErrorKind::BadEvent { index, msg });
-                            return Err(de::Error::custom("bad event"));
+                    Some("X") => match complete_event(raw, lenient) {
+                        Ok(ev) => {
+                            self.state.trace.events.push(ev);
+                            None
                         }
+                        Err(msg) => Some(msg),
                     },
-                    Some("M") => metadata_event(&mut self.state.trace, raw),
-                    _ => {}
+                    Some("M") => {
+                        metadata_event(&mut self.state.trace, raw);
+                        None
+                    }
+                    Some(ph) if CHROME_PHASES.contains(&ph) => None,
+                    // Ignored when strict (as always); skipped and counted when lenient.
+                    Some(ph) if lenient => Some(format!("unknown phase {:?}", short(ph))),
+                    None if lenient => Some("no \"ph\" (phase)".to_string()),
+                    _ => None,
                 },
+            };
+            if let Some(msg) = bad {
+                if !lenient {
+                    self.state.error = Some(ReadErrorKind::BadEvent { index, msg });
+                    return Err(de::Error::custom("bad event"));
+                }
+                self.state.skipped.count += 1;
+                if self.state.skipped.first.is_none() {
+                    self.state.skipped.first = Some((std::path::PathBuf::new(), index, msg));
+                }
             }
             index += 1;
         }
