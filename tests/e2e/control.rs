@@ -61,7 +61,8 @@ pub(crate) fn euid() -> u32 {
 /// Where the worker's socket is: the agent's rule in this (inherited) environment.
 pub(crate) fn expected_socket(pid: u32) -> PathBuf {
     let uid = euid();
-    let dir = control_dir(std::env::var_os("XDG_RUNTIME_DIR").as_deref(), uid, |p| {
+    let ns = gpuspan_core::control::pid_namespace(Some(pid));
+    let dir = control_dir(std::env::var_os("XDG_RUNTIME_DIR").as_deref(), uid, ns, |p| {
         std::fs::metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == uid)
     });
     socket_path(&dir, pid)
@@ -293,4 +294,56 @@ fn control_socket_status_errors_peer_check_and_cleanup() {
         assert!(err.contains(&expected_socket(p).display().to_string()), "{err}");
         assert!(o.stdout.is_empty());
     }
+}
+
+/// Issue 13, item 6: 20 concurrent `status` clients plus one that connects and sends
+/// nothing are all answered within 1 s (each connection has its own thread; the silent one
+/// holds only its own for `IO_TIMEOUT`).
+#[test]
+fn concurrent_status_clients_are_not_held_up_by_a_silent_one() {
+    let out = tempfile::tempdir().unwrap();
+    let mut c = gpuspan();
+    c.args(["run", "--sim", "--out"])
+        .arg(out.path())
+        .arg("--")
+        .arg(artifact("gpuspan-replay"))
+        .args(["stdit", "--steps", "30"])
+        .env("GPUSPAN_SIM_CLOCK", "real")
+        .env_remove("GPUSPAN_CONTROL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let run = c.spawn().unwrap();
+    let run_pid = run.id();
+    let mut w = Worker { run, pid: None };
+    let pid = child_of(run_pid, Duration::from_secs(30)).expect("the worker process");
+    w.pid = Some(pid);
+    let sock = expected_socket(pid);
+    let t0 = Instant::now();
+    while !sock.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{} never appeared", sock.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The silent client first: connected, nothing sent, kept open.
+    let silent = UnixStream::connect(&sock).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let reply = raw(&sock, b"{\"v\":1,\"op\":\"status\"}\n");
+                (t.elapsed(), reply)
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for c in clients {
+        let (took, reply) = c.join().unwrap();
+        assert_eq!(reply["ok"], true, "{reply}");
+        assert_eq!(reply["pid"].as_u64(), Some(pid as u64), "{reply}");
+        slowest = slowest.max(took);
+    }
+    println!("20 concurrent status replies beside a silent client: slowest {slowest:?}");
+    assert!(slowest < Duration::from_secs(1), "slowest reply took {slowest:?}");
+    drop(silent);
 }

@@ -21,9 +21,11 @@
 //!
 //! # Inside the host process
 //!
-//! One thread, `gpuspan-control`, serves connections one at a time. It reads at most
+//! One thread, `gpuspan-control`, accepts connections and answers each on a thread of its
+//! own ([`CONNECTION_THREAD_NAME`], at most [`MAX_CONCURRENT_CLIENTS`] at once, more get a
+//! "busy" reply), so a silent or slow client never delays another. Each reads at most
 //! `MAX_REQUEST_BYTES + 1` bytes per connection, within [`IO_TIMEOUT`] in all, so a silent
-//! or slow client holds it for at most that long; replies are sent with `MSG_NOSIGNAL` (a
+//! or slow client holds its thread for at most that long; replies are sent with `MSG_NOSIGNAL` (a
 //! client that went away never raises `SIGPIPE` in the worker). Each connection runs
 //! under `catch_unwind`. A request only reads the agent's state (atomic counters, the
 //! collector's counters under its lock, waited for at most [`COLLECTOR_WAIT`]); `capture`
@@ -49,7 +51,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -152,7 +154,8 @@ pub fn start(a: &'static Agent) {
 /// ([`gpuspan_core::control::control_dir`] with the "existing directory owned by `euid`"
 /// check of `XDG_RUNTIME_DIR`).
 pub fn socket_dir(euid: u32) -> PathBuf {
-    control_dir(std::env::var_os("XDG_RUNTIME_DIR").as_deref(), euid, |p| {
+    let ns = gpuspan_core::control::pid_namespace(None);
+    control_dir(std::env::var_os("XDG_RUNTIME_DIR").as_deref(), euid, ns, |p| {
         std::fs::metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == euid)
     })
 }
@@ -183,6 +186,11 @@ pub fn prepare_dir(dir: &Path, euid: u32) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Most clients answered at once, each on its own thread; more get a "busy" reply.
+pub const MAX_CONCURRENT_CLIENTS: usize = 16;
+/// Name of the threads answering one client each (15 bytes, Linux's limit).
+pub const CONNECTION_THREAD_NAME: &str = "gpuspan-ctl-cli";
 
 /// What the server answers each op with.
 #[derive(Debug, Clone, Copy)]
@@ -266,14 +274,37 @@ impl Server {
         Ok(Running { stop, path, thread: Some(thread) })
     }
 
+    /// Accepts connections and answers each on a thread of its own (at most
+    /// [`MAX_CONCURRENT_CLIENTS`] at once; beyond that a client gets a "busy" reply at once),
+    /// so one slow or silent client never delays another's `status`.
     fn serve(self, euid: u32, handlers: Handlers, stop: &AtomicBool) {
+        let busy = Arc::new(AtomicUsize::new(0));
         for conn in self.listener.incoming() {
             if stop.load(Ordering::Acquire) {
                 break;
             }
             match conn {
                 Ok(stream) => {
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(stream, euid, handlers)));
+                    if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CONCURRENT_CLIENTS {
+                        busy.fetch_sub(1, Ordering::AcqRel);
+                        let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+                        reply(&stream, &error_reply(&format!("busy: {MAX_CONCURRENT_CLIENTS} clients are being answered; try again")));
+                        continue;
+                    }
+                    let count = busy.clone();
+                    let answer = move || {
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(stream, euid, handlers)));
+                        count.fetch_sub(1, Ordering::AcqRel);
+                    };
+                    if let Err(e) = std::thread::Builder::new().name(CONNECTION_THREAD_NAME.into()).spawn(answer) {
+                        // No thread: the connection was moved into the closure and dropped
+                        // with it (the client sees it closed); say why once.
+                        busy.fetch_sub(1, Ordering::AcqRel);
+                        static WARNED: AtomicBool = AtomicBool::new(false);
+                        if !WARNED.swap(true, Ordering::Relaxed) {
+                            crate::log::warn(&format!("control socket: cannot start a thread for a client ({e})"));
+                        }
+                    }
                 }
                 // Out of descriptors and the like: do not spin.
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),

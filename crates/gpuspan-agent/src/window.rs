@@ -81,6 +81,9 @@ struct Inner {
     next_id: u64,
     current: Option<Window>,
     last: Option<WindowStatus>,
+    /// A window is being armed (CUPTI being subscribed, without this lock held): a second
+    /// `open` is refused meanwhile.
+    arming: bool,
 }
 
 /// The agent's windows: at most one current, and the last one's outcome.
@@ -132,15 +135,25 @@ impl Windows {
         if !a.collecting.load(Ordering::Acquire) {
             return Err("the agent is shutting down".into());
         }
-        let mut g = self.inner.lock().map_err(|_| "window state poisoned".to_string())?;
-        if let Some(w) = &g.current {
-            return Err(format!("window {} is already {}; one window at a time", w.status.id, w.status.state));
-        }
-        g.next_id += 1;
-        let id = g.next_id;
-        let out_dir = match &req.out {
-            Some(o) => PathBuf::from(o),
-            None => absolute(&a.config.out_dir.join(format!("window-{}-{id}", std::process::id()))),
+        // Reserve the window under the lock, subscribe CUPTI without it (CUPTI calls may be
+        // slow, and the collector takes this lock for every scope event while a window is
+        // active; a rule may open a window from the collector thread), then install it.
+        let (id, out_dir) = {
+            let mut g = self.inner.lock().map_err(|_| "window state poisoned".to_string())?;
+            if let Some(w) = &g.current {
+                return Err(format!("window {} is already {}; one window at a time", w.status.id, w.status.state));
+            }
+            if g.arming {
+                return Err("another window is being armed; one window at a time".into());
+            }
+            g.arming = true;
+            g.next_id += 1;
+            let id = g.next_id;
+            let out_dir = match &req.out {
+                Some(o) => PathBuf::from(o),
+                None => absolute(&a.config.out_dir.join(format!("window-{}-{id}", std::process::id()))),
+            };
+            (id, out_dir)
         };
         let mut status = WindowStatus {
             id,
@@ -155,14 +168,17 @@ impl Windows {
             steps: None,
             error: None,
         };
-        let refuse = |g: &mut Inner, mut status: WindowStatus, why: String| {
+        let refuse = |mut status: WindowStatus, why: String| {
             status.state = window_state::REFUSED.into();
             status.error = Some(why.clone());
-            g.last = Some(status);
+            if let Ok(mut g) = self.inner.lock() {
+                g.last = Some(status);
+                g.arming = false;
+            }
             Err(why)
         };
         if let Err(e) = std::fs::create_dir_all(&out_dir) {
-            return refuse(&mut g, status, format!("cannot create {}: {e}", out_dir.display()));
+            return refuse(status, format!("cannot create {}: {e}", out_dir.display()));
         }
         let recorder = a.recorder_steps.get().is_some();
         if !recorder {
@@ -170,7 +186,7 @@ impl Windows {
                 if why.contains("MULTIPLE_SUBSCRIBERS") && !self.refusal_logged.swap(true, Ordering::Relaxed) {
                     crate::log::warn(&format!("capture window refused: {why}; coarse timing continues (logged once)"));
                 }
-                return refuse(&mut g, status, why);
+                return refuse(status, why);
             }
         }
         a.fine_on.store(true, Ordering::SeqCst);
@@ -207,6 +223,8 @@ impl Windows {
             w.accepting = w.new_units() < req.size.target();
         }
         let status = w.status.clone();
+        let mut g = self.inner.lock().map_err(|_| "window state poisoned".to_string())?;
+        g.arming = false;
         g.current = Some(w);
         self.active.store(true, Ordering::Release);
         Ok(status)

@@ -29,14 +29,16 @@ use std::time::Duration;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(IO_TIMEOUT.as_secs() + 3);
 
 /// The socket paths where `pid`'s agent may listen, most likely first: the directory this
-/// environment selects, then `/tmp/gpuspan-<uid>` if that is another one.
+/// environment selects (with `pid`'s PID namespace), then the `/tmp` fallback of that
+/// namespace if that is another one.
 pub fn candidate_paths(pid: u32) -> Vec<PathBuf> {
     let euid = nix::unistd::geteuid().as_raw();
-    let dir = control_dir(std::env::var_os("XDG_RUNTIME_DIR").as_deref(), euid, |p| {
+    let ns = gpuspan_core::control::pid_namespace(Some(pid));
+    let dir = control_dir(std::env::var_os("XDG_RUNTIME_DIR").as_deref(), euid, ns, |p| {
         std::fs::metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == euid)
     });
     let mut v = vec![socket_path(&dir, pid)];
-    let fallback = socket_path(&fallback_dir(euid), pid);
+    let fallback = socket_path(&fallback_dir(euid, ns), pid);
     if fallback != v[0] {
         v.push(fallback);
     }

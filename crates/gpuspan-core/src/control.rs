@@ -61,21 +61,43 @@ pub const CONTROL_ENV: &str = "GPUSPAN_CONTROL";
 
 /// The directory that holds the control sockets of `uid`'s agents: `<xdg>/gpuspan` when
 /// `xdg_runtime_dir` (the value of `XDG_RUNTIME_DIR`) is an absolute path and
-/// `is_usable_dir(<xdg>)` holds, else `/tmp/gpuspan-<uid>`.
+/// `is_usable_dir(<xdg>)` holds, else [`fallback_dir`]`(uid, pid_ns)`.
 ///
 /// `is_usable_dir` is the caller's I/O check (this module does none); both ends use "an
 /// existing directory owned by `uid`", the `XDG_RUNTIME_DIR` contract of the XDG Base
-/// Directory Specification.
-pub fn control_dir(xdg_runtime_dir: Option<&OsStr>, uid: u32, is_usable_dir: impl Fn(&Path) -> bool) -> PathBuf {
+/// Directory Specification. `pid_ns` is the inode of the agent's PID namespace
+/// ([`pid_namespace`]).
+pub fn control_dir(xdg_runtime_dir: Option<&OsStr>, uid: u32, pid_ns: Option<u64>, is_usable_dir: impl Fn(&Path) -> bool) -> PathBuf {
     match xdg_runtime_dir.map(Path::new) {
         Some(x) if x.is_absolute() && is_usable_dir(x) => x.join(DIR_NAME),
-        _ => fallback_dir(uid),
+        _ => fallback_dir(uid, pid_ns),
     }
 }
 
-/// The directory used when `XDG_RUNTIME_DIR` is unset or unusable: `/tmp/gpuspan-<uid>`.
-pub fn fallback_dir(uid: u32) -> PathBuf {
-    PathBuf::from(format!("/tmp/gpuspan-{uid}"))
+/// The directory used when `XDG_RUNTIME_DIR` is unset or unusable:
+/// `/tmp/gpuspan-<uid>-<pid namespace inode>`, so containers that share `/tmp` but not their
+/// PID namespace (where pid 7 of one is not pid 7 of another) never share a socket name;
+/// `/tmp/gpuspan-<uid>` when the namespace is unknown.
+pub fn fallback_dir(uid: u32, pid_ns: Option<u64>) -> PathBuf {
+    match pid_ns {
+        Some(ns) => PathBuf::from(format!("/tmp/gpuspan-{uid}-{ns}")),
+        None => PathBuf::from(format!("/tmp/gpuspan-{uid}")),
+    }
+}
+
+/// The PID-namespace inode of process `pid` (`None`: this process), from the link
+/// `/proc/<pid>/ns/pid` (`pid:[4026531836]`, `namespaces(7)`); `None` when it cannot be read.
+pub fn pid_namespace(pid: Option<u32>) -> Option<u64> {
+    let link = match pid {
+        Some(p) => format!("/proc/{p}/ns/pid"),
+        None => "/proc/self/ns/pid".to_string(),
+    };
+    parse_namespace_link(&std::fs::read_link(link).ok()?.to_string_lossy())
+}
+
+/// The inode of a namespace link's text `pid:[4026531836]`.
+pub fn parse_namespace_link(text: &str) -> Option<u64> {
+    text.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// The socket of process `pid` in `dir`: `<dir>/<pid>.sock`.
@@ -517,11 +539,15 @@ mod tests {
     fn control_paths() {
         let yes = |_: &Path| true;
         let no = |_: &Path| false;
-        assert_eq!(control_dir(Some(OsStr::new("/run/user/7")), 7, yes), PathBuf::from("/run/user/7/gpuspan"));
-        assert_eq!(control_dir(Some(OsStr::new("/run/user/7")), 7, no), PathBuf::from("/tmp/gpuspan-7"));
-        assert_eq!(control_dir(Some(OsStr::new("relative")), 7, yes), PathBuf::from("/tmp/gpuspan-7"));
-        assert_eq!(control_dir(Some(OsStr::new("")), 0, yes), PathBuf::from("/tmp/gpuspan-0"));
-        assert_eq!(control_dir(None, 1000, yes), PathBuf::from("/tmp/gpuspan-1000"));
+        assert_eq!(control_dir(Some(OsStr::new("/run/user/7")), 7, Some(9), yes), PathBuf::from("/run/user/7/gpuspan"));
+        assert_eq!(control_dir(Some(OsStr::new("/run/user/7")), 7, Some(9), no), PathBuf::from("/tmp/gpuspan-7-9"));
+        assert_eq!(control_dir(Some(OsStr::new("relative")), 7, None, yes), PathBuf::from("/tmp/gpuspan-7"));
+        assert_eq!(control_dir(Some(OsStr::new("")), 0, None, yes), PathBuf::from("/tmp/gpuspan-0"));
+        assert_eq!(control_dir(None, 1000, Some(4026531836), yes), PathBuf::from("/tmp/gpuspan-1000-4026531836"));
+        assert_eq!(parse_namespace_link("pid:[4026531836]"), Some(4026531836));
+        assert_eq!(parse_namespace_link("net:[4026531840]"), None);
+        assert!(pid_namespace(None).is_some(), "this process's PID namespace");
+        assert_eq!(pid_namespace(None), pid_namespace(Some(std::process::id())));
         assert_eq!(socket_path(Path::new("/tmp/gpuspan-0"), 123), PathBuf::from("/tmp/gpuspan-0/123.sock"));
     }
 
