@@ -26,6 +26,11 @@ use std::sync::Arc;
 
 /// Interns kernel names: one `Arc<str>` per distinct name, looked up by the name pointer
 /// first (CUPTI shares one pointer per kernel, A12 `Kernel9.name`) and by content after.
+///
+/// A pointer hit is trusted only when the bytes there still spell the cached name: a module
+/// unloaded and another loaded at the same address (Triton / torch.compile kernels come and
+/// go for days) would otherwise give later kernels a stale name. The check is one `strlen`
+/// and one `memcmp` of the name; on a mismatch the pointer is looked up again by content.
 #[derive(Debug, Default)]
 pub struct NameCache {
     by_ptr: HashMap<usize, Arc<str>>,
@@ -49,11 +54,14 @@ impl NameCache {
         if p.is_null() {
             return Arc::from("<unnamed>");
         }
-        if let Some(a) = self.by_ptr.get(&(p as usize)) {
-            return a.clone();
-        }
         // SAFETY: caller guarantees a NUL-terminated string.
-        let s = unsafe { CStr::from_ptr(p) }.to_string_lossy();
+        let bytes = unsafe { CStr::from_ptr(p) }.to_bytes();
+        if let Some(a) = self.by_ptr.get(&(p as usize)) {
+            if a.as_bytes() == bytes {
+                return a.clone();
+            }
+        }
+        let s = String::from_utf8_lossy(bytes);
         let a = match self.by_name.get(s.as_ref()) {
             Some(a) => a.clone(),
             None => {
@@ -238,5 +246,25 @@ unsafe fn decode_one(kind: u32, p: *const u8, layouts: &RecordLayouts, names: &m
             }
             _ => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_name_address_never_gives_a_stale_name() {
+        let mut names = NameCache::default();
+        // One buffer standing in for a module's string table, reused after an unload.
+        let mut table = *b"flash_fwd_kernel\0";
+        let p = table.as_ptr() as *const std::ffi::c_char;
+        // SAFETY: NUL-terminated, alive for each call.
+        assert_eq!(&*unsafe { names.intern(p) }, "flash_fwd_kernel");
+        assert_eq!(&*unsafe { names.intern(p) }, "flash_fwd_kernel", "pointer hit");
+        table[..16].copy_from_slice(b"gemm_bf16_kernel");
+        // SAFETY: as above.
+        assert_eq!(&*unsafe { names.intern(table.as_ptr() as *const std::ffi::c_char) }, "gemm_bf16_kernel");
+        assert_eq!(names.len(), 2);
     }
 }
