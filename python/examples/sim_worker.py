@@ -36,7 +36,8 @@ would, exercising every message form: the request with ``nvtxRangePushA``, each 
 domain (ASCII, wide and registered-string messages in turn), and, as NCCL does, a range in
 an ``NCCL`` domain around each step's first stage, pushed before it and popped inside it.
 
-``--fork-at-step K`` forks the worker inside step K of the first request, as a worker that
+``--fork-at-step K`` (with ``--child-sigterm``: the child then sends itself SIGTERM) forks
+the worker inside step K of the first request, as a worker that
 starts a helper process with ``os.fork`` would: the child checks ``gpuspan.is_active()``,
 opens a stage, prints ``child active=<0|1>`` and leaves with ``sys.exit(0)`` (so exit
 handlers run in it); the parent waits for it, prints ``forked child exited <code>`` and
@@ -253,18 +254,27 @@ def current_trace_id():
     return f"{ctx.trace_id:032x}" if ctx.is_valid else None
 
 
-def fork_here():
+def fork_here(child_sigterm=False):
     """Forks; the child reports whether the agent is active in it and exits (see the module
-    docs), the parent waits for it."""
+    docs), the parent waits for it. With ``child_sigterm`` the child sends itself SIGTERM
+    (as a supervisor stopping a helper would) and would exit 0 only if that did not end it."""
     pid = os.fork()
     if pid == 0:
         active = gpuspan.is_active()
         with gpuspan.stage("child.stage"):
             pass
         print(f"child active={int(active)}", flush=True)
+        if child_sigterm:
+            import signal
+            import time
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
         sys.exit(0)
     _, status = os.waitpid(pid, 0)
     print(f"forked child exited {os.waitstatus_to_exitcode(status)}", flush=True)
+
+
+CHILD_SIGTERM = False
 
 
 def run_request(cuda, steps, api=gpuspan, fork_at=None):
@@ -274,7 +284,7 @@ def run_request(cuda, steps, api=gpuspan, fork_at=None):
     for i in range(steps):
         with api.step(i, steps):
             if i == fork_at:
-                fork_here()
+                fork_here(CHILD_SIGTERM)
             for stage, kernel, n, ns in STEP_PLAN:
                 with api.stage(stage):
                     for _ in range(n):
@@ -303,7 +313,10 @@ def main(argv=None):
     )
     ap.add_argument("--nvtx", metavar="LIB", help="annotate through this NVTX library instead of gpuspan.py")
     ap.add_argument("--fork-at-step", type=int, metavar="K", help="fork inside step K of the first request")
+    ap.add_argument("--child-sigterm", action="store_true", help="the forked child sends itself SIGTERM")
     args = ap.parse_args(argv)
+    global CHILD_SIGTERM
+    CHILD_SIGTERM = args.child_sigterm
     api = Nvtx(args.nvtx) if args.nvtx else gpuspan
 
     tracer, propagator, provider = setup_otel()

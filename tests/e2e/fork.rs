@@ -40,6 +40,27 @@ fn forked_child_is_inactive_and_the_parents_capture_is_intact() {
     assert!(!t.events.iter().any(|e| e.name == "child.stage"), "nothing of the child's");
 }
 
+/// The child of a fine-mode worker (whose agent installed its SIGTERM flag handler) still
+/// dies of SIGTERM: the handler is reset in the child, where no collector thread would
+/// read the flag.
+#[test]
+fn a_forked_child_still_dies_of_sigterm() {
+    let out = tempfile::tempdir().unwrap();
+    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/examples/sim_worker.py");
+    let o = output(
+        gpuspan()
+            .args(["run", "--mode", "fine", "--sim", "--out"])
+            .arg(out.path())
+            .arg("--")
+            .arg(python_exe())
+            .arg(&worker)
+            .args(["--steps", "2", "--requests", "1", "--fork-at-step", "0", "--child-sigterm"]),
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains(&format!("forked child exited -{}", libc::SIGTERM)), "killed by SIGTERM: {stdout}");
+}
+
 /// One thread starts the agent (the simulated CUPTI takes 400 ms to answer
 /// `cuptiGetVersion`, `GPUSPAN_SIM_FAULT=slow_cupti`) while another forks; the child's
 /// first gpuspan call must answer at once (inactive) instead of waiting for an activation

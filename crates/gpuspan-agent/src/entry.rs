@@ -98,11 +98,13 @@ pub fn on_api_call() {
 }
 
 /// The `pthread_atfork` child handler: the child starts with the agent inactive
-/// (`lifecycle::on_fork_child`) and without the parent's control socket. Atomics and one
+/// (`lifecycle::on_fork_child`), without the parent's control socket, and with SIGTERM back
+/// at its default disposition if the agent had installed its handler. Atomics and one
 /// `close`, all async-signal-safe (POSIX `fork`: the child of a multithreaded process may
 /// only make such calls until it execs).
 extern "C" fn at_fork_child() {
     lifecycle::on_fork_child();
+    crate::signals::reset_in_forked_child();
     if let Some(fd) = crate::control::take_listener_fd() {
         // SAFETY: `fd` is the control socket's listening descriptor, whose owner (the
         // parent's server thread) does not exist in this child; nothing else closes it here.

@@ -53,3 +53,23 @@ pub fn reraise_sigterm() {
     }
 }
 
+
+/// The `pthread_atfork` child handler's part: a forked child inherits the parent's signal
+/// dispositions but none of its threads, so [`on_sigterm`] would only set a flag nobody
+/// reads and SIGTERM would no longer end the child. Restores the default disposition when
+/// ours is installed. `sigaction` only: async-signal-safe.
+pub fn reset_in_forked_child() {
+    // SAFETY: sigaction reads the current action into a zeroed `sigaction`, and sets
+    // SIG_DFL with an empty mask only when that action is our handler.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGTERM, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == on_sigterm as extern "C" fn(libc::c_int) as usize
+        {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = libc::SIG_DFL;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(libc::SIGTERM, &act, std::ptr::null_mut());
+        }
+    }
+}
