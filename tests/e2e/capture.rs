@@ -6,7 +6,7 @@
 //! (`gpuspan_simgpu::workload::preset`): the launches the worker makes inside each step /
 //! request scope, counted from its op list, independently of the agent.
 
-use crate::control::{child_of, expected_socket, raw, status_json, Worker};
+use crate::control::{child_of, expected_socket, raw, status_json, wait_for_socket, Worker};
 use crate::util::*;
 use gpuspan_core::trace::Category;
 use gpuspan_simgpu::workload::{preset::preset, Op};
@@ -102,12 +102,7 @@ fn start_replay(out: &Path, replay_args: &[&str], env: &[(&str, &str)]) -> (Work
     });
     let pid = child_of(run_pid, Duration::from_secs(30)).expect("the worker process");
     w.pid = Some(pid);
-    let sock = expected_socket(pid);
-    let t0 = Instant::now();
-    while !sock.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "{} never appeared", sock.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_socket(pid);
     (w, output)
 }
 

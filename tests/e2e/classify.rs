@@ -24,13 +24,7 @@ fn shares<'a>(kernels: impl Iterator<Item = (&'a str, f64)>) -> (BTreeMap<String
 
 #[test]
 fn other_is_under_five_percent_of_kernel_time_on_every_fixture() {
-    for f in [
-        "a100-hta-control.json.gz",
-        "h100-bert-small.json.gz",
-        "h100-qwen-prefill.json.gz",
-        "h100-vit-falconsai.json.gz",
-        "v100-resnet50-oldschema.json.gz",
-    ] {
+    for f in FIXTURE_TRACES {
         let t = gpuspan_export::read_trace(&fixture(f)).unwrap();
         let (by, other) = shares(t.kernels().map(|k| (k.name.as_str(), k.dur_us)));
         println!("{f}: other {:.3} %, {by:.3?}", other * 100.0);

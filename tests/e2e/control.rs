@@ -68,6 +68,17 @@ pub(crate) fn expected_socket(pid: u32) -> PathBuf {
     socket_path(&dir, pid)
 }
 
+/// Waits (at most 30 s) for `pid`'s control socket to appear, and returns its path.
+pub(crate) fn wait_for_socket(pid: u32) -> PathBuf {
+    let sock = expected_socket(pid);
+    let t0 = Instant::now();
+    while !sock.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{} never appeared", sock.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sock
+}
+
 /// `gpuspan status PID --json`, parsed.
 pub(crate) fn status_json(pid: u32) -> serde_json::Value {
     let o = output(gpuspan().args(["status", &pid.to_string(), "--json"]));
@@ -317,12 +328,7 @@ fn concurrent_status_clients_are_not_held_up_by_a_silent_one() {
     let mut w = Worker { run, pid: None };
     let pid = child_of(run_pid, Duration::from_secs(30)).expect("the worker process");
     w.pid = Some(pid);
-    let sock = expected_socket(pid);
-    let t0 = Instant::now();
-    while !sock.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "{} never appeared", sock.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let sock = wait_for_socket(pid);
     // The silent client first: connected, nothing sent, kept open.
     let silent = UnixStream::connect(&sock).unwrap();
     std::thread::sleep(Duration::from_millis(100));

@@ -8,22 +8,28 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// `python/examples/sim_worker.py ARGS` under `gpuspan run --mode fine --sim`, writing into
+/// `out`.
+fn forking_worker(out: &Path, args: &[&str]) -> std::process::Output {
+    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/examples/sim_worker.py");
+    output(
+        gpuspan()
+            .args(["run", "--mode", "fine", "--sim", "--out"])
+            .arg(out)
+            .arg("--")
+            .arg(python_exe())
+            .arg(&worker)
+            .args(args),
+    )
+}
+
 /// A Python worker forks inside step 1; the child finds the agent inactive and exits
 /// through its exit handlers; the parent's capture holds every kernel the parent launched,
 /// in its scopes, and is the only capture.
 #[test]
 fn forked_child_is_inactive_and_the_parents_capture_is_intact() {
     let out = tempfile::tempdir().unwrap();
-    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/examples/sim_worker.py");
-    let o = output(
-        gpuspan()
-            .args(["run", "--mode", "fine", "--sim", "--out"])
-            .arg(out.path())
-            .arg("--")
-            .arg(python_exe())
-            .arg(&worker)
-            .args(["--steps", "3", "--requests", "2", "--fork-at-step", "1"]),
-    );
+    let o = forking_worker(out.path(), &["--steps", "3", "--requests", "2", "--fork-at-step", "1"]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stdout}\n{stderr}");
@@ -46,16 +52,7 @@ fn forked_child_is_inactive_and_the_parents_capture_is_intact() {
 #[test]
 fn a_forked_child_still_dies_of_sigterm() {
     let out = tempfile::tempdir().unwrap();
-    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/examples/sim_worker.py");
-    let o = output(
-        gpuspan()
-            .args(["run", "--mode", "fine", "--sim", "--out"])
-            .arg(out.path())
-            .arg("--")
-            .arg(python_exe())
-            .arg(&worker)
-            .args(["--steps", "2", "--requests", "1", "--fork-at-step", "0", "--child-sigterm"]),
-    );
+    let o = forking_worker(out.path(), &["--steps", "2", "--requests", "1", "--fork-at-step", "0", "--child-sigterm"]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout.contains(&format!("forked child exited -{}", libc::SIGTERM)), "killed by SIGTERM: {stdout}");

@@ -64,13 +64,7 @@ fn check(what: &str, t: &Trace) {
 
 #[test]
 fn detected_steps_match_the_recorded_ones_on_every_fixture() {
-    for f in [
-        "a100-hta-control.json.gz",
-        "h100-bert-small.json.gz",
-        "h100-qwen-prefill.json.gz",
-        "h100-vit-falconsai.json.gz",
-        "v100-resnet50-oldschema.json.gz",
-    ] {
+    for f in FIXTURE_TRACES {
         check(f, &gpuspan_export::read_trace(&fixture(f)).unwrap());
     }
 }

@@ -29,6 +29,15 @@ pub fn gpuspan() -> Command {
     c
 }
 
+/// Every trace of `../shared/fixtures/traces/` (recorded on real GPUs).
+pub const FIXTURE_TRACES: [&str; 5] = [
+    "a100-hta-control.json.gz",
+    "h100-bert-small.json.gz",
+    "h100-qwen-prefill.json.gz",
+    "h100-vit-falconsai.json.gz",
+    "v100-resnet50-oldschema.json.gz",
+];
+
 /// `../shared/fixtures/traces/<name>`.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/traces").join(name)
