@@ -136,9 +136,18 @@ fn exit_from_a_sigterm_handler_does_not_hang() {
         // What was decoded before the signal is written: CUPTI and the collector thread,
         // when stuck behind the interrupted CUDA call, cost only their share of the budget
         // (the capture then says partial; when the signal landed elsewhere it is complete).
-        let t = gpuspan_export::read_trace(&capture_in(out.path())).expect("a readable capture");
-        let stuck = summary_u64(&t, "gpuspan.cupti_flush_timed_out");
-        assert!(stuck == 0 || summary_u64(&t, "gpuspan.partial") == 1, "a timed-out CUPTI flush marks the capture partial");
+        // exit() in a signal handler is not async-signal-safe: when the interrupted thread
+        // holds a lock the finishing thread needs too (malloc's, say), no capture can be
+        // written; the exit handler then gives up after the budget and says so, and the
+        // worker still exits.
+        match captures_in(out.path()).first() {
+            Some(p) => {
+                let t = gpuspan_export::read_trace(p).expect("a readable capture");
+                let stuck = summary_u64(&t, "gpuspan.cupti_flush_timed_out");
+                assert!(stuck == 0 || summary_u64(&t, "gpuspan.partial") == 1, "a timed-out CUPTI flush marks the capture partial");
+            }
+            None => assert!(stderr.contains("finishing did not complete within the exit budget"), "no capture, and no reason given:\n{stderr}"),
+        }
     }
 }
 
