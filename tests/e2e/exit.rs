@@ -1,7 +1,8 @@
 //! How the agent leaves a worker (issue 11, item 3): SIGTERM during fine collection still
 //! leaves a readable capture of what was collected, marked partial, and the worker still
 //! dies of SIGTERM; the exit work stays within `GPUSPAN_EXIT_BUDGET` with a million records
-//! pending; `exit()` from a signal handler or from a second thread never hangs the worker.
+//! pending; `exit()` from a signal handler (even one that interrupted `malloc`) or from a
+//! second thread never hangs the worker.
 
 use crate::util::*;
 use std::io::{BufRead, BufReader};
@@ -149,6 +150,98 @@ fn exit_from_a_sigterm_handler_does_not_hang() {
             None => assert!(stderr.contains("finishing did not complete within the exit budget"), "no capture, and no reason given:\n{stderr}"),
         }
     }
+}
+
+#[test]
+fn exit_from_a_signal_handler_that_interrupted_malloc_does_not_hang() {
+    // The worker's SIGTERM handler calls exit(0) on a thread stopped inside malloc, holding
+    // its arena lock (tests/e2e/workers/exit_in_malloc.c): an exit handler that allocated
+    // on that thread would wait for itself forever. Deterministic, unlike where a signal
+    // lands in `exit_from_a_sigterm_handler_does_not_hang`.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("exit_in_malloc");
+    compile_c(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/workers/exit_in_malloc.c"), &exe, &["-rdynamic"]);
+    let sim = tempfile::tempdir().unwrap();
+    gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut child = Command::new(&exe)
+        .arg("200")
+        .env("LD_PRELOAD", artifact("libgpuspan.so"))
+        .env("LD_LIBRARY_PATH", sim.path())
+        .env("GPUSPAN_MODE", "fine")
+        .env("GPUSPAN_OUT", out.path())
+        .env("GPUSPAN_LOG", "info")
+        .env_remove("GPUSPAN_EXIT_BUDGET")
+        .env_remove("NVTX_INJECTION64_PATH")
+        .env_remove("CUDA_INJECTION64_PATH")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map(|l| l.unwrap());
+    assert_eq!(lines.next().as_deref(), Some("launched 200 kernels"));
+    assert_eq!(lines.next().as_deref(), Some("in malloc"));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let t0 = Instant::now();
+    let (status, stderr) = wait_bounded(&mut child, Duration::from_secs(6), "exit() in a SIGTERM handler inside malloc");
+    println!("exit() inside malloc: exited {status:?} {:?} after the signal", t0.elapsed());
+    assert_eq!(status.code(), Some(0), "{status:?}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The finishing thread allocates on its own arena: the capture is written, complete.
+    let t = gpuspan_export::read_trace(&capture_in(out.path())).unwrap_or_else(|e| panic!("{e}\n{stderr}"));
+    assert_eq!(t.kernels().count(), 200, "{stderr}");
+    assert_eq!(summary_u64(&t, "gpuspan.partial"), 0);
+}
+
+/// `(thread name, blocked-signal mask)` of each thread of `pid`, from
+/// `/proc/PID/task/TID/{comm,status}` (`SigBlk`, hex; bit `n - 1` is signal `n`).
+fn thread_masks(pid: u32) -> Vec<(String, u64)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let (Ok(comm), Ok(status)) = (std::fs::read_to_string(e.path().join("comm")), std::fs::read_to_string(e.path().join("status"))) else { continue };
+        let Some(blk) = status.lines().find_map(|l| l.strip_prefix("SigBlk:")) else { continue };
+        v.push((comm.trim().to_string(), u64::from_str_radix(blk.trim(), 16).unwrap()));
+    }
+    v
+}
+
+#[test]
+fn agent_threads_block_process_directed_signals() {
+    // A process-directed signal goes to any thread that does not block it: gpuspan's threads
+    // block the asynchronous ones, so the worker's SIGTERM / SIGINT handler runs on one of
+    // its own threads, never on the collector in the middle of its work.
+    let sim = tempfile::tempdir().unwrap();
+    gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut child = spawn_replay(sim.path(), out.path(), &["wan2.1", "--steps", "50", "--exit-on-sigterm"], &[]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().map(|l| l.unwrap()).as_deref(), Some("exits armed"));
+    // The agent activates on the worker's cuInit; wait for its threads.
+    let t0 = Instant::now();
+    let masks = loop {
+        let m = thread_masks(child.id());
+        if ["gpuspan-collect", "gpuspan-exit", "gpuspan-control"].iter().all(|n| m.iter().any(|(c, _)| c == n)) || t0.elapsed() > Duration::from_secs(5) {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let bit = |sig: i32| 1u64 << (sig - 1);
+    let agent: Vec<_> = masks.iter().filter(|(c, _)| c.starts_with("gpuspan-") && c != "gpuspan-replay").collect();
+    assert!(agent.len() >= 3, "the collector, exit and control threads: {masks:?}");
+    for (name, blk) in &agent {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1, libc::SIGPIPE, libc::SIGPROF] {
+            assert!(blk & bit(sig) != 0, "{name} does not block signal {sig}: {blk:#x}");
+        }
+        for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL] {
+            assert!(blk & bit(sig) == 0, "{name} blocks synchronous signal {sig}: {blk:#x}");
+        }
+    }
+    // The worker's own threads keep their masks (the main thread blocks nothing).
+    let main = masks.iter().find(|(c, _)| c == "gpuspan-replay").unwrap_or_else(|| panic!("{masks:?}"));
+    assert_eq!(main.1 & bit(libc::SIGTERM), 0, "{masks:?}");
 }
 
 #[test]

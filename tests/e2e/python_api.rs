@@ -409,7 +409,7 @@ int main(int argc, char **argv) {
 
 /// Compiles [`C_WORKER`] into `dir` against `include/gpuspan.h` and the built `libgpuspan.so`.
 fn c_worker(dir: &Path) -> Option<PathBuf> {
-    let gcc = required_tool(
+    required_tool(
         Command::new("gcc").arg("--version").output().ok().filter(|o| o.status.success()).map(|_| PathBuf::from("gcc")),
         "gcc",
     )?;
@@ -417,19 +417,12 @@ fn c_worker(dir: &Path) -> Option<PathBuf> {
     let exe = dir.join("worker");
     std::fs::write(&src, C_WORKER).unwrap();
     let lib_dir = artifact("libgpuspan.so").parent().unwrap().to_path_buf();
-    let o = output(
-        Command::new(gcc)
-            .args(["-std=gnu11", "-O1", "-Wall", "-Wextra", "-Werror", "-pthread", "-I"])
-            .arg(repo().join("include"))
-            .arg(&src)
-            .arg("-o")
-            .arg(&exe)
-            .arg("-L")
-            .arg(&lib_dir)
-            .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-            .args(["-lgpuspan", "-ldl"]),
+    let include = repo().join("include");
+    compile_c(
+        &src,
+        &exe,
+        &["-I", include.to_str().unwrap(), "-L", lib_dir.to_str().unwrap(), &format!("-Wl,-rpath,{}", lib_dir.display()), "-lgpuspan"],
     );
-    assert!(o.status.success(), "gcc failed:\n{}", String::from_utf8_lossy(&o.stderr));
     Some(exe)
 }
 

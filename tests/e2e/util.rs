@@ -128,3 +128,18 @@ pub fn window_capture(dir: &Path, n: u32) -> PathBuf {
     assert_eq!(w.len(), 1, "one window-<pid>-{n} in {}: {w:?}", dir.display());
     capture_in(&w[0])
 }
+
+/// Compiles the C program `source` into `exe` with gcc (C11 with GNU extensions, warnings as
+/// errors, `-pthread -ldl`) plus `extra` arguments; panics with gcc's output if it fails.
+pub fn compile_c(source: &Path, exe: &Path, extra: &[&str]) {
+    let o = output(
+        Command::new("gcc")
+            .args(["-std=gnu11", "-O1", "-Wall", "-Wextra", "-Werror", "-pthread"])
+            .arg(source)
+            .arg("-o")
+            .arg(exe)
+            .args(extra)
+            .arg("-ldl"),
+    );
+    assert!(o.status.success(), "gcc {} failed:\n{}", source.display(), String::from_utf8_lossy(&o.stderr));
+}

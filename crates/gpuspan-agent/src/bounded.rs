@@ -26,10 +26,12 @@ pub fn run_bounded<R: Send + 'static>(name: &str, until: Instant, f: impl FnOnce
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let f = std::sync::Arc::new(std::sync::Mutex::new(Some(f)));
     let g = f.clone();
-    let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
-        if let Some(f) = g.lock().ok().and_then(|mut x| x.take()) {
-            let _ = tx.send(f());
-        }
+    let spawned = crate::signals::with_async_signals_blocked(|| {
+        std::thread::Builder::new().name(name.into()).spawn(move || {
+            if let Some(f) = g.lock().ok().and_then(|mut x| x.take()) {
+                let _ = tx.send(f());
+            }
+        })
     });
     match spawned {
         Ok(_) => rx.recv_timeout(until.saturating_duration_since(Instant::now())).ok(),

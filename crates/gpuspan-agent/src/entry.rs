@@ -1,4 +1,5 @@
-//! What the `extern "C"` entry points of `libgpuspan.so` do, and the exit handler.
+//! What the `extern "C"` entry points of `libgpuspan.so` do (the exit handler is in
+//! [`crate::exit_handler`]).
 //!
 //! The `#[no_mangle]` symbols and the ELF constructor themselves are in the root package
 //! (`src/lib.rs`), which builds `libgpuspan.so`: cargo cannot have this crate's library also
@@ -120,7 +121,7 @@ pub fn activate(trigger: Trigger) -> Result<(), String> {
     register_fork_handler();
     let r = lifecycle::activate_for(trigger);
     if r.is_ok() {
-        register_exit_handler();
+        crate::exit_handler::arm();
     }
     r
 }
@@ -161,54 +162,4 @@ pub unsafe fn initialize_injection_nvtx2(get_export_table: Option<gpuspan_cupti:
         i32::from(n > 0)
     })
     .unwrap_or(0)
-}
-
-/// Beyond the exit budget, how long [`at_exit`] waits for the finishing thread (joins, the
-/// last OTLP request's grace) before it lets the process go on exiting.
-pub const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// The exit handler. The finishing work ([`lifecycle::flush_capture`]) runs on a thread of its
-/// own (`gpuspan-exit`), waited for at most the exit budget plus [`EXIT_GRACE`]: `exit()`
-/// may be called from a signal handler that interrupted a thread inside a CUDA / CUPTI call
-/// or holding one of the agent's locks, and work done on that interrupted thread could wait
-/// on it forever. If the finishing thread does not report in time, one warning says so and
-/// the process exits without the capture (that thread dies with it). Without a thread (none
-/// can be made), the work runs here.
-extern "C" fn at_exit() {
-    let _ = std::panic::catch_unwind(|| {
-        // A forked child inherits the agent's state but none of its threads, and the
-        // CUPTI session and the capture belong to the parent: the child leaves both alone.
-        if !lifecycle::in_activating_process() {
-            return;
-        }
-        let budget = lifecycle::agent().map_or(crate::config::DEFAULT_EXIT_BUDGET, |a| a.config.exit_budget);
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let spawned = std::thread::Builder::new().name("gpuspan-exit".into()).spawn(move || {
-            let r = std::panic::catch_unwind(lifecycle::flush_capture).unwrap_or_else(|_| Err("finishing panicked".into()));
-            let _ = tx.send(r);
-        });
-        let outcome = match spawned {
-            Ok(_) => match rx.recv_timeout(budget + EXIT_GRACE) {
-                Ok(r) => r,
-                Err(_) => Err(format!(
-                    "finishing did not complete within the exit budget ({budget:?}; a lock held by the thread that called exit?): the process exits without waiting"
-                )),
-            },
-            Err(_) => lifecycle::flush_capture(),
-        };
-        match outcome {
-            Err(e) if e == crate::collector_thread::NO_COARSE_CAPTURE => crate::log::info(&e),
-            Err(e) => crate::log::warn(&format!("capture not written: {e}")),
-            Ok(_) => {}
-        }
-    });
-}
-
-/// Registers the exit handler that writes the capture (once).
-pub fn register_exit_handler() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: `at_exit` is an `extern "C" fn()` living as long as the (pinned) library.
-        unsafe { libc::atexit(at_exit) };
-    });
 }

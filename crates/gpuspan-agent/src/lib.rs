@@ -1,7 +1,8 @@
 //! `gpuspan-agent`: the gpuspan agent that runs inside an inference worker (built into
 //! `libgpuspan.so` by the root package, whose `src/lib.rs` holds the `extern "C"` symbols).
 //!
-//! Entry points ([`entry`]; with the SIGTERM handler in [`signals`], the CUPTI callbacks
+//! Entry points ([`entry`]; with the exit handler in [`exit_handler`], the SIGTERM handler
+//! and the signal masks of the agent's threads in [`signals`], the CUPTI callbacks
 //! in [`cupti_callbacks`], the buffer decode in [`collector`] and the hot-path FFI shims in
 //! [`hooks`], the only `unsafe` of this
 //! crate): the `LD_PRELOAD` constructor, `InitializeInjection` (the CUDA driver
@@ -37,12 +38,12 @@
 // Modules from the bottom up: each imports only modules listed before it (no import
 // cycle; `tests/module_layers.rs` checks it).
 pub mod log;
+pub mod signals;
 pub mod coarse;
 pub mod config;
 pub mod nvtx_domains;
 pub mod nvml;
 pub mod bounded;
-pub mod signals;
 pub mod shared;
 pub mod telemetry;
 pub mod hooks;
@@ -54,6 +55,7 @@ pub mod agent;
 pub mod control;
 pub mod collector_thread;
 pub mod lifecycle;
+pub mod exit_handler;
 pub mod entry;
 
 pub use lifecycle::{flush_capture, AgentStatus};

@@ -197,7 +197,10 @@ pub fn activate_for(trigger: Trigger) -> Result<(), String> {
             l.transition(Phase::Dormant, Phase::Activating);
             l.pid.store(std::process::id() as u64, Ordering::Relaxed);
             crate::log::init_from_env();
-            let r = activate_inner(l);
+            // Every thread activation starts (and the threads those start) inherits a mask
+            // with asynchronous signals blocked (`signals`); the calling thread's own mask is
+            // restored after.
+            let r = crate::signals::with_async_signals_blocked(|| activate_inner(l));
             match &r {
                 Ok(()) => l.transition(Phase::Activating, Phase::Active),
                 Err(e) => {

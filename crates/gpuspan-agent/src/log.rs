@@ -18,6 +18,11 @@ pub fn init_from_env() {
     LEVEL.store(l, Ordering::Relaxed);
 }
 
+/// Whether warnings are printed (`GPUSPAN_LOG` is not `off`). One atomic load.
+pub fn warnings_on() -> bool {
+    LEVEL.load(Ordering::Relaxed) >= 1
+}
+
 /// Prints `gpuspan: warning: <msg>` on stderr unless logging is off.
 pub fn warn(msg: &str) {
     if LEVEL.load(Ordering::Relaxed) >= 1 {
