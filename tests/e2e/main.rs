@@ -24,6 +24,7 @@ mod prometheus;
 mod python_api;
 mod replay;
 mod steps_auto;
+mod streaming;
 mod triggers;
 mod util;
 mod waterfall;

@@ -1,10 +1,16 @@
-//! `gpuspan-replay WORKLOAD [--steps N] [--requests N] [--cuda-graph]`: the replay worker.
+//! `gpuspan-replay WORKLOAD [--steps N] [--requests N] [--duration D] [--cuda-graph]`: the
+//! replay worker.
 //!
 //! Behaves like a real inference worker: opens `libcuda.so.1` at run time, `cuInit(0)`
 //! (where `CUDA_INJECTION64_PATH` takes effect), launches the workload's kernels through the
 //! driver API and announces requests / steps / stages as NVTX ranges through the NVTX v3
 //! loader logic (`NVTX_INJECTION64_PATH`). WORKLOAD is a built-in preset (`stdit`,
 //! `wan2.1`) or a Kineto trace file (`.json` / `.json.gz`).
+//!
+//! Requests are generated and run one at a time, so memory does not depend on `--requests`;
+//! `--requests 0` runs until stopped, `--duration D` until D of wall time has passed (both
+//! print `requests: N` after the `replayed` line). For soaks, `GPUSPAN_SIM_CLOCK=real` with
+//! `GPUSPAN_SIM_SPEED=F` runs the simulated H100 F times faster than wall time.
 //!
 //! Each request is an NVTX range `gpuspan.request <traceparent> model=<name>`: presets
 //! build theirs; a trace replay is wrapped in one, with `--traceparent` if given (every
@@ -47,10 +53,10 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gpuspan_simgpu::workload::exec::{execute_with, open_driver, ExecError, ExecOptions};
+use gpuspan_simgpu::workload::exec::{execute_requests, open_driver, ExecError, ExecOptions};
 use gpuspan_simgpu::workload::graph_plan;
 use gpuspan_simgpu::workload::from_trace::workload_from_trace;
-use gpuspan_simgpu::workload::preset::{preset, traceparent, DEFAULT_STEPS, PRESET_NAMES};
+use gpuspan_simgpu::workload::preset::{traceparent, PresetRequests, DEFAULT_STEPS, PRESET_NAMES};
 use gpuspan_simgpu::workload::{Op, Workload};
 
 /// Replay a DiT preset or a Kineto trace on the (simulated) GPU, with NVTX scopes.
@@ -62,9 +68,14 @@ struct Args {
     /// Denoising steps per request (presets only).
     #[arg(long, default_value_t = DEFAULT_STEPS)]
     steps: u32,
-    /// Requests to run (a trace is replayed this many times).
-    #[arg(long, default_value_t = 1)]
-    requests: u32,
+    /// Requests to run (a trace is replayed this many times); 0 runs until stopped (a
+    /// signal, or `--duration`). Default 1, or without end with `--duration`.
+    #[arg(long)]
+    requests: Option<u32>,
+    /// Run requests until this much wall time has passed (`30s`, `2h`; checked between
+    /// requests, so the request in flight finishes).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    duration: Option<std::time::Duration>,
     /// W3C traceparent of the replayed requests (trace files only).
     #[arg(long)]
     traceparent: Option<String>,
@@ -134,62 +145,133 @@ fn step_index(name: &str) -> Option<u64> {
     name.strip_prefix("dit.step ")?.split('/').next()?.trim().parse().ok()
 }
 
-/// Applies `--request-attr` and `--slow-step` to the workload's ops.
-fn adjust(w: &mut Workload, request_attrs: &[String], slow_step: Option<&str>) -> Result<(), String> {
-    let mut attrs: Vec<(u32, String)> = Vec::new();
-    for a in request_attrs {
-        let (i, kv) = a.split_once(':').ok_or_else(|| format!("--request-attr {a:?}: expected INDEX:KEY=VALUE"))?;
-        let i: u32 = i.parse().map_err(|_| format!("--request-attr {a:?}: INDEX is not a number"))?;
-        if !kv.contains('=') || kv.contains(char::is_whitespace) {
-            return Err(format!("--request-attr {a:?}: expected KEY=VALUE without spaces"));
+/// `--request-attr` and `--slow-step`, parsed.
+struct Adjustments {
+    /// (request index, `KEY=VALUE`).
+    attrs: Vec<(u32, String)>,
+    /// (step index, duration factor).
+    slow: Option<(u64, f64)>,
+    /// `--oom-at-step`.
+    oom_at_step: Option<u64>,
+}
+
+impl Adjustments {
+    fn parse(request_attrs: &[String], slow_step: Option<&str>, oom_at_step: Option<u64>) -> Result<Adjustments, String> {
+        let mut attrs: Vec<(u32, String)> = Vec::new();
+        for a in request_attrs {
+            let (i, kv) = a.split_once(':').ok_or_else(|| format!("--request-attr {a:?}: expected INDEX:KEY=VALUE"))?;
+            let i: u32 = i.parse().map_err(|_| format!("--request-attr {a:?}: INDEX is not a number"))?;
+            if !kv.contains('=') || kv.contains(char::is_whitespace) {
+                return Err(format!("--request-attr {a:?}: expected KEY=VALUE without spaces"));
+            }
+            attrs.push((i, kv.to_string()));
         }
-        attrs.push((i, kv.to_string()));
+        let slow = match slow_step {
+            None => None,
+            Some(s) => {
+                let (i, f) = s.split_once(':').ok_or_else(|| format!("--slow-step {s:?}: expected STEP:FACTOR"))?;
+                let i: u64 = i.parse().map_err(|_| format!("--slow-step {s:?}: STEP is not a number"))?;
+                let f: f64 = f.parse().ok().filter(|f: &f64| *f > 0.0).ok_or_else(|| format!("--slow-step {s:?}: FACTOR must be positive"))?;
+                Some((i, f))
+            }
+        };
+        Ok(Adjustments { attrs, slow, oom_at_step })
     }
-    let slow = match slow_step {
-        None => None,
-        Some(s) => {
-            let (i, f) = s.split_once(':').ok_or_else(|| format!("--slow-step {s:?}: expected STEP:FACTOR"))?;
-            let i: u64 = i.parse().map_err(|_| format!("--slow-step {s:?}: STEP is not a number"))?;
-            let f: f64 = f.parse().ok().filter(|f: &f64| *f > 0.0).ok_or_else(|| format!("--slow-step {s:?}: FACTOR must be positive"))?;
-            Some((i, f))
-        }
-    };
-    let mut request = 0u32;
-    let mut in_slow_step = 0usize;
-    let mut depth_of_slow = None;
-    let mut depth = 0usize;
-    for op in w.ops.iter_mut() {
-        match op {
-            Op::RangePush(name) => {
-                if name.starts_with("gpuspan.request") {
-                    for (_, kv) in attrs.iter().filter(|(i, _)| *i == request) {
-                        name.push(' ');
-                        name.push_str(kv);
+
+    /// Applies the adjustments to `w`, the run's requests from index `first_request` on
+    /// (one request, or a whole trace pass). Errors when a named step does not exist.
+    fn apply(&self, w: &mut Workload, first_request: u32) -> Result<(), String> {
+        let mut request = first_request;
+        let mut in_slow_step = 0usize;
+        let mut depth_of_slow = None;
+        let mut depth = 0usize;
+        for op in w.ops.iter_mut() {
+            match op {
+                Op::RangePush(name) => {
+                    if name.starts_with("gpuspan.request") {
+                        for (_, kv) in self.attrs.iter().filter(|(i, _)| *i == request) {
+                            name.push(' ');
+                            name.push_str(kv);
+                        }
+                        request += 1;
                     }
-                    request += 1;
+                    depth += 1;
+                    if self.slow.is_some_and(|(i, _)| step_index(name) == Some(i)) {
+                        depth_of_slow = Some(depth);
+                        in_slow_step += 1;
+                    }
                 }
-                depth += 1;
-                if slow.is_some_and(|(i, _)| step_index(name) == Some(i)) {
-                    depth_of_slow = Some(depth);
-                    in_slow_step += 1;
+                Op::RangePop => {
+                    if depth_of_slow == Some(depth) {
+                        depth_of_slow = None;
+                    }
+                    depth = depth.saturating_sub(1);
                 }
-            }
-            Op::RangePop => {
-                if depth_of_slow == Some(depth) {
-                    depth_of_slow = None;
+                Op::Launch { dur_ns, .. } if depth_of_slow.is_some() => {
+                    *dur_ns = (*dur_ns as f64 * self.slow.map(|s| s.1).unwrap_or(1.0)) as u64;
                 }
-                depth = depth.saturating_sub(1);
+                _ => {}
             }
-            Op::Launch { dur_ns, .. } if depth_of_slow.is_some() => {
-                *dur_ns = (*dur_ns as f64 * slow.map(|s| s.1).unwrap_or(1.0)) as u64;
+        }
+        if self.slow.is_some() && in_slow_step == 0 {
+            return Err("--slow-step: the workload has no such step".into());
+        }
+        if let Some(step) = self.oom_at_step {
+            let at: Vec<usize> = w
+                .ops
+                .iter()
+                .enumerate()
+                .filter(|(_, op)| matches!(op, Op::RangePush(n) if step_index(n) == Some(step)))
+                .map(|(i, _)| i)
+                .collect();
+            if at.is_empty() {
+                return Err("--oom-at-step: the workload has no such step".into());
             }
-            _ => {}
+            for i in at.into_iter().rev() {
+                w.ops.insert(i + 1, Op::AllocProbe { bytes: 1 << 40 });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The run's requests one at a time (issue 13, item 1: memory does not depend on
+/// `--requests`): a preset's from [`PresetRequests`], a trace's as the trace's ops (read and
+/// converted once) wrapped in a `gpuspan.request` range per pass.
+enum Requests {
+    Preset(PresetRequests),
+    Trace {
+        one: Workload,
+        stem: String,
+        traceparent: Option<String>,
+        /// `None`: without end.
+        requests: Option<u32>,
+        next: u32,
+    },
+}
+
+impl Iterator for Requests {
+    type Item = Workload;
+
+    fn next(&mut self) -> Option<Workload> {
+        match self {
+            Requests::Preset(p) => p.next(),
+            Requests::Trace { one, stem, traceparent: tp, requests, next } => {
+                if requests.is_some_and(|n| *next >= n) {
+                    return None;
+                }
+                let r = *next;
+                *next = r.wrapping_add(1);
+                let tp = tp.clone().unwrap_or_else(|| traceparent(stem, r));
+                let mut w = Workload::new();
+                w.ops.reserve(one.ops.len() + 2);
+                w.ops.push(Op::RangePush(format!("gpuspan.request {tp} model={stem}")));
+                w.extend(one);
+                w.ops.push(Op::RangePop);
+                Some(w)
+            }
         }
     }
-    if slow.is_some() && in_slow_step == 0 {
-        return Err("--slow-step: the workload has no such step".into());
-    }
-    Ok(())
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -232,49 +314,42 @@ fn sim_cupti_line(lib: &libloading::Library) -> Option<String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let workload = if PRESET_NAMES.contains(&args.workload.as_str()) {
-        preset(&args.workload, args.steps, args.requests).expect("known preset")
+    // `--requests 0`, or `--duration` without `--requests`: without end.
+    let requests = match (args.requests, args.duration) {
+        (Some(0), _) | (None, Some(_)) => None,
+        (Some(n), _) => Some(n),
+        (None, None) => Some(1),
+    };
+    let mut source = if PRESET_NAMES.contains(&args.workload.as_str()) {
+        Requests::Preset(PresetRequests::new(&args.workload, args.steps, requests).expect("known preset"))
     } else {
         match gpuspan_export::read_trace(Path::new(&args.workload)) {
-            Ok(trace) => {
-                let one = workload_from_trace(&trace);
-                let stem = trace_stem(&args.workload);
-                let mut w = Workload::new();
-                for r in 0..args.requests {
-                    let tp = args.traceparent.clone().unwrap_or_else(|| traceparent(&stem, r));
-                    w.ops.push(Op::RangePush(format!("gpuspan.request {tp} model={stem}")));
-                    w.extend(&one);
-                    w.ops.push(Op::RangePop);
-                }
-                w
-            }
+            Ok(trace) => Requests::Trace {
+                one: workload_from_trace(&trace),
+                stem: trace_stem(&args.workload),
+                traceparent: args.traceparent.clone(),
+                requests,
+                next: 0,
+            },
             Err(e) => return fail(2, format!("{e} (presets: {})", PRESET_NAMES.join(", "))),
         }
     };
-    let mut workload = workload;
-    if let Err(e) = adjust(&mut workload, &args.request_attr, args.slow_step.as_deref()) {
+    let adjust = match Adjustments::parse(&args.request_attr, args.slow_step.as_deref(), args.oom_at_step) {
+        Ok(a) => a,
+        Err(e) => return fail(2, e),
+    };
+    // The first request is checked before anything runs (every request has its steps).
+    let Some(mut first) = source.next() else {
+        return fail(2, "--requests: nothing to run");
+    };
+    if let Err(e) = adjust.apply(&mut first, 0) {
         return fail(2, e);
-    }
-    if let Some(step) = args.oom_at_step {
-        let at: Vec<usize> = workload
-            .ops
-            .iter()
-            .enumerate()
-            .filter(|(_, op)| matches!(op, Op::RangePush(n) if step_index(n) == Some(step)))
-            .map(|(i, _)| i)
-            .collect();
-        if at.is_empty() {
-            return fail(2, "--oom-at-step: the workload has no such step");
-        }
-        for i in at.into_iter().rev() {
-            workload.ops.insert(i + 1, Op::AllocProbe { bytes: 1 << 40 });
-        }
     }
     if args.cuda_graph {
         if args.slow_step.is_some() {
             return fail(2, "--cuda-graph: --slow-step cannot be honoured: a replayed CUDA graph runs the kernels it captured");
         }
-        if let Err(e) = graph_plan::plan(&workload) {
+        if let Err(e) = graph_plan::plan(&first) {
             return fail(2, format!("--cuda-graph: {e}"));
         }
     }
@@ -289,12 +364,28 @@ fn main() -> ExitCode {
     }
     arrange_exits(args.exit_on_sigterm, args.exit_after_ms);
     let opts = ExecOptions { announce_streams: !args.legacy_stream, cuda_graph: args.cuda_graph };
-    match execute_with(&lib, &workload, &opts) {
+    let started = std::time::Instant::now();
+    let mut ran = 0u32;
+    let mut keep_going = || {
+        let go = args.duration.is_none_or(|d| started.elapsed() < d);
+        ran += u32::from(go);
+        go
+    };
+    let adjusted = source.enumerate().map(|(i, mut w)| {
+        // Checked on the first request: the others have the same steps.
+        let _ = adjust.apply(&mut w, i as u32 + 1);
+        w
+    });
+    let result = execute_requests(&lib, std::iter::once(first).chain(adjusted), &opts, &mut keep_going);
+    match result {
         Ok(s) => {
             println!(
                 "replayed {} kernels, {} memcpy, {} memset on {}",
                 s.kernels, s.memcpys, s.memsets, s.device_name
             );
+            if requests.is_none() {
+                println!("requests: {ran}");
+            }
             if s.failed_allocs > 0 {
                 println!("{} allocations refused (out of memory)", s.failed_allocs);
             }

@@ -6,6 +6,7 @@
 //! | `GPUSPAN_SIM_CUPTI_VERSION` | a CUPTI release `12.0` … `12.9`, `13.0` … `13.5` (`gpuspan_cupti::layouts::RELEASES`); `12` = `12.9`, `13` = `13.5` | `12.9` |
 //! | `GPUSPAN_SIM_FAULT` | comma list of `no_device`, `cupti_subscribed`, `drop_records`, `slow_cupti`, `capture_invalidated` | none |
 //! | `GPUSPAN_SIM_DROP_EVERY` | N ≥ 1: with `drop_records`, every Nth record is dropped | `10` |
+//! | `GPUSPAN_SIM_SPEED` | F > 0 (up to 3 decimals): with `GPUSPAN_SIM_CLOCK=real`, the simulated H100's clock runs F times as fast as wall time (soaks); no effect on the virtual clock | `1` |
 //!
 //! A bad value gets one warning on stderr naming the variable and the default used, except
 //! an unknown CUPTI version, which is an error: [`Config::bad_cupti_version`] makes `cuInit`
@@ -86,6 +87,9 @@ pub struct Config {
     pub drop_every: u64,
     /// `GPUSPAN_SIM_CUPTI_VERSION` named no known release (an error: see the module docs).
     pub bad_cupti_version: bool,
+    /// `GPUSPAN_SIM_SPEED` × 1000 (an integer so the configuration stays `Eq`); 1000 is
+    /// wall-time speed.
+    pub speed_milli: u64,
 }
 
 impl Default for Config {
@@ -96,6 +100,7 @@ impl Default for Config {
             faults: Faults::default(),
             drop_every: 10,
             bad_cupti_version: false,
+            speed_milli: 1000,
         }
     }
 }
@@ -143,6 +148,12 @@ impl Config {
                 }
             }
         }
+        if let Some(v) = get("GPUSPAN_SIM_SPEED") {
+            match v.trim().parse::<f64>() {
+                Ok(f) if f.is_finite() && (0.001..=1_000_000.0).contains(&f) => cfg.speed_milli = (f * 1000.0).round() as u64,
+                _ => warn("GPUSPAN_SIM_SPEED", &v, "1"),
+            }
+        }
         if let Some(v) = get("GPUSPAN_SIM_DROP_EVERY") {
             match v.trim().parse::<u64>() {
                 Ok(n) if n >= 1 => cfg.drop_every = n,
@@ -164,6 +175,7 @@ mod tests {
             "GPUSPAN_SIM_CUPTI_VERSION" => Some("13".to_string()),
             "GPUSPAN_SIM_FAULT" => Some("drop_records, no_device,bogus,capture_invalidated".to_string()),
             "GPUSPAN_SIM_DROP_EVERY" => Some("0".to_string()),
+            "GPUSPAN_SIM_SPEED" => Some("12.5".to_string()),
             _ => None,
         };
         let cfg = Config::from_lookup(env);
@@ -172,6 +184,11 @@ mod tests {
         assert!(cfg.faults.drop_records && cfg.faults.no_device && !cfg.faults.cupti_subscribed);
         assert!(cfg.faults.capture_invalidated && !cfg.faults.slow_cupti);
         assert_eq!(cfg.drop_every, 10);
+        assert_eq!(cfg.speed_milli, 12_500);
+        for bad in ["0", "-2", "fast", "inf"] {
+            let c = Config::from_lookup(|k| (k == "GPUSPAN_SIM_SPEED").then(|| bad.to_string()));
+            assert_eq!(c.speed_milli, 1000, "{bad}");
+        }
         assert_eq!(Config::from_lookup(|_| None), Config::default());
     }
 

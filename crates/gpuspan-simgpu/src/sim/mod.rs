@@ -85,7 +85,7 @@ impl State {
         publish_cupti_abi(cfg.cupti);
         State {
             cfg,
-            clock: clock::HostClock::new(cfg.clock),
+            clock: clock::HostClock::with_speed(cfg.clock, cfg.speed_milli),
             timeline: timeline::Timeline::new(),
             events: events::Events::new(),
             graphs: graphs::Graphs::default(),

@@ -373,13 +373,24 @@ type UseStreamsFn = unsafe extern "C" fn(*const CuStream, usize) -> c_int;
 
 /// [`execute`] with options ([`ExecOptions::cuda_graph`]: the module docs).
 pub fn execute_with(lib: &Library, workload: &Workload, opts: &ExecOptions) -> Result<ExecSummary, ExecError> {
+    execute_requests(lib, std::iter::once(workload), opts, &mut || true)
+}
+
+/// Runs the parts of a workload one after another (a replay's requests, issue 13 item 1):
+/// [`execute_with`] of their concatenation, holding one part at a time. Before each part,
+/// `keep_going()` decides whether to run it (a `--duration` or a signal ends the run between
+/// requests). Streams are created as parts name them (and named to the agent again when
+/// one is added), the copy buffers grow to the largest copy seen (after a synchronise), and
+/// with [`ExecOptions::cuda_graph`] a part's steps launch the graphs earlier parts captured
+/// ([`graph_plan::plan_with`]).
+pub fn execute_requests<W: std::borrow::Borrow<Workload>>(
+    lib: &Library,
+    parts: impl IntoIterator<Item = W>,
+    opts: &ExecOptions,
+    keep_going: &mut dyn FnMut() -> bool,
+) -> Result<ExecSummary, ExecError> {
     let api = Api::load(lib)?;
-    let (graphs, plan) = if opts.cuda_graph {
-        let plan = graph_plan::plan(workload).map_err(ExecError::NotCapturable)?;
-        (Some(GraphApi::load(lib)?), Some(plan))
-    } else {
-        (None, None)
-    };
+    let graphs = if opts.cuda_graph { Some(GraphApi::load(lib)?) } else { None };
     let mut out = ExecSummary::default();
     // SAFETY (whole block): each call passes arguments of the types its cuda.h prototype
     // declares; out-pointers point at live locals; the context is made current before any
@@ -416,77 +427,51 @@ pub fn execute_with(lib: &Library, workload: &Workload, opts: &ExecOptions) -> R
             "cuModuleGetFunction",
             (api.module_get_function)(&mut spin, module, c"spin".as_ptr()),
         )?;
-
-        // Streams, one per distinct workload stream id, created up front.
-        let mut streams: HashMap<u32, CuStream> = HashMap::new();
-        let mut max_bytes: u64 = 4096;
-        for op in &workload.ops {
-            let (s, b) = match op {
-                Op::Launch { stream, .. } => (Some(*stream), 0),
-                Op::Memcpy { stream, bytes, .. } | Op::Memset { stream, bytes } => {
-                    (Some(*stream), *bytes)
-                }
-                _ => (None, 0),
-            };
-            max_bytes = max_bytes.max(b.min(MAX_COPY_BYTES));
-            if let Some(s) = s {
-                if let std::collections::hash_map::Entry::Vacant(e) = streams.entry(s) {
-                    let mut h: CuStream = null_mut();
-                    check(
-                        "cuStreamCreate",
-                        (api.stream_create)(&mut h, CU_STREAM_NON_BLOCKING),
-                    )?;
-                    e.insert(h);
-                }
-            }
-        }
-        if opts.announce_streams && !streams.is_empty() {
-            // The streams in stream-id order (deterministic), named to the agent if loaded.
-            let mut ids: Vec<u32> = streams.keys().copied().collect();
-            ids.sort_unstable();
-            let handles: Vec<CuStream> = ids.iter().map(|i| streams[i]).collect();
-            let f = libc::dlsym(libc::RTLD_DEFAULT, c"gpuspan_use_streams".as_ptr());
-            if !f.is_null() {
-                // `f` is the agent's `gpuspan_use_streams`, of the header's prototype.
-                let f: UseStreamsFn = std::mem::transmute(f);
-                f(handles.as_ptr(), handles.len());
-            }
-        }
-        // Device buffer: two halves so DtoD copies have distinct source and destination.
-        let mut dbuf: CuDevicePtr = 0;
-        check(
-            "cuMemAlloc_v2",
-            (api.mem_alloc)(&mut dbuf, (2 * max_bytes) as usize),
-        )?;
-        let hbuf: Vec<u8> = vec![0u8; max_bytes as usize];
-
         out.virtual_clock = api.sim_is_virtual.map(|f| f() != 0).unwrap_or(false);
         let mut r = Replay {
             api: &api,
+            announce_streams: opts.announce_streams,
             module,
             spin,
             functions: HashMap::new(),
-            streams,
-            dbuf,
-            hbuf,
-            max_bytes,
+            streams: HashMap::new(),
+            dbuf: 0,
+            hbuf: Vec::new(),
+            max_bytes: 0,
             out,
+            keys: graph_plan::GraphKeys::default(),
+            execs: Vec::new(),
+            events: Vec::new(),
         };
-        match (&graphs, &plan) {
-            (Some(g), Some(p)) => r.run_graphs(&workload.ops, g, p)?,
-            _ => {
-                for op in &workload.ops {
-                    r.op(op, true)?;
+        let mut result = Ok(());
+        for part in parts {
+            if !keep_going() {
+                break;
+            }
+            let part = part.borrow();
+            result = r.prepare(part).and_then(|()| match &graphs {
+                Some(g) => {
+                    let plan = graph_plan::plan_with(part, &mut r.keys).map_err(ExecError::NotCapturable)?;
+                    r.run_graphs(&part.ops, g, &plan)
                 }
+                None => part.ops.iter().try_for_each(|op| r.op(op, true)),
+            });
+            if result.is_err() {
+                break;
             }
         }
-        let Replay { streams, dbuf, hbuf, out, .. } = r;
+        if let Some(g) = &graphs {
+            result = result.and(r.destroy_graphs(g));
+        }
+        result?;
+        let Replay { streams, dbuf, out, .. } = r;
         check("cuCtxSynchronize", (api.ctx_synchronize)())?;
         for (_, s) in streams {
             check("cuStreamDestroy_v2", (api.stream_destroy)(s))?;
         }
-        check("cuMemFree_v2", (api.mem_free)(dbuf))?;
-        drop(hbuf);
+        if dbuf != 0 {
+            check("cuMemFree_v2", (api.mem_free)(dbuf))?;
+        }
         check(
             "cuDevicePrimaryCtxRelease_v2",
             (api.primary_ctx_release)(dev),
@@ -498,24 +483,110 @@ pub fn execute_with(lib: &Library, workload: &Workload, opts: &ExecOptions) -> R
 /// The replay's driver objects and counters while ops are issued.
 struct Replay<'a> {
     api: &'a Api,
+    /// [`ExecOptions::announce_streams`].
+    announce_streams: bool,
     module: CuModule,
     spin: CuFunction,
-    functions: HashMap<&'a str, CuFunction>,
+    functions: HashMap<String, CuFunction>,
     streams: HashMap<u32, CuStream>,
+    /// Device buffer of `2 × max_bytes`: two halves so DtoD copies have distinct source and
+    /// destination (0 until the first part is prepared).
     dbuf: CuDevicePtr,
     hbuf: Vec<u8>,
     max_bytes: u64,
     out: ExecSummary,
+    /// `--cuda-graph`: the graphs seen so far and their instantiations, by graph index.
+    keys: graph_plan::GraphKeys,
+    execs: Vec<Option<(CuGraph, CuGraphExec)>>,
+    /// Fork / join events of the captures.
+    events: Vec<CuEvent>,
 }
 
-impl<'a> Replay<'a> {
+impl Replay<'_> {
+    /// Before a part runs: creates the streams it names that do not exist yet (naming the
+    /// whole set to the agent again, in stream-id order) and grows the copy buffers to its
+    /// largest copy (after a synchronise, so no copy in flight uses the old ones).
+    ///
+    /// # Safety
+    /// The context is current.
+    unsafe fn prepare(&mut self, part: &Workload) -> Result<(), ExecError> {
+        let api = self.api;
+        let mut added = false;
+        let mut max_bytes = self.max_bytes.max(4096);
+        for op in &part.ops {
+            let (s, b) = match op {
+                Op::Launch { stream, .. } => (Some(*stream), 0),
+                Op::Memcpy { stream, bytes, .. } | Op::Memset { stream, bytes } => (Some(*stream), *bytes),
+                _ => (None, 0),
+            };
+            max_bytes = max_bytes.max(b.min(MAX_COPY_BYTES));
+            if let Some(s) = s {
+                if let std::collections::hash_map::Entry::Vacant(e) = self.streams.entry(s) {
+                    let mut h: CuStream = null_mut();
+                    // SAFETY: `cuStreamCreate(CUstream*, unsigned)` into a live local.
+                    check("cuStreamCreate", unsafe { (api.stream_create)(&mut h, CU_STREAM_NON_BLOCKING) })?;
+                    e.insert(h);
+                    added = true;
+                }
+            }
+        }
+        if added && self.announce_streams {
+            let mut ids: Vec<u32> = self.streams.keys().copied().collect();
+            ids.sort_unstable();
+            let handles: Vec<CuStream> = ids.iter().map(|i| self.streams[i]).collect();
+            // SAFETY: dlsym in the whole process; a non-NULL result is the agent's
+            // `gpuspan_use_streams`, of the header's prototype, called with a live array.
+            unsafe {
+                let f = libc::dlsym(libc::RTLD_DEFAULT, c"gpuspan_use_streams".as_ptr());
+                if !f.is_null() {
+                    let f: UseStreamsFn = std::mem::transmute(f);
+                    f(handles.as_ptr(), handles.len());
+                }
+            }
+        }
+        if max_bytes > self.max_bytes {
+            // SAFETY: cuda.h prototypes; the old buffer is idle after the synchronise.
+            unsafe {
+                if self.dbuf != 0 {
+                    check("cuCtxSynchronize", (api.ctx_synchronize)())?;
+                    check("cuMemFree_v2", (api.mem_free)(self.dbuf))?;
+                    self.dbuf = 0;
+                }
+                check("cuMemAlloc_v2", (api.mem_alloc)(&mut self.dbuf, (2 * max_bytes) as usize))?;
+            }
+            self.hbuf = vec![0u8; max_bytes as usize];
+            self.max_bytes = max_bytes;
+        }
+        Ok(())
+    }
+
+    /// Destroys the graphs, instantiations and events of the run, once each.
+    ///
+    /// # Safety
+    /// `g` was resolved from the same driver as the handles.
+    unsafe fn destroy_graphs(&mut self, g: &GraphApi) -> Result<(), ExecError> {
+        let mut result = Ok(());
+        // SAFETY: destroying the execs, graphs and events this replay made, once each (the
+        // vectors are drained).
+        unsafe {
+            for (graph, exec) in self.execs.drain(..).flatten() {
+                let e = g.check("cuGraphExecDestroy", (g.exec_destroy)(exec)).and(g.check("cuGraphDestroy", (g.graph_destroy)(graph)));
+                result = result.and(e);
+            }
+            for ev in self.events.drain(..) {
+                result = result.and(g.check("cuEventDestroy_v2", (g.event_destroy)(ev)));
+            }
+        }
+        result
+    }
+
     /// Issues one op. `count`: add its GPU work to the summary (false while capturing: the
     /// work runs, and is counted, when the graph is launched).
     ///
     /// # Safety
     /// The context is current; `self` holds the module, streams and buffers made by
     /// [`execute_with`].
-    unsafe fn op(&mut self, op: &'a Op, count: bool) -> Result<(), ExecError> {
+    unsafe fn op(&mut self, op: &Op, count: bool) -> Result<(), ExecError> {
         let api = self.api;
         // SAFETY (whole body): arguments of the types each cuda.h prototype declares;
         // buffers passed to copies are at least `n` ≤ `max_bytes` long (the sizes allocated);
@@ -545,7 +616,7 @@ impl<'a> Replay<'a> {
                             let cname = CString::new(name.replace('\0', " ")).unwrap_or_default();
                             let rc = (api.module_get_function)(&mut f, self.module, cname.as_ptr());
                             let f = if rc == 0 && !f.is_null() { f } else { self.spin };
-                            self.functions.insert(name.as_str(), f);
+                            self.functions.insert(name.clone(), f);
                             f
                         }
                     };
@@ -627,60 +698,35 @@ impl<'a> Replay<'a> {
     ///
     /// # Safety
     /// As [`Replay::op`]; `g` was resolved from the same driver.
-    unsafe fn run_graphs(&mut self, ops: &'a [Op], g: &GraphApi, plan: &GraphPlan) -> Result<(), ExecError> {
-        let mut execs: Vec<Option<(CuGraph, CuGraphExec)>> = vec![None; plan.graphs];
-        let mut events: Vec<CuEvent> = Vec::new();
+    unsafe fn run_graphs(&mut self, ops: &[Op], g: &GraphApi, plan: &GraphPlan) -> Result<(), ExecError> {
+        self.execs.resize(plan.graphs.max(self.execs.len()), None);
         let mut i = 0;
-        let mut result = Ok(());
         while i < ops.len() {
             let Some(r) = plan.region_at(i) else {
                 // SAFETY: forwarded from the caller.
-                if let Err(e) = unsafe { self.op(&ops[i], true) } {
-                    result = Err(e);
-                    break;
-                }
+                unsafe { self.op(&ops[i], true)? };
                 i += 1;
                 continue;
             };
-            let exec = match execs[r.graph] {
+            let exec = match self.execs[r.graph] {
                 Some((_, x)) => x,
                 None => {
                     // SAFETY: forwarded from the caller.
-                    match unsafe { self.capture(ops, r, g, &mut events) } {
-                        Ok(pair) => {
-                            execs[r.graph] = Some(pair);
-                            self.out.graphs_captured += 1;
-                            pair.1
-                        }
-                        Err(e) => {
-                            result = Err(e);
-                            break;
-                        }
-                    }
+                    let pair = unsafe { self.capture(ops, r, g)? };
+                    self.execs[r.graph] = Some(pair);
+                    self.out.graphs_captured += 1;
+                    pair.1
                 }
             };
             // SAFETY: `cuGraphLaunch(CUgraphExec, CUstream)` with a live exec and stream.
-            if let Err(e) = g.check("cuGraphLaunch", unsafe { (g.launch)(exec, self.streams[&r.origin]) }) {
-                result = Err(e);
-                break;
-            }
+            g.check("cuGraphLaunch", unsafe { (g.launch)(exec, self.streams[&r.origin]) })?;
             self.out.graph_launches += 1;
             self.out.kernels += r.kernels;
             self.out.memcpys += r.memcpys;
             self.out.memsets += r.memsets;
             i = r.end;
         }
-        // SAFETY: destroying the execs, graphs and events made above, once each.
-        unsafe {
-            for (graph, exec) in execs.into_iter().flatten() {
-                let e = g.check("cuGraphExecDestroy", (g.exec_destroy)(exec)).and(g.check("cuGraphDestroy", (g.graph_destroy)(graph)));
-                result = result.and(e);
-            }
-            for ev in events {
-                result = result.and(g.check("cuEventDestroy_v2", (g.event_destroy)(ev)));
-            }
-        }
-        result
+        Ok(())
     }
 
     /// Captures region `r` into a graph and instantiates it: GLOBAL-mode capture on the
@@ -689,14 +735,26 @@ impl<'a> Replay<'a> {
     ///
     /// # Safety
     /// As [`Replay::run_graphs`].
-    unsafe fn capture(
+    unsafe fn capture(&mut self, ops: &[Op], r: &GraphRegion, g: &GraphApi) -> Result<(CuGraph, CuGraphExec), ExecError> {
+        let origin = self.streams[&r.origin];
+        let mut events = std::mem::take(&mut self.events);
+        let result = unsafe { self.capture_with(ops, r, g, origin, &mut events) };
+        self.events = events;
+        result
+    }
+
+    /// [`Replay::capture`] with the event pool taken out of `self`.
+    ///
+    /// # Safety
+    /// As [`Replay::run_graphs`].
+    unsafe fn capture_with(
         &mut self,
-        ops: &'a [Op],
+        ops: &[Op],
         r: &GraphRegion,
         g: &GraphApi,
+        origin: CuStream,
         events: &mut Vec<CuEvent>,
     ) -> Result<(CuGraph, CuGraphExec), ExecError> {
-        let origin = self.streams[&r.origin];
         let mut event = |k: usize| -> Result<CuEvent, ExecError> {
             while events.len() <= k {
                 let mut e: CuEvent = null_mut();
@@ -746,6 +804,11 @@ fn host_gap(api: &Api, virtual_clock: bool, ns: u64) {
             return;
         }
     }
+    // GPUSPAN_SIM_SPEED: the simulated H100 (in this process) runs F times as fast, so the
+    // host's work takes 1/F of its time too.
+    static SPEED_MILLI: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let speed_milli = *SPEED_MILLI.get_or_init(|| crate::sim::config::Config::from_env().speed_milli.max(1));
+    let ns = (ns as u128 * 1000 / speed_milli as u128) as u64;
     let d = std::time::Duration::from_nanos(ns);
     if ns >= 50_000 {
         std::thread::sleep(d);

@@ -159,10 +159,35 @@ fn balance(ops: &[Op], lo: usize, hi: usize, mut start: usize, mut end: usize) -
     }
 }
 
+/// The graphs a run has seen so far, by their GPU ops: kept across the requests of a
+/// streamed replay ([`plan_with`]), so a request's steps launch the graph an earlier request
+/// captured.
+#[derive(Debug, Default)]
+pub struct GraphKeys(HashMap<Vec<Sig>, usize>);
+
+impl GraphKeys {
+    /// Distinct graphs seen.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True before any graph.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// The graph plan of `w`, or why `--cuda-graph` cannot replay it (one line).
 pub fn plan(w: &Workload) -> Result<GraphPlan, String> {
+    plan_with(w, &mut GraphKeys::default())
+}
+
+/// [`plan`] of one part of a run (a request) given the graphs of the parts before it:
+/// a region whose GPU ops match an earlier part's graph reuses it (`capture` false), and
+/// [`GraphPlan::graphs`] counts every graph of the run so far.
+pub fn plan_with(w: &Workload, keys: &mut GraphKeys) -> Result<GraphPlan, String> {
     let mut plan = GraphPlan::default();
-    let mut keys: HashMap<Vec<Sig>, usize> = HashMap::new();
+    let keys = &mut keys.0;
     for (p, q) in steps(w)? {
         let Op::RangePush(step) = &w.ops[p] else {
             unreachable!("steps() returns pushes")

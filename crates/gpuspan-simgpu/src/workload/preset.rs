@@ -661,7 +661,9 @@ impl Model {
         target.saturating_sub(natural_idle)
     }
 
-    fn build(&mut self, steps: u32, requests: u32) -> Workload {
+    /// Request `req`'s ops. `last`: the run's last request, whose VAE idle is taken before
+    /// its VAE (module docs); a run of unknown length has none.
+    fn build_request(&mut self, steps: u32, req: u32, last: bool) -> Vec<Op> {
         let mut ops = Vec::new();
         let (pre, block, post, step_post) = (
             self.fwd_pre.clone(),
@@ -670,74 +672,132 @@ impl Model {
             self.step_post.clone(),
         );
         let (pro, vae) = (self.prologue.clone(), self.vae.clone());
-        for req in 0..requests {
-            ops.push(Op::RangePush(format!(
-                "gpuspan.request {} model={}",
-                traceparent(self.name, req),
-                self.name
-            )));
-            let mut pro_seg = vec![Op::Memcpy {
-                kind: MemcpyKind::HtoD,
-                bytes: self.latent_bytes,
-                stream: PRESET_STREAM,
-            }];
-            self.emit(&pro, &mut pro_seg);
-            // The VAE populations are its own, so building it first changes no duration.
-            let mut vae_seg = vec![Op::RangePush("vae.decode".into())];
-            self.emit(&vae, &mut vae_seg);
-            vae_seg.push(Op::RangePop);
-            vae_seg.push(Op::Memcpy {
-                kind: MemcpyKind::DtoH,
-                bytes: self.video_bytes,
-                stream: PRESET_STREAM,
-            });
-            let vae_gap = Self::idle_gap_ns(&vae_seg);
-            // A gap after the very last GPU work would not be idle inside the span: the last
-            // request's VAE idle is taken before the VAE instead.
-            let carry = if req + 1 == requests { vae_gap } else { 0 };
-            let gap = Self::idle_gap_ns(&pro_seg) + if steps == 0 { carry } else { 0 };
-            ops.extend(pro_seg);
-            ops.extend([Op::Synchronize, Op::HostGap { ns: gap }]);
-            for i in 0..steps {
-                ops.push(Op::RangePush(format!("dit.step {i}/{steps}")));
-                let mut seg = Vec::new();
-                for _ in 0..self.passes_per_step {
-                    self.emit(&pre, &mut seg);
-                    for _ in 0..self.blocks {
-                        self.emit(&block, &mut seg);
-                    }
-                    self.emit(&post, &mut seg);
+        ops.push(Op::RangePush(format!(
+            "gpuspan.request {} model={}",
+            traceparent(self.name, req),
+            self.name
+        )));
+        let mut pro_seg = vec![Op::Memcpy {
+            kind: MemcpyKind::HtoD,
+            bytes: self.latent_bytes,
+            stream: PRESET_STREAM,
+        }];
+        self.emit(&pro, &mut pro_seg);
+        // The VAE populations are its own, so building it first changes no duration.
+        let mut vae_seg = vec![Op::RangePush("vae.decode".into())];
+        self.emit(&vae, &mut vae_seg);
+        vae_seg.push(Op::RangePop);
+        vae_seg.push(Op::Memcpy {
+            kind: MemcpyKind::DtoH,
+            bytes: self.video_bytes,
+            stream: PRESET_STREAM,
+        });
+        let vae_gap = Self::idle_gap_ns(&vae_seg);
+        // A gap after the very last GPU work would not be idle inside the span: the last
+        // request's VAE idle is taken before the VAE instead.
+        let carry = if last { vae_gap } else { 0 };
+        let gap = Self::idle_gap_ns(&pro_seg) + if steps == 0 { carry } else { 0 };
+        ops.extend(pro_seg);
+        ops.extend([Op::Synchronize, Op::HostGap { ns: gap }]);
+        for i in 0..steps {
+            ops.push(Op::RangePush(format!("dit.step {i}/{steps}")));
+            let mut seg = Vec::new();
+            for _ in 0..self.passes_per_step {
+                self.emit(&pre, &mut seg);
+                for _ in 0..self.blocks {
+                    self.emit(&block, &mut seg);
                 }
-                self.emit(&step_post, &mut seg);
-                let gap = Self::idle_gap_ns(&seg) + if i + 1 == steps { carry } else { 0 };
-                ops.extend(seg);
-                ops.extend([Op::Synchronize, Op::HostGap { ns: gap }, Op::RangePop]);
+                self.emit(&post, &mut seg);
             }
-            ops.extend(vae_seg);
-            ops.push(Op::Synchronize);
-            if carry == 0 {
-                ops.push(Op::HostGap { ns: vae_gap });
-            }
-            ops.push(Op::RangePop);
+            self.emit(&step_post, &mut seg);
+            let gap = Self::idle_gap_ns(&seg) + if i + 1 == steps { carry } else { 0 };
+            ops.extend(seg);
+            ops.extend([Op::Synchronize, Op::HostGap { ns: gap }, Op::RangePop]);
         }
-        Workload { ops }
+        ops.extend(vae_seg);
+        ops.push(Op::Synchronize);
+        if carry == 0 {
+            ops.push(Op::HostGap { ns: vae_gap });
+        }
+        ops.push(Op::RangePop);
+        ops
+    }
+}
+
+/// A preset's requests one at a time (issue 13, item 1): memory holds one request's ops,
+/// whatever the number of requests. The concatenation of what it yields is exactly
+/// [`preset`]'s workload for the same arguments (kernel durations continue their
+/// deterministic sequences across requests).
+pub struct PresetRequests {
+    model: Model,
+    steps: u32,
+    /// `None`: without end (`gpuspan-replay --requests 0`).
+    requests: Option<u32>,
+    next: u32,
+}
+
+impl PresetRequests {
+    /// The requests of preset `name` with `steps` denoising steps each: `requests` of them,
+    /// or without end for `None`. `None` for an unknown name.
+    pub fn new(name: &str, steps: u32, requests: Option<u32>) -> Option<PresetRequests> {
+        let model = match name {
+            "wan2.1" => wan_model(),
+            "stdit" => stdit_model(),
+            _ => return None,
+        };
+        Some(PresetRequests { model, steps, requests, next: 0 })
+    }
+}
+
+impl Iterator for PresetRequests {
+    /// One request: its `gpuspan.request` range and everything inside it.
+    type Item = Workload;
+
+    fn next(&mut self) -> Option<Workload> {
+        let req = self.next;
+        if self.requests.is_some_and(|n| req >= n) {
+            return None;
+        }
+        self.next = req.wrapping_add(1);
+        let last = self.requests.is_some_and(|n| req + 1 == n);
+        Some(Workload { ops: self.model.build_request(self.steps, req, last) })
     }
 }
 
 /// The built-in preset `name` (`wan2.1` or `stdit`, see the module docs) with `steps`
 /// denoising steps per request and `requests` requests; `None` for an unknown name.
+/// All requests in one workload; [`PresetRequests`] yields them one at a time.
 pub fn preset(name: &str, steps: u32, requests: u32) -> Option<Workload> {
-    let mut m = match name {
-        "wan2.1" => wan_model(),
-        "stdit" => stdit_model(),
-        _ => return None,
-    };
-    Some(m.build(steps, requests))
+    let mut w = Workload::new();
+    for r in PresetRequests::new(name, steps, Some(requests))? {
+        w.ops.extend(r.ops);
+    }
+    Some(w)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preset_requests_come_one_at_a_time_with_or_without_end() {
+        let two: Vec<Workload> = PresetRequests::new("stdit", 2, Some(2)).unwrap().collect();
+        assert_eq!(two.len(), 2);
+        let mut endless = PresetRequests::new("stdit", 2, None).unwrap();
+        for i in 0..5u32 {
+            let r = endless.next().expect("no end");
+            assert!(r.ranges_balanced());
+            let Op::RangePush(name) = &r.ops[0] else { panic!("a request starts with its range") };
+            assert_eq!(name, &format!("gpuspan.request {} model=stdit", traceparent("stdit", i)));
+            // Only a run's last request takes its VAE idle before the VAE: with no end, no
+            // request is last, so every one ends with the VAE's host gap.
+            assert!(matches!(r.ops[r.ops.len() - 2], Op::HostGap { .. }), "request {i}");
+        }
+        // The last of a bounded run does not; the others match the endless run's.
+        assert!(!matches!(two[1].ops[two[1].ops.len() - 2], Op::HostGap { .. }));
+        assert_eq!(two[0].ops, PresetRequests::new("stdit", 2, None).unwrap().next().unwrap().ops);
+        assert!(PresetRequests::new("sdxl", 2, None).is_none());
+    }
 
     #[test]
     fn table_parses() {

@@ -1,0 +1,137 @@
+//! The replay worker streams its requests (issue 13, item 1): memory does not depend on
+//! `--requests`, `--requests 0` runs until stopped, `--duration` for a time, CUDA graphs are
+//! reused across requests, and `GPUSPAN_SIM_SPEED` runs the real-clock simulator faster.
+
+use crate::util::*;
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A directory with the simulator installed under the driver's, CUPTI's and NVML's names.
+fn sim() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    gpuspan_simgpu::install::install(d.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
+    d
+}
+
+/// `gpuspan-replay ARGS` on the simulator in `sim`, without the agent.
+fn replay(sim: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(artifact("gpuspan-replay"));
+    c.args(args)
+        .env("LD_LIBRARY_PATH", sim)
+        .env_remove("LD_PRELOAD")
+        .env_remove("CUDA_INJECTION64_PATH")
+        .env_remove("NVTX_INJECTION64_PATH")
+        .env_remove("GPUSPAN_SIM_CLOCK")
+        .env_remove("GPUSPAN_SIM_SPEED");
+    c
+}
+
+/// Runs `c` to its end: (wait status, stdout, peak resident set in KiB from `wait4`'s
+/// `ru_maxrss`).
+fn run_with_peak_rss(c: &mut Command) -> (std::process::ExitStatus, String, i64) {
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid out-value; wait4 on our own child's pid, reaped once
+    // (the `Child` is forgotten, never waited again).
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    assert_eq!(pid, child.id() as i32);
+    std::mem::forget(child);
+    (std::process::ExitStatus::from_raw(status), stdout, ru.ru_maxrss)
+}
+
+/// The `replayed N kernels` count of a replay's stdout.
+fn replayed_kernels(stdout: &str) -> u64 {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("replayed ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no `replayed N kernels` line: {stdout}"))
+}
+
+#[test]
+fn memory_does_not_depend_on_the_number_of_requests() {
+    // Before streaming, each stdit request's ops (≈ 11.7k at 2 steps) were all built first:
+    // ≈ 1.5 MB a request, 11 GB at 1000 requests of 50 steps.
+    let sim = sim();
+    let (st1, out1, rss1) = run_with_peak_rss(&mut replay(sim.path(), &["stdit", "--steps", "2", "--requests", "2"]));
+    let (st2, out2, rss2) = run_with_peak_rss(&mut replay(sim.path(), &["stdit", "--steps", "2", "--requests", "60"]));
+    assert!(st1.success() && st2.success(), "{st1:?} {st2:?}");
+    assert_eq!(replayed_kernels(&out2), 30 * replayed_kernels(&out1), "60 requests replay 30 × the kernels of 2");
+    println!("peak RSS: 2 requests {rss1} KiB, 60 requests {rss2} KiB");
+    assert!(rss2 < rss1 + 8 * 1024, "peak RSS grew from {rss1} KiB (2 requests) to {rss2} KiB (60 requests)");
+}
+
+#[test]
+fn requests_0_runs_until_stopped_and_duration_for_a_time() {
+    let sim = sim();
+    let (st, out, _) = run_with_peak_rss(&mut replay(sim.path(), &["stdit", "--steps", "2"]));
+    assert!(st.success());
+    let per_request = replayed_kernels(&out);
+
+    // --requests 0: still running long after one request (≈ 0.1 s) would have ended; a
+    // SIGTERM ends it (no handler: the default disposition).
+    let mut child = replay(sim.path(), &["stdit", "--steps", "2", "--requests", "0"]).stdout(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "--requests 0 stopped by itself");
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGTERM));
+
+    // --duration: whole requests until the time is up, then the usual ending.
+    let t0 = Instant::now();
+    let (st, out, _) = run_with_peak_rss(&mut replay(sim.path(), &["stdit", "--steps", "2", "--duration", "1s"]));
+    let took = t0.elapsed();
+    assert!(st.success(), "{st:?}\n{out}");
+    let n: u64 = out.lines().find_map(|l| l.strip_prefix("requests: ")?.parse().ok()).unwrap_or_else(|| panic!("{out}"));
+    assert!(n >= 2, "{n} requests in 1 s\n{out}");
+    assert_eq!(replayed_kernels(&out), n * per_request);
+    assert!(took >= Duration::from_secs(1), "ended after {took:?}");
+}
+
+#[test]
+fn a_trace_and_cuda_graphs_stream_request_by_request() {
+    let sim = sim();
+    // A trace: each request is one pass over it.
+    let trace = fixture("h100-bert-small.json.gz");
+    let trace = trace.to_str().unwrap();
+    let (_, one, _) = run_with_peak_rss(&mut replay(sim.path(), &[trace]));
+    let (st, three, _) = run_with_peak_rss(&mut replay(sim.path(), &[trace, "--requests", "3"]));
+    assert!(st.success(), "{three}");
+    assert_eq!(replayed_kernels(&three), 3 * replayed_kernels(&one));
+    // CUDA graphs: the first request's capture is launched by every later request's steps.
+    let (st, out, _) = run_with_peak_rss(&mut replay(sim.path(), &["stdit", "--steps", "3", "--requests", "3", "--cuda-graph"]));
+    assert!(st.success(), "{out}");
+    assert!(out.lines().any(|l| l == "cuda graph: captured=1 launches=9"), "{out}");
+}
+
+#[test]
+fn sim_speed_runs_the_real_clock_faster() {
+    // wan2.1, one step: ≈ 3.5 s of simulated GPU time. At speed 50 the run takes a fraction
+    // of that in wall time; the capture's kernel times are simulated time.
+    let sim = sim();
+    let out = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let o = output(
+        replay(sim.path(), &["wan2.1", "--steps", "1"])
+            .env_remove("GPUSPAN_EXIT_BUDGET")
+            .env("GPUSPAN_SIM_CLOCK", "real")
+            .env("GPUSPAN_SIM_SPEED", "50")
+            .env("LD_PRELOAD", artifact("libgpuspan.so"))
+            .env("GPUSPAN_MODE", "fine")
+            .env("GPUSPAN_OUT", out.path()),
+    );
+    let wall = t0.elapsed();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t = gpuspan_export::read_trace(&capture_in(out.path())).unwrap();
+    let start = t.kernels().map(|k| k.ts_us).fold(f64::INFINITY, f64::min);
+    let end = t.kernels().map(|k| k.ts_us + k.dur_us).fold(0.0, f64::max);
+    let simulated = Duration::from_secs_f64((end - start) / 1e6);
+    println!("speed 50: {simulated:?} of simulated GPU time in {wall:?} of wall time");
+    assert!(simulated > Duration::from_secs(3), "{simulated:?}");
+    assert!(simulated.as_secs_f64() > 3.0 * wall.as_secs_f64(), "{simulated:?} simulated in {wall:?}");
+}
