@@ -6,6 +6,8 @@
 //! `GPUSPAN_KERNEL_SPAN_BUDGET` (default 20 000 `cuda.kernel` spans per trace),
 //! `GPUSPAN_WORKER_ID` (the `worker_id` metric label, default `<host>:<pid>`),
 //! `GPUSPAN_EVENT_POOL` (most CUDA events of coarse mode, default 4096),
+//! `GPUSPAN_MAX_MODELS` (distinct `model` label values with metric series and anomaly
+//! histories of their own, default 32; later ones are folded into `other`),
 //! `GPUSPAN_FLIGHT_RECORDER` (steps the flight recorder keeps; overrides the rules file's
 //! `[capture] flight_recorder_steps`), `GPUSPAN_EXIT_BUDGET` (most time the agent spends
 //! finishing at exit, default 2 s). The OTLP
@@ -53,6 +55,10 @@ pub struct Config {
     pub worker_id: String,
     /// Most CUDA events coarse mode keeps (`GPUSPAN_EVENT_POOL`, default 4096).
     pub event_pool: usize,
+    /// Most distinct `model` label values (`GPUSPAN_MAX_MODELS`, default
+    /// [`gpuspan_core::cardinality::DEFAULT_MAX_MODELS`]); later ones become `other` in the
+    /// metrics and share one anomaly history.
+    pub max_models: usize,
     /// Steps the flight recorder keeps (`GPUSPAN_FLIGHT_RECORDER`), when set.
     pub flight_recorder: Option<u64>,
     /// Most wall time the agent's finishing work takes (exit handler, SIGTERM,
@@ -113,6 +119,7 @@ impl Config {
         let max_buffers = parse_num("GPUSPAN_MAX_BUFFERS", 32, &mut w);
         let max_records = parse_num("GPUSPAN_MAX_RECORDS", 8_000_000, &mut w);
         let event_pool = parse_num("GPUSPAN_EVENT_POOL", crate::coarse::pool::DEFAULT_EVENT_POOL, &mut w);
+        let max_models = parse_num("GPUSPAN_MAX_MODELS", gpuspan_core::cardinality::DEFAULT_MAX_MODELS, &mut w);
         let flight_recorder = match std::env::var("GPUSPAN_FLIGHT_RECORDER") {
             Err(_) => None,
             Ok(v) if v.trim().is_empty() || v.trim() == "off" || v.trim() == "0" => None,
@@ -164,6 +171,7 @@ impl Config {
                 kernel_span_budget,
                 worker_id,
                 event_pool,
+                max_models,
                 flight_recorder,
                 exit_budget,
             },

@@ -285,7 +285,7 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
         api,
     };
     let mut collector = Collector::new(rules, spans);
-    collector.detector = gpuspan_core::triggers::AnomalyDetector::new(shared.triggers.anomaly.clone());
+    collector.detector = gpuspan_core::triggers::AnomalyDetector::new(shared.triggers.anomaly.clone()).with_max_models(shared.config.max_models);
     let agent = Agent { shared, collector: Mutex::new(collector), windows: crate::window::Windows::new(), telemetry };
     if l.agent.set(agent).is_err() {
         return Ok(());

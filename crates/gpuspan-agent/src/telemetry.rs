@@ -45,11 +45,10 @@ impl Telemetry {
     pub fn start(config: &Config) -> Telemetry {
         let device = crate::nvml::device_info();
         let gpu_type = device.as_ref().map(|d| d.0.clone()).unwrap_or_else(|| "unknown".into());
-        let metrics = Metrics::new(MetricsLabels {
-            worker_id: config.worker_id.clone(),
-            gpu_index: 0,
-            gpu_type: gpu_type.clone(),
-        });
+        let metrics = Metrics::with_max_models(
+            MetricsLabels { worker_id: config.worker_id.clone(), gpu_index: 0, gpu_type: gpu_type.clone() },
+            config.max_models,
+        );
         let (otlp, warnings) = OtlpSettings::from_env();
         for w in warnings {
             crate::log::warn(&w);
@@ -136,6 +135,12 @@ impl Telemetry {
         }
         for r in &f.requests {
             self.metrics.observe_request(r);
+        }
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if self.metrics.models_folded() > 0 && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            crate::log::warn(
+                "more distinct models than GPUSPAN_MAX_MODELS: the metrics of the later ones are labelled model=\"other\" (gpuspan_model_label_folded_total counts them); their spans keep their model",
+            );
         }
         if let Some(p) = &self.spans {
             p.submit(f.spans);

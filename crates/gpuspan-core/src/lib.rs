@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod activity;
+pub mod cardinality;
 pub mod classify;
 pub mod control;
 pub mod diff;

@@ -232,19 +232,43 @@ pub struct Anomaly {
 }
 
 /// Evaluates the anomaly rules over finished steps and API error counts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AnomalyDetector {
     rules: Vec<AnomalyRule>,
-    /// Per rule (with p99) and model: the previous step durations, ns.
+    /// Per rule (with p99) and model: the previous step durations, ns. The models are
+    /// bounded ([`Self::models`]): past the limit, steps of a new model share the
+    /// `other` history.
     history: HashMap<(usize, Arc<str>), VecDeque<u64>>,
+    /// The models with a history of their own
+    /// ([`crate::cardinality::DEFAULT_MAX_MODELS`] unless [`Self::with_max_models`]).
+    models: crate::cardinality::LabelValues,
     errors_seen: u64,
     ooms_seen: u64,
+}
+
+impl Default for AnomalyDetector {
+    fn default() -> Self {
+        AnomalyDetector::new(Vec::new())
+    }
 }
 
 impl AnomalyDetector {
     /// A detector for `rules`.
     pub fn new(rules: Vec<AnomalyRule>) -> AnomalyDetector {
-        AnomalyDetector { rules, ..Default::default() }
+        AnomalyDetector {
+            rules,
+            history: HashMap::new(),
+            models: crate::cardinality::LabelValues::new(crate::cardinality::DEFAULT_MAX_MODELS),
+            errors_seen: 0,
+            ooms_seen: 0,
+        }
+    }
+
+    /// Keeps a step history for at most `max` models (`GPUSPAN_MAX_MODELS`); the steps of
+    /// later models go to one shared `other` history.
+    pub fn with_max_models(mut self, max: usize) -> AnomalyDetector {
+        self.models = crate::cardinality::LabelValues::new(max);
+        self
     }
 
     /// Whether there is any rule.
@@ -271,7 +295,8 @@ impl AnomalyDetector {
             }
             if r.step_over_p99 {
                 let (window, min) = (r.p99_window, r.p99_min_samples);
-                let h = self.history.entry((i, model.clone())).or_default();
+                let key = self.models.fold(model);
+                let h = self.history.entry((i, key)).or_default();
                 if why.is_none() && h.len() >= min {
                     let mut v: Vec<f64> = h.iter().map(|&d| d as f64).collect();
                     v.sort_unstable_by(f64::total_cmp);
@@ -433,5 +458,24 @@ mod tests {
         assert_eq!(fixed.observe_api_errors(2, 1).unwrap().reason, "CUDA_ERROR_OUT_OF_MEMORY on the API");
         assert_eq!(fixed.observe_api_errors(2, 1), None, "only growth fires");
         assert_eq!(fixed.observe_api_errors(3, 1).unwrap().reason, "a CUDA API call failed");
+    }
+
+    #[test]
+    fn anomaly_histories_are_bounded_by_model() {
+        let rules = Triggers::parse(FILE).unwrap().anomaly;
+        let mut d = AnomalyDetector::new(rules).with_max_models(2);
+        // 10 000 distinct models, 12 steps each: two keep their own history, the rest share
+        // `other`'s (one per p99 rule).
+        for m in 0..10_000u32 {
+            let model: Arc<str> = Arc::from(format!("m{m}"));
+            for i in 0..12 {
+                d.observe_step(&model, i, 500_000_000);
+            }
+        }
+        let models: std::collections::BTreeSet<&str> = d.history.keys().map(|(_, m)| &**m).collect();
+        assert_eq!(models.into_iter().collect::<Vec<_>>(), ["m0", "m1", "other"]);
+        // A folded model's slow step is judged against the shared history.
+        let a = d.observe_step(&Arc::from("m9999"), 12, 900_000_000).expect("fires");
+        assert!(a.reason.contains("step 12 of m9999"), "{}", a.reason);
     }
 }

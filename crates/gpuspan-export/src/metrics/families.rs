@@ -96,6 +96,7 @@ pub(crate) const GPU_SM_CLOCK_HELP: &str = "Current SM clock of the GPU in megah
 nvmlDeviceGetClockInfo, SM clock domain)";
 pub(crate) const RECORDS_HELP: &str = "CUPTI activity records the gpuspan agent decoded since \
 it started (count)";
+pub(crate) const MODELS_FOLDED_HELP: &str = "Step and request observations whose model label was folded into model=\"other\" because the worker reported more distinct models than the agent keeps series for (GPUSPAN_MAX_MODELS).";
 pub(crate) const DROPPED_HELP: &str = "Records the gpuspan agent lost since it started, by \
 reason (count; CUPTI dropped-record counts and the agent's full queues and buffer pool)";
 pub(crate) const CAPTURE_HELP: &str = "1 while a fine-mode capture window of the gpuspan agent \

@@ -18,6 +18,13 @@
 //! | `gpuspan_records_total` | counter | | records | the agent's collector |
 //! | `gpuspan_records_dropped_total` | counter | `reason` | records | the agent |
 //! | `gpuspan_capture_active` | gauge | | 0 / 1 | the agent |
+//! | `gpuspan_model_label_folded_total` | counter | | observations | [`Metrics`] itself |
+//!
+//! The `model` label is bounded ([`gpuspan_core::cardinality`]): the first `max_models`
+//! distinct values get series of their own ([`Metrics::with_max_models`], default
+//! [`gpuspan_core::cardinality::DEFAULT_MAX_MODELS`]); observations of later ones go to
+//! `model="other"` and count in `gpuspan_model_label_folded_total`. OTLP metrics get the same
+//! folded value; spans keep the request's own model.
 //!
 //! Every sample also carries `worker_id`; all families but the `gpu_*` ones carry the
 //! agent's own `gpu_index` and `gpu_type` as constant labels ([`MetricsLabels`]); the `gpu_*`
@@ -116,6 +123,10 @@ pub struct Metrics {
     capture_active: FloatGauge,
     /// Serializes [`Metrics::set_agent_counters`] (total → increment).
     agent_lock: Mutex<()>,
+    /// The `model` values with series of their own.
+    models: Mutex<gpuspan_core::cardinality::LabelValues>,
+    /// `gpuspan_model_label_folded_total`.
+    models_folded: Counter,
     /// The same observations as OTLP metrics, once attached.
     otlp: std::sync::OnceLock<Arc<crate::otlp::OtlpMetrics>>,
 }
@@ -124,6 +135,12 @@ impl Metrics {
     /// Creates the registry with every family of the module table. `labels` become the
     /// constant labels (see the module docs).
     pub fn new(labels: MetricsLabels) -> Arc<Metrics> {
+        Self::with_max_models(labels, gpuspan_core::cardinality::DEFAULT_MAX_MODELS)
+    }
+
+    /// [`Metrics::new`] with at most `max_models` distinct `model` label values (the rest
+    /// are folded into `model="other"`; module docs).
+    pub fn with_max_models(labels: MetricsLabels, max_models: usize) -> Arc<Metrics> {
         let const_labels = vec![
             (
                 Cow::Borrowed("worker_id"),
@@ -172,6 +189,8 @@ impl Metrics {
             CAPTURE_HELP,
             capture_active.clone(),
         );
+        let models_folded = Counter::default();
+        registry.register("gpuspan_model_label_folded", MODELS_FOLDED_HELP, models_folded.clone());
 
         let g = &mut gpu_registry;
         g.register(
@@ -210,6 +229,8 @@ impl Metrics {
             dropped,
             capture_active,
             agent_lock: Mutex::new(()),
+            models: Mutex::new(gpuspan_core::cardinality::LabelValues::new(max_models)),
+            models_folded,
             otlp: std::sync::OnceLock::new(),
         })
     }
@@ -229,15 +250,16 @@ impl Metrics {
         let trace = TraceExemplar {
             trace_id: hex(&t.trace_id),
         };
+        let model = self.model_label(&t.model);
         let observe = |step_type: &'static str, ns: u64| {
             self.step
                 .get_or_create(&StepLabels {
-                    model: t.model.clone(),
+                    model: model.clone(),
                     step_type,
                 })
                 .observe(ns_to_ms(ns), Some(trace.clone()), None);
             if let Some(o) = self.otlp.get() {
-                o.step_ms(&t.model, step_type, ns_to_ms(ns));
+                o.step_ms(&model, step_type, ns_to_ms(ns));
             }
         };
         observe("step", t.dur_ns);
@@ -264,31 +286,49 @@ impl Metrics {
         let trace = TraceExemplar {
             trace_id: hex(&t.trace_id),
         };
+        let model = self.model_label(&t.model);
         let labels = ModelLabels {
-            model: t.model.clone(),
+            model: model.clone(),
         };
         let otlp = self.otlp.get();
         self.video
             .get_or_create(&labels)
             .observe(ns_to_s(t.dur_ns), Some(trace.clone()), None);
         if let Some(o) = otlp {
-            o.video_s(&t.model, ns_to_s(t.dur_ns));
+            o.video_s(&model, ns_to_s(t.dur_ns));
         }
         if let Some(vae) = t.vae_decode_ns {
             self.vae
                 .get_or_create(&labels)
                 .observe(ns_to_s(vae), Some(trace), None);
             if let Some(o) = otlp {
-                o.vae_s(&t.model, ns_to_s(vae));
+                o.vae_s(&model, ns_to_s(vae));
             }
         }
         if let (Some(frames), true) = (t.frames, t.dur_ns > 0) {
             let fps = frames as f64 / ns_to_s(t.dur_ns);
             self.fps.get_or_create(&labels).set(fps);
             if let Some(o) = otlp {
-                o.fps(&t.model, fps);
+                o.fps(&model, fps);
             }
         }
+    }
+
+    /// The `model` label value for `model`: itself, or `other` past the limit (counted in
+    /// `gpuspan_model_label_folded_total`).
+    fn model_label(&self, model: &Arc<str>) -> Arc<str> {
+        let Ok(mut m) = self.models.lock() else { return model.clone() };
+        let before = m.folded();
+        let v = m.fold(model);
+        if m.folded() > before {
+            self.models_folded.inc();
+        }
+        v
+    }
+
+    /// Observations whose `model` was folded into `other` so far (the agent warns once).
+    pub fn models_folded(&self) -> u64 {
+        self.models_folded.get()
     }
 
     /// Sets the `gpu_*` gauges of device `s.gpu_index` (label `gpu_type` = this agent's

@@ -517,6 +517,7 @@ fn prometheus_text_structure() {
         ("gpuspan_records_total", "counter"),
         ("gpuspan_records_dropped_total", "counter"),
         ("gpuspan_capture_active", "gauge"),
+        ("gpuspan_model_label_folded_total", "counter"),
         ("gpu_utilization_percent", "gauge"),
         ("gpu_memory_used_bytes", "gauge"),
         ("gpu_memory_utilization_percent", "gauge"),
@@ -690,4 +691,33 @@ fn metrics_is_send_sync() {
     fn check<T: Send + Sync>() {}
     check::<Metrics>();
     check::<MetricsServer>();
+}
+
+#[test]
+fn model_label_values_are_bounded_and_the_rest_fold_into_other() {
+    let m = Metrics::with_max_models(labels(), 2);
+    let req = |model: &str| RequestTiming {
+        model: Arc::from(model),
+        trace_id: TRACE_A,
+        dur_ns: 30_000_000_000,
+        vae_decode_ns: None,
+        frames: None,
+        kernel_count: 1,
+    };
+    for model in ["wan2.1", "stdit", "sd3", "flux", "wan2.1", "ltx"] {
+        m.observe_step(&step(model, TRACE_A, 500, &[("ffn", 100)]));
+        m.observe_request(&req(model));
+    }
+    let s = parse(&m.encode_prometheus_text());
+    let models: std::collections::BTreeSet<&str> = s
+        .iter()
+        .filter(|x| x.name.starts_with("dit_inference_step_duration_ms") || x.name.starts_with("video_generation"))
+        .filter_map(|x| x.labels.get("model").map(String::as_str))
+        .collect();
+    assert_eq!(models.into_iter().collect::<Vec<_>>(), ["other", "stdit", "wan2.1"]);
+    let step_count = |model: &str| value(&s, "dit_inference_step_duration_ms_count", &[("model", model), ("step_type", "step")]);
+    assert_eq!((step_count("wan2.1"), step_count("stdit"), step_count("other")), (2.0, 1.0, 3.0));
+    // Steps and requests of sd3, flux and ltx: 6 folded observations.
+    assert_eq!(value(&s, "gpuspan_model_label_folded_total", &[]), 6.0);
+    assert_eq!(m.models_folded(), 6);
 }
