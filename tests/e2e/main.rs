@@ -14,6 +14,7 @@ mod diff;
 mod exit;
 mod faults;
 mod fork;
+mod hot_path;
 mod inject;
 mod nvtx;
 mod interop;

@@ -1,0 +1,98 @@
+//! Capture writing speed (issue 14, item 2: at least 2 M events/s on one core into a
+//! `.json.gz` that HTA, Perfetto and Chrome's trace engine open).
+//!
+//! Builds a trace of `EVENTS` kernel events (default 400 000) from the events of a real
+//! H100 fixture (`h100-qwen-prefill`, repeated with shifted timestamps, so names, args and
+//! number shapes are real ones) and writes it with `gpuspan_export::kineto::write_trace_with`
+//! the way the agent does: uncompressed (JSON serialisation alone), gzip level 1 (what the
+//! exit path uses) and level 6 (flate2's default). Side by side in the same run, the same
+//! JSON bytes are deflated with `miniz_oxide` (flate2's former backend) at levels 1 and 6, so
+//! the backend's share shows as a ratio. Each figure is the best of `RUNS` (default 3), on
+//! the calling thread (the writer is single-threaded).
+//!
+//! Run: `cargo bench --bench capture_write` (environment: `EVENTS`, `RUNS`).
+
+use gpuspan_core::trace::Trace;
+use gpuspan_export::kineto::{write_trace_with, WriteOptions};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// `EVENTS` kernel events: the fixture's kernels, repeated back to back.
+fn trace_of(events: usize) -> Trace {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/traces/h100-qwen-prefill.json.gz");
+    let t = gpuspan_export::read_trace(&fixture).expect("fixture trace");
+    let kernels: Vec<_> = t.kernels().cloned().collect();
+    assert!(!kernels.is_empty());
+    let span_us = kernels.iter().map(|k| k.ts_us + k.dur_us).fold(0.0, f64::max) - kernels.iter().map(|k| k.ts_us).fold(f64::INFINITY, f64::min);
+    let mut out = Trace { events: Vec::with_capacity(events), ..t.clone() };
+    let mut round = 0u64;
+    while out.events.len() < events {
+        for k in &kernels {
+            if out.events.len() == events {
+                break;
+            }
+            let mut e = k.clone();
+            e.ts_us += round as f64 * (span_us + 1000.0);
+            out.events.push(e);
+        }
+        round += 1;
+    }
+    out
+}
+
+/// Best wall time of `runs` calls of `f`.
+fn best(runs: usize, mut f: impl FnMut()) -> Duration {
+    (0..runs)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed()
+        })
+        .min()
+        .unwrap()
+}
+
+fn main() {
+    let events = env_usize("EVENTS", 400_000);
+    let runs = env_usize("RUNS", 3);
+    let trace = trace_of(events);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, level: Option<u32>| {
+        let p = dir.path().join(name);
+        let opts = WriteOptions { gzip_level: level, ..Default::default() };
+        let d = best(runs, || {
+            write_trace_with(&trace, &p, &opts).expect("write");
+        });
+        (d, std::fs::metadata(&p).unwrap().len())
+    };
+    let rate = |d: Duration| events as f64 / d.as_secs_f64() / 1e6;
+    let (json_d, json_bytes) = write("capture.json", None);
+    println!("{events} events, {:.1} MB of JSON", json_bytes as f64 / 1e6);
+    println!("json (serialisation only)   {:>8.1} ms  {:>6.2} M events/s", json_d.as_secs_f64() * 1e3, rate(json_d));
+    for level in [1u32, 6] {
+        let (d, bytes) = write(&format!("capture-{level}.json.gz"), Some(level));
+        println!(
+            "json.gz level {level} (flate2)    {:>8.1} ms  {:>6.2} M events/s  {:>6.1} MB  (goal ≥ 2 M events/s)",
+            d.as_secs_f64() * 1e3,
+            rate(d),
+            bytes as f64 / 1e6
+        );
+    }
+    // The same bytes through miniz_oxide, side by side: deflate alone.
+    let json = std::fs::read(dir.path().join("capture.json")).unwrap();
+    for level in [1u8, 6] {
+        let mut out_len = 0;
+        let d = best(runs, || out_len = miniz_oxide::deflate::compress_to_vec(&json, level).len());
+        println!("deflate level {level} (miniz_oxide) {:>8.1} ms  {:>6.2} M events/s  {:>6.1} MB", d.as_secs_f64() * 1e3, rate(d), out_len as f64 / 1e6);
+    }
+    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(1));
+    let d = best(runs, || {
+        z = flate2::write::DeflateEncoder::new(Vec::with_capacity(json.len() / 4), flate2::Compression::new(1));
+        std::io::Write::write_all(&mut z, &json).unwrap();
+    });
+    println!("deflate level 1 (flate2)      {:>8.1} ms  {:>6.2} M events/s", d.as_secs_f64() * 1e3, rate(d));
+}

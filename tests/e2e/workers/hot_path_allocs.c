@@ -1,0 +1,125 @@
+/* Counts the heap allocations the gpuspan agent makes on an application thread in its hot
+ * path (issue 14, item 5): NVTX push / pop through NVIDIA's own NVTX v3 loader (the wheel's
+ * header-only nvtx3, which injects libgpuspan.so through NVTX_INJECTION64_PATH) and the C-ABI
+ * scopes of include/gpuspan.h.
+ *
+ * malloc & co. are interposed (exported with -rdynamic). An allocation is counted when it is
+ * made on the main thread while counting is on and its caller lies in libgpuspan.so: a Rust
+ * cdylib links its own std, so the return address of malloc is inside the object that
+ * allocated (dladdr names it). The simulated driver's and CUPTI's own allocations (its event
+ * records, its external-correlation stacks) are the driver's, and not counted.
+ *
+ * Usage: hot_path_allocs PAIRS   (LD_PRELOAD=libgpuspan.so, the simulator on the library path)
+ * Prints `probe allocations <n>` (an NVTX string registration, which allocates: the counter
+ * works),
+ * `warm-up allocations <n>` and `hot allocations <n> in <PAIRS> pairs`.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <nvtx3/nvToolsExt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+extern void *__libc_malloc(size_t);
+extern void __libc_free(void *);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void *__libc_memalign(size_t, size_t);
+
+static volatile int counting;
+static unsigned long counted;
+static int in_dladdr; /* dladdr itself may allocate: do not recurse */
+
+static void note(void *caller) {
+    if (!counting || in_dladdr || gettid() != getpid()) return;
+    in_dladdr = 1;
+    Dl_info info;
+    if (dladdr(caller, &info) && info.dli_fname && strstr(info.dli_fname, "libgpuspan.so")) counted++;
+    in_dladdr = 0;
+}
+
+void *malloc(size_t n) {
+    note(__builtin_return_address(0));
+    return __libc_malloc(n);
+}
+void free(void *p) { __libc_free(p); }
+void *calloc(size_t n, size_t m) {
+    note(__builtin_return_address(0));
+    return __libc_calloc(n, m);
+}
+void *realloc(void *q, size_t n) {
+    note(__builtin_return_address(0));
+    return __libc_realloc(q, n);
+}
+void *memalign(size_t a, size_t n) {
+    note(__builtin_return_address(0));
+    return __libc_memalign(a, n);
+}
+void *aligned_alloc(size_t a, size_t n) {
+    note(__builtin_return_address(0));
+    return __libc_memalign(a, n);
+}
+int posix_memalign(void **out, size_t a, size_t n) {
+    note(__builtin_return_address(0));
+    void *p = __libc_memalign(a, n);
+    if (!p) return 12; /* ENOMEM */
+    *out = p;
+    return 0;
+}
+
+typedef int (*cuInit_t)(unsigned);
+typedef int (*cuDeviceGet_t)(int *, int);
+typedef int (*cuDevicePrimaryCtxRetain_t)(void **, int);
+typedef int (*cuCtxSetCurrent_t)(void *);
+typedef int (*cuStreamCreate_t)(void **, unsigned);
+typedef int (*begin_stage_t)(const char *);
+typedef int (*end_t)(void);
+typedef int (*use_streams_t)(void *const *, size_t);
+
+#define CHECK(call) do { int rc_ = (call); if (rc_ != 0) { fprintf(stderr, "%s: %d\n", #call, rc_); return 1; } } while (0)
+
+/* One pair of each: an NVTX range and a C-ABI stage scope, nested. */
+static void pair(begin_stage_t stage_begin, end_t end) {
+    nvtxRangePushA("attention.spatial");
+    stage_begin("ffn");
+    end();
+    nvtxRangePop();
+}
+
+int main(int argc, char **argv) {
+    long pairs = argc > 1 ? atol(argv[1]) : 1000000;
+    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+    if (!h) { fprintf(stderr, "dlopen libcuda.so.1: %s\n", dlerror()); return 1; }
+    int dev;
+    void *ctx, *stream;
+    CHECK(((cuInit_t)dlsym(h, "cuInit"))(0));
+    CHECK(((cuDeviceGet_t)dlsym(h, "cuDeviceGet"))(&dev, 0));
+    CHECK(((cuDevicePrimaryCtxRetain_t)dlsym(h, "cuDevicePrimaryCtxRetain"))(&ctx, dev));
+    CHECK(((cuCtxSetCurrent_t)dlsym(h, "cuCtxSetCurrent"))(ctx));
+    CHECK(((cuStreamCreate_t)dlsym(h, "cuStreamCreate"))(&stream, 1));
+    begin_stage_t stage_begin = (begin_stage_t)dlsym(RTLD_DEFAULT, "gpuspan_stage_begin");
+    end_t end = (end_t)dlsym(RTLD_DEFAULT, "gpuspan_end");
+    use_streams_t use_streams = (use_streams_t)dlsym(RTLD_DEFAULT, "gpuspan_use_streams");
+    if (!stage_begin || !end || !use_streams) { fprintf(stderr, "libgpuspan.so is not preloaded\n"); return 1; }
+    use_streams(&stream, 1);
+    /* The probe: registering an NVTX string copies it once (the agent keeps the copy for the
+     * life of the process), an allocation the counter must see, or it would see none. */
+    counting = 1;
+    nvtxDomainRegisterStringA(nvtxDomainCreateA("gpuspan"), "registered once");
+    counting = 0;
+    printf("probe allocations %lu\n", counted);
+    counted = 0;
+    /* Warm-up: the thread's first calls set up its thread-local state. */
+    counting = 1;
+    for (int i = 0; i < 1000; i++) pair(stage_begin, end);
+    counting = 0;
+    printf("warm-up allocations %lu\n", counted);
+    counted = 0;
+    counting = 1;
+    for (long i = 0; i < pairs; i++) pair(stage_begin, end);
+    counting = 0;
+    printf("hot allocations %lu in %ld pairs\n", counted, pairs);
+    return 0;
+}
