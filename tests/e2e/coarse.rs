@@ -440,3 +440,58 @@ fn coarse_mode_runs_without_cupti() {
         assert_ne!(s.str("gpuspan.timing"), Some("cpu_fallback"), "timed with events: {s:?}");
     }
 }
+
+#[test]
+fn requests_that_never_end_give_their_events_back_after_the_scope_timeout() {
+    // Six threads each begin a request, launch and die without ending it; each request's
+    // begin event stays out of the 6-event pool until GPUSPAN_SCOPE_TIMEOUT (300 ms) gives
+    // the request up. Without the timeout the pool stays empty and the later requests are
+    // timed on the CPU (`pool_exhausted`).
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("unended_requests");
+    compile_c(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/workers/unended_requests.c"), &exe, &[]);
+    let sim = tempfile::tempdir().unwrap();
+    gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(&exe)
+        .args(["6", "1500"])
+        .env("LD_PRELOAD", artifact("libgpuspan.so"))
+        .env("LD_LIBRARY_PATH", sim.path())
+        .env("GPUSPAN_MODE", "coarse")
+        .env("GPUSPAN_EVENT_POOL", "6")
+        .env("GPUSPAN_SCOPE_TIMEOUT", "300ms")
+        .env("GPUSPAN_OUT", out.path())
+        .env_remove("NVTX_INJECTION64_PATH")
+        .env_remove("CUDA_INJECTION64_PATH")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    assert_eq!(lines.next().map(|l| l.unwrap()).as_deref(), Some("ready"));
+    let pid = child.id();
+    crate::control::wait_for_socket(pid);
+    // The collector resolves within a few ms; allow a few seconds on a loaded machine.
+    let t0 = std::time::Instant::now();
+    let coarse = loop {
+        let c = crate::control::status_json(pid)["coarse"].clone();
+        if c["scopes_timed"].as_u64() >= Some(2) || t0.elapsed() > std::time::Duration::from_secs(5) {
+            break c;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    println!("{coarse}");
+    assert_eq!(coarse["roots_timed_out"], 6, "{coarse}\n{stderr}");
+    // Every event is back but the anchor (the latest request's begin event).
+    let (made, free) = (coarse["events_made"].as_u64().unwrap(), coarse["events_free"].as_u64().unwrap());
+    assert!(free + 1 >= made, "events made {made}, free {free}: {coarse}");
+    // The two tidy requests after the timeout (4 events at once, with 5 free) were timed
+    // with events, not on the CPU.
+    assert_eq!(coarse["pool_exhausted"], 0, "{coarse}");
+    assert_eq!(coarse["scopes_timed"], 2, "{coarse}");
+    assert!(stderr.contains("were given up and their CUDA events returned to the pool"), "{stderr}");
+}

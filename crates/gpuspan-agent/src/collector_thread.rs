@@ -252,9 +252,35 @@ fn report_foreign_buffers(a: &Agent) {
     }
 }
 
+/// One warning each, the first time: the event pool ran low (over 90 % of its events in
+/// flight, before any boundary had to go without one), and root scopes were given up after
+/// `GPUSPAN_SCOPE_TIMEOUT` (their events came back).
+fn report_coarse_pool(a: &Agent) {
+    static LOW: AtomicBool = AtomicBool::new(false);
+    static STALE: AtomicBool = AtomicBool::new(false);
+    let Some(c) = &a.coarse else { return };
+    let cap = c.pool.capacity();
+    let available = c.pool.free_len() + (cap - c.pool.created());
+    if cap >= 10 && available < cap / 10 && !LOW.swap(true, Ordering::Relaxed) {
+        crate::log::warn(&format!(
+            "coarse mode: {} of the {cap} CUDA events of the pool are in flight (GPUSPAN_EVENT_POOL); scopes that never end hold theirs until GPUSPAN_SCOPE_TIMEOUT ({}), and a full pool times scopes on the CPU",
+            cap - available,
+            humantime::format_duration(c.root_timeout)
+        ));
+    }
+    let stale = c.counters.roots_timed_out.load(Ordering::Relaxed);
+    if stale > 0 && !STALE.swap(true, Ordering::Relaxed) {
+        crate::log::warn(&format!(
+            "coarse mode: {stale} request scope(s) still open after GPUSPAN_SCOPE_TIMEOUT ({}) were given up and their CUDA events returned to the pool (a gpuspan end / NVTX pop skipped on an error path?)",
+            humantime::format_duration(c.root_timeout)
+        ));
+    }
+}
+
 /// One warning the first time coarse timing had to fall back to CPU times (the hot path
 /// only counts).
 fn report_coarse_fallbacks(a: &Agent) {
+    report_coarse_pool(a);
     static WARNED: AtomicBool = AtomicBool::new(false);
     let Some(c) = &a.coarse else { return };
     let exhausted = c.counters.pool_exhausted.load(Ordering::Relaxed);

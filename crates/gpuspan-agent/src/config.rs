@@ -8,6 +8,8 @@
 //! `GPUSPAN_EVENT_POOL` (most CUDA events of coarse mode, default 4096),
 //! `GPUSPAN_MAX_MODELS` (distinct `model` label values with metric series and anomaly
 //! histories of their own, default 32; later ones are folded into `other`),
+//! `GPUSPAN_SCOPE_TIMEOUT` (coarse mode: a request scope still open after this long is given
+//! up and its CUDA events return to the pool, default 1 h),
 //! `GPUSPAN_FLIGHT_RECORDER` (steps the flight recorder keeps; overrides the rules file's
 //! `[capture] flight_recorder_steps`), `GPUSPAN_EXIT_BUDGET` (most time the agent spends
 //! finishing at exit, default 2 s). The OTLP
@@ -66,6 +68,10 @@ pub struct Config {
     /// capture write together (`GPUSPAN_EXIT_BUDGET`, humantime syntax such as `2s` or
     /// `500ms`, default [`DEFAULT_EXIT_BUDGET`]). What does not fit is cut and counted.
     pub exit_budget: std::time::Duration,
+    /// Coarse mode: how long a root scope (a request) may stay open before its CUDA events
+    /// are given back and it is given up (`GPUSPAN_SCOPE_TIMEOUT`, humantime, default
+    /// [`crate::coarse::DEFAULT_ROOT_TIMEOUT`], 1 h).
+    pub scope_timeout: std::time::Duration,
 }
 
 /// Default of [`Config::exit_budget`]: 2 s, short enough for a pod's termination grace
@@ -155,6 +161,16 @@ impl Config {
                 }
             },
         };
+        let scope_timeout = match std::env::var("GPUSPAN_SCOPE_TIMEOUT") {
+            Err(_) => crate::coarse::DEFAULT_ROOT_TIMEOUT,
+            Ok(v) => match humantime::parse_duration(v.trim()) {
+                Ok(d) if d > std::time::Duration::ZERO => d,
+                _ => {
+                    w.push(format!("GPUSPAN_SCOPE_TIMEOUT={v:?} is not a positive duration such as 1h or 30min; using 1h"));
+                    crate::coarse::DEFAULT_ROOT_TIMEOUT
+                }
+            },
+        };
         let worker_id = std::env::var("GPUSPAN_WORKER_ID")
             .ok()
             .filter(|v| !v.trim().is_empty())
@@ -174,6 +190,7 @@ impl Config {
                 max_models,
                 flight_recorder,
                 exit_budget,
+                scope_timeout,
             },
             w,
         )

@@ -486,6 +486,8 @@ pub fn agent_status() -> Status {
                 marks_dropped: k.marks_dropped.load(Ordering::Relaxed),
                 events_made: c.pool.created() as u64,
                 scopes_in_capture: k.scopes_in_capture.load(Ordering::Relaxed),
+                roots_timed_out: k.roots_timed_out.load(Ordering::Relaxed),
+                events_free: c.pool.free_len() as u64,
             }
         }),
         metrics_addr: a.and_then(|a| a.telemetry.metrics_addr()).map(|s| s.to_string()),

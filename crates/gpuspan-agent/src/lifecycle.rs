@@ -255,7 +255,7 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
         })?),
         _ => None,
     };
-    let coarse = (config.mode == Mode::Coarse).then(|| crate::coarse::Coarse::new(config.event_pool));
+    let coarse = (config.mode == Mode::Coarse).then(|| crate::coarse::Coarse::new(config.event_pool, config.scope_timeout));
     if let Some(why) = &no_cupti {
         if coarse.as_ref().is_some_and(|c| c.events.is_none()) {
             return Err(format!("{why}, and no CUDA driver library for coarse timing"));

@@ -451,6 +451,12 @@ pub struct CoarseCounts {
     /// Boundaries that ran inside a CUDA-graph capture (nothing recorded, no span).
     #[serde(default)]
     pub scopes_in_capture: u64,
+    /// Root scopes (requests) given up after `GPUSPAN_SCOPE_TIMEOUT` without an end.
+    #[serde(default)]
+    pub roots_timed_out: u64,
+    /// Events free in the pool now (of `events_made`).
+    #[serde(default)]
+    pub events_free: u64,
 }
 
 /// A successful `capture` reply line: `{"v":1,"ok":true,"window":{…}}\n`.

@@ -45,7 +45,15 @@ pub struct CoarseCounters {
     /// Scope boundaries that ran while a stream they would be timed on was being captured
     /// into a CUDA graph (nothing recorded; the scope gets no span).
     pub scopes_in_capture: AtomicU64,
+    /// Root scopes (requests) that had not ended `GPUSPAN_SCOPE_TIMEOUT` after they began:
+    /// their events went back to the pool and they get no GPU interval.
+    pub roots_timed_out: AtomicU64,
 }
+
+/// Default of `GPUSPAN_SCOPE_TIMEOUT`: a root scope (a request) not ended an hour after it
+/// began is given up (a worker that skipped its `end` on an exception path), so its pooled
+/// events come back; a video generation takes minutes, not hours.
+pub const DEFAULT_ROOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Coarse timing state shared by application threads and the collector.
 pub struct Coarse {
@@ -58,6 +66,9 @@ pub struct Coarse {
     pub marks: ArrayQueue<mark::GpuMark>,
     /// Counters.
     pub counters: CoarseCounters,
+    /// How long a root scope may stay open before the resolver gives it up
+    /// (`GPUSPAN_SCOPE_TIMEOUT`, [`DEFAULT_ROOT_TIMEOUT`]).
+    pub root_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Coarse {
@@ -69,7 +80,7 @@ impl std::fmt::Debug for Coarse {
 impl Coarse {
     /// Coarse timing with a pool of at most `pool_cap` events. A missing driver is one
     /// warning; scopes are then CPU-timed.
-    pub fn new(pool_cap: usize) -> Coarse {
+    pub fn new(pool_cap: usize, root_timeout: std::time::Duration) -> Coarse {
         let events = match CudaEvents::load() {
             Ok(e) => Some(e),
             Err(e) => {
@@ -82,6 +93,7 @@ impl Coarse {
             pool: pool::EventPool::new(pool_cap),
             marks: ArrayQueue::new(MARK_QUEUE_CAP),
             counters: CoarseCounters::default(),
+            root_timeout,
         }
     }
 }

@@ -18,6 +18,12 @@
 //!
 //! A scope with no event at a boundary, or whose events the driver will not compare, is
 //! CPU-timed ([`TimingSource::CpuFallback`]).
+//!
+//! A root scope still open [`Coarse::root_timeout`] after it began (a request whose `end`
+//! the worker skipped on an exception path) is given up: its begin events and those of its
+//! children that never ended go back to the pool, and it gets no interval (counted in
+//! `roots_timed_out`). Without this, each such request would keep an event out of the pool
+//! for good, and a worker running for days would end up timing every scope on the CPU.
 
 use super::mark::GpuMark;
 use super::pool::PooledEvent;
@@ -36,6 +42,8 @@ struct Pending {
     end: Option<GpuMark>,
     /// Roots: the established start, CUPTI ns.
     root_start_ns: Option<u64>,
+    /// When the collector took the begin mark (for [`Coarse::root_timeout`]).
+    accepted_at: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +62,8 @@ pub struct Resolver {
     roots: VecDeque<ScopeId>,
     anchor: Option<Anchor>,
     current_ctx: Option<Context>,
+    /// Last look for roots past their timeout (at most one a second).
+    last_sweep: Option<Instant>,
 }
 
 fn ms_to_ns(ms: f32) -> i64 {
@@ -91,7 +101,7 @@ impl Resolver {
             if root == m.scope {
                 self.roots.push_back(m.scope);
             }
-            self.pending.insert(m.scope, Pending { root, begin: m, end: None, root_start_ns: None });
+            self.pending.insert(m.scope, Pending { root, begin: m, end: None, root_start_ns: None, accepted_at: Instant::now() });
         } else if let Some(p) = self.pending.get_mut(&m.scope) {
             p.end = Some(m);
             self.ended.push_back(m.scope);
@@ -122,8 +132,33 @@ impl Resolver {
         m.marks.iter().flatten().all(|s| self.done(events, s.event))
     }
 
+    /// Gives up the roots open longer than [`Coarse::root_timeout`] (module docs); looks at
+    /// most once a second. Returns how many were given up.
+    pub fn give_up_stale_roots(&mut self, c: &Coarse, now: Instant) -> usize {
+        if self.last_sweep.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1)) {
+            return 0;
+        }
+        self.last_sweep = Some(now);
+        let stale: Vec<ScopeId> = self
+            .pending
+            .iter()
+            .filter(|(id, p)| p.root == **id && p.end.is_none() && now.duration_since(p.accepted_at) >= c.root_timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for &id in &stale {
+            self.roots.retain(|r| *r != id);
+            // As a resolved root: its begin events back (the anchor keeps its own), and its
+            // children that never ended with it; ended children still waiting for their
+            // events are placed against the anchor.
+            self.release(c, id);
+            c.counters.roots_timed_out.fetch_add(1, Ordering::Relaxed);
+        }
+        stale.len()
+    }
+
     /// Resolves what it can, appending intervals to `out` in scope-end order.
     pub fn resolve(&mut self, c: &Coarse, out: &mut Vec<ScopeGpuTime>) {
+        self.give_up_stale_roots(c, Instant::now());
         let Some(events) = &c.events else {
             self.resolve_cpu_only(c, out);
             return;
