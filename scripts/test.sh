@@ -60,5 +60,8 @@ fi
 # must exist before the end-to-end tests start processes with them.
 cargo build --workspace --all-targets
 cargo nextest run --workspace --no-fail-fast "$@"
+# Three minutes of soak (issue 13, item 3): windows, scrapes and OTLP outages against a
+# simulated worker, exact span accounting (scripts/soak.sh; long runs by hand).
+scripts/soak.sh --minutes 3
 # The GPU validation script: without a GPU it runs the kernel compile checks and says so.
 scripts/gpu-validate.sh target/gpu-validate

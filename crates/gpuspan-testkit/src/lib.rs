@@ -41,6 +41,18 @@ impl ReservedPort {
         ReservedPort { fd, port }
     }
 
+    /// Reserves `port` on 127.0.0.1 (bound, not listening), e.g. again after a receiver on
+    /// it stopped. Errors: the bind's (the port is in use).
+    pub fn on(port: u16) -> Result<ReservedPort, nix::Error> {
+        use nix::sys::socket::{bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+        use std::os::fd::AsRawFd;
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        // A stopped receiver's accepted connections may sit in TIME_WAIT on this port.
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port))?;
+        Ok(ReservedPort { fd, port })
+    }
+
     /// The reserved port.
     pub fn port(&self) -> u16 {
         self.port
@@ -384,6 +396,17 @@ impl OtlpReceiver {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl OtlpReceiver {
+    /// Stops the receiver (waiting for its server thread, so a request in progress is either
+    /// stored or refused) and returns every span it received.
+    pub fn stop(mut self) -> Vec<ReceivedSpan> {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+        self.spans()
     }
 }
 

@@ -9,7 +9,8 @@
 //!
 //! Requests are generated and run one at a time, so memory does not depend on `--requests`;
 //! `--requests 0` runs until stopped, `--duration D` until D of wall time has passed (both
-//! print `requests: N` after the `replayed` line). For soaks, `GPUSPAN_SIM_CLOCK=real` with
+//! print `requests: N` after the `replayed` line); `--linger D` stays alive, idle, for D
+//! after the last request (`lingering D`). For soaks, `GPUSPAN_SIM_CLOCK=real` with
 //! `GPUSPAN_SIM_SPEED=F` runs the simulated H100 F times faster than wall time.
 //!
 //! Each request is an NVTX range `gpuspan.request <traceparent> model=<name>`: presets
@@ -110,6 +111,10 @@ struct Args {
     /// A second thread calls `exit(0)` after this many ms, mid-run.
     #[arg(long, value_name = "MS")]
     exit_after_ms: Option<u64>,
+    /// After the last request, stay alive (idle, as a worker between requests) this long
+    /// before exiting (`20s`): a soak reads the agent's status after the load stopped.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    linger: Option<std::time::Duration>,
 }
 
 /// `--exit-on-sigterm`'s handler: `exit(0)` from signal context, as some workers do.
@@ -385,6 +390,12 @@ fn main() -> ExitCode {
             );
             if requests.is_none() {
                 println!("requests: {ran}");
+            }
+            if let Some(d) = args.linger {
+                use std::io::Write;
+                println!("lingering {}", humantime::format_duration(d));
+                let _ = std::io::stdout().flush();
+                std::thread::sleep(d);
             }
             if s.failed_allocs > 0 {
                 println!("{} allocations refused (out of memory)", s.failed_allocs);
