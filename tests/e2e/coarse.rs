@@ -453,16 +453,9 @@ fn requests_that_never_end_give_their_events_back_after_the_scope_timeout() {
     let sim = tempfile::tempdir().unwrap();
     gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(&exe)
-        .args(["6", "1500"])
-        .env("LD_PRELOAD", artifact("libgpuspan.so"))
-        .env("LD_LIBRARY_PATH", sim.path())
-        .env("GPUSPAN_MODE", "coarse")
+    let mut child = preload_agent(std::process::Command::new(&exe).args(["6", "1500"]), sim.path(), "coarse", out.path())
         .env("GPUSPAN_EVENT_POOL", "6")
         .env("GPUSPAN_SCOPE_TIMEOUT", "300ms")
-        .env("GPUSPAN_OUT", out.path())
-        .env_remove("NVTX_INJECTION64_PATH")
-        .env_remove("CUDA_INJECTION64_PATH")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -16,17 +16,7 @@ use std::time::{Duration, Instant};
 /// `GPUSPAN_EXIT_BUDGET` is the agent's default (2 s) unless `env` sets it.
 fn spawn_replay(sim: &Path, out: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
     let mut c = Command::new(artifact("gpuspan-replay"));
-    c.args(args)
-        .env("LD_PRELOAD", artifact("libgpuspan.so"))
-        .env("LD_LIBRARY_PATH", sim)
-        .env("GPUSPAN_MODE", "fine")
-        .env("GPUSPAN_OUT", out)
-        .env("GPUSPAN_LOG", "info")
-        .env_remove("GPUSPAN_EXIT_BUDGET")
-        .env_remove("NVTX_INJECTION64_PATH")
-        .env_remove("CUDA_INJECTION64_PATH")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    preload_agent(c.args(args), sim, "fine", out).env("GPUSPAN_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in env {
         c.env(k, v);
     }
@@ -164,16 +154,8 @@ fn exit_from_a_signal_handler_that_interrupted_malloc_does_not_hang() {
     let sim = tempfile::tempdir().unwrap();
     gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let mut child = Command::new(&exe)
-        .arg("200")
-        .env("LD_PRELOAD", artifact("libgpuspan.so"))
-        .env("LD_LIBRARY_PATH", sim.path())
-        .env("GPUSPAN_MODE", "fine")
-        .env("GPUSPAN_OUT", out.path())
+    let mut child = preload_agent(Command::new(&exe).arg("200"), sim.path(), "fine", out.path())
         .env("GPUSPAN_LOG", "info")
-        .env_remove("GPUSPAN_EXIT_BUDGET")
-        .env_remove("NVTX_INJECTION64_PATH")
-        .env_remove("CUDA_INJECTION64_PATH")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

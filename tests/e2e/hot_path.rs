@@ -30,17 +30,7 @@ fn nvtx_and_c_abi_scopes_allocate_nothing_after_warm_up() {
     gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
     for mode in ["coarse", "fine"] {
         let out = tempfile::tempdir().unwrap();
-        let o = output(
-            Command::new(&exe)
-                .arg("1000000")
-                .env("LD_PRELOAD", artifact("libgpuspan.so"))
-                .env("LD_LIBRARY_PATH", sim.path())
-                .env("GPUSPAN_MODE", mode)
-                .env("GPUSPAN_OUT", out.path())
-                .env_remove("NVTX_INJECTION64_PATH")
-                .env_remove("CUDA_INJECTION64_PATH")
-                .env_remove("GPUSPAN_EXIT_BUDGET"),
-        );
+        let o = output(preload_agent(Command::new(&exe).arg("1000000"), sim.path(), mode, out.path()));
         let stdout = String::from_utf8_lossy(&o.stdout);
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{mode}: {stdout}\n{stderr}");

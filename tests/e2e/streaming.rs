@@ -123,13 +123,9 @@ fn sim_speed_runs_the_real_clock_faster() {
     let out = tempfile::tempdir().unwrap();
     let t0 = Instant::now();
     let o = output(
-        replay(sim.path(), &["wan2.1", "--steps", "1"])
-            .env_remove("GPUSPAN_EXIT_BUDGET")
+        preload_agent(&mut replay(sim.path(), &["wan2.1", "--steps", "1"]), sim.path(), "fine", out.path())
             .env("GPUSPAN_SIM_CLOCK", "real")
-            .env("GPUSPAN_SIM_SPEED", "50")
-            .env("LD_PRELOAD", artifact("libgpuspan.so"))
-            .env("GPUSPAN_MODE", "fine")
-            .env("GPUSPAN_OUT", out.path()),
+            .env("GPUSPAN_SIM_SPEED", "50"),
     );
     let wall = t0.elapsed();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -143,3 +143,16 @@ pub fn compile_c(source: &Path, exe: &Path, extra: &[&str]) {
     );
     assert!(o.status.success(), "gcc {} failed:\n{}", source.display(), String::from_utf8_lossy(&o.stderr));
 }
+
+/// Sets `c` up to run with `libgpuspan.so` preloaded in `mode`, writing into `out`, on the
+/// simulated H100 installed in `sim`: the injection variables a parent test process may
+/// carry and `GPUSPAN_EXIT_BUDGET` (so the agent's default applies) are removed.
+pub fn preload_agent<'c>(c: &'c mut Command, sim: &Path, mode: &str, out: &Path) -> &'c mut Command {
+    c.env("LD_PRELOAD", artifact("libgpuspan.so"))
+        .env("LD_LIBRARY_PATH", sim)
+        .env("GPUSPAN_MODE", mode)
+        .env("GPUSPAN_OUT", out)
+        .env_remove("NVTX_INJECTION64_PATH")
+        .env_remove("CUDA_INJECTION64_PATH")
+        .env_remove("GPUSPAN_EXIT_BUDGET")
+}

@@ -16,7 +16,7 @@
 
 use crate::lifecycle;
 use crate::shared::{generation, GENERATIONS};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -35,11 +35,14 @@ const DONE: u8 = 2;
 
 /// One generation's finishing thread (a forked child that activates itself has its own).
 struct ExitWorker {
+    /// Set once its thread was spawned (so two activating threads spawn one).
+    spawned: AtomicBool,
     thread: OnceLock<std::thread::Thread>,
     state: AtomicU8,
 }
 
-static WORKERS: [ExitWorker; GENERATIONS] = [const { ExitWorker { thread: OnceLock::new(), state: AtomicU8::new(IDLE) } }; GENERATIONS];
+static WORKERS: [ExitWorker; GENERATIONS] =
+    [const { ExitWorker { spawned: AtomicBool::new(false), thread: OnceLock::new(), state: AtomicU8::new(IDLE) } }; GENERATIONS];
 
 fn worker() -> Option<&'static ExitWorker> {
     WORKERS.get(generation())
@@ -50,7 +53,7 @@ fn worker() -> Option<&'static ExitWorker> {
 /// exit handler does the work itself.
 pub fn arm() {
     if let Some(w) = worker() {
-        if w.thread.get().is_none() {
+        if !w.spawned.swap(true, Ordering::AcqRel) {
             let spawned = crate::signals::with_async_signals_blocked(|| {
                 std::thread::Builder::new().name("gpuspan-exit".into()).spawn(move || {
                     while w.state.load(Ordering::Acquire) != ASKED {

@@ -13,19 +13,10 @@
  * Usage: exit_in_malloc KERNELS   (LD_PRELOAD=libgpuspan.so, libcuda.so.1 on the library path)
  */
 #define _GNU_SOURCE
-#include <dlfcn.h>
+#include "sim_driver.h"
 #include <pthread.h>
 #include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <unistd.h>
-
-extern void *__libc_malloc(size_t);
-extern void __libc_free(void *);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_realloc(void *, size_t);
-extern void *__libc_memalign(size_t, size_t);
 
 static pthread_mutex_t main_arena = PTHREAD_MUTEX_INITIALIZER; /* PTHREAD_MUTEX_NORMAL */
 static volatile int hold_in_malloc;
@@ -86,37 +77,13 @@ static void exit_in_handler(int sig) {
     exit(0);
 }
 
-typedef int (*cuInit_t)(unsigned);
-typedef int (*cuDeviceGet_t)(int *, int);
-typedef int (*cuDevicePrimaryCtxRetain_t)(void **, int);
-typedef int (*cuCtxSetCurrent_t)(void *);
-typedef int (*cuModuleLoadData_t)(void **, const void *);
-typedef int (*cuModuleGetFunction_t)(void **, void *, const char *);
-typedef int (*cuLaunchKernel_t)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
-                                unsigned, void *, void **, void **);
-typedef int (*cuCtxSynchronize_t)(void);
-
-#define CHECK(call) do { int rc_ = (call); if (rc_ != 0) { fprintf(stderr, "%s: %d\n", #call, rc_); return 1; } } while (0)
-
 int main(int argc, char **argv) {
     int kernels = argc > 1 ? atoi(argv[1]) : 100;
-    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
-    if (!h) { fprintf(stderr, "dlopen libcuda.so.1: %s\n", dlerror()); return 1; }
-    int dev;
-    void *ctx, *module, *f;
-    CHECK(((cuInit_t)dlsym(h, "cuInit"))(0));
-    CHECK(((cuDeviceGet_t)dlsym(h, "cuDeviceGet"))(&dev, 0));
-    CHECK(((cuDevicePrimaryCtxRetain_t)dlsym(h, "cuDevicePrimaryCtxRetain"))(&ctx, dev));
-    CHECK(((cuCtxSetCurrent_t)dlsym(h, "cuCtxSetCurrent"))(ctx));
-    CHECK(((cuModuleLoadData_t)dlsym(h, "cuModuleLoadData"))(&module, "sim image"));
-    CHECK(((cuModuleGetFunction_t)dlsym(h, "cuModuleGetFunction"))(&f, module, "flash_fwd_kernel"));
-    cuLaunchKernel_t launch = (cuLaunchKernel_t)dlsym(h, "cuLaunchKernel");
-    for (int i = 0; i < kernels; i++) {
-        unsigned long long ns = 20000;
-        void *params[1] = { &ns };
-        CHECK(launch(f, 132, 1, 1, 128, 1, 1, 0, NULL, params, NULL));
-    }
-    CHECK(((cuCtxSynchronize_t)dlsym(h, "cuCtxSynchronize"))());
+    struct sim_driver d = sim_driver_open();
+    void *f;
+    SIM_CHECK(d.get_function(&f, d.module, "flash_fwd_kernel"));
+    for (int i = 0; i < kernels; i++) sim_launch(&d, f, NULL, 20000);
+    SIM_CHECK(d.synchronize());
     printf("launched %d kernels\n", kernels);
     fflush(stdout);
     signal(SIGTERM, exit_in_handler);

@@ -15,18 +15,10 @@
  * `warm-up allocations <n>` and `hot allocations <n> in <PAIRS> pairs`.
  */
 #define _GNU_SOURCE
-#include <dlfcn.h>
+#include "sim_driver.h"
 #include <nvtx3/nvToolsExt.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-extern void *__libc_malloc(size_t);
-extern void __libc_free(void *);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_realloc(void *, size_t);
-extern void *__libc_memalign(size_t, size_t);
 
 static volatile int counting;
 static unsigned long counted;
@@ -69,16 +61,9 @@ int posix_memalign(void **out, size_t a, size_t n) {
     return 0;
 }
 
-typedef int (*cuInit_t)(unsigned);
-typedef int (*cuDeviceGet_t)(int *, int);
-typedef int (*cuDevicePrimaryCtxRetain_t)(void **, int);
-typedef int (*cuCtxSetCurrent_t)(void *);
-typedef int (*cuStreamCreate_t)(void **, unsigned);
 typedef int (*begin_stage_t)(const char *);
 typedef int (*end_t)(void);
 typedef int (*use_streams_t)(void *const *, size_t);
-
-#define CHECK(call) do { int rc_ = (call); if (rc_ != 0) { fprintf(stderr, "%s: %d\n", #call, rc_); return 1; } } while (0)
 
 /* One pair of each: an NVTX range and a C-ABI stage scope, nested. */
 static void pair(begin_stage_t stage_begin, end_t end) {
@@ -90,15 +75,9 @@ static void pair(begin_stage_t stage_begin, end_t end) {
 
 int main(int argc, char **argv) {
     long pairs = argc > 1 ? atol(argv[1]) : 1000000;
-    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
-    if (!h) { fprintf(stderr, "dlopen libcuda.so.1: %s\n", dlerror()); return 1; }
-    int dev;
-    void *ctx, *stream;
-    CHECK(((cuInit_t)dlsym(h, "cuInit"))(0));
-    CHECK(((cuDeviceGet_t)dlsym(h, "cuDeviceGet"))(&dev, 0));
-    CHECK(((cuDevicePrimaryCtxRetain_t)dlsym(h, "cuDevicePrimaryCtxRetain"))(&ctx, dev));
-    CHECK(((cuCtxSetCurrent_t)dlsym(h, "cuCtxSetCurrent"))(ctx));
-    CHECK(((cuStreamCreate_t)dlsym(h, "cuStreamCreate"))(&stream, 1));
+    struct sim_driver d = sim_driver_open();
+    void *stream;
+    SIM_CHECK(d.stream_create(&stream, 1));
     begin_stage_t stage_begin = (begin_stage_t)dlsym(RTLD_DEFAULT, "gpuspan_stage_begin");
     end_t end = (end_t)dlsym(RTLD_DEFAULT, "gpuspan_end");
     use_streams_t use_streams = (use_streams_t)dlsym(RTLD_DEFAULT, "gpuspan_use_streams");
