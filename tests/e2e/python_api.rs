@@ -254,22 +254,13 @@ fn python_worker_with_opentelemetry_takes_the_current_span() {
 /// `dlopen("libcuda.so.1")` (no `cuda.h` here: the prototypes are declared by hand).
 const C_WORKER: &str = r#"
 #include "gpuspan.h"
+#include "sim_driver.h"
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef int (*cuInit_t)(unsigned);
-typedef int (*cuDeviceGet_t)(int *, int);
-typedef int (*cuDevicePrimaryCtxRetain_t)(void **, int);
-typedef int (*cuCtxSetCurrent_t)(void *);
-typedef int (*cuModuleLoadData_t)(void **, const void *);
-typedef int (*cuModuleGetFunction_t)(void **, void *, const char *);
-typedef int (*cuStreamCreate_t)(void **, unsigned);
-typedef int (*cuLaunchKernel_t)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
-                                unsigned, void *, void **, void **);
-typedef int (*cuCtxSynchronize_t)(void);
 
 static cuModuleGetFunction_t pGetFunction;
 static cuStreamCreate_t pStreamCreate;
@@ -418,10 +409,20 @@ fn c_worker(dir: &Path) -> Option<PathBuf> {
     std::fs::write(&src, C_WORKER).unwrap();
     let lib_dir = artifact("libgpuspan.so").parent().unwrap().to_path_buf();
     let include = repo().join("include");
+    let workers = repo().join("tests/e2e/workers");
     compile_c(
         &src,
         &exe,
-        &["-I", include.to_str().unwrap(), "-L", lib_dir.to_str().unwrap(), &format!("-Wl,-rpath,{}", lib_dir.display()), "-lgpuspan"],
+        &[
+            "-I",
+            include.to_str().unwrap(),
+            "-I",
+            workers.to_str().unwrap(),
+            "-L",
+            lib_dir.to_str().unwrap(),
+            &format!("-Wl,-rpath,{}", lib_dir.display()),
+            "-lgpuspan",
+        ],
     );
     Some(exe)
 }
