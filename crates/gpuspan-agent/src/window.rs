@@ -66,7 +66,6 @@ struct Window {
     /// How many of `units` are the flight recorder's past steps.
     past: usize,
     accepting: bool,
-    ended: u64,
     first_begin_ns: Option<u64>,
     /// The first scope id that surely pushed its external correlation id (see `arm`); new
     /// units are taken from it on.
@@ -210,7 +209,6 @@ impl Windows {
             units: past.ended.iter().chain(&past.in_progress).copied().collect(),
             past: past.ended.len() + past.in_progress.len(),
             accepting: true,
-            ended: past.ended.len() as u64,
             first_begin_ns: None,
             first_id,
             gpu_pending: HashSet::new(),
@@ -236,50 +234,8 @@ impl Windows {
             return;
         }
         let Ok(mut g) = self.inner.lock() else { return };
-        let Some(w) = g.current.as_mut() else { return };
-        match ev {
-            ScopeEvent::Begin { id, ts_ns, .. } => {
-                let Some(s) = scopes.get(*id) else { return };
-                if !is_unit(w.size, &s.kind) || !w.accepting || w.phase == Phase::Closing || *id < w.first_id {
-                    return;
-                }
-                let first = *w.first_begin_ns.get_or_insert(*ts_ns);
-                let take = match w.size {
-                    WindowSize::Steps(n) | WindowSize::Requests(n) => w.new_units() < n,
-                    WindowSize::DurationMs(d) => ts_ns.saturating_sub(first) < d.saturating_mul(1_000_000),
-                };
-                if !take {
-                    // A step begun past the duration: the window ends with the last one, which
-                    // may already have ended (a gap between requests).
-                    w.accepting = false;
-                    w.close_if_complete();
-                    return;
-                }
-                w.units.push(*id);
-                w.phase = Phase::Open;
-                w.status.state = window_state::OPEN.into();
-                if let WindowSize::Steps(n) | WindowSize::Requests(n) = w.size {
-                    w.accepting = w.new_units() < n;
-                }
-            }
-            ScopeEvent::End { id, ts_ns, .. } => {
-                if !w.units.contains(id) {
-                    return;
-                }
-                w.ended += 1;
-                w.gpu_pending.insert(*id);
-                match w.size {
-                    WindowSize::DurationMs(d) => {
-                        let elapsed = ts_ns.saturating_sub(w.first_begin_ns.unwrap_or(*ts_ns));
-                        w.status.done = elapsed / 1_000_000;
-                        if elapsed >= d.saturating_mul(1_000_000) {
-                            w.accepting = false;
-                        }
-                    }
-                    _ => w.status.done = w.ended - w.past as u64,
-                }
-                w.close_if_complete();
-            }
+        if let Some(w) = g.current.as_mut() {
+            w.observe(ev, scopes);
         }
     }
 
@@ -408,14 +364,72 @@ impl Window {
         (self.units.len() - self.past) as u64
     }
 
-    /// Closing once no more units are taken and every unit taken has ended.
-    fn close_if_complete(&mut self) {
-        if !self.accepting && self.new_units() > 0 && self.ended == self.units.len() as u64 {
+    /// One scope event, after it was applied to `scopes`: takes units, counts them done,
+    /// closes.
+    fn observe(&mut self, ev: &ScopeEvent, scopes: &ScopeTable) {
+        match ev {
+            ScopeEvent::Begin { id, ts_ns, .. } => {
+                let Some(s) = scopes.get(*id) else { return };
+                if !is_unit(self.size, &s.kind) || !self.accepting || self.phase == Phase::Closing || *id < self.first_id {
+                    return;
+                }
+                let first = *self.first_begin_ns.get_or_insert(*ts_ns);
+                let take = match self.size {
+                    WindowSize::Steps(n) | WindowSize::Requests(n) => self.new_units() < n,
+                    WindowSize::DurationMs(d) => ts_ns.saturating_sub(first) < d.saturating_mul(1_000_000),
+                };
+                if !take {
+                    // A step begun past the duration: the window ends with the last one, which
+                    // may already have ended (a gap between requests).
+                    self.accepting = false;
+                    self.close_if_complete(scopes);
+                    return;
+                }
+                self.units.push(*id);
+                self.phase = Phase::Open;
+                self.status.state = window_state::OPEN.into();
+                if let WindowSize::Steps(n) | WindowSize::Requests(n) = self.size {
+                    self.accepting = self.new_units() < n;
+                }
+            }
+            ScopeEvent::End { id, ts_ns, .. } => {
+                if !self.units.contains(id) {
+                    return;
+                }
+                self.gpu_pending.insert(*id);
+                match self.size {
+                    WindowSize::DurationMs(d) => {
+                        let elapsed = ts_ns.saturating_sub(self.first_begin_ns.unwrap_or(*ts_ns));
+                        self.status.done = elapsed / 1_000_000;
+                        if elapsed >= d.saturating_mul(1_000_000) {
+                            self.accepting = false;
+                        }
+                    }
+                    _ => self.status.done = self.units[self.past..].iter().filter(|u| ended(scopes, **u)).count() as u64,
+                }
+                self.close_if_complete(scopes);
+            }
+        }
+    }
+
+    /// Closing once no more units are taken and every unit taken has ended. Whether a unit
+    /// ended is read from the scope table, not counted from the end events this window saw:
+    /// a flight-recorder step in progress when the window was armed may end between the
+    /// collector listing it and the window being installed, and a count would then wait for
+    /// that end forever (the soak found such a window stuck at 1 of 2 steps).
+    fn close_if_complete(&mut self, scopes: &ScopeTable) {
+        if !self.accepting && self.new_units() > 0 && self.units.iter().all(|u| ended(scopes, *u)) {
             self.phase = Phase::Closing;
             self.status.state = window_state::CLOSING.into();
             self.closing_since = Some(Instant::now());
         }
     }
+}
+
+/// Whether scope `id` has ended (a scope the table no longer holds has: only ended scopes
+/// are pruned).
+fn ended(scopes: &ScopeTable, id: ScopeId) -> bool {
+    scopes.get(id).is_none_or(|s| s.end_ns.is_some())
 }
 
 fn absolute(p: &std::path::Path) -> PathBuf {
@@ -505,4 +519,96 @@ fn write(a: &Shared, telemetry: &Telemetry, c: &mut Collector, w: &Window, deadl
     ];
     let path = crate::capture::write_parts(a, telemetry, &records, &scopes, &mut c.classifier, c.assembler.options().seed, &w.out_dir, &extra, deadline)?;
     Ok((path, kernels, steps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuspan_core::scope::InlineName;
+
+    fn begin(id: ScopeId, name: &str, ts_ns: u64) -> ScopeEvent {
+        ScopeEvent::Begin { id, parent: 1, thread_id: 7, ts_ns, name: InlineName::new(name) }
+    }
+
+    fn end(id: ScopeId, ts_ns: u64) -> ScopeEvent {
+        ScopeEvent::End { id, ts_ns, launches: None }
+    }
+
+    /// A 2-step window armed with the flight recorder's past: steps 2 and 3 ended, step 4 in
+    /// progress when the collector listed them.
+    fn window_with_past() -> Window {
+        Window {
+            status: WindowStatus {
+                id: 1,
+                state: window_state::ARMED.into(),
+                trigger: "control".into(),
+                kind: "steps".into(),
+                target: 2,
+                done: 0,
+                out_dir: String::new(),
+                capture: None,
+                kernels: None,
+                steps: None,
+                error: None,
+            },
+            size: WindowSize::Steps(2),
+            out_dir: PathBuf::new(),
+            phase: Phase::Armed,
+            units: vec![2, 3, 4],
+            past: 3,
+            accepting: true,
+            first_begin_ns: None,
+            first_id: 0,
+            gpu_pending: HashSet::new(),
+            closing_since: None,
+        }
+    }
+
+    /// Applies `ev` to the table, then shows it to the window (the collector's order).
+    fn feed(w: &mut Window, t: &mut ScopeTable, ev: ScopeEvent) {
+        t.apply(&ev);
+        w.observe(&ev, t);
+    }
+
+    #[test]
+    fn a_past_step_that_ended_before_the_window_was_installed_does_not_hold_it_open() {
+        let mut t = ScopeTable::new();
+        t.apply(&begin(1, "gpuspan.request 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 model=m", 0));
+        for (id, i) in [(2, 0), (3, 1), (4, 2)] {
+            t.apply(&begin(id, &format!("dit.step {i}/9"), id * 10));
+        }
+        t.apply(&end(2, 25));
+        t.apply(&end(3, 35));
+        // Step 4 ends after the collector listed it as in progress and before the window was
+        // installed: this window never sees its end event.
+        t.apply(&end(4, 45));
+        let mut w = window_with_past();
+        feed(&mut w, &mut t, begin(5, "dit.step 3/9", 50));
+        feed(&mut w, &mut t, end(5, 55));
+        assert_eq!((w.status.done, w.phase), (1, Phase::Open));
+        feed(&mut w, &mut t, begin(6, "dit.step 4/9", 60));
+        feed(&mut w, &mut t, end(6, 65));
+        assert_eq!(w.status.done, 2);
+        assert_eq!(w.phase, Phase::Closing, "both new steps ended: the window closes");
+    }
+
+    #[test]
+    fn a_past_step_still_running_keeps_the_window_open_until_it_ends() {
+        let mut t = ScopeTable::new();
+        t.apply(&begin(1, "gpuspan.request 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 model=m", 0));
+        for (id, i) in [(2, 0), (3, 1), (4, 2)] {
+            t.apply(&begin(id, &format!("dit.step {i}/9"), id * 10));
+        }
+        t.apply(&end(2, 25));
+        t.apply(&end(3, 35));
+        let mut w = window_with_past();
+        // Steps on another thread overlap step 4 (several workers' threads in one process).
+        feed(&mut w, &mut t, begin(5, "dit.step 3/9", 50));
+        feed(&mut w, &mut t, end(5, 55));
+        feed(&mut w, &mut t, begin(6, "dit.step 4/9", 60));
+        feed(&mut w, &mut t, end(6, 65));
+        assert_eq!(w.phase, Phase::Open, "step 4 of the past is still running");
+        feed(&mut w, &mut t, end(4, 70));
+        assert_eq!(w.phase, Phase::Closing);
+    }
 }

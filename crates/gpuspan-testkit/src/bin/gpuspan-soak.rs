@@ -13,7 +13,7 @@
 //!
 //! Every minute it prints the worker's RSS, the CPU time of the agent's threads (`gpuspan-*`
 //! in `/proc/PID/task`), records decoded, drops by reason, spans received and windows
-//! written. It exits 1 when a window fails, a scrape fails, once the load has stopped and
+//! written. It exits 1 when a window fails or takes over a minute, a scrape fails, once the load has stopped and
 //! the receiver is up the spans the agent produced are not exactly those received plus
 //! those it counts as dropped, or, in a run with at least [`MIN_JUDGED`] of load after the
 //! [`WARM_UP`] (8 minutes or more), the worker's RSS grows by more than 1 MB per 10 minutes
@@ -37,6 +37,8 @@ const WARM_UP: Duration = Duration::from_secs(180);
 /// RSS is judged only with at least this much load after the warm-up (shorter runs print
 /// the slope without judging it).
 const MIN_JUDGED: Duration = Duration::from_secs(300);
+/// Longest a 2-step window may take (a step of the worker takes well under 10 s).
+const WINDOW_LIMIT: Duration = Duration::from_secs(60);
 
 struct Args {
     minutes: u64,
@@ -241,6 +243,7 @@ fn main() {
     let (mut windows_ok, mut scrapes_ok) = (0u64, 0u64);
     let mut rss_samples: Vec<(f64, f64)> = Vec::new();
     let mut window: Option<(Instant, std::thread::JoinHandle<Result<(), String>>)> = None;
+    let mut window_stuck = false;
     let mut next_window = Duration::from_secs(20);
     let mut next_minute = 1u64;
     let load_ends = total - Duration::from_secs(20);
@@ -264,6 +267,10 @@ fn main() {
                     rss_samples.push((now.as_secs_f64(), k as f64));
                 }
             }
+        }
+        if window.as_ref().is_some_and(|w| w.0.elapsed() > WINDOW_LIMIT) && !window_stuck {
+            window_stuck = true;
+            failures.push(format!("{:.0} s: a window has not been written after {} s", now.as_secs_f64(), WINDOW_LIMIT.as_secs()));
         }
         if window.as_ref().is_some_and(|w| w.1.is_finished()) {
             let (_, h) = window.take().unwrap();
@@ -336,11 +343,18 @@ fn main() {
             ));
         }
     }
-    if let Some((_, h)) = window.take() {
-        if let Ok(Err(e)) = h.join() {
-            failures.push(format!("the last window failed: {e}"));
-        } else {
-            windows_ok += 1;
+    // A window still in flight: its `gpuspan capture` ends with the worker, so the worker
+    // goes first (the soak is over).
+    let last_window = window.take();
+    if last_window.is_some() {
+        let _ = worker.kill();
+    }
+    if let Some((_, h)) = last_window {
+        match h.join() {
+            Ok(Ok(())) => windows_ok += 1,
+            _ if window_stuck => {}
+            Ok(Err(e)) => failures.push(format!("the last window failed: {e}")),
+            Err(_) => failures.push("the last window's thread panicked".into()),
         }
     }
     let slope = slope_mb_per_10min(&rss_samples);
