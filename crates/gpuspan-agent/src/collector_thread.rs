@@ -182,6 +182,7 @@ fn run(a: &'static Agent) {
             }
         }
         report_coarse_fallbacks(a);
+        report_coarse_pool(a);
         report_foreign_buffers(a);
         // Flushing CUPTI happens without the collector lock (see the module docs).
         if a.windows.ready_to_close() {
@@ -280,7 +281,6 @@ fn report_coarse_pool(a: &Agent) {
 /// One warning the first time coarse timing had to fall back to CPU times (the hot path
 /// only counts).
 fn report_coarse_fallbacks(a: &Agent) {
-    report_coarse_pool(a);
     static WARNED: AtomicBool = AtomicBool::new(false);
     let Some(c) = &a.coarse else { return };
     let exhausted = c.counters.pool_exhausted.load(Ordering::Relaxed);
@@ -381,6 +381,7 @@ pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
     let t_decode = budget.elapsed_ms();
     c.finish_coarse(a, COARSE_EXIT_WAIT.min(ExitBudget::left(collect_by)));
     report_coarse_fallbacks(a);
+    report_coarse_pool(a);
     if let Some(co) = &a.coarse {
         let k = &co.counters;
         let l = |x: &std::sync::atomic::AtomicU64| x.load(Ordering::Relaxed);

@@ -564,6 +564,18 @@ mod tests {
         }
     }
 
+    /// A request with steps 2 and 3 ended and step 4 begun (the recorder's past).
+    fn table_with_past_steps() -> ScopeTable {
+        let mut t = ScopeTable::new();
+        t.apply(&begin(1, "gpuspan.request 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 model=m", 0));
+        for (id, i) in [(2, 0), (3, 1), (4, 2)] {
+            t.apply(&begin(id, &format!("dit.step {i}/9"), id * 10));
+        }
+        t.apply(&end(2, 25));
+        t.apply(&end(3, 35));
+        t
+    }
+
     /// Applies `ev` to the table, then shows it to the window (the collector's order).
     fn feed(w: &mut Window, t: &mut ScopeTable, ev: ScopeEvent) {
         t.apply(&ev);
@@ -572,13 +584,7 @@ mod tests {
 
     #[test]
     fn a_past_step_that_ended_before_the_window_was_installed_does_not_hold_it_open() {
-        let mut t = ScopeTable::new();
-        t.apply(&begin(1, "gpuspan.request 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 model=m", 0));
-        for (id, i) in [(2, 0), (3, 1), (4, 2)] {
-            t.apply(&begin(id, &format!("dit.step {i}/9"), id * 10));
-        }
-        t.apply(&end(2, 25));
-        t.apply(&end(3, 35));
+        let mut t = table_with_past_steps();
         // Step 4 ends after the collector listed it as in progress and before the window was
         // installed: this window never sees its end event.
         t.apply(&end(4, 45));
@@ -594,13 +600,7 @@ mod tests {
 
     #[test]
     fn a_past_step_still_running_keeps_the_window_open_until_it_ends() {
-        let mut t = ScopeTable::new();
-        t.apply(&begin(1, "gpuspan.request 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 model=m", 0));
-        for (id, i) in [(2, 0), (3, 1), (4, 2)] {
-            t.apply(&begin(id, &format!("dit.step {i}/9"), id * 10));
-        }
-        t.apply(&end(2, 25));
-        t.apply(&end(3, 35));
+        let mut t = table_with_past_steps();
         let mut w = window_with_past();
         // Steps on another thread overlap step 4 (several workers' threads in one process).
         feed(&mut w, &mut t, begin(5, "dit.step 3/9", 50));
