@@ -12,6 +12,10 @@
 #   Debian  `prometheus` (prometheus + promtool: the scrape and exposition tests) and
 #           `chromium` (the HTML waterfall's load-time test).
 #   npm     @paulirish/trace_engine and playwright-core into tests/interop/node_modules.
+#   .venv-torch/  torch 2.15 (PyPI's wheel; runs on the CPU), diffusers and transformers,
+#           pinned: the Python auto-instrumentation tests build tiny pipelines with them. A
+#           venv of its own because torch's CUDA 13.2 wheels would replace .venv's CUPTI 13.5.
+#           Installed in the background while cargo builds; skipped when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,9 +60,23 @@ if [ ! -f tests/interop/node_modules/@paulirish/trace_engine/package.json ] \
   (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+TORCH_PINS=(torch==2.15.0 diffusers==0.42.1 transformers==5.24.0)
+TORCH_PID=""
+if ! .venv-torch/bin/python -c 'import torch, diffusers, transformers' 2>/dev/null; then
+  [ -x .venv-torch/bin/python ] || python3 -m venv .venv-torch
+  .venv-torch/bin/pip install --quiet --disable-pip-version-check "${TORCH_PINS[@]}" > .venv-torch/install.log 2>&1 &
+  TORCH_PID=$!
+fi
+export GPUSPAN_TORCH_VENV="$PWD/.venv-torch"
+
 # Every workspace artifact (libgpuspan.so, libgpuspan_simgpu.so, gpuspan-replay, gpuspan)
 # must exist before the end-to-end tests start processes with them.
 cargo build --workspace --all-targets
+if [ -n "$TORCH_PID" ] && ! wait "$TORCH_PID"; then
+  cat .venv-torch/install.log >&2
+  echo "scripts/test.sh: installing ${TORCH_PINS[*]} into .venv-torch failed" >&2
+  exit 1
+fi
 cargo nextest run --workspace --no-fail-fast "$@"
 # Three minutes of soak (issue 13, item 3): windows, scrapes and OTLP outages against a
 # simulated worker, exact span accounting (scripts/soak.sh; long runs by hand).

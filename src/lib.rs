@@ -12,7 +12,8 @@
 //! - C: `include/gpuspan.h` (`gpuspan_request_begin`, `gpuspan_step_begin`,
 //!   `gpuspan_stage_begin`, `gpuspan_end`, `gpuspan_is_active`, `gpuspan_version`),
 //!   exported by `libgpuspan.so`.
-//! - Python: `python/gpuspan.py`, a ctypes wrapper over the C ABI (no build step).
+//! - Python: the `python/gpuspan` package, a ctypes wrapper over the C ABI (no build step),
+//!   and its auto-instrumentation of PyTorch / diffusers workers (`gpuspan.auto`).
 //!
 //! All three share the allocation-free NVTX hot path ([`hooks::scope_begin`]) and cost one
 //! atomic load when the agent is not collecting.

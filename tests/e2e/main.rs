@@ -4,6 +4,7 @@
 //! They start the workspace's built artifacts (`gpuspan`, `gpuspan-replay`,
 //! `libgpuspan.so`, `libgpuspan_simgpu.so`); `scripts/test.sh` builds them first.
 
+mod auto_python;
 mod capture;
 mod classify;
 mod cli_errors;

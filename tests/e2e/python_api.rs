@@ -1,4 +1,4 @@
-//! The scope API from outside Rust: `python/gpuspan.py` (ctypes) in
+//! The scope API from outside Rust: the `python/gpuspan` package (ctypes) in
 //! `python/examples/sim_worker.py`, and `include/gpuspan.h` from a C program, each on the
 //! simulated H100 under `gpuspan run --sim`: the capture proves every kernel landed in the
 //! request / step / stage scopes its thread opened.
@@ -502,7 +502,9 @@ fn concurrent_requests_on_two_threads_keep_their_trace_ids() {
     assert!(switches >= 12, "launches interleave ({switches} switches)");
 }
 
-/// Linked but with no CUPTI to be found: the agent is inactive and every call is a no-op.
+/// Linked, in fine mode, with no CUPTI to be found: the agent is inactive and every call is
+/// a no-op. (Coarse mode in such a process activates and CPU-times its scopes,
+/// `gpuspan.timing=cpu`: `auto_python` runs PyTorch on the CPU that way.)
 #[test]
 fn c_calls_are_no_ops_when_the_agent_is_inactive() {
     let dir = tempfile::tempdir().unwrap();
@@ -511,6 +513,7 @@ fn c_calls_are_no_ops_when_the_agent_is_inactive() {
     let o = output(
         Command::new(&exe)
             .arg("inactive")
+            .env("GPUSPAN_MODE", "fine")
             .env_remove("LD_PRELOAD")
             .env_remove("NVTX_INJECTION64_PATH")
             .env_remove("CUDA_INJECTION64_PATH")

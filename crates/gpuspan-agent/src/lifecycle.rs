@@ -256,11 +256,14 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
         _ => None,
     };
     let coarse = (config.mode == Mode::Coarse).then(|| crate::coarse::Coarse::new(config.event_pool, config.scope_timeout));
+    // A process with neither a driver nor CUPTI activated through the API (a PyTorch
+    // worker on the CPU under auto-instrumentation, issue 12): its scopes are CPU-timed
+    // (`gpuspan.timing=cpu`), which the coarse-mode line below says; only a missing CUPTI
+    // next to a driver is worth a warning (fine windows are off).
     if let Some(why) = &no_cupti {
-        if coarse.as_ref().is_some_and(|c| c.events.is_none()) {
-            return Err(format!("{why}, and no CUDA driver library for coarse timing"));
+        if coarse.as_ref().is_some_and(|c| c.events.is_some()) {
+            crate::log::warn(&format!("{why}: coarse timing goes on with the CUDA driver's events; fine capture windows are off"));
         }
-        crate::log::warn(&format!("{why}: coarse timing goes on with the CUDA driver's events; fine capture windows are off"));
     }
     let allow_decline = api.as_ref().is_some_and(|a| a.version() >= BUFFER_DECLINE_MIN_VERSION);
     let rules = crate::collector::load_rules(&config);
@@ -308,7 +311,7 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
         crate::control::start(a);
         let timing = match &a.coarse.as_ref().and_then(|c| c.events.as_ref()) {
             Some(ev) => format!("CUDA events from {}", ev.loaded_from),
-            None => "CPU times (no CUDA driver)".into(),
+            None => "CPU times (no CUDA driver: spans carry gpuspan.timing=cpu)".into(),
         };
         let cupti = match &a.api {
             Some(api) => format!("CUPTI {} loaded, not subscribed", api.version()),

@@ -53,8 +53,16 @@ pub const SIM_EXIT_BUDGET: &str = "60s";
 
 /// Runs `cmd` with the agent injected. The captures an earlier run left in `out` are
 /// removed first, so `out` ends up holding this run's (one per process that collected).
-/// Errors are one-line messages and an exit code.
-pub fn run_injected(cmd: &[String], mode: &str, out: &Path, sim: bool, label: Option<&str>) -> Result<RunOutcome, (String, u8)> {
+/// With `auto` and a Python `cmd`, the Python auto-instrumentation is switched on
+/// ([`crate::python_auto`]). Errors are one-line messages and an exit code.
+pub fn run_injected(
+    cmd: &[String],
+    mode: &str,
+    out: &Path,
+    sim: bool,
+    auto: bool,
+    label: Option<&str>,
+) -> Result<RunOutcome, (String, u8)> {
     let agent = artifacts::agent_lib().map_err(|e| (e.to_string(), 3))?;
     let out = absolute(out);
     for old in gpuspan_export::process_captures(&out) {
@@ -67,6 +75,16 @@ pub fn run_injected(cmd: &[String], mode: &str, out: &Path, sim: bool, label: Op
         .env("NVTX_INJECTION64_PATH", &agent)
         .env("GPUSPAN_MODE", mode)
         .env("GPUSPAN_OUT", &out);
+    if auto && crate::python_auto::is_python(program) {
+        match crate::python_auto::package_dir() {
+            Some(dir) => {
+                c.env("GPUSPAN_AUTO", "1").env("PYTHONPATH", crate::python_auto::pythonpath(&dir));
+            }
+            None => eprintln!(
+                "gpuspan: warning: the gpuspan Python package was not found (set GPUSPAN_PYTHON_DIR); {program} runs without auto-instrumentation"
+            ),
+        }
+    }
     // `run` and `demo` serve metrics by default (DESIGN.md); the user's setting wins.
     if std::env::var_os("GPUSPAN_METRICS_ADDR").is_none() {
         c.env("GPUSPAN_METRICS_ADDR", DEFAULT_METRICS_ADDR);
@@ -109,8 +127,8 @@ fn exit_with(code: i32) -> ExitCode {
 }
 
 /// `gpuspan run`.
-pub fn run(cmd: &[String], mode: &str, out: &Path, sim: bool, label: Option<&str>) -> ExitCode {
-    match run_injected(cmd, mode, out, sim, label) {
+pub fn run(cmd: &[String], mode: &str, out: &Path, sim: bool, auto: bool, label: Option<&str>) -> ExitCode {
+    match run_injected(cmd, mode, out, sim, auto, label) {
         Ok(o) => {
             for p in &o.captures {
                 eprintln!("gpuspan: capture {}", p.display());
@@ -138,7 +156,7 @@ pub fn replay(trace: &Path, out: &Path) -> ExitCode {
         }
     };
     let cmd = vec![bin.to_string_lossy().into_owned(), absolute(trace).to_string_lossy().into_owned()];
-    run(&cmd, "fine", out, true, Some("replaying"))
+    run(&cmd, "fine", out, true, false, Some("replaying"))
 }
 
 /// `gpuspan demo`: the stdit preset on the simulated H100, then `DIR/waterfall.html` next to
@@ -152,7 +170,7 @@ pub fn demo(out: &Path, steps: u32) -> ExitCode {
         }
     };
     let cmd = vec![bin.to_string_lossy().into_owned(), "stdit".into(), "--steps".into(), steps.to_string()];
-    let o = match run_injected(&cmd, "fine", out, true, Some("simulated H100: stdit")) {
+    let o = match run_injected(&cmd, "fine", out, true, false, Some("simulated H100: stdit")) {
         Ok(o) => o,
         Err((msg, code)) => {
             eprintln!("gpuspan: {msg}");

@@ -23,6 +23,7 @@ mod cmd_stats;
 mod cmd_status;
 mod cmd_waterfall;
 mod input;
+mod python_auto;
 mod steps_arg;
 
 use clap::{Parser, Subcommand};
@@ -60,6 +61,10 @@ enum Command {
         /// Put the simulated H100 under CMD.
         #[arg(long)]
         sim: bool,
+        /// Do not switch on the Python auto-instrumentation (by default a Python CMD gets
+        /// request / step / stage scopes from torch's module hooks, `python/gpuspan/auto.py`).
+        #[arg(long)]
+        no_auto: bool,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
@@ -165,7 +170,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Demo { out, steps } => cmd_run::demo(&out, steps),
-        Command::Run { mode, out, sim, cmd } => cmd_run::run(&cmd, &mode, &out, sim, None),
+        Command::Run { mode, out, sim, no_auto, cmd } => cmd_run::run(&cmd, &mode, &out, sim, !no_auto, None),
         Command::Replay { trace, out } => cmd_run::replay(&trace, &out),
         Command::Stats { file, json, steps, strict } => cmd_stats::run(&file, json, steps, strict),
         Command::Waterfall { file, step, html, steps, strict } => {

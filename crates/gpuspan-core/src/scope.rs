@@ -156,7 +156,9 @@ impl ScopeKind {
         }
         if let Some(rest) = name.strip_prefix("dit.step ") {
             let (i, n) = match rest.split_once('/') {
-                Some((i, n)) => (i.trim().parse().ok(), n.trim().parse().ok()),
+                // `i/0` says the count is unknown (the auto-instrumentation before a
+                // scheduler has timesteps).
+                Some((i, n)) => (i.trim().parse().ok(), n.trim().parse().ok().filter(|&n: &u64| n > 0)),
                 None => (rest.trim().parse().ok(), None),
             };
             if let Some(index) = i {
@@ -192,6 +194,7 @@ mod tests {
             }
         );
         assert_eq!(ScopeKind::parse("dit.step 3/50"), ScopeKind::Step { index: 3, count: Some(50) });
+        assert_eq!(ScopeKind::parse("dit.step 3/0"), ScopeKind::Step { index: 3, count: None }, "0: unknown");
         assert_eq!(ScopeKind::parse("ProfilerStep#1009"), ScopeKind::Step { index: 1009, count: None });
         assert_eq!(ScopeKind::parse("attention.cross"), ScopeKind::Stage("attention.cross"));
         assert_eq!(ScopeKind::parse("aten::mm"), ScopeKind::Other);

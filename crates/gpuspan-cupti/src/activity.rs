@@ -148,8 +148,16 @@ impl ActivityApi {
     /// Errors: library or symbol missing, `cuptiGetVersion` failing (CUPTI 13 without a
     /// driver returns 999 for everything), or a CUPTI older than 12.0
     /// ([`CuptiError::Unsupported`]).
+    ///
+    /// No CUPTI function is called when no CUDA driver library loads
+    /// ([`CuptiError::NoDriver`]): CUPTI 13.2 overflows the stack in `cuptiGetVersion`
+    /// without one, which a CPU-only PyTorch process (torch 2.15's wheel maps CUPTI 13.2)
+    /// would die of.
     pub fn load() -> Result<ActivityApi, CuptiError> {
         let syms = CuptiSymbols::load()?;
+        if !crate::events::driver_loads() {
+            return Err(CuptiError::NoDriver { cupti: syms.loaded_from.to_string() });
+        }
         let mut version = 0u32;
         // SAFETY: valid out-pointer to a u32, the documented signature.
         check("cuptiGetVersion", unsafe { (syms.get_version)(&mut version) })?;

@@ -56,6 +56,15 @@ pub enum CuptiError {
     MissingSymbol(&'static str),
     /// The loaded CUPTI is older than gpuspan decodes (before 12.0, `crate::layouts`).
     Unsupported(String),
+    /// A CUPTI library was found but no CUDA driver library ([`crate::events::CUDA_LIB_NAMES`])
+    /// loads, so no CUPTI function is called: CUPTI needs the driver for anything, and
+    /// CUPTI 13.2 (`nvidia-cuda-cupti` 13.2.86, what torch 2.15's wheel loads) answers
+    /// `cuptiGetVersion` without one by recursing through `cuptiGetResultString` until the
+    /// stack overflows (SIGSEGV in the host process; measured here, 2026-12-02).
+    NoDriver {
+        /// Where the CUPTI library was loaded from.
+        cupti: String,
+    },
     /// A call returned a non-success code.
     Call {
         /// The CUPTI function.
@@ -83,6 +92,10 @@ impl fmt::Display for CuptiError {
             }
             CuptiError::MissingSymbol(s) => write!(f, "CUPTI library lacks symbol {s}"),
             CuptiError::Unsupported(why) => write!(f, "{why}"),
+            CuptiError::NoDriver { cupti } => write!(
+                f,
+                "no CUDA driver library (libcuda.so.1) to go with CUPTI ({cupti}); CUPTI is not called without one"
+            ),
             CuptiError::Call { call, code } => {
                 write!(f, "{call} returned {code} ({})", result_name(*code))
             }

@@ -154,6 +154,17 @@ fn symbol(lib: &libloading::Library, name: &'static str) -> Result<*const c_void
     }
 }
 
+/// True when a CUDA driver library among [`CUDA_LIB_NAMES`] loads (the process's own
+/// when it already has one). Loading runs the driver's ELF constructors, as any CUDA
+/// program does, and initializes nothing; the handle is closed again (the library stays
+/// while anyone else holds it).
+pub fn driver_loads() -> bool {
+    CUDA_LIB_NAMES.iter().any(|name| {
+        // SAFETY: loading the driver runs its ELF constructors, as any CUDA program does.
+        unsafe { libloading::Library::new(name) }.is_ok()
+    })
+}
+
 impl CudaEvents {
     /// Loads the driver library (the dynamic linker's search: the process's own driver when
     /// the application already loaded it) and resolves the event functions. Loading does not

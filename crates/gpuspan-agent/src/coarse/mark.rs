@@ -43,8 +43,8 @@ pub struct GpuMark {
     /// CPU time of the boundary, CUPTI ns (the same value as the scope event's `ts_ns`).
     pub cpu_ns: u64,
     /// How the scope is timed: [`TimingSource::CudaEvent`] on named streams,
-    /// [`TimingSource::LegacyStream`], or [`TimingSource::CpuFallback`] when no event was
-    /// recorded (then `n == 0`).
+    /// [`TimingSource::LegacyStream`], [`TimingSource::CpuFallback`] when no event was
+    /// recorded (then `n == 0`), or [`TimingSource::Cpu`] when the process has no driver.
     pub source: TimingSource,
     /// Events recorded, one per stream.
     pub marks: [Option<StreamMark>; MAX_SCOPE_STREAMS],
@@ -97,7 +97,7 @@ pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool
             mark.n += 1;
         }
     } else {
-        mark.source = TimingSource::CpuFallback;
+        mark.source = TimingSource::Cpu;
     }
     if let Err(m) = c.marks.push(mark) {
         give_back_all(c, &m);

@@ -78,16 +78,10 @@ impl std::fmt::Debug for Coarse {
 }
 
 impl Coarse {
-    /// Coarse timing with a pool of at most `pool_cap` events. A missing driver is one
-    /// warning; scopes are then CPU-timed.
+    /// Coarse timing with a pool of at most `pool_cap` events. Without a driver (a CPU-only
+    /// process) every scope is CPU-timed; activation's one line says so.
     pub fn new(pool_cap: usize, root_timeout: std::time::Duration) -> Coarse {
-        let events = match CudaEvents::load() {
-            Ok(e) => Some(e),
-            Err(e) => {
-                crate::log::warn(&format!("coarse mode: {e}; scopes are timed on the CPU side"));
-                None
-            }
-        };
+        let events = CudaEvents::load().ok();
         Coarse {
             events,
             pool: pool::EventPool::new(pool_cap),

@@ -288,7 +288,7 @@ impl Resolver {
         }
     }
 
-    /// Without a driver every scope is CPU-timed as soon as it ends.
+    /// Without a driver every scope is CPU-timed ([`TimingSource::Cpu`]) as soon as it ends.
     fn resolve_cpu_only(&mut self, c: &Coarse, out: &mut Vec<ScopeGpuTime>) {
         self.roots.clear();
         while let Some(id) = self.ended.pop_front() {
@@ -299,7 +299,7 @@ impl Resolver {
                     id,
                     start_ns: p.begin.cpu_ns,
                     end_ns: end.max(p.begin.cpu_ns),
-                    source: TimingSource::CpuFallback,
+                    source: TimingSource::Cpu,
                 });
             }
         }

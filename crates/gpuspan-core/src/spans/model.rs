@@ -141,6 +141,10 @@ pub enum TimingSource {
     /// No CUDA event could be recorded (event pool exhausted, no CUDA context on the
     /// thread, a driver error): the interval is the scope's CPU begin and end.
     CpuFallback,
+    /// The process has no CUDA driver (a CPU-only run, such as a PyTorch worker on the CPU
+    /// under auto-instrumentation): the interval is the scope's CPU begin and end, and that
+    /// is the whole story, not a degraded measurement.
+    Cpu,
     /// A boundary of the scope ran while its stream was being captured into a CUDA graph
     /// (or the legacy stream could not be touched because a capture was open): its work was
     /// recorded into the graph, not executed, so it has no GPU interval and gets no span.
@@ -148,12 +152,14 @@ pub enum TimingSource {
 }
 
 impl TimingSource {
-    /// The attribute value: `cuda_event`, `legacy_stream`, `cpu_fallback` or `captured`.
+    /// The attribute value: `cuda_event`, `legacy_stream`, `cpu_fallback`, `cpu` or
+    /// `captured`.
     pub fn as_str(self) -> &'static str {
         match self {
             TimingSource::CudaEvent => "cuda_event",
             TimingSource::LegacyStream => "legacy_stream",
             TimingSource::CpuFallback => "cpu_fallback",
+            TimingSource::Cpu => "cpu",
             TimingSource::Captured => "captured",
         }
     }

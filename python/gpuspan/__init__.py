@@ -1,8 +1,10 @@
 """gpuspan: tell the gpuspan GPU profiling agent about requests, steps and stages.
 
 A ctypes wrapper over the C ABI of ``libgpuspan.so`` (``include/gpuspan.h``); no build step,
-standard library only, with optional OpenTelemetry integration. Copy this file next to your
-worker or put ``python/`` on ``sys.path``.
+standard library only, with optional OpenTelemetry integration. Put ``python/`` on
+``sys.path`` (``gpuspan run`` does it for Python workers), or copy the ``gpuspan`` directory
+next to your worker. A worker that announces nothing needs none of this:
+:mod:`gpuspan.auto` finds its requests, steps and stages from torch's module hooks.
 
 Usage::
 
