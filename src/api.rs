@@ -274,8 +274,10 @@ mod tests {
 
     #[test]
     fn guards_are_no_ops_when_the_agent_is_inactive() {
-        // The test binary links the rlib and has no CUPTI on its library path: the first
-        // API call tries to activate and the agent stays inactive.
+        // The test binary links the rlib and has no CUPTI on its library path: in fine mode
+        // the first API call tries to activate and the agent stays inactive (coarse mode,
+        // the default, would activate with CPU timing).
+        std::env::set_var("GPUSPAN_MODE", "fine");
         assert!(!is_active());
         let r = request(Some(TP), &[("model", "wan")]);
         assert!(!r.is_recording());

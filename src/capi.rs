@@ -138,6 +138,10 @@ mod tests {
 
     #[test]
     fn calls_are_no_ops_when_inactive() {
+        // Fine mode: with no CUPTI on the test binary's library path the first API call
+        // activates nothing. (Coarse mode, the default, would activate and time scopes on
+        // the CPU: a CPU-only process.)
+        std::env::set_var("GPUSPAN_MODE", "fine");
         let tp = c"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         // SAFETY: NUL-terminated literals and NULLs, as the header allows.
         unsafe {

@@ -137,3 +137,71 @@ fn sim_speed_runs_the_real_clock_faster() {
     assert!(simulated > Duration::from_secs(3), "{simulated:?}");
     assert!(simulated.as_secs_f64() > 3.0 * wall.as_secs_f64(), "{simulated:?} simulated in {wall:?}");
 }
+
+/// Rolling capture segments (issue 13, item 2): fine mode with
+/// `GPUSPAN_CAPTURE_SEGMENT_STEPS=10` writes `capture-<pid>-<seq>.json.gz` as it goes and
+/// releases what it wrote, so the peak RSS of 50 stdit requests stays within 25 % of 20
+/// requests' (without segments it grows with every request: ≈ 1.7 GB at 50); every segment
+/// reads, holds whole requests, and their kernels add up to the launches. With
+/// `GPUSPAN_CAPTURE_KEEP=2` only the newest two segments remain.
+#[test]
+fn fine_mode_rolling_segments_keep_memory_flat_and_add_up() {
+    let run = |requests: &str, keep: &str, out: &Path| {
+        let mut c = gpuspan();
+        c.args(["run", "--sim", "--mode", "fine", "--out"])
+            .arg(out)
+            .arg("--")
+            .arg(artifact("gpuspan-replay"))
+            .args(["stdit", "--steps", "2", "--requests", requests])
+            // Paced like a real worker (10× the simulated H100's speed), so the collector
+            // of a debug build keeps up, as a real one would.
+            .env("GPUSPAN_SIM_CLOCK", "real")
+            .env("GPUSPAN_SIM_SPEED", "10")
+            .env("GPUSPAN_CAPTURE_SEGMENT_STEPS", "10")
+            .env("GPUSPAN_CAPTURE_KEEP", keep);
+        run_with_peak_rss(&mut c)
+    };
+    let segments = |dir: &Path| -> Vec<(u64, std::path::PathBuf)> {
+        let mut v: Vec<(u64, std::path::PathBuf)> = captures_in(dir)
+            .into_iter()
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                let seq = name.trim_end_matches(".json.gz").rsplit('-').next().unwrap().parse().unwrap_or_else(|_| panic!("{name}"));
+                (seq, p)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let small = tempfile::tempdir().unwrap();
+    let (st, out_small, rss_small) = run("20", "2", small.path());
+    assert!(st.success(), "{out_small}");
+    let kept = segments(small.path());
+    assert_eq!(kept.len(), 2, "the newest two kept: {kept:?}");
+    assert_eq!(kept[1].0, kept[0].0 + 1);
+    assert!(kept[0].0 >= 2, "older segments were written and removed: {kept:?}");
+
+    let big = tempfile::tempdir().unwrap();
+    let (st, out_big, rss_big) = run("50", "1000", big.path());
+    assert!(st.success(), "{out_big}");
+    let all = segments(big.path());
+    assert!(all.len() >= 5, "100 steps in segments of ≥ 10: {} segments", all.len());
+    assert_eq!(all.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (1..=all.len() as u64).collect::<Vec<_>>(), "numbered from 1");
+    let mut kernels = 0u64;
+    let mut requests = 0usize;
+    for (seq, p) in &all {
+        let t = gpuspan_export::read_trace(p).unwrap_or_else(|e| panic!("segment {seq}: {e}"));
+        kernels += t.kernels().count() as u64;
+        let in_requests = t.kernels().filter(|k| k.trace_id.is_some()).count();
+        assert_eq!(in_requests, t.kernels().count(), "segment {seq}: every kernel inside a request of its own segment");
+        let ids: std::collections::BTreeSet<&str> = t.kernels().filter_map(|k| k.trace_id.as_deref()).collect();
+        requests += ids.len();
+        if *seq == 1 {
+            assert_eq!(stats_json(p).kernel_count, t.kernels().count(), "segment {seq} opens in gpuspan stats");
+        }
+    }
+    assert_eq!(kernels, replayed_kernels(&out_big), "the segments' kernels add up to the launches");
+    assert_eq!(requests, 50, "each request in exactly one segment");
+    println!("peak RSS with segments: 20 requests {rss_small} KiB, 50 requests {rss_big} KiB; {} segments", all.len());
+    assert!(rss_big * 4 <= rss_small * 5, "peak RSS grew from {rss_small} KiB (20 requests) to {rss_big} KiB (50)");
+}

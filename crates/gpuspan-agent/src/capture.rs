@@ -20,6 +20,26 @@ pub fn capture_file_name() -> String {
     format!("{CAPTURE_FILE_PREFIX}{}.json.gz", std::process::id())
 }
 
+/// The name of this process's rolling capture segment `seq` (from 1):
+/// `capture-<pid>-<seq>.json.gz` (`GPUSPAN_CAPTURE_SEGMENT_STEPS`). Each is a Kineto trace
+/// of whole requests; `gpuspan stats DIR` reads them all as one trace.
+pub fn segment_file_name(seq: u64) -> String {
+    format!("{CAPTURE_FILE_PREFIX}{}-{seq}.json.gz", std::process::id())
+}
+
+/// Removes this process's segment `seq - keep` (and any older one left), keeping the
+/// newest `keep`.
+pub fn remove_old_segments(dir: &Path, seq: u64, keep: usize) {
+    let mut old = seq.saturating_sub(keep as u64);
+    while old >= 1 {
+        let p = dir.join(segment_file_name(old));
+        if std::fs::remove_file(&p).is_err() {
+            break; // older ones went before
+        }
+        old -= 1;
+    }
+}
+
 /// Joins and writes, stopping at `deadline` (the exit budget; see [`write_parts`]). The loss
 /// counters are written as `gpuspan.*` trace-level metadata on a `gpuspan.summary` event
 /// (cat `gpuspan`, zero duration, in its args; the file's last event), so a reader can tell
@@ -35,12 +55,24 @@ pub fn write(a: &Shared, telemetry: &Telemetry, c: &mut Collector, deadline: Opt
         ("span_gpu_late".to_string(), sp.gpu_late),
     ];
     let seed = c.assembler.options().seed;
-    write_parts(a, telemetry, &c.records, &c.scopes, &mut c.classifier, seed, &a.config.out_dir, &extra, deadline)
+    // With rolling segments the rest goes into the next segment, not a capture of its own.
+    let name = match a.config.capture_segment_steps {
+        Some(_) => {
+            c.segment_seq += 1;
+            segment_file_name(c.segment_seq)
+        }
+        None => capture_file_name(),
+    };
+    let path = write_parts(a, telemetry, &c.records, &c.scopes, &mut c.classifier, seed, &a.config.out_dir, &name, &extra, deadline)?;
+    if a.config.capture_segment_steps.is_some() {
+        remove_old_segments(&a.config.out_dir, c.segment_seq, a.config.capture_keep);
+    }
+    Ok(path)
 }
 
-/// Joins `records` with `scopes` and writes `dir/capture-<pid>.json.gz`, with the agent's loss
+/// Joins `records` with `scopes` and writes `dir/<file_name>`, with the agent's loss
 /// counters and `extra` (`gpuspan.<key>` = value) in the summary event. Used for the
-/// exit capture and for each fine window's.
+/// exit capture (`capture-<pid>.json.gz`), each fine window's, and each rolling segment.
 ///
 /// With a `deadline` (the exit budget, `GPUSPAN_EXIT_BUDGET`), the file is written at gzip
 /// level 1, the join stops turning records into events after a third of the time left
@@ -57,6 +89,7 @@ pub fn write_parts(
     classifier: &mut Classifier,
     seed: u64,
     dir: &Path,
+    file_name: &str,
     extra: &[(String, u64)],
     deadline: Option<Instant>,
 ) -> Result<PathBuf, String> {
@@ -154,7 +187,7 @@ pub fn write_parts(
         trailer: Some(gpuspan_export::kineto::Trailer { event: summary, fill: &fill }),
     };
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let path = dir.join(capture_file_name());
+    let path = dir.join(file_name);
     let written = gpuspan_export::kineto::write_trace_with(&trace, &path, &opts)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     if written.events_cut > 0 {

@@ -86,6 +86,11 @@ pub struct Collector {
     pub ring: std::collections::VecDeque<ScopeId>,
     /// Anomaly rules over finished steps and API errors.
     pub detector: gpuspan_core::triggers::AnomalyDetector,
+    /// Rolling capture segments written so far (`crate::segment`; the exit capture is
+    /// the next one).
+    pub segment_seq: u64,
+    /// Steps finished since the last segment.
+    pub segment_steps: u64,
 }
 
 impl Collector {
@@ -104,6 +109,8 @@ impl Collector {
             times: Vec::new(),
             ring: std::collections::VecDeque::new(),
             detector: Default::default(),
+            segment_seq: 0,
+            segment_steps: 0,
         }
     }
 

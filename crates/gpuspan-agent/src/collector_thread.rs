@@ -145,6 +145,9 @@ fn run(a: &'static Agent) {
     let start = *CLOCK_START.get_or_init(Instant::now);
     let mut last_flush = Instant::now();
     let mut last_poll = Instant::now();
+    // Rolling capture segments are written on a thread of their own (started with the
+    // first one), so draining goes on meanwhile.
+    let mut segment_writer: Option<crate::segment::SegmentWriter> = None;
     while !STOP.load(Ordering::Acquire) {
         std::thread::sleep(DRAIN_INTERVAL);
         if crate::signals::sigterm_seen() {
@@ -170,7 +173,16 @@ fn run(a: &'static Agent) {
                 last_poll = Instant::now();
                 let f = c.poll_spans(now_ms(start), false);
                 apply_anomaly_rules(&mut c, a, &f);
-                done = Some((f, c.assembler.take_context_problems()));
+                let idle = segment_writer.as_ref().is_none_or(|w| w.idle());
+                let mut segment = crate::segment::take(&mut c, a, f.steps.len(), idle).map(|s| (s, None));
+                if let Some((_, inline)) = segment.as_mut().filter(|_| segment_writer.is_none()) {
+                    let (classifier, seed) = (c.classifier.clone(), c.assembler.options().seed);
+                    segment_writer = crate::segment::SegmentWriter::start(&a.shared, &a.telemetry, classifier.clone(), seed);
+                    if segment_writer.is_none() {
+                        *inline = Some((classifier, seed)); // no thread: written here
+                    }
+                }
+                done = Some((f, c.assembler.take_context_problems(), segment));
                 if a.coarse.is_some() && !a.windows.is_active() {
                     c.prune(a);
                 }
@@ -189,12 +201,21 @@ fn run(a: &'static Agent) {
             a.windows.close(a, &a.collector, &a.telemetry, false, None);
         }
         // Outside the collector lock: exporting never delays draining.
-        if let Some((f, problems)) = done {
+        if let Some((f, problems, segment)) = done {
             a.telemetry.report_context_problems(problems);
             if !f.is_empty() {
                 a.telemetry.publish(f);
             }
             a.telemetry.update_counters(a);
+            match (segment, &segment_writer) {
+                (Some((seg, None)), Some(w)) => w.send(seg),
+                (Some((seg, Some((mut classifier, seed)))), _) => {
+                    if let Err(e) = crate::segment::write(a, &a.telemetry, &seg, &mut classifier, seed) {
+                        crate::log::warn(&format!("capture segment {}: {e}", seg.seq));
+                    }
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -339,6 +360,9 @@ pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
         if !join_until(h, budget.threads_deadline()) {
             crate::log::warn("the collector thread did not stop within the exit budget");
         }
+    }
+    if !crate::segment::join_writer(budget.threads_deadline()) {
+        crate::log::warn("the capture segment being written was not finished within the exit budget");
     }
     crate::control::stop(budget.threads_deadline());
     a.telemetry.stop_sampler(budget.threads_deadline());

@@ -8,6 +8,8 @@
 //! `GPUSPAN_EVENT_POOL` (most CUDA events of coarse mode, default 4096),
 //! `GPUSPAN_MAX_MODELS` (distinct `model` label values with metric series and anomaly
 //! histories of their own, default 32; later ones are folded into `other`),
+//! `GPUSPAN_CAPTURE_SEGMENT_STEPS` / `GPUSPAN_CAPTURE_KEEP` (fine mode: rolling capture
+//! segments of at least N steps each, the last K kept; unset: one capture at exit),
 //! `GPUSPAN_SCOPE_TIMEOUT` (coarse mode: a request scope still open after this long is given
 //! up and its CUDA events return to the pool, default 1 h),
 //! `GPUSPAN_FLIGHT_RECORDER` (steps the flight recorder keeps; overrides the rules file's
@@ -63,6 +65,12 @@ pub struct Config {
     pub max_models: usize,
     /// Steps the flight recorder keeps (`GPUSPAN_FLIGHT_RECORDER`), when set.
     pub flight_recorder: Option<u64>,
+    /// Fine mode: write a rolling capture segment (`capture-<pid>-<seq>.json.gz`) once at
+    /// least this many steps have finished since the last one, and release their records
+    /// (`GPUSPAN_CAPTURE_SEGMENT_STEPS`; unset or 0: one `capture-<pid>.json.gz` at exit).
+    pub capture_segment_steps: Option<u64>,
+    /// Segments kept on disk, the newest (`GPUSPAN_CAPTURE_KEEP`, default 8).
+    pub capture_keep: usize,
     /// Most wall time the agent's finishing work takes (exit handler, SIGTERM,
     /// `flush_capture`): stopping its threads, flushing CUPTI, decoding, span export and the
     /// capture write together (`GPUSPAN_EXIT_BUDGET`, humantime syntax such as `2s` or
@@ -140,6 +148,18 @@ impl Config {
                 }
             },
         };
+        let capture_segment_steps = match std::env::var("GPUSPAN_CAPTURE_SEGMENT_STEPS") {
+            Err(_) => None,
+            Ok(v) if v.trim().is_empty() || v.trim() == "0" || v.trim() == "off" => None,
+            Ok(v) => match v.trim().parse::<u64>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    w.push(format!("GPUSPAN_CAPTURE_SEGMENT_STEPS={v:?} is not a step count; one capture is written at exit"));
+                    None
+                }
+            },
+        };
+        let capture_keep = parse_num("GPUSPAN_CAPTURE_KEEP", 8, &mut w);
         let metrics_addr = std::env::var("GPUSPAN_METRICS_ADDR")
             .ok()
             .map(|v| v.trim().to_string())
@@ -189,6 +209,8 @@ impl Config {
                 event_pool,
                 max_models,
                 flight_recorder,
+                capture_segment_steps,
+                capture_keep,
                 exit_budget,
                 scope_timeout,
             },

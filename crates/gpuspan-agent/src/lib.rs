@@ -50,6 +50,7 @@ pub mod hooks;
 pub mod cupti_callbacks;
 pub mod collector;
 pub mod capture;
+pub mod segment;
 pub mod window;
 pub mod agent;
 pub mod control;

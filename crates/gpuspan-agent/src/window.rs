@@ -517,7 +517,7 @@ fn write(a: &Shared, telemetry: &Telemetry, c: &mut Collector, w: &Window, deadl
         ("window_units".to_string(), w.units.len() as u64),
         ("window_steps".to_string(), steps),
     ];
-    let path = crate::capture::write_parts(a, telemetry, &records, &scopes, &mut c.classifier, c.assembler.options().seed, &w.out_dir, &extra, deadline)?;
+    let path = crate::capture::write_parts(a, telemetry, &records, &scopes, &mut c.classifier, c.assembler.options().seed, &w.out_dir, &crate::capture::capture_file_name(), &extra, deadline)?;
     Ok((path, kernels, steps))
 }
 

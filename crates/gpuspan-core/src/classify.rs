@@ -97,7 +97,7 @@ pub fn classify_kernel_name(name: &str) -> String {
 }
 
 /// Rules plus a per-name cache.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Classifier {
     rules: StageRules,
     cache: HashMap<Arc<str>, Arc<str>>,
