@@ -203,6 +203,34 @@ pub unsafe fn message_text(attr: *const EventAttributes, buf: &mut [u8]) -> Opti
     }
 }
 
+/// Fuzzing entry (`crates/gpuspan-fuzz`): an `nvtxEventAttributes_t` built from arbitrary
+/// bytes (version, size, message type and the message's bytes, made NUL-terminated as the
+/// NVTX contract requires; a wide message from 4-byte groups, any code point) read by
+/// [`message_text`] into a 256-byte buffer, as the agent's NVTX hooks do. Returns the text
+/// (lossy UTF-8).
+pub fn message_of_fuzz_bytes(data: &[u8]) -> Option<String> {
+    let take = |i: usize| data.get(i).copied().unwrap_or(0);
+    let message_type = i32::from_le_bytes([take(0), take(1), take(2), take(3)]);
+    let body = data.get(8..).unwrap_or(&[]);
+    let ascii: Vec<u8> = body.iter().copied().filter(|&b| b != 0).chain(std::iter::once(0)).collect();
+    let wide: Vec<WChar> = body
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .filter(|&w| w != 0)
+        .chain(std::iter::once(0))
+        .collect();
+    // SAFETY: a zeroed attributes struct is a valid value (integers and a pointer union).
+    let mut attr: EventAttributes = unsafe { std::mem::zeroed() };
+    attr.version = u16::from_le_bytes([take(4), take(5)]);
+    attr.size = u16::from_le_bytes([take(6), take(7)]);
+    attr.messageType = message_type;
+    attr.message.ascii = if message_type == MESSAGE_TYPE_UNICODE { wide.as_ptr() as *const std::ffi::c_char } else { ascii.as_ptr() as *const std::ffi::c_char };
+    let mut buf = [0u8; 256];
+    // SAFETY: `attr` is a valid struct whose message is a NUL-terminated string of the type
+    // it claims (ASCII / registered: `ascii`; UNICODE: `wide`), both alive for this call.
+    unsafe { message_text(&attr, &mut buf) }.map(|t| String::from_utf8_lossy(t).into_owned())
+}
+
 /// Converts the NUL-terminated wide string at `p` to UTF-8 into `buf`, stopping at the NUL
 /// or when the next character would not fit; invalid code points become U+FFFD. Returns the
 /// bytes written (0 for NULL). No allocation.

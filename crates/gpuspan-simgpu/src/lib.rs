@@ -53,6 +53,7 @@
 //! - `cuInit` honours `CUDA_INJECTION64_PATH` like the real driver.
 
 pub mod abi;
+pub mod fuzz_support;
 pub mod install;
 pub mod sim;
 

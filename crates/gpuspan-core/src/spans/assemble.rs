@@ -265,6 +265,9 @@ struct Request {
 pub struct SpanAssembler {
     opts: SpanOptions,
     corr_scope: HashMap<u32, ScopeId>,
+    /// Finalized requests whose correlation ids are still mapped (for late records), with
+    /// the generation they were finalized in, oldest first.
+    finalized: std::collections::VecDeque<(u64, ScopeId)>,
     waiting: Vec<(u64, Pending)>,
     units: HashMap<ScopeId, Unit>,
     requests: HashMap<ScopeId, Request>,
@@ -279,7 +282,7 @@ pub struct SpanAssembler {
 /// Polls a record waits for its external correlation record before it counts as
 /// unattributed (the agent polls every 100 ms and flushes every 500 ms: 2 s covers several
 /// flushes, since API and GPU records may come in different buffers).
-const WAIT_GENERATIONS: u64 = 20;
+pub(crate) const WAIT_GENERATIONS: u64 = 20;
 
 /// CUPTI ns + `offset_ns` = Unix ns (clamped at 0).
 fn to_unix(cupti_ns: u64, offset_ns: i64) -> u64 {
@@ -300,6 +303,7 @@ impl SpanAssembler {
         SpanAssembler {
             opts,
             corr_scope: HashMap::new(),
+            finalized: std::collections::VecDeque::new(),
             waiting: Vec::new(),
             units: HashMap::new(),
             requests: HashMap::new(),
@@ -632,10 +636,43 @@ impl SpanAssembler {
         for id in done {
             if let Some(r) = self.requests.remove(&id) {
                 self.finalize_request(id, r, scopes, &mut out);
+                self.finalized.push_back((self.generation, id));
             }
         }
+        self.release_correlations(scopes);
         self.stats.spans += out.spans.len() as u64;
         out
+    }
+
+    /// Forgets the correlation ids of requests finalized more than [`WAIT_GENERATIONS`] polls
+    /// ago (until then a late record is still recognised and counted as late), and of scopes
+    /// that left the scope table. The map held one entry per launch for the whole run
+    /// before (issue 13), and CUPTI's correlation ids are 32-bit: after 2³² launches (≈ 12 h
+    /// at 100 000 a second) an id comes back, and a stale entry would claim the new launch's
+    /// records for a request long gone. Entries of scopes outside any request stay while
+    /// the scope is in the table (their records are counted as outside a request).
+    fn release_correlations(&mut self, scopes: &ScopeTable) {
+        let mut expired = std::collections::HashSet::new();
+        while let Some(&(generation, id)) = self.finalized.front() {
+            if self.generation.saturating_sub(generation) <= WAIT_GENERATIONS {
+                break;
+            }
+            expired.insert(id);
+            self.finalized.pop_front();
+        }
+        if expired.is_empty() {
+            return;
+        }
+        self.corr_scope.retain(|_, id| match scopes.get(*id) {
+            Some(s) => s.attribution.request.is_none_or(|r| !expired.contains(&r)),
+            None => false,
+        });
+    }
+
+    /// Correlation ids currently mapped to a scope (bounded by the launches of the requests
+    /// in flight).
+    pub fn correlation_entries(&self) -> usize {
+        self.corr_scope.len()
     }
 
     fn unix(&self, cupti_ns: u64) -> u64 {

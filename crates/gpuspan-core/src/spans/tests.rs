@@ -442,3 +442,43 @@ fn coarse_missing_interval_times_out() {
     assert_eq!(out.requests.len(), 1);
     assert_eq!(out.steps.len(), 1);
 }
+
+/// The correlation → scope map lets go of a finalized request's ids (`WAIT_GENERATIONS`
+/// polls after it, so late records still count as late), so it stays bounded
+/// and a 32-bit correlation id that comes back after wrapping is not claimed by the old
+/// request (before: the second request's kernel, delivered before its external correlation
+/// record, went to the first request's finished step and was counted late).
+#[test]
+fn correlation_ids_go_with_their_request_and_may_wrap() {
+    let mut f = Fixture::new(SpanOptions::default());
+    let request = |f: &mut Fixture, base: u64, ts: u64, kernel_first: bool| {
+        f.scope(begin(base, 0, ts, &format!("gpuspan.request {TP} model=stdit")));
+        f.scope(begin(base + 1, base, ts + 10, "dit.step 0/1"));
+        let k = kernel("flash_fwd_kernel", 7, ts + 100, ts + 200);
+        if kernel_first {
+            f.rec(k.clone());
+        }
+        f.rec(ext(7, base + 1));
+        f.rec(launch(7));
+        f.scope(ScopeEvent::End { id: base + 1, ts_ns: ts + 20, launches: Some(1) });
+        f.scope(ScopeEvent::End { id: base, ts_ns: ts + 30, launches: Some(1) });
+        if !kernel_first {
+            f.rec(k);
+        }
+        let mut out = f.poll(ts);
+        out.extend(f.poll(ts + 1));
+        out
+    };
+    let first = request(&mut f, 1, 1_000, false);
+    assert_eq!((first.requests.len(), first.steps.len()), (1, 1));
+    assert_eq!(f.asm.correlation_entries(), 1, "kept a while for late records");
+    for i in 0..=assemble::WAIT_GENERATIONS {
+        f.poll(2_000 + i);
+    }
+    assert_eq!(f.asm.correlation_entries(), 0, "released with its request");
+    // Correlation id 7 again (wrapped), its kernel delivered before its external correlation.
+    let second = request(&mut f, 11, 5_000, true);
+    assert_eq!((second.requests.len(), second.steps.len()), (1, 1), "the second request's step completes");
+    assert_eq!(f.asm.stats.gpu_late, 0, "no kernel went to the finished request");
+    assert_eq!(f.asm.stats.units_timed_out, 0);
+}

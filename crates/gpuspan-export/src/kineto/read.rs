@@ -125,6 +125,26 @@ pub fn read_trace_with(path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped
     Ok((trace, skipped))
 }
 
+/// [`read_trace_with`] over bytes already in memory (plain JSON or gzip), for the fuzzer
+/// (`crates/gpuspan-fuzz`) and callers that hold a trace themselves. Errors name `path`.
+pub fn read_trace_bytes(bytes: &[u8], path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
+    let err = |kind| ReadError::new(path, kind);
+    if bytes.is_empty() {
+        return Err(err(ReadErrorKind::Empty));
+    }
+    let gzip = bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b;
+    let (trace, mut skipped) = if gzip {
+        let dec = flate2::bufread::MultiGzDecoder::new(bytes);
+        parse(BufReader::with_capacity(1 << 16, dec), true, opts).map_err(err)?
+    } else {
+        parse(bytes, false, opts).map_err(err)?
+    };
+    if let Some(first) = skipped.first.as_mut() {
+        first.0 = path.to_path_buf();
+    }
+    Ok((trace, skipped))
+}
+
 /// Parse state shared by the visitors: the trace being built and the first semantic error
 /// (reported instead of serde's generic one).
 #[derive(Default)]

@@ -68,7 +68,7 @@ pub struct State {
 static CUPTI_ABI_INDEX: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
 
 /// Records `abi` as the layouts in effect ([`cupti_abi`]).
-fn publish_cupti_abi(abi: config::CuptiAbi) {
+pub(crate) fn publish_cupti_abi(abi: config::CuptiAbi) {
     if let Some(i) = gpuspan_cupti::layouts::RELEASES.iter().position(|r| r.name == abi.0.name) {
         CUPTI_ABI_INDEX.store(i, std::sync::atomic::Ordering::Release);
     }
