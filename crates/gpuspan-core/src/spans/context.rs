@@ -89,12 +89,17 @@ pub fn format_traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool)
 /// Python APIs percent-encode spaces and `%` in request attribute values.
 pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        // On bytes, not `&s[..]`: a `%` followed by a multi-byte character is no escape, and
+        // slicing the `str` there panicked (found by the `trace_context` fuzz target; a
+        // baggage header or request attribute of the application's could stop the
+        // collector thread).
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
                 i += 3;
                 continue;
             }
@@ -164,6 +169,14 @@ mod tests {
     use super::*;
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn percent_decoding_never_splits_a_character() {
+        assert_eq!(percent_decode("a%20b%25"), "a b%");
+        assert_eq!(percent_decode("%é1"), "%é1", "a `%` before a two-byte character is kept");
+        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent_decode("x%e2%82%ac"), "x€");
+    }
 
     #[test]
     fn parses_the_spec_example() {
