@@ -16,8 +16,8 @@
 //! [`take`] runs under the collector lock and only moves vectors; the join and the gzip
 //! write happen on a `gpuspan-segment` thread of their own ([`SegmentWriter`]), so the
 //! collector keeps draining CUPTI's buffers meanwhile (on the collector thread, a debug
-//! build's multi-second write let the buffer pool fill: 352 MB peak against 300 MB for
-//! 50 stdit requests). One segment is written at a time; the next is taken once the writer
+//! build's multi-second write let the buffer pool fill: 352 MB peak for 50 stdit requests,
+//! against 255–316 MB with the writer thread). One segment is written at a time; the next is taken once the writer
 //! is idle. At exit, [`join_writer`] waits (within the exit budget) for the one in flight.
 
 use crate::collector::Collector;
