@@ -331,8 +331,7 @@ def _module_post(module: Any, args: tuple, output: Any) -> None:
         return None
     try:
         st.stage_owner = None
-        st.stage_depth -= 1
-        _close()
+        _stage_close()
     except Exception as e:
         _fail(e)
     return None
@@ -426,6 +425,12 @@ def _stage_open(stage: str, in_step_only: bool = False) -> bool:
         return False
     st.stage_depth += 1
     return True
+
+
+def _stage_close() -> None:
+    """Closes the stage scope :func:`_stage_open` opened."""
+    _st.stage_depth -= 1
+    _close()
 
 
 def _end_step() -> None:
@@ -542,8 +547,7 @@ def _stage_wrapper(orig: Callable, stage: str) -> Callable:
         finally:
             if opened:
                 try:
-                    _st.stage_depth -= 1
-                    _close()
+                    _stage_close()
                 except Exception as e:
                     _fail(e)
 

@@ -105,9 +105,20 @@ const CHROME_PHASES: &[&str] = &[
 /// # Errors
 /// As [`read_trace`]; in lenient mode a malformed event is never one.
 pub fn read_trace_with(path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
+    let file = File::open(path).map_err(|e| ReadError::new(path, ReadErrorKind::Io(e)))?;
+    read_buffered(BufReader::with_capacity(1 << 16, file), path, opts)
+}
+
+/// [`read_trace_with`] over bytes already in memory (plain JSON or gzip), for the fuzzer
+/// (`crates/gpuspan-fuzz`) and callers that hold a trace themselves. Errors name `path`.
+pub fn read_trace_bytes(bytes: &[u8], path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
+    read_buffered(bytes, path, opts)
+}
+
+/// The read behind both: gzip or plain by the first two bytes, errors and the first
+/// skipped event naming `path`.
+fn read_buffered<B: BufRead>(mut buf: B, path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
     let err = |kind| ReadError::new(path, kind);
-    let file = File::open(path).map_err(|e| err(ReadErrorKind::Io(e)))?;
-    let mut buf = BufReader::with_capacity(1 << 16, file);
     let head = buf.fill_buf().map_err(|e| err(ReadErrorKind::Io(e)))?;
     if head.is_empty() {
         return Err(err(ReadErrorKind::Empty));
@@ -118,26 +129,6 @@ pub fn read_trace_with(path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped
         parse(BufReader::with_capacity(1 << 16, dec), true, opts).map_err(err)?
     } else {
         parse(buf, false, opts).map_err(err)?
-    };
-    if let Some(first) = skipped.first.as_mut() {
-        first.0 = path.to_path_buf();
-    }
-    Ok((trace, skipped))
-}
-
-/// [`read_trace_with`] over bytes already in memory (plain JSON or gzip), for the fuzzer
-/// (`crates/gpuspan-fuzz`) and callers that hold a trace themselves. Errors name `path`.
-pub fn read_trace_bytes(bytes: &[u8], path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
-    let err = |kind| ReadError::new(path, kind);
-    if bytes.is_empty() {
-        return Err(err(ReadErrorKind::Empty));
-    }
-    let gzip = bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b;
-    let (trace, mut skipped) = if gzip {
-        let dec = flate2::bufread::MultiGzDecoder::new(bytes);
-        parse(BufReader::with_capacity(1 << 16, dec), true, opts).map_err(err)?
-    } else {
-        parse(bytes, false, opts).map_err(err)?
     };
     if let Some(first) = skipped.first.as_mut() {
         first.0 = path.to_path_buf();
