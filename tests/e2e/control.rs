@@ -68,12 +68,14 @@ pub(crate) fn expected_socket(pid: u32) -> PathBuf {
     socket_path(&dir, pid)
 }
 
-/// Waits (at most 30 s) for `pid`'s control socket to appear, and returns its path.
+/// Waits (at most 30 s) for `pid`'s control socket to accept a connection, and returns its path.
 pub(crate) fn wait_for_socket(pid: u32) -> PathBuf {
     let sock = expected_socket(pid);
     let t0 = Instant::now();
-    while !sock.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "{} never appeared", sock.display());
+    // Connect, not just look: pids are reused, and a socket file of a killed namesake may
+    // sit there until this worker's agent activates and sweeps it.
+    while UnixStream::connect(&sock).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{} never accepted a connection", sock.display());
         std::thread::sleep(Duration::from_millis(50));
     }
     sock
@@ -183,8 +185,10 @@ fn control_socket_status_errors_peer_check_and_cleanup() {
     // The socket appears once the agent is active.
     let sock = expected_socket(pid);
     let t0 = Instant::now();
-    while !sock.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "{} never appeared", sock.display());
+    // Connect, not just look: pids are reused, and a socket file of a killed namesake may
+    // sit there until this worker's agent activates and sweeps it.
+    while UnixStream::connect(&sock).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{} never accepted a connection", sock.display());
         assert!(w.run.try_wait().unwrap().is_none(), "the worker exited early");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -289,3 +289,34 @@ fn sigterm_during_fine_collection_leaves_a_partial_capture() {
     assert!(requests.len() >= 2, "at least the two finished requests' kernels: {}", requests.len());
     assert!(requests.len() < 200, "not the whole run");
 }
+
+/// Kernel names are read before their module is unloaded (issue 11 item 3): the worker
+/// unloads its module after the last kernel (`--unload-module`, as the CUDA runtime does
+/// with its fatbinaries at exit) while records are still in CUPTI's buffers, and the
+/// simulator overwrites an unloaded module's names. Every kernel of the capture must still
+/// carry its own name, in fine mode and in the same run with the default flush period.
+#[test]
+fn kernel_names_are_read_before_their_module_is_unloaded() {
+    let sim = tempfile::tempdir().unwrap();
+    gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
+    let steps = 4u32;
+    let w = gpuspan_simgpu::workload::preset::preset("stdit", steps, 1).unwrap();
+    let want = w.summary();
+    let names: std::collections::BTreeSet<String> = want.per_kernel.keys().cloned().collect();
+    let out = tempfile::tempdir().unwrap();
+    let mut child = spawn_replay(sim.path(), out.path(), &["stdit", "--steps", &steps.to_string(), "--unload-module"], &[]);
+    let (status, stderr) = wait_bounded(&mut child, Duration::from_secs(60), "a worker that unloads its module");
+    assert!(status.success(), "{status:?}\n{stderr}");
+    let t = gpuspan_export::read_trace(&capture_in(out.path())).expect("a readable capture");
+    let kernels: Vec<_> = t.kernels().collect();
+    assert_eq!(kernels.len() as u64, want.kernel_count, "every kernel");
+    let wrong: Vec<String> = kernels
+        .iter()
+        .map(|k| k.name.as_str())
+        .filter(|n| !names.contains(*n))
+        .map(|n| n.chars().take(40).collect())
+        .collect();
+    assert!(wrong.is_empty(), "{} kernel names read after the unload, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(3)]);
+    assert!(summary_u64(&t, "gpuspan.unload_drains") >= 1, "the unload was seen");
+    assert_eq!(summary_u64(&t, "gpuspan.unload_drain_timeouts"), 0);
+}

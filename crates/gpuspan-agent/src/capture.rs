@@ -156,6 +156,8 @@ pub fn write_parts(
     put("nvtx_ranges_too_deep", counters.nvtx_ranges_too_deep.load(Ordering::Relaxed));
     put("buffers_foreign", counters.foreign_buffers.load(Ordering::Relaxed));
     put("buffers_foreign_bytes_cut", counters.foreign_bytes_cut.load(Ordering::Relaxed));
+    put("unload_drains", counters.unload_drains.load(Ordering::Relaxed));
+    put("unload_drain_timeouts", counters.unload_drain_timeouts.load(Ordering::Relaxed));
     put("cupti_version", a.cupti_version() as u64);
     for (k, v) in extra {
         put(k, *v);

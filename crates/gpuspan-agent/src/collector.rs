@@ -248,6 +248,7 @@ impl Collector {
             let st = unsafe { decode_buffer(next, &layouts, addr as *mut u8, valid, &mut self.names, &mut self.records) };
             // SAFETY: decoded; the buffer goes back to the pool exactly once.
             unsafe { a.pool.give_back(RawBuffer(addr)) };
+            a.counters.buffers_decoded.fetch_add(1, Ordering::Release);
             // Coarse mode's spans come from scope intervals; its records (fine windows) only
             // go to the window's capture.
             if a.coarse.is_none() {

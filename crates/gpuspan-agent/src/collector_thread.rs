@@ -148,6 +148,7 @@ fn run(a: &'static Agent) {
     // Rolling capture segments are written on a thread of their own (started with the
     // first one), so draining goes on meanwhile.
     let mut segment_writer: Option<crate::segment::SegmentWriter> = None;
+    crate::unload::set_collector_running(true);
     while !STOP.load(Ordering::Acquire) {
         std::thread::sleep(DRAIN_INTERVAL);
         if crate::signals::sigterm_seen() {
@@ -218,6 +219,7 @@ fn run(a: &'static Agent) {
             }
         }
     }
+    crate::unload::set_collector_running(false);
 }
 
 static CLOCK_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -348,6 +350,7 @@ pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
     // The collector thread lets go of its state at once when told to stop (it may be in
     // the middle of a large drain), so stop it before looking.
     STOP.store(true, Ordering::Release);
+    crate::unload::set_collector_running(false);
     if let Some((written, finished)) = lock_until(&a.collector, budget.threads_deadline(), "the collector state").ok().map(|c| (c.written.clone(), c.finished)) {
         match written {
             Some(p) => return Ok(p),

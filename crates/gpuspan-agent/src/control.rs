@@ -121,7 +121,10 @@ pub fn start(a: &'static Agent) {
         }
         let euid = nix::unistd::geteuid().as_raw();
         let dir = socket_dir(euid);
-        let server = match prepare_dir(&dir, euid).and_then(|()| Server::bind(&socket_path(&dir, std::process::id()))) {
+        let server = match prepare_dir(&dir, euid).and_then(|()| {
+            sweep_stale(&dir, pid);
+            Server::bind(&socket_path(&dir, pid))
+        }) {
             Ok(s) => s,
             Err(e) => {
                 crate::log::warn(&format!("no control socket ({e}); `gpuspan status` cannot reach this process"));
@@ -148,6 +151,35 @@ pub fn start(a: &'static Agent) {
             }
         }
     });
+}
+
+/// Removes the sockets in `dir` left by processes that died without cleaning up (SIGKILL,
+/// a crash): `<pid>.sock` and `.<pid>.sock.<binder>.binding` whose process no longer exists
+/// (kill(2) with signal 0 answers ESRCH) and which refuse connections. Without this the
+/// directory grows by one file per killed worker, and since pids are reused (32,768 by
+/// default) a new worker's `gpuspan status` could find a dead namesake's socket before its
+/// own is bound. `own_pid`'s entries are left to [`Server::bind`]. Errors are ignored: this is
+/// hygiene, run once at activation on the agent's thread.
+fn sweep_stale(dir: &Path, own_pid: u32) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten().take(4096) {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let owner = match name.strip_prefix('.').and_then(|n| n.strip_suffix(".binding")) {
+            Some(tmp) => tmp.rsplit_once('.').and_then(|(_, binder)| binder.parse::<u32>().ok()),
+            None => name.strip_suffix(".sock").and_then(|p| p.parse::<u32>().ok()),
+        };
+        let Some(owner) = owner else { continue };
+        if owner == own_pid || owner == 0 || owner > i32::MAX as u32 {
+            continue;
+        }
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(owner as i32), None) != Err(nix::errno::Errno::ESRCH);
+        let path = e.path();
+        if alive || !e.file_type().is_ok_and(|t| t.is_socket()) || UnixStream::connect(&path).is_ok() {
+            continue;
+        }
+        let _ = std::fs::remove_file(&path);
+    }
 }
 
 /// The control directory for effective uid `euid` in this process's environment
@@ -222,32 +254,38 @@ impl Server {
     /// Binds `path` (its directory must exist) and gives it mode 0600. A socket file already
     /// there that refuses connections (left by a dead process) is replaced; one that accepts
     /// them (a live process), or a file that is not a socket, is an error.
+    ///
+    /// The socket is bound and listening under a temporary name in the same directory and
+    /// then renamed onto `path` (rename(2) is atomic), so `path` never exists without a
+    /// listener behind it: a client that sees the file and connects at once is never
+    /// refused (binding in place left a window between bind(2) and listen(2) in which
+    /// connect(2) got ECONNREFUSED).
     pub fn bind(path: &Path) -> Result<Server, String> {
-        let listener = match UnixListener::bind(path) {
-            Ok(l) => l,
-            Err(e) if e.kind() == ErrorKind::AddrInUse => {
-                let m = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                if !m.file_type().is_socket() {
-                    return Err(format!("{} exists and is not a socket", path.display()));
-                }
-                match UnixStream::connect(path) {
-                    Ok(_) => return Err(format!("{} is in use by a live process", path.display())),
-                    Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
-                    Err(e) => return Err(format!("{}: {e}", path.display())),
-                }
-                std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale {}: {e}", path.display()))?;
-                UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?
-            }
-            Err(e) => return Err(format!("cannot bind {}: {e}", path.display())),
-        };
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if !m.file_type().is_socket() => return Err(format!("{} exists and is not a socket", path.display())),
+            Ok(_) => match UnixStream::connect(path) {
+                Ok(_) => return Err(format!("{} is in use by a live process", path.display())),
+                // Stale: the rename below replaces it.
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.{}.binding", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let listener = UnixListener::bind(&tmp).map_err(|e| format!("cannot bind {}: {e}", tmp.display()))?;
         // The directory is 0700, so nobody else could connect before this chmod.
-        let meta = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .and_then(|()| std::fs::symlink_metadata(path));
+        let meta = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot set the mode of {}: {e}", tmp.display()))
+            .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display())))
+            .and_then(|()| std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display())));
         match meta {
             Ok(m) => Ok(Server { listener, path: path.to_path_buf(), dev: m.dev(), ino: m.ino() }),
             Err(e) => {
-                let _ = std::fs::remove_file(path);
-                Err(format!("cannot set the mode of {}: {e}", path.display()))
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
             }
         }
     }
@@ -691,6 +729,60 @@ mod tests {
         std::fs::write(&path, b"x").unwrap();
         assert!(Server::bind(&path).unwrap_err().contains("not a socket"));
         assert_eq!(std::fs::read(&path).unwrap(), b"x");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["7.sock"], "no temporary socket left behind");
+    }
+
+    /// A client that connects the moment the socket file appears is never refused: the file
+    /// appears already listening (no bind → listen gap).
+    #[test]
+    fn control_socket_appears_listening() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..100 {
+            let path = dir.path().join(format!("{i}.sock"));
+            let watcher = {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    while std::fs::symlink_metadata(&path).is_err() {
+                        std::hint::spin_loop();
+                    }
+                    UnixStream::connect(&path).map(drop)
+                })
+            };
+            let server = Server::bind(&path).unwrap();
+            assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+            watcher.join().unwrap().unwrap_or_else(|e| panic!("iteration {i}: {e}"));
+            drop(server);
+        }
+    }
+
+    /// Sockets of dead processes are swept; a live process's, our own, and files that are
+    /// not ours are left.
+    #[test]
+    fn control_stale_sockets_of_dead_processes_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        let me = std::process::id();
+        let stale = [format!("{dead_pid}.sock"), format!(".{dead_pid}.sock.{dead_pid}.binding")];
+        for n in &stale {
+            drop(UnixListener::bind(dir.path().join(n)).unwrap());
+        }
+        // Our parent is alive (its socket stays even if it refuses), ours is bind's business.
+        let parent = std::os::unix::process::parent_id();
+        for n in [format!("{parent}.sock"), format!("{me}.sock")] {
+            drop(UnixListener::bind(dir.path().join(n)).unwrap());
+        }
+        std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+        std::fs::write(dir.path().join(format!("{}.sock", dead_pid + 1_000_000)), b"not a socket").unwrap();
+        sweep_stale(dir.path(), me);
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        let mut want = vec![format!("{parent}.sock"), format!("{me}.sock"), "notes.txt".to_string(), format!("{}.sock", dead_pid + 1_000_000)];
+        want.sort();
+        assert_eq!(left, want);
     }
 
     #[test]

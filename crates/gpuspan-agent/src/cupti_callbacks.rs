@@ -79,10 +79,14 @@ pub unsafe extern "C" fn buffer_completed(
                 a.counters.buffers_dropped.fetch_add(1, Ordering::Relaxed);
                 // SAFETY: our pool buffer, not queued anywhere.
                 unsafe { a.pool.give_back(copy) };
+            } else {
+                a.counters.buffers_queued.fetch_add(1, Ordering::Release);
             }
             return;
         }
-        if a.completed_queue.push((buffer as usize, valid_bytes)).is_err() {
+        if a.completed_queue.push((buffer as usize, valid_bytes)).is_ok() {
+            a.counters.buffers_queued.fetch_add(1, Ordering::Release);
+        } else {
             a.counters.buffers_dropped.fetch_add(1, Ordering::Relaxed);
             // SAFETY: the buffer came from our pool and CUPTI hands ownership back here.
             unsafe { a.pool.give_back(RawBuffer(buffer as usize)) };

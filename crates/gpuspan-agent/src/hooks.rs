@@ -102,6 +102,13 @@ pub unsafe extern "C" fn api_callback(_userdata: *mut c_void, domain: u32, cbid:
         let Some((site, ret)) = (unsafe { gpuspan_cupti::activity::callback_site_and_result(data) }) else {
             return;
         };
+        // Code about to be unloaded: its kernels' names are read first (crate::unload).
+        if gpuspan_cupti::activity::is_unload_callback(domain, cbid) {
+            if site == API_ENTER {
+                crate::unload::before_unload();
+            }
+            return;
+        }
         // Allocation calls (enabled for the OOM rule) make no GPU record: errors only. A
         // graph launch makes one record per node: the scope's count becomes unknown.
         let alloc = gpuspan_cupti::activity::is_alloc_callback(domain, cbid);

@@ -45,6 +45,7 @@ pub mod nvtx_domains;
 pub mod nvml;
 pub mod bounded;
 pub mod shared;
+pub mod unload;
 pub mod telemetry;
 pub mod hooks;
 pub mod cupti_callbacks;

@@ -342,6 +342,10 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
         Some(Err(e)) => crate::log::info(&format!("launch counting off ({e}); step spans finish by timing")),
         None => {}
     }
+    // Kernel names are read before their module is unloaded (crate::unload).
+    if let Some(Err(e)) = a.subscriber.lock().ok().and_then(|g| g.as_ref().map(|s| api.enable_unload_callbacks(s))) {
+        crate::log::info(&format!("unload callbacks off ({e}): names of kernels of unloaded code may be wrong"));
+    }
     a.fine_on.store(true, Ordering::Release);
     a.collecting.store(true, Ordering::Release);
     crate::signals::install_sigterm_handler();

@@ -36,6 +36,15 @@ pub struct Counters {
     pub foreign_buffers: AtomicU64,
     /// Bytes of foreign buffers beyond one pool buffer, not copied.
     pub foreign_bytes_cut: AtomicU64,
+    /// Completed buffers put on the completed queue (ours and copies of foreign ones).
+    pub buffers_queued: AtomicU64,
+    /// Completed buffers the collector has decoded (with `buffers_queued`: what
+    /// `unload::before_unload` waits for).
+    pub buffers_decoded: AtomicU64,
+    /// Driver unload calls at which CUPTI was flushed and decoded first (`unload`).
+    pub unload_drains: AtomicU64,
+    /// Of those, the ones that went ahead before the decode finished (`unload::UNLOAD_WAIT`).
+    pub unload_drain_timeouts: AtomicU64,
     /// Completed buffers left undecoded because the exit budget ran out.
     pub buffers_unread_at_exit: AtomicU64,
     /// 1 when CUPTI's last flush at exit did not return within the exit budget.

@@ -471,6 +471,9 @@ pub(crate) fn subscribe(a: &Shared) -> Result<(), String> {
     if let Err(e) = api.enable_launch_callbacks(&s).and_then(|()| api.enable_alloc_callbacks(&s)) {
         crate::log::info(&format!("API callbacks off ({e}): CUDA errors and OOMs are not seen"));
     }
+    if let Err(e) = api.enable_unload_callbacks(&s) {
+        crate::log::info(&format!("unload callbacks off ({e}): names of kernels of unloaded code may be wrong"));
+    }
     *slot = Some(s);
     // CUPTI collects now: SIGTERM must not lose what it gathers.
     crate::signals::install_sigterm_handler();

@@ -84,6 +84,20 @@ pub const DRIVER_ALLOC_CBIDS: [u32; 7] = [29, 243, 244, 294, 371, 598, 611];
 /// cudaMallocFromPoolAsync.
 pub const RUNTIME_ALLOC_CBIDS: [u32; 6] = [20, 21, 25, 206, 373, 391];
 
+/// Driver API callback ids of the calls that unload GPU code (`cupti_driver_cbid.h`, the
+/// same in 12.0, 12.9 and 13.5): cuModuleUnload (22), cuLibraryUnload (680, CUDA 12's library
+/// management, which the CUDA runtime uses for its fatbinaries). Kernel records still in
+/// CUPTI's buffers may name kernels of the code being unloaded, so the agent decodes them
+/// at the ENTER callback of these, before the driver lets go of the module.
+pub const DRIVER_UNLOAD_CBIDS: [u32; 2] = [22, 680];
+
+/// Whether `(domain, cbid)` is a code unload ([`DRIVER_UNLOAD_CBIDS`]; the runtime has no
+/// public unload call: `__cudaUnregisterFatBinary` reaches the driver's).
+#[inline]
+pub fn is_unload_callback(domain: u32, cbid: u32) -> bool {
+    domain == DOMAIN_DRIVER_API && DRIVER_UNLOAD_CBIDS.contains(&cbid)
+}
+
 /// Whether `(domain, cbid)` is a graph launch (`gpuspan_core::spans::DRIVER_GRAPH_LAUNCH_CBIDS`,
 /// `RUNTIME_GRAPH_LAUNCH_CBIDS`).
 #[inline]
@@ -230,6 +244,13 @@ impl ActivityApi {
             runtime.extend(RUNTIME_GPU_WORK_CBIDS_13);
         }
         self.enable_callbacks(s, &driver, &runtime)
+    }
+
+    /// Also enables the API callbacks of the calls that unload GPU code
+    /// ([`DRIVER_UNLOAD_CBIDS`]), so names of kernels still in CUPTI's buffers can be read
+    /// before their module goes. All or nothing.
+    pub fn enable_unload_callbacks(&self, s: &Subscriber) -> Result<(), CuptiError> {
+        self.enable_callbacks(s, &DRIVER_UNLOAD_CBIDS, &[])
     }
 
     /// Also enables the API callbacks of the allocation calls ([`DRIVER_ALLOC_CBIDS`],

@@ -159,7 +159,7 @@ fn record_layouts_match_real_cupti_headers() {
     assert_eq!(got["S5."], 104);
 }
 
-/// The allocation callback ids we enable are the headers' (12.9 and 13.5).
+/// The allocation and code-unload callback ids we enable are the headers' (12.9 and 13.5).
 #[test]
 fn alloc_callback_ids_match_real_cupti_headers() {
     use gpuspan_cupti::activity::{DRIVER_ALLOC_CBIDS, RUNTIME_ALLOC_CBIDS};
@@ -188,6 +188,11 @@ fn alloc_callback_ids_match_real_cupti_headers() {
             .map(|n| value(&rt, &format!("CUPTI_RUNTIME_TRACE_CBID_{n}")))
             .collect();
         assert_eq!(r, RUNTIME_ALLOC_CBIDS, "{inc}");
+        let u: Vec<u32> = ["cuModuleUnload", "cuLibraryUnload"]
+            .iter()
+            .map(|n| value(&drv, &format!("CUPTI_DRIVER_TRACE_CBID_{n}")))
+            .collect();
+        assert_eq!(u, gpuspan_cupti::activity::DRIVER_UNLOAD_CBIDS, "{inc}");
     }
 }
 

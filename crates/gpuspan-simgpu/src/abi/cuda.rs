@@ -508,7 +508,7 @@ pub unsafe extern "C" fn cuModuleLoadDataEx(
 pub unsafe extern "C" fn cuModuleUnload(m: CUmodule) -> CUresult {
     guard(|| {
         run(call(cbid::cuModuleUnload, c"cuModuleUnload"), |st, _| {
-            if st.modules.remove(&(m as usize as u64)) {
+            if st.unload_module(m as usize as u64) {
                 Ok(())
             } else {
                 Err(CUDA_ERROR_INVALID_HANDLE)
@@ -536,7 +536,7 @@ pub unsafe extern "C" fn cuModuleGetFunction(
                 }
                 // SAFETY: non-NULL NUL-terminated name from the caller.
                 let n = unsafe { CStr::from_ptr(name) }.to_string_lossy();
-                let h = st.new_function(&n);
+                let h = st.new_function(m as usize as u64, &n);
                 out(f, h as usize as CUfunction)
             },
         )
@@ -573,7 +573,7 @@ pub unsafe extern "C" fn cuLaunchKernel(
     extra: *mut *mut c_void,
 ) -> CUresult {
     guard(|| {
-        let name = sim().lock().functions.get(&(f as usize as u64)).copied();
+        let name = sim().lock().functions.get(&(f as usize as u64)).map(|(_, n)| *n);
         let params = cudarc::cupti::sys::cuLaunchKernel_params_st {
             f: f as usize as _,
             gridDimX: gx,

@@ -101,6 +101,12 @@ struct Args {
     /// `cuGraphLaunch` on every step (torch.compile "reduce-overhead"; see the module docs).
     #[arg(long)]
     cuda_graph: bool,
+    /// After the last kernel, unload the kernels' module (`cuModuleUnload`) before exit, as
+    /// the CUDA runtime does with each fatbinary at process exit: records still in CUPTI's
+    /// buffers then name kernels of an unloaded module (the simulator overwrites those
+    /// names).
+    #[arg(long)]
+    unload_module: bool,
     /// Start a second CUPTI activity client in the worker, as torch.profiler would be (see
     /// the module docs).
     #[arg(long)]
@@ -368,7 +374,7 @@ fn main() -> ExitCode {
         }
     }
     arrange_exits(args.exit_on_sigterm, args.exit_after_ms);
-    let opts = ExecOptions { announce_streams: !args.legacy_stream, cuda_graph: args.cuda_graph };
+    let opts = ExecOptions { announce_streams: !args.legacy_stream, cuda_graph: args.cuda_graph, unload_module: args.unload_module };
     let started = std::time::Instant::now();
     let mut ran = 0u32;
     let mut keep_going = || {

@@ -24,7 +24,6 @@
 use cudarc::driver::sys::CUresult::{self, *};
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::ffi::CStr;
 
 /// `CUstreamCaptureMode` (cuda.h; cudarc `CUstreamCaptureMode_enum`: GLOBAL 0,
 /// THREAD_LOCAL 1, RELAXED 2).
@@ -105,8 +104,8 @@ pub fn exchange_thread_mode(mode: CaptureMode) -> CaptureMode {
 pub enum NodeOp {
     /// A kernel (captured `cuLaunchKernel`); its duration is the node's `dur_ns`.
     Kernel {
-        /// Interned kernel name (`sim::names`).
-        name: &'static CStr,
+        /// The kernel's name, owned by its module (`sim::names`).
+        name: super::names::KernelName,
         /// Grid dimensions.
         grid: [u32; 3],
         /// Block dimensions.
@@ -777,7 +776,7 @@ mod tests {
 
     fn k() -> NodeOp {
         NodeOp::Kernel {
-            name: c"k",
+            name: super::super::names::intern(0, "k"),
             grid: [1, 1, 1],
             block: [1, 1, 1],
             shared_bytes: 0,

@@ -18,7 +18,6 @@ pub mod timeline;
 pub mod trace;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::ffi::CStr;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
 /// Opaque handle of the one (primary) context.
@@ -53,7 +52,8 @@ pub struct State {
     pub nvml_refs: u32,
     pub context_current: bool,
     pub modules: HashSet<u64>,
-    pub functions: HashMap<u64, &'static CStr>,
+    /// Function handle → (module, name).
+    pub functions: HashMap<u64, (u64, names::KernelName)>,
     pub allocations: HashMap<u64, u64>,
     pub allocated_bytes: u64,
     next_handle: u64,
@@ -121,11 +121,22 @@ impl State {
         h
     }
 
-    pub fn new_function(&mut self, name: &str) -> u64 {
+    pub fn new_function(&mut self, module: u64, name: &str) -> u64 {
         self.next_handle += 1;
         let h = FUNCTION_HANDLE_BASE + self.next_handle * 0x10;
-        self.functions.insert(h, names::intern(name));
+        self.functions.insert(h, (module, names::intern(module, name)));
         h
+    }
+
+    /// `cuModuleUnload`: forgets the module and its functions and overwrites their names
+    /// ([`names::release_module`]). False for an unknown module.
+    pub fn unload_module(&mut self, module: u64) -> bool {
+        if !self.modules.remove(&module) {
+            return false;
+        }
+        self.functions.retain(|_, (m, _)| *m != module);
+        names::release_module(module);
+        true
     }
 
     /// Bump allocation of device memory (no backing store: the sim moves no data).

@@ -81,6 +81,7 @@ type FnCtxSynchronize = unsafe extern "C" fn() -> CuResult;
 type FnModuleLoadData = unsafe extern "C" fn(*mut CuModule, *const c_void) -> CuResult;
 type FnModuleGetFunction =
     unsafe extern "C" fn(*mut CuFunction, CuModule, *const c_char) -> CuResult;
+type FnModuleUnload = unsafe extern "C" fn(CuModule) -> CuResult;
 type FnStreamCreate = unsafe extern "C" fn(*mut CuStream, c_uint) -> CuResult;
 type FnStreamDestroy = unsafe extern "C" fn(CuStream) -> CuResult;
 type FnMemAlloc = unsafe extern "C" fn(*mut CuDevicePtr, usize) -> CuResult;
@@ -195,6 +196,7 @@ struct Api {
     ctx_synchronize: FnCtxSynchronize,
     module_load_data: FnModuleLoadData,
     module_get_function: FnModuleGetFunction,
+    module_unload: FnModuleUnload,
     stream_create: FnStreamCreate,
     stream_destroy: FnStreamDestroy,
     mem_alloc: FnMemAlloc,
@@ -239,6 +241,7 @@ impl Api {
                 ctx_synchronize: sym(lib, "cuCtxSynchronize")?,
                 module_load_data: sym(lib, "cuModuleLoadData")?,
                 module_get_function: sym(lib, "cuModuleGetFunction")?,
+                module_unload: sym(lib, "cuModuleUnload")?,
                 stream_create: sym(lib, "cuStreamCreate")?,
                 stream_destroy: sym(lib, "cuStreamDestroy_v2")?,
                 mem_alloc: sym(lib, "cuMemAlloc_v2")?,
@@ -360,11 +363,17 @@ pub struct ExecOptions {
     /// [`ExecError::NotCapturable`] when [`graph_plan::plan`] refuses the workload.
     /// Default `false`.
     pub cuda_graph: bool,
+    /// After the last kernel has finished (`cuCtxSynchronize`), unload the module the
+    /// kernels came from (`cuModuleUnload`) before releasing the context, as the CUDA
+    /// runtime does with every fatbinary at process exit (`__cudaUnregisterFatBinary`):
+    /// records still in CUPTI's buffers then name kernels of an unloaded module. Default
+    /// `false`.
+    pub unload_module: bool,
 }
 
 impl Default for ExecOptions {
     fn default() -> Self {
-        ExecOptions { announce_streams: true, cuda_graph: false }
+        ExecOptions { announce_streams: true, cuda_graph: false, unload_module: false }
     }
 }
 
@@ -464,8 +473,11 @@ pub fn execute_requests<W: std::borrow::Borrow<Workload>>(
             result = result.and(r.destroy_graphs(g));
         }
         result?;
-        let Replay { streams, dbuf, out, .. } = r;
+        let Replay { streams, dbuf, out, module, .. } = r;
         check("cuCtxSynchronize", (api.ctx_synchronize)())?;
+        if opts.unload_module {
+            check("cuModuleUnload", (api.module_unload)(module))?;
+        }
         for (_, s) in streams {
             check("cuStreamDestroy_v2", (api.stream_destroy)(s))?;
         }
