@@ -11,6 +11,7 @@ mod cli_errors;
 mod coarse;
 mod control;
 mod demo;
+mod deploy;
 mod diff;
 mod exit;
 mod faults;

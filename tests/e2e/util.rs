@@ -156,3 +156,62 @@ pub fn preload_agent<'c>(c: &'c mut Command, sim: &Path, mode: &str, out: &Path)
         .env_remove("CUDA_INJECTION64_PATH")
         .env_remove("GPUSPAN_EXIT_BUDGET")
 }
+
+/// An external tool (`/usr/bin/NAME`, or the path in the environment variable `env`), for
+/// the tests that run Debian's `prometheus` package (`prometheus`, `promtool`). Missing:
+/// `None` with a note outside CI (the test skips), a failure under CI (`CI` set).
+pub fn tool(name: &str, env: &str) -> Option<PathBuf> {
+    let p = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin").join(name));
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} not found: scripts/test.sh installs Debian's `prometheus` package",
+        p.display()
+    );
+    eprintln!("note: {} not found; install Debian's `prometheus` to run this test", p.display());
+    None
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A plain HTTP/1.0 GET: the status code and body, or `None` when nothing answers.
+pub fn http_get_status(addr: &str, path: &str, accept: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// A plain HTTP/1.0 GET; the body of a 200 answer, or `None`.
+pub fn http_get(addr: &str, path: &str, accept: &str) -> Option<String> {
+    http_get_status(addr, path, accept).and_then(|(code, body)| (code == 200).then_some(body))
+}
+
+/// A child process killed (and reaped) when this goes out of scope.
+pub struct Kill(pub std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Percent-encodes everything but `[A-Za-z0-9_.-]` (a URL query value).
+pub fn url_encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

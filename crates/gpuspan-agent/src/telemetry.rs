@@ -182,6 +182,12 @@ impl Telemetry {
             // 1 while CUPTI collects kernels: fine mode, a fine window, the flight recorder.
             a.fine_on.load(Ordering::Relaxed) && a.collecting.load(Ordering::Relaxed),
         );
+        if let Some(cc) = &a.coarse {
+            self.metrics.set_coarse_fallbacks(&[
+                ("event_pool_exhausted", cc.counters.pool_exhausted.load(Ordering::Relaxed)),
+                ("event_error", cc.counters.event_errors.load(Ordering::Relaxed)),
+            ]);
+        }
     }
 
     /// Stops the NVML sampler thread (the agent finishing), waiting for it at most until

@@ -99,5 +99,8 @@ it started (count)";
 pub(crate) const MODELS_FOLDED_HELP: &str = "Step and request observations whose model label was folded into model=\"other\" because the worker reported more distinct models than the agent keeps series for (GPUSPAN_MAX_MODELS).";
 pub(crate) const DROPPED_HELP: &str = "Records the gpuspan agent lost since it started, by \
 reason (count; CUPTI dropped-record counts and the agent's full queues and buffer pool)";
+pub(crate) const COARSE_FALLBACKS_HELP: &str = "Coarse-mode scope boundaries the gpuspan agent \
+timed on the CPU side instead of with a CUDA event, by reason (count; event_pool_exhausted: \
+GPUSPAN_EVENT_POOL ran out, event_error: the driver refused an event call)";
 pub(crate) const CAPTURE_HELP: &str = "1 while a fine-mode capture window of the gpuspan agent \
 is open, else 0";

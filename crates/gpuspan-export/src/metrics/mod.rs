@@ -18,6 +18,7 @@
 //! | `gpuspan_records_total` | counter | | records | the agent's collector |
 //! | `gpuspan_records_dropped_total` | counter | `reason` | records | the agent |
 //! | `gpuspan_capture_active` | gauge | | 0 / 1 | the agent |
+//! | `gpuspan_coarse_cpu_fallbacks_total` | counter | `reason` | scope boundaries | the agent (coarse mode) |
 //! | `gpuspan_model_label_folded_total` | counter | | observations | [`Metrics`] itself |
 //!
 //! The `model` label is bounded ([`gpuspan_core::cardinality`]): the first `max_models`
@@ -121,6 +122,8 @@ pub struct Metrics {
     records: Counter,
     dropped: Family<ReasonLabels, Counter>,
     capture_active: FloatGauge,
+    /// `gpuspan_coarse_cpu_fallbacks_total{reason}`.
+    coarse_fallbacks: Family<ReasonLabels, Counter>,
     /// Serializes [`Metrics::set_agent_counters`] (total → increment).
     agent_lock: Mutex<()>,
     /// The `model` values with series of their own.
@@ -191,6 +194,8 @@ impl Metrics {
         );
         let models_folded = Counter::default();
         registry.register("gpuspan_model_label_folded", MODELS_FOLDED_HELP, models_folded.clone());
+        let coarse_fallbacks = Family::<ReasonLabels, Counter>::default();
+        registry.register("gpuspan_coarse_cpu_fallbacks", COARSE_FALLBACKS_HELP, coarse_fallbacks.clone());
 
         let g = &mut gpu_registry;
         g.register(
@@ -228,6 +233,7 @@ impl Metrics {
             records,
             dropped,
             capture_active,
+            coarse_fallbacks,
             agent_lock: Mutex::new(()),
             models: Mutex::new(gpuspan_core::cardinality::LabelValues::new(max_models)),
             models_folded,
@@ -385,6 +391,17 @@ impl Metrics {
             .set(if capture_active { 1.0 } else { 0.0 });
         if let Some(o) = self.otlp.get() {
             o.agent_counters(records_total, dropped, capture_active);
+        }
+    }
+
+    /// Brings `gpuspan_coarse_cpu_fallbacks_total{reason}` up to each `(reason, total)`
+    /// (coarse mode's scope boundaries timed on the CPU side; a reason appears, at its
+    /// total, on its first call). Counters only move up, as in
+    /// [`Metrics::set_agent_counters`]. Prometheus only (no OTLP counterpart yet).
+    pub fn set_coarse_fallbacks(&self, totals: &[(&'static str, u64)]) {
+        let _serial = self.agent_lock.lock().unwrap_or_else(|e| e.into_inner());
+        for (reason, total) in totals {
+            raise_counter(&self.coarse_fallbacks.get_or_create(&ReasonLabels { reason }), *total);
         }
     }
 

@@ -423,6 +423,14 @@ fn agent_counters_from_totals() {
     assert_eq!(value(&s, "gpuspan_records_total", &[]), 250.0);
     assert_eq!(value(&s, d, &[("reason", "cupti")]), 7.0);
     assert_eq!(value(&s, "gpuspan_capture_active", &[]), 0.0);
+    // Coarse mode's CPU-side fallbacks, by reason, also never down.
+    let f = "gpuspan_coarse_cpu_fallbacks_total";
+    assert!(find(&parse(&m.encode_prometheus_text()), f, &[]).is_none());
+    m.set_coarse_fallbacks(&[("event_pool_exhausted", 3), ("event_error", 0)]);
+    m.set_coarse_fallbacks(&[("event_pool_exhausted", 2), ("event_error", 5)]);
+    let s = parse(&m.encode_prometheus_text());
+    assert_eq!(value(&s, f, &[("reason", "event_pool_exhausted")]), 3.0);
+    assert_eq!(value(&s, f, &[("reason", "event_error")]), 5.0);
     m.set_agent_counters(300, &[], false);
     let s = parse(&m.encode_prometheus_text());
     assert_eq!(value(&s, "gpuspan_records_total", &[]), 300.0);
