@@ -488,3 +488,47 @@ fn requests_that_never_end_give_their_events_back_after_the_scope_timeout() {
     assert_eq!(coarse["scopes_timed"], 2, "{coarse}");
     assert!(stderr.contains("were given up and their CUDA events returned to the pool"), "{stderr}");
 }
+
+/// A step that only captures a CUDA graph (its launches become graph nodes, no GPU record)
+/// and launches none, in fine mode: the agent tells captured launches from launches that
+/// run (stream-capture callbacks), so the step and its request are finalized as soon as
+/// their records are in, not after the 10 s span grace with the step counted as timed out.
+#[test]
+fn a_step_that_only_captures_is_finalized_without_waiting_for_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("capture_only_step");
+    compile_c(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/workers/capture_only_step.c"), &exe, &[]);
+    let sim = tempfile::tempdir().unwrap();
+    gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut child = preload_agent(std::process::Command::new(&exe).arg("3"), sim.path(), "fine", out.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    assert_eq!(lines.next().map(|l| l.unwrap()).as_deref(), Some("ready"));
+    let pid = child.id();
+    crate::control::wait_for_socket(pid);
+    // Records arrive within the collector's 500 ms flush period; the grace is 10 s.
+    let t0 = std::time::Instant::now();
+    let spans = loop {
+        let s = crate::control::status_json(pid)["spans"].clone();
+        if s["requests"].as_u64() >= Some(1) || t0.elapsed() > std::time::Duration::from_secs(5) {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let finalized_after = t0.elapsed();
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = child.wait();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(spans["requests"], 1, "the request was finalized within 5 s ({finalized_after:?}): {spans}\n{stderr}");
+    assert_eq!(spans["steps"], 2, "{spans}");
+    let t = gpuspan_export::read_trace(&capture_in(out.path())).expect("a capture");
+    let summary = t.events.iter().find(|e| e.name == "gpuspan.summary").expect("summary");
+    assert_eq!(summary.extra_args["gpuspan.span_units_timed_out"], 0, "no unit waited for the grace: {:?}", summary.extra_args);
+    // Only the first step's kernels ran.
+    assert_eq!(t.kernels().count(), 3);
+}

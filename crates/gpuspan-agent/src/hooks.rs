@@ -58,6 +58,12 @@ struct ThreadScopes {
     /// Runtime API calls in progress: a driver call inside one is the runtime's own
     /// and is not counted again.
     runtime_depth: Cell<u32>,
+    /// Stream captures this thread has begun and not ended (driver begin / end capture
+    /// callbacks). While one is open, this thread's launches are taken as captured: they
+    /// become graph nodes and make no GPU record now.
+    capturing: Cell<u32>,
+    /// Launches of this thread made while it had a capture open (not in `launches`).
+    captured_launches: Cell<u64>,
     /// Whether the scope at each level pushed an external correlation id.
     pushed: [Cell<bool>; MAX_DEPTH],
     /// Streams scopes of this thread are timed on in coarse mode ([`use_streams`]).
@@ -80,6 +86,8 @@ thread_local! {
             graph_launches: Cell::new(0),
             graph_base: [const { Cell::new(0) }; MAX_DEPTH],
             runtime_depth: Cell::new(0),
+            capturing: Cell::new(0),
+            captured_launches: Cell::new(0),
             pushed: [const { Cell::new(false) }; MAX_DEPTH],
             streams: [const { Cell::new(0) }; MAX_SCOPE_STREAMS],
             n_streams: Cell::new(0),
@@ -109,12 +117,32 @@ pub unsafe extern "C" fn api_callback(_userdata: *mut c_void, domain: u32, cbid:
             }
             return;
         }
+        // A stream capture begun / ended by this thread (driver level: the runtime's
+        // cudaStreamBeginCapture reaches the driver's). An ended capture is over whatever
+        // EndCapture returns (INVALIDATED included).
+        if gpuspan_cupti::activity::is_capture_begin_callback(domain, cbid) {
+            if site == API_EXIT && ret == Some(0) {
+                let _ = SCOPES.try_with(|t| t.capturing.set(t.capturing.get() + 1));
+            }
+            return;
+        }
+        if gpuspan_cupti::activity::is_capture_end_callback(domain, cbid) {
+            if site == API_EXIT {
+                let _ = SCOPES.try_with(|t| t.capturing.set(t.capturing.get().saturating_sub(1)));
+            }
+            return;
+        }
         // Allocation calls (enabled for the OOM rule) make no GPU record: errors only. A
         // graph launch makes one record per node: the scope's count becomes unknown.
         let alloc = gpuspan_cupti::activity::is_alloc_callback(domain, cbid);
         let graph = gpuspan_cupti::activity::is_graph_launch_callback(domain, cbid);
         let succeeded = |t: &ThreadScopes| {
-            if graph {
+            if t.capturing.get() > 0 {
+                // Into a capture: a graph node, no GPU record until the graph launches.
+                if !alloc {
+                    t.captured_launches.set(t.captured_launches.get() + 1);
+                }
+            } else if graph {
                 t.graph_launches.set(t.graph_launches.get() + 1);
             } else if !alloc {
                 t.launches.set(t.launches.get() + 1);

@@ -346,6 +346,10 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
     if let Some(Err(e)) = a.subscriber.lock().ok().and_then(|g| g.as_ref().map(|s| api.enable_unload_callbacks(s))) {
         crate::log::info(&format!("unload callbacks off ({e}): names of kernels of unloaded code may be wrong"));
     }
+    // Launches into a stream capture expect no record (crate::hooks::api_callback).
+    if let Some(Err(e)) = a.subscriber.lock().ok().and_then(|g| g.as_ref().map(|s| api.enable_capture_callbacks(s))) {
+        crate::log::info(&format!("stream-capture callbacks off ({e}): a scope that only captures waits for the span grace"));
+    }
     a.fine_on.store(true, Ordering::Release);
     a.collecting.store(true, Ordering::Release);
     crate::signals::install_sigterm_handler();

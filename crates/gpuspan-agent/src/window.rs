@@ -474,6 +474,9 @@ pub(crate) fn subscribe(a: &Shared) -> Result<(), String> {
     if let Err(e) = api.enable_unload_callbacks(&s) {
         crate::log::info(&format!("unload callbacks off ({e}): names of kernels of unloaded code may be wrong"));
     }
+    if let Err(e) = api.enable_capture_callbacks(&s) {
+        crate::log::info(&format!("stream-capture callbacks off ({e}): a scope that only captures waits for the span grace"));
+    }
     *slot = Some(s);
     // CUPTI collects now: SIGTERM must not lose what it gathers.
     crate::signals::install_sigterm_handler();

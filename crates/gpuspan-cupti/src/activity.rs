@@ -98,6 +98,29 @@ pub fn is_unload_callback(domain: u32, cbid: u32) -> bool {
     domain == DOMAIN_DRIVER_API && DRIVER_UNLOAD_CBIDS.contains(&cbid)
 }
 
+/// Driver API callback ids of the calls that begin a stream capture (`cupti_driver_cbid.h`):
+/// cuStreamBeginCapture 495, _ptsz 496, _v2 539, _v2_ptsz 540, cuStreamBeginCaptureToGraph
+/// 720, _ptsz 721 (12.3+), cuStreamBeginCaptureToCig 783, _ptsz 814 (13.x). The runtime's
+/// `cudaStreamBeginCapture*` reach these. Ids a CUPTI does not know are skipped when enabling
+/// ([`ActivityApi::enable_capture_callbacks`]).
+pub const DRIVER_CAPTURE_BEGIN_CBIDS: [u32; 8] = [495, 496, 539, 540, 720, 721, 783, 814];
+
+/// Driver API callback ids of the calls that end a stream capture: cuStreamEndCapture 497,
+/// _ptsz 498, cuStreamEndCaptureToCig 815, _ptsz 816 (13.x).
+pub const DRIVER_CAPTURE_END_CBIDS: [u32; 4] = [497, 498, 815, 816];
+
+/// Whether `(domain, cbid)` begins a stream capture ([`DRIVER_CAPTURE_BEGIN_CBIDS`]).
+#[inline]
+pub fn is_capture_begin_callback(domain: u32, cbid: u32) -> bool {
+    domain == DOMAIN_DRIVER_API && DRIVER_CAPTURE_BEGIN_CBIDS.contains(&cbid)
+}
+
+/// Whether `(domain, cbid)` ends a stream capture ([`DRIVER_CAPTURE_END_CBIDS`]).
+#[inline]
+pub fn is_capture_end_callback(domain: u32, cbid: u32) -> bool {
+    domain == DOMAIN_DRIVER_API && DRIVER_CAPTURE_END_CBIDS.contains(&cbid)
+}
+
 /// Whether `(domain, cbid)` is a graph launch (`gpuspan_core::spans::DRIVER_GRAPH_LAUNCH_CBIDS`,
 /// `RUNTIME_GRAPH_LAUNCH_CBIDS`).
 #[inline]
@@ -251,6 +274,41 @@ impl ActivityApi {
     /// before their module goes. All or nothing.
     pub fn enable_unload_callbacks(&self, s: &Subscriber) -> Result<(), CuptiError> {
         self.enable_callbacks(s, &DRIVER_UNLOAD_CBIDS, &[])
+    }
+
+    /// Also enables the API callbacks of the calls that begin and end a stream capture
+    /// ([`DRIVER_CAPTURE_BEGIN_CBIDS`], [`DRIVER_CAPTURE_END_CBIDS`]), so launches into a
+    /// capture (graph nodes, no GPU record now) are told from launches that run. Each id is
+    /// enabled on its own and ids this CUPTI does not know are skipped; an error only when
+    /// not one begin and one end id could be enabled (then none stays enabled).
+    pub fn enable_capture_callbacks(&self, s: &Subscriber) -> Result<(), CuptiError> {
+        let mut begin = 0;
+        let mut end = 0;
+        let mut done = Vec::new();
+        let mut last = None;
+        for (cbid, is_begin) in DRIVER_CAPTURE_BEGIN_CBIDS.iter().map(|c| (*c, true)).chain(DRIVER_CAPTURE_END_CBIDS.iter().map(|c| (*c, false))) {
+            // SAFETY: `s` is a live subscriber handle from `subscribe_with`.
+            let code = unsafe { (self.syms.enable_callback)(1, s.0, DOMAIN_DRIVER_API, cbid) };
+            match check("cuptiEnableCallback", code) {
+                Ok(()) => {
+                    done.push(cbid);
+                    if is_begin {
+                        begin += 1;
+                    } else {
+                        end += 1;
+                    }
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        if begin > 0 && end > 0 {
+            return Ok(());
+        }
+        for c in done {
+            // SAFETY: as above; disabling what we enabled.
+            unsafe { (self.syms.enable_callback)(0, s.0, DOMAIN_DRIVER_API, c) };
+        }
+        Err(last.unwrap_or_else(|| CuptiError::Unsupported("no stream-capture callback id".into())))
     }
 
     /// Also enables the API callbacks of the allocation calls ([`DRIVER_ALLOC_CBIDS`],

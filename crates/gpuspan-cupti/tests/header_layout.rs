@@ -196,6 +196,42 @@ fn alloc_callback_ids_match_real_cupti_headers() {
     }
 }
 
+/// The stream-capture callback ids are the headers' in every release that has them: 12.0
+/// through 13.5 (`.venv/cupti-headers/<release>/cupti_driver_cbid.h`).
+#[test]
+fn capture_callback_ids_match_every_release_header() {
+    use gpuspan_cupti::activity::{DRIVER_CAPTURE_BEGIN_CBIDS, DRIVER_CAPTURE_END_CBIDS};
+    let Some(dir) = release_headers() else {
+        assert!(std::env::var_os("CI").is_none(), "CI must have the CUPTI headers (scripts/test.sh fetches them)");
+        eprintln!("skipping: release headers not fetched (run scripts/test.sh)");
+        return;
+    };
+    let begin = ["cuStreamBeginCapture", "cuStreamBeginCapture_ptsz", "cuStreamBeginCapture_v2", "cuStreamBeginCapture_v2_ptsz", "cuStreamBeginCaptureToGraph", "cuStreamBeginCaptureToGraph_ptsz", "cuStreamBeginCaptureToCig", "cuStreamBeginCaptureToCig_ptsz"];
+    let end = ["cuStreamEndCapture", "cuStreamEndCapture_ptsz", "cuStreamEndCaptureToCig", "cuStreamEndCaptureToCig_ptsz"];
+    let mut releases = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let h = entry.unwrap().path().join("cupti_driver_cbid.h");
+        let Ok(text) = std::fs::read_to_string(&h) else { continue };
+        releases += 1;
+        let value = |name: &str| -> Option<u32> {
+            let full = format!("CUPTI_DRIVER_TRACE_CBID_{name}");
+            text.lines()
+                .find(|l| l.split_whitespace().next() == Some(full.as_str()))
+                .map(|l| l.split('=').nth(1).unwrap().trim().trim_end_matches(',').parse().unwrap())
+        };
+        for (names, ids) in [(&begin[..], &DRIVER_CAPTURE_BEGIN_CBIDS[..]), (&end[..], &DRIVER_CAPTURE_END_CBIDS[..])] {
+            for (n, id) in names.iter().zip(ids) {
+                if let Some(v) = value(n) {
+                    assert_eq!(v, *id, "{n} in {}", h.display());
+                }
+            }
+            // The plain begin / end exist in every release.
+            assert_eq!(value(names[0]), Some(ids[0]), "{}", h.display());
+        }
+    }
+    assert!(releases >= 10, "{releases} release headers in {}", dir.display());
+}
+
 /// `.venv/cupti-headers/<release>/` as unpacked by `scripts/fetch-cupti-headers.sh`.
 fn release_headers() -> Option<PathBuf> {
     let venv = std::env::var_os("GPUSPAN_VENV")
