@@ -495,13 +495,27 @@ fn requests_that_never_end_give_their_events_back_after_the_scope_timeout() {
 /// their records are in, not after the 10 s span grace with the step counted as timed out.
 #[test]
 fn a_step_that_only_captures_is_finalized_without_waiting_for_the_grace() {
+    capture_only_step("around");
+}
+
+/// A step that begins and ends inside a stream capture, in fine mode: it was recorded into a
+/// graph, not run, so it gets no `dit.step` span and no step timing, only a count
+/// (`gpuspan.span_captured_scopes`), as coarse mode does.
+#[test]
+fn a_step_inside_a_capture_gets_no_span() {
+    capture_only_step("inside");
+}
+
+/// The `capture_only_step` worker in MODE (`around`: step 1 around the capture; `inside`:
+/// step 1 inside it), checked from its status while it waits and from its capture.
+fn capture_only_step(mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("capture_only_step");
     compile_c(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/workers/capture_only_step.c"), &exe, &[]);
     let sim = tempfile::tempdir().unwrap();
     gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let mut child = preload_agent(std::process::Command::new(&exe).arg("3"), sim.path(), "fine", out.path())
+    let mut child = preload_agent(std::process::Command::new(&exe).args(["3", mode]), sim.path(), "fine", out.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -525,10 +539,12 @@ fn a_step_that_only_captures_is_finalized_without_waiting_for_the_grace() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(spans["requests"], 1, "the request was finalized within 5 s ({finalized_after:?}): {spans}\n{stderr}");
-    assert_eq!(spans["steps"], 2, "{spans}");
+    let inside = mode == "inside";
+    assert_eq!(spans["steps"], if inside { 1 } else { 2 }, "a step recorded into a graph is no step span: {spans}");
     let t = gpuspan_export::read_trace(&capture_in(out.path())).expect("a capture");
     let summary = t.events.iter().find(|e| e.name == "gpuspan.summary").expect("summary");
     assert_eq!(summary.extra_args["gpuspan.span_units_timed_out"], 0, "no unit waited for the grace: {:?}", summary.extra_args);
+    assert_eq!(summary.extra_args["gpuspan.span_captured_scopes"], u64::from(inside), "{:?}", summary.extra_args);
     // Only the first step's kernels ran.
     assert_eq!(t.kernels().count(), 3);
 }

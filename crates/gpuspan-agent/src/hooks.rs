@@ -55,6 +55,8 @@ struct ThreadScopes {
     graph_launches: Cell<u64>,
     /// `graph_launches` when each open scope began.
     graph_base: [Cell<u64>; MAX_DEPTH],
+    /// Whether this thread had a stream capture open when each open scope began.
+    began_in_capture: [Cell<bool>; MAX_DEPTH],
     /// Runtime API calls in progress: a driver call inside one is the runtime's own
     /// and is not counted again.
     runtime_depth: Cell<u32>,
@@ -85,6 +87,7 @@ thread_local! {
             launches: Cell::new(0),
             graph_launches: Cell::new(0),
             graph_base: [const { Cell::new(0) }; MAX_DEPTH],
+            began_in_capture: [const { Cell::new(false) }; MAX_DEPTH],
             runtime_depth: Cell::new(0),
             capturing: Cell::new(0),
             captured_launches: Cell::new(0),
@@ -252,6 +255,7 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
         t.domains[depth].set(slot as u8);
         t.launch_base[depth].set(t.launches.get());
         t.graph_base[depth].set(t.graph_launches.get());
+        t.began_in_capture[depth].set(t.capturing.get() > 0);
         let pushed = a.fine_on.load(Ordering::SeqCst);
         t.pushed[depth].set(pushed);
         let ts_ns = begin_event(a, id, parent, thread_id(t), name, pushed);
@@ -315,11 +319,13 @@ pub fn range_end(slot: usize) -> i32 {
         let pushed = t.pushed[pos].get();
         let launch_base = t.launch_base[pos].get();
         let graph_base = t.graph_base[pos].get();
+        let began_in_capture = t.began_in_capture[pos].get();
         for i in pos..depth - 1 {
             t.ids[i].set(t.ids[i + 1].get());
             t.domains[i].set(t.domains[i + 1].get());
             t.launch_base[i].set(t.launch_base[i + 1].get());
             t.graph_base[i].set(t.graph_base[i + 1].get());
+            t.began_in_capture[i].set(t.began_in_capture[i + 1].get());
             t.pushed[i].set(t.pushed[i + 1].get());
         }
         t.depth.set(depth - 1);
@@ -335,6 +341,13 @@ pub fn range_end(slot: usize) -> i32 {
         let launches = (a.counting_launches.load(Ordering::Relaxed) && t.graph_launches.get() == graph_base)
             .then(|| (t.launches.get() - launch_base).min(u32::MAX as u64) as u32);
         let ts_ns = a.now_ns();
+        // Begun and ended inside a stream capture with nothing that ran: recorded into a
+        // graph (fine mode; coarse mode tells by the capture status of its streams).
+        if began_in_capture && t.capturing.get() > 0 && launches == Some(0) && a.coarse.is_none() {
+            if a.scope_queue.push(ScopeEvent::InCapture { id }).is_err() {
+                a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let ev = ScopeEvent::End { id, ts_ns, launches };
         if a.scope_queue.push(ev).is_err() {
             a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);

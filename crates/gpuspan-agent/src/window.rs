@@ -392,6 +392,8 @@ impl Window {
                     self.accepting = self.new_units() < n;
                 }
             }
+            // A unit recorded into a graph finishes by its end like any other.
+            ScopeEvent::InCapture { .. } => {}
             ScopeEvent::End { id, ts_ns, .. } => {
                 if !self.units.contains(id) {
                     return;

@@ -133,6 +133,8 @@ impl ScopeTable {
                 Some(s) => s.end_ns = Some(*ts_ns),
                 None => self.orphan_ends += 1,
             },
+            // Nothing to keep: the scope stays a CPU range in the capture.
+            ScopeEvent::InCapture { .. } => {}
         }
     }
 

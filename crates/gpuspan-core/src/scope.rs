@@ -94,6 +94,15 @@ pub enum ScopeEvent {
         /// assembler know when all of a step's GPU records are in.
         launches: Option<u32>,
     },
+    /// The scope (still open, its `End` follows) began and is ending while its thread had a
+    /// CUDA stream capture open, and it launched nothing that ran: its work was recorded into
+    /// a graph, not executed (fine mode; the agent's CUPTI capture callbacks tell). It gets no
+    /// span and no timing, only a count (`AssemblerStats::captured_scopes`), as coarse mode's
+    /// `TimingSource::Captured` scopes.
+    InCapture {
+        /// The scope's id.
+        id: ScopeId,
+    },
 }
 
 /// What a scope name means.

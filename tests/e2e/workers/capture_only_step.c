@@ -5,12 +5,16 @@
  * graph nodes and make no GPU record. The worker prints "ready" after the request and
  * sleeps until killed, so the test can watch the request's spans being finalized.
  *
- * Usage: capture_only_step KERNELS   (LD_PRELOAD=libgpuspan.so, the simulator on the library
- * path, GPUSPAN_MODE=fine)
+ * With MODE "inside", step 1 begins and ends inside the capture (a step recorded into a
+ * graph, not run) instead of around it.
+ *
+ * Usage: capture_only_step KERNELS [around|inside]   (LD_PRELOAD=libgpuspan.so, the simulator
+ * on the library path, GPUSPAN_MODE=fine)
  */
 #define _GNU_SOURCE
 #include "sim_driver.h"
 #include <stdint.h>
+#include <string.h>
 #include <unistd.h>
 
 typedef int (*request_begin_t)(const char *, const char *);
@@ -22,6 +26,7 @@ typedef int (*graph_destroy_t)(void *);
 
 int main(int argc, char **argv) {
     int kernels = argc > 1 ? atoi(argv[1]) : 3;
+    int inside = argc > 2 && strcmp(argv[2], "inside") == 0;
     struct sim_driver d = sim_driver_open();
     void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
     begin_capture_t begin_capture = (begin_capture_t)sim_sym(h, "cuStreamBeginCapture_v2");
@@ -39,11 +44,13 @@ int main(int argc, char **argv) {
     step_begin(0, 2);
     for (int i = 0; i < kernels; i++) sim_launch(&d, fn, stream, 40000);
     end();
-    step_begin(1, 2);
+    if (!inside) step_begin(1, 2);
     SIM_CHECK(begin_capture(stream, 0 /* CU_STREAM_CAPTURE_MODE_GLOBAL */));
+    if (inside) step_begin(1, 2);
     for (int i = 0; i < kernels; i++) sim_launch(&d, fn, stream, 40000);
+    if (inside) end();
     SIM_CHECK(end_capture(stream, &graph));
-    end();
+    if (!inside) end();
     end();
     SIM_CHECK(d.synchronize());
     SIM_CHECK(graph_destroy(graph));

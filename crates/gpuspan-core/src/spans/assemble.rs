@@ -149,8 +149,9 @@ pub struct AssemblerStats {
     /// Records and API calls that were never tied to a scope (no external correlation), and
     /// coarse intervals of scopes the table does not know.
     pub unattributed: u64,
-    /// Coarse scopes (stages, steps, requests) that ran inside a CUDA-graph capture
-    /// ([`TimingSource::Captured`]): counted, no span.
+    /// Scopes (stages, steps, requests) that ran inside a CUDA-graph capture: coarse mode's
+    /// [`TimingSource::Captured`] intervals and fine mode's [`ScopeEvent::InCapture`];
+    /// counted, no span.
     pub captured_scopes: u64,
 }
 
@@ -401,6 +402,13 @@ impl SpanAssembler {
                         }
                     }
                     _ => {}
+                }
+            }
+            ScopeEvent::InCapture { id } => {
+                // Recorded into a graph: finalized without span or timing (finalize_unit).
+                self.stats.captured_scopes += 1;
+                if let Some(u) = self.units.get_mut(id) {
+                    u.scope_time = Some((0, 0, TimingSource::Captured));
                 }
             }
             ScopeEvent::End { id, launches, .. } => {
