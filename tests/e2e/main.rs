@@ -26,6 +26,7 @@ mod otlp_outage;
 mod prometheus;
 mod python_api;
 mod replay;
+mod resource;
 mod steps_auto;
 mod streaming;
 mod triggers;

@@ -1,5 +1,11 @@
-//! NVML: the `gpu_*` gauges ([`start_sampler`]) and the device name / driver version of the
-//! OTel resource ([`device_info`]).
+//! NVML: the `gpu_*` gauges ([`start_sampler`]) and the worker's own device for the metric
+//! labels and the OTel resource ([`device_info`]).
+//!
+//! A worker samples only the GPUs it uses: those `CUDA_VISIBLE_DEVICES` makes visible to
+//! it ([`visible_devices`], the CUDA C Programming Guide's rules), all of the node's when it
+//! is unset. Its own device, CUDA device 0 (the one a single-GPU worker runs on), is the
+//! first of them: its NVML index is the `gpu_index` of every metric and the
+//! `gpu.device.index` of the resource.
 //!
 //! Through `nvml-wrapper`, which `dlopen`s [`NVML_LIB`] (the dynamic loader's search, so
 //! `LD_LIBRARY_PATH` decides between the real driver's library and the simulated H100's)
@@ -80,11 +86,11 @@ fn sample(nvml: &Nvml, index: u32) -> Option<GpuSample> {
     })
 }
 
-/// Samples every NVML device now and sets the `gpu_*` gauges of `metrics` (one
+/// Samples the NVML devices `indices` now and sets the `gpu_*` gauges of `metrics` (one
 /// [`Metrics::set_gpu_sample`] per device). Returns the number of devices sampled.
-fn sample_all(nvml: &Nvml, metrics: &Metrics) -> u32 {
+fn sample_all(nvml: &Nvml, metrics: &Metrics, indices: &[u32]) -> u32 {
     let mut n = 0;
-    for index in 0..nvml.device_count().unwrap_or(0) {
+    for &index in indices {
         if let Some(s) = sample(nvml, index) {
             metrics.set_gpu_sample(&s);
             n += 1;
@@ -93,15 +99,15 @@ fn sample_all(nvml: &Nvml, metrics: &Metrics) -> u32 {
     n
 }
 
-/// Starts the thread `gpuspan-nvml` that, every `period` (at least 10 ms), reads for every
-/// NVML device its utilization (`gpu` %), memory used / total (bytes,
+/// Starts the thread `gpuspan-nvml` that, every `period` (at least 10 ms), reads for each
+/// NVML device of `indices` (the worker's, [`DeviceInfo::sampled`]) its utilization (`gpu` %), memory used / total (bytes,
 /// `nvmlDeviceGetMemoryInfo_v2`), GPU temperature (°C), power (mW → W) and SM clock (MHz),
 /// and hands them to [`Metrics::set_gpu_sample`]. The first sample is taken before this
 /// returns. The thread runs until [`Sampler::stop_until`].
 ///
 /// Returns `None`, after one warning saying why and that the `gpu_*` gauges are absent,
 /// when NVML cannot be loaded or initialized (or the thread cannot be spawned).
-pub fn start_sampler(metrics: Arc<Metrics>, period: Duration) -> Option<Sampler> {
+pub fn start_sampler(metrics: Arc<Metrics>, period: Duration, indices: Vec<u32>) -> Option<Sampler> {
     let nvml = match open() {
         Ok(n) => n,
         Err(why) => {
@@ -113,7 +119,7 @@ pub fn start_sampler(metrics: Arc<Metrics>, period: Duration) -> Option<Sampler>
     };
     let period = period.max(MIN_PERIOD);
     // First sample here, so the gauges exist as soon as the caller goes on.
-    if catch_unwind(AssertUnwindSafe(|| sample_all(&nvml, &metrics))).is_err() {
+    if catch_unwind(AssertUnwindSafe(|| sample_all(&nvml, &metrics, &indices))).is_err() {
         crate::log::warn("NVML sampling panicked; the gpu_* metrics are absent");
         return None;
     }
@@ -130,7 +136,7 @@ pub fn start_sampler(metrics: Arc<Metrics>, period: Duration) -> Option<Sampler>
                 if flag.load(Ordering::Acquire) {
                     break;
                 }
-                sample_all(&nvml, &metrics);
+                sample_all(&nvml, &metrics, &indices);
             });
             if catch_unwind(run).is_err() {
                 crate::log::warn("NVML sampling panicked; the gpu_* metrics stop updating");
@@ -147,17 +153,110 @@ pub fn start_sampler(metrics: Arc<Metrics>, period: Duration) -> Option<Sampler>
     }
 }
 
-/// Name (`nvmlDeviceGetName`, e.g. `NVIDIA H100 80GB HBM3`) of NVML device 0 and the driver
-/// version (`nvmlSystemGetDriverVersion`, e.g. `575.57.08`), for the resource attributes
-/// `gpu.device.name` / `gpu.driver.version`. `None`, silently, when NVML is unavailable or
-/// either query fails. Loads, initializes and shuts NVML down again on every call.
-pub fn device_info() -> Option<(String, String)> {
+/// The worker's GPUs as NVML sees them ([`device_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// `nvmlDeviceGetName` of the own device, e.g. `NVIDIA H100 80GB HBM3` (`gpu_type`).
+    pub name: String,
+    /// `nvmlSystemGetDriverVersion`, e.g. `575.57.08`.
+    pub driver: String,
+    /// NVML index of the own device (CUDA device 0): the metrics' `gpu_index`.
+    pub index: u32,
+    /// `nvmlDeviceGetUUID` of the own device (`GPU-…`).
+    pub uuid: String,
+    /// The MIG instance `CUDA_VISIBLE_DEVICES` names first (`MIG-…`), when it names one.
+    pub mig: Option<String>,
+    /// NVML indices of the devices the worker uses (sampled for the `gpu_*` gauges).
+    pub sampled: Vec<u32>,
+}
+
+/// What `CUDA_VISIBLE_DEVICES` (`spec`; `None` when unset) makes visible on a node whose
+/// NVML devices have `uuids` (by NVML index): the NVML indices in CUDA device order, and
+/// the first entry's MIG instance name when it is one. CUDA's rules (CUDA C Programming
+/// Guide, "CUDA Environment Variables"): a comma-separated list of device indices or
+/// UUIDs (`GPU-…` or `MIG-…`, a unique prefix is enough); an entry that names no device
+/// hides it and every later one; an empty value hides them all; unset shows all. NVML
+/// indices are assumed to follow CUDA's enumeration order (`CUDA_DEVICE_ORDER=PCI_BUS_ID`,
+/// what NVML uses; the default FASTEST_FIRST only differs on mixed-GPU nodes). A MIG entry
+/// ends the list here: its parent GPU is not resolved, and NVML reports utilization per
+/// GPU, not per MIG instance.
+pub fn visible_devices(spec: Option<&str>, uuids: &[String]) -> (Vec<u32>, Option<String>) {
+    let Some(spec) = spec else { return ((0..uuids.len() as u32).collect(), None) };
+    let mut out = Vec::new();
+    for (n, entry) in spec.split(',').map(str::trim).enumerate() {
+        if entry.starts_with("MIG-") {
+            return (out, (n == 0).then(|| entry.to_string()));
+        }
+        let index = if let Ok(i) = entry.parse::<u32>() {
+            Some(i).filter(|i| (*i as usize) < uuids.len())
+        } else if entry.starts_with("GPU-") && entry.len() > 4 {
+            let mut hits = uuids.iter().enumerate().filter(|(_, u)| u.starts_with(entry));
+            match (hits.next(), hits.next()) {
+                (Some((i, _)), None) => Some(i as u32),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        match index {
+            Some(i) if out.contains(&i) => {}
+            Some(i) => out.push(i),
+            None => break,
+        }
+    }
+    (out, None)
+}
+
+/// The worker's GPUs ([`DeviceInfo`]) from NVML and `CUDA_VISIBLE_DEVICES`. `None`,
+/// silently, when NVML is unavailable, a query fails, or no device is visible. Loads,
+/// initializes and shuts NVML down again.
+pub fn device_info() -> Option<DeviceInfo> {
+    let spec = std::env::var("CUDA_VISIBLE_DEVICES").ok();
     catch_unwind(|| {
         let nvml = open().ok()?;
-        let name = nvml.device_by_index(0).ok()?.name().ok()?;
-        let driver = nvml.sys_driver_version().ok()?;
-        Some((name, driver))
+        let count = nvml.device_count().ok()?;
+        let uuids: Vec<String> =
+            (0..count).map(|i| nvml.device_by_index(i).and_then(|d| d.uuid()).unwrap_or_default()).collect();
+        let (sampled, mig) = visible_devices(spec.as_deref(), &uuids);
+        // A MIG instance first: its parent is not known, so the node's device 0 names it.
+        let index = sampled.first().copied().or(mig.as_ref().map(|_| 0))?;
+        let dev = nvml.device_by_index(index).ok()?;
+        Some(DeviceInfo {
+            name: dev.name().ok()?,
+            driver: nvml.sys_driver_version().ok()?,
+            index,
+            uuid: uuids.get(index as usize).cloned().unwrap_or_default(),
+            mig,
+            sampled,
+        })
     })
     .ok()
     .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::visible_devices;
+
+    fn node(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("GPU-5e1a0c3d-7b2f-4c8e-9a10-5151a1a5d1{i:02x}")).collect()
+    }
+
+    #[test]
+    fn visible_devices_follow_cudas_rules() {
+        let u = node(8);
+        assert_eq!(visible_devices(None, &u), ((0..8).collect(), None), "unset: all");
+        assert_eq!(visible_devices(Some(""), &u), (vec![], None), "empty: none");
+        assert_eq!(visible_devices(Some("3"), &u), (vec![3], None));
+        assert_eq!(visible_devices(Some("6, 2,5"), &u), (vec![6, 2, 5], None), "CUDA order, spaces allowed");
+        assert_eq!(visible_devices(Some("1,9,2"), &u), (vec![1], None), "an invalid entry hides the rest");
+        assert_eq!(visible_devices(Some("1,1,4"), &u), (vec![1, 4], None), "a repeated device counts once");
+        assert_eq!(visible_devices(Some(&u[4].clone()), &u), (vec![4], None), "a full UUID");
+        assert_eq!(visible_devices(Some("GPU-5e1a0c3d-7b2f-4c8e-9a10-5151a1a5d107,0"), &u), (vec![7, 0], None));
+        assert_eq!(visible_devices(Some("GPU-5e1a"), &u), (vec![], None), "an ambiguous prefix names no device");
+        assert_eq!(visible_devices(Some("GPU-"), &u), (vec![], None));
+        assert_eq!(visible_devices(Some("MIG-a1b2"), &u), (vec![], Some("MIG-a1b2".into())));
+        assert_eq!(visible_devices(Some("2,MIG-a1b2"), &u), (vec![2], None));
+        assert_eq!(visible_devices(Some("nvidia0"), &u), (vec![], None));
+    }
 }

@@ -39,14 +39,53 @@ impl std::fmt::Debug for Telemetry {
     }
 }
 
+/// Kubernetes resource attributes (OpenTelemetry semantic conventions, `k8s.*` resource
+/// attributes) and the environment variables they are read from, which a pod spec fills with
+/// the downward API (`fieldRef: metadata.name`, `metadata.namespace`, `spec.nodeName`), the
+/// names the OpenTelemetry documentation's Kubernetes examples use.
+pub const K8S_ENV_ATTRIBUTES: [(&str, &str); 3] =
+    [("K8S_POD_NAME", "k8s.pod.name"), ("K8S_NAMESPACE_NAME", "k8s.namespace.name"), ("K8S_NODE_NAME", "k8s.node.name")];
+
+/// The OTel resource attributes gpuspan adds (the SDK adds `service.name`, `telemetry.sdk.*`
+/// and those of `OTEL_RESOURCE_ATTRIBUTES` / `OTEL_SERVICE_NAME` itself):
+/// `service.instance.id` (the worker id, `GPUSPAN_WORKER_ID`), `host.name`, `process.pid`,
+/// the [`K8S_ENV_ATTRIBUTES`] that `get` finds non-empty, and for the worker's own GPU
+/// `gpu.device.name`, `gpu.device.index` (NVML index), `gpu.device.uuid`,
+/// `gpu.device.mig.uuid` (when `CUDA_VISIBLE_DEVICES` names a MIG instance) and
+/// `gpu.driver.version`. The `gpu.*` names are gpuspan's: the conventions define none for a
+/// process's GPU.
+pub fn resource_attributes(config: &Config, device: Option<&crate::nvml::DeviceInfo>, get: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    let mut out = vec![
+        ("service.instance.id".to_string(), config.worker_id.clone()),
+        ("host.name".to_string(), crate::config::host_name()),
+        ("process.pid".to_string(), std::process::id().to_string()),
+    ];
+    for (var, key) in K8S_ENV_ATTRIBUTES {
+        if let Some(v) = get(var).map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) {
+            out.push((key.to_string(), v));
+        }
+    }
+    if let Some(d) = device {
+        out.push(("gpu.device.name".into(), d.name.clone()));
+        out.push(("gpu.device.index".into(), d.index.to_string()));
+        out.push(("gpu.device.uuid".into(), d.uuid.clone()));
+        if let Some(m) = &d.mig {
+            out.push(("gpu.device.mig.uuid".into(), m.clone()));
+        }
+        out.push(("gpu.driver.version".into(), d.driver.clone()));
+    }
+    out
+}
+
 impl Telemetry {
     /// Starts what the configuration asks for. Problems (a bad endpoint, a port in use,
     /// no NVML) are one warning each; the rest still starts.
     pub fn start(config: &Config) -> Telemetry {
         let device = crate::nvml::device_info();
-        let gpu_type = device.as_ref().map(|d| d.0.clone()).unwrap_or_else(|| "unknown".into());
+        let gpu_type = device.as_ref().map(|d| d.name.clone()).unwrap_or_else(|| "unknown".into());
+        let gpu_index = device.as_ref().map_or(0, |d| d.index);
         let metrics = Metrics::with_max_models(
-            MetricsLabels { worker_id: config.worker_id.clone(), gpu_index: 0, gpu_type: gpu_type.clone() },
+            MetricsLabels { worker_id: config.worker_id.clone(), gpu_index, gpu_type: gpu_type.clone() },
             config.max_models,
         );
         let (otlp, warnings) = OtlpSettings::from_env();
@@ -54,17 +93,13 @@ impl Telemetry {
             crate::log::warn(&w);
         }
         let otlp = otlp.map(|mut s| {
-            s.resource_attributes.push(("host.name".into(), crate::config::host_name()));
-            if let Some((name, driver)) = &device {
-                s.resource_attributes.push(("gpu.device.name".into(), name.clone()));
-                s.resource_attributes.push(("gpu.driver.version".into(), driver.clone()));
-            }
+            s.resource_attributes.extend(resource_attributes(config, device.as_ref(), |k| std::env::var(k).ok()));
             s
         });
         let otlp_metrics = otlp.as_ref().and_then(|s| {
             let base = vec![
                 opentelemetry::KeyValue::new("worker_id", config.worker_id.clone()),
-                opentelemetry::KeyValue::new("gpu_index", 0i64),
+                opentelemetry::KeyValue::new("gpu_index", i64::from(gpu_index)),
                 opentelemetry::KeyValue::new("gpu_type", gpu_type.clone()),
             ];
             match OtlpMetrics::start(s, base) {
@@ -109,7 +144,8 @@ impl Telemetry {
             }
         });
         let sampler = if server.is_some() || spans.is_some() {
-            crate::nvml::start_sampler(metrics.clone(), NVML_PERIOD)
+            let indices = device.as_ref().map(|d| d.sampled.clone()).unwrap_or_default();
+            crate::nvml::start_sampler(metrics.clone(), NVML_PERIOD, indices)
         } else {
             None
         };

@@ -108,11 +108,10 @@ fn child_sim() {
     // object for libcuda and libnvidia-ml) is unloaded whenever nvml-wrapper drops its
     // handle, and reloaded with a fresh state.
     let driver = exec::open_driver().expect("the sim as libcuda.so.1");
-    assert_eq!(
-        device_info(),
-        Some((device::NAME.to_string(), device::DRIVER_VERSION.to_string())),
-        "device_info reads the sim's NVML"
-    );
+    let info = device_info().expect("device_info reads the sim's NVML");
+    assert_eq!((info.name.as_str(), info.driver.as_str()), (device::NAME, device::DRIVER_VERSION));
+    assert_eq!((info.index, info.uuid.as_str(), info.mig.as_deref()), (0, device::UUID, None));
+    assert_eq!(info.sampled, vec![0], "one device on the node, visible");
     let run = |w: &Workload| exec::execute(&driver, w).expect("workload on the sim");
     let summary = run(&busy_workload());
     assert_eq!(summary.kernels, 1);
@@ -121,7 +120,7 @@ fn child_sim() {
         "the sim's virtual clock keeps NVML readings stable"
     );
     let m = metrics();
-    let h = start_sampler(m.clone(), Duration::from_millis(20)).expect("sampler starts");
+    let h = start_sampler(m.clone(), Duration::from_millis(20), info.sampled.clone()).expect("sampler starts");
     let text = m.encode_prometheus_text();
     for l in text.lines().filter(|l| l.starts_with("gpu_")) {
         println!("{l}");
@@ -182,7 +181,7 @@ fn child_sim() {
 fn child_no_nvml() {
     assert_eq!(device_info(), None);
     let m = metrics();
-    assert!(start_sampler(m.clone(), Duration::from_millis(20)).is_none());
+    assert!(start_sampler(m.clone(), Duration::from_millis(20), vec![0]).is_none());
     std::thread::sleep(Duration::from_millis(100));
     for text in [m.encode_prometheus_text(), m.encode_openmetrics()] {
         assert!(
@@ -193,6 +192,54 @@ fn child_no_nvml() {
         );
         assert!(text.contains("gpuspan_capture_active"), "{text}");
     }
+}
+
+/// Values of `name` by `gpu_index` in Prometheus text.
+fn by_index(text: &str, name: &str) -> std::collections::BTreeMap<u32, f64> {
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(|l| {
+            let i = l.split("gpu_index=\"").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
+            (i, l.rsplit(' ').next().unwrap().parse().unwrap())
+        })
+        .collect()
+}
+
+/// An 8-GPU node (`GPUSPAN_SIM_NVML_DEVICES=8`) where `CUDA_VISIBLE_DEVICES=5,2`: the worker's
+/// own device is NVML index 5 (its CUDA device 0), it samples 5 and 2 only, and its work
+/// shows on 5.
+fn child_visible() {
+    let driver = exec::open_driver().expect("the sim as libcuda.so.1");
+    let info = device_info().expect("device info");
+    assert_eq!(info.index, 5);
+    assert_eq!(info.uuid, device::uuid(5));
+    assert_eq!(info.sampled, vec![5, 2]);
+    exec::execute(&driver, &busy_workload()).expect("workload on the sim");
+    let m = metrics();
+    let h = start_sampler(m.clone(), Duration::from_millis(20), info.sampled.clone()).expect("sampler starts");
+    let text = m.encode_prometheus_text();
+    let util = by_index(&text, "gpu_utilization_percent");
+    assert_eq!(util.keys().copied().collect::<Vec<_>>(), vec![2, 5], "only the visible GPUs:\n{text}");
+    assert!(util[&5] >= 99.0, "the worker's own GPU is busy:\n{text}");
+    assert_eq!(util[&2], 0.0, "another visible GPU is idle:\n{text}");
+    assert_eq!(by_index(&text, "gpu_temperature_celsius")[&2], f64::from(device::IDLE_TEMP_C));
+    assert!(h.stop_until(Instant::now() + Duration::from_secs(2)));
+}
+
+#[test]
+fn a_worker_samples_only_its_visible_gpus() {
+    if let Some(mode) = child_mode() {
+        child_visible();
+        return finish_child(&mode);
+    }
+    let dir = sim_dir();
+    rerun(
+        "a_worker_samples_only_its_visible_gpus",
+        "visible",
+        dir.path(),
+        &[("GPUSPAN_SIM_NVML_DEVICES", "8"), ("CUDA_VISIBLE_DEVICES", "5,2")],
+    );
 }
 
 fn finish_child(mode: &str) {

@@ -22,7 +22,7 @@ pub mod ret {
     pub const UNKNOWN: u32 = 999;
 }
 
-/// Opaque `nvmlDevice_t` of the one device.
+/// Opaque `nvmlDevice_t` of NVML device 0; device `i`'s is this + `i` × 0x10.
 const DEVICE_HANDLE: usize = 0x4e7d_0000_0010;
 /// NVML utilization sample period (the longest of the documented 1/6–1 s).
 const SAMPLE_PERIOD_NS: u64 = 1_000_000_000;
@@ -52,18 +52,30 @@ pub struct NvmlMemoryV2 {
     pub used: u64,
 }
 
-/// Runs `f` with the state if NVML is initialized and `dev` is our handle.
-fn with_device(dev: *mut c_void, f: impl FnOnce(&mut State) -> u32) -> u32 {
+/// The NVML index of handle `dev`, if it is one of the node's.
+fn index_of(st: &State, dev: *mut c_void) -> Option<u32> {
+    let off = (dev as usize).checked_sub(DEVICE_HANDLE)?;
+    let i = u32::try_from(off / 0x10).ok()?;
+    (off % 0x10 == 0 && i < st.cfg.nvml_devices).then_some(i)
+}
+
+/// Runs `f` with the state and the device's NVML index if NVML is initialized and `dev` is
+/// one of the node's handles.
+fn with_any_device(dev: *mut c_void, f: impl FnOnce(&mut State, u32) -> u32) -> u32 {
     guard(|| {
         let mut st = sim().lock();
         if st.nvml_refs == 0 {
             return ret::UNINITIALIZED;
         }
-        if dev as usize != DEVICE_HANDLE {
-            return ret::INVALID_ARGUMENT;
-        }
-        f(&mut st)
+        let Some(i) = index_of(&st, dev) else { return ret::INVALID_ARGUMENT };
+        f(&mut st, i)
     })
+}
+
+/// Another device of the node (not this process's): idle. Returns `Some(reading)` for it,
+/// `None` for the own device (its reading comes from the timeline).
+fn idle_reading<T>(st: &State, i: u32, idle: T) -> Option<T> {
+    (i != st.cfg.own_nvml_index).then_some(idle)
 }
 
 fn put_str(buf: *mut c_char, len: c_uint, s: &str) -> u32 {
@@ -132,7 +144,7 @@ pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> u32 {
         if sim().lock().nvml_refs == 0 {
             ret::UNINITIALIZED
         } else {
-            put(count, 1)
+            put(count, sim().lock().cfg.nvml_devices)
         }
     })
 }
@@ -143,13 +155,14 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
     dev: *mut *mut c_void,
 ) -> u32 {
     guard(|| {
-        if sim().lock().nvml_refs == 0 {
+        let st = sim().lock();
+        if st.nvml_refs == 0 {
             return ret::UNINITIALIZED;
         }
-        if index != 0 {
+        if index >= st.cfg.nvml_devices {
             return ret::INVALID_ARGUMENT;
         }
-        put(dev, DEVICE_HANDLE as *mut c_void)
+        put(dev, (DEVICE_HANDLE + index as usize * 0x10) as *mut c_void)
     })
 }
 
@@ -159,7 +172,7 @@ pub unsafe extern "C" fn nvmlDeviceGetName(
     name: *mut c_char,
     len: c_uint,
 ) -> u32 {
-    with_device(dev, |_| put_str(name, len, device::NAME))
+    with_any_device(dev, |_, _| put_str(name, len, device::NAME))
 }
 
 #[no_mangle]
@@ -168,7 +181,13 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(
     uuid: *mut c_char,
     len: c_uint,
 ) -> u32 {
-    with_device(dev, |_| put_str(uuid, len, device::UUID))
+    with_any_device(dev, |_, i| put_str(uuid, len, &device::uuid(i)))
+}
+
+/// `nvmlDeviceGetIndex`: the device's NVML index.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetIndex(dev: *mut c_void, index: *mut c_uint) -> u32 {
+    with_any_device(dev, |_, i| put(index, i))
 }
 
 /// GPU % = share of the last 1 s (host clock) with ≥ 1 kernel running; memory % = share
@@ -178,8 +197,8 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     dev: *mut c_void,
     util: *mut NvmlUtilization,
 ) -> u32 {
-    with_device(dev, |st| {
-        let (gpu, mem) = utilization(st);
+    with_any_device(dev, |st, i| {
+        let (gpu, mem) = idle_reading(st, i, (0, 0)).unwrap_or_else(|| utilization(st));
         put(util, NvmlUtilization { gpu, memory: mem })
     })
 }
@@ -196,8 +215,11 @@ fn utilization(st: &mut State) -> (u32, u32) {
     (gpu, mem)
 }
 
-fn memory_numbers(st: &State) -> (u64, u64, u64) {
-    let used = device::RESERVED_MEM_BYTES + st.allocated_bytes;
+/// (total, free, used) bytes of device `i`: the own device holds this process's
+/// allocations, the others only the driver's reserve.
+fn memory_numbers(st: &State, i: u32) -> (u64, u64, u64) {
+    let mine = if i == st.cfg.own_nvml_index { st.allocated_bytes } else { 0 };
+    let used = device::RESERVED_MEM_BYTES + mine;
     (
         device::TOTAL_MEM_BYTES,
         device::TOTAL_MEM_BYTES - used,
@@ -207,8 +229,8 @@ fn memory_numbers(st: &State) -> (u64, u64, u64) {
 
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(dev: *mut c_void, mem: *mut NvmlMemory) -> u32 {
-    with_device(dev, |st| {
-        let (total, free, used) = memory_numbers(st);
+    with_any_device(dev, |st, i| {
+        let (total, free, used) = memory_numbers(st, i);
         put(mem, NvmlMemory { total, free, used })
     })
 }
@@ -219,7 +241,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     dev: *mut c_void,
     mem: *mut NvmlMemoryV2,
 ) -> u32 {
-    with_device(dev, |st| {
+    with_any_device(dev, |st, i| {
         if mem.is_null() {
             return ret::INVALID_ARGUMENT;
         }
@@ -228,7 +250,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
         if version >> 24 != 2 {
             return ret::ARGUMENT_VERSION_MISMATCH;
         }
-        let (total, free, used) = memory_numbers(st);
+        let (total, free, used) = memory_numbers(st, i);
         let reserved = device::RESERVED_MEM_BYTES;
         put(
             mem,
@@ -250,11 +272,11 @@ pub unsafe extern "C" fn nvmlDeviceGetTemperature(
     sensor: c_uint,
     temp: *mut c_uint,
 ) -> u32 {
-    with_device(dev, |st| {
+    with_any_device(dev, |st, i| {
         if sensor != 0 {
             return ret::INVALID_ARGUMENT;
         }
-        let (gpu, _) = utilization(st);
+        let (gpu, _) = idle_reading(st, i, (0, 0)).unwrap_or_else(|| utilization(st));
         put(
             temp,
             device::IDLE_TEMP_C + (device::BUSY_TEMP_C - device::IDLE_TEMP_C) * gpu / 100,
@@ -265,8 +287,8 @@ pub unsafe extern "C" fn nvmlDeviceGetTemperature(
 /// mW, linear between idle and busy power in the GPU utilization.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(dev: *mut c_void, mw: *mut c_uint) -> u32 {
-    with_device(dev, |st| {
-        let (gpu, _) = utilization(st);
+    with_any_device(dev, |st, i| {
+        let (gpu, _) = idle_reading(st, i, (0, 0)).unwrap_or_else(|| utilization(st));
         put(
             mw,
             device::IDLE_POWER_MW + (device::BUSY_POWER_MW - device::IDLE_POWER_MW) / 100 * gpu,
@@ -281,7 +303,7 @@ pub unsafe extern "C" fn nvmlDeviceGetClockInfo(
     clock_type: c_uint,
     mhz: *mut c_uint,
 ) -> u32 {
-    with_device(dev, |_| match clock_type {
+    with_any_device(dev, |_, _| match clock_type {
         0 | 1 => put(mhz, device::SM_CLOCK_MHZ),
         2 => put(mhz, device::MEM_CLOCK_MHZ),
         3 => put(mhz, 1755),

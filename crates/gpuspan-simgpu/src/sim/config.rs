@@ -90,6 +90,13 @@ pub struct Config {
     /// `GPUSPAN_SIM_SPEED` × 1000 (an integer so the configuration stays `Eq`); 1000 is
     /// wall-time speed.
     pub speed_milli: u64,
+    /// `GPUSPAN_SIM_NVML_DEVICES`: how many H100s NVML reports on the node (1 … 8,
+    /// default 1). Only the process's own device (see `own_nvml_index`) does its work.
+    pub nvml_devices: u32,
+    /// The NVML index of the device this process runs on: its CUDA device 0, which
+    /// `CUDA_VISIBLE_DEVICES` names (first entry: an index, or a `GPU-` UUID prefix of a
+    /// simulated device); 0 when unset or not one of the node's devices.
+    pub own_nvml_index: u32,
 }
 
 impl Default for Config {
@@ -101,6 +108,8 @@ impl Default for Config {
             drop_every: 10,
             bad_cupti_version: false,
             speed_milli: 1000,
+            nvml_devices: 1,
+            own_nvml_index: 0,
         }
     }
 }
@@ -152,6 +161,19 @@ impl Config {
             match v.trim().parse::<f64>() {
                 Ok(f) if f.is_finite() && (0.001..=1_000_000.0).contains(&f) => cfg.speed_milli = (f * 1000.0).round() as u64,
                 _ => warn("GPUSPAN_SIM_SPEED", &v, "1"),
+            }
+        }
+        if let Some(v) = get("GPUSPAN_SIM_NVML_DEVICES") {
+            match v.trim().parse::<u32>() {
+                Ok(n) if (1..=super::device::MAX_NODE_DEVICES).contains(&n) => cfg.nvml_devices = n,
+                _ => warn("GPUSPAN_SIM_NVML_DEVICES", &v, "1"),
+            }
+        }
+        if let Some(first) = get("CUDA_VISIBLE_DEVICES").and_then(|v| v.split(',').next().map(|s| s.trim().to_string())) {
+            let by_index = first.parse::<u32>().ok();
+            let by_uuid = (0..cfg.nvml_devices).find(|i| first.len() >= 5 && super::device::uuid(*i).starts_with(first.as_str()));
+            if let Some(i) = by_index.or(by_uuid).filter(|i| *i < cfg.nvml_devices) {
+                cfg.own_nvml_index = i;
             }
         }
         if let Some(v) = get("GPUSPAN_SIM_DROP_EVERY") {

@@ -7,8 +7,15 @@ use cudarc::driver::sys::CUdevice_attribute as A;
 
 /// `cuDeviceGetName` / `nvmlDeviceGetName`.
 pub const NAME: &str = "NVIDIA H100 80GB HBM3";
-/// `nvmlDeviceGetUUID`.
+/// `nvmlDeviceGetUUID` of NVML device 0 (device `i`'s ends in `i` as two hex digits: [`uuid`]).
 pub const UUID: &str = "GPU-5e1a0c3d-7b2f-4c8e-9a10-5151a1a5d100";
+/// Most H100s on a simulated node (an HGX H100 board has 8).
+pub const MAX_NODE_DEVICES: u32 = 8;
+
+/// `nvmlDeviceGetUUID` of NVML device `index` of the node ([`UUID`] for 0).
+pub fn uuid(index: u32) -> String {
+    format!("{}{index:02x}", &UUID[..UUID.len() - 2])
+}
 /// `nvmlSystemGetDriverVersion`: an R575 driver (CUDA 12.9).
 pub const DRIVER_VERSION: &str = "575.57.08";
 /// `cuDriverGetVersion`.
