@@ -44,6 +44,10 @@ if ! .venv/bin/python -c 'import hta.trace_analysis' 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check \
     pandas==3.1.1 numpy==2.4.6 plotly==7.1.0 networkx==3.6.1 PyYAML==6.0.3 psutil==7.2.2
 fi
+# jsonschema: the JSON log lines are validated against docs/log-schema.json (tests/e2e/logs.rs).
+if ! .venv/bin/python -c 'import jsonschema' 2>/dev/null; then
+  .venv/bin/pip install --quiet --disable-pip-version-check jsonschema==4.25.1
+fi
 # NVRTC (build.rs compiles kernels/*.cu to sm_90 PTX with it) and ptxas (tests/kernels_ptxas.rs).
 if ! .venv/bin/python -c 'import importlib.metadata as m; [m.version(p) for p in ("nvidia-cuda-nvrtc-cu12","nvidia-cuda-nvcc-cu12")]' 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-nvcc-cu12==12.9.86

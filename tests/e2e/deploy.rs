@@ -7,7 +7,10 @@
 //!   that scrapes a simulated worker with `recording-rules.yml` and `alerts.yml` loaded,
 //!   every panel the simulator can feed gets data, every recording rule records series,
 //!   the template variables find the worker and its model, and the latency histograms carry
-//!   `trace_id` exemplars for the Tempo link.
+//!   `trace_id` exemplars for the Tempo link;
+//! - `deploy/otel-collector.yaml` (issue 15, item 6), read with PyYAML from the test venv:
+//!   every pipeline names only components the file defines, the OTLP receiver listens on
+//!   4317 and 4318, and there are traces, metrics and logs pipelines.
 
 use crate::util::*;
 use serde_json::Value;
@@ -489,4 +492,134 @@ fn dashboards_queries_evaluate_against_prometheus_scraping_a_simulated_worker() 
     }
     drop(worker);
     eprintln!("{} dashboard queries and {} recording rules checked in {:?}", queries.len(), recorded.len(), t0.elapsed());
+}
+
+/// `deploy/otel-collector.yaml` parsed to JSON by PyYAML (`yaml.safe_load`) in the test
+/// venv (`GPUSPAN_VENV`, default `.venv`; `scripts/test.sh` pins PyYAML there). `None`,
+/// with a note, when that Python or PyYAML is missing outside CI; a failure under CI.
+fn yaml_as_json(path: &Path) -> Option<Value> {
+    let venv = std::env::var_os("GPUSPAN_VENV").map(PathBuf::from).unwrap_or_else(|| repo().join(".venv"));
+    let python = venv.join("bin/python");
+    let loaded = python.exists().then(|| {
+        output(Command::new(&python).arg("-c").arg("import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)").arg(path))
+    });
+    match loaded {
+        Some(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout).expect("PyYAML's JSON")),
+        other => {
+            let why = other.map_or_else(|| format!("{} not found", python.display()), |o| report(&o));
+            assert!(std::env::var_os("CI").is_none(), "reading {} with PyYAML failed (scripts/test.sh installs it): {why}", path.display());
+            eprintln!("skipping: {why}");
+            None
+        }
+    }
+}
+
+/// What is wrong with a Collector configuration (empty when nothing is): a pipeline naming
+/// a receiver, processor or exporter the file does not define, a pipeline without receivers
+/// or exporters, no `traces` / `metrics` / `logs` pipeline (a pipeline id is `TYPE` or
+/// `TYPE/NAME`), no OTLP receiver on ports 4317 (gRPC) and 4318 (HTTP) in every pipeline,
+/// and `memory_limiter` not first or `batch` not last where a pipeline has processors.
+fn collector_config_problems(c: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let defined = |kind: &str| -> BTreeSet<String> {
+        c.get(kind).and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    };
+    let ids = |p: &Value, kind: &str| -> Vec<String> {
+        p.get(kind).and_then(Value::as_array).map(|a| a.iter().map(|v| v.as_str().unwrap_or("?").to_string()).collect()).unwrap_or_default()
+    };
+    // OTLP receivers listening on both standard ports.
+    let port = |r: &Value, proto: &str| -> Option<String> {
+        r.pointer(&format!("/protocols/{proto}/endpoint")).and_then(Value::as_str).and_then(|e| e.rsplit(':').next()).map(str::to_string)
+    };
+    let otlp_receivers: BTreeSet<String> = c
+        .get("receivers")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(id, r)| {
+            (id.as_str() == "otlp" || id.starts_with("otlp/")) && port(r, "grpc").as_deref() == Some("4317") && port(r, "http").as_deref() == Some("4318")
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    if otlp_receivers.is_empty() {
+        problems.push("no otlp receiver with protocols.grpc.endpoint on :4317 and protocols.http.endpoint on :4318".into());
+    }
+    let Some(pipelines) = c.pointer("/service/pipelines").and_then(Value::as_object) else {
+        problems.push("no service.pipelines".into());
+        return problems;
+    };
+    let mut types = BTreeSet::new();
+    for (id, p) in pipelines {
+        types.insert(id.split('/').next().unwrap_or_default().to_string());
+        for kind in ["receivers", "processors", "exporters"] {
+            let known = defined(kind);
+            let named = ids(p, kind);
+            if named.is_empty() && kind != "processors" {
+                problems.push(format!("pipeline {id} has no {kind}"));
+            }
+            for n in named {
+                if !known.contains(&n) {
+                    problems.push(format!("pipeline {id} names {kind} {n}, which the file does not define"));
+                }
+            }
+        }
+        if !ids(p, "receivers").iter().any(|r| otlp_receivers.contains(r)) {
+            problems.push(format!("pipeline {id} does not receive OTLP on 4317 / 4318"));
+        }
+        let procs = ids(p, "processors");
+        if !procs.is_empty() {
+            if procs.first().map(String::as_str) != Some("memory_limiter") {
+                problems.push(format!("pipeline {id}: memory_limiter is not the first processor ({procs:?})"));
+            }
+            if procs.last().map(String::as_str) != Some("batch") {
+                problems.push(format!("pipeline {id}: batch is not the last processor ({procs:?})"));
+            }
+        }
+    }
+    for t in ["traces", "metrics", "logs"] {
+        if !types.contains(t) {
+            problems.push(format!("no {t} pipeline"));
+        }
+    }
+    problems
+}
+
+/// `deploy/otel-collector.yaml` (issue 15, item 6) is a consistent Collector pipeline: the
+/// OTLP receiver on 4317 and 4318, traces / metrics / logs pipelines naming only defined
+/// components, traces to an OTLP exporter, metrics to Prometheus remote write, logs to an
+/// OTLP/HTTP exporter. Copies with a broken reference or a wrong port are caught.
+#[test]
+fn otel_collector_config_is_consistent() {
+    let Some(c) = yaml_as_json(&repo().join("deploy/otel-collector.yaml")) else {
+        return;
+    };
+    let problems = collector_config_problems(&c);
+    assert!(problems.is_empty(), "deploy/otel-collector.yaml:\n{}", problems.join("\n"));
+
+    // Where each signal goes (exporter ids are `TYPE` or `TYPE/NAME`).
+    let exporter_types = |pipeline: &str| -> BTreeSet<String> {
+        c.pointer(&format!("/service/pipelines/{pipeline}/exporters"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|e| e.split('/').next().unwrap().to_string())
+            .collect()
+    };
+    assert!(exporter_types("traces").iter().any(|t| t == "otlp_grpc" || t == "otlp"), "traces go to Tempo / Jaeger over OTLP");
+    assert!(exporter_types("metrics").contains("prometheusremotewrite"), "metrics go to Prometheus remote write");
+    assert!(exporter_types("logs").iter().any(|t| t == "otlp_http" || t == "otlphttp"), "logs go to an OTLP/HTTP log store");
+    let tempo = c.pointer("/exporters/otlp_grpc~1tempo/endpoint").and_then(Value::as_str);
+    assert_eq!(tempo, Some("tempo:4317"));
+
+    // The check itself catches mistakes.
+    let mut broken = c.clone();
+    broken["service"]["pipelines"]["logs"]["exporters"] = serde_json::json!(["otlp_http/nowhere"]);
+    assert!(collector_config_problems(&broken).iter().any(|p| p.contains("otlp_http/nowhere")), "an undefined exporter is caught");
+    let mut broken = c.clone();
+    broken["receivers"]["otlp"]["protocols"]["http"]["endpoint"] = serde_json::json!("0.0.0.0:4319");
+    assert!(!collector_config_problems(&broken).is_empty(), "a wrong port is caught");
+    let mut broken = c.clone();
+    broken["service"]["pipelines"].as_object_mut().unwrap().remove("logs");
+    assert_eq!(collector_config_problems(&broken), ["no logs pipeline"]);
 }

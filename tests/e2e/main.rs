@@ -21,6 +21,7 @@ mod inject;
 mod nvtx;
 mod interop;
 mod lenient;
+mod logs;
 mod otlp;
 mod otlp_outage;
 mod prometheus;

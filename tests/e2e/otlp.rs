@@ -3,6 +3,9 @@
 //! Checked against the capture the same run wrote: trace id from the request's
 //! traceparent, the documented tree with no orphan, one kernel span per captured kernel
 //! (under the budget), stage spans' `gpuspan.gpu_busy_ns` = the capture's stage totals.
+//! The demo's metrics arrive too: the spec's names, and next to them the OpenTelemetry
+//! semantic conventions' `hw.*` GPU metrics with the conventions' units, instrument kinds
+//! and attributes (issue 15, item 5; [`check_hw_metrics`]).
 
 use crate::util::*;
 use gpuspan_testkit::{OtlpReceiver, ReceivedSpan, Transport};
@@ -113,6 +116,73 @@ fn compare_stage_totals(spans: &BTreeMap<String, i64>, capture: &BTreeMap<String
     }
 }
 
+/// The semantic conventions' `hw.*` GPU metrics (`gpuspan_export::otlp::semconv`, which
+/// cites the conventions' files) arrived next to the spec's `gpu_*` gauges: every one of
+/// them, with the conventions' unit, instrument kind and attributes, under the scope whose
+/// schema URL names the conventions' release, with values in the conventions' units.
+fn check_hw_metrics(rx: &OtlpReceiver) {
+    use gpuspan_export::otlp::semconv::{self, HwInstrument};
+    use gpuspan_simgpu::sim::device;
+    use gpuspan_testkit::{MetricKind, Val};
+    let points = rx.metric_points();
+    let names = rx.metric_names();
+    let num = |v: &Val| match v {
+        Val::Float(f) => *f,
+        Val::Int(i) => *i as f64,
+        other => panic!("not a number: {other:?}"),
+    };
+    let mut gpu_ids = std::collections::BTreeSet::new();
+    for m in semconv::HW_METRICS {
+        if let Some(spec) = m.spec_metric {
+            assert!(names.iter().any(|n| n == spec), "spec metric {spec} missing next to {}", m.name);
+        }
+        let mine: Vec<_> = points.iter().filter(|p| p.name == m.name).collect();
+        assert!(!mine.is_empty(), "OTLP metric {} missing from {names:?}", m.name);
+        for p in mine {
+            assert_eq!(p.unit, m.unit, "{} unit", m.name);
+            let kind = match m.instrument {
+                HwInstrument::Gauge => MetricKind::Gauge,
+                HwInstrument::UpDownCounter => MetricKind::Sum { monotonic: false, cumulative: true },
+            };
+            assert_eq!(p.kind, kind, "{} instrument kind", m.name);
+            assert_eq!(p.scope_schema_url, semconv::SCHEMA_URL, "{} schema URL", m.name);
+            assert_eq!(p.resource.get("service.name"), Some(&Val::Str("gpuspan-e2e".into())));
+            assert!(p.attributes.keys().all(|k| k.starts_with("hw.")), "{}: {:?}", m.name, p.attributes);
+            let id = p.str("hw.id").unwrap_or_else(|| panic!("{} without hw.id (required)", m.name));
+            let v = num(&p.value);
+            match m.name {
+                "hw.gpu.utilization" | "hw.gpu.memory.utilization" => assert!((0.0..=1.0).contains(&v), "{} = {v} is a ratio", m.name),
+                "hw.gpu.memory.usage" => assert!(matches!(p.value, Val::Int(b) if b >= 0 && b as u64 <= device::TOTAL_MEM_BYTES), "{:?}", p.value),
+                "hw.gpu.memory.limit" => assert_eq!(p.value, Val::Int(device::TOTAL_MEM_BYTES as i64)),
+                "hw.temperature" => assert!((10.0..=120.0).contains(&v), "{v} °C"),
+                "hw.power" => assert!(v > 0.0 && v < 1500.0, "{v} W"),
+                other => panic!("unexpected {other}"),
+            }
+            match m.name {
+                "hw.temperature" => {
+                    let parent = p.str("hw.parent").expect("the sensor's hw.parent is its GPU");
+                    assert_eq!(id, format!("{parent}_temperature_gpu"));
+                    assert!(p.str("hw.sensor_location").is_some_and(|l| l.ends_with("_die")), "{:?}", p.attributes);
+                }
+                "hw.power" => {
+                    assert_eq!(p.str("hw.type"), Some("gpu"), "hw.type is required on hw.power");
+                    gpu_ids.insert(id.to_string());
+                }
+                _ => {
+                    assert_eq!(p.str("hw.vendor"), Some("NVIDIA"));
+                    assert_eq!(p.str("hw.model"), Some(device::NAME));
+                    assert!(p.str("hw.name").is_some_and(|n| n.starts_with("gpu")), "{:?}", p.attributes);
+                    assert_eq!(p.str("hw.gpu.task"), (m.name == "hw.gpu.utilization").then_some("general"));
+                    assert_eq!(p.str("hw.type"), None, "the conventions give hw.gpu.* no hw.type");
+                    gpu_ids.insert(id.to_string());
+                }
+            }
+        }
+    }
+    // One id per GPU: the UUID, or gpu<index> while the sample carries no UUID.
+    assert!(!gpu_ids.is_empty() && gpu_ids.iter().all(|id| id.starts_with("GPU-") || id.starts_with("gpu")), "{gpu_ids:?}");
+}
+
 fn demo_over(transport: Transport, steps: u32) {
     let rx = OtlpReceiver::start(transport, "127.0.0.1:0");
     let out = tempfile::tempdir().unwrap();
@@ -155,6 +225,7 @@ fn demo_over(transport: Transport, steps: u32) {
     ] {
         assert!(names.iter().any(|n| n == m), "OTLP metric {m} missing from {names:?}");
     }
+    check_hw_metrics(&rx);
     let mut step_types = std::collections::BTreeSet::new();
     let mut step_count = 0u64;
     for r in rx.metrics() {

@@ -10,7 +10,7 @@ use gpuspan_core::scope::{ScopeEvent, ScopeId};
 use gpuspan_core::spans::Finalized;
 use gpuspan_cupti::activity::FLUSH_FORCED;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,99 @@ fn apply_request_rules(c: &Collector, a: &Agent, id: ScopeId) {
         Err(e) => crate::log::info(&format!("rule {label} matched, no window: {e}")),
     }
 }
+
+/// The log events of one collector round (`crate::log`): `generation.step.completed`
+/// (DEBUG) per finished step, `cuda.oom` (ERROR) when the OOM count rose, `records.dropped`
+/// (WARN, at most one per [`DROP_LOG_INTERVAL`]) when a drop counter rose. `scopes`: the
+/// scope table when the caller holds the collector (at exit); else it is locked briefly
+/// (`try_lock`) to name the OOM's step, and an OOM whose scope the collector has not seen
+/// yet waits for a later round (at most [`OOM_LOG_ROUNDS`]).
+fn log_events(a: &Agent, f: &Finalized, scopes: Option<&gpuspan_core::join::ScopeTable>) {
+    use tracing::Level;
+    static OOMS_SEEN: AtomicU64 = AtomicU64::new(0);
+    static DROPS_SEEN: AtomicU64 = AtomicU64::new(0);
+    static DROP_LOGGED: Mutex<Option<Instant>> = Mutex::new(None);
+    if crate::log::json() && crate::log::enabled(Level::DEBUG) {
+        let mem_gb = crate::nvml::own_memory_used_bytes().map(|b| b as f64 / 1e9);
+        for s in &f.steps {
+            let mut fl = crate::log::Fields {
+                request_id: Some(s.request_id.to_string()),
+                trace_id: Some(gpuspan_core::spans::ids::hex(&s.trace_id)),
+                span_id: Some(gpuspan_core::spans::ids::hex(&s.span_id)),
+                ..Default::default()
+            };
+            fl.context.insert("model".into(), s.model.as_ref().into());
+            fl.context.insert("step".into(), s.index.into());
+            fl.context.insert("total_steps".into(), s.total.map_or(serde_json::Value::Null, Into::into));
+            fl.context.insert("step_duration_ms".into(), (s.dur_ns as f64 / 1e6).into());
+            fl.context.insert("gpu_memory_used_gb".into(), mem_gb.map_or(serde_json::Value::Null, Into::into));
+            let msg = format!("step {} of {} finished in {:.3} ms", s.index, s.model, s.dur_ns as f64 / 1e6);
+            crate::log::event(Level::DEBUG, "generation.step.completed", &msg, &fl);
+        }
+    }
+    static OOM_WAITED: AtomicU64 = AtomicU64::new(0);
+    let ooms = a.counters.api_ooms.load(Ordering::Relaxed);
+    if ooms > OOMS_SEEN.load(Ordering::Relaxed) {
+        let scope = a.counters.last_oom_scope.load(Ordering::Relaxed);
+        let mut fl = crate::log::Fields::default();
+        let mut step_name = "outside any step".to_string();
+        let mut describe = |table: &gpuspan_core::join::ScopeTable| -> bool {
+            let info = table.get(scope);
+            if scope != 0 && info.is_none() {
+                return false; // its Begin is still queued
+            }
+            let step = info.and_then(|s| s.attribution.step).and_then(|id| table.get(id));
+            if let Some(gpuspan_core::scope::ScopeKind::Step { index, count }) = step.map(|s| &s.kind) {
+                step_name = format!("step {index}");
+                fl.context.insert("step".into(), (*index).into());
+                fl.context.insert("total_steps".into(), count.map_or(serde_json::Value::Null, Into::into));
+            }
+            if let Some(r) = info.and_then(|s| s.attribution.request) {
+                fl.request_id = Some(r.to_string());
+            }
+            true
+        };
+        let described = match scopes {
+            Some(t) => describe(t),
+            None => a.collector.try_lock().map(|c| describe(&c.scopes)).unwrap_or(false),
+        };
+        if described || scopes.is_some() || OOM_WAITED.fetch_add(1, Ordering::Relaxed) >= OOM_LOG_ROUNDS {
+            OOM_WAITED.store(0, Ordering::Relaxed);
+            OOMS_SEEN.store(ooms, Ordering::Relaxed);
+            fl.extra.insert("ooms".into(), ooms.into());
+            crate::log::event(Level::ERROR, "cuda.oom", &format!("CUDA OOM during DiT {step_name}"), &fl);
+        }
+    }
+    let coarse_marks = a.coarse.as_ref().map_or(0, |c| c.counters.marks_dropped.load(Ordering::Relaxed));
+    let by_reason = [
+        ("cupti", a.counters.cupti_records_dropped.load(Ordering::Relaxed)),
+        ("record_limit", a.counters.records_over_limit.load(Ordering::Relaxed)),
+        ("scope_queue", a.counters.scope_events_dropped.load(Ordering::Relaxed)),
+        ("buffer_queue", a.counters.buffers_dropped.load(Ordering::Relaxed)),
+        ("coarse_marks", coarse_marks),
+        ("log_lines", crate::log::json_lines_dropped()),
+    ];
+    let total: u64 = by_reason.iter().map(|(_, n)| n).sum();
+    if total > DROPS_SEEN.load(Ordering::Relaxed) {
+        let mut last = DROP_LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= DROP_LOG_INTERVAL) {
+            let new = total - DROPS_SEEN.swap(total, Ordering::Relaxed);
+            *last = Some(Instant::now());
+            let mut fl = crate::log::Fields::default();
+            fl.extra.insert("dropped".into(), new.into());
+            let reasons: serde_json::Map<String, serde_json::Value> =
+                by_reason.iter().filter(|(_, n)| *n > 0).map(|(r, n)| (r.to_string(), (*n).into())).collect();
+            fl.extra.insert("dropped_total_by_reason".into(), reasons.into());
+            crate::log::event(Level::WARN, "records.dropped", &format!("{new} records dropped since the last report ({total} in all)"), &fl);
+        }
+    }
+}
+
+/// Collector rounds an OOM report waits for its scope to reach the collector.
+pub const OOM_LOG_ROUNDS: u64 = 20;
+
+/// Shortest interval between two `records.dropped` log events.
+pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Anomaly rules over the steps `f` finalized and the API error counters; opens a window on
 /// the next steps (with the recorder's past ones) when one fires.
@@ -203,6 +296,7 @@ fn run(a: &'static Agent) {
         }
         // Outside the collector lock: exporting never delays draining.
         if let Some((f, problems, segment)) = done {
+            log_events(a, &f, None);
             a.telemetry.report_context_problems(problems);
             if !f.is_empty() {
                 a.telemetry.publish(f);
@@ -424,6 +518,7 @@ pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
     }
     let start = *CLOCK_START.get_or_init(Instant::now);
     let last = c.poll_spans(now_ms(start), true);
+    log_events(a, &last, Some(&c.scopes));
     a.telemetry.report_context_problems(c.assembler.take_context_problems());
     a.telemetry.publish(last);
     a.telemetry.shutdown(a, ExitBudget::left(collect_by));

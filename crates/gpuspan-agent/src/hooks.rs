@@ -177,6 +177,8 @@ fn count_api_error(code: i32) {
         a.counters.api_errors.fetch_add(1, Ordering::Relaxed);
         // CUDA_ERROR_OUT_OF_MEMORY (cuda.h) = cudaErrorMemoryAllocation (driver_types.h) = 2.
         if code == 2 {
+            let scope = SCOPES.try_with(|t| t.depth.get().checked_sub(1).map_or(0, |d| t.ids[d].get())).unwrap_or(0);
+            a.counters.last_oom_scope.store(scope, Ordering::Relaxed);
             a.counters.api_ooms.fetch_add(1, Ordering::Relaxed);
         }
     }

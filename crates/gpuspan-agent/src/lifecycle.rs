@@ -204,7 +204,9 @@ pub fn activate_for(trigger: Trigger) -> Result<(), String> {
             match &r {
                 Ok(()) => l.transition(Phase::Activating, Phase::Active),
                 Err(e) => {
-                    crate::log::warn(&format!("inactive: {e}"));
+                    let mut f = crate::log::Fields::default();
+                    f.extra.insert("reason".into(), e.clone().into());
+                    crate::log::event(tracing::Level::WARN, "agent.inactive", &format!("inactive: {e}"), &f);
                     l.transition(Phase::Activating, Phase::Inactive)
                 }
             };
@@ -233,6 +235,8 @@ fn span_options(config: &Config, api: Option<&ActivityApi>, exporting: bool) -> 
 
 fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
     let (config, warnings) = Config::from_env();
+    crate::log::set_identity(&crate::log::default_service(), &config.worker_id);
+    crate::log::start_json_writer();
     for w in &warnings {
         crate::log::warn(w);
     }
@@ -317,7 +321,7 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
             Some(api) => format!("CUPTI {} loaded, not subscribed", api.version()),
             None => "no CUPTI".to_string(),
         };
-        crate::log::info(&format!("coarse mode on: scopes timed with {timing}; {cupti}"));
+        activated("coarse", &format!("coarse mode on: scopes timed with {timing}; {cupti}"));
         return Ok(());
     }
     let Some(api) = a.api.as_ref() else { return Err("fine mode without CUPTI".into()) };
@@ -336,7 +340,7 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
         .subscriber
         .lock()
         .ok()
-        .and_then(|g| g.as_ref().map(|s| api.enable_launch_callbacks(s)));
+        .and_then(|g| g.as_ref().map(|s| api.enable_launch_callbacks(s).and_then(|()| api.enable_alloc_callbacks(s))));
     match counting {
         Some(Ok(())) => a.counting_launches.store(true, Ordering::Release),
         Some(Err(e)) => crate::log::info(&format!("launch counting off ({e}); step spans finish by timing")),
@@ -355,12 +359,15 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
     crate::signals::install_sigterm_handler();
     crate::collector_thread::start_thread(a);
     crate::control::start(a);
-    crate::log::info(&format!(
-        "fine mode on: CUPTI API {} from {}",
-        api.version(),
-        api.loaded_from()
-    ));
+    activated("fine", &format!("fine mode on: CUPTI API {} from {}", api.version(), api.loaded_from()));
     Ok(())
+}
+
+/// The `agent.activated` event (INFO) with the mode.
+fn activated(mode: &str, message: &str) {
+    let mut f = crate::log::Fields::default();
+    f.extra.insert("mode".into(), mode.into());
+    crate::log::event(tracing::Level::INFO, "agent.activated", message, &f);
 }
 
 /// Flushes CUPTI, stops collection and writes the capture now (also what the exit handler
@@ -376,5 +383,7 @@ pub fn flush_capture() -> Result<std::path::PathBuf, String> {
     l.transition(Phase::Active, Phase::Finishing);
     let r = crate::collector_thread::finish(a);
     l.transition(Phase::Finishing, Phase::Finished);
+    // The JSON log writer's queue goes out last (bounded: about a second at most).
+    crate::log::finish();
     r
 }

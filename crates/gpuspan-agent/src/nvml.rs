@@ -86,12 +86,27 @@ fn sample(nvml: &Nvml, index: u32) -> Option<GpuSample> {
     })
 }
 
+/// Device memory in use on the worker's own GPU at the last sample, bytes (`u64::MAX`
+/// before the first): the `gpu_memory_used_gb` of step log events.
+static OWN_MEMORY_USED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// Device memory in use on the worker's own GPU (the first sampled) at the last NVML
+/// sample, bytes; `None` before one.
+pub fn own_memory_used_bytes() -> Option<u64> {
+    Some(OWN_MEMORY_USED_BYTES.load(Ordering::Relaxed)).filter(|b| *b != u64::MAX)
+}
+
 /// Samples the NVML devices `indices` now and sets the `gpu_*` gauges of `metrics` (one
 /// [`Metrics::set_gpu_sample`] per device). Returns the number of devices sampled.
 fn sample_all(nvml: &Nvml, metrics: &Metrics, indices: &[u32]) -> u32 {
     let mut n = 0;
     for &index in indices {
         if let Some(s) = sample(nvml, index) {
+            if Some(&index) == indices.first() {
+                if let Some(b) = s.memory_used_bytes {
+                    OWN_MEMORY_USED_BYTES.store(b, Ordering::Relaxed);
+                }
+            }
             metrics.set_gpu_sample(&s);
             n += 1;
         }

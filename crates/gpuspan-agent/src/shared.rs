@@ -60,6 +60,9 @@ pub struct Counters {
     /// Those that failed with `CUDA_ERROR_OUT_OF_MEMORY` (2, in both the driver's and the
     /// runtime's enums).
     pub api_ooms: AtomicU64,
+    /// The innermost scope open on the thread of the last OOM (0: none), for the
+    /// `cuda.oom` log event's step.
+    pub last_oom_scope: AtomicU64,
 }
 
 /// The agent's shared state: what the application's threads (hot path), CUPTI's threads

@@ -115,7 +115,11 @@ impl Telemetry {
             }
         });
         let spans = otlp.and_then(|s| {
-            let warn: gpuspan_export::otlp::pipeline::WarnFn = Arc::new(|m: &str| crate::log::warn(m));
+            // The pipeline's export-failure warning is the `otlp.export.failed` event.
+            let warn: gpuspan_export::otlp::pipeline::WarnFn = Arc::new(|m: &str| {
+                let name = if m.starts_with("OTLP export to ") { "otlp.export.failed" } else { "agent.warning" };
+                crate::log::event(tracing::Level::WARN, name, m, &crate::log::Fields::default());
+            });
             match SpanPipeline::start(s, warn) {
                 Ok(p) => {
                     crate::log::info(&format!(

@@ -194,12 +194,16 @@ impl Windows {
         // taken after the store above and saw it. An earlier step whose Begin the collector
         // only sees now did not push, and its kernels outside stage scopes would be missing.
         let first_id = if recorder { 0 } else { a.next_scope_id.load(Ordering::SeqCst) };
-        crate::log::info(&format!(
-            "capture window {id} armed ({trigger}): {} {}, into {}",
-            req.size.target(),
-            req.size.kind(),
-            out_dir.display()
-        ));
+        let mut f = crate::log::Fields::default();
+        f.extra.insert("window".into(), id.into());
+        f.extra.insert("trigger".into(), trigger.to_string().into());
+        f.extra.insert("path".into(), out_dir.display().to_string().into());
+        crate::log::event(
+            tracing::Level::INFO,
+            "capture.window.opened",
+            &format!("capture window {id} armed ({trigger}): {} {}, into {}", req.size.target(), req.size.kind(), out_dir.display()),
+            &f,
+        );
         status.state = window_state::ARMED.into();
         let mut w = Window {
             status: status.clone(),
@@ -338,12 +342,22 @@ impl Windows {
                 if cut_short {
                     w.status.error = Some("the process exited before the window closed: partial capture".into());
                 }
-                crate::log::info(&format!(
-                    "capture window {} written: {} ({kernels} kernels, {steps} steps); {}",
-                    w.status.id,
-                    path.display(),
-                    if recorder { "the flight recorder keeps CUPTI" } else { "CUPTI released" }
-                ));
+                let mut f = crate::log::Fields::default();
+                f.extra.insert("window".into(), w.status.id.into());
+                f.extra.insert("path".into(), path.display().to_string().into());
+                f.extra.insert("kernels".into(), kernels.into());
+                f.extra.insert("steps".into(), steps.into());
+                crate::log::event(
+                    tracing::Level::INFO,
+                    "capture.window.closed",
+                    &format!(
+                        "capture window {} written: {} ({kernels} kernels, {steps} steps); {}",
+                        w.status.id,
+                        path.display(),
+                        if recorder { "the flight recorder keeps CUPTI" } else { "CUPTI released" }
+                    ),
+                    &f,
+                );
             }
             Err(e) => {
                 w.status.state = window_state::FAILED.into();

@@ -157,6 +157,56 @@ impl ReceivedSpan {
     }
 }
 
+/// The data kind of a received metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// `Gauge`.
+    Gauge,
+    /// `Sum`, with its `is_monotonic` and whether its temporality is cumulative.
+    Sum {
+        /// `is_monotonic` (a counter) or not (an up-down counter).
+        monotonic: bool,
+        /// `aggregation_temporality` is CUMULATIVE (else DELTA or unspecified).
+        cumulative: bool,
+    },
+}
+
+/// One received number data point of a gauge or sum, flattened with its metric, scope and
+/// resource (histograms are not listed: read [`OtlpReceiver::metrics`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedPoint {
+    /// Metric name.
+    pub name: String,
+    /// Metric unit (UCUM).
+    pub unit: String,
+    /// Metric description.
+    pub description: String,
+    /// Gauge or sum.
+    pub kind: MetricKind,
+    /// `as_double` as [`Val::Float`], `as_int` as [`Val::Int`], neither as [`Val::Other`].
+    pub value: Val,
+    /// Data point time, Unix ns.
+    pub time_unix_ns: u64,
+    /// Data point attributes.
+    pub attributes: HashMap<String, Val>,
+    /// Resource attributes of the batch it came in.
+    pub resource: HashMap<String, Val>,
+    /// Instrumentation scope name.
+    pub scope_name: String,
+    /// Schema URL of its scope's `ScopeMetrics`.
+    pub scope_schema_url: String,
+}
+
+impl ReceivedPoint {
+    /// String attribute `k`.
+    pub fn str(&self, k: &str) -> Option<&str> {
+        match self.attributes.get(k) {
+            Some(Val::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Store {
     spans: Mutex<Vec<ReceivedSpan>>,
@@ -366,6 +416,54 @@ impl OtlpReceiver {
     /// Every metrics export request received so far.
     pub fn metrics(&self) -> Vec<ExportMetricsServiceRequest> {
         self.store.metrics.lock().unwrap().clone()
+    }
+
+    /// Every gauge and sum data point received so far, in arrival order.
+    pub fn metric_points(&self) -> Vec<ReceivedPoint> {
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as NValue;
+        use opentelemetry_proto::tonic::metrics::v1::AggregationTemporality;
+        let mut out = Vec::new();
+        for r in self.metrics() {
+            for rm in &r.resource_metrics {
+                let resource = rm.resource.as_ref().map(|r| attrs(&r.attributes)).unwrap_or_default();
+                for sm in &rm.scope_metrics {
+                    let scope_name = sm.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                    for m in &sm.metrics {
+                        let (kind, points) = match &m.data {
+                            Some(Data::Gauge(g)) => (MetricKind::Gauge, &g.data_points),
+                            Some(Data::Sum(s)) => (
+                                MetricKind::Sum {
+                                    monotonic: s.is_monotonic,
+                                    cumulative: s.aggregation_temporality == AggregationTemporality::Cumulative as i32,
+                                },
+                                &s.data_points,
+                            ),
+                            _ => continue,
+                        };
+                        for dp in points {
+                            out.push(ReceivedPoint {
+                                name: m.name.clone(),
+                                unit: m.unit.clone(),
+                                description: m.description.clone(),
+                                kind,
+                                value: match dp.value {
+                                    Some(NValue::AsDouble(f)) => Val::Float(f),
+                                    Some(NValue::AsInt(i)) => Val::Int(i),
+                                    None => Val::Other,
+                                },
+                                time_unix_ns: dp.time_unix_nano,
+                                attributes: attrs(&dp.attributes),
+                                resource: resource.clone(),
+                                scope_name: scope_name.clone(),
+                                scope_schema_url: sm.schema_url.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Names of the metrics received so far.

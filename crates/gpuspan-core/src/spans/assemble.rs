@@ -845,10 +845,18 @@ impl SpanAssembler {
                 _ => (0, None),
             };
             let dur = parent_end.saturating_sub(parent_start);
+            let request_id = req
+                .attrs
+                .iter()
+                .find(|(k, _)| k == "request_id")
+                .map_or_else(|| Arc::from(rid.to_string().as_str()), |(_, v)| Arc::from(v.as_str()));
             out.steps.push(StepTiming {
                 model: req.model.clone(),
                 trace_id,
+                span_id: parent_id,
+                request_id,
                 index,
+                total: count.map(u64::from),
                 dur_ns: dur,
                 stage_busy_ns: stage_busy,
             });

@@ -76,8 +76,14 @@ pub struct StepTiming {
     pub model: Arc<str>,
     /// Trace id of the request (exemplar of the step histograms).
     pub trace_id: [u8; 16],
+    /// Span id of the step's `dit.step` span (the same whether or not the trace is sampled).
+    pub span_id: [u8; 8],
+    /// The request's id: its `request_id` attribute when it named one, else its scope id.
+    pub request_id: Arc<str>,
     /// Step index as named by the scope.
     pub index: u64,
+    /// Steps of the request as named by the scope (`dit.step i/n`), when known.
+    pub total: Option<u64>,
     /// GPU duration of the step (first GPU start to last GPU end), ns; CPU scope duration
     /// when the step launched nothing.
     pub dur_ns: u64,

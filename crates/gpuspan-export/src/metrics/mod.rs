@@ -33,6 +33,10 @@
 //! first NVML sample, a histogram before the first step) is left out of the exposition
 //! entirely.
 //!
+//! With OTLP attached ([`Metrics::attach_otlp`]) every observation is also recorded as an
+//! OTLP metric of the same name, and each NVML sample also as the OpenTelemetry semantic
+//! conventions' `hw.*` GPU metrics ([`crate::otlp::semconv`]); those are OTLP only.
+//!
 //! Two encodings: [`Metrics::encode_openmetrics`] (OpenMetrics 1.0 text with exemplars) and
 //! [`Metrics::encode_prometheus_text`] (Prometheus text 0.0.4, no exemplars), served by
 //! [`serve`] with content negotiation on `Accept`.
@@ -340,7 +344,8 @@ impl Metrics {
     /// Sets the `gpu_*` gauges of device `s.gpu_index` (label `gpu_type` = this agent's
     /// [`MetricsLabels::gpu_type`]). `None` fields leave their gauge untouched;
     /// `gpu_memory_utilization_percent` = 100 × used / total when both are `Some` and
-    /// total > 0.
+    /// total > 0. With OTLP attached, the same sample is also recorded as the semantic
+    /// conventions' `hw.*` metrics ([`crate::otlp::OtlpMetrics::hw_sample`]).
     pub fn set_gpu_sample(&self, s: &GpuSample) {
         let labels = GpuLabels {
             gpu_index: s.gpu_index,
@@ -366,6 +371,9 @@ impl Metrics {
         set("gpu_temperature_celsius", &g.temperature, s.temperature_celsius);
         set("gpu_power_watts", &g.power, s.power_watts);
         set("gpu_sm_clock_mhz", &g.sm_clock, s.sm_clock_mhz);
+        if let Some(o) = otlp {
+            o.hw_sample(s, &self.gpu_type);
+        }
     }
 
     /// Brings the agent's own families up to date from running totals:

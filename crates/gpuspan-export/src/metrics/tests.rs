@@ -22,7 +22,10 @@ fn step(model: &str, trace: [u8; 16], dur_ms: u64, stages: &[(&str, u64)]) -> St
     StepTiming {
         model: Arc::from(model),
         trace_id: trace,
+        span_id: [1; 8],
+        request_id: Arc::from("r1"),
         index: 0,
+        total: None,
         dur_ns: dur_ms * 1_000_000,
         stage_busy_ns: stages
             .iter()

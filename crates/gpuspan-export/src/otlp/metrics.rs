@@ -7,15 +7,24 @@
 //!
 //! OTLP exemplars are not written (the Rust SDK does not record them); the Prometheus
 //! endpoint carries them.
+//!
+//! Next to the spec's `gpu_*` gauges, each NVML sample is also recorded as the
+//! OpenTelemetry semantic conventions' hardware metrics (`hw.gpu.utilization`,
+//! `hw.gpu.memory.usage` / `.limit` / `.utilization`, `hw.temperature`, `hw.power`; issue
+//! 15, item 5), with the conventions' units, instrument kinds and `hw.*` attributes, under
+//! an instrumentation scope `gpuspan` whose schema URL names the conventions' release
+//! ([`super::semconv`], which cites the source of each name).
 
 use super::config::{OtlpProtocol, OtlpSettings};
+use super::semconv::{self, HwInstrument, HwValue};
 use crate::metrics::families as f;
-use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider as _};
-use opentelemetry::KeyValue;
+use crate::metrics::GpuSample;
+use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider as _, ObservableUpDownCounter};
+use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::Resource;
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 /// The instruments, mirroring the Prometheus families.
 pub struct OtlpMetrics {
@@ -31,6 +40,60 @@ pub struct OtlpMetrics {
     dropped: Counter<u64>,
     capture_active: Gauge<i64>,
     last_totals: Mutex<HashMap<&'static str, u64>>,
+    hw: HwInstruments,
+}
+
+/// Latest value of each `hw.*` up-down-counter point, by (metric name, `hw.id`): its
+/// attributes and value, read by the observable instruments' callbacks at each collection.
+type HwUpDownState = Arc<Mutex<BTreeMap<(&'static str, String), (Vec<KeyValue>, i64)>>>;
+
+/// The instruments of the semantic conventions' `hw.*` metrics ([`semconv::HW_METRICS`]).
+struct HwInstruments {
+    /// The gauges (`hw.gpu.utilization`, `hw.gpu.memory.utilization`, `hw.temperature`,
+    /// `hw.power`), by name.
+    gauges: HashMap<&'static str, Gauge<f64>>,
+    /// What the up-down counters (`hw.gpu.memory.usage`, `hw.gpu.memory.limit`) report.
+    updown: HwUpDownState,
+    /// The observable up-down counters (kept for as long as the provider runs).
+    _observers: Vec<ObservableUpDownCounter<i64>>,
+}
+
+impl HwInstruments {
+    /// Creates every [`semconv::HW_METRICS`] instrument with the conventions' name, unit,
+    /// kind and brief, on a meter whose scope carries [`semconv::SCHEMA_URL`].
+    fn new(provider: &SdkMeterProvider) -> HwInstruments {
+        let scope = InstrumentationScope::builder("gpuspan").with_schema_url(semconv::SCHEMA_URL).build();
+        let meter = provider.meter_with_scope(scope);
+        let updown = HwUpDownState::default();
+        let mut gauges = HashMap::new();
+        let mut observers = Vec::new();
+        for m in semconv::HW_METRICS {
+            match m.instrument {
+                HwInstrument::Gauge => {
+                    gauges.insert(m.name, meter.f64_gauge(m.name).with_unit(m.unit).with_description(m.brief).build());
+                }
+                HwInstrument::UpDownCounter => {
+                    let state = updown.clone();
+                    let name = m.name;
+                    let o = meter
+                        .i64_observable_up_down_counter(m.name)
+                        .with_unit(m.unit)
+                        .with_description(m.brief)
+                        .with_callback(move |obs| {
+                            let state = state.lock().unwrap_or_else(|e| e.into_inner());
+                            for ((n, _), (attrs, v)) in state.iter() {
+                                if *n == name {
+                                    obs.observe(*v, attrs);
+                                }
+                            }
+                        })
+                        .build();
+                    observers.push(o);
+                }
+            }
+        }
+        HwInstruments { gauges, updown, _observers: observers }
+    }
 }
 
 impl std::fmt::Debug for OtlpMetrics {
@@ -106,6 +169,7 @@ impl OtlpMetrics {
         let records = meter.u64_counter("gpuspan_records").with_unit("{record}").build();
         let dropped = meter.u64_counter("gpuspan_records_dropped").with_unit("{record}").build();
         let capture_active = meter.i64_gauge("gpuspan_capture_active").build();
+        let hw = HwInstruments::new(&provider);
         drop(_enter);
         Ok(OtlpMetrics {
             provider,
@@ -120,6 +184,7 @@ impl OtlpMetrics {
             dropped,
             capture_active,
             last_totals: Mutex::new(HashMap::new()),
+            hw,
         })
     }
 
@@ -155,6 +220,28 @@ impl OtlpMetrics {
             let mut a: Vec<KeyValue> = self.base.iter().filter(|k| k.key.as_str() != "gpu_index").cloned().collect();
             a.push(KeyValue::new("gpu_index", gpu_index as i64));
             g.record(v, &a);
+        }
+    }
+
+    /// The semantic conventions' `hw.*` metrics of one NVML sample
+    /// ([`semconv::hw_points`]): gauges recorded now, up-down counters reported at the next
+    /// collection. `gpu_type` (the product name) becomes `hw.model`. `hw.id` is
+    /// `gpu<index>`: [`GpuSample`] carries no GPU UUID yet ([`semconv::HwGpu::new`] takes
+    /// one for when it does).
+    pub fn hw_sample(&self, s: &GpuSample, gpu_type: &str) {
+        let gpu = semconv::HwGpu::new(s.gpu_index, None, gpu_type);
+        for p in semconv::hw_points(s, &gpu) {
+            match p.value {
+                HwValue::F64(v) => {
+                    if let Some(g) = self.hw.gauges.get(p.metric.name) {
+                        g.record(v, &p.attributes);
+                    }
+                }
+                HwValue::I64(v) => {
+                    let mut state = self.hw.updown.lock().unwrap_or_else(|e| e.into_inner());
+                    state.insert((p.metric.name, gpu.id.clone()), (p.attributes, v));
+                }
+            }
         }
     }
 
