@@ -4,7 +4,8 @@
 //! which `scripts/test.sh` installs into `.venv`); there is one `generation.step.completed`
 //! per step, each naming the trace and span id of that step's `dit.step` span as the OTLP
 //! receiver got it; the OOM the worker provokes is one `cuda.oom` error naming its step; the
-//! text format is unchanged by default.
+//! same events arrive as OTLP log records with the same trace and span ids; the text format
+//! is unchanged by default.
 
 use crate::util::*;
 use gpuspan_testkit::{OtlpReceiver, Transport};
@@ -107,6 +108,26 @@ fn json_logs_follow_the_schema_and_name_each_steps_span() {
     assert_eq!(oom[0]["level"], "ERROR");
     assert_eq!(oom[0]["message"], format!("CUDA OOM during DiT step {OOM_STEP}"));
     assert_eq!(oom[0]["context"]["step"], OOM_STEP);
+
+    // The same events as OTLP log records, linked to the same spans.
+    let logs = rx.logs();
+    let otlp_steps: BTreeSet<(String, String)> = logs
+        .iter()
+        .filter(|l| l.event_name == "generation.step.completed")
+        .map(|l| {
+            assert_eq!((l.severity_text.as_str(), l.severity_number), ("DEBUG", 5), "{l:?}");
+            assert_eq!(l.resource.get("service.instance.id"), Some(&gpuspan_testkit::Val::Str("worker-logs".into())));
+            (l.trace_id.clone(), l.span_id.clone())
+        })
+        .collect();
+    let json_steps: BTreeSet<(String, String)> =
+        steps.iter().map(|s| (s["trace_id"].as_str().unwrap().to_string(), s["span_id"].as_str().unwrap().to_string())).collect();
+    assert_eq!(otlp_steps, json_steps, "one OTLP record per step with its span's ids: {logs:?}");
+    let otlp_oom: Vec<_> = logs.iter().filter(|l| l.event_name == "cuda.oom").collect();
+    assert_eq!(otlp_oom.len(), 1);
+    assert_eq!((otlp_oom[0].severity_text.as_str(), otlp_oom[0].body.clone()), ("ERROR", format!("CUDA OOM during DiT step {OOM_STEP}")));
+    assert_eq!(otlp_oom[0].attributes.get("context.step"), Some(&gpuspan_testkit::Val::Int(OOM_STEP as i64)));
+    assert!(logs.iter().any(|l| l.event_name == "agent.activated"), "{logs:?}");
 }
 
 #[test]

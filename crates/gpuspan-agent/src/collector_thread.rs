@@ -90,7 +90,7 @@ fn log_events(a: &Agent, f: &Finalized, scopes: Option<&gpuspan_core::join::Scop
     static OOMS_SEEN: AtomicU64 = AtomicU64::new(0);
     static DROPS_SEEN: AtomicU64 = AtomicU64::new(0);
     static DROP_LOGGED: Mutex<Option<Instant>> = Mutex::new(None);
-    if crate::log::json() && crate::log::enabled(Level::DEBUG) {
+    if crate::log::enabled(Level::DEBUG) {
         let mem_gb = crate::nvml::own_memory_used_bytes().map(|b| b as f64 / 1e9);
         for s in &f.steps {
             let mut fl = crate::log::Fields {

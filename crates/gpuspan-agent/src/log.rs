@@ -131,26 +131,24 @@ pub fn json() -> bool {
 /// Prints `gpuspan: warning: <msg>` on stderr unless logging is off (JSON: an
 /// `agent.warning` event).
 pub fn warn(msg: &str) {
-    if !enabled(Level::WARN) {
-        return;
-    }
-    if json() {
-        event(Level::WARN, "agent.warning", msg, &Fields::default());
-    } else {
-        eprintln!("gpuspan: warning: {msg}");
-    }
+    event(Level::WARN, "agent.warning", msg, &Fields::default());
 }
 
 /// Prints `gpuspan: <msg>` on stderr at level info (JSON: an `agent.info` event).
 pub fn info(msg: &str) {
-    if !enabled(Level::INFO) {
-        return;
-    }
-    if json() {
-        event(Level::INFO, "agent.info", msg, &Fields::default());
-    } else {
-        eprintln!("gpuspan: {msg}");
-    }
+    event(Level::INFO, "agent.info", msg, &Fields::default());
+}
+
+/// Another destination for every event written (the OTLP log pipeline, set by
+/// `telemetry` when an endpoint is configured): `(level, event name, message, fields)`. It
+/// must not block.
+pub type EventSink = Box<dyn Fn(Level, &'static str, &str, &Fields) + Send + Sync>;
+
+static EVENT_SINK: OnceLock<EventSink> = OnceLock::new();
+
+/// Sets the [`EventSink`] (once; later calls are ignored).
+pub fn set_event_sink(sink: EventSink) {
+    let _ = EVENT_SINK.set(sink);
 }
 
 /// What an event says beyond its name and message.
@@ -171,11 +169,14 @@ pub struct Fields {
 
 /// Writes event `name` at `level` with `message` and `fields`. JSON format: one line as the
 /// module docs say; text format: `gpuspan: [warning: ]<message>` for WARN / ERROR / INFO
-/// (DEBUG events are JSON only). Nothing when the level is off. Never blocks on stderr in
-/// JSON mode once the writer runs.
-pub fn event(level: Level, name: &str, message: &str, fields: &Fields) {
+/// (DEBUG events are JSON only). Also hands it to the [`EventSink`] when one is set. Nothing
+/// when the level is off. Never blocks on stderr in JSON mode once the writer runs.
+pub fn event(level: Level, name: &'static str, message: &str, fields: &Fields) {
     if !enabled(level) {
         return;
+    }
+    if let Some(sink) = EVENT_SINK.get() {
+        sink(level, name, message, fields);
     }
     if !json() {
         match level {

@@ -28,6 +28,8 @@ pub struct Telemetry {
     pub metrics: Arc<Metrics>,
     /// The same metrics over OTLP, when an endpoint is configured.
     otlp_metrics: Option<Arc<OtlpMetrics>>,
+    /// The agent's log events over OTLP, when an endpoint is configured.
+    otlp_logs: Option<Arc<gpuspan_export::otlp::logs::OtlpLogs>>,
     server: Mutex<Option<MetricsServer>>,
     sampler: Mutex<Option<crate::nvml::Sampler>>,
     context_warn: Mutex<(Option<Instant>, u64)>,
@@ -96,6 +98,20 @@ impl Telemetry {
             s.resource_attributes.extend(resource_attributes(config, device.as_ref(), |k| std::env::var(k).ok()));
             s
         });
+        let otlp_logs = otlp.as_ref().and_then(|s| match gpuspan_export::otlp::logs::OtlpLogs::start(s) {
+            Ok(l) => {
+                let l = Arc::new(l);
+                let sink = l.clone();
+                crate::log::set_event_sink(Box::new(move |level, event, message, fields| {
+                    send_log(&sink, level, event, message, fields)
+                }));
+                Some(l)
+            }
+            Err(e) => {
+                crate::log::warn(&format!("{e}; log events are not exported over OTLP"));
+                None
+            }
+        });
         let otlp_metrics = otlp.as_ref().and_then(|s| {
             let base = vec![
                 opentelemetry::KeyValue::new("worker_id", config.worker_id.clone()),
@@ -157,6 +173,7 @@ impl Telemetry {
             spans,
             metrics,
             otlp_metrics,
+            otlp_logs,
             server: Mutex::new(server),
             sampler: Mutex::new(sampler),
             context_warn: Mutex::new((None, 0)),
@@ -264,8 +281,44 @@ impl Telemetry {
                 crate::log::info("the OTLP metrics exporter had not finished its last export when the exit budget ran out");
             }
         }
+        if let Some(l) = &self.otlp_logs {
+            if !l.shutdown_within(until.saturating_duration_since(Instant::now())) {
+                crate::log::info("the OTLP log exporter had not finished its last export when the exit budget ran out");
+            }
+        }
         if let Some(s) = self.server.lock().ok().and_then(|mut g| g.take()) {
             s.stop();
         }
     }
+}
+
+/// One log event to the OTLP log pipeline: the trace and span ids from their hex, the
+/// request id and the `context` members (as `context.<name>`) and other fields as
+/// attributes.
+fn send_log(logs: &gpuspan_export::otlp::logs::OtlpLogs, level: tracing::Level, event: &'static str, message: &str, f: &crate::log::Fields) {
+    fn unhex<const N: usize>(s: Option<&String>) -> Option<[u8; N]> {
+        let s = s?;
+        if s.len() != 2 * N {
+            return None;
+        }
+        let mut out = [0u8; N];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(out)
+    }
+    let mut attributes: Vec<(String, serde_json::Value)> = Vec::new();
+    if let Some(r) = &f.request_id {
+        attributes.push(("request_id".into(), r.clone().into()));
+    }
+    attributes.extend(f.context.iter().map(|(k, v)| (format!("context.{k}"), v.clone())));
+    attributes.extend(f.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    logs.emit(&gpuspan_export::otlp::logs::LogEvent {
+        level: level.as_str(),
+        event,
+        message,
+        trace_id: unhex::<16>(f.trace_id.as_ref()),
+        span_id: unhex::<8>(f.span_id.as_ref()),
+        attributes: &attributes,
+    });
 }

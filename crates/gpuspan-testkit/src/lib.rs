@@ -4,11 +4,14 @@
 //!
 //! [`OtlpReceiver`] is an OTLP collector stand-in built on the official schema (the
 //! `opentelemetry-proto` crate's generated messages and tonic `TraceService` /
-//! `MetricsService` servers): over gRPC, or over HTTP/protobuf (`POST /v1/traces`,
-//! `/v1/metrics`, optionally gzip-encoded). It keeps every span and metric it receives.
+//! `MetricsService` / `LogsService` servers): over gRPC, or over HTTP/protobuf (`POST
+//! /v1/traces`, `/v1/metrics`, `/v1/logs`, optionally gzip-encoded). It keeps every span,
+//! metric and log record it receives.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{MetricsService, MetricsServiceServer};
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
@@ -207,14 +210,62 @@ impl ReceivedPoint {
     }
 }
 
+/// One log record as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedLog {
+    /// `event_name`.
+    pub event_name: String,
+    /// `severity_text`.
+    pub severity_text: String,
+    /// `severity_number` (the OTel logs data model's 1 … 24).
+    pub severity_number: i32,
+    /// The body, when a string.
+    pub body: String,
+    /// Trace id, 32 lower-case hex (empty when none).
+    pub trace_id: String,
+    /// Span id, 16 hex (empty when none).
+    pub span_id: String,
+    /// Record attributes.
+    pub attributes: HashMap<String, Val>,
+    /// Resource attributes of the batch it came in.
+    pub resource: HashMap<String, Val>,
+}
+
 #[derive(Default)]
 struct Store {
+    logs: Mutex<Vec<ReceivedLog>>,
     spans: Mutex<Vec<ReceivedSpan>>,
     metrics: Mutex<Vec<ExportMetricsServiceRequest>>,
     trace_requests: Mutex<u64>,
 }
 
 impl Store {
+    fn add_logs(&self, req: ExportLogsServiceRequest) {
+        let mut out = Vec::new();
+        for rl in req.resource_logs {
+            let resource = rl.resource.as_ref().map(|r| attrs(&r.attributes)).unwrap_or_default();
+            for sl in rl.scope_logs {
+                for r in sl.log_records {
+                    let body = match r.body.as_ref().and_then(|b| b.value.as_ref()) {
+                        Some(PValue::StringValue(s)) => s.clone(),
+                        _ => String::new(),
+                    };
+                    out.push(ReceivedLog {
+                        event_name: r.event_name.clone(),
+                        severity_text: r.severity_text.clone(),
+                        severity_number: r.severity_number,
+                        body,
+                        trace_id: hex(&r.trace_id),
+                        span_id: hex(&r.span_id),
+                        attributes: attrs(&r.attributes),
+                        resource: resource.clone(),
+                    });
+                }
+            }
+        }
+        self.logs.lock().unwrap().extend(out);
+    }
+
     fn add_traces(&self, req: ExportTraceServiceRequest) {
         let mut out = Vec::new();
         for rs in req.resource_spans {
@@ -252,6 +303,17 @@ impl TraceService for Grpc {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.0.add_traces(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.0.add_logs(request.into_inner());
+        Ok(tonic::Response::new(ExportLogsServiceResponse { partial_success: None }))
     }
 }
 
@@ -317,7 +379,8 @@ impl OtlpReceiver {
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
                 tonic::transport::Server::builder()
                     .add_service(TraceServiceServer::new(Grpc(s.clone())).max_decoding_message_size(64 << 20))
-                    .add_service(MetricsServiceServer::new(Grpc(s)).max_decoding_message_size(64 << 20))
+                    .add_service(MetricsServiceServer::new(Grpc(s.clone())).max_decoding_message_size(64 << 20))
+                    .add_service(LogsServiceServer::new(Grpc(s)).max_decoding_message_size(64 << 20))
                     .serve_with_incoming_shutdown(incoming, async {
                         let _ = rx.await;
                     })
@@ -362,6 +425,14 @@ impl OtlpReceiver {
                         }
                         Err(e) => (400, e.to_string().into_bytes()),
                     }
+                } else if url.ends_with("/v1/logs") {
+                    match ExportLogsServiceRequest::decode(&body[..]) {
+                        Ok(r) => {
+                            s.add_logs(r);
+                            (200, ExportLogsServiceResponse { partial_success: None }.encode_to_vec())
+                        }
+                        Err(e) => (400, e.to_string().into_bytes()),
+                    }
                 } else if url.ends_with("/v1/metrics") {
                     match ExportMetricsServiceRequest::decode(&body[..]) {
                         Ok(r) => {
@@ -401,6 +472,11 @@ impl OtlpReceiver {
     /// Transport.
     pub fn transport(&self) -> Transport {
         self.transport
+    }
+
+    /// Every log record received so far.
+    pub fn logs(&self) -> Vec<ReceivedLog> {
+        self.store.logs.lock().unwrap().clone()
     }
 
     /// Every span received so far.

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod logs;
 pub mod metrics;
 pub mod pipeline;
 pub mod semconv;
