@@ -42,12 +42,16 @@ fn resource_names_the_pod_and_the_workers_own_gpu() {
     assert_eq!(s("service.instance.id"), "dit-worker-7f9c");
     assert_eq!(s("deployment.environment.name"), "staging", "OTEL_RESOURCE_ATTRIBUTES is honoured");
     assert!(!s("host.name").is_empty());
-    assert!(s("process.pid").parse::<u32>().is_ok_and(|p| p > 1), "{}", s("process.pid"));
+    let int = |k: &str| match r.get(k) {
+        Some(Val::Int(v)) => *v,
+        other => panic!("resource {k}: {other:?}, an int by the conventions"),
+    };
+    assert!(int("process.pid") > 1);
     assert_eq!(s("k8s.pod.name"), "dit-worker-7f9c");
     assert_eq!(s("k8s.namespace.name"), "video");
     assert_eq!(s("k8s.node.name"), "gpu-node-3");
     assert_eq!(s("gpu.device.name"), device::NAME);
-    assert_eq!(s("gpu.device.index"), "3", "the worker's CUDA device 0 is NVML device 3");
+    assert_eq!(int("gpu.device.index"), 3, "the worker's CUDA device 0 is NVML device 3");
     assert_eq!(s("gpu.device.uuid"), device::uuid(3));
     assert_eq!(s("gpu.driver.version"), device::DRIVER_VERSION);
     assert!(r.get("gpu.device.mig.uuid").is_none());

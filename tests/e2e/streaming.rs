@@ -140,8 +140,12 @@ fn sim_speed_runs_the_real_clock_faster() {
 
 /// Rolling capture segments (issue 13, item 2): fine mode with
 /// `GPUSPAN_CAPTURE_SEGMENT_STEPS=10` writes `capture-<pid>-<seq>.json.gz` as it goes and
-/// releases what it wrote, so the peak RSS of 50 stdit requests stays within 25 % of 20
-/// requests' (without segments it grows with every request: ≈ 1.7 GB at 50); every segment
+/// releases what it wrote, so the peak RSS of 50 stdit requests exceeds 20 requests' by
+/// less than 128 MiB, under 4.3 MB per added request (without segments each request adds
+/// about 30 MB: ≈ 1.7 GB at 50). The bound is on the difference, not a ratio: the peak of
+/// either run moves by tens of MB with how far the collector of a debug build lags on a
+/// loaded machine (a fresh-clone CI run measured 208 MB for 20 requests, where 299 MB is
+/// usual), and a ratio turned that noise into a failure. Every segment
 /// reads, holds whole requests, and their kernels add up to the launches. With
 /// `GPUSPAN_CAPTURE_KEEP=2` only the newest two segments remain.
 #[test]
@@ -203,5 +207,5 @@ fn fine_mode_rolling_segments_keep_memory_flat_and_add_up() {
     assert_eq!(kernels, replayed_kernels(&out_big), "the segments' kernels add up to the launches");
     assert_eq!(requests, 50, "each request in exactly one segment");
     println!("peak RSS with segments: 20 requests {rss_small} KiB, 50 requests {rss_big} KiB; {} segments", all.len());
-    assert!(rss_big * 4 <= rss_small * 5, "peak RSS grew from {rss_small} KiB (20 requests) to {rss_big} KiB (50)");
+    assert!(rss_big <= rss_small + 128 * 1024, "peak RSS grew from {rss_small} KiB (20 requests) to {rss_big} KiB (50)");
 }

@@ -56,25 +56,26 @@ pub const K8S_ENV_ATTRIBUTES: [(&str, &str); 3] =
 /// `gpu.device.mig.uuid` (when `CUDA_VISIBLE_DEVICES` names a MIG instance) and
 /// `gpu.driver.version`. The `gpu.*` names are gpuspan's: the conventions define none for a
 /// process's GPU.
-pub fn resource_attributes(config: &Config, device: Option<&crate::nvml::DeviceInfo>, get: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+pub fn resource_attributes(config: &Config, device: Option<&crate::nvml::DeviceInfo>, get: impl Fn(&str) -> Option<String>) -> Vec<opentelemetry::KeyValue> {
+    use opentelemetry::KeyValue;
     let mut out = vec![
-        ("service.instance.id".to_string(), config.worker_id.clone()),
-        ("host.name".to_string(), crate::config::host_name()),
-        ("process.pid".to_string(), std::process::id().to_string()),
+        KeyValue::new("service.instance.id", config.worker_id.clone()),
+        KeyValue::new("host.name", crate::config::host_name()),
+        KeyValue::new("process.pid", i64::from(std::process::id())),
     ];
     for (var, key) in K8S_ENV_ATTRIBUTES {
         if let Some(v) = get(var).map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) {
-            out.push((key.to_string(), v));
+            out.push(KeyValue::new(key, v));
         }
     }
     if let Some(d) = device {
-        out.push(("gpu.device.name".into(), d.name.clone()));
-        out.push(("gpu.device.index".into(), d.index.to_string()));
-        out.push(("gpu.device.uuid".into(), d.uuid.clone()));
+        out.push(KeyValue::new("gpu.device.name", d.name.clone()));
+        out.push(KeyValue::new("gpu.device.index", i64::from(d.index)));
+        out.push(KeyValue::new("gpu.device.uuid", d.uuid.clone()));
         if let Some(m) = &d.mig {
-            out.push(("gpu.device.mig.uuid".into(), m.clone()));
+            out.push(KeyValue::new("gpu.device.mig.uuid", m.clone()));
         }
-        out.push(("gpu.driver.version".into(), d.driver.clone()));
+        out.push(KeyValue::new("gpu.driver.version", d.driver.clone()));
     }
     out
 }

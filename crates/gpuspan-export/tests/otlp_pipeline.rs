@@ -37,7 +37,7 @@ fn settings(protocol: OtlpProtocol, endpoint: String, backlog_bytes: usize) -> O
         batch_spans: 512,
         export_timeout: Duration::from_secs(2),
         max_backoff: Duration::from_millis(500),
-        resource_attributes: vec![("gpu.device.name".into(), "NVIDIA H100 80GB HBM3".into())],
+        resource_attributes: vec![opentelemetry::KeyValue::new("gpu.device.name", "NVIDIA H100 80GB HBM3")],
     }
 }
 

@@ -38,8 +38,9 @@ pub struct OtlpSettings {
     pub export_timeout: Duration,
     /// Longest wait before a failed export is retried (backoff doubles from 250 ms).
     pub max_backoff: Duration,
-    /// Extra resource attributes (`gpu.device.name`, `gpu.driver.version`, `host.name`).
-    pub resource_attributes: Vec<(String, String)>,
+    /// Extra resource attributes (`service.instance.id`, `host.name`, `process.pid`,
+    /// `k8s.*`, `gpu.device.*`), typed as the semantic conventions say (`process.pid` an int).
+    pub resource_attributes: Vec<opentelemetry::KeyValue>,
 }
 
 impl OtlpSettings {

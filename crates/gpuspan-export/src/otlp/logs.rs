@@ -14,7 +14,6 @@
 use super::config::{OtlpProtocol, OtlpSettings};
 use opentelemetry::logs::{AnyValue, LogRecord, Logger, LoggerProvider, Severity};
 use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
-use opentelemetry::KeyValue;
 use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::Resource;
 
@@ -75,7 +74,7 @@ impl OtlpLogs {
         )
         .build();
         let resource = Resource::builder()
-            .with_attributes(settings.resource_attributes.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())))
+            .with_attributes(settings.resource_attributes.iter().cloned())
             .build();
         let provider = SdkLoggerProvider::builder().with_resource(resource).with_log_processor(processor).build();
         let logger = provider.logger("gpuspan");

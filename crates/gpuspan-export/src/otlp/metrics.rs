@@ -142,7 +142,7 @@ impl OtlpMetrics {
         )
         .build();
         let resource = Resource::builder()
-            .with_attributes(settings.resource_attributes.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())))
+            .with_attributes(settings.resource_attributes.iter().cloned())
             .build();
         let provider = SdkMeterProvider::builder().with_resource(resource).with_reader(reader).build();
         let meter = provider.meter("gpuspan");

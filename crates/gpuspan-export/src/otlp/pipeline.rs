@@ -17,7 +17,6 @@ use super::config::{OtlpProtocol, OtlpSettings};
 use super::convert::{instrumentation_scope, to_span_data};
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use gpuspan_core::spans::SpanRecord;
-use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::SpanExporter as _;
 use opentelemetry_sdk::Resource;
 use std::collections::VecDeque;
@@ -111,7 +110,7 @@ impl SpanPipeline {
         let mut exporter = rt.block_on(async { build_exporter(&settings) })?;
         let resource = Resource::builder()
             .with_attributes(
-                settings.resource_attributes.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+                settings.resource_attributes.iter().cloned(),
             )
             .build();
         exporter.set_resource(&resource);
