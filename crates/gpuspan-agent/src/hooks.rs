@@ -64,8 +64,6 @@ struct ThreadScopes {
     /// callbacks). While one is open, this thread's launches are taken as captured: they
     /// become graph nodes and make no GPU record now.
     capturing: Cell<u32>,
-    /// Launches of this thread made while it had a capture open (not in `launches`).
-    captured_launches: Cell<u64>,
     /// Whether the scope at each level pushed an external correlation id.
     pushed: [Cell<bool>; MAX_DEPTH],
     /// Streams scopes of this thread are timed on in coarse mode ([`use_streams`]).
@@ -90,7 +88,6 @@ thread_local! {
             began_in_capture: [const { Cell::new(false) }; MAX_DEPTH],
             runtime_depth: Cell::new(0),
             capturing: Cell::new(0),
-            captured_launches: Cell::new(0),
             pushed: [const { Cell::new(false) }; MAX_DEPTH],
             streams: [const { Cell::new(0) }; MAX_SCOPE_STREAMS],
             n_streams: Cell::new(0),
@@ -141,10 +138,8 @@ pub unsafe extern "C" fn api_callback(_userdata: *mut c_void, domain: u32, cbid:
         let graph = gpuspan_cupti::activity::is_graph_launch_callback(domain, cbid);
         let succeeded = |t: &ThreadScopes| {
             if t.capturing.get() > 0 {
-                // Into a capture: a graph node, no GPU record until the graph launches.
-                if !alloc {
-                    t.captured_launches.set(t.captured_launches.get() + 1);
-                }
+                // Into a capture: a graph node, no GPU record until the graph launches, so
+                // not counted.
             } else if graph {
                 t.graph_launches.set(t.graph_launches.get() + 1);
             } else if !alloc {
@@ -345,10 +340,13 @@ pub fn range_end(slot: usize) -> i32 {
         let ts_ns = a.now_ns();
         // Begun and ended inside a stream capture with nothing that ran: recorded into a
         // graph (fine mode; coarse mode tells by the capture status of its streams).
-        if began_in_capture && t.capturing.get() > 0 && launches == Some(0) && a.coarse.is_none() {
-            if a.scope_queue.push(ScopeEvent::InCapture { id }).is_err() {
-                a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        if began_in_capture
+            && t.capturing.get() > 0
+            && launches == Some(0)
+            && a.coarse.is_none()
+            && a.scope_queue.push(ScopeEvent::InCapture { id }).is_err()
+        {
+            a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
         }
         let ev = ScopeEvent::End { id, ts_ns, launches };
         if a.scope_queue.push(ev).is_err() {

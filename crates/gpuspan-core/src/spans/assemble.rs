@@ -856,7 +856,7 @@ impl SpanAssembler {
                 span_id: parent_id,
                 request_id,
                 index,
-                total: count.map(u64::from),
+                total: count,
                 dur_ns: dur,
                 stage_busy_ns: stage_busy,
             });
