@@ -36,8 +36,16 @@ export GPUSPAN_VENV="$PWD/.venv"
 
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
   echo "no GPU: kernel compile checks only"
-  cargo test -p gpuspan-kernels
-  cargo test -p gpuspan --test kernels_ptxas -- --nocapture
+  # Through the workspace's test build (nextest over the whole workspace, as the test command
+  # builds it), so nothing is rebuilt after scripts/test.sh: `cargo test -p <one package>`
+  # resolves that package's features alone and recompiled serde, toml and the workspace
+  # crates (issue 14, item 7).
+  if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast -E 'package(gpuspan-kernels) | binary(kernels_ptxas)' --no-capture
+  else
+    cargo test -p gpuspan-kernels
+    cargo test -p gpuspan --test kernels_ptxas -- --nocapture
+  fi
   exit 0
 fi
 
