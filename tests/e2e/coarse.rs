@@ -447,36 +447,12 @@ fn requests_that_never_end_give_their_events_back_after_the_scope_timeout() {
     // begin event stays out of the 6-event pool until GPUSPAN_SCOPE_TIMEOUT (300 ms) gives
     // the request up. Without the timeout the pool stays empty and the later requests are
     // timed on the CPU (`pool_exhausted`).
-    let dir = tempfile::tempdir().unwrap();
-    let exe = dir.path().join("unended_requests");
-    compile_c(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/workers/unended_requests.c"), &exe, &[]);
-    let sim = tempfile::tempdir().unwrap();
-    gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let mut child = preload_agent(std::process::Command::new(&exe).args(["6", "1500"]), sim.path(), "coarse", out.path())
-        .env("GPUSPAN_EVENT_POOL", "6")
-        .env("GPUSPAN_SCOPE_TIMEOUT", "300ms")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-    assert_eq!(lines.next().map(|l| l.unwrap()).as_deref(), Some("ready"));
-    let pid = child.id();
-    crate::control::wait_for_socket(pid);
+    let env = [("GPUSPAN_EVENT_POOL", "6"), ("GPUSPAN_SCOPE_TIMEOUT", "300ms")];
+    let mut w = ReadyWorker::start("unended_requests", &["6", "1500"], "coarse", &env);
     // The collector resolves within a few ms; allow a few seconds on a loaded machine.
-    let t0 = std::time::Instant::now();
-    let coarse = loop {
-        let c = crate::control::status_json(pid)["coarse"].clone();
-        if c["scopes_timed"].as_u64() >= Some(2) || t0.elapsed() > std::time::Duration::from_secs(5) {
-            break c;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let (coarse, _) = w.poll_status("coarse", |c| c["scopes_timed"].as_u64() >= Some(2));
+    let _ = w.child.kill();
+    let stderr = w.finish();
     println!("{coarse}");
     assert_eq!(coarse["roots_timed_out"], 6, "{coarse}\n{stderr}");
     // Every event is back but the anchor (the latest request's begin event).
@@ -509,35 +485,12 @@ fn a_step_inside_a_capture_gets_no_span() {
 /// The `capture_only_step` worker in MODE (`around`: step 1 around the capture; `inside`:
 /// step 1 inside it), checked from its status while it waits and from its capture.
 fn capture_only_step(mode: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = dir.path().join("capture_only_step");
-    compile_c(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/workers/capture_only_step.c"), &exe, &[]);
-    let sim = tempfile::tempdir().unwrap();
-    gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let mut child = preload_agent(std::process::Command::new(&exe).args(["3", mode]), sim.path(), "fine", out.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-    assert_eq!(lines.next().map(|l| l.unwrap()).as_deref(), Some("ready"));
-    let pid = child.id();
-    crate::control::wait_for_socket(pid);
+    let mut w = ReadyWorker::start("capture_only_step", &["3", mode], "fine", &[]);
     // Records arrive within the collector's 500 ms flush period; the grace is 10 s.
-    let t0 = std::time::Instant::now();
-    let spans = loop {
-        let s = crate::control::status_json(pid)["spans"].clone();
-        if s["requests"].as_u64() >= Some(1) || t0.elapsed() > std::time::Duration::from_secs(5) {
-            break s;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let finalized_after = t0.elapsed();
-    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    let _ = child.wait();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let (spans, finalized_after) = w.poll_status("spans", |s| s["requests"].as_u64() >= Some(1));
+    let _ = std::process::Command::new("kill").args(["-TERM", &w.child.id().to_string()]).status();
+    let stderr = w.finish();
+    let out = &w.out;
     assert_eq!(spans["requests"], 1, "the request was finalized within 5 s ({finalized_after:?}): {spans}\n{stderr}");
     let inside = mode == "inside";
     assert_eq!(spans["steps"], if inside { 1 } else { 2 }, "a step recorded into a graph is no step span: {spans}");
@@ -547,4 +500,59 @@ fn capture_only_step(mode: &str) {
     assert_eq!(summary.extra_args["gpuspan.span_captured_scopes"], u64::from(inside), "{:?}", summary.extra_args);
     // Only the first step's kernels ran.
     assert_eq!(t.kernels().count(), 3);
+}
+
+/// A C test worker (`tests/e2e/workers/<name>.c`) under the preloaded agent on the simulated
+/// H100, started and past its `ready` line with its control socket up; it then waits to be
+/// killed.
+struct ReadyWorker {
+    child: std::process::Child,
+    /// `GPUSPAN_OUT`.
+    out: tempfile::TempDir,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+impl ReadyWorker {
+    /// Compiles worker `name`, runs it with `args` in agent `mode` with `env` added, and
+    /// waits for its `ready` line and its control socket.
+    fn start(name: &str, args: &[&str], mode: &str, env: &[(&str, &str)]) -> ReadyWorker {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join(name);
+        compile_c(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/e2e/workers/{name}.c")), &exe, &[]);
+        let sim = tempfile::tempdir().unwrap();
+        gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let mut c = std::process::Command::new(&exe);
+        c.args(args);
+        preload_agent(&mut c, sim.path(), mode, out.path()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        assert_eq!(lines.next().map(|l| l.unwrap()).as_deref(), Some("ready"));
+        crate::control::wait_for_socket(child.id());
+        ReadyWorker { child, out, _dirs: [dir, sim] }
+    }
+
+    /// `gpuspan status --json`'s member `key`, polled every 50 ms until `done` holds or 5 s
+    /// have passed; with the time it took.
+    fn poll_status(&self, key: &str, done: impl Fn(&serde_json::Value) -> bool) -> (serde_json::Value, std::time::Duration) {
+        let t0 = std::time::Instant::now();
+        loop {
+            let v = crate::control::status_json(self.child.id())[key].clone();
+            if done(&v) || t0.elapsed() > std::time::Duration::from_secs(5) {
+                return (v, t0.elapsed());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the worker (killed or signalled by the caller) and returns its stderr.
+    fn finish(&mut self) -> String {
+        let _ = self.child.wait();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
+        stderr
+    }
 }

@@ -95,8 +95,8 @@ fn log_events(a: &Agent, f: &Finalized, scopes: Option<&gpuspan_core::join::Scop
         for s in &f.steps {
             let mut fl = crate::log::Fields {
                 request_id: Some(s.request_id.to_string()),
-                trace_id: Some(gpuspan_core::spans::ids::hex(&s.trace_id)),
-                span_id: Some(gpuspan_core::spans::ids::hex(&s.span_id)),
+                trace_id: Some(s.trace_id),
+                span_id: Some(s.span_id),
                 ..Default::default()
             };
             fl.context.insert("model".into(), s.model.as_ref().into());

@@ -156,15 +156,32 @@ pub fn set_event_sink(sink: EventSink) {
 pub struct Fields {
     /// The request's id (`request_id` attribute, else its scope id).
     pub request_id: Option<String>,
-    /// W3C trace id, 32 lowercase hex digits.
-    pub trace_id: Option<String>,
-    /// Span id, 16 lowercase hex digits.
-    pub span_id: Option<String>,
+    /// W3C trace id (written as 32 lowercase hex digits).
+    pub trace_id: Option<[u8; 16]>,
+    /// Span id (written as 16 lowercase hex digits).
+    pub span_id: Option<[u8; 8]>,
     /// The `context` object's members (for steps: `model`, `step`, `total_steps`,
     /// `step_duration_ms`, `gpu_memory_used_gb`).
     pub context: serde_json::Map<String, serde_json::Value>,
     /// Other top-level members (`reason`, `path`, `kernels`, `dropped`, …).
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Fields {
+    /// Everything but the name and message, as the one JSON string field a `tracing` event
+    /// carries to [`PlatformJson`] (event fields are static names): `[request_id, trace_id
+    /// hex, span_id hex, context, extra]`.
+    fn rest_json(&self) -> String {
+        let hex = |b: Option<&[u8]>| b.map(gpuspan_core::spans::ids::hex);
+        serde_json::to_string(&(
+            &self.request_id,
+            hex(self.trace_id.as_ref().map(|t| &t[..])),
+            hex(self.span_id.as_ref().map(|s| &s[..])),
+            &self.context,
+            &self.extra,
+        ))
+        .unwrap_or_default()
+    }
 }
 
 /// Writes event `name` at `level` with `message` and `fields`. JSON format: one line as the
@@ -187,8 +204,7 @@ pub fn event(level: Level, name: &'static str, message: &str, fields: &Fields) {
         }
         return;
     }
-    let rest = serde_json::to_string(&(&fields.request_id, &fields.trace_id, &fields.span_id, &fields.context, &fields.extra))
-        .unwrap_or_default();
+    let rest = fields.rest_json();
     let dispatch = match SINK.get().filter(|_| !FINISHED.load(Ordering::Acquire)) {
         Some(s) => &s.dispatch,
         None => DIRECT.get_or_init(|| Dispatch::new(tracing_subscriber::registry().with(PlatformJson { out: Out::Direct }))),
@@ -311,10 +327,12 @@ mod tests {
 
     #[test]
     fn a_step_event_line_has_the_platform_fields() {
-        let mut f = Fields { request_id: Some("r-9".into()), trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()), span_id: Some("b7ad6b7169203331".into()), ..Default::default() };
+        let trace_id = [0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80, 0x31, 0x9c];
+        let span_id = [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31];
+        let mut f = Fields { request_id: Some("r-9".into()), trace_id: Some(trace_id), span_id: Some(span_id), ..Default::default() };
         f.context.insert("model".into(), "wan2.1".into());
         f.context.insert("step".into(), 3.into());
-        let rest = serde_json::to_string(&(&f.request_id, &f.trace_id, &f.span_id, &f.context, &f.extra)).unwrap();
+        let rest = f.rest_json();
         let v = Visit { event: "generation.step.completed".into(), message: "step 3".into(), rest };
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_764_700_000_123);
         let line: serde_json::Value = serde_json::from_str(&platform_line(&Level::DEBUG, &v, t)).unwrap();

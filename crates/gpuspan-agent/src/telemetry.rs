@@ -293,21 +293,9 @@ impl Telemetry {
     }
 }
 
-/// One log event to the OTLP log pipeline: the trace and span ids from their hex, the
-/// request id and the `context` members (as `context.<name>`) and other fields as
-/// attributes.
+/// One log event to the OTLP log pipeline: its trace and span ids, and as attributes the
+/// request id, the `context` members (as `context.<name>`) and the other fields.
 fn send_log(logs: &gpuspan_export::otlp::logs::OtlpLogs, level: tracing::Level, event: &'static str, message: &str, f: &crate::log::Fields) {
-    fn unhex<const N: usize>(s: Option<&String>) -> Option<[u8; N]> {
-        let s = s?;
-        if s.len() != 2 * N {
-            return None;
-        }
-        let mut out = [0u8; N];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        Some(out)
-    }
     let mut attributes: Vec<(String, serde_json::Value)> = Vec::new();
     if let Some(r) = &f.request_id {
         attributes.push(("request_id".into(), r.clone().into()));
@@ -318,8 +306,8 @@ fn send_log(logs: &gpuspan_export::otlp::logs::OtlpLogs, level: tracing::Level, 
         level: level.as_str(),
         event,
         message,
-        trace_id: unhex::<16>(f.trace_id.as_ref()),
-        span_id: unhex::<8>(f.span_id.as_ref()),
+        trace_id: f.trace_id,
+        span_id: f.span_id,
         attributes: &attributes,
     });
 }

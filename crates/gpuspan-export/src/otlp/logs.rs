@@ -15,7 +15,6 @@ use super::config::{OtlpProtocol, OtlpSettings};
 use opentelemetry::logs::{AnyValue, LogRecord, Logger, LoggerProvider, Severity};
 use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
-use opentelemetry_sdk::Resource;
 
 /// One log event to send ([`OtlpLogs::emit`]).
 #[derive(Debug, Clone, Copy)]
@@ -52,12 +51,7 @@ impl OtlpLogs {
     /// attributes. Errors: runtime or exporter construction, with the reason.
     pub fn start(settings: &OtlpSettings) -> Result<OtlpLogs, String> {
         use opentelemetry_otlp::WithExportConfig;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("gpuspan-otlp-logs")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("OTLP logs runtime: {e}"))?;
+        let rt = super::exporter_runtime("gpuspan-otlp-logs", "OTLP logs")?;
         let enter = rt.enter();
         let exporter = match settings.protocol {
             OtlpProtocol::Grpc => opentelemetry_otlp::LogExporter::builder().with_tonic().with_timeout(settings.export_timeout).build(),
@@ -73,10 +67,7 @@ impl OtlpLogs {
             opentelemetry_sdk::runtime::Tokio,
         )
         .build();
-        let resource = Resource::builder()
-            .with_attributes(settings.resource_attributes.iter().cloned())
-            .build();
-        let provider = SdkLoggerProvider::builder().with_resource(resource).with_log_processor(processor).build();
+        let provider = SdkLoggerProvider::builder().with_resource(super::resource(settings)).with_log_processor(processor).build();
         let logger = provider.logger("gpuspan");
         drop(enter);
         Ok(OtlpLogs { provider, logger, _rt: rt })
@@ -119,11 +110,8 @@ impl OtlpLogs {
     /// own, so a stuck endpoint cannot hold the caller). Returns whether it finished.
     pub fn shutdown_within(&self, timeout: std::time::Duration) -> bool {
         let provider = self.provider.clone();
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let spawned = std::thread::Builder::new().name("gpuspan-otlp-logs-stop".into()).spawn(move || {
+        super::shutdown_within("gpuspan-otlp-logs-stop", timeout, move || {
             let _ = provider.shutdown();
-            let _ = tx.send(());
-        });
-        spawned.is_ok() && rx.recv_timeout(timeout).is_ok()
+        })
     }
 }

@@ -22,7 +22,6 @@ use crate::metrics::GpuSample;
 use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider as _, ObservableUpDownCounter};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::Resource;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -117,12 +116,7 @@ impl OtlpMetrics {
     /// gpu_index, gpu_type). Errors: runtime or exporter construction, with the reason.
     pub fn start(settings: &OtlpSettings, base: Vec<KeyValue>) -> Result<OtlpMetrics, String> {
         use opentelemetry_otlp::WithExportConfig;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("gpuspan-otlp-metrics")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("OTLP metrics runtime: {e}"))?;
+        let rt = super::exporter_runtime("gpuspan-otlp-metrics", "OTLP metrics")?;
         let _enter = rt.enter();
         let exporter = match settings.protocol {
             OtlpProtocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
@@ -141,10 +135,7 @@ impl OtlpMetrics {
             opentelemetry_sdk::runtime::Tokio,
         )
         .build();
-        let resource = Resource::builder()
-            .with_attributes(settings.resource_attributes.iter().cloned())
-            .build();
-        let provider = SdkMeterProvider::builder().with_resource(resource).with_reader(reader).build();
+        let provider = SdkMeterProvider::builder().with_resource(super::resource(settings)).with_reader(reader).build();
         let meter = provider.meter("gpuspan");
         let step = meter
             .f64_histogram("dit_inference_step_duration_ms")
@@ -274,11 +265,8 @@ impl OtlpMetrics {
     /// shutdown finished in time.
     pub fn shutdown_within(&self, timeout: std::time::Duration) -> bool {
         let provider = self.provider.clone();
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let spawned = std::thread::Builder::new().name("gpuspan-otlp-metrics-stop".into()).spawn(move || {
+        super::shutdown_within("gpuspan-otlp-metrics-stop", timeout, move || {
             let _ = provider.shutdown();
-            let _ = tx.send(());
-        });
-        spawned.is_ok() && rx.recv_timeout(timeout).is_ok()
+        })
     }
 }

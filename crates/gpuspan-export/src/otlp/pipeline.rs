@@ -18,7 +18,6 @@ use super::convert::{instrumentation_scope, to_span_data};
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use gpuspan_core::spans::SpanRecord;
 use opentelemetry_sdk::trace::SpanExporter as _;
-use opentelemetry_sdk::Resource;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,19 +100,9 @@ impl SpanPipeline {
     /// Starts the exporter thread. Errors: the runtime or the exporter could not be built
     /// (a bad endpoint URL, say), with the reason.
     pub fn start(settings: OtlpSettings, warn: WarnFn) -> Result<SpanPipeline, String> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("gpuspan-otlp-rt")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("OTLP exporter runtime: {e}"))?;
+        let rt = super::exporter_runtime("gpuspan-otlp-rt", "OTLP exporter")?;
         let mut exporter = rt.block_on(async { build_exporter(&settings) })?;
-        let resource = Resource::builder()
-            .with_attributes(
-                settings.resource_attributes.iter().cloned(),
-            )
-            .build();
-        exporter.set_resource(&resource);
+        exporter.set_resource(&super::resource(&settings));
         let (tx, rx) = bounded(CHANNEL_CAP);
         let counters = Arc::new(ExportCounters::default());
         let worker = Worker {
