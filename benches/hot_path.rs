@@ -17,7 +17,7 @@ use gpuspan_core::classify::Classifier;
 use gpuspan_core::join::{build_trace, JoinOptions, ScopeTable};
 use gpuspan_core::scope::{InlineName, ScopeEvent};
 use gpuspan_core::spans::{SpanAssembler, SpanOptions};
-use gpuspan_cupti::decode::{decode_buffer, NameCache};
+use gpuspan_cupti::decode::{decode_buffer, NameCache, NextRecord};
 use gpuspan_cupti::layouts::RecordLayouts;
 use gpuspan_cupti::activity::{KIND_CONCURRENT_KERNEL, KIND_DRIVER, KIND_EXTERNAL_CORRELATION};
 use std::mem::{offset_of, size_of};
@@ -115,7 +115,7 @@ fn bench_decode_join(c: &mut Criterion) {
             let mut names = NameCache::default();
             let mut out = Vec::with_capacity(3 * N);
             // SAFETY: `buf` holds `valid` bytes of records in the layout `next_record` walks.
-            let st = unsafe { decode_buffer(next_record, &RecordLayouts::cupti_12_9(), buf.as_mut_ptr(), valid, &mut names, &mut out) };
+            let st = unsafe { decode_buffer(NextRecord::V1(next_record), &RecordLayouts::cupti_12_9(), buf.as_mut_ptr(), valid, &mut names, &mut out) };
             assert_eq!(st.decoded as usize, 3 * N);
             black_box(out)
         })
@@ -125,7 +125,7 @@ fn bench_decode_join(c: &mut Criterion) {
             let mut names = NameCache::default();
             let mut out = Vec::with_capacity(3 * N);
             // SAFETY: as above.
-            unsafe { decode_buffer(next_record, &RecordLayouts::cupti_12_9(), buf.as_mut_ptr(), valid, &mut names, &mut out) };
+            unsafe { decode_buffer(NextRecord::V1(next_record), &RecordLayouts::cupti_12_9(), buf.as_mut_ptr(), valid, &mut names, &mut out) };
             let mut cl = Classifier::default();
             let opts = JoinOptions { base_time_ns: 0, process_id: 1, include_api: true, trace_seed: None, deadline: None };
             let (trace, st) = build_trace(&out, &table, &mut cl, &opts);
@@ -164,7 +164,7 @@ fn bench_spans(c: &mut Criterion) {
             let mut names = NameCache::default();
             let mut out = Vec::with_capacity(3 * N);
             // SAFETY: `buf` holds `valid` bytes of records in the layout `next_record` walks.
-            unsafe { decode_buffer(next_record, &RecordLayouts::cupti_12_9(), buf.as_mut_ptr(), valid, &mut names, &mut out) };
+            unsafe { decode_buffer(NextRecord::V1(next_record), &RecordLayouts::cupti_12_9(), buf.as_mut_ptr(), valid, &mut names, &mut out) };
             let mut cl = Classifier::default();
             let mut table = ScopeTable::new();
             let mut asm = SpanAssembler::new(SpanOptions { kernel_span_budget: u64::MAX, ..Default::default() });

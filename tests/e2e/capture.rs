@@ -429,3 +429,118 @@ fn a_second_activity_client_is_left_alone() {
     assert!(text.contains("canary_intact=1"), "nothing wrote into the client's buffers: {text}");
     w.pid = None;
 }
+
+/// `lent=`, `returned=`, `kernels=` of the replay worker's `activity client:` line.
+fn activity_client_report(text: &str) -> (u64, u64, u64, bool) {
+    let line = text.lines().find(|l| l.starts_with("activity client:")).unwrap_or_else(|| panic!("no report: {text}"));
+    let field = |k: &str| -> u64 {
+        line.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{k} in {line}"))
+    };
+    (field("lent="), field("returned="), field("kernels="), line.contains("canary_intact=1"))
+}
+
+/// `N` of the replay worker's `replayed N kernels` line.
+fn replayed_kernels(text: &str) -> u64 {
+    text.split("replayed ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no replayed line: {text}"))
+}
+
+/// CUPTI 13.3+'s multiple-subscriber mode (`gpuspan_cupti::multi_subscriber`): a second tool
+/// that subscribes with `cuptiSubscribe_v2` asking for it (a V2-aware torch.profiler) and
+/// gpuspan both collect every kernel, each into its own buffers, whoever subscribes first:
+/// in fine mode from the start, and in coarse mode with a fine window opened mid-run (the
+/// tool first). Nothing of the other's reaches gpuspan (`buffers_foreign` 0), the capture
+/// says it subscribed in that mode, and `status` says so while the window is open. A tool
+/// that took CUPTI in single mode is named in the refusal.
+#[test]
+fn multiple_subscriber_mode_lets_a_second_tool_collect_alongside() {
+    const CUPTI: (&str, &str) = ("GPUSPAN_SIM_CUPTI_VERSION", "13.3");
+    let summary_of = |t: &gpuspan_core::trace::Trace, k: &str| -> u64 {
+        let s = t.events.iter().find(|e| e.name == "gpuspan.summary").expect("summary");
+        s.extra_args.get(&format!("gpuspan.{k}")).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("{k}: {:?}", s.extra_args))
+    };
+
+    // Fine mode from the start.
+    let out = tempfile::tempdir().unwrap();
+    let o = output(
+        gpuspan()
+            .args(["run", "--sim", "--mode", "fine", "--out"])
+            .arg(out.path())
+            .arg("--")
+            .arg(artifact("gpuspan-replay"))
+            .args(["stdit", "--steps", "2", "--activity-client=multi-subscriber"])
+            .env(CUPTI.0, CUPTI.1)
+            .env("GPUSPAN_LOG", "info"),
+    );
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("multiple-subscriber mode"), "the activation line says so: {text}");
+    let replayed = replayed_kernels(&text);
+    let (lent, returned, seen, intact) = activity_client_report(&text);
+    assert_eq!((seen, returned, intact), (replayed, lent, true), "the tool got every kernel in its own buffers: {text}");
+    let file = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with(".json.gz")).expect("a capture");
+    let t = gpuspan_export::read_trace(&file).unwrap();
+    assert_eq!(kernels(&t).len() as u64, replayed, "gpuspan got every kernel too");
+    assert_eq!(summary_of(&t, "cupti_multi_subscriber_subscriptions"), 1);
+    assert_eq!(summary_of(&t, "buffers_foreign"), 0, "CUPTI kept the tool's buffers apart");
+
+    // The single V1 subscription when the driver refuses the mode (older than r610), or when
+    // it is turned off.
+    for env in [[("GPUSPAN_SIM_FAULT", "no_multi_subscriber"), CUPTI], [("GPUSPAN_CUPTI_MULTI_SUBSCRIBER", "0"), CUPTI]] {
+        let out = tempfile::tempdir().unwrap();
+        let mut c = gpuspan();
+        c.args(["run", "--sim", "--mode", "fine", "--out"]).arg(out.path()).arg("--").arg(artifact("gpuspan-replay")).args(["stdit", "--steps", "2"]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = output(&mut c);
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{env:?}: {text}");
+        let file = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with(".json.gz")).expect("a capture");
+        let t = gpuspan_export::read_trace(&file).unwrap();
+        assert_eq!(kernels(&t).len() as u64, replayed_kernels(&text), "{env:?}");
+        assert_eq!(summary_of(&t, "cupti_multi_subscriber_subscriptions"), 0, "{env:?}: single mode");
+    }
+
+    // Coarse mode, the tool subscribed first, a fine window mid-run.
+    let (per_step, _) = launches();
+    let out = tempfile::tempdir().unwrap();
+    let (mut w, output_thread) = start_worker_with(out.path(), &["--activity-client=multi-subscriber"], &[CUPTI]);
+    let pid = w.pid.unwrap();
+    let t0 = Instant::now();
+    while status_json(pid)["coarse"]["scopes_timed"].as_u64().unwrap_or(0) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no scope timed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status_json(pid)["cupti_multi_subscriber"], false, "coarse mode holds no subscription");
+    let d = tempfile::tempdir().unwrap();
+    let (o, t) = capture(pid, &["--steps", "2"], d.path());
+    assert!(o.status.success(), "capture --steps 2 alongside the tool: {}", String::from_utf8_lossy(&o.stderr));
+    let t = t.expect("the window's capture");
+    let steps = scopes_named(&t, "dit.step ");
+    let want: u64 = steps.iter().map(|s| per_step[&s.name]).sum();
+    assert_eq!(kernels(&t).len() as u64, want, "the window's capture is exact");
+    assert_eq!(summary_of(&t, "cupti_multi_subscriber_subscriptions"), 1);
+    assert_eq!(summary_of(&t, "buffers_foreign"), 0);
+    assert_eq!(status_json(pid)["cupti_multi_subscriber"], false, "unsubscribed when the window closed");
+    let status = w.run.wait().unwrap();
+    let text = output_thread.join().unwrap();
+    w.pid = None;
+    assert!(status.success(), "{text}");
+    let (lent, returned, seen, intact) = activity_client_report(&text);
+    assert_eq!((seen, returned, intact), (replayed_kernels(&text), lent, true), "the tool lost nothing to the window: {text}");
+
+    // A tool that took CUPTI in single mode is named.
+    let out = tempfile::tempdir().unwrap();
+    let (mut w, output_thread) = start_worker_with(out.path(), &["--activity-client=single-subscriber"], &[CUPTI]);
+    let pid = w.pid.unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let (o, t) = capture(pid, &["--steps", "2"], d.path());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("CUPTI for torch.profiler"), "the holder is named: {e}");
+    assert!(t.is_none());
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = w.run.wait();
+    let _ = output_thread.join();
+    w.pid = None;
+}

@@ -160,6 +160,7 @@ pub fn write_parts(
     put("unload_drains", counters.unload_drains.load(Ordering::Relaxed));
     put("unload_drain_timeouts", counters.unload_drain_timeouts.load(Ordering::Relaxed));
     put("cupti_version", a.cupti_version() as u64);
+    put("cupti_multi_subscriber_subscriptions", counters.multi_subscriber_subscriptions.load(Ordering::Relaxed));
     for (k, v) in extra {
         put(k, *v);
     }

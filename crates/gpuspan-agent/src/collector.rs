@@ -229,7 +229,7 @@ impl Collector {
         }
         // Buffers complete only where CUPTI was loaded and collecting.
         let Some(api) = &a.api else { return true };
-        let next = api.get_next_record_fn();
+        let next = api.next_record();
         let layouts = api.layouts();
         loop {
             let stop = match limit {

@@ -14,7 +14,9 @@
 //! up and its CUDA events return to the pool, default 1 h),
 //! `GPUSPAN_FLIGHT_RECORDER` (steps the flight recorder keeps; overrides the rules file's
 //! `[capture] flight_recorder_steps`), `GPUSPAN_EXIT_BUDGET` (most time the agent spends
-//! finishing at exit, default 2 s). The OTLP
+//! finishing at exit, default 2 s), `GPUSPAN_CUPTI_MULTI_SUBSCRIBER` (`1` default: on a CUPTI
+//! 13.3+ subscribe in multiple-subscriber mode, so a V2-aware tool can subscribe alongside;
+//! `0`: always the single V1 subscription). The OTLP
 //! variables are read by `gpuspan_export::otlp::OtlpSettings`. A bad value gets one warning naming the variable and the default
 //! used, never a failure.
 //!
@@ -80,6 +82,10 @@ pub struct Config {
     /// are given back and it is given up (`GPUSPAN_SCOPE_TIMEOUT`, humantime, default
     /// [`crate::coarse::DEFAULT_ROOT_TIMEOUT`], 1 h).
     pub scope_timeout: std::time::Duration,
+    /// Ask CUPTI 13.3+ for multiple-subscriber mode when subscribing
+    /// (`GPUSPAN_CUPTI_MULTI_SUBSCRIBER`, `1`/`on` default, `0`/`off`;
+    /// `gpuspan_cupti::multi_subscriber`).
+    pub cupti_multi_subscriber: bool,
 }
 
 /// Default of [`Config::exit_budget`]: 2 s, short enough for a pod's termination grace
@@ -191,6 +197,14 @@ impl Config {
                 }
             },
         };
+        let cupti_multi_subscriber = match std::env::var("GPUSPAN_CUPTI_MULTI_SUBSCRIBER").as_deref().map(str::trim) {
+            Err(_) | Ok("") | Ok("1") | Ok("on") => true,
+            Ok("0") | Ok("off") => false,
+            Ok(other) => {
+                w.push(format!("GPUSPAN_CUPTI_MULTI_SUBSCRIBER={other:?} is not 0 or 1; using 1"));
+                true
+            }
+        };
         let worker_id = std::env::var("GPUSPAN_WORKER_ID")
             .ok()
             .filter(|v| !v.trim().is_empty())
@@ -213,6 +227,7 @@ impl Config {
                 capture_keep,
                 exit_budget,
                 scope_timeout,
+                cupti_multi_subscriber,
             },
             w,
         )

@@ -504,6 +504,7 @@ pub fn agent_status() -> Status {
         inactive_reason: if a.is_some() { None } else { Some("not activated".into()) },
         collecting: a.is_some_and(|a| a.collecting.load(Ordering::Relaxed)),
         cupti_version: a.map_or(0, |a| a.cupti_version()),
+        cupti_multi_subscriber: a.and_then(|a| a.api.as_ref()).is_some_and(|api| api.in_multi_subscriber_mode()),
         records_decoded: load(|c| &c.records_decoded),
         drops: Drops {
             cupti: load(|c| &c.cupti_records_dropped),
@@ -592,6 +593,7 @@ mod tests {
             inactive_reason: None,
             collecting: true,
             cupti_version: 27,
+            cupti_multi_subscriber: false,
             records_decoded: 99,
             drops: Drops::default(),
             spans: Some(SpanCounts::default()),

@@ -5,8 +5,44 @@
 //! the FFI boundary.
 
 use crate::shared::shared;
+use gpuspan_cupti::activity::BufferCallbacks;
 use gpuspan_cupti::buffers::RawBuffer;
+use gpuspan_cupti::multi_subscriber::{BufferCompleteInfo, BufferRequestInfo};
 use std::sync::atomic::Ordering;
+
+/// The callbacks the agent registers, V1 and V2 ([`gpuspan_cupti::activity::ActivityApi::register_callbacks`]).
+pub const BUFFER_CALLBACKS: BufferCallbacks = BufferCallbacks {
+    requested: buffer_requested,
+    completed: buffer_completed,
+    requested_v2: buffer_requested_v2,
+    completed_v2: buffer_completed_v2,
+};
+
+/// `CUpti_BuffersCallbackRequestFunc_v2` (CUPTI 13.2+, multiple-subscriber mode): as
+/// [`buffer_requested`]; the info struct is not read.
+///
+/// # Safety
+/// Called by CUPTI with valid out-pointers.
+pub unsafe extern "C" fn buffer_requested_v2(
+    buffer: *mut *mut u8,
+    size: *mut usize,
+    max_records: *mut usize,
+    _info: *mut BufferRequestInfo,
+) {
+    // SAFETY: the same out-pointers, forwarded.
+    unsafe { buffer_requested(buffer, size, max_records) }
+}
+
+/// `CUpti_BuffersCallbackCompleteFunc_v2` (CUPTI 13.2+, multiple-subscriber mode): as
+/// [`buffer_completed`]. In that mode CUPTI hands each subscriber only the buffers it lent,
+/// so a foreign buffer here would be CUPTI's mistake; it is still only read.
+///
+/// # Safety
+/// Called by CUPTI with a buffer it got from a buffer-requested callback.
+pub unsafe extern "C" fn buffer_completed_v2(buffer: *mut u8, size: usize, valid_bytes: usize, _info: *mut BufferCompleteInfo) {
+    // SAFETY: the same buffer contract, forwarded.
+    unsafe { buffer_completed(std::ptr::null_mut(), 0, buffer, size, valid_bytes) }
+}
 
 /// `CUpti_BuffersCallbackRequestFunc`: lends CUPTI a zeroed pool buffer, or declines
 /// (`*buffer = NULL`) when the pool is exhausted and CUPTI ≥ API 27.

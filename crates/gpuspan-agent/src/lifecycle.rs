@@ -247,7 +247,10 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
     // but times scopes with the driver's events alone, so a missing (or too old) CUPTI
     // only turns those off; coarse mode needs a driver or CUPTI to be of any use.
     let (api, no_cupti) = match ActivityApi::load() {
-        Ok(api) => (Some(api), None),
+        Ok(api) => {
+            api.set_multi_subscriber(config.cupti_multi_subscriber);
+            (Some(api), None)
+        }
         Err(e) if config.mode == Mode::Coarse => (None, Some(e.to_string())),
         Err(e) => return Err(e.to_string()),
     };
@@ -326,7 +329,7 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
     }
     let Some(api) = a.api.as_ref() else { return Err("fine mode without CUPTI".into()) };
     let setup = api
-        .register_callbacks(crate::cupti_callbacks::buffer_requested, crate::cupti_callbacks::buffer_completed)
+        .register_callbacks(crate::cupti_callbacks::BUFFER_CALLBACKS)
         .and_then(|_| api.enable_fine_kinds());
     if let Err(e) = setup {
         if let Some(s) = a.subscriber.lock().ok().and_then(|mut g| g.take()) {
@@ -359,7 +362,13 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
     crate::signals::install_sigterm_handler();
     crate::collector_thread::start_thread(a);
     crate::control::start(a);
-    activated("fine", &format!("fine mode on: CUPTI API {} from {}", api.version(), api.loaded_from()));
+    let multi = if api.in_multi_subscriber_mode() {
+        a.counters.multi_subscriber_subscriptions.fetch_add(1, Ordering::Relaxed);
+        " (multiple-subscriber mode: other CUPTI tools may subscribe alongside)"
+    } else {
+        ""
+    };
+    activated("fine", &format!("fine mode on: CUPTI API {} from {}{multi}", api.version(), api.loaded_from()));
     Ok(())
 }
 

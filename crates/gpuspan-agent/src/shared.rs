@@ -45,6 +45,9 @@ pub struct Counters {
     pub unload_drains: AtomicU64,
     /// Of those, the ones that went ahead before the decode finished (`unload::UNLOAD_WAIT`).
     pub unload_drain_timeouts: AtomicU64,
+    /// CUPTI subscriptions made in CUPTI 13.3+'s multiple-subscriber mode
+    /// (`gpuspan_cupti::multi_subscriber`), so far.
+    pub multi_subscriber_subscriptions: AtomicU64,
     /// Completed buffers left undecoded because the exit budget ran out.
     pub buffers_unread_at_exit: AtomicU64,
     /// 1 when CUPTI's last flush at exit did not return within the exit budget.

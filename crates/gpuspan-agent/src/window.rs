@@ -476,8 +476,11 @@ pub(crate) fn subscribe(a: &Shared) -> Result<(), String> {
         Some(39) => format!("CUPTI is held by another client ({e})"),
         _ => format!("cannot subscribe to CUPTI: {e}"),
     })?;
+    if api.in_multi_subscriber_mode() {
+        a.counters.multi_subscriber_subscriptions.fetch_add(1, Ordering::Relaxed);
+    }
     let setup = api
-        .register_callbacks(crate::cupti_callbacks::buffer_requested, crate::cupti_callbacks::buffer_completed)
+        .register_callbacks(crate::cupti_callbacks::BUFFER_CALLBACKS)
         .and_then(|_| api.enable_fine_kinds());
     if let Err(e) = setup {
         api.disable_fine_kinds();

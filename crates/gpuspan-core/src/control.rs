@@ -370,6 +370,10 @@ pub struct Status {
     pub collecting: bool,
     /// CUPTI API version in use (`cuptiGetVersion`; 0 when inactive).
     pub cupti_version: u32,
+    /// Whether gpuspan is subscribed to CUPTI in CUPTI 13.3+'s multiple-subscriber mode now
+    /// (another V2 tool may subscribe alongside); false when not subscribed or single mode.
+    #[serde(default)]
+    pub cupti_multi_subscriber: bool,
     /// Activity records decoded since activation.
     pub records_decoded: u64,
     /// Losses since activation.
@@ -530,6 +534,7 @@ mod tests {
             inactive_reason: None,
             collecting: true,
             cupti_version: 27,
+            cupti_multi_subscriber: false,
             records_decoded: 1234,
             drops: Drops { cupti: 1, record_limit: 2, scope_queue: 3, buffer_queue: 4, otlp_spans: 5 },
             spans: Some(SpanCounts { spans: 10, requests: 1, steps: 3 }),

@@ -60,12 +60,42 @@ unsafe impl Send for Subscriber {}
 unsafe impl Sync for Subscriber {}
 
 /// Typed access to the CUPTI calls gpuspan makes.
+///
+/// On a CUPTI 13.3+ that has the V2 calls, [`ActivityApi::subscribe_with`] asks for
+/// multiple-subscriber mode ([`crate::multi_subscriber`]); while that subscription lasts,
+/// every activity call (enable, buffer callbacks, external correlation, dropped count,
+/// timestamp, record walk) goes through its `_v2` form with the subscriber's handle, so
+/// another tool subscribed alongside keeps its own kinds, buffers and stacks. Otherwise the
+/// V1 calls are used, as on CUPTI 12.x.
 #[derive(Debug)]
 pub struct ActivityApi {
     syms: CuptiSymbols,
     version: u32,
     layouts: crate::layouts::RecordLayouts,
+    /// The subscriber handle while subscribed in multiple-subscriber mode, else NULL.
+    session: std::sync::atomic::AtomicPtr<c_void>,
+    /// Whether [`ActivityApi::subscribe_with`] may ask for multiple-subscriber mode.
+    multi_wanted: std::sync::atomic::AtomicBool,
 }
+
+/// The buffer callbacks gpuspan registers: the V1 pair (`cuptiActivityRegisterCallbacks`)
+/// and the V2 pair used in multiple-subscriber mode (`cuptiActivityRegisterCallbacks_v2`),
+/// which must do the same work.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferCallbacks {
+    /// `CUpti_BuffersCallbackRequestFunc`.
+    pub requested: BufferRequestedFn,
+    /// `CUpti_BuffersCallbackCompleteFunc`.
+    pub completed: BufferCompletedFn,
+    /// `CUpti_BuffersCallbackRequestFunc_v2`.
+    pub requested_v2: crate::multi_subscriber::BufferRequestedV2Fn,
+    /// `CUpti_BuffersCallbackCompleteFunc_v2`.
+    pub completed_v2: crate::multi_subscriber::BufferCompletedV2Fn,
+}
+
+/// Name gpuspan subscribes under in multiple-subscriber mode: other tools see
+/// "CUPTI for gpuspan" as the holder.
+pub const SUBSCRIBER_NAME: &std::ffi::CStr = c"gpuspan";
 
 unsafe extern "C" fn noop_callback(_: *mut c_void, _: u32, _: u32, _: *const c_void) {}
 
@@ -200,7 +230,46 @@ impl ActivityApi {
         check("cuptiGetVersion", unsafe { (syms.get_version)(&mut version) })?;
         let layouts = crate::layouts::RecordLayouts::for_api_version(version)
             .map_err(|why| CuptiError::Unsupported(format!("{why} ({})", syms.loaded_from)))?;
-        Ok(ActivityApi { syms, version, layouts })
+        Ok(ActivityApi {
+            syms,
+            version,
+            layouts,
+            session: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+            multi_wanted: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+
+    /// Whether later subscriptions may ask for CUPTI 13.3+'s multiple-subscriber mode (on by
+    /// default; the agent's `GPUSPAN_CUPTI_MULTI_SUBSCRIBER=0` turns it off).
+    pub fn set_multi_subscriber(&self, on: bool) {
+        self.multi_wanted.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether this CUPTI offers multiple-subscriber mode: API version ≥
+    /// [`crate::multi_subscriber::MULTI_SUBSCRIBER_MIN_VERSION`] and every V2 call present.
+    pub fn supports_multi_subscriber(&self) -> bool {
+        self.version >= crate::multi_subscriber::MULTI_SUBSCRIBER_MIN_VERSION && self.syms.v2.is_some()
+    }
+
+    /// Whether gpuspan is subscribed in multiple-subscriber mode now.
+    pub fn in_multi_subscriber_mode(&self) -> bool {
+        !self.session().is_null()
+    }
+
+    /// The multiple-subscriber handle, or NULL (V1 calls).
+    #[inline]
+    fn session(&self) -> *mut c_void {
+        self.session.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The V2 table and handle while subscribed in multiple-subscriber mode.
+    #[inline]
+    fn v2(&self) -> Option<(&crate::symbols::V2Symbols, *mut c_void)> {
+        let h = self.session();
+        if h.is_null() {
+            return None;
+        }
+        self.syms.v2.as_ref().map(|t| (t, h))
     }
 
     /// The record layouts of the loaded CUPTI, for [`crate::decode::decode_buffer`].
@@ -224,9 +293,14 @@ impl ActivityApi {
         &self.syms.loaded_from
     }
 
-    /// `cuptiActivityGetNextRecord`, for [`crate::decode::decode_buffer`].
-    pub fn get_next_record_fn(&self) -> crate::symbols::GetNextRecordFn {
-        self.syms.get_next_record
+    /// How to walk a completed buffer, for [`crate::decode::decode_buffer`]:
+    /// `cuptiActivityGetNextRecord_v2` with our handle in multiple-subscriber mode, else
+    /// `cuptiActivityGetNextRecord`.
+    pub fn next_record(&self) -> crate::decode::NextRecord {
+        match self.v2() {
+            Some((t, h)) => crate::decode::NextRecord::V2 { v2: t.get_next_record, subscriber: h, v1: self.syms.get_next_record },
+            None => crate::decode::NextRecord::V1(self.syms.get_next_record),
+        }
     }
 
     /// `cuptiSubscribe` with a callback that does nothing and no domain enabled: it claims
@@ -237,9 +311,56 @@ impl ActivityApi {
         self.subscribe_with(noop_callback)
     }
 
-    /// `cuptiSubscribe` with `callback` as the subscriber's API callback (it runs on the
+    /// Subscribes with `callback` as the subscriber's API callback (it runs on the
     /// application thread making each enabled call, ENTER and EXIT).
+    ///
+    /// On a CUPTI that [supports it](ActivityApi::supports_multi_subscriber) (unless turned
+    /// off), first `cuptiSubscribe_v2` as [`SUBSCRIBER_NAME`] asking for multiple-subscriber
+    /// mode; on success the activity calls go through their V2 forms until
+    /// [`ActivityApi::unsubscribe`]. When that is refused (39: a tool holds CUPTI in single
+    /// mode, or the driver is older than r610), `cuptiSubscribe`; if that is refused too, the
+    /// error is [`CuptiError::HeldBy`] naming the holder when CUPTI named one.
     pub fn subscribe_with(&self, callback: ApiCallbackFn) -> Result<Subscriber, CuptiError> {
+        let mut held_by = None;
+        if self.multi_wanted.load(std::sync::atomic::Ordering::Relaxed) && self.supports_multi_subscriber() {
+            match self.subscribe_multi(callback) {
+                Ok(s) => return Ok(s),
+                Err(e @ CuptiError::HeldBy { .. }) => held_by = Some(e),
+                Err(e) if e.code() == Some(crate::error::CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match self.subscribe_v1(callback) {
+            Err(e) if e.code() == Some(crate::error::CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED) => Err(held_by.unwrap_or(e)),
+            r => r,
+        }
+    }
+
+    /// `cuptiSubscribe_v2(.., {subscriberName: "gpuspan", allowMultipleSubscribers: 1})`.
+    fn subscribe_multi(&self, callback: ApiCallbackFn) -> Result<Subscriber, CuptiError> {
+        use crate::multi_subscriber::{read_old_subscriber_name, SubscriberParams, OLD_SUBSCRIBER_NAME_MIN_LEN};
+        let Some(t) = self.syms.v2.as_ref() else {
+            return Err(CuptiError::MissingSymbol("cuptiSubscribe_v2"));
+        };
+        let mut holder = [0u8; OLD_SUBSCRIBER_NAME_MIN_LEN];
+        let mut params = SubscriberParams::new(SUBSCRIBER_NAME, &mut holder, true);
+        let mut h: *mut c_void = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; the callback is a 'static extern "C" fn with the
+        // `CUpti_CallbackFunc` signature; `params` and the name buffer it points to outlive
+        // the call, the buffer's size is what we say.
+        let code = unsafe { (t.subscribe)(&mut h, Some(callback), std::ptr::null_mut(), &mut params) };
+        if code == crate::error::CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED {
+            if let Some(holder) = read_old_subscriber_name(&holder) {
+                return Err(CuptiError::HeldBy { call: "cuptiSubscribe_v2", holder });
+            }
+        }
+        check("cuptiSubscribe_v2", code)?;
+        self.session.store(h, std::sync::atomic::Ordering::Release);
+        Ok(Subscriber(h))
+    }
+
+    /// `cuptiSubscribe` (single-subscriber mode).
+    fn subscribe_v1(&self, callback: ApiCallbackFn) -> Result<Subscriber, CuptiError> {
         let mut h: *mut c_void = std::ptr::null_mut();
         // SAFETY: valid out-pointer; the callback is a 'static extern "C" fn with the
         // `CUpti_CallbackFunc` signature; userdata NULL.
@@ -341,32 +462,53 @@ impl ActivityApi {
         Ok(())
     }
 
-    /// `cuptiUnsubscribe`: releases the subscriber slot for other tools.
+    /// `cuptiUnsubscribe`: releases the subscriber slot for other tools (and leaves
+    /// multiple-subscriber mode: later activity calls are V1 again).
     pub fn unsubscribe(&self, s: Subscriber) -> Result<(), CuptiError> {
         // SAFETY: `s` came from `subscribe` and is consumed, so it is released once.
-        check("cuptiUnsubscribe", unsafe { (self.syms.unsubscribe)(s.0) })
+        let code = unsafe { (self.syms.unsubscribe)(s.0) };
+        let _ = self.session.compare_exchange(
+            s.0,
+            std::ptr::null_mut(),
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        check("cuptiUnsubscribe", code)
     }
 
-    /// `cuptiActivityRegisterCallbacks`.
-    pub fn register_callbacks(
-        &self,
-        requested: BufferRequestedFn,
-        completed: BufferCompletedFn,
-    ) -> Result<(), CuptiError> {
+    /// `cuptiActivityRegisterCallbacks`, or `cuptiActivityRegisterCallbacks_v2` with the V2
+    /// pair in multiple-subscriber mode.
+    pub fn register_callbacks(&self, cbs: BufferCallbacks) -> Result<(), CuptiError> {
+        if let Some((t, h)) = self.v2() {
+            // SAFETY: live subscriber handle; both are 'static extern "C" fns with the V2
+            // callback signatures.
+            return check("cuptiActivityRegisterCallbacks_v2", unsafe {
+                (t.register_callbacks)(h, cbs.requested_v2, cbs.completed_v2)
+            });
+        }
         // SAFETY: both are 'static extern "C" fns with the CUPTI callback signatures.
         check("cuptiActivityRegisterCallbacks", unsafe {
-            (self.syms.register_callbacks)(requested, completed)
+            (self.syms.register_callbacks)(cbs.requested, cbs.completed)
         })
     }
 
-    /// `cuptiActivityEnable(kind)`.
+    /// `cuptiActivityEnable(kind)` (`_v2` with our handle and no config in
+    /// multiple-subscriber mode).
     pub fn enable(&self, kind: u32) -> Result<(), CuptiError> {
+        if let Some((t, h)) = self.v2() {
+            // SAFETY: live subscriber handle, plain kind, NULL config (allowed, A13).
+            return check("cuptiActivityEnable_v2", unsafe { (t.activity_enable)(h, kind, std::ptr::null_mut()) });
+        }
         // SAFETY: plain integer argument.
         check("cuptiActivityEnable", unsafe { (self.syms.activity_enable)(kind) })
     }
 
-    /// `cuptiActivityDisable(kind)`.
+    /// `cuptiActivityDisable(kind)` (`_v2` in multiple-subscriber mode).
     pub fn disable(&self, kind: u32) -> Result<(), CuptiError> {
+        if let Some((t, h)) = self.v2() {
+            // SAFETY: as in `enable`.
+            return check("cuptiActivityDisable_v2", unsafe { (t.activity_disable)(h, kind, std::ptr::null_mut()) });
+        }
         // SAFETY: plain integer argument.
         check("cuptiActivityDisable", unsafe { (self.syms.activity_disable)(kind) })
     }
@@ -394,7 +536,8 @@ impl ActivityApi {
 
     /// `cuptiActivityFlushAll(flags)`: blocks until completed buffers are handed to the
     /// completion callback. Never call it from a buffer callback, nor while holding a lock
-    /// that a buffer callback takes (CUPTI-NOTES §1, ABBA deadlock).
+    /// that a buffer callback takes (CUPTI-NOTES §1, ABBA deadlock). It has no V2 form: in
+    /// multiple-subscriber mode it flushes every subscriber's buffers (A13).
     pub fn flush_all(&self, flags: u32) -> Result<(), CuptiError> {
         // SAFETY: plain integer argument.
         check("cuptiActivityFlushAll", unsafe { (self.syms.flush_all)(flags) })
@@ -404,6 +547,13 @@ impl ActivityApi {
     /// buffer space since the last call (resets on read).
     pub fn dropped_records(&self) -> Result<usize, CuptiError> {
         let mut n = 0usize;
+        if let Some((t, h)) = self.v2() {
+            // SAFETY: live subscriber handle; NULL context; valid out-pointer.
+            check("cuptiActivityGetNumDroppedRecords_v2", unsafe {
+                (t.dropped_records)(h, std::ptr::null_mut(), 0, &mut n)
+            })?;
+            return Ok(n);
+        }
         // SAFETY: NULL context is allowed (A12); valid out-pointer.
         check("cuptiActivityGetNumDroppedRecords", unsafe {
             (self.syms.dropped_records)(std::ptr::null_mut(), 0, &mut n)
@@ -415,6 +565,10 @@ impl ActivityApi {
     /// Hot path: one indirect call, no allocation. Returns the raw code.
     #[inline]
     pub fn push_external_correlation(&self, kind: u32, id: u64) -> u32 {
+        if let Some((t, h)) = self.v2() {
+            // SAFETY: live subscriber handle, plain integers.
+            return unsafe { (t.push_external)(h, kind, id) };
+        }
         // SAFETY: plain integer arguments.
         unsafe { (self.syms.push_external)(kind, id) }
     }
@@ -424,8 +578,12 @@ impl ActivityApi {
     #[inline]
     pub fn pop_external_correlation(&self, kind: u32) -> Result<Option<u64>, CuptiError> {
         let mut last = 0u64;
-        // SAFETY: valid out-pointer.
-        let code = unsafe { (self.syms.pop_external)(kind, &mut last) };
+        let code = match self.v2() {
+            // SAFETY: live subscriber handle; valid out-pointer.
+            Some((t, h)) => unsafe { (t.pop_external)(h, kind, &mut last) },
+            // SAFETY: valid out-pointer.
+            None => unsafe { (self.syms.pop_external)(kind, &mut last) },
+        };
         match code {
             0 => Ok(Some(last)),
             CUPTI_ERROR_QUEUE_EMPTY => Ok(None),
@@ -438,8 +596,12 @@ impl ActivityApi {
     #[inline]
     pub fn timestamp_ns(&self) -> u64 {
         let mut t = 0u64;
-        // SAFETY: valid out-pointer.
-        let code = unsafe { (self.syms.get_timestamp)(&mut t) };
+        let code = match self.v2() {
+            // SAFETY: live subscriber handle; valid out-pointer.
+            Some((v2, h)) => unsafe { (v2.get_timestamp)(h, &mut t) },
+            // SAFETY: valid out-pointer.
+            None => unsafe { (self.syms.get_timestamp)(&mut t) },
+        };
         if code == 0 {
             t
         } else {

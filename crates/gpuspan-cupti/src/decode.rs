@@ -14,7 +14,7 @@
 
 use crate::error::{CUPTI_ERROR_INVALID_KIND, CUPTI_ERROR_MAX_LIMIT_REACHED};
 use crate::layouts::RecordLayouts;
-use crate::symbols::GetNextRecordFn;
+use crate::symbols::{GetNextRecordFn, GetNextRecordV2Fn};
 use cudarc::cupti::sys::{
     CUpti_Activity, CUpti_ActivityAPI, CUpti_ActivityExternalCorrelation, CUpti_ActivityKernel9,
     CUpti_ActivityMemcpy6, CUpti_ActivityMemset4, CUpti_ActivityOverhead3,
@@ -89,18 +89,68 @@ pub struct DecodeStats {
     pub incomplete_kernels: u64,
 }
 
+/// The function that walks a completed buffer: `cuptiActivityGetNextRecord`, or in CUPTI
+/// 13.3+'s multiple-subscriber mode `cuptiActivityGetNextRecord_v2` with the handle of the
+/// subscriber the buffer was delivered to ([`crate::multi_subscriber`]).
+#[derive(Debug, Clone, Copy)]
+pub enum NextRecord {
+    /// `cuptiActivityGetNextRecord(buffer, validSize, &record)`.
+    V1(GetNextRecordFn),
+    /// `cuptiActivityGetNextRecord_v2(subscriber, buffer, validSize, &record)`. A buffer
+    /// decoded after its subscriber unsubscribed (the handle is then refused with
+    /// `CUPTI_ERROR_INVALID_PARAMETER`) is walked with `v1` instead.
+    V2 {
+        /// `cuptiActivityGetNextRecord_v2`.
+        v2: GetNextRecordV2Fn,
+        /// The subscriber the buffer was delivered to.
+        subscriber: *mut std::ffi::c_void,
+        /// `cuptiActivityGetNextRecord`.
+        v1: GetNextRecordFn,
+    },
+}
+
+impl From<GetNextRecordFn> for NextRecord {
+    fn from(f: GetNextRecordFn) -> NextRecord {
+        NextRecord::V1(f)
+    }
+}
+
+impl NextRecord {
+    /// One step of the walk: the raw `CUptiResult`.
+    ///
+    /// # Safety
+    /// As the CUPTI function: `buf` holds `valid_bytes` of records, `rec` is NULL or the
+    /// previous record returned; for V2 the handle is a live subscriber's.
+    #[inline]
+    unsafe fn step(self, buf: *mut u8, valid_bytes: usize, rec: &mut *mut CUpti_Activity) -> u32 {
+        match self {
+            // SAFETY: the caller's contract is the function's.
+            NextRecord::V1(f) => unsafe { f(buf, valid_bytes, rec) },
+            NextRecord::V2 { v2, subscriber, v1 } => {
+                // SAFETY: as above, with the subscriber handle the buffer belongs to.
+                let code = unsafe { v2(subscriber, buf, valid_bytes, rec) };
+                if code == crate::error::CUPTI_ERROR_INVALID_PARAMETER && !buf.is_null() {
+                    // SAFETY: the caller's contract is the function's.
+                    return unsafe { v1(buf, valid_bytes, rec) };
+                }
+                code
+            }
+        }
+    }
+}
+
 /// Decodes every record of `buf[..valid_bytes]`, appending to `out`.
 ///
-/// `next_record` is `cuptiActivityGetNextRecord` of the CUPTI that filled the buffer
-/// (`ActivityApi::get_next_record_fn`), or any function with its contract; `layouts` are
-/// that CUPTI's (`ActivityApi::layouts`).
+/// `next_record` walks the buffer: the CUPTI's that filled it (`ActivityApi::next_record`),
+/// or any function with its contract (`NextRecord::from(f)`); `layouts` are that CUPTI's
+/// (`ActivityApi::layouts`).
 ///
 /// # Safety
 /// `buf` points to a buffer of at least `valid_bytes` bytes that CUPTI completed, holding
 /// records laid out by the CUPTI whose `next_record` and `layouts` are passed; name pointers
 /// inside the records are valid for the duration of this call.
 pub unsafe fn decode_buffer(
-    next_record: GetNextRecordFn,
+    next_record: NextRecord,
     layouts: &RecordLayouts,
     buf: *mut u8,
     valid_bytes: usize,
@@ -114,7 +164,7 @@ pub unsafe fn decode_buffer(
     let mut rec: *mut CUpti_Activity = std::ptr::null_mut();
     loop {
         // SAFETY: buffer contract from the caller; `rec` is NULL or the previous record.
-        let code = unsafe { next_record(buf, valid_bytes, &mut rec) };
+        let code = unsafe { next_record.step(buf, valid_bytes, &mut rec) };
         if code == CUPTI_ERROR_MAX_LIMIT_REACHED {
             break;
         }

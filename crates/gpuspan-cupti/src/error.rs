@@ -28,6 +28,8 @@ pub fn result_name(code: u32) -> &'static str {
         1 => "CUPTI_ERROR_INVALID_PARAMETER",
         2 => "CUPTI_ERROR_INVALID_DEVICE",
         3 => "CUPTI_ERROR_INVALID_CONTEXT",
+        10 => "CUPTI_ERROR_PARAMETER_SIZE_NOT_SUFFICIENT",
+        11 => "CUPTI_ERROR_API_NOT_IMPLEMENTED",
         12 => "CUPTI_ERROR_MAX_LIMIT_REACHED",
         13 => "CUPTI_ERROR_NOT_READY",
         14 => "CUPTI_ERROR_NOT_COMPATIBLE",
@@ -36,7 +38,8 @@ pub fn result_name(code: u32) -> &'static str {
         18 => "CUPTI_ERROR_QUEUE_EMPTY",
         19 => "CUPTI_ERROR_INVALID_HANDLE",
         21 => "CUPTI_ERROR_INVALID_KIND",
-        22 => "CUPTI_ERROR_NOT_SUPPORTED",
+        22 => "CUPTI_ERROR_INVALID_EVENT_VALUE",
+        27 => "CUPTI_ERROR_NOT_SUPPORTED",
         35 => "CUPTI_ERROR_INSUFFICIENT_PRIVILEGES",
         39 => "CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED",
         999 => "CUPTI_ERROR_UNKNOWN",
@@ -65,6 +68,15 @@ pub enum CuptiError {
         /// Where the CUPTI library was loaded from.
         cupti: String,
     },
+    /// `cuptiSubscribe_v2` returned `CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED` (39) and
+    /// named the subscriber or tool that holds CUPTI (`oldSubscriberName`, e.g. "CUPTI for
+    /// torch.profiler"; [`crate::multi_subscriber`]).
+    HeldBy {
+        /// The CUPTI function.
+        call: &'static str,
+        /// The holder's name as CUPTI wrote it.
+        holder: String,
+    },
     /// A call returned a non-success code.
     Call {
         /// The CUPTI function.
@@ -79,6 +91,7 @@ impl CuptiError {
     pub fn code(&self) -> Option<u32> {
         match self {
             CuptiError::Call { code, .. } => Some(*code),
+            CuptiError::HeldBy { .. } => Some(CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED),
             _ => None,
         }
     }
@@ -95,6 +108,11 @@ impl fmt::Display for CuptiError {
             CuptiError::NoDriver { cupti } => write!(
                 f,
                 "no CUDA driver library (libcuda.so.1) to go with CUPTI ({cupti}); CUPTI is not called without one"
+            ),
+            CuptiError::HeldBy { call, holder } => write!(
+                f,
+                "{call} returned {CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED} ({}): CUPTI is held by {holder}",
+                result_name(CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED)
             ),
             CuptiError::Call { call, code } => {
                 write!(f, "{call} returned {code} ({})", result_name(*code))

@@ -30,6 +30,7 @@ pub mod decode;
 pub mod error;
 pub mod events;
 pub mod layouts;
+pub mod multi_subscriber;
 pub mod symbols;
 pub mod nvtx;
 

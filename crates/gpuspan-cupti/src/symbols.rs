@@ -15,6 +15,8 @@ pub type BufferCompletedFn = unsafe extern "C" fn(*mut c_void, u32, *mut u8, usi
 pub type CallbackFn = Option<unsafe extern "C" fn(*mut c_void, u32, u32, *const c_void)>;
 /// `cuptiActivityGetNextRecord(buffer, validBufferSizeBytes, &record)`.
 pub type GetNextRecordFn = unsafe extern "C" fn(*mut u8, usize, *mut *mut CUpti_Activity) -> u32;
+/// `cuptiActivityGetNextRecord_v2(subscriber, buffer, validBufferSizeBytes, &record)` (13.3+).
+pub type GetNextRecordV2Fn = unsafe extern "C" fn(*mut c_void, *mut u8, usize, *mut *mut CUpti_Activity) -> u32;
 
 /// Library file names tried in order: the versioned sonames first (the unversioned
 /// `libcupti.so` is a development symlink that may point at another toolkit's CUPTI than the
@@ -66,6 +68,36 @@ pub struct CuptiSymbols {
     /// `cuptiActivityGetNextRecord`, public because [`crate::decode`] takes it as a parameter
     /// (benches pass the simulator's).
     pub get_next_record: GetNextRecordFn,
+    /// The subscriber-aware V2 calls of CUPTI 13.3+, when the library has every one of them
+    /// ([`crate::multi_subscriber`]); `None` for older CUPTIs.
+    pub(crate) v2: Option<V2Symbols>,
+}
+
+/// The subscriber-aware V2 functions gpuspan calls in multiple-subscriber mode
+/// (`cupti_callbacks.h` / `cupti_activity.h` 13.3+; [`crate::multi_subscriber`]).
+pub(crate) struct V2Symbols {
+    /// `cuptiSubscribe_v2(&subscriber, callback, userdata, CUpti_SubscriberParams*)`.
+    pub(crate) subscribe: unsafe extern "C" fn(*mut *mut c_void, CallbackFn, *mut c_void, *mut crate::multi_subscriber::SubscriberParams) -> u32,
+    /// `cuptiActivityEnable_v2(subscriber, kind, CUpti_ActivityConfig*)` (config NULL).
+    pub(crate) activity_enable: unsafe extern "C" fn(*mut c_void, u32, *mut c_void) -> u32,
+    /// `cuptiActivityDisable_v2(subscriber, kind, CUpti_ActivityConfig*)`.
+    pub(crate) activity_disable: unsafe extern "C" fn(*mut c_void, u32, *mut c_void) -> u32,
+    /// `cuptiActivityRegisterCallbacks_v2(subscriber, requested, completed)`.
+    pub(crate) register_callbacks: unsafe extern "C" fn(
+        *mut c_void,
+        crate::multi_subscriber::BufferRequestedV2Fn,
+        crate::multi_subscriber::BufferCompletedV2Fn,
+    ) -> u32,
+    /// `cuptiActivityGetNumDroppedRecords_v2(subscriber, ctx, streamId, size_t*)`.
+    pub(crate) dropped_records: unsafe extern "C" fn(*mut c_void, *mut c_void, u32, *mut usize) -> u32,
+    /// `cuptiActivityPushExternalCorrelationId_v2(subscriber, kind, id)`.
+    pub(crate) push_external: unsafe extern "C" fn(*mut c_void, u32, u64) -> u32,
+    /// `cuptiActivityPopExternalCorrelationId_v2(subscriber, kind, &last)`.
+    pub(crate) pop_external: unsafe extern "C" fn(*mut c_void, u32, *mut u64) -> u32,
+    /// `cuptiGetTimestamp_v2(subscriber, &ts)`.
+    pub(crate) get_timestamp: unsafe extern "C" fn(*mut c_void, *mut u64) -> u32,
+    /// `cuptiActivityGetNextRecord_v2`.
+    pub(crate) get_next_record: GetNextRecordV2Fn,
 }
 
 impl std::fmt::Debug for CuptiSymbols {
@@ -146,10 +178,30 @@ impl CuptiSymbols {
             pop_external: sym!(lib, "cuptiActivityPopExternalCorrelationId"),
             get_timestamp: sym!(lib, "cuptiGetTimestamp"),
             get_next_record: sym!(lib, "cuptiActivityGetNextRecord"),
+            v2: Self::resolve_v2(&lib),
             loaded_from: name.to_string(),
             _lib: lib,
         };
         Ok(s)
+    }
+
+    /// The V2 table, or `None` if any of its symbols is missing (CUPTI before 13.3).
+    #[allow(clippy::missing_transmute_annotations)]
+    fn resolve_v2(lib: &libloading::Library) -> Option<V2Symbols> {
+        let table = || -> Result<V2Symbols, CuptiError> {
+            Ok(V2Symbols {
+                subscribe: sym!(lib, "cuptiSubscribe_v2"),
+                activity_enable: sym!(lib, "cuptiActivityEnable_v2"),
+                activity_disable: sym!(lib, "cuptiActivityDisable_v2"),
+                register_callbacks: sym!(lib, "cuptiActivityRegisterCallbacks_v2"),
+                dropped_records: sym!(lib, "cuptiActivityGetNumDroppedRecords_v2"),
+                push_external: sym!(lib, "cuptiActivityPushExternalCorrelationId_v2"),
+                pop_external: sym!(lib, "cuptiActivityPopExternalCorrelationId_v2"),
+                get_timestamp: sym!(lib, "cuptiGetTimestamp_v2"),
+                get_next_record: sym!(lib, "cuptiActivityGetNextRecord_v2"),
+            })
+        };
+        table().ok()
     }
 }
 

@@ -447,3 +447,82 @@ fn every_cupti_release_writes_what_the_layout_table_says() {
         }
     }
 }
+
+/// The V2 structs and constants of `gpuspan_cupti::multi_subscriber` against every release
+/// header that has them (13.3 … 13.5 for the whole V2 activity API; `CUpti_SubscriberParams`
+/// from 13.0): sizes and offsets by gcc, the name lengths, the attribute value, and that the
+/// V2 functions the agent resolves are declared from 13.3 on and not all before.
+#[test]
+fn multi_subscriber_types_match_the_13x_headers() {
+    use gpuspan_cupti::multi_subscriber::*;
+    use std::mem::{offset_of, size_of};
+    let Some(root) = release_headers() else { return };
+    let v2_calls = [
+        "cuptiSubscribe_v2",
+        "cuptiActivityEnable_v2",
+        "cuptiActivityDisable_v2",
+        "cuptiActivityRegisterCallbacks_v2",
+        "cuptiActivityGetNumDroppedRecords_v2",
+        "cuptiActivityPushExternalCorrelationId_v2",
+        "cuptiActivityPopExternalCorrelationId_v2",
+        "cuptiGetTimestamp_v2",
+        "cuptiActivityGetNextRecord_v2",
+    ];
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let inc = entry.unwrap().path();
+        let Ok(version) = std::fs::read_to_string(inc.join("cupti_version.h")) else { continue };
+        let api = header_value(&version, "CUPTI_API_VERSION").unwrap_or(0) as u32;
+        let text = ["cupti_activity.h", "cupti_callbacks.h"]
+            .iter()
+            .map(|h| std::fs::read_to_string(inc.join(h)).unwrap_or_default())
+            .collect::<String>();
+        let declared = v2_calls.iter().filter(|c| text.contains(&format!("CUPTIAPI {}(", c))).count();
+        if api < MULTI_SUBSCRIBER_MIN_VERSION {
+            assert!(declared < v2_calls.len(), "{}: all V2 calls before 13.3?", inc.display());
+            continue;
+        }
+        assert_eq!(declared, v2_calls.len(), "{}: every V2 call the agent resolves", inc.display());
+        assert_eq!(header_value(&text, "CUPTI_SUBSCRIBER_NAME_MAX_LEN"), Some(SUBSCRIBER_NAME_MAX_LEN as u64));
+        assert_eq!(header_value(&text, "CUPTI_OLD_SUBSCRIBER_NAME_MIN_LEN"), Some(OLD_SUBSCRIBER_NAME_MIN_LEN as u64));
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = String::from("#include <stdio.h>\n#include <stddef.h>\n#include <cupti_activity.h>\n#include <cupti_callbacks.h>\nint main(void){\n");
+        let fields: [(&str, &str, usize); 11] = [
+            ("CUpti_SubscriberParams", "", size_of::<SubscriberParams>()),
+            ("CUpti_SubscriberParams", "subscriberName", offset_of!(SubscriberParams, subscriber_name)),
+            ("CUpti_SubscriberParams", "oldSubscriberName", offset_of!(SubscriberParams, old_subscriber_name)),
+            ("CUpti_SubscriberParams", "oldSubscriberSize", offset_of!(SubscriberParams, old_subscriber_size)),
+            ("CUpti_SubscriberParams", "allowMultipleSubscribers", offset_of!(SubscriberParams, allow_multiple_subscribers)),
+            ("CUpti_BufferCallbackRequestInfo", "", size_of::<BufferRequestInfo>()),
+            ("CUpti_BufferCallbackCompleteInfo", "", size_of::<BufferCompleteInfo>()),
+            ("CUpti_BufferCallbackCompleteInfo", "threadId", offset_of!(BufferCompleteInfo, thread_id)),
+            ("CUpti_BufferCallbackCompleteInfo", "ppRecordLayouts", offset_of!(BufferCompleteInfo, record_layouts)),
+            ("CUpti_BufferCallbackCompleteInfo", "numRecordLayouts", offset_of!(BufferCompleteInfo, num_record_layouts)),
+            ("CUpti_SubscriberParams", "padding", offset_of!(SubscriberParams, padding)),
+        ];
+        for (t, f, _) in fields {
+            if f.is_empty() {
+                c += &format!("printf(\"{t}. %zu\\n\", sizeof({t}));\n");
+            } else {
+                c += &format!("printf(\"{t}.{f} %zu\\n\", offsetof({t},{f}));\n");
+            }
+        }
+        c += "printf(\"STRUCT_SIZE. %zu\\n\", (size_t)CUpti_SubscriberParams_STRUCT_SIZE);\n";
+        c += "printf(\"ATTR. %d\\n\", (int)CUPTI_ACTIVITY_ATTR_MULTIPLE_SUBSCRIBER_STATE);\nreturn 0;}\n";
+        std::fs::write(dir.path().join("m.c"), c).unwrap();
+        let exe = dir.path().join("m");
+        let stub = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda-stub");
+        let o = Command::new("gcc").arg("-I").arg(&stub).arg("-I").arg(&inc).arg(dir.path().join("m.c")).arg("-o").arg(&exe).output().expect("gcc");
+        assert!(o.status.success(), "gcc against {}: {}", inc.display(), String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8(Command::new(&exe).output().unwrap().stdout).unwrap();
+        let got: std::collections::BTreeMap<&str, usize> =
+            out.lines().map(|l| l.split_once(' ').unwrap()).map(|(k, v)| (k, v.parse().unwrap())).collect();
+        for (t, f, want) in fields {
+            assert_eq!(got.get(format!("{t}.{f}").as_str()), Some(&want), "{t}.{f} in {}", inc.display());
+        }
+        assert_eq!(got["STRUCT_SIZE."], size_of::<SubscriberParams>(), "structSize we pass, {}", inc.display());
+        assert_eq!(got["ATTR."], ATTR_MULTIPLE_SUBSCRIBER_STATE as usize, "{}", inc.display());
+        checked += 1;
+    }
+    assert!(checked >= 3, "13.3, 13.4, 13.5 checked ({checked}) in {}", root.display());
+}

@@ -61,8 +61,11 @@ pub fn nvtx_event_attributes(data: &[u8]) {
     }
 }
 
-/// Every target: its name (the cargo-fuzz target and corpus directory) and harness.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+/// A fuzz target: its name (the cargo-fuzz target and corpus directory) and harness.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target.
+pub const TARGETS: [Target; 6] = [
     ("activity_buffer", activity_buffer),
     ("kineto_reader", kineto_reader),
     ("control_message", control_message),

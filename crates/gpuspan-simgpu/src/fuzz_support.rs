@@ -11,7 +11,7 @@
 
 use crate::sim::config::CuptiAbi;
 use crate::sim::records::{kind, record_size};
-use gpuspan_cupti::decode::{decode_buffer, NameCache};
+use gpuspan_cupti::decode::{decode_buffer, NameCache, NextRecord};
 use gpuspan_cupti::layouts::{OverheadLayout, RecordLayouts, RELEASES};
 
 /// `name` in every kernel record struct (Kernel9 … Kernel13): cudarc's
@@ -73,7 +73,7 @@ pub fn decode_activity_bytes(data: &[u8]) -> usize {
     // SAFETY: the buffer holds `bytes.len()` valid bytes of records in `release`'s layouts,
     // walked by the simulator's GetNextRecord (publishing `release` above); the pointers
     // CUPTI owns are valid or NULL.
-    unsafe { decode_buffer(next_record_raw, &layouts, base, bytes.len(), &mut names, &mut out) };
+    unsafe { decode_buffer(NextRecord::V1(next_record_raw), &layouts, base, bytes.len(), &mut names, &mut out) };
     out.len()
 }
 

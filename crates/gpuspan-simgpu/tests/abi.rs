@@ -708,3 +708,195 @@ fn real_clock_sleeps_until_the_simulated_end() {
     drop(_g);
     let _g = fresh(&[]);
 }
+
+// --- CUPTI 13.3+ multiple-subscriber mode ------------------------------------------
+
+/// Handles of the two V2 subscribers of `multiple_subscribers_each_get_their_own_records`.
+static V2_HANDLES: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+/// Records each V2 subscriber's completion callback received.
+static V2_RECORDS: [Mutex<Vec<Vec<u8>>>; 2] = [Mutex::new(Vec::new()), Mutex::new(Vec::new())];
+
+/// `CUpti_SubscriberParams` (`cupti_callbacks.h` 13.x).
+#[repr(C)]
+struct SubscriberParams {
+    struct_size: usize,
+    name: *const c_char,
+    old_name: *mut c_char,
+    old_size: usize,
+    allow_multiple: u8,
+    padding: [u8; 7],
+}
+
+extern "C" fn request_v2<const N: usize>(buf: *mut *mut u8, size: *mut usize, max: *mut usize, _info: *mut c_void) {
+    request(buf, size, max);
+}
+
+extern "C" fn complete_v2<const N: usize>(buf: *mut u8, size: usize, valid: usize, info: *mut usize) {
+    // SAFETY: the sim passes a CUpti_BufferCallbackCompleteInfo; structSize is its first field.
+    assert_eq!(unsafe { *info }, 32, "CompleteInfo.structSize");
+    let next: unsafe extern "C" fn(*mut c_void, *mut u8, usize, *mut *mut c_void) -> u32 = sym("cuptiActivityGetNextRecord_v2");
+    let h = V2_HANDLES[N].load(Ordering::SeqCst) as *mut c_void;
+    let mut rec: *mut c_void = std::ptr::null_mut();
+    let mut starts = Vec::new();
+    // SAFETY: our buffer, handed back by the sim, walked with our handle.
+    while unsafe { next(h, buf, valid, &mut rec) } == 0 {
+        starts.push(rec as usize);
+    }
+    let end = buf as usize + valid;
+    let mut out = V2_RECORDS[N].lock().unwrap();
+    for (i, &s) in starts.iter().enumerate() {
+        let e = starts.get(i + 1).copied().unwrap_or(end);
+        // SAFETY: [s, e) lies inside the valid part of the buffer.
+        out.push(unsafe { std::slice::from_raw_parts(s as *const u8, e - s) }.to_vec());
+    }
+    // SAFETY: allocated in `request` with this size and alignment.
+    unsafe { dealloc(buf, Layout::from_size_align(size, 8).unwrap()) };
+}
+
+/// `cuptiSubscribe_v2` as `name`; returns (code, handle, what CUPTI wrote as the old name).
+fn subscribe_v2(name: &CStr, allow_multiple: bool) -> (u32, *mut c_void, String) {
+    type Cb = extern "C" fn(*mut c_void, u32, u32, *const c_void);
+    let mut old = [0u8; 64];
+    let mut p = SubscriberParams {
+        struct_size: std::mem::size_of::<SubscriberParams>(),
+        name: name.as_ptr(),
+        old_name: old.as_mut_ptr() as *mut c_char,
+        old_size: old.len(),
+        allow_multiple: allow_multiple as u8,
+        padding: [0; 7],
+    };
+    let mut h = std::ptr::null_mut();
+    let code = c!(cuptiSubscribe_v2(&mut h, on_api, std::ptr::null_mut(), &mut p)
+        as fn(*mut *mut c_void, Cb, *mut c_void, *mut SubscriberParams) -> u32);
+    let end = old.iter().position(|&b| b == 0).unwrap_or(old.len());
+    (code, h, String::from_utf8_lossy(&old[..end]).into_owned())
+}
+
+fn subscriber_state(h: *mut c_void) -> u8 {
+    let (mut size, mut v) = (1usize, 9u8);
+    assert_eq!(
+        c!(cuptiActivityGetAttribute_v2(h, 12, &mut size, &mut v as *mut u8 as *mut c_void)
+            as fn(*mut c_void, u32, *mut usize, *mut c_void) -> u32),
+        0
+    );
+    v
+}
+
+/// Two V2 subscribers and the V1 activity client side by side on a CUPTI 13.3: each gets the
+/// kinds it enabled, in its own buffers through its own callbacks, external correlation
+/// from its own stacks only; the mode rules (V1 subscribe and a single-mode request refused
+/// with the first subscriber's name, finalize a no-op while two are subscribed, the mode
+/// free again once both left); refused before 13.3 and under the old-driver fault.
+#[test]
+fn multiple_subscribers_each_get_their_own_records() {
+    type Req2 = extern "C" fn(*mut *mut u8, *mut usize, *mut usize, *mut c_void);
+    type Done2 = extern "C" fn(*mut u8, usize, usize, *mut usize);
+    let _g = fresh(&[("GPUSPAN_SIM_CUPTI_VERSION", "13.3")]);
+    for r in &V2_RECORDS {
+        r.lock().unwrap().clear();
+    }
+    let (code, a, old) = subscribe_v2(c"tool-a", true);
+    assert_eq!((code, old.as_str()), (0, ""));
+    assert_eq!(subscriber_state(a), 1, "multiple");
+    let (code, b, old) = subscribe_v2(c"tool-b", true);
+    assert_eq!((code, old.as_str()), (0, "CUPTI for tool-a"), "the first subscriber is named");
+    V2_HANDLES[0].store(a as usize, Ordering::SeqCst);
+    V2_HANDLES[1].store(b as usize, Ordering::SeqCst);
+    let (code, _, old) = subscribe_v2(c"tool-c", false);
+    assert_eq!((code, old.as_str()), (39, "CUPTI for tool-a"), "single mode asked in multiple mode");
+    type Cb = extern "C" fn(*mut c_void, u32, u32, *const c_void);
+    let mut v1 = std::ptr::null_mut();
+    assert_eq!(
+        c!(cuptiSubscribe(&mut v1, on_api, std::ptr::null_mut()) as fn(*mut *mut c_void, Cb, *mut c_void) -> u32),
+        39,
+        "V1 and V2 subscribers do not mix"
+    );
+
+    let enable_v2 = |h: *mut c_void, k: u32| {
+        assert_eq!(c!(cuptiActivityEnable_v2(h, k, std::ptr::null_mut()) as fn(*mut c_void, u32, *mut c_void) -> u32), 0)
+    };
+    for k in [KERNEL, DRIVER, EXTCORR] {
+        enable_v2(a, k);
+    }
+    enable_v2(b, KERNEL);
+    assert_eq!(
+        c!(cuptiActivityRegisterCallbacks_v2(a, request_v2::<0>, complete_v2::<0>) as fn(*mut c_void, Req2, Done2) -> u32),
+        0
+    );
+    assert_eq!(
+        c!(cuptiActivityRegisterCallbacks_v2(b, request_v2::<1>, complete_v2::<1>) as fn(*mut c_void, Req2, Done2) -> u32),
+        0
+    );
+    // The V1 activity-only client (torch.profiler's Kineto) alongside.
+    register();
+    enable(&[KERNEL]);
+
+    let (f, s) = setup(0);
+    assert_eq!(c!(cuptiActivityPushExternalCorrelationId_v2(a, 5, 77) as fn(*mut c_void, u32, u64) -> u32), 0);
+    for _ in 0..3 {
+        assert_eq!(launch(f, s, 5_000), 0);
+    }
+    let mut last = 0u64;
+    assert_eq!(c!(cuptiActivityPopExternalCorrelationId_v2(a, 5, &mut last) as fn(*mut c_void, u32, *mut u64) -> u32), 0);
+    assert_eq!(last, 77);
+    assert_eq!(
+        c!(cuptiActivityPopExternalCorrelationId_v2(b, 5, &mut last) as fn(*mut c_void, u32, *mut u64) -> u32),
+        18,
+        "b's stack is its own: empty"
+    );
+    sync(s);
+    assert_eq!(c!(cuptiFinalize() as fn() -> u32), 0, "a no-op with two subscribers");
+    assert_eq!(subscriber_state(a), 1, "finalize left both subscribed");
+    flush(0);
+
+    let count = |recs: &[Vec<u8>], k: u32| recs.iter().filter(|r| u32_at(r, 0) == k).count();
+    let ra = V2_RECORDS[0].lock().unwrap().clone();
+    let rb = V2_RECORDS[1].lock().unwrap().clone();
+    let rl = take_records();
+    assert_eq!(count(&ra, KERNEL), 3, "a's kernels");
+    assert!(count(&ra, DRIVER) >= 3, "a's API records");
+    let ext: Vec<_> = ra.iter().filter(|r| u32_at(r, 0) == EXTCORR).collect();
+    assert_eq!(ext.len(), 3, "one external record per launch, from a's stack");
+    assert!(ext.iter().all(|r| u64_at(r, 8) == 77));
+    assert_eq!((count(&rb, KERNEL), rb.len()), (3, 3), "b gets its kernels and nothing else");
+    assert_eq!((count(&rl, KERNEL), rl.len()), (3, 3), "the V1 client gets its kernels and nothing else");
+    let kernels = |recs: &[Vec<u8>]| -> Vec<Vec<u8>> { recs.iter().filter(|r| u32_at(r, 0) == KERNEL).cloned().collect() };
+    assert_eq!(kernels(&ra), kernels(&rb), "the same kernel records, byte for byte");
+    assert_eq!(kernels(&ra), kernels(&rl));
+    let mut dropped = 99usize;
+    assert_eq!(
+        c!(cuptiActivityGetNumDroppedRecords_v2(b, std::ptr::null_mut(), 0, &mut dropped)
+            as fn(*mut c_void, *mut c_void, u32, *mut usize) -> u32),
+        0
+    );
+    assert_eq!(dropped, 0);
+
+    assert_eq!(c!(cuptiUnsubscribe(a) as fn(*mut c_void) -> u32), 0);
+    let mut next_rec: *mut c_void = std::ptr::null_mut();
+    let mut scratch = [0u64; 8];
+    assert_eq!(
+        c!(cuptiActivityGetNextRecord_v2(a, scratch.as_mut_ptr() as *mut u8, 64, &mut next_rec)
+            as fn(*mut c_void, *mut u8, usize, *mut *mut c_void) -> u32),
+        1,
+        "a handle that unsubscribed is refused"
+    );
+    assert_eq!(c!(cuptiUnsubscribe(b) as fn(*mut c_void) -> u32), 0);
+    assert_eq!(
+        c!(cuptiSubscribe(&mut v1, on_api, std::ptr::null_mut()) as fn(*mut *mut c_void, Cb, *mut c_void) -> u32),
+        0,
+        "the mode is free again once both left"
+    );
+    assert_eq!(subscriber_state(v1), 0, "single");
+    drop(_g);
+
+    for (env, why) in [
+        (vec![("GPUSPAN_SIM_CUPTI_VERSION", "13.2")], "before 13.3"),
+        (vec![("GPUSPAN_SIM_CUPTI_VERSION", "13.5"), ("GPUSPAN_SIM_FAULT", "no_multi_subscriber")], "driver older than r610"),
+    ] {
+        let _g = fresh(&env);
+        assert_eq!(subscribe_v2(c"tool-a", true).0, 39, "{why}");
+        assert_eq!(subscribe_v2(c"tool-a", false).0, 0, "{why}: single mode still works");
+    }
+    let _g = fresh(&[("GPUSPAN_SIM_CUPTI_VERSION", "13.5"), ("GPUSPAN_SIM_FAULT", "cupti_subscribed")]);
+    assert_eq!(subscribe_v2(c"tool-a", true), (39, std::ptr::null_mut(), "Nsight Systems".to_string()), "held by a tool");
+}

@@ -37,6 +37,9 @@
 //! else, as torch.profiler (Kineto) would be (`workload::activity_client`): its own buffer
 //! callbacks, `CONCURRENT_KERNEL` enabled, canary-filled 32 MiB buffers; the last stdout line is
 //! `activity client: lent=<n> returned=<n> kernels=<n> canary_intact=<0|1>`.
+//! `--activity-client=multi-subscriber` makes it a CUPTI 13.3+ V2 tool in
+//! multiple-subscriber mode (its own subscriber, kinds and buffers), `=single-subscriber` a V2
+//! tool that takes CUPTI in single mode.
 //!
 //! Hostile exits, as real workers do them (the agent must finish within its budget and never
 //! deadlock): `--exit-on-sigterm` installs a SIGTERM handler that calls `exit(0)` from the
@@ -108,9 +111,11 @@ struct Args {
     #[arg(long)]
     unload_module: bool,
     /// Start a second CUPTI activity client in the worker, as torch.profiler would be (see
-    /// the module docs).
-    #[arg(long)]
-    activity_client: bool,
+    /// the module docs): `v1` (the default: activity calls, no subscriber),
+    /// `multi-subscriber` (CUPTI 13.3+: `cuptiSubscribe_v2` asking for multiple subscribers,
+    /// then the `_v2` calls) or `single-subscriber` (`cuptiSubscribe_v2` without).
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "v1", value_name = "KIND")]
+    activity_client: Option<gpuspan_simgpu::workload::activity_client::ClientKind>,
     /// Install a SIGTERM handler that calls `exit(0)` inside the signal handler.
     #[arg(long)]
     exit_on_sigterm: bool,
@@ -368,8 +373,8 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(3, e),
     };
-    if args.activity_client {
-        if let Err(e) = gpuspan_simgpu::workload::activity_client::start() {
+    if let Some(kind) = args.activity_client {
+        if let Err(e) = gpuspan_simgpu::workload::activity_client::start(kind) {
             return fail(1, format!("--activity-client: {e}"));
         }
     }
@@ -412,7 +417,7 @@ fn main() -> ExitCode {
             if args.cuda_graph {
                 println!("cuda graph: captured={} launches={}", s.graphs_captured, s.graph_launches);
             }
-            if args.activity_client {
+            if args.activity_client.is_some() {
                 let r = gpuspan_simgpu::workload::activity_client::finish();
                 println!(
                     "activity client: lent={} returned={} kernels={} canary_intact={}",

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `GPUSPAN_SIM_CLOCK` | `virtual` \| `real` | `virtual` |
 //! | `GPUSPAN_SIM_CUPTI_VERSION` | a CUPTI release `12.0` … `12.9`, `13.0` … `13.5` (`gpuspan_cupti::layouts::RELEASES`); `12` = `12.9`, `13` = `13.5` | `12.9` |
-//! | `GPUSPAN_SIM_FAULT` | comma list of `no_device`, `cupti_subscribed`, `drop_records`, `slow_cupti`, `capture_invalidated` | none |
+//! | `GPUSPAN_SIM_FAULT` | comma list of `no_device`, `cupti_subscribed`, `drop_records`, `slow_cupti`, `capture_invalidated`, `no_multi_subscriber` | none |
 //! | `GPUSPAN_SIM_DROP_EVERY` | N ≥ 1: with `drop_records`, every Nth record is dropped | `10` |
 //! | `GPUSPAN_SIM_SPEED` | F > 0 (up to 3 decimals): with `GPUSPAN_SIM_CLOCK=real`, the simulated H100's clock runs F times as fast as wall time (soaks); no effect on the virtual clock | `1` |
 //!
@@ -72,6 +72,9 @@ pub struct Faults {
     /// Every `cuStreamEndCapture` finds its capture invalidated, as if another thread had
     /// made a potentially unsafe call in GLOBAL mode during it: 901 and no graph.
     pub capture_invalidated: bool,
+    /// The driver is older than r610: `cuptiSubscribe_v2` asking for multiple subscribers
+    /// returns 39 even with nobody subscribed (`gpuspan_cupti::multi_subscriber`).
+    pub no_multi_subscriber: bool,
 }
 
 /// How long `cuptiGetVersion` sleeps under the `slow_cupti` fault, ms.
@@ -153,6 +156,7 @@ impl Config {
                     "drop_records" => cfg.faults.drop_records = true,
                     "slow_cupti" => cfg.faults.slow_cupti = true,
                     "capture_invalidated" => cfg.faults.capture_invalidated = true,
+                    "no_multi_subscriber" => cfg.faults.no_multi_subscriber = true,
                     _ => warn("GPUSPAN_SIM_FAULT", f, "no fault"),
                 }
             }

@@ -3,8 +3,9 @@
 //! never under the sim lock.
 
 use super::buffers::Delivery;
+use super::cupti::Complete;
 use super::{sim, State};
-use cudarc::cupti::sys::CUpti_BuffersCallbackCompleteFunc;
+use gpuspan_cupti::multi_subscriber::BufferCompleteInfo;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::ThreadId;
 use std::time::Duration;
@@ -33,12 +34,31 @@ impl Done {
     }
 }
 
-/// Buffers to hand back, in order.
+/// Buffers to hand back, in order, each with the completion callback of the client that
+/// lent it.
 #[derive(Debug)]
 pub struct Job {
-    pub deliveries: Vec<Delivery>,
-    pub complete: CUpti_BuffersCallbackCompleteFunc,
+    pub deliveries: Vec<(Delivery, Complete)>,
     pub done: Option<Arc<Done>>,
+}
+
+/// Pairs each of `deliveries` with `complete`; buffers of a client without callbacks are
+/// forgotten (CUPTI cannot hand them back either).
+pub fn with_callback(deliveries: Vec<Delivery>, complete: Option<Complete>) -> Vec<(Delivery, Complete)> {
+    match complete {
+        Some(c) => deliveries.into_iter().map(|d| (d, c)).collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The buffers of every client that `take` picks (full + complete, flush, forced).
+pub fn take_all(st: &mut State, mut take: impl FnMut(&mut super::buffers::Pool) -> Vec<Delivery>) -> Vec<(Delivery, Complete)> {
+    let mut out = Vec::new();
+    for (_, c) in st.cupti.clients_mut() {
+        let d = take(&mut c.pool);
+        out.extend(with_callback(d, c.buffers.complete()));
+    }
+    out
 }
 
 fn worker_id() -> &'static OnceLock<ThreadId> {
@@ -71,13 +91,11 @@ fn next_job() -> Job {
             return job;
         }
         let now = st.clock.now_ns();
-        if st.cupti.complete.is_some() && st.pool.has_deliverable(now) {
-            let deliveries = st.pool.take_full_complete(now);
-            return Job {
-                deliveries,
-                complete: st.cupti.complete,
-                done: None,
-            };
+        if st.cupti.clients().any(|(_, c)| c.pool.has_deliverable(now)) {
+            let deliveries = take_all(&mut st, |p| p.take_full_complete(now));
+            if !deliveries.is_empty() {
+                return Job { deliveries, done: None };
+            }
         }
         st = s
             .wake
@@ -90,16 +108,24 @@ fn next_job() -> Job {
 fn run() {
     loop {
         let job = next_job();
-        if let Some(cb) = job.complete {
-            for d in &job.deliveries {
-                // Panics must not cross into C nor kill the worker.
-                let _ = std::panic::catch_unwind(|| {
-                    // SAFETY: `cb` is the client's registered completion callback with the
-                    // CUPTI signature; ctx is NULL and streamId 0 as in CUPTI ≥ 6.0
-                    // (CUPTI-NOTES §1); the buffer is the client's own, handed back once.
-                    unsafe { cb(std::ptr::null_mut(), 0, d.ptr, d.size, d.valid_size) }
-                });
-            }
+        for (d, cb) in &job.deliveries {
+            // Panics must not cross into C nor kill the worker.
+            let _ = std::panic::catch_unwind(|| match *cb {
+                // SAFETY: `cb` is the client's registered completion callback with the
+                // CUPTI signature; ctx is NULL and streamId 0 as in CUPTI ≥ 6.0
+                // (CUPTI-NOTES §1); the buffer is the client's own, handed back once.
+                Complete::V1(f) => unsafe { f(std::ptr::null_mut(), 0, d.ptr, d.size, d.valid_size) },
+                Complete::V2(f) => {
+                    let mut info = BufferCompleteInfo {
+                        struct_size: std::mem::size_of::<BufferCompleteInfo>(),
+                        thread_id: super::os_tid() as u64,
+                        record_layouts: std::ptr::null_mut(),
+                        num_record_layouts: 0,
+                    };
+                    // SAFETY: as above with the V2 signature; `info` outlives the call.
+                    unsafe { f(d.ptr, d.size, d.valid_size, &mut info) }
+                }
+            });
         }
         if let Some(done) = job.done {
             done.signal();
@@ -109,16 +135,14 @@ fn run() {
 
 /// Queues `deliveries` and blocks (with the lock released) until their completion
 /// callbacks have returned — `cuptiActivityFlushAll` semantics.
-pub fn deliver_and_wait(mut st: MutexGuard<'_, State>, deliveries: Vec<Delivery>) {
+pub fn deliver_and_wait(mut st: MutexGuard<'_, State>, deliveries: Vec<(Delivery, Complete)>) {
     if deliveries.is_empty() {
         return;
     }
     ensure_started();
     let done = Arc::new(Done::default());
-    let complete = st.cupti.complete;
     st.jobs.push_back(Job {
         deliveries,
-        complete,
         done: Some(done.clone()),
     });
     drop(st);

@@ -40,8 +40,8 @@ pub struct State {
     pub events: events::Events,
     /// Stream captures, graphs and executable graphs.
     pub graphs: graphs::Graphs,
+    /// Activity clients (each with its buffers), subscribers, subscriber mode.
     pub cupti: cupti::Cupti,
-    pub pool: buffers::Pool,
     pub counters: cupti::Counters,
     pub jobs: VecDeque<delivery::Job>,
     /// Last correlation id handed out.
@@ -90,7 +90,6 @@ impl State {
             events: events::Events::new(),
             graphs: graphs::Graphs::default(),
             cupti: cupti::Cupti::default(),
-            pool: buffers::Pool::new(),
             counters: cupti::Counters::default(),
             jobs: VecDeque::new(),
             correlation: 0,
@@ -165,7 +164,6 @@ impl State {
     /// re-read the CUPTI ABI version from the environment.
     pub fn reset_cupti(&mut self) {
         self.cupti = cupti::Cupti::default();
-        self.pool = buffers::Pool::new();
         self.cfg.cupti = config::Config::from_env().cupti;
         publish_cupti_abi(self.cfg.cupti);
     }
@@ -200,6 +198,7 @@ pub fn reset() {
     let s = sim();
     let mut st = s.lock();
     *st = State::new(config::Config::from_env());
+    crate::abi::cupti::forget_handles();
 }
 
 /// (cuptiSubscribe calls, cuptiActivityEnable calls) since start or the last [`reset`].
@@ -209,10 +208,11 @@ pub fn cupti_counters() -> (u64, u64) {
 }
 
 /// (successful cuptiUnsubscribe calls, whether a subscriber is held now, activity kinds
-/// enabled now) since start or the last [`reset`].
+/// enabled now summed over the activity clients) since start or the last [`reset`].
 pub fn cupti_subscription() -> (u64, bool, u64) {
     let st = sim().lock();
-    (st.counters.unsubscribes, st.cupti.subscriber.is_some(), st.cupti.enabled.len() as u64)
+    let kinds = st.cupti.clients().map(|(_, c)| c.enabled.len() as u64).sum();
+    (st.counters.unsubscribes, !st.cupti.subscribers.is_empty(), kinds)
 }
 
 /// OS thread id of the caller (gettid).

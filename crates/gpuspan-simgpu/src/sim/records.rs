@@ -74,6 +74,12 @@ impl Record {
     pub fn kind(&self) -> u32 {
         self.get_u32(0)
     }
+
+    /// Rewrites the kind field (KERNEL and CONCURRENT_KERNEL share one struct, so a kernel
+    /// record is written as each client's enabled kernel kind).
+    pub fn set_kind(&mut self, k: u32) {
+        self.put_u32(0, k);
+    }
     pub fn put_u8(&mut self, off: usize, v: u8) {
         self.bytes[off] = v;
     }

@@ -7,8 +7,10 @@
 //! its API record as real buffers show (CUPTI-NOTES §2 "Ordering"), the external ones
 //! before the API record they tag (§3).
 
+use super::cupti::{BufferCallbacks, SubscriberCallback, Target};
 use super::records::{self, kind, Record};
 use super::{costs, os_tid, sim, State};
+use gpuspan_cupti::multi_subscriber::BufferRequestInfo;
 use cudarc::cupti::sys::{CUpti_ApiCallbackSite, CUpti_CallbackData, CUpti_CallbackDomain};
 use cudarc::driver::sys::CUresult;
 use std::collections::VecDeque;
@@ -52,10 +54,8 @@ fn api_thread_id(system: bool) -> u32 {
     }
 }
 
-type SubscriberFn = unsafe extern "C" fn(*mut c_void, CUpti_CallbackDomain, u32, *const c_void);
-
 fn call_subscriber(
-    cb: (SubscriberFn, usize),
+    cb: SubscriberCallback,
     call: &Call,
     site: CUpti_ApiCallbackSite,
     ret: *mut CUresult,
@@ -86,16 +86,15 @@ fn call_subscriber(
 }
 
 /// Runs `body` as a driver API call. `body` runs under the sim lock and must not call
-/// out to client code.
+/// out to client code. Every subscriber that enabled the call gets its ENTER and EXIT
+/// callbacks (in subscription order, each with its own `correlationData` slot).
 pub fn traced(call: Call, body: impl FnOnce(&mut State, &mut Ctx) -> CUresult) -> CUresult {
     let s = sim();
-    let (cb, corr, mut ctx) = {
+    let (cbs, corr, mut ctx) = {
         let mut st = s.lock();
-        let cb = st
-            .cupti
-            .callback_for(super::cupti::DOMAIN_DRIVER_API, call.cbid);
+        let cbs = st.cupti.callbacks_for(super::cupti::DOMAIN_DRIVER_API, call.cbid);
         let correlating = st.cupti.correlating();
-        let corr = if correlating || cb.is_some() {
+        let corr = if correlating || !cbs.is_empty() {
             st.next_correlation()
         } else {
             0
@@ -107,18 +106,11 @@ pub fn traced(call: Call, body: impl FnOnce(&mut State, &mut Ctx) -> CUresult) -
             wait_until_ns: None,
             records: Vec::new(),
         };
-        (cb, corr, ctx)
+        (cbs, corr, ctx)
     };
-    let mut corr_data = 0u64;
-    if let Some(cb) = cb {
-        call_subscriber(
-            cb,
-            &call,
-            CUpti_ApiCallbackSite::CUPTI_API_ENTER,
-            std::ptr::null_mut(),
-            &mut corr_data,
-            corr,
-        );
+    let mut corr_data = vec![0u64; cbs.len()];
+    for (cb, slot) in cbs.iter().zip(corr_data.iter_mut()) {
+        call_subscriber(*cb, &call, CUpti_ApiCallbackSite::CUPTI_API_ENTER, std::ptr::null_mut(), slot, corr);
     }
 
     let mut st = s.lock();
@@ -135,46 +127,40 @@ pub fn traced(call: Call, body: impl FnOnce(&mut State, &mut Ctx) -> CUresult) -
     drop(st);
     emit(out);
 
-    if cb.is_some() {
-        // Re-read: the subscriber may have unsubscribed during the call.
-        let still = s
-            .lock()
-            .cupti
-            .callback_for(super::cupti::DOMAIN_DRIVER_API, call.cbid);
-        if let Some(cb) = still {
-            call_subscriber(
-                cb,
-                &call,
-                CUpti_ApiCallbackSite::CUPTI_API_EXIT,
-                &mut result,
-                &mut corr_data,
-                corr,
-            );
+    if !cbs.is_empty() {
+        // Re-read: a subscriber may have unsubscribed during the call.
+        let still = s.lock().cupti.callbacks_for(super::cupti::DOMAIN_DRIVER_API, call.cbid);
+        for (cb, slot) in cbs.iter().zip(corr_data.iter_mut()) {
+            if still.contains(cb) {
+                call_subscriber(*cb, &call, CUpti_ApiCallbackSite::CUPTI_API_EXIT, &mut result, slot, corr);
+            }
         }
     }
     result
 }
 
+/// A record and whose buffers it goes to: `None` = every client that enabled its kind.
+pub type Routed = (Option<Target>, Record);
+
 /// Builds the records of a finished call in buffer order.
-fn finish_records(
-    st: &mut State,
-    call: &Call,
-    mut corr: u32,
-    ctx: Ctx,
-    result: CUresult,
-) -> Vec<Record> {
+fn finish_records(st: &mut State, call: &Call, mut corr: u32, ctx: Ctx, result: CUresult) -> Vec<Routed> {
     let mut out = Vec::new();
     let api_on = st.cupti.is_enabled(kind::DRIVER);
     if api_on && corr == 0 {
         corr = st.next_correlation();
     }
     let tid = os_tid();
-    if st.cupti.is_enabled(kind::EXTERNAL_CORRELATION) && st.cupti.correlating() && corr != 0 {
-        for (k, id) in st.cupti.external_tops(tid) {
-            out.push(records::external_correlation(k, id, corr));
+    if st.cupti.correlating() && corr != 0 {
+        // Each client's own stacks, into its own buffers.
+        for (t, c) in st.cupti.clients() {
+            if c.is_enabled(kind::EXTERNAL_CORRELATION) {
+                for (k, id) in c.external_tops(tid) {
+                    out.push((Some(t), records::external_correlation(k, id, corr)));
+                }
+            }
         }
     }
-    out.extend(ctx.records);
+    out.extend(ctx.records.into_iter().map(|r| (None, r)));
     if api_on {
         let f = records::ApiFields {
             cbid: call.cbid,
@@ -186,74 +172,110 @@ fn finish_records(
             correlation_id: corr,
             return_value: result as u32,
         };
-        out.push(records::api(kind::DRIVER, &f));
+        out.push((None, records::api(kind::DRIVER, &f)));
     }
     out
 }
 
-/// Writes `records` into client buffers, in order. Records are dropped (and counted)
-/// when no callbacks are registered, the client declines a buffer, or the
-/// `drop_records` fault picks them.
-pub fn emit(records: Vec<Record>) {
+/// The clients a record goes to, each with the kind to write it as.
+fn destinations(st: &State, to: Option<Target>, rec: &Record) -> Vec<(Target, u32)> {
+    let k = rec.kind();
+    match to {
+        Some(t) => st.cupti.clients().filter(|(t2, _)| *t2 == t).filter_map(|(t, c)| c.wants(k).map(|k| (t, k))).collect(),
+        None => st.cupti.clients().filter_map(|(t, c)| c.wants(k).map(|k| (t, k))).collect(),
+    }
+}
+
+/// Writes `records` into the buffers of the clients they go to, in order. A record is
+/// dropped (and counted by each client it was for) when the client has no callbacks, declines
+/// a buffer, or the `drop_records` fault picks it.
+pub fn emit(records: Vec<Routed>) {
     let s = sim();
-    let mut queue: VecDeque<Record> = records.into();
-    while let Some(rec) = queue.pop_front() {
+    let mut queue: VecDeque<Routed> = records.into();
+    while let Some((to, rec)) = queue.pop_front() {
         let mut st = s.lock();
         st.record_seq += 1;
+        let dests = destinations(&st, to, &rec);
         if st.cfg.faults.drop_records && st.record_seq.is_multiple_of(st.cfg.drop_every) {
-            st.cupti.dropped += 1;
-            continue;
-        }
-        if st.cupti.request.is_none() || st.cupti.complete.is_none() {
-            st.cupti.dropped += 1;
-            continue;
-        }
-        let mut requests = 0;
-        loop {
-            match st.pool.append(&rec) {
-                super::buffers::Append::Written { filled } => {
-                    if filled {
-                        s.wake.notify_all();
-                    }
-                    break;
+            for (t, _) in dests {
+                if let Some(c) = st.cupti.client_mut(t) {
+                    c.dropped += 1;
                 }
-                super::buffers::Append::NeedBuffer => {
-                    let Some(request) = st.cupti.request else {
-                        st.cupti.dropped += 1;
-                        break;
-                    };
-                    if requests == 2 {
-                        st.cupti.dropped += 1;
-                        break;
-                    }
-                    requests += 1;
-                    let overhead = st.cupti.is_enabled(kind::OVERHEAD);
-                    let t0 = st.clock.now_ns();
-                    let system_tids = st.cupti.system_thread_ids;
-                    let abi = st.cfg.cupti;
-                    drop(st);
-                    let (mut ptr, mut size, mut max) = (std::ptr::null_mut::<u8>(), 0usize, 0usize);
+            }
+            continue;
+        }
+        let last = dests.len().saturating_sub(1);
+        let mut rec = Some(rec);
+        for (i, (t, k)) in dests.into_iter().enumerate() {
+            let Some(mut r) = (if i == last { rec.take() } else { rec.clone() }) else { break };
+            if r.kind() != k {
+                r.set_kind(k);
+            }
+            st = write_to(st, t, r, &mut queue);
+        }
+    }
+}
+
+/// Writes one record into client `t`'s buffers, asking the client for buffers (outside the
+/// lock) as needed; a buffer-request overhead record goes to the back of `queue` for the
+/// same client. Returns the lock.
+fn write_to<'a>(
+    mut st: std::sync::MutexGuard<'a, State>,
+    t: Target,
+    rec: Record,
+    queue: &mut VecDeque<Routed>,
+) -> std::sync::MutexGuard<'a, State> {
+    let s = sim();
+    let mut requests = 0;
+    loop {
+        let system_tids = st.cupti.system_thread_ids;
+        let abi = st.cfg.cupti;
+        let t0 = st.clock.now_ns();
+        let Some(c) = st.cupti.client_mut(t) else { return st };
+        let callbacks = c.buffers;
+        if matches!(callbacks, BufferCallbacks::None) {
+            c.dropped += 1;
+            return st;
+        }
+        match c.pool.append(&rec) {
+            super::buffers::Append::Written { filled } => {
+                if filled {
+                    s.wake.notify_all();
+                }
+                return st;
+            }
+            super::buffers::Append::NeedBuffer => {
+                if requests == 2 {
+                    c.dropped += 1;
+                    return st;
+                }
+                requests += 1;
+                let overhead = c.is_enabled(kind::OVERHEAD);
+                drop(st);
+                let (mut ptr, mut size, mut max) = (std::ptr::null_mut::<u8>(), 0usize, 0usize);
+                match callbacks {
                     // SAFETY: `request` is the client's registered request callback with
                     // the CUPTI signature; the out-pointers are valid locals; no lock held.
-                    unsafe { request(&mut ptr, &mut size, &mut max) };
-                    st = s.lock();
-                    if overhead {
-                        let t1 = st.clock.now_ns();
-                        // SAFETY: getpid has no preconditions.
-                        let pid = unsafe { libc::getpid() } as u32;
-                        queue.push_back(records::overhead_buffer_flush(
-                            t0,
-                            t1,
-                            pid,
-                            api_thread_id(system_tids),
-                            abi,
-                            true,
-                        ));
+                    BufferCallbacks::V1 { request, .. } => unsafe { request(&mut ptr, &mut size, &mut max) },
+                    BufferCallbacks::V2 { request, .. } => {
+                        let mut info = BufferRequestInfo { struct_size: std::mem::size_of::<BufferRequestInfo>() };
+                        // SAFETY: as above with the V2 signature; `info` outlives the call.
+                        unsafe { request(&mut ptr, &mut size, &mut max, &mut info) }
                     }
-                    if !st.pool.add_buffer(ptr, size, max) {
-                        st.cupti.dropped += 1;
-                        break;
-                    }
+                    BufferCallbacks::None => {}
+                }
+                st = s.lock();
+                if overhead {
+                    let t1 = st.clock.now_ns();
+                    // SAFETY: getpid has no preconditions.
+                    let pid = unsafe { libc::getpid() } as u32;
+                    let r = records::overhead_buffer_flush(t0, t1, pid, api_thread_id(system_tids), abi, true);
+                    queue.push_back((Some(t), r));
+                }
+                let Some(c) = st.cupti.client_mut(t) else { return st };
+                if !c.pool.add_buffer(ptr, size, max) {
+                    c.dropped += 1;
+                    return st;
                 }
             }
         }

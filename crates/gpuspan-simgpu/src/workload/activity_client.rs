@@ -12,6 +12,13 @@
 //! It counts the kernel records it received.
 //!
 //! Buffers are never freed (the checks read them at the end; a handful of MiB per run).
+//!
+//! [`ClientKind::MultiSubscriber`] is the same client as a CUPTI 13.3+ tool that subscribes
+//! with `cuptiSubscribe_v2` as "torch.profiler" asking for multiple-subscriber mode and uses
+//! the `_v2` calls with its handle (`gpuspan_cupti::multi_subscriber`): CUPTI then keeps its
+//! kinds, buffer callbacks and buffers apart from gpuspan's. [`ClientKind::SingleSubscriber`]
+//! subscribes the same way without asking for it, which makes CUPTI single-subscriber: a
+//! later subscriber (gpuspan) is refused with this client's name.
 
 use libloading::Library;
 use std::sync::Mutex;
@@ -33,7 +40,22 @@ const KIND_CONCURRENT_KERNEL: u32 = 10;
 const FLUSH_FORCED: u32 = 1;
 
 type NextRecordFn = unsafe extern "C" fn(*mut u8, usize, *mut *mut u8) -> u32;
+type NextRecordV2Fn = unsafe extern "C" fn(*mut std::ffi::c_void, *mut u8, usize, *mut *mut u8) -> u32;
 type FlushFn = unsafe extern "C" fn(u32) -> u32;
+
+/// How the client uses CUPTI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientKind {
+    /// V1 activity calls, no subscriber (torch.profiler's Kineto today).
+    V1,
+    /// `cuptiSubscribe_v2` asking for multiple subscribers, then the `_v2` activity calls.
+    MultiSubscriber,
+    /// `cuptiSubscribe_v2` without asking for multiple subscribers (single mode).
+    SingleSubscriber,
+}
+
+/// The name the subscribing kinds give CUPTI (reported as "CUPTI for torch.profiler").
+pub const SUBSCRIBER_NAME: &std::ffi::CStr = c"torch.profiler";
 
 #[derive(Default)]
 struct State {
@@ -41,9 +63,11 @@ struct State {
     buffers: Vec<(usize, Option<usize>)>,
     kernels: u64,
     next_record: Option<NextRecordFn>,
+    /// `cuptiActivityGetNextRecord_v2` and our handle, for the subscribing kinds.
+    next_record_v2: Option<(NextRecordV2Fn, usize)>,
 }
 
-static STATE: Mutex<State> = Mutex::new(State { buffers: Vec::new(), kernels: 0, next_record: None });
+static STATE: Mutex<State> = Mutex::new(State { buffers: Vec::new(), kernels: 0, next_record: None, next_record_v2: None });
 
 /// What the client saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,26 +100,96 @@ unsafe extern "C" fn complete(_ctx: *mut std::ffi::c_void, _stream: u32, buffer:
     let Ok(mut st) = STATE.lock() else { return };
     let Some(i) = st.buffers.iter().position(|(a, _)| *a == buffer as usize) else { return };
     st.buffers[i].1 = Some(valid);
-    let Some(next) = st.next_record else { return };
+    let v1 = st.next_record;
+    let v2 = st.next_record_v2;
     let mut rec: *mut u8 = std::ptr::null_mut();
-    // SAFETY: `buffer` is one of ours with `valid` bytes of records; `next` is the process's
-    // cuptiActivityGetNextRecord; each record starts with its u32 kind.
-    unsafe {
-        while next(buffer, valid, &mut rec) == 0 && !rec.is_null() {
-            if (rec as *const u32).read_unaligned() == KIND_CONCURRENT_KERNEL {
-                st.kernels += 1;
-            }
+    // SAFETY: `buffer` is one of ours with `valid` bytes of records, walked with the
+    // process's cuptiActivityGetNextRecord(_v2) (with our handle); each record starts with its
+    // u32 kind.
+    let step = |rec: &mut *mut u8| unsafe {
+        match (v2, v1) {
+            (Some((f, h)), _) => f(h as *mut std::ffi::c_void, buffer, valid, rec),
+            (None, Some(f)) => f(buffer, valid, rec),
+            (None, None) => 1,
+        }
+    };
+    while step(&mut rec) == 0 && !rec.is_null() {
+        // SAFETY: a record CUPTI returned inside our buffer.
+        if unsafe { (rec as *const u32).read_unaligned() } == KIND_CONCURRENT_KERNEL {
+            st.kernels += 1;
         }
     }
 }
 
+unsafe extern "C" fn request_v2(buffer: *mut *mut u8, size: *mut usize, max_records: *mut usize, _info: *mut std::ffi::c_void) {
+    // SAFETY: the same out-pointers.
+    unsafe { request(buffer, size, max_records) }
+}
+
+unsafe extern "C" fn complete_v2(buffer: *mut u8, size: usize, valid: usize, _info: *mut std::ffi::c_void) {
+    // SAFETY: the same buffer contract.
+    unsafe { complete(std::ptr::null_mut(), 0, buffer, size, valid) }
+}
+
+/// `cuptiSubscribe_v2` as [`SUBSCRIBER_NAME`], then `_v2` enable and buffer callbacks with the
+/// handle. Errors name the call and, on 39, the holder CUPTI named.
+///
+/// # Safety
+/// `lib` is the process's CUPTI.
+unsafe fn start_subscribed(lib: &Library, allow_multiple: bool) -> Result<(), String> {
+    use gpuspan_cupti::multi_subscriber::{read_old_subscriber_name, SubscriberParams, OLD_SUBSCRIBER_NAME_MIN_LEN};
+    type SubscribeV2 = unsafe extern "C" fn(*mut *mut std::ffi::c_void, Option<unsafe extern "C" fn()>, *mut std::ffi::c_void, *mut SubscriberParams) -> u32;
+    type EnableV2 = unsafe extern "C" fn(*mut std::ffi::c_void, u32, *mut std::ffi::c_void) -> u32;
+    type RegisterV2 = unsafe extern "C" fn(
+        *mut std::ffi::c_void,
+        unsafe extern "C" fn(*mut *mut u8, *mut usize, *mut usize, *mut std::ffi::c_void),
+        unsafe extern "C" fn(*mut u8, usize, usize, *mut std::ffi::c_void),
+    ) -> u32;
+    // SAFETY: symbols read with their cupti_callbacks.h / cupti_activity.h 13.x prototypes
+    // (the subscriber callback is NULL: this client enables no callback).
+    unsafe {
+        let subscribe = *lib.get::<SubscribeV2>(b"cuptiSubscribe_v2\0").map_err(|e| e.to_string())?;
+        let enable = *lib.get::<EnableV2>(b"cuptiActivityEnable_v2\0").map_err(|e| e.to_string())?;
+        let register = *lib.get::<RegisterV2>(b"cuptiActivityRegisterCallbacks_v2\0").map_err(|e| e.to_string())?;
+        let next = *lib.get::<NextRecordV2Fn>(b"cuptiActivityGetNextRecord_v2\0").map_err(|e| e.to_string())?;
+        let mut holder = [0u8; OLD_SUBSCRIBER_NAME_MIN_LEN];
+        let mut params = SubscriberParams::new(SUBSCRIBER_NAME, &mut holder, allow_multiple);
+        let mut h = std::ptr::null_mut();
+        match subscribe(&mut h, None, std::ptr::null_mut(), &mut params) {
+            0 => {}
+            c => {
+                let by = read_old_subscriber_name(&holder).map(|n| format!(" (held by {n})")).unwrap_or_default();
+                return Err(format!("cuptiSubscribe_v2 returned {c}{by}"));
+            }
+        }
+        if let Ok(mut st) = STATE.lock() {
+            st.next_record_v2 = Some((next, h as usize));
+        }
+        match register(h, request_v2, complete_v2) {
+            0 => {}
+            c => return Err(format!("cuptiActivityRegisterCallbacks_v2 returned {c}")),
+        }
+        match enable(h, KIND_CONCURRENT_KERNEL, std::ptr::null_mut()) {
+            0 => {}
+            c => return Err(format!("cuptiActivityEnable_v2(CONCURRENT_KERNEL) returned {c}")),
+        }
+    }
+    Ok(())
+}
+
 /// Registers the client's buffer callbacks and enables `CONCURRENT_KERNEL` through
-/// `libcupti.so.12` (the process's CUPTI). Errors name the call that failed.
-pub fn start() -> Result<(), String> {
+/// `libcupti.so.12` (the process's CUPTI), the way `kind` says. Errors name the call that
+/// failed.
+pub fn start(kind: ClientKind) -> Result<(), String> {
     // SAFETY: loading the process's CUPTI (already loaded under the simulator's driver, or
     // the real one) and resolving functions with their cupti_activity.h prototypes.
     unsafe {
         let lib = Library::new("libcupti.so.12").map_err(|e| format!("libcupti.so.12: {e}"))?;
+        if kind != ClientKind::V1 {
+            let r = start_subscribed(&lib, kind == ClientKind::MultiSubscriber);
+            std::mem::forget(lib);
+            return r;
+        }
         type RegisterFn = unsafe extern "C" fn(
             unsafe extern "C" fn(*mut *mut u8, *mut usize, *mut usize),
             unsafe extern "C" fn(*mut std::ffi::c_void, u32, *mut u8, usize, usize),

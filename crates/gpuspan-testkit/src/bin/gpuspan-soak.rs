@@ -261,7 +261,7 @@ fn main() {
         } else if now < load_ends {
             failures.push(format!("{:.0} s: the Prometheus scrape failed", now.as_secs_f64()));
         }
-        if now.as_secs() % 10 == 0 && now > WARM_UP && now < load_ends {
+        if now.as_secs().is_multiple_of(10) && now > WARM_UP && now < load_ends {
             if let Some(k) = rss_kib(pid) {
                 if rss_samples.last().is_none_or(|l| l.0 < now.as_secs_f64() - 5.0) {
                     rss_samples.push((now.as_secs_f64(), k as f64));
