@@ -459,26 +459,28 @@ fn multiple_subscriber_mode_lets_a_second_tool_collect_alongside() {
         s.extra_args.get(&format!("gpuspan.{k}")).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("{k}: {:?}", s.extra_args))
     };
 
+    // `gpuspan run --sim --mode fine` of `stdit --steps 2 EXTRA` with ENV: (output, capture).
+    let fine_run = |extra: &[&str], env: &[(&str, &str)]| {
+        let out = tempfile::tempdir().unwrap();
+        let mut c = gpuspan();
+        c.args(["run", "--sim", "--mode", "fine", "--out"]).arg(out.path()).arg("--").arg(artifact("gpuspan-replay"));
+        c.args(["stdit", "--steps", "2"]).args(extra).env("GPUSPAN_LOG", "info");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = output(&mut c);
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{env:?}: {text}");
+        let t = gpuspan_export::read_trace(&capture_in(out.path())).unwrap();
+        (text, t)
+    };
+
     // Fine mode from the start.
-    let out = tempfile::tempdir().unwrap();
-    let o = output(
-        gpuspan()
-            .args(["run", "--sim", "--mode", "fine", "--out"])
-            .arg(out.path())
-            .arg("--")
-            .arg(artifact("gpuspan-replay"))
-            .args(["stdit", "--steps", "2", "--activity-client=multi-subscriber"])
-            .env(CUPTI.0, CUPTI.1)
-            .env("GPUSPAN_LOG", "info"),
-    );
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "{text}");
+    let (text, t) = fine_run(&["--activity-client=multi-subscriber"], &[CUPTI]);
     assert!(text.contains("multiple-subscriber mode"), "the activation line says so: {text}");
     let replayed = replayed_kernels(&text);
     let (lent, returned, seen, intact) = activity_client_report(&text);
     assert_eq!((seen, returned, intact), (replayed, lent, true), "the tool got every kernel in its own buffers: {text}");
-    let file = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with(".json.gz")).expect("a capture");
-    let t = gpuspan_export::read_trace(&file).unwrap();
     assert_eq!(kernels(&t).len() as u64, replayed, "gpuspan got every kernel too");
     assert_eq!(summary_of(&t, "cupti_multi_subscriber_subscriptions"), 1);
     assert_eq!(summary_of(&t, "buffers_foreign"), 0, "CUPTI kept the tool's buffers apart");
@@ -486,17 +488,7 @@ fn multiple_subscriber_mode_lets_a_second_tool_collect_alongside() {
     // The single V1 subscription when the driver refuses the mode (older than r610), or when
     // it is turned off.
     for env in [[("GPUSPAN_SIM_FAULT", "no_multi_subscriber"), CUPTI], [("GPUSPAN_CUPTI_MULTI_SUBSCRIBER", "0"), CUPTI]] {
-        let out = tempfile::tempdir().unwrap();
-        let mut c = gpuspan();
-        c.args(["run", "--sim", "--mode", "fine", "--out"]).arg(out.path()).arg("--").arg(artifact("gpuspan-replay")).args(["stdit", "--steps", "2"]);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let o = output(&mut c);
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        assert!(o.status.success(), "{env:?}: {text}");
-        let file = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with(".json.gz")).expect("a capture");
-        let t = gpuspan_export::read_trace(&file).unwrap();
+        let (text, t) = fine_run(&[], &env);
         assert_eq!(kernels(&t).len() as u64, replayed_kernels(&text), "{env:?}");
         assert_eq!(summary_of(&t, "cupti_multi_subscriber_subscriptions"), 0, "{env:?}: single mode");
     }

@@ -711,21 +711,12 @@ fn real_clock_sleeps_until_the_simulated_end() {
 
 // --- CUPTI 13.3+ multiple-subscriber mode ------------------------------------------
 
+use gpuspan_cupti::multi_subscriber::SubscriberParams;
+
 /// Handles of the two V2 subscribers of `multiple_subscribers_each_get_their_own_records`.
 static V2_HANDLES: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 /// Records each V2 subscriber's completion callback received.
 static V2_RECORDS: [Mutex<Vec<Vec<u8>>>; 2] = [Mutex::new(Vec::new()), Mutex::new(Vec::new())];
-
-/// `CUpti_SubscriberParams` (`cupti_callbacks.h` 13.x).
-#[repr(C)]
-struct SubscriberParams {
-    struct_size: usize,
-    name: *const c_char,
-    old_name: *mut c_char,
-    old_size: usize,
-    allow_multiple: u8,
-    padding: [u8; 7],
-}
 
 extern "C" fn request_v2<const N: usize>(buf: *mut *mut u8, size: *mut usize, max: *mut usize, _info: *mut c_void) {
     request(buf, size, max);
@@ -757,14 +748,7 @@ extern "C" fn complete_v2<const N: usize>(buf: *mut u8, size: usize, valid: usiz
 fn subscribe_v2(name: &CStr, allow_multiple: bool) -> (u32, *mut c_void, String) {
     type Cb = extern "C" fn(*mut c_void, u32, u32, *const c_void);
     let mut old = [0u8; 64];
-    let mut p = SubscriberParams {
-        struct_size: std::mem::size_of::<SubscriberParams>(),
-        name: name.as_ptr(),
-        old_name: old.as_mut_ptr() as *mut c_char,
-        old_size: old.len(),
-        allow_multiple: allow_multiple as u8,
-        padding: [0; 7],
-    };
+    let mut p = SubscriberParams::new(name, &mut old, allow_multiple);
     let mut h = std::ptr::null_mut();
     let code = c!(cuptiSubscribe_v2(&mut h, on_api, std::ptr::null_mut(), &mut p)
         as fn(*mut *mut c_void, Cb, *mut c_void, *mut SubscriberParams) -> u32);

@@ -248,12 +248,15 @@ impl Cupti {
 
     /// Kind of the kernel record to make, if any client wants kernels.
     pub fn kernel_kind(&self) -> Option<u32> {
-        let kinds: Vec<u32> = self.clients().filter_map(|(_, c)| c.kernel_kind()).collect();
-        if kinds.contains(&kind::CONCURRENT_KERNEL) {
-            Some(kind::CONCURRENT_KERNEL)
-        } else {
-            kinds.first().copied()
+        let mut found = None;
+        for (_, c) in self.clients() {
+            match c.kernel_kind() {
+                Some(kind::CONCURRENT_KERNEL) => return Some(kind::CONCURRENT_KERNEL),
+                Some(k) => found = Some(k),
+                None => {}
+            }
         }
+        found
     }
 
     /// The callbacks of every subscriber that wants (domain, cbid), in subscription order.

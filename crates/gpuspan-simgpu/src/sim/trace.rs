@@ -180,10 +180,11 @@ fn finish_records(st: &mut State, call: &Call, mut corr: u32, ctx: Ctx, result: 
 /// The clients a record goes to, each with the kind to write it as.
 fn destinations(st: &State, to: Option<Target>, rec: &Record) -> Vec<(Target, u32)> {
     let k = rec.kind();
-    match to {
-        Some(t) => st.cupti.clients().filter(|(t2, _)| *t2 == t).filter_map(|(t, c)| c.wants(k).map(|k| (t, k))).collect(),
-        None => st.cupti.clients().filter_map(|(t, c)| c.wants(k).map(|k| (t, k))).collect(),
-    }
+    st.cupti
+        .clients()
+        .filter(|(t, _)| to.is_none_or(|to| to == *t))
+        .filter_map(|(t, c)| c.wants(k).map(|k| (t, k)))
+        .collect()
 }
 
 /// Writes `records` into the buffers of the clients they go to, in order. A record is
