@@ -80,7 +80,8 @@ fi
 PROFILE="${PROFILE:-release}"  # PROFILE=debug: quicker build, slower host code
 PROFILE_FLAG=(--release)
 [ "$PROFILE" = release ] || PROFILE_FLAG=()
-cargo build "${PROFILE_FLAG[@]}" -p gpuspan --lib --example dit_worker
+cargo build "${PROFILE_FLAG[@]}" -p gpuspan-preload
+cargo build "${PROFILE_FLAG[@]}" -p gpuspan --example dit_worker
 cargo build "${PROFILE_FLAG[@]}" -p gpuspan-cli
 WORKER="target/$PROFILE/examples/dit_worker"
 AGENT="$PWD/target/$PROFILE/libgpuspan.so"

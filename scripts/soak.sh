@@ -17,6 +17,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 # Built by the test command already; a no-op then.
-cargo build -q -p gpuspan --lib -p gpuspan-cli -p gpuspan-simgpu -p gpuspan-testkit --bins
+cargo build -q -p gpuspan-preload
+cargo build -q -p gpuspan-cli -p gpuspan-simgpu -p gpuspan-testkit --bins
 TARGET="${CARGO_TARGET_DIR:-target}/debug"
 exec "$TARGET/gpuspan-soak" --minutes "$MINUTES" --bin-dir "$TARGET"

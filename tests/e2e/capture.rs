@@ -375,12 +375,15 @@ fn sigterm_during_a_fine_window_leaves_a_partial_window_capture() {
     assert!(!kernels(&t).is_empty(), "their kernels");
 }
 
-/// A second CUPTI activity client in the worker (what torch.profiler / Kineto is: its own
-/// buffer callbacks and `CONCURRENT_KERNEL`, no subscriber). Coarse mode leaves it alone: it
-/// receives a record of every kernel. A fine window then registers gpuspan's callbacks, so
-/// CUPTI hands the client's outstanding buffers to gpuspan: they are counted
-/// (`gpuspan.buffers_foreign`) and left untouched (the client's canaries hold, no heap
-/// corruption), and the window's capture is still exact.
+/// A second CUPTI activity client in the worker (what torch.profiler / Kineto is on CUPTI
+/// ≤ 13.2: its own V1 buffer callbacks and `CONCURRENT_KERNEL`, no subscriber, calls through
+/// the global symbol scope). Coarse mode leaves it alone: it receives a record of every
+/// kernel. A fine window then registers gpuspan's callbacks; the client's registration and
+/// kinds went through `libgpuspan.so`'s interposed entry points
+/// (`gpuspan_cupti::foreign_client`), so its outstanding buffer is handed back after gpuspan
+/// read it, its records during the window are forwarded into buffers it lends, and closing
+/// the window leaves `CONCURRENT_KERNEL` on: it still receives every kernel of the run, its
+/// canaries hold, and the window's capture is exact. The same in fine mode from the start.
 #[test]
 fn a_second_activity_client_is_left_alone() {
     // Coarse mode alone: the client sees every kernel.
@@ -420,14 +423,46 @@ fn a_second_activity_client_is_left_alone() {
     let steps = scopes_named(&t, "dit.step ");
     let want: u64 = steps.iter().map(|s| per_step[&s.name]).sum();
     assert_eq!(kernels(&t).len() as u64, want, "the window's capture is exact");
-    let summary = t.events.iter().find(|e| e.name == "gpuspan.summary").unwrap();
-    let foreign = summary.extra_args.get("gpuspan.buffers_foreign").and_then(|v| v.as_u64()).unwrap();
+    let summary_of = |t: &gpuspan_core::trace::Trace, k: &str| -> u64 {
+        let s = t.events.iter().find(|e| e.name == "gpuspan.summary").expect("summary");
+        s.extra_args.get(&format!("gpuspan.{k}")).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("{k}: {:?}", s.extra_args))
+    };
+    let foreign = summary_of(&t, "buffers_foreign");
     let status = w.run.wait().unwrap();
     let text = output_thread.join().unwrap();
-    assert!(foreign >= 1, "the client's buffer reached gpuspan's callback: {:?}\n{text}", summary.extra_args);
+    assert!(foreign >= 1, "the client's buffer reached gpuspan's callback: {text}");
+    assert_eq!(summary_of(&t, "foreign_client_known"), 1, "the client's registration was seen");
+    assert_eq!(summary_of(&t, "foreign_buffers_handed_back"), foreign, "each of its buffers went back to it");
+    assert_eq!(summary_of(&t, "foreign_records_not_forwarded"), 0);
     assert!(status.success(), "{text}");
-    assert!(text.contains("canary_intact=1"), "nothing wrote into the client's buffers: {text}");
+    let (lent, returned, got, intact) = activity_client_report(&text);
+    assert!(intact, "nothing wrote into the client's buffers: {text}");
+    // CUPTI went on filling the client's buffer through the window (it was lent before
+    // gpuspan registered) and it came back whole; every later record reached the client only
+    // by being forwarded from gpuspan's buffers (gpuspan's callbacks stay registered).
+    assert_eq!(got, replayed_kernels(&text), "the client got every kernel, the window's included: {text}");
+    assert_eq!(lent, returned, "every buffer it lent came back to it: {text}");
     w.pid = None;
+
+    // Fine mode from the start: both get every kernel.
+    let out = tempfile::tempdir().unwrap();
+    let o = output(
+        gpuspan()
+            .args(["run", "--sim", "--mode", "fine", "--out"])
+            .arg(out.path())
+            .arg("--")
+            .arg(artifact("gpuspan-replay"))
+            .args(["stdit", "--steps", "2", "--activity-client"]),
+    );
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{text}");
+    let t = gpuspan_export::read_trace(&capture_in(out.path())).unwrap();
+    let replayed = replayed_kernels(&text);
+    assert_eq!(kernels(&t).len() as u64, replayed, "gpuspan's capture holds every kernel");
+    let (lent, returned, got, intact) = activity_client_report(&text);
+    assert!(intact, "{text}");
+    assert_eq!(got, replayed, "the client got every kernel: {text}");
+    assert_eq!(lent, returned, "{text}");
 }
 
 /// `lent=`, `returned=`, `kernels=` of the replay worker's `activity client:` line.

@@ -141,3 +141,94 @@ fn one_profiler_step_around_a_request_holds_the_detected_steps() {
     let s: gpuspan_core::stats::Stats = serde_json::from_slice(&o.stdout).unwrap();
     assert!(s.step_detection.is_none() && s.steps.len() == 1 && s.steps[0].name.starts_with("ProfilerStep#"), "{:?}", s.steps);
 }
+
+/// `(dit.step spans by start, the gpu.request span)` of the one request the receiver got.
+fn step_spans(rx: &gpuspan_testkit::OtlpReceiver) -> (Vec<gpuspan_testkit::ReceivedSpan>, gpuspan_testkit::ReceivedSpan) {
+    let spans = rx.spans();
+    let reqs: Vec<_> = spans.iter().filter(|s| s.name == "gpu.request").cloned().collect();
+    assert_eq!(reqs.len(), 1, "one gpu.request: {reqs:?}");
+    let mut steps: Vec<_> = spans.iter().filter(|s| s.name == "dit.step").cloned().collect();
+    steps.sort_by_key(|s| s.start_unix_ns);
+    for s in &steps {
+        assert_eq!(s.parent_span_id, reqs[0].span_id, "a step is a child of the request");
+    }
+    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    for s in &spans {
+        assert!(s.name == "gpu.request" || ids.contains(s.parent_span_id.as_str()), "orphan {}", s.name);
+    }
+    (steps, reqs[0].clone())
+}
+
+/// Observations of `dit_inference_step_duration_ms{step_type="step"}` (whole steps; the other
+/// step types are per stage) in the latest export.
+fn step_observations(rx: &gpuspan_testkit::OtlpReceiver) -> u64 {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let mut latest = 0u64;
+    for r in rx.metrics() {
+        for m in r.resource_metrics.iter().flat_map(|x| &x.scope_metrics).flat_map(|x| &x.metrics) {
+            let (true, Some(Data::Histogram(h))) = (m.name == "dit_inference_step_duration_ms", &m.data) else { continue };
+            for dp in &h.data_points {
+                let whole_step = dp.attributes.iter().any(|kv| {
+                    kv.key == "step_type" && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(Value::StringValue(v)) if v == "step")
+                });
+                if whole_step {
+                    latest = latest.max(dp.count);
+                }
+            }
+        }
+    }
+    latest
+}
+
+/// The agent runs the detector over the fine-mode records of a request that announced no
+/// step (`gpuspan-replay --announce requests`: only the `gpuspan.request` range): the
+/// request still gets its `dit.step i/n` spans (`gpuspan.step_source=detected`), with the
+/// kernels of the same steps as when the worker announces them, and the step histogram its
+/// observations. A request with its steps announced has no `gpuspan.step_source`.
+#[test]
+fn agent_detects_the_steps_of_a_request_that_announces_none() {
+    use gpuspan_testkit::{OtlpReceiver, Transport, Val};
+    const STEPS: usize = 4;
+    let run = |announce: &str| {
+        let rx = OtlpReceiver::start(Transport::HttpProtobuf, "127.0.0.1:0");
+        let out = tempfile::tempdir().unwrap();
+        let mut c = gpuspan();
+        c.args(["run", "--sim", "--mode", "fine", "--out"]).arg(out.path()).arg("--").arg(artifact("gpuspan-replay"));
+        c.args(["stdit", "--steps", &STEPS.to_string(), "--announce", announce]);
+        c.env("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint())
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.transport().protocol_env())
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "500");
+        let o = output(&mut c);
+        assert!(o.status.success(), "--announce {announce}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(rx.wait_for(std::time::Duration::from_secs(10), |s| s.iter().any(|s| s.name == "gpu.request")));
+        let t0 = std::time::Instant::now();
+        while step_observations(&rx) < STEPS as u64 && t0.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let (steps, req) = step_spans(&rx);
+        (steps, req, step_observations(&rx))
+    };
+    let (announced, req, observed) = run("all");
+    assert_eq!(announced.len(), STEPS);
+    assert_eq!(observed, STEPS as u64);
+    assert!(announced.iter().all(|s| s.str("gpuspan.step_source").is_none()));
+    assert_eq!(req.str("gpuspan.step_source"), None);
+
+    let (detected, req, observed) = run("requests");
+    assert_eq!(detected.len(), STEPS, "as many steps as announced");
+    assert_eq!(observed, STEPS as u64, "one histogram observation per detected step");
+    assert_eq!(req.str("gpuspan.step_source"), Some("detected"));
+    assert_eq!(req.int("gpuspan.step_count"), Some(STEPS as i64));
+    let (mut same, mut total) = (0i64, 0i64);
+    for (i, (d, a)) in detected.iter().zip(&announced).enumerate() {
+        assert_eq!(d.str("gpuspan.step_source"), Some("detected"));
+        assert_eq!(d.int("gpuspan.step.index"), Some(i as i64));
+        assert_eq!(d.int("gpuspan.step.count"), Some(STEPS as i64));
+        assert_eq!(d.attributes.get("gpuspan.scope"), Some(&Val::Str(format!("dit.step {i}/{STEPS}"))));
+        let (kd, ka) = (d.int("gpuspan.kernel_count").unwrap(), a.int("gpuspan.kernel_count").unwrap());
+        same += kd.min(ka);
+        total += ka;
+    }
+    assert!(same as f64 >= 0.99 * total as f64, "at least 99 % of the kernels in the same step: {same} of {total}");
+}

@@ -157,6 +157,14 @@ pub fn write_parts(
     put("nvtx_ranges_too_deep", counters.nvtx_ranges_too_deep.load(Ordering::Relaxed));
     put("buffers_foreign", counters.foreign_buffers.load(Ordering::Relaxed));
     put("buffers_foreign_bytes_cut", counters.foreign_bytes_cut.load(Ordering::Relaxed));
+    {
+        use gpuspan_cupti::foreign_client::FOREIGN;
+        put("foreign_client_known", FOREIGN.is_known() as u64);
+        put("foreign_buffers_handed_back", FOREIGN.buffers_handed_back.load(Ordering::Relaxed));
+        put("foreign_buffers_forwarded", FOREIGN.buffers_forwarded.load(Ordering::Relaxed));
+        put("foreign_records_forwarded", FOREIGN.records_forwarded.load(Ordering::Relaxed));
+        put("foreign_records_not_forwarded", FOREIGN.records_not_forwarded.load(Ordering::Relaxed));
+    }
     put("unload_drains", counters.unload_drains.load(Ordering::Relaxed));
     put("unload_drain_timeouts", counters.unload_drain_timeouts.load(Ordering::Relaxed));
     put("cupti_version", a.cupti_version() as u64);

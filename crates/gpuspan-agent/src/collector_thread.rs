@@ -364,9 +364,15 @@ fn report_foreign_buffers(a: &Agent) {
     static WARNED: AtomicBool = AtomicBool::new(false);
     let n = a.counters.foreign_buffers.load(Ordering::Relaxed);
     if n > 0 && !WARNED.swap(true, Ordering::Relaxed) {
-        crate::log::warn(&format!(
-            "{n} CUPTI activity buffer(s) lent by another activity client (torch.profiler / Kineto?) reached gpuspan's completion callback: their records were copied and the buffers left untouched, but that client will not get them back"
-        ));
+        if gpuspan_cupti::foreign_client::FOREIGN.is_known() {
+            crate::log::info(&format!(
+                "{n} CUPTI activity buffer(s) lent by another activity client (torch.profiler / Kineto?) reached gpuspan's completion callback: read and handed back to it; its later records are forwarded to it"
+            ));
+        } else {
+            crate::log::warn(&format!(
+                "{n} CUPTI activity buffer(s) lent by another activity client (torch.profiler / Kineto?) reached gpuspan's completion callback: their records were copied and the buffers left untouched, but that client will not get them back (preload libgpuspan.so so that gpuspan sees the client and returns them)"
+            ));
+        }
     }
 }
 

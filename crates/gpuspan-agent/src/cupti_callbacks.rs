@@ -41,7 +41,7 @@ pub unsafe extern "C" fn buffer_requested_v2(
 /// Called by CUPTI with a buffer it got from a buffer-requested callback.
 pub unsafe extern "C" fn buffer_completed_v2(buffer: *mut u8, size: usize, valid_bytes: usize, _info: *mut BufferCompleteInfo) {
     // SAFETY: the same buffer contract, forwarded.
-    unsafe { buffer_completed(std::ptr::null_mut(), 0, buffer, size, valid_bytes) }
+    unsafe { completed(std::ptr::null_mut(), 0, buffer, size, valid_bytes, false) }
 }
 
 /// `CUpti_BuffersCallbackRequestFunc`: lends CUPTI a zeroed pool buffer, or declines
@@ -84,16 +84,33 @@ pub unsafe extern "C" fn buffer_requested(buffer: *mut *mut u8, size: *mut usize
 /// client's current buffer after our registration, so it can hold our records too: its
 /// valid bytes are copied into one of our pool buffers (at most a pool buffer's worth; the
 /// cut is counted in `foreign_bytes_cut`) and the copy is decoded like any other buffer.
+/// When that client registered through `libgpuspan.so`'s interposed
+/// `cuptiActivityRegisterCallbacks` (`gpuspan_cupti::foreign_client`), its buffer is then
+/// handed back to its completion callback unchanged, and the records of its kinds in each of
+/// our buffers are copied into buffers it lends and handed to it; a buffer that arrives
+/// while gpuspan itself collects nothing (the window closed, the other client's kinds still
+/// on) is only forwarded and goes straight back to the pool.
 ///
 /// # Safety
 /// Called by CUPTI with a buffer it got from a buffer-requested callback, ours or not.
 pub unsafe extern "C" fn buffer_completed(
-    _ctx: *mut std::ffi::c_void,
-    _stream_id: u32,
+    ctx: *mut std::ffi::c_void,
+    stream_id: u32,
     buffer: *mut u8,
-    _size: usize,
+    size: usize,
     valid_bytes: usize,
 ) {
+    // SAFETY: the caller's contract, forwarded.
+    unsafe { completed(ctx, stream_id, buffer, size, valid_bytes, true) }
+}
+
+/// The completion callbacks' body; `v1` for the V1 callback, the only one another V1 client's
+/// records can reach.
+///
+/// # Safety
+/// As [`buffer_completed`].
+unsafe fn completed(ctx: *mut std::ffi::c_void, stream_id: u32, buffer: *mut u8, size: usize, valid_bytes: usize, v1: bool) {
+    use gpuspan_cupti::foreign_client::FOREIGN;
     let _ = std::panic::catch_unwind(|| {
         let Some(a) = shared() else { return };
         if buffer.is_null() {
@@ -101,24 +118,27 @@ pub unsafe extern "C" fn buffer_completed(
         }
         if !a.pool.owns(buffer as usize) {
             a.counters.foreign_buffers.fetch_add(1, Ordering::Relaxed);
-            let Some(copy) = a.pool.take(true) else {
-                a.counters.buffers_dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            };
-            let n = valid_bytes.min(a.pool.buffer_bytes());
-            a.counters.foreign_bytes_cut.fetch_add((valid_bytes - n) as u64, Ordering::Relaxed);
-            // SAFETY: CUPTI handed us `buffer` with `valid_bytes` readable bytes; `copy` is a
-            // pool buffer of `buffer_bytes() >= n` bytes that nobody else uses; they do not
-            // overlap (ours are our own allocations). The foreign buffer is only read.
-            unsafe { std::ptr::copy_nonoverlapping(buffer as *const u8, copy.0 as *mut u8, n) };
-            if a.completed_queue.push((copy.0, n)).is_err() {
-                a.counters.buffers_dropped.fetch_add(1, Ordering::Relaxed);
-                // SAFETY: our pool buffer, not queued anywhere.
-                unsafe { a.pool.give_back(copy) };
-            } else {
-                a.counters.buffers_queued.fetch_add(1, Ordering::Release);
+            if !(v1 && FOREIGN.is_known() && !FOREIGN.agent_collects()) {
+                copy_foreign(a, buffer, valid_bytes);
+            }
+            if v1 {
+                // SAFETY: CUPTI's arguments for a buffer our pool did not lend; it is no
+                // longer read here.
+                unsafe { FOREIGN.hand_back(ctx, stream_id, buffer, size, valid_bytes) };
             }
             return;
+        }
+        if v1 && FOREIGN.is_known() {
+            if let Some(gpuspan_cupti::decode::NextRecord::V1(next)) = a.api.as_ref().map(|api| api.next_record()) {
+                // SAFETY: our pool buffer with `valid_bytes` of records CUPTI completed,
+                // walked with the process's cuptiActivityGetNextRecord; only read.
+                unsafe { FOREIGN.forward(next, ctx, stream_id, buffer, valid_bytes) };
+            }
+            if !FOREIGN.agent_collects() {
+                // SAFETY: the buffer came from our pool and CUPTI hands ownership back here.
+                unsafe { a.pool.give_back(RawBuffer(buffer as usize)) };
+                return;
+            }
         }
         if a.completed_queue.push((buffer as usize, valid_bytes)).is_ok() {
             a.counters.buffers_queued.fetch_add(1, Ordering::Release);
@@ -128,4 +148,26 @@ pub unsafe extern "C" fn buffer_completed(
             unsafe { a.pool.give_back(RawBuffer(buffer as usize)) };
         }
     });
+}
+
+/// Copies the valid bytes of a buffer our pool did not lend into a pool buffer and queues the
+/// copy for decoding (module docs; [`buffer_completed`]).
+fn copy_foreign(a: &crate::shared::Shared, buffer: *mut u8, valid_bytes: usize) {
+    let Some(copy) = a.pool.take(true) else {
+        a.counters.buffers_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let n = valid_bytes.min(a.pool.buffer_bytes());
+    a.counters.foreign_bytes_cut.fetch_add((valid_bytes - n) as u64, Ordering::Relaxed);
+    // SAFETY: CUPTI handed us `buffer` with `valid_bytes` readable bytes; `copy` is a pool
+    // buffer of `buffer_bytes() >= n` bytes that nobody else uses; they do not overlap (ours
+    // are our own allocations). The foreign buffer is only read.
+    unsafe { std::ptr::copy_nonoverlapping(buffer as *const u8, copy.0 as *mut u8, n) };
+    if a.completed_queue.push((copy.0, n)).is_err() {
+        a.counters.buffers_dropped.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: our pool buffer, not queued anywhere.
+        unsafe { a.pool.give_back(copy) };
+    } else {
+        a.counters.buffers_queued.fetch_add(1, Ordering::Release);
+    }
 }

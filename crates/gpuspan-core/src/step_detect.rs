@@ -170,15 +170,34 @@ fn best_period(s: &[u32]) -> Option<(usize, usize, usize)> {
     best.map(|(_, p, start, reps)| (p, start, reps))
 }
 
+/// One kernel as [`detect_kernels`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KernelAt<'a> {
+    /// Its row, `(pid, tid)`: (device, stream).
+    pub row: (i64, i64),
+    /// Start, µs (any origin shared by all kernels).
+    pub start_us: f64,
+    /// End, µs.
+    pub end_us: f64,
+    /// Kernel name.
+    pub name: &'a str,
+}
+
 /// Detects steps in `trace` (module docs). A trace without kernels gives no step.
 pub fn detect(trace: &Trace) -> Detection {
+    detect_kernels(trace.kernels().map(|k| KernelAt { row: (k.pid, k.tid), start_us: k.ts_us, end_us: k.end_us(), name: k.name.as_str() }))
+}
+
+/// [`detect`] over kernels given one by one, in any order: what the agent runs over the
+/// GPU records of a request that announced no step (`gpuspan_core::spans`).
+pub fn detect_kernels<'a>(kernels: impl IntoIterator<Item = KernelAt<'a>>) -> Detection {
+    let all: Vec<KernelAt<'a>> = kernels.into_iter().collect();
     let mut rows: HashMap<(i64, i64), usize> = HashMap::new();
-    for k in trace.kernels() {
-        *rows.entry((k.pid, k.tid)).or_default() += 1;
+    for k in &all {
+        *rows.entry(k.row).or_default() += 1;
     }
     let row = rows.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).map(|(r, _)| *r).unwrap_or((0, 0));
-    let mut ks: Vec<(f64, f64, &str)> =
-        trace.kernels().filter(|k| (k.pid, k.tid) == row).map(|k| (k.ts_us, k.end_us(), k.name.as_str())).collect();
+    let mut ks: Vec<(f64, f64, &str)> = all.iter().filter(|k| k.row == row).map(|k| (k.start_us, k.end_us, k.name)).collect();
     ks.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut ids: HashMap<&str, u32> = HashMap::new();
     let s: Vec<u32> = ks

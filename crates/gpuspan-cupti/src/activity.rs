@@ -477,7 +477,9 @@ impl ActivityApi {
     }
 
     /// `cuptiActivityRegisterCallbacks`, or `cuptiActivityRegisterCallbacks_v2` with the V2
-    /// pair in multiple-subscriber mode.
+    /// pair in multiple-subscriber mode. The V1 registration is recorded in
+    /// [`crate::foreign_client::FOREIGN`]: from then on another V1 client's registration
+    /// through `libgpuspan.so`'s interposed symbol is remembered, not passed on.
     pub fn register_callbacks(&self, cbs: BufferCallbacks) -> Result<(), CuptiError> {
         if let Some((t, h)) = self.v2() {
             // SAFETY: live subscriber handle; both are 'static extern "C" fns with the V2
@@ -487,9 +489,9 @@ impl ActivityApi {
             });
         }
         // SAFETY: both are 'static extern "C" fns with the CUPTI callback signatures.
-        check("cuptiActivityRegisterCallbacks", unsafe {
-            (self.syms.register_callbacks)(cbs.requested, cbs.completed)
-        })
+        let code = crate::foreign_client::FOREIGN
+            .agent_register(|| unsafe { (self.syms.register_callbacks)(cbs.requested, cbs.completed) });
+        check("cuptiActivityRegisterCallbacks", code)
     }
 
     /// `cuptiActivityEnable(kind)` (`_v2` with our handle and no config in
@@ -500,17 +502,22 @@ impl ActivityApi {
             return check("cuptiActivityEnable_v2", unsafe { (t.activity_enable)(h, kind, std::ptr::null_mut()) });
         }
         // SAFETY: plain integer argument.
-        check("cuptiActivityEnable", unsafe { (self.syms.activity_enable)(kind) })
+        check("cuptiActivityEnable", unsafe { (self.syms.activity_enable)(kind) })?;
+        crate::foreign_client::FOREIGN.agent_enabled(kind);
+        Ok(())
     }
 
-    /// `cuptiActivityDisable(kind)` (`_v2` in multiple-subscriber mode).
+    /// `cuptiActivityDisable(kind)` (`_v2` in multiple-subscriber mode). In V1, a kind that
+    /// another V1 client enabled through the interposed symbol stays enabled for it
+    /// ([`crate::foreign_client`]).
     pub fn disable(&self, kind: u32) -> Result<(), CuptiError> {
         if let Some((t, h)) = self.v2() {
             // SAFETY: as in `enable`.
             return check("cuptiActivityDisable_v2", unsafe { (t.activity_disable)(h, kind, std::ptr::null_mut()) });
         }
+        // A kind another V1 client enabled too stays enabled (`crate::foreign_client`).
         // SAFETY: plain integer argument.
-        check("cuptiActivityDisable", unsafe { (self.syms.activity_disable)(kind) })
+        check("cuptiActivityDisable", crate::foreign_client::FOREIGN.agent_disable(kind, || unsafe { (self.syms.activity_disable)(kind) }))
     }
 
     /// Enables every kind in [`FINE_MODE_KINDS`]; on the first failure disables what was

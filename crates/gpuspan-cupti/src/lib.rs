@@ -29,6 +29,7 @@ pub mod buffers;
 pub mod decode;
 pub mod error;
 pub mod events;
+pub mod foreign_client;
 pub mod layouts;
 pub mod multi_subscriber;
 pub mod symbols;

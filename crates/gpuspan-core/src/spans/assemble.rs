@@ -18,6 +18,11 @@
 //! it has ended and all its units are. Records that arrive for a finalized unit are
 //! counted as late (they remain in the capture file, which is built separately).
 //!
+//! A request that announced no step scope (fine mode) has its steps detected from its own
+//! kernels when its direct work is finalized (`detect_steps`, [`crate::step_detect`]): the
+//! detected `dit.step` spans carry `gpuspan.step_source=detected`, and their timings feed the
+//! step histogram like announced ones.
+//!
 //! Coarse mode ([`SpanOptions::coarse`]): no activity records at all. The agent times
 //! scopes with CUDA events and feeds each scope's GPU interval ([`ScopeGpuTime`], via
 //! [`SpanAssembler::observe_scope_time`]); a stage scope's interval stands in for its
@@ -153,6 +158,9 @@ pub struct AssemblerStats {
     /// [`TimingSource::Captured`] intervals and fine mode's [`ScopeEvent::InCapture`];
     /// counted, no span.
     pub captured_scopes: u64,
+    /// Steps detected from the kernels of requests that announced none (fine mode), among
+    /// [`AssemblerStats::steps`].
+    pub steps_detected: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +242,81 @@ impl Unit {
     }
 }
 
+/// A step unit as [`SpanAssembler::emit_unit`] needs it: an announced step scope's, or one
+/// detected in a request's kernels.
+#[derive(Debug)]
+struct StepOf {
+    span_id: [u8; 8],
+    index: u64,
+    count: Option<u64>,
+    /// Fallback interval (CUPTI ns) when the step has no GPU work.
+    begin_ns: u64,
+    end_ns: u64,
+    /// The scope's name (`dit.step i/n`), for `gpuspan.scope`.
+    name: Arc<str>,
+    /// Detected, not announced: `gpuspan.step_source=detected`.
+    detected: bool,
+}
+
+/// A request's GPU work split by [`detect_steps`]: each detected step with its work, and the
+/// rest.
+type DetectedSplit = (Vec<(StepOf, Vec<Gpu>)>, Vec<Gpu>);
+
+/// Fewest kernels of a request worth running step detection on.
+const MIN_KERNELS_TO_DETECT: usize = 8;
+
+/// Splits the GPU work of a request that announced no step into steps found in its kernel
+/// sequence ([`crate::step_detect::detect_kernels`]: repeating forward passes with evidence
+/// that each is one), numbered `dit.step i/n`. A record belongs to the step whose time
+/// range (its compute-stream kernels, first start to last end) holds its start; the rest
+/// stays the request's direct work (`Ok((steps, rest))`). `Err(gpu)` gives the work back
+/// untouched when there is no evidence of two or more steps.
+fn detect_steps(gpu: Vec<Gpu>, request_span: &[u8; 8]) -> Result<DetectedSplit, Vec<Gpu>> {
+    let kernels = gpu.iter().filter(|g| g.kind == GpuKind::Kernel);
+    if kernels.clone().count() < MIN_KERNELS_TO_DETECT {
+        return Err(gpu);
+    }
+    let base = kernels.clone().map(|g| g.start_ns).min().unwrap_or(0);
+    let us = |ns: u64| ns.saturating_sub(base) as f64 / 1e3;
+    let d = crate::step_detect::detect_kernels(kernels.map(|g| crate::step_detect::KernelAt {
+        row: (g.device as i64, g.stream as i64),
+        start_us: us(g.start_ns),
+        end_us: us(g.end_ns),
+        name: &g.name,
+    }));
+    if d.evidence == crate::step_detect::Evidence::None || d.steps.len() < 2 {
+        return Err(gpu);
+    }
+    let n = d.steps.len() as u64;
+    let ns = |u: f64| base + (u * 1e3).round().max(0.0) as u64;
+    let mut steps: Vec<(StepOf, Vec<Gpu>)> = d
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, st)| {
+            let step = StepOf {
+                span_id: ids::span_id(request_span, &[b"dit.step.detected", &(i as u64).to_be_bytes()]),
+                index: i as u64,
+                count: Some(n),
+                begin_ns: ns(st.start_us),
+                end_ns: ns(st.end_us),
+                name: Arc::from(st.name.as_str()),
+                detected: true,
+            };
+            (step, Vec::new())
+        })
+        .collect();
+    let mut rest = Vec::new();
+    for g in gpu {
+        let at = us(g.start_ns);
+        match d.steps.iter().position(|st| st.start_us <= at && at <= st.end_us) {
+            Some(i) => steps[i].1.push(g),
+            None => rest.push(g),
+        }
+    }
+    Ok((steps, rest))
+}
+
 #[derive(Debug)]
 struct Request {
     ctx: TraceContext,
@@ -259,6 +342,10 @@ struct Request {
     step_launches: Option<u64>,
     /// Coarse mode: the least faithful timing of its units.
     timing: Option<TimingSource>,
+    /// Step scopes begun under it (0: steps are detected from its kernels, fine mode).
+    step_scopes: u64,
+    /// Its steps were detected, not announced.
+    steps_detected: bool,
 }
 
 /// Builds spans incrementally. Not thread-safe by design: the collector thread owns it.
@@ -390,6 +477,8 @@ impl SpanAssembler {
                                 omitted: 0,
                                 step_launches: Some(0),
                                 timing: None,
+                                step_scopes: 0,
+                                steps_detected: false,
                             },
                         );
                         self.units.insert(*id, Unit { request: *id, ..Default::default() });
@@ -398,6 +487,7 @@ impl SpanAssembler {
                         let Some(rid) = s.attribution.request else { return };
                         if let Some(r) = self.requests.get_mut(&rid) {
                             r.open_units += 1;
+                            r.step_scopes += 1;
                             self.units.insert(*id, Unit { request: rid, ..Default::default() });
                         }
                     }
@@ -691,14 +781,56 @@ impl SpanAssembler {
         self.held_gpu -= unit.gpu.len();
         let rid = unit.request;
         let Some(scope) = scopes.get(id) else { return };
-        let opts = self.opts.clone();
+        let coarse = self.opts.coarse;
         let Some(req) = self.requests.get_mut(&rid) else { return };
         req.open_units = req.open_units.saturating_sub(1);
         if matches!(unit.scope_time, Some((_, _, TimingSource::Captured))) {
             // Recorded into a CUDA graph, not executed: no span, no timing.
             return;
         }
-        let is_step = id != rid;
+        if id != rid {
+            let (index, count) = match &scope.kind {
+                ScopeKind::Step { index, count } => (*index, *count),
+                _ => (0, None),
+            };
+            let step = StepOf {
+                span_id: ids::span_id(&req.span_id, &[b"dit.step", &id.to_be_bytes()]),
+                index,
+                count,
+                begin_ns: scope.begin_ns,
+                end_ns: scope.end_ns.unwrap_or(scope.begin_ns),
+                name: Arc::from(scope.name.as_str()),
+                detected: false,
+            };
+            return self.emit_unit(rid, Some(step), unit.gpu, unit.scope_time, out);
+        }
+        // A request that announced no step (fine mode): its steps come from its kernels.
+        let gpu = if !coarse && req.step_scopes == 0 {
+            match detect_steps(unit.gpu, &req.span_id) {
+                Ok((steps, rest)) => {
+                    req.steps_detected = true;
+                    self.stats.steps_detected += steps.len() as u64;
+                    for (step, gpu) in steps {
+                        self.emit_unit(rid, Some(step), gpu, None, out);
+                    }
+                    rest
+                }
+                Err(gpu) => gpu,
+            }
+        } else {
+            unit.gpu
+        };
+        self.emit_unit(rid, None, gpu, unit.scope_time, out)
+    }
+
+    /// Spans and timings of one unit of request `rid`: a step (`step`; announced or
+    /// detected) or the request's direct work (`None`), from its GPU work `gpu` (and, in
+    /// coarse mode, its own interval `scope_time`).
+    fn emit_unit(&mut self, rid: ScopeId, step: Option<StepOf>, gpu: Vec<Gpu>, scope_time: Option<(u64, u64, TimingSource)>, out: &mut Finalized) {
+        let opts = self.opts.clone();
+        let Some(req) = self.requests.get_mut(&rid) else { return };
+        let unit = Unit { gpu, scope_time, ..Default::default() };
+        let is_step = step.is_some();
         let emit = req.ctx.sampled;
 
         // Per-stage aggregates, in stage-name order.
@@ -757,13 +889,9 @@ impl SpanAssembler {
         }
 
         let trace_id = req.ctx.trace_id;
-        let (parent_id, parent_start, parent_end) = if is_step {
-            let begin = scope.begin_ns;
-            let end = scope.end_ns.unwrap_or(begin);
-            let sid = ids::span_id(&req.span_id, &[b"dit.step", &id.to_be_bytes()]);
-            (sid, first.unwrap_or(begin), last.unwrap_or(end))
-        } else {
-            (req.span_id, 0, 0)
+        let (parent_id, parent_start, parent_end) = match &step {
+            Some(st) => (st.span_id, first.unwrap_or(st.begin_ns), last.unwrap_or(st.end_ns)),
+            None => (req.span_id, 0, 0),
         };
         let mk = |span_id, parent, name: Arc<str>, start: u64, end: u64, attributes| SpanRecord {
             trace_id,
@@ -838,12 +966,9 @@ impl SpanAssembler {
         }
 
         let steps_done = is_step as u64;
-        if is_step {
+        if let Some(st) = &step {
             req.steps += 1;
-            let (index, count) = match &scope.kind {
-                ScopeKind::Step { index, count } => (*index, *count),
-                _ => (0, None),
-            };
+            let (index, count) = (st.index, st.count);
             let dur = parent_end.saturating_sub(parent_start);
             let request_id = req
                 .attrs
@@ -864,8 +989,11 @@ impl SpanAssembler {
                 let mut attributes = vec![
                     attr_int("gpuspan.step.index", index as i64),
                     attr_int("gpuspan.gpu_busy_ns", busy as i64),
-                    attr_str("gpuspan.scope", scope.name.as_str()),
+                    attr_str("gpuspan.scope", st.name.clone()),
                 ];
+                if st.detected {
+                    attributes.push(attr_str("gpuspan.step_source", "detected"));
+                }
                 if !coarse {
                     attributes.push(attr_int("gpuspan.kernel_count", kernels as i64));
                 }
@@ -921,6 +1049,9 @@ impl SpanAssembler {
                 },
             ),
         ];
+        if r.steps_detected {
+            attributes.push(attr_str("gpuspan.step_source", "detected"));
+        }
         if self.opts.coarse {
             attributes.push(attr_str("gpuspan.timing", r.timing.unwrap_or(TimingSource::CpuFallback).as_str()));
         } else {

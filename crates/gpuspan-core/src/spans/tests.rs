@@ -482,3 +482,79 @@ fn correlation_ids_go_with_their_request_and_may_wrap() {
     assert_eq!(f.asm.stats.gpu_late, 0, "no kernel went to the finished request");
     assert_eq!(f.asm.stats.units_timed_out, 0);
 }
+
+/// A request that announces no step (fine mode): its kernels are a text encoder, three
+/// forward passes separated by the scheduler's idle gap, and a VAE decode. The assembler
+/// detects the three passes as `dit.step i/3` spans (`gpuspan.step_source=detected`) with
+/// their kernels, step timings for the histogram, and leaves the encoder and decoder kernels
+/// to the request. The same request with one announced step is left as announced.
+#[test]
+fn steps_of_a_request_that_announces_none_are_detected_from_its_kernels() {
+    let pass = ["flash_fwd_kernel", "sm90_xmma_gemm_bf16", "layer_norm_kernel", "flash_fwd_kernel", "sm90_xmma_gemm_bf16", "layer_norm_kernel", "scheduler_step_kernel"];
+    let run = |announce_one_step: bool| {
+        let mut f = Fixture::new(SpanOptions { settle_ms: 0, ..Default::default() });
+        f.scope(begin(1, 0, 10, &format!("gpuspan.request {TP} model=stdit")));
+        if announce_one_step {
+            f.scope(begin(2, 1, 11, "dit.step 0/1"));
+            f.scope(ScopeEvent::End { id: 2, ts_ns: 12, launches: Some(0) });
+        }
+        let (mut corr, mut t) = (1u32, 1_000u64);
+        let mut launch_kernel = |f: &mut Fixture, name: &str, gap_ns: u64| {
+            t += gap_ns;
+            f.rec(kernel(name, corr, t, t + 10_000));
+            f.rec(ext(corr, 1));
+            f.rec(launch(corr));
+            t += 10_000;
+            corr += 1;
+        };
+        for name in ["t5_encoder_gemm", "t5_encoder_softmax"] {
+            launch_kernel(&mut f, name, 1_000);
+        }
+        for _ in 0..3 {
+            for (i, name) in pass.iter().enumerate() {
+                launch_kernel(&mut f, name, if i == 0 { 2_000_000 } else { 1_000 });
+            }
+        }
+        launch_kernel(&mut f, "vae_decoder_conv", 2_000_000);
+        f.scope(ScopeEvent::End { id: 1, ts_ns: t + 1, launches: Some(corr - 1) });
+        f.poll(1_000)
+    };
+
+    let out = run(false);
+    let steps: Vec<&SpanRecord> = out.spans.iter().filter(|s| &*s.name == "dit.step").collect();
+    assert_eq!(steps.len(), 3, "{:?}", out.spans.iter().map(|s| &s.name).collect::<Vec<_>>());
+    let req = out.spans.iter().find(|s| &*s.name == "gpu.request").unwrap();
+    let attr = |s: &SpanRecord, k: &str| s.attributes.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(attr(req, "gpuspan.step_source"), Some(AttrValue::Str(Arc::from("detected"))));
+    assert_eq!(attr(req, "gpuspan.step_count"), Some(AttrValue::Int(3)));
+    for (i, s) in steps.iter().enumerate() {
+        assert_eq!(s.parent_span_id, Some(req.span_id));
+        assert_eq!(attr(s, "gpuspan.step_source"), Some(AttrValue::Str(Arc::from("detected"))));
+        assert_eq!(attr(s, "gpuspan.step.index"), Some(AttrValue::Int(i as i64)));
+        assert_eq!(attr(s, "gpuspan.step.count"), Some(AttrValue::Int(3)));
+        assert_eq!(attr(s, "gpuspan.kernel_count"), Some(AttrValue::Int(pass.len() as i64)), "a whole pass per step");
+        assert_eq!(attr(s, "gpuspan.scope"), Some(AttrValue::Str(Arc::from(format!("dit.step {i}/3").as_str()))));
+    }
+    assert!(steps.windows(2).all(|w| w[0].end_unix_ns < w[1].start_unix_ns), "in order, disjoint");
+    assert_eq!(out.steps.len(), 3, "a timing per detected step");
+    assert!(out.steps.iter().enumerate().all(|(i, t)| t.index == i as u64 && t.total == Some(3)));
+    // The encoder and decoder kernels stay the request's own work, with its stage spans
+    // parented on the request.
+    let own: i64 = out
+        .spans
+        .iter()
+        .filter(|s| s.parent_span_id == Some(req.span_id) && &*s.name != "dit.step")
+        .filter_map(|s| match attr(s, "gpuspan.kernel_count") {
+            Some(AttrValue::Int(n)) => Some(n),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(own, 3);
+    assert_eq!(out.requests[0].kernel_count, 3 * pass.len() as u64 + 3);
+
+    // Announced steps are never replaced.
+    let out = run(true);
+    let steps: Vec<&SpanRecord> = out.spans.iter().filter(|s| &*s.name == "dit.step").collect();
+    assert_eq!(steps.len(), 1);
+    assert!(out.spans.iter().all(|s| attr(s, "gpuspan.step_source").is_none()));
+}

@@ -41,6 +41,10 @@
 //! multiple-subscriber mode (its own subscriber, kinds and buffers), `=single-subscriber` a V2
 //! tool that takes CUPTI in single mode.
 //!
+//! `--announce requests` keeps only the `gpuspan.request` ranges (a pipeline that wraps its
+//! whole call and announces no step or stage, as most real DiT workers), `--announce none`
+//! drops every range; kernels, copies and synchronisations are the same.
+//!
 //! Hostile exits, as real workers do them (the agent must finish within its budget and never
 //! deadlock): `--exit-on-sigterm` installs a SIGTERM handler that calls `exit(0)` from the
 //! signal handler (not async-signal-safe, yet common: the atexit handlers then run on
@@ -116,6 +120,11 @@ struct Args {
     /// then the `_v2` calls) or `single-subscriber` (`cuptiSubscribe_v2` without).
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "v1", value_name = "KIND")]
     activity_client: Option<gpuspan_simgpu::workload::activity_client::ClientKind>,
+    /// Which NVTX ranges the worker announces: `all` (the default), `requests` (only the
+    /// `gpuspan.request` ranges, like a pipeline that wraps only its whole call) or `none`
+    /// (a worker that announces nothing). Kernels and synchronisations are unchanged.
+    #[arg(long, value_enum, default_value_t = Announce::All)]
+    announce: Announce,
     /// Install a SIGTERM handler that calls `exit(0)` inside the signal handler.
     #[arg(long)]
     exit_on_sigterm: bool,
@@ -126,6 +135,32 @@ struct Args {
     /// before exiting (`20s`): a soak reads the agent's status after the load stopped.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     linger: Option<std::time::Duration>,
+}
+
+/// `--announce`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Announce {
+    All,
+    Requests,
+    None,
+}
+
+/// Drops the NVTX ranges of `w` that `announce` leaves out (a push and its pop together).
+fn keep_announced(w: &mut Workload, announce: Announce) {
+    if announce == Announce::All {
+        return;
+    }
+    // Whether each open push was kept, innermost last.
+    let mut open: Vec<bool> = Vec::new();
+    w.ops.retain(|op| match op {
+        Op::RangePush(name) => {
+            let keep = announce == Announce::Requests && name.starts_with("gpuspan.request ");
+            open.push(keep);
+            keep
+        }
+        Op::RangePop => open.pop().unwrap_or(true),
+        _ => true,
+    });
 }
 
 /// `--exit-on-sigterm`'s handler: `exit(0)` from signal context, as some workers do.
@@ -387,9 +422,12 @@ fn main() -> ExitCode {
         ran += u32::from(go);
         go
     };
-    let adjusted = source.enumerate().map(|(i, mut w)| {
+    keep_announced(&mut first, args.announce);
+    let announce = args.announce;
+    let adjusted = source.enumerate().map(move |(i, mut w)| {
         // Checked on the first request: the others have the same steps.
         let _ = adjust.apply(&mut w, i as u32 + 1);
+        keep_announced(&mut w, announce);
         w
     });
     let result = execute_requests(&lib, std::iter::once(first).chain(adjusted), &opts, &mut keep_going);

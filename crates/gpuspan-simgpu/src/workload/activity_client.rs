@@ -11,6 +11,11 @@
 //! past the last record `cuptiActivityGetNextRecord` still finds (plus [`MAX_RECORD_BYTES`]).
 //! It counts the kernel records it received.
 //!
+//! The V1 client resolves `cuptiActivityRegisterCallbacks` / `cuptiActivityEnable` from the
+//! process's global scope (after loading `libcupti.so.12` `RTLD_GLOBAL`), as Kineto's PLT
+//! calls are: under `LD_PRELOAD=libgpuspan.so` it reaches gpuspan's interposed entry points
+//! (`gpuspan_cupti::foreign_client`), as the real one would.
+//!
 //! Buffers are never freed (the checks read them at the end; a handful of MiB per run).
 //!
 //! [`ClientKind::MultiSubscriber`] is the same client as a CUPTI 13.3+ tool that subscribes
@@ -190,13 +195,21 @@ pub fn start(kind: ClientKind) -> Result<(), String> {
             std::mem::forget(lib);
             return r;
         }
+        // Kineto calls CUPTI through its PLT: the global lookup order, where a preloaded
+        // library (libgpuspan.so) comes first. So the library is made global and the V1
+        // calls are resolved from the process's global scope, not from this handle.
+        let global = libloading::os::unix::Library::open(Some("libcupti.so.12"), libc::RTLD_NOW | libc::RTLD_GLOBAL)
+            .map_err(|e| format!("libcupti.so.12 (RTLD_GLOBAL): {e}"))?;
+        std::mem::forget(global);
+        let scope = libloading::os::unix::Library::this();
         type RegisterFn = unsafe extern "C" fn(
             unsafe extern "C" fn(*mut *mut u8, *mut usize, *mut usize),
             unsafe extern "C" fn(*mut std::ffi::c_void, u32, *mut u8, usize, usize),
         ) -> u32;
-        let register = *lib.get::<RegisterFn>(b"cuptiActivityRegisterCallbacks\0").map_err(|e| e.to_string())?;
-        let enable = *lib.get::<unsafe extern "C" fn(u32) -> u32>(b"cuptiActivityEnable\0").map_err(|e| e.to_string())?;
-        let next = *lib.get::<NextRecordFn>(b"cuptiActivityGetNextRecord\0").map_err(|e| e.to_string())?;
+        let register = *scope.get::<RegisterFn>(b"cuptiActivityRegisterCallbacks\0").map_err(|e| e.to_string())?;
+        let enable = *scope.get::<unsafe extern "C" fn(u32) -> u32>(b"cuptiActivityEnable\0").map_err(|e| e.to_string())?;
+        let next = *scope.get::<NextRecordFn>(b"cuptiActivityGetNextRecord\0").map_err(|e| e.to_string())?;
+        std::mem::forget(scope);
         if let Ok(mut st) = STATE.lock() {
             st.next_record = Some(next);
         }
