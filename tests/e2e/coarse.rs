@@ -556,3 +556,46 @@ impl ReadyWorker {
         stderr
     }
 }
+
+/// Days of uptime in seconds (issue 13, item 2): the simulated GPU's event timer runs 2 %
+/// fast against the host clock (`GPUSPAN_SIM_GPU_CLOCK_PPM=20000`, a thousand times a real
+/// GPU's tens of ppm, so a day's drift shows in seconds). Coarse mode chains each request's
+/// start from the previous one through `cuEventElapsedTime`, which would carry that drift
+/// from request to request (20 ms per second of run: the 12th request, 16 s in, would start
+/// about 300 ms late). Re-anchored at every request that begins on an idle GPU, each
+/// `gpu.request` span starts at the host time the worker pushed its range
+/// (`gpuspan-replay --print-request-begins`): three in four within 1 ms, every one within
+/// 25 ms, the last third no further off than the first (the slack is the host's scheduling
+/// between the worker reading the clock and the agent's hook, on a loaded 2-core machine
+/// running other tests; unanchored, the offsets grow by 30 ms a request).
+#[test]
+fn coarse_request_starts_do_not_drift_with_the_gpu_clock() {
+    const REQUESTS: usize = 12;
+    let rx = OtlpReceiver::start(Transport::HttpProtobuf, "127.0.0.1:0");
+    let o = run_stdit(
+        None,
+        2,
+        &["--requests", &REQUESTS.to_string(), "--print-request-begins"],
+        &[("GPUSPAN_SIM_CLOCK", "real"), ("GPUSPAN_SIM_GPU_CLOCK_PPM", "20000")],
+        &rx,
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let begins: Vec<u64> = stdout.lines().filter_map(|l| l.strip_prefix("request begin_unix_ns=")).map(|v| v.parse().unwrap()).collect();
+    assert_eq!(begins.len(), REQUESTS, "{stdout}");
+    assert!(rx.wait_for(Duration::from_secs(10), |s| s.iter().filter(|s| s.name == "gpu.request").count() == REQUESTS));
+    let mut starts: Vec<u64> = rx.spans().iter().filter(|s| s.name == "gpu.request").map(|s| s.start_unix_ns).collect();
+    starts.sort_unstable();
+    let run_s = (begins[REQUESTS - 1] - begins[0]) as f64 / 1e9;
+    assert!(run_s > 5.0, "the run spans enough time for the drift to show ({run_s:.2} s: {:.0} ms unanchored)", run_s * 20.0);
+    let offsets_ms: Vec<f64> = starts.iter().zip(&begins).map(|(s, b)| (*s as f64 - *b as f64) / 1e6).collect();
+    let mut sorted: Vec<f64> = offsets_ms.iter().map(|o| o.abs()).collect();
+    sorted.sort_by(f64::total_cmp);
+    assert!(sorted[REQUESTS * 3 / 4] < 1.0, "three in four within 1 ms: {offsets_ms:.3?}");
+    assert!(sorted[REQUESTS - 1] < 25.0, "every request within 25 ms of its host begin: {offsets_ms:.3?}");
+    let third = REQUESTS / 3;
+    let mean = |v: &[f64]| v.iter().map(|o| o.abs()).sum::<f64>() / v.len() as f64;
+    assert!(
+        mean(&offsets_ms[REQUESTS - third..]) <= mean(&offsets_ms[..third]) + 10.0,
+        "no growth over the run: {offsets_ms:.3?}"
+    );
+}

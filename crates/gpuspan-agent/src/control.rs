@@ -527,6 +527,7 @@ pub fn agent_status() -> Status {
                 scopes_in_capture: k.scopes_in_capture.load(Ordering::Relaxed),
                 roots_timed_out: k.roots_timed_out.load(Ordering::Relaxed),
                 events_free: c.pool.free_len() as u64,
+                roots_reanchored: k.roots_reanchored.load(Ordering::Relaxed),
             }
         }),
         metrics_addr: a.and_then(|a| a.telemetry.metrics_addr()).map(|s| s.to_string()),

@@ -258,7 +258,7 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
         let ts_ns = begin_event(a, id, parent, thread_id(t), name, pushed);
         if let Some(c) = &a.coarse {
             let (streams, n) = thread_streams(t);
-            record_boundary(c, id, parent, false, ts_ns, &streams[..n]);
+            record_boundary(c, id, parent, false, depth == 0, ts_ns, &streams[..n]);
         }
         level as i32
     })
@@ -354,7 +354,7 @@ pub fn range_end(slot: usize) -> i32 {
         }
         if let Some(c) = &a.coarse {
             let (streams, n) = thread_streams(t);
-            record_boundary(c, id, 0, true, ts_ns, &streams[..n]);
+            record_boundary(c, id, 0, true, pos == 0, ts_ns, &streams[..n]);
         }
         level
     })

@@ -461,6 +461,10 @@ pub struct CoarseCounts {
     /// Events free in the pool now (of `events_made`).
     #[serde(default)]
     pub events_free: u64,
+    /// Root scopes (requests) that began on an idle GPU and re-anchored the GPU-to-CPU clock
+    /// chain at their CPU begin.
+    #[serde(default)]
+    pub roots_reanchored: u64,
 }
 
 /// A successful `capture` reply line: `{"v":1,"ok":true,"window":{…}}\n`.

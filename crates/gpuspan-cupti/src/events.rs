@@ -49,6 +49,7 @@ type CtxGetCurrentFn = unsafe extern "C" fn(*mut *mut c_void) -> CuResult;
 type CtxSetCurrentFn = unsafe extern "C" fn(*mut c_void) -> CuResult;
 type StreamIsCapturingFn = unsafe extern "C" fn(*mut c_void, *mut u32) -> CuResult;
 type ExchangeCaptureModeFn = unsafe extern "C" fn(*mut u32) -> CuResult;
+type StreamQueryFn = unsafe extern "C" fn(*mut c_void) -> CuResult;
 
 /// What `cuStreamIsCapturing` says about a stream (cuda.h `CUstreamCaptureStatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +118,7 @@ pub struct CudaEvents {
     ctx_set: CtxSetCurrentFn,
     is_capturing: Option<StreamIsCapturingFn>,
     exchange_mode: Option<ExchangeCaptureModeFn>,
+    stream_query: Option<StreamQueryFn>,
 }
 
 impl std::fmt::Debug for CudaEvents {
@@ -201,6 +203,8 @@ impl CudaEvents {
                 // optional so an older driver still gets coarse timing).
                 is_capturing: symbol(&lib, "cuStreamIsCapturing").ok().map(|p| std::mem::transmute(p)),
                 exchange_mode: symbol(&lib, "cuThreadExchangeStreamCaptureMode").ok().map(|p| std::mem::transmute(p)),
+                // `cuStreamQuery(CUstream)`; optional: without it roots are never re-anchored.
+                stream_query: symbol(&lib, "cuStreamQuery").ok().map(|p| std::mem::transmute(p)),
                 loaded_from: name,
                 _lib: lib,
             })
@@ -290,6 +294,32 @@ impl CudaEvents {
         match unsafe { f(&mut mode) } {
             0 => Ok(()),
             e => Err(e),
+        }
+    }
+
+    /// Whether every operation queued on `stream` has completed (`cuStreamQuery`: 0 yes,
+    /// `CUDA_ERROR_NOT_READY` no), asked with the calling thread switched to
+    /// `CU_STREAM_CAPTURE_MODE_RELAXED` and back (`cuThreadExchangeStreamCaptureMode` twice),
+    /// so that the query, a potentially unsafe call, never invalidates a capture another
+    /// thread has open in GLOBAL mode (CUPTI-NOTES §6b). Safe on an application thread; the
+    /// caller must have checked that `stream` itself is not capturing. `None` when the driver
+    /// lacks a function or answers anything else.
+    pub fn stream_is_idle(&self, stream: Stream) -> Option<bool> {
+        let (Some(query), Some(exchange)) = (self.stream_query, self.exchange_mode) else { return None };
+        let mut mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+        // SAFETY: in/out pointer to a live local holding a valid CUstreamCaptureMode; the
+        // thread's previous mode comes back in it and is restored below.
+        if unsafe { exchange(&mut mode) } != 0 {
+            return None;
+        }
+        // SAFETY: `stream` is the application's handle or LEGACY (module docs on trusting it).
+        let rc = unsafe { query(stream.0 as *mut c_void) };
+        // SAFETY: as above, restoring the thread's own mode.
+        unsafe { exchange(&mut mode) };
+        match rc {
+            0 => Some(true),
+            CUDA_ERROR_NOT_READY => Some(false),
+            _ => None,
         }
     }
 

@@ -1,7 +1,9 @@
 //! The hot-path half of coarse timing: record one pooled event per stream at a scope
 //! boundary and queue a fixed-size [`GpuMark`]. No allocation, no lock; the only driver
 //! calls are `cuStreamIsCapturing`, `cuEventRecord` (and `cuEventCreate` while the pool
-//! fills).
+//! fills), and at a root's begin and end (a request: twice per request) `cuStreamQuery`
+//! between two `cuThreadExchangeStreamCaptureMode` calls, to learn whether the GPU is idle
+//! there.
 //!
 //! CUDA graphs: an event recorded into a stream that is being captured becomes a graph
 //! node, not a timestamp, and touching the legacy stream while a blocking stream captures
@@ -50,19 +52,24 @@ pub struct GpuMark {
     pub marks: [Option<StreamMark>; MAX_SCOPE_STREAMS],
     /// How many of `marks` are set.
     pub n: u8,
+    /// A root's boundary (begin or end) recorded while every one of its streams was idle
+    /// (`cuStreamQuery` just before): the GPU reached the events as they were recorded, at
+    /// `cpu_ns`, so the GPU-to-CPU clock chain is re-anchored there ([`super::resolve`]).
+    pub idle: bool,
 }
 
 /// Records a boundary of `scope` on `streams` (empty: the legacy default stream) and queues
-/// its mark. On a full pool or a driver error the events taken so far go back and the
+/// its mark; for a `root` scope (none encloses it on its thread: a request) it first asks
+/// whether those streams are idle ([`GpuMark::idle`]). On a full pool or a driver error the events taken so far go back and the
 /// mark says [`TimingSource::CpuFallback`]; on a full mark queue the events go back and
 /// the drop is counted.
-pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool, cpu_ns: u64, streams: &[Stream]) {
+pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool, root: bool, cpu_ns: u64, streams: &[Stream]) {
     let (targets, source): (&[Stream], TimingSource) = if streams.is_empty() {
         (&[Stream::LEGACY], TimingSource::LegacyStream)
     } else {
         (&streams[..streams.len().min(MAX_SCOPE_STREAMS)], TimingSource::CudaEvent)
     };
-    let mut mark = GpuMark { scope, parent, is_end, cpu_ns, source, marks: [None; MAX_SCOPE_STREAMS], n: 0 };
+    let mut mark = GpuMark { scope, parent, is_end, cpu_ns, source, marks: [None; MAX_SCOPE_STREAMS], n: 0, idle: false };
     if let Some(events) = &c.events {
         let capturing = |s: Stream| matches!(events.capture_status(s), CaptureStatus::Capturing | CaptureStatus::ImplicitCapture);
         if targets.iter().any(|&s| capturing(s)) {
@@ -74,6 +81,9 @@ pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool
             }
             return;
         }
+        // A root's boundary (twice per request): is the GPU idle on its streams? Then its
+        // events run as they are recorded (three driver calls per stream, RELAXED mode).
+        mark.idle = root && targets.iter().all(|&s| events.stream_is_idle(s) == Some(true));
         for &stream in targets {
             let ev = match c.pool.take(events) {
                 Ok(ev) => ev,

@@ -48,6 +48,9 @@ pub struct CoarseCounters {
     /// Root scopes (requests) that had not ended `GPUSPAN_SCOPE_TIMEOUT` after they began:
     /// their events went back to the pool and they get no GPU interval.
     pub roots_timed_out: AtomicU64,
+    /// Root scopes that began on an idle GPU: placed at their CPU begin, re-anchoring the
+    /// clock chain ([`resolve`]).
+    pub roots_reanchored: AtomicU64,
 }
 
 /// Default of `GPUSPAN_SCOPE_TIMEOUT`: a root scope (a request) not ended an hour after it

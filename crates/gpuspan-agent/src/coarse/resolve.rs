@@ -8,6 +8,18 @@
 //!   and never before its own CPU begin (the GPU cannot pass an event before the host
 //!   recorded it); the first root starts at its CPU begin. The latest root's begin event
 //!   is the *anchor*, kept out of the pool until the next root replaces it.
+//! - re-anchoring: a root whose streams were idle when its begin was recorded
+//!   ([`super::mark::GpuMark::idle`]) starts at its CPU begin, whatever the chain says. The
+//!   GPU's event timer and the host clock drift apart by tens of ppm (a day: several
+//!   seconds), and a chain of elapsed times carries that drift, and the f32 rounding of
+//!   each link, from request to request for the whole run; the clamp above only corrects a
+//!   chain that falls behind. Re-anchored at each request that starts on an idle GPU (the
+//!   usual case between requests), the error stays the drift within one request. A root
+//!   whose end was recorded on an idle GPU (a worker that synchronizes before it ends the
+//!   request) leaves its end event as a second reference at its CPU time (the *end
+//!   anchor*, out of the pool until a later one replaces it): the next root, even one that
+//!   begins while its own stream is still busy, is chained from whichever reference is
+//!   newer, so only the gap between the two requests is measured by the drifting timer.
 //! - any other scope on stream *i* starts at its root's start plus
 //!   `cuEventElapsedTime(root begin, begin_i)` and ends at that plus
 //!   `cuEventElapsedTime(begin_i, end_i)` (one short interval, so durations keep the
@@ -54,6 +66,14 @@ struct Anchor {
     owned: bool,
 }
 
+/// A resolved root's end event recorded on an idle GPU, at its CPU time: a second chain
+/// reference, newer than the anchor until the next root begins. Its event is out of the pool.
+#[derive(Debug, Clone, Copy)]
+struct EndAnchor {
+    event: PooledEvent,
+    time_ns: u64,
+}
+
 /// Pending scopes and the anchor. Owned by the collector.
 #[derive(Debug, Default)]
 pub struct Resolver {
@@ -61,6 +81,7 @@ pub struct Resolver {
     ended: VecDeque<ScopeId>,
     roots: VecDeque<ScopeId>,
     anchor: Option<Anchor>,
+    end_anchor: Option<EndAnchor>,
     current_ctx: Option<Context>,
     /// Last look for roots past their timeout (at most one a second).
     last_sweep: Option<Instant>,
@@ -150,7 +171,7 @@ impl Resolver {
             // As a resolved root: its begin events back (the anchor keeps its own), and its
             // children that never ended with it; ended children still waiting for their
             // events are placed against the anchor.
-            self.release(c, id);
+            self.release(c, id, None);
             c.counters.roots_timed_out.fetch_add(1, Ordering::Relaxed);
         }
         stale.len()
@@ -163,7 +184,20 @@ impl Resolver {
             self.resolve_cpu_only(c, out);
             return;
         };
-        // Roots first: a scope is placed relative to its root's start.
+        // A scope is placed relative to its root's start, so roots are placed first; a root
+        // is placed after the scopes that ended before it resolved (the previous root's end
+        // may leave an end anchor the new root is chained from).
+        loop {
+            let resolved = self.resolve_ended(c, events, out);
+            let placed = self.place_next_root(c, events);
+            if !resolved && !placed {
+                break;
+            }
+        }
+    }
+
+    /// Places the oldest root whose begin events completed; false when there is none.
+    fn place_next_root(&mut self, c: &Coarse, events: &CudaEvents) -> bool {
         while let Some(&r) = self.roots.front() {
             let Some(begin) = self.pending.get(&r).map(|p| p.begin) else {
                 self.roots.pop_front();
@@ -172,13 +206,26 @@ impl Resolver {
             let start = match begin.marks[0] {
                 Some(b0) => {
                     if !self.done(events, b0.event) {
-                        break;
+                        return false;
                     }
-                    let chained = match self.anchor {
-                        Some(a) => self.elapsed_ns(events, a.event, b0.event.0).map(|d| add(a.time_ns, d)),
+                    // The newer reference: the previous root's begin, or a root's end that
+                    // ran on an idle GPU after it (then only the gap between requests is
+                    // measured by the GPU's timer).
+                    let reference = match (self.anchor, self.end_anchor) {
+                        (Some(a), Some(e)) if e.time_ns >= a.time_ns => Some((e.event, e.time_ns)),
+                        (Some(a), _) => Some((a.event, a.time_ns)),
+                        (None, e) => e.map(|e| (e.event, e.time_ns)),
+                    };
+                    let chained = match reference {
+                        Some((ev, t)) => self.elapsed_ns(events, ev, b0.event.0).map(|d| add(t, d)),
                         None => None,
                     };
-                    let start = chained.unwrap_or(begin.cpu_ns).max(begin.cpu_ns);
+                    let start = if begin.idle {
+                        c.counters.roots_reanchored.fetch_add(1, Ordering::Relaxed);
+                        begin.cpu_ns
+                    } else {
+                        chained.unwrap_or(begin.cpu_ns).max(begin.cpu_ns)
+                    };
                     if let Some(old) = self.anchor.replace(Anchor { event: b0.event, time_ns: start, owned: false }) {
                         if old.owned {
                             c.pool.give_back(old.event);
@@ -192,7 +239,15 @@ impl Resolver {
                 p.root_start_ns = Some(start);
             }
             self.roots.pop_front();
+            return true;
         }
+        false
+    }
+
+    /// Resolves ended scopes, in end order, while their root is placed and their events
+    /// completed; true when any was.
+    fn resolve_ended(&mut self, c: &Coarse, events: &CudaEvents, out: &mut Vec<ScopeGpuTime>) -> bool {
+        let mut progress = false;
         while let Some(&id) = self.ended.front() {
             let Some(p) = self.pending.get(&id) else {
                 self.ended.pop_front();
@@ -212,9 +267,18 @@ impl Resolver {
             c.counters.scopes_timed.fetch_add(u64::from(t.source < TimingSource::CpuFallback), Ordering::Relaxed);
             c.counters.scopes_cpu_timed.fetch_add(u64::from(t.source == TimingSource::CpuFallback), Ordering::Relaxed);
             out.push(t);
+            progress = true;
             self.ended.pop_front();
-            self.release(c, id);
+            // A root that ended on an idle GPU: its end event ran at its CPU time.
+            let keep = (root == id && end.idle && t.source < TimingSource::CpuFallback).then_some(end.marks[0]).flatten();
+            self.release(c, id, keep.map(|m| m.event));
+            if let Some(m) = keep {
+                if let Some(old) = self.end_anchor.replace(EndAnchor { event: m.event, time_ns: end.cpu_ns }) {
+                    c.pool.give_back(old.event);
+                }
+            }
         }
+        progress
     }
 
     /// The interval of one scope whose events have all completed.
@@ -261,7 +325,7 @@ impl Resolver {
     /// Gives a resolved scope's events back (a root's begin event stays with the anchor
     /// while it is the anchor); a resolved root also releases any scope under it that never
     /// ended (its end mark was dropped).
-    fn release(&mut self, c: &Coarse, id: ScopeId) {
+    fn release(&mut self, c: &Coarse, id: ScopeId, keep: Option<PooledEvent>) {
         let Some(p) = self.pending.remove(&id) else { return };
         let anchor_event = self.anchor.map(|a| a.event);
         for m in p.begin.marks.iter().flatten() {
@@ -273,8 +337,10 @@ impl Resolver {
                 c.pool.give_back(m.event);
             }
         }
-        if let Some(end) = &p.end {
-            super::mark::give_back_all(c, end);
+        for m in p.end.iter().flat_map(|e| e.marks.iter().flatten()) {
+            if Some(m.event) != keep {
+                c.pool.give_back(m.event);
+            }
         }
         if p.root == id {
             let orphans: Vec<ScopeId> =
@@ -343,6 +409,9 @@ impl Resolver {
             if a.owned {
                 c.pool.give_back(a.event);
             }
+        }
+        if let Some(e) = self.end_anchor.take() {
+            c.pool.give_back(e.event);
         }
     }
 }

@@ -810,6 +810,8 @@ fn elapsed(ms: *mut f32, a: CUevent, b: CUevent, c: Call) -> CUresult {
             .events
             .elapsed_ms(a as usize as u64, b as usize as u64, ctx.t0_ns)
             .map_err(event_status)?;
+        // The GPU's timer drifts against the host clock (`GPUSPAN_SIM_GPU_CLOCK_PPM`).
+        let v = if st.cfg.gpu_clock_ppm == 0 { v } else { (v as f64 * (1.0 + st.cfg.gpu_clock_ppm as f64 * 1e-6)) as f32 };
         out(ms, v)
     })
 }

@@ -125,6 +125,10 @@ struct Args {
     /// (a worker that announces nothing). Kernels and synchronisations are unchanged.
     #[arg(long, value_enum, default_value_t = Announce::All)]
     announce: Announce,
+    /// Print `request begin_unix_ns=<ns>` (`CLOCK_REALTIME`) just before each request's
+    /// `gpuspan.request` range is pushed.
+    #[arg(long)]
+    print_request_begins: bool,
     /// Install a SIGTERM handler that calls `exit(0)` inside the signal handler.
     #[arg(long)]
     exit_on_sigterm: bool,
@@ -414,7 +418,12 @@ fn main() -> ExitCode {
         }
     }
     arrange_exits(args.exit_on_sigterm, args.exit_after_ms);
-    let opts = ExecOptions { announce_streams: !args.legacy_stream, cuda_graph: args.cuda_graph, unload_module: args.unload_module };
+    let opts = ExecOptions {
+        announce_streams: !args.legacy_stream,
+        cuda_graph: args.cuda_graph,
+        unload_module: args.unload_module,
+        print_request_begins: args.print_request_begins,
+    };
     let started = std::time::Instant::now();
     let mut ran = 0u32;
     let mut keep_going = || {

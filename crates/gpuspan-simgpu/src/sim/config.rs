@@ -7,6 +7,7 @@
 //! | `GPUSPAN_SIM_FAULT` | comma list of `no_device`, `cupti_subscribed`, `drop_records`, `slow_cupti`, `capture_invalidated`, `no_multi_subscriber` | none |
 //! | `GPUSPAN_SIM_DROP_EVERY` | N ≥ 1: with `drop_records`, every Nth record is dropped | `10` |
 //! | `GPUSPAN_SIM_SPEED` | F > 0 (up to 3 decimals): with `GPUSPAN_SIM_CLOCK=real`, the simulated H100's clock runs F times as fast as wall time (soaks); no effect on the virtual clock | `1` |
+//! | `GPUSPAN_SIM_GPU_CLOCK_PPM` | an integer from -100000 to 100000: the GPU's event timer runs this many parts per million fast (negative: slow) against the host clock, so `cuEventElapsedTime` reports intervals that much longer (a real GPU's timer and the host's `CLOCK_REALTIME` disagree by tens of ppm; exaggerated values make a day's drift show in seconds) | `0` |
 //!
 //! A bad value gets one warning on stderr naming the variable and the default used, except
 //! an unknown CUPTI version, which is an error: [`Config::bad_cupti_version`] makes `cuInit`
@@ -100,6 +101,9 @@ pub struct Config {
     /// `CUDA_VISIBLE_DEVICES` names (first entry: an index, or a `GPU-` UUID prefix of a
     /// simulated device); 0 when unset or not one of the node's devices.
     pub own_nvml_index: u32,
+    /// `GPUSPAN_SIM_GPU_CLOCK_PPM`: how fast the GPU's event timer runs against the host
+    /// clock, parts per million.
+    pub gpu_clock_ppm: i64,
 }
 
 impl Default for Config {
@@ -111,6 +115,7 @@ impl Default for Config {
             drop_every: 10,
             bad_cupti_version: false,
             speed_milli: 1000,
+            gpu_clock_ppm: 0,
             nvml_devices: 1,
             own_nvml_index: 0,
         }
@@ -165,6 +170,12 @@ impl Config {
             match v.trim().parse::<f64>() {
                 Ok(f) if f.is_finite() && (0.001..=1_000_000.0).contains(&f) => cfg.speed_milli = (f * 1000.0).round() as u64,
                 _ => warn("GPUSPAN_SIM_SPEED", &v, "1"),
+            }
+        }
+        if let Some(v) = get("GPUSPAN_SIM_GPU_CLOCK_PPM") {
+            match v.trim().parse::<i64>() {
+                Ok(ppm) if (-100_000..=100_000).contains(&ppm) => cfg.gpu_clock_ppm = ppm,
+                _ => warn("GPUSPAN_SIM_GPU_CLOCK_PPM", &v, "0"),
             }
         }
         if let Some(v) = get("GPUSPAN_SIM_NVML_DEVICES") {

@@ -369,11 +369,16 @@ pub struct ExecOptions {
     /// records still in CUPTI's buffers then name kernels of an unloaded module. Default
     /// `false`.
     pub unload_module: bool,
+    /// Print `request begin_unix_ns=<CLOCK_REALTIME ns>` on stdout for each `gpuspan.request`
+    /// range: the time read just before the range is pushed (printed after the push), the
+    /// host time a coarse-mode request span should start at when the GPU is idle. Default
+    /// `false`.
+    pub print_request_begins: bool,
 }
 
 impl Default for ExecOptions {
     fn default() -> Self {
-        ExecOptions { announce_streams: true, cuda_graph: false, unload_module: false }
+        ExecOptions { announce_streams: true, cuda_graph: false, unload_module: false, print_request_begins: false }
     }
 }
 
@@ -440,6 +445,7 @@ pub fn execute_requests<W: std::borrow::Borrow<Workload>>(
         let mut r = Replay {
             api: &api,
             announce_streams: opts.announce_streams,
+            print_request_begins: opts.print_request_begins,
             module,
             spin,
             functions: HashMap::new(),
@@ -494,6 +500,8 @@ pub fn execute_requests<W: std::borrow::Borrow<Workload>>(
 
 /// The replay's driver objects and counters while ops are issued.
 struct Replay<'a> {
+    /// [`ExecOptions::print_request_begins`].
+    print_request_begins: bool,
     api: &'a Api,
     /// [`ExecOptions::announce_streams`].
     announce_streams: bool,
@@ -607,7 +615,13 @@ impl Replay<'_> {
         unsafe {
             match op {
                 Op::RangePush(n) => {
+                    // Read right before the push, printed after it (no I/O in between).
+                    let begin = (self.print_request_begins && n.starts_with("gpuspan.request "))
+                        .then(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
                     nvtx_loader::nvtx_range_push(n);
+                    if let Some(ns) = begin {
+                        println!("request begin_unix_ns={ns}");
+                    }
                     self.out.ranges += 1;
                 }
                 Op::RangePop => {
