@@ -85,5 +85,8 @@ cargo nextest run --workspace --no-fail-fast "$@"
 # Three minutes of soak (issue 13, item 3): windows, scrapes and OTLP outages against a
 # simulated worker, exact span accounting (scripts/soak.sh; long runs by hand).
 scripts/soak.sh --minutes 3
+# The Python wheel (issue 15, item 7): built with maturin, pip-installed into a fresh venv,
+# the CLI and the Python API run from there; and `cargo install` of the CLI.
+scripts/check-wheel.sh
 # The GPU validation script: without a GPU it runs the kernel compile checks and says so.
 scripts/gpu-validate.sh target/gpu-validate

@@ -31,7 +31,9 @@ Finding the library:
    ``LD_PRELOAD=libgpuspan.so``) the agent's symbols are already in the process;
 2. else the path in the environment variable ``GPUSPAN_LIB`` is loaded (loading it starts the
    agent);
-3. else every call is a no-op, and one ``warnings.warn`` says so.
+3. else the copy the wheel bundles (``pip install gpuspan``: ``gpuspan/_native/libgpuspan.so``
+   beside this file) is loaded, which starts the agent;
+4. else every call is a no-op, and one ``warnings.warn`` says so.
 
 When the agent is loaded but not collecting (no CUPTI, CUPTI held by another tool, ...),
 the calls are no-ops too and cost one atomic load in the library: ``is_active()`` tells.
@@ -147,6 +149,17 @@ def _load() -> Optional[ctypes.CDLL]:
             return None
         except OSError as e:
             warnings.warn(f"gpuspan: cannot load GPUSPAN_LIB={path}: {e}; scopes are not recorded")
+            return None
+    # The wheel's copy (`pip install gpuspan`): loaded into the process, the agent activates
+    # on the first scope (as a library linked into the worker would).
+    bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native", "libgpuspan.so")
+    if os.path.isfile(bundled):
+        try:
+            lib = ctypes.CDLL(bundled, mode=ctypes.RTLD_GLOBAL)
+            if _has_symbols(lib):
+                return _bind(lib)
+        except OSError as e:
+            warnings.warn(f"gpuspan: cannot load the bundled {bundled}: {e}; scopes are not recorded")
             return None
     warnings.warn(
         "gpuspan: libgpuspan.so is not loaded (run under `gpuspan run`, LD_PRELOAD it, or set "

@@ -10,7 +10,8 @@
 //!
 //! The package is looked up, in order: `GPUSPAN_PYTHON_DIR`; `<exe dir>/../share/gpuspan/python`
 //! (the installed layout of `scripts/install.sh`); `<exe dir>/../../python` (the build tree:
-//! `target/<profile>/gpuspan`).
+//! `target/<profile>/gpuspan`); `<exe dir>/../lib/python3.X/site-packages` (the Python
+//! wheel, `pip install gpuspan`).
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -63,6 +64,7 @@ pub fn package_dir() -> Option<PathBuf> {
     let exe_dir = exe.parent()?;
     [exe_dir.join("../share/gpuspan/python"), exe_dir.join("../../python")]
         .into_iter()
+        .chain(crate::artifacts::site_packages_beside(exe_dir))
         .find(|d| has_package(d))
         .map(|d| std::fs::canonicalize(&d).unwrap_or(d))
 }
