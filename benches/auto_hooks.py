@@ -10,7 +10,10 @@ divided by the hooked module calls (the stage modules and the denoiser; every ot
 call pays the global pre-hook's check too, and is counted in), is the cost per hooked call.
 Beside it, torch's own hook dispatch: no-op hooks of the same kinds on the same modules of
 a copy of the model. Rounds are interleaved (plain / no-op hooks, then, once the hooks are
-in, auto-instrumented / plain on a copy the instrumentation never saw) and medians compared.
+in, auto-instrumented / plain / no-op hooks, on copies the instrumentation never saw) and
+each figure is the median of the differences within a round: on a busy or virtual machine
+the thread's speed drifts from round to round (other processes share its core and caches),
+much less within one round.
 """
 
 import argparse
@@ -120,6 +123,7 @@ def main() -> None:
         for _ in range(args.rounds):
             off.append(timed(plain, model, x, ctx, args.steps))
             noop.append(timed(plain, noop_model, x, ctx, args.steps))
+        before = len(off)  # rounds without the instrumentation installed
         assert auto.install(rules), "auto-instrumentation did not install"
         instrumented = sys.modules["__main__"].denoise
         assert instrumented is not plain, "the loop is wrapped as a request"
@@ -128,14 +132,18 @@ def main() -> None:
         for _ in range(args.rounds):
             on.append(timed(instrumented, model, x, ctx, args.steps))
             off.append(timed(plain, plain_model, x, ctx, args.steps))
+            noop.append(timed(plain, noop_model, x, ctx, args.steps))
     base, inst, hooks = statistics.median(off), statistics.median(on), statistics.median(noop)
-    per_call_us = (inst - base) / hooked * 1e6
-    torch_us = (hooks - base) / hooked * 1e6
+    # Per hooked call, µs: medians of the differences within a round.
+    per_call_us = statistics.median(o - b for o, b in zip(on, off[before:])) / hooked * 1e6
+    torch_us = statistics.median(n - b for n, b in zip(noop, off)) / hooked * 1e6
+    ours_us = statistics.median(o - n for o, n in zip(on, noop[before:])) / hooked * 1e6
     print(f"model: {args.layers} blocks, {args.steps} steps; {hooked} hooked module calls of {modules_per_step * args.steps} per request")
     print(f"request, no hooks:                 {base * 1e3:.2f} ms (median of {len(off)})")
-    print(f"request, torch no-op hooks:        {hooks * 1e3:.2f} ms ({hooks / base:.2f}x)")
+    print(f"request, torch no-op hooks:        {hooks * 1e3:.2f} ms ({hooks / base:.2f}x, median of {len(noop)})")
     print(f"request, gpuspan auto-instrumented: {inst * 1e3:.2f} ms ({inst / base:.2f}x)")
     print(f"cost per hooked module call: {per_call_us:.2f} us (goal <= 2 us); of it torch's own hook dispatch: {torch_us:.2f} us ({per_call_us / torch_us:.1f}x that)")
+    print(f"gpuspan's hooks beyond torch's dispatch (instrumented - no-op hooks): {ours_us:.2f} us per hooked call")
     print(f"plain forward per module call: {base / (modules_per_step * args.steps) * 1e6:.2f} us")
 
 if __name__ == "__main__":

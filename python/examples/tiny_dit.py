@@ -10,7 +10,10 @@ Families:
   temporal blocks; ``AutoencoderKL``; ``DDIMScheduler``);
 - ``pixart``: ``PixArtAlphaPipeline`` (image DiT ``PixArtTransformer2DModel``).
 
-Prompt embeddings are passed directly (no text encoder, no tokenizer). Guidance is on
+Prompt embeddings are passed directly (no text encoder, no tokenizer), except with
+``--text-encoder`` (``wan`` only): a 1-layer ``UMT5EncoderModel`` with random weights and a
+word-level tokenizer built in memory encode the prompt inside the request, before the first
+step (the negative prompt's embeddings are still passed: one encoder call). Guidance is on
 (``guidance_scale`` 5: the denoiser runs on a batch of two, or twice for Wan). Prints
 ``steps N`` and ``checksum <sha256 of the output frames>``, which must not change under
 gpuspan.
@@ -38,9 +41,25 @@ def _vae2d():
     )
 
 
-def build(family: str):
+def _text_encoder():
+    """A tiny ``UMT5EncoderModel`` (random weights, ``d_model`` 32 = Wan's ``text_dim``) and a
+    word-level tokenizer made in memory: nothing is downloaded."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    words = ["<pad>", "</s>", "<unk>", "a", "cat", "on", "the", "moon"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    config = UMT5Config(vocab_size=len(words), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    return tokenizer, UMT5EncoderModel(config).eval()
+
+
+def build(family: str, text_encoder: bool = False):
     """The pipeline and its extra call arguments."""
     torch.manual_seed(0)
+    if text_encoder and family != "wan":
+        raise SystemExit("--text-encoder: wan only")
     if family == "wan":
         from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
@@ -50,7 +69,8 @@ def build(family: str):
             text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
             qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
         )
-        pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), transformer=transformer)
+        tokenizer, encoder = _text_encoder() if text_encoder else (None, None)
+        pipe = WanPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), transformer=transformer)
         return pipe, dict(height=16, width=16, num_frames=5)
     common = dict(
         sample_size=8, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32, in_channels=4,
@@ -81,13 +101,17 @@ def main() -> None:
     ap.add_argument("family", choices=["wan", "latte", "pixart"])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--requests", type=int, default=1)
+    ap.add_argument("--text-encoder", action="store_true", help="encode a text prompt in the request (wan)")
     args = ap.parse_args()
-    pipe, extra = build(args.family)
+    pipe, extra = build(args.family, args.text_encoder)
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(0)
     prompt = torch.randn(1, 8, 32, generator=g)
     negative = torch.randn(1, 8, 32, generator=g)
     digest = hashlib.sha256()
+    if args.text_encoder:  # the prompt's embeddings come from the text encoder (8 tokens)
+        extra.update(prompt="a cat on the moon", max_sequence_length=8)
+        prompt = None
     for r in range(args.requests):
         out = pipe(
             negative_prompt=None, prompt_embeds=prompt, negative_prompt_embeds=negative,

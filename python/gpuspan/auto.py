@@ -52,7 +52,7 @@ import re
 import sys
 import threading
 import warnings
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import gpuspan as _api
 
@@ -62,7 +62,10 @@ __all__ = ["install", "installed", "load_rules", "RULES_FILE"]
 RULES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "auto.toml")
 
 _ROLE = "_gpuspan_role"
+_NOT_COLLECTING = _api.NOT_COLLECTING
 _DENOISER = "denoiser"
+#: The stage opened only before a request's first step.
+_TEXT_ENCODE = "text_encode"
 
 
 # --------------------------------------------------------------------------- rules
@@ -166,8 +169,15 @@ def load_rules(override: Optional[str] = None) -> Rules:
 # --------------------------------------------------------------------------- state
 
 
-class _Thread(threading.local):
-    """Per-thread scope state (scopes belong to the thread that opens them)."""
+class _State:
+    """Per-thread scope state (scopes belong to the thread that opens them). A hook reads it
+    once from :data:`_tls` (a ``threading.local`` attribute: ≈ 60 ns on the bench machine),
+    then plain slots (≈ 10 ns each)."""
+
+    __slots__ = (
+        "request", "pipe", "opened", "step_open", "step_key", "step_index", "scheduler_steps",
+        "stage_depth", "stage_owner",
+    )
 
     def __init__(self) -> None:
         self.request = False  # an auto request is open on this thread
@@ -181,12 +191,30 @@ class _Thread(threading.local):
         self.stage_owner: Any = None  # the module whose call opened the open stage
 
 
+class _Thread(threading.local):
+    """This thread's :class:`_State` as ``st``."""
+
+    def __init__(self) -> None:
+        self.st = _State()
+
+
 _rules: Optional[Rules] = None
-_st = _Thread()
+_tls = _Thread()
 _enabled = False
 _installed = False
 _lock = threading.Lock()
 _signatures: Dict[type, Optional[inspect.Signature]] = {}
+#: The C functions behind :func:`gpuspan.stage_begin` / :func:`gpuspan.end`, bound by
+#: :func:`install` for the hooks alone: ``gpuspan_stage_begin`` without ``argtypes`` (the
+#: hooks pass bytes encoded once, :func:`_stage_name`; ctypes' ``c_char_p`` conversion looks
+#: its format up in a table on every call), ``gpuspan_end`` with no result (the hooks ignore
+#: it): together ≈ 550 of the ≈ 10,000 instructions per hooked call (callgrind).
+_c_stage_begin: Callable[[bytes], int] = lambda name: _api.NOT_COLLECTING
+_c_end: Callable[[], Any] = lambda: None
+#: Stage names as the C ABI takes them (UTF-8, encoded once per name).
+_stage_names: Dict[str, bytes] = {}
+#: Per denoiser class: its timestep parameter's name and position (see :func:`_timestep_at`).
+_timestep_params: Dict[type, Tuple[Optional[str], Optional[int]]] = {}
 
 
 def installed() -> bool:
@@ -214,30 +242,47 @@ def _signature(cls: type) -> Optional[inspect.Signature]:
         return sig
 
 
-def _argument(module: Any, name: str, args: tuple, kwargs: dict) -> Any:
-    """The value of forward() parameter ``name`` in this call (None when not given)."""
-    if name in kwargs:
-        return kwargs[name]
-    sig = _signature(type(module))
+def _position(cls: type, name: str) -> Optional[int]:
+    """The index among the positional arguments (``self`` not counted) at which forward()
+    parameter ``name`` of ``cls`` can be passed; None when it cannot (keyword-only, absent)."""
+    sig = _signature(cls)
     if sig is None:
         return None
     params = [p for p in sig.parameters.values() if p.name != "self"]
     for i, p in enumerate(params):
         if p.name == name:
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and i < len(args):
-                return args[i]
-            return None
+            return i if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) else None
     return None
 
 
-def _timestep_param(module: Any) -> Optional[str]:
-    sig = _signature(type(module))
+def _argument(module: Any, name: str, args: tuple, kwargs: dict) -> Any:
+    """The value of forward() parameter ``name`` in this call (None when not given)."""
+    if name in kwargs:
+        return kwargs[name]
+    i = _position(type(module), name)
+    return args[i] if i is not None and i < len(args) else None
+
+
+def _timestep_param(cls: type) -> Optional[str]:
+    """The first of the rules' ``timestep_args`` that ``cls.forward`` takes, if any."""
+    sig = _signature(cls)
     if sig is None or _rules is None:
         return None
     for name in _rules.timestep_args:
         if name in sig.parameters:
             return name
     return None
+
+
+def _timestep_at(cls: type) -> Tuple[Optional[str], Optional[int]]:
+    """A denoiser class's timestep parameter (None: it has none) and its
+    :func:`_position`, found once per class."""
+    try:
+        return _timestep_params[cls]
+    except KeyError:
+        name = _timestep_param(cls)
+        at = _timestep_params[cls] = (name, _position(cls, name) if name else None)
+        return at
 
 
 # --------------------------------------------------------------------------- module tree
@@ -256,7 +301,7 @@ class _Undecided:
 def _classify(module: Any, path: str, in_denoiser: bool) -> Any:
     """The role of one module: ``"denoiser"``, a stage name, an :class:`_Undecided`, or None."""
     assert _rules is not None
-    if not in_denoiser and _timestep_param(module) is not None:
+    if not in_denoiser and _timestep_param(type(module)) is not None:
         return _DENOISER
     name = type(module).__name__
     for i, r in enumerate(_rules.modules):
@@ -289,9 +334,10 @@ def _prepare_tree(root: Any, prefix: str) -> None:
 def _hook_module(m: Any) -> None:
     """Per-module hooks: the denoiser needs only a pre-hook (its step stays open after it
     returns); a stage module a pre-hook and an always-called post-hook."""
-    m.register_forward_pre_hook(_module_pre, with_kwargs=True, prepend=True)
     if m.__dict__.get(_ROLE) == _DENOISER:
+        m.register_forward_pre_hook(_denoiser_pre, with_kwargs=True, prepend=True)
         return
+    m.register_forward_pre_hook(_module_pre, with_kwargs=True, prepend=True)
     try:
         m.register_forward_hook(_module_post, always_call=True)
     except TypeError:  # torch < 2.1: no always_call
@@ -307,31 +353,92 @@ def _global_pre(module: Any, args: tuple) -> None:
         # This call's own per-module pre-hook was registered too late for it: do its work,
         # with the keyword arguments of torch's `_call_impl` frame when they can be seen
         # (global pre-hooks get none; this runs once per module).
-        if module.__dict__[_ROLE] is not None:
+        role = module.__dict__[_ROLE]
+        if role is not None:
             kwargs = sys._getframe(1).f_locals.get("kwargs") if hasattr(sys, "_getframe") else None
-            _enter(module, args, kwargs if isinstance(kwargs, dict) else {})
+            hook = _denoiser_pre if role == _DENOISER else _module_pre
+            hook(module, args, kwargs if isinstance(kwargs, dict) else {})
     except Exception as e:  # never into the worker
         _fail(e)
     return None
 
 
+# The per-module hooks run on every call of a module with a role (issue 12: goal ≤ 2 µs of
+# CPU each beside torch's own hook dispatch; `scripts/bench-auto-hooks.sh`): the thread's
+# state is read once per call, stage names are encoded once, the C functions are called
+# directly, and the stage hooks inline `_stage_open` / `_stage_close` (a Python call is
+# ≈ 40 ns on the bench machine).
+
+
 def _module_pre(module: Any, args: tuple, kwargs: dict) -> None:
+    """Pre-hook of a stage module (or of one whose stage waits for its first call): opens
+    its stage when no stage is open and a step is (``text_encode``: before the first step),
+    as ``_stage_open(st, role, in_step_only=True)``."""
     if not _enabled:
         return None
     try:
-        _enter(module, args, kwargs)
+        role = module.__dict__.get(_ROLE)
+        if type(role) is _Undecided:
+            role = _decide(module, role, args, kwargs)
+        if role is None:
+            return None
+        st = _tls.st
+        if not st.request or st.stage_depth:
+            return None
+        if role == _TEXT_ENCODE:
+            if st.step_index:
+                return None
+        elif not st.step_open:
+            return None
+        if _c_stage_begin(_stage_names.get(role) or _stage_name(role)) == _NOT_COLLECTING:
+            return None
+        st.opened += 1
+        st.stage_depth += 1
+        st.stage_owner = module
     except Exception as e:
         _fail(e)
     return None
 
 
 def _module_post(module: Any, args: tuple, output: Any) -> None:
-    st = _st
+    """Post-hook of a stage module (also on an exception): closes the stage its call opened,
+    as ``_stage_close``."""
+    st = _tls.st
     if st.stage_owner is not module:  # this call opened nothing (nested, or no request)
         return None
     try:
         st.stage_owner = None
-        _stage_close()
+        st.stage_depth -= 1
+        if st.opened > 0:
+            st.opened -= 1
+            _c_end()
+    except Exception as e:
+        _fail(e)
+    return None
+
+
+def _denoiser_pre(module: Any, args: tuple, kwargs: dict) -> None:
+    """Pre-hook of the denoiser: a forward with a new timestep begins a step (with a
+    scheduler whose ``step`` ends steps: a forward while no step is open)."""
+    if not _enabled:
+        return None
+    st = _tls.st
+    if not st.request or st.stage_depth:
+        return None
+    try:
+        name, i = _timestep_params.get(type(module)) or _timestep_at(type(module))
+        if name in kwargs:
+            value = kwargs[name]
+        else:
+            value = args[i] if i is not None and i < len(args) else None
+        key = _timestep_key(value)
+        same = st.step_open and (st.scheduler_steps or st.step_key is None or key == st.step_key)
+        if not same:
+            _end_step(st)
+            if _open(st, _api.step_begin(st.step_index, _step_count(st))):
+                st.step_open = True
+            st.step_index += 1
+        st.step_key = key
     except Exception as e:
         _fail(e)
     return None
@@ -340,17 +447,17 @@ def _module_post(module: Any, args: tuple, output: Any) -> None:
 # --------------------------------------------------------------------------- scopes
 
 
-def _open(rc: int) -> bool:
-    if rc == _api.NOT_COLLECTING:
+def _open(st: _State, rc: int) -> bool:
+    if rc == _NOT_COLLECTING:
         return False
-    _st.opened += 1
+    st.opened += 1
     return True
 
 
-def _close() -> None:
-    if _st.opened > 0:
-        _st.opened -= 1
-        _api.end()
+def _close(st: _State) -> None:
+    if st.opened > 0:
+        st.opened -= 1
+        _c_end()
 
 
 def _timestep_key(value: Any) -> Any:
@@ -360,7 +467,10 @@ def _timestep_key(value: Any) -> Any:
         return None
     if hasattr(value, "device") and hasattr(value, "untyped_storage"):
         if value.device.type == "cpu":
-            return float(value.reshape(-1)[0]) if value.numel() else None
+            n = value.numel()
+            if n == 1:
+                return float(value)  # no view to make (the usual one-element timestep)
+            return float(value.reshape(-1)[0]) if n else None
         return (value.untyped_storage().data_ptr(), value.storage_offset())
     try:
         return float(value)
@@ -368,37 +478,13 @@ def _timestep_key(value: Any) -> Any:
         return id(value)
 
 
-def _step_count() -> int:
-    sched = getattr(_st.pipe, "scheduler", None)
+def _step_count(st: _State) -> int:
+    sched = getattr(st.pipe, "scheduler", None)
     ts = getattr(sched, "timesteps", None)
     try:
         return len(ts) if ts is not None else 0
     except TypeError:
         return 0
-
-
-def _enter(module: Any, args: tuple, kwargs: dict) -> None:
-    st = _st
-    role = module.__dict__.get(_ROLE)
-    if isinstance(role, _Undecided):
-        role = _decide(module, role, args, kwargs)
-    if not st.request or role is None:
-        return
-    if role == _DENOISER:
-        if st.stage_depth == 0:
-            key = _timestep_key(_argument(module, _timestep_param(module) or "", args, kwargs))
-            same = st.step_open and (st.scheduler_steps or st.step_key is None or key == st.step_key)
-            if not same:
-                _end_step()
-                if _open(_api.step_begin(st.step_index, _step_count())):
-                    st.step_open = True
-                st.step_index += 1
-            st.step_key = key
-        return
-    # Module stages count inside a step only (an attention of a VAE encoder is no DiT
-    # stage); the text encoder's only before the first.
-    if _stage_open(role, in_step_only=True):
-        st.stage_owner = module
 
 
 def _decide(module: Any, undecided: _Undecided, args: tuple, kwargs: dict) -> Optional[str]:
@@ -415,29 +501,41 @@ def _decide(module: Any, undecided: _Undecided, args: tuple, kwargs: dict) -> Op
     return stage
 
 
-def _stage_open(stage: str, in_step_only: bool = False) -> bool:
-    st = _st
-    if st.stage_depth > 0 or (stage == "text_encode" and st.step_index > 0):
+def _stage_name(stage: str) -> bytes:
+    """``stage`` as the C ABI takes it, encoded once."""
+    name = _stage_names.get(stage)
+    if name is None:
+        name = _stage_names[stage] = stage.encode("utf-8")
+    return name
+
+
+def _stage_open(st: _State, stage: str, in_step_only: bool = False) -> bool:
+    """Opens ``stage`` unless a stage is open; ``text_encode`` only before the first step;
+    with ``in_step_only`` (module stages: an attention of a VAE encoder is no DiT stage)
+    others only inside a step."""
+    if st.stage_depth:
         return False
-    if in_step_only and not st.step_open and stage != "text_encode":
+    if stage == _TEXT_ENCODE:
+        if st.step_index:
+            return False
+    elif in_step_only and not st.step_open:
         return False
-    if not _open(_api.stage_begin(stage)):
+    if not _open(st, _c_stage_begin(_stage_names.get(stage) or _stage_name(stage))):
         return False
     st.stage_depth += 1
     return True
 
 
-def _stage_close() -> None:
+def _stage_close(st: _State) -> None:
     """Closes the stage scope :func:`_stage_open` opened."""
-    _st.stage_depth -= 1
-    _close()
+    st.stage_depth -= 1
+    _close(st)
 
 
-def _end_step() -> None:
-    st = _st
+def _end_step(st: _State) -> None:
     if st.step_open:
         st.step_open = False
-        _close()
+        _close(st)
 
 
 # --------------------------------------------------------------------------- methods
@@ -476,7 +574,7 @@ def _is_wrapped(f: Any, hook: str) -> bool:
 def _request_wrapper(orig: Callable, is_method: bool) -> Callable:
     @functools.wraps(orig)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        st = _st
+        st = _tls.st
         if not _enabled or st.request:
             return orig(*args, **kwargs)
         pipe = args[0] if is_method and args else None
@@ -494,7 +592,7 @@ def _request_wrapper(orig: Callable, is_method: bool) -> Callable:
             st.step_open = False
             st.step_key = None
             st.stage_owner = None
-            st.request = _open(_api.request_begin(**attrs))
+            st.request = _open(st, _api.request_begin(**attrs))
         except Exception as e:
             _fail(e)
         try:
@@ -504,7 +602,7 @@ def _request_wrapper(orig: Callable, is_method: bool) -> Callable:
                 st.request = False
                 try:
                     while st.opened > 0:  # step, stages an exception left open, the request
-                        _close()
+                        _close(st)
                 except Exception as e:
                     _fail(e)
             st.pipe = None
@@ -522,10 +620,10 @@ def _step_end_wrapper(orig: Callable) -> Callable:
         try:
             return orig(*args, **kwargs)
         finally:
-            st = _st
+            st = _tls.st
             if _enabled and st.request and st.stage_depth == 0:
                 try:
-                    _end_step()
+                    _end_step(st)
                 except Exception as e:
                     _fail(e)
 
@@ -537,9 +635,10 @@ def _stage_wrapper(orig: Callable, stage: str) -> Callable:
     @functools.wraps(orig)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         opened = False
-        if _enabled and _st.request:
+        st = _tls.st
+        if _enabled and st.request:
             try:
-                opened = _stage_open(stage)
+                opened = _stage_open(st, stage)
             except Exception as e:
                 _fail(e)
         try:
@@ -547,7 +646,7 @@ def _stage_wrapper(orig: Callable, stage: str) -> Callable:
         finally:
             if opened:
                 try:
-                    _stage_close()
+                    _stage_close(st)
                 except Exception as e:
                     _fail(e)
 
@@ -707,7 +806,7 @@ def install(rules: Optional[Rules] = None) -> bool:
     """Puts the hooks in place (once; later calls return the first result). Returns False,
     with one warning, when the agent is not loaded (every scope would be a no-op) or the
     rules cannot be read. torch and diffusers are hooked when (or if) they are imported."""
-    global _rules, _enabled, _installed
+    global _rules, _enabled, _installed, _c_stage_begin, _c_end
     with _lock:
         if _installed:
             return _enabled
@@ -719,6 +818,8 @@ def install(rules: Optional[Rules] = None) -> bool:
         except Exception as e:
             warnings.warn(f"gpuspan.auto: off: {e}", RuntimeWarning, stacklevel=2)
             return False
+        _c_stage_begin, _c_end = _api._lib["gpuspan_stage_begin"], _api._lib["gpuspan_end"]
+        _c_end.restype = None
         _enabled = True
         if _finder not in sys.meta_path:
             sys.meta_path.insert(0, _finder)

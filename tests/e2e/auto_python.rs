@@ -8,7 +8,8 @@
 //! denoiser twice per step, Latte and PixArt on a batch of two) → per step the stage spans
 //! the model has → one `vae.decode`; `dit_inference_step_duration_ms` observations for
 //! every step type; every span CPU-timed (`gpuspan.timing=cpu`, no CUDA in the process);
-//! and the generated frames identical to a run without gpuspan. Also: the same through
+//! and the generated frames identical to a run without gpuspan. A text encoder run in the
+//! request is one `text_encode` span before the first step. Also: the same through
 //! `python -m gpuspan.instrument` and from an installed layout (`scripts/install.sh`) with
 //! no `PYTHONPATH`, and `--no-auto`.
 
@@ -185,6 +186,40 @@ fn latte_pipeline_gets_temporal_attention() {
 #[test]
 fn pixart_image_dit_gets_requests_steps_and_stages() {
     family("pixart", "PixArtAlphaPipeline", &["attention.spatial", "attention.cross", "ffn", "norm"]);
+}
+
+/// A text encoder run by the pipeline (`tiny_dit.py wan --text-encoder`: a tiny
+/// `UMT5EncoderModel` and an in-memory tokenizer encode the prompt in the request) is one
+/// `text_encode` stage span under the request, ending before the first step begins; the
+/// encoder's own attention and norms open nothing (outside steps, and inside its stage).
+#[test]
+fn text_encoder_before_the_first_step_is_text_encode() {
+    let Some(py) = torch_python() else { return };
+    let rx = OtlpReceiver::start(Transport::HttpProtobuf, "127.0.0.1:0");
+    let out = tempfile::tempdir().unwrap();
+    let o = ok(output(
+        to_receiver(&mut gpuspan(), &rx)
+            .arg("run")
+            .arg("--out")
+            .arg(out.path())
+            .arg("--")
+            .arg(&py)
+            .arg(worker())
+            .args(["wan", "--text-encoder"]),
+    ));
+    checksum(&o);
+    let spans = rx.spans();
+    assert_request_tree(&spans, "WanPipeline", "WanPipeline", &["attention.spatial", "attention.cross", "ffn"]);
+    let req = spans.iter().find(|s| s.name == "gpu.request").unwrap();
+    let in_trace: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == req.trace_id).collect();
+    let text: Vec<&&ReceivedSpan> = in_trace.iter().filter(|s| s.name == "text_encode").collect();
+    assert_eq!(text.len(), 1, "one text_encode: {:?}", in_trace.iter().map(|s| &s.name).collect::<Vec<_>>());
+    assert_eq!(text[0].parent_span_id, req.span_id, "text_encode under the request, in no step");
+    let first_step_start = in_trace.iter().filter(|s| s.name == "dit.step").map(|s| s.start_unix_ns).min().unwrap();
+    assert!(text[0].end_unix_ns <= first_step_start, "the prompt is encoded before the first step");
+    let under_request: BTreeSet<&str> =
+        in_trace.iter().filter(|s| s.parent_span_id == req.span_id).map(|s| s.name.as_str()).collect();
+    assert_eq!(under_request, BTreeSet::from(["dit.step", "text_encode", "vae.decode"]), "no stage of the encoder's modules");
 }
 
 /// `python -m gpuspan.instrument` under a plain `LD_PRELOAD` (no `gpuspan run`), and

@@ -119,7 +119,8 @@ unsafe fn completed(ctx: *mut std::ffi::c_void, stream_id: u32, buffer: *mut u8,
         if !a.pool.owns(buffer as usize) {
             a.counters.foreign_buffers.fetch_add(1, Ordering::Relaxed);
             if !(v1 && FOREIGN.is_known() && !FOREIGN.agent_collects()) {
-                copy_foreign(a, buffer, valid_bytes);
+                // SAFETY: CUPTI handed us `buffer` with `valid_bytes` readable bytes.
+                unsafe { copy_foreign(a, buffer, valid_bytes) };
             }
             if v1 {
                 // SAFETY: CUPTI's arguments for a buffer our pool did not lend; it is no
@@ -152,16 +153,20 @@ unsafe fn completed(ctx: *mut std::ffi::c_void, stream_id: u32, buffer: *mut u8,
 
 /// Copies the valid bytes of a buffer our pool did not lend into a pool buffer and queues the
 /// copy for decoding (module docs; [`buffer_completed`]).
-fn copy_foreign(a: &crate::shared::Shared, buffer: *mut u8, valid_bytes: usize) {
+///
+/// # Safety
+/// `buffer` has `valid_bytes` readable bytes (a buffer CUPTI completed) and is not one of
+/// the pool's.
+unsafe fn copy_foreign(a: &crate::shared::Shared, buffer: *mut u8, valid_bytes: usize) {
     let Some(copy) = a.pool.take(true) else {
         a.counters.buffers_dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };
     let n = valid_bytes.min(a.pool.buffer_bytes());
     a.counters.foreign_bytes_cut.fetch_add((valid_bytes - n) as u64, Ordering::Relaxed);
-    // SAFETY: CUPTI handed us `buffer` with `valid_bytes` readable bytes; `copy` is a pool
-    // buffer of `buffer_bytes() >= n` bytes that nobody else uses; they do not overlap (ours
-    // are our own allocations). The foreign buffer is only read.
+    // SAFETY: the caller's contract gives `valid_bytes` readable bytes at `buffer`; `copy` is
+    // a pool buffer of `buffer_bytes() >= n` bytes that nobody else uses; they do not overlap
+    // (ours are our own allocations). The foreign buffer is only read.
     unsafe { std::ptr::copy_nonoverlapping(buffer as *const u8, copy.0 as *mut u8, n) };
     if a.completed_queue.push((copy.0, n)).is_err() {
         a.counters.buffers_dropped.fetch_add(1, Ordering::Relaxed);

@@ -128,14 +128,17 @@ pub enum ScopeKind {
     Other,
 }
 
-/// Stage names that a scope decides (DESIGN.md "Stage classification").
-pub const SCOPE_STAGES: [&str; 6] = [
+/// Stage names that a scope decides (DESIGN.md "Stage classification"), plus `text_encode`:
+/// the prompt encoding before the first step, which the Python auto-instrumentation
+/// announces and the kernel-stream step detection names the same way.
+pub const SCOPE_STAGES: [&str; 7] = [
     "attention.spatial",
     "attention.temporal",
     "attention.cross",
     "ffn",
     "norm",
     "vae.decode",
+    "text_encode",
 ];
 
 impl ScopeKind {

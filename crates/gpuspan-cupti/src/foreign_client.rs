@@ -218,6 +218,8 @@ impl ForeignClient {
     /// The interposed `cuptiActivityEnable(kind)`: passed on; on success the kind is the
     /// other client's too.
     pub fn enable(&self, real: &RealCupti, kind: u32) -> u32 {
+        // Under the lock: gpuspan's disable of the same kind must see the bit.
+        let _g = self.lock();
         // SAFETY: the process's CUPTI function, plain integer argument.
         let code = unsafe { (real.enable)(kind) };
         if code == 0 {
