@@ -66,6 +66,14 @@ pub fn describe(d: &Detection) -> String {
             "steps detected from the kernel stream: no repeating forward pass found, the run is one step ({} kernels)",
             d.steps.first().map_or(0, |s| s.kernels)
         ),
+        Evidence::SchedulerSteps | Evidence::CompiledGraphCalls => format!(
+            "steps from the trace's {}: {} steps, a median {} kernels each ({:.0} % of the kernels placed){}",
+            if d.evidence == Evidence::SchedulerSteps { "scheduler step() calls" } else { "CompiledFxGraph calls" },
+            d.steps.len(),
+            d.period_kernels,
+            d.confidence * 100.0,
+            d.regions.iter().map(|r| format!("; {} kernels before/after: {}", r.kernels, r.name)).collect::<String>()
+        ),
         e => format!(
             "steps detected from the kernel stream: {} steps of {} pass(es) × {} kernels on device {} stream {} ({}; {:.0} % of that stream's kernels){}",
             d.steps.len(),

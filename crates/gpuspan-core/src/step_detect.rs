@@ -66,6 +66,11 @@ pub enum Evidence {
     IdleGaps,
     /// No repeating blocks with evidence: the whole trace is one step.
     None,
+    /// The trace's calls of a diffusers scheduler's `step` (torch.profiler's
+    /// `python_function` events) end the steps ([`hints`]).
+    SchedulerSteps,
+    /// Each `## Call CompiledFxGraph … ##` range of torch.compile is one step ([`hints`]).
+    CompiledGraphCalls,
 }
 
 /// One detected step: a time range and its kernels on the compute row.
@@ -183,8 +188,12 @@ pub struct KernelAt<'a> {
     pub name: &'a str,
 }
 
-/// Detects steps in `trace` (module docs). A trace without kernels gives no step.
+/// Detects steps in `trace` (module docs): from its hints when it carries two or more
+/// ([`hints`]), else from the kernel stream. A trace without kernels gives no step.
 pub fn detect(trace: &Trace) -> Detection {
+    if let Some(d) = hints::detect(trace) {
+        return d;
+    }
     detect_kernels(trace.kernels().map(|k| KernelAt { row: (k.pid, k.tid), start_us: k.ts_us, end_us: k.end_us(), name: k.name.as_str() }))
 }
 
@@ -285,6 +294,132 @@ pub fn detect_kernels<'a>(kernels: impl IntoIterator<Item = KernelAt<'a>>) -> De
         confidence: (n_steps * passes * p) as f64 / ks.len() as f64,
         row,
         regions,
+    }
+}
+
+/// Steps from what a trace says besides its kernels (issue 12, item 3): where the CPU side
+/// marks step or pass boundaries, they are used as such, and the kernel-stream detection
+/// only runs when there are none.
+/// - A diffusers scheduler's `step` (a `python_function` or `cpu_op` event whose name has
+///   `schedul` and ends in `: step`, `.step` or `::step`, as torch.profiler's Python tracer
+///   names `…/schedulers/scheduling_….py(N): step`) ends a denoising step: step *i* holds the
+///   kernels launched after call *i − 1* ended, up to the end of call *i*; the first step
+///   starts the median step period before the first call ends (what comes before is the
+///   prompt encoding). Classifier-free guidance passes fall in their step whatever their
+///   count.
+/// - Otherwise each `## Call CompiledFxGraph … ##` range (torch.compile's annotation of a
+///   compiled graph's call) holds one step's kernels (a denoiser compiled whole, guidance as
+///   a batch).
+///
+/// Kernels are placed by their launch's CPU time (the `cuda_runtime` / `cuda_driver` event
+/// with the same correlation id), so the GPU's queueing does not move them; a step's GPU
+/// range is its kernels' first start to last end. Fewer than two hints: `None`.
+pub mod hints {
+    use super::{Detection, DetectedStep, Evidence, Region, AFTER_STEPS, BEFORE_STEPS};
+    use crate::trace::{Category, Trace};
+    use std::collections::HashMap;
+
+    /// Whether `name` is a scheduler's `step` call as torch.profiler names it.
+    pub fn is_scheduler_step(name: &str) -> bool {
+        let n = name.to_ascii_lowercase();
+        n.contains("schedul") && (n.ends_with(": step") || n.ends_with(".step") || n.ends_with("::step"))
+    }
+
+    /// Whether `name` is torch.compile's annotation of a compiled graph's call.
+    pub fn is_compiled_graph_call(name: &str) -> bool {
+        name.starts_with("## Call CompiledFxGraph")
+    }
+
+    /// CPU windows (µs) of the steps the hints mark, with the evidence; `None` under two.
+    fn windows(trace: &Trace) -> Option<(Evidence, Vec<(f64, f64)>)> {
+        let mut ends: Vec<f64> = trace
+            .events
+            .iter()
+            .filter(|e| matches!(e.cat, Some(Category::PythonFunction | Category::CpuOp)) && is_scheduler_step(&e.name))
+            .map(|e| e.end_us())
+            .collect();
+        if ends.len() >= 2 {
+            ends.sort_by(f64::total_cmp);
+            let mut gaps: Vec<f64> = ends.windows(2).map(|w| w[1] - w[0]).collect();
+            gaps.sort_by(f64::total_cmp);
+            let period = gaps[gaps.len() / 2];
+            let mut w = vec![(ends[0] - period, ends[0])];
+            w.extend(ends.windows(2).map(|x| (x[0], x[1])));
+            return Some((Evidence::SchedulerSteps, w));
+        }
+        let mut calls: Vec<(f64, f64)> = trace
+            .events
+            .iter()
+            .filter(|e| matches!(e.cat, Some(Category::UserAnnotation | Category::CpuOp)) && is_compiled_graph_call(&e.name))
+            .map(|e| (e.ts_us, e.end_us()))
+            .collect();
+        if calls.len() >= 2 {
+            calls.sort_by(|a, b| a.0.total_cmp(&b.0));
+            return Some((Evidence::CompiledGraphCalls, calls));
+        }
+        None
+    }
+
+    /// [`super::detect`] from the trace's hints, or `None` when it has fewer than two.
+    pub fn detect(trace: &Trace) -> Option<Detection> {
+        let (evidence, windows) = windows(trace)?;
+        let launch: HashMap<i64, f64> = trace
+            .events
+            .iter()
+            .filter(|e| e.cat.as_ref().is_some_and(Category::is_launch_api))
+            .filter_map(|e| Some((e.correlation?, e.ts_us)))
+            .collect();
+        let kernels: Vec<_> = trace.kernels().collect();
+        let mut rows: HashMap<(i64, i64), usize> = HashMap::new();
+        for k in &kernels {
+            *rows.entry((k.pid, k.tid)).or_default() += 1;
+        }
+        let row = rows.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).map(|(r, _)| *r).unwrap_or((0, 0));
+        // Per window: (first start, last end, kernels); and the kernels outside every window.
+        let mut acc: Vec<(f64, f64, usize)> = vec![(f64::MAX, f64::MIN, 0); windows.len()];
+        let (mut before, mut after) = ((f64::MAX, f64::MIN, 0usize), (f64::MAX, f64::MIN, 0usize));
+        let mut placed = 0usize;
+        for k in &kernels {
+            let Some(t) = k.correlation.and_then(|c| launch.get(&c)) else { continue };
+            let i = windows.partition_point(|w| w.0 < *t);
+            let slot = match i.checked_sub(1) {
+                Some(i) if *t <= windows[i].1 => {
+                    placed += 1;
+                    &mut acc[i]
+                }
+                _ if *t <= windows[0].0 => &mut before,
+                _ => &mut after,
+            };
+            slot.0 = slot.0.min(k.ts_us);
+            slot.1 = slot.1.max(k.end_us());
+            slot.2 += 1;
+        }
+        let filled: Vec<&(f64, f64, usize)> = acc.iter().filter(|a| a.2 > 0).collect();
+        if filled.len() < 2 {
+            return None;
+        }
+        let n = filled.len();
+        let steps: Vec<DetectedStep> = filled
+            .iter()
+            .enumerate()
+            .map(|(i, a)| DetectedStep { name: format!("dit.step {i}/{n}"), start_us: a.0, end_us: a.1, kernels: a.2 })
+            .collect();
+        let mut per: Vec<usize> = steps.iter().map(|s| s.kernels).collect();
+        per.sort_unstable();
+        let regions = [(BEFORE_STEPS, before), (AFTER_STEPS, after)]
+            .into_iter()
+            .filter(|(_, r)| r.2 > 0)
+            .map(|(name, r)| Region { name: name.into(), kernels: r.2, start_us: r.0, end_us: r.1 })
+            .collect();
+        Some(Detection {
+            steps,
+            period_kernels: per[per.len() / 2],
+            passes_per_step: 1,
+            evidence,
+            confidence: placed as f64 / kernels.len().max(1) as f64,
+            row,
+            regions,
+        })
     }
 }
 
