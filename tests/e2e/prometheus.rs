@@ -92,6 +92,8 @@ fn prometheus_scrapes_step_histograms_and_promtool_accepts_the_exposition() {
         .expect("gpu_utilization_percent served");
     assert!((0.0..=100.0).contains(&util), "utilization {util}");
     assert!(exposition.contains("gpu_type=\"NVIDIA H100 80GB HBM3\""), "gpu_type from NVML");
+    let uuid = gpuspan_simgpu::sim::device::uuid(0);
+    assert!(exposition.contains(&format!("gpu_uuid=\"{uuid}\"")), "gpu_uuid from NVML: {exposition}");
     for family in [
         "dit_inference_step_duration_ms",
         "gpuspan_records",

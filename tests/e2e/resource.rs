@@ -71,6 +71,10 @@ fn resource_names_the_pod_and_the_workers_own_gpu() {
     };
     let sampled: BTreeSet<i64> = points.iter().filter(|p| p.name == "gpu_utilization_percent").map(index).collect();
     assert_eq!(sampled, BTreeSet::from([1, 3]), "only the visible GPUs are sampled");
+    for p in points.iter().filter(|p| p.name == "gpu_utilization_percent") {
+        let i = index(p);
+        assert_eq!(p.attributes.get("gpu_uuid"), Some(&Val::Str(device::uuid(i as u32))), "gpu {i}'s UUID");
+    }
     let own: BTreeSet<i64> = points.iter().filter(|p| p.name == "gpuspan_records").map(index).collect();
     assert_eq!(own, BTreeSet::from([3]));
     assert!(points.iter().all(|p| p.resource.get("k8s.pod.name") == Some(&Val::Str("dit-worker-7f9c".into()))));

@@ -77,6 +77,7 @@ fn sample(nvml: &Nvml, index: u32) -> Option<GpuSample> {
     let mem = dev.memory_info().ok();
     Some(GpuSample {
         gpu_index: index,
+        uuid: dev.uuid().ok(),
         utilization_percent: dev.utilization_rates().ok().map(|u| f64::from(u.gpu)),
         memory_used_bytes: mem.as_ref().map(|m| m.used),
         memory_total_bytes: mem.as_ref().map(|m| m.total),

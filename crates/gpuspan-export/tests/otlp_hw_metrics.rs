@@ -46,6 +46,7 @@ fn hw_metrics_over(transport: Transport) {
     metrics.attach_otlp(otlp.clone());
     metrics.set_gpu_sample(&GpuSample {
         gpu_index: 1,
+        uuid: None,
         utilization_percent: Some(87.0),
         memory_used_bytes: Some(20 << 30),
         memory_total_bytes: Some(80 << 30),

@@ -38,6 +38,7 @@ pub(crate) struct ModelLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(crate) struct GpuLabels {
     pub(crate) gpu_index: u32,
+    pub(crate) gpu_uuid: Arc<str>,
     pub(crate) gpu_type: Arc<str>,
 }
 

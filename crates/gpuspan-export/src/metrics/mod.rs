@@ -78,6 +78,11 @@ pub struct MetricsLabels {
 pub struct GpuSample {
     /// NVML device index (`gpu_index` label of the `gpu_*` gauges).
     pub gpu_index: u32,
+    /// The device's UUID (`nvmlDeviceGetUUID`, `GPU-…`): the `gpu_uuid` label of the
+    /// `gpu_*` gauges (empty when unknown), `hw.id` of the `hw.*` metrics, the `gpu_uuid`
+    /// attribute of the OTLP `gpu_*` gauges. Indices change with `CUDA_VISIBLE_DEVICES` and
+    /// between nodes; the UUID names one physical GPU across a fleet.
+    pub uuid: Option<String>,
     /// Percent (0–100) of the last NVML sample period with ≥ 1 kernel running
     /// (`nvmlDeviceGetUtilizationRates().gpu`).
     pub utilization_percent: Option<f64>,
@@ -349,6 +354,7 @@ impl Metrics {
     pub fn set_gpu_sample(&self, s: &GpuSample) {
         let labels = GpuLabels {
             gpu_index: s.gpu_index,
+            gpu_uuid: Arc::from(s.uuid.as_deref().unwrap_or("")),
             gpu_type: self.gpu_type.clone(),
         };
         let otlp = self.otlp.get();
@@ -356,7 +362,7 @@ impl Metrics {
             if let Some(v) = v.filter(|v| v.is_finite()) {
                 f.get_or_create(&labels).set(v);
                 if let Some(o) = otlp {
-                    o.gpu(name, s.gpu_index, v);
+                    o.gpu(name, s.gpu_index, s.uuid.as_deref(), v);
                 }
             }
         };

@@ -352,8 +352,10 @@ fn gpu_gauges_absent_until_sampled() {
             "no gpu_* family before a sample:\n{text}"
         );
     }
+    const UUID: &str = "GPU-5e1f0b2a-94d3-4c4b-9f4e-2d1c7a9b3e10";
     m.set_gpu_sample(&GpuSample {
         gpu_index: 1,
+        uuid: Some(UUID.into()),
         utilization_percent: Some(87.0),
         ..Default::default()
     });
@@ -361,6 +363,7 @@ fn gpu_gauges_absent_until_sampled() {
     let g1 = [
         ("worker_id", "w-7"),
         ("gpu_index", "1"),
+        ("gpu_uuid", UUID),
         ("gpu_type", "NVIDIA H100 80GB HBM3"),
     ];
     assert_eq!(value(&s, "gpu_utilization_percent", &g1), 87.0);
@@ -375,6 +378,7 @@ fn gpu_gauges_absent_until_sampled() {
     }
     m.set_gpu_sample(&GpuSample {
         gpu_index: 1,
+        uuid: Some(UUID.into()),
         utilization_percent: None,
         memory_used_bytes: Some(20 << 30),
         memory_total_bytes: Some(80 << 30),
@@ -400,7 +404,7 @@ fn gpu_gauges_absent_until_sampled() {
     assert!(s
         .iter()
         .filter(|x| x.name.starts_with("gpu_"))
-        .all(|x| x.labels["gpu_index"] == "1" && x.labels.len() == 3));
+        .all(|x| x.labels["gpu_index"] == "1" && x.labels["gpu_uuid"] == UUID && x.labels.len() == 4));
 }
 
 #[test]
@@ -470,6 +474,7 @@ fn populated() -> Arc<Metrics> {
     }
     m.set_gpu_sample(&GpuSample {
         gpu_index: 0,
+        uuid: None,
         utilization_percent: Some(93.0),
         memory_used_bytes: Some(1 << 34),
         memory_total_bytes: Some(81_559 << 20),

@@ -205,11 +205,15 @@ impl OtlpMetrics {
         self.fps.record(v, &self.attrs(&[("model", model)]));
     }
 
-    /// One NVML gauge (a name of [`GPU_GAUGES`]) of device `gpu_index`.
-    pub fn gpu(&self, name: &'static str, gpu_index: u32, v: f64) {
+    /// One NVML gauge (a name of [`GPU_GAUGES`]) of device `gpu_index`, with its `gpu_uuid`
+    /// when known.
+    pub fn gpu(&self, name: &'static str, gpu_index: u32, gpu_uuid: Option<&str>, v: f64) {
         if let Some(g) = self.gpu.get(name) {
             let mut a: Vec<KeyValue> = self.base.iter().filter(|k| k.key.as_str() != "gpu_index").cloned().collect();
             a.push(KeyValue::new("gpu_index", gpu_index as i64));
+            if let Some(u) = gpu_uuid.filter(|u| !u.is_empty()) {
+                a.push(KeyValue::new("gpu_uuid", u.to_string()));
+            }
             g.record(v, &a);
         }
     }
@@ -217,10 +221,9 @@ impl OtlpMetrics {
     /// The semantic conventions' `hw.*` metrics of one NVML sample
     /// ([`semconv::hw_points`]): gauges recorded now, up-down counters reported at the next
     /// collection. `gpu_type` (the product name) becomes `hw.model`. `hw.id` is
-    /// `gpu<index>`: [`GpuSample`] carries no GPU UUID yet ([`semconv::HwGpu::new`] takes
-    /// one for when it does).
+    /// the GPU's UUID when the sample has one, else `gpu<index>`.
     pub fn hw_sample(&self, s: &GpuSample, gpu_type: &str) {
-        let gpu = semconv::HwGpu::new(s.gpu_index, None, gpu_type);
+        let gpu = semconv::HwGpu::new(s.gpu_index, s.uuid.as_deref(), gpu_type);
         for p in semconv::hw_points(s, &gpu) {
             match p.value {
                 HwValue::F64(v) => {

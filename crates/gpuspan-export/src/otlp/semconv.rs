@@ -292,6 +292,7 @@ mod tests {
     fn full() -> GpuSample {
         GpuSample {
             gpu_index: 2,
+            uuid: None,
             utilization_percent: Some(87.0),
             memory_used_bytes: Some(20 << 30),
             memory_total_bytes: Some(80 << 30),
