@@ -73,18 +73,23 @@ pub fn set_identity(service: &str, worker_id: &str) {
 /// Starts the JSON writer thread (`gpuspan-log`) when the format is JSON; a no-op
 /// otherwise or when started already. Called on the agent's activation path.
 pub fn start_json_writer() {
+    start_json_writer_to(std::io::stderr());
+}
+
+/// [`start_json_writer`] writing to `out` instead of stderr (tests: a writer that blocks).
+fn start_json_writer_to<W: Write + Send + 'static>(out: W) {
     if !JSON.load(Ordering::Relaxed) || SINK.get().is_some() {
         return;
     }
     // tracing-appender panics when it cannot spawn its thread: then lines keep going out
     // directly.
-    let started = std::panic::catch_unwind(|| {
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         tracing_appender::non_blocking::NonBlockingBuilder::default()
             .lossy(true)
             .buffered_lines_limit(JSON_QUEUE_LINES)
             .thread_name("gpuspan-log")
-            .finish(std::io::stderr())
-    });
+            .finish(out)
+    }));
     let Ok((writer, guard)) = started else { return };
     let dropped = writer.error_counter();
     let dispatch = Dispatch::new(tracing_subscriber::registry().with(PlatformJson { out: Out::Queue(writer) }));
@@ -324,6 +329,66 @@ pub fn default_service() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stderr that stops taking lines until released (a log pipe nobody reads), then
+    /// counts what it gets.
+    struct StuckPipe {
+        released: std::sync::Arc<(Mutex<bool>, std::sync::Condvar)>,
+        lines: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl Write for StuckPipe {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (lock, cv) = &*self.released;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            self.lines.fetch_add(buf.iter().filter(|&&b| b == b'\n').count() as u64, Ordering::Relaxed);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A flood of JSON log lines while stderr takes none (issue 15, item 3): the threads that
+    /// log never wait (all 40 000 events return while the pipe is still stuck), the queue
+    /// holds [`JSON_QUEUE_LINES`], and every line is either written once the pipe drains or
+    /// counted in [`json_lines_dropped`]: written + dropped = emitted, exactly.
+    #[test]
+    fn a_log_flood_never_blocks_and_every_dropped_line_is_counted() {
+        const EVENTS: u64 = 40_000;
+        LEVEL.store(3, Ordering::Relaxed);
+        JSON.store(true, Ordering::Relaxed);
+        let released = std::sync::Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let lines = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        start_json_writer_to(StuckPipe { released: released.clone(), lines: lines.clone() });
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        for t in 0..4 {
+            let done = done_tx.clone();
+            std::thread::spawn(move || {
+                for i in 0..EVENTS / 4 {
+                    let mut f = Fields::default();
+                    f.context.insert("step".into(), (t * EVENTS + i).into());
+                    event(Level::DEBUG, "generation.step.completed", "flood", &f);
+                }
+                let _ = done.send(());
+            });
+        }
+        for _ in 0..4 {
+            // A bound, not a timing: a logging thread that waited on the stuck pipe would
+            // never finish.
+            done_rx.recv_timeout(std::time::Duration::from_secs(60)).expect("a logging thread blocked on the stuck stderr");
+        }
+        assert_eq!(lines.load(Ordering::Relaxed), 0, "nothing reached the stuck pipe");
+        let dropped = json_lines_dropped();
+        assert!(dropped > 0 && dropped <= EVENTS - JSON_QUEUE_LINES as u64, "dropped {dropped}");
+        *released.0.lock().unwrap() = true;
+        released.1.notify_all();
+        finish();
+        assert_eq!(lines.load(Ordering::Relaxed) + json_lines_dropped(), EVENTS, "written + dropped = emitted");
+    }
 
     #[test]
     fn a_step_event_line_has_the_platform_fields() {
