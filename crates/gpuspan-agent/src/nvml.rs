@@ -194,8 +194,9 @@ pub struct DeviceInfo {
 /// hides it and every later one; an empty value hides them all; unset shows all. NVML
 /// indices are assumed to follow CUDA's enumeration order (`CUDA_DEVICE_ORDER=PCI_BUS_ID`,
 /// what NVML uses; the default FASTEST_FIRST only differs on mixed-GPU nodes). A MIG entry
-/// ends the list here: its parent GPU is not resolved, and NVML reports utilization per
-/// GPU, not per MIG instance.
+/// ends the list here (CUDA enumerates one MIG instance per process); [`device_info`]
+/// resolves its parent GPU ([`mig_parent`]), which is what NVML samples (utilization is per
+/// GPU, not per MIG instance).
 pub fn visible_devices(spec: Option<&str>, uuids: &[String]) -> (Vec<u32>, Option<String>) {
     let Some(spec) = spec else { return ((0..uuids.len() as u32).collect(), None) };
     let mut out = Vec::new();
@@ -223,6 +224,22 @@ pub fn visible_devices(spec: Option<&str>, uuids: &[String]) -> (Vec<u32>, Optio
     (out, None)
 }
 
+/// The NVML index of the GPU that holds MIG instance `mig` (a `MIG-…` UUID or, as CUDA
+/// accepts, a unique prefix of one): `nvmlDeviceGetHandleByUUID` and the instance's parent
+/// (`nvmlDeviceGetDeviceHandleFromMigDeviceHandle`), else every device's instances
+/// (`nvmlDeviceGetMaxMigDeviceCount`, `nvmlDeviceGetMigDeviceHandleByIndex`) by UUID.
+/// `None` when no device holds it.
+fn mig_parent(nvml: &Nvml, mig: &str, count: u32) -> Option<u32> {
+    if let Ok(i) = nvml.device_by_uuid(mig).and_then(|m| m.mig_parent_device()).and_then(|p| p.index()) {
+        return Some(i);
+    }
+    (0..count).find(|&i| {
+        let Ok(dev) = nvml.device_by_index(i) else { return false };
+        (0..dev.mig_device_count().unwrap_or(0))
+            .any(|j| dev.mig_device_by_index(j).and_then(|m| m.uuid()).is_ok_and(|u| u.starts_with(mig)))
+    })
+}
+
 /// The worker's GPUs ([`DeviceInfo`]) from NVML and `CUDA_VISIBLE_DEVICES`. `None`,
 /// silently, when NVML is unavailable, a query fails, or no device is visible. Loads,
 /// initializes and shuts NVML down again.
@@ -233,9 +250,12 @@ pub fn device_info() -> Option<DeviceInfo> {
         let count = nvml.device_count().ok()?;
         let uuids: Vec<String> =
             (0..count).map(|i| nvml.device_by_index(i).and_then(|d| d.uuid()).unwrap_or_default()).collect();
-        let (sampled, mig) = visible_devices(spec.as_deref(), &uuids);
-        // A MIG instance first: its parent is not known, so the node's device 0 names it.
-        let index = sampled.first().copied().or(mig.as_ref().map(|_| 0))?;
+        let (mut sampled, mig) = visible_devices(spec.as_deref(), &uuids);
+        // A MIG instance: the worker runs on its parent GPU, the one to sample.
+        if let Some(m) = &mig {
+            sampled = mig_parent(&nvml, m, count).into_iter().collect();
+        }
+        let index = sampled.first().copied()?;
         let dev = nvml.device_by_index(index).ok()?;
         Some(DeviceInfo {
             name: dev.name().ok()?,

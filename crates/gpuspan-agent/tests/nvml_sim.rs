@@ -242,6 +242,46 @@ fn a_worker_samples_only_its_visible_gpus() {
     );
 }
 
+fn child_mig() {
+    let driver = exec::open_driver().expect("the sim as libcuda.so.1");
+    let info = device_info().expect("device info");
+    assert_eq!(info.mig, std::env::var("CUDA_VISIBLE_DEVICES").ok(), "the MIG entry as CUDA_VISIBLE_DEVICES names it");
+    assert_eq!(info.index, 5, "the MIG instance's parent GPU");
+    assert_eq!(info.uuid, device::uuid(5));
+    assert_eq!(info.sampled, vec![5], "only the parent is sampled");
+    exec::execute(&driver, &busy_workload()).expect("workload on the sim");
+    let m = metrics();
+    let h = start_sampler(m.clone(), Duration::from_millis(20), info.sampled.clone()).expect("sampler starts");
+    let text = m.encode_prometheus_text();
+    let util = by_index(&text, "gpu_utilization_percent");
+    assert_eq!(util.keys().copied().collect::<Vec<_>>(), vec![5], "only the MIG instance's GPU:\n{text}");
+    assert!(util[&5] >= 99.0, "the work runs on the MIG instance's GPU:\n{text}");
+    assert!(text.contains(&format!("gpu_uuid=\"{}\"", device::uuid(5))), "{text}");
+    assert!(h.stop_until(Instant::now() + Duration::from_secs(2)));
+}
+
+/// A worker on a MIG instance (`CUDA_VISIBLE_DEVICES=MIG-…`: the full UUID, which NVML
+/// resolves by handle, and a unique prefix, as CUDA accepts, found among every GPU's
+/// instances) of GPU 5 of 8, GPUs 5 and 2 in MIG mode: the agent resolves the instance's
+/// parent through NVML and samples that GPU only (NVML's utilization is per GPU).
+#[test]
+fn a_mig_worker_samples_its_parent_gpu() {
+    if let Some(mode) = child_mode() {
+        child_mig();
+        return finish_child(&mode);
+    }
+    let dir = sim_dir();
+    let mig = device::mig_uuid(5, 1);
+    for visible in [&mig[..], &mig[..14]] {
+        rerun(
+            "a_mig_worker_samples_its_parent_gpu",
+            "mig",
+            dir.path(),
+            &[("GPUSPAN_SIM_NVML_DEVICES", "8"), ("GPUSPAN_SIM_NVML_MIG", "2,5"), ("CUDA_VISIBLE_DEVICES", visible)],
+        );
+    }
+}
+
 fn finish_child(mode: &str) {
     println!("child {mode} ok");
 }

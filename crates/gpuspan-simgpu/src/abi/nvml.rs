@@ -16,6 +16,7 @@ pub mod ret {
     pub const UNINITIALIZED: u32 = 1;
     pub const INVALID_ARGUMENT: u32 = 2;
     pub const NOT_SUPPORTED: u32 = 3;
+    pub const NOT_FOUND: u32 = 6;
     pub const INSUFFICIENT_SIZE: u32 = 7;
     pub const DRIVER_NOT_LOADED: u32 = 9;
     pub const ARGUMENT_VERSION_MISMATCH: u32 = 25;
@@ -24,6 +25,22 @@ pub mod ret {
 
 /// Opaque `nvmlDevice_t` of NVML device 0; device `i`'s is this + `i` × 0x10.
 const DEVICE_HANDLE: usize = 0x4e7d_0000_0010;
+/// Opaque `nvmlDevice_t` of MIG instance `j` of device `g`: this + (`g` × 8 + `j`) × 0x10.
+const MIG_HANDLE: usize = 0x4e7d_0001_0000;
+
+/// `(device, instance)` of MIG handle `dev`, if it is one of an existing instance.
+fn mig_of(st: &State, dev: *mut c_void) -> Option<(u32, u32)> {
+    let off = (dev as usize).checked_sub(MIG_HANDLE)?;
+    let k = u32::try_from(off / 0x10).ok()?;
+    let (g, j) = (k / 8, k % 8);
+    (off % 0x10 == 0 && g < st.cfg.nvml_devices && st.cfg.mig_devices & (1 << g) != 0 && j < device::MIG_INSTANCES)
+        .then_some((g, j))
+}
+
+fn mig_handle(g: u32, j: u32) -> *mut c_void {
+    (MIG_HANDLE + (g as usize * 8 + j as usize) * 0x10) as *mut c_void
+}
+
 /// NVML utilization sample period (the longest of the documented 1/6–1 s).
 const SAMPLE_PERIOD_NS: u64 = 1_000_000_000;
 
@@ -175,13 +192,86 @@ pub unsafe extern "C" fn nvmlDeviceGetName(
     with_any_device(dev, |_, _| put_str(name, len, device::NAME))
 }
 
+/// `nvmlDeviceGetUUID`: `GPU-…` of a device, `MIG-…` of a MIG instance's handle.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetUUID(
     dev: *mut c_void,
     uuid: *mut c_char,
     len: c_uint,
 ) -> u32 {
-    with_any_device(dev, |_, i| put_str(uuid, len, &device::uuid(i)))
+    guard(|| match mig_lookup(dev) {
+        Some((g, j)) => put_str(uuid, len, &device::mig_uuid(g, j)),
+        None => with_any_device(dev, |_, i| put_str(uuid, len, &device::uuid(i))),
+    })
+}
+
+/// `(device, instance)` when `dev` is a MIG instance's handle and NVML is initialized.
+fn mig_lookup(dev: *mut c_void) -> Option<(u32, u32)> {
+    let st = sim().lock();
+    if st.nvml_refs == 0 {
+        return None;
+    }
+    mig_of(&st, dev)
+}
+
+/// `nvmlDeviceGetMaxMigDeviceCount`: seven on every H100 (`1g.10gb` slices), MIG mode on
+/// or not.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMaxMigDeviceCount(dev: *mut c_void, count: *mut c_uint) -> u32 {
+    with_any_device(dev, |_, _| put(count, device::MAX_MIG_INSTANCES))
+}
+
+/// `nvmlDeviceGetMigDeviceHandleByIndex`: instance `index` of a device in MIG mode
+/// (`GPUSPAN_SIM_NVML_MIG`); `NOT_FOUND` for an instance that does not exist,
+/// `INVALID_ARGUMENT` past the maximum.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(dev: *mut c_void, index: c_uint, mig: *mut *mut c_void) -> u32 {
+    with_any_device(dev, |st, g| {
+        if index >= device::MAX_MIG_INSTANCES {
+            ret::INVALID_ARGUMENT
+        } else if st.cfg.mig_devices & (1 << g) == 0 || index >= device::MIG_INSTANCES {
+            ret::NOT_FOUND
+        } else {
+            put(mig, mig_handle(g, index))
+        }
+    })
+}
+
+/// `nvmlDeviceGetDeviceHandleFromMigDeviceHandle`: a MIG instance's parent GPU.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetDeviceHandleFromMigDeviceHandle(mig: *mut c_void, dev: *mut *mut c_void) -> u32 {
+    guard(|| match mig_lookup(mig) {
+        Some((g, _)) => put(dev, (DEVICE_HANDLE + g as usize * 0x10) as *mut c_void),
+        None => ret::INVALID_ARGUMENT,
+    })
+}
+
+/// `nvmlDeviceGetHandleByUUID`: a device by its `GPU-…` UUID, or a MIG instance's handle by
+/// its `MIG-…` UUID; `NOT_FOUND` otherwise.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, dev: *mut *mut c_void) -> u32 {
+    guard(|| {
+        let st = sim().lock();
+        if st.nvml_refs == 0 {
+            return ret::UNINITIALIZED;
+        }
+        if uuid.is_null() {
+            return ret::INVALID_ARGUMENT;
+        }
+        // SAFETY: a NUL-terminated string from the caller (nvml.h).
+        let want = unsafe { CStr::from_ptr(uuid) }.to_string_lossy();
+        for g in 0..st.cfg.nvml_devices {
+            if device::uuid(g) == want {
+                return put(dev, (DEVICE_HANDLE + g as usize * 0x10) as *mut c_void);
+            }
+            if st.cfg.mig_devices & (1 << g) != 0 {
+                if let Some(j) = (0..device::MIG_INSTANCES).find(|j| device::mig_uuid(g, *j) == want) {
+                    return put(dev, mig_handle(g, j));
+                }
+            }
+        }
+        ret::NOT_FOUND
+    })
 }
 
 /// `nvmlDeviceGetIndex`: the device's NVML index.

@@ -7,6 +7,7 @@
 //! | `GPUSPAN_SIM_FAULT` | comma list of `no_device`, `cupti_subscribed`, `drop_records`, `slow_cupti`, `capture_invalidated`, `no_multi_subscriber` | none |
 //! | `GPUSPAN_SIM_DROP_EVERY` | N ≥ 1: with `drop_records`, every Nth record is dropped | `10` |
 //! | `GPUSPAN_SIM_SPEED` | F > 0 (up to 3 decimals): with `GPUSPAN_SIM_CLOCK=real`, the simulated H100's clock runs F times as fast as wall time (soaks); no effect on the virtual clock | `1` |
+//! | `GPUSPAN_SIM_NVML_MIG` | comma list of NVML indices of devices in MIG mode, each with [`super::device::MIG_INSTANCES`] instances (`MIG-…` UUIDs: [`super::device::mig_uuid`]); `CUDA_VISIBLE_DEVICES=MIG-…` then runs the process on that instance's GPU | none |
 //! | `GPUSPAN_SIM_GPU_CLOCK_PPM` | an integer from -100000 to 100000: the GPU's event timer runs this many parts per million fast (negative: slow) against the host clock, so `cuEventElapsedTime` reports intervals that much longer (a real GPU's timer and the host's `CLOCK_REALTIME` disagree by tens of ppm; exaggerated values make a day's drift show in seconds) | `0` |
 //!
 //! A bad value gets one warning on stderr naming the variable and the default used, except
@@ -104,6 +105,8 @@ pub struct Config {
     /// `GPUSPAN_SIM_GPU_CLOCK_PPM`: how fast the GPU's event timer runs against the host
     /// clock, parts per million.
     pub gpu_clock_ppm: i64,
+    /// `GPUSPAN_SIM_NVML_MIG`: bit `i` set when NVML device `i` is in MIG mode.
+    pub mig_devices: u32,
 }
 
 impl Default for Config {
@@ -116,6 +119,7 @@ impl Default for Config {
             bad_cupti_version: false,
             speed_milli: 1000,
             gpu_clock_ppm: 0,
+            mig_devices: 0,
             nvml_devices: 1,
             own_nvml_index: 0,
         }
@@ -184,10 +188,22 @@ impl Config {
                 _ => warn("GPUSPAN_SIM_NVML_DEVICES", &v, "1"),
             }
         }
+        if let Some(v) = get("GPUSPAN_SIM_NVML_MIG") {
+            for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                match part.parse::<u32>() {
+                    Ok(i) if i < cfg.nvml_devices => cfg.mig_devices |= 1 << i,
+                    _ => warn("GPUSPAN_SIM_NVML_MIG", &v, "no MIG device"),
+                }
+            }
+        }
         if let Some(first) = get("CUDA_VISIBLE_DEVICES").and_then(|v| v.split(',').next().map(|s| s.trim().to_string())) {
             let by_index = first.parse::<u32>().ok();
             let by_uuid = (0..cfg.nvml_devices).find(|i| first.len() >= 5 && super::device::uuid(*i).starts_with(first.as_str()));
-            if let Some(i) = by_index.or(by_uuid).filter(|i| *i < cfg.nvml_devices) {
+            // A MIG instance runs on its parent GPU.
+            let by_mig = (0..cfg.nvml_devices).filter(|i| cfg.mig_devices & (1 << i) != 0).find(|i| {
+                first.len() >= 5 && (0..super::device::MIG_INSTANCES).any(|j| super::device::mig_uuid(*i, j).starts_with(first.as_str()))
+            });
+            if let Some(i) = by_index.or(by_uuid).or(by_mig).filter(|i| *i < cfg.nvml_devices) {
                 cfg.own_nvml_index = i;
             }
         }

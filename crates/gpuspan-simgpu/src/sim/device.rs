@@ -16,6 +16,17 @@ pub const MAX_NODE_DEVICES: u32 = 8;
 pub fn uuid(index: u32) -> String {
     format!("{}{index:02x}", &UUID[..UUID.len() - 2])
 }
+/// MIG instances of a device in MIG mode (`GPUSPAN_SIM_NVML_MIG`): two `3g.40gb` halves.
+pub const MIG_INSTANCES: u32 = 2;
+/// Most MIG instances an H100 can hold (`nvmlDeviceGetMaxMigDeviceCount`: seven `1g.10gb`).
+pub const MAX_MIG_INSTANCES: u32 = 7;
+
+/// `nvmlDeviceGetUUID` of MIG instance `instance` of NVML device `index` (`MIG-…`, the
+/// R470+ format).
+pub fn mig_uuid(index: u32, instance: u32) -> String {
+    format!("MIG-a91c{index:02x}{instance:02x}-3d5e-5b7f-8c21-6f0e4d2b9a{index:02x}")
+}
+
 /// `nvmlSystemGetDriverVersion`: an R575 driver (CUDA 12.9).
 pub const DRIVER_VERSION: &str = "575.57.08";
 /// `cuDriverGetVersion`.
