@@ -2,7 +2,8 @@
 //! (`GPUSPAN_SIM_NVML_DEVICES=8`) that `CUDA_VISIBLE_DEVICES=3,1` gives two GPUs, in a pod
 //! whose downward-API variables are set, exporting over OTLP. Its spans' resource names the
 //! instance, host, process, pod, namespace, node and its own GPU (NVML index 3, that GPU's
-//! UUID); its metrics carry `gpu_index` 3, and it samples GPUs 3 and 1 only.
+//! UUID); its metrics carry `gpu_index` 3, and it samples GPU 3 only: GPU 1 is visible but
+//! the worker never runs on it.
 
 use crate::util::*;
 use gpuspan_simgpu::sim::device;
@@ -70,7 +71,7 @@ fn resource_names_the_pod_and_the_workers_own_gpu() {
         other => panic!("{} gpu_index {other:?}", p.name),
     };
     let sampled: BTreeSet<i64> = points.iter().filter(|p| p.name == "gpu_utilization_percent").map(index).collect();
-    assert_eq!(sampled, BTreeSet::from([1, 3]), "only the visible GPUs are sampled");
+    assert_eq!(sampled, BTreeSet::from([3]), "only the GPU the worker uses (1 is visible, unused)");
     for p in points.iter().filter(|p| p.name == "gpu_utilization_percent") {
         let i = index(p);
         assert_eq!(p.attributes.get("gpu_uuid"), Some(&Val::Str(device::uuid(i as u32))), "gpu {i}'s UUID");

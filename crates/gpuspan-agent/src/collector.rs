@@ -256,6 +256,16 @@ impl Collector {
                     self.assembler.observe_record(r, &self.scopes, &mut self.classifier);
                 }
             }
+            // Every device a kernel ran on is one the worker uses (NVML samples it).
+            let mut last_device = None;
+            for r in &self.records[before..] {
+                if let ActivityRecord::Kernel(k) = r {
+                    if last_device != Some(k.device_id) {
+                        last_device = Some(k.device_id);
+                        crate::nvml::note_cuda_device(i64::from(k.device_id));
+                    }
+                }
+            }
             let added = self.records.len() - before;
             a.counters.records_decoded.fetch_add(added as u64, Ordering::Relaxed);
             if self.records.len() > a.config.max_records {

@@ -1,11 +1,14 @@
 //! NVML: the `gpu_*` gauges ([`start_sampler`]) and the worker's own device for the metric
 //! labels and the OTel resource ([`device_info`]).
 //!
-//! A worker samples only the GPUs it uses: those `CUDA_VISIBLE_DEVICES` makes visible to
-//! it ([`visible_devices`], the CUDA C Programming Guide's rules), all of the node's when it
-//! is unset. Its own device, CUDA device 0 (the one a single-GPU worker runs on), is the
-//! first of them: its NVML index is the `gpu_index` of every metric and the
-//! `gpu.device.index` of the resource.
+//! A worker samples only the GPUs it uses: its own device, CUDA device 0 (the one a
+//! single-GPU worker runs on), whose NVML index is the `gpu_index` of every metric and the
+//! `gpu.device.index` of the resource, and every other device it is seen to use
+//! ([`note_cuda_device`]: the device of the current context at each request's begin in
+//! coarse mode, the device of each kernel record in fine mode). CUDA device ordinals map to
+//! NVML indices through what `CUDA_VISIBLE_DEVICES` makes visible ([`visible_devices`], the
+//! CUDA C Programming Guide's rules; all of the node's when it is unset), never to GPUs the
+//! worker cannot see.
 //!
 //! Through `nvml-wrapper`, which `dlopen`s [`NVML_LIB`] (the dynamic loader's search, so
 //! `LD_LIBRARY_PATH` decides between the real driver's library and the simulated H100's)
@@ -115,8 +118,41 @@ fn sample_all(nvml: &Nvml, metrics: &Metrics, indices: &[u32]) -> u32 {
     n
 }
 
+/// The devices a worker uses, learned as it runs ([`note_cuda_device`]): CUDA ordinal →
+/// NVML index (what `CUDA_VISIBLE_DEVICES` makes visible, in order) and a bit mask of the
+/// NVML indices used (indices ≥ 64 are not tracked). Set once by [`device_info`].
+struct UsedDevices {
+    visible: Vec<u32>,
+    used: std::sync::atomic::AtomicU64,
+}
+
+static USED: std::sync::OnceLock<UsedDevices> = std::sync::OnceLock::new();
+
+/// The worker uses CUDA device `ordinal` (its context's `cuCtxGetDevice`, a kernel record's
+/// `deviceId`): from the next sample on, that GPU's `gpu_*` gauges are read too. Lock-free
+/// (one load and, the first time, one `fetch_or`); a no-op before [`device_info`] or for an
+/// ordinal the worker cannot see.
+pub fn note_cuda_device(ordinal: i64) {
+    let Some(u) = USED.get() else { return };
+    let Some(&index) = usize::try_from(ordinal).ok().and_then(|o| u.visible.get(o)) else { return };
+    if index < 64 {
+        let bit = 1u64 << index;
+        if u.used.load(Ordering::Relaxed) & bit == 0 {
+            u.used.fetch_or(bit, Ordering::Relaxed);
+        }
+    }
+}
+
+/// NVML indices the worker has been seen to use ([`note_cuda_device`]), ascending.
+pub fn used_devices() -> Vec<u32> {
+    let Some(u) = USED.get() else { return Vec::new() };
+    let mask = u.used.load(Ordering::Relaxed);
+    (0..64).filter(|i| mask & (1u64 << i) != 0).collect()
+}
+
 /// Starts the thread `gpuspan-nvml` that, every `period` (at least 10 ms), reads for each
-/// NVML device of `indices` (the worker's, [`DeviceInfo::sampled`]) its utilization (`gpu` %), memory used / total (bytes,
+/// NVML device of `indices` (the worker's own first, [`DeviceInfo::sampled`]) and of
+/// [`used_devices`] (the others it is seen to use) its utilization (`gpu` %), memory used / total (bytes,
 /// `nvmlDeviceGetMemoryInfo_v2`), GPU temperature (°C), power (mW → W) and SM clock (MHz),
 /// and hands them to [`Metrics::set_gpu_sample`]. The first sample is taken before this
 /// returns. The thread runs until [`Sampler::stop_until`].
@@ -152,7 +188,9 @@ pub fn start_sampler(metrics: Arc<Metrics>, period: Duration, indices: Vec<u32>)
                 if flag.load(Ordering::Acquire) {
                     break;
                 }
-                sample_all(&nvml, &metrics, &indices);
+                let mut all = indices.clone();
+                all.extend(used_devices().into_iter().filter(|i| !indices.contains(i)));
+                sample_all(&nvml, &metrics, &all);
             });
             if catch_unwind(run).is_err() {
                 crate::log::warn("NVML sampling panicked; the gpu_* metrics stop updating");
@@ -182,8 +220,12 @@ pub struct DeviceInfo {
     pub uuid: String,
     /// The MIG instance `CUDA_VISIBLE_DEVICES` names first (`MIG-…`), when it names one.
     pub mig: Option<String>,
-    /// NVML indices of the devices the worker uses (sampled for the `gpu_*` gauges).
+    /// NVML indices sampled for the `gpu_*` gauges from the start: the worker's own device
+    /// (others join as the worker is seen to use them, [`note_cuda_device`]).
     pub sampled: Vec<u32>,
+    /// NVML indices of what `CUDA_VISIBLE_DEVICES` makes visible, in CUDA device order (a
+    /// MIG worker: its instance's GPU).
+    pub visible: Vec<u32>,
 }
 
 /// What `CUDA_VISIBLE_DEVICES` (`spec`; `None` when unset) makes visible on a node whose
@@ -250,12 +292,13 @@ pub fn device_info() -> Option<DeviceInfo> {
         let count = nvml.device_count().ok()?;
         let uuids: Vec<String> =
             (0..count).map(|i| nvml.device_by_index(i).and_then(|d| d.uuid()).unwrap_or_default()).collect();
-        let (mut sampled, mig) = visible_devices(spec.as_deref(), &uuids);
+        let (mut visible, mig) = visible_devices(spec.as_deref(), &uuids);
         // A MIG instance: the worker runs on its parent GPU, the one to sample.
         if let Some(m) = &mig {
-            sampled = mig_parent(&nvml, m, count).into_iter().collect();
+            visible = mig_parent(&nvml, m, count).into_iter().collect();
         }
-        let index = sampled.first().copied()?;
+        let index = visible.first().copied()?;
+        let _ = USED.set(UsedDevices { visible: visible.clone(), used: std::sync::atomic::AtomicU64::new(0) });
         let dev = nvml.device_by_index(index).ok()?;
         Some(DeviceInfo {
             name: dev.name().ok()?,
@@ -263,7 +306,8 @@ pub fn device_info() -> Option<DeviceInfo> {
             index,
             uuid: uuids.get(index as usize).cloned().unwrap_or_default(),
             mig,
-            sampled,
+            sampled: vec![index],
+            visible,
         })
     })
     .ok()

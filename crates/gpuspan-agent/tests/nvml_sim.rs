@@ -214,19 +214,35 @@ fn child_visible() {
     let info = device_info().expect("device info");
     assert_eq!(info.index, 5);
     assert_eq!(info.uuid, device::uuid(5));
-    assert_eq!(info.sampled, vec![5, 2]);
+    assert_eq!(info.visible, vec![5, 2]);
+    assert_eq!(info.sampled, vec![5], "at first only the worker's own device");
     exec::execute(&driver, &busy_workload()).expect("workload on the sim");
     let m = metrics();
     let h = start_sampler(m.clone(), Duration::from_millis(20), info.sampled.clone()).expect("sampler starts");
     let text = m.encode_prometheus_text();
+    assert_eq!(by_index(&text, "gpu_utilization_percent").keys().copied().collect::<Vec<_>>(), vec![5], "{text}");
+    // The worker is seen on its CUDA device 1 (NVML 2); CUDA device 7 it cannot see.
+    gpuspan_agent::nvml::note_cuda_device(1);
+    gpuspan_agent::nvml::note_cuda_device(7);
+    assert_eq!(gpuspan_agent::nvml::used_devices(), vec![2]);
+    let t0 = Instant::now();
+    let text = loop {
+        let text = m.encode_prometheus_text();
+        if by_index(&text, "gpu_utilization_percent").len() == 2 || t0.elapsed() > Duration::from_secs(5) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let util = by_index(&text, "gpu_utilization_percent");
-    assert_eq!(util.keys().copied().collect::<Vec<_>>(), vec![2, 5], "only the visible GPUs:\n{text}");
+    assert_eq!(util.keys().copied().collect::<Vec<_>>(), vec![2, 5], "the own GPU and the one it uses:\n{text}");
     assert!(util[&5] >= 99.0, "the worker's own GPU is busy:\n{text}");
     assert_eq!(util[&2], 0.0, "another visible GPU is idle:\n{text}");
     assert_eq!(by_index(&text, "gpu_temperature_celsius")[&2], f64::from(device::IDLE_TEMP_C));
     assert!(h.stop_until(Instant::now() + Duration::from_secs(2)));
 }
 
+/// 8 GPUs, `CUDA_VISIBLE_DEVICES=5,2`: the worker's own GPU 5 is sampled from the start, GPU 2
+/// once the worker is seen on its CUDA device 1, nothing else.
 #[test]
 fn a_worker_samples_only_its_visible_gpus() {
     if let Some(mode) = child_mode() {

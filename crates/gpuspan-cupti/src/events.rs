@@ -50,6 +50,7 @@ type CtxSetCurrentFn = unsafe extern "C" fn(*mut c_void) -> CuResult;
 type StreamIsCapturingFn = unsafe extern "C" fn(*mut c_void, *mut u32) -> CuResult;
 type ExchangeCaptureModeFn = unsafe extern "C" fn(*mut u32) -> CuResult;
 type StreamQueryFn = unsafe extern "C" fn(*mut c_void) -> CuResult;
+type CtxGetDeviceFn = unsafe extern "C" fn(*mut i32) -> CuResult;
 
 /// What `cuStreamIsCapturing` says about a stream (cuda.h `CUstreamCaptureStatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +120,7 @@ pub struct CudaEvents {
     is_capturing: Option<StreamIsCapturingFn>,
     exchange_mode: Option<ExchangeCaptureModeFn>,
     stream_query: Option<StreamQueryFn>,
+    ctx_device: Option<CtxGetDeviceFn>,
 }
 
 impl std::fmt::Debug for CudaEvents {
@@ -205,6 +207,8 @@ impl CudaEvents {
                 exchange_mode: symbol(&lib, "cuThreadExchangeStreamCaptureMode").ok().map(|p| std::mem::transmute(p)),
                 // `cuStreamQuery(CUstream)`; optional: without it roots are never re-anchored.
                 stream_query: symbol(&lib, "cuStreamQuery").ok().map(|p| std::mem::transmute(p)),
+                // `cuCtxGetDevice(CUdevice*)`; optional (the device then is not reported).
+                ctx_device: symbol(&lib, "cuCtxGetDevice").ok().map(|p| std::mem::transmute(p)),
                 loaded_from: name,
                 _lib: lib,
             })
@@ -321,6 +325,16 @@ impl CudaEvents {
             CUDA_ERROR_NOT_READY => Some(false),
             _ => None,
         }
+    }
+
+    /// The CUDA device ordinal of the calling thread's current context (`cuCtxGetDevice`),
+    /// `None` without one or without the function.
+    pub fn current_device(&self) -> Option<i32> {
+        let f = self.ctx_device?;
+        let mut dev = -1i32;
+        // SAFETY: out-pointer to a live local (cuda.h `cuCtxGetDevice(CUdevice*)`, CUdevice
+        // is an int).
+        (unsafe { f(&mut dev) } == 0 && dev >= 0).then_some(dev)
     }
 
     /// Makes `ctx` current on the calling thread (the collector's, before it queries events

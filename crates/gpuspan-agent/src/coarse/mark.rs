@@ -3,7 +3,7 @@
 //! calls are `cuStreamIsCapturing`, `cuEventRecord` (and `cuEventCreate` while the pool
 //! fills), and at a root's begin and end (a request: twice per request) `cuStreamQuery`
 //! between two `cuThreadExchangeStreamCaptureMode` calls, to learn whether the GPU is idle
-//! there.
+//! there, plus `cuCtxGetDevice` at its begin (the device the worker uses, for NVML).
 //!
 //! CUDA graphs: an event recorded into a stream that is being captured becomes a graph
 //! node, not a timestamp, and touching the legacy stream while a blocking stream captures
@@ -84,6 +84,12 @@ pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool
         // A root's boundary (twice per request): is the GPU idle on its streams? Then its
         // events run as they are recorded (three driver calls per stream, RELAXED mode).
         mark.idle = root && targets.iter().all(|&s| events.stream_is_idle(s) == Some(true));
+        // A request's begin: the device it runs on is one the worker uses (NVML samples it).
+        if root && !is_end {
+            if let Some(d) = events.current_device() {
+                crate::nvml::note_cuda_device(i64::from(d));
+            }
+        }
         for &stream in targets {
             let ev = match c.pool.take(events) {
                 Ok(ev) => ev,
