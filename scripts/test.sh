@@ -87,6 +87,6 @@ cargo nextest run --workspace --no-fail-fast "$@"
 scripts/soak.sh --minutes 3
 # The Python wheel (issue 15, item 7): built with maturin, pip-installed into a fresh venv,
 # the CLI and the Python API run from there; and `cargo install` of the CLI.
-scripts/check-wheel.sh
+time scripts/check-wheel.sh
 # The GPU validation script: without a GPU it runs the kernel compile checks and says so.
 scripts/gpu-validate.sh target/gpu-validate
