@@ -39,10 +39,10 @@
 // cycle; `tests/module_layers.rs` checks it).
 pub mod log;
 pub mod signals;
+pub mod nvml;
 pub mod coarse;
 pub mod config;
 pub mod nvtx_domains;
-pub mod nvml;
 pub mod bounded;
 pub mod shared;
 pub mod unload;
