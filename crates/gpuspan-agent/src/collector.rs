@@ -250,13 +250,9 @@ impl Collector {
             unsafe { a.pool.give_back(RawBuffer(addr)) };
             a.counters.buffers_decoded.fetch_add(1, Ordering::Release);
             // Coarse mode's spans come from scope intervals; its records (fine windows) only
-            // go to the window's capture.
-            if a.coarse.is_none() {
-                for r in &self.records[before..] {
-                    self.assembler.observe_record(r, &self.scopes, &mut self.classifier);
-                }
-            }
-            // Every device a kernel ran on is one the worker uses (NVML samples it).
+            // go to the window's capture. Every device a kernel ran on is one the worker uses
+            // (NVML samples it).
+            let spans = a.coarse.is_none();
             let mut last_device = None;
             for r in &self.records[before..] {
                 if let ActivityRecord::Kernel(k) = r {
@@ -264,6 +260,9 @@ impl Collector {
                         last_device = Some(k.device_id);
                         crate::nvml::note_cuda_device(i64::from(k.device_id));
                     }
+                }
+                if spans {
+                    self.assembler.observe_record(r, &self.scopes, &mut self.classifier);
                 }
             }
             let added = self.records.len() - before;

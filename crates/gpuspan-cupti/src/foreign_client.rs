@@ -198,8 +198,8 @@ impl ForeignClient {
     /// The interposed `cuptiActivityRegisterCallbacks(requested, completed)`: remembers the
     /// other client's callbacks; passes the call on unless gpuspan's callbacks are
     /// registered (then it answers `CUPTI_SUCCESS`: its records reach it through
-    /// [`ForeignClient::forward`]). A NULL callback is passed on (CUPTI answers
-    /// `CUPTI_ERROR_INVALID_PARAMETER`).
+    /// [`ForeignClient::forward`]). A NULL callback is refused with
+    /// `CUPTI_ERROR_INVALID_PARAMETER`, as CUPTI would, and nothing is remembered.
     pub fn register(&self, real: &RealCupti, requested: Option<BufferRequestedFn>, completed: Option<BufferCompletedFn>) -> u32 {
         let (Some(r), Some(c)) = (requested, completed) else {
             return INVALID_PARAMETER;
