@@ -197,13 +197,24 @@ fn control_socket_status_errors_peer_check_and_cleanup() {
     let sm = std::fs::symlink_metadata(&sock).unwrap();
     assert_eq!(sm.mode() & 0o7777, 0o600, "{}", sock.display());
     assert_eq!(sm.uid(), euid());
-    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-        .map(|n| n.trim().to_string())
-        .collect();
-    assert_eq!(threads.iter().filter(|n| *n == "gpuspan-control").count(), 1, "{threads:?}");
+    // The socket is bound (and accepts into its backlog) before the thread serving it starts:
+    // the thread may take a moment to appear under its name.
+    let control_threads = || {
+        let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|n| n.trim().to_string())
+            .collect();
+        (threads.iter().filter(|n| *n == "gpuspan-control").count(), threads)
+    };
+    let t0 = Instant::now();
+    let (mut n, mut threads) = control_threads();
+    while n == 0 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+        (n, threads) = control_threads();
+    }
+    assert_eq!(n, 1, "{threads:?}");
 
     // Status: fine, collecting, records decoded and growing.
     let mut first = status_json(pid);

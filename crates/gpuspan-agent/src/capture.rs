@@ -6,7 +6,8 @@ use crate::shared::Shared;
 use crate::telemetry::Telemetry;
 use gpuspan_core::activity::ActivityRecord;
 use gpuspan_core::classify::Classifier;
-use gpuspan_core::join::{build_trace, JoinOptions, ScopeTable};
+use gpuspan_core::join::{JoinOptions, JoinedEvents, ScopeTable};
+use gpuspan_core::trace::EventSource;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -75,12 +76,15 @@ pub fn write(a: &Shared, telemetry: &Telemetry, c: &mut Collector, deadline: Opt
 /// counters and `extra` (`gpuspan.<key>` = value) in the summary event. Used for the
 /// exit capture (`capture-<pid>.json.gz`), each fine window's, and each rolling segment.
 ///
+/// The join streams into the write ([`JoinedEvents`]): each event is built as it is
+/// serialised and dropped once written, so writing holds about 16 bytes per event beyond the
+/// records themselves.
+///
 /// With a `deadline` (the exit budget, `GPUSPAN_EXIT_BUDGET`), the file is written at gzip
-/// level 1, the join stops turning records into events after a third of the time left
-/// (`gpuspan.records_cut_exit_budget`), the scopes' events go first, and GPU events stop at
-/// the deadline (`gpuspan.events_cut_exit_budget`): the capture is still a valid trace of
-/// every scope and of the GPU activity up to the cut (records are in arrival order, so what
-/// is cut is the end of the run), and its summary says `gpuspan.partial` = 1.
+/// level 1, the scopes' events go first (then the GPU activity, then the API calls), and
+/// events stop at the deadline (`gpuspan.events_cut_exit_budget`): the capture is still a
+/// valid trace of every scope and of the GPU activity up to the cut (GPU events are in `ts`
+/// order, so what is cut is the end of the run), and its summary says `gpuspan.partial` = 1.
 #[allow(clippy::too_many_arguments)]
 pub fn write_parts(
     a: &Shared,
@@ -115,21 +119,15 @@ pub fn write_parts(
         process_id: std::process::id(),
         include_api: true,
         trace_seed: Some(seed),
-        // A third of what is left for the join; the rest for writing.
-        deadline: deadline.map(|d| {
-            let now = Instant::now();
-            now + d.saturating_duration_since(now) / 3
-        }),
     };
-    let (mut trace, st) = build_trace(records, scopes, classifier, &opts);
-    if deadline.is_some() {
-        // Scopes (CPU rows) first: if the deadline cuts the write, what goes is the tail of
-        // the GPU activity, and every step and request still has its range.
-        let (mut cpu, gpu): (Vec<_>, Vec<_>) =
-            trace.events.drain(..).partition(|e| !e.cat.as_ref().is_some_and(|c| c.is_gpu_activity()));
-        cpu.extend(gpu);
-        trace.events = cpu;
-    }
+    // Built one event at a time as the writer asks: the capture's events are never all in
+    // memory. With a deadline, the scopes go first, then the GPU activity, then the API calls:
+    // if the deadline cuts the write, what goes is the API calls and then the tail of the GPU
+    // activity, and every step and request keeps its range.
+    let mut joined = JoinedEvents::new(records, scopes, classifier, &opts, deadline.is_some());
+    let st = joined.stats();
+    let header = joined.header();
+    let first_ts_us = (!joined.is_empty()).then(|| joined.shape(0).ts_us);
     let counters = &a.counters;
     let mut summary = gpuspan_core::trace::TraceEvent {
         cat: Some(gpuspan_core::trace::Category::Other("gpuspan".into())),
@@ -137,7 +135,7 @@ pub fn write_parts(
         pid: std::process::id() as i64,
         tid: 0,
         // At the first event's time: Kineto readers reject ts = 0 placeholders.
-        ts_us: trace.events.first().map(|e| e.ts_us).unwrap_or(0.0),
+        ts_us: first_ts_us.unwrap_or(0.0),
         dur_us: 0.0,
         ..Default::default()
     };
@@ -184,10 +182,8 @@ pub fn write_parts(
     // unwritten (filled in once the writer knows).
     let signalled = counters.terminated_by_signal.load(Ordering::Relaxed) > 0;
     let unread = counters.buffers_unread_at_exit.load(Ordering::Relaxed) > 0
-        || counters.cupti_flush_timed_out.load(Ordering::Relaxed) > 0
-        || st.records_cut > 0;
+        || counters.cupti_flush_timed_out.load(Ordering::Relaxed) > 0;
     put("cupti_flush_timed_out", counters.cupti_flush_timed_out.load(Ordering::Relaxed));
-    put("records_cut_exit_budget", st.records_cut);
     let fill = move |ev: &mut gpuspan_core::trace::TraceEvent, p: &gpuspan_export::kineto::WriteProgress| {
         let partial = signalled || unread || p.events_cut > 0;
         ev.extra_args.insert("gpuspan.partial".into(), serde_json::Value::from(u64::from(partial)));
@@ -200,7 +196,7 @@ pub fn write_parts(
     };
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join(file_name);
-    let written = gpuspan_export::kineto::write_trace_with(&trace, &path, &opts)
+    let written = gpuspan_export::kineto::write_events_with(&header, &mut joined, &path, &opts)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     if written.events_cut > 0 {
         crate::log::warn(&format!(

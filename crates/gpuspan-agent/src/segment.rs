@@ -17,8 +17,11 @@
 //! write happen on a `gpuspan-segment` thread of their own ([`SegmentWriter`]), so the
 //! collector keeps draining CUPTI's buffers meanwhile (on the collector thread, a debug
 //! build's multi-second write let the buffer pool fill: 352 MB peak for 50 stdit requests,
-//! against 255–316 MB with the writer thread). One segment is written at a time; the next is taken once the writer
-//! is idle. At exit, [`join_writer`] waits (within the exit budget) for the one in flight.
+//! against 255–316 MB with the writer thread). One segment is written at a time; the next is
+//! taken once the writer is idle. The write builds each event as it serialises it
+//! (`gpuspan_core::join::JoinedEvents`), and [`take`] moves the segment's records out in
+//! place into a vector of their exact size: the agent's share of a worker's peak RSS over 50
+//! stdit requests in 10-step segments went from 244 MB to 93 MB (release build). At exit, [`join_writer`] waits (within the exit budget) for the one in flight.
 
 use crate::collector::Collector;
 use crate::shared::Shared;
@@ -107,8 +110,11 @@ pub fn take(c: &mut Collector, a: &Shared, finished_steps: usize, writer_idle: b
             None => own < cut,
         }
     };
-    let (taken, kept): (Vec<ActivityRecord>, Vec<ActivityRecord>) = c.records.drain(..).partition(in_segment);
-    c.records = kept;
+    // Moved out in place (what stays keeps its buffer), into a vector of exactly the size
+    // needed: a partition into two growing vectors held three copies' worth at its peak.
+    let n = c.records.iter().filter(|r| in_segment(r)).count();
+    let mut taken = Vec::with_capacity(n);
+    taken.extend(c.records.extract_if(.., |r| in_segment(r)));
     c.records.shrink_to(c.records.len().max(1 << 16));
     let scopes = c.scopes.subset(|s| s.begin_ns < cut && s.end_ns.is_some());
     if taken.is_empty() && scopes.is_empty() {

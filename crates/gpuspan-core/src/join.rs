@@ -184,8 +184,6 @@ pub struct JoinStats {
     pub attributed: u64,
     /// Kernels skipped because timing was incomplete (end = 0 after a forced flush).
     pub incomplete: u64,
-    /// Records not turned into events because [`JoinOptions::deadline`] passed.
-    pub records_cut: u64,
 }
 
 /// Driver API names for the callback ids gpuspan writes as `cuda_driver` events
@@ -218,7 +216,7 @@ pub fn driver_api_name(cbid: u32) -> &'static str {
     }
 }
 
-/// Options of [`build_trace`].
+/// Options of [`build_trace`] and [`JoinedEvents`].
 #[derive(Debug, Clone)]
 pub struct JoinOptions {
     /// CUPTI ns that `ts = 0` stands for (written as `baseTimeNanoseconds`).
@@ -231,10 +229,6 @@ pub struct JoinOptions {
     /// assembler's [`crate::spans::SpanOptions::seed`]); `None`: such requests get no
     /// `gpuspan.trace_id`.
     pub trace_seed: Option<u64>,
-    /// Stop turning records into events once this instant has passed (checked every 1024
-    /// records; an exit budget): the rest are counted in [`JoinStats::records_cut`]. Scopes
-    /// are always written. `None`: every record.
-    pub deadline: Option<std::time::Instant>,
 }
 
 fn rel_us(ns: u64, base: u64) -> f64 {
@@ -256,35 +250,183 @@ fn gpu_event(device: u32, stream: u32, corr: u32, start_ns: u64, end_ns: u64, by
     }
 }
 
-/// Joins records and scopes into a Kineto-schema trace.
+/// Joins records and scopes into a Kineto-schema trace: [`JoinedEvents`], every event built.
 ///
 /// GPU rows: `pid` = device id, `tid` = stream id (Kineto's convention); CPU rows (scopes as
 /// `user_annotation`, API calls as `cuda_driver` / `cuda_runtime`): `pid` = process id,
 /// `tid` = thread id. Every GPU event carries `gpuspan.stage`, and `gpuspan.step`,
-/// `gpuspan.scope`, `gpuspan.trace_id` when its launch was inside such a scope.
+/// `gpuspan.scope`, `gpuspan.trace_id` when its launch was inside such a scope. Events are in
+/// `ts` order.
 pub fn build_trace(
     records: &[ActivityRecord],
     scopes: &ScopeTable,
     classifier: &mut Classifier,
     opts: &JoinOptions,
 ) -> (Trace, JoinStats) {
-    let mut st = JoinStats::default();
-    let mut ext: HashMap<u32, ScopeId> = HashMap::new();
-    for r in records {
-        if let ActivityRecord::ExternalCorrelation(e) = r {
-            if e.external_kind == GPUSPAN_EXTERNAL_KIND {
-                ext.insert(e.correlation_id, e.external_id);
+    let mut joined = JoinedEvents::new(records, scopes, classifier, opts, false);
+    let mut trace = joined.header();
+    trace.events = (0..joined.order.len()).map(|i| joined.build(i)).collect();
+    (trace, joined.stats)
+}
+
+/// A join planned but not built: which record or scope each event comes from, in write
+/// order, with the counts and row names known up front; each event is built only when asked
+/// for ([`crate::trace::EventSource::event`]). Writing a capture through it holds 16 bytes
+/// per event besides the records, where [`build_trace`]'s [`Trace`] holds every event's
+/// strings (about 500 bytes a kernel).
+pub struct JoinedEvents<'a> {
+    records: &'a [ActivityRecord],
+    scope_list: Vec<&'a ScopeInfo>,
+    scopes: &'a ScopeTable,
+    classifier: &'a mut Classifier,
+    opts: JoinOptions,
+    /// correlation id → scope id, from gpuspan's external-correlation records.
+    ext: HashMap<u32, ScopeId>,
+    /// (`ts_us`, source) in write order; a source below `records.len()` is that record,
+    /// else scope `source - records.len()` of `scope_list`.
+    order: Vec<(f64, usize)>,
+    trace_ids: HashMap<ScopeId, Option<String>>,
+    /// End of the last record or scope, CUPTI ns (where a scope still open is drawn to).
+    last_ns: u64,
+    stats: JoinStats,
+    gpu_rows: BTreeSet<(i64, i64)>,
+    cpu_threads: BTreeSet<i64>,
+}
+
+impl<'a> JoinedEvents<'a> {
+    /// Plans the join of `records` with `scopes` (see [`build_trace`] for what each event
+    /// holds). Events are ordered by `ts` (ties: records in arrival order, then scopes by
+    /// id); with `cpu_first`, the scopes come first, then the GPU activity, then the API
+    /// calls, each part in `ts` order, so a writer cut short by a deadline loses the API calls
+    /// and then the tail of the GPU activity, and keeps every scope.
+    pub fn new(
+        records: &'a [ActivityRecord],
+        scopes: &'a ScopeTable,
+        classifier: &'a mut Classifier,
+        opts: &JoinOptions,
+        cpu_first: bool,
+    ) -> JoinedEvents<'a> {
+        let mut ext: HashMap<u32, ScopeId> = HashMap::new();
+        for r in records {
+            if let ActivityRecord::ExternalCorrelation(e) = r {
+                if e.external_kind == GPUSPAN_EXTERNAL_KIND {
+                    ext.insert(e.correlation_id, e.external_id);
+                }
             }
         }
+        let scope_list = scopes.iter_sorted();
+        let mut j = JoinedEvents {
+            records,
+            scope_list,
+            scopes,
+            classifier,
+            opts: opts.clone(),
+            ext,
+            order: Vec::new(),
+            trace_ids: HashMap::new(),
+            last_ns: 0,
+            stats: JoinStats::default(),
+            gpu_rows: BTreeSet::new(),
+            cpu_threads: BTreeSet::new(),
+        };
+        let base = opts.base_time_ns;
+        // (part for `cpu_first`: 0 scope, 1 GPU activity, 2 API call; ts; source)
+        let mut order: Vec<(u8, f64, usize)> = Vec::with_capacity(records.len() + j.scope_list.len());
+        for (i, r) in records.iter().enumerate() {
+            let (corr, start_ns, row) = match r {
+                ActivityRecord::Kernel(k) => {
+                    if k.end_ns == 0 || k.end_ns < k.start_ns {
+                        j.stats.incomplete += 1;
+                        continue;
+                    }
+                    (k.correlation_id, k.start_ns, (k.device_id, k.stream_id))
+                }
+                ActivityRecord::Memcpy(m) => (m.correlation_id, m.start_ns, (m.device_id, m.stream_id)),
+                ActivityRecord::Memset(m) => (m.correlation_id, m.start_ns, (m.device_id, m.stream_id)),
+                ActivityRecord::Api(a) if opts.include_api => {
+                    j.cpu_threads.insert(a.thread_id as i64);
+                    order.push((2, rel_us(a.start_ns, base), i));
+                    continue;
+                }
+                _ => continue,
+            };
+            j.stats.gpu_events += 1;
+            if j.scope_of(corr).is_some() {
+                j.stats.attributed += 1;
+            }
+            j.gpu_rows.insert((row.0 as i64, row.1 as i64));
+            order.push((1, rel_us(start_ns, base), i));
+        }
+        j.last_ns = records
+            .iter()
+            .filter_map(|r| match r {
+                ActivityRecord::Kernel(k) => Some(k.end_ns),
+                ActivityRecord::Api(a) => Some(a.end_ns),
+                _ => None,
+            })
+            .chain(scopes.scopes.values().filter_map(|s| s.end_ns))
+            .max()
+            .unwrap_or(base);
+        for (i, s) in j.scope_list.iter().enumerate() {
+            j.cpu_threads.insert(s.thread_id as i64);
+            order.push((0, rel_us(s.begin_ns, base), records.len() + i));
+        }
+        if cpu_first {
+            order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        } else {
+            order.sort_by(|a, b| a.1.total_cmp(&b.1));
+        }
+        j.order = order.into_iter().map(|(_, ts, i)| (ts, i)).collect();
+        j
     }
-    let base = opts.base_time_ns;
-    let mut events = Vec::with_capacity(records.len() + scopes.len());
-    let mut gpu_rows: BTreeSet<(i64, i64)> = BTreeSet::new();
-    let mut cpu_threads: BTreeSet<i64> = BTreeSet::new();
-    let mut trace_ids: HashMap<ScopeId, Option<String>> = HashMap::new();
 
-    let mut attribute = |ev: &mut TraceEvent, corr: u32, name_class: Option<std::sync::Arc<str>>| {
-        let scope = ext.get(&corr).and_then(|id| scopes.get(*id));
+    /// The counts of this join (known before any event is built).
+    pub fn stats(&self) -> JoinStats {
+        self.stats
+    }
+
+    /// The trace's header: `baseTimeNanoseconds`, schema version 1, and a name for every
+    /// row (`python3 / worker <pid>`, `thread <tid>`, `GPU <device>`, `stream <id>`), with
+    /// no events.
+    pub fn header(&self) -> Trace {
+        let pid = self.opts.process_id as i64;
+        let mut process_names = BTreeMap::new();
+        let mut thread_names = BTreeMap::new();
+        process_names.insert(pid, format!("python3 / worker {}", self.opts.process_id));
+        for t in &self.cpu_threads {
+            thread_names.insert((pid, *t), format!("thread {t}"));
+        }
+        for &(dev, stream) in &self.gpu_rows {
+            process_names.entry(dev).or_insert_with(|| format!("GPU {dev}"));
+            thread_names.insert((dev, stream), format!("stream {stream}"));
+        }
+        Trace {
+            events: Vec::new(),
+            base_time_ns: Some(self.opts.base_time_ns as i64),
+            schema_version: Some(1),
+            device_properties: None,
+            process_names,
+            thread_names,
+        }
+    }
+
+    fn scope_of(&self, corr: u32) -> Option<&'a ScopeInfo> {
+        let scopes: &'a ScopeTable = self.scopes;
+        self.ext.get(&corr).and_then(|id| scopes.get(*id))
+    }
+
+    fn trace_id_of(&mut self, request: ScopeId) -> Option<String> {
+        let (scopes, seed) = (self.scopes, self.opts.trace_seed);
+        self.trace_ids
+            .entry(request)
+            .or_insert_with(|| scopes.get(request).and_then(|r| r.trace_id_for(seed)))
+            .clone()
+    }
+
+    /// Stage, scope, step and trace id of a GPU event launched under correlation id `corr`;
+    /// `name_class` is the kernel name's class, used when no stage scope decides.
+    fn attribute(&mut self, ev: &mut TraceEvent, corr: u32, name_class: Option<std::sync::Arc<str>>) {
+        let scope = self.scope_of(corr);
         let stage: String = match (scope.and_then(|s| s.attribution.stage), name_class) {
             (Some(s), _) => s.to_string(),
             (None, Some(c)) => c.to_string(),
@@ -294,32 +436,49 @@ pub fn build_trace(
             ev.stage = Some(stage);
         }
         if let Some(s) = scope {
-            st.attributed += 1;
             ev.scope = Some(s.name.clone());
-            if let Some(step) = s.attribution.step.and_then(|id| scopes.get(id)) {
+            if let Some(step) = s.attribution.step.and_then(|id| self.scopes.get(id)) {
                 ev.step = Some(step.name.clone());
             }
             if let Some(rid) = s.attribution.request {
-                let tid = trace_ids
-                    .entry(rid)
-                    .or_insert_with(|| scopes.get(rid).and_then(|r| r.trace_id_for(opts.trace_seed)))
-                    .clone();
-                ev.trace_id = tid;
+                ev.trace_id = self.trace_id_of(rid);
             }
         }
-    };
+    }
 
-    for (i, r) in records.iter().enumerate() {
-        if i % 1024 == 0 && opts.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-            st.records_cut = (records.len() - i) as u64;
-            break;
-        }
-        match r {
-            ActivityRecord::Kernel(k) => {
-                if k.end_ns == 0 || k.end_ns < k.start_ns {
-                    st.incomplete += 1;
-                    continue;
-                }
+    fn shape_of(&self, i: usize) -> crate::trace::EventShape {
+        let (ts_us, src) = self.order[i];
+        let (pid, tid, dur_ns, cat) = match self.records.get(src) {
+            Some(ActivityRecord::Kernel(k)) => (k.device_id as i64, k.stream_id as i64, k.end_ns - k.start_ns, Category::Kernel),
+            Some(ActivityRecord::Memcpy(m)) => {
+                (m.device_id as i64, m.stream_id as i64, m.end_ns.saturating_sub(m.start_ns), Category::GpuMemcpy)
+            }
+            Some(ActivityRecord::Memset(m)) => {
+                (m.device_id as i64, m.stream_id as i64, m.end_ns.saturating_sub(m.start_ns), Category::GpuMemset)
+            }
+            Some(ActivityRecord::Api(a)) => (
+                self.opts.process_id as i64,
+                a.thread_id as i64,
+                a.end_ns.saturating_sub(a.start_ns),
+                api_category(a.domain),
+            ),
+            Some(_) => unreachable!("only kernel, memcpy, memset and API records are planned"),
+            None => {
+                let s = self.scope_list[src - self.records.len()];
+                let end = s.end_ns.unwrap_or(self.last_ns.max(s.begin_ns));
+                (self.opts.process_id as i64, s.thread_id as i64, end.saturating_sub(s.begin_ns), Category::UserAnnotation)
+            }
+        };
+        crate::trace::EventShape { pid, tid, ts_us, dur_us: dur_ns as f64 / 1000.0, cat: Some(cat) }
+    }
+
+    /// Builds event `i` of the write order.
+    fn build(&mut self, i: usize) -> TraceEvent {
+        let (_, src) = self.order[i];
+        let base = self.opts.base_time_ns;
+        let records: &'a [ActivityRecord] = self.records;
+        match records.get(src) {
+            Some(ActivityRecord::Kernel(k)) => {
                 let mut ev = TraceEvent {
                     cat: Some(Category::Kernel),
                     name: k.name.to_string(),
@@ -338,110 +497,90 @@ pub fn build_trace(
                     ),
                     ..Default::default()
                 };
-                let has_scope_stage = ext
-                    .get(&k.correlation_id)
-                    .and_then(|id| scopes.get(*id))
-                    .and_then(|s| s.attribution.stage)
-                    .is_some();
-                let class = if has_scope_stage { None } else { Some(classifier.class_of(&k.name)) };
-                attribute(&mut ev, k.correlation_id, class);
-                gpu_rows.insert((ev.pid, ev.tid));
-                st.gpu_events += 1;
-                events.push(ev);
+                let has_scope_stage = self.scope_of(k.correlation_id).and_then(|s| s.attribution.stage).is_some();
+                let class = if has_scope_stage { None } else { Some(self.classifier.class_of(&k.name)) };
+                self.attribute(&mut ev, k.correlation_id, class);
+                ev
             }
-            ActivityRecord::Memcpy(m) => {
+            Some(ActivityRecord::Memcpy(m)) => {
                 let mut ev = TraceEvent {
                     cat: Some(Category::GpuMemcpy),
                     name: m.kind.kineto_name().to_string(),
                     ..gpu_event(m.device_id, m.stream_id, m.correlation_id, m.start_ns, m.end_ns, m.bytes, base)
                 };
-                attribute(&mut ev, m.correlation_id, None);
+                self.attribute(&mut ev, m.correlation_id, None);
                 ev.stage = Some("memcpy".into());
-                gpu_rows.insert((ev.pid, ev.tid));
-                st.gpu_events += 1;
-                events.push(ev);
+                ev
             }
-            ActivityRecord::Memset(m) => {
+            Some(ActivityRecord::Memset(m)) => {
                 let mut ev = TraceEvent {
                     cat: Some(Category::GpuMemset),
                     name: "Memset".to_string(),
                     ..gpu_event(m.device_id, m.stream_id, m.correlation_id, m.start_ns, m.end_ns, m.bytes, base)
                 };
-                attribute(&mut ev, m.correlation_id, None);
+                self.attribute(&mut ev, m.correlation_id, None);
                 ev.stage = Some("memset".into());
-                gpu_rows.insert((ev.pid, ev.tid));
-                st.gpu_events += 1;
-                events.push(ev);
+                ev
             }
-            ActivityRecord::Api(a) if opts.include_api => {
-                let (cat, name) = match a.domain {
-                    ApiDomain::Driver => (Category::CudaDriver, driver_api_name(a.cbid)),
-                    ApiDomain::Runtime => (Category::CudaRuntime, "cuda_runtime_call"),
+            Some(ActivityRecord::Api(a)) => {
+                let name = match a.domain {
+                    ApiDomain::Driver => driver_api_name(a.cbid),
+                    ApiDomain::Runtime => "cuda_runtime_call",
                 };
-                cpu_threads.insert(a.thread_id as i64);
-                events.push(TraceEvent {
-                    cat: Some(cat),
+                TraceEvent {
+                    cat: Some(api_category(a.domain)),
                     name: name.to_string(),
-                    pid: opts.process_id as i64,
+                    pid: self.opts.process_id as i64,
                     tid: a.thread_id as i64,
                     ts_us: rel_us(a.start_ns, base),
                     dur_us: a.end_ns.saturating_sub(a.start_ns) as f64 / 1000.0,
                     correlation: Some(a.correlation_id as i64),
                     ..Default::default()
-                });
+                }
             }
-            _ => {}
+            Some(_) => unreachable!("only kernel, memcpy, memset and API records are planned"),
+            None => {
+                let s = self.scope_list[src - records.len()];
+                let end = s.end_ns.unwrap_or(self.last_ns.max(s.begin_ns));
+                let mut ev = TraceEvent {
+                    cat: Some(Category::UserAnnotation),
+                    name: s.name.clone(),
+                    pid: self.opts.process_id as i64,
+                    tid: s.thread_id as i64,
+                    ts_us: rel_us(s.begin_ns, base),
+                    dur_us: end.saturating_sub(s.begin_ns) as f64 / 1000.0,
+                    ..Default::default()
+                };
+                if let Some(rid) = s.attribution.request {
+                    if self.scopes.get(rid).is_some() {
+                        ev.trace_id = self.trace_id_of(rid);
+                    }
+                }
+                ev
+            }
         }
     }
+}
 
-    let last_ns = records
-        .iter()
-        .filter_map(|r| match r {
-            ActivityRecord::Kernel(k) => Some(k.end_ns),
-            ActivityRecord::Api(a) => Some(a.end_ns),
-            _ => None,
-        })
-        .chain(scopes.scopes.values().filter_map(|s| s.end_ns))
-        .max()
-        .unwrap_or(base);
-    for s in scopes.iter_sorted() {
-        let end = s.end_ns.unwrap_or(last_ns.max(s.begin_ns));
-        cpu_threads.insert(s.thread_id as i64);
-        let mut ev = TraceEvent {
-            cat: Some(Category::UserAnnotation),
-            name: s.name.clone(),
-            pid: opts.process_id as i64,
-            tid: s.thread_id as i64,
-            ts_us: rel_us(s.begin_ns, base),
-            dur_us: end.saturating_sub(s.begin_ns) as f64 / 1000.0,
-            ..Default::default()
-        };
-        if let Some(tid) = s.attribution.request.and_then(|r| scopes.get(r)).and_then(|r| r.trace_id_for(opts.trace_seed)) {
-            ev.trace_id = Some(tid);
-        }
-        events.push(ev);
+fn api_category(d: ApiDomain) -> Category {
+    match d {
+        ApiDomain::Driver => Category::CudaDriver,
+        ApiDomain::Runtime => Category::CudaRuntime,
     }
-    events.sort_by(|a, b| a.ts_us.total_cmp(&b.ts_us));
+}
 
-    let mut process_names = BTreeMap::new();
-    let mut thread_names = BTreeMap::new();
-    process_names.insert(opts.process_id as i64, format!("python3 / worker {}", opts.process_id));
-    for t in cpu_threads {
-        thread_names.insert((opts.process_id as i64, t), format!("thread {t}"));
+impl crate::trace::EventSource for JoinedEvents<'_> {
+    fn len(&self) -> usize {
+        self.order.len()
     }
-    for (dev, stream) in gpu_rows {
-        process_names.entry(dev).or_insert_with(|| format!("GPU {dev}"));
-        thread_names.insert((dev, stream), format!("stream {stream}"));
+
+    fn shape(&self, i: usize) -> crate::trace::EventShape {
+        self.shape_of(i)
     }
-    let trace = Trace {
-        events,
-        base_time_ns: Some(base as i64),
-        schema_version: Some(1),
-        device_properties: None,
-        process_names,
-        thread_names,
-    };
-    (trace, st)
+
+    fn event(&mut self, i: usize) -> std::borrow::Cow<'_, TraceEvent> {
+        std::borrow::Cow::Owned(self.build(i))
+    }
 }
 
 #[cfg(test)]
@@ -476,9 +615,9 @@ mod tests {
             kernel("still_running", 8, 8_600, 0),
         ];
         let mut c = Classifier::default();
-        let opts = JoinOptions { base_time_ns: 1_000, process_id: 42, include_api: true, trace_seed: None, deadline: None };
+        let opts = JoinOptions { base_time_ns: 1_000, process_id: 42, include_api: true, trace_seed: None };
         let (trace, st) = build_trace(&recs, &t, &mut c, &opts);
-        assert_eq!(st, JoinStats { gpu_events: 3, attributed: 2, incomplete: 1, records_cut: 0 });
+        assert_eq!(st, JoinStats { gpu_events: 3, attributed: 2, incomplete: 1 });
         let ks: Vec<_> = trace.kernels().collect();
         assert_eq!(ks.len(), 3);
         assert_eq!(ks[0].name, "sm90_xmma_gemm_bf16");
@@ -495,6 +634,47 @@ mod tests {
         let ann: Vec<_> = trace.events.iter().filter(|e| e.is(&Category::UserAnnotation)).collect();
         assert_eq!(ann.len(), 3);
         assert_eq!(trace.thread_names.get(&(0, 7)).map(String::as_str), Some("stream 7"));
+    }
+
+    #[test]
+    fn planned_events_are_built_on_demand_in_order() {
+        use crate::trace::EventSource;
+        let mut t = ScopeTable::new();
+        for e in [
+            begin(1, 0, 1_000, "dit.step 0/1"),
+            begin(2, 1, 2_000, "ffn"),
+            ScopeEvent::End { id: 2, ts_ns: 9_000, launches: None },
+            begin(3, 0, 8_000, "dit.step 1/2"),
+        ] {
+            t.apply(&e);
+        }
+        let recs = vec![
+            kernel("late_kernel", 6, 7_000, 7_500),
+            ext(6, 2),
+            kernel("early_kernel", 5, 4_000, 6_000),
+            ext(5, 2),
+            kernel("still_running", 8, 8_600, 0),
+        ];
+        let opts = JoinOptions { base_time_ns: 1_000, process_id: 42, include_api: true, trace_seed: None };
+        let (built, st) = build_trace(&recs, &t, &mut Classifier::default(), &opts);
+        let mut c = Classifier::default();
+        let mut j = JoinedEvents::new(&recs, &t, &mut c, &opts, false);
+        assert_eq!(j.stats(), st, "the counts are known before any event is built");
+        assert_eq!(j.len(), built.events.len());
+        let header = j.header();
+        assert_eq!((header.process_names.clone(), header.thread_names.clone()), (built.process_names.clone(), built.thread_names.clone()));
+        for (i, e) in built.events.iter().enumerate() {
+            assert_eq!(j.shape(i), crate::trace::EventShape::of(e), "shape {i}");
+            assert_eq!(&*j.event(i), e, "event {i}");
+        }
+        let names: Vec<&str> = built.events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["dit.step 0/1", "ffn", "early_kernel", "late_kernel", "dit.step 1/2"], "ts order");
+        // Scopes first (an exit budget cuts the GPU tail, never a step range).
+        let mut c = Classifier::default();
+        let mut j = JoinedEvents::new(&recs, &t, &mut c, &opts, true);
+        let names: Vec<String> = (0..j.len()).map(|i| j.event(i).name.clone()).collect();
+        assert_eq!(names, ["dit.step 0/1", "ffn", "dit.step 1/2", "early_kernel", "late_kernel"]);
+        assert_eq!(j.event(2).dur_us, 1.0, "a scope still open is drawn to the last end seen (ffn's, 9 000 ns)");
     }
 
     #[test]

@@ -170,3 +170,58 @@ impl Trace {
         self.events.iter().filter(|e| e.is(&Category::Kernel))
     }
 }
+
+/// Where an event sits and how long it lasts, without its strings: what a writer needs of
+/// every event before writing the first (row names, the `ts` of metadata events, the
+/// touching-duration fixes of `gpuspan_export::kineto`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventShape {
+    /// `pid` of the event's row.
+    pub pid: i64,
+    /// `tid` of the event's row.
+    pub tid: i64,
+    /// Start, µs.
+    pub ts_us: f64,
+    /// Duration, µs.
+    pub dur_us: f64,
+    /// The event's category, when it has one (cheap: the GPU ones carry no string).
+    pub cat: Option<Category>,
+}
+
+impl EventShape {
+    /// The shape of `e`.
+    pub fn of(e: &TraceEvent) -> EventShape {
+        EventShape { pid: e.pid, tid: e.tid, ts_us: e.ts_us, dur_us: e.dur_us, cat: e.cat.clone() }
+    }
+}
+
+/// The events of a trace, handed to a writer one at a time, in file order: either a built
+/// [`Trace`]'s (borrowed) or built one by one as they are written (the agent's join,
+/// `gpuspan_core::join::JoinedEvents`), so writing a capture holds no second copy of it.
+pub trait EventSource {
+    /// Number of events.
+    fn len(&self) -> usize;
+    /// True when there is none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Row, times and category of event `i` (`i < len()`), without building it.
+    fn shape(&self, i: usize) -> EventShape;
+    /// Event `i` (`i < len()`), borrowed or built for the caller; writers ask for each `i`
+    /// once, in increasing order.
+    fn event(&mut self, i: usize) -> std::borrow::Cow<'_, TraceEvent>;
+}
+
+impl EventSource for &Trace {
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    fn shape(&self, i: usize) -> EventShape {
+        EventShape::of(&self.events[i])
+    }
+
+    fn event(&mut self, i: usize) -> std::borrow::Cow<'_, TraceEvent> {
+        std::borrow::Cow::Borrowed(&self.events[i])
+    }
+}

@@ -671,7 +671,7 @@ fn back_to_back_gpu_events_do_not_overlap_in_f64_when_written() {
         ..Default::default()
     };
 
-    let fixes = super::write::touching_dur_fixes(&trace);
+    let fixes = super::write::touching_dur_fixes(&&trace);
     assert_eq!(
         fixes.len(),
         before,

@@ -8,7 +8,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use gpuspan_core::trace::{Trace, TraceEvent};
+use gpuspan_core::trace::{EventShape, EventSource, Trace, TraceEvent};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
@@ -101,22 +101,41 @@ pub const DEADLINE_CHECK_EVERY: usize = 512;
 /// As [`write_trace`]: a non-finite `ts` / `dur` (`InvalidData`, nothing written) or the
 /// file system's error (the temporary file is removed).
 pub fn write_trace_with(trace: &Trace, path: &Path, opts: &WriteOptions<'_>) -> io::Result<WriteProgress> {
-    let trailer = opts.trailer.as_ref().map(|t| &t.event);
-    if let Some((i, e)) = trace
-        .events
-        .iter()
-        .chain(trailer)
-        .enumerate()
+    let mut events = trace;
+    write_events_with(trace, &mut events, path, opts)
+}
+
+/// [`write_trace_with`] for events handed over one at a time ([`EventSource`]): `header`'s
+/// schema version, base time, device properties and row names (its `events` are not read)
+/// with the events of `events`, each asked for once, in order, and dropped once written. The
+/// agent writes its captures this way from its join
+/// ([`gpuspan_core::join::JoinedEvents`]), so no second copy of a capture's events is held.
+///
+/// # Errors
+/// As [`write_trace_with`].
+pub fn write_events_with(
+    header: &Trace,
+    events: &mut dyn EventSource,
+    path: &Path,
+    opts: &WriteOptions<'_>,
+) -> io::Result<WriteProgress> {
+    let bad = (0..events.len())
+        .map(|i| (i, events.shape(i)))
         .find(|(_, e)| !e.ts_us.is_finite() || !e.dur_us.is_finite())
-    {
+        .map(|(i, _)| (i, events.event(i).name.clone()))
+        .or_else(|| {
+            let t = &opts.trailer.as_ref()?.event;
+            (!t.ts_us.is_finite() || !t.dur_us.is_finite()).then(|| (events.len(), t.name.clone()))
+        });
+    if let Some((i, name)) = bad {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("event {i} ({:?}) has a non-finite ts or dur", e.name),
+            format!("event {i} ({name:?}) has a non-finite ts or dur"),
         ));
     }
     let gzip = path.as_os_str().to_string_lossy().ends_with(".gz");
     let tmp = tmp_path(path);
-    let res = write_to(trace, &tmp, gzip, opts).and_then(|p| fs::rename(&tmp, path).map(|()| p));
+    let res = write_to(header, events, &tmp, gzip, opts).and_then(|p| fs::rename(&tmp, path).map(|()| p));
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -129,11 +148,18 @@ fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn write_to(trace: &Trace, tmp: &Path, gzip: bool, opts: &WriteOptions<'_>) -> io::Result<WriteProgress> {
-    let fixes = touching_dur_fixes(trace);
+fn write_to(
+    trace: &Trace,
+    events: &mut dyn EventSource,
+    tmp: &Path,
+    gzip: bool,
+    opts: &WriteOptions<'_>,
+) -> io::Result<WriteProgress> {
+    let fixes = touching_dur_fixes(&*events);
     let progress = std::cell::Cell::new(WriteProgress::default());
     let out = TraceOut {
         trace,
+        events: std::cell::RefCell::new(events),
         fixes: &fixes,
         opts,
         progress: &progress,
@@ -167,30 +193,32 @@ const MAX_ROUNDING_OVERLAP_US: f64 = 0.0005;
 /// ulps of the timestamps and under [`MAX_ROUNDING_OVERLAP_US`]), the largest
 /// `dur' <= dur` with `ts + dur' <= next.ts` in `f64`. Real overlaps (≥ 1 ns), nested
 /// events and other rows are left alone.
-pub(crate) fn touching_dur_fixes(trace: &Trace) -> HashMap<usize, f64> {
-    let mut rows: HashMap<(i64, i64), Vec<usize>> = HashMap::new();
-    for (i, e) in trace.events.iter().enumerate() {
+pub(crate) fn touching_dur_fixes(events: &dyn EventSource) -> HashMap<usize, f64> {
+    /// (`ts`, `dur`, index) of one GPU activity event.
+    type Timed = (f64, f64, usize);
+    let mut rows: HashMap<(i64, i64), Vec<Timed>> = HashMap::new();
+    for i in 0..events.len() {
+        let e = events.shape(i);
         if e.cat.as_ref().is_some_and(|c| c.is_gpu_activity()) {
-            rows.entry((e.pid, e.tid)).or_default().push(i);
+            rows.entry((e.pid, e.tid)).or_default().push((e.ts_us, e.dur_us, i));
         }
     }
-    let ev = &trace.events;
     let mut fixes = HashMap::new();
-    for idx in rows.values_mut() {
-        idx.sort_by(|&a, &b| ev[a].ts_us.total_cmp(&ev[b].ts_us).then(a.cmp(&b)));
-        for w in idx.windows(2) {
-            let (a, b) = (&ev[w[0]], &ev[w[1]]);
-            let end = a.ts_us + a.dur_us;
-            let over = end - b.ts_us;
-            if over <= 0.0 || b.ts_us < a.ts_us || a.dur_us <= 0.0 {
+    for row in rows.values_mut() {
+        row.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)));
+        for w in row.windows(2) {
+            let ((a_ts, a_dur, a_i), (b_ts, _, _)) = (w[0], w[1]);
+            let end = a_ts + a_dur;
+            let over = end - b_ts;
+            if over <= 0.0 || b_ts < a_ts || a_dur <= 0.0 {
                 continue;
             }
-            let ulp = ulp(a.ts_us.abs().max(b.ts_us.abs()).max(end.abs()));
+            let ulp = ulp(a_ts.abs().max(b_ts.abs()).max(end.abs()));
             if over > 2.0 * ulp || over >= MAX_ROUNDING_OVERLAP_US {
                 continue;
             }
-            if let Some(d) = fit_dur(a.ts_us, a.dur_us, b.ts_us) {
-                fixes.insert(w[0], d);
+            if let Some(d) = fit_dur(a_ts, a_dur, b_ts) {
+                fixes.insert(a_i, d);
             }
         }
     }
@@ -235,6 +263,7 @@ fn next_down(x: f64) -> f64 {
 
 struct TraceOut<'a> {
     trace: &'a Trace,
+    events: std::cell::RefCell<&'a mut dyn EventSource>,
     fixes: &'a HashMap<usize, f64>,
     opts: &'a WriteOptions<'a>,
     progress: &'a std::cell::Cell<WriteProgress>,
@@ -258,6 +287,7 @@ impl Serialize for TraceOut<'_> {
             "traceEvents",
             &EventsOut {
                 trace: t,
+                events: &self.events,
                 fixes: self.fixes,
                 opts: self.opts,
                 progress: self.progress,
@@ -267,8 +297,9 @@ impl Serialize for TraceOut<'_> {
     }
 }
 
-struct EventsOut<'a> {
+struct EventsOut<'a, 'e> {
     trace: &'a Trace,
+    events: &'a std::cell::RefCell<&'e mut dyn EventSource>,
     fixes: &'a HashMap<usize, f64>,
     opts: &'a WriteOptions<'a>,
     progress: &'a std::cell::Cell<WriteProgress>,
@@ -291,15 +322,12 @@ struct MetaArgs<'a> {
     name: &'a str,
 }
 
-impl Serialize for EventsOut<'_> {
+impl Serialize for EventsOut<'_, '_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let t = self.trace;
-        let meta_ts = t
-            .events
-            .iter()
-            .map(|e| e.ts_us)
-            .reduce(f64::min)
-            .unwrap_or(0.0);
+        let mut events = self.events.borrow_mut();
+        let n = events.len();
+        let meta_ts = (0..n).map(|i| events.shape(i).ts_us).reduce(f64::min).unwrap_or(0.0);
 
         let mut processes: BTreeMap<i64, Cow<'_, str>> = t
             .process_names
@@ -311,8 +339,8 @@ impl Serialize for EventsOut<'_> {
             .iter()
             .map(|(k, n)| (*k, Cow::Borrowed(n.as_str())))
             .collect();
-        let trailer = self.opts.trailer.as_ref().map(|t| &t.event);
-        for e in t.events.iter().filter(|e| is_gpu_row(e)) {
+        let trailer = self.opts.trailer.as_ref().map(|t| EventShape::of(&t.event));
+        for e in (0..n).map(|i| events.shape(i)).filter(is_gpu_row) {
             processes
                 .entry(e.pid)
                 .or_insert_with(|| Cow::Owned(format!("GPU {}", e.pid)));
@@ -320,7 +348,7 @@ impl Serialize for EventsOut<'_> {
                 .entry((e.pid, e.tid))
                 .or_insert_with(|| Cow::Owned(format!("stream {}", e.tid)));
         }
-        for e in t.events.iter().chain(trailer) {
+        for e in (0..n).map(|i| events.shape(i)).chain(trailer) {
             processes
                 .entry(e.pid)
                 .or_insert_with(|| Cow::Owned(format!("process {}", e.pid)));
@@ -352,20 +380,19 @@ impl Serialize for EventsOut<'_> {
                 args: MetaArgs { name },
             })?;
         }
-        let mut written = t.events.len();
-        for (i, e) in t.events.iter().enumerate() {
+        let mut written = n;
+        for i in 0..n {
             if i % DEADLINE_CHECK_EVERY == 0 && self.opts.deadline.is_some_and(|d| Instant::now() >= d) {
                 written = i;
                 break;
             }
-            seq.serialize_element(&EventOut {
-                event: e,
-                dur_us: self.fixes.get(&i).copied().unwrap_or(e.dur_us),
-            })?;
+            let fix = self.fixes.get(&i).copied();
+            let e = events.event(i);
+            seq.serialize_element(&EventOut { dur_us: fix.unwrap_or(e.dur_us), event: &e })?;
         }
         let progress = WriteProgress {
             events_written: written,
-            events_cut: t.events.len() - written,
+            events_cut: n - written,
         };
         self.progress.set(progress);
         if let Some(tr) = &self.opts.trailer {
@@ -377,7 +404,7 @@ impl Serialize for EventsOut<'_> {
     }
 }
 
-fn is_gpu_row(e: &TraceEvent) -> bool {
+fn is_gpu_row(e: &EventShape) -> bool {
     use gpuspan_core::trace::Category;
     match &e.cat {
         Some(c) => c.is_gpu_activity() || *c == Category::GpuUserAnnotation,

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Agent CPU per kernel, all in (issue 14, item 1: goal <= 1 us in fine mode): the same
+# simulated replay run with the agent off, in coarse mode and in fine mode, side by side,
+# ROUNDS times each (interleaved); prints each mode's best CPU time (user + sys of the whole
+# `gpuspan run` process tree, from wait4 rusage), the agent's CPU per kernel over `off`, and
+# the ratios. Not part of the test command.
+# usage: scripts/bench-agent-cpu.sh [REPLAY ARGS...]   (default: wan2.1 --steps 5)
+# environment: ROUNDS (default 3), GPUSPAN_CAPTURE_SEGMENT_STEPS (passed through).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q -p gpuspan-cli -p gpuspan-simgpu -p gpuspan-preload
+ARGS=("$@")
+[ ${#ARGS[@]} -gt 0 ] || ARGS=(wan2.1 --steps 5)
+OUT="$(mktemp -d)"
+trap 'rm -rf "$OUT"' EXIT
+python3 - "$OUT" "${ROUNDS:-3}" "${ARGS[@]}" <<'PY'
+import os, re, resource, subprocess, sys
+out, rounds, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+modes = ["off", "coarse", "fine"]
+best, kernels = {}, None
+for r in range(rounds):
+    for m in modes:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        p = subprocess.run(["target/release/gpuspan", "run", "--sim", "--mode", m, "--out", f"{out}/{m}-{r}", "--",
+                            "target/release/gpuspan-replay", *args],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                           env={**os.environ, "GPUSPAN_METRICS_ADDR": "off"})
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if p.returncode != 0:
+            sys.exit(f"bench-agent-cpu: mode {m} failed ({p.returncode})")
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        best[m] = min(best.get(m, cpu), cpu)
+        k = re.search(r"replayed (\d+) kernels", p.stdout)
+        kernels = int(k.group(1)) if k else kernels
+if not kernels:
+    sys.exit("bench-agent-cpu: no 'replayed N kernels' line")
+print(f"replay: {' '.join(args)}: {kernels} kernels; best of {rounds} rounds, CPU of the whole process tree")
+for m in modes:
+    extra = (best[m] - best["off"]) / kernels * 1e9
+    line = f"  {m:<6} {best[m]:7.3f} s  ({best[m] / best['off']:5.2f}x off)"
+    if m != "off":
+        line += f"  agent {extra:8.0f} ns per kernel"
+        if m == "fine":
+            line += "  (goal <= 1000 ns)"
+    print(line)
+PY
