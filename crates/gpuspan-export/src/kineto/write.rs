@@ -119,10 +119,10 @@ pub fn write_events_with(
     path: &Path,
     opts: &WriteOptions<'_>,
 ) -> io::Result<WriteProgress> {
-    let bad = (0..events.len())
-        .map(|i| (i, events.shape(i)))
-        .find(|(_, e)| !e.ts_us.is_finite() || !e.dur_us.is_finite())
-        .map(|(i, _)| (i, events.event(i).name.clone()))
+    let survey = Survey::of(&*events);
+    let bad = survey
+        .non_finite
+        .map(|i| (i, events.event(i).name.clone()))
         .or_else(|| {
             let t = &opts.trailer.as_ref()?.event;
             (!t.ts_us.is_finite() || !t.dur_us.is_finite()).then(|| (events.len(), t.name.clone()))
@@ -135,7 +135,7 @@ pub fn write_events_with(
     }
     let gzip = path.as_os_str().to_string_lossy().ends_with(".gz");
     let tmp = tmp_path(path);
-    let res = write_to(header, events, &tmp, gzip, opts).and_then(|p| fs::rename(&tmp, path).map(|()| p));
+    let res = write_to(header, events, survey, &tmp, gzip, opts).and_then(|p| fs::rename(&tmp, path).map(|()| p));
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -148,19 +148,69 @@ fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// What the writer needs to know of every event before writing the first, gathered in one
+/// pass over the events' shapes (for a source that builds events on demand, a shape costs a
+/// few loads; the pass never builds an event).
+struct Survey {
+    /// First event whose `ts` or `dur` is not finite.
+    non_finite: Option<usize>,
+    /// Earliest `ts`, µs (the metadata events' `ts`).
+    min_ts_us: Option<f64>,
+    /// Rows (`pid`, `tid`) of GPU activity and GPU user annotations.
+    gpu_rows: BTreeSet<(i64, i64)>,
+    /// Rows of every event.
+    rows: BTreeSet<(i64, i64)>,
+    /// [`touching_dur_fixes`].
+    fixes: HashMap<usize, f64>,
+}
+
+impl Survey {
+    fn of(events: &dyn EventSource) -> Survey {
+        let mut sv = Survey {
+            non_finite: None,
+            min_ts_us: None,
+            gpu_rows: BTreeSet::new(),
+            rows: BTreeSet::new(),
+            fixes: HashMap::new(),
+        };
+        let mut timed = TimedRows::default();
+        let mut last_row = None;
+        for i in 0..events.len() {
+            let e = events.shape(i);
+            if sv.non_finite.is_none() && (!e.ts_us.is_finite() || !e.dur_us.is_finite()) {
+                sv.non_finite = Some(i);
+            }
+            sv.min_ts_us = Some(sv.min_ts_us.map_or(e.ts_us, |m: f64| m.min(e.ts_us)));
+            // Consecutive events mostly share a row: skip the set lookups then.
+            if last_row != Some((e.pid, e.tid)) {
+                last_row = Some((e.pid, e.tid));
+                sv.rows.insert((e.pid, e.tid));
+                if is_gpu_row(&e) {
+                    sv.gpu_rows.insert((e.pid, e.tid));
+                }
+            }
+            if e.cat.as_ref().is_some_and(|c| c.is_gpu_activity()) {
+                timed.entry((e.pid, e.tid)).or_default().push((e.ts_us, e.dur_us, i));
+            }
+        }
+        sv.fixes = fixes_of(timed);
+        sv
+    }
+}
+
 fn write_to(
     trace: &Trace,
     events: &mut dyn EventSource,
+    survey: Survey,
     tmp: &Path,
     gzip: bool,
     opts: &WriteOptions<'_>,
 ) -> io::Result<WriteProgress> {
-    let fixes = touching_dur_fixes(&*events);
     let progress = std::cell::Cell::new(WriteProgress::default());
     let out = TraceOut {
         trace,
         events: std::cell::RefCell::new(events),
-        fixes: &fixes,
+        survey: &survey,
         opts,
         progress: &progress,
     };
@@ -192,17 +242,18 @@ const MAX_ROUNDING_OVERLAP_US: f64 = 0.0005;
 /// starts, but whose `ts + dur` in `f64` overshoots that start by rounding (at most two
 /// ulps of the timestamps and under [`MAX_ROUNDING_OVERLAP_US`]), the largest
 /// `dur' <= dur` with `ts + dur' <= next.ts` in `f64`. Real overlaps (≥ 1 ns), nested
-/// events and other rows are left alone.
+/// events and other rows are left alone. (The writer gathers these in its one pass over the
+/// events, [`Survey`]; this is that pass's share, for tests.)
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn touching_dur_fixes(events: &dyn EventSource) -> HashMap<usize, f64> {
-    /// (`ts`, `dur`, index) of one GPU activity event.
-    type Timed = (f64, f64, usize);
-    let mut rows: HashMap<(i64, i64), Vec<Timed>> = HashMap::new();
-    for i in 0..events.len() {
-        let e = events.shape(i);
-        if e.cat.as_ref().is_some_and(|c| c.is_gpu_activity()) {
-            rows.entry((e.pid, e.tid)).or_default().push((e.ts_us, e.dur_us, i));
-        }
-    }
+    Survey::of(events).fixes
+}
+
+/// (`ts`, `dur`, index) of the GPU activity events, by row (`pid`, `tid`).
+type TimedRows = HashMap<(i64, i64), Vec<(f64, f64, usize)>>;
+
+/// [`touching_dur_fixes`] of the GPU activity gathered by row.
+fn fixes_of(mut rows: TimedRows) -> HashMap<usize, f64> {
     let mut fixes = HashMap::new();
     for row in rows.values_mut() {
         row.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)));
@@ -264,7 +315,7 @@ fn next_down(x: f64) -> f64 {
 struct TraceOut<'a> {
     trace: &'a Trace,
     events: std::cell::RefCell<&'a mut dyn EventSource>,
-    fixes: &'a HashMap<usize, f64>,
+    survey: &'a Survey,
     opts: &'a WriteOptions<'a>,
     progress: &'a std::cell::Cell<WriteProgress>,
 }
@@ -288,7 +339,7 @@ impl Serialize for TraceOut<'_> {
             &EventsOut {
                 trace: t,
                 events: &self.events,
-                fixes: self.fixes,
+                survey: self.survey,
                 opts: self.opts,
                 progress: self.progress,
             },
@@ -300,7 +351,7 @@ impl Serialize for TraceOut<'_> {
 struct EventsOut<'a, 'e> {
     trace: &'a Trace,
     events: &'a std::cell::RefCell<&'e mut dyn EventSource>,
-    fixes: &'a HashMap<usize, f64>,
+    survey: &'a Survey,
     opts: &'a WriteOptions<'a>,
     progress: &'a std::cell::Cell<WriteProgress>,
 }
@@ -327,7 +378,7 @@ impl Serialize for EventsOut<'_, '_> {
         let t = self.trace;
         let mut events = self.events.borrow_mut();
         let n = events.len();
-        let meta_ts = (0..n).map(|i| events.shape(i).ts_us).reduce(f64::min).unwrap_or(0.0);
+        let meta_ts = self.survey.min_ts_us.unwrap_or(0.0);
 
         let mut processes: BTreeMap<i64, Cow<'_, str>> = t
             .process_names
@@ -339,22 +390,14 @@ impl Serialize for EventsOut<'_, '_> {
             .iter()
             .map(|(k, n)| (*k, Cow::Borrowed(n.as_str())))
             .collect();
-        let trailer = self.opts.trailer.as_ref().map(|t| EventShape::of(&t.event));
-        for e in (0..n).map(|i| events.shape(i)).filter(is_gpu_row) {
-            processes
-                .entry(e.pid)
-                .or_insert_with(|| Cow::Owned(format!("GPU {}", e.pid)));
-            threads
-                .entry((e.pid, e.tid))
-                .or_insert_with(|| Cow::Owned(format!("stream {}", e.tid)));
+        for &(pid, tid) in &self.survey.gpu_rows {
+            processes.entry(pid).or_insert_with(|| Cow::Owned(format!("GPU {pid}")));
+            threads.entry((pid, tid)).or_insert_with(|| Cow::Owned(format!("stream {tid}")));
         }
-        for e in (0..n).map(|i| events.shape(i)).chain(trailer) {
-            processes
-                .entry(e.pid)
-                .or_insert_with(|| Cow::Owned(format!("process {}", e.pid)));
-            threads
-                .entry((e.pid, e.tid))
-                .or_insert_with(|| Cow::Owned(format!("thread {}", e.tid)));
+        let trailer = self.opts.trailer.as_ref().map(|t| (t.event.pid, t.event.tid));
+        for &(pid, tid) in self.survey.rows.iter().chain(trailer.as_ref()) {
+            processes.entry(pid).or_insert_with(|| Cow::Owned(format!("process {pid}")));
+            threads.entry((pid, tid)).or_insert_with(|| Cow::Owned(format!("thread {tid}")));
         }
 
         let mut seq = s.serialize_seq(None)?;
@@ -386,7 +429,7 @@ impl Serialize for EventsOut<'_, '_> {
                 written = i;
                 break;
             }
-            let fix = self.fixes.get(&i).copied();
+            let fix = self.survey.fixes.get(&i).copied();
             let e = events.event(i);
             seq.serialize_element(&EventOut { dur_us: fix.unwrap_or(e.dur_us), event: &e })?;
         }
@@ -465,12 +508,15 @@ impl Serialize for ArgsOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let e = self.0;
         let mut m = s.serialize_map(None)?;
-        let mut written: BTreeSet<&'static str> = BTreeSet::new();
+        // The typed keys written (at most 13): a set on the stack, not a BTreeSet per event.
+        let mut written: [&'static str; 13] = [""; 13];
+        let mut n_written = 0;
         macro_rules! typed {
             ($key:expr, $field:expr) => {
                 if let Some(v) = &$field {
                     m.serialize_entry($key, v)?;
-                    written.insert($key);
+                    written[n_written] = $key;
+                    n_written += 1;
                 }
             };
         }
@@ -488,7 +534,7 @@ impl Serialize for ArgsOut<'_> {
         typed!(keys::TRACE_ID, e.trace_id);
         typed!(keys::SCOPE, e.scope);
         for (k, v) in &e.extra_args {
-            if !written.contains(k.as_str()) {
+            if !written[..n_written].contains(&k.as_str()) {
                 m.serialize_entry(k, v)?;
             }
         }
