@@ -21,8 +21,8 @@ pub fn activity_buffer(data: &[u8]) {
 pub fn kineto_reader(data: &[u8]) {
     use gpuspan_export::kineto::{read_trace_bytes, ReadOptions};
     let path = Path::new("fuzz.json");
-    let _ = read_trace_bytes(data, path, ReadOptions { strict: true });
-    if let Ok((trace, _)) = read_trace_bytes(data, path, ReadOptions { strict: false }) {
+    let _ = read_trace_bytes(data, path, ReadOptions { strict: true, ..ReadOptions::default() });
+    if let Ok((trace, _)) = read_trace_bytes(data, path, ReadOptions { strict: false, ..ReadOptions::default() }) {
         // What `gpuspan stats` does next with a trace that read.
         let _ = gpuspan_core::stats::compute(&trace, "fuzz.json");
     }

@@ -56,7 +56,7 @@ pub fn trace_files(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
 /// device properties. Events of different processes keep their `pid`s, so per-process
 /// analyses stay apart. Errors: the first file that does not read, named.
 pub fn read_captures(path: &Path) -> Result<Trace, ReadError> {
-    read_captures_with(path, ReadOptions { strict: true }).map(|(t, _)| t)
+    read_captures_with(path, ReadOptions { strict: true, ..ReadOptions::default() }).map(|(t, _)| t)
 }
 
 /// [`read_captures`] with [`ReadOptions`] (each file read by

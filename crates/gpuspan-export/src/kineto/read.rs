@@ -44,7 +44,7 @@ use super::keys;
 /// Never panics; every failure is a [`ReadError`] whose `Display` is one line naming the
 /// file. This is the strict reader; [`read_trace_with`] can skip malformed events instead.
 pub fn read_trace(path: &Path) -> Result<Trace, ReadError> {
-    read_trace_with(path, ReadOptions { strict: true }).map(|(t, _)| t)
+    read_trace_with(path, ReadOptions { strict: true, ..ReadOptions::default() }).map(|(t, _)| t)
 }
 
 /// How [`read_trace_with`] treats malformed events.
@@ -57,6 +57,12 @@ pub struct ReadOptions {
     /// is missing or not one of Chrome's phases. Only a file that is not a trace at all
     /// (not JSON, no `traceEvents`) is refused.
     pub strict: bool,
+    /// `true`: each event's args that have no typed field are dropped instead of kept in
+    /// [`TraceEvent::extra_args`](gpuspan_core::trace::TraceEvent::extra_args). For readers
+    /// that never look at them (`gpuspan stats`, `diff`, `waterfall`): on a 35 MB trace with
+    /// Kineto's per-kernel occupancy args they are most of what a read holds. `false` (the
+    /// default): nothing is lost, as a round trip needs.
+    pub drop_extra_args: bool,
 }
 
 /// The events a lenient read skipped.
@@ -143,6 +149,8 @@ struct State {
     trace: Trace,
     /// Skip malformed events instead of failing ([`ReadOptions::strict`] false).
     lenient: bool,
+    /// [`ReadOptions::drop_extra_args`].
+    drop_extra_args: bool,
     skipped: Skipped,
     saw_trace_events: bool,
     error: Option<ReadErrorKind>,
@@ -151,7 +159,7 @@ struct State {
 }
 
 fn parse<R: Read>(reader: R, gzip: bool, opts: ReadOptions) -> Result<(Trace, Skipped), ReadErrorKind> {
-    let mut state = State { lenient: !opts.strict, ..State::default() };
+    let mut state = State { lenient: !opts.strict, drop_extra_args: opts.drop_extra_args, ..State::default() };
     let mut de = serde_json::Deserializer::from_reader(reader);
     let res = TopSeed { state: &mut state }
         .deserialize(&mut de)
@@ -459,8 +467,8 @@ fn arg_string(v: &Value) -> Option<String> {
 }
 
 /// Moves the typed args into `ev`'s fields; the rest (and typed keys whose value has an
-/// unexpected type) into `ev.extra_args`, so nothing is lost.
-fn take_args(ev: &mut TraceEvent, args: Map<String, Value>) {
+/// unexpected type) into `ev.extra_args`, so nothing is lost, unless `drop_extra_args`.
+fn take_args(ev: &mut TraceEvent, args: Map<String, Value>, drop_extra_args: bool) {
     for (k, v) in args {
         let used = match k.as_str() {
             keys::DEVICE => set(&mut ev.device, arg_int(&v)),
@@ -478,7 +486,7 @@ fn take_args(ev: &mut TraceEvent, args: Map<String, Value>) {
             keys::SCOPE => set(&mut ev.scope, arg_string(&v)),
             _ => false,
         };
-        if !used {
+        if !used && !drop_extra_args {
             ev.extra_args.insert(k, v);
         }
     }
@@ -494,7 +502,7 @@ fn set<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
     }
 }
 
-fn complete_event(raw: RawEvent, lenient: bool) -> Result<TraceEvent, String> {
+fn complete_event(raw: RawEvent, lenient: bool, drop_extra_args: bool) -> Result<TraceEvent, String> {
     let name = raw.name.into_text();
     let ts_us = raw.ts.as_f64().ok_or_else(|| {
         format!(
@@ -529,7 +537,7 @@ fn complete_event(raw: RawEvent, lenient: bool) -> Result<TraceEvent, String> {
         ..TraceEvent::default()
     };
     if let Some(Value::Object(args)) = raw.args {
-        take_args(&mut ev, args);
+        take_args(&mut ev, args, drop_extra_args);
     }
     Ok(ev)
 }
@@ -652,7 +660,7 @@ impl<'de> Visitor<'de> for EventsSeed<'_> {
             let bad = match slot.0 {
                 None => Some("not a JSON object".to_string()),
                 Some(raw) => match raw.ph.as_str() {
-                    Some("X") => match complete_event(raw, lenient) {
+                    Some("X") => match complete_event(raw, lenient, self.state.drop_extra_args) {
                         Ok(ev) => {
                             self.state.trace.events.push(ev);
                             None

@@ -980,3 +980,21 @@ fn garbled_and_truncated_input_never_panics() {
         try_bytes(s.as_bytes());
     }
 }
+
+#[test]
+fn drop_extra_args_reads_the_same_trace_without_untyped_args() {
+    // The HTA control trace carries Kineto's per-kernel occupancy args ("blocks per SM",
+    // "warps per SM", "est. achieved occupancy %", "queued", ...), none of them typed.
+    let path = fixture("a100-hta-control.json.gz");
+    let (full, _) = read_trace_with(&path, ReadOptions::default()).unwrap();
+    let (lean, _) = read_trace_with(&path, ReadOptions { drop_extra_args: true, ..ReadOptions::default() }).unwrap();
+    let dropped: usize = full.events.iter().map(|e| e.extra_args.len()).sum();
+    assert!(dropped > full.events.len(), "the fixture has untyped args to drop: {dropped}");
+    assert!(lean.events.iter().all(|e| e.extra_args.is_empty()));
+    let mut stripped = full.clone();
+    for e in &mut stripped.events {
+        e.extra_args.clear();
+    }
+    assert_eq!(lean, stripped, "everything else is read the same");
+    assert_eq!(stats::compute(&lean, "t"), stats::compute(&full, "t"), "and the statistics do not change");
+}
