@@ -333,8 +333,7 @@ impl<'a> JoinedEvents<'a> {
             cpu_threads: BTreeSet::new(),
         };
         let base = opts.base_time_ns;
-        // (part for `cpu_first`: 0 scope, 1 GPU activity, 2 API call; ts; source)
-        let mut order: Vec<(u8, f64, usize)> = Vec::with_capacity(records.len() + j.scope_list.len());
+        let mut order: Vec<(f64, usize)> = Vec::with_capacity(records.len() + j.scope_list.len());
         for (i, r) in records.iter().enumerate() {
             let (corr, start_ns, row) = match r {
                 ActivityRecord::Kernel(k) => {
@@ -348,7 +347,7 @@ impl<'a> JoinedEvents<'a> {
                 ActivityRecord::Memset(m) => (m.correlation_id, m.start_ns, (m.device_id, m.stream_id)),
                 ActivityRecord::Api(a) if opts.include_api => {
                     j.cpu_threads.insert(a.thread_id as i64);
-                    order.push((2, rel_us(a.start_ns, base), i));
+                    order.push((rel_us(a.start_ns, base), i));
                     continue;
                 }
                 _ => continue,
@@ -358,7 +357,7 @@ impl<'a> JoinedEvents<'a> {
                 j.stats.attributed += 1;
             }
             j.gpu_rows.insert((row.0 as i64, row.1 as i64));
-            order.push((1, rel_us(start_ns, base), i));
+            order.push((rel_us(start_ns, base), i));
         }
         j.last_ns = records
             .iter()
@@ -372,14 +371,20 @@ impl<'a> JoinedEvents<'a> {
             .unwrap_or(base);
         for (i, s) in j.scope_list.iter().enumerate() {
             j.cpu_threads.insert(s.thread_id as i64);
-            order.push((0, rel_us(s.begin_ns, base), records.len() + i));
+            order.push((rel_us(s.begin_ns, base), records.len() + i));
         }
         if cpu_first {
-            order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+            // Part of the write order: 0 scope, 1 GPU activity, 2 API call.
+            let part = |src: usize| match records.get(src) {
+                None => 0u8,
+                Some(ActivityRecord::Api(_)) => 2,
+                Some(_) => 1,
+            };
+            order.sort_by(|a, b| part(a.1).cmp(&part(b.1)).then(a.0.total_cmp(&b.0)));
         } else {
-            order.sort_by(|a, b| a.1.total_cmp(&b.1));
+            order.sort_by(|a, b| a.0.total_cmp(&b.0));
         }
-        j.order = order.into_iter().map(|(_, ts, i)| (ts, i)).collect();
+        j.order = order;
         j
     }
 
