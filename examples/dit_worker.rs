@@ -969,7 +969,9 @@ fn run_replay(g: &mut Gpu, a: &Args, path: &str) -> Result<(BTreeMap<String, Sta
                 }
                 Op::HostGap { ns } => std::thread::sleep(std::time::Duration::from_nanos(*ns)),
                 Op::Synchronize => g.sync().map_err(cuda)?,
-                Op::AllocProbe { .. } => {} // only the simulated workloads' fault injection
+                // Only the simulated workloads' fault injection and `gpuspan-replay --ranks`
+                // (single-GPU traces carry neither).
+                Op::AllocProbe { .. } | Op::StreamWait { .. } | Op::Collective { .. } => {}
             }
         }
         // The request ends when every replay stream is done.

@@ -26,6 +26,7 @@ mod otlp;
 mod otlp_outage;
 mod prometheus;
 mod python_api;
+mod ranks;
 mod replay;
 mod resource;
 mod steps_auto;

@@ -230,7 +230,7 @@ fn demo_writes_waterfall_html_and_prints_its_path() {
 }
 
 /// Headless Chromium: `$CHROMIUM`, else `/usr/bin/chromium`.
-fn chromium() -> Option<PathBuf> {
+pub(crate) fn chromium() -> Option<PathBuf> {
     let p = std::env::var_os("CHROMIUM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
@@ -238,7 +238,7 @@ fn chromium() -> Option<PathBuf> {
 }
 
 /// Runs `cmd` with a deadline, returning its stdout.
-fn run_with_deadline(cmd: &mut Command, limit: Duration) -> String {
+pub(crate) fn run_with_deadline(cmd: &mut Command, limit: Duration) -> String {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -266,7 +266,7 @@ fn run_with_deadline(cmd: &mut Command, limit: Duration) -> String {
 }
 
 /// The value of `data-NAME="…"` on the dumped `<body>`.
-fn body_attr<'a>(dom: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn body_attr<'a>(dom: &'a str, name: &str) -> Option<&'a str> {
     let body = &dom[dom.find("<body")?..];
     let body = &body[..body.find('>')?];
     let key = format!("data-{name}=\"");

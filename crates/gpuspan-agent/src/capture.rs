@@ -126,7 +126,8 @@ pub fn write_parts(
     // activity, and every step and request keeps its range.
     let mut joined = JoinedEvents::new(records, scopes, classifier, &opts, deadline.is_some());
     let st = joined.stats();
-    let header = joined.header();
+    let mut header = joined.header();
+    header.distributed_info = a.config.distributed.map(|d| d.kineto_info());
     let first_ts_us = (!joined.is_empty()).then(|| joined.shape(0).ts_us);
     let counters = &a.counters;
     let mut summary = gpuspan_core::trace::TraceEvent {

@@ -16,13 +16,64 @@
 //! `[capture] flight_recorder_steps`), `GPUSPAN_EXIT_BUDGET` (most time the agent spends
 //! finishing at exit, default 2 s), `GPUSPAN_CUPTI_MULTI_SUBSCRIBER` (`1` default: on a CUPTI
 //! 13.3+ subscribe in multiple-subscriber mode, so a V2-aware tool can subscribe alongside;
-//! `0`: always the single V1 subscription). The OTLP
+//! `0`: always the single V1 subscription). A launcher's `RANK` / `WORLD_SIZE` / `LOCAL_RANK`
+//! (torchrun, `gpuspan-replay --ranks`) make the process one rank of a distributed job
+//! ([`Distributed`]): its captures say so (`distributedInfo`), its `gpu.request` spans carry
+//! `gpuspan.rank` / `gpuspan.world_size`, and its Prometheus endpoint moves to the
+//! configured port + `LOCAL_RANK`, so the ranks of one host do not fight over one port. The OTLP
 //! variables are read by `gpuspan_export::otlp::OtlpSettings`. A bad value gets one warning naming the variable and the default
 //! used, never a failure.
 //!
 //! The default mode is `coarse` (DESIGN.md "Collection modes").
 
 use std::path::PathBuf;
+
+/// This process's place in a distributed job, from the launcher's environment (torchrun's
+/// `RANK`, `WORLD_SIZE`, `LOCAL_RANK`; PyTorch `torch.distributed.run` docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Distributed {
+    /// Global rank (`RANK`).
+    pub rank: u32,
+    /// Ranks in the job (`WORLD_SIZE`).
+    pub world_size: u32,
+    /// Rank on this host (`LOCAL_RANK`, else `RANK`).
+    pub local_rank: u32,
+}
+
+impl Distributed {
+    /// From the environment; `None` unless `RANK` and `WORLD_SIZE` are numbers with
+    /// `RANK < WORLD_SIZE` (a bad pair gets a warning in `w`).
+    pub fn from_env(w: &mut Vec<String>) -> Option<Distributed> {
+        let get = |v: &str| std::env::var(v).ok().map(|s| s.trim().to_string());
+        let (rank, world) = (get("RANK")?, get("WORLD_SIZE")?);
+        match (rank.parse::<u32>(), world.parse::<u32>()) {
+            (Ok(rank), Ok(world_size)) if rank < world_size => {
+                let local_rank = get("LOCAL_RANK").and_then(|l| l.parse().ok()).unwrap_or(rank);
+                Some(Distributed { rank, world_size, local_rank })
+            }
+            _ => {
+                w.push(format!("RANK={rank:?} WORLD_SIZE={world:?} is not a rank below a world size; spans and captures carry no rank"));
+                None
+            }
+        }
+    }
+
+    /// Kineto's `distributedInfo` object for a capture of this rank.
+    pub fn kineto_info(&self) -> serde_json::Value {
+        serde_json::json!({"backend": "nccl", "rank": self.rank, "world_size": self.world_size})
+    }
+}
+
+/// `addr` (`host:port`) with the port moved up by `by` (port 0, "any", stays 0; an address
+/// without a port, or a port that would pass 65535, is returned as it is).
+pub fn offset_port(addr: &str, by: u32) -> String {
+    let Some((host, port)) = addr.rsplit_once(':') else { return addr.to_string() };
+    match port.parse::<u32>() {
+        Ok(0) => addr.to_string(),
+        Ok(p) if p + by <= 65535 => format!("{host}:{}", p + by),
+        _ => addr.to_string(),
+    }
+}
 
 /// Collection mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +103,10 @@ pub struct Config {
     /// more are dropped and counted.
     pub max_records: usize,
     /// Prometheus endpoint address (`GPUSPAN_METRICS_ADDR`, `host:port`; unset, empty or
-    /// `off` = no endpoint).
+    /// `off` = no endpoint), its port moved up by `LOCAL_RANK` in a distributed job.
     pub metrics_addr: Option<String>,
+    /// The process's rank in a distributed job, when a launcher said so.
+    pub distributed: Option<Distributed>,
     /// Most `cuda.kernel` spans per trace (`GPUSPAN_KERNEL_SPAN_BUDGET`, default 20 000;
     /// 0 = none).
     pub kernel_span_budget: u64,
@@ -170,6 +223,11 @@ impl Config {
             .ok()
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty() && v != "off");
+        let distributed = Distributed::from_env(&mut w);
+        let metrics_addr = match (metrics_addr, distributed) {
+            (Some(a), Some(d)) => Some(offset_port(&a, d.local_rank)),
+            (a, _) => a,
+        };
         let kernel_span_budget = match std::env::var("GPUSPAN_KERNEL_SPAN_BUDGET") {
             Err(_) => 20_000,
             Ok(v) => v.trim().parse::<u64>().unwrap_or_else(|_| {
@@ -218,6 +276,7 @@ impl Config {
                 max_buffers,
                 max_records,
                 metrics_addr,
+                distributed,
                 kernel_span_budget,
                 worker_id,
                 event_pool,

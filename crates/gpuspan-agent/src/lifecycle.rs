@@ -229,6 +229,7 @@ fn span_options(config: &Config, api: Option<&ActivityApi>, exporting: bool) -> 
         coarse: config.mode == Mode::Coarse,
         clock_offset_ns: offset,
         seed: ((std::process::id() as u64) << 32) ^ unix_ns as u64,
+        rank: config.distributed.map(|d| (d.rank, d.world_size)),
         ..Default::default()
     }
 }

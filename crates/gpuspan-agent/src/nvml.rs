@@ -74,11 +74,52 @@ fn open() -> Result<Nvml, String> {
     }
 }
 
+/// `NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX` (nvml.h): NVLink data transmitted, KiB.
+const FI_NVLINK_TX_KIB: u32 = 138;
+/// Most NVLink links of a GPU (`NVML_NVLINK_MAX_LINKS`, 18 on H100 SXM).
+const NVLINK_MAX_LINKS: u32 = 18;
+
+/// Per NVML index: active NVLink links (counted once) and the last TX reading
+/// `(bytes, NVML timestamp µs)`, for the `nvlink_bandwidth_gbps` rate.
+#[derive(Debug, Default)]
+struct NvlinkState {
+    links: std::collections::HashMap<u32, u32>,
+    last: std::collections::HashMap<u32, (u64, i64)>,
+}
+
+impl NvlinkState {
+    /// GB/s (1e9 bytes / s) transmitted by `dev` (NVML `index`) since the previous call for
+    /// it; `None` on the first call, for a GPU without active links, or when NVML refuses.
+    ///
+    /// nvml-wrapper asks `nvmlDeviceGetFieldValues` with `scopeId` 0, so the counter read is
+    /// link 0's; NCCL spreads a collective over all of a GPU's NVLinks (NVSwitch systems),
+    /// so link 0 × the active links (`nvmlDeviceGetNvLinkState`) stands for the device.
+    fn gbps(&mut self, dev: &nvml_wrapper::Device<'_>, index: u32) -> Option<f64> {
+        let links = *self.links.entry(index).or_insert_with(|| {
+            (0..NVLINK_MAX_LINKS).filter(|&l| dev.link_wrapper_for(l).is_active().unwrap_or(false)).count() as u32
+        });
+        if links == 0 {
+            return None;
+        }
+        let v = dev.field_values_for(&[nvml_wrapper::structs::device::FieldId(FI_NVLINK_TX_KIB)]).ok()?.into_iter().next()?.ok()?;
+        let kib = match v.value.ok()? {
+            nvml_wrapper::enums::device::SampleValue::U64(k) => k,
+            nvml_wrapper::enums::device::SampleValue::U32(k) => u64::from(k),
+            _ => return None,
+        };
+        let now = (kib.saturating_mul(1024).saturating_mul(u64::from(links)), v.timestamp);
+        let prev = self.last.insert(index, now)?;
+        let dt_us = now.1 - prev.1;
+        (dt_us > 0 && now.0 >= prev.0).then(|| (now.0 - prev.0) as f64 / dt_us as f64 / 1000.0)
+    }
+}
+
 /// One reading of device `index`; `None` when its handle cannot be had.
-fn sample(nvml: &Nvml, index: u32) -> Option<GpuSample> {
+fn sample(nvml: &Nvml, index: u32, nvlink: &mut NvlinkState) -> Option<GpuSample> {
     let dev = nvml.device_by_index(index).ok()?;
     let mem = dev.memory_info().ok();
     Some(GpuSample {
+        nvlink_gbps: nvlink.gbps(&dev, index),
         gpu_index: index,
         uuid: dev.uuid().ok(),
         utilization_percent: dev.utilization_rates().ok().map(|u| f64::from(u.gpu)),
@@ -102,10 +143,10 @@ pub fn own_memory_used_bytes() -> Option<u64> {
 
 /// Samples the NVML devices `indices` now and sets the `gpu_*` gauges of `metrics` (one
 /// [`Metrics::set_gpu_sample`] per device). Returns the number of devices sampled.
-fn sample_all(nvml: &Nvml, metrics: &Metrics, indices: &[u32]) -> u32 {
+fn sample_all(nvml: &Nvml, metrics: &Metrics, indices: &[u32], nvlink: &mut NvlinkState) -> u32 {
     let mut n = 0;
     for &index in indices {
-        if let Some(s) = sample(nvml, index) {
+        if let Some(s) = sample(nvml, index, nvlink) {
             if Some(&index) == indices.first() {
                 if let Some(b) = s.memory_used_bytes {
                     OWN_MEMORY_USED_BYTES.store(b, Ordering::Relaxed);
@@ -171,7 +212,8 @@ pub fn start_sampler(metrics: Arc<Metrics>, period: Duration, indices: Vec<u32>)
     };
     let period = period.max(MIN_PERIOD);
     // First sample here, so the gauges exist as soon as the caller goes on.
-    if catch_unwind(AssertUnwindSafe(|| sample_all(&nvml, &metrics, &indices))).is_err() {
+    let mut nvlink = NvlinkState::default();
+    if catch_unwind(AssertUnwindSafe(|| sample_all(&nvml, &metrics, &indices, &mut nvlink))).is_err() {
         crate::log::warn("NVML sampling panicked; the gpu_* metrics are absent");
         return None;
     }
@@ -190,7 +232,7 @@ pub fn start_sampler(metrics: Arc<Metrics>, period: Duration, indices: Vec<u32>)
                 }
                 let mut all = indices.clone();
                 all.extend(used_devices().into_iter().filter(|i| !indices.contains(i)));
-                sample_all(&nvml, &metrics, &all);
+                sample_all(&nvml, &metrics, &all, &mut nvlink);
             });
             if catch_unwind(run).is_err() {
                 crate::log::warn("NVML sampling panicked; the gpu_* metrics stop updating");

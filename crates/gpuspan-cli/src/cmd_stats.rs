@@ -29,13 +29,14 @@ const WIDTH: usize = 100;
 /// Exit status: 0 on success; 2 when the file cannot be read, after one line
 /// `gpuspan: <error>` on stderr (the error names the file and what is wrong).
 pub fn run(file: &Path, json: bool, steps: Option<crate::steps_arg::StepsMode>, strict: bool) -> ExitCode {
-    let mut trace = match crate::input::read(file, strict) {
+    let (mut trace, ranks) = match crate::input::read_ranked(file, strict) {
         Ok(t) => t,
         Err(code) => return code,
     };
     let detection = crate::steps_arg::prepare(&mut trace, steps, file);
     let mut stats = stats::compute(&trace, &file.display().to_string());
     stats.step_detection = detection;
+    stats.ranks = ranks;
     let out = if json {
         match serde_json::to_string_pretty(&stats) {
             Ok(s) => s,
@@ -325,10 +326,44 @@ fn render_table(s: &Stats) -> String {
             );
         }
     }
+    if let Some(r) = &s.ranks {
+        render_ranks(&mut o, r);
+    }
     while o.ends_with('\n') {
         o.pop();
     }
     o
+}
+
+/// The ranks of a distributed job side by side: per step the straggler, the spread and the
+/// ranks' communication; then per rank over the whole capture.
+fn render_ranks(o: &mut String, r: &gpuspan_core::stats::ranks::RankStats) {
+    section(
+        o,
+        &format!("ranks: {} of world size {} (compute = GPU time of a rank's own kernels)", r.ranks.len(), r.world_size),
+        &format!("{:<24} {:>9} {:>11} {:>11} {:>11} {:>11}", "step", "straggler", "its compute", "spread", "comm max", "exposed max"),
+    );
+    for st in &r.steps {
+        let max = |f: fn(&gpuspan_core::stats::ranks::RankTime) -> f64| st.ranks.iter().map(f).fold(0.0, f64::max);
+        let slowest = st.ranks.iter().find(|t| t.rank == st.straggler_rank).map_or(0.0, |t| t.compute_us);
+        let _ = writeln!(
+            o,
+            "{:<24} {:>9} {} {} {} {}",
+            truncate(&format!("{} #{}", st.name, st.index), 24),
+            format!("rank {}", st.straggler_rank),
+            col(slowest),
+            col(st.spread_us),
+            col(max(|t| t.comm_us)),
+            col(max(|t| t.exposed_comm_us))
+        );
+    }
+    if !r.missing_steps.is_empty() {
+        let _ = writeln!(o, "ranks with fewer steps than the others: {:?}", r.missing_steps);
+    }
+    section(o, "per rank, whole capture", &format!("{:<8} {:>9} {:>11} {:>11} {:>11}", "rank", "kernels", "compute", "comm", "exposed"));
+    for t in &r.totals {
+        let _ = writeln!(o, "{:<8} {:>9} {} {} {}", t.rank, t.kernel_count, col(t.compute_us), col(t.comm_us), col(t.exposed_comm_us));
+    }
 }
 
 #[cfg(test)]

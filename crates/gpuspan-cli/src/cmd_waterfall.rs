@@ -26,13 +26,19 @@ const WIDTH: usize = 80;
 /// Exit status: 0 on success; 2 after one line `gpuspan: <error>` on stderr when the file
 /// cannot be read, `step` is out of range, or the page cannot be written.
 pub fn run(file: &Path, step: Option<usize>, html: Option<&Path>, steps: Option<crate::steps_arg::StepsMode>, strict: bool) -> ExitCode {
-    let mut trace = match crate::input::read(file, strict) {
-        Ok(t) => t,
+    let w = match crate::input::read_ranks(file, strict) {
+        Ok(crate::input::Ranked::Ranks(mut ranks)) => {
+            for (_, t) in &mut ranks {
+                crate::steps_arg::prepare(t, steps, file);
+            }
+            Waterfall::from_ranks(&ranks, &file.display().to_string())
+        }
+        Ok(crate::input::Ranked::One(mut trace)) => {
+            crate::steps_arg::prepare(&mut trace, steps, file);
+            Waterfall::from_trace(&trace, &file.display().to_string())
+        }
         Err(code) => return code,
     };
-    crate::steps_arg::prepare(&mut trace, steps, file);
-    let w = Waterfall::from_trace(&trace, &file.display().to_string());
-    drop(trace);
     if let Some(n) = step.filter(|&n| n >= w.steps.len()) {
         eprintln!(
             "gpuspan: --step {n}: {} {}",

@@ -413,6 +413,7 @@ impl<'a> JoinedEvents<'a> {
             base_time_ns: Some(self.opts.base_time_ns as i64),
             schema_version: Some(1),
             device_properties: None,
+            distributed_info: None,
             process_names,
             thread_names,
         }
@@ -508,6 +509,10 @@ impl<'a> JoinedEvents<'a> {
                 let has_scope_stage = scope.and_then(|s| s.attribution.stage).is_some();
                 let class = if has_scope_stage { None } else { Some(self.classifier.class_of(&k.name)) };
                 self.attribute(&mut ev, scope, class);
+                // NCCL / RCCL kernels are communication whatever their scope (crate::classify).
+                if has_scope_stage && crate::classify::is_collective_kernel(&k.name) {
+                    ev.stage = Some(crate::classify::COMMUNICATION.into());
+                }
                 ev
             }
             Some(ActivityRecord::Memcpy(m)) => {

@@ -33,6 +33,7 @@ pub mod cardinality;
 pub mod classify;
 pub mod control;
 pub mod diff;
+pub mod interval;
 pub mod join;
 pub mod scope;
 pub mod spans;

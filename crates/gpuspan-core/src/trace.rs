@@ -158,6 +158,10 @@ pub struct Trace {
     pub schema_version: Option<i64>,
     /// `deviceProperties`, verbatim, when present.
     pub device_properties: Option<serde_json::Value>,
+    /// `distributedInfo`, verbatim, when present: Kineto's record of the process's place in
+    /// a distributed job (`{"backend": "nccl", "rank": 3, "world_size": 8}`, kineto
+    /// `libkineto/src/output_json.cpp`; HTA reads `rank` from it). See [`Trace::rank`].
+    pub distributed_info: Option<serde_json::Value>,
     /// `process_name` metadata: pid → name.
     pub process_names: BTreeMap<i64, String>,
     /// `thread_name` metadata: (pid, tid) → name.
@@ -165,6 +169,16 @@ pub struct Trace {
 }
 
 impl Trace {
+    /// The rank of the process that recorded this trace (`distributedInfo.rank`), when known.
+    pub fn rank(&self) -> Option<u32> {
+        self.distributed_info.as_ref()?.get("rank")?.as_u64().and_then(|r| u32::try_from(r).ok())
+    }
+
+    /// `distributedInfo.world_size`, when known.
+    pub fn world_size(&self) -> Option<u32> {
+        self.distributed_info.as_ref()?.get("world_size")?.as_u64().and_then(|r| u32::try_from(r).ok())
+    }
+
     /// Iterator over kernel events.
     pub fn kernels(&self) -> impl Iterator<Item = &TraceEvent> {
         self.events.iter().filter(|e| e.is(&Category::Kernel))

@@ -53,6 +53,7 @@ fn hw_metrics_over(transport: Transport) {
         temperature_celsius: Some(61.0),
         power_watts: Some(412.5),
         sm_clock_mhz: Some(1980.0),
+        nvlink_gbps: None,
     });
     // A later sample: memory moved (the up-down counters report the latest value), the
     // rest unread (kept).

@@ -111,6 +111,9 @@ pub struct SpanOptions {
     /// Coarse mode: spans come from scope intervals ([`SpanAssembler::observe_scope_time`]),
     /// not from activity records.
     pub coarse: bool,
+    /// `(rank, world_size)` of a process of a distributed job (the launcher's `RANK` /
+    /// `WORLD_SIZE`): `gpu.request` spans carry `gpuspan.rank` and `gpuspan.world_size`.
+    pub rank: Option<(u32, u32)>,
 }
 
 impl Default for SpanOptions {
@@ -122,6 +125,7 @@ impl Default for SpanOptions {
             seed: 0,
             settle_ms: 600,
             grace_ms: 10_000,
+            rank: None,
             max_pending_gpu: 4 << 20,
             coarse: false,
         }
@@ -377,6 +381,22 @@ fn to_unix(cupti_ns: u64, offset_ns: i64) -> u64 {
     (cupti_ns as i128 + offset_ns as i128).max(0) as u64
 }
 
+/// `(communication, exposed communication)` of a unit's kernels, ns: the union of its
+/// collective kernels' intervals (stage `communication`), and the part of it no other kernel
+/// overlaps (on any stream of the device: a step runs on one).
+fn comm_times(gpu: &[Gpu]) -> (u64, u64) {
+    use crate::interval::{length, overlap, union};
+    let kernels = gpu.iter().filter(|g| g.kind == GpuKind::Kernel && g.end_ns > g.start_ns);
+    let (comm, compute): (Vec<&Gpu>, Vec<&Gpu>) = kernels.partition(|g| &*g.stage == crate::classify::COMMUNICATION);
+    if comm.is_empty() {
+        return (0, 0);
+    }
+    let comm = union(comm.iter().map(|g| (g.start_ns, g.end_ns)).collect());
+    let compute = union(compute.iter().map(|g| (g.start_ns, g.end_ns)).collect());
+    let total = length(&comm);
+    (total, total - overlap(&comm, &compute))
+}
+
 fn attr_str(k: &'static str, v: impl Into<Arc<str>>) -> (Cow<'static, str>, AttrValue) {
     (Cow::Borrowed(k), AttrValue::Str(v.into()))
 }
@@ -442,10 +462,14 @@ impl SpanAssembler {
                                 self.problems.push(p.clone());
                             }
                         }
-                        let span_id = ids::span_id(
-                            &ctx.trace_id,
-                            &[b"gpu.request", &id.to_be_bytes(), &s.begin_ns.to_be_bytes()],
-                        );
+                        // The ranks of a distributed job share the request's trace (and,
+                        // on identical clocks, scope ids and begin times): the rank keeps
+                        // their span ids, and so every descendant's, apart.
+                        let rank = self.opts.rank.map(|(r, _)| r.to_be_bytes());
+                        let span_id = match &rank {
+                            None => ids::span_id(&ctx.trace_id, &[b"gpu.request", &id.to_be_bytes(), &s.begin_ns.to_be_bytes()]),
+                            Some(r) => ids::span_id(&ctx.trace_id, &[b"gpu.request", &id.to_be_bytes(), &s.begin_ns.to_be_bytes(), b"rank", r]),
+                        };
                         // Ordinary attribute values arrive percent-encoded (the APIs escape
                         // spaces and `%`); tracestate and baggage are headers, kept as is.
                         let attrs: Vec<(String, String)> = attrs
@@ -661,7 +685,10 @@ impl SpanAssembler {
             Pending::Api { domain: ApiDomain::Runtime, .. } => unit.expected_runtime += 1,
             Pending::Gpu(mut g) => {
                 unit.received += 1;
-                if let (GpuKind::Kernel, Some(stage)) = (g.kind, scope.attribution.stage) {
+                // A stage scope decides, except for NCCL / RCCL kernels: communication
+                // whatever their scope (crate::classify).
+                let collective = || crate::classify::is_collective_kernel(&g.name);
+                if let (GpuKind::Kernel, Some(stage), false) = (g.kind, scope.attribution.stage, collective()) {
                     g.stage = self
                         .stage_names
                         .entry(stage)
@@ -966,6 +993,7 @@ impl SpanAssembler {
         }
 
         let steps_done = is_step as u64;
+        let (comm_ns, exposed_comm_ns) = comm_times(&unit.gpu);
         if let Some(st) = &step {
             req.steps += 1;
             let (index, count) = (st.index, st.count);
@@ -984,6 +1012,8 @@ impl SpanAssembler {
                 total: count,
                 dur_ns: dur,
                 stage_busy_ns: stage_busy,
+                comm_ns,
+                exposed_comm_ns,
             });
             if emit {
                 let mut attributes = vec![
@@ -991,6 +1021,10 @@ impl SpanAssembler {
                     attr_int("gpuspan.gpu_busy_ns", busy as i64),
                     attr_str("gpuspan.scope", st.name.clone()),
                 ];
+                if comm_ns > 0 {
+                    attributes.push(attr_int("gpuspan.comm_ns", comm_ns as i64));
+                    attributes.push(attr_int("gpuspan.exposed_comm_ns", exposed_comm_ns as i64));
+                }
                 if st.detected {
                     attributes.push(attr_str("gpuspan.step_source", "detected"));
                 }
@@ -1051,6 +1085,10 @@ impl SpanAssembler {
         ];
         if r.steps_detected {
             attributes.push(attr_str("gpuspan.step_source", "detected"));
+        }
+        if let Some((rank, world)) = self.opts.rank {
+            attributes.push(attr_int("gpuspan.rank", rank as i64));
+            attributes.push(attr_int("gpuspan.world_size", world as i64));
         }
         if self.opts.coarse {
             attributes.push(attr_str("gpuspan.timing", r.timing.unwrap_or(TimingSource::CpuFallback).as_str()));

@@ -89,6 +89,11 @@ pub struct StepTiming {
     pub dur_ns: u64,
     /// Per stage: summed GPU time of its activities in this step, ns.
     pub stage_busy_ns: Vec<(Arc<str>, u64)>,
+    /// Union of the intervals of the step's collective kernels (stage `communication`), ns;
+    /// 0 when it ran none.
+    pub comm_ns: u64,
+    /// The part of [`StepTiming::comm_ns`] no other kernel of the step overlaps, ns.
+    pub exposed_comm_ns: u64,
 }
 
 /// GPU timing of one finished request, for the request metrics.

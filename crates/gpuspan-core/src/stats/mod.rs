@@ -56,6 +56,7 @@ mod intervals;
 mod launch;
 mod memcpy;
 mod percentiles;
+pub mod ranks;
 mod steps;
 mod temporal;
 
@@ -112,6 +113,10 @@ pub struct Stats {
     /// read from the trace's ranges: what was found ([`crate::step_detect::Detection`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_detection: Option<crate::step_detect::Detection>,
+    /// A directory of the per-rank captures of a distributed job: the ranks side by side
+    /// ([`ranks::RankStats`], issue 16). Absent for one process's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<ranks::RankStats>,
 }
 
 /// Statistics of all kernels sharing one name (HTA `get_gpu_kernel_breakdown`'s per-name
@@ -264,6 +269,9 @@ pub(crate) fn attribute(trace: &Trace) -> Attribution {
     for (i, step) in assignment {
         let e = &trace.events[i];
         let stage = match e.stage.as_deref() {
+            // NCCL / RCCL kernels are communication whatever scope they ran in
+            // (crate::classify), also in captures written before that rule.
+            _ if crate::classify::is_collective_kernel(&e.name) => intern(crate::classify::COMMUNICATION, &mut stages),
             Some(s) if !s.is_empty() => intern(s, &mut stages),
             _ => match class_cache.get(e.name.as_str()) {
                 Some(&id) => id,
@@ -410,6 +418,7 @@ pub fn compute(trace: &Trace, source: &str) -> Stats {
         launch: launch::launch_stats(trace, &gpu, &launches),
         memcpy: memcpy::memcpy_stats(&gpu),
         step_detection: None,
+        ranks: None,
     }
 }
 

@@ -5,6 +5,7 @@
 
 use super::read::{read_trace_with, ReadOptions, Skipped};
 use super::{ReadError, ReadErrorKind};
+use gpuspan_core::stats::ranks::{RankStats, RankSummary};
 use gpuspan_core::trace::Trace;
 use std::path::{Path, PathBuf};
 
@@ -62,17 +63,61 @@ pub fn read_captures(path: &Path) -> Result<Trace, ReadError> {
 /// [`read_captures`] with [`ReadOptions`] (each file read by
 /// [`super::read::read_trace_with`]): the merged trace and every file's skipped events.
 pub fn read_captures_with(path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
+    read_captures_ranked(path, opts).map(|(t, s, _)| (t, s))
+}
+
+/// [`read_captures_with`], and for a directory whose traces come from two or more ranks of
+/// a distributed job (`distributedInfo.rank`, [`Trace::rank`]) the ranks side by side
+/// ([`RankStats`], issue 16), each rank summarised from its own file as it is read (a
+/// merged trace no longer tells the ranks apart: their GPU rows share device 0). `None`
+/// for a file or a directory of one rank.
+pub fn read_captures_ranked(path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped, Option<RankStats>), ReadError> {
     if !path.is_dir() {
-        return read_trace_with(path, opts);
+        return read_trace_with(path, opts).map(|(t, s)| (t, s, None));
+    }
+    let mut skipped = Skipped::default();
+    let mut traces = Vec::new();
+    let mut ranks = Vec::new();
+    for f in trace_files(path)? {
+        let (t, s) = read_trace_with(&f, opts)?;
+        skipped.add(s);
+        if let Some(r) = t.rank() {
+            ranks.push(RankSummary::of(r, &t));
+        }
+        traces.push(t);
+    }
+    Ok((merge(traces), skipped, RankStats::combine(ranks)))
+}
+
+/// Traces with the rank each names (`distributedInfo.rank`), in file order.
+pub type RankTraces = Vec<(Option<u32>, Trace)>;
+
+/// The traces of `path` one by one, each with its rank (`distributedInfo.rank`), moved onto
+/// one time base (the earliest `baseTimeNanoseconds`, as [`merge`] does), unmerged: what a
+/// view of a distributed job's ranks side by side needs (`Waterfall::from_ranks`). A file
+/// is one trace. Errors: as [`read_captures_with`].
+pub fn read_rank_traces(path: &Path, opts: ReadOptions) -> Result<(RankTraces, Skipped), ReadError> {
+    if !path.is_dir() {
+        return read_trace_with(path, opts).map(|(t, s)| (vec![(t.rank(), t)], s));
     }
     let mut skipped = Skipped::default();
     let mut traces = Vec::new();
     for f in trace_files(path)? {
         let (t, s) = read_trace_with(&f, opts)?;
         skipped.add(s);
-        traces.push(t);
+        traces.push((t.rank(), t));
     }
-    Ok((merge(traces), skipped))
+    let base = traces.iter().filter_map(|(_, t)| t.base_time_ns).min();
+    for (_, t) in &mut traces {
+        if let (Some(b), Some(m)) = (t.base_time_ns, base) {
+            let shift_us = (b - m) as f64 / 1000.0;
+            if shift_us != 0.0 {
+                t.events.iter_mut().for_each(|e| e.ts_us += shift_us);
+            }
+            t.base_time_ns = Some(m);
+        }
+    }
+    Ok((traces, skipped))
 }
 
 /// Merges traces as [`read_captures`] describes.

@@ -616,6 +616,12 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
                         self.state.trace.device_properties = Some(v);
                     }
                 }
+                "distributedInfo" => {
+                    let v: Value = map.next_value()?;
+                    if !v.is_null() {
+                        self.state.trace.distributed_info = Some(v);
+                    }
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }

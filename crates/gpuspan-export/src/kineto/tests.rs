@@ -394,6 +394,7 @@ fn sample_trace() -> Trace {
         base_time_ns: Some(1_751_410_836_000_000_000),
         schema_version: None,
         device_properties: Some(json!([{"id": 0, "name": "NVIDIA H100 80GB HBM3"}])),
+        distributed_info: Some(json!({"backend": "nccl", "rank": 3, "world_size": 8})),
         process_names: [(4242, "python3".to_string())].into_iter().collect(),
         thread_names: [((4242, 4243), "thread 4243 (python3)".to_string())]
             .into_iter()

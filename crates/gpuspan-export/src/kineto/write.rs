@@ -334,6 +334,9 @@ impl Serialize for TraceOut<'_> {
         if let Some(p) = &t.device_properties {
             m.serialize_entry("deviceProperties", p)?;
         }
+        if let Some(d) = &t.distributed_info {
+            m.serialize_entry("distributedInfo", d)?;
+        }
         m.serialize_entry(
             "traceEvents",
             &EventsOut {

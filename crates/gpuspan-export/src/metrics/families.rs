@@ -13,6 +13,10 @@ pub(crate) const VAE_BUCKETS_S: [f64; 8] = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0
 pub(crate) const VIDEO_BUCKETS_S: [f64; 10] =
     [5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0];
 
+/// `tensor_parallel_comm_duration_ms` and `gpuspan_exposed_comm_duration_ms` buckets, ms
+/// (the platform spec alerts over 50 ms).
+pub(crate) const COMM_BUCKETS_MS: [f64; 10] = [1.0, 2.0, 5.0, 10.0, 20.0, 35.0, 50.0, 100.0, 200.0, 500.0];
+
 /// gpuspan stage name (NVTX stage span) → `step_type` label value.
 pub(crate) const STAGE_STEP_TYPES: [(&str, &str); 4] = [
     ("attention.spatial", "spatial_attn"),
@@ -61,6 +65,10 @@ pub(crate) fn step_histogram() -> ExemplarHistogram {
     HistogramWithExemplars::new(STEP_BUCKETS_MS.into_iter())
 }
 
+pub(crate) fn comm_histogram() -> ExemplarHistogram {
+    HistogramWithExemplars::new(COMM_BUCKETS_MS.into_iter())
+}
+
 pub(crate) fn vae_histogram() -> ExemplarHistogram {
     HistogramWithExemplars::new(VAE_BUCKETS_S.into_iter())
 }
@@ -72,6 +80,15 @@ pub(crate) fn video_histogram() -> ExemplarHistogram {
 // HELP texts. prometheus-client appends the final full stop. No backslash, double quote or
 // newline (OpenMetrics and Prometheus escape HELP differently; these need neither).
 
+pub(crate) const COMM_HELP: &str = "Collective communication time of one DiT denoising step on \
+this GPU in milliseconds: the union of its NCCL kernels' intervals, time spent waiting for the \
+slowest rank included (CUPTI)";
+pub(crate) const EXPOSED_COMM_HELP: &str = "Collective communication time of one DiT denoising \
+step that no other kernel on this GPU overlapped, in milliseconds: what the step pays for it \
+(CUPTI)";
+pub(crate) const NVLINK_HELP: &str = "NVLink data the GPU transmitted per second over the last \
+NVML sample period, in gigabytes (1e9 bytes) per second, as NVIDIA quotes NVLink bandwidth \
+(NVML NVLINK_THROUGHPUT_DATA_TX)";
 pub(crate) const STEP_HELP: &str = "GPU time of one DiT denoising step in milliseconds, from \
 CUPTI activity records of the step's NVTX scope: step_type step is the step's GPU span (first \
 GPU start to last GPU end), spatial_attn, temporal_attn, cross_attn and ffn are the summed \

@@ -9,6 +9,9 @@
 //! | `vae_decode_duration_seconds` | histogram, exemplars | `model` | s | [`RequestTiming::vae_decode_ns`] |
 //! | `video_generation_duration_seconds` | histogram, exemplars | `model` | s | [`RequestTiming::dur_ns`] |
 //! | `frames_per_second_generated` | gauge | `model` | frames/s | [`RequestTiming`] frames / GPU duration |
+//! | `tensor_parallel_comm_duration_ms` | histogram, exemplars | `model` | ms | [`StepTiming::comm_ns`], steps with communication only |
+//! | `gpuspan_exposed_comm_duration_ms` | histogram, exemplars | `model` | ms | [`StepTiming::exposed_comm_ns`], steps with communication only |
+//! | `nvlink_bandwidth_gbps` | gauge | `gpu_index`, `gpu_type` | GB/s (1e9 B/s) | NVML NVLink TX counter ([`GpuSample::nvlink_gbps`]) |
 //! | `gpu_utilization_percent` | gauge | `gpu_index`, `gpu_type` | % | NVML ([`GpuSample`]) |
 //! | `gpu_memory_used_bytes` | gauge | `gpu_index`, `gpu_type` | bytes | NVML |
 //! | `gpu_memory_utilization_percent` | gauge | `gpu_index`, `gpu_type` | % | NVML used / total |
@@ -96,6 +99,10 @@ pub struct GpuSample {
     pub power_watts: Option<f64>,
     /// SM clock, MHz (`nvmlDeviceGetClockInfo(SM)`).
     pub sm_clock_mhz: Option<f64>,
+    /// NVLink data transmitted per second since the previous sample, GB/s (1e9 bytes / s;
+    /// from `NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX` over the samples' NVML timestamps).
+    /// `None` for a GPU without NVLink or before a second reading.
+    pub nvlink_gbps: Option<f64>,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -111,6 +118,7 @@ struct GpuFamilies {
     temperature: Family<GpuLabels, FloatGauge>,
     power: Family<GpuLabels, FloatGauge>,
     sm_clock: Family<GpuLabels, FloatGauge>,
+    nvlink: Family<GpuLabels, FloatGauge>,
 }
 
 /// The agent's metrics: a `prometheus-client` registry and handles on its families.
@@ -126,6 +134,8 @@ pub struct Metrics {
     step: HistFamily,
     vae: ModelHistFamily,
     video: ModelHistFamily,
+    comm: ModelHistFamily,
+    exposed_comm: ModelHistFamily,
     fps: Family<ModelLabels, FloatGauge>,
     gpu: GpuFamilies,
     records: Counter,
@@ -179,6 +189,8 @@ impl Metrics {
         let step: HistFamily = Family::new_with_constructor(step_histogram);
         let vae: ModelHistFamily = Family::new_with_constructor(vae_histogram);
         let video: ModelHistFamily = Family::new_with_constructor(video_histogram);
+        let comm: ModelHistFamily = Family::new_with_constructor(comm_histogram);
+        let exposed_comm: ModelHistFamily = Family::new_with_constructor(comm_histogram);
         let fps = Family::<ModelLabels, FloatGauge>::default();
         let records = Counter::default();
         let dropped = Family::<ReasonLabels, Counter>::default();
@@ -193,6 +205,8 @@ impl Metrics {
             video.clone(),
         );
         registry.register("frames_per_second_generated", FPS_HELP, fps.clone());
+        registry.register("tensor_parallel_comm_duration_ms", COMM_HELP, comm.clone());
+        registry.register("gpuspan_exposed_comm_duration_ms", EXPOSED_COMM_HELP, exposed_comm.clone());
         // Counters are registered without `_total`: the encoder appends it to the sample.
         registry.register("gpuspan_records", RECORDS_HELP, records.clone());
         registry.register("gpuspan_records_dropped", DROPPED_HELP, dropped.clone());
@@ -229,6 +243,7 @@ impl Metrics {
         );
         g.register("gpu_power_watts", GPU_POWER_HELP, gpu.power.clone());
         g.register("gpu_sm_clock_mhz", GPU_SM_CLOCK_HELP, gpu.sm_clock.clone());
+        g.register("nvlink_bandwidth_gbps", NVLINK_HELP, gpu.nvlink.clone());
 
         Arc::new(Metrics {
             registry,
@@ -237,6 +252,8 @@ impl Metrics {
             step,
             vae,
             video,
+            comm,
+            exposed_comm,
             fps,
             gpu,
             records,
@@ -259,8 +276,10 @@ impl Metrics {
     /// `step_type="step"` ← [`StepTiming::dur_ns`]; `spatial_attn` / `temporal_attn` /
     /// `cross_attn` / `ffn` ← the step's `stage_busy_ns` of stage `attention.spatial` /
     /// `attention.temporal` / `attention.cross` / `ffn`, only when that stage is present
-    /// (a stage listed twice is summed). Each observation sets its bucket's exemplar to
-    /// `{trace_id="<32 hex>"}`.
+    /// (a stage listed twice is summed). A step with collective communication also observes
+    /// `tensor_parallel_comm_duration_ms` ← [`StepTiming::comm_ns`] and
+    /// `gpuspan_exposed_comm_duration_ms` ← [`StepTiming::exposed_comm_ns`] (ms). Each
+    /// observation sets its bucket's exemplar to `{trace_id="<32 hex>"}`.
     pub fn observe_step(&self, t: &StepTiming) {
         let trace = TraceExemplar {
             trace_id: hex(&t.trace_id),
@@ -278,6 +297,14 @@ impl Metrics {
             }
         };
         observe("step", t.dur_ns);
+        if t.comm_ns > 0 {
+            for (family, ns, name) in [(&self.comm, t.comm_ns, "tensor_parallel_comm_duration_ms"), (&self.exposed_comm, t.exposed_comm_ns, "gpuspan_exposed_comm_duration_ms")] {
+                family.get_or_create(&ModelLabels { model: model.clone() }).observe(ns_to_ms(ns), Some(trace.clone()), None);
+                if let Some(o) = self.otlp.get() {
+                    o.comm_ms(name, &model, ns_to_ms(ns));
+                }
+            }
+        }
         for (stage, step_type) in STAGE_STEP_TYPES {
             let mut found = false;
             let mut ns = 0u64;
@@ -377,6 +404,7 @@ impl Metrics {
         set("gpu_temperature_celsius", &g.temperature, s.temperature_celsius);
         set("gpu_power_watts", &g.power, s.power_watts);
         set("gpu_sm_clock_mhz", &g.sm_clock, s.sm_clock_mhz);
+        set("nvlink_bandwidth_gbps", &g.nvlink, s.nvlink_gbps);
         if let Some(o) = otlp {
             o.hw_sample(s, &self.gpu_type);
         }

@@ -31,6 +31,8 @@ fn step(model: &str, trace: [u8; 16], dur_ms: u64, stages: &[(&str, u64)]) -> St
             .iter()
             .map(|(s, ms)| (Arc::from(*s), ms * 1_000_000))
             .collect(),
+        comm_ns: 0,
+        exposed_comm_ns: 0,
     }
 }
 
@@ -385,6 +387,7 @@ fn gpu_gauges_absent_until_sampled() {
         temperature_celsius: Some(61.0),
         power_watts: Some(412.5),
         sm_clock_mhz: Some(1980.0),
+        nvlink_gbps: None,
     });
     let s = parse(&m.encode_prometheus_text());
     assert_eq!(
@@ -481,6 +484,7 @@ fn populated() -> Arc<Metrics> {
         temperature_celsius: Some(64.0),
         power_watts: Some(640.0),
         sm_clock_mhz: Some(1980.0),
+        nvlink_gbps: None,
     });
     m.set_agent_counters(12_345, &[("cupti", 3), ("buffer_pool_empty", 0)], true);
     m

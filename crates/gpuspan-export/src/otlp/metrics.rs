@@ -33,6 +33,8 @@ pub struct OtlpMetrics {
     step: Histogram<f64>,
     vae: Histogram<f64>,
     video: Histogram<f64>,
+    /// `tensor_parallel_comm_duration_ms` and `gpuspan_exposed_comm_duration_ms`, by name.
+    comm: HashMap<&'static str, Histogram<f64>>,
     fps: Gauge<f64>,
     gpu: HashMap<&'static str, Gauge<f64>>,
     records: Counter<u64>,
@@ -102,13 +104,14 @@ impl std::fmt::Debug for OtlpMetrics {
 }
 
 /// Names of the NVML gauges, as in the Prometheus families.
-pub const GPU_GAUGES: [(&str, &str); 6] = [
+pub const GPU_GAUGES: [(&str, &str); 7] = [
     ("gpu_utilization_percent", "%"),
     ("gpu_memory_used_bytes", "By"),
     ("gpu_memory_utilization_percent", "%"),
     ("gpu_temperature_celsius", "Cel"),
     ("gpu_power_watts", "W"),
     ("gpu_sm_clock_mhz", "MHz"),
+    ("nvlink_bandwidth_gbps", "GBy/s"),
 ];
 
 impl OtlpMetrics {
@@ -156,6 +159,10 @@ impl OtlpMetrics {
             .with_boundaries(f::VIDEO_BUCKETS_S.to_vec())
             .build();
         let fps = meter.f64_gauge("frames_per_second_generated").with_unit("{frame}/s").build();
+        let comm = [("tensor_parallel_comm_duration_ms", f::COMM_HELP), ("gpuspan_exposed_comm_duration_ms", f::EXPOSED_COMM_HELP)]
+            .into_iter()
+            .map(|(n, help)| (n, meter.f64_histogram(n).with_unit("ms").with_description(help).with_boundaries(f::COMM_BUCKETS_MS.to_vec()).build()))
+            .collect();
         let gpu = GPU_GAUGES.iter().map(|(n, u)| (*n, meter.f64_gauge(*n).with_unit(*u).build())).collect();
         let records = meter.u64_counter("gpuspan_records").with_unit("{record}").build();
         let dropped = meter.u64_counter("gpuspan_records_dropped").with_unit("{record}").build();
@@ -169,6 +176,7 @@ impl OtlpMetrics {
             step,
             vae,
             video,
+            comm,
             fps,
             gpu,
             records,
@@ -188,6 +196,14 @@ impl OtlpMetrics {
     /// One `dit_inference_step_duration_ms` observation.
     pub fn step_ms(&self, model: &str, step_type: &'static str, ms: f64) {
         self.step.record(ms, &self.attrs(&[("model", model), ("step_type", step_type)]));
+    }
+
+    /// One `tensor_parallel_comm_duration_ms` or `gpuspan_exposed_comm_duration_ms`
+    /// observation (`name`).
+    pub fn comm_ms(&self, name: &'static str, model: &str, ms: f64) {
+        if let Some(h) = self.comm.get(name) {
+            h.record(ms, &self.attrs(&[("model", model)]));
+        }
     }
 
     /// One `vae_decode_duration_seconds` observation.

@@ -299,6 +299,7 @@ mod tests {
             temperature_celsius: Some(61.5),
             power_watts: Some(412.5),
             sm_clock_mhz: Some(1980.0),
+            nvlink_gbps: None,
         }
     }
 

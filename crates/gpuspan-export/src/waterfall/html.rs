@@ -5,6 +5,8 @@
 //! The data is one JSON object in a `<script type="application/json">` element, columnar and
 //! interned so a 100 000-kernel capture stays a few MB:
 //! - `stages`, `colours` (`#rrggbb`, per stage), `names` (event names), `lanes` (row labels),
+//!   `lr` (per lane, its rank in a waterfall of ranks, −1 otherwise: consecutive lanes of one
+//!   rank are drawn as a lane group),
 //!   `cfgs` (distinct launch configurations `[grid x, y, z, block x, y, z, registers per
 //!   thread, shared memory bytes]`, −1 where unknown), `slowest` (the slowest step's index),
 //!   `sel` (the step shown first);
@@ -41,6 +43,7 @@ struct Data<'a> {
     names: &'a [String],
     cfgs: Vec<[i64; 8]>,
     lanes: Vec<String>,
+    lr: Vec<i64>,
     slowest: Option<usize>,
     sel: Option<usize>,
     steps: Vec<StepData>,
@@ -87,8 +90,9 @@ fn data(w: &Waterfall, selected: Option<usize>) -> Data<'_> {
         .into_iter()
         .map(|s| s.colour)
         .collect();
-    let mut lane_ids: HashMap<(i64, i64), u32> = HashMap::new();
+    let mut lane_ids: HashMap<(Option<u32>, i64, i64), u32> = HashMap::new();
     let mut lanes: Vec<String> = Vec::new();
+    let mut lr: Vec<i64> = Vec::new();
     let mut cfg_ids: HashMap<[i64; 8], u32> = HashMap::new();
     let mut cfgs: Vec<[i64; 8]> = Vec::new();
     let steps = w
@@ -99,8 +103,9 @@ fn data(w: &Waterfall, selected: Option<usize>) -> Data<'_> {
                 .lanes
                 .iter()
                 .map(|l| {
-                    *lane_ids.entry((l.device, l.stream)).or_insert_with(|| {
+                    *lane_ids.entry((l.rank, l.device, l.stream)).or_insert_with(|| {
                         lanes.push(l.label.clone());
+                        lr.push(l.rank.map_or(-1, i64::from));
                         (lanes.len() - 1) as u32
                     })
                 })
@@ -178,6 +183,7 @@ fn data(w: &Waterfall, selected: Option<usize>) -> Data<'_> {
         names: &w.names,
         cfgs,
         lanes,
+        lr,
         slowest: w.slowest_step(),
         sel: selected
             .filter(|&i| i < w.steps.len())

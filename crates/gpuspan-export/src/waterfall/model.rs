@@ -50,7 +50,8 @@ pub struct Bar {
     pub stage: u32,
     /// Kernel, memcpy or memset.
     pub kind: BarKind,
-    /// Index of the event in [`Trace::events`].
+    /// Index of the event in [`Trace::events`] (of its rank's trace, in a waterfall of
+    /// ranks).
     pub event: usize,
     /// CUPTI correlation id.
     pub correlation: Option<i64>,
@@ -79,8 +80,12 @@ pub struct Lane {
     /// Stream id (`args.stream`, else the event's `tid`).
     pub stream: i64,
     /// Row label: `GPU<device> ` and the trace's thread name for that row (`stream 7`), or
-    /// `stream <id>` when the trace names none.
+    /// `stream <id>` when the trace names none; `rank <r> · ` before it in a waterfall of
+    /// ranks ([`Waterfall::from_ranks`]).
     pub label: String,
+    /// The rank whose lane this is, in a waterfall of a distributed job's ranks (lanes of
+    /// one rank form a lane group); `None` for one process's trace.
+    pub rank: Option<u32>,
     /// Its bars, by start (ties: longer first).
     pub bars: Vec<Bar>,
 }
@@ -186,6 +191,74 @@ impl Waterfall {
     /// Builds the waterfall of `trace`; `source` is copied into [`Waterfall::source`].
     pub fn from_trace(trace: &Trace, source: &str) -> Waterfall {
         Builder::new(trace).build(source)
+    }
+
+    /// The waterfall of a distributed job: one trace per rank, on one time base (as
+    /// `gpuspan_export::kineto::read_rank_traces` gives them). Step `k` holds step `k` of
+    /// every rank that has it (the ranks run the same steps: NCCL would hang otherwise),
+    /// each rank's lanes as one lane group (`Lane::rank`, labels `rank <r> · …`), in rank
+    /// order; the ranks' steps line up on their own times, which collectives keep together.
+    /// Steps are matched by position among each kind ([`StepKind::Range`] first, then
+    /// `Outside` / `Whole`); the name is the lowest rank's. Stages are ordered by total time
+    /// over all ranks.
+    pub fn from_ranks(ranks: &[(u32, Trace)], source: &str) -> Waterfall {
+        let mut per: Vec<(u32, Waterfall)> = ranks.iter().map(|(r, t)| (*r, Waterfall::from_trace(t, source))).collect();
+        per.sort_by_key(|p| p.0);
+        // Stages by total time over all ranks, descending (ties by name).
+        let mut totals: HashMap<&str, f64> = HashMap::new();
+        for (_, w) in &per {
+            for s in &w.steps {
+                for (i, t) in s.stage_totals_us.iter().enumerate() {
+                    *totals.entry(w.stages[i].as_str()).or_default() += t;
+                }
+            }
+        }
+        let mut stages: Vec<String> = totals.keys().map(|s| s.to_string()).collect();
+        stages.sort_by(|a, b| totals[b.as_str()].total_cmp(&totals[a.as_str()]).then_with(|| a.cmp(b)));
+        let stage_id: HashMap<&str, u32> = stages.iter().enumerate().map(|(i, s)| (s.as_str(), i as u32)).collect();
+        let mut names = Interner::default();
+        let mut steps: Vec<Step> = Vec::new();
+        for kinds in [&[StepKind::Range][..], &[StepKind::Outside, StepKind::Whole][..]] {
+            let of_kind = |w: &Waterfall| w.steps.iter().filter(|s| kinds.contains(&s.kind)).count();
+            let n = per.iter().map(|(_, w)| of_kind(w)).max().unwrap_or(0);
+            for k in 0..n {
+                let mut step: Option<Step> = None;
+                for (rank, w) in &per {
+                    let Some(src) = w.steps.iter().filter(|s| kinds.contains(&s.kind)).nth(k) else { continue };
+                    let out = step.get_or_insert_with(|| empty_step(&src.name, src.kind, src.range_start_us, src.range_dur_us, stages.len()));
+                    let end = (out.range_start_us + out.range_dur_us).max(src.range_start_us + src.range_dur_us);
+                    out.range_start_us = out.range_start_us.min(src.range_start_us);
+                    out.range_dur_us = end - out.range_start_us;
+                    out.kernel_count += src.kernel_count;
+                    out.kernel_total_us += src.kernel_total_us;
+                    for (i, t) in src.stage_totals_us.iter().enumerate() {
+                        out.stage_totals_us[stage_id[w.stages[i].as_str()] as usize] += t;
+                    }
+                    for lane in &src.lanes {
+                        let bars = lane
+                            .bars
+                            .iter()
+                            .map(|b| Bar { name: names.id(&w.names[b.name as usize]), stage: stage_id[w.stages[b.stage as usize].as_str()], ..b.clone() })
+                            .collect();
+                        out.lanes.push(Lane { device: lane.device, stream: lane.stream, label: format!("rank {rank} \u{b7} {}", lane.label), rank: Some(*rank), bars });
+                    }
+                }
+                if let Some(mut s) = step {
+                    finish_step(&mut s);
+                    steps.push(s);
+                }
+            }
+        }
+        Waterfall { source: source.to_string(), stages, names: names.names, steps }
+    }
+
+    /// Number of lane groups (ranks) of step `index`; 1 for one process's trace, 0 for an
+    /// empty step.
+    pub fn lane_groups(&self, index: usize) -> usize {
+        let Some(s) = self.steps.get(index) else { return 0 };
+        let mut ranks: Vec<Option<u32>> = s.lanes.iter().map(|l| l.rank).collect();
+        ranks.dedup();
+        ranks.len()
     }
 
     /// Number of real steps (kind [`StepKind::Range`]).
@@ -444,6 +517,7 @@ impl<'a> Builder<'a> {
                         device: p.device,
                         stream: p.stream,
                         label,
+                        rank: None,
                         bars: Vec::new(),
                     });
                     step.lanes.len() - 1
@@ -485,7 +559,7 @@ fn empty_step(name: &str, kind: StepKind, start: f64, dur: f64, n_stages: usize)
 
 /// Sorts lanes and bars, computes the window and the busy union.
 fn finish_step(s: &mut Step) {
-    s.lanes.sort_by_key(|l| (l.device, l.stream));
+    s.lanes.sort_by_key(|l| (l.rank, l.device, l.stream));
     for l in &mut s.lanes {
         l.bars.sort_by(|a, b| {
             a.start_us

@@ -7,7 +7,7 @@
   const D = JSON.parse(document.getElementById("data").textContent);
   const $ = (id) => document.getElementById(id);
   const COL = D.colours;
-  const AXIS = 26, LANE = 26, LABEL = 150, PADR = 10;
+  const AXIS = 26, LANE = 26, LABEL = 170, PADR = 10;
   const CHART_L = 64, CHART_B = 18, CHART_T = 14;
 
   function fmtUs(us) {
@@ -235,11 +235,19 @@
     }
     ctx.textAlign = "left";
     drawn = 0;
+    // Lane groups: consecutive lanes of one rank (D.lr; -1 outside a waterfall of ranks),
+    // a rule above each group after the first.
+    let groups = 0;
     for (let r = 0; r < rows; r++) {
       const y = AXIS + r * LANE;
+      const grp = D.lr ? D.lr[s.ln[r]] : -1;
+      if (r === 0 || grp !== (D.lr ? D.lr[s.ln[r - 1]] : -1)) {
+        groups++;
+        if (r > 0) { ctx.fillStyle = "#8a94a3"; ctx.fillRect(0, y - 1, W, 2); }
+      }
       if (r % 2) { ctx.fillStyle = "#f6f8fa"; ctx.fillRect(0, y, W, LANE); }
       ctx.fillStyle = "#1d2330";
-      ctx.fillText(D.lanes[s.ln[r]].slice(0, 22), 6, y + LANE / 2);
+      ctx.fillText(D.lanes[s.ln[r]].slice(0, 26), 6, y + LANE / 2);
       const row = d.rows[r], st = row.start, du = row.dur, g = row.k.g;
       ctx.save();
       ctx.beginPath(); ctx.rect(LABEL, y, plotW, LANE); ctx.clip();
@@ -265,6 +273,7 @@
     ctx.strokeStyle = "#c4cad3";
     ctx.beginPath(); ctx.moveTo(LABEL - 0.5, 0); ctx.lineTo(LABEL - 0.5, H); ctx.stroke();
     document.body.dataset.drawnBars = String(drawn);
+    document.body.dataset.laneGroups = String(groups);
     // What is on screen, for tests and scripts: the step and the visible range (µs from
     // the step's window start).
     document.body.dataset.step = String(cur);

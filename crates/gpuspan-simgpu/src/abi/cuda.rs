@@ -618,10 +618,23 @@ pub unsafe extern "C" fn cuLaunchKernel(
                 return Ok(());
             }
             let ready = ctx.t0_ns + costs::LAUNCH_LATENCY_NS;
+            let collective = st.collectives.get(&(f as usize as u64)).copied().filter(|_| st.node.in_node());
+            let dur = match collective {
+                // An NCCL kernel of a node's rank: its parameter is the message size; it
+                // ends when every rank has arrived and the transfer is done (sim::node).
+                Some(kind) => {
+                    let start = ready.max(st.timeline.tail_ns(h as usize as u64).ok_or(CUDA_ERROR_INVALID_HANDLE)?);
+                    st.node.collective(kind, dur, start) - start
+                }
+                None => dur,
+            };
             let p = st
                 .timeline
                 .place(h as usize as u64, ready, dur, WorkKind::Kernel)
                 .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+            if collective.is_none() {
+                st.node.note_kernel(p.start_ns, p.end_ns);
+            }
             st.grid_id += 1;
             if let Some(k) = st.cupti.kernel_kind() {
                 let fields = KernelFields {

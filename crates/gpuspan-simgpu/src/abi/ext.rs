@@ -6,6 +6,7 @@
 //! | `int gpuspanSimIsVirtual(void)` | 1 with the virtual clock, 0 with the real one |
 //! | `gpuspanSimCuptiCounters(uint64_t *subscribes, uint64_t *enables)` | cuptiSubscribe / cuptiActivityEnable call counts |
 //! | `gpuspanSimCuptiSubscription(uint64_t *unsubscribes, int *subscribed, uint64_t *kinds_enabled)` | cuptiUnsubscribe calls, a subscriber held now (0/1), activity kinds enabled now |
+//! | `gpuspanSimNodeTruth(GpuspanSimNodeTruth *out)` | ground truth of this rank's device: collectives, communication, exposed communication, NVLink bytes (`sim::node::Truth`; `now_ns` of the sim's clock not included) |
 //! | `gpuspanSimReset(void)` | test only: fresh simulator, environment re-read, held buffers forgotten |
 
 // Safety contract of every export: the C prototype of the function it replaces (cuda.h,
@@ -96,4 +97,17 @@ pub fn own_symbol(name: &str) -> Option<*mut c_void> {
     // SAFETY: balances the dlopen above.
     unsafe { libc::dlclose(h) };
     (!p.is_null()).then_some(p)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn gpuspanSimNodeTruth(out: *mut sim::node::Truth) {
+    guard(|| {
+        let t = sim().lock().node.truth();
+        // SAFETY: `out` is NULL or points at a writable `Truth` (repr(C)), per the table above.
+        unsafe {
+            if !out.is_null() {
+                out.write(t);
+            }
+        }
+    })
 }

@@ -8,7 +8,7 @@
 use super::guard;
 use crate::sim::timeline::WorkKind;
 use crate::sim::{device, sim, State};
-use std::ffi::{c_char, c_uint, c_void, CStr};
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 
 /// `nvmlReturn_t` values (nvml.h).
 pub mod ret {
@@ -383,6 +383,82 @@ pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(dev: *mut c_void, mw: *mut c_ui
             mw,
             device::IDLE_POWER_MW + (device::BUSY_POWER_MW - device::IDLE_POWER_MW) / 100 * gpu,
         )
+    })
+}
+
+/// `NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX` (nvml.h field ids): NVLink data transmitted,
+/// KiB, counting since the driver loaded.
+pub const FI_NVLINK_THROUGHPUT_DATA_TX: u32 = 138;
+/// `NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX`: NVLink data received, KiB.
+pub const FI_NVLINK_THROUGHPUT_DATA_RX: u32 = 139;
+/// `NVML_VALUE_TYPE_UNSIGNED_LONG_LONG` (nvml.h `nvmlValueType_t`).
+const VALUE_TYPE_ULL: c_uint = 3;
+
+/// `nvmlFieldValue_t` (nvml.h): 40 bytes.
+#[repr(C)]
+pub struct NvmlFieldValue {
+    /// `NVML_FI_*` id.
+    pub field_id: c_uint,
+    /// Link id, or `UINT_MAX` for all links.
+    pub scope_id: c_uint,
+    /// CPU time of the reading, µs.
+    pub timestamp_us: i64,
+    /// How long the reading took, µs.
+    pub latency_us: i64,
+    /// `nvmlValueType_t`.
+    pub value_type: c_uint,
+    /// This field's `nvmlReturn_t`.
+    pub nvml_return: c_uint,
+    /// `nvmlValue_t` (a union of 8 bytes; the sim writes `ullVal`).
+    pub value: u64,
+}
+
+/// `nvmlDeviceGetFieldValues`: the NVLink throughput counters (TX / RX data, KiB: the bytes
+/// this process's device moved in NCCL collectives, `sim::node`; all of a node's
+/// collectives are symmetric, so RX = TX; a link's share is 1/18 of the device's). Other
+/// devices of the node read 0 (their traffic is in other processes); other fields say
+/// NOT_SUPPORTED in their own `nvmlReturn`.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetFieldValues(dev: *mut c_void, count: c_int, values: *mut NvmlFieldValue) -> u32 {
+    with_any_device(dev, |st, i| {
+        if values.is_null() || count < 0 {
+            return ret::INVALID_ARGUMENT;
+        }
+        let now = st.clock.now_ns();
+        let bytes = idle_reading(st, i, 0).unwrap_or_else(|| st.node.nvlink_tx_bytes_at(now));
+        for k in 0..count as usize {
+            // SAFETY: the caller passes an array of `count` field values (nvml.h).
+            let v = unsafe { &mut *values.add(k) };
+            v.timestamp_us = (now / 1000) as i64;
+            v.latency_us = 0;
+            match v.field_id {
+                FI_NVLINK_THROUGHPUT_DATA_TX | FI_NVLINK_THROUGHPUT_DATA_RX => {
+                    let b = if v.scope_id == c_uint::MAX { bytes } else if v.scope_id < crate::sim::node::NVLINK_LINKS { bytes / crate::sim::node::NVLINK_LINKS as u64 } else {
+                        v.nvml_return = ret::INVALID_ARGUMENT;
+                        continue;
+                    };
+                    v.value_type = VALUE_TYPE_ULL;
+                    v.value = b / 1024;
+                    v.nvml_return = ret::SUCCESS;
+                }
+                _ => v.nvml_return = ret::NOT_SUPPORTED,
+            }
+        }
+        ret::SUCCESS
+    })
+}
+
+/// `nvmlDeviceGetNvLinkState`: `NVML_FEATURE_ENABLED` (1) for the H100 SXM's 18 links when
+/// the process is a rank of a simulated node (`sim::node`), `NVML_FEATURE_DISABLED` (0)
+/// otherwise (a lone simulated GPU is modelled without NVLink peers); INVALID_ARGUMENT for a
+/// link ≥ 18.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetNvLinkState(dev: *mut c_void, link: c_uint, active: *mut c_uint) -> u32 {
+    with_any_device(dev, |st, _| {
+        if link >= crate::sim::node::NVLINK_LINKS {
+            return ret::INVALID_ARGUMENT;
+        }
+        put(active, c_uint::from(st.node.in_node()))
     })
 }
 

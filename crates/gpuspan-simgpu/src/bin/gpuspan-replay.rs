@@ -52,6 +52,19 @@
 //! `--exit-after-ms MS` starts a second thread that calls `exit(0)` after MS ms while the
 //! main thread keeps launching.
 //!
+//! `--ranks N` (presets only) runs the request as N sequence-parallel ranks
+//! (`workload::parallel`: Ulysses all-to-alls around attention, a prefetch all-gather behind
+//! cross attention, an all-gather of the latents before the VAE, on NCCL's stream). The
+//! process becomes a launcher, as torchrun: it makes a node directory
+//! (`GPUSPAN_SIM_NODE_DIR`, where the simulated devices' collectives meet, `sim::node`) and
+//! starts N copies of itself with `RANK`, `LOCAL_RANK`, `WORLD_SIZE` and
+//! `CUDA_VISIBLE_DEVICES=<rank>`, waits for all, removes the directory and exits with the
+//! worst status. A process started with `RANK` set is one rank: it prints, last,
+//! `node truth: rank=R world=N collectives=C comm_ns=.. compute_ns=.. exposed_comm_ns=..
+//! nvlink_tx_bytes=..`, the simulator's own account of its device (`gpuspanSimNodeTruth`).
+//! `--slow-rank R:F` makes rank R's kernels F times as long. Every rank's requests carry the
+//! same deterministic traceparents, so each request's spans from all ranks share one trace.
+//!
 //! Exit codes: 0 done; 1 a CUDA call failed (with `--cuda-graph`, a capture, instantiation
 //! or graph launch failure names the driver's error, `cuGetErrorName`); 2 bad workload
 //! (unknown preset, unreadable or invalid trace, not capturable with `--cuda-graph`); 3 no
@@ -61,10 +74,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gpuspan_simgpu::workload::exec::{execute_requests, open_driver, ExecError, ExecOptions};
+use gpuspan_simgpu::workload::exec::{execute_requests, node_truth, open_driver, ExecError, ExecOptions};
+use gpuspan_simgpu::workload::parallel::{sequence_parallel, Parallel};
 use gpuspan_simgpu::workload::graph_plan;
 use gpuspan_simgpu::workload::from_trace::workload_from_trace;
-use gpuspan_simgpu::workload::preset::{traceparent, PresetRequests, DEFAULT_STEPS, PRESET_NAMES};
+use gpuspan_simgpu::workload::preset::{traceparent, PresetRequests, DEFAULT_STEPS, PRESET_NAMES, PRESET_STREAM};
 use gpuspan_simgpu::workload::{Op, Workload};
 
 /// Replay a DiT preset or a Kineto trace on the (simulated) GPU, with NVTX scopes.
@@ -139,6 +153,14 @@ struct Args {
     /// before exiting (`20s`): a soak reads the agent's status after the load stopped.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     linger: Option<std::time::Duration>,
+    /// Run as N sequence-parallel ranks (presets only, 1–8): start N rank processes like a
+    /// launcher (see the module docs), each on its own simulated H100.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    ranks: u32,
+    /// `RANK:FACTOR`: with `--ranks`, rank RANK's kernels take FACTOR times as long (a
+    /// straggler).
+    #[arg(long, value_name = "RANK:FACTOR")]
+    slow_rank: Option<String>,
 }
 
 /// `--announce`.
@@ -295,6 +317,8 @@ impl Adjustments {
 /// converted once) wrapped in a `gpuspan.request` range per pass.
 enum Requests {
     Preset(PresetRequests),
+    /// One rank's share of a preset's requests (`--ranks`).
+    Parallel(PresetRequests, Parallel),
     Trace {
         one: Workload,
         stem: String,
@@ -311,6 +335,7 @@ impl Iterator for Requests {
     fn next(&mut self) -> Option<Workload> {
         match self {
             Requests::Preset(p) => p.next(),
+            Requests::Parallel(p, par) => p.next().map(|w| Workload { ops: sequence_parallel(w.ops, par, PRESET_STREAM) }),
             Requests::Trace { one, stem, traceparent: tp, requests, next } => {
                 if requests.is_some_and(|n| *next >= n) {
                     return None;
@@ -367,8 +392,90 @@ fn sim_cupti_line(lib: &libloading::Library) -> Option<String> {
     }
 }
 
+/// `--slow-rank RANK:FACTOR`, parsed and checked against `ranks`.
+fn parse_slow_rank(s: &str, ranks: u32) -> Result<(u32, f64), String> {
+    let (r, f) = s.split_once(':').ok_or_else(|| format!("--slow-rank {s:?}: expected RANK:FACTOR"))?;
+    let r: u32 = r.parse().ok().filter(|r| *r < ranks).ok_or_else(|| format!("--slow-rank {s:?}: RANK must be below --ranks {ranks}"))?;
+    let f: f64 = f.parse().ok().filter(|f: &f64| f.is_finite() && *f > 0.0).ok_or_else(|| format!("--slow-rank {s:?}: FACTOR must be positive"))?;
+    Ok((r, f))
+}
+
+/// `--ranks N` in the launcher (no `RANK` in the environment): runs N rank processes (see
+/// the module docs) and returns the worst exit status.
+fn launch_ranks(ranks: u32) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return fail(1, format!("--ranks: cannot find this executable: {e}")),
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "gpuspan-node-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    ));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return fail(1, format!("--ranks: cannot make the node directory {}: {e}", dir.display()));
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // NVML lists the whole node (at least one device per rank).
+    let nvml_devices = std::env::var("GPUSPAN_SIM_NVML_DEVICES").ok().and_then(|v| v.trim().parse::<u32>().ok()).unwrap_or(1).max(ranks);
+    let mut children = Vec::new();
+    let mut worst = 0u8;
+    for r in 0..ranks {
+        let child = std::process::Command::new(&exe)
+            .args(&args)
+            .env("RANK", r.to_string())
+            .env("LOCAL_RANK", r.to_string())
+            .env("WORLD_SIZE", ranks.to_string())
+            .env("LOCAL_WORLD_SIZE", ranks.to_string())
+            .env("CUDA_VISIBLE_DEVICES", r.to_string())
+            .env("GPUSPAN_SIM_NODE_DIR", &dir)
+            .env("GPUSPAN_SIM_NVML_DEVICES", nvml_devices.to_string())
+            .spawn();
+        match child {
+            Ok(c) => children.push((r, c)),
+            Err(e) => {
+                eprintln!("gpuspan-replay: --ranks: cannot start rank {r}: {e}");
+                worst = 1;
+            }
+        }
+    }
+    for (r, mut c) in children {
+        let code = match c.wait() {
+            Ok(s) => s.code().map_or(1, |c| c.clamp(0, 255) as u8),
+            Err(_) => 1,
+        };
+        if code != 0 {
+            eprintln!("gpuspan-replay: rank {r} exited with status {code}");
+        }
+        worst = worst.max(code);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("ranks: {ranks} exit={worst}");
+    ExitCode::from(worst)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    let slow_rank = match args.slow_rank.as_deref().map(|s| parse_slow_rank(s, args.ranks)).transpose() {
+        Ok(s) => s,
+        Err(e) => return fail(2, e),
+    };
+    if args.ranks > 1 {
+        if !PRESET_NAMES.contains(&args.workload.as_str()) {
+            return fail(2, "--ranks: only the presets run sequence-parallel");
+        }
+        if args.cuda_graph {
+            return fail(2, "--ranks: --cuda-graph captures single-rank forward passes only");
+        }
+        if std::env::var_os("RANK").is_none() {
+            return launch_ranks(args.ranks);
+        }
+    } else if slow_rank.is_some() {
+        return fail(2, "--slow-rank needs --ranks");
+    }
+    // This process's rank, when it is one of several.
+    let parallel = (args.ranks > 1)
+        .then(|| std::env::var("RANK").ok().and_then(|r| r.parse::<u32>().ok()).filter(|r| *r < args.ranks).unwrap_or(0));
     // `--requests 0`, or `--duration` without `--requests`: without end.
     let requests = match (args.requests, args.duration) {
         (Some(0), _) | (None, Some(_)) => None,
@@ -376,7 +483,14 @@ fn main() -> ExitCode {
         (None, None) => Some(1),
     };
     let mut source = if PRESET_NAMES.contains(&args.workload.as_str()) {
-        Requests::Preset(PresetRequests::new(&args.workload, args.steps, requests).expect("known preset"))
+        let p = PresetRequests::new(&args.workload, args.steps, requests).expect("known preset");
+        match parallel {
+            Some(rank) => {
+                let par = Parallel::stdit(rank, args.ranks, slow_rank, p.latent_bytes());
+                Requests::Parallel(p, par)
+            }
+            None => Requests::Preset(p),
+        }
     } else {
         match gpuspan_export::read_trace(Path::new(&args.workload)) {
             Ok(trace) => Requests::Trace {
@@ -463,6 +577,14 @@ fn main() -> ExitCode {
             }
             if args.cuda_graph {
                 println!("cuda graph: captured={} launches={}", s.graphs_captured, s.graph_launches);
+            }
+            if parallel.is_some() {
+                if let Some(t) = node_truth(&lib) {
+                    println!(
+                        "node truth: rank={} world={} collectives={} comm_ns={} compute_ns={} exposed_comm_ns={} nvlink_tx_bytes={}",
+                        t.rank, t.world_size, t.collectives, t.comm_ns, t.compute_ns, t.exposed_comm_ns, t.nvlink_tx_bytes
+                    );
+                }
             }
             if args.activity_client.is_some() {
                 let r = gpuspan_simgpu::workload::activity_client::finish();

@@ -13,6 +13,7 @@ pub mod device;
 pub mod events;
 pub mod graphs;
 pub mod names;
+pub mod node;
 pub mod records;
 pub mod timeline;
 pub mod trace;
@@ -59,6 +60,10 @@ pub struct State {
     next_handle: u64,
     next_dptr: u64,
     pub grid_id: i64,
+    /// The node, rank and physical device of this process; collectives' rendezvous.
+    pub node: node::Node,
+    /// Function handle → collective kind, for the NCCL kernels ([`node`]).
+    pub collectives: HashMap<u64, node::CollectiveKind>,
 }
 
 /// Index in `gpuspan_cupti::layouts::RELEASES` of the CUPTI release whose layouts the
@@ -104,6 +109,8 @@ impl State {
             next_handle: 0,
             next_dptr: DEVICE_HEAP_BASE,
             grid_id: 0,
+            node: node::Node::from_env(),
+            collectives: HashMap::new(),
         }
     }
 
@@ -124,6 +131,9 @@ impl State {
         self.next_handle += 1;
         let h = FUNCTION_HANDLE_BASE + self.next_handle * 0x10;
         self.functions.insert(h, (module, names::intern(module, name)));
+        if let Some(kind) = node::CollectiveKind::of_kernel(name) {
+            self.collectives.insert(h, kind);
+        }
         h
     }
 

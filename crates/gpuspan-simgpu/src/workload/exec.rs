@@ -30,7 +30,7 @@ use std::ptr::null_mut;
 use libloading::Library;
 
 use super::graph_plan::{self, GraphPlan, GraphRegion};
-use super::{MemcpyKind, Op, Workload};
+use super::{parallel, MemcpyKind, Op, Workload};
 use crate::nvtx_loader;
 
 /// PTX of the `spin` kernel: busy-waits `%globaltimer` for its `u64` parameter (ns).
@@ -209,6 +209,10 @@ struct Api {
     memset_d32: FnMemsetD32Async,
     sim_advance: Option<FnSimAdvanceHostNs>,
     sim_is_virtual: Option<FnSimIsVirtual>,
+    event_create: FnEventCreate,
+    event_record: FnEventRecord,
+    stream_wait_event: FnStreamWaitEvent,
+    event_destroy: FnEventDestroy,
 }
 
 /// Resolves `name` from `lib` as a function pointer of type `T`.
@@ -254,6 +258,10 @@ impl Api {
                 memset_d32: sym(lib, "cuMemsetD32Async")?,
                 sim_advance: sym(lib, "gpuspanSimAdvanceHostNs").ok(),
                 sim_is_virtual: sym(lib, "gpuspanSimIsVirtual").ok(),
+                event_create: sym(lib, "cuEventCreate")?,
+                event_record: sym(lib, "cuEventRecord")?,
+                stream_wait_event: sym(lib, "cuStreamWaitEvent")?,
+                event_destroy: sym(lib, "cuEventDestroy_v2")?,
             })
         }
     }
@@ -333,6 +341,20 @@ fn check(call: &'static str, code: CuResult) -> Result<(), ExecError> {
         Ok(())
     } else {
         Err(ExecError::Cuda { call, code })
+    }
+}
+
+/// The simulator's ground truth of this rank's device (`gpuspanSimNodeTruth`, see
+/// `sim::node`), `None` under a driver that is not the simulator.
+pub fn node_truth(lib: &Library) -> Option<crate::sim::node::Truth> {
+    type FnTruth = unsafe extern "C" fn(*mut crate::sim::node::Truth);
+    // SAFETY: `gpuspanSimNodeTruth(GpuspanSimNodeTruth*)` is the sim's export of that
+    // prototype; it writes one `Truth` (repr(C)) into the live local.
+    unsafe {
+        let f: FnTruth = sym(lib, "gpuspanSimNodeTruth").ok()?;
+        let mut t = crate::sim::node::Truth::default();
+        f(&mut t);
+        Some(t)
     }
 }
 
@@ -457,6 +479,7 @@ pub fn execute_requests<W: std::borrow::Borrow<Workload>>(
             keys: graph_plan::GraphKeys::default(),
             execs: Vec::new(),
             events: Vec::new(),
+            wait_events: HashMap::new(),
         };
         let mut result = Ok(());
         for part in parts {
@@ -479,8 +502,11 @@ pub fn execute_requests<W: std::borrow::Borrow<Workload>>(
             result = result.and(r.destroy_graphs(g));
         }
         result?;
-        let Replay { streams, dbuf, out, module, .. } = r;
+        let Replay { streams, dbuf, out, module, wait_events, .. } = r;
         check("cuCtxSynchronize", (api.ctx_synchronize)())?;
+        for (_, e) in wait_events {
+            check("cuEventDestroy_v2", (api.event_destroy)(e))?;
+        }
         if opts.unload_module {
             check("cuModuleUnload", (api.module_unload)(module))?;
         }
@@ -520,6 +546,8 @@ struct Replay<'a> {
     execs: Vec<Option<(CuGraph, CuGraphExec)>>,
     /// Fork / join events of the captures.
     events: Vec<CuEvent>,
+    /// [`Op::StreamWait`]: one event per stream waited on, re-recorded at each wait.
+    wait_events: HashMap<u32, CuEvent>,
 }
 
 impl Replay<'_> {
@@ -535,7 +563,19 @@ impl Replay<'_> {
         let mut max_bytes = self.max_bytes.max(4096);
         for op in &part.ops {
             let (s, b) = match op {
-                Op::Launch { stream, .. } => (Some(*stream), 0),
+                Op::Launch { stream, .. } | Op::Collective { stream, .. } => (Some(*stream), 0),
+                Op::StreamWait { stream, on } => {
+                    for id in [*stream, *on] {
+                        if let std::collections::hash_map::Entry::Vacant(e) = self.streams.entry(id) {
+                            let mut h: CuStream = null_mut();
+                            // SAFETY: `cuStreamCreate(CUstream*, unsigned)` into a live local.
+                            check("cuStreamCreate", unsafe { (api.stream_create)(&mut h, CU_STREAM_NON_BLOCKING) })?;
+                            e.insert(h);
+                            added = true;
+                        }
+                    }
+                    (None, 0)
+                }
                 Op::Memcpy { stream, bytes, .. } | Op::Memset { stream, bytes } => (Some(*stream), *bytes),
                 _ => (None, 0),
             };
@@ -706,6 +746,40 @@ impl Replay<'_> {
                     self.out.memsets += count as u64;
                 }
                 Op::HostGap { ns } => host_gap(api, self.out.virtual_clock, *ns),
+                Op::StreamWait { stream, on } => {
+                    let ev = match self.wait_events.get(on) {
+                        Some(e) => *e,
+                        None => {
+                            let mut e: CuEvent = null_mut();
+                            check("cuEventCreate", (api.event_create)(&mut e, EVENT_DISABLE_TIMING))?;
+                            self.wait_events.insert(*on, e);
+                            e
+                        }
+                    };
+                    check("cuEventRecord", (api.event_record)(ev, self.streams[on]))?;
+                    check("cuStreamWaitEvent", (api.stream_wait_event)(self.streams[stream], ev, 0))?;
+                }
+                Op::Collective { kind, bytes, stream } => {
+                    let name = kind.kernel_name();
+                    let f = match self.functions.get(name) {
+                        Some(f) => *f,
+                        None => {
+                            let mut f: CuFunction = null_mut();
+                            let cname = CString::new(name).unwrap_or_default();
+                            check("cuModuleGetFunction", (api.module_get_function)(&mut f, self.module, cname.as_ptr()))?;
+                            self.functions.insert(name.to_string(), f);
+                            f
+                        }
+                    };
+                    let mut size: u64 = *bytes;
+                    let mut params: [*mut c_void; 1] = [&mut size as *mut u64 as *mut c_void];
+                    let (g, b) = (parallel::NCCL_GRID, parallel::NCCL_BLOCK);
+                    check(
+                        "cuLaunchKernel",
+                        (api.launch_kernel)(f, g[0], g[1], g[2], b[0], b[1], b[2], 0, self.streams[stream], params.as_mut_ptr(), null_mut()),
+                    )?;
+                    self.out.kernels += count as u64;
+                }
                 Op::Synchronize => check("cuCtxSynchronize", (api.ctx_synchronize)())?,
                 Op::AllocProbe { bytes } => {
                     let mut p: CuDevicePtr = 0;

@@ -91,7 +91,7 @@ fn is_step(name: &str) -> bool {
 
 fn gpu_stream(op: &Op) -> Option<u32> {
     match op {
-        Op::Launch { stream, .. } | Op::Memcpy { stream, .. } | Op::Memset { stream, .. } => {
+        Op::Launch { stream, .. } | Op::Memcpy { stream, .. } | Op::Memset { stream, .. } | Op::Collective { stream, .. } => {
             Some(*stream)
         }
         _ => None,
@@ -244,6 +244,11 @@ pub fn plan_with(w: &Workload, keys: &mut GraphKeys) -> Result<GraphPlan, String
                     sig.push(Sig::Memset(*bytes, *stream));
                 }
                 Op::RangePush(_) | Op::RangePop | Op::HostGap { .. } => {}
+                Op::StreamWait { .. } | Op::Collective { .. } => {
+                    return Err(format!(
+                        "step {step:?} runs a collective or a cross-stream wait inside its forward pass (op {i}); the replay worker captures single-rank forward passes only"
+                    ))
+                }
             }
             if let Some(s) = gpu_stream(op) {
                 if !streams.contains(&s) {

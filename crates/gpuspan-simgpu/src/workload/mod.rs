@@ -17,6 +17,7 @@ pub mod activity_client;
 pub mod exec;
 pub mod from_trace;
 pub mod graph_plan;
+pub mod parallel;
 pub mod preset;
 
 /// Direction of a [`Op::Memcpy`].
@@ -78,6 +79,26 @@ pub enum Op {
     },
     /// `cuCtxSynchronize()`: the host waits until all GPU work has finished.
     Synchronize,
+    /// `cuEventRecord(e, on)` then `cuStreamWaitEvent(stream, e)`: later work on `stream`
+    /// waits for everything enqueued on `on` so far (how PyTorch orders a collective on
+    /// NCCL's stream with the compute stream).
+    StreamWait {
+        /// The stream that waits.
+        stream: u32,
+        /// The stream it waits for.
+        on: u32,
+    },
+    /// An NCCL collective of the world communicator: one `ncclDevKernel_*` launch on
+    /// `stream` whose kernel parameter is the message size (the simulator times it, see
+    /// `sim::node`).
+    Collective {
+        /// Which collective.
+        kind: parallel::Collective,
+        /// Message size, bytes, as nccl-tests reports it.
+        bytes: u64,
+        /// Workload stream id.
+        stream: u32,
+    },
     /// `cuMemAlloc_v2(bytes)`, freed at once when it succeeds; a failure (e.g.
     /// `CUDA_ERROR_OUT_OF_MEMORY` for more than the device holds) is ignored, as a worker
     /// that catches an OOM and goes on.
@@ -119,6 +140,8 @@ pub struct WorkloadSummary {
     pub host_gap_total_ns: u64,
     /// Synchronize operations.
     pub sync_count: u64,
+    /// NCCL collectives ([`Op::Collective`]).
+    pub collective_count: u64,
     /// Per kernel name.
     pub per_kernel: BTreeMap<String, KernelTotal>,
 }
@@ -212,7 +235,8 @@ impl Workload {
                 Op::Memset { .. } => s.memset_count += 1,
                 Op::HostGap { ns } => s.host_gap_total_ns += ns,
                 Op::Synchronize => s.sync_count += 1,
-                Op::AllocProbe { .. } => {}
+                Op::AllocProbe { .. } | Op::StreamWait { .. } => {}
+                Op::Collective { .. } => s.collective_count += 1,
             }
         }
         s
@@ -286,7 +310,15 @@ impl Workload {
                     let last = stream_free.values().copied().max().unwrap_or(0);
                     host = host.max(last);
                 }
-                Op::AllocProbe { .. } => host += model.host_ns_per_call,
+                Op::AllocProbe { .. } | Op::StreamWait { .. } => host += model.host_ns_per_call,
+                // Without peers: its latency alone (sim::node).
+                Op::Collective { stream, .. } => run(
+                    &mut host,
+                    &mut stream_free,
+                    &mut intervals,
+                    *stream,
+                    crate::sim::node::NCCL_LATENCY_NS,
+                ),
             }
         }
         intervals.sort_unstable();

@@ -747,6 +747,12 @@ impl PresetRequests {
         };
         Some(PresetRequests { model, steps, requests, next: 0 })
     }
+
+    /// Bytes of one request's latents (what a sequence-parallel run all-gathers before the
+    /// VAE, `workload::parallel`).
+    pub fn latent_bytes(&self) -> u64 {
+        self.model.latent_bytes
+    }
 }
 
 impl Iterator for PresetRequests {

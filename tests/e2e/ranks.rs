@@ -1,0 +1,205 @@
+//! Multi-GPU DiT (issue 16): `gpuspan-replay --ranks 8` runs 8 sequence-parallel rank
+//! processes on 8 simulated H100s whose NCCL collectives wait for each other; the agent in
+//! each rank writes its capture with `distributedInfo`, tags its spans with the rank, and
+//! `gpuspan stats DIR` puts the ranks side by side. Checked against the simulator's own
+//! account of each device (`node truth:` lines, `gpuspanSimNodeTruth`), computed from its
+//! timeline, not from CUPTI records.
+
+use crate::util::*;
+use gpuspan_core::stats::Stats;
+use gpuspan_testkit::{OtlpReceiver, Transport, Val};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::process::Command;
+use std::time::Duration;
+
+/// One `node truth:` line of a rank, as `key → value`.
+fn truths(stdout: &str) -> BTreeMap<u32, HashMap<String, u64>> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("node truth: "))
+        .map(|l| {
+            let kv: HashMap<String, u64> = l
+                .split_whitespace()
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.parse().expect("numeric truth")))
+                .collect();
+            (kv["rank"] as u32, kv)
+        })
+        .collect()
+}
+
+fn close(got_us: f64, truth_ns: u64, what: &str) {
+    let truth_us = truth_ns as f64 / 1000.0;
+    assert!(truth_us > 0.0, "{what}: the simulator saw none");
+    assert!((got_us - truth_us).abs() <= 0.01 * truth_us, "{what}: {got_us} µs against the simulator's {truth_us} µs");
+}
+
+#[test]
+fn eight_ranks_name_the_straggler_and_match_the_simulators_communication() {
+    let rx = OtlpReceiver::start(Transport::Grpc, "127.0.0.1:0");
+    let out = tempfile::tempdir().unwrap();
+    let mut c = gpuspan();
+    c.args(["run", "--sim", "--mode", "fine", "--out"])
+        .arg(out.path())
+        .arg("--")
+        .arg(artifact("gpuspan-replay"))
+        .args(["stdit", "--ranks", "8", "--steps", "3", "--slow-rank", "3:1.5", "--linger", "1200ms"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint())
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.transport().protocol_env())
+        .env("OTEL_SERVICE_NAME", "gpuspan-e2e");
+    let o = output(&mut c);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "run failed: {stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("ranks: 8 exit=0"), "{stdout}");
+    let truth = truths(&stdout);
+    assert_eq!(truth.keys().copied().collect::<Vec<_>>(), (0..8).collect::<Vec<_>>(), "{stdout}");
+    // Every rank met the others at the same collectives and moved the same bytes.
+    let colls: BTreeSet<u64> = truth.values().map(|t| t["collectives"]).collect();
+    assert_eq!(colls.len(), 1, "{truth:?}");
+    assert!(*colls.iter().next().unwrap() > 3 * 28 * 4, "{truth:?}");
+    // The straggler waits least: the others spend its extra compute inside collectives.
+    assert!(truth[&3]["compute_ns"] > truth[&0]["compute_ns"] * 14 / 10);
+    assert!(truth[&3]["comm_ns"] < truth[&0]["comm_ns"] / 2);
+
+    assert_eq!(captures_in(out.path()).len(), 8, "one capture per rank");
+    let s: Stats = stats_json(out.path());
+    assert!(s.stages.iter().any(|st| st.stage == "communication"), "NCCL kernels are the communication stage");
+    let ranks = s.ranks.as_ref().expect("a directory of rank captures has a ranks section");
+    assert_eq!(ranks.ranks, (0..8).collect::<Vec<u32>>());
+    assert_eq!(ranks.world_size, 8);
+    assert_eq!(ranks.steps.len(), 3, "{:?}", ranks.steps.iter().map(|s| &s.name).collect::<Vec<_>>());
+    for st in &ranks.steps {
+        assert_eq!(st.straggler_rank, 3, "step {} names rank {}", st.name, st.straggler_rank);
+        // Rank 3 computes 1.5x as long as the median rank: the spread is half the median.
+        assert!((st.spread_us / st.median_compute_us - 0.5).abs() < 0.05, "{st:?}");
+        assert!(st.ranks.iter().all(|r| r.exposed_comm_us > 0.0 && r.exposed_comm_us <= r.comm_us));
+    }
+    for t in &ranks.totals {
+        let truth = &truth[&t.rank];
+        close(t.exposed_comm_us, truth["exposed_comm_ns"], &format!("rank {} exposed communication", t.rank));
+        close(t.comm_us, truth["comm_ns"], &format!("rank {} communication", t.rank));
+        close(t.compute_us, truth["compute_ns"], &format!("rank {} compute", t.rank));
+    }
+    // Hidden communication exists (the prefetch all-gathers), so exposed < total.
+    assert!(ranks.totals.iter().all(|t| t.exposed_comm_us < t.comm_us));
+
+    // The waterfall of the directory: each step shows the 8 ranks as 8 lane groups, in a
+    // real headless Chromium too.
+    let page = out.path().join("ranks.html");
+    let o = output(gpuspan().arg("waterfall").arg(out.path()).arg("--html").arg(&page));
+    assert!(o.status.success(), "waterfall: {}", String::from_utf8_lossy(&o.stderr));
+    let mut traces = Vec::new();
+    for f in captures_in(out.path()) {
+        let t = gpuspan_export::read_trace(&f).unwrap();
+        traces.push((t.rank().expect("every capture names its rank"), t));
+    }
+    let w = gpuspan_export::waterfall::Waterfall::from_ranks(&traces, "x");
+    assert_eq!(w.range_steps(), 3);
+    for i in 0..w.steps.len() {
+        assert_eq!(w.lane_groups(i), 8, "step {i}: {:?}", w.steps[i].lanes.iter().map(|l| &l.label).collect::<Vec<_>>());
+    }
+    // Rank 3's lanes hold the longest compute kernel of each step (the longest bars of all
+    // are the other ranks' collectives, waiting for it).
+    for step in &w.steps[..3] {
+        let (lane, bar) = step
+            .lanes
+            .iter()
+            .flat_map(|l| l.bars.iter().map(move |b| (l, b)))
+            .filter(|(_, b)| w.stages[b.stage as usize] != "communication")
+            .max_by(|a, b| a.1.dur_us.total_cmp(&b.1.dur_us))
+            .unwrap();
+        assert_eq!(lane.rank, Some(3), "{}: {} µs", lane.label, bar.dur_us);
+    }
+    if let Some(chromium) = crate::waterfall::chromium() {
+        let profile = tempfile::tempdir().unwrap();
+        let dom = crate::waterfall::run_with_deadline(
+            Command::new(&chromium)
+                .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"])
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .args(["--virtual-time-budget=10000", "--dump-dom"])
+                .arg(format!("file://{}", page.display())),
+            Duration::from_secs(120),
+        );
+        assert_eq!(crate::waterfall::body_attr(&dom, "error"), None, "JavaScript error in the page");
+        assert_eq!(crate::waterfall::body_attr(&dom, "lane-groups"), Some("8"), "lane groups drawn: {}", &dom[..dom.len().min(300)]);
+    } else {
+        assert!(std::env::var_os("CI").is_none(), "chromium not found (scripts/test.sh installs it)");
+    }
+
+    // Over OTLP: the request's one trace holds the 8 ranks' gpu.request spans, each under the
+    // worker's span, and no span of the trace lacks its parent.
+    let tp = gpuspan_simgpu::workload::preset::traceparent("stdit", 0);
+    let parts: Vec<&str> = tp.split('-').collect();
+    let (trace_id, worker_span) = (parts[1], parts[2]);
+    let got_all = rx.wait_for(Duration::from_secs(20), |s| s.iter().filter(|s| s.name == "gpu.request" && s.trace_id == trace_id).count() >= 8);
+    let spans = rx.spans();
+    let mine: Vec<_> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+    let requests: Vec<_> = mine.iter().filter(|s| s.name == "gpu.request").collect();
+    assert!(got_all, "{} gpu.request spans arrived", requests.len());
+    let mut rank_attrs: Vec<i64> = requests.iter().map(|r| r.int("gpuspan.rank").expect("gpuspan.rank")).collect();
+    rank_attrs.sort_unstable();
+    assert_eq!(rank_attrs, (0..8).collect::<Vec<i64>>());
+    assert!(requests.iter().all(|r| r.int("gpuspan.world_size") == Some(8) && r.parent_span_id == worker_span));
+    let ids: BTreeSet<&str> = mine.iter().map(|s| s.span_id.as_str()).collect();
+    assert_eq!(ids.len(), mine.len(), "span ids are unique across ranks");
+    for s in &mine {
+        assert!(s.name == "gpu.request" || ids.contains(s.parent_span_id.as_str()), "orphan {} (parent {})", s.name, s.parent_span_id);
+    }
+    let comm_spans = mine.iter().filter(|s| s.name == "communication").count();
+    assert!(comm_spans >= 8 * 3, "a communication stage span per rank and step: {comm_spans}");
+    // Each dit.step span carries its communication; per rank and step it is what
+    // `gpuspan stats` computed from the capture.
+    let by_id: HashMap<&str, &gpuspan_testkit::ReceivedSpan> = mine.iter().map(|s| (s.span_id.as_str(), *s)).collect();
+    let rank_of = |s: &gpuspan_testkit::ReceivedSpan| -> i64 {
+        let mut id = s.parent_span_id.as_str();
+        loop {
+            let p = by_id[id];
+            if p.name == "gpu.request" {
+                return p.int("gpuspan.rank").unwrap();
+            }
+            id = p.parent_span_id.as_str();
+        }
+    };
+    let mut step_spans: Vec<_> = mine.iter().filter(|s| s.name == "dit.step").map(|s| (rank_of(s), s.int("gpuspan.step.index").unwrap(), *s)).collect();
+    step_spans.sort_by_key(|(r, i, _)| (*r, *i));
+    assert_eq!(step_spans.len(), 8 * 3);
+    for (rank, index, s) in &step_spans {
+        let st = &ranks.steps[*index as usize].ranks[*rank as usize];
+        let comm = s.int("gpuspan.comm_ns").expect("gpuspan.comm_ns") as f64 / 1000.0;
+        let exposed = s.int("gpuspan.exposed_comm_ns").expect("gpuspan.exposed_comm_ns") as f64 / 1000.0;
+        assert!((comm - st.comm_us).abs() <= 0.01 * st.comm_us, "rank {rank} step {index}: span {comm} µs, stats {} µs", st.comm_us);
+        assert!((exposed - st.exposed_comm_us).abs() <= 0.01 * st.exposed_comm_us, "rank {rank} step {index}: span {exposed} µs, stats {} µs", st.exposed_comm_us);
+    }
+    // Metrics: every rank observed its 3 steps' communication; NVLink throughput arrived.
+    let mut comm_counts: BTreeMap<String, u64> = BTreeMap::new();
+    for r in rx.metrics() {
+        for m in r.resource_metrics.iter().flat_map(|x| &x.scope_metrics).flat_map(|x| &x.metrics) {
+            if m.name != "tensor_parallel_comm_duration_ms" {
+                continue;
+            }
+            if let Some(opentelemetry_proto::tonic::metrics::v1::metric::Data::Histogram(h)) = &m.data {
+                for dp in &h.data_points {
+                    let worker = dp.attributes.iter().find(|kv| kv.key == "worker_id").map(|kv| format!("{:?}", kv.value)).unwrap_or_default();
+                    let c = comm_counts.entry(worker).or_default();
+                    *c = (*c).max(dp.count);
+                }
+            }
+        }
+    }
+    assert_eq!(comm_counts.len(), 8, "{comm_counts:?}");
+    assert!(comm_counts.values().all(|c| *c == 3), "{comm_counts:?}");
+    let nvlink: Vec<f64> = rx
+        .metric_points()
+        .into_iter()
+        .filter(|p| p.name == "nvlink_bandwidth_gbps")
+        .filter_map(|p| match p.value {
+            Val::Float(v) => Some(v),
+            _ => None,
+        })
+        .collect();
+    assert!(!nvlink.is_empty(), "no nvlink_bandwidth_gbps point");
+    // Per direction an H100's NVLink 4 carries at most 450 GB/s.
+    assert!(nvlink.iter().all(|v| (0.0..=450.0).contains(v)) && nvlink.iter().any(|v| *v > 0.0), "{nvlink:?}");
+    assert!(requests.iter().all(|r| matches!(r.attributes.get("gpuspan.kernel_count"), Some(Val::Int(n)) if *n > 0)));
+}
