@@ -46,6 +46,10 @@ fn eight_ranks_name_the_straggler_and_match_the_simulators_communication() {
         .args(["stdit", "--ranks", "8", "--steps", "3", "--slow-rank", "3:1.5", "--linger", "1200ms"])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint())
         .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
+        // 8 fine-mode ranks on the test machine's 2 cores: no cuda.kernel spans (the tree
+        // above them is what is checked), and a patient exporter.
+        .env("GPUSPAN_KERNEL_SPAN_BUDGET", "0")
+        .env("OTEL_EXPORTER_OTLP_TIMEOUT", "30000")
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.transport().protocol_env())
         .env("OTEL_SERVICE_NAME", "gpuspan-e2e");
     let o = output(&mut c);
@@ -141,6 +145,14 @@ fn eight_ranks_name_the_straggler_and_match_the_simulators_communication() {
     rank_attrs.sort_unstable();
     assert_eq!(rank_attrs, (0..8).collect::<Vec<i64>>());
     assert!(requests.iter().all(|r| r.int("gpuspan.world_size") == Some(8) && r.parent_span_id == worker_span));
+    // Each rank's spans name its own GPU of the node (CUDA_VISIBLE_DEVICES=<rank>): NVML
+    // index and UUID in the resource.
+    for r in &requests {
+        let rank = r.int("gpuspan.rank").unwrap();
+        assert_eq!(r.resource.get("gpu.device.index"), Some(&Val::Int(rank)), "{:?}", r.resource);
+        let uuid = gpuspan_simgpu::sim::device::uuid(rank as u32);
+        assert_eq!(r.resource.get("gpu.device.uuid"), Some(&Val::Str(uuid)), "{:?}", r.resource);
+    }
     let ids: BTreeSet<&str> = mine.iter().map(|s| s.span_id.as_str()).collect();
     assert_eq!(ids.len(), mine.len(), "span ids are unique across ranks");
     for s in &mine {
@@ -202,4 +214,36 @@ fn eight_ranks_name_the_straggler_and_match_the_simulators_communication() {
     // Per direction an H100's NVLink 4 carries at most 450 GB/s.
     assert!(nvlink.iter().all(|v| (0.0..=450.0).contains(v)) && nvlink.iter().any(|v| *v > 0.0), "{nvlink:?}");
     assert!(requests.iter().all(|r| matches!(r.attributes.get("gpuspan.kernel_count"), Some(Val::Int(n)) if *n > 0)));
+}
+
+/// `gpuspan diff` of two 2-rank runs whose straggler moved from rank 0 to rank 1.
+#[test]
+fn diff_of_two_rank_directories_follows_the_straggler() {
+    let run = |slow: &str| {
+        let out = tempfile::tempdir().unwrap();
+        let o = output(
+            gpuspan()
+                .args(["run", "--sim", "--mode", "fine", "--out"])
+                .arg(out.path())
+                .arg("--")
+                .arg(artifact("gpuspan-replay"))
+                .args(["stdit", "--ranks", "2", "--steps", "2", "--slow-rank", slow]),
+        );
+        assert!(o.status.success(), "run failed: {}", String::from_utf8_lossy(&o.stderr));
+        out
+    };
+    let (a, b) = (run("0:1.5"), run("1:1.5"));
+    let o = output(gpuspan().arg("diff").arg("--json").arg(a.path()).arg(b.path()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d: gpuspan_core::diff::Diff = serde_json::from_slice(&o.stdout).unwrap();
+    let r = d.ranks.expect("two rank directories compare rank by rank");
+    assert_eq!(r.ranks.iter().map(|c| c.rank).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(r.steps.len(), 2);
+    assert!(r.steps.iter().all(|s| s.a_straggler_rank == 0 && s.b_straggler_rank == 1), "{:?}", r.steps);
+    // Rank 0 lost its 1.5x slowdown (-33 %), rank 1 gained it (+50 %).
+    let pct = |rank: u32| r.ranks.iter().find(|c| c.rank == rank).unwrap().compute_change_pct.unwrap();
+    assert!(pct(0) < -25.0 && pct(1) > 35.0, "{} {}", pct(0), pct(1));
+    let o = output(gpuspan().arg("diff").arg(a.path()).arg(b.path()));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("straggler A rank 0") && text.contains("B rank 1"), "{text}");
 }

@@ -292,3 +292,19 @@ impl Config {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_local_rank_gets_its_own_metrics_port() {
+        assert_eq!(offset_port("127.0.0.1:9464", 3), "127.0.0.1:9467");
+        assert_eq!(offset_port("[::1]:9464", 1), "[::1]:9465");
+        assert_eq!(offset_port("127.0.0.1:0", 5), "127.0.0.1:0", "any port stays any port");
+        assert_eq!(offset_port("127.0.0.1:65535", 1), "127.0.0.1:65535", "no port past 65535");
+        assert_eq!(offset_port("metrics-host", 2), "metrics-host");
+        let d = Distributed { rank: 3, world_size: 8, local_rank: 3 };
+        assert_eq!(d.kineto_info(), serde_json::json!({"backend": "nccl", "rank": 3, "world_size": 8}));
+    }
+}

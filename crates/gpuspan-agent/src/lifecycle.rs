@@ -230,6 +230,7 @@ fn span_options(config: &Config, api: Option<&ActivityApi>, exporting: bool) -> 
         clock_offset_ns: offset,
         seed: ((std::process::id() as u64) << 32) ^ unix_ns as u64,
         rank: config.distributed.map(|d| (d.rank, d.world_size)),
+        env_traceparent: std::env::var("TRACEPARENT").ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty()),
         ..Default::default()
     }
 }

@@ -20,6 +20,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use gpuspan_core::diff::{self, Change, Diff, DiffInput, Status};
+use gpuspan_core::stats::ranks::{RankDiff, RankStats};
 
 use crate::cmd_stats::{human_us, truncate};
 
@@ -38,10 +39,10 @@ pub fn run(a: &Path, b: &Path, json: bool, fail_over: Option<f64>, steps: Option
             return ExitCode::from(2);
         }
     }
-    let summarise = |p: &Path| -> Result<DiffInput, ExitCode> {
-        let mut t = crate::input::read(p, strict)?;
+    let summarise = |p: &Path| -> Result<(DiffInput, Option<RankStats>), ExitCode> {
+        let (mut t, ranks) = crate::input::read_ranked(p, strict)?;
         crate::steps_arg::prepare(&mut t, steps, p);
-        Ok(DiffInput::new(&t, &p.display().to_string()))
+        Ok((DiffInput::new(&t, &p.display().to_string()), ranks))
     };
     let ia = match summarise(a) {
         Ok(x) => x,
@@ -51,7 +52,11 @@ pub fn run(a: &Path, b: &Path, json: bool, fail_over: Option<f64>, steps: Option
         Ok(x) => x,
         Err(c) => return c,
     };
+    let ((ia, ra), (ib, rb)) = (ia, ib);
     let mut d = diff::compare(&ia, &ib);
+    if let (Some(ra), Some(rb)) = (&ra, &rb) {
+        d.ranks = Some(RankDiff::compare(ra, rb));
+    }
     let failed = fail_over.is_some_and(|p| d.set_fail_over(p));
     let out = if json {
         match serde_json::to_string_pretty(&d) {
@@ -222,6 +227,41 @@ fn render(d: &Diff) -> String {
                 signed_us(s.delta_us),
                 signed_pct(s.change_pct),
                 v
+            );
+        }
+    }
+
+    if let Some(r) = &d.ranks {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "ranks (compute = GPU time of a rank's own kernels; whole capture)");
+        let _ = writeln!(o, "{:<6} {:>11} {:>11} {:>8} {:>11} {:>11} {:>11} {:>11}", "rank", "A compute", "B compute", "change", "A comm", "B comm", "A exposed", "B exposed");
+        let _ = writeln!(o, "{}", "-".repeat(WIDTH));
+        for c in &r.ranks {
+            let _ = writeln!(
+                o,
+                "{:<6} {:>11} {:>11} {:>8} {:>11} {:>11} {:>11} {:>11}",
+                c.rank,
+                human_us(c.a_compute_us),
+                human_us(c.b_compute_us),
+                signed_pct(c.compute_change_pct),
+                human_us(c.a_comm_us),
+                human_us(c.b_comm_us),
+                human_us(c.a_exposed_comm_us),
+                human_us(c.b_exposed_comm_us)
+            );
+        }
+        if !r.unmatched.is_empty() {
+            let _ = writeln!(o, "ranks in only one of the two: {:?}", r.unmatched);
+        }
+        for st in &r.steps {
+            let _ = writeln!(
+                o,
+                "step #{:<3} straggler A rank {} (+{} over the median)   B rank {} (+{})",
+                st.index,
+                st.a_straggler_rank,
+                human_us(st.a_spread_us),
+                st.b_straggler_rank,
+                human_us(st.b_spread_us)
             );
         }
     }

@@ -196,6 +196,11 @@ pub struct Diff {
     pub fail_over_pct: Option<f64>,
     /// Stages over that threshold (module documentation, "Fail-over"), in `stages` order.
     pub failing: Vec<String>,
+    /// Two directories of a distributed job's per-rank captures: each rank and each step's
+    /// straggler in A and B ([`stats::ranks::RankDiff`]). Absent otherwise. The rows above
+    /// then cover all ranks' kernels together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<stats::ranks::RankDiff>,
 }
 
 impl Diff {
@@ -491,6 +496,7 @@ pub fn compare(a: &DiffInput, b: &DiffInput) -> Diff {
         steps,
         fail_over_pct: None,
         failing: Vec::new(),
+        ranks: None,
     }
 }
 

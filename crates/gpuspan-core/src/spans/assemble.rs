@@ -114,6 +114,11 @@ pub struct SpanOptions {
     /// `(rank, world_size)` of a process of a distributed job (the launcher's `RANK` /
     /// `WORLD_SIZE`): `gpu.request` spans carry `gpuspan.rank` and `gpuspan.world_size`.
     pub rank: Option<(u32, u32)>,
+    /// The process's `TRACEPARENT` environment variable (OpenTelemetry's environment
+    /// variables as context carriers, `specification/context/env-carriers.md`): the parent
+    /// of every request scope that names no traceparent itself, so a launcher can put all
+    /// the ranks of one job under one trace without touching their code.
+    pub env_traceparent: Option<String>,
 }
 
 impl Default for SpanOptions {
@@ -126,6 +131,7 @@ impl Default for SpanOptions {
             settle_ms: 600,
             grace_ms: 10_000,
             rank: None,
+            env_traceparent: None,
             max_pending_gpu: 4 << 20,
             coarse: false,
         }
@@ -451,7 +457,7 @@ impl SpanAssembler {
                 match &s.kind {
                     ScopeKind::Request { traceparent, attrs } => {
                         let (ctx, problem) =
-                            TraceContext::for_request(traceparent.as_deref(), attrs, self.opts.seed, *id);
+                            TraceContext::for_request(traceparent.as_deref().or(self.opts.env_traceparent.as_deref()), attrs, self.opts.seed, *id);
                         match &problem {
                             Some(ContextProblem::Missing) => self.stats.context_missing += 1,
                             Some(ContextProblem::Malformed(_)) => self.stats.context_malformed += 1,

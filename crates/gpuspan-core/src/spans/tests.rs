@@ -309,6 +309,26 @@ fn bad_or_missing_traceparent_still_yields_spans() {
 }
 
 #[test]
+fn a_request_without_traceparent_takes_the_environments() {
+    let env_tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut f = Fixture::new(SpanOptions { env_traceparent: Some(env_tp.into()), ..Default::default() });
+    let ks = run_request(&mut f, "");
+    deliver_rest(&mut f, &ks, "k");
+    let out = f.asm.poll(&f.scopes, 0, true);
+    let req = out.spans.iter().find(|s| &*s.name == "gpu.request").unwrap();
+    assert_eq!(ids::hex(&req.trace_id), "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(req.parent_span_id.map(|p| ids::hex(&p)).as_deref(), Some("b7ad6b7169203331"));
+    assert_eq!(req.attr("gpuspan.trace_context"), Some(&AttrValue::Str(Arc::from("traceparent"))));
+    // A request's own traceparent still wins.
+    let mut f = Fixture::new(SpanOptions { env_traceparent: Some(env_tp.into()), ..Default::default() });
+    let ks = run_request(&mut f, TP);
+    deliver_rest(&mut f, &ks, "k");
+    let out = f.asm.poll(&f.scopes, 0, true);
+    let req = out.spans.iter().find(|s| &*s.name == "gpu.request").unwrap();
+    assert_ne!(ids::hex(&req.trace_id), "0af7651916cd43dd8448eb211c80319c");
+}
+
+#[test]
 fn unsampled_requests_give_timings_but_no_spans() {
     let mut f = Fixture::new(SpanOptions::default());
     let ks = run_request(&mut f, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");

@@ -191,6 +191,93 @@ impl RankStats {
     }
 }
 
+/// One rank in two runs (A the baseline, B the new one), over the whole capture, µs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankChange {
+    /// The rank.
+    pub rank: u32,
+    /// A's and B's compute.
+    pub a_compute_us: f64,
+    /// See `a_compute_us`.
+    pub b_compute_us: f64,
+    /// A's and B's communication.
+    pub a_comm_us: f64,
+    /// See `a_comm_us`.
+    pub b_comm_us: f64,
+    /// A's and B's exposed communication.
+    pub a_exposed_comm_us: f64,
+    /// See `a_exposed_comm_us`.
+    pub b_exposed_comm_us: f64,
+    /// `100 × (b_compute_us − a_compute_us) / a_compute_us`; `None` when A has none.
+    pub compute_change_pct: Option<f64>,
+}
+
+/// One step position in two runs: who held it back in each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StragglerChange {
+    /// Step position (0-based).
+    pub index: usize,
+    /// A's straggler and its spread over the median rank, µs.
+    pub a_straggler_rank: u32,
+    /// See `a_straggler_rank`.
+    pub a_spread_us: f64,
+    /// B's straggler and spread.
+    pub b_straggler_rank: u32,
+    /// See `b_straggler_rank`.
+    pub b_spread_us: f64,
+}
+
+/// The `ranks` object of `gpuspan diff --json` on two directories of per-rank captures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankDiff {
+    /// Ranks present in both, by rank.
+    pub ranks: Vec<RankChange>,
+    /// Ranks present in only one of the two (A's or B's).
+    #[serde(default)]
+    pub unmatched: Vec<u32>,
+    /// Step positions present in both, in order.
+    pub steps: Vec<StragglerChange>,
+}
+
+impl RankDiff {
+    /// Compares two runs' ranks: per rank present in both, and per step position present in
+    /// both.
+    pub fn compare(a: &RankStats, b: &RankStats) -> RankDiff {
+        let mut ranks = Vec::new();
+        let mut unmatched = Vec::new();
+        for ta in &a.totals {
+            match b.totals.iter().find(|tb| tb.rank == ta.rank) {
+                Some(tb) => ranks.push(RankChange {
+                    rank: ta.rank,
+                    a_compute_us: ta.compute_us,
+                    b_compute_us: tb.compute_us,
+                    a_comm_us: ta.comm_us,
+                    b_comm_us: tb.comm_us,
+                    a_exposed_comm_us: ta.exposed_comm_us,
+                    b_exposed_comm_us: tb.exposed_comm_us,
+                    compute_change_pct: (ta.compute_us > 0.0).then(|| 100.0 * (tb.compute_us - ta.compute_us) / ta.compute_us),
+                }),
+                None => unmatched.push(ta.rank),
+            }
+        }
+        unmatched.extend(b.totals.iter().filter(|tb| !a.totals.iter().any(|ta| ta.rank == tb.rank)).map(|t| t.rank));
+        unmatched.sort_unstable();
+        let steps = a
+            .steps
+            .iter()
+            .zip(&b.steps)
+            .map(|(sa, sb)| StragglerChange {
+                index: sa.index,
+                a_straggler_rank: sa.straggler_rank,
+                a_spread_us: sa.spread_us,
+                b_straggler_rank: sb.straggler_rank,
+                b_spread_us: sb.spread_us,
+            })
+            .collect();
+        RankDiff { ranks, unmatched, steps }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +326,14 @@ mod tests {
         assert!((st.spread_us - 40.0).abs() < 1e-9);
         assert!(stats.missing_steps.is_empty());
         assert!((stats.totals[1].exposed_comm_us - 9.0).abs() < 1e-9);
+        // Against a run where rank 2 became the straggler.
+        let b: Vec<RankSummary> = [(0, 40.0), (1, 50.0), (2, 95.0)].iter().map(|&(r, c)| RankSummary::of(r, &rank_trace(r, c))).collect();
+        let d = RankDiff::compare(&stats, &RankStats::combine(b).unwrap());
+        assert_eq!(d.steps.len(), 1);
+        assert_eq!((d.steps[0].a_straggler_rank, d.steps[0].b_straggler_rank), (1, 2));
+        let r1 = d.ranks.iter().find(|r| r.rank == 1).unwrap();
+        assert!((r1.compute_change_pct.unwrap() - 100.0 * (70.0 - 110.0) / 110.0).abs() < 1e-9, "{r1:?}");
+        assert!(d.unmatched.is_empty());
         // One rank alone is not a distributed job.
         assert!(RankStats::combine(vec![RankSummary::of(0, &rank_trace(0, 1.0))]).is_none());
     }
