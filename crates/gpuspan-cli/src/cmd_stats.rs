@@ -21,7 +21,7 @@ const TOP_KERNELS: usize = 15;
 const WIDTH: usize = 100;
 
 /// Runs `gpuspan stats`: reads `file` (a trace, or a directory of them merged) with
-/// [`crate::input::read`] (malformed events skipped and counted unless `strict`), takes its
+/// [`crate::input::read_ranked`] (malformed events skipped and counted unless `strict`), takes its
 /// steps as `steps` says
 /// ([`crate::steps_arg`]; the JSON then carries `step_detection`) and prints its
 /// statistics to stdout, as pretty JSON when `json` is set, else as a table.

@@ -31,6 +31,16 @@ pub const OTHER: &str = "other";
 /// Class and stage of collective-communication kernels.
 pub const COMMUNICATION: &str = "communication";
 
+/// The stage a kernel's innermost stage scope gives it: `scope_stage`, except that an NCCL /
+/// RCCL kernel ([`is_collective_kernel`]) is [`COMMUNICATION`] whatever its scope (module
+/// docs). `None` when no stage scope decides (the name rules do then).
+pub fn scoped_stage(kernel_name: &str, scope_stage: Option<&'static str>) -> Option<&'static str> {
+    match scope_stage {
+        Some(_) if is_collective_kernel(kernel_name) => Some(COMMUNICATION),
+        s => s,
+    }
+}
+
 /// Whether `name` is an NCCL or RCCL kernel (`ncclDevKernel_…`, `ncclKernel_…`,
 /// `void ncclKernel…`, `rccl…`): a prefix test, cheap enough for every record.
 pub fn is_collective_kernel(name: &str) -> bool {
@@ -140,8 +150,7 @@ impl Classifier {
     /// An NCCL / RCCL kernel (see [`is_collective_kernel`]) is `communication` whatever
     /// its scope (module docs).
     pub fn kernel_stage(&mut self, kernel_name: &Arc<str>, scope_stage: Option<&'static str>) -> Arc<str> {
-        match scope_stage {
-            Some(_) if is_collective_kernel(kernel_name) => Arc::from(COMMUNICATION),
+        match scoped_stage(kernel_name, scope_stage) {
             Some(s) => Arc::from(s),
             None => self.class_of(kernel_name),
         }

@@ -432,17 +432,10 @@ impl<'a> JoinedEvents<'a> {
             .clone()
     }
 
-    /// Stage, scope, step and trace id of a GPU event launched inside `scope` (the scope its
-    /// correlation id names, if any); `name_class` is the kernel name's class, used when no stage scope decides.
-    fn attribute(&mut self, ev: &mut TraceEvent, scope: Option<&'a ScopeInfo>, name_class: Option<std::sync::Arc<str>>) {
-        let stage: String = match (scope.and_then(|s| s.attribution.stage), name_class) {
-            (Some(s), _) => s.to_string(),
-            (None, Some(c)) => c.to_string(),
-            (None, None) => String::new(),
-        };
-        if !stage.is_empty() {
-            ev.stage = Some(stage);
-        }
+    /// `stage` (decided by the caller), and the scope, step and trace id of a GPU event
+    /// launched inside `scope` (the scope its correlation id names, if any).
+    fn attribute(&mut self, ev: &mut TraceEvent, scope: Option<&'a ScopeInfo>, stage: &str) {
+        ev.stage = Some(stage.to_string());
         if let Some(s) = scope {
             ev.scope = Some(s.name.clone());
             if let Some(step) = s.attribution.step.and_then(|id| self.scopes.get(id)) {
@@ -506,12 +499,12 @@ impl<'a> JoinedEvents<'a> {
                     ..Default::default()
                 };
                 let scope = self.scope_of(k.correlation_id);
-                let has_scope_stage = scope.and_then(|s| s.attribution.stage).is_some();
-                let class = if has_scope_stage { None } else { Some(self.classifier.class_of(&k.name)) };
-                self.attribute(&mut ev, scope, class);
-                // NCCL / RCCL kernels are communication whatever their scope (crate::classify).
-                if has_scope_stage && crate::classify::is_collective_kernel(&k.name) {
-                    ev.stage = Some(crate::classify::COMMUNICATION.into());
+                match crate::classify::scoped_stage(&k.name, scope.and_then(|s| s.attribution.stage)) {
+                    Some(stage) => self.attribute(&mut ev, scope, stage),
+                    None => {
+                        let class = self.classifier.class_of(&k.name);
+                        self.attribute(&mut ev, scope, &class);
+                    }
                 }
                 ev
             }
@@ -521,8 +514,7 @@ impl<'a> JoinedEvents<'a> {
                     name: m.kind.kineto_name().to_string(),
                     ..gpu_event(m.device_id, m.stream_id, m.correlation_id, m.start_ns, m.end_ns, m.bytes, base)
                 };
-                self.attribute(&mut ev, self.scope_of(m.correlation_id), None);
-                ev.stage = Some("memcpy".into());
+                self.attribute(&mut ev, self.scope_of(m.correlation_id), "memcpy");
                 ev
             }
             Some(ActivityRecord::Memset(m)) => {
@@ -531,8 +523,7 @@ impl<'a> JoinedEvents<'a> {
                     name: "Memset".to_string(),
                     ..gpu_event(m.device_id, m.stream_id, m.correlation_id, m.start_ns, m.end_ns, m.bytes, base)
                 };
-                self.attribute(&mut ev, self.scope_of(m.correlation_id), None);
-                ev.stage = Some("memset".into());
+                self.attribute(&mut ev, self.scope_of(m.correlation_id), "memset");
                 ev
             }
             Some(ActivityRecord::Api(a)) => {

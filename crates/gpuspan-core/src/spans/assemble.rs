@@ -691,10 +691,9 @@ impl SpanAssembler {
             Pending::Api { domain: ApiDomain::Runtime, .. } => unit.expected_runtime += 1,
             Pending::Gpu(mut g) => {
                 unit.received += 1;
-                // A stage scope decides, except for NCCL / RCCL kernels: communication
-                // whatever their scope (crate::classify).
-                let collective = || crate::classify::is_collective_kernel(&g.name);
-                if let (GpuKind::Kernel, Some(stage), false) = (g.kind, scope.attribution.stage, collective()) {
+                // A stage scope decides (NCCL / RCCL kernels: communication, crate::classify).
+                let scoped = crate::classify::scoped_stage(&g.name, scope.attribution.stage);
+                if let (GpuKind::Kernel, Some(stage)) = (g.kind, scoped) {
                     g.stage = self
                         .stage_names
                         .entry(stage)

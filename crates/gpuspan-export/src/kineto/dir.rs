@@ -5,7 +5,6 @@
 
 use super::read::{read_trace_with, ReadOptions, Skipped};
 use super::{ReadError, ReadErrorKind};
-use gpuspan_core::stats::ranks::{RankStats, RankSummary};
 use gpuspan_core::trace::Trace;
 use std::path::{Path, PathBuf};
 
@@ -63,30 +62,11 @@ pub fn read_captures(path: &Path) -> Result<Trace, ReadError> {
 /// [`read_captures`] with [`ReadOptions`] (each file read by
 /// [`super::read::read_trace_with`]): the merged trace and every file's skipped events.
 pub fn read_captures_with(path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
-    read_captures_ranked(path, opts).map(|(t, s, _)| (t, s))
-}
-
-/// [`read_captures_with`], and for a directory whose traces come from two or more ranks of
-/// a distributed job (`distributedInfo.rank`, [`Trace::rank`]) the ranks side by side
-/// ([`RankStats`], issue 16), each rank summarised from its own file as it is read (a
-/// merged trace no longer tells the ranks apart: their GPU rows share device 0). `None`
-/// for a file or a directory of one rank.
-pub fn read_captures_ranked(path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped, Option<RankStats>), ReadError> {
     if !path.is_dir() {
-        return read_trace_with(path, opts).map(|(t, s)| (t, s, None));
+        return read_trace_with(path, opts);
     }
-    let mut skipped = Skipped::default();
-    let mut traces = Vec::new();
-    let mut ranks = Vec::new();
-    for f in trace_files(path)? {
-        let (t, s) = read_trace_with(&f, opts)?;
-        skipped.add(s);
-        if let Some(r) = t.rank() {
-            ranks.push(RankSummary::of(r, &t));
-        }
-        traces.push(t);
-    }
-    Ok((merge(traces), skipped, RankStats::combine(ranks)))
+    let (traces, skipped) = read_rank_traces(path, opts)?;
+    Ok((merge(traces.into_iter().map(|(_, t)| t).collect()), skipped))
 }
 
 /// Traces with the rank each names (`distributedInfo.rank`), in file order.

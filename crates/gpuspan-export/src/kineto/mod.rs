@@ -17,7 +17,7 @@ mod error;
 mod read;
 mod write;
 
-pub use dir::{merge, process_captures, read_captures, read_captures_ranked, read_captures_with, read_rank_traces, trace_files};
+pub use dir::{merge, process_captures, read_captures, read_captures_with, read_rank_traces, trace_files, RankTraces};
 pub use error::{ReadError, ReadErrorKind};
 pub use read::{read_trace, read_trace_bytes, read_trace_with, ReadOptions, Skipped};
 pub use write::{write_trace, write_events_with, write_trace_with, Trailer, WriteOptions, WriteProgress, DEADLINE_CHECK_EVERY};

@@ -562,25 +562,15 @@ impl Replay<'_> {
         let mut added = false;
         let mut max_bytes = self.max_bytes.max(4096);
         for op in &part.ops {
-            let (s, b) = match op {
-                Op::Launch { stream, .. } | Op::Collective { stream, .. } => (Some(*stream), 0),
-                Op::StreamWait { stream, on } => {
-                    for id in [*stream, *on] {
-                        if let std::collections::hash_map::Entry::Vacant(e) = self.streams.entry(id) {
-                            let mut h: CuStream = null_mut();
-                            // SAFETY: `cuStreamCreate(CUstream*, unsigned)` into a live local.
-                            check("cuStreamCreate", unsafe { (api.stream_create)(&mut h, CU_STREAM_NON_BLOCKING) })?;
-                            e.insert(h);
-                            added = true;
-                        }
-                    }
-                    (None, 0)
-                }
-                Op::Memcpy { stream, bytes, .. } | Op::Memset { stream, bytes } => (Some(*stream), *bytes),
-                _ => (None, 0),
+            // The streams the op uses (a wait uses two) and its copy size.
+            let (streams, b) = match op {
+                Op::Launch { stream, .. } | Op::Collective { stream, .. } => ([Some(*stream), None], 0),
+                Op::StreamWait { stream, on } => ([Some(*stream), Some(*on)], 0),
+                Op::Memcpy { stream, bytes, .. } | Op::Memset { stream, bytes } => ([Some(*stream), None], *bytes),
+                _ => ([None, None], 0),
             };
             max_bytes = max_bytes.max(b.min(MAX_COPY_BYTES));
-            if let Some(s) = s {
+            for s in streams.into_iter().flatten() {
                 if let std::collections::hash_map::Entry::Vacant(e) = self.streams.entry(s) {
                     let mut h: CuStream = null_mut();
                     // SAFETY: `cuStreamCreate(CUstream*, unsigned)` into a live local.
@@ -640,6 +630,26 @@ impl Replay<'_> {
         result
     }
 
+    /// The function named `name` in the replay's module (the simulator makes one for any
+    /// name, so CUPTI and the sim see the kernel's own name), looked up once; the spin kernel
+    /// when the driver has none of that name.
+    ///
+    /// # Safety
+    /// The context is current and `self.module` is loaded.
+    unsafe fn function(&mut self, name: &str) -> CuFunction {
+        if let Some(f) = self.functions.get(name) {
+            return *f;
+        }
+        let mut f: CuFunction = null_mut();
+        let cname = CString::new(name.replace('\0', " ")).unwrap_or_default();
+        // SAFETY: `cuModuleGetFunction(CUfunction*, CUmodule, const char*)` with a live
+        // out-pointer, a loaded module (caller) and a NUL-terminated name.
+        let rc = unsafe { (self.api.module_get_function)(&mut f, self.module, cname.as_ptr()) };
+        let f = if rc == 0 && !f.is_null() { f } else { self.spin };
+        self.functions.insert(name.to_string(), f);
+        f
+    }
+
     /// Issues one op. `count`: add its GPU work to the summary (false while capturing: the
     /// work runs, and is counted, when the graph is launched).
     ///
@@ -675,17 +685,7 @@ impl Replay<'_> {
                     block,
                     shared_mem_bytes,
                 } => {
-                    let f = match self.functions.get(name.as_str()) {
-                        Some(f) => *f,
-                        None => {
-                            let mut f: CuFunction = null_mut();
-                            let cname = CString::new(name.replace('\0', " ")).unwrap_or_default();
-                            let rc = (api.module_get_function)(&mut f, self.module, cname.as_ptr());
-                            let f = if rc == 0 && !f.is_null() { f } else { self.spin };
-                            self.functions.insert(name.clone(), f);
-                            f
-                        }
-                    };
+                    let f = self.function(name);
                     let mut dur: u64 = *dur_ns;
                     let mut params: [*mut c_void; 1] = [&mut dur as *mut u64 as *mut c_void];
                     let g = grid.map(|v| v.max(1));
@@ -761,16 +761,7 @@ impl Replay<'_> {
                 }
                 Op::Collective { kind, bytes, stream } => {
                     let name = kind.kernel_name();
-                    let f = match self.functions.get(name) {
-                        Some(f) => *f,
-                        None => {
-                            let mut f: CuFunction = null_mut();
-                            let cname = CString::new(name).unwrap_or_default();
-                            check("cuModuleGetFunction", (api.module_get_function)(&mut f, self.module, cname.as_ptr()))?;
-                            self.functions.insert(name.to_string(), f);
-                            f
-                        }
-                    };
+                    let f = self.function(name);
                     let mut size: u64 = *bytes;
                     let mut params: [*mut c_void; 1] = [&mut size as *mut u64 as *mut c_void];
                     let (g, b) = (parallel::NCCL_GRID, parallel::NCCL_BLOCK);
