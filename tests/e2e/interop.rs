@@ -423,6 +423,45 @@ fn stats_agree_with_hta_on_demo_capture() {
 // A demo capture in both tools
 // ---------------------------------------------------------------------------------------
 
+/// A rank's capture carries an `nvlink_bandwidth_gbps` counter track (`ph: "C"` events,
+/// issue 16); HTA and Chrome's trace engine still load it and count its kernels as ours.
+#[test]
+fn rank_capture_with_nvlink_track_loads_in_hta_and_chrome_trace_engine() {
+    let py = hta_python();
+    let engine = trace_engine_ok();
+    if py.is_none() && !engine {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let o = output(
+        gpuspan()
+            .args(["run", "--sim", "--mode", "fine", "--out"])
+            .arg(dir.path())
+            .arg("--")
+            .arg(artifact("gpuspan-replay"))
+            .args(["stdit", "--ranks", "2", "--steps", "1"])
+            .env("GPUSPAN_NVML_PERIOD", "10ms"),
+    );
+    assert!(o.status.success(), "run failed: {}", String::from_utf8_lossy(&o.stderr));
+    let capture = captures_in(dir.path()).into_iter().next().expect("a rank capture");
+    let raw = raw_json(&capture);
+    let counters = raw["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "C").count();
+    assert!(counters >= 2, "NVLink counter samples in the capture: {counters}");
+    let s = stats(&capture);
+    let count = s["kernel_count"].as_u64().unwrap();
+    if let Some(py) = py {
+        let h = hta(&py, &capture, true);
+        assert_eq!(h["errors"], serde_json::json!([]), "HTA on a capture with counters: {h}");
+        assert_eq!(h["kernel_count"].as_u64().unwrap(), count, "HTA kernel count");
+    }
+    if engine {
+        let t = trace_engine(&capture);
+        assert_eq!(t["errors"], serde_json::json!([]), "trace engine errors: {t}");
+        assert_eq!(t["kernel_count"].as_u64().unwrap(), count, "kernels the trace engine draws");
+        assert_eq!(t["events_outside_bounds"], 0, "events outside the engine's trace bounds: {}", t["trace_bounds_us"]);
+    }
+}
+
 #[test]
 fn demo_capture_loads_in_hta_and_chrome_trace_engine() {
     let py = hta_python();

@@ -28,6 +28,67 @@ fn truths(stdout: &str) -> BTreeMap<u32, HashMap<String, u64>> {
         .collect()
 }
 
+/// Each rank's NVLink transfers, `(start_ns, end_ns, bytes)`, from its `node transfers:`
+/// line (`gpuspanSimNodeTransfers`).
+fn transfers(stdout: &str) -> BTreeMap<u32, Vec<(u64, u64, u64)>> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("node transfers: rank="))
+        .map(|l| {
+            let (rank, list) = l.split_once(' ').unwrap_or((l, ""));
+            let xs = list
+                .split(',')
+                .filter(|x| !x.is_empty())
+                .map(|x| {
+                    let v: Vec<u64> = x.split(':').map(|n| n.parse().expect("numeric transfer")).collect();
+                    (v[0], v[1], v[2])
+                })
+                .collect();
+            (rank.parse().expect("rank"), xs)
+        })
+        .collect()
+}
+
+/// Bytes the transfers have moved by `t_ns`, a transfer in progress in proportion to its
+/// elapsed time (how the simulator's NVML counter counts).
+fn bytes_by(xs: &[(u64, u64, u64)], t_ns: u64) -> f64 {
+    xs.iter()
+        .map(|&(s, e, b)| if t_ns >= e { b as f64 } else if t_ns <= s { 0.0 } else { b as f64 * (t_ns - s) as f64 / (e - s) as f64 })
+        .sum()
+}
+
+/// The capture's `nvlink_bandwidth_gbps` track against the simulator's transfers: each
+/// sample's rate over its interval (to the next sample), and the bytes they add up to.
+/// Returns the number of intervals that carried traffic.
+fn check_nvlink_track(t: &gpuspan_core::trace::Trace, xs: &[(u64, u64, u64)], rank: u32) -> usize {
+    let base = t.base_time_ns.expect("capture base time");
+    let at = |ts_us: f64| (base as f64 + ts_us * 1000.0).round() as u64;
+    let track: Vec<(u64, f64)> = t
+        .counters
+        .iter()
+        .filter(|c| c.name == "nvlink_bandwidth_gbps" && c.pid == 0)
+        .map(|c| (at(c.ts_us), c.values.iter().find(|(k, _)| k == "GB/s").expect("GB/s value").1))
+        .collect();
+    assert!(track.len() >= 2, "rank {rank}: {} NVLink samples", track.len());
+    let (mut got_bytes, mut busy) = (0.0, 0);
+    for w in track.windows(2) {
+        let ((a, gbps), (b, _)) = (w[0], w[1]);
+        let dt_ns = (b - a) as f64;
+        let truth = (bytes_by(xs, b) - bytes_by(xs, a)) / dt_ns;
+        // NVML quantizes: KiB per link (18 links: 18 KiB a reading) and µs timestamps (at
+        // 360 GB/s, 360 KB either end); that slack, and 1 % of the rate.
+        let slack = 2.0 * (18.0 * 1024.0 + 360_000.0) / dt_ns;
+        assert!((gbps - truth).abs() <= 0.01 * truth + slack, "rank {rank}: {gbps} GB/s over [{a}, {b}] ns, the simulator moved {truth} GB/s");
+        got_bytes += gbps * dt_ns;
+        busy += usize::from(truth > 0.0);
+    }
+    let (first, last) = (track[0].0, track[track.len() - 1].0);
+    let truth_bytes = bytes_by(xs, last) - bytes_by(xs, first);
+    assert!(truth_bytes > 0.0, "rank {rank}: no traffic between the first and last samples");
+    assert!((got_bytes - truth_bytes).abs() <= 0.01 * truth_bytes, "rank {rank}: the track adds up to {got_bytes} bytes, the simulator moved {truth_bytes}");
+    busy
+}
+
 fn close(got_us: f64, truth_ns: u64, what: &str) {
     let truth_us = truth_ns as f64 / 1000.0;
     assert!(truth_us > 0.0, "{what}: the simulator saw none");
@@ -49,6 +110,8 @@ fn eight_ranks_name_the_straggler_and_match_the_simulators_communication() {
         // 8 fine-mode ranks on the test machine's 2 cores: no cuda.kernel spans (the tree
         // above them is what is checked), and a patient exporter.
         .env("GPUSPAN_KERNEL_SPAN_BUDGET", "0")
+        // NVLink samples every 10 ms, so the capture's track has many intervals to check.
+        .env("GPUSPAN_NVML_PERIOD", "10ms")
         .env("OTEL_EXPORTER_OTLP_TIMEOUT", "30000")
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.transport().protocol_env())
         .env("OTEL_SERVICE_NAME", "gpuspan-e2e");
@@ -87,6 +150,20 @@ fn eight_ranks_name_the_straggler_and_match_the_simulators_communication() {
     }
     // Hidden communication exists (the prefetch all-gathers), so exposed < total.
     assert!(ranks.totals.iter().all(|t| t.exposed_comm_us < t.comm_us));
+
+    // NVLink over time: each capture's nvlink_bandwidth_gbps track follows the simulator's
+    // transfers, sample by sample, within 1 %.
+    let xs = transfers(&stdout);
+    assert_eq!(xs.len(), 8, "a node transfers line per rank");
+    let mut busy = 0;
+    for f in captures_in(out.path()) {
+        let t = gpuspan_export::read_trace(&f).unwrap();
+        let rank = t.rank().expect("every capture names its rank");
+        let moved: u64 = xs[&rank].iter().map(|x| x.2).sum();
+        assert_eq!(moved, truth[&rank]["nvlink_tx_bytes"], "rank {rank}: transfers add up to the truth");
+        busy += check_nvlink_track(&t, &xs[&rank], rank);
+    }
+    assert!(busy >= 8, "only {busy} sampled intervals carried NVLink traffic");
 
     // The waterfall of the directory: each step shows the 8 ranks as 8 lane groups, in a
     // real headless Chromium too.

@@ -72,6 +72,25 @@ pub fn write(a: &Shared, telemetry: &Telemetry, c: &mut Collector, deadline: Opt
     Ok(path)
 }
 
+/// The NVML sampler's NVLink rates since `base_time_ns` as the capture's
+/// `nvlink_bandwidth_gbps` counter track, one per device (`pid` = the device's CUDA ordinal,
+/// with its streams): each sample sits at the start of the interval it was measured over and
+/// holds until the next, so the track reads as the bandwidth at each moment (Nsight Systems'
+/// NVLink rows show the same). Value key `GB/s`.
+fn nvlink_counters(base_time_ns: u64) -> Vec<gpuspan_core::trace::CounterEvent> {
+    crate::nvml::nvlink_readings((base_time_ns / 1000) as i64)
+        .into_iter()
+        .filter_map(|r| {
+            Some(gpuspan_core::trace::CounterEvent {
+                name: "nvlink_bandwidth_gbps".into(),
+                pid: i64::from(crate::nvml::cuda_ordinal(r.index)?),
+                ts_us: (r.start_us.saturating_mul(1000) - base_time_ns as i64) as f64 / 1000.0,
+                values: vec![("GB/s".into(), r.gbps)],
+            })
+        })
+        .collect()
+}
+
 /// Joins `records` with `scopes` and writes `dir/<file_name>`, with the agent's loss
 /// counters and `extra` (`gpuspan.<key>` = value) in the summary event. Used for the
 /// exit capture (`capture-<pid>.json.gz`), each fine window's, and each rolling segment.
@@ -128,6 +147,7 @@ pub fn write_parts(
     let st = joined.stats();
     let mut header = joined.header();
     header.distributed_info = a.config.distributed.map(|d| d.kineto_info());
+    header.counters = nvlink_counters(base_time_ns);
     let first_ts_us = (!joined.is_empty()).then(|| joined.shape(0).ts_us);
     let counters = &a.counters;
     let mut summary = gpuspan_core::trace::TraceEvent {
@@ -167,6 +187,7 @@ pub fn write_parts(
     put("unload_drains", counters.unload_drains.load(Ordering::Relaxed));
     put("unload_drain_timeouts", counters.unload_drain_timeouts.load(Ordering::Relaxed));
     put("cupti_version", a.cupti_version() as u64);
+    put("nvlink_readings_dropped", crate::nvml::nvlink_readings_dropped());
     put("cupti_multi_subscriber_subscriptions", counters.multi_subscriber_subscriptions.load(Ordering::Relaxed));
     for (k, v) in extra {
         put(k, *v);

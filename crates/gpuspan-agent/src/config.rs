@@ -16,7 +16,8 @@
 //! `[capture] flight_recorder_steps`), `GPUSPAN_EXIT_BUDGET` (most time the agent spends
 //! finishing at exit, default 2 s), `GPUSPAN_CUPTI_MULTI_SUBSCRIBER` (`1` default: on a CUPTI
 //! 13.3+ subscribe in multiple-subscriber mode, so a V2-aware tool can subscribe alongside;
-//! `0`: always the single V1 subscription). A launcher's `RANK` / `WORLD_SIZE` / `LOCAL_RANK`
+//! `0`: always the single V1 subscription), `GPUSPAN_NVML_PERIOD` (NVML sampling period,
+//! default 1 s). A launcher's `RANK` / `WORLD_SIZE` / `LOCAL_RANK`
 //! (torchrun, `gpuspan-replay --ranks`) make the process one rank of a distributed job
 //! ([`Distributed`]): its captures say so (`distributedInfo`), its `gpu.request` spans carry
 //! `gpuspan.rank` / `gpuspan.world_size`, and its Prometheus endpoint moves to the
@@ -139,7 +140,15 @@ pub struct Config {
     /// (`GPUSPAN_CUPTI_MULTI_SUBSCRIBER`, `1`/`on` default, `0`/`off`;
     /// `gpuspan_cupti::multi_subscriber`).
     pub cupti_multi_subscriber: bool,
+    /// How often the NVML sampler reads the `gpu_*` gauges and the NVLink counters
+    /// (`GPUSPAN_NVML_PERIOD`, humantime, at least 10 ms, default
+    /// [`DEFAULT_NVML_PERIOD`], 1 s): also the resolution of the captures'
+    /// `nvlink_bandwidth_gbps` track.
+    pub nvml_period: std::time::Duration,
 }
+
+/// Default of [`Config::nvml_period`]: 1 s, `nvidia-smi dmon`'s default sampling period.
+pub const DEFAULT_NVML_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Default of [`Config::exit_budget`]: 2 s, short enough for a pod's termination grace
 /// period (Kubernetes' default is 30 s, shared with the worker's own shutdown).
@@ -263,6 +272,16 @@ impl Config {
                 true
             }
         };
+        let nvml_period = match std::env::var("GPUSPAN_NVML_PERIOD") {
+            Err(_) => DEFAULT_NVML_PERIOD,
+            Ok(v) => match humantime::parse_duration(v.trim()) {
+                Ok(d) if d >= std::time::Duration::from_millis(10) => d,
+                _ => {
+                    w.push(format!("GPUSPAN_NVML_PERIOD={v:?} is not a duration of at least 10ms such as 1s or 250ms; using 1s"));
+                    DEFAULT_NVML_PERIOD
+                }
+            },
+        };
         let worker_id = std::env::var("GPUSPAN_WORKER_ID")
             .ok()
             .filter(|v| !v.trim().is_empty())
@@ -287,6 +306,7 @@ impl Config {
                 exit_budget,
                 scope_timeout,
                 cupti_multi_subscriber,
+                nvml_period,
             },
             w,
         )

@@ -90,6 +90,7 @@ struct NvlinkState {
 impl NvlinkState {
     /// GB/s (1e9 bytes / s) transmitted by `dev` (NVML `index`) since the previous call for
     /// it; `None` on the first call, for a GPU without active links, or when NVML refuses.
+    /// Each rate is also kept as an [`NvlinkReading`] for the captures' counter track.
     ///
     /// nvml-wrapper asks `nvmlDeviceGetFieldValues` with `scopeId` 0, so the counter read is
     /// link 0's; NCCL spreads a collective over all of a GPU's NVLinks (NVSwitch systems),
@@ -110,8 +111,65 @@ impl NvlinkState {
         let now = (kib.saturating_mul(1024).saturating_mul(u64::from(links)), v.timestamp);
         let prev = self.last.insert(index, now)?;
         let dt_us = now.1 - prev.1;
-        (dt_us > 0 && now.0 >= prev.0).then(|| (now.0 - prev.0) as f64 / dt_us as f64 / 1000.0)
+        let gbps = (dt_us > 0 && now.0 >= prev.0).then(|| (now.0 - prev.0) as f64 / dt_us as f64 / 1000.0)?;
+        keep_reading(NvlinkReading { index, start_us: prev.1, end_us: now.1, gbps });
+        Some(gbps)
     }
+}
+
+/// One `nvlink_bandwidth_gbps` rate: NVML device `index` transmitted `gbps` GB/s (1e9
+/// bytes/s) on average over `[start_us, end_us]`, the NVML timestamps of two consecutive
+/// readings (`nvmlFieldValue_t.timestamp`: CPU time, µs since the Unix epoch, the
+/// `CLOCK_REALTIME` domain CUPTI's timestamps are in, CUPTI-NOTES "Timestamps").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NvlinkReading {
+    /// NVML device index.
+    pub index: u32,
+    /// The earlier reading's NVML timestamp, µs.
+    pub start_us: i64,
+    /// The later reading's NVML timestamp, µs.
+    pub end_us: i64,
+    /// GB/s over the interval.
+    pub gbps: f64,
+}
+
+/// Most NVLink readings kept for the captures ([`nvlink_readings`]): 18 hours of one GPU
+/// at the 1 s default period, about 1.5 MB. Beyond it the oldest go
+/// ([`nvlink_readings_dropped`]).
+pub const NVLINK_READINGS_CAP: usize = 65_536;
+
+static NVLINK_READINGS: std::sync::Mutex<std::collections::VecDeque<NvlinkReading>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+static NVLINK_READINGS_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Appends `r` (the sampler thread; the lock is only ever taken by agent threads).
+fn keep_reading(r: NvlinkReading) {
+    let mut q = NVLINK_READINGS.lock().unwrap_or_else(|e| e.into_inner());
+    if q.len() >= NVLINK_READINGS_CAP {
+        q.pop_front();
+        NVLINK_READINGS_DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+    q.push_back(r);
+}
+
+/// The NVLink readings kept so far whose interval starts at or after `from_us` (NVML µs),
+/// oldest first. Readings stay for later captures (rolling segments take theirs by time).
+pub fn nvlink_readings(from_us: i64) -> Vec<NvlinkReading> {
+    let q = NVLINK_READINGS.lock().unwrap_or_else(|e| e.into_inner());
+    q.iter().filter(|r| r.start_us >= from_us).copied().collect()
+}
+
+/// NVLink readings dropped because [`NVLINK_READINGS_CAP`] were held.
+pub fn nvlink_readings_dropped() -> u64 {
+    NVLINK_READINGS_DROPPED.load(Ordering::Relaxed)
+}
+
+/// The CUDA device ordinal (CUPTI `deviceId`, the `pid` of a capture's GPU rows) of NVML
+/// device `index` in this process (what `CUDA_VISIBLE_DEVICES` makes visible); `None`
+/// before [`device_info`] or for a GPU the process cannot see.
+pub fn cuda_ordinal(index: u32) -> Option<u32> {
+    let u = USED.get()?;
+    u.visible.iter().position(|&i| i == index).map(|p| p as u32)
 }
 
 /// One reading of device `index`; `None` when its handle cannot be had.

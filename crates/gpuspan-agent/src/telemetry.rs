@@ -14,9 +14,6 @@ use std::time::{Duration, Instant};
 /// Longest wait for the OTLP exporter to deliver what is queued at exit.
 pub const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Period of the NVML sampler.
-pub const NVML_PERIOD: Duration = Duration::from_secs(1);
-
 /// Shortest interval between two "no usable traceparent" warnings.
 pub const CONTEXT_WARN_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -166,7 +163,7 @@ impl Telemetry {
         });
         let sampler = if server.is_some() || spans.is_some() {
             let indices = device.as_ref().map(|d| d.sampled.clone()).unwrap_or_default();
-            crate::nvml::start_sampler(metrics.clone(), NVML_PERIOD, indices)
+            crate::nvml::start_sampler(metrics.clone(), config.nvml_period, indices)
         } else {
             None
         };

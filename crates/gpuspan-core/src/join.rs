@@ -416,6 +416,7 @@ impl<'a> JoinedEvents<'a> {
             distributed_info: None,
             process_names,
             thread_names,
+            counters: Vec::new(),
         }
     }
 

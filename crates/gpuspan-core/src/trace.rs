@@ -166,6 +166,26 @@ pub struct Trace {
     pub process_names: BTreeMap<i64, String>,
     /// `thread_name` metadata: (pid, tid) → name.
     pub thread_names: BTreeMap<(i64, i64), String>,
+    /// Counter samples (`ph: "C"` events), in file order: GPU-wide figures over time, such
+    /// as the agent's `nvlink_bandwidth_gbps` track.
+    pub counters: Vec<CounterEvent>,
+}
+
+/// One sample of a counter track (a Chrome-trace `ph: "C"` event, "Trace Event Format",
+/// section "Counter Events"): at `ts_us` the track `name` of process `pid` takes
+/// `values`, which hold until the track's next sample. Chrome's trace viewer and Perfetto
+/// draw one track per value key (Perfetto names it `<name> <key>`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CounterEvent {
+    /// Track name (`nvlink_bandwidth_gbps`).
+    pub name: String,
+    /// Kineto `pid`: the device id for a GPU's counters, so the track sits with its
+    /// streams.
+    pub pid: i64,
+    /// Start of the sample, µs on the trace's time base (the same as [`TraceEvent::ts_us`]).
+    pub ts_us: f64,
+    /// `args`: value key (its unit, `GB/s`) → value, in file order.
+    pub values: Vec<(String, f64)>,
 }
 
 impl Trace {

@@ -93,6 +93,7 @@ pub fn read_rank_traces(path: &Path, opts: ReadOptions) -> Result<(RankTraces, S
             let shift_us = (b - m) as f64 / 1000.0;
             if shift_us != 0.0 {
                 t.events.iter_mut().for_each(|e| e.ts_us += shift_us);
+                t.counters.iter_mut().for_each(|c| c.ts_us += shift_us);
             }
             t.base_time_ns = Some(m);
         }
@@ -116,6 +117,10 @@ pub fn merge(traces: Vec<Trace>) -> Trace {
         out.events.extend(t.events.into_iter().map(|mut e| {
             e.ts_us += shift_us;
             e
+        }));
+        out.counters.extend(t.counters.into_iter().map(|mut c| {
+            c.ts_us += shift_us;
+            c
         }));
         out.process_names.extend(t.process_names);
         out.thread_names.extend(t.thread_names);

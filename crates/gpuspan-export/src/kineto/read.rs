@@ -32,8 +32,9 @@ use super::keys;
 ///   and every other arg, or a typed one of an unexpected type, goes to `extra_args`.
 /// - `M` events `process_name` / `thread_name` fill [`Trace::process_names`] /
 ///   [`Trace::thread_names`]; `baseTimeNanoseconds`, `schemaVersion` and `deviceProperties`
-///   are kept; other top-level keys and other event phases (flows, instants, counters) are
-///   skipped.
+///   are kept; `C` events (counters) with a name and a numeric `ts` become
+///   [`Trace::counters`] with their numeric `args` (others are skipped, never an error);
+///   other top-level keys and other event phases (flows, instants) are skipped.
 /// - Lenient where harmless: numbers may be ints, floats or numeric strings (`ts` too);
 ///   a `pid` / `tid` string that is not a number (Kineto's `"Spans"` row) becomes -1; a
 ///   missing `dur` is 0. Strict where it matters: an `X` event without a numeric `ts`, a
@@ -563,6 +564,17 @@ fn metadata_event(trace: &mut Trace, raw: RawEvent) {
     }
 }
 
+/// A `C` event into [`Trace::counters`]: needs a string `name` and a finite numeric `ts`;
+/// only the numeric `args` are kept (Chrome's viewer draws only those).
+fn counter_event(trace: &mut Trace, raw: RawEvent) {
+    let (Some(name), Some(ts_us)) = (raw.name.as_str(), raw.ts.as_f64().filter(|t| t.is_finite())) else { return };
+    let values = match &raw.args {
+        Some(Value::Object(a)) => a.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64().filter(|v| v.is_finite())?))).collect(),
+        _ => Vec::new(),
+    };
+    trace.counters.push(gpuspan_core::trace::CounterEvent { name: name.to_string(), pid: raw.pid.as_id(), ts_us, values });
+}
+
 // ---------------------------------------------------------------------------------------
 // Top level and the traceEvents array
 // ---------------------------------------------------------------------------------------
@@ -675,6 +687,10 @@ impl<'de> Visitor<'de> for EventsSeed<'_> {
                     },
                     Some("M") => {
                         metadata_event(&mut self.state.trace, raw);
+                        None
+                    }
+                    Some("C") => {
+                        counter_event(&mut self.state.trace, raw);
                         None
                     }
                     Some(ph) if CHROME_PHASES.contains(&ph) => None,

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use gpuspan_core::stats;
-use gpuspan_core::trace::{Category, Trace, TraceEvent};
+use gpuspan_core::trace::{Category, CounterEvent, Trace, TraceEvent};
 use serde_json::{json, Value};
 
 use super::*;
@@ -399,6 +399,10 @@ fn sample_trace() -> Trace {
         thread_names: [((4242, 4243), "thread 4243 (python3)".to_string())]
             .into_iter()
             .collect(),
+        counters: vec![
+            CounterEvent { name: "nvlink_bandwidth_gbps".into(), pid: 0, ts_us: 1_234_560.125, values: vec![("GB/s".into(), 17.25)] },
+            CounterEvent { name: "nvlink_bandwidth_gbps".into(), pid: 5, ts_us: 1_234_570.0, values: vec![("GB/s".into(), 0.0)] },
+        ],
     }
 }
 
@@ -417,6 +421,9 @@ fn write_plain_and_gz_read_back_identical() {
         );
         let back = read_trace(&p).unwrap();
         assert_eq!(back.events, t.events, "{name}");
+        assert_eq!(back.counters, t.counters, "{name}");
+        // A counter's process with no name of its own is named like a GPU's.
+        assert_eq!(back.process_names.get(&5).map(String::as_str), Some("GPU 5"));
         assert_eq!(back.base_time_ns, t.base_time_ns);
         assert_eq!(back.schema_version, Some(1));
         assert_eq!(back.device_properties, t.device_properties);
@@ -571,8 +578,15 @@ fn written_events_have_name_cat_and_every_row_is_named() {
                 // The writer invents no category: only the model's uncategorized event lacks one.
                 assert!(e["cat"].is_string() || e["name"] == "uncategorized", "{e}");
             }
+            Some("C") => {
+                assert!(e["name"].is_string() && e["cat"] == "gpuspan" && e["ts"].is_number(), "{e}");
+                assert!(e["args"].as_object().is_some_and(|a| a.values().all(Value::is_number)), "{e}");
+            }
             other => panic!("phase {other:?} written: {e}"),
         }
+    }
+    for e in evs.iter().filter(|e| e["ph"] == "C") {
+        assert!(procs.contains_key(&e["pid"].as_i64().unwrap()), "counter process unnamed: {e}");
     }
     for e in evs.iter().filter(|e| e["ph"] == "X") {
         let (pid, tid) = (e["pid"].as_i64().unwrap(), e["tid"].as_i64().unwrap());

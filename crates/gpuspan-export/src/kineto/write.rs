@@ -40,7 +40,10 @@ const META_CAT: &str = "__metadata";
 ///   [`gpuspan_core::trace::Category::as_kineto`]), `name`, `pid`, `tid`, `ts`, `dur` and
 ///   `args` (`device`, `stream`, `correlation`, `External id`, `grid`, `block`,
 ///   `registers per thread`, `shared memory`, `bytes`, `gpuspan.stage` / `.step` /
-///   `.trace_id` / `.scope`, then `extra_args` verbatim).
+///   `.trace_id` / `.scope`, then `extra_args` verbatim);
+/// - one `ph: "C"` event per [`Trace::counters`] entry (`cat: "gpuspan"`, `name`, `pid`,
+///   `ts`, the values as `args`), after the complete events; a counter's process is named
+///   `"GPU N"` when the trace names it nothing else.
 ///
 /// `ts` / `dur` are written as given (µs, never rounded or shifted) with the shortest
 /// decimal that reads back to the same `f64`, so a value that came from whole ns
@@ -397,6 +400,10 @@ impl Serialize for EventsOut<'_, '_> {
             processes.entry(pid).or_insert_with(|| Cow::Owned(format!("GPU {pid}")));
             threads.entry((pid, tid)).or_insert_with(|| Cow::Owned(format!("stream {tid}")));
         }
+        // Counter tracks belong to a process only (no thread row).
+        for c in &t.counters {
+            processes.entry(c.pid).or_insert_with(|| Cow::Owned(format!("GPU {}", c.pid)));
+        }
         let trailer = self.opts.trailer.as_ref().map(|t| (t.event.pid, t.event.tid));
         for &(pid, tid) in self.survey.rows.iter().chain(trailer.as_ref()) {
             processes.entry(pid).or_insert_with(|| Cow::Owned(format!("process {pid}")));
@@ -441,6 +448,9 @@ impl Serialize for EventsOut<'_, '_> {
             events_cut: n - written,
         };
         self.progress.set(progress);
+        for c in t.counters.iter().filter(|c| c.ts_us.is_finite()) {
+            seq.serialize_element(&CounterOut(c))?;
+        }
         if let Some(tr) = &self.opts.trailer {
             let mut ev = tr.event.clone();
             (tr.fill)(&mut ev, &progress);
@@ -449,6 +459,38 @@ impl Serialize for EventsOut<'_, '_> {
         seq.end()
     }
 }
+
+/// A counter sample as a `ph: "C"` event: `cat` `gpuspan`, `name`, `pid`, `ts`, and the
+/// values as `args` (non-finite values left out: JSON has no NaN).
+struct CounterOut<'a>(&'a gpuspan_core::trace::CounterEvent);
+
+impl Serialize for CounterOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Values<'a>(&'a [(String, f64)]);
+        impl Serialize for Values<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(None)?;
+                for (k, v) in self.0.iter().filter(|(_, v)| v.is_finite()) {
+                    m.serialize_entry(k, v)?;
+                }
+                m.end()
+            }
+        }
+        let c = self.0;
+        let mut m = s.serialize_map(Some(6))?;
+        m.serialize_entry("ph", "C")?;
+        m.serialize_entry("cat", COUNTER_CAT)?;
+        m.serialize_entry("name", &c.name)?;
+        m.serialize_entry("pid", &c.pid)?;
+        m.serialize_entry("ts", &c.ts_us)?;
+        m.serialize_entry("args", &Values(&c.values))?;
+        m.end()
+    }
+}
+
+/// `cat` of the counter events the writer emits (Kineto writes no counters, so no
+/// category of its own applies; readers that sort by category leave it alone).
+const COUNTER_CAT: &str = "gpuspan";
 
 fn is_gpu_row(e: &EventShape) -> bool {
     use gpuspan_core::trace::Category;

@@ -7,6 +7,7 @@
 //! | `gpuspanSimCuptiCounters(uint64_t *subscribes, uint64_t *enables)` | cuptiSubscribe / cuptiActivityEnable call counts |
 //! | `gpuspanSimCuptiSubscription(uint64_t *unsubscribes, int *subscribed, uint64_t *kinds_enabled)` | cuptiUnsubscribe calls, a subscriber held now (0/1), activity kinds enabled now |
 //! | `gpuspanSimNodeTruth(GpuspanSimNodeTruth *out)` | ground truth of this rank's device: collectives, communication, exposed communication, NVLink bytes (`sim::node::Truth`; `now_ns` of the sim's clock not included) |
+//! | `size_t gpuspanSimNodeTransfers(uint64_t *out, size_t cap)` | this rank's NVLink transfers (`start_ns, end_ns, bytes` triples, the first `cap` written to `out`); returns how many there are (`sim::node::Node::transfers`) |
 //! | `gpuspanSimReset(void)` | test only: fresh simulator, environment re-read, held buffers forgotten |
 
 // Safety contract of every export: the C prototype of the function it replaces (cuda.h,
@@ -109,5 +110,24 @@ pub unsafe extern "C" fn gpuspanSimNodeTruth(out: *mut sim::node::Truth) {
                 out.write(t);
             }
         }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn gpuspanSimNodeTransfers(out: *mut u64, cap: usize) -> usize {
+    guard(|| {
+        let st = sim().lock();
+        let t = st.node.transfers();
+        if !out.is_null() {
+            for (i, &(s, e, b)) in t.iter().take(cap).enumerate() {
+                // SAFETY: `out` holds `cap` triples of u64 (3 × cap values), per the table above.
+                unsafe {
+                    out.add(3 * i).write(s);
+                    out.add(3 * i + 1).write(e);
+                    out.add(3 * i + 2).write(b);
+                }
+            }
+        }
+        t.len()
     })
 }

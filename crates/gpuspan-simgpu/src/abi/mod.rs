@@ -46,6 +46,10 @@ impl PanicCode for u64 {
     const ON_PANIC: Self = 0;
 }
 
+impl PanicCode for usize {
+    const ON_PANIC: Self = 0;
+}
+
 impl<T> PanicCode for *const T {
     const ON_PANIC: Self = std::ptr::null();
 }

@@ -61,7 +61,9 @@
 //! `CUDA_VISIBLE_DEVICES=<rank>`, waits for all, removes the directory and exits with the
 //! worst status. A process started with `RANK` set is one rank: it prints, last,
 //! `node truth: rank=R world=N collectives=C comm_ns=.. compute_ns=.. exposed_comm_ns=..
-//! nvlink_tx_bytes=..`, the simulator's own account of its device (`gpuspanSimNodeTruth`).
+//! nvlink_tx_bytes=..`, the simulator's own account of its device (`gpuspanSimNodeTruth`),
+//! then `node transfers: rank=R START:END:BYTES,...`, its NVLink transfers on the sim's
+//! clock (ns; `gpuspanSimNodeTransfers`), from which NVML's counters are read.
 //! `--slow-rank R:F` makes rank R's kernels F times as long. Every rank's requests carry the
 //! same deterministic traceparents, so each request's spans from all ranks share one trace.
 //!
@@ -74,7 +76,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gpuspan_simgpu::workload::exec::{execute_requests, node_truth, open_driver, ExecError, ExecOptions};
+use gpuspan_simgpu::workload::exec::{execute_requests, node_transfers, node_truth, open_driver, ExecError, ExecOptions};
 use gpuspan_simgpu::workload::parallel::{sequence_parallel, Parallel};
 use gpuspan_simgpu::workload::graph_plan;
 use gpuspan_simgpu::workload::from_trace::workload_from_trace;
@@ -584,6 +586,10 @@ fn main() -> ExitCode {
                         "node truth: rank={} world={} collectives={} comm_ns={} compute_ns={} exposed_comm_ns={} nvlink_tx_bytes={}",
                         t.rank, t.world_size, t.collectives, t.comm_ns, t.compute_ns, t.exposed_comm_ns, t.nvlink_tx_bytes
                     );
+                    if let Some(x) = node_transfers(&lib) {
+                        let list: Vec<String> = x.iter().map(|(s, e, b)| format!("{s}:{e}:{b}")).collect();
+                        println!("node transfers: rank={} {}", t.rank, list.join(","));
+                    }
                 }
             }
             if args.activity_client.is_some() {

@@ -280,6 +280,13 @@ impl Node {
             .sum()
     }
 
+    /// This device's NVLink transfers so far, `(start_ns, end_ns, bytes)` on the sim's clock:
+    /// the wire phase of each collective, in issue order. NVML's counter
+    /// ([`Node::nvlink_tx_bytes_at`]) is their sum up to a moment.
+    pub fn transfers(&self) -> &[(u64, u64, u64)] {
+        &self.transfers
+    }
+
     /// The ground truth so far (see [`Truth`]).
     pub fn truth(&self) -> Truth {
         let comm = union(self.intervals.iter().filter(|i| i.2).map(|i| (i.0, i.1)));

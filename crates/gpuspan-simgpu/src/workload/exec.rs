@@ -358,6 +358,22 @@ pub fn node_truth(lib: &Library) -> Option<crate::sim::node::Truth> {
     }
 }
 
+/// This rank's NVLink transfers, `(start_ns, end_ns, bytes)` on the sim's clock
+/// (`gpuspanSimNodeTransfers`, `sim::node::Node::transfers`), `None` under a driver that is
+/// not the simulator.
+pub fn node_transfers(lib: &Library) -> Option<Vec<(u64, u64, u64)>> {
+    type FnTransfers = unsafe extern "C" fn(*mut u64, usize) -> usize;
+    // SAFETY: `gpuspanSimNodeTransfers(uint64_t*, size_t)` is the sim's export of that
+    // prototype; it writes at most `cap` triples into the buffer sized for them.
+    unsafe {
+        let f: FnTransfers = sym(lib, "gpuspanSimNodeTransfers").ok()?;
+        let n = f(std::ptr::null_mut(), 0);
+        let mut buf = vec![0u64; 3 * n];
+        let n = f(buf.as_mut_ptr(), n).min(n);
+        Some(buf[..3 * n].chunks_exact(3).map(|c| (c[0], c[1], c[2])).collect())
+    }
+}
+
 /// Opens `libcuda.so.1` (the dynamic loader's search, so `LD_LIBRARY_PATH` decides whether
 /// it is the simulator or a real driver).
 pub fn open_driver() -> Result<Library, ExecError> {
