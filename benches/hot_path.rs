@@ -2,8 +2,11 @@
 //!
 //! - `decode_join_classify`: a recorded-layout activity buffer (CUPTI 12.9 layouts from
 //!   cudarc's `sys` types: per kernel one ExternalCorrelation, one driver API and one
-//!   Kernel9 record, as CUPTI writes them) decoded into owned records, joined with scopes
-//!   and classified. Throughput is in records/s.
+//!   Kernel9 record, as CUPTI writes them) decoded into owned records (`decode`), joined
+//!   with scopes and classified (`decode+join+classify`: each GPU record's scope, step and
+//!   stage, issue 14 item 3), then also built into Kineto events with their strings
+//!   (`decode+join+classify+events`, `build_trace`), or fed to the span assembler
+//!   (`decode+assemble_spans`). Throughput is in records/s.
 //! - `nvtx_push_pop`: one NVTX range push + pop through the agent's hook functions while the
 //!   agent is not collecting (the one-atomic-load check), next to an empty baseline.
 //!
@@ -14,7 +17,8 @@ use cudarc::cupti::sys::{
     CUpti_Activity, CUpti_ActivityAPI, CUpti_ActivityExternalCorrelation, CUpti_ActivityKernel9,
 };
 use gpuspan_core::classify::Classifier;
-use gpuspan_core::join::{build_trace, JoinOptions, ScopeTable};
+use gpuspan_core::join::{build_trace, JoinOptions, JoinedEvents, ScopeTable};
+use gpuspan_core::trace::EventSource;
 use gpuspan_core::scope::{InlineName, ScopeEvent};
 use gpuspan_core::spans::{SpanAssembler, SpanOptions};
 use gpuspan_cupti::decode::{decode_buffer, NameCache, NextRecord};
@@ -120,7 +124,33 @@ fn bench_decode_join(c: &mut Criterion) {
             black_box(out)
         })
     });
+    // The join and classification proper: every GPU record's scope, step and stage
+    // (`JoinedEvents::gpu_attribution`, what the capture writer and the trace builder turn
+    // into strings), with the decoder's and classifier's caches warm as in a running agent.
+    let mut names = NameCache::default();
+    let mut cl = Classifier::default();
     g.bench_function("decode+join+classify", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(3 * N);
+            // SAFETY: as above.
+            unsafe { decode_buffer(NextRecord::V1(next_record), &RecordLayouts::cupti_12_9(), buf.as_mut_ptr(), valid, &mut names, &mut out) };
+            let opts = JoinOptions { base_time_ns: 0, process_id: 1, include_api: true, trace_seed: None };
+            let mut j = JoinedEvents::new(&out, &table, &mut cl, &opts, false);
+            let mut attributed = 0;
+            for i in 0..j.len() {
+                if let Some(a) = j.gpu_attribution(i) {
+                    attributed += usize::from(a.scope.is_some());
+                    black_box(&a);
+                }
+            }
+            assert_eq!(attributed, N);
+            drop(j);
+            black_box(out)
+        })
+    });
+    // The same, then every event materialised as a Kineto `TraceEvent` with its strings
+    // (`build_trace`; the capture writer does this one event at a time).
+    g.bench_function("decode+join+classify+events", |b| {
         b.iter(|| {
             let mut names = NameCache::default();
             let mut out = Vec::with_capacity(3 * N);

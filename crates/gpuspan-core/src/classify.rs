@@ -127,21 +127,44 @@ pub fn classify_kernel_name(name: &str) -> String {
 pub struct Classifier {
     rules: StageRules,
     cache: HashMap<Arc<str>, Arc<str>>,
+    /// The same classes by the address of an interned name (the decoder hands out one
+    /// `Arc<str>` per distinct kernel name, `gpuspan_cupti::decode::NameCache`), so a
+    /// repeated name costs an integer hash, not a hash of its bytes. Each entry holds its
+    /// name, so the address cannot be reused by another name while it is here; at most
+    /// [`INTERNED_CACHE_MAX`] entries (cleared when full: a decoder whose names are not
+    /// interned only pays the byte hash).
+    by_address: fnv::FnvHashMap<usize, (Arc<str>, Arc<str>)>,
 }
+
+/// Most entries of [`Classifier`]'s by-address cache.
+pub const INTERNED_CACHE_MAX: usize = 16_384;
 
 impl Classifier {
     /// A classifier over `rules`.
     pub fn new(rules: StageRules) -> Classifier {
-        Classifier { rules, cache: HashMap::new() }
+        Classifier { rules, cache: HashMap::new(), by_address: Default::default() }
     }
 
-    /// Class of `kernel_name` by the name rules, computed once per distinct name.
+    /// Class of `kernel_name` by the name rules, computed once per distinct name; a name
+    /// seen before as the same `Arc` is looked up by its address. Allocates only the first
+    /// time a name (or a new `Arc` of it) is seen.
     pub fn class_of(&mut self, kernel_name: &Arc<str>) -> Arc<str> {
-        if let Some(c) = self.cache.get(kernel_name) {
+        let addr = Arc::as_ptr(kernel_name) as *const u8 as usize;
+        if let Some((_, c)) = self.by_address.get(&addr) {
             return c.clone();
         }
-        let c: Arc<str> = Arc::from(self.rules.class_of(kernel_name));
-        self.cache.insert(kernel_name.clone(), c.clone());
+        let c = match self.cache.get(kernel_name) {
+            Some(c) => c.clone(),
+            None => {
+                let c: Arc<str> = Arc::from(self.rules.class_of(kernel_name));
+                self.cache.insert(kernel_name.clone(), c.clone());
+                c
+            }
+        };
+        if self.by_address.len() >= INTERNED_CACHE_MAX {
+            self.by_address.clear();
+        }
+        self.by_address.insert(addr, (kernel_name.clone(), c.clone()));
         c
     }
 

@@ -433,19 +433,53 @@ impl<'a> JoinedEvents<'a> {
             .clone()
     }
 
-    /// `stage` (decided by the caller), and the scope, step and trace id of a GPU event
-    /// launched inside `scope` (the scope its correlation id names, if any).
-    fn attribute(&mut self, ev: &mut TraceEvent, scope: Option<&'a ScopeInfo>, stage: &str) {
-        ev.stage = Some(stage.to_string());
-        if let Some(s) = scope {
+    /// `stage`, and the scope, step and trace id of a GPU event launched inside `scope` (the
+    /// scope its correlation id names, if any): what [`Self::gpu_attribution`] found, as the
+    /// event's strings.
+    fn attribute(&mut self, ev: &mut TraceEvent, a: &GpuAttribution<'a>) {
+        ev.stage = Some(a.stage.to_string());
+        if let Some(s) = a.scope {
             ev.scope = Some(s.name.clone());
-            if let Some(step) = s.attribution.step.and_then(|id| self.scopes.get(id)) {
+            if let Some(step) = a.step {
                 ev.step = Some(step.name.clone());
             }
             if let Some(rid) = s.attribution.request {
                 ev.trace_id = self.trace_id_of(rid);
             }
         }
+    }
+
+    /// The join and classification of event `i` of the write order, when it is GPU activity
+    /// (kernel, memcpy, memset; `None` for API calls and scopes): the scope its launch ran
+    /// in (its correlation id's external correlation), that scope's step, and its stage (the
+    /// scope's stage, NCCL's `communication`, else the kernel name's class, cached per
+    /// interned name). Allocates nothing once every distinct kernel name has been
+    /// classified: this is the join the capture writer and [`build_trace`] turn into event
+    /// strings.
+    pub fn gpu_attribution(&mut self, i: usize) -> Option<GpuAttribution<'a>> {
+        let (_, src) = self.order[i];
+        let records: &'a [ActivityRecord] = self.records;
+        let (corr, stage) = match records.get(src)? {
+            ActivityRecord::Kernel(k) => {
+                let scope = self.scope_of(k.correlation_id);
+                let stage = match crate::classify::scoped_stage(&k.name, scope.and_then(|s| s.attribution.stage)) {
+                    Some(stage) => Stage::Static(stage),
+                    None => Stage::Class(self.classifier.class_of(&k.name)),
+                };
+                return Some(self.with_scope(scope, stage));
+            }
+            ActivityRecord::Memcpy(m) => (m.correlation_id, Stage::Static("memcpy")),
+            ActivityRecord::Memset(m) => (m.correlation_id, Stage::Static("memset")),
+            _ => return None,
+        };
+        let scope = self.scope_of(corr);
+        Some(self.with_scope(scope, stage))
+    }
+
+    fn with_scope(&self, scope: Option<&'a ScopeInfo>, stage: Stage) -> GpuAttribution<'a> {
+        let scopes: &'a ScopeTable = self.scopes;
+        let step = scope.and_then(|s| s.attribution.step).and_then(|id| scopes.get(id));
+        GpuAttribution { scope, step, stage }
     }
 
     fn shape_of(&self, i: usize) -> crate::trace::EventShape {
@@ -499,13 +533,8 @@ impl<'a> JoinedEvents<'a> {
                     ),
                     ..Default::default()
                 };
-                let scope = self.scope_of(k.correlation_id);
-                match crate::classify::scoped_stage(&k.name, scope.and_then(|s| s.attribution.stage)) {
-                    Some(stage) => self.attribute(&mut ev, scope, stage),
-                    None => {
-                        let class = self.classifier.class_of(&k.name);
-                        self.attribute(&mut ev, scope, &class);
-                    }
+                if let Some(a) = self.gpu_attribution(i) {
+                    self.attribute(&mut ev, &a);
                 }
                 ev
             }
@@ -515,7 +544,9 @@ impl<'a> JoinedEvents<'a> {
                     name: m.kind.kineto_name().to_string(),
                     ..gpu_event(m.device_id, m.stream_id, m.correlation_id, m.start_ns, m.end_ns, m.bytes, base)
                 };
-                self.attribute(&mut ev, self.scope_of(m.correlation_id), "memcpy");
+                if let Some(a) = self.gpu_attribution(i) {
+                    self.attribute(&mut ev, &a);
+                }
                 ev
             }
             Some(ActivityRecord::Memset(m)) => {
@@ -524,7 +555,9 @@ impl<'a> JoinedEvents<'a> {
                     name: "Memset".to_string(),
                     ..gpu_event(m.device_id, m.stream_id, m.correlation_id, m.start_ns, m.end_ns, m.bytes, base)
                 };
-                self.attribute(&mut ev, self.scope_of(m.correlation_id), "memset");
+                if let Some(a) = self.gpu_attribution(i) {
+                    self.attribute(&mut ev, &a);
+                }
                 ev
             }
             Some(ActivityRecord::Api(a)) => {
@@ -563,6 +596,38 @@ impl<'a> JoinedEvents<'a> {
                 }
                 ev
             }
+        }
+    }
+}
+
+/// A GPU event's place in the scopes and its stage ([`JoinedEvents::gpu_attribution`]):
+/// references into the scope table and the classifier's interned class, no copies.
+#[derive(Debug, Clone)]
+pub struct GpuAttribution<'a> {
+    /// The scope the launch ran in, when its external correlation named one.
+    pub scope: Option<&'a ScopeInfo>,
+    /// That scope's step (`dit.step …`), when it is inside one.
+    pub step: Option<&'a ScopeInfo>,
+    /// The event's stage.
+    pub stage: Stage,
+}
+
+/// A stage name: a fixed one (`memcpy`, `communication`, a stage scope's) or a kernel
+/// name's class, shared with the classifier's cache.
+#[derive(Debug, Clone)]
+pub enum Stage {
+    /// A stage known at compile time.
+    Static(&'static str),
+    /// A class from the [`Classifier`]'s cache.
+    Class(std::sync::Arc<str>),
+}
+
+impl std::ops::Deref for Stage {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Stage::Static(s) => s,
+            Stage::Class(s) => s,
         }
     }
 }
