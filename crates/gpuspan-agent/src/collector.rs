@@ -69,6 +69,8 @@ pub struct Collector {
     pub records: Vec<ActivityRecord>,
     /// Kernel-name interning.
     pub names: NameCache,
+    /// Scope names by the keys the hot path sends ([`crate::scope_names`]).
+    pub scope_names: crate::scope_names::NameTable,
     /// Stage classification, cached per kernel name.
     pub classifier: Classifier,
     /// Totals of all decoded buffers.
@@ -100,6 +102,7 @@ impl Collector {
             scopes: ScopeTable::new(),
             records: Vec::new(),
             names: NameCache::default(),
+            scope_names: Default::default(),
             classifier: Classifier::new(rules),
             decode_totals: DecodeStats::default(),
             assembler: SpanAssembler::new(spans),
@@ -212,7 +215,11 @@ impl Collector {
                 self.resolver.accept(m, c);
             }
         }
-        while let Some(ev) = a.scope_queue.pop() {
+        while let Some(q) = a.scope_queue.pop() {
+            let Some(ev) = self.scope_names.resolve(&a.scope_names, q) else {
+                a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
             self.scopes.apply(&ev);
             self.assembler.observe_scope(&ev, &self.scopes);
             if let ScopeEvent::End { id, .. } = ev {

@@ -2,8 +2,9 @@
 //!
 //! Rules (DESIGN.md "Hot-path rules"): no allocation, no lock, no syscall besides the first
 //! `gettid` of a thread, no logging, no panic across FFI; one atomic load when the agent is
-//! not collecting. Each push copies the name into a fixed-size `ScopeEvent` and queues it
-//! (a full queue drops the event and counts it); in coarse mode it also records a pooled
+//! not collecting. Each push queues a 40-byte event that names its scope by a key, the name
+//! itself crossing once per thread ([`crate::scope_names`]; a full queue drops the event and
+//! counts it); in coarse mode it also records a pooled
 //! CUDA event on each of the thread's streams ([`use_streams`]; the legacy default stream
 //! when none were named) and queues a mark ([`crate::coarse::mark`]); while CUPTI collects
 //! it pushes the scope id as a CUPTI external correlation id (kind CUSTOM2), and pops it
@@ -20,7 +21,8 @@ use crate::shared::{shared, Shared};
 use gpuspan_core::activity::GPUSPAN_EXTERNAL_KIND;
 use gpuspan_cupti::events::Stream;
 use crate::nvtx_domains::{self, is_scope_domain, DOMAIN_SLOTS};
-use gpuspan_core::scope::{InlineName, ScopeEvent, ScopeId, INLINE_NAME_CAP};
+use crate::scope_names::{QueuedScope, ThreadNames};
+use gpuspan_core::scope::{ScopeId, INLINE_NAME_CAP};
 use gpuspan_cupti::nvtx::{message_text, wide_to_utf8, EventAttributes, WChar};
 use std::cell::Cell;
 use std::ffi::{c_char, c_void, CStr};
@@ -70,6 +72,8 @@ struct ThreadScopes {
     streams: [Cell<usize>; MAX_SCOPE_STREAMS],
     /// How many of `streams` are set (0: the legacy default stream).
     n_streams: Cell<u8>,
+    /// Scope names this thread has sent ([`crate::scope_names`]).
+    names: ThreadNames,
 }
 
 thread_local! {
@@ -91,6 +95,7 @@ thread_local! {
             pushed: [const { Cell::new(false) }; MAX_DEPTH],
             streams: [const { Cell::new(0) }; MAX_SCOPE_STREAMS],
             n_streams: Cell::new(0),
+            names: ThreadNames::new(),
         }
     };
 }
@@ -255,7 +260,7 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
         t.began_in_capture[depth].set(t.capturing.get() > 0);
         let pushed = a.fine_on.load(Ordering::SeqCst);
         t.pushed[depth].set(pushed);
-        let ts_ns = begin_event(a, id, parent, thread_id(t), name, pushed);
+        let ts_ns = begin_event(a, id, parent, thread_id(t), &t.names, name, pushed);
         if let Some(c) = &a.coarse {
             let (streams, n) = thread_streams(t);
             record_boundary(c, id, parent, false, depth == 0, ts_ns, &streams[..n]);
@@ -264,17 +269,22 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
     })
 }
 
-/// Queues the begin event (and pushes the external correlation id when `push`); returns its
-/// timestamp, CUPTI ns.
-fn begin_event(a: &Shared, id: ScopeId, parent: ScopeId, thread_id: u32, name: &[u8], push: bool) -> u64 {
+/// Queues the begin event, its name as a key (the name itself once per thread, or with every
+/// push for a long name: [`crate::scope_names`]), and pushes the external correlation id when
+/// `push`; returns its timestamp, CUPTI ns.
+fn begin_event(a: &Shared, id: ScopeId, parent: ScopeId, thread_id: u32, names: &ThreadNames, name: &[u8], push: bool) -> u64 {
     let ts_ns = a.now_ns();
     if push {
         if let Some(api) = &a.api {
             api.push_external_correlation(GPUSPAN_EXTERNAL_KIND, id);
         }
     }
-    let ev = ScopeEvent::Begin { id, parent, thread_id, ts_ns, name: InlineName::from_bytes(name) };
-    if a.scope_queue.push(ev).is_err() {
+    let queued = a
+        .scope_names
+        .key_of(names, name)
+        .map(|name| QueuedScope::Begin { id, parent, thread_id, ts_ns, name })
+        .is_some_and(|ev| a.scope_queue.push(ev).is_ok());
+    if !queued {
         a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
     }
     ts_ns
@@ -344,11 +354,11 @@ pub fn range_end(slot: usize) -> i32 {
             && t.capturing.get() > 0
             && launches == Some(0)
             && a.coarse.is_none()
-            && a.scope_queue.push(ScopeEvent::InCapture { id }).is_err()
+            && a.scope_queue.push(QueuedScope::InCapture { id }).is_err()
         {
             a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
         }
-        let ev = ScopeEvent::End { id, ts_ns, launches };
+        let ev = QueuedScope::End { id, ts_ns, launches };
         if a.scope_queue.push(ev).is_err() {
             a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
         }

@@ -44,6 +44,7 @@ pub mod coarse;
 pub mod config;
 pub mod nvtx_domains;
 pub mod bounded;
+pub mod scope_names;
 pub mod shared;
 pub mod unload;
 pub mod telemetry;

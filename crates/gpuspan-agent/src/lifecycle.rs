@@ -283,6 +283,7 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
         pool: BufferPool::new(config.buffer_bytes, config.max_buffers),
         allow_decline,
         scope_queue: ArrayQueue::new(SCOPE_QUEUE_CAP),
+        scope_names: Default::default(),
         completed_queue: ArrayQueue::new(COMPLETED_QUEUE_CAP),
         next_scope_id: AtomicU64::new(1),
         collecting: AtomicBool::new(false),

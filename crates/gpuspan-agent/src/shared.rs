@@ -8,14 +8,13 @@
 
 use crate::config::Config;
 use crossbeam::queue::ArrayQueue;
-use gpuspan_core::scope::ScopeEvent;
 use gpuspan_cupti::activity::{ActivityApi, Subscriber};
 use gpuspan_cupti::buffers::BufferPool;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-/// Capacity of the scope-event queue (events; each ≈ 290 bytes, so ≈ 4.6 MiB; the
-/// collector drains it every 5 ms).
+/// Capacity of the scope-event queue (events of 40 bytes, names apart:
+/// [`crate::scope_names`]; ≈ 640 KiB; the collector drains it every 5 ms).
 pub const SCOPE_QUEUE_CAP: usize = 1 << 14;
 /// Capacity of the completed-buffer queue; larger than any pool, so it never fills.
 pub const COMPLETED_QUEUE_CAP: usize = 1024;
@@ -82,8 +81,10 @@ pub struct Shared {
     pub pool: BufferPool,
     /// May the buffer-requested callback decline (CUPTI API ≥ 27)?
     pub allow_decline: bool,
-    /// Scope events from app threads.
-    pub scope_queue: ArrayQueue<ScopeEvent>,
+    /// Scope events from app threads, their names as keys.
+    pub scope_queue: ArrayQueue<crate::scope_names::QueuedScope>,
+    /// The names those keys stand for, and what the threads need to send them.
+    pub scope_names: crate::scope_names::NameSender,
     /// Completed buffers `(address, valid_bytes)` from CUPTI threads.
     pub completed_queue: ArrayQueue<(usize, usize)>,
     /// Next scope id (also the external correlation id); starts at 1.
