@@ -100,8 +100,9 @@ pub struct Config {
     pub buffer_bytes: usize,
     /// Most activity buffers alive at once (`GPUSPAN_MAX_BUFFERS`, default 32).
     pub max_buffers: usize,
-    /// Most activity records kept per capture (`GPUSPAN_MAX_RECORDS`, default 8 000 000);
-    /// more are dropped and counted.
+    /// Most activity records held at once (`GPUSPAN_MAX_RECORDS`; default
+    /// [`DEFAULT_MAX_RECORDS`], or [`SEGMENT_MAX_RECORDS`] with rolling segments); more are
+    /// dropped and counted (`record_limit`).
     pub max_records: usize,
     /// Prometheus endpoint address (`GPUSPAN_METRICS_ADDR`, `host:port`; unset, empty or
     /// `off` = no endpoint), its port moved up by `LOCAL_RANK` in a distributed job.
@@ -146,6 +147,16 @@ pub struct Config {
     /// `nvlink_bandwidth_gbps` track.
     pub nvml_period: std::time::Duration,
 }
+
+/// Default of [`Config::max_records`] when one capture is written at exit: 8 M records
+/// (about 800 MB).
+pub const DEFAULT_MAX_RECORDS: usize = 8_000_000;
+
+/// Default of [`Config::max_records`] with rolling segments (`GPUSPAN_CAPTURE_SEGMENT_STEPS`):
+/// 400 k records (about 40 MB). A segment is also cut once half of them are held
+/// (`crate::segment`), so the limit drops records only when the segment writer falls behind
+/// the GPU (issue 14, item 6: a flood stays within its memory, every drop counted).
+pub const SEGMENT_MAX_RECORDS: usize = 400_000;
 
 /// Default of [`Config::nvml_period`]: 1 s, `nvidia-smi dmon`'s default sampling period.
 pub const DEFAULT_NVML_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
@@ -199,7 +210,6 @@ impl Config {
         let rules_path = std::env::var_os("GPUSPAN_RULES").filter(|v| !v.is_empty()).map(PathBuf::from);
         let buffer_bytes = parse_num("GPUSPAN_BUFFER_BYTES", 4 << 20, &mut w);
         let max_buffers = parse_num("GPUSPAN_MAX_BUFFERS", 32, &mut w);
-        let max_records = parse_num("GPUSPAN_MAX_RECORDS", 8_000_000, &mut w);
         let event_pool = parse_num("GPUSPAN_EVENT_POOL", crate::coarse::pool::DEFAULT_EVENT_POOL, &mut w);
         let max_models = parse_num("GPUSPAN_MAX_MODELS", gpuspan_core::cardinality::DEFAULT_MAX_MODELS, &mut w);
         let flight_recorder = match std::env::var("GPUSPAN_FLIGHT_RECORDER") {
@@ -228,6 +238,8 @@ impl Config {
             },
         };
         let capture_keep = parse_num("GPUSPAN_CAPTURE_KEEP", 8, &mut w);
+        let default_records = if capture_segment_steps.is_some() { SEGMENT_MAX_RECORDS } else { DEFAULT_MAX_RECORDS };
+        let max_records = parse_num("GPUSPAN_MAX_RECORDS", default_records, &mut w);
         let metrics_addr = std::env::var("GPUSPAN_METRICS_ADDR")
             .ok()
             .map(|v| v.trim().to_string())

@@ -5,9 +5,13 @@
 //!
 //! Where a segment ends: at the begin of the earliest root scope (a request, or a scope
 //! outside any) that is still open or whose request the span assembler has not finalized
-//! yet (its records may still be arriving); with none, everything decoded so far. A
-//! segment therefore holds whole requests, and a request longer than N steps goes whole into
-//! one segment. Records are cut by their launch: an API record by its CPU start; a kernel,
+//! yet (its records may still be arriving); with none, everything decoded so far. So a
+//! segment holds whole requests, unless one request holds everything pending (a request
+//! longer than N steps: a 50-step wan2.1 request makes about 3 M records): then the segment
+//! ends inside it, at the begin of its earliest step still in flight (or the end of its last
+//! finished step), and the request's scope is copied into the segment and kept for the
+//! next, so each step is in exactly one segment and every segment's kernels keep their
+//! request (issue 14, item 6). Records are cut by their launch: an API record by its CPU start; a kernel,
 //! memcpy, memset or external-correlation record by the CPU start of the API call with its
 //! correlation id (a step's kernels may run on the GPU after the next step began on the
 //! CPU), or by its own start when that call's record is not there. Correlation ids are
@@ -28,7 +32,8 @@ use crate::shared::Shared;
 use crate::telemetry::Telemetry;
 use gpuspan_core::activity::ActivityRecord;
 use gpuspan_core::classify::Classifier;
-use gpuspan_core::join::ScopeTable;
+use gpuspan_core::join::{ScopeInfo, ScopeTable};
+use gpuspan_core::scope::{ScopeId, ScopeKind};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,28 +54,60 @@ pub struct Segment {
     pub steps: u64,
 }
 
-/// The CPU time (CUPTI ns) a segment may extend to: the begin of the earliest root scope
-/// still in flight, `u64::MAX` when there is none.
+/// Whether root scope `s` is still in flight: open, or a request the span assembler has not
+/// finalized (its records may still be arriving).
+fn in_flight(c: &Collector, s: &ScopeInfo) -> bool {
+    s.end_ns.is_none() || matches!(s.kind, ScopeKind::Request { .. }) && c.assembler.is_open_request(s.id)
+}
+
+/// The CPU time (CUPTI ns) a segment may extend to, `u64::MAX` when nothing is in flight.
+///
+/// Whole requests when there are any: the begin of the earliest root scope in flight, if a
+/// root scope began before it. Otherwise one request holds everything pending (a long
+/// video request: a 50-step wan2.1 request makes about 3 M records), and the segment ends
+/// inside it, at a step boundary ([`within_request`]), or earlier where another root (a
+/// request of another thread) begins.
 fn cut_ns(c: &Collector) -> u64 {
-    c.scopes
-        .iter_sorted()
-        .iter()
-        .filter(|s| s.parent == 0)
-        .filter(|s| {
-            s.end_ns.is_none()
-                || match s.kind {
-                    gpuspan_core::scope::ScopeKind::Request { .. } => c.assembler.is_open_request(s.id),
-                    _ => false,
-                }
-        })
-        .map(|s| s.begin_ns)
-        .min()
-        .unwrap_or(u64::MAX)
+    let sorted = c.scopes.iter_sorted();
+    let roots: Vec<&ScopeInfo> = sorted.iter().copied().filter(|s| s.parent == 0).collect();
+    let Some(first) = roots.iter().copied().filter(|s| in_flight(c, s)).min_by_key(|s| (s.begin_ns, s.id)) else {
+        return u64::MAX;
+    };
+    if roots.iter().any(|s| s.begin_ns < first.begin_ns) || !matches!(first.kind, ScopeKind::Request { .. }) {
+        return first.begin_ns;
+    }
+    let others = roots.iter().filter(|s| s.id != first.id && in_flight(c, s)).map(|s| s.begin_ns).min().unwrap_or(u64::MAX);
+    within_request(c, &sorted, first).min(others)
+}
+
+/// Where request `r`'s unfinished part begins: the begin of its earliest step still in
+/// flight (open, or its records not all in), else the end of its last finished step (what
+/// follows, the VAE say, is still running), else its own begin.
+fn within_request(c: &Collector, sorted: &[&ScopeInfo], r: &ScopeInfo) -> u64 {
+    let mut open: Option<u64> = None;
+    let mut done_end: Option<u64> = None;
+    for st in sorted.iter().filter(|s| matches!(s.kind, ScopeKind::Step { .. }) && s.attribution.request == Some(r.id)) {
+        match st.end_ns {
+            Some(e) if !c.assembler.is_open_unit(st.id) => done_end = Some(done_end.map_or(e, |d| d.max(e))),
+            _ => open = Some(open.map_or(st.begin_ns, |o| o.min(st.begin_ns))),
+        }
+    }
+    open.or(done_end).unwrap_or(r.begin_ns)
+}
+
+/// Whether scope `s` lies wholly before `cut` and is done with: ended by then, and not a
+/// request still being finalized. Such scopes move into the segment; the others that began
+/// before the cut (the request a step cut runs through) are copied into it and stay.
+fn whole_before(c: &Collector, s: &ScopeInfo, cut: u64) -> bool {
+    s.begin_ns < cut
+        && s.end_ns.is_some_and(|e| e <= cut)
+        && !(matches!(s.kind, ScopeKind::Request { .. }) && c.assembler.is_open_request(s.id))
 }
 
 /// Counts `finished_steps` toward the next segment and, once there are
-/// `GPUSPAN_CAPTURE_SEGMENT_STEPS` of them, something can be cut and `writer_idle`, moves the
-/// segment's records and scopes out of `c`. `None`: segments are off, not due, the writer is
+/// `GPUSPAN_CAPTURE_SEGMENT_STEPS` of them (or half of `GPUSPAN_MAX_RECORDS` records are
+/// held), something can be cut and `writer_idle`, moves the segment's records and scopes
+/// out of `c`. `None`: segments are off, not due, the writer is
 /// busy, or nothing is whole yet.
 pub fn take(c: &mut Collector, a: &Shared, finished_steps: usize, writer_idle: bool) -> Option<Segment> {
     let n = a.config.capture_segment_steps?;
@@ -78,10 +115,18 @@ pub fn take(c: &mut Collector, a: &Shared, finished_steps: usize, writer_idle: b
         return None;
     }
     c.segment_steps += finished_steps as u64;
-    if c.segment_steps < n.max(1) || !writer_idle {
+    // Due after N steps, or sooner when half the record limit is held (a long request's
+    // steps, or a flood), so the limit drops records only when the writer falls behind.
+    let pressed = c.records.len() >= a.config.max_records / 2;
+    if (c.segment_steps < n.max(1) && !pressed) || !writer_idle {
         return None;
     }
     let cut = cut_ns(c);
+    // Nothing began before the cut (a first step still running while half the record limit
+    // is held): nothing to write yet, and no pass over the records.
+    if cut != u64::MAX && !c.scopes.iter_sorted().iter().any(|s| s.begin_ns < cut) {
+        return None;
+    }
     // Launch time of every API call whose record is here, by correlation id.
     let launch: HashMap<u32, u64> = c
         .records
@@ -116,13 +161,15 @@ pub fn take(c: &mut Collector, a: &Shared, finished_steps: usize, writer_idle: b
     let mut taken = Vec::with_capacity(n);
     taken.extend(c.records.extract_if(.., |r| in_segment(r)));
     c.records.shrink_to(c.records.len().max(1 << 16));
-    let scopes = c.scopes.subset(|s| s.begin_ns < cut && s.end_ns.is_some());
+    // Every scope that began before the cut: the whole ones, and (a step cut) the request
+    // it runs through, so the segment's kernels keep their request.
+    let scopes = c.scopes.subset(|s| s.begin_ns < cut);
     if taken.is_empty() && scopes.is_empty() {
         return None;
     }
-    // What was written is released: the scopes that ended before the cut (their requests
-    // are finalized) go from the table.
-    c.scopes.retain(|s| !(s.begin_ns < cut && s.end_ns.is_some()));
+    // What was written is released: the scopes wholly before the cut go from the table.
+    let whole: std::collections::HashSet<ScopeId> = c.scopes.iter_sorted().iter().filter(|s| whole_before(c, s, cut)).map(|s| s.id).collect();
+    c.scopes.retain(|s| !whole.contains(&s.id));
     c.segment_seq += 1;
     let steps = std::mem::take(&mut c.segment_steps);
     Some(Segment { seq: c.segment_seq, records: taken, scopes, steps })

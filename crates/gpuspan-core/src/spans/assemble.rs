@@ -449,6 +449,12 @@ impl SpanAssembler {
         self.requests.contains_key(&id)
     }
 
+    /// Whether unit `id` (a step, or a request's own unit) is still collecting: its scope is
+    /// open, or its GPU records may still be arriving. A finished step's records are all in.
+    pub fn is_open_unit(&self, id: ScopeId) -> bool {
+        self.units.contains_key(&id)
+    }
+
     /// Observes a scope event, after it was applied to `scopes`.
     pub fn observe_scope(&mut self, ev: &ScopeEvent, scopes: &ScopeTable) {
         match ev {
