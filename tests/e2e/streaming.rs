@@ -255,6 +255,7 @@ fn long_request_in_segments(steps: &str, max_records: &str, speed: &str, buffer_
     for p in &segments {
         let t = gpuspan_export::read_trace(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         kernels += t.kernels().count() as u64;
+        assert!(t.kernels().count() > 0, "{}: a segment without kernels", p.display());
         assert!(t.kernels().all(|k| k.trace_id.is_some()), "{}: a kernel outside the request", p.display());
         trace_ids.extend(t.kernels().filter_map(|k| k.trace_id.clone()));
         let mut any = false;

@@ -48,7 +48,8 @@ pub struct Segment {
     pub seq: u64,
     /// Its records, in arrival order.
     pub records: Vec<ActivityRecord>,
-    /// Its scopes: every scope that began before the cut (all ended).
+    /// Its scopes: every scope that began before the cut (all ended, but for the request a
+    /// step cut runs through, which is a copy and may still be open).
     pub scopes: ScopeTable,
     /// Steps the span assembler finished since the previous segment.
     pub steps: u64,
@@ -161,14 +162,16 @@ pub fn take(c: &mut Collector, a: &Shared, finished_steps: usize, writer_idle: b
     let mut taken = Vec::with_capacity(n);
     taken.extend(c.records.extract_if(.., |r| in_segment(r)));
     c.records.shrink_to(c.records.len().max(1 << 16));
+    let whole: std::collections::HashSet<ScopeId> = c.scopes.iter_sorted().iter().filter(|s| whole_before(c, s, cut)).map(|s| s.id).collect();
+    // Nothing new since the last segment (a step cut at the step it cut at before, which is
+    // still running): no segment, rather than one holding only the request's scope again.
+    if taken.is_empty() && whole.is_empty() {
+        return None;
+    }
     // Every scope that began before the cut: the whole ones, and (a step cut) the request
     // it runs through, so the segment's kernels keep their request.
     let scopes = c.scopes.subset(|s| s.begin_ns < cut);
-    if taken.is_empty() && scopes.is_empty() {
-        return None;
-    }
     // What was written is released: the scopes wholly before the cut go from the table.
-    let whole: std::collections::HashSet<ScopeId> = c.scopes.iter_sorted().iter().filter(|s| whole_before(c, s, cut)).map(|s| s.id).collect();
     c.scopes.retain(|s| !whole.contains(&s.id));
     c.segment_seq += 1;
     let steps = std::mem::take(&mut c.segment_steps);
