@@ -58,8 +58,8 @@
 //! process becomes a launcher, as torchrun: it makes a node directory
 //! (`GPUSPAN_SIM_NODE_DIR`, where the simulated devices' collectives meet, `sim::node`) and
 //! starts N copies of itself with `RANK`, `LOCAL_RANK`, `WORLD_SIZE` and
-//! `CUDA_VISIBLE_DEVICES=<rank>`, waits for all, removes the directory and exits with the
-//! worst status. A process started with `RANK` set is one rank: it prints, last,
+//! `CUDA_VISIBLE_DEVICES=<rank>`, forwards their stdout line by line (whole lines, however
+//! long), waits for all, removes the directory and exits with the worst status. A process started with `RANK` set is one rank: it prints, last,
 //! `node truth: rank=R world=N collectives=C comm_ns=.. compute_ns=.. exposed_comm_ns=..
 //! nvlink_tx_bytes=..`, the simulator's own account of its device (`gpuspanSimNodeTruth`),
 //! then `node transfers: rank=R START:END:BYTES,...`, its NVLink transfers on the sim's
@@ -402,8 +402,22 @@ fn parse_slow_rank(s: &str, ranks: u32) -> Result<(u32, f64), String> {
     Ok((r, f))
 }
 
+/// Copies a rank's stdout to ours line by line, each line whole under the stdout lock: the
+/// ranks' `node transfers:` lines run to tens of KB, beyond what one pipe write keeps
+/// together (`PIPE_BUF`), so ranks writing to a shared stdout cut into each other's lines.
+fn forward_lines(from: std::process::ChildStdout) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        for line in std::io::BufReader::new(from).lines().map_while(Result::ok) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+        }
+    })
+}
+
 /// `--ranks N` in the launcher (no `RANK` in the environment): runs N rank processes (see
-/// the module docs) and returns the worst exit status.
+/// the module docs), their stdout forwarded line by line, and returns the worst exit
+/// status.
 fn launch_ranks(ranks: u32) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
@@ -432,20 +446,27 @@ fn launch_ranks(ranks: u32) -> ExitCode {
             .env("CUDA_VISIBLE_DEVICES", r.to_string())
             .env("GPUSPAN_SIM_NODE_DIR", &dir)
             .env("GPUSPAN_SIM_NVML_DEVICES", nvml_devices.to_string())
+            .stdout(std::process::Stdio::piped())
             .spawn();
         match child {
-            Ok(c) => children.push((r, c)),
+            Ok(mut c) => {
+                let forward = c.stdout.take().map(forward_lines);
+                children.push((r, c, forward));
+            }
             Err(e) => {
                 eprintln!("gpuspan-replay: --ranks: cannot start rank {r}: {e}");
                 worst = 1;
             }
         }
     }
-    for (r, mut c) in children {
+    for (r, mut c, forward) in children {
         let code = match c.wait() {
             Ok(s) => s.code().map_or(1, |c| c.clamp(0, 255) as u8),
             Err(_) => 1,
         };
+        if let Some(t) = forward {
+            let _ = t.join();
+        }
         if code != 0 {
             eprintln!("gpuspan-replay: rank {r} exited with status {code}");
         }
