@@ -68,8 +68,8 @@ fn in_flight(c: &Collector, s: &ScopeInfo) -> bool {
 /// video request: a 50-step wan2.1 request makes about 3 M records), and the segment ends
 /// inside it, at a step boundary ([`within_request`]), or earlier where another root (a
 /// request of another thread) begins.
-fn cut_ns(c: &Collector) -> u64 {
-    let sorted = c.scopes.iter_sorted();
+/// `sorted`: the collector's scopes, `ScopeTable::iter_sorted`.
+fn cut_ns(c: &Collector, sorted: &[&ScopeInfo]) -> u64 {
     let roots: Vec<&ScopeInfo> = sorted.iter().copied().filter(|s| s.parent == 0).collect();
     let Some(first) = roots.iter().copied().filter(|s| in_flight(c, s)).min_by_key(|s| (s.begin_ns, s.id)) else {
         return u64::MAX;
@@ -78,7 +78,7 @@ fn cut_ns(c: &Collector) -> u64 {
         return first.begin_ns;
     }
     let others = roots.iter().filter(|s| s.id != first.id && in_flight(c, s)).map(|s| s.begin_ns).min().unwrap_or(u64::MAX);
-    within_request(c, &sorted, first).min(others)
+    within_request(c, sorted, first).min(others)
 }
 
 /// Where request `r`'s unfinished part begins: the begin of its earliest step still in
@@ -122,12 +122,18 @@ pub fn take(c: &mut Collector, a: &Shared, finished_steps: usize, writer_idle: b
     if (c.segment_steps < n.max(1) && !pressed) || !writer_idle {
         return None;
     }
-    let cut = cut_ns(c);
-    // Nothing began before the cut (a first step still running while half the record limit
-    // is held): nothing to write yet, and no pass over the records.
-    if cut != u64::MAX && !c.scopes.iter_sorted().iter().any(|s| s.begin_ns < cut) {
-        return None;
-    }
+    // The scopes sorted once: the cut, and which of them lie wholly before it.
+    let (cut, whole) = {
+        let sorted = c.scopes.iter_sorted();
+        let cut = cut_ns(c, &sorted);
+        // Nothing began before the cut (a first step still running while half the record
+        // limit is held): nothing to write yet, and no pass over the records.
+        if cut != u64::MAX && !sorted.iter().any(|s| s.begin_ns < cut) {
+            return None;
+        }
+        let whole: std::collections::HashSet<ScopeId> = sorted.iter().filter(|s| whole_before(c, s, cut)).map(|s| s.id).collect();
+        (cut, whole)
+    };
     // Launch time of every API call whose record is here, by correlation id.
     let launch: HashMap<u32, u64> = c
         .records
@@ -162,7 +168,6 @@ pub fn take(c: &mut Collector, a: &Shared, finished_steps: usize, writer_idle: b
     let mut taken = Vec::with_capacity(n);
     taken.extend(c.records.extract_if(.., |r| in_segment(r)));
     c.records.shrink_to(c.records.len().max(1 << 16));
-    let whole: std::collections::HashSet<ScopeId> = c.scopes.iter_sorted().iter().filter(|s| whole_before(c, s, cut)).map(|s| s.id).collect();
     // Nothing new since the last segment (a step cut at the step it cut at before, which is
     // still running): no segment, rather than one holding only the request's scope again.
     if taken.is_empty() && whole.is_empty() {
