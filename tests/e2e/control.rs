@@ -198,7 +198,9 @@ fn control_socket_status_errors_peer_check_and_cleanup() {
     assert_eq!(sm.mode() & 0o7777, 0o600, "{}", sock.display());
     assert_eq!(sm.uid(), euid());
     // The socket is bound (and accepts into its backlog) before the thread serving it starts:
-    // the thread may take a moment to appear under its name.
+    // the thread may take a moment to appear under its name. A connection thread it spawns
+    // (for the probe above) starts under its creator's name (Linux copies `comm` to a new
+    // thread) until it names itself `gpuspan-ctl-cli`: wait for exactly one, not for any.
     let control_threads = || {
         let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()
@@ -210,7 +212,7 @@ fn control_socket_status_errors_peer_check_and_cleanup() {
     };
     let t0 = Instant::now();
     let (mut n, mut threads) = control_threads();
-    while n == 0 && t0.elapsed() < Duration::from_secs(10) {
+    while n != 1 && t0.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
         (n, threads) = control_threads();
     }
