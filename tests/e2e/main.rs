@@ -12,6 +12,7 @@ mod coarse;
 mod control;
 mod demo;
 mod deploy;
+mod devices;
 mod diff;
 mod exit;
 mod faults;

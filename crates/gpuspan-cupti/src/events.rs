@@ -85,6 +85,13 @@ impl Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Context(usize);
 
+impl Context {
+    /// The handle's address (never 0 for a context `cuCtxGetCurrent` returned).
+    pub fn addr(self) -> usize {
+        self.0
+    }
+}
+
 /// A CUDA stream (`CUstream`) named by the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Stream(usize);
@@ -215,10 +222,9 @@ impl CudaEvents {
         }
     }
 
-    /// Creates a timed event in the calling thread's current context and returns it with
-    /// that context. Errors: the driver's code (`CUDA_ERROR_NOT_INITIALIZED` before `cuInit`,
-    /// `CUDA_ERROR_INVALID_CONTEXT` with no current context, …).
-    pub fn create(&self) -> Result<(Event, Context), CuResult> {
+    /// The calling thread's current context (`cuCtxGetCurrent`). Errors: the driver's code,
+    /// `CUDA_ERROR_INVALID_CONTEXT` when no context is current.
+    pub fn current_context(&self) -> Result<Context, CuResult> {
         let mut ctx: *mut c_void = std::ptr::null_mut();
         // SAFETY: out-pointer to a live local (cuda.h `cuCtxGetCurrent`).
         let rc = unsafe { (self.ctx_get)(&mut ctx) };
@@ -228,11 +234,19 @@ impl CudaEvents {
         if ctx.is_null() {
             return Err(CUDA_ERROR_INVALID_CONTEXT);
         }
+        Ok(Context(ctx as usize))
+    }
+
+    /// Creates a timed event in the calling thread's current context and returns it with
+    /// that context. Errors: the driver's code (`CUDA_ERROR_NOT_INITIALIZED` before `cuInit`,
+    /// `CUDA_ERROR_INVALID_CONTEXT` with no current context, …).
+    pub fn create(&self) -> Result<(Event, Context), CuResult> {
+        let Context(ctx) = self.current_context()?;
         let mut ev: *mut c_void = std::ptr::null_mut();
         // SAFETY: out-pointer to a live local; flags CU_EVENT_DEFAULT.
         let rc = unsafe { (self.create)(&mut ev, CU_EVENT_DEFAULT) };
         match rc {
-            0 if !ev.is_null() => Ok((Event(ev as usize), Context(ctx as usize))),
+            0 if !ev.is_null() => Ok((Event(ev as usize), Context(ctx))),
             0 => Err(CUDA_ERROR_INVALID_HANDLE),
             e => Err(e),
         }

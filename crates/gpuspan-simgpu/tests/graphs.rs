@@ -8,7 +8,6 @@
 #[macro_use]
 mod common;
 use common::*;
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::{Mutex, MutexGuard};
 
@@ -41,40 +40,7 @@ const MEMSET: u32 = 2;
 // Kernel9: start 16, end 24, streamId 48, correlationId 92, graphNodeId 144, graphId 156;
 // API: cbid 4, correlationId 32; Memset4: correlationId 44, graphNodeId 64, graphId 72.
 
-static RECORDS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-
-extern "C" fn request(buf: *mut *mut u8, size: *mut usize, max: *mut usize) {
-    // SAFETY: out-pointers from the sim; the layout is non-zero-sized.
-    unsafe {
-        *buf = alloc_zeroed(Layout::from_size_align(1 << 16, 8).unwrap());
-        *size = 1 << 16;
-        *max = 0;
-    }
-}
-
-extern "C" fn complete(_ctx: P, _stream: u32, buf: *mut u8, size: usize, valid: usize) {
-    let next: unsafe extern "C" fn(*mut u8, usize, *mut P) -> u32 =
-        sym("cuptiActivityGetNextRecord");
-    let mut rec: P = std::ptr::null_mut();
-    let mut starts = Vec::new();
-    // SAFETY: a buffer from `request`, handed back by the sim with `valid` bytes.
-    while unsafe { next(buf, valid, &mut rec) } == 0 {
-        starts.push(rec as usize);
-    }
-    let end = buf as usize + valid;
-    let mut out = RECORDS.lock().unwrap();
-    for (i, &s) in starts.iter().enumerate() {
-        let e = starts.get(i + 1).copied().unwrap_or(end);
-        // SAFETY: [s, e) lies inside the valid part of the buffer.
-        out.push(unsafe { std::slice::from_raw_parts(s as *const u8, e - s) }.to_vec());
-    }
-    // SAFETY: allocated in `request` with this size and alignment.
-    unsafe { dealloc(buf, Layout::from_size_align(size, 8).unwrap()) };
-}
-
-fn u32_at(r: &[u8], off: usize) -> u32 {
-    u32::from_ne_bytes(r[off..off + 4].try_into().unwrap())
-}
+use common::records::{complete, request, u32_at, RECORDS};
 fn u64_at(r: &[u8], off: usize) -> u64 {
     u64::from_ne_bytes(r[off..off + 8].try_into().unwrap())
 }

@@ -96,7 +96,7 @@ pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool
                 Err(e) => {
                     let counter = match e {
                         TakeError::Exhausted => &c.counters.pool_exhausted,
-                        TakeError::Driver(_) => &c.counters.event_errors,
+                        TakeError::Driver(_) | TakeError::TooManyContexts => &c.counters.event_errors,
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                     fall_back(c, &mut mark);

@@ -28,6 +28,11 @@
 //! - a scope timed on several streams spans from the latest begin (when every stream has
 //!   reached it) to the latest end.
 //!
+//! Several devices: events of two devices cannot be compared (CUDA Programming Guide,
+//! "Stream and Event Behavior": `cuEventElapsedTime` fails), so the anchor and the end
+//! anchor are kept per CUDA context, and each device's roots are chained only to roots of
+//! the same device.
+//!
 //! A scope with no event at a boundary, or whose events the driver will not compare, is
 //! CPU-timed ([`TimingSource::CpuFallback`]).
 //!
@@ -80,8 +85,11 @@ pub struct Resolver {
     pending: HashMap<ScopeId, Pending>,
     ended: VecDeque<ScopeId>,
     roots: VecDeque<ScopeId>,
-    anchor: Option<Anchor>,
-    end_anchor: Option<EndAnchor>,
+    /// One anchor per CUDA context (device): events of two devices cannot be compared
+    /// (`cuEventElapsedTime` fails), so each device's roots form a chain of their own.
+    anchors: Vec<Anchor>,
+    /// One end anchor per context, like `anchors`.
+    end_anchors: Vec<EndAnchor>,
     current_ctx: Option<Context>,
     /// Last look for roots past their timeout (at most one a second).
     last_sweep: Option<Instant>,
@@ -128,6 +136,38 @@ impl Resolver {
             self.ended.push_back(m.scope);
         } else {
             super::mark::give_back_all(c, &m);
+        }
+    }
+
+    /// The anchor of context `ctx`.
+    fn anchor(&self, ctx: Context) -> Option<Anchor> {
+        self.anchors.iter().find(|a| a.event.1 == ctx).copied()
+    }
+
+    /// The end anchor of context `ctx`.
+    fn end_anchor(&self, ctx: Context) -> Option<EndAnchor> {
+        self.end_anchors.iter().find(|a| a.event.1 == ctx).copied()
+    }
+
+    /// Makes `a` its context's anchor; returns the one it replaces.
+    fn replace_anchor(&mut self, a: Anchor) -> Option<Anchor> {
+        match self.anchors.iter_mut().find(|x| x.event.1 == a.event.1) {
+            Some(x) => Some(std::mem::replace(x, a)),
+            None => {
+                self.anchors.push(a);
+                None
+            }
+        }
+    }
+
+    /// Makes `e` its context's end anchor; returns the one it replaces.
+    fn replace_end_anchor(&mut self, e: EndAnchor) -> Option<EndAnchor> {
+        match self.end_anchors.iter_mut().find(|x| x.event.1 == e.event.1) {
+            Some(x) => Some(std::mem::replace(x, e)),
+            None => {
+                self.end_anchors.push(e);
+                None
+            }
         }
     }
 
@@ -211,7 +251,8 @@ impl Resolver {
                     // The newer reference: the previous root's begin, or a root's end that
                     // ran on an idle GPU after it (then only the gap between requests is
                     // measured by the GPU's timer).
-                    let reference = match (self.anchor, self.end_anchor) {
+                    let ctx = b0.event.1;
+                    let reference = match (self.anchor(ctx), self.end_anchor(ctx)) {
                         (Some(a), Some(e)) if e.time_ns >= a.time_ns => Some((e.event, e.time_ns)),
                         (Some(a), _) => Some((a.event, a.time_ns)),
                         (None, e) => e.map(|e| (e.event, e.time_ns)),
@@ -226,7 +267,7 @@ impl Resolver {
                     } else {
                         chained.unwrap_or(begin.cpu_ns).max(begin.cpu_ns)
                     };
-                    if let Some(old) = self.anchor.replace(Anchor { event: b0.event, time_ns: start, owned: false }) {
+                    if let Some(old) = self.replace_anchor(Anchor { event: b0.event, time_ns: start, owned: false }) {
                         if old.owned {
                             c.pool.give_back(old.event);
                         }
@@ -262,7 +303,10 @@ impl Resolver {
             if !(self.all_done(events, &end) && self.all_done(events, &begin)) {
                 break;
             }
-            let reference = root_ref.or(self.anchor.map(|a| (a.event, a.time_ns)));
+            let reference = root_ref.or_else(|| {
+                let ctx = begin.marks[0].map(|m| m.event.1)?;
+                self.anchor(ctx).map(|a| (a.event, a.time_ns))
+            });
             let t = self.place(events, id, &begin, &end, reference);
             c.counters.scopes_timed.fetch_add(u64::from(t.source < TimingSource::CpuFallback), Ordering::Relaxed);
             c.counters.scopes_cpu_timed.fetch_add(u64::from(t.source == TimingSource::CpuFallback), Ordering::Relaxed);
@@ -273,7 +317,7 @@ impl Resolver {
             let keep = (root == id && end.idle && t.source < TimingSource::CpuFallback).then_some(end.marks[0]).flatten();
             self.release(c, id, keep.map(|m| m.event));
             if let Some(m) = keep {
-                if let Some(old) = self.end_anchor.replace(EndAnchor { event: m.event, time_ns: end.cpu_ns }) {
+                if let Some(old) = self.replace_end_anchor(EndAnchor { event: m.event, time_ns: end.cpu_ns }) {
                     c.pool.give_back(old.event);
                 }
             }
@@ -327,12 +371,10 @@ impl Resolver {
     /// ended (its end mark was dropped).
     fn release(&mut self, c: &Coarse, id: ScopeId, keep: Option<PooledEvent>) {
         let Some(p) = self.pending.remove(&id) else { return };
-        let anchor_event = self.anchor.map(|a| a.event);
         for m in p.begin.marks.iter().flatten() {
-            if Some(m.event) == anchor_event && p.root == id {
-                if let Some(a) = self.anchor.as_mut() {
-                    a.owned = true;
-                }
+            let anchor = self.anchors.iter_mut().find(|a| a.event == m.event);
+            if let (Some(a), true) = (anchor, p.root == id) {
+                a.owned = true;
             } else {
                 c.pool.give_back(m.event);
             }
@@ -404,13 +446,13 @@ impl Resolver {
             }
         }
         self.roots.clear();
-        if let Some(a) = self.anchor.take() {
+        for a in self.anchors.drain(..) {
             // The anchor's event went back above with its root's begin, unless owned.
             if a.owned {
                 c.pool.give_back(a.event);
             }
         }
-        if let Some(e) = self.end_anchor.take() {
+        for e in self.end_anchors.drain(..) {
             c.pool.give_back(e.event);
         }
     }

@@ -356,6 +356,9 @@ struct Request {
     step_scopes: u64,
     /// Its steps were detected, not announced.
     steps_detected: bool,
+    /// Bit `d` set when its kernels, copies or memsets ran on CUDA device `d` (< 64; fine
+    /// mode: coarse scopes carry no device).
+    devices: u64,
 }
 
 /// Builds spans incrementally. Not thread-safe by design: the collector thread owns it.
@@ -515,6 +518,7 @@ impl SpanAssembler {
                                 timing: None,
                                 step_scopes: 0,
                                 steps_detected: false,
+                                devices: 0,
                             },
                         );
                         self.units.insert(*id, Unit { request: *id, ..Default::default() });
@@ -912,6 +916,9 @@ impl SpanAssembler {
         let busy: u64 = unit.gpu.iter().map(|g| g.end_ns - g.start_ns).sum();
         let kernels = unit.gpu.iter().filter(|g| g.kind == GpuKind::Kernel).count() as u64;
         req.kernel_count += kernels;
+        for g in unit.gpu.iter().filter(|g| !matches!(g.kind, GpuKind::Scope(_)) && g.device < 64) {
+            req.devices |= 1 << g.device;
+        }
         req.timing = req.timing.max(unit_timing);
         req.activity_count += unit.gpu.len() as u64;
         req.busy_ns += busy;
@@ -1096,6 +1103,16 @@ impl SpanAssembler {
         ];
         if r.steps_detected {
             attributes.push(attr_str("gpuspan.step_source", "detected"));
+        }
+        // The device its GPU work ran on (a process may drive several): `gpu.device.id` as
+        // on kernel spans; a request spread over devices names them all in `gpuspan.devices`.
+        match r.devices.count_ones() {
+            0 => {}
+            1 => attributes.push(attr_int("gpu.device.id", r.devices.trailing_zeros() as i64)),
+            _ => attributes.push((
+                Cow::Borrowed("gpuspan.devices"),
+                AttrValue::IntArray((0..64).filter(|d| r.devices & (1u64 << d) != 0).collect()),
+            )),
         }
         if let Some((rank, world)) = self.opts.rank {
             attributes.push(attr_int("gpuspan.rank", rank as i64));

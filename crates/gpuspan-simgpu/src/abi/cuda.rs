@@ -23,7 +23,7 @@ use crate::sim::records::{self, kind, KernelFields, MemFields};
 use crate::sim::timeline::WorkKind;
 use crate::sim::trace::{traced, Call, Ctx};
 use crate::sim::graphs::{self, NodeOp, Wait};
-use crate::sim::{costs, device, os_tid, sim, State, CONTEXT_HANDLE, CONTEXT_ID, DEVICE_ID};
+use crate::sim::{context_handle, context_id, costs, device, device_of_context, os_tid, sim, State};
 use cudarc::driver::sys::{
     cuuint64_t, CUcontext, CUdevice, CUdeviceptr, CUdriverProcAddressQueryResult, CUevent,
     CUfunction, CUmodule, CUresult, CUstream,
@@ -156,7 +156,7 @@ pub unsafe extern "C" fn cuDeviceGetCount(count: *mut c_int) -> CUresult {
         traced(
             call(cbid::cuDeviceGetCount, c"cuDeviceGetCount"),
             |st, _| {
-                let n = if st.cfg.faults.no_device { 0 } else { 1 };
+                let n = if st.cfg.faults.no_device { 0 } else { st.cfg.devices as c_int };
                 if !st.cfg.faults.no_device && !st.initialized {
                     return CUDA_ERROR_NOT_INITIALIZED;
                 }
@@ -169,17 +169,18 @@ pub unsafe extern "C" fn cuDeviceGetCount(count: *mut c_int) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGet(dev: *mut CUdevice, ordinal: c_int) -> CUresult {
     guard(|| {
-        run(call(cbid::cuDeviceGet, c"cuDeviceGet"), |_, _| {
-            if ordinal != 0 {
+        run(call(cbid::cuDeviceGet, c"cuDeviceGet"), |st, _| {
+            if ordinal < 0 || ordinal as u32 >= st.cfg.devices {
                 return Err(CUDA_ERROR_INVALID_DEVICE);
             }
-            out(dev, 0)
+            out(dev, ordinal)
         })
     })
 }
 
-fn check_dev(dev: CUdevice) -> Result<(), CUresult> {
-    if dev == 0 {
+/// Device `dev` is one of this process's (`GPUSPAN_SIM_DEVICES`), or INVALID_DEVICE.
+fn check_dev(st: &State, dev: CUdevice) -> Result<(), CUresult> {
+    if dev >= 0 && (dev as u32) < st.cfg.devices {
         Ok(())
     } else {
         Err(CUDA_ERROR_INVALID_DEVICE)
@@ -189,8 +190,8 @@ fn check_dev(dev: CUdevice) -> Result<(), CUresult> {
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: CUdevice) -> CUresult {
     guard(|| {
-        run(call(cbid::cuDeviceGetName, c"cuDeviceGetName"), |_, _| {
-            check_dev(dev).and_then(|()| copy_str(name, len, device::NAME))
+        run(call(cbid::cuDeviceGetName, c"cuDeviceGetName"), |st, _| {
+            check_dev(st, dev).and_then(|()| copy_str(name, len, device::NAME))
         })
     })
 }
@@ -205,8 +206,8 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(
     guard(|| {
         run(
             call(cbid::cuDeviceGetAttribute, c"cuDeviceGetAttribute"),
-            |_, _| {
-                check_dev(dev)?;
+            |st, _| {
+                check_dev(st, dev)?;
                 let v = device::attribute(attrib).ok_or(CUDA_ERROR_INVALID_VALUE)?;
                 out(pi, v)
             },
@@ -219,7 +220,7 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -
     guard(|| {
         run(
             call(cbid::cuDeviceTotalMem_v2, c"cuDeviceTotalMem_v2"),
-            |_, _| check_dev(dev).and_then(|()| out(bytes, device::TOTAL_MEM_BYTES as usize)),
+            |st, _| check_dev(st, dev).and_then(|()| out(bytes, device::TOTAL_MEM_BYTES as usize)),
         )
     })
 }
@@ -228,7 +229,8 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -
 pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
     guard(|| {
         run(call(cbid::cuMemGetInfo_v2, c"cuMemGetInfo_v2"), |st, _| {
-            let free_b = device::TOTAL_MEM_BYTES - device::RESERVED_MEM_BYTES - st.allocated_bytes;
+            let d = st.current_device() as usize;
+            let free_b = device::TOTAL_MEM_BYTES - device::RESERVED_MEM_BYTES - st.allocated_bytes[d];
             out(free, free_b as usize)?;
             out(total, device::TOTAL_MEM_BYTES as usize)
         })
@@ -240,7 +242,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUd
     guard(|| {
         run(
             call(cbid::cuDevicePrimaryCtxRetain, c"cuDevicePrimaryCtxRetain"),
-            |_, _| check_dev(dev).and_then(|()| out(pctx, CONTEXT_HANDLE as usize as CUcontext)),
+            |st, _| check_dev(st, dev).and_then(|()| out(pctx, context_handle(dev as u32) as usize as CUcontext)),
         )
     })
 }
@@ -253,7 +255,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult
                 cbid::cuDevicePrimaryCtxRelease_v2,
                 c"cuDevicePrimaryCtxRelease_v2",
             ),
-            |_, _| check_dev(dev),
+            |st, _| check_dev(st, dev),
         )
     })
 }
@@ -266,7 +268,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRelease(dev: CUdevice) -> CUresult {
                 cbid::cuDevicePrimaryCtxRelease,
                 c"cuDevicePrimaryCtxRelease",
             ),
-            |_, _| check_dev(dev),
+            |st, _| check_dev(st, dev),
         )
     })
 }
@@ -276,9 +278,8 @@ pub unsafe extern "C" fn cuCtxSetCurrent(ctx: CUcontext) -> CUresult {
     guard(|| {
         run(call(cbid::cuCtxSetCurrent, c"cuCtxSetCurrent"), |st, _| {
             match ctx as usize as u64 {
-                0 => st.context_current = false,
-                CONTEXT_HANDLE => st.context_current = true,
-                _ => return Err(CUDA_ERROR_INVALID_CONTEXT),
+                0 => st.set_current(None),
+                h => st.set_current(Some(device_of_context(h, st.cfg.devices).ok_or(CUDA_ERROR_INVALID_CONTEXT)?)),
             }
             Ok(())
         })
@@ -289,11 +290,7 @@ pub unsafe extern "C" fn cuCtxSetCurrent(ctx: CUcontext) -> CUresult {
 pub unsafe extern "C" fn cuCtxGetCurrent(pctx: *mut CUcontext) -> CUresult {
     guard(|| {
         run(call(cbid::cuCtxGetCurrent, c"cuCtxGetCurrent"), |st, _| {
-            let h = if st.context_current {
-                CONTEXT_HANDLE
-            } else {
-                0
-            };
+            let h = st.current_context().map_or(0, context_handle);
             out(pctx, h as usize as CUcontext)
         })
     })
@@ -302,8 +299,9 @@ pub unsafe extern "C" fn cuCtxGetCurrent(pctx: *mut CUcontext) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxGetDevice(dev: *mut CUdevice) -> CUresult {
     guard(|| {
-        run(call(cbid::cuCtxGetDevice, c"cuCtxGetDevice"), |_, _| {
-            out(dev, 0)
+        run(call(cbid::cuCtxGetDevice, c"cuCtxGetDevice"), |st, _| {
+            let d = st.current_context().ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
+            out(dev, d as CUdevice)
         })
     })
 }
@@ -315,7 +313,7 @@ pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
             call(cbid::cuCtxSynchronize, c"cuCtxSynchronize"),
             |st, ctx| {
                 unsafe_call(st)?;
-                ctx.wait_until_ns = Some(st.timeline.device_tail_ns());
+                ctx.wait_until_ns = Some(st.current_timeline().device_tail_ns());
                 ctx.cost_ns = costs::SYNC_RETURN_NS;
                 Ok(())
             },
@@ -328,7 +326,7 @@ fn create_stream(ph: *mut CUstream, flags: c_uint, c: Call) -> CUresult {
         if ph.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let h = st.timeline.create_stream(flags);
+        let h = st.current_timeline().create_stream(flags);
         out(ph, h as usize as CUstream)
     })
 }
@@ -358,7 +356,8 @@ pub unsafe extern "C" fn cuStreamCreateWithPriority(
 
 fn destroy_stream(h: CUstream, c: Call) -> CUresult {
     run(c, |st, _| {
-        if st.timeline.destroy_stream(h as usize as u64) {
+        let hs = h as usize as u64;
+        if !crate::sim::timeline::is_legacy(hs) && st.timeline_of(hs).is_some_and(|t| t.destroy_stream(hs)) {
             st.graphs.stream_destroyed(h as usize as u64);
             Ok(())
         } else {
@@ -379,7 +378,8 @@ pub unsafe extern "C" fn cuStreamDestroy(h: CUstream) -> CUresult {
 
 /// Where everything enqueued so far on `h` ends; INVALID_HANDLE for an unknown stream.
 pub(super) fn stream_tail(st: &State, h: CUstream) -> Result<u64, CUresult> {
-    st.timeline
+    let d = st.stream_device(h as usize as u64).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+    st.timelines[d as usize]
         .tail_ns(h as usize as u64)
         .ok_or(CUDA_ERROR_INVALID_HANDLE)
 }
@@ -440,9 +440,11 @@ pub unsafe extern "C" fn cuStreamWaitEvent(h: CUstream, ev: CUevent, flags: c_ui
                     .events
                     .recorded_at(evh)
                     .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-                if !st.timeline.knows(hs) {
+                // Waiting on another device's event is allowed (Programming Guide, "Stream and
+                // Event Behavior").
+                let Some(dev) = st.stream_device(hs) else {
                     return Err(CUDA_ERROR_INVALID_HANDLE);
-                }
+                };
                 if crate::sim::timeline::is_legacy(hs) {
                     // The legacy / per-thread stream cannot take part in a capture.
                     if let Some(cap) = st.graphs.event_capture(evh) {
@@ -451,7 +453,7 @@ pub unsafe extern "C" fn cuStreamWaitEvent(h: CUstream, ev: CUevent, flags: c_ui
                     }
                     not_captured_event(st, ev)?;
                 } else {
-                    let blocking = st.timeline.is_blocking(hs).unwrap_or(false);
+                    let blocking = st.timelines[dev as usize].is_blocking(hs).unwrap_or(false);
                     let external = flags & CU_EVENT_WAIT_EXTERNAL != 0;
                     if st.graphs.wait_event(hs, blocking, evh, at.is_some(), external)? == Wait::Captured {
                         return Ok(());
@@ -462,7 +464,7 @@ pub unsafe extern "C" fn cuStreamWaitEvent(h: CUstream, ev: CUevent, flags: c_ui
                     return Err(CUDA_ERROR_INVALID_VALUE);
                 }
                 if let Some(t) = at {
-                    st.timeline
+                    st.timelines[dev as usize]
                         .place(h as usize as u64, t, 0, WorkKind::Memory)
                         .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
                 }
@@ -618,18 +620,23 @@ pub unsafe extern "C" fn cuLaunchKernel(
                 return Ok(());
             }
             let ready = ctx.t0_ns + costs::LAUNCH_LATENCY_NS;
+            // A launch into a stream of another device than the current one fails
+            // (Programming Guide, "Stream and Event Behavior").
+            let dev = st.stream_device(h as usize as u64).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+            if dev != st.current_device() {
+                return Err(CUDA_ERROR_INVALID_HANDLE);
+            }
             let collective = st.collectives.get(&(f as usize as u64)).copied().filter(|_| st.node.in_node());
             let dur = match collective {
                 // An NCCL kernel of a node's rank: its parameter is the message size; it
                 // ends when every rank has arrived and the transfer is done (sim::node).
                 Some(kind) => {
-                    let start = ready.max(st.timeline.tail_ns(h as usize as u64).ok_or(CUDA_ERROR_INVALID_HANDLE)?);
+                    let start = ready.max(st.timelines[dev as usize].tail_ns(h as usize as u64).ok_or(CUDA_ERROR_INVALID_HANDLE)?);
                     st.node.collective(kind, dur, start) - start
                 }
                 None => dur,
             };
-            let p = st
-                .timeline
+            let p = st.timelines[dev as usize]
                 .place(h as usize as u64, ready, dur, WorkKind::Kernel)
                 .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
             if collective.is_none() {
@@ -640,8 +647,8 @@ pub unsafe extern "C" fn cuLaunchKernel(
                 let fields = KernelFields {
                     start_ns: p.start_ns,
                     end_ns: p.end_ns,
-                    device_id: DEVICE_ID,
-                    context_id: CONTEXT_ID,
+                    device_id: dev,
+                    context_id: context_id(dev),
                     stream_id: p.stream_id,
                     grid: [gx as i32, gy as i32, gz as i32],
                     block: [bx as i32, by as i32, bz as i32],
@@ -667,7 +674,8 @@ pub unsafe extern "C" fn cuEventCreate(ph: *mut CUevent, flags: c_uint) -> CUres
             if ph.is_null() {
                 return Err(CUDA_ERROR_INVALID_VALUE);
             }
-            let h = st.events.create(flags);
+            let d = st.current_device();
+            let h = st.events.create(flags, d);
             out(ph, h as usize as CUevent)
         })
     })
@@ -710,6 +718,12 @@ fn event_record(ev: CUevent, h: CUstream, flags: c_uint, c: Call) -> CUresult {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         if st.events.recorded_at(evh).is_none() {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        // CUDA Programming Guide, "Stream and Event Behavior": recording fails when the
+        // event and the stream belong to different devices (the legacy stream is the
+        // calling thread's current device's).
+        if st.stream_device(hs).is_some_and(|d| st.events.device(evh) != Some(d)) {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
         if captured(st, hs)? {
@@ -905,14 +919,14 @@ pub(super) fn transfer_ns(bytes: u64, bytes_per_us: u64) -> u64 {
     device::COPY_SETUP_NS + (bytes as u128 * 1_000 / bytes_per_us as u128) as u64
 }
 
-fn mem_fields(st: &State, ctx: &Ctx, p: crate::sim::timeline::Placed, bytes: u64) -> MemFields {
-    let _ = st;
+/// A copy's or memset's record fields; `dev` is its stream's device.
+fn mem_fields(dev: u32, ctx: &Ctx, p: crate::sim::timeline::Placed, bytes: u64) -> MemFields {
     MemFields {
         start_ns: p.start_ns,
         end_ns: p.end_ns,
         bytes,
-        device_id: DEVICE_ID,
-        context_id: CONTEXT_ID,
+        device_id: dev,
+        context_id: context_id(dev),
         stream_id: p.stream_id,
         correlation_id: ctx.correlation_id,
         graph_id: 0,
@@ -935,8 +949,10 @@ fn memcpy(dir: Dir, bytes: usize, h: CUstream, is_async: bool, c: Call) -> CUres
             return Ok(());
         }
         let ready = ctx.t0_ns + costs::LAUNCH_LATENCY_NS;
-        let p = st
-            .timeline
+        // A copy may go to a stream of another device than the current one (Programming
+        // Guide, "Stream and Event Behavior").
+        let dev = st.stream_device(stream).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let p = st.timelines[dev as usize]
             .place(
                 stream,
                 ready,
@@ -948,7 +964,7 @@ fn memcpy(dir: Dir, bytes: usize, h: CUstream, is_async: bool, c: Call) -> CUres
             ctx.wait_until_ns = Some(p.end_ns);
         }
         if st.cupti.is_enabled(kind::MEMCPY) {
-            let f = mem_fields(st, ctx, p, bytes as u64);
+            let f = mem_fields(dev, ctx, p, bytes as u64);
             ctx.records
                 .push(records::memcpy(&f, ck, sk, dk, is_async, st.cfg.cupti));
         }
@@ -1075,15 +1091,15 @@ fn memset(bytes: u64, value: u32, h: CUstream, is_async: bool, c: Call) -> CUres
             return Ok(());
         }
         let ready = ctx.t0_ns + costs::LAUNCH_LATENCY_NS;
-        let p = st
-            .timeline
+        let dev = st.stream_device(stream).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let p = st.timelines[dev as usize]
             .place(stream, ready, dur, WorkKind::Memory)
             .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         if !is_async {
             ctx.wait_until_ns = Some(p.end_ns);
         }
         if st.cupti.is_enabled(kind::MEMSET) {
-            let f = mem_fields(st, ctx, p, bytes);
+            let f = mem_fields(dev, ctx, p, bytes);
             ctx.records
                 .push(records::memset(&f, value, is_async, st.cfg.cupti));
         }

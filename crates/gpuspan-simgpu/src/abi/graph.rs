@@ -22,7 +22,7 @@ use crate::sim::graphs::{self, CaptureMode, CaptureStatus, NodeOp};
 use crate::sim::records::{self, kind, KernelFields, MemFields};
 use crate::sim::timeline::{is_legacy, WorkKind};
 use crate::sim::trace::{Call, Ctx};
-use crate::sim::{costs, os_tid, State, CONTEXT_ID, DEVICE_ID};
+use crate::sim::{context_id, costs, os_tid, State};
 use cudarc::driver::sys::{cuuint64_t, CUgraph, CUgraphExec, CUgraphNode, CUresult, CUstream};
 use std::ffi::{c_char, c_uint, c_ulonglong, c_void};
 use std::ptr::null;
@@ -44,8 +44,8 @@ fn begin_capture(h: CUstream, mode: c_uint, c: Call) -> CUresult {
             return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
         }
         let blocking = st
-            .timeline
-            .is_blocking(hs)
+            .timeline_of(hs)
+            .and_then(|t| t.is_blocking(hs))
             .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         let mode = CaptureMode::from_raw(mode).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         st.graphs.begin(hs, blocking, mode, os_tid()).map(|_| ())
@@ -122,7 +122,7 @@ fn capture_status(st: &State, h: u64) -> Result<CaptureStatus, CUresult> {
         }
         return Ok(CaptureStatus::None);
     }
-    if !st.timeline.knows(h) {
+    if st.stream_device(h).is_none() {
         return Err(CUDA_ERROR_INVALID_HANDLE);
     }
     Ok(st.graphs.status(h))
@@ -411,8 +411,9 @@ fn launch_exec(st: &mut State, ctx: &mut Ctx, e: u64, s: u64) -> Result<(), CUre
         _ => 0,
     });
     let end = times.iter().map(|t| t.1).max().unwrap_or(base);
-    let stream_id = st
-        .timeline
+    // A graph runs on the device of the stream it is launched into.
+    let dev = st.stream_device(s).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+    let stream_id = st.timelines[dev as usize]
         .extend_tail(s, end)
         .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
     if let Some(x) = st.graphs.exec_mut(e) {
@@ -424,8 +425,8 @@ fn launch_exec(st: &mut State, ctx: &mut Ctx, e: u64, s: u64) -> Result<(), CUre
             start_ns,
             end_ns,
             bytes: 0,
-            device_id: DEVICE_ID,
-            context_id: CONTEXT_ID,
+            device_id: dev,
+            context_id: context_id(dev),
             stream_id,
             correlation_id: ctx.correlation_id,
             graph_id: exec.graph_id,
@@ -438,14 +439,14 @@ fn launch_exec(st: &mut State, ctx: &mut Ctx, e: u64, s: u64) -> Result<(), CUre
                 block,
                 shared_bytes,
             } => {
-                st.timeline.add_busy(WorkKind::Kernel, start_ns, end_ns);
+                st.timelines[dev as usize].add_busy(WorkKind::Kernel, start_ns, end_ns);
                 st.grid_id += 1;
                 if let Some(k) = st.cupti.kernel_kind() {
                     let f = KernelFields {
                         start_ns,
                         end_ns,
-                        device_id: DEVICE_ID,
-                        context_id: CONTEXT_ID,
+                        device_id: dev,
+                        context_id: context_id(dev),
                         stream_id,
                         grid: grid.map(|v| v as i32),
                         block: block.map(|v| v as i32),
@@ -466,7 +467,7 @@ fn launch_exec(st: &mut State, ctx: &mut Ctx, e: u64, s: u64) -> Result<(), CUre
                 dst_kind,
                 bytes,
             } => {
-                st.timeline.add_busy(WorkKind::Memory, start_ns, end_ns);
+                st.timelines[dev as usize].add_busy(WorkKind::Memory, start_ns, end_ns);
                 if st.cupti.is_enabled(kind::MEMCPY) {
                     let f = MemFields {
                         bytes: *bytes,
@@ -478,7 +479,7 @@ fn launch_exec(st: &mut State, ctx: &mut Ctx, e: u64, s: u64) -> Result<(), CUre
                 }
             }
             NodeOp::Memset { bytes, value } => {
-                st.timeline.add_busy(WorkKind::Memory, start_ns, end_ns);
+                st.timelines[dev as usize].add_busy(WorkKind::Memory, start_ns, end_ns);
                 if st.cupti.is_enabled(kind::MEMSET) {
                     let f = MemFields {
                         bytes: *bytes,

@@ -92,7 +92,7 @@ fn with_any_device(dev: *mut c_void, f: impl FnOnce(&mut State, u32) -> u32) -> 
 /// Another device of the node (not this process's): idle. Returns `Some(reading)` for it,
 /// `None` for the own device (its reading comes from the timeline).
 fn idle_reading<T>(st: &State, i: u32, idle: T) -> Option<T> {
-    (i != st.cfg.own_nvml_index).then_some(idle)
+    st.cfg.cuda_ordinal(i).is_none().then_some(idle)
 }
 
 fn put_str(buf: *mut c_char, len: c_uint, s: &str) -> u32 {
@@ -288,18 +288,18 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     util: *mut NvmlUtilization,
 ) -> u32 {
     with_any_device(dev, |st, i| {
-        let (gpu, mem) = idle_reading(st, i, (0, 0)).unwrap_or_else(|| utilization(st));
+        let (gpu, mem) = idle_reading(st, i, (0, 0)).unwrap_or_else(|| utilization(st, i));
         put(util, NvmlUtilization { gpu, memory: mem })
     })
 }
 
-fn utilization(st: &mut State) -> (u32, u32) {
+/// (GPU %, memory %) of NVML device `i`, one of this process's devices.
+fn utilization(st: &mut State, i: u32) -> (u32, u32) {
     let now = st.clock.now_ns();
-    let gpu = st
-        .timeline
-        .utilization_pct(WorkKind::Kernel, now, SAMPLE_PERIOD_NS);
-    let mem = st
-        .timeline
+    let d = st.cfg.cuda_ordinal(i).unwrap_or(0) as usize;
+    let t = &mut st.timelines[d];
+    let gpu = t.utilization_pct(WorkKind::Kernel, now, SAMPLE_PERIOD_NS);
+    let mem = t
         .utilization_pct(WorkKind::Memory, now, SAMPLE_PERIOD_NS)
         .max(gpu / 2);
     (gpu, mem)
@@ -308,7 +308,7 @@ fn utilization(st: &mut State) -> (u32, u32) {
 /// (total, free, used) bytes of device `i`: the own device holds this process's
 /// allocations, the others only the driver's reserve.
 fn memory_numbers(st: &State, i: u32) -> (u64, u64, u64) {
-    let mine = if i == st.cfg.own_nvml_index { st.allocated_bytes } else { 0 };
+    let mine = st.cfg.cuda_ordinal(i).map_or(0, |d| st.allocated_bytes[d as usize]);
     let used = device::RESERVED_MEM_BYTES + mine;
     (
         device::TOTAL_MEM_BYTES,
@@ -366,7 +366,7 @@ pub unsafe extern "C" fn nvmlDeviceGetTemperature(
         if sensor != 0 {
             return ret::INVALID_ARGUMENT;
         }
-        let (gpu, _) = idle_reading(st, i, (0, 0)).unwrap_or_else(|| utilization(st));
+        let (gpu, _) = idle_reading(st, i, (0, 0)).unwrap_or_else(|| utilization(st, i));
         put(
             temp,
             device::IDLE_TEMP_C + (device::BUSY_TEMP_C - device::IDLE_TEMP_C) * gpu / 100,
@@ -378,7 +378,7 @@ pub unsafe extern "C" fn nvmlDeviceGetTemperature(
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(dev: *mut c_void, mw: *mut c_uint) -> u32 {
     with_any_device(dev, |st, i| {
-        let (gpu, _) = idle_reading(st, i, (0, 0)).unwrap_or_else(|| utilization(st));
+        let (gpu, _) = idle_reading(st, i, (0, 0)).unwrap_or_else(|| utilization(st, i));
         put(
             mw,
             device::IDLE_POWER_MW + (device::BUSY_POWER_MW - device::IDLE_POWER_MW) / 100 * gpu,
@@ -425,7 +425,8 @@ pub unsafe extern "C" fn nvmlDeviceGetFieldValues(dev: *mut c_void, count: c_int
             return ret::INVALID_ARGUMENT;
         }
         let now = st.clock.now_ns();
-        let bytes = idle_reading(st, i, 0).unwrap_or_else(|| st.node.nvlink_tx_bytes_at(now));
+        // A rank process drives one device (CUDA ordinal 0): its collectives' traffic.
+        let bytes = if st.cfg.cuda_ordinal(i) == Some(0) { st.node.nvlink_tx_bytes_at(now) } else { 0 };
         for k in 0..count as usize {
             // SAFETY: the caller passes an array of `count` field values (nvml.h).
             let v = unsafe { &mut *values.add(k) };

@@ -67,6 +67,15 @@
 //! `--slow-rank R:F` makes rank R's kernels F times as long. Every rank's requests carry the
 //! same deterministic traceparents, so each request's spans from all ranks share one trace.
 //!
+//! `--devices K` runs the requests on K devices of this one process (a worker that keeps a
+//! pipeline replica per GPU and serves them from threads): one thread per device makes that
+//! device's primary context current, creates its own streams and takes the next request
+//! from a shared queue when it is free, so request `i` runs on whichever device took it.
+//! The simulator must see K devices (`GPUSPAN_SIM_DEVICES`, as a real process sees those
+//! `CUDA_VISIBLE_DEVICES` lists). The summary line adds, per device,
+//! `device D: thread TID replayed N kernels, M memcpy, S memset` (TID: the OS thread id of
+//! the device's thread, as NVTX ranges and `gettid` name it).
+//!
 //! Exit codes: 0 done; 1 a CUDA call failed (with `--cuda-graph`, a capture, instantiation
 //! or graph launch failure names the driver's error, `cuGetErrorName`); 2 bad workload
 //! (unknown preset, unreadable or invalid trace, not capturable with `--cuda-graph`); 3 no
@@ -76,7 +85,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gpuspan_simgpu::workload::exec::{execute_requests, node_transfers, node_truth, open_driver, ExecError, ExecOptions};
+use gpuspan_simgpu::workload::exec::{execute_requests, node_transfers, node_truth, open_driver, ExecError, ExecOptions, ExecSummary};
 use gpuspan_simgpu::workload::parallel::{sequence_parallel, Parallel};
 use gpuspan_simgpu::workload::graph_plan;
 use gpuspan_simgpu::workload::from_trace::workload_from_trace;
@@ -163,6 +172,10 @@ struct Args {
     /// straggler).
     #[arg(long, value_name = "RANK:FACTOR")]
     slow_rank: Option<String>,
+    /// Run the requests on this many devices of this process (1–8), one thread per device
+    /// taking the next request when free (see the module docs).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    devices: u32,
 }
 
 /// `--announce`.
@@ -477,12 +490,49 @@ fn launch_ranks(ranks: u32) -> ExitCode {
     ExitCode::from(worst)
 }
 
+/// `--devices K`: one thread per device, each taking the next request from `requests` when
+/// it is free. Returns the summed summary and each device's, with its thread's OS id.
+fn on_devices(
+    lib: &libloading::Library,
+    requests: impl Iterator<Item = Workload> + Send,
+    opts: &ExecOptions,
+    devices: u32,
+    keep_going: &(dyn Fn() -> bool + Sync),
+) -> Result<(ExecSummary, Vec<(u32, ExecSummary)>), ExecError> {
+    let queue = std::sync::Mutex::new(requests);
+    let per_device: Vec<Result<(u32, ExecSummary), ExecError>> = std::thread::scope(|scope| {
+        let queue = &queue;
+        let threads: Vec<_> = (0..devices)
+            .map(|d| {
+                let opts = ExecOptions { device: d as i32, ..*opts };
+                scope.spawn(move || {
+                    let next = std::iter::from_fn(|| queue.lock().unwrap_or_else(|e| e.into_inner()).next());
+                    execute_requests(lib, next, &opts, &mut || keep_going()).map(|s| (gpuspan_simgpu::sim::os_tid(), s))
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    let per_device = per_device.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mut sum = ExecSummary { device_name: per_device[0].1.device_name.clone(), ..ExecSummary::default() };
+    for (_, p) in &per_device {
+        sum.kernels += p.kernels;
+        sum.memcpys += p.memcpys;
+        sum.memsets += p.memsets;
+        sum.failed_allocs += p.failed_allocs;
+    }
+    Ok((sum, per_device))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let slow_rank = match args.slow_rank.as_deref().map(|s| parse_slow_rank(s, args.ranks)).transpose() {
         Ok(s) => s,
         Err(e) => return fail(2, e),
     };
+    if args.devices > 1 && (args.ranks > 1 || args.cuda_graph || args.exit_after_ms.is_some()) {
+        return fail(2, "--devices: not with --ranks, --cuda-graph or --exit-after-ms");
+    }
     if args.ranks > 1 {
         if !PRESET_NAMES.contains(&args.workload.as_str()) {
             return fail(2, "--ranks: only the presets run sequence-parallel");
@@ -560,12 +610,13 @@ fn main() -> ExitCode {
         cuda_graph: args.cuda_graph,
         unload_module: args.unload_module,
         print_request_begins: args.print_request_begins,
+        device: 0,
     };
     let started = std::time::Instant::now();
-    let mut ran = 0u32;
-    let mut keep_going = || {
+    let ran = std::sync::atomic::AtomicU32::new(0);
+    let keep_going = || {
         let go = args.duration.is_none_or(|d| started.elapsed() < d);
-        ran += u32::from(go);
+        ran.fetch_add(u32::from(go), std::sync::atomic::Ordering::Relaxed);
         go
     };
     keep_announced(&mut first, args.announce);
@@ -576,15 +627,23 @@ fn main() -> ExitCode {
         keep_announced(&mut w, announce);
         w
     });
-    let result = execute_requests(&lib, std::iter::once(first).chain(adjusted), &opts, &mut keep_going);
+    let all = std::iter::once(first).chain(adjusted);
+    let result = if args.devices > 1 {
+        on_devices(&lib, all, &opts, args.devices, &keep_going)
+    } else {
+        execute_requests(&lib, all, &opts, &mut { keep_going }).map(|s| (s, Vec::new()))
+    };
     match result {
-        Ok(s) => {
+        Ok((s, per_device)) => {
             println!(
                 "replayed {} kernels, {} memcpy, {} memset on {}",
                 s.kernels, s.memcpys, s.memsets, s.device_name
             );
+            for (d, (tid, p)) in per_device.iter().enumerate() {
+                println!("device {d}: thread {tid} replayed {} kernels, {} memcpy, {} memset", p.kernels, p.memcpys, p.memsets);
+            }
             if requests.is_none() {
-                println!("requests: {ran}");
+                println!("requests: {}", ran.load(std::sync::atomic::Ordering::Relaxed));
             }
             if let Some(d) = args.linger {
                 use std::io::Write;

@@ -98,6 +98,11 @@ pub struct Config {
     /// `GPUSPAN_SIM_NVML_DEVICES`: how many H100s NVML reports on the node (1 … 8,
     /// default 1). Only the process's own device (see `own_nvml_index`) does its work.
     pub nvml_devices: u32,
+    /// `GPUSPAN_SIM_DEVICES`: how many CUDA devices this process sees (ordinals 0 …
+    /// `devices − 1`, 1 … 8, default 1), each with its own primary context, streams,
+    /// events and timeline. CUDA ordinal `d` is NVML device `own_nvml_index + d`
+    /// ([`Config::nvml_index`]); NVML lists at least that many.
+    pub devices: u32,
     /// The NVML index of the device this process runs on: its CUDA device 0, which
     /// `CUDA_VISIBLE_DEVICES` names (first entry: an index, or a `GPU-` UUID prefix of a
     /// simulated device); 0 when unset or not one of the node's devices.
@@ -107,6 +112,18 @@ pub struct Config {
     pub gpu_clock_ppm: i64,
     /// `GPUSPAN_SIM_NVML_MIG`: bit `i` set when NVML device `i` is in MIG mode.
     pub mig_devices: u32,
+}
+
+impl Config {
+    /// The NVML index of CUDA device `ordinal` of this process.
+    pub fn nvml_index(&self, ordinal: u32) -> u32 {
+        self.own_nvml_index + ordinal
+    }
+
+    /// The CUDA ordinal of NVML device `index` when it is one of this process's devices.
+    pub fn cuda_ordinal(&self, index: u32) -> Option<u32> {
+        index.checked_sub(self.own_nvml_index).filter(|d| *d < self.devices)
+    }
 }
 
 impl Default for Config {
@@ -121,6 +138,7 @@ impl Default for Config {
             gpu_clock_ppm: 0,
             mig_devices: 0,
             nvml_devices: 1,
+            devices: 1,
             own_nvml_index: 0,
         }
     }
@@ -207,6 +225,15 @@ impl Config {
                 cfg.own_nvml_index = i;
             }
         }
+        if let Some(v) = get("GPUSPAN_SIM_DEVICES") {
+            match v.trim().parse::<u32>() {
+                Ok(n) if (1..=super::device::MAX_NODE_DEVICES).contains(&n) => cfg.devices = n,
+                _ => warn("GPUSPAN_SIM_DEVICES", &v, "1"),
+            }
+        }
+        // The process's devices are NVML devices own … own + devices − 1.
+        cfg.own_nvml_index = cfg.own_nvml_index.min(super::device::MAX_NODE_DEVICES - cfg.devices);
+        cfg.nvml_devices = cfg.nvml_devices.max(cfg.own_nvml_index + cfg.devices);
         if let Some(v) = get("GPUSPAN_SIM_DROP_EVERY") {
             match v.trim().parse::<u64>() {
                 Ok(n) if n >= 1 => cfg.drop_every = n,

@@ -21,6 +21,10 @@ pub enum EventStatus {
 #[derive(Debug, Clone, Copy)]
 struct Event {
     flags: u32,
+    /// The device of the context current when it was created (CUDA Programming Guide,
+    /// "Stream and Event Behavior": recording it on another device's stream, or comparing it
+    /// with another device's event, fails).
+    device: u32,
     /// GPU time at which the recorded point is reached.
     at_ns: Option<u64>,
 }
@@ -40,10 +44,16 @@ impl Events {
         }
     }
 
-    pub fn create(&mut self, flags: u32) -> u64 {
+    /// A new event of device `device`.
+    pub fn create(&mut self, flags: u32, device: u32) -> u64 {
         self.next += 0x10;
-        self.map.insert(self.next, Event { flags, at_ns: None });
+        self.map.insert(self.next, Event { flags, device, at_ns: None });
         self.next
+    }
+
+    /// The device of event `h`, `None` for an unknown handle.
+    pub fn device(&self, h: u64) -> Option<u32> {
+        self.map.get(&h).map(|e| e.device)
     }
 
     pub fn destroy(&mut self, h: u64) -> bool {
@@ -75,12 +85,12 @@ impl Events {
         }
     }
 
-    /// `cuEventElapsedTime` in ms.
+    /// `cuEventElapsedTime` in ms; events of two devices cannot be compared (invalid handle).
     pub fn elapsed_ms(&self, start: u64, end: u64, now_ns: u64) -> Result<f32, EventStatus> {
         let (Some(s), Some(e)) = (self.map.get(&start), self.map.get(&end)) else {
             return Err(EventStatus::InvalidHandle);
         };
-        if (s.flags | e.flags) & EVENT_DISABLE_TIMING != 0 {
+        if (s.flags | e.flags) & EVENT_DISABLE_TIMING != 0 || s.device != e.device {
             return Err(EventStatus::InvalidHandle);
         }
         let (Some(ts), Some(te)) = (s.at_ns, e.at_ns) else {
@@ -100,9 +110,10 @@ mod tests {
     #[test]
     fn query_and_elapsed() {
         let mut ev = Events::new();
-        let a = ev.create(0);
-        let b = ev.create(0);
-        let nt = ev.create(EVENT_DISABLE_TIMING);
+        let a = ev.create(0, 0);
+        let b = ev.create(0, 0);
+        let nt = ev.create(EVENT_DISABLE_TIMING, 0);
+        let other = ev.create(0, 1);
         assert_eq!(ev.query(a, 0), EventStatus::Ready, "never recorded → ready");
         assert_eq!(
             ev.elapsed_ms(a, b, 0),
@@ -112,6 +123,7 @@ mod tests {
         ev.record(a, 1_000);
         ev.record(b, 2_501_000);
         ev.record(nt, 5);
+        ev.record(other, 1_500_000);
         assert_eq!(ev.query(b, 2_000_000), EventStatus::NotReady);
         assert_eq!(ev.elapsed_ms(a, b, 2_000_000), Err(EventStatus::NotReady));
         assert_eq!(ev.query(b, 2_501_000), EventStatus::Ready);
@@ -121,5 +133,7 @@ mod tests {
             Err(EventStatus::InvalidHandle)
         );
         assert_eq!(ev.query(0x1234, 0), EventStatus::InvalidHandle);
+        assert_eq!(ev.elapsed_ms(a, other, 3_000_000), Err(EventStatus::InvalidHandle), "two devices");
+        assert_eq!(ev.device(other), Some(1));
     }
 }

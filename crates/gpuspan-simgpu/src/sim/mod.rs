@@ -21,12 +21,67 @@ pub mod trace;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
-/// Opaque handle of the one (primary) context.
+/// Opaque handle of device 0's primary context (device `d`'s: [`context_handle`]).
 pub const CONTEXT_HANDLE: u64 = 0x5c7c_0000_0010;
-/// CUPTI `contextId` of that context.
+/// CUPTI `contextId` of device 0's primary context (device `d`'s: [`context_id`]).
 pub const CONTEXT_ID: u32 = 1;
-/// CUPTI `deviceId` of the device.
+/// CUPTI `deviceId` of device 0 (the device of a process that sees one).
 pub const DEVICE_ID: u32 = 0;
+/// Distance between the handles of consecutive devices' primary contexts.
+const CONTEXT_HANDLE_STRIDE: u64 = 0x100;
+
+/// Opaque handle of device `device`'s primary context.
+pub fn context_handle(device: u32) -> u64 {
+    CONTEXT_HANDLE + u64::from(device) * CONTEXT_HANDLE_STRIDE
+}
+
+/// CUPTI `contextId` of device `device`'s primary context (each primary context is created
+/// once, device by device, so ids count up from [`CONTEXT_ID`]).
+pub fn context_id(device: u32) -> u32 {
+    CONTEXT_ID + device
+}
+
+/// The device whose primary context `handle` is, if it is one of `devices`.
+pub fn device_of_context(handle: u64, devices: u32) -> Option<u32> {
+    let off = handle.checked_sub(CONTEXT_HANDLE)?;
+    let d = u32::try_from(off / CONTEXT_HANDLE_STRIDE).ok()?;
+    (off % CONTEXT_HANDLE_STRIDE == 0 && d < devices).then_some(d)
+}
+
+/// The context the calling thread made current (`cuCtxSetCurrent`), as the driver keeps it:
+/// per thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ThreadContext {
+    /// The thread never called `cuCtxSetCurrent`: it follows the process's last choice
+    /// ([`State::default_context`]), as a thread of a CUDA runtime program is bound to the
+    /// primary context of the device the program selected.
+    Unset,
+    /// `cuCtxSetCurrent(NULL)`.
+    None,
+    /// Device `d`'s primary context.
+    Device(u32),
+}
+
+thread_local! {
+    static THREAD_CONTEXT: std::cell::Cell<ThreadContext> = const { std::cell::Cell::new(ThreadContext::Unset) };
+}
+
+/// The device of the context most recently made current on any thread, `u32::MAX` for none:
+/// the current context of threads that never chose one. An atomic, not a [`State`] field,
+/// so that CUPTI callbacks, which run without the simulator's lock, can name the context.
+static DEFAULT_CONTEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+
+/// The device whose primary context is current on the calling thread, `None` without one.
+pub fn current_context() -> Option<u32> {
+    match THREAD_CONTEXT.with(|c| c.get()) {
+        ThreadContext::Unset => {
+            let d = DEFAULT_CONTEXT.load(std::sync::atomic::Ordering::Relaxed);
+            (d != u32::MAX).then_some(d)
+        }
+        ThreadContext::None => None,
+        ThreadContext::Device(d) => Some(d),
+    }
+}
 const MODULE_HANDLE_BASE: u64 = 0x5a0d_0000_0000;
 const FUNCTION_HANDLE_BASE: u64 = 0x5f0c_0000_0000;
 /// First address `cuMemAlloc` returns (device pointers look like real UVA addresses).
@@ -37,7 +92,9 @@ const DEVICE_HEAP_BASE: u64 = 0x7f40_0000_0000;
 pub struct State {
     pub cfg: config::Config,
     pub clock: clock::HostClock,
-    pub timeline: timeline::Timeline,
+    /// One timeline per device (index = CUDA ordinal = CUPTI `deviceId`); streams belong to
+    /// the device whose context was current when they were created.
+    pub timelines: Vec<timeline::Timeline>,
     pub events: events::Events,
     /// Stream captures, graphs and executable graphs.
     pub graphs: graphs::Graphs,
@@ -51,12 +108,13 @@ pub struct State {
     pub record_seq: u64,
     pub initialized: bool,
     pub nvml_refs: u32,
-    pub context_current: bool,
     pub modules: HashSet<u64>,
     /// Function handle → (module, name).
     pub functions: HashMap<u64, (u64, names::KernelName)>,
-    pub allocations: HashMap<u64, u64>,
-    pub allocated_bytes: u64,
+    /// Device pointer → (bytes, device).
+    pub allocations: HashMap<u64, (u64, u32)>,
+    /// Bytes allocated on each device (index = CUDA ordinal).
+    pub allocated_bytes: Vec<u64>,
     next_handle: u64,
     next_dptr: u64,
     pub grid_id: i64,
@@ -88,10 +146,11 @@ pub fn cupti_abi() -> config::CuptiAbi {
 impl State {
     pub fn new(cfg: config::Config) -> State {
         publish_cupti_abi(cfg.cupti);
+        DEFAULT_CONTEXT.store(u32::MAX, std::sync::atomic::Ordering::Relaxed);
         State {
             cfg,
             clock: clock::HostClock::with_speed(cfg.clock, cfg.speed_milli),
-            timeline: timeline::Timeline::new(),
+            timelines: (0..cfg.devices).map(timeline::Timeline::for_device).collect(),
             events: events::Events::new(),
             graphs: graphs::Graphs::default(),
             cupti: cupti::Cupti::default(),
@@ -101,17 +160,57 @@ impl State {
             record_seq: 0,
             initialized: false,
             nvml_refs: 0,
-            context_current: false,
             modules: HashSet::new(),
             functions: HashMap::new(),
             allocations: HashMap::new(),
-            allocated_bytes: 0,
+            allocated_bytes: vec![0; cfg.devices as usize],
             next_handle: 0,
             next_dptr: DEVICE_HEAP_BASE,
             grid_id: 0,
             node: node::Node::from_env(),
             collectives: HashMap::new(),
         }
+    }
+
+    /// Makes device `device`'s primary context (or none) current on the calling thread
+    /// (`cuCtxSetCurrent`), and the default of threads that never chose one.
+    pub fn set_current(&mut self, device: Option<u32>) {
+        THREAD_CONTEXT.with(|c| c.set(device.map_or(ThreadContext::None, ThreadContext::Device)));
+        DEFAULT_CONTEXT.store(device.unwrap_or(u32::MAX), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The device whose context is current on the calling thread ([`current_context`]).
+    pub fn current_context(&self) -> Option<u32> {
+        current_context()
+    }
+
+    /// The device work without a stream of its own goes to on the calling thread (its
+    /// current context's; device 0 when it has none, where a real driver would answer
+    /// `CUDA_ERROR_INVALID_CONTEXT`, which the simulator does not model).
+    pub fn current_device(&self) -> u32 {
+        self.current_context().unwrap_or(0)
+    }
+
+    /// The device stream `h` belongs to: the calling thread's current device for the legacy
+    /// stream (each context has its own), the creating context's device for a created
+    /// stream, `None` for an unknown handle.
+    pub fn stream_device(&self, h: u64) -> Option<u32> {
+        if timeline::is_legacy(h) {
+            return Some(self.current_device());
+        }
+        self.timelines.iter().position(|t| t.knows(h)).map(|d| d as u32)
+    }
+
+    /// The timeline of stream `h`'s device ([`State::stream_device`]).
+    pub fn timeline_of(&mut self, h: u64) -> Option<&mut timeline::Timeline> {
+        let d = self.stream_device(h)?;
+        self.timelines.get_mut(d as usize)
+    }
+
+    /// The timeline of the calling thread's current device.
+    pub fn current_timeline(&mut self) -> &mut timeline::Timeline {
+        let d = self.current_device() as usize;
+        &mut self.timelines[d]
     }
 
     /// Next correlation id (never 0).
@@ -148,22 +247,24 @@ impl State {
         true
     }
 
-    /// Bump allocation of device memory (no backing store: the sim moves no data).
+    /// Bump allocation of device memory on the calling thread's current device (no backing
+    /// store: the sim moves no data).
     pub fn alloc(&mut self, bytes: u64) -> Option<u64> {
-        if self.allocated_bytes + bytes > device::TOTAL_MEM_BYTES - device::RESERVED_MEM_BYTES {
+        let d = self.current_device();
+        if self.allocated_bytes[d as usize] + bytes > device::TOTAL_MEM_BYTES - device::RESERVED_MEM_BYTES {
             return None;
         }
         let p = self.next_dptr;
         self.next_dptr += bytes.max(1).div_ceil(512) * 512;
-        self.allocations.insert(p, bytes);
-        self.allocated_bytes += bytes;
+        self.allocations.insert(p, (bytes, d));
+        self.allocated_bytes[d as usize] += bytes;
         Some(p)
     }
 
     pub fn free(&mut self, p: u64) -> bool {
         match self.allocations.remove(&p) {
-            Some(b) => {
-                self.allocated_bytes -= b;
+            Some((b, d)) => {
+                self.allocated_bytes[d as usize] -= b;
                 true
             }
             None => false,

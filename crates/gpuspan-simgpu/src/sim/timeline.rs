@@ -18,6 +18,8 @@ pub const FIRST_STREAM_ID: u32 = 13;
 pub const STREAM_NON_BLOCKING: u32 = 0x1;
 /// Base of the opaque handle values given out for created streams.
 const STREAM_HANDLE_BASE: u64 = 0x5157_0000_0000;
+/// Created streams of device `d` have handles from `STREAM_HANDLE_BASE + (d << 28)`.
+const DEVICE_HANDLE_SHIFT: u32 = 28;
 /// Intervals older than this (relative to now) are forgotten.
 const UTIL_WINDOW_NS: u64 = 1_000_000_000;
 
@@ -61,10 +63,19 @@ pub fn is_legacy(handle: u64) -> bool {
 }
 
 impl Timeline {
+    /// Device 0's timeline.
     pub fn new() -> Self {
+        Self::for_device(0)
+    }
+
+    /// The timeline of device `device`: its created streams' handles are distinct from every
+    /// other device's, while their CUPTI `streamId`s count up from [`FIRST_STREAM_ID`] in
+    /// each context, as real CUPTI numbers them (so `streamId` alone does not name a
+    /// stream in a process with several devices: `(deviceId, streamId)` does).
+    pub fn for_device(device: u32) -> Self {
         Timeline {
             next_id: FIRST_STREAM_ID,
-            next_handle: STREAM_HANDLE_BASE,
+            next_handle: STREAM_HANDLE_BASE + (u64::from(device) << DEVICE_HANDLE_SHIFT),
             ..Default::default()
         }
     }

@@ -68,8 +68,9 @@ fn call_subscriber(
         functionParams: call.params,
         functionReturnValue: ret as *mut c_void,
         symbolName: call.symbol,
-        context: super::CONTEXT_HANDLE as usize as cudarc::driver::sys::CUcontext,
-        contextUid: super::CONTEXT_ID,
+        // The calling thread's current context (device 0's when it has none).
+        context: super::context_handle(super::current_context().unwrap_or(0)) as usize as cudarc::driver::sys::CUcontext,
+        contextUid: super::context_id(super::current_context().unwrap_or(0)),
         correlationData: corr_data as *mut u64,
         correlationId: corr,
     };

@@ -412,11 +412,14 @@ pub struct ExecOptions {
     /// host time a coarse-mode request span should start at when the GPU is idle. Default
     /// `false`.
     pub print_request_begins: bool,
+    /// The CUDA device (ordinal) to run on: its primary context is made current on the
+    /// calling thread, and the workload's streams, copies and kernels go to it. Default 0.
+    pub device: i32,
 }
 
 impl Default for ExecOptions {
     fn default() -> Self {
-        ExecOptions { announce_streams: true, cuda_graph: false, unload_module: false, print_request_begins: false }
+        ExecOptions { announce_streams: true, cuda_graph: false, unload_module: false, print_request_begins: false, device: 0 }
     }
 }
 
@@ -452,7 +455,7 @@ pub fn execute_requests<W: std::borrow::Borrow<Workload>>(
     unsafe {
         check("cuInit", (api.init)(0))?;
         let mut dev: CuDevice = 0;
-        check("cuDeviceGet", (api.device_get)(&mut dev, 0))?;
+        check("cuDeviceGet", (api.device_get)(&mut dev, opts.device))?;
         let mut name = [0 as c_char; 256];
         check(
             "cuDeviceGetName",
