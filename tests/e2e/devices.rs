@@ -6,8 +6,9 @@
 //! stream, and the elapsed time between two devices' events, are errors.
 //!
 //! Checked: the fine capture keeps each device's kernels on its own process row, as many as
-//! the simulator launched there, with stream 13 once per device; each request's span names
-//! the device its kernels ran on; coarse mode times every scope with CUDA events (none falls
+//! the simulator launched there, with stream 13 once per device, and each thread's driver
+//! calls on the row of its own ranges; each request's span and kernel spans name the
+//! device (ordinal and UUID) its kernels ran on; coarse mode times every scope with CUDA events (none falls
 //! back to CPU times because an event of the other device came out of the pool, which
 //! before per-context pools was 1986 of 3558 scopes), and no step is shorter than the GPU
 //! time of its kernels (a CPU-timed step is: the host runs ahead of the GPU).
@@ -161,6 +162,12 @@ fn two_devices_in_one_process_keep_their_kernels_streams_and_coarse_timing_apart
     }
     assert_eq!(kernels, launched, "each device's kernels on its own process row, all of them");
     assert!(rows.contains(&(0, 13)) && rows.contains(&(1, 13)), "stream 13 of each device is a row of its own: {rows:?}");
+    // CUPTI's API records name threads as `gettid` does (`cuptiSetThreadIdType(SYSTEM)`):
+    // each device thread's launches lie on the row of its own ranges.
+    for (d, tid) in &device_threads {
+        let launches = t.events.iter().filter(|e| e.cat == Some(Category::CudaDriver) && e.tid == *tid).count();
+        assert!(launches >= launched[d], "device {d}'s thread {tid}: {launches} driver calls on its row, {} kernels launched", launched[d]);
+    }
     let devices = request_devices(&capture, &device_threads);
     let kernel_time = step_kernel_time(&capture, &device_threads);
     let spans = all_spans(&fine_rx);
@@ -168,10 +175,15 @@ fn two_devices_in_one_process_keep_their_kernels_streams_and_coarse_timing_apart
     for id in &ids {
         let d = devices[id];
         used.insert(d);
+        let uuid = gpuspan_simgpu::sim::device::uuid(d as u32);
         let req = spans.iter().find(|s| s.name == "gpu.request" && &s.trace_id == id).unwrap();
         assert_eq!(req.int("gpu.device.id"), Some(d), "request {id}'s span names its device");
-        for k in spans.iter().filter(|s| s.name == "cuda.kernel" && &s.trace_id == id) {
+        assert_eq!(req.str("gpu.device.uuid"), Some(uuid.as_str()), "request {id}'s span names its device's UUID");
+        let kernel_spans: Vec<_> = spans.iter().filter(|s| s.name == "cuda.kernel" && &s.trace_id == id).collect();
+        assert!(!kernel_spans.is_empty(), "request {id} has kernel spans");
+        for k in kernel_spans {
             assert_eq!(k.int("gpu.device.id"), Some(d), "kernel spans of request {id}");
+            assert_eq!(k.str("gpu.device.uuid"), Some(uuid.as_str()), "kernel spans of request {id}");
         }
     }
     assert_eq!(used, BTreeSet::from([0, 1]), "both devices served requests");
@@ -183,6 +195,16 @@ fn two_devices_in_one_process_keep_their_kernels_streams_and_coarse_timing_apart
     let stderr = String::from_utf8_lossy(&coarse.stderr);
     assert!(!stderr.contains("refused an event call"), "no event of the other device was recorded: {stderr}");
     let spans = all_spans(&coarse_rx);
+    // Which device served which request differs from the fine run (the threads race for
+    // the queue); each request span names one, with its UUID, and both served.
+    let mut served = BTreeSet::new();
+    for id in &ids {
+        let req = spans.iter().find(|s| s.name == "gpu.request" && &s.trace_id == id).unwrap();
+        let d = req.int("gpu.device.id").unwrap_or_else(|| panic!("coarse request {id} names no device"));
+        assert_eq!(req.str("gpu.device.uuid"), Some(gpuspan_simgpu::sim::device::uuid(d as u32).as_str()));
+        served.insert(d);
+    }
+    assert_eq!(served, BTreeSet::from([0, 1]), "coarse: both devices served requests");
     let mut worst = f64::MAX;
     for id in &ids {
         let mine: Vec<&ReceivedSpan> = spans.iter().filter(|s| &s.trace_id == id).collect();

@@ -219,7 +219,7 @@ pub fn activate_for(trigger: Trigger) -> Result<(), String> {
 /// measured now (CUPTI timestamps are CLOCK_REALTIME ns on Linux, CUPTI-NOTES §2, so the
 /// offset is ≈ 0 on a real GPU; the simulated H100's virtual clock needs it).
 /// Kernel spans are only built when they have somewhere to go (an OTLP endpoint).
-fn span_options(config: &Config, api: Option<&ActivityApi>, exporting: bool) -> gpuspan_core::spans::SpanOptions {
+fn span_options(config: &Config, api: Option<&ActivityApi>, exporting: bool, device_uuids: &[String]) -> gpuspan_core::spans::SpanOptions {
     let unix_ns = realtime_ns() as i128;
     let offset = api.map_or(0, |api| (unix_ns - api.timestamp_ns() as i128) as i64);
     let offset = if offset.unsigned_abs() < 1_000_000 { 0 } else { offset };
@@ -231,6 +231,7 @@ fn span_options(config: &Config, api: Option<&ActivityApi>, exporting: bool) -> 
         seed: ((std::process::id() as u64) << 32) ^ unix_ns as u64,
         rank: config.distributed.map(|d| (d.rank, d.world_size)),
         env_traceparent: std::env::var("TRACEPARENT").ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty()),
+        device_uuids: device_uuids.iter().map(|u| std::sync::Arc::from(u.as_str())).collect(),
         ..Default::default()
     }
 }
@@ -278,7 +279,7 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
     let rules = crate::collector::load_rules(&config);
     let triggers = crate::collector::load_triggers(&config);
     let telemetry = crate::telemetry::Telemetry::start(&config);
-    let spans = span_options(&config, api.as_ref(), telemetry.spans.is_some());
+    let spans = span_options(&config, api.as_ref(), telemetry.spans.is_some(), &telemetry.device_uuids);
     let shared = Shared {
         pool: BufferPool::new(config.buffer_bytes, config.max_buffers),
         allow_decline,

@@ -326,6 +326,9 @@ pub struct DeviceInfo {
     /// NVML indices of what `CUDA_VISIBLE_DEVICES` makes visible, in CUDA device order (a
     /// MIG worker: its instance's GPU).
     pub visible: Vec<u32>,
+    /// `nvmlDeviceGetUUID` of each of `visible`, in CUDA device order: index = CUDA ordinal
+    /// (a kernel record's `deviceId`); empty strings where NVML did not say.
+    pub visible_uuids: Vec<String>,
 }
 
 /// What `CUDA_VISIBLE_DEVICES` (`spec`; `None` when unset) makes visible on a node whose
@@ -407,6 +410,7 @@ pub fn device_info() -> Option<DeviceInfo> {
             uuid: uuids.get(index as usize).cloned().unwrap_or_default(),
             mig,
             sampled: vec![index],
+            visible_uuids: visible.iter().map(|&i| uuids.get(i as usize).cloned().unwrap_or_default()).collect(),
             visible,
         })
     })

@@ -30,6 +30,9 @@ pub struct Telemetry {
     server: Mutex<Option<MetricsServer>>,
     sampler: Mutex<Option<crate::nvml::Sampler>>,
     context_warn: Mutex<(Option<Instant>, u64)>,
+    /// NVML UUID of each CUDA device the process sees, by CUDA ordinal
+    /// ([`crate::nvml::DeviceInfo::visible_uuids`]; empty without NVML).
+    pub device_uuids: Vec<String>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -175,6 +178,7 @@ impl Telemetry {
             server: Mutex::new(server),
             sampler: Mutex::new(sampler),
             context_warn: Mutex::new((None, 0)),
+            device_uuids: device.map(|d| d.visible_uuids).unwrap_or_default(),
         }
     }
 

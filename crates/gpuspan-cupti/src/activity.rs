@@ -28,6 +28,10 @@ pub const KIND_OVERHEAD: u32 = K::CUPTI_ACTIVITY_KIND_OVERHEAD as u32;
 /// `CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION` (39).
 pub const KIND_EXTERNAL_CORRELATION: u32 = K::CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION as u32;
 
+/// `CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM` (`cupti_activity.h` `CUpti_ActivityThreadIdType`:
+/// DEFAULT 0 = `pthread_self`, SYSTEM 1 = `gettid` on Linux).
+pub const CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM: u32 = 1;
+
 /// The kinds fine mode enables (DESIGN.md "Collection modes"): kernels, memcpy, memset,
 /// driver + runtime API (external correlation needs both, CUPTI-NOTES §2), external
 /// correlation, overhead.
@@ -522,7 +526,22 @@ impl ActivityApi {
 
     /// Enables every kind in [`FINE_MODE_KINDS`]; on the first failure disables what was
     /// enabled and returns the error.
+    ///
+    /// First, outside multiple-subscriber mode, asks for system thread ids in API records
+    /// (`cuptiSetThreadIdType(CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM)`, `cupti_activity.h`): by
+    /// default `CUpti_ActivityAPI::threadId` is `pthread_self()` truncated to 32 bits, while
+    /// the agent's scopes, NVTX ranges and every other CPU row of a capture name threads by
+    /// `gettid`, as Kineto's CPU ops and Perfetto's thread tracks do; without it a thread's
+    /// launches and its ranges land on two rows. The setting is process-wide, so it is left
+    /// alone when CUPTI is shared with other subscribers (13.3+ V2 mode); a CUPTI without
+    /// the function, or one that refuses, keeps the default (nothing else depends on it).
     pub fn enable_fine_kinds(&self) -> Result<(), CuptiError> {
+        if self.v2().is_none() {
+            if let Some(f) = self.syms.set_thread_id_type {
+                // SAFETY: plain integer argument (CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM = 1).
+                let _ = unsafe { f(CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM) };
+            }
+        }
         for (i, k) in FINE_MODE_KINDS.iter().enumerate() {
             if let Err(e) = self.enable(*k) {
                 for k2 in &FINE_MODE_KINDS[..i] {

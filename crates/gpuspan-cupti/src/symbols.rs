@@ -65,6 +65,9 @@ pub struct CuptiSymbols {
     pub(crate) push_external: unsafe extern "C" fn(u32, u64) -> u32,
     pub(crate) pop_external: unsafe extern "C" fn(u32, *mut u64) -> u32,
     pub(crate) get_timestamp: unsafe extern "C" fn(*mut u64) -> u32,
+    /// `cuptiSetThreadIdType(CUpti_ActivityThreadIdType)` (`cupti_activity.h`, CUPTI 5.5+);
+    /// `None` when the library lacks it.
+    pub(crate) set_thread_id_type: Option<unsafe extern "C" fn(u32) -> u32>,
     /// `cuptiActivityGetNextRecord`, public because [`crate::decode`] takes it as a parameter
     /// (benches pass the simulator's).
     pub get_next_record: GetNextRecordFn,
@@ -177,6 +180,8 @@ impl CuptiSymbols {
             push_external: sym!(lib, "cuptiActivityPushExternalCorrelationId"),
             pop_external: sym!(lib, "cuptiActivityPopExternalCorrelationId"),
             get_timestamp: sym!(lib, "cuptiGetTimestamp"),
+            // SAFETY: the symbol has the C signature of the field (`cupti_activity.h`).
+            set_thread_id_type: unsafe { lib.get::<unsafe extern "C" fn(u32) -> u32>(b"cuptiSetThreadIdType\0") }.ok().map(|f| *f),
             get_next_record: sym!(lib, "cuptiActivityGetNextRecord"),
             v2: Self::resolve_v2(&lib),
             loaded_from: name.to_string(),

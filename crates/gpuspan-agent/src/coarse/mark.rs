@@ -56,6 +56,9 @@ pub struct GpuMark {
     /// (`cuStreamQuery` just before): the GPU reached the events as they were recorded, at
     /// `cpu_ns`, so the GPU-to-CPU clock chain is re-anchored there ([`super::resolve`]).
     pub idle: bool,
+    /// A root's begin: the CUDA device current on the thread (`cuCtxGetDevice`), which the
+    /// request span names; `None` for other marks or without a context.
+    pub device: Option<u32>,
 }
 
 /// Records a boundary of `scope` on `streams` (empty: the legacy default stream) and queues
@@ -69,7 +72,7 @@ pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool
     } else {
         (&streams[..streams.len().min(MAX_SCOPE_STREAMS)], TimingSource::CudaEvent)
     };
-    let mut mark = GpuMark { scope, parent, is_end, cpu_ns, source, marks: [None; MAX_SCOPE_STREAMS], n: 0, idle: false };
+    let mut mark = GpuMark { scope, parent, is_end, cpu_ns, source, marks: [None; MAX_SCOPE_STREAMS], n: 0, idle: false, device: None };
     if let Some(events) = &c.events {
         let capturing = |s: Stream| matches!(events.capture_status(s), CaptureStatus::Capturing | CaptureStatus::ImplicitCapture);
         if targets.iter().any(|&s| capturing(s)) {
@@ -88,6 +91,7 @@ pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool
         if root && !is_end {
             if let Some(d) = events.current_device() {
                 crate::nvml::note_cuda_device(i64::from(d));
+                mark.device = u32::try_from(d).ok();
             }
         }
         for &stream in targets {

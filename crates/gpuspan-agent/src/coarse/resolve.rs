@@ -339,6 +339,7 @@ impl Resolver {
             start_ns: begin.cpu_ns,
             end_ns: end.cpu_ns.max(begin.cpu_ns),
             source: TimingSource::CpuFallback,
+            device: begin.device,
         };
         if begin.source == TimingSource::Captured || end.source == TimingSource::Captured {
             // Recorded into a CUDA graph: no GPU interval (the assembler emits no span).
@@ -363,7 +364,7 @@ impl Resolver {
             let Some(t) = t else { return cpu };
             stop = stop.max(t);
         }
-        ScopeGpuTime { id, start_ns: start, end_ns: stop.max(start), source: begin.source.max(end.source) }
+        ScopeGpuTime { id, start_ns: start, end_ns: stop.max(start), source: begin.source.max(end.source), device: begin.device }
     }
 
     /// Gives a resolved scope's events back (a root's begin event stays with the anchor
@@ -408,6 +409,7 @@ impl Resolver {
                     start_ns: p.begin.cpu_ns,
                     end_ns: end.max(p.begin.cpu_ns),
                     source: TimingSource::Cpu,
+                    device: p.begin.device,
                 });
             }
         }
@@ -435,6 +437,7 @@ impl Resolver {
                     start_ns: p.begin.cpu_ns,
                     end_ns: end.max(p.begin.cpu_ns),
                     source: TimingSource::CpuFallback,
+                    device: p.begin.device,
                 });
                 c.counters.scopes_cpu_timed.fetch_add(1, Ordering::Relaxed);
             }

@@ -119,6 +119,11 @@ pub struct SpanOptions {
     /// of every request scope that names no traceparent itself, so a launcher can put all
     /// the ranks of one job under one trace without touching their code.
     pub env_traceparent: Option<String>,
+    /// NVML UUID (`GPU-…`) of each CUDA device the process sees, by CUDA ordinal (a
+    /// record's `deviceId`); empty when unknown. `gpu.request` spans carry
+    /// `gpu.device.uuid` of their device, and, in a process that sees more than one device
+    /// (where the resource's one UUID cannot say which), so do kernel spans.
+    pub device_uuids: Vec<Arc<str>>,
 }
 
 impl Default for SpanOptions {
@@ -132,6 +137,7 @@ impl Default for SpanOptions {
             grace_ms: 10_000,
             rank: None,
             env_traceparent: None,
+            device_uuids: Vec::new(),
             max_pending_gpu: 4 << 20,
             coarse: false,
         }
@@ -356,8 +362,8 @@ struct Request {
     step_scopes: u64,
     /// Its steps were detected, not announced.
     steps_detected: bool,
-    /// Bit `d` set when its kernels, copies or memsets ran on CUDA device `d` (< 64; fine
-    /// mode: coarse scopes carry no device).
+    /// Bit `d` set when its kernels, copies or memsets ran on CUDA device `d` (< 64), or,
+    /// in coarse mode, when its scope began with device `d` current.
     devices: u64,
 }
 
@@ -577,6 +583,9 @@ impl SpanAssembler {
         let end_ns = t.end_ns.max(t.start_ns);
         if t.source == TimingSource::Captured {
             self.stats.captured_scopes += 1;
+        }
+        if let (Some(d), Some(r)) = (t.device.filter(|d| *d < 64), self.requests.get_mut(&t.id)) {
+            r.devices |= 1 << d;
         }
         if let Some(u) = self.units.get_mut(&t.id) {
             u.scope_time = Some((t.start_ns, end_ns, t.source));
@@ -965,7 +974,7 @@ impl SpanAssembler {
                     }
                     req.kernel_spans += 1;
                     let kid = ids::span_id(&stage_id, &[b"cuda.kernel", &g.corr.to_be_bytes(), &g.start_ns.to_be_bytes()]);
-                    let attributes = vec![
+                    let mut attributes = vec![
                         attr_str("cuda.kernel.name", g.name.clone()),
                         (Cow::Borrowed("cuda.kernel.grid"), AttrValue::IntArray(g.grid.iter().map(|&v| v as i64).collect())),
                         (Cow::Borrowed("cuda.kernel.block"), AttrValue::IntArray(g.block.iter().map(|&v| v as i64).collect())),
@@ -976,6 +985,11 @@ impl SpanAssembler {
                         attr_int("cuda.correlation_id", g.corr as i64),
                         attr_str("gpuspan.stage", g.stage.clone()),
                     ];
+                    if opts.device_uuids.len() > 1 {
+                        if let Some(u) = opts.device_uuids.get(g.device as usize).filter(|u| !u.is_empty()) {
+                            attributes.push(attr_str("gpu.device.uuid", u.clone()));
+                        }
+                    }
                     out.spans.push(mk(kid, stage_id, Arc::from("cuda.kernel"), g.start_ns, g.end_ns, attributes));
                 }
             }
@@ -1108,7 +1122,13 @@ impl SpanAssembler {
         // on kernel spans; a request spread over devices names them all in `gpuspan.devices`.
         match r.devices.count_ones() {
             0 => {}
-            1 => attributes.push(attr_int("gpu.device.id", r.devices.trailing_zeros() as i64)),
+            1 => {
+                let d = r.devices.trailing_zeros() as usize;
+                attributes.push(attr_int("gpu.device.id", d as i64));
+                if let Some(u) = self.opts.device_uuids.get(d).filter(|u| !u.is_empty()) {
+                    attributes.push(attr_str("gpu.device.uuid", u.clone()));
+                }
+            }
             _ => attributes.push((
                 Cow::Borrowed("gpuspan.devices"),
                 AttrValue::IntArray((0..64).filter(|d| r.devices & (1u64 << d) != 0).collect()),

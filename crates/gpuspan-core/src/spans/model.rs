@@ -189,4 +189,8 @@ pub struct ScopeGpuTime {
     pub end_ns: u64,
     /// How it was measured.
     pub source: TimingSource,
+    /// The CUDA device (ordinal) it ran on, when known: coarse mode knows it for a request
+    /// scope (the device current on its thread when it began, `cuCtxGetDevice`), so a
+    /// process that drives several devices can say which one served a request.
+    pub device: Option<u32>,
 }

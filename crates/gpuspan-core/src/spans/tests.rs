@@ -368,7 +368,7 @@ fn request_attributes_are_percent_decoded() {
 #[test]
 fn coarse_tree_from_scope_intervals() {
     let mut f = Fixture::new(SpanOptions { coarse: true, kernel_spans: false, ..Default::default() });
-    let gt = |id: u64, start: u64, end: u64, source| ScopeGpuTime { id, start_ns: start, end_ns: end, source };
+    let gt = |id: u64, start: u64, end: u64, source| ScopeGpuTime { id, start_ns: start, end_ns: end, source, device: None };
     f.scope(begin(1, 0, 10, &format!("gpuspan.request {TP} model=wan2.1")));
     let mut intervals = Vec::new();
     for (step, attn, ffn, base) in [(2u64, 3u64, 4u64, 100_000u64), (5, 6, 7, 200_000)] {
@@ -455,7 +455,7 @@ fn coarse_missing_interval_times_out() {
     f.scope(begin(2, 1, 20, "dit.step 0/1"));
     f.scope(ScopeEvent::End { id: 2, ts_ns: 30, launches: None });
     f.scope(ScopeEvent::End { id: 1, ts_ns: 40, launches: None });
-    f.asm.observe_scope_time(&ScopeGpuTime { id: 1, start_ns: 10, end_ns: 40, source: TimingSource::CpuFallback }, &f.scopes);
+    f.asm.observe_scope_time(&ScopeGpuTime { id: 1, start_ns: 10, end_ns: 40, source: TimingSource::CpuFallback, device: None }, &f.scopes);
     assert!(f.poll(0).is_empty());
     let out = f.poll(1_000);
     assert_eq!(f.asm.stats.units_timed_out, 1);
