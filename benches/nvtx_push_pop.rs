@@ -14,6 +14,9 @@
 //!
 //! Run: `cargo build --release --workspace && cargo bench --bench nvtx_push_pop` (`RUNS`,
 //! default 7; `PAIRS`, default 2,000,000; needs gcc and the `.venv` of `scripts/test.sh`).
+//! `AGENT_B=/path/to/libgpuspan.so` adds the rows `coarse-B` and `coarse-cpu-B` with that
+//! library (another build, e.g. the previous commit's), interleaved with the others: a
+//! change's cost side by side in one run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,14 +58,20 @@ fn main() {
     gcc(&["-O2", "-shared", "-fPIC", "-o", driver.to_str().unwrap(), src.join("noop_driver.c").to_str().unwrap()]);
     gcc(&["-O2", "-I", include.to_str().unwrap(), "-o", worker.to_str().unwrap(), src.join("nvtx_pairs.c").to_str().unwrap(), "-ldl"]);
     let out = tempfile::tempdir().expect("tempdir");
-    let modes: [(&str, Option<&str>); 3] = [("baseline", None), ("coarse", Some("4096")), ("coarse-cpu", Some("1"))];
+    let agent_b = std::env::var_os("AGENT_B").map(PathBuf::from);
+    let mut modes: Vec<(&str, Option<&str>, &Path)> =
+        vec![("baseline", None, agent.as_path()), ("coarse", Some("4096"), agent.as_path()), ("coarse-cpu", Some("1"), agent.as_path())];
+    if let Some(b) = &agent_b {
+        modes.push(("coarse-B", Some("4096"), b.as_path()));
+        modes.push(("coarse-cpu-B", Some("1"), b.as_path()));
+    }
     let mut ns: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     for _ in 0..runs {
-        for (i, (_, pool)) in modes.iter().enumerate() {
+        for (i, (_, pool, lib)) in modes.iter().enumerate() {
             let mut c = Command::new(&worker);
             c.arg(pairs.to_string()).env("LD_LIBRARY_PATH", tmp.path()).env_remove("LD_PRELOAD").env_remove("NVTX_INJECTION64_PATH");
             if let Some(pool) = pool {
-                c.env("LD_PRELOAD", &agent)
+                c.env("LD_PRELOAD", lib)
                     .env("GPUSPAN_MODE", "coarse")
                     .env("GPUSPAN_EVENT_POOL", pool)
                     .env("GPUSPAN_OUT", out.path())
@@ -79,10 +88,10 @@ fn main() {
     }
     let med: Vec<f64> = ns.iter_mut().map(|v| median(v)).collect();
     println!("nvtx_push_pop: {pairs} push + pop pairs per run, {runs} runs per mode, median thread CPU per pair:");
-    for (i, (name, _)) in modes.iter().enumerate() {
-        println!("  {name:<11} {:>7.1} ns", med[i]);
+    for (i, (name, _, _)) in modes.iter().enumerate() {
+        println!("  {name:<12} {:>7.1} ns", med[i]);
     }
-    for (i, (name, _)) in modes.iter().enumerate().skip(1) {
+    for (i, (name, _, _)) in modes.iter().enumerate().skip(1) {
         let added = med[i] - med[0];
         println!(
             "  {name} adds {added:.1} ns per pair over the baseline ({:.1}x the baseline); goal <= 50 ns: {}",

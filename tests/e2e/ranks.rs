@@ -177,6 +177,17 @@ fn eight_ranks_name_the_straggler_and_match_the_simulators_communication() {
     }
     let w = gpuspan_export::waterfall::Waterfall::from_ranks(&traces, "x");
     assert_eq!(w.range_steps(), 3);
+    // In the terminal (plain ASCII, 80 columns), every lane's label is whole: its rank,
+    // device and stream.
+    let o = output(gpuspan().arg("waterfall").arg(out.path()).args(["--step", "0"]));
+    assert!(o.status.success(), "waterfall: {}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let rows: Vec<&str> = text.lines().filter(|l| l.ends_with('|')).collect();
+    assert_eq!(rows.len(), w.steps[0].lanes.len(), "one row per lane:\n{text}");
+    for (row, lane) in rows.iter().zip(&w.steps[0].lanes) {
+        let want = lane.label.replace('\u{b7}', "-");
+        assert!(row.starts_with(&format!("{want} ")) && row.is_ascii() && row.chars().count() <= 80, "{row:?} labels {want:?}");
+    }
     for i in 0..w.steps.len() {
         assert_eq!(w.lane_groups(i), 8, "step {i}: {:?}", w.steps[i].lanes.iter().map(|l| &l.label).collect::<Vec<_>>());
     }
@@ -323,4 +334,53 @@ fn diff_of_two_rank_directories_follows_the_straggler() {
     let o = output(gpuspan().arg("diff").arg(a.path()).arg(b.path()));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("straggler A rank 0") && text.contains("B rank 1"), "{text}");
+}
+
+/// `--ranks` with `--duration`: rank 0 decides before each request whether the ranks run it,
+/// so they stop together. Each rank checking its own clock let one start a request the others
+/// never joined (their clocks start a few ms apart), and it waited out the 120 s rendezvous
+/// timeout at its first collective: before the fix this test failed 3 times in 4 (a run
+/// hung), after it passed 4 times in 4. Six runs here, each given 30 s.
+#[test]
+fn ranks_with_a_duration_run_the_same_requests_and_stop_together() {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    for run in 0..6 {
+        let mut child = gpuspan()
+            .args(["run", "--sim", "--mode", "off", "--"])
+            .arg(artifact("gpuspan-replay"))
+            .args(["stdit", "--ranks", "4", "--steps", "1", "--duration", "1500ms"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        // Read as it comes: the ranks' `node transfers:` lines alone would fill the pipe.
+        let mut out = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                // The whole group: the ranks too, which hold the output pipe.
+                let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).status();
+                let _ = child.wait();
+                let text = reader.join().unwrap();
+                let counts: Vec<&str> = text.lines().filter(|l| l.starts_with("requests: ")).collect();
+                panic!("run {run}: the ranks did not stop together within 30 s; finished: {counts:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "run {run}: {status}");
+        let stdout = reader.join().unwrap();
+        let counts: Vec<u32> = stdout.lines().filter_map(|l| l.strip_prefix("requests: ")?.trim().parse().ok()).collect();
+        assert_eq!(counts.len(), 4, "run {run}: one count per rank: {stdout}");
+        assert!(counts[0] >= 1 && counts.iter().all(|c| *c == counts[0]), "run {run}: every rank ran the same requests: {counts:?}");
+    }
 }

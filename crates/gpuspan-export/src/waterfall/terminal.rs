@@ -49,17 +49,18 @@ fn human_us(us: f64, colour: bool) -> String {
     }
 }
 
-/// Cuts `s` to at most `max` characters, marking a cut with `...`; with `ascii`, non-ASCII
-/// characters become `?`.
+/// Cuts `s` to at most `max` characters, marking a cut with `...`; with `ascii`, the
+/// separators our own labels use become their ASCII look-alikes (`·` `-`, `µ` `u`) and any
+/// other non-ASCII character `?`.
 fn fit(s: &str, max: usize, ascii: bool) -> String {
     let clean: String = s
         .chars()
-        .map(|c| {
-            if c.is_control() || (ascii && !c.is_ascii()) {
-                '?'
-            } else {
-                c
-            }
+        .map(|c| match c {
+            c if c.is_control() => '?',
+            '\u{b7}' if ascii => '-',
+            '\u{b5}' | '\u{3bc}' if ascii => 'u',
+            c if ascii && !c.is_ascii() => '?',
+            c => c,
         })
         .collect();
     if clean.chars().count() <= max {
@@ -172,7 +173,10 @@ pub fn render_step(w: &Waterfall, index: usize, opts: &TerminalOptions) -> Optio
     if step.lanes.is_empty() {
         let _ = writeln!(o, "(no GPU activity in this step)");
     } else {
-        let label_w = (width / 5).clamp(8, 16);
+        // Wide enough for the longest lane label (`rank 7 · GPU0 stream 13`), up to a third
+        // of the width.
+        let longest = step.lanes.iter().map(|l| l.label.chars().count()).max().unwrap_or(0);
+        let label_w = (longest + 1).clamp(8, (width / 3).max(8));
         let cells = width - label_w - 2;
         let t0 = step.start_us;
         let dt = if step.span_us > 0.0 {

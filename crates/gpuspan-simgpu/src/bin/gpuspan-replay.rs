@@ -64,7 +64,9 @@
 //! nvlink_tx_bytes=..`, the simulator's own account of its device (`gpuspanSimNodeTruth`),
 //! then `node transfers: rank=R START:END:BYTES,...`, its NVLink transfers on the sim's
 //! clock (ns; `gpuspanSimNodeTransfers`), from which NVML's counters are read.
-//! `--slow-rank R:F` makes rank R's kernels F times as long. Every rank's requests carry the
+//! `--slow-rank R:F` makes rank R's kernels F times as long. With `--duration`, rank 0 decides
+//! before each request whether the ranks run it, as a distributed server's rank 0 takes the
+//! requests and the others follow, and publishes the decision in the node directory. Every rank's requests carry the
 //! same deterministic traceparents, so each request's spans from all ranks share one trace.
 //!
 //! `--devices K` runs the requests on K devices of this one process (a worker that keeps a
@@ -82,6 +84,7 @@
 //! `libcuda.so.1`. Errors are one line on stderr.
 
 use std::path::Path;
+use gpuspan_simgpu::sim::node::RENDEZVOUS_TIMEOUT;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -490,6 +493,34 @@ fn launch_ranks(ranks: u32) -> ExitCode {
     ExitCode::from(worst)
 }
 
+/// Whether the ranks of `--ranks` run request `k` under `--duration`: rank 0 decides from its
+/// own clock (`mine`) and publishes the decision as `go-<k>` in the node directory (written
+/// whole, then renamed); every other rank waits for it, polling, at most
+/// [`RENDEZVOUS_TIMEOUT`] (then stops). Each rank checking its own clock could let one rank
+/// start a request the others never join, leaving it waiting at that request's first
+/// collective.
+fn rank_zero_decides(dir: &std::path::Path, rank: u32, k: u32, mine: bool) -> bool {
+    let path = dir.join(format!("go-{k}"));
+    if rank == 0 {
+        let tmp = dir.join(format!(".go-{k}"));
+        if std::fs::write(&tmp, if mine { "1" } else { "0" }).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
+            eprintln!("gpuspan-replay: rank 0 cannot publish its decision in {}", dir.display());
+        }
+        return mine;
+    }
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Ok(v) = std::fs::read_to_string(&path) {
+            return v == "1";
+        }
+        if t0.elapsed() > RENDEZVOUS_TIMEOUT {
+            eprintln!("gpuspan-replay: rank {rank}: no decision from rank 0 on request {k}; stopping");
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// `--devices K`: one thread per device, each taking the next request from `requests` when
 /// it is free. Returns the summed summary and each device's, with its thread's OS id.
 fn on_devices(
@@ -614,8 +645,16 @@ fn main() -> ExitCode {
     };
     let started = std::time::Instant::now();
     let ran = std::sync::atomic::AtomicU32::new(0);
+    let asked = std::sync::atomic::AtomicU32::new(0);
+    // A rank of `--ranks` with `--duration`: rank 0 decides for all (module docs).
+    let node_dir = std::env::var_os("GPUSPAN_SIM_NODE_DIR").map(std::path::PathBuf::from).filter(|_| args.duration.is_some());
     let keep_going = || {
-        let go = args.duration.is_none_or(|d| started.elapsed() < d);
+        let mine = args.duration.is_none_or(|d| started.elapsed() < d);
+        let k = asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let go = match (parallel, &node_dir) {
+            (Some(rank), Some(dir)) => rank_zero_decides(dir, rank, k, mine),
+            _ => mine,
+        };
         ran.fetch_add(u32::from(go), std::sync::atomic::Ordering::Relaxed);
         go
     };
