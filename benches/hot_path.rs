@@ -134,7 +134,7 @@ fn bench_decode_join(c: &mut Criterion) {
             let mut out = Vec::with_capacity(3 * N);
             // SAFETY: as above.
             unsafe { decode_buffer(NextRecord::V1(next_record), &RecordLayouts::cupti_12_9(), buf.as_mut_ptr(), valid, &mut names, &mut out) };
-            let opts = JoinOptions { base_time_ns: 0, process_id: 1, include_api: true, trace_seed: None };
+            let opts = JoinOptions { base_time_ns: 0, process_id: 1, include_api: true, trace_seed: None, env_traceparent: None };
             let mut j = JoinedEvents::new(&out, &table, &mut cl, &opts, false);
             let mut attributed = 0;
             for i in 0..j.len() {
@@ -157,7 +157,7 @@ fn bench_decode_join(c: &mut Criterion) {
             // SAFETY: as above.
             unsafe { decode_buffer(NextRecord::V1(next_record), &RecordLayouts::cupti_12_9(), buf.as_mut_ptr(), valid, &mut names, &mut out) };
             let mut cl = Classifier::default();
-            let opts = JoinOptions { base_time_ns: 0, process_id: 1, include_api: true, trace_seed: None };
+            let opts = JoinOptions { base_time_ns: 0, process_id: 1, include_api: true, trace_seed: None, env_traceparent: None };
             let (trace, st) = build_trace(&out, &table, &mut cl, &opts);
             assert_eq!(st.attributed as usize, N);
             black_box(trace)

@@ -567,3 +567,44 @@ fn python_worker_names_its_stream_for_coarse_timing() {
         assert!(captures_in(out.path()).is_empty(), "coarse mode writes no capture");
     }
 }
+
+/// `TRACEPARENT` in the worker's environment (OpenTelemetry's environment-variable context
+/// carrier, how a launcher hands every rank of a job one trace) parents the requests that
+/// name no traceparent themselves; a request that names one keeps it. The C worker's second
+/// request begins with `NULL`.
+#[test]
+fn traceparent_in_the_environment_parents_the_requests_that_name_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(exe) = c_worker(dir.path()) else { return };
+    let rx = gpuspan_testkit::OtlpReceiver::start(gpuspan_testkit::Transport::HttpProtobuf, "127.0.0.1:0");
+    let out = tempfile::tempdir().unwrap();
+    let o = output(
+        gpuspan()
+            .args(["run", "--mode", "fine", "--sim", "--out"])
+            .arg(out.path())
+            .arg("--")
+            .arg(&exe)
+            .args(["seq", TP0])
+            .env("TRACEPARENT", TP1)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint())
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (tp0, tp1) = (trace_id(TP0), trace_id(TP1));
+    assert!(
+        rx.wait_for(std::time::Duration::from_secs(10), |s| s.iter().filter(|s| s.name == "gpu.request").count() >= 2),
+        "two gpu.request spans"
+    );
+    let spans = rx.spans();
+    let requests: Vec<_> = spans.iter().filter(|s| s.name == "gpu.request").collect();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let named = requests.iter().find(|s| s.trace_id == tp0).expect("the request that names TP0 keeps it");
+    assert_eq!(named.parent_span_id, TP0.split('-').nth(2).unwrap());
+    let unnamed = requests.iter().find(|s| s.trace_id == tp1).expect("the request that names none is in TRACEPARENT's trace");
+    assert_eq!(unnamed.parent_span_id, TP1.split('-').nth(2).unwrap(), "under TRACEPARENT's span");
+    // Its kernel carries that trace id in the capture too.
+    let t = read_trace(&capture_in(out.path())).expect("capture written");
+    let norm: Vec<_> = t.kernels().filter(|k| k.scope.as_deref() == Some("norm")).collect();
+    assert_eq!(norm.len(), 1);
+    assert_eq!(norm[0].trace_id.as_deref(), Some(tp1));
+}

@@ -138,6 +138,7 @@ pub fn write_parts(
         process_id: std::process::id(),
         include_api: true,
         trace_seed: Some(seed),
+        env_traceparent: crate::config::env_traceparent(),
     };
     // Built one event at a time as the writer asks: the capture's events are never all in
     // memory. With a deadline, the scopes go first, then the GPU activity, then the API calls:

@@ -230,7 +230,7 @@ fn span_options(config: &Config, api: Option<&ActivityApi>, exporting: bool, dev
         clock_offset_ns: offset,
         seed: ((std::process::id() as u64) << 32) ^ unix_ns as u64,
         rank: config.distributed.map(|d| (d.rank, d.world_size)),
-        env_traceparent: std::env::var("TRACEPARENT").ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty()),
+        env_traceparent: crate::config::env_traceparent(),
         device_uuids: device_uuids.iter().map(|u| std::sync::Arc::from(u.as_str())).collect(),
         ..Default::default()
     }

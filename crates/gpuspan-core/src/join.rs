@@ -62,22 +62,25 @@ impl ScopeInfo {
         }
     }
 
-    /// The trace id a request scope's spans use: the traceparent's when well-formed, else
-    /// the new one [`crate::spans::TraceContext::for_request`] derives from `seed` (the same
-    /// seed as the span assembler's, so capture and spans agree). `None` for other scopes.
-    pub fn trace_id_with_seed(&self, seed: u64) -> Option<String> {
+    /// The trace id a request scope's spans use: its traceparent's, else `env_traceparent`'s
+    /// (the process's `TRACEPARENT`, [`crate::spans::SpanOptions::env_traceparent`]), when
+    /// well-formed; else the new one [`crate::spans::TraceContext::for_request`] derives
+    /// from `seed` (the same seed as the span assembler's, so capture and spans agree).
+    /// `None` for other scopes.
+    pub fn trace_id_with_seed(&self, seed: u64, env_traceparent: Option<&str>) -> Option<String> {
         match &self.kind {
             ScopeKind::Request { traceparent, attrs } => {
-                let (ctx, _) = crate::spans::TraceContext::for_request(traceparent.as_deref(), attrs, seed, self.id);
+                let tp = traceparent.as_deref().or(env_traceparent);
+                let (ctx, _) = crate::spans::TraceContext::for_request(tp, attrs, seed, self.id);
                 Some(crate::spans::ids::hex(&ctx.trace_id))
             }
             _ => None,
         }
     }
 
-    fn trace_id_for(&self, seed: Option<u64>) -> Option<String> {
+    fn trace_id_for(&self, seed: Option<u64>, env_traceparent: Option<&str>) -> Option<String> {
         match seed {
-            Some(seed) => self.trace_id_with_seed(seed),
+            Some(seed) => self.trace_id_with_seed(seed, env_traceparent),
             None => self.trace_id(),
         }
     }
@@ -232,6 +235,10 @@ pub struct JoinOptions {
     /// assembler's [`crate::spans::SpanOptions::seed`]); `None`: such requests get no
     /// `gpuspan.trace_id`.
     pub trace_seed: Option<u64>,
+    /// The process's `TRACEPARENT` (the span assembler's
+    /// [`crate::spans::SpanOptions::env_traceparent`]): with `trace_seed`, requests that name
+    /// no traceparent take its trace id, as their spans do.
+    pub env_traceparent: Option<String>,
 }
 
 fn rel_us(ns: u64, base: u64) -> f64 {
@@ -426,10 +433,10 @@ impl<'a> JoinedEvents<'a> {
     }
 
     fn trace_id_of(&mut self, request: ScopeId) -> Option<String> {
-        let (scopes, seed) = (self.scopes, self.opts.trace_seed);
+        let (scopes, seed, env_tp) = (self.scopes, self.opts.trace_seed, self.opts.env_traceparent.as_deref());
         self.trace_ids
             .entry(request)
-            .or_insert_with(|| scopes.get(request).and_then(|r| r.trace_id_for(seed)))
+            .or_insert_with(|| scopes.get(request).and_then(|r| r.trace_id_for(seed, env_tp)))
             .clone()
     }
 
@@ -685,7 +692,7 @@ mod tests {
             kernel("still_running", 8, 8_600, 0),
         ];
         let mut c = Classifier::default();
-        let opts = JoinOptions { base_time_ns: 1_000, process_id: 42, include_api: true, trace_seed: None };
+        let opts = JoinOptions { base_time_ns: 1_000, process_id: 42, include_api: true, trace_seed: None, env_traceparent: None };
         let (trace, st) = build_trace(&recs, &t, &mut c, &opts);
         assert_eq!(st, JoinStats { gpu_events: 3, attributed: 2, incomplete: 1 });
         let ks: Vec<_> = trace.kernels().collect();
@@ -725,7 +732,7 @@ mod tests {
             ext(5, 2),
             kernel("still_running", 8, 8_600, 0),
         ];
-        let opts = JoinOptions { base_time_ns: 1_000, process_id: 42, include_api: true, trace_seed: None };
+        let opts = JoinOptions { base_time_ns: 1_000, process_id: 42, include_api: true, trace_seed: None, env_traceparent: None };
         let (built, st) = build_trace(&recs, &t, &mut Classifier::default(), &opts);
         let mut c = Classifier::default();
         let mut j = JoinedEvents::new(&recs, &t, &mut c, &opts, false);

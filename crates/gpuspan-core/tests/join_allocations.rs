@@ -96,7 +96,7 @@ fn scopes() -> ScopeTable {
 
 /// Allocations of `JoinedEvents::new` and of attributing every event, on `recs`.
 fn join(recs: &[ActivityRecord], table: &ScopeTable, cl: &mut Classifier) -> (u64, u64, usize) {
-    let opts = JoinOptions { base_time_ns: 0, process_id: 1, include_api: true, trace_seed: None };
+    let opts = JoinOptions { base_time_ns: 0, process_id: 1, include_api: true, trace_seed: None, env_traceparent: None };
     let a0 = allocations();
     let mut j = JoinedEvents::new(recs, table, cl, &opts, false);
     let a1 = allocations();
@@ -131,7 +131,7 @@ fn join_and_classify_allocate_nothing_per_record() {
 
     // And the attribution is the right one: the stage scope's stage, NCCL's communication
     // whatever the scope, and the name's class under a scope that is not a stage.
-    let opts = JoinOptions { base_time_ns: 0, process_id: 1, include_api: true, trace_seed: None };
+    let opts = JoinOptions { base_time_ns: 0, process_id: 1, include_api: true, trace_seed: None, env_traceparent: None };
     let mut j = JoinedEvents::new(&small[..16], &table, &mut cl, &opts, false);
     let stages: Vec<String> = (0..j.len()).filter_map(|i| j.gpu_attribution(i).map(|a| a.stage.to_string())).collect();
     assert_eq!(stages[..4], ["attention.spatial", "attention.cross", "communication", "attention"]);
