@@ -325,6 +325,16 @@ impl Config {
     }
 }
 
+/// The process's `TRACEPARENT` environment variable, trimmed, when set and not empty
+/// (OpenTelemetry's environment variables as context carriers,
+/// `specification/context/env-carriers.md`): the parent of requests that name no
+/// traceparent, in spans ([`gpuspan_core::spans::SpanOptions::env_traceparent`]) and
+/// captures ([`gpuspan_core::join::JoinOptions::env_traceparent`]) alike. Checked where it is
+/// used: a malformed value starts new traces, with the usual warning.
+pub fn env_traceparent() -> Option<String> {
+    std::env::var("TRACEPARENT").ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,14 +349,4 @@ mod tests {
         let d = Distributed { rank: 3, world_size: 8, local_rank: 3 };
         assert_eq!(d.kineto_info(), serde_json::json!({"backend": "nccl", "rank": 3, "world_size": 8}));
     }
-}
-
-/// The process's `TRACEPARENT` environment variable, trimmed, when set and not empty
-/// (OpenTelemetry's environment variables as context carriers,
-/// `specification/context/env-carriers.md`): the parent of requests that name no
-/// traceparent, in spans ([`gpuspan_core::spans::SpanOptions::env_traceparent`]) and
-/// captures ([`gpuspan_core::join::JoinOptions::env_traceparent`]) alike. Checked where it is
-/// used: a malformed value starts new traces, with the usual warning.
-pub fn env_traceparent() -> Option<String> {
-    std::env::var("TRACEPARENT").ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
