@@ -38,12 +38,35 @@ fn run_two_devices(out: &Path, mode: Option<&str>, rx: &OtlpReceiver) -> Output 
         .arg(artifact("gpuspan-replay"))
         .args(["stdit", "--devices", "2", "--requests", &REQUESTS.to_string(), "--steps", &STEPS.to_string()])
         .env("GPUSPAN_SIM_DEVICES", "2")
+        .env("GPUSPAN_NVML_PERIOD", "100ms")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint())
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.transport().protocol_env())
         .env("GPUSPAN_LOG", "info");
     let o = output(&mut c);
     assert!(o.status.success(), "worker failed: {}", String::from_utf8_lossy(&o.stderr));
     o
+}
+
+/// Waits until `gpu_utilization_percent` has arrived for both devices (NVML samples every
+/// device the worker is seen to use: its kernels' `deviceId`, or the device current when a
+/// request begins), each with its UUID.
+fn both_devices_sampled(rx: &OtlpReceiver, mode: &str) {
+    let sampled = || -> BTreeSet<i64> {
+        rx.metric_points()
+            .into_iter()
+            .filter(|p| p.name == "gpu_utilization_percent")
+            .filter_map(|p| match (p.attributes.get("gpu_index"), p.attributes.get("gpu_uuid")) {
+                (Some(gpuspan_testkit::Val::Int(i)), Some(gpuspan_testkit::Val::Str(u))) if *u == gpuspan_simgpu::sim::device::uuid(*i as u32) => Some(*i),
+                _ => None,
+            })
+            .collect()
+    };
+    let t0 = std::time::Instant::now();
+    while sampled().len() < 2 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(sampled(), BTreeSet::from([0, 1]), "{mode}: NVML gauges of both devices");
 }
 
 /// The trace ids of the run's requests (the replay's deterministic traceparents).
@@ -187,6 +210,7 @@ fn two_devices_in_one_process_keep_their_kernels_streams_and_coarse_timing_apart
         }
     }
     assert_eq!(used, BTreeSet::from([0, 1]), "both devices served requests");
+    both_devices_sampled(&fine_rx, "fine");
 
     // Coarse mode: every scope timed with CUDA events, and within 1 % of the ground truth.
     let coarse_out = tempfile::tempdir().unwrap();
@@ -205,6 +229,7 @@ fn two_devices_in_one_process_keep_their_kernels_streams_and_coarse_timing_apart
         served.insert(d);
     }
     assert_eq!(served, BTreeSet::from([0, 1]), "coarse: both devices served requests");
+    both_devices_sampled(&coarse_rx, "coarse");
     let mut worst = f64::MAX;
     for id in &ids {
         let mine: Vec<&ReceivedSpan> = spans.iter().filter(|s| &s.trace_id == id).collect();

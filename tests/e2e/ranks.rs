@@ -246,11 +246,22 @@ fn eight_ranks_name_the_straggler_and_match_the_simulators_communication() {
     for s in &mine {
         assert!(s.name == "gpu.request" || ids.contains(s.parent_span_id.as_str()), "orphan {} (parent {})", s.name, s.parent_span_id);
     }
+    // Every span of a rank, kernel spans included, names the rank in its resource.
+    let request_rank: HashMap<&str, i64> = requests.iter().map(|r| (r.span_id.as_str(), r.int("gpuspan.rank").unwrap())).collect();
+    let by_id: HashMap<&str, &gpuspan_testkit::ReceivedSpan> = mine.iter().map(|s| (s.span_id.as_str(), *s)).collect();
+    for s in &mine {
+        let mut at = *s;
+        while at.name != "gpu.request" {
+            at = by_id[at.parent_span_id.as_str()];
+        }
+        let rank = request_rank[at.span_id.as_str()];
+        assert_eq!(s.resource.get("gpuspan.rank"), Some(&Val::Int(rank)), "{} of rank {rank}", s.name);
+        assert_eq!(s.resource.get("gpuspan.world_size"), Some(&Val::Int(8)));
+    }
     let comm_spans = mine.iter().filter(|s| s.name == "communication").count();
     assert!(comm_spans >= 8 * 3, "a communication stage span per rank and step: {comm_spans}");
     // Each dit.step span carries its communication; per rank and step it is what
     // `gpuspan stats` computed from the capture.
-    let by_id: HashMap<&str, &gpuspan_testkit::ReceivedSpan> = mine.iter().map(|s| (s.span_id.as_str(), *s)).collect();
     let rank_of = |s: &gpuspan_testkit::ReceivedSpan| -> i64 {
         let mut id = s.parent_span_id.as_str();
         loop {

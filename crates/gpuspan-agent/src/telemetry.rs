@@ -54,8 +54,10 @@ pub const K8S_ENV_ATTRIBUTES: [(&str, &str); 3] =
 /// the [`K8S_ENV_ATTRIBUTES`] that `get` finds non-empty, and for the worker's own GPU
 /// `gpu.device.name`, `gpu.device.index` (NVML index), `gpu.device.uuid`,
 /// `gpu.device.mig.uuid` (when `CUDA_VISIBLE_DEVICES` names a MIG instance) and
-/// `gpu.driver.version`. The `gpu.*` names are gpuspan's: the conventions define none for a
-/// process's GPU.
+/// `gpu.driver.version`; in a process of a distributed job (`RANK` / `WORLD_SIZE`),
+/// `gpuspan.rank` and `gpuspan.world_size`, so every span, metric and log of the rank says
+/// which it is (the kernel spans too, not only `gpu.request`). The `gpu.*` names are
+/// gpuspan's: the conventions define none for a process's GPU.
 pub fn resource_attributes(config: &Config, device: Option<&crate::nvml::DeviceInfo>, get: impl Fn(&str) -> Option<String>) -> Vec<opentelemetry::KeyValue> {
     use opentelemetry::KeyValue;
     let mut out = vec![
@@ -76,6 +78,10 @@ pub fn resource_attributes(config: &Config, device: Option<&crate::nvml::DeviceI
             out.push(KeyValue::new("gpu.device.mig.uuid", m.clone()));
         }
         out.push(KeyValue::new("gpu.driver.version", d.driver.clone()));
+    }
+    if let Some(d) = config.distributed {
+        out.push(KeyValue::new("gpuspan.rank", i64::from(d.rank)));
+        out.push(KeyValue::new("gpuspan.world_size", i64::from(d.world_size)));
     }
     out
 }
