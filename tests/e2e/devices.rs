@@ -14,7 +14,7 @@
 //! time of its kernels (a CPU-timed step is: the host runs ahead of the GPU).
 
 use crate::util::*;
-use gpuspan_core::trace::Category;
+use gpuspan_core::trace::{Category, Trace};
 use gpuspan_testkit::{OtlpReceiver, ReceivedSpan, Transport};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -102,8 +102,7 @@ fn replayed_per_device(o: &Output) -> BTreeMap<i64, (i64, usize)> {
 /// From a fine capture and the replay's device → thread map: (trace id, step index) → the
 /// GPU time of the kernels the step launched on its thread's device, ns (the simulator's
 /// kernel durations: the same in every run).
-fn step_kernel_time(capture: &Path, device_threads: &BTreeMap<i64, i64>) -> BTreeMap<(String, i64), f64> {
-    let t = gpuspan_export::read_trace(capture).unwrap();
+fn step_kernel_time(t: &Trace, device_threads: &BTreeMap<i64, i64>) -> BTreeMap<(String, i64), f64> {
     // Correlation id → launch time µs.
     let mut launch: HashMap<i64, f64> = HashMap::new();
     for e in t.events.iter().filter(|e| e.cat == Some(Category::CudaDriver)) {
@@ -143,8 +142,7 @@ fn step_kernel_time(capture: &Path, device_threads: &BTreeMap<i64, i64>) -> BTre
 /// `gpuspan.request` range lies on its thread's row (OS thread id), and the replay says which
 /// device each thread drives; the kernels launched inside the range on that device are the
 /// request's. Checked: that device had kernels in the range.
-fn request_devices(capture: &Path, device_threads: &BTreeMap<i64, i64>) -> BTreeMap<String, i64> {
-    let t = gpuspan_export::read_trace(capture).unwrap();
+fn request_devices(t: &Trace, device_threads: &BTreeMap<i64, i64>) -> BTreeMap<String, i64> {
     let device_of: HashMap<i64, i64> = device_threads.iter().map(|(d, tid)| (*tid, *d)).collect();
     t.events
         .iter()
@@ -191,8 +189,8 @@ fn two_devices_in_one_process_keep_their_kernels_streams_and_coarse_timing_apart
         let launches = t.events.iter().filter(|e| e.cat == Some(Category::CudaDriver) && e.tid == *tid).count();
         assert!(launches >= launched[d], "device {d}'s thread {tid}: {launches} driver calls on its row, {} kernels launched", launched[d]);
     }
-    let devices = request_devices(&capture, &device_threads);
-    let kernel_time = step_kernel_time(&capture, &device_threads);
+    let devices = request_devices(&t, &device_threads);
+    let kernel_time = step_kernel_time(&t, &device_threads);
     let spans = all_spans(&fine_rx);
     let mut used = BTreeSet::new();
     for id in &ids {

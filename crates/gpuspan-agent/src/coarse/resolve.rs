@@ -95,6 +95,39 @@ pub struct Resolver {
     last_sweep: Option<Instant>,
 }
 
+/// An anchor kept per CUDA context (its event's).
+trait PerContext: Copy {
+    fn context(&self) -> Context;
+}
+
+impl PerContext for Anchor {
+    fn context(&self) -> Context {
+        self.event.1
+    }
+}
+
+impl PerContext for EndAnchor {
+    fn context(&self) -> Context {
+        self.event.1
+    }
+}
+
+/// The entry of `list` for context `ctx`.
+fn of_context<T: PerContext>(list: &[T], ctx: Context) -> Option<T> {
+    list.iter().find(|a| a.context() == ctx).copied()
+}
+
+/// Makes `item` its context's entry of `list`; returns the one it replaces.
+fn replace_for_context<T: PerContext>(list: &mut Vec<T>, item: T) -> Option<T> {
+    match list.iter_mut().find(|x| x.context() == item.context()) {
+        Some(x) => Some(std::mem::replace(x, item)),
+        None => {
+            list.push(item);
+            None
+        }
+    }
+}
+
 fn ms_to_ns(ms: f32) -> i64 {
     (ms as f64 * 1e6).round() as i64
 }
@@ -136,38 +169,6 @@ impl Resolver {
             self.ended.push_back(m.scope);
         } else {
             super::mark::give_back_all(c, &m);
-        }
-    }
-
-    /// The anchor of context `ctx`.
-    fn anchor(&self, ctx: Context) -> Option<Anchor> {
-        self.anchors.iter().find(|a| a.event.1 == ctx).copied()
-    }
-
-    /// The end anchor of context `ctx`.
-    fn end_anchor(&self, ctx: Context) -> Option<EndAnchor> {
-        self.end_anchors.iter().find(|a| a.event.1 == ctx).copied()
-    }
-
-    /// Makes `a` its context's anchor; returns the one it replaces.
-    fn replace_anchor(&mut self, a: Anchor) -> Option<Anchor> {
-        match self.anchors.iter_mut().find(|x| x.event.1 == a.event.1) {
-            Some(x) => Some(std::mem::replace(x, a)),
-            None => {
-                self.anchors.push(a);
-                None
-            }
-        }
-    }
-
-    /// Makes `e` its context's end anchor; returns the one it replaces.
-    fn replace_end_anchor(&mut self, e: EndAnchor) -> Option<EndAnchor> {
-        match self.end_anchors.iter_mut().find(|x| x.event.1 == e.event.1) {
-            Some(x) => Some(std::mem::replace(x, e)),
-            None => {
-                self.end_anchors.push(e);
-                None
-            }
         }
     }
 
@@ -252,7 +253,7 @@ impl Resolver {
                     // ran on an idle GPU after it (then only the gap between requests is
                     // measured by the GPU's timer).
                     let ctx = b0.event.1;
-                    let reference = match (self.anchor(ctx), self.end_anchor(ctx)) {
+                    let reference = match (of_context(&self.anchors, ctx), of_context(&self.end_anchors, ctx)) {
                         (Some(a), Some(e)) if e.time_ns >= a.time_ns => Some((e.event, e.time_ns)),
                         (Some(a), _) => Some((a.event, a.time_ns)),
                         (None, e) => e.map(|e| (e.event, e.time_ns)),
@@ -267,7 +268,7 @@ impl Resolver {
                     } else {
                         chained.unwrap_or(begin.cpu_ns).max(begin.cpu_ns)
                     };
-                    if let Some(old) = self.replace_anchor(Anchor { event: b0.event, time_ns: start, owned: false }) {
+                    if let Some(old) = replace_for_context(&mut self.anchors, Anchor { event: b0.event, time_ns: start, owned: false }) {
                         if old.owned {
                             c.pool.give_back(old.event);
                         }
@@ -305,7 +306,7 @@ impl Resolver {
             }
             let reference = root_ref.or_else(|| {
                 let ctx = begin.marks[0].map(|m| m.event.1)?;
-                self.anchor(ctx).map(|a| (a.event, a.time_ns))
+                of_context(&self.anchors, ctx).map(|a| (a.event, a.time_ns))
             });
             let t = self.place(events, id, &begin, &end, reference);
             c.counters.scopes_timed.fetch_add(u64::from(t.source < TimingSource::CpuFallback), Ordering::Relaxed);
@@ -317,7 +318,7 @@ impl Resolver {
             let keep = (root == id && end.idle && t.source < TimingSource::CpuFallback).then_some(end.marks[0]).flatten();
             self.release(c, id, keep.map(|m| m.event));
             if let Some(m) = keep {
-                if let Some(old) = self.replace_end_anchor(EndAnchor { event: m.event, time_ns: end.cpu_ns }) {
+                if let Some(old) = replace_for_context(&mut self.end_anchors, EndAnchor { event: m.event, time_ns: end.cpu_ns }) {
                     c.pool.give_back(old.event);
                 }
             }

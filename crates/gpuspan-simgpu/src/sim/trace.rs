@@ -62,15 +62,16 @@ fn call_subscriber(
     corr_data: &mut u64,
     corr: u32,
 ) {
+    // The calling thread's current context (device 0's when it has none).
+    let device = super::current_context().unwrap_or(0);
     let data = CUpti_CallbackData {
         callbackSite: site,
         functionName: call.name.as_ptr(),
         functionParams: call.params,
         functionReturnValue: ret as *mut c_void,
         symbolName: call.symbol,
-        // The calling thread's current context (device 0's when it has none).
-        context: super::context_handle(super::current_context().unwrap_or(0)) as usize as cudarc::driver::sys::CUcontext,
-        contextUid: super::context_id(super::current_context().unwrap_or(0)),
+        context: super::context_handle(device) as usize as cudarc::driver::sys::CUcontext,
+        contextUid: super::context_id(device),
         correlationData: corr_data as *mut u64,
         correlationId: corr,
     };
