@@ -19,6 +19,7 @@
 //! atomic load when the agent is not collecting.
 
 mod capi;
+mod capi_py;
 pub mod api;
 pub mod kernels;
 pub use api::{request, stage, step, ScopeGuard};

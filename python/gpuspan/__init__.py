@@ -4,7 +4,7 @@ A ctypes wrapper over the C ABI of ``libgpuspan.so`` (``include/gpuspan.h``); no
 standard library only, with optional OpenTelemetry integration. Put ``python/`` on
 ``sys.path`` (``gpuspan run`` does it for Python workers), or copy the ``gpuspan`` directory
 next to your worker. A worker that announces nothing needs none of this:
-:mod:`gpuspan.auto` finds its requests, steps and stages from torch's module hooks.
+:mod:`gpuspan.auto` finds its requests, steps and stages from its torch modules.
 
 Usage::
 

@@ -26,9 +26,21 @@ kernel-name rules ``stages.toml``, extended by the ``[auto]`` table of ``GPUSPAN
   first call, and kept in the module (``_gpuspan_role``); modules inside a stage open none.
 
 Mechanics: torch's global ``register_module_forward_pre_hook`` sees each module the first
-time it is called and prepares the tree under it (its stage decided, per-module hooks only
-on the modules that have a role: ``register_forward_pre_hook(with_kwargs=True)`` and
-``register_forward_hook(always_call=True)``, so an exception still closes the scope).
+time it is called (until the first request ends; pipelines prepare their components at each
+request's start) and prepares the tree under it: its stage decided, and the class of every
+module that has a role gets a ``forward`` wrapper (``functools.wraps``: same name, signature
+and ``__wrapped__``), which acts only for instances with a role and closes their scope in a
+``finally``, so an exception still closes it. Why a class wrapper and not per-module torch
+hooks: with any hook on a module, torch sends its every call through ``_call_impl``'s slow
+path, ≈ 2 µs per call on the bench machine before a hook does anything, the whole of
+issue 12's budget; the wrapper costs ≈ 0.1 µs. It is the same technique as the pipeline,
+scheduler and VAE methods below, it survives ``copy.deepcopy`` and pickling (the class is
+unchanged, the instance holds nothing new but its role), and creates no reference cycle. A
+module that already has its own instance-level ``forward`` when prepared (accelerate's
+offload hooks bind the class's function at hook time) gets torch's per-module hooks
+instead: ``register_forward_pre_hook(with_kwargs=True)`` and
+``register_forward_hook(always_call=True)``. Both paths share one scope state, so a module
+reached by both opens one scope.
 Methods (a pipeline's ``__call__``, a scheduler's ``step``, a VAE's ``decode``) are wrapped on
 the class and its subclasses when their module is imported. Nothing of the worker's code is
 rewritten, torch is never imported by gpuspan itself, and no hook touches tensor values on
@@ -44,6 +56,7 @@ with one warning.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib.abc
 import inspect
@@ -62,6 +75,8 @@ __all__ = ["install", "installed", "load_rules", "RULES_FILE"]
 RULES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "auto.toml")
 
 _ROLE = "_gpuspan_role"
+#: Set in a module that got torch's per-module hooks (:func:`_torch_hook_module`).
+_TORCH_HOOKED = "_gpuspan_torch_hooks"
 _NOT_COLLECTING = _api.NOT_COLLECTING
 _DENOISER = "denoiser"
 #: The stage opened only before a request's first step.
@@ -204,15 +219,15 @@ _enabled = False
 _installed = False
 _lock = threading.Lock()
 _signatures: Dict[type, Optional[inspect.Signature]] = {}
-#: The C functions behind :func:`gpuspan.stage_begin` / :func:`gpuspan.end`, bound by
-#: :func:`install` for the hooks alone: ``gpuspan_stage_begin`` without ``argtypes`` (the
-#: hooks pass bytes encoded once, :func:`_stage_name`; ctypes' ``c_char_p`` conversion looks
-#: its format up in a table on every call), ``gpuspan_end`` with no result (the hooks ignore
-#: it): together ≈ 550 of the ≈ 10,000 instructions per hooked call (callgrind).
-_c_stage_begin: Callable[[bytes], int] = lambda name: _api.NOT_COLLECTING
+#: Per stage name, a function of no argument that opens a scope of that name and returns
+#: True, or False when the agent is not collecting (:func:`_stage_opener`); and the function
+#: that closes the innermost scope. Both are CPython builtins whose C code is in the agent
+#: (``src/capi_py.rs``): ≈ 40 ns a call where a ctypes call costs ≈ 250 ns; without them
+#: (another Python, an older agent) ctypes calls of ``gpuspan_stage_begin`` / ``gpuspan_end``.
+_stage_openers: Dict[str, Callable[[], Any]] = {}
 _c_end: Callable[[], Any] = lambda: None
-#: Stage names as the C ABI takes them (UTF-8, encoded once per name).
-_stage_names: Dict[str, bytes] = {}
+#: What :func:`_stage_opener` builds from: :func:`_builtins` or :func:`_ctypes_openers`.
+_make_opener: Callable[[str], Callable[[], Any]] = lambda stage: (lambda: False)
 #: Per denoiser class: its timestep parameter's name and position (see :func:`_timestep_at`).
 _timestep_params: Dict[type, Tuple[Optional[str], Optional[int]]] = {}
 
@@ -332,16 +347,98 @@ def _prepare_tree(root: Any, prefix: str) -> None:
 
 
 def _hook_module(m: Any) -> None:
-    """Per-module hooks: the denoiser needs only a pre-hook (its step stays open after it
-    returns); a stage module a pre-hook and an always-called post-hook."""
+    """Instruments a module that has a role: its class's ``forward`` wrapped
+    (:func:`_forward_wrapper`, once per class), or, when the instance has its own
+    ``forward`` already, torch's per-module hooks (:func:`_torch_hook_module`)."""
+    if "forward" in m.__dict__:
+        _torch_hook_module(m)
+        return
+    cls = type(m)
+    if _is_wrapped(getattr(cls, "forward", None), "forward"):
+        return  # this class or a base it inherits forward from is wrapped already
+    orig = getattr(cls, "forward", None)
+    if not inspect.isfunction(orig):
+        _torch_hook_module(m)  # a forward we cannot wrap as a function (a C method)
+        return
+    setattr(cls, "forward", _forward_wrapper(orig))
+
+
+def _torch_hook_module(m: Any) -> None:
+    """torch's per-module hooks: the denoiser needs only a pre-hook (its step stays open after
+    it returns); a stage module a pre-hook and an always-called post-hook."""
+    m.__dict__[_TORCH_HOOKED] = True
     if m.__dict__.get(_ROLE) == _DENOISER:
         m.register_forward_pre_hook(_denoiser_pre, with_kwargs=True, prepend=True)
         return
     m.register_forward_pre_hook(_module_pre, with_kwargs=True, prepend=True)
+    _register_post(m, _module_post)
+
+
+def _register_post(m: Any, hook: Callable[[Any, tuple, Any], None]) -> Any:
+    """``m.register_forward_hook(hook, always_call=True)`` (torch < 2.1: without it)."""
     try:
-        m.register_forward_hook(_module_post, always_call=True)
+        return m.register_forward_hook(hook, always_call=True)
     except TypeError:  # torch < 2.1: no always_call
-        m.register_forward_hook(_module_post)
+        return m.register_forward_hook(hook)
+
+
+def _close_once(m: Any) -> None:
+    """Closes, after this call of ``m``, the stage :func:`_module_pre` opened for it from the
+    global pre-hook (the call that found ``m`` runs the forward torch had already looked up,
+    not the wrapper :func:`_hook_module` just installed): a post-hook that removes itself."""
+    handle: Any = None
+
+    def once(module: Any, args: tuple, output: Any) -> None:
+        if handle is not None:
+            handle.remove()
+        _module_post(module, args, output)
+
+    handle = _register_post(m, once)
+
+
+def _forward_wrapper(orig: Callable) -> Callable:
+    """``orig`` (a module class's ``forward``) with the scopes of the instance's role:
+    the denoiser's step (:func:`_denoiser_pre`) or a stage, opened as :func:`_module_pre`
+    does and closed in a ``finally``. Instances without a role pass straight through."""
+
+    @functools.wraps(orig)
+    def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        role = self.__dict__.get(_ROLE)
+        if role is None or not _enabled:
+            return orig(self, *args, **kwargs)
+        if role == _DENOISER:
+            _denoiser_pre(self, args, kwargs)
+            return orig(self, *args, **kwargs)
+        st = _tls.st
+        if not st.request or st.stage_depth:
+            return orig(self, *args, **kwargs)
+        opened = False
+        try:  # no call of the worker's code in here: its exceptions are its own
+            if type(role) is _Undecided:
+                role = _decide(self, role, args, kwargs)
+            if role is not None and not (st.step_index if role == _TEXT_ENCODE else not st.step_open):
+                if (_stage_openers.get(role) or _stage_opener(role))():
+                    st.opened += 1
+                    st.stage_depth += 1
+                    opened = True
+        except Exception as e:  # never into the worker
+            _fail(e)
+        if not opened:
+            return orig(self, *args, **kwargs)
+        try:
+            return orig(self, *args, **kwargs)
+        finally:
+            try:
+                if st.stage_depth > 0:  # 0: the request ended under this call and reset it
+                    st.stage_depth -= 1
+                if st.opened > 0:
+                    st.opened -= 1
+                    _c_end()
+            except Exception as e:
+                _fail(e)
+
+    forward.__gpuspan_hook__ = "forward"  # type: ignore[attr-defined]
+    return forward
 
 
 def _global_pre(module: Any, args: tuple) -> None:
@@ -350,24 +447,32 @@ def _global_pre(module: Any, args: tuple) -> None:
         return None
     try:
         _prepare_tree(module, "")
-        # This call's own per-module pre-hook was registered too late for it: do its work,
-        # with the keyword arguments of torch's `_call_impl` frame when they can be seen
-        # (global pre-hooks get none; this runs once per module).
+        # This call runs the forward and the hooks torch looked up before this hook: do the
+        # pre-hook's work here, with the keyword arguments of torch's `_call_impl` frame when
+        # they can be seen (global pre-hooks get none; this runs once per module), and close
+        # a stage it opens after the call (a torch-hooked module's post-hook, registered
+        # now, does run for it).
         role = module.__dict__[_ROLE]
         if role is not None:
             kwargs = sys._getframe(1).f_locals.get("kwargs") if hasattr(sys, "_getframe") else None
-            hook = _denoiser_pre if role == _DENOISER else _module_pre
-            hook(module, args, kwargs if isinstance(kwargs, dict) else {})
+            kwargs = kwargs if isinstance(kwargs, dict) else {}
+            if role == _DENOISER:
+                _denoiser_pre(module, args, kwargs)
+            else:
+                st = _tls.st
+                owner = st.stage_owner
+                _module_pre(module, args, kwargs)
+                if st.stage_owner is module and owner is not module and not module.__dict__.get(_TORCH_HOOKED):
+                    _close_once(module)
     except Exception as e:  # never into the worker
         _fail(e)
     return None
 
 
-# The per-module hooks run on every call of a module with a role (issue 12: goal ≤ 2 µs of
-# CPU each beside torch's own hook dispatch; `scripts/bench-auto-hooks.sh`): the thread's
-# state is read once per call, stage names are encoded once, the C functions are called
-# directly, and the stage hooks inline `_stage_open` / `_stage_close` (a Python call is
-# ≈ 40 ns on the bench machine).
+# The torch-hook path (modules with their own instance-level forward); the class wrapper
+# above is the usual path and does the same work inline. Both read the thread's state once
+# per call, encode stage names once and call the C functions directly (issue 12: goal
+# <= 2 us of CPU per hooked call; `scripts/bench-auto-hooks.sh`).
 
 
 def _module_pre(module: Any, args: tuple, kwargs: dict) -> None:
@@ -390,7 +495,7 @@ def _module_pre(module: Any, args: tuple, kwargs: dict) -> None:
                 return None
         elif not st.step_open:
             return None
-        if _c_stage_begin(_stage_names.get(role) or _stage_name(role)) == _NOT_COLLECTING:
+        if not (_stage_openers.get(role) or _stage_opener(role))():
             return None
         st.opened += 1
         st.stage_depth += 1
@@ -501,12 +606,82 @@ def _decide(module: Any, undecided: _Undecided, args: tuple, kwargs: dict) -> Op
     return stage
 
 
-def _stage_name(stage: str) -> bytes:
-    """``stage`` as the C ABI takes it, encoded once."""
-    name = _stage_names.get(stage)
-    if name is None:
-        name = _stage_names[stage] = stage.encode("utf-8")
-    return name
+def _stage_opener(stage: str) -> Callable[[], Any]:
+    """The function that opens a scope named ``stage`` (made once per name)."""
+    f = _stage_openers.get(stage)
+    if f is None:
+        f = _stage_openers[stage] = _make_opener(stage)
+    return f
+
+
+class _PyMethodDef(ctypes.Structure):
+    """CPython's ``PyMethodDef`` (stable ABI, ``Include/methodobject.h``)."""
+
+    _fields_ = [("ml_name", ctypes.c_char_p), ("ml_meth", ctypes.c_void_p), ("ml_flags", ctypes.c_int), ("ml_doc", ctypes.c_char_p)]
+
+
+_METH_NOARGS = 0x0004
+#: Method definitions (and their names) of the builtins: they must outlive the functions.
+_method_defs: List[Any] = []
+
+
+def _builtin(name: str, address: int) -> Callable[[], Any]:
+    """A builtin function of no argument named ``name`` whose C code is at ``address``."""
+    d = _PyMethodDef(name.encode("ascii", "replace"), address, _METH_NOARGS, None)
+    _method_defs.append(d)
+    new = ctypes.pythonapi.PyCFunction_NewEx
+    new.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+    new.restype = ctypes.py_object
+    return new(ctypes.addressof(d), None, None)
+
+
+def _builtins(lib: Any) -> Optional[Tuple[Callable[[str], Callable[[], Any]], Callable[[], Any]]]:
+    """The agent's builtin scope functions (a stage opener factory and the closer), or None
+    where they cannot be had: not CPython, or an agent without ``gpuspan_py_bind``."""
+    if sys.implementation.name != "cpython" or not hasattr(ctypes, "pythonapi"):
+        return None
+    try:
+        bind, stage_fn, end_fn = lib["gpuspan_py_bind"], lib["gpuspan_py_stage_begin_fn"], lib["gpuspan_py_end_fn"]
+    except (AttributeError, KeyError):
+        return None
+    bind.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+    bind.restype = ctypes.c_int
+    stage_fn.argtypes = (ctypes.c_uint32, ctypes.c_char_p)
+    stage_fn.restype = ctypes.c_void_p
+    end_fn.argtypes = ()
+    end_fn.restype = ctypes.c_void_p
+    # The builtins answer True / False (static objects: id() is their address in CPython)
+    # with a new reference, through Py_IncRef's address: the agent links no libpython.
+    incref = ctypes.cast(ctypes.pythonapi.Py_IncRef, ctypes.c_void_p).value
+    if bind(incref, id(True), id(False)) != 0:
+        return None
+    end_address = end_fn()
+    if not end_address:
+        return None
+    fallback = _ctypes_openers(lib)[0]
+    slots: List[str] = []
+
+    def opener(stage: str) -> Callable[[], Any]:
+        address = stage_fn(len(slots), stage.encode("utf-8"))
+        if not address:  # all slots taken: this name goes through ctypes
+            return fallback(stage)
+        slots.append(stage)
+        return _builtin(f"gpuspan_stage_begin_{stage}", address)
+
+    return opener, _builtin("gpuspan_end", end_address)
+
+
+def _ctypes_openers(lib: Any) -> Tuple[Callable[[str], Callable[[], Any]], Callable[[], Any]]:
+    """Stage openers and the closer as ctypes calls (``gpuspan_stage_begin`` without
+    ``argtypes``: bytes encoded once pass as they are)."""
+    begin, end = lib["gpuspan_stage_begin"], lib["gpuspan_end"]
+    end.restype = None
+
+    def opener(stage: str) -> Callable[[], Any]:
+        name = stage.encode("utf-8")
+        return lambda: begin(name) != _NOT_COLLECTING
+
+    return opener, end
 
 
 def _stage_open(st: _State, stage: str, in_step_only: bool = False) -> bool:
@@ -520,8 +695,9 @@ def _stage_open(st: _State, stage: str, in_step_only: bool = False) -> bool:
             return False
     elif in_step_only and not st.step_open:
         return False
-    if not _open(st, _c_stage_begin(_stage_names.get(stage) or _stage_name(stage))):
+    if not (_stage_openers.get(stage) or _stage_opener(stage))():
         return False
+    st.opened += 1
     st.stage_depth += 1
     return True
 
@@ -608,6 +784,7 @@ def _request_wrapper(orig: Callable, is_method: bool) -> Callable:
             st.pipe = None
             st.stage_owner = None
             st.stage_depth = 0
+            st.step_open = False  # closed above with the request's other scopes
             _end_discovery()
 
     wrapper.__gpuspan_hook__ = "request"  # type: ignore[attr-defined]
@@ -806,7 +983,7 @@ def install(rules: Optional[Rules] = None) -> bool:
     """Puts the hooks in place (once; later calls return the first result). Returns False,
     with one warning, when the agent is not loaded (every scope would be a no-op) or the
     rules cannot be read. torch and diffusers are hooked when (or if) they are imported."""
-    global _rules, _enabled, _installed, _c_stage_begin, _c_end
+    global _rules, _enabled, _installed, _make_opener, _c_end
     with _lock:
         if _installed:
             return _enabled
@@ -818,8 +995,12 @@ def install(rules: Optional[Rules] = None) -> bool:
         except Exception as e:
             warnings.warn(f"gpuspan.auto: off: {e}", RuntimeWarning, stacklevel=2)
             return False
-        _c_stage_begin, _c_end = _api._lib["gpuspan_stage_begin"], _api._lib["gpuspan_end"]
-        _c_end.restype = None
+        try:
+            fns = _builtins(_api._lib)
+        except Exception as e:  # a CPython whose C API ctypes cannot reach: ctypes calls
+            warnings.warn(f"gpuspan.auto: builtin scope calls unavailable ({e!r}); using ctypes", RuntimeWarning, stacklevel=2)
+            fns = None
+        _make_opener, _c_end = fns or _ctypes_openers(_api._lib)
         _enabled = True
         if _finder not in sys.meta_path:
             sys.meta_path.insert(0, _finder)

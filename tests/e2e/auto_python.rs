@@ -331,3 +331,60 @@ fn rules_file_extends_the_mapping_and_a_bad_one_warns() {
     assert_eq!(warnings.len(), 1, "one warning naming the problem: {stderr}");
     assert!(warnings[0].contains("auto-instrumentation rules") && warnings[0].contains("class"), "{}", warnings[0]);
 }
+
+/// The class `forward` wrappers (how `gpuspan.auto` times a module's call: see its module
+/// docs) against what workers do with modules: `tests/e2e/workers/auto_wrappers.py` checks
+/// outputs, signatures and the scope state in Python (a deep copy runs its own weights, a
+/// pickled model loads and runs, an accelerate-style instance `forward` gets torch's hooks,
+/// a worker's exception closes the scope of the module it left at once); here the spans of
+/// each request, named by `gpuspan.model`.
+#[test]
+fn auto_forward_wrappers_survive_copies_pickles_offload_hooks_and_exceptions() {
+    let Some(py) = torch_python() else { return };
+    let rx = OtlpReceiver::start(Transport::HttpProtobuf, "127.0.0.1:0");
+    let out = tempfile::tempdir().unwrap();
+    let o = ok(output(
+        to_receiver(&mut gpuspan(), &rx)
+            .args(["run", "--no-auto", "--out"])
+            .arg(out.path())
+            .arg("--")
+            .arg(&py)
+            .arg(repo().join("tests/e2e/workers/auto_wrappers.py"))
+            .env("PYTHONPATH", repo().join("python")),
+    ));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().last(), Some("ok"));
+    let spans = rx.spans();
+    let stages = ["attention.spatial", "attention.cross", "ffn", "norm"];
+    let mut seen = BTreeSet::new();
+    for req in spans.iter().filter(|s| s.name == "gpu.request") {
+        let model = req.str("gpuspan.model").expect("model").to_string();
+        assert!(seen.insert(model.clone()), "one request per model: {model}");
+        let in_trace: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == req.trace_id).collect();
+        // Every span closed inside its parent: an exception left nothing open.
+        for s in &in_trace {
+            assert!(s.end_unix_ns >= s.start_unix_ns, "{model}: {} ends after it starts", s.name);
+            if let Some(p) = in_trace.iter().find(|p| p.span_id == s.parent_span_id) {
+                assert!(
+                    p.start_unix_ns <= s.start_unix_ns && s.end_unix_ns <= p.end_unix_ns,
+                    "{model}: {} inside its parent {}",
+                    s.name,
+                    p.name
+                );
+            }
+        }
+        let steps: Vec<&&ReceivedSpan> = in_trace.iter().filter(|s| s.name == "dit.step").collect();
+        let want_steps = if model == "escaped" { 2 } else { STEPS };
+        assert_eq!(steps.len(), want_steps, "{model}: steps");
+        for s in &steps {
+            assert_eq!(s.parent_span_id, req.span_id);
+            // One span per (step, stage) (architecture.md): every stage of the blocks, in
+            // the escaped request's last step too (its first block ran all four).
+            let under: BTreeSet<&str> =
+                in_trace.iter().filter(|c| c.parent_span_id == s.span_id).map(|c| c.name.as_str()).collect();
+            assert_eq!(under, BTreeSet::from(stages), "{model} step {:?}", s.int("gpuspan.step.index"));
+        }
+    }
+    let expected: BTreeSet<String> =
+        ["plain", "offloaded", "copy", "check", "loaded", "caught", "escaped", "after"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(seen, expected, "every request");
+}

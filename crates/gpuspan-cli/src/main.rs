@@ -62,7 +62,7 @@ enum Command {
         #[arg(long)]
         sim: bool,
         /// Do not switch on the Python auto-instrumentation (by default a Python CMD gets
-        /// request / step / stage scopes from torch's module hooks, `python/gpuspan/auto.py`).
+        /// request / step / stage scopes from its torch modules, `python/gpuspan/auto.py`).
         #[arg(long)]
         no_auto: bool,
         /// The command and its arguments.
