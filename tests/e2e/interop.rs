@@ -622,3 +622,26 @@ fn hta_counts_triton_launcher_cpu_events_as_gpu_work() {
     assert_eq!(p.launched_all, 2);
     assert_eq!(h["launch"]["kernels_with_launch"].as_u64().unwrap() as usize, p.launched_hta_names);
 }
+
+/// The agent's exit capture is deflated on several threads (`kineto::gzip`) but is one gzip
+/// member: Chrome's `DecompressionStream("gzip")`, which DevTools opens a `.json.gz` with,
+/// stops with an error after the first member of a multi-member file, so a single-member
+/// decoder (flate2's `GzDecoder`, which ignores what follows the first member) must read the
+/// whole file, and the JSON must span several of the writer's chunks for this to show.
+#[test]
+fn exit_capture_is_one_gzip_member() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(demo_capture(dir.path())).unwrap();
+    let mut d = flate2::read::GzDecoder::new(&bytes[..]);
+    let mut json = Vec::new();
+    d.read_to_end(&mut json).unwrap();
+    assert!(d.into_inner().is_empty(), "nothing after the first member");
+    assert!(
+        json.len() > 3 * gpuspan_export::kineto::gzip::CHUNK_BYTES,
+        "the capture spans several chunks: {} bytes of JSON",
+        json.len()
+    );
+    let v: Value = serde_json::from_slice(&json).expect("the whole JSON");
+    assert!(v["traceEvents"].as_array().is_some_and(|e| e.len() > 1000));
+}

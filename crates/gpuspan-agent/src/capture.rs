@@ -215,6 +215,10 @@ pub fn write_parts(
     let opts = gpuspan_export::kineto::WriteOptions {
         deadline,
         gzip_level: deadline.map(|_| 1),
+        // At exit (a deadline) the process is ending and wall time counts: deflate on the
+        // other CPUs it may use. Windows and segments are written while the worker runs: on
+        // the collector's thread alone, so the agent never competes with the worker for cores.
+        gzip_threads: if deadline.is_some() { None } else { Some(0) },
         trailer: Some(gpuspan_export::kineto::Trailer { event: summary, fill: &fill }),
     };
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;

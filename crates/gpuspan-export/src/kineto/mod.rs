@@ -14,6 +14,7 @@
 
 mod dir;
 mod error;
+pub mod gzip;
 mod read;
 mod write;
 

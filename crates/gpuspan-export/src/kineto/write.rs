@@ -70,6 +70,10 @@ pub struct WriteOptions<'a> {
     pub deadline: Option<Instant>,
     /// gzip level, 0 (none) to 9 (smallest); `None`: flate2's default, 6.
     pub gzip_level: Option<u32>,
+    /// Threads that deflate a `.gz` file while the writing thread serialises
+    /// ([`super::gzip::ParallelGzWriter`]: one gzip member whatever the count); 0: deflate on
+    /// the writing thread, in one stream; `None`: [`super::gzip::default_threads`].
+    pub gzip_threads: Option<usize>,
     /// One event written after all others, completed once the writer knows what it wrote
     /// (a summary that can say the deadline cut the file). Its row (`pid`, `tid`) is named
     /// like every other row.
@@ -218,9 +222,14 @@ fn write_to(
         progress: &progress,
     };
     let file = File::create(tmp)?;
-    let file = if gzip {
-        let level = opts.gzip_level.map_or(flate2::Compression::default(), |l| flate2::Compression::new(l.min(9)));
-        let enc = flate2::write::GzEncoder::new(file, level);
+    let level = opts.gzip_level.unwrap_or(flate2::Compression::default().level()).min(9);
+    let threads = opts.gzip_threads.unwrap_or_else(super::gzip::default_threads);
+    let file = if gzip && threads > 0 {
+        let mut enc = super::gzip::ParallelGzWriter::new(file, level, threads)?;
+        serde_json::to_writer(&mut enc, &out)?;
+        enc.finish()?
+    } else if gzip {
+        let enc = flate2::write::GzEncoder::new(file, flate2::Compression::new(level));
         let mut w = BufWriter::with_capacity(1 << 16, enc);
         serde_json::to_writer(&mut w, &out)?;
         w.flush()?;

@@ -1,0 +1,296 @@
+//! A gzip writer that deflates on several threads and still writes one gzip member (pigz's
+//! scheme), for capture files (issue 14, item 2).
+//!
+//! Why one member: concatenated gzip members are one valid gzip file by RFC 1952 §2.2, but
+//! not every reader of traces takes them. Chrome's `DecompressionStream("gzip")`, which
+//! DevTools uses to open a `.json.gz`, fails with "Junk found after end of compressed data"
+//! after the first member (whatwg/compression#42, still open), and Perfetto's trace processor
+//! could not read them before 2024 (google/perfetto#872). So the input is cut into
+//! [`CHUNK_BYTES`] chunks, each deflated on its own (raw deflate, primed with the previous
+//! chunk's last 32 KiB as its dictionary, as pigz does, so the ratio stays that of one
+//! stream), every chunk but the last ending with a sync flush (an empty stored block, so the
+//! next chunk's blocks start on a byte boundary) and the last with the final block; the
+//! chunks' CRC-32s are combined (`flate2::Crc::combine`). The result is one member of an
+//! ordinary deflate stream: any gzip reader decodes it, and the bytes do not depend on the
+//! thread count.
+//!
+//! Memory is bounded: at most `2 × threads` chunks are in flight, and the caller's thread
+//! waits for the oldest when that many are.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::thread::JoinHandle;
+
+use crossbeam::channel::{bounded, Receiver, Sender};
+use flate2::{Compress, Compression, Crc, FlushCompress, Status};
+
+/// Input bytes per deflated chunk (pigz uses 128 KiB; a larger chunk spreads the
+/// dictionary and flush overhead thinner).
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// The deflate window: a chunk's dictionary is the previous chunk's last 32 KiB.
+const WINDOW_BYTES: usize = 32 * 1024;
+
+/// A deflated chunk: its input buffer back (for reuse), the deflated bytes and the input's
+/// CRC-32.
+struct Deflated {
+    input: Vec<u8>,
+    out: Vec<u8>,
+    crc: Crc,
+}
+
+type ChunkOut = io::Result<Deflated>;
+
+struct Job {
+    input: Vec<u8>,
+    /// A buffer for the output (recycled; cleared).
+    out: Vec<u8>,
+    dict: Vec<u8>,
+    last: bool,
+    reply: Sender<ChunkOut>,
+}
+
+/// The default worker count for [`ParallelGzWriter`]: one less than the CPUs this process
+/// may use (cgroup quotas included, `std::thread::available_parallelism`; the writing thread
+/// serialises on the one left), at least 1, at most 8.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1).clamp(1, 8)
+}
+
+/// Writes one gzip member to `out`, deflating [`CHUNK_BYTES`] chunks on `threads` worker
+/// threads (at least 1) while the caller's thread goes on writing. Call [`Self::finish`] to
+/// write the last chunk and the trailer; dropping it unfinished leaves `out` without them
+/// (an invalid gzip file), as `flate2`'s encoders do when finishing fails.
+pub struct ParallelGzWriter<W: Write> {
+    out: Option<W>,
+    /// The chunk being filled.
+    chunk: Vec<u8>,
+    /// The last [`WINDOW_BYTES`] of the previous chunk.
+    dict: Vec<u8>,
+    crc: Crc,
+    /// Replies of the chunks handed to the workers, oldest first.
+    pending: VecDeque<Receiver<ChunkOut>>,
+    max_in_flight: usize,
+    jobs: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+    /// Buffers back from deflated chunks, reused: fresh megabyte buffers would cost a page
+    /// fault per 4 KiB each time.
+    free_inputs: Vec<Vec<u8>>,
+    free_outputs: Vec<Vec<u8>>,
+}
+
+impl<W: Write> ParallelGzWriter<W> {
+    /// Writes the gzip header (RFC 1952 §2.3: no name, mtime 0, OS unknown) to `out` and
+    /// starts `threads` workers (at least 1). `level` is 0–9.
+    ///
+    /// # Errors
+    /// Writing the header, or starting a thread.
+    pub fn new(mut out: W, level: u32, threads: usize) -> io::Result<Self> {
+        let level = Compression::new(level.min(9));
+        let xfl = match level.level() {
+            9 => 2,
+            1 => 4,
+            _ => 0,
+        };
+        out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255])?;
+        let threads = threads.max(1);
+        let mut w = ParallelGzWriter {
+            out: Some(out),
+            chunk: Vec::with_capacity(CHUNK_BYTES),
+            dict: Vec::new(),
+            crc: Crc::new(),
+            pending: VecDeque::new(),
+            max_in_flight: 2 * threads,
+            jobs: None,
+            workers: Vec::new(),
+            free_inputs: Vec::new(),
+            free_outputs: Vec::new(),
+        };
+        let (tx, rx) = bounded::<Job>(w.max_in_flight);
+        for i in 0..threads {
+            let rx = rx.clone();
+            let handle = std::thread::Builder::new().name(format!("gpuspan-gzip-{i}")).spawn(move || {
+                let mut c = Compress::new(level, false);
+                for job in rx {
+                    let res = deflate_chunk(&mut c, job.input, job.out, &job.dict, job.last);
+                    let _ = job.reply.send(res);
+                }
+            })?;
+            w.workers.push(handle);
+        }
+        w.jobs = Some(tx);
+        Ok(w)
+    }
+
+    /// Hands the filled chunk to a worker and starts the next.
+    fn submit(&mut self, last: bool) -> io::Result<()> {
+        let next = self.free_inputs.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES));
+        let input = std::mem::replace(&mut self.chunk, next);
+        let dict = std::mem::take(&mut self.dict);
+        let tail = &input[input.len().saturating_sub(WINDOW_BYTES)..];
+        let mut next_dict = Vec::with_capacity(WINDOW_BYTES);
+        next_dict.extend_from_slice(tail);
+        self.dict = next_dict;
+        let out = self.free_outputs.pop().unwrap_or_default();
+        while self.pending.len() >= self.max_in_flight {
+            self.write_oldest()?;
+        }
+        let (reply, rx) = bounded(1);
+        let jobs = self.jobs.as_ref().ok_or_else(|| io::Error::other("gzip writer already finished"))?;
+        jobs.send(Job { input, out, dict, last, reply }).map_err(|_| io::Error::other("gzip worker threads are gone"))?;
+        self.pending.push_back(rx);
+        Ok(())
+    }
+
+    fn write_oldest(&mut self) -> io::Result<()> {
+        let Some(rx) = self.pending.pop_front() else { return Ok(()) };
+        let res = rx.recv().unwrap_or_else(|_| Err(io::Error::other("a gzip worker thread panicked")));
+        self.emit(res)
+    }
+
+    fn emit(&mut self, res: ChunkOut) -> io::Result<()> {
+        let Deflated { mut input, mut out, crc } = res?;
+        self.crc.combine(&crc);
+        self.out.as_mut().expect("not finished").write_all(&out)?;
+        input.clear();
+        out.clear();
+        if self.free_inputs.len() < self.max_in_flight {
+            self.free_inputs.push(input);
+            self.free_outputs.push(out);
+        }
+        Ok(())
+    }
+
+    /// Deflates what is left, writes the trailer (CRC-32 and input size mod 2³², RFC 1952
+    /// §2.3.1) and returns `out`.
+    ///
+    /// # Errors
+    /// Deflating or writing; a worker that panicked.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.submit(true)?;
+        while !self.pending.is_empty() {
+            self.write_oldest()?;
+        }
+        let mut trailer = [0u8; 8];
+        trailer[..4].copy_from_slice(&self.crc.sum().to_le_bytes());
+        trailer[4..].copy_from_slice(&self.crc.amount().to_le_bytes());
+        let mut out = self.out.take().expect("not finished");
+        out.write_all(&trailer)?;
+        Ok(out)
+    }
+}
+
+impl<W: Write> Write for ParallelGzWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = CHUNK_BYTES - self.chunk.len();
+        let n = buf.len().min(room);
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == CHUNK_BYTES {
+            self.submit(false)?;
+        }
+        Ok(n)
+    }
+
+    /// Flushes `out` only: a chunk is deflated when full or at [`Self::finish`] (a sync
+    /// flush per `flush` call would cut the chunks where the caller's flushes fall).
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.as_mut().map_or(Ok(()), |o| o.flush())
+    }
+}
+
+impl<W: Write> Drop for ParallelGzWriter<W> {
+    fn drop(&mut self) {
+        self.jobs = None; // the workers' loops end once the queue is empty
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Raw deflate of one chunk with `c` (reset first), primed with `dict`, into `out` (empty):
+/// a sync flush at the end, or the final block when `last`. Returns both buffers and the
+/// input's CRC-32.
+fn deflate_chunk(c: &mut Compress, input: Vec<u8>, mut out: Vec<u8>, dict: &[u8], last: bool) -> ChunkOut {
+    c.reset();
+    if !dict.is_empty() {
+        c.set_dictionary(dict).map_err(io::Error::other)?;
+    }
+    out.reserve(input.len() / 4 + 1024);
+    let flush = if last { FlushCompress::Finish } else { FlushCompress::Sync };
+    loop {
+        if out.capacity() - out.len() < 1024 {
+            out.reserve(out.capacity().max(64 * 1024));
+        }
+        let consumed = c.total_in() as usize;
+        let status = c.compress_vec(&input[consumed..], &mut out, flush).map_err(io::Error::other)?;
+        let all_in = c.total_in() as usize == input.len();
+        // Done: the final block written, or (sync flush) all input taken and output room to
+        // spare, which zlib leaves only once the flush is complete.
+        if status == Status::StreamEnd || (!last && all_in && out.len() < out.capacity()) {
+            break;
+        }
+    }
+    let mut crc = Crc::new();
+    crc.update(&input);
+    Ok(Deflated { input, out, crc })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// Trace-like text with repeats a dictionary helps with, `n` bytes.
+    fn sample(n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 200);
+        let mut i = 0u64;
+        while v.len() < n {
+            let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+            v.extend_from_slice(format!("{{\"ph\":\"X\",\"name\":\"kernel_{}\",\"ts\":{}.{:03},\"dur\":{}}},", x % 97, i * 7, x % 1000, x % 313).as_bytes());
+            i += 1;
+        }
+        v.truncate(n);
+        v
+    }
+
+    fn gz(data: &[u8], threads: usize, write_size: usize) -> Vec<u8> {
+        let mut w = ParallelGzWriter::new(Vec::new(), 1, threads).unwrap();
+        for part in data.chunks(write_size.max(1)) {
+            w.write_all(part).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    /// Decodes with a single-member decoder and returns the bytes and what it left unread.
+    fn gunzip_one_member(gz: &[u8]) -> (Vec<u8>, usize) {
+        let mut d = flate2::read::GzDecoder::new(gz);
+        let mut out = Vec::new();
+        d.read_to_end(&mut out).unwrap();
+        (out, d.into_inner().len())
+    }
+
+    #[test]
+    fn one_member_that_any_gzip_reader_decodes_whatever_the_thread_count() {
+        for len in [0, 1, 1000, CHUNK_BYTES, 3 * CHUNK_BYTES + 12_345] {
+            let data = sample(len);
+            let one = gz(&data, 1, 8191);
+            for threads in [0, 2, 3, 8] {
+                assert_eq!(gz(&data, threads, 8191), one, "{len} bytes, {threads} threads: the same bytes");
+            }
+            assert_eq!(gz(&data, 2, 1 << 22), one, "{len} bytes: write sizes do not change the chunks");
+            let (back, left) = gunzip_one_member(&one);
+            assert_eq!(back, data, "{len} bytes round trip");
+            assert_eq!(left, 0, "{len} bytes: one member, nothing after it");
+        }
+    }
+
+    #[test]
+    fn the_dictionary_keeps_the_ratio_of_one_stream() {
+        let data = sample(4 * CHUNK_BYTES);
+        let ours = gz(&data, 2, 1 << 16).len();
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), Compression::new(1));
+        e.write_all(&data).unwrap();
+        let plain = e.finish().unwrap().len();
+        assert!((ours as f64) < plain as f64 * 1.02, "chunked {ours} bytes vs one stream {plain}");
+    }
+}
