@@ -15,6 +15,7 @@
 mod dir;
 mod error;
 pub mod gzip;
+mod json_out;
 mod read;
 mod write;
 

@@ -1013,3 +1013,56 @@ fn drop_extra_args_reads_the_same_trace_without_untyped_args() {
     assert_eq!(lean, stripped, "everything else is read the same");
     assert_eq!(stats::compute(&lean, "t"), stats::compute(&full, "t"), "and the statistics do not change");
 }
+
+/// The hand-written JSON writer (`json_out`) writes the bytes serde_json wrote before it, on
+/// every fixture (real names, args, numbers, counters and row names) and on a trace with
+/// strings to escape and untyped args of every JSON type.
+#[test]
+fn hand_written_json_is_byte_identical_to_serde_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut odd = Trace { schema_version: Some(1), base_time_ns: Some(1_700_000_000_123_456_789), ..Default::default() };
+    odd.events.push(TraceEvent {
+        cat: Some(Category::Kernel),
+        name: "k<\"q\", '\\\\'>\t\u{1}\u{c}\u{7f}é😀".into(),
+        pid: 0,
+        tid: 7,
+        ts_us: 0.1,
+        dur_us: 1e-3,
+        device: Some(0),
+        stream: Some(7),
+        correlation: Some(i64::MAX),
+        grid: Some([1, -2, 3]),
+        stage: Some("ffn\n".into()),
+        extra_args: BTreeMap::from([
+            ("null".to_string(), Value::Null),
+            ("bool".to_string(), json!(true)),
+            ("u64".to_string(), json!(u64::MAX)),
+            ("neg".to_string(), json!(-5)),
+            ("float".to_string(), json!(0.30000000000000004)),
+            ("array".to_string(), json!([1, "a", {"b": null}])),
+            ("object".to_string(), json!({"z": 1, "a": [2.5]})),
+            ("str\"key".to_string(), json!("v\\al")),
+            ("stream".to_string(), json!("shadowed by the typed key")),
+        ]),
+        ..Default::default()
+    });
+    odd.events.push(TraceEvent { name: "bare".into(), pid: -1, tid: 3, ts_us: 2.0, ..Default::default() });
+    odd.counters.push(CounterEvent { name: "c".into(), pid: 0, ts_us: 1.5, values: vec![("v".into(), 2.0)] });
+    let mut traces: Vec<(&str, &Trace)> = FIXTURE_KERNELS.iter().map(|&(n, _)| (n, cached(n))).collect();
+    traces.push(("escapes and odd args", &odd));
+    for (name, t) in traces {
+        let path = dir.path().join("t.json");
+        write_trace(t, &path).unwrap();
+        let ours = std::fs::read(&path).unwrap();
+        let reference = super::write::serde_reference::json(t);
+        if ours != reference {
+            let at = ours.iter().zip(&reference).position(|(a, b)| a != b).unwrap_or(ours.len().min(reference.len()));
+            let lo = at.saturating_sub(80);
+            panic!(
+                "{name}: bytes differ at {at}:\n ours {}\n serde {}",
+                String::from_utf8_lossy(&ours[lo..(at + 80).min(ours.len())]),
+                String::from_utf8_lossy(&reference[lo..(at + 80).min(reference.len())])
+            );
+        }
+    }
+}

@@ -4,15 +4,15 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use gpuspan_core::trace::{EventShape, EventSource, Trace, TraceEvent};
-use serde::ser::{SerializeMap, SerializeSeq};
+use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
-use super::keys;
+use super::json_out::JsonOut;
 
 /// Kineto's JSON schema version written when the trace does not carry one.
 const DEFAULT_SCHEMA_VERSION: i64 = 1;
@@ -213,36 +213,116 @@ fn write_to(
     gzip: bool,
     opts: &WriteOptions<'_>,
 ) -> io::Result<WriteProgress> {
-    let progress = std::cell::Cell::new(WriteProgress::default());
-    let out = TraceOut {
-        trace,
-        events: std::cell::RefCell::new(events),
-        survey: &survey,
-        opts,
-        progress: &progress,
-    };
     let file = File::create(tmp)?;
     let level = opts.gzip_level.unwrap_or(flate2::Compression::default().level()).min(9);
     let threads = opts.gzip_threads.unwrap_or_else(super::gzip::default_threads);
-    let file = if gzip && threads > 0 {
-        let mut enc = super::gzip::ParallelGzWriter::new(file, level, threads)?;
-        serde_json::to_writer(&mut enc, &out)?;
-        enc.finish()?
+    let (file, progress) = if gzip && threads > 0 {
+        let enc = super::gzip::ParallelGzWriter::new(file, level, threads)?;
+        let (enc, progress) = write_json(JsonOut::new(enc), trace, events, &survey, opts)?;
+        (enc.finish()?, progress)
     } else if gzip {
         let enc = flate2::write::GzEncoder::new(file, flate2::Compression::new(level));
-        let mut w = BufWriter::with_capacity(1 << 16, enc);
-        serde_json::to_writer(&mut w, &out)?;
-        w.flush()?;
-        let enc = w.into_inner().map_err(|e| e.into_error())?;
-        enc.finish()?
+        let (enc, progress) = write_json(JsonOut::new(enc), trace, events, &survey, opts)?;
+        (enc.finish()?, progress)
     } else {
-        let mut w = BufWriter::with_capacity(1 << 16, file);
-        serde_json::to_writer(&mut w, &out)?;
-        w.flush()?;
-        w.into_inner().map_err(|e| e.into_error())?
+        write_json(JsonOut::new(file), trace, events, &survey, opts)?
     };
     file.sync_all()?;
-    Ok(progress.get())
+    Ok(progress)
+}
+
+/// The file's JSON (see [`write_trace`] for what it holds), into `out`.
+fn write_json<W: Write>(
+    mut out: JsonOut<W>,
+    t: &Trace,
+    events: &mut dyn EventSource,
+    survey: &Survey,
+    opts: &WriteOptions<'_>,
+) -> io::Result<(W, WriteProgress)> {
+    out.raw(b"{\"schemaVersion\":");
+    out.i64(t.schema_version.unwrap_or(DEFAULT_SCHEMA_VERSION));
+    if let Some(b) = t.base_time_ns {
+        out.raw(b",\"baseTimeNanoseconds\":");
+        out.i64(b);
+    }
+    if let Some(p) = &t.device_properties {
+        out.raw(b",\"deviceProperties\":");
+        out.serde(p)?;
+    }
+    if let Some(d) = &t.distributed_info {
+        out.raw(b",\"distributedInfo\":");
+        out.serde(d)?;
+    }
+    out.raw(b",\"traceEvents\":[");
+    let mut first = true;
+    let mut sep = |out: &mut JsonOut<W>| {
+        if !std::mem::take(&mut first) {
+            out.raw(b",");
+        }
+    };
+    let (processes, threads) = row_names(t, survey, opts);
+    let meta_ts = survey.min_ts_us.unwrap_or(0.0);
+    for (pid, name) in &processes {
+        sep(&mut out);
+        out.serde(&MetaOut { name: "process_name", ph: "M", cat: META_CAT, ts: meta_ts, pid: *pid, tid: 0, args: MetaArgs { name } })?;
+    }
+    for ((pid, tid), name) in &threads {
+        sep(&mut out);
+        out.serde(&MetaOut { name: "thread_name", ph: "M", cat: META_CAT, ts: meta_ts, pid: *pid, tid: *tid, args: MetaArgs { name } })?;
+    }
+    let n = events.len();
+    let mut written = n;
+    for i in 0..n {
+        if i % DEADLINE_CHECK_EVERY == 0 && opts.deadline.is_some_and(|d| Instant::now() >= d) {
+            written = i;
+            break;
+        }
+        let fix = survey.fixes.get(&i).copied();
+        let e = events.event(i);
+        sep(&mut out);
+        out.event(&e, fix.unwrap_or(e.dur_us))?;
+    }
+    let progress = WriteProgress { events_written: written, events_cut: n - written };
+    for c in t.counters.iter().filter(|c| c.ts_us.is_finite()) {
+        sep(&mut out);
+        out.serde(&CounterOut(c))?;
+    }
+    if let Some(tr) = &opts.trailer {
+        let mut ev = tr.event.clone();
+        (tr.fill)(&mut ev, &progress);
+        sep(&mut out);
+        out.event(&ev, ev.dur_us)?;
+    }
+    out.raw(b"]}");
+    Ok((out.finish()?, progress))
+}
+
+/// The name of every process and thread row the file has (`M` metadata): the trace's own,
+/// then `GPU N` / `stream N` for GPU rows, `GPU N` for counter tracks, `process N` /
+/// `thread N` for any other row (the trailer's included).
+fn row_names<'t>(
+    t: &'t Trace,
+    survey: &Survey,
+    opts: &WriteOptions<'_>,
+) -> (BTreeMap<i64, Cow<'t, str>>, BTreeMap<(i64, i64), Cow<'t, str>>) {
+    let mut processes: BTreeMap<i64, Cow<'_, str>> =
+        t.process_names.iter().map(|(p, n)| (*p, Cow::Borrowed(n.as_str()))).collect();
+    let mut threads: BTreeMap<(i64, i64), Cow<'_, str>> =
+        t.thread_names.iter().map(|(k, n)| (*k, Cow::Borrowed(n.as_str()))).collect();
+    for &(pid, tid) in &survey.gpu_rows {
+        processes.entry(pid).or_insert_with(|| Cow::Owned(format!("GPU {pid}")));
+        threads.entry((pid, tid)).or_insert_with(|| Cow::Owned(format!("stream {tid}")));
+    }
+    // Counter tracks belong to a process only (no thread row).
+    for c in &t.counters {
+        processes.entry(c.pid).or_insert_with(|| Cow::Owned(format!("GPU {}", c.pid)));
+    }
+    let trailer = opts.trailer.as_ref().map(|t| (t.event.pid, t.event.tid));
+    for &(pid, tid) in survey.rows.iter().chain(trailer.as_ref()) {
+        processes.entry(pid).or_insert_with(|| Cow::Owned(format!("process {pid}")));
+        threads.entry((pid, tid)).or_insert_with(|| Cow::Owned(format!("thread {tid}")));
+    }
+    (processes, threads)
 }
 
 /// Largest overlap, µs, that [`touching_dur_fixes`] treats as `f64` rounding rather than
@@ -324,53 +404,6 @@ fn next_down(x: f64) -> f64 {
     -next_up(-x)
 }
 
-struct TraceOut<'a> {
-    trace: &'a Trace,
-    events: std::cell::RefCell<&'a mut dyn EventSource>,
-    survey: &'a Survey,
-    opts: &'a WriteOptions<'a>,
-    progress: &'a std::cell::Cell<WriteProgress>,
-}
-
-impl Serialize for TraceOut<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let t = self.trace;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry(
-            "schemaVersion",
-            &t.schema_version.unwrap_or(DEFAULT_SCHEMA_VERSION),
-        )?;
-        if let Some(b) = t.base_time_ns {
-            m.serialize_entry("baseTimeNanoseconds", &b)?;
-        }
-        if let Some(p) = &t.device_properties {
-            m.serialize_entry("deviceProperties", p)?;
-        }
-        if let Some(d) = &t.distributed_info {
-            m.serialize_entry("distributedInfo", d)?;
-        }
-        m.serialize_entry(
-            "traceEvents",
-            &EventsOut {
-                trace: t,
-                events: &self.events,
-                survey: self.survey,
-                opts: self.opts,
-                progress: self.progress,
-            },
-        )?;
-        m.end()
-    }
-}
-
-struct EventsOut<'a, 'e> {
-    trace: &'a Trace,
-    events: &'a std::cell::RefCell<&'e mut dyn EventSource>,
-    survey: &'a Survey,
-    opts: &'a WriteOptions<'a>,
-    progress: &'a std::cell::Cell<WriteProgress>,
-}
-
 /// An `M` metadata event (`process_name` / `thread_name`).
 #[derive(Serialize)]
 struct MetaOut<'a> {
@@ -386,87 +419,6 @@ struct MetaOut<'a> {
 #[derive(Serialize)]
 struct MetaArgs<'a> {
     name: &'a str,
-}
-
-impl Serialize for EventsOut<'_, '_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let t = self.trace;
-        let mut events = self.events.borrow_mut();
-        let n = events.len();
-        let meta_ts = self.survey.min_ts_us.unwrap_or(0.0);
-
-        let mut processes: BTreeMap<i64, Cow<'_, str>> = t
-            .process_names
-            .iter()
-            .map(|(p, n)| (*p, Cow::Borrowed(n.as_str())))
-            .collect();
-        let mut threads: BTreeMap<(i64, i64), Cow<'_, str>> = t
-            .thread_names
-            .iter()
-            .map(|(k, n)| (*k, Cow::Borrowed(n.as_str())))
-            .collect();
-        for &(pid, tid) in &self.survey.gpu_rows {
-            processes.entry(pid).or_insert_with(|| Cow::Owned(format!("GPU {pid}")));
-            threads.entry((pid, tid)).or_insert_with(|| Cow::Owned(format!("stream {tid}")));
-        }
-        // Counter tracks belong to a process only (no thread row).
-        for c in &t.counters {
-            processes.entry(c.pid).or_insert_with(|| Cow::Owned(format!("GPU {}", c.pid)));
-        }
-        let trailer = self.opts.trailer.as_ref().map(|t| (t.event.pid, t.event.tid));
-        for &(pid, tid) in self.survey.rows.iter().chain(trailer.as_ref()) {
-            processes.entry(pid).or_insert_with(|| Cow::Owned(format!("process {pid}")));
-            threads.entry((pid, tid)).or_insert_with(|| Cow::Owned(format!("thread {tid}")));
-        }
-
-        let mut seq = s.serialize_seq(None)?;
-        for (pid, name) in &processes {
-            seq.serialize_element(&MetaOut {
-                name: "process_name",
-                ph: "M",
-                cat: META_CAT,
-                ts: meta_ts,
-                pid: *pid,
-                tid: 0,
-                args: MetaArgs { name },
-            })?;
-        }
-        for ((pid, tid), name) in &threads {
-            seq.serialize_element(&MetaOut {
-                name: "thread_name",
-                ph: "M",
-                cat: META_CAT,
-                ts: meta_ts,
-                pid: *pid,
-                tid: *tid,
-                args: MetaArgs { name },
-            })?;
-        }
-        let mut written = n;
-        for i in 0..n {
-            if i % DEADLINE_CHECK_EVERY == 0 && self.opts.deadline.is_some_and(|d| Instant::now() >= d) {
-                written = i;
-                break;
-            }
-            let fix = self.survey.fixes.get(&i).copied();
-            let e = events.event(i);
-            seq.serialize_element(&EventOut { dur_us: fix.unwrap_or(e.dur_us), event: &e })?;
-        }
-        let progress = WriteProgress {
-            events_written: written,
-            events_cut: n - written,
-        };
-        self.progress.set(progress);
-        for c in t.counters.iter().filter(|c| c.ts_us.is_finite()) {
-            seq.serialize_element(&CounterOut(c))?;
-        }
-        if let Some(tr) = &self.opts.trailer {
-            let mut ev = tr.event.clone();
-            (tr.fill)(&mut ev, &progress);
-            seq.serialize_element(&EventOut { dur_us: ev.dur_us, event: &ev })?;
-        }
-        seq.end()
-    }
 }
 
 /// A counter sample as a `ph: "C"` event: `cat` `gpuspan`, `name`, `pid`, `ts`, and the
@@ -509,89 +461,243 @@ fn is_gpu_row(e: &EventShape) -> bool {
     }
 }
 
-struct EventOut<'a> {
-    event: &'a TraceEvent,
-    /// `event.dur_us`, or its [`touching_dur_fixes`] replacement.
-    dur_us: f64,
-}
+/// The writer as it was before [`JsonOut`]: serde_json driven by `Serialize` impls. The
+/// tests hold the hand-written writer to its bytes on every fixture.
+#[cfg(test)]
+pub(crate) mod serde_reference {
+    use super::super::keys;
+    use super::*;
+    use serde::ser::SerializeSeq;
 
-impl Serialize for EventOut<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let e = self.event;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("ph", "X")?;
-        if let Some(c) = &e.cat {
-            m.serialize_entry("cat", c.as_kineto())?;
-        }
-        m.serialize_entry("name", &e.name)?;
-        m.serialize_entry("pid", &e.pid)?;
-        m.serialize_entry("tid", &e.tid)?;
-        m.serialize_entry("ts", &e.ts_us)?;
-        m.serialize_entry("dur", &self.dur_us)?;
-        let args = ArgsOut(e);
-        if !args.is_empty() {
-            m.serialize_entry("args", &args)?;
-        }
-        m.end()
+    /// The JSON [`write_trace`] writes for `trace` (no deadline, no trailer), as serde_json
+    /// writes it.
+    pub(crate) fn json(trace: &Trace) -> Vec<u8> {
+        let mut events = trace;
+        let survey = Survey::of(&events);
+        let opts = WriteOptions::default();
+        let progress = std::cell::Cell::new(WriteProgress::default());
+        let out = TraceOut {
+            trace,
+            events: std::cell::RefCell::new(&mut events),
+            survey: &survey,
+            opts: &opts,
+            progress: &progress,
+        };
+        serde_json::to_vec(&out).unwrap()
     }
-}
 
-struct ArgsOut<'a>(&'a TraceEvent);
-
-impl ArgsOut<'_> {
-    fn is_empty(&self) -> bool {
-        let e = self.0;
-        e.device.is_none()
-            && e.stream.is_none()
-            && e.correlation.is_none()
-            && e.external_id.is_none()
-            && e.grid.is_none()
-            && e.block.is_none()
-            && e.registers_per_thread.is_none()
-            && e.shared_memory_bytes.is_none()
-            && e.bytes.is_none()
-            && e.stage.is_none()
-            && e.step.is_none()
-            && e.trace_id.is_none()
-            && e.scope.is_none()
-            && e.extra_args.is_empty()
+    struct TraceOut<'a> {
+        trace: &'a Trace,
+        events: std::cell::RefCell<&'a mut dyn EventSource>,
+        survey: &'a Survey,
+        opts: &'a WriteOptions<'a>,
+        progress: &'a std::cell::Cell<WriteProgress>,
     }
-}
 
-impl Serialize for ArgsOut<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let e = self.0;
-        let mut m = s.serialize_map(None)?;
-        // The typed keys written (at most 13): a set on the stack, not a BTreeSet per event.
-        let mut written: [&'static str; 13] = [""; 13];
-        let mut n_written = 0;
-        macro_rules! typed {
-            ($key:expr, $field:expr) => {
-                if let Some(v) = &$field {
-                    m.serialize_entry($key, v)?;
-                    written[n_written] = $key;
-                    n_written += 1;
-                }
-            };
-        }
-        typed!(keys::DEVICE, e.device);
-        typed!(keys::STREAM, e.stream);
-        typed!(keys::CORRELATION, e.correlation);
-        typed!(keys::EXTERNAL_ID, e.external_id);
-        typed!(keys::GRID, e.grid);
-        typed!(keys::BLOCK, e.block);
-        typed!(keys::REGISTERS, e.registers_per_thread);
-        typed!(keys::SHARED_MEMORY, e.shared_memory_bytes);
-        typed!(keys::BYTES, e.bytes);
-        typed!(keys::STAGE, e.stage);
-        typed!(keys::STEP, e.step);
-        typed!(keys::TRACE_ID, e.trace_id);
-        typed!(keys::SCOPE, e.scope);
-        for (k, v) in &e.extra_args {
-            if !written[..n_written].contains(&k.as_str()) {
-                m.serialize_entry(k, v)?;
+    impl Serialize for TraceOut<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let t = self.trace;
+            let mut m = s.serialize_map(None)?;
+            m.serialize_entry(
+                "schemaVersion",
+                &t.schema_version.unwrap_or(DEFAULT_SCHEMA_VERSION),
+            )?;
+            if let Some(b) = t.base_time_ns {
+                m.serialize_entry("baseTimeNanoseconds", &b)?;
             }
+            if let Some(p) = &t.device_properties {
+                m.serialize_entry("deviceProperties", p)?;
+            }
+            if let Some(d) = &t.distributed_info {
+                m.serialize_entry("distributedInfo", d)?;
+            }
+            m.serialize_entry(
+                "traceEvents",
+                &EventsOut {
+                    trace: t,
+                    events: &self.events,
+                    survey: self.survey,
+                    opts: self.opts,
+                    progress: self.progress,
+                },
+            )?;
+            m.end()
         }
-        m.end()
+    }
+
+    struct EventsOut<'a, 'e> {
+        trace: &'a Trace,
+        events: &'a std::cell::RefCell<&'e mut dyn EventSource>,
+        survey: &'a Survey,
+        opts: &'a WriteOptions<'a>,
+        progress: &'a std::cell::Cell<WriteProgress>,
+    }
+
+    impl Serialize for EventsOut<'_, '_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let t = self.trace;
+            let mut events = self.events.borrow_mut();
+            let n = events.len();
+            let meta_ts = self.survey.min_ts_us.unwrap_or(0.0);
+
+            let mut processes: BTreeMap<i64, Cow<'_, str>> = t
+                .process_names
+                .iter()
+                .map(|(p, n)| (*p, Cow::Borrowed(n.as_str())))
+                .collect();
+            let mut threads: BTreeMap<(i64, i64), Cow<'_, str>> = t
+                .thread_names
+                .iter()
+                .map(|(k, n)| (*k, Cow::Borrowed(n.as_str())))
+                .collect();
+            for &(pid, tid) in &self.survey.gpu_rows {
+                processes.entry(pid).or_insert_with(|| Cow::Owned(format!("GPU {pid}")));
+                threads.entry((pid, tid)).or_insert_with(|| Cow::Owned(format!("stream {tid}")));
+            }
+            // Counter tracks belong to a process only (no thread row).
+            for c in &t.counters {
+                processes.entry(c.pid).or_insert_with(|| Cow::Owned(format!("GPU {}", c.pid)));
+            }
+            let trailer = self.opts.trailer.as_ref().map(|t| (t.event.pid, t.event.tid));
+            for &(pid, tid) in self.survey.rows.iter().chain(trailer.as_ref()) {
+                processes.entry(pid).or_insert_with(|| Cow::Owned(format!("process {pid}")));
+                threads.entry((pid, tid)).or_insert_with(|| Cow::Owned(format!("thread {tid}")));
+            }
+
+            let mut seq = s.serialize_seq(None)?;
+            for (pid, name) in &processes {
+                seq.serialize_element(&MetaOut {
+                    name: "process_name",
+                    ph: "M",
+                    cat: META_CAT,
+                    ts: meta_ts,
+                    pid: *pid,
+                    tid: 0,
+                    args: MetaArgs { name },
+                })?;
+            }
+            for ((pid, tid), name) in &threads {
+                seq.serialize_element(&MetaOut {
+                    name: "thread_name",
+                    ph: "M",
+                    cat: META_CAT,
+                    ts: meta_ts,
+                    pid: *pid,
+                    tid: *tid,
+                    args: MetaArgs { name },
+                })?;
+            }
+            let mut written = n;
+            for i in 0..n {
+                if i % DEADLINE_CHECK_EVERY == 0 && self.opts.deadline.is_some_and(|d| Instant::now() >= d) {
+                    written = i;
+                    break;
+                }
+                let fix = self.survey.fixes.get(&i).copied();
+                let e = events.event(i);
+                seq.serialize_element(&EventOut { dur_us: fix.unwrap_or(e.dur_us), event: &e })?;
+            }
+            let progress = WriteProgress {
+                events_written: written,
+                events_cut: n - written,
+            };
+            self.progress.set(progress);
+            for c in t.counters.iter().filter(|c| c.ts_us.is_finite()) {
+                seq.serialize_element(&CounterOut(c))?;
+            }
+            if let Some(tr) = &self.opts.trailer {
+                let mut ev = tr.event.clone();
+                (tr.fill)(&mut ev, &progress);
+                seq.serialize_element(&EventOut { dur_us: ev.dur_us, event: &ev })?;
+            }
+            seq.end()
+        }
+    }
+
+    struct EventOut<'a> {
+        event: &'a TraceEvent,
+        /// `event.dur_us`, or its [`touching_dur_fixes`] replacement.
+        dur_us: f64,
+    }
+
+    impl Serialize for EventOut<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let e = self.event;
+            let mut m = s.serialize_map(None)?;
+            m.serialize_entry("ph", "X")?;
+            if let Some(c) = &e.cat {
+                m.serialize_entry("cat", c.as_kineto())?;
+            }
+            m.serialize_entry("name", &e.name)?;
+            m.serialize_entry("pid", &e.pid)?;
+            m.serialize_entry("tid", &e.tid)?;
+            m.serialize_entry("ts", &e.ts_us)?;
+            m.serialize_entry("dur", &self.dur_us)?;
+            let args = ArgsOut(e);
+            if !args.is_empty() {
+                m.serialize_entry("args", &args)?;
+            }
+            m.end()
+        }
+    }
+
+    struct ArgsOut<'a>(&'a TraceEvent);
+
+    impl ArgsOut<'_> {
+        fn is_empty(&self) -> bool {
+            let e = self.0;
+            e.device.is_none()
+                && e.stream.is_none()
+                && e.correlation.is_none()
+                && e.external_id.is_none()
+                && e.grid.is_none()
+                && e.block.is_none()
+                && e.registers_per_thread.is_none()
+                && e.shared_memory_bytes.is_none()
+                && e.bytes.is_none()
+                && e.stage.is_none()
+                && e.step.is_none()
+                && e.trace_id.is_none()
+                && e.scope.is_none()
+                && e.extra_args.is_empty()
+        }
+    }
+
+    impl Serialize for ArgsOut<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let e = self.0;
+            let mut m = s.serialize_map(None)?;
+            // The typed keys written (at most 13): a set on the stack, not a BTreeSet per event.
+            let mut written: [&'static str; 13] = [""; 13];
+            let mut n_written = 0;
+            macro_rules! typed {
+                ($key:expr, $field:expr) => {
+                    if let Some(v) = &$field {
+                        m.serialize_entry($key, v)?;
+                        written[n_written] = $key;
+                        n_written += 1;
+                    }
+                };
+            }
+            typed!(keys::DEVICE, e.device);
+            typed!(keys::STREAM, e.stream);
+            typed!(keys::CORRELATION, e.correlation);
+            typed!(keys::EXTERNAL_ID, e.external_id);
+            typed!(keys::GRID, e.grid);
+            typed!(keys::BLOCK, e.block);
+            typed!(keys::REGISTERS, e.registers_per_thread);
+            typed!(keys::SHARED_MEMORY, e.shared_memory_bytes);
+            typed!(keys::BYTES, e.bytes);
+            typed!(keys::STAGE, e.stage);
+            typed!(keys::STEP, e.step);
+            typed!(keys::TRACE_ID, e.trace_id);
+            typed!(keys::SCOPE, e.scope);
+            for (k, v) in &e.extra_args {
+                if !written[..n_written].contains(&k.as_str()) {
+                    m.serialize_entry(k, v)?;
+                }
+            }
+            m.end()
+        }
     }
 }
