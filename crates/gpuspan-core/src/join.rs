@@ -241,6 +241,26 @@ pub struct JoinOptions {
     pub env_traceparent: Option<String>,
 }
 
+/// Merges lists each sorted by (`ts`, index) into one sorted the same way.
+fn merge_by_ts_then_index(parts: [Vec<(f64, usize)>; 3]) -> Vec<(f64, usize)> {
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    let mut at = [0usize; 3];
+    loop {
+        let mut best: Option<(usize, (f64, usize))> = None;
+        for (p, part) in parts.iter().enumerate() {
+            if let Some(&x) = part.get(at[p]) {
+                let better = best.is_none_or(|(_, b)| x.0.total_cmp(&b.0).then(x.1.cmp(&b.1)).is_lt());
+                if better {
+                    best = Some((p, x));
+                }
+            }
+        }
+        let Some((p, x)) = best else { return out };
+        out.push(x);
+        at[p] += 1;
+    }
+}
+
 fn rel_us(ns: u64, base: u64) -> f64 {
     (ns as i128 - base as i128) as f64 / 1000.0
 }
@@ -340,7 +360,12 @@ impl<'a> JoinedEvents<'a> {
             cpu_threads: BTreeSet::new(),
         };
         let base = opts.base_time_ns;
-        let mut order: Vec<(f64, usize)> = Vec::with_capacity(records.len() + j.scope_list.len());
+        // The write order's three parts, each in arrival order and so nearly sorted by `ts`
+        // already (API calls per thread, GPU activity per stream, scopes by id): sorted
+        // apart, each is a few runs for the stable sort to merge, where one mixed vector
+        // sorted whole costs a full sort (issue 14, item 1).
+        let (mut scopes_part, mut gpu_part, mut api_part): (Vec<(f64, usize)>, Vec<(f64, usize)>, Vec<(f64, usize)>) =
+            (Vec::with_capacity(j.scope_list.len()), Vec::with_capacity(records.len()), Vec::new());
         for (i, r) in records.iter().enumerate() {
             let (corr, start_ns, row) = match r {
                 ActivityRecord::Kernel(k) => {
@@ -354,7 +379,7 @@ impl<'a> JoinedEvents<'a> {
                 ActivityRecord::Memset(m) => (m.correlation_id, m.start_ns, (m.device_id, m.stream_id)),
                 ActivityRecord::Api(a) if opts.include_api => {
                     j.cpu_threads.insert(a.thread_id as i64);
-                    order.push((rel_us(a.start_ns, base), i));
+                    api_part.push((rel_us(a.start_ns, base), i));
                     continue;
                 }
                 _ => continue,
@@ -364,7 +389,7 @@ impl<'a> JoinedEvents<'a> {
                 j.stats.attributed += 1;
             }
             j.gpu_rows.insert((row.0 as i64, row.1 as i64));
-            order.push((rel_us(start_ns, base), i));
+            gpu_part.push((rel_us(start_ns, base), i));
         }
         j.last_ns = records
             .iter()
@@ -378,19 +403,22 @@ impl<'a> JoinedEvents<'a> {
             .unwrap_or(base);
         for (i, s) in j.scope_list.iter().enumerate() {
             j.cpu_threads.insert(s.thread_id as i64);
-            order.push((rel_us(s.begin_ns, base), records.len() + i));
+            scopes_part.push((rel_us(s.begin_ns, base), records.len() + i));
         }
-        if cpu_first {
-            // Part of the write order: 0 scope, 1 GPU activity, 2 API call.
-            let part = |src: usize| match records.get(src) {
-                None => 0u8,
-                Some(ActivityRecord::Api(_)) => 2,
-                Some(_) => 1,
-            };
-            order.sort_by(|a, b| part(a.1).cmp(&part(b.1)).then(a.0.total_cmp(&b.0)));
+        for part in [&mut scopes_part, &mut gpu_part, &mut api_part] {
+            part.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        let order = if cpu_first {
+            // Scopes, then GPU activity, then API calls, each in `ts` order.
+            let mut order = scopes_part;
+            order.append(&mut gpu_part);
+            order.append(&mut api_part);
+            order
         } else {
-            order.sort_by(|a, b| a.0.total_cmp(&b.0));
-        }
+            // By `ts`, ties in push order (records by index, then scopes by id): what one
+            // stable sort of everything gave.
+            merge_by_ts_then_index([gpu_part, api_part, scopes_part])
+        };
         j.order = order;
         j
     }
@@ -752,6 +780,67 @@ mod tests {
         let names: Vec<String> = (0..j.len()).map(|i| j.event(i).name.clone()).collect();
         assert_eq!(names, ["dit.step 0/1", "ffn", "dit.step 1/2", "early_kernel", "late_kernel"]);
         assert_eq!(j.event(2).dur_us, 1.0, "a scope still open is drawn to the last end seen (ffn's, 9 000 ns)");
+    }
+
+    /// The write order (parts sorted apart, then merged or concatenated) is what one stable
+    /// sort of everything gave: by `ts`, ties in push order (records by index, then scopes
+    /// by id); with `cpu_first`, scopes, GPU activity, API calls, each by `ts`.
+    #[test]
+    fn write_order_is_the_stable_sort_of_everything() {
+        let mut t = ScopeTable::new();
+        let mut recs = Vec::new();
+        let mut x = 12345u64;
+        let mut next = || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 33) % 40 * 500 // few distinct times: many ties
+        };
+        for id in 1..=30u64 {
+            t.apply(&begin(id, 0, 1_000 + next(), "ffn"));
+        }
+        for corr in 1..=200u32 {
+            let start = 1_000 + next();
+            recs.push(kernel("k", corr, start, start + 100));
+            if corr % 3 == 0 {
+                let a = ActivityRecord::Api(crate::activity::ApiRecord {
+                    domain: crate::activity::ApiDomain::Driver,
+                    cbid: 307,
+                    start_ns: start,
+                    end_ns: start + 50,
+                    process_id: 42,
+                    thread_id: 7,
+                    correlation_id: corr,
+                    return_value: 0,
+                });
+                recs.push(a);
+            }
+        }
+        let opts = JoinOptions { base_time_ns: 1_000, process_id: 42, include_api: true, trace_seed: None, env_traceparent: None };
+        for cpu_first in [false, true] {
+            let mut c = Classifier::default();
+            let j = JoinedEvents::new(&recs, &t, &mut c, &opts, cpu_first);
+            let mut want: Vec<(f64, usize)> = Vec::new();
+            for (i, r) in recs.iter().enumerate() {
+                match r {
+                    ActivityRecord::Kernel(k) => want.push((rel_us(k.start_ns, 1_000), i)),
+                    ActivityRecord::Api(a) => want.push((rel_us(a.start_ns, 1_000), i)),
+                    _ => {}
+                }
+            }
+            for (i, s) in t.iter_sorted().iter().enumerate() {
+                want.push((rel_us(s.begin_ns, 1_000), recs.len() + i));
+            }
+            let part = |src: usize| match recs.get(src) {
+                None => 0u8,
+                Some(ActivityRecord::Api(_)) => 2,
+                Some(_) => 1,
+            };
+            if cpu_first {
+                want.sort_by(|a, b| part(a.1).cmp(&part(b.1)).then(a.0.total_cmp(&b.0)));
+            } else {
+                want.sort_by(|a, b| a.0.total_cmp(&b.0));
+            }
+            assert_eq!(j.order, want, "cpu_first {cpu_first}");
+        }
     }
 
     #[test]
