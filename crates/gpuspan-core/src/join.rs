@@ -364,8 +364,9 @@ impl<'a> JoinedEvents<'a> {
         // already (API calls per thread, GPU activity per stream, scopes by id): sorted
         // apart, each is a few runs for the stable sort to merge, where one mixed vector
         // sorted whole costs a full sort (issue 14, item 1).
-        let (mut scopes_part, mut gpu_part, mut api_part): (Vec<(f64, usize)>, Vec<(f64, usize)>, Vec<(f64, usize)>) =
-            (Vec::with_capacity(j.scope_list.len()), Vec::with_capacity(records.len()), Vec::new());
+        let mut scopes_part: Vec<(f64, usize)> = Vec::with_capacity(j.scope_list.len());
+        let mut gpu_part: Vec<(f64, usize)> = Vec::with_capacity(records.len());
+        let mut api_part: Vec<(f64, usize)> = Vec::new();
         for (i, r) in records.iter().enumerate() {
             let (corr, start_ns, row) = match r {
                 ActivityRecord::Kernel(k) => {

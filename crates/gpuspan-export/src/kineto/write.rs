@@ -297,14 +297,15 @@ fn write_json<W: Write>(
     Ok((out.finish()?, progress))
 }
 
+/// Names by process id.
+type ProcessNames<'t> = BTreeMap<i64, Cow<'t, str>>;
+/// Names by (process id, thread id).
+type ThreadNames<'t> = BTreeMap<(i64, i64), Cow<'t, str>>;
+
 /// The name of every process and thread row the file has (`M` metadata): the trace's own,
 /// then `GPU N` / `stream N` for GPU rows, `GPU N` for counter tracks, `process N` /
 /// `thread N` for any other row (the trailer's included).
-fn row_names<'t>(
-    t: &'t Trace,
-    survey: &Survey,
-    opts: &WriteOptions<'_>,
-) -> (BTreeMap<i64, Cow<'t, str>>, BTreeMap<(i64, i64), Cow<'t, str>>) {
+fn row_names<'t>(t: &'t Trace, survey: &Survey, opts: &WriteOptions<'_>) -> (ProcessNames<'t>, ThreadNames<'t>) {
     let mut processes: BTreeMap<i64, Cow<'_, str>> =
         t.process_names.iter().map(|(p, n)| (*p, Cow::Borrowed(n.as_str()))).collect();
     let mut threads: BTreeMap<(i64, i64), Cow<'_, str>> =
