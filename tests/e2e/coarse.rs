@@ -447,14 +447,33 @@ fn requests_that_never_end_give_their_events_back_after_the_scope_timeout() {
     // begin event stays out of the 6-event pool until GPUSPAN_SCOPE_TIMEOUT (300 ms) gives
     // the request up. Without the timeout the pool stays empty and the later requests are
     // timed on the CPU (`pool_exhausted`).
-    let env = [("GPUSPAN_EVENT_POOL", "6"), ("GPUSPAN_SCOPE_TIMEOUT", "300ms")];
-    let mut w = ReadyWorker::start("unended_requests", &["6", "1500"], "coarse", &env);
+    unended_requests(&[]);
+}
+
+/// As above, each request with a step under it that never ends either: giving the request
+/// up gives the step's events back too (a root releases the children it still has
+/// pending, found from its own list of children, not by a scan of every pending scope).
+#[test]
+fn unended_steps_of_requests_given_up_give_their_events_back() {
+    unended_requests(&["step"]);
+}
+
+/// `unended_requests 6 1500 EXTRA...` with a 300 ms scope timeout and a pool that holds
+/// every begin event the leaky requests take (one each, two with `step`).
+fn unended_requests(extra: &[&str]) {
+    let pool = if extra.contains(&"step") { "12" } else { "6" };
+    let env = [("GPUSPAN_EVENT_POOL", pool), ("GPUSPAN_SCOPE_TIMEOUT", "300ms")];
+    let args: Vec<&str> = ["6", "1500"].iter().copied().chain(extra.iter().copied()).collect();
+    let mut w = ReadyWorker::start("unended_requests", &args, "coarse", &env);
     // The collector resolves within a few ms; allow a few seconds on a loaded machine.
     let (coarse, _) = w.poll_status("coarse", |c| c["scopes_timed"].as_u64() >= Some(2));
     let _ = w.child.kill();
     let stderr = w.finish();
     println!("{coarse}");
     assert_eq!(coarse["roots_timed_out"], 6, "{coarse}\n{stderr}");
+    if extra.contains(&"step") {
+        assert_eq!(coarse["marks_dropped"], 6, "each unended step given up with its request: {coarse}");
+    }
     // Every event is back but the anchor (the latest request's begin event).
     let (made, free) = (coarse["events_made"].as_u64().unwrap(), coarse["events_free"].as_u64().unwrap());
     assert!(free + 1 >= made, "events made {made}, free {free}: {coarse}");
