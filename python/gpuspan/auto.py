@@ -64,6 +64,7 @@ import os
 import re
 import sys
 import threading
+import types
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -399,30 +400,38 @@ def _close_once(m: Any) -> None:
 def _forward_wrapper(orig: Callable) -> Callable:
     """``orig`` (a module class's ``forward``) with the scopes of the instance's role:
     the denoiser's step (:func:`_denoiser_pre`) or a stage, opened as :func:`_module_pre`
-    does and closed in a ``finally``. Instances without a role pass straight through."""
+    does and closed in a ``finally``. Instances without a role pass straight through.
 
-    @functools.wraps(orig)
+    The wrapper runs with the globals of ``orig``'s module, and its body names only closure
+    variables and builtins: TorchScript compiles ``orig``'s source (found through
+    ``__wrapped__``) but resolves its names (``F``, ``Tensor``, ...) through the globals of
+    the function it was given, so ``torch.jit.script`` of any instance of a wrapped class
+    (``nn.LayerNorm`` included) still works."""
+    auto = sys.modules[__name__]  # for `_enabled`, which `_fail` rebinds
+    role_key, denoiser, text_encode, undecided = _ROLE, _DENOISER, _TEXT_ENCODE, _Undecided
+    tls, openers, opener, decide, denoiser_pre, fail, end = _tls, _stage_openers, _stage_opener, _decide, _denoiser_pre, _fail, _c_end
+
     def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
-        role = self.__dict__.get(_ROLE)
-        if role is None or not _enabled:
+        role = self.__dict__.get(role_key)
+        if role is None or not auto._enabled:
             return orig(self, *args, **kwargs)
-        if role == _DENOISER:
-            _denoiser_pre(self, args, kwargs)
+        if role == denoiser:
+            denoiser_pre(self, args, kwargs)
             return orig(self, *args, **kwargs)
-        st = _tls.st
+        st = tls.st
         if not st.request or st.stage_depth:
             return orig(self, *args, **kwargs)
         opened = False
         try:  # no call of the worker's code in here: its exceptions are its own
-            if type(role) is _Undecided:
-                role = _decide(self, role, args, kwargs)
-            if role is not None and not (st.step_index if role == _TEXT_ENCODE else not st.step_open):
-                if (_stage_openers.get(role) or _stage_opener(role))():
+            if type(role) is undecided:
+                role = decide(self, role, args, kwargs)
+            if role is not None and not (st.step_index if role == text_encode else not st.step_open):
+                if (openers.get(role) or opener(role))():
                     st.opened += 1
                     st.stage_depth += 1
                     opened = True
         except Exception as e:  # never into the worker
-            _fail(e)
+            fail(e)
         if not opened:
             return orig(self, *args, **kwargs)
         try:
@@ -433,12 +442,14 @@ def _forward_wrapper(orig: Callable) -> Callable:
                     st.stage_depth -= 1
                 if st.opened > 0:
                     st.opened -= 1
-                    _c_end()
+                    end()
             except Exception as e:
-                _fail(e)
+                fail(e)
 
-    forward.__gpuspan_hook__ = "forward"  # type: ignore[attr-defined]
-    return forward
+    wrapped = types.FunctionType(forward.__code__, orig.__globals__, "forward", forward.__defaults__, forward.__closure__)
+    functools.update_wrapper(wrapped, orig)
+    wrapped.__gpuspan_hook__ = "forward"  # type: ignore[attr-defined]
+    return wrapped
 
 
 def _global_pre(module: Any, args: tuple) -> None:

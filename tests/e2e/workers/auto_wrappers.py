@@ -5,7 +5,9 @@ Run under the agent with `python/` on the path. A tiny DiT (2 blocks: norm1, att
 attn2 = cross attention, ff) is driven by a pipeline-like `Pipe` whose `__call__` is a
 request (a hook rule). Requests, named by `Pipe.name_or_path` (the span's `gpuspan.model`):
 
-- `plain`: the model; its output equals the one computed before instrumentation.
+- `plain`: the model; its output equals the one computed before instrumentation, its
+  signatures are kept, and `torch.jit.script` still compiles a wrapped class
+  (`nn.LayerNorm`).
 - `offloaded`: a copy whose denoiser and first attention carry an instance-level
   `forward` the way accelerate's offload hooks set one (bound before instrumentation):
   those two get torch's per-module hooks instead of the class wrapper.
@@ -158,6 +160,10 @@ def main():
         assert getattr(nn.Linear.forward, "__gpuspan_hook__", None) is None, "no role, no wrapper"
         assert "forward" not in attn.__dict__ and not attn._forward_hooks and not attn._forward_pre_hooks
         assert str(inspect.signature(attn.forward)) == signature, "the wrapper keeps the signature"
+        # TorchScript compiles a wrapped class's own forward (torch's, which names `F`).
+        assert getattr(nn.LayerNorm.forward, "__gpuspan_hook__", None) == "forward"
+        norm = nn.LayerNorm(8)
+        assert torch.equal(torch.jit.script(norm)(x), norm(x)), "a wrapped class still scripts"
 
         out = Pipe("offloaded", offloaded)(x, ctx)
         assert torch.equal(out, expected)
