@@ -26,8 +26,8 @@ fn run_stdit(mode: Option<&str>, steps: u32, extra: &[&str], env: &[(&str, &str)
     run_stdit_into(out.path(), mode, steps, extra, env, rx)
 }
 
-/// [`run_stdit`] writing into `out`.
-fn run_stdit_into(out: &std::path::Path, mode: Option<&str>, steps: u32, extra: &[&str], env: &[(&str, &str)], rx: &OtlpReceiver) -> Output {
+/// [`run_stdit`] writing into `out` (also the devices tests' runner).
+pub(crate) fn run_stdit_into(out: &std::path::Path, mode: Option<&str>, steps: u32, extra: &[&str], env: &[(&str, &str)], rx: &OtlpReceiver) -> Output {
     let mut c = gpuspan();
     c.arg("run");
     if let Some(m) = mode {

@@ -27,25 +27,9 @@ const STEPS: u32 = 4;
 /// `gpuspan run [--mode MODE] --sim -- gpuspan-replay stdit --devices 2 …` on a simulated
 /// process that sees two H100s, spans to `rx`, capture (fine mode) into `out`.
 fn run_two_devices(out: &Path, mode: Option<&str>, rx: &OtlpReceiver) -> Output {
-    let mut c = gpuspan();
-    c.arg("run");
-    if let Some(m) = mode {
-        c.args(["--mode", m]);
-    }
-    c.args(["--sim", "--out"])
-        .arg(out)
-        .arg("--")
-        .arg(artifact("gpuspan-replay"))
-        .args(["stdit", "--devices", "2", "--requests", &REQUESTS.to_string(), "--steps", &STEPS.to_string()])
-        .env("GPUSPAN_SIM_DEVICES", "2")
-        .env("GPUSPAN_NVML_PERIOD", "100ms")
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint())
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.transport().protocol_env())
-        .env("GPUSPAN_LOG", "info");
-    let o = output(&mut c);
-    assert!(o.status.success(), "worker failed: {}", String::from_utf8_lossy(&o.stderr));
-    o
+    let requests = REQUESTS.to_string();
+    let env = [("GPUSPAN_SIM_DEVICES", "2"), ("GPUSPAN_NVML_PERIOD", "100ms"), ("OTEL_METRIC_EXPORT_INTERVAL", "500")];
+    crate::coarse::run_stdit_into(out, mode, STEPS, &["--devices", "2", "--requests", &requests], &env, rx)
 }
 
 /// Waits until `gpu_utilization_percent` has arrived for both devices (NVML samples every
