@@ -153,10 +153,10 @@ pub struct Config {
 pub const DEFAULT_MAX_RECORDS: usize = 8_000_000;
 
 /// Default of [`Config::max_records`] with rolling segments (`GPUSPAN_CAPTURE_SEGMENT_STEPS`):
-/// 400 k records (about 40 MB). A segment is also cut once half of them are held
+/// 200 k records (about 20 MB). A segment is also cut once half of them are held
 /// (`crate::segment`), so the limit drops records only when the segment writer falls behind
 /// the GPU (issue 14, item 6: a flood stays within its memory, every drop counted).
-pub const SEGMENT_MAX_RECORDS: usize = 400_000;
+pub const SEGMENT_MAX_RECORDS: usize = 200_000;
 
 /// Default of [`Config::nvml_period`]: 1 s, `nvidia-smi dmon`'s default sampling period.
 pub const DEFAULT_NVML_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);

@@ -371,7 +371,10 @@ struct Request {
 #[derive(Debug)]
 pub struct SpanAssembler {
     opts: SpanOptions,
-    corr_scope: HashMap<u32, ScopeId>,
+    corr_scope: super::corr_runs::CorrelationRuns,
+    /// Scopes with mapped correlation ids that the scope table did not know at the last
+    /// release ([`SpanAssembler::release_correlations`]).
+    unseen_scopes: std::collections::HashSet<ScopeId>,
     /// Finalized requests whose correlation ids are still mapped (for late records), with
     /// the generation they were finalized in, oldest first.
     finalized: std::collections::VecDeque<(u64, ScopeId)>,
@@ -425,7 +428,8 @@ impl SpanAssembler {
     pub fn new(opts: SpanOptions) -> SpanAssembler {
         SpanAssembler {
             opts,
-            corr_scope: HashMap::new(),
+            corr_scope: Default::default(),
+            unseen_scopes: Default::default(),
             finalized: std::collections::VecDeque::new(),
             waiting: Vec::new(),
             units: HashMap::new(),
@@ -685,7 +689,7 @@ impl SpanAssembler {
             Pending::Gpu(g) => g.corr,
             Pending::Api { corr, .. } => *corr,
         };
-        let Some(scope) = self.corr_scope.get(&corr).and_then(|id| scopes.get(*id)) else {
+        let Some(scope) = self.corr_scope.get(corr).and_then(|id| scopes.get(id)) else {
             return Err(p);
         };
         let Some(request) = scope.attribution.request else {
@@ -809,12 +813,23 @@ impl SpanAssembler {
             expired.insert(id);
             self.finalized.pop_front();
         }
-        if expired.is_empty() {
+        if expired.is_empty() && self.unseen_scopes.is_empty() {
             return;
         }
-        self.corr_scope.retain(|_, id| match scopes.get(*id) {
+        let unseen_before = std::mem::take(&mut self.unseen_scopes);
+        let unseen = &mut self.unseen_scopes;
+        self.corr_scope.retain(|id| match scopes.get(id) {
             Some(s) => s.attribution.request.is_none_or(|r| !expired.contains(&r)),
-            None => false,
+            // Not in the table: the scope left it (a written segment, a pruned request), or
+            // its begin is still on its way: the collector drains the scope queue before
+            // CUPTI's buffers, so a launch's external correlation can be decoded in the
+            // round before its scope's begin is applied. Let go only when still unknown at
+            // the next poll.
+            None if unseen_before.contains(&id) => false,
+            None => {
+                unseen.insert(id);
+                true
+            }
         });
     }
 

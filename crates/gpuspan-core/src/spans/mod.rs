@@ -16,10 +16,12 @@
 //! - [`ids`]: deterministic span / trace ids (a re-export of the same scopes does not
 //!   duplicate spans);
 //! - [`model`]: the span and timing types handed to exporters and metrics;
-//! - [`assemble`]: the incremental assembler the agent's collector feeds and polls.
+//! - [`assemble`]: the incremental assembler the agent's collector feeds and polls;
+//! - [`corr_runs`]: its correlation id → scope map, kept as runs of consecutive ids.
 
 pub mod assemble;
 pub mod context;
+pub mod corr_runs;
 pub mod ids;
 pub mod model;
 

@@ -503,6 +503,51 @@ fn correlation_ids_go_with_their_request_and_may_wrap() {
     assert_eq!(f.asm.stats.units_timed_out, 0);
 }
 
+/// An external correlation record can be decoded before its scope's begin reaches the table:
+/// the collector drains the scope queue, then CUPTI's buffers, and a thread may open a scope
+/// and launch in between. A release of finalized requests' ids in that moment kept only ids
+/// whose scope was in the table, so the new scope's launches lost their scope: in a flood
+/// (`scripts/bench-flood.sh`) a step's records went unattributed, its unit waited for the
+/// 10 s grace period, and the capture segments stopped while scopes piled up.
+#[test]
+fn a_correlation_decoded_before_its_scope_begins_survives_a_release() {
+    let mut f = Fixture::new(SpanOptions::default());
+    // Request 1 runs and is finalized.
+    f.scope(begin(1, 0, 1_000, &format!("gpuspan.request {TP} model=stdit")));
+    f.scope(begin(2, 1, 1_010, "dit.step 0/1"));
+    f.rec(ext(7, 2));
+    f.rec(launch(7));
+    f.rec(kernel("flash_fwd_kernel", 7, 1_100, 1_200));
+    f.scope(ScopeEvent::End { id: 2, ts_ns: 1_020, launches: Some(1) });
+    f.scope(ScopeEvent::End { id: 1, ts_ns: 1_030, launches: Some(1) });
+    let out = f.poll(1_000);
+    assert_eq!((out.requests.len(), out.steps.len()), (1, 1));
+    for i in 1..=assemble::WAIT_GENERATIONS {
+        f.poll(1_000 + i);
+    }
+    // Request 11 begins; its step's external correlation record is decoded before the
+    // step's begin is applied, and the next poll releases request 1's ids.
+    f.scope(begin(11, 0, 5_000, &format!("gpuspan.request {TP} model=stdit")));
+    f.rec(ext(20, 12));
+    f.rec(launch(20));
+    f.poll(2_000);
+    assert_eq!(f.asm.correlation_entries(), 1, "request 1's id went, the new step's stayed");
+    f.scope(begin(12, 11, 5_010, "dit.step 0/1"));
+    f.rec(kernel("flash_fwd_kernel", 20, 5_100, 5_200));
+    f.scope(ScopeEvent::End { id: 12, ts_ns: 5_020, launches: Some(1) });
+    f.scope(ScopeEvent::End { id: 11, ts_ns: 5_030, launches: Some(1) });
+    let out = f.poll(2_001);
+    assert_eq!((out.requests.len(), out.steps.len()), (1, 1), "the step completes with its kernel");
+    assert_eq!((f.asm.stats.unattributed, f.asm.stats.units_timed_out), (0, 0));
+    // An id whose scope left the table (a written segment) still goes, one release later.
+    f.scope(begin(21, 0, 9_000, &format!("gpuspan.request {TP} model=stdit")));
+    f.rec(ext(30, 99));
+    for i in 0..=2 * assemble::WAIT_GENERATIONS + 2 {
+        f.poll(3_000 + i);
+    }
+    assert_eq!(f.asm.correlation_entries(), 0, "ids of scopes never seen are let go");
+}
+
 /// A request that announces no step (fine mode): its kernels are a text encoder, three
 /// forward passes separated by the scheduler's idle gap, and a VAE decode. The assembler
 /// detects the three passes as `dit.step i/3` spans (`gpuspan.step_source=detected`) with
