@@ -326,8 +326,58 @@ pub fn cupti_subscription() -> (u64, bool, u64) {
     (st.counters.unsubscribes, !st.cupti.subscribers.is_empty(), kinds)
 }
 
-/// OS thread id of the caller (gettid).
+/// Forks of this process seen by [`fork_child`]; the cached ids below are of the generation
+/// they were read in.
+static FORKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// This process's id, with the fork generation it was read in (0 until read).
+static PID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static ATFORK: std::sync::Once = std::sync::Once::new();
+
+thread_local! {
+    /// This thread's gettid, with the fork generation it was read in.
+    static TID: std::cell::Cell<(u32, u32)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// `pthread_atfork` child handler: the forking thread's cached ids belong to the parent.
+extern "C" fn fork_child() {
+    FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn forks() -> u32 {
+    // SAFETY: registers a handler that only bumps an atomic (async-signal-safe), once.
+    ATFORK.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(fork_child));
+    });
+    FORKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// OS thread id of the caller (gettid), read once per thread (and again in a forked child):
+/// CUPTI fills every API record's `threadId` with it (`cuptiSetThreadIdType(SYSTEM)`), and a
+/// syscall per record made the simulator's CUPTI dearer than the agent it is measuring.
 pub fn os_tid() -> u32 {
-    // SAFETY: SYS_gettid takes no arguments and cannot fail.
-    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+    let gen = forks();
+    TID.with(|t| {
+        let (tid, at) = t.get();
+        if tid != 0 && at == gen {
+            return tid;
+        }
+        // SAFETY: SYS_gettid takes no arguments and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) as u32 };
+        t.set((tid, gen));
+        tid
+    })
+}
+
+/// This process's id (getpid, which glibc no longer caches), read once per fork generation:
+/// the `processId` of API and overhead records.
+pub fn process_id() -> u32 {
+    let gen = forks();
+    let cached = PID.load(std::sync::atomic::Ordering::Relaxed);
+    if cached != 0 && (cached >> 32) as u32 == gen {
+        return cached as u32;
+    }
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u32;
+    PID.store((u64::from(gen) << 32) | u64::from(pid), std::sync::atomic::Ordering::Relaxed);
+    pid
 }

@@ -168,8 +168,7 @@ fn finish_records(st: &mut State, call: &Call, mut corr: u32, ctx: Ctx, result: 
             cbid: call.cbid,
             start_ns: ctx.t0_ns,
             end_ns: st.clock.now_ns(),
-            // SAFETY: getpid has no preconditions.
-            process_id: unsafe { libc::getpid() } as u32,
+            process_id: super::process_id(),
             thread_id: api_thread_id(st.cupti.system_thread_ids),
             correlation_id: corr,
             return_value: result as u32,
@@ -270,8 +269,7 @@ fn write_to<'a>(
                 st = s.lock();
                 if overhead {
                     let t1 = st.clock.now_ns();
-                    // SAFETY: getpid has no preconditions.
-                    let pid = unsafe { libc::getpid() } as u32;
+                    let pid = super::process_id();
                     let r = records::overhead_buffer_flush(t0, t1, pid, api_thread_id(system_tids), abi, true);
                     queue.push_back((Some(t), r));
                 }
