@@ -1,7 +1,8 @@
 //! Reading Kineto / torch.profiler Chrome-trace JSON (`.json` or `.json.gz`) into a
 //! [`Trace`], streaming: the file is decompressed and deserialized event by event into typed
 //! structs; only each event's `args` object is held as a `serde_json::Value` map, and only
-//! until its typed fields are pulled out.
+//! until its typed fields are pulled out. With [`ReadOptions::drop_extra_args`] that map holds
+//! only what the typed fields, metadata names and counters use (`LeanArgs`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -376,9 +377,11 @@ impl<'de> Visitor<'de> for ScalarVisitor {
 // ---------------------------------------------------------------------------------------
 
 /// One `traceEvents` entry as written; unknown keys (`id`, `bp`, `s`, ...) are skipped.
+/// `A` is what its `args` are read as: a `serde_json::Value` ([`RawEvent`]), or
+/// [`LeanArgs`] when the extra args are dropped anyway.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct RawEvent {
+struct RawEventOf<A> {
     ph: Scalar,
     cat: Scalar,
     name: Scalar,
@@ -386,19 +389,171 @@ struct RawEvent {
     tid: Scalar,
     ts: Scalar,
     dur: Scalar,
-    args: Option<Value>,
+    args: Option<A>,
+}
+
+/// An event with every arg.
+type RawEvent = RawEventOf<Value>;
+
+impl From<RawEventOf<LeanArgs>> for RawEvent {
+    fn from(e: RawEventOf<LeanArgs>) -> RawEvent {
+        RawEvent { ph: e.ph, cat: e.cat, name: e.name, pid: e.pid, tid: e.tid, ts: e.ts, dur: e.dur, args: e.args.and_then(|a| a.0).map(Value::Object) }
+    }
+}
+
+/// An event's `args` as [`ReadOptions::drop_extra_args`] needs them, read without building a
+/// `Value` for what would be dropped (issue 14, item 4: the `args` of a torch.profiler trace
+/// are 40 % of its bytes, mostly `Input Dims`, `Input type`, `Call stack` strings and
+/// arrays): the typed keys of [`take_args`] and `name` (metadata events) are kept whole,
+/// any other key only when its value is a number (counter events keep their numeric args).
+/// Same map as a full read for every use of it: a skipped value also removes what an
+/// earlier duplicate of its key left (the last duplicate wins, as in a `Value` map). `None`
+/// when `args` is not an object.
+#[derive(Debug, Default)]
+struct LeanArgs(Option<Map<String, Value>>);
+
+/// The arg keys kept whole by [`LeanArgs`].
+fn lean_keeps(key: &str) -> bool {
+    matches!(
+        key,
+        keys::DEVICE
+            | keys::STREAM
+            | keys::CORRELATION
+            | keys::EXTERNAL_ID
+            | keys::EXTERNAL_ID_OLD
+            | keys::GRID
+            | keys::BLOCK
+            | keys::REGISTERS
+            | keys::SHARED_MEMORY
+            | keys::BYTES
+            | keys::STAGE
+            | keys::STEP
+            | keys::TRACE_ID
+            | keys::SCOPE
+            | "name"
+    )
+}
+
+impl<'de> Deserialize<'de> for LeanArgs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LeanArgsVisitor)
+    }
+}
+
+struct LeanArgsVisitor;
+
+impl<'de> Visitor<'de> for LeanArgsVisitor {
+    type Value = LeanArgs;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an args object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LeanArgs, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if lean_keeps(&key) {
+                let v: Value = map.next_value()?;
+                out.insert(key, v);
+            } else {
+                match map.next_value::<NumberOrSkip>()?.0 {
+                    Some(n) => {
+                        out.insert(key, Value::Number(n));
+                    }
+                    None => {
+                        out.remove(&key);
+                    }
+                }
+            }
+        }
+        Ok(LeanArgs(Some(out)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LeanArgs, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(LeanArgs(None))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<LeanArgs, E> {
+        Ok(LeanArgs(None))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<LeanArgs, E> {
+        Ok(LeanArgs(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<LeanArgs, E> {
+        Ok(LeanArgs(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<LeanArgs, E> {
+        Ok(LeanArgs(None))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<LeanArgs, E> {
+        Ok(LeanArgs(None))
+    }
+    fn visit_unit<E>(self) -> Result<LeanArgs, E> {
+        Ok(LeanArgs(None))
+    }
+}
+
+/// An arg value that is kept only when it is a JSON number; anything else is skipped
+/// without being built.
+struct NumberOrSkip(Option<serde_json::Number>);
+
+impl<'de> Deserialize<'de> for NumberOrSkip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NumberOrSkipVisitor)
+    }
+}
+
+struct NumberOrSkipVisitor;
+
+impl<'de> Visitor<'de> for NumberOrSkipVisitor {
+    type Value = NumberOrSkip;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<NumberOrSkip, E> {
+        Ok(NumberOrSkip(Some(v.into())))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<NumberOrSkip, E> {
+        Ok(NumberOrSkip(Some(v.into())))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<NumberOrSkip, E> {
+        // As `Value` reads it: a non-finite float cannot be a JSON number.
+        Ok(NumberOrSkip(serde_json::Number::from_f64(v)))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<NumberOrSkip, E> {
+        Ok(NumberOrSkip(None))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<NumberOrSkip, E> {
+        Ok(NumberOrSkip(None))
+    }
+    fn visit_unit<E>(self) -> Result<NumberOrSkip, E> {
+        Ok(NumberOrSkip(None))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NumberOrSkip, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(NumberOrSkip(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NumberOrSkip, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(NumberOrSkip(None))
+    }
 }
 
 /// A `traceEvents` entry: an object, or (`None`) something that is not one.
 struct Slot(Option<RawEvent>);
 
-impl<'de> Deserialize<'de> for Slot {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(SlotVisitor)
+/// Reads a [`Slot`]; `lean`: the args through [`LeanArgs`].
+struct SlotSeed {
+    lean: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for SlotSeed {
+    type Value = Slot;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Slot, D::Error> {
+        d.deserialize_any(SlotVisitor { lean: self.lean })
     }
 }
 
-struct SlotVisitor;
+struct SlotVisitor {
+    lean: bool,
+}
 
 impl<'de> Visitor<'de> for SlotVisitor {
     type Value = Slot;
@@ -406,7 +561,12 @@ impl<'de> Visitor<'de> for SlotVisitor {
         f.write_str("a trace event object")
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Slot, A::Error> {
-        RawEvent::deserialize(de::value::MapAccessDeserializer::new(map)).map(|e| Slot(Some(e)))
+        let d = de::value::MapAccessDeserializer::new(map);
+        if self.lean {
+            RawEventOf::<LeanArgs>::deserialize(d).map(|e| Slot(Some(e.into())))
+        } else {
+            RawEvent::deserialize(d).map(|e| Slot(Some(e)))
+        }
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Slot, A::Error> {
         ScalarVisitor.visit_seq(seq).map(|_| Slot(None))
@@ -670,7 +830,7 @@ impl<'de> Visitor<'de> for EventsSeed<'_> {
         let mut index = 0usize;
         loop {
             self.state.failed_index = Some(index);
-            let slot = match seq.next_element::<Slot>()? {
+            let slot = match seq.next_element_seed(SlotSeed { lean: self.state.drop_extra_args })? {
                 None => break,
                 Some(slot) => slot,
             };

@@ -1014,6 +1014,62 @@ fn drop_extra_args_reads_the_same_trace_without_untyped_args() {
     assert_eq!(stats::compute(&lean, "t"), stats::compute(&full, "t"), "and the statistics do not change");
 }
 
+/// With `drop_extra_args` the args are read lean (`read::LeanArgs`: no `Value` built for an
+/// arg that would be dropped). Whatever reads args must get the same from both reads: the
+/// typed fields (wrong types, duplicates, the old `external id` key), metadata names, and
+/// counters' numeric args (a duplicate key's last value wins in both), on a synthetic trace
+/// and on every fixture.
+#[test]
+fn lean_args_keep_what_every_use_of_args_needs() {
+    let synthetic = br#"{"traceEvents": [
+      {"ph": "M", "name": "process_name", "pid": 7, "tid": 0, "args": {"labels": ["a"], "name": "worker", "sort": 1}},
+      {"args": {"name": "stream 3"}, "ph": "M", "name": "thread_name", "pid": 7, "tid": 3},
+      {"ph": "M", "name": "thread_name", "pid": 7, "tid": 4, "args": {"name": 12}},
+      {"ph": "C", "name": "nvlink_bandwidth_gbps", "pid": 0, "ts": 5.0,
+       "args": {"rx": 1.5, "tx": 2, "note": "x", "dup": 1, "dup": "late", "back": "s", "back": 3,
+                "arr": [1, 2], "obj": {"a": 1}, "big": 18446744073709551615, "neg": -4, "t": true}},
+      {"ph": "X", "name": "k", "cat": "kernel", "pid": 0, "tid": 7, "ts": 10.0, "dur": 2.0,
+       "args": {"device": 0, "stream": "7", "correlation": [1], "External id": 5, "external id": 6,
+                "grid": [1, 2, 3], "block": [4, 5], "Input Dims": [[1, 2], [3]], "Call stack": "a;b",
+                "nested": {"x": [1, {"y": "\u00e9\"\\"}]}, "bytes": 1e3, "correlation": 9,
+                "gpuspan.stage": "ffn", "gpuspan.step": 3, "registers per thread": "32"}},
+      {"ph": "X", "name": "k2", "pid": 0, "tid": 7, "ts": 12.0, "dur": 1.0, "args": [1, 2, 3]},
+      {"ph": "X", "name": "k3", "pid": 0, "tid": 7, "ts": 13.0, "dur": 1.0, "args": "text"},
+      {"ph": "X", "name": "k4", "pid": 0, "tid": 7, "ts": 14.0, "dur": 1.0, "args": null},
+      {"ph": "X", "name": "k5", "pid": 0, "tid": 7, "ts": 15.0, "dur": 1.0, "args": {"external id": 8, "shared memory": 1024}}
+    ]}"#;
+    let lean_opts = ReadOptions { drop_extra_args: true, ..ReadOptions::default() };
+    let check = |what: &str, full: Trace, lean: Trace| {
+        assert!(lean.events.iter().all(|e| e.extra_args.is_empty()), "{what}");
+        let mut stripped = full.clone();
+        for e in &mut stripped.events {
+            e.extra_args.clear();
+        }
+        assert_eq!(lean, stripped, "{what}: events, names and counters read the same");
+    };
+    let path = Path::new("synthetic.json");
+    let (full, _) = read_trace_bytes(synthetic, path, ReadOptions::default()).unwrap();
+    let (lean, _) = read_trace_bytes(synthetic, path, lean_opts).unwrap();
+    // What the synthetic trace must give, so the comparison is not of two empty reads.
+    assert_eq!(full.process_names.get(&7).map(String::as_str), Some("worker"));
+    assert_eq!(full.thread_names.get(&(7, 3)).map(String::as_str), Some("stream 3"));
+    let mut counter: Vec<(String, f64)> = full.counters[0].values.clone();
+    counter.sort_by(|a, b| a.0.cmp(&b.0));
+    let keys: Vec<&str> = counter.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["back", "big", "neg", "rx", "tx"], "numeric args only, the last duplicate winning");
+    let k = &full.events[0];
+    assert_eq!((k.device, k.stream, k.correlation, k.external_id), (Some(0), Some(7), Some(9), Some(5)));
+    assert_eq!((k.grid, k.block, k.bytes, k.stage.as_deref()), (Some([1, 2, 3]), None, Some(1000), Some("ffn")));
+    assert_eq!((full.events[4].external_id, full.events[4].shared_memory_bytes), (Some(8), Some(1024)));
+    check("synthetic", full, lean);
+    for name in ["a100-hta-control.json.gz", "h100-bert-small.json.gz", "h100-qwen-prefill.json.gz", "h100-vit-falconsai.json.gz", "v100-resnet50-oldschema.json.gz"] {
+        let path = fixture(name);
+        let (full, _) = read_trace_with(&path, ReadOptions::default()).unwrap();
+        let (lean, _) = read_trace_with(&path, lean_opts).unwrap();
+        check(name, full, lean);
+    }
+}
+
 /// The hand-written JSON writer (`json_out`) writes the bytes serde_json wrote before it, on
 /// every fixture (real names, args, numbers, counters and row names) and on a trace with
 /// strings to escape and untyped args of every JSON type.
