@@ -412,7 +412,9 @@ impl From<RawEventOf<LeanArgs>> for RawEvent {
 #[derive(Debug, Default)]
 struct LeanArgs(Option<Map<String, Value>>);
 
-/// The arg keys kept whole by [`LeanArgs`].
+/// The arg keys kept whole by [`LeanArgs`]: every key [`take_args`] types, and `name`. A key
+/// typed there must be added here too, or lean reads (`gpuspan stats`, `diff`, `waterfall`)
+/// drop it when its value is not a number.
 fn lean_keeps(key: &str) -> bool {
     matches!(
         key,
@@ -629,6 +631,7 @@ fn arg_string(v: &Value) -> Option<String> {
 
 /// Moves the typed args into `ev`'s fields; the rest (and typed keys whose value has an
 /// unexpected type) into `ev.extra_args`, so nothing is lost, unless `drop_extra_args`.
+/// Every key matched here is also in [`lean_keeps`].
 fn take_args(ev: &mut TraceEvent, args: Map<String, Value>, drop_extra_args: bool) {
     for (k, v) in args {
         let used = match k.as_str() {
