@@ -310,8 +310,28 @@ fn eight_ranks_name_the_straggler_and_match_the_simulators_communication() {
         })
         .collect();
     assert!(!nvlink.is_empty(), "no nvlink_bandwidth_gbps point");
-    // Per direction an H100's NVLink 4 carries at most 450 GB/s.
-    assert!(nvlink.iter().all(|v| (0.0..=450.0).contains(v)) && nvlink.iter().any(|v| *v > 0.0), "{nvlink:?}");
+    // Per direction an H100's NVLink 4 carries at most 450 GB/s. (Each point is the rate of
+    // the 10 ms before an export, so whether any is above 0 is chance: the counter below
+    // is what shows the traffic arrived.)
+    assert!(nvlink.iter().all(|v| (0.0..=450.0).contains(v)), "{nvlink:?}");
+    // The semantic conventions' hw.gpu.io counter: each rank's last export (at exit,
+    // after the linger) holds every byte its GPU sent, within NVML's quantum (KiB per
+    // link, 18 links).
+    let mut sent: BTreeMap<u32, i64> = BTreeMap::new();
+    for p in rx.metric_points().into_iter().filter(|p| p.name == "hw.gpu.io") {
+        assert_eq!(p.str("network.io.direction"), Some("transmit"));
+        assert_eq!(p.kind, gpuspan_testkit::MetricKind::Sum { monotonic: true, cumulative: true });
+        let Val::Int(b) = p.value else { panic!("hw.gpu.io {:?}", p.value) };
+        let Some(Val::Int(rank)) = p.resource.get("gpuspan.rank") else { panic!("hw.gpu.io without gpuspan.rank: {:?}", p.resource) };
+        let last = sent.entry(*rank as u32).or_default();
+        assert!(b >= *last, "rank {rank}: a counter went back from {last} to {b}");
+        *last = b;
+    }
+    assert_eq!(sent.keys().copied().collect::<Vec<_>>(), (0..8).collect::<Vec<u32>>(), "{sent:?}");
+    for (rank, b) in &sent {
+        let truth = truth[rank]["nvlink_tx_bytes"] as i64;
+        assert!(truth > 0 && (b - truth).abs() <= 18 * 1024 + 18, "rank {rank}: hw.gpu.io {b} bytes, the simulator sent {truth}");
+    }
     assert!(requests.iter().all(|r| matches!(r.attributes.get("gpuspan.kernel_count"), Some(Val::Int(n)) if *n > 0)));
 }
 

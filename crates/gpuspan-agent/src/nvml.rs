@@ -87,33 +87,51 @@ struct NvlinkState {
     last: std::collections::HashMap<u32, (u64, i64)>,
 }
 
+/// One NVLink TX reading of a device: the cumulative counter and the rate since the
+/// previous reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct NvlinkTx {
+    /// Bytes transmitted since the driver loaded (NVML's counter, link 0 × active links).
+    bytes: Option<u64>,
+    /// GB/s since the previous reading; `None` on the first.
+    gbps: Option<f64>,
+}
+
 impl NvlinkState {
-    /// GB/s (1e9 bytes / s) transmitted by `dev` (NVML `index`) since the previous call for
-    /// it; `None` on the first call, for a GPU without active links, or when NVML refuses.
-    /// Each rate is also kept as an [`NvlinkReading`] for the captures' counter track.
+    /// Reads device `dev` (NVML `index`): bytes transmitted so far, and GB/s (1e9 bytes /
+    /// s) since the previous call for it. Both `None` for a GPU without active links or
+    /// when NVML refuses; `gbps` also `None` on the first call. Each rate is also kept as
+    /// an [`NvlinkReading`] for the captures' counter track.
     ///
     /// nvml-wrapper asks `nvmlDeviceGetFieldValues` with `scopeId` 0, so the counter read is
     /// link 0's; NCCL spreads a collective over all of a GPU's NVLinks (NVSwitch systems),
     /// so link 0 × the active links (`nvmlDeviceGetNvLinkState`) stands for the device.
-    fn gbps(&mut self, dev: &nvml_wrapper::Device<'_>, index: u32) -> Option<f64> {
+    fn read(&mut self, dev: &nvml_wrapper::Device<'_>, index: u32) -> NvlinkTx {
         let links = *self.links.entry(index).or_insert_with(|| {
             (0..NVLINK_MAX_LINKS).filter(|&l| dev.link_wrapper_for(l).is_active().unwrap_or(false)).count() as u32
         });
         if links == 0 {
-            return None;
+            return NvlinkTx::default();
         }
+        let Some(now) = Self::tx_bytes(dev, links) else { return NvlinkTx::default() };
+        let Some(prev) = self.last.insert(index, now) else { return NvlinkTx { bytes: Some(now.0), gbps: None } };
+        let dt_us = now.1 - prev.1;
+        let gbps = (dt_us > 0 && now.0 >= prev.0).then(|| (now.0 - prev.0) as f64 / dt_us as f64 / 1000.0);
+        if let Some(gbps) = gbps {
+            keep_reading(NvlinkReading { index, start_us: prev.1, end_us: now.1, gbps });
+        }
+        NvlinkTx { bytes: Some(now.0), gbps }
+    }
+
+    /// `(bytes, NVML timestamp µs)`: link 0's TX counter (KiB) × 1024 × `links`.
+    fn tx_bytes(dev: &nvml_wrapper::Device<'_>, links: u32) -> Option<(u64, i64)> {
         let v = dev.field_values_for(&[nvml_wrapper::structs::device::FieldId(FI_NVLINK_TX_KIB)]).ok()?.into_iter().next()?.ok()?;
         let kib = match v.value.ok()? {
             nvml_wrapper::enums::device::SampleValue::U64(k) => k,
             nvml_wrapper::enums::device::SampleValue::U32(k) => u64::from(k),
             _ => return None,
         };
-        let now = (kib.saturating_mul(1024).saturating_mul(u64::from(links)), v.timestamp);
-        let prev = self.last.insert(index, now)?;
-        let dt_us = now.1 - prev.1;
-        let gbps = (dt_us > 0 && now.0 >= prev.0).then(|| (now.0 - prev.0) as f64 / dt_us as f64 / 1000.0)?;
-        keep_reading(NvlinkReading { index, start_us: prev.1, end_us: now.1, gbps });
-        Some(gbps)
+        Some((kib.saturating_mul(1024).saturating_mul(u64::from(links)), v.timestamp))
     }
 }
 
@@ -176,8 +194,10 @@ pub fn cuda_ordinal(index: u32) -> Option<u32> {
 fn sample(nvml: &Nvml, index: u32, nvlink: &mut NvlinkState) -> Option<GpuSample> {
     let dev = nvml.device_by_index(index).ok()?;
     let mem = dev.memory_info().ok();
+    let tx = nvlink.read(&dev, index);
     Some(GpuSample {
-        nvlink_gbps: nvlink.gbps(&dev, index),
+        nvlink_gbps: tx.gbps,
+        nvlink_tx_bytes: tx.bytes,
         gpu_index: index,
         uuid: dev.uuid().ok(),
         utilization_percent: dev.utilization_rates().ok().map(|u| f64::from(u.gpu)),

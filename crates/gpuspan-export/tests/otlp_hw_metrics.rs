@@ -54,13 +54,15 @@ fn hw_metrics_over(transport: Transport) {
         power_watts: Some(412.5),
         sm_clock_mhz: Some(1980.0),
         nvlink_gbps: None,
+        nvlink_tx_bytes: Some(5 << 30),
     });
-    // A later sample: memory moved (the up-down counters report the latest value), the
-    // rest unread (kept).
+    // A later sample: memory moved and NVLink sent 1 GiB more (the up-down counters and
+    // the counter report the latest value), the rest unread (kept).
     metrics.set_gpu_sample(&GpuSample {
         gpu_index: 1,
         memory_used_bytes: Some(40 << 30),
         memory_total_bytes: Some(80 << 30),
+        nvlink_tx_bytes: Some(6 << 30),
         ..Default::default()
     });
     assert!(otlp.shutdown_within(Duration::from_secs(10)), "the last export finished");
@@ -80,13 +82,15 @@ fn hw_metrics_over(transport: Transport) {
         let want_kind = match m.instrument {
             HwInstrument::Gauge => MetricKind::Gauge,
             HwInstrument::UpDownCounter => MetricKind::Sum { monotonic: false, cumulative: true },
+            HwInstrument::Counter => MetricKind::Sum { monotonic: true, cumulative: true },
         };
         assert_eq!(p.kind, want_kind, "{}", m.name);
         assert_eq!(p.scope_name, "gpuspan");
         assert_eq!(p.scope_schema_url, semconv::SCHEMA_URL, "{}", m.name);
         assert_eq!(p.resource.get("service.name"), Some(&s("hw-test")));
         for k in p.attributes.keys() {
-            assert!(k.starts_with("hw."), "{}: only the conventions' attributes, got {k}", m.name);
+            let io = m.name == "hw.gpu.io" && k == "network.io.direction";
+            assert!(k.starts_with("hw.") || io, "{}: only the conventions' attributes, got {k}", m.name);
         }
     }
     // Values, converted: percent → ratio, bytes as ints.
@@ -96,12 +100,16 @@ fn hw_metrics_over(transport: Transport) {
     assert_eq!(last["hw.gpu.memory.utilization"].value, Val::Float(0.5));
     assert_eq!(last["hw.temperature"].value, Val::Float(61.0));
     assert_eq!(last["hw.power"].value, Val::Float(412.5));
+    assert_eq!(last["hw.gpu.io"].value, Val::Int(6 << 30), "the running total, not an increment");
 
     // Attributes.
     let gpu = strs(&[("hw.id", "gpu1"), ("hw.name", "gpu1"), ("hw.vendor", "NVIDIA"), ("hw.model", H100)]);
     for name in ["hw.gpu.memory.usage", "hw.gpu.memory.limit", "hw.gpu.memory.utilization"] {
         assert_eq!(attr_map(&last[name]), gpu, "{name}");
     }
+    let mut io = gpu.clone();
+    io.insert("network.io.direction".into(), s("transmit"));
+    assert_eq!(attr_map(&last["hw.gpu.io"]), io);
     let mut util = gpu.clone();
     util.insert("hw.gpu.task".into(), s("general"));
     assert_eq!(attr_map(&last["hw.gpu.utilization"]), util);

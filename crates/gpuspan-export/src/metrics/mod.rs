@@ -103,6 +103,11 @@ pub struct GpuSample {
     /// from `NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX` over the samples' NVML timestamps).
     /// `None` for a GPU without NVLink or before a second reading.
     pub nvlink_gbps: Option<f64>,
+    /// NVLink data transmitted since the driver loaded, bytes: the cumulative counter the
+    /// rate above is taken from (`NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX`, KiB of link 0 ×
+    /// 1024 × active links). Exported over OTLP only, as the semantic conventions'
+    /// `hw.gpu.io` counter (transmit). `None` for a GPU without NVLink.
+    pub nvlink_tx_bytes: Option<u64>,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;

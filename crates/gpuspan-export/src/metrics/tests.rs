@@ -388,6 +388,7 @@ fn gpu_gauges_absent_until_sampled() {
         power_watts: Some(412.5),
         sm_clock_mhz: Some(1980.0),
         nvlink_gbps: None,
+        nvlink_tx_bytes: None,
     });
     let s = parse(&m.encode_prometheus_text());
     assert_eq!(
@@ -485,6 +486,7 @@ fn populated() -> Arc<Metrics> {
         power_watts: Some(640.0),
         sm_clock_mhz: Some(1980.0),
         nvlink_gbps: None,
+        nvlink_tx_bytes: None,
     });
     m.set_agent_counters(12_345, &[("cupti", 3), ("buffer_pool_empty", 0)], true);
     m

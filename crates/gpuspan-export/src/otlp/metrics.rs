@@ -11,7 +11,7 @@
 //! Next to the spec's `gpu_*` gauges, each NVML sample is also recorded as the
 //! OpenTelemetry semantic conventions' hardware metrics (`hw.gpu.utilization`,
 //! `hw.gpu.memory.usage` / `.limit` / `.utilization`, `hw.temperature`, `hw.power`; issue
-//! 15, item 5), with the conventions' units, instrument kinds and `hw.*` attributes, under
+//! 15, item 5; and `hw.gpu.io`, NVLink bytes transmitted), with the conventions' units, instrument kinds and `hw.*` attributes, under
 //! an instrumentation scope `gpuspan` whose schema URL names the conventions' release
 //! ([`super::semconv`], which cites the source of each name).
 
@@ -19,7 +19,7 @@ use super::config::{OtlpProtocol, OtlpSettings};
 use super::semconv::{self, HwInstrument, HwValue};
 use crate::metrics::families as f;
 use crate::metrics::GpuSample;
-use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider as _, ObservableUpDownCounter};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider as _, ObservableCounter, ObservableUpDownCounter};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use std::collections::{BTreeMap, HashMap};
@@ -44,19 +44,23 @@ pub struct OtlpMetrics {
     hw: HwInstruments,
 }
 
-/// Latest value of each `hw.*` up-down-counter point, by (metric name, `hw.id`): its
-/// attributes and value, read by the observable instruments' callbacks at each collection.
-type HwUpDownState = Arc<Mutex<BTreeMap<(&'static str, String), (Vec<KeyValue>, i64)>>>;
+/// Latest value of each `hw.*` up-down-counter and counter point, by (metric name,
+/// `hw.id`): its attributes and value, read by the observable instruments' callbacks at
+/// each collection.
+type HwObservedState = Arc<Mutex<BTreeMap<(&'static str, String), (Vec<KeyValue>, HwValue)>>>;
 
 /// The instruments of the semantic conventions' `hw.*` metrics ([`semconv::HW_METRICS`]).
 struct HwInstruments {
     /// The gauges (`hw.gpu.utilization`, `hw.gpu.memory.utilization`, `hw.temperature`,
     /// `hw.power`), by name.
     gauges: HashMap<&'static str, Gauge<f64>>,
-    /// What the up-down counters (`hw.gpu.memory.usage`, `hw.gpu.memory.limit`) report.
-    updown: HwUpDownState,
+    /// What the up-down counters (`hw.gpu.memory.usage`, `hw.gpu.memory.limit`) and the
+    /// counter (`hw.gpu.io`) report.
+    observed: HwObservedState,
     /// The observable up-down counters (kept for as long as the provider runs).
     _observers: Vec<ObservableUpDownCounter<i64>>,
+    /// The observable counters (kept for as long as the provider runs).
+    _counters: Vec<ObservableCounter<u64>>,
 }
 
 impl HwInstruments {
@@ -65,16 +69,17 @@ impl HwInstruments {
     fn new(provider: &SdkMeterProvider) -> HwInstruments {
         let scope = InstrumentationScope::builder("gpuspan").with_schema_url(semconv::SCHEMA_URL).build();
         let meter = provider.meter_with_scope(scope);
-        let updown = HwUpDownState::default();
+        let observed = HwObservedState::default();
         let mut gauges = HashMap::new();
         let mut observers = Vec::new();
+        let mut counters = Vec::new();
         for m in semconv::HW_METRICS {
             match m.instrument {
                 HwInstrument::Gauge => {
                     gauges.insert(m.name, meter.f64_gauge(m.name).with_unit(m.unit).with_description(m.brief).build());
                 }
                 HwInstrument::UpDownCounter => {
-                    let state = updown.clone();
+                    let state = observed.clone();
                     let name = m.name;
                     let o = meter
                         .i64_observable_up_down_counter(m.name)
@@ -83,7 +88,7 @@ impl HwInstruments {
                         .with_callback(move |obs| {
                             let state = state.lock().unwrap_or_else(|e| e.into_inner());
                             for ((n, _), (attrs, v)) in state.iter() {
-                                if *n == name {
+                                if let (true, HwValue::I64(v)) = (*n == name, v) {
                                     obs.observe(*v, attrs);
                                 }
                             }
@@ -91,9 +96,27 @@ impl HwInstruments {
                         .build();
                     observers.push(o);
                 }
+                HwInstrument::Counter => {
+                    let state = observed.clone();
+                    let name = m.name;
+                    let o = meter
+                        .u64_observable_counter(m.name)
+                        .with_unit(m.unit)
+                        .with_description(m.brief)
+                        .with_callback(move |obs| {
+                            let state = state.lock().unwrap_or_else(|e| e.into_inner());
+                            for ((n, _), (attrs, v)) in state.iter() {
+                                if let (true, HwValue::Total(v)) = (*n == name, v) {
+                                    obs.observe(*v, attrs);
+                                }
+                            }
+                        })
+                        .build();
+                    counters.push(o);
+                }
             }
         }
-        HwInstruments { gauges, updown, _observers: observers }
+        HwInstruments { gauges, observed, _observers: observers, _counters: counters }
     }
 }
 
@@ -235,9 +258,10 @@ impl OtlpMetrics {
     }
 
     /// The semantic conventions' `hw.*` metrics of one NVML sample
-    /// ([`semconv::hw_points`]): gauges recorded now, up-down counters reported at the next
-    /// collection. `gpu_type` (the product name) becomes `hw.model`. `hw.id` is
-    /// the GPU's UUID when the sample has one, else `gpu<index>`.
+    /// ([`semconv::hw_points`]): gauges recorded now, up-down counters and counters (their
+    /// latest running total) reported at the next collection. `gpu_type` (the product name)
+    /// becomes `hw.model`. `hw.id` is the GPU's UUID when the sample has one, else
+    /// `gpu<index>`.
     pub fn hw_sample(&self, s: &GpuSample, gpu_type: &str) {
         let gpu = semconv::HwGpu::new(s.gpu_index, s.uuid.as_deref(), gpu_type);
         for p in semconv::hw_points(s, &gpu) {
@@ -247,8 +271,8 @@ impl OtlpMetrics {
                         g.record(v, &p.attributes);
                     }
                 }
-                HwValue::I64(v) => {
-                    let mut state = self.hw.updown.lock().unwrap_or_else(|e| e.into_inner());
+                v @ (HwValue::I64(_) | HwValue::Total(_)) => {
+                    let mut state = self.hw.observed.lock().unwrap_or_else(|e| e.into_inner());
                     state.insert((p.metric.name, gpu.id.clone()), (p.attributes, v));
                 }
             }

@@ -19,6 +19,7 @@
 //! | `hw.gpu.memory.utilization` | gauge (double), `1` | used / total | GPU's |
 //! | `hw.temperature` | gauge (double), `Cel` | `temperature_celsius` | the die sensor's |
 //! | `hw.power` | gauge (double), `W` | `power_watts` | `hw.id`, `hw.name`, `hw.type` = `gpu` |
+//! | `hw.gpu.io` | counter (int), `By` | `nvlink_tx_bytes` | GPU's, `network.io.direction` = `transmit` |
 //!
 //! "GPU's" attributes ([`HwGpu::gpu_attributes`]) are the group
 //! `metric_attributes.hw.gpu` of `gpu-metrics.yaml`: `hw.id` (required), `hw.name`,
@@ -47,6 +48,10 @@ pub const HW_VENDOR_NVIDIA: &str = "NVIDIA";
 /// `decoder`, `encoder`, `general`).
 pub const HW_GPU_TASK_GENERAL: &str = "general";
 
+/// `network.io.direction` value of [`HW_GPU_IO`] points: NVLink bytes the GPU sent
+/// (`registry.yaml` of `model/network/`, enum `network.io.direction`: `transmit`, `receive`).
+pub const NETWORK_IO_DIRECTION_TRANSMIT: &str = "transmit";
+
 /// `hw.type` value of [`HW_POWER`] (`registry.yaml`, enum `hw.type`, member `gpu`).
 pub const HW_TYPE_GPU: &str = "gpu";
 
@@ -58,6 +63,11 @@ pub enum HwInstrument {
     /// `instrument: updowncounter`: an int observed through an asynchronous
     /// (observable) up-down counter, exported as a non-monotonic cumulative sum.
     UpDownCounter,
+    /// `instrument: counter`: an int observed through an asynchronous (observable)
+    /// counter, exported as a monotonic cumulative sum. The observed value is the device's
+    /// own running total (NVML counts from the driver's load), as OTel's asynchronous
+    /// counters take it.
+    Counter,
 }
 
 /// One metric of the conventions that the agent emits.
@@ -73,7 +83,8 @@ pub struct HwMetric {
     pub brief: &'static str,
     /// The semantic-conventions model file defining it (under `model/hardware/`).
     pub source: &'static str,
-    /// The platform spec's metric for the same quantity, when there is one.
+    /// The platform spec's metric for the same quantity (or, for a counter, its rate),
+    /// when there is one.
     pub spec_metric: Option<&'static str>,
 }
 
@@ -144,14 +155,30 @@ pub const HW_POWER: HwMetric = HwMetric {
     spec_metric: Some("gpu_power_watts"),
 };
 
+/// `hw.gpu.io`: bytes received and transmitted by the GPU (`gpu-metrics.yaml`; counter,
+/// int, unit `By`, attribute `network.io.direction`) ← NVLink bytes transmitted
+/// (`nvlink_tx_bytes`, NVML's `NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX`), direction
+/// `transmit`. The spec's `nvlink_bandwidth_gbps` gauge is its rate between two samples;
+/// the counter is what a backend's `rate()` over any window needs, whatever the sample
+/// period, and what never misses a burst that fell between two exports.
+pub const HW_GPU_IO: HwMetric = HwMetric {
+    name: "hw.gpu.io",
+    unit: "By",
+    instrument: HwInstrument::Counter,
+    brief: "Received and transmitted bytes by the GPU.",
+    source: "model/hardware/gpu-metrics.yaml",
+    spec_metric: Some("nvlink_bandwidth_gbps"),
+};
+
 /// Every `hw.*` metric the OTLP export emits.
-pub const HW_METRICS: [HwMetric; 6] = [
+pub const HW_METRICS: [HwMetric; 7] = [
     HW_GPU_UTILIZATION,
     HW_GPU_MEMORY_USAGE,
     HW_GPU_MEMORY_LIMIT,
     HW_GPU_MEMORY_UTILIZATION,
     HW_TEMPERATURE,
     HW_POWER,
+    HW_GPU_IO,
 ];
 
 /// One GPU as the conventions' hardware component, and its die temperature sensor.
@@ -227,6 +254,8 @@ pub enum HwValue {
     F64(f64),
     /// `int`.
     I64(i64),
+    /// `int` of a monotonic counter: the running total.
+    Total(u64),
 }
 
 /// One data point of a `hw.*` metric derived from a sample.
@@ -273,6 +302,11 @@ pub fn hw_points(s: &GpuSample, gpu: &HwGpu) -> Vec<HwPoint> {
     if let Some(w) = finite(s.power_watts) {
         out.push(HwPoint { metric: HW_POWER, value: HwValue::F64(w), attributes: gpu.power_attributes() });
     }
+    if let Some(b) = s.nvlink_tx_bytes {
+        let mut a = gpu.gpu_attributes();
+        a.push(KeyValue::new("network.io.direction", NETWORK_IO_DIRECTION_TRANSMIT));
+        out.push(HwPoint { metric: HW_GPU_IO, value: HwValue::Total(b), attributes: a });
+    }
     out
 }
 
@@ -299,7 +333,8 @@ mod tests {
             temperature_celsius: Some(61.5),
             power_watts: Some(412.5),
             sm_clock_mhz: Some(1980.0),
-            nvlink_gbps: None,
+            nvlink_gbps: Some(12.5),
+            nvlink_tx_bytes: Some(3 << 40),
         }
     }
 
@@ -315,6 +350,7 @@ mod tests {
                 ("hw.gpu.memory.utilization", "1", HwInstrument::Gauge),
                 ("hw.temperature", "Cel", HwInstrument::Gauge),
                 ("hw.power", "W", HwInstrument::Gauge),
+                ("hw.gpu.io", "By", HwInstrument::Counter),
             ]
         );
         // Every spec gauge of the same quantity is one of the agent's gpu_* gauges.
@@ -330,13 +366,14 @@ mod tests {
     fn a_full_sample_gives_every_metric_converted() {
         let gpu = HwGpu::new(2, None, "NVIDIA H100 80GB HBM3");
         let v = hw_points(&full(), &gpu);
-        assert_eq!(v.len(), 6);
+        assert_eq!(v.len(), 7);
         assert_eq!(point(&v, "hw.gpu.utilization").unwrap().value, HwValue::F64(0.87));
         assert_eq!(point(&v, "hw.gpu.memory.usage").unwrap().value, HwValue::I64(20 << 30));
         assert_eq!(point(&v, "hw.gpu.memory.limit").unwrap().value, HwValue::I64(80 << 30));
         assert_eq!(point(&v, "hw.gpu.memory.utilization").unwrap().value, HwValue::F64(0.25));
         assert_eq!(point(&v, "hw.temperature").unwrap().value, HwValue::F64(61.5));
         assert_eq!(point(&v, "hw.power").unwrap().value, HwValue::F64(412.5));
+        assert_eq!(point(&v, "hw.gpu.io").unwrap().value, HwValue::Total(3 << 40), "the running total, not the rate");
 
         let gpu_attrs: BTreeMap<String, String> = [
             ("hw.id", "gpu2"),
@@ -353,6 +390,9 @@ mod tests {
         let mut util = gpu_attrs.clone();
         util.insert("hw.gpu.task".into(), "general".into());
         assert_eq!(attrs(point(&v, "hw.gpu.utilization").unwrap()), util);
+        let mut io = gpu_attrs.clone();
+        io.insert("network.io.direction".into(), "transmit".into());
+        assert_eq!(attrs(point(&v, "hw.gpu.io").unwrap()), io);
         let power = attrs(point(&v, "hw.power").unwrap());
         assert_eq!(power.get("hw.id").map(String::as_str), Some("gpu2"));
         assert_eq!(power.get("hw.type").map(String::as_str), Some("gpu"));
