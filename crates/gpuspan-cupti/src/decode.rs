@@ -33,7 +33,9 @@ use std::sync::Arc;
 /// and one `memcmp` of the name; on a mismatch the pointer is looked up again by content.
 #[derive(Debug, Default)]
 pub struct NameCache {
-    by_ptr: HashMap<usize, Arc<str>>,
+    /// By the name's address (CUPTI hands out the same pointer for a kernel's every
+    /// record): FNV over the integer, not std's SipHash.
+    by_ptr: fnv::FnvHashMap<usize, Arc<str>>,
     by_name: HashMap<Box<str>, Arc<str>>,
 }
 

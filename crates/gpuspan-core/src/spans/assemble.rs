@@ -43,7 +43,8 @@ use crate::classify::Classifier;
 use crate::join::ScopeTable;
 use crate::scope::{ScopeEvent, ScopeId, ScopeKind};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use fnv::{FnvHashMap, FnvHashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Does an API call with this callback id make GPU activity records: exactly one (a kernel
@@ -367,6 +368,21 @@ struct Request {
     devices: u64,
 }
 
+/// One shared `Arc<str>` per stage name, looked up once per GPU record with a stage scope.
+/// Keyed by the `&'static str`'s address and length (stage names come from the classifier's
+/// rules and scope kinds, a fixed set), so a lookup hashes two integers with FNV. std's
+/// SipHash (of these names' bytes, and of the unit, request and name-pointer keys, now
+/// FNV maps too) was 12–15 % of the collector thread's samples in fine mode. Two copies of
+/// one name at different addresses get two equal `Arc`s.
+#[derive(Debug, Default)]
+struct StageNames(FnvHashMap<(usize, usize), Arc<str>>);
+
+impl StageNames {
+    fn get(&mut self, stage: &'static str) -> Arc<str> {
+        self.0.entry((stage.as_ptr() as usize, stage.len())).or_insert_with(|| Arc::from(stage)).clone()
+    }
+}
+
 /// Builds spans incrementally. Not thread-safe by design: the collector thread owns it.
 #[derive(Debug)]
 pub struct SpanAssembler {
@@ -374,17 +390,17 @@ pub struct SpanAssembler {
     corr_scope: super::corr_runs::CorrelationRuns,
     /// Scopes with mapped correlation ids that the scope table did not know at the last
     /// release ([`SpanAssembler::release_correlations`]).
-    unseen_scopes: std::collections::HashSet<ScopeId>,
+    unseen_scopes: FnvHashSet<ScopeId>,
     /// Finalized requests whose correlation ids are still mapped (for late records), with
     /// the generation they were finalized in, oldest first.
     finalized: std::collections::VecDeque<(u64, ScopeId)>,
     waiting: Vec<(u64, Pending)>,
-    units: HashMap<ScopeId, Unit>,
-    requests: HashMap<ScopeId, Request>,
+    units: FnvHashMap<ScopeId, Unit>,
+    requests: FnvHashMap<ScopeId, Request>,
     held_gpu: usize,
     generation: u64,
     problems: Vec<ContextProblem>,
-    stage_names: HashMap<&'static str, Arc<str>>,
+    stage_names: StageNames,
     /// Counters.
     pub stats: AssemblerStats,
 }
@@ -432,12 +448,12 @@ impl SpanAssembler {
             unseen_scopes: Default::default(),
             finalized: std::collections::VecDeque::new(),
             waiting: Vec::new(),
-            units: HashMap::new(),
-            requests: HashMap::new(),
+            units: FnvHashMap::default(),
+            requests: FnvHashMap::default(),
             held_gpu: 0,
             generation: 0,
             problems: Vec::new(),
-            stage_names: HashMap::new(),
+            stage_names: StageNames::default(),
             stats: AssemblerStats::default(),
         }
     }
@@ -604,7 +620,7 @@ impl SpanAssembler {
             return;
         };
         let key = s.attribution.step.filter(|x| self.units.contains_key(x)).unwrap_or(request);
-        let stage = self.stage_names.entry(stage).or_insert_with(|| Arc::from(stage)).clone();
+        let stage = self.stage_names.get(stage);
         let Some(unit) = self.units.get_mut(&key) else {
             self.stats.gpu_late += 1;
             return;
@@ -717,11 +733,7 @@ impl SpanAssembler {
                 // A stage scope decides (NCCL / RCCL kernels: communication, crate::classify).
                 let scoped = crate::classify::scoped_stage(&g.name, scope.attribution.stage);
                 if let (GpuKind::Kernel, Some(stage)) = (g.kind, scoped) {
-                    g.stage = self
-                        .stage_names
-                        .entry(stage)
-                        .or_insert_with(|| Arc::from(stage))
-                        .clone();
+                    g.stage = self.stage_names.get(stage);
                 }
                 if self.held_gpu >= self.opts.max_pending_gpu {
                     self.stats.gpu_dropped += 1;
