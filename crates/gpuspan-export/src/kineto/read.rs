@@ -1,6 +1,6 @@
 //! Reading Kineto / torch.profiler Chrome-trace JSON (`.json` or `.json.gz`) into a
-//! [`Trace`], streaming: the file is decompressed and deserialized event by event into typed
-//! structs; only each event's `args` object is held as a `serde_json::Value` map, and only
+//! [`Trace`]: the file is decompressed and deserialized event by event into typed structs,
+//! from memory up to [`SLICE_PARSE_MAX_BYTES`] of JSON and streamed beyond; only each event's `args` object is held as a `serde_json::Value` map, and only
 //! until its typed fields are pulled out. With [`ReadOptions::drop_extra_args`] that map holds
 //! only what the typed fields, metadata names and counters use (`LeanArgs`).
 
@@ -160,9 +160,59 @@ struct State {
     failed_index: Option<usize>,
 }
 
-fn parse<R: Read>(reader: R, gzip: bool, opts: ReadOptions) -> Result<(Trace, Skipped), ReadErrorKind> {
+/// Largest (decompressed) trace parsed from memory instead of streamed: 8 MiB. serde_json
+/// scans strings of a slice with `memchr` where its reader path goes byte by byte through
+/// `Read` (its `IoRead::parse_str` was 18 % of `gpuspan stats` on a 0.7 MB trace), so a
+/// trace up to this size is read whole first; a larger one is streamed (the first 8 MiB
+/// already read are chained in front of the rest), so memory stays bounded for any size.
+pub const SLICE_PARSE_MAX_BYTES: usize = 8 << 20;
+
+fn parse<R: Read>(mut reader: R, gzip: bool, opts: ReadOptions) -> Result<(Trace, Skipped), ReadErrorKind> {
+    let mut head = Vec::new();
+    (&mut reader)
+        .take(SLICE_PARSE_MAX_BYTES as u64 + 1)
+        .read_to_end(&mut head)
+        .map_err(|e| map_json_error(serde_json::Error::io(e), gzip, None))?;
+    if head.len() <= SLICE_PARSE_MAX_BYTES {
+        parse_from(serde_json::Deserializer::from_slice(&head), gzip, opts)
+    } else {
+        // serde_json's reader path reads byte by byte: through a buffer, not the two-way
+        // `read` of a chain (without it the 35 MB fixtures took 1.6x as long).
+        let rest = BufReader::with_capacity(1 << 16, HeadThenRest { head, at: 0, rest: reader });
+        parse_from(serde_json::Deserializer::from_reader(rest), gzip, opts)
+    }
+}
+
+/// `head`, then `rest`: `Read::chain` of a `Cursor`, but `head` is freed once read (a chain
+/// would hold the first 8 MiB for the whole parse of a large trace).
+struct HeadThenRest<R> {
+    head: Vec<u8>,
+    at: usize,
+    rest: R,
+}
+
+impl<R: Read> Read for HeadThenRest<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at < self.head.len() {
+            let n = buf.len().min(self.head.len() - self.at);
+            buf[..n].copy_from_slice(&self.head[self.at..self.at + n]);
+            self.at += n;
+            if self.at == self.head.len() {
+                self.head = Vec::new();
+                self.at = 0;
+            }
+            return Ok(n);
+        }
+        self.rest.read(buf)
+    }
+}
+
+fn parse_from<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    gzip: bool,
+    opts: ReadOptions,
+) -> Result<(Trace, Skipped), ReadErrorKind> {
     let mut state = State { lenient: !opts.strict, drop_extra_args: opts.drop_extra_args, ..State::default() };
-    let mut de = serde_json::Deserializer::from_reader(reader);
     let res = TopSeed { state: &mut state }
         .deserialize(&mut de)
         .and_then(|()| de.end());

@@ -1122,3 +1122,40 @@ fn hand_written_json_is_byte_identical_to_serde_json() {
         }
     }
 }
+
+/// Traces around `SLICE_PARSE_MAX_BYTES` (parsed from memory at or below it, streamed above
+/// it, the part already read chained in front of the rest): every event reads, the ones
+/// across the 8 MiB mark too, plain and gzipped, and a gzip cut short past the mark is
+/// still a gzip error.
+#[test]
+fn traces_either_side_of_the_slice_limit_read_whole() {
+    use super::read::SLICE_PARSE_MAX_BYTES;
+    // Every event the same length (7-digit numbers), so the byte count is known.
+    let event = |i: usize| {
+        let id = 1_000_000 + i;
+        format!(r#"{{"ph": "X", "cat": "kernel", "name": "k{i:07}", "ts": {id}, "dur": 1, "args": {{"stream": 7, "correlation": {id}}}}}"#)
+    };
+    let trace_of = |n: usize| -> Vec<u8> {
+        let events: Vec<String> = (0..n).map(event).collect();
+        format!(r#"{{"schemaVersion": 1, "traceEvents": [{}]}}"#, events.join(",\n")).into_bytes()
+    };
+    let per_event = event(0).len() + 2;
+    let dir = tempfile::tempdir().unwrap();
+    let at_limit = SLICE_PARSE_MAX_BYTES / per_event;
+    for n in [at_limit - 200, at_limit + 200, 2 * at_limit] {
+        let text = trace_of(n);
+        assert_eq!(text.len() > SLICE_PARSE_MAX_BYTES, n > at_limit, "{n} events: {} bytes", text.len());
+        for (name, bytes) in [("t.json", text.clone()), ("t.json.gz", gzip(&text))] {
+            let f = write_file(dir.path(), name, &bytes);
+            let t = crate::read_trace(&f).unwrap_or_else(|e| panic!("{n} events, {name}: {e}"));
+            assert_eq!(t.events.len(), n, "{name}");
+            for (i, e) in t.events.iter().enumerate() {
+                assert_eq!((e.name.as_str(), e.correlation), (format!("k{i:07}").as_str(), Some(1_000_000 + i as i64)), "{name}");
+            }
+        }
+    }
+    let mut gz = gzip(&trace_of(2 * at_limit));
+    gz.truncate(gz.len() - 100);
+    let e = read_err(dir.path(), "cut.json.gz", &gz);
+    assert!(e.starts_with(": gzip stream corrupt: truncated"), "{e}");
+}
