@@ -79,44 +79,35 @@ impl HwInstruments {
                     gauges.insert(m.name, meter.f64_gauge(m.name).with_unit(m.unit).with_description(m.brief).build());
                 }
                 HwInstrument::UpDownCounter => {
-                    let state = observed.clone();
-                    let name = m.name;
-                    let o = meter
-                        .i64_observable_up_down_counter(m.name)
-                        .with_unit(m.unit)
-                        .with_description(m.brief)
-                        .with_callback(move |obs| {
-                            let state = state.lock().unwrap_or_else(|e| e.into_inner());
-                            for ((n, _), (attrs, v)) in state.iter() {
-                                if let (true, HwValue::I64(v)) = (*n == name, v) {
-                                    obs.observe(*v, attrs);
-                                }
-                            }
-                        })
-                        .build();
-                    observers.push(o);
+                    let pick = |v: &HwValue| if let HwValue::I64(v) = v { Some(*v) } else { None };
+                    let callback = observe_latest(observed.clone(), m.name, pick);
+                    observers.push(meter.i64_observable_up_down_counter(m.name).with_unit(m.unit).with_description(m.brief).with_callback(callback).build());
                 }
                 HwInstrument::Counter => {
-                    let state = observed.clone();
-                    let name = m.name;
-                    let o = meter
-                        .u64_observable_counter(m.name)
-                        .with_unit(m.unit)
-                        .with_description(m.brief)
-                        .with_callback(move |obs| {
-                            let state = state.lock().unwrap_or_else(|e| e.into_inner());
-                            for ((n, _), (attrs, v)) in state.iter() {
-                                if let (true, HwValue::Total(v)) = (*n == name, v) {
-                                    obs.observe(*v, attrs);
-                                }
-                            }
-                        })
-                        .build();
-                    counters.push(o);
+                    let pick = |v: &HwValue| if let HwValue::Total(v) = v { Some(*v) } else { None };
+                    let callback = observe_latest(observed.clone(), m.name, pick);
+                    counters.push(meter.u64_observable_counter(m.name).with_unit(m.unit).with_description(m.brief).with_callback(callback).build());
                 }
             }
         }
         HwInstruments { gauges, observed, _observers: observers, _counters: counters }
+    }
+}
+
+/// The callback of an observable `hw.*` instrument: at each collection, observes the
+/// latest value of metric `name` for each `hw.id` in `state`, as `pick` reads it.
+fn observe_latest<T: 'static>(
+    state: HwObservedState,
+    name: &'static str,
+    pick: fn(&HwValue) -> Option<T>,
+) -> impl Fn(&dyn opentelemetry::metrics::AsyncInstrument<T>) + Send + Sync + 'static {
+    move |obs| {
+        let state = state.lock().unwrap_or_else(|e| e.into_inner());
+        for ((n, _), (attrs, v)) in state.iter() {
+            if let (true, Some(v)) = (*n == name, pick(v)) {
+                obs.observe(v, attrs);
+            }
+        }
     }
 }
 
