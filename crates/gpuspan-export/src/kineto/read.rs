@@ -1,8 +1,9 @@
 //! Reading Kineto / torch.profiler Chrome-trace JSON (`.json` or `.json.gz`) into a
 //! [`Trace`]: the file is decompressed and deserialized event by event into typed structs,
-//! from memory up to [`SLICE_PARSE_MAX_BYTES`] of JSON and streamed beyond; only each event's `args` object is held as a `serde_json::Value` map, and only
-//! until its typed fields are pulled out. With [`ReadOptions::drop_extra_args`] that map holds
-//! only what the typed fields, metadata names and counters use (`LeanArgs`).
+//! from memory up to [`SLICE_PARSE_MAX_BYTES`] of JSON and streamed beyond; only each
+//! event's `args` object is held as a `serde_json::Value` map, and only until its typed
+//! fields are pulled out. With [`ReadOptions::drop_extra_args`] that map holds only what the
+//! typed fields, metadata names and counters use (`LeanArgs`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -164,7 +165,7 @@ struct State {
 /// scans strings of a slice with `memchr` where its reader path goes byte by byte through
 /// `Read` (its `IoRead::parse_str` was 18 % of `gpuspan stats` on a 0.7 MB trace), so a
 /// trace up to this size is read whole first; a larger one is streamed (the first 8 MiB
-/// already read are chained in front of the rest), so memory stays bounded for any size.
+/// already read go in front of the rest, freed once read), so memory stays bounded.
 pub const SLICE_PARSE_MAX_BYTES: usize = 8 << 20;
 
 fn parse<R: Read>(mut reader: R, gzip: bool, opts: ReadOptions) -> Result<(Trace, Skipped), ReadErrorKind> {
