@@ -9,8 +9,9 @@
 //! CUDA events recorded per scope on the legacy stream, here free) and `coarse-cpu` (a
 //! one-event pool, so boundaries take the CPU-time fallback: no driver call at all). Prints
 //! the median ns per push + pop pair of each and what the agent adds over the baseline,
-//! against the 50 ns goal. The first call on a new thread sets up only const-initialised
-//! thread-locals (`hooks::SCOPES`) and the 1000 warm-up pairs are not timed.
+//! against the 50 ns goal. The first boundary on a new thread allocates its ring
+//! (`gpuspan_agent::thread_ring`) and registers a thread-local destructor; the 1000 warm-up
+//! pairs take that and are not timed.
 //!
 //! Run: `cargo build --release --workspace && cargo bench --bench nvtx_push_pop` (`RUNS`,
 //! default 7; `PAIRS`, default 2,000,000; needs gcc and the `.venv` of `scripts/test.sh`).

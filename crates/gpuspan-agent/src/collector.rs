@@ -9,6 +9,7 @@
 //! [`Collector`] unlocked, and the callbacks themselves take no lock at all.
 
 use crate::config::Config;
+use crate::scope_names::QueuedScope;
 use crate::shared::Shared;
 use gpuspan_core::activity::ActivityRecord;
 use gpuspan_core::classify::{Classifier, StageRules};
@@ -132,9 +133,8 @@ impl Collector {
     /// `wait` for their events) and feeds them to the assembler.
     pub fn finish_coarse(&mut self, a: &Shared, wait: Duration) {
         if let Some(c) = &a.coarse {
-            while let Some(m) = c.marks.pop() {
-                self.resolver.accept(m, c);
-            }
+            // Boundaries queued since the last drain (the exit drain came before).
+            self.take_scope_events(a, &NoObserver);
             self.resolver.finish(c, Instant::now() + wait, &mut self.times);
             self.feed_times();
         }
@@ -194,6 +194,46 @@ impl Collector {
         }
     }
 
+    /// Takes every queued scope boundary (scope events and coarse marks) into this collector:
+    /// first the shared queues (threads without a ring), then each thread's ring
+    /// ([`crate::thread_ring`]), telling `obs` of each scope event.
+    fn take_scope_events(&mut self, a: &Shared, obs: &dyn ScopeObserver) {
+        // Marks first: an application thread queues a scope's event before its mark, so
+        // every scope a mark names is in the scope queue drained next, and in the table
+        // before its interval is fed.
+        if let Some(c) = &a.coarse {
+            while let Some(m) = c.marks.pop() {
+                self.resolver.accept(m, c);
+            }
+        }
+        while let Some(q) = a.scope_queue.pop() {
+            self.apply_queued(a, obs, q);
+        }
+        a.thread_rings.drain(|b| {
+            if let Some(q) = b.scope {
+                self.apply_queued(a, obs, q);
+            }
+            if let (Some(m), Some(c)) = (b.mark, &a.coarse) {
+                self.resolver.accept(m, c);
+            }
+        });
+    }
+
+    /// One scope event from the hot path: its name resolved, applied to the scope table and
+    /// the span assembler, and told to `obs`.
+    fn apply_queued(&mut self, a: &Shared, obs: &dyn ScopeObserver, q: QueuedScope) {
+        let Some(ev) = self.scope_names.resolve(&a.scope_names, q) else {
+            a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        self.scopes.apply(&ev);
+        self.assembler.observe_scope(&ev, &self.scopes);
+        if let ScopeEvent::End { id, .. } = ev {
+            self.record_step_end(a, id);
+        }
+        obs.scope_applied(self, &ev);
+    }
+
     /// Drains both queues of `a` into this collector, telling `obs` of each scope event.
     pub fn drain(&mut self, a: &Shared, obs: &dyn ScopeObserver) {
         self.drain_limited(a, obs, DrainLimit::None);
@@ -207,26 +247,7 @@ impl Collector {
 
     /// [`Collector::drain`] within `limit`. Returns whether the buffer queue was emptied.
     pub fn drain_limited(&mut self, a: &Shared, obs: &dyn ScopeObserver, limit: DrainLimit<'_>) -> bool {
-        // Marks first: an application thread queues a scope's event before its mark, so
-        // every scope a mark names is in the scope queue drained next, and in the table
-        // before its interval is fed.
-        if let Some(c) = &a.coarse {
-            while let Some(m) = c.marks.pop() {
-                self.resolver.accept(m, c);
-            }
-        }
-        while let Some(q) = a.scope_queue.pop() {
-            let Some(ev) = self.scope_names.resolve(&a.scope_names, q) else {
-                a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            self.scopes.apply(&ev);
-            self.assembler.observe_scope(&ev, &self.scopes);
-            if let ScopeEvent::End { id, .. } = ev {
-                self.record_step_end(a, id);
-            }
-            obs.scope_applied(self, &ev);
-        }
+        self.take_scope_events(a, obs);
         if let Some(c) = &a.coarse {
             self.resolver.resolve(c, &mut self.times);
             for t in &self.times {

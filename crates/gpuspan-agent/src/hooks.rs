@@ -2,11 +2,12 @@
 //!
 //! Rules (DESIGN.md "Hot-path rules"): no allocation, no lock, no syscall besides the first
 //! `gettid` of a thread, no logging, no panic across FFI; one atomic load when the agent is
-//! not collecting. Each push queues a 40-byte event that names its scope by a key, the name
-//! itself crossing once per thread ([`crate::scope_names`]; a full queue drops the event and
-//! counts it); in coarse mode it also records a pooled
-//! CUDA event on each of the thread's streams ([`use_streams`]; the legacy default stream
-//! when none were named) and queues a mark ([`crate::coarse::mark`]); while CUPTI collects
+//! not collecting. Each push and pop makes a 40-byte scope event that names its scope by a
+//! key, the name itself crossing once per thread ([`crate::scope_names`]); in coarse mode it
+//! also records a pooled CUDA event on each of the thread's streams ([`use_streams`]; the
+//! legacy default stream when none were named) and makes a mark ([`crate::coarse::mark`]);
+//! both go in one entry on the thread's own ring ([`crate::thread_ring`]; a full ring drops
+//! the entry and counts it); while CUPTI collects
 //! it pushes the scope id as a CUPTI external correlation id (kind CUSTOM2), and pops it
 //! at the end only if it pushed it.
 //!
@@ -16,7 +17,8 @@
 //! domain, so NCCL's ranges can neither open nor close ours. ASCII, wide (`W`) and
 //! registered-string messages all name scopes.
 
-use crate::coarse::mark::{record_boundary, MAX_SCOPE_STREAMS};
+use crate::coarse::mark::{drop_mark, queue_shared, record_boundary, MAX_SCOPE_STREAMS};
+use crate::thread_ring::{Boundary, Pushed};
 use crate::shared::{shared, Shared};
 use gpuspan_core::activity::GPUSPAN_EXTERNAL_KIND;
 use gpuspan_cupti::events::Stream;
@@ -260,34 +262,63 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
         t.began_in_capture[depth].set(t.capturing.get() > 0);
         let pushed = a.fine_on.load(Ordering::SeqCst);
         t.pushed[depth].set(pushed);
-        let ts_ns = begin_event(a, id, parent, thread_id(t), &t.names, name, pushed);
-        if let Some(c) = &a.coarse {
-            let (streams, n) = thread_streams(t);
-            record_boundary(c, id, parent, false, depth == 0, ts_ns, &streams[..n]);
-        }
+        let (ts_ns, scope) = begin_event(a, id, parent, thread_id(t), &t.names, name, pushed);
+        let b = Boundary {
+            scope,
+            mark: a.coarse.as_ref().map(|c| {
+                let (streams, n) = thread_streams(t);
+                record_boundary(c, id, parent, false, depth == 0, ts_ns, &streams[..n])
+            }),
+        };
+        send(a, &b);
         level as i32
     })
 }
 
-/// Queues the begin event, its name as a key (the name itself once per thread, or with every
-/// push for a long name: [`crate::scope_names`]), and pushes the external correlation id when
-/// `push`; returns its timestamp, CUPTI ns.
-fn begin_event(a: &Shared, id: ScopeId, parent: ScopeId, thread_id: u32, names: &ThreadNames, name: &[u8], push: bool) -> u64 {
+/// Makes the begin event, its name as a key (the name itself queued once per thread, or with
+/// every push for a long name: [`crate::scope_names`]; `None`, counted as dropped, when the
+/// name queue is full), and pushes the external correlation id when `push`; returns it with
+/// its timestamp, CUPTI ns.
+fn begin_event(a: &Shared, id: ScopeId, parent: ScopeId, thread_id: u32, names: &ThreadNames, name: &[u8], push: bool) -> (u64, Option<QueuedScope>) {
     let ts_ns = a.now_ns();
     if push {
         if let Some(api) = &a.api {
             api.push_external_correlation(GPUSPAN_EXTERNAL_KIND, id);
         }
     }
-    let queued = a
-        .scope_names
-        .key_of(names, name)
-        .map(|name| QueuedScope::Begin { id, parent, thread_id, ts_ns, name })
-        .is_some_and(|ev| a.scope_queue.push(ev).is_ok());
-    if !queued {
+    let ev = a.scope_names.key_of(names, name).map(|name| QueuedScope::Begin { id, parent, thread_id, ts_ns, name });
+    if ev.is_none() {
         a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
     }
-    ts_ns
+    (ts_ns, ev)
+}
+
+/// Queues a boundary: on the thread's ring ([`crate::thread_ring`]), or, for a thread without
+/// one, its scope event on the shared scope queue and its mark on the shared mark queue. A
+/// full ring or queue drops what did not fit: counted (`scope_events_dropped`,
+/// `marks_dropped`), and the mark's events go back to the pool.
+fn send(a: &Shared, b: &Boundary) {
+    match a.thread_rings.push(b) {
+        Pushed::Ring => {}
+        Pushed::Full => {
+            if b.scope.is_some() {
+                a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            if let (Some(m), Some(c)) = (&b.mark, &a.coarse) {
+                drop_mark(c, m);
+            }
+        }
+        Pushed::NoRing => {
+            if let Some(ev) = b.scope {
+                if a.scope_queue.push(ev).is_err() {
+                    a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if let (Some(m), Some(c)) = (b.mark, &a.coarse) {
+                queue_shared(c, m);
+            }
+        }
+    }
 }
 
 /// Closes the innermost scope of this thread in the default NVTX domain. Returns the
@@ -350,22 +381,17 @@ pub fn range_end(slot: usize) -> i32 {
         let ts_ns = a.now_ns();
         // Begun and ended inside a stream capture with nothing that ran: recorded into a
         // graph (fine mode; coarse mode tells by the capture status of its streams).
-        if began_in_capture
-            && t.capturing.get() > 0
-            && launches == Some(0)
-            && a.coarse.is_none()
-            && a.scope_queue.push(QueuedScope::InCapture { id }).is_err()
-        {
-            a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
+        if began_in_capture && t.capturing.get() > 0 && launches == Some(0) && a.coarse.is_none() {
+            send(a, &Boundary { scope: Some(QueuedScope::InCapture { id }), mark: None });
         }
-        let ev = QueuedScope::End { id, ts_ns, launches };
-        if a.scope_queue.push(ev).is_err() {
-            a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(c) = &a.coarse {
-            let (streams, n) = thread_streams(t);
-            record_boundary(c, id, 0, true, pos == 0, ts_ns, &streams[..n]);
-        }
+        let b = Boundary {
+            scope: Some(QueuedScope::End { id, ts_ns, launches }),
+            mark: a.coarse.as_ref().map(|c| {
+                let (streams, n) = thread_streams(t);
+                record_boundary(c, id, 0, true, pos == 0, ts_ns, &streams[..n])
+            }),
+        };
+        send(a, &b);
         level
     })
 }

@@ -12,14 +12,15 @@
 //! (activation, fork, finishing) as an explicit state machine.
 //!
 //! Data flow (DESIGN.md "Data flow"):
-//! - app threads: NVTX push/pop → [`hooks`] → a fixed-size `ScopeEvent` on a bounded
-//!   lock-free queue (full ⇒ drop + count), plus, in coarse mode, one pooled CUDA event
-//!   per stream of the scope and a fixed-size mark on a second queue ([`coarse`]), and
-//!   while CUPTI collects (fine mode, fine windows) a CUPTI external-correlation push/pop
-//!   of the scope id;
+//! - app threads: NVTX push/pop → [`hooks`] → a fixed-size scope event and, in coarse
+//!   mode, one pooled CUDA event per stream of the scope with a fixed-size mark
+//!   ([`coarse`]), both in one entry on the thread's own bounded ring ([`thread_ring`];
+//!   full ⇒ drop + count), and while CUPTI collects (fine mode, fine windows) a CUPTI
+//!   external-correlation push/pop of the scope id;
 //! - CUPTI threads: buffer requested / completed → [`cupti_callbacks`] → the bounded buffer
 //!   pool and a bounded queue of completed buffers; no lock, no allocation;
-//! - the collector thread ([`collector_thread`], state in [`collector`]): drains both queues, decodes each buffer once,
+//! - the collector thread ([`collector_thread`], state in [`collector`]): drains the rings
+//!   and queues, decodes each buffer once,
 //!   keeps scopes and records, and at exit (or [`flush_capture`]) joins them into a Kineto
 //!   trace written to `GPUSPAN_OUT/capture-<pid>.json.gz` ([`capture`]); as steps and requests
 //!   complete it assembles their span tree (`gpuspan_core::spans`) and hands spans and
@@ -45,6 +46,7 @@ pub mod config;
 pub mod nvtx_domains;
 pub mod bounded;
 pub mod scope_names;
+pub mod thread_ring;
 pub mod shared;
 pub mod unload;
 pub mod telemetry;

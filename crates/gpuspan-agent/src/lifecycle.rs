@@ -285,6 +285,7 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
         allow_decline,
         scope_queue: ArrayQueue::new(SCOPE_QUEUE_CAP),
         scope_names: Default::default(),
+        thread_rings: Default::default(),
         completed_queue: ArrayQueue::new(COMPLETED_QUEUE_CAP),
         next_scope_id: AtomicU64::new(1),
         collecting: AtomicBool::new(false),

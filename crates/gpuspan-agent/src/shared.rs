@@ -1,6 +1,6 @@
 //! The agent's shared state ([`Shared`]) and the hot path's way to it ([`shared`]): the
 //! layer every other module of the agent builds on, importing none of them but `config`,
-//! `coarse` and `log`.
+//! `coarse`, `scope_names`, `thread_ring` and `log`.
 //!
 //! A process has one agent per *generation*: a `fork`ed child of a process whose agent had
 //! started moves to the next generation ([`crate::lifecycle`]), so the hot path of the
@@ -81,7 +81,10 @@ pub struct Shared {
     pub pool: BufferPool,
     /// May the buffer-requested callback decline (CUPTI API ≥ 27)?
     pub allow_decline: bool,
-    /// Scope events from app threads, their names as keys.
+    /// Scope boundaries from app threads, one ring per thread ([`crate::thread_ring`]).
+    pub thread_rings: crate::thread_ring::ThreadRings,
+    /// Scope events from app threads that have no ring (more than
+    /// [`crate::thread_ring::MAX_THREAD_RINGS`] threads), their names as keys.
     pub scope_queue: ArrayQueue<crate::scope_names::QueuedScope>,
     /// The names those keys stand for, and what the threads need to send them.
     pub scope_names: crate::scope_names::NameSender,
@@ -131,10 +134,15 @@ impl Shared {
     }
 }
 
-/// `CLOCK_REALTIME` in ns since the Unix epoch (0 before 1970).
+/// `CLOCK_REALTIME` in ns since the Unix epoch (0 before 1970, or if the clock cannot be
+/// read). One `clock_gettime` (glibc's vDSO path), without `SystemTime`'s conversions, which
+/// were a third of the clock's cost on the hot path (issue 14, item 5).
 #[inline]
 pub fn realtime_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME) {
+        Ok(t) if t.tv_sec() >= 0 => (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64),
+        _ => 0,
+    }
 }
 
 /// Generations of agents: a process and the forked descendants that activate again; past

@@ -1,5 +1,6 @@
 //! The hot-path half of coarse timing: record one pooled event per stream at a scope
-//! boundary and queue a fixed-size [`GpuMark`]. No allocation, no lock; the only driver
+//! boundary and make a fixed-size [`GpuMark`], which the caller queues with the boundary's
+//! scope event (`crate::hooks`, `crate::thread_ring`). No allocation, no lock; the only driver
 //! calls are `cuStreamIsCapturing`, `cuEventRecord` (and `cuEventCreate` while the pool
 //! fills), and at a root's begin and end (a request: twice per request) `cuStreamQuery`
 //! between two `cuThreadExchangeStreamCaptureMode` calls, to learn whether the GPU is idle
@@ -61,12 +62,13 @@ pub struct GpuMark {
     pub device: Option<u32>,
 }
 
-/// Records a boundary of `scope` on `streams` (empty: the legacy default stream) and queues
-/// its mark; for a `root` scope (none encloses it on its thread: a request) it first asks
-/// whether those streams are idle ([`GpuMark::idle`]). On a full pool or a driver error the events taken so far go back and the
-/// mark says [`TimingSource::CpuFallback`]; on a full mark queue the events go back and
-/// the drop is counted.
-pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool, root: bool, cpu_ns: u64, streams: &[Stream]) {
+/// Records a boundary of `scope` on `streams` (empty: the legacy default stream) and returns
+/// its mark, for the caller to queue with the boundary's scope event
+/// (`crate::thread_ring::Boundary`; a caller that drops it gives its events back with
+/// [`give_back_all`]). For a `root` scope (none encloses it on its thread: a request) it
+/// first asks whether those streams are idle ([`GpuMark::idle`]). On a full pool or a driver
+/// error the events taken so far go back and the mark says [`TimingSource::CpuFallback`].
+pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool, root: bool, cpu_ns: u64, streams: &[Stream]) -> GpuMark {
     let (targets, source): (&[Stream], TimingSource) = if streams.is_empty() {
         (&[Stream::LEGACY], TimingSource::LegacyStream)
     } else {
@@ -78,11 +80,7 @@ pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool
         if targets.iter().any(|&s| capturing(s)) {
             mark.source = TimingSource::Captured;
             c.counters.scopes_in_capture.fetch_add(1, Ordering::Relaxed);
-            if let Err(m) = c.marks.push(mark) {
-                give_back_all(c, &m);
-                c.counters.marks_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            return;
+            return mark;
         }
         // A root's boundary (twice per request): is the GPU idle on its streams? Then its
         // events run as they are recorded (three driver calls per stream, RELAXED mode).
@@ -119,10 +117,22 @@ pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool
     } else {
         mark.source = TimingSource::Cpu;
     }
+    mark
+}
+
+/// Queues `mark` on the shared mark queue (threads without a ring of their own,
+/// `crate::thread_ring`); when it is full the mark's events go back and the drop is counted.
+pub fn queue_shared(c: &Coarse, mark: GpuMark) {
     if let Err(m) = c.marks.push(mark) {
-        give_back_all(c, &m);
-        c.counters.marks_dropped.fetch_add(1, Ordering::Relaxed);
+        drop_mark(c, &m);
     }
+}
+
+/// A mark that will not reach the collector: its events go back to the pool and
+/// `marks_dropped` counts it.
+pub fn drop_mark(c: &Coarse, mark: &GpuMark) {
+    give_back_all(c, mark);
+    c.counters.marks_dropped.fetch_add(1, Ordering::Relaxed);
 }
 
 fn fall_back(c: &Coarse, mark: &mut GpuMark) {

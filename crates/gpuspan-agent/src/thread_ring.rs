@@ -1,0 +1,264 @@
+//! Per-thread rings: how a scope boundary travels from an application thread to the
+//! collector (issue 14, item 5).
+//!
+//! Each application thread that opens a scope gets, at its first boundary, a
+//! single-producer single-consumer ring of its own ([`rtrb`]: a push is a slot write and one
+//! release store, no compare-and-swap, and the producer reads the collector's position only
+//! when its cached copy says the ring is full). One entry, [`Boundary`], carries the
+//! boundary's scope event and, in coarse mode, its mark together: one push per boundary,
+//! where the shared multi-producer queues (`Shared::scope_queue`, `Coarse::marks`) took two,
+//! each a compare-and-swap on a cache line every thread and the collector contend for.
+//!
+//! - **First boundary of a thread.** It allocates the ring ([`THREAD_RING_CAP`] entries of
+//!   `size_of::<Boundary>()`, at most 1.75 MiB) and hands the consumer to a free registry slot
+//!   (one of [`MAX_THREAD_RINGS`]) under that slot's `try_lock`: it never waits on the
+//!   collector. When no slot is free, the thread uses the shared queues for the rest of this
+//!   agent generation ([`Pushed::NoRing`]), so a thread's boundaries never move from one
+//!   path to the other (the collector drains the shared queues and the rings one after the
+//!   other, so a thread on both would be read out of order).
+//! - **Steady state.** No allocation, no lock: one thread-local access and the push. A full
+//!   ring drops the boundary ([`Pushed::Full`]; the caller counts it), it never blocks.
+//! - **Thread exit.** The thread-local producer is dropped; the collector drains what is
+//!   left and then frees the ring and its slot ([`ThreadRings::drain`]). A boundary made
+//!   later in that thread's teardown (another thread-local destructor opening a scope)
+//!   finds no thread-local and goes to the shared queues.
+//! - **fork.** The registry belongs to one agent generation (`crate::shared`): a forked
+//!   child's thread still holds its parent's producer, sees that it belongs to another
+//!   registry (by address) and registers anew.
+//!
+//! One consumer at a time: the collector, which holds its state lock while it drains.
+
+use crate::coarse::mark::GpuMark;
+use crate::scope_names::QueuedScope;
+use rtrb::{Consumer, Producer, PushError, RingBuffer};
+use std::cell::RefCell;
+use std::sync::Mutex;
+
+/// Entries per thread ring (1.7 MiB of address space, resident as it is used). The collector
+/// drains every 5 ms, but a drain can wait behind the decoding of CUPTI buffers for tens of
+/// milliseconds (fine mode, a debug build): 1,024 entries dropped scope events of the
+/// simulated demo there, and the shared scope queue this replaces held 16,384 of all threads.
+pub const THREAD_RING_CAP: usize = 8192;
+
+/// Most threads with a ring at once (28 MiB of rings if all are taken and full); further
+/// threads use the shared queues. A worker announces scopes from one thread per device it
+/// drives, at most 8 on an HGX node.
+pub const MAX_THREAD_RINGS: usize = 16;
+
+/// One scope boundary as an application thread queues it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Boundary {
+    /// The scope event; `None` when its name could not be queued (the name queue was full:
+    /// already counted as a dropped scope event).
+    pub scope: Option<QueuedScope>,
+    /// Coarse mode: the boundary's recorded CUDA events ([`GpuMark`]); `None` otherwise.
+    pub mark: Option<GpuMark>,
+}
+
+/// What became of a pushed boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// On this thread's ring.
+    Ring,
+    /// This thread's ring is full: the boundary is to be dropped and counted.
+    Full,
+    /// This thread has no ring (no registry slot was free, or its thread-locals are being
+    /// destroyed): the boundary is for the shared queues.
+    NoRing,
+}
+
+/// This thread's side of the registry.
+enum ThreadSide {
+    /// No boundary made yet in any registry.
+    Unregistered,
+    /// The producer of a ring registered in the registry at address `registry`.
+    Ring { registry: usize, producer: Producer<Boundary> },
+    /// The registry at address `registry` had no free slot: shared queues for good.
+    Refused { registry: usize },
+}
+
+thread_local! {
+    static SIDE: RefCell<ThreadSide> = const { RefCell::new(ThreadSide::Unregistered) };
+}
+
+/// The registry of thread rings: one per agent generation, in `Shared`.
+pub struct ThreadRings {
+    slots: [Mutex<Option<Consumer<Boundary>>>; MAX_THREAD_RINGS],
+}
+
+impl Default for ThreadRings {
+    fn default() -> Self {
+        ThreadRings { slots: std::array::from_fn(|_| Mutex::new(None)) }
+    }
+}
+
+impl std::fmt::Debug for ThreadRings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadRings").field("live", &self.live()).finish()
+    }
+}
+
+impl ThreadRings {
+    /// Queues a copy of `b` on the calling thread's ring, registering one at the thread's
+    /// first boundary. Never blocks; allocates only at that first boundary. (By reference:
+    /// a boundary is about 220 bytes, and each move of it was a copy the hot path paid for.)
+    pub fn push(&self, b: &Boundary) -> Pushed {
+        let registry = self as *const ThreadRings as usize;
+        SIDE.try_with(|side| {
+            // A signal handler that opens a scope while this thread is inside `push`: its
+            // boundary takes the shared queues.
+            let Ok(mut side) = side.try_borrow_mut() else { return Pushed::NoRing };
+            let mine = match &*side {
+                ThreadSide::Ring { registry: r, .. } | ThreadSide::Refused { registry: r } => *r == registry,
+                ThreadSide::Unregistered => false,
+            };
+            if !mine {
+                *side = match self.register() {
+                    Some(producer) => ThreadSide::Ring { registry, producer },
+                    None => ThreadSide::Refused { registry },
+                };
+            }
+            match &mut *side {
+                ThreadSide::Ring { producer, .. } => match producer.push(*b) {
+                    Ok(()) => Pushed::Ring,
+                    Err(PushError::Full(_)) => Pushed::Full,
+                },
+                _ => Pushed::NoRing,
+            }
+        })
+        .unwrap_or(Pushed::NoRing)
+    }
+
+    /// A new ring whose consumer went into a free slot, or `None` when every slot is taken
+    /// (or being drained).
+    fn register(&self) -> Option<Producer<Boundary>> {
+        for slot in &self.slots {
+            let Ok(mut s) = slot.try_lock() else { continue };
+            if s.is_none() {
+                let (producer, consumer) = RingBuffer::new(THREAD_RING_CAP);
+                *s = Some(consumer);
+                return Some(producer);
+            }
+        }
+        None
+    }
+
+    /// Hands every boundary queued on every ring to `f`, ring after ring, each in its
+    /// thread's order, and frees the rings of threads that have exited once they are empty.
+    /// Returns how many boundaries it handed over.
+    pub fn drain(&self, mut f: impl FnMut(Boundary)) -> usize {
+        let mut n = 0;
+        for slot in &self.slots {
+            let Ok(mut s) = slot.lock() else { continue };
+            let Some(c) = s.as_mut() else { continue };
+            // Read before draining: a producer that pushes and then exits has pushed
+            // everything by the time it is seen gone.
+            let gone = c.is_abandoned();
+            while let Ok(b) = c.pop() {
+                f(b);
+                n += 1;
+            }
+            if gone {
+                *s = None;
+            }
+        }
+        n
+    }
+
+    /// Rings registered now (threads alive or not yet drained after their exit).
+    pub fn live(&self) -> usize {
+        self.slots.iter().filter(|s| s.try_lock().map(|s| s.is_some()).unwrap_or(true)).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(id: u64) -> Boundary {
+        Boundary { scope: Some(QueuedScope::End { id, ts_ns: id, launches: None }), mark: None }
+    }
+
+    fn ids(r: &ThreadRings) -> Vec<u64> {
+        let mut out = Vec::new();
+        r.drain(|b| match b.scope {
+            Some(QueuedScope::End { id, .. }) => out.push(id),
+            other => panic!("unexpected {other:?}"),
+        });
+        out
+    }
+
+    #[test]
+    fn a_boundary_is_the_size_the_ring_capacity_assumes() {
+        // THREAD_RING_CAP's doc: 8,192 entries of at most 224 bytes are 1.75 MiB.
+        assert!(std::mem::size_of::<Boundary>() <= 224, "{}", std::mem::size_of::<Boundary>());
+    }
+
+    #[test]
+    fn a_threads_boundaries_come_out_in_order_and_a_full_ring_hands_back() {
+        let r = ThreadRings::default();
+        for i in 0..THREAD_RING_CAP as u64 {
+            assert_eq!(r.push(&end(i)), Pushed::Ring);
+        }
+        assert_eq!(r.push(&end(99_999)), Pushed::Full);
+        assert_eq!(ids(&r), (0..THREAD_RING_CAP as u64).collect::<Vec<_>>());
+        assert!(r.push(&end(7)) == Pushed::Ring);
+        assert_eq!(ids(&r), vec![7]);
+        assert_eq!(r.live(), 1);
+    }
+
+    #[test]
+    fn an_exited_threads_ring_is_drained_then_freed() {
+        let r = std::sync::Arc::new(ThreadRings::default());
+        let r2 = r.clone();
+        std::thread::spawn(move || {
+            for i in 0..10 {
+                assert_eq!(r2.push(&end(i)), Pushed::Ring);
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(r.live(), 1);
+        assert_eq!(ids(&r), (0..10).collect::<Vec<_>>());
+        assert_eq!(r.live(), 0, "the exited thread's ring is freed once drained");
+    }
+
+    #[test]
+    fn threads_past_the_slots_use_the_shared_queues_for_good() {
+        let r = std::sync::Arc::new(ThreadRings::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let stop_rx = std::sync::Arc::new(Mutex::new(stop_rx));
+        let mut threads = Vec::new();
+        for i in 0..MAX_THREAD_RINGS as u64 + 3 {
+            let (r, tx, stop) = (r.clone(), tx.clone(), stop_rx.clone());
+            threads.push(std::thread::spawn(move || {
+                let first = r.push(&end(i)) == Pushed::Ring;
+                tx.send(first).unwrap();
+                // Hold the ring until every thread has pushed, then push once more.
+                let _ = stop.lock().unwrap().recv();
+                let second = r.push(&end(i)) == Pushed::Ring;
+                assert_eq!(first, second, "thread {i} changed path");
+            }));
+        }
+        let firsts: Vec<bool> = (0..MAX_THREAD_RINGS + 3).map(|_| rx.recv().unwrap()).collect();
+        assert_eq!(firsts.iter().filter(|&&f| f).count(), MAX_THREAD_RINGS);
+        drop(stop_tx);
+        for t in threads {
+            t.join().unwrap();
+        }
+        let drained = ids(&r);
+        assert_eq!(drained.len(), 2 * MAX_THREAD_RINGS);
+        assert_eq!(r.live(), 0);
+    }
+
+    #[test]
+    fn another_registry_gets_a_ring_of_its_own() {
+        // As after fork: the thread's producer belongs to the parent's registry.
+        let parent = ThreadRings::default();
+        let child = ThreadRings::default();
+        assert_eq!(parent.push(&end(1)), Pushed::Ring);
+        assert_eq!(child.push(&end(2)), Pushed::Ring);
+        assert_eq!(ids(&child), vec![2]);
+    }
+}
