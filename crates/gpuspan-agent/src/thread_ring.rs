@@ -30,7 +30,7 @@
 
 use crate::coarse::mark::GpuMark;
 use crate::scope_names::QueuedScope;
-use rtrb::{Consumer, Producer, PushError, RingBuffer};
+use rtrb::{Consumer, Producer, RingBuffer};
 use std::cell::RefCell;
 use std::sync::Mutex;
 
@@ -119,9 +119,11 @@ impl ThreadRings {
                 };
             }
             match &mut *side {
-                ThreadSide::Ring { producer, .. } => match producer.push(*b) {
+                // Copied once, from `b` straight into the slot (`push(*b)` copied it onto
+                // the stack first).
+                ThreadSide::Ring { producer, .. } => match producer.push_entire_slice(std::slice::from_ref(b)) {
                     Ok(()) => Pushed::Ring,
-                    Err(PushError::Full(_)) => Pushed::Full,
+                    Err(_) => Pushed::Full,
                 },
                 _ => Pushed::NoRing,
             }

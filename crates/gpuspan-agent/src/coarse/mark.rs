@@ -68,6 +68,7 @@ pub struct GpuMark {
 /// [`give_back_all`]). For a `root` scope (none encloses it on its thread: a request) it
 /// first asks whether those streams are idle ([`GpuMark::idle`]). On a full pool or a driver
 /// error the events taken so far go back and the mark says [`TimingSource::CpuFallback`].
+#[inline]
 pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool, root: bool, cpu_ns: u64, streams: &[Stream]) -> GpuMark {
     let (targets, source): (&[Stream], TimingSource) = if streams.is_empty() {
         (&[Stream::LEGACY], TimingSource::LegacyStream)
