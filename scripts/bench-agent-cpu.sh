@@ -2,10 +2,14 @@
 # Agent CPU per kernel, all in (issue 14, item 1: goal <= 1 us in fine mode, <= 300 ns for
 # the collector without the capture write): the same simulated replay run with the agent
 # off, in coarse mode, in fine mode, and in fine mode with an output directory that cannot be
-# created (`--out /dev/null/no-capture`: everything but the capture write, which fails at
-# once), side by side, ROUNDS times each (interleaved); prints each mode's best CPU time
-# (user + sys of the whole `gpuspan run` process tree), the agent's CPU per kernel over
-# `off`, and the ratios. Not part of the test command.
+# created (`--out /dev/null/no-capture`: everything but the capture, whose join and write
+# are skipped once the directory fails), side by side, ROUNDS times each (interleaved);
+# prints each mode's best CPU time (user + sys of the whole `gpuspan run` process tree), the
+# agent's CPU per kernel over `off`, and the ratios; then the same per kernel split between
+# the worker's thread (the replay's `worker thread cpu_ns` line: CUPTI's record writing,
+# which the simulator does on that thread, and the agent's callbacks) and the rest of the
+# process tree (the agent's own threads: collector, exit join and write, deflate). Not part
+# of the test command.
 # usage: scripts/bench-agent-cpu.sh [REPLAY ARGS...]   (default: wan2.1 --steps 5)
 # environment: ROUNDS (default 3), GPUSPAN_CAPTURE_SEGMENT_STEPS (passed through).
 set -euo pipefail
@@ -19,7 +23,7 @@ python3 - "$OUT" "${ROUNDS:-3}" "${ARGS[@]}" <<'PY'
 import os, re, resource, subprocess, sys
 out, rounds, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 modes = ["off", "coarse", "fine", "fine-no-write"]
-best, kernels = {}, None
+best, kernels, worker = {}, None, {}
 for r in range(rounds):
     for m in modes:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -32,7 +36,9 @@ for r in range(rounds):
         if p.returncode != 0:
             sys.exit(f"bench-agent-cpu: mode {m} failed ({p.returncode})")
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        best[m] = min(best.get(m, cpu), cpu)
+        w = re.search(r"worker thread cpu_ns (\d+)", p.stdout)
+        if m not in best or cpu < best[m]:
+            best[m], worker[m] = cpu, int(w.group(1)) / 1e9 if w else None
         k = re.search(r"replayed (\d+) kernels", p.stdout)
         kernels = int(k.group(1)) if k else kernels
 if not kernels:
@@ -48,4 +54,10 @@ for m in modes:
         if m == "fine-no-write":
             line += "  (goal <= 300 ns)"
     print(line)
+if all(worker.get(m) is not None for m in modes):
+    print("split over off, ns per kernel: worker thread (CUPTI's records, here the simulator's, and the agent's callbacks) + the rest (the agent's threads)")
+    for m in modes[1:]:
+        w = (worker[m] - worker["off"]) / kernels * 1e9
+        r = ((best[m] - worker[m]) - (best["off"] - worker["off"])) / kernels * 1e9
+        print(f"  {m:<13} worker thread {w:8.0f}   rest {r:8.0f}")
 PY

@@ -54,20 +54,6 @@ pub(crate) fn run_stdit_into(out: &std::path::Path, mode: Option<&str>, steps: u
     o
 }
 
-/// The worker's `sim cupti: …` line as (key → value), its counters (not `version=`).
-fn sim_cupti(o: &Output) -> BTreeMap<String, u64> {
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    let line = stdout.lines().find(|l| l.starts_with("sim cupti:")).unwrap_or_else(|| panic!("no sim cupti line in {stdout}"));
-    line["sim cupti:".len()..]
-        .split_whitespace()
-        .filter(|kv| !kv.starts_with("version="))
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap();
-            (k.to_string(), v.parse().unwrap())
-        })
-        .collect()
-}
-
 fn spans_of(rx: &OtlpReceiver, trace_id: &str) -> Vec<ReceivedSpan> {
     assert!(
         rx.wait_for(Duration::from_secs(10), |s| s.iter().any(|s| s.name == "gpu.request" && s.trace_id == trace_id)),

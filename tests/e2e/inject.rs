@@ -32,10 +32,14 @@ fn with_and_without(program: &str, args: &[&str], env: &[(&str, String)]) -> (st
 
 fn assert_same_and_one_warning(without: &std::process::Output, with: &std::process::Output, reason: &str) {
     assert_eq!(with.status.code(), without.status.code(), "exit code unchanged");
-    // The replay worker's `sim cupti:` line counts the agent's CUPTI calls: the one line
-    // allowed to differ.
+    // The replay worker's `sim cupti:` line counts the agent's CUPTI calls, and its `worker
+    // thread cpu_ns` line is a measurement: the lines allowed to differ.
     let worker_lines = |o: &std::process::Output| -> Vec<String> {
-        String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.starts_with("sim cupti:")).map(String::from).collect()
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("sim cupti:") && !l.starts_with("worker thread cpu_ns"))
+            .map(String::from)
+            .collect()
     };
     assert_eq!(worker_lines(with), worker_lines(without), "stdout unchanged");
     let err = String::from_utf8_lossy(&with.stderr);
@@ -127,7 +131,35 @@ fn cuda_injection64_path_alone() {
     assert_eq!(t.kernels().count(), launched, "every launched kernel captured");
     // The whole generation runs inside `gpuspan.request`: every kernel has a scope, which
     // needs the NVTX injection the agent set up from inside `cuInit`.
-    assert!(t.kernels().all(|k| k.scope.is_some() && k.trace_id.is_some()), "kernels attributed to scopes");
+    assert!(t.kernels().all(|k| k.scope.is_some() && k.trace_id.is_some()), "kernels attributed to scopes");    // Not preloaded, so no interposer keeps another client from registering its own buffers:
+    // the agent leaves CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER alone, and CUPTI zeroes
+    // every buffer itself, on the worker's thread.
+    let cupti = sim_cupti(&o);
+    assert!(cupti["buffers_zeroed_by_cupti"] > 0, "{cupti:?}");
+    assert_eq!(cupti["buffers_lent_dirty"], 0, "{cupti:?}");
+}
+
+/// Preloaded, the agent tells CUPTI its buffers come zeroed
+/// (`CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER`), so CUPTI zeroes none on the worker's
+/// thread, and every buffer it lends, recycled here (a pool of 4 buffers of 256 KiB for
+/// a few MB of records), is zero where CUPTI will write: the pool zeroes what each use
+/// wrote.
+#[test]
+fn preloaded_agent_lends_zeroed_buffers_and_cupti_zeroes_none() {
+    let sim = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
+    let o = output(
+        preload_agent(Command::new(artifact("gpuspan-replay")).args(["stdit", "--steps", "4"]), sim.path(), "fine", out.path())
+            .env("GPUSPAN_BUFFER_BYTES", "262144")
+            .env("GPUSPAN_MAX_BUFFERS", "4"),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cupti = sim_cupti(&o);
+    assert_eq!(cupti["buffers_zeroed_by_cupti"], 0, "{cupti:?}");
+    assert_eq!(cupti["buffers_lent_dirty"], 0, "a recycled buffer was lent with stale bytes: {cupti:?}");
+    let t = gpuspan_export::read_trace(&capture_in(out.path())).expect("capture written");
+    assert!(t.kernels().count() > 1000, "{} kernels", t.kernels().count());
 }
 
 /// `LD_PRELOAD=libgpuspan.so` on processes that never initialise CUDA, call NVTX or call

@@ -215,3 +215,17 @@ pub fn url_encode(q: &str) -> String {
         })
         .collect()
 }
+
+/// The worker's `sim cupti: …` line as (key → value), its counters (not `version=`).
+pub fn sim_cupti(o: &Output) -> std::collections::BTreeMap<String, u64> {
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let line = stdout.lines().find(|l| l.starts_with("sim cupti:")).unwrap_or_else(|| panic!("no sim cupti line in {stdout}"));
+    line["sim cupti:".len()..]
+        .split_whitespace()
+        .filter(|kv| !kv.starts_with("version="))
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}

@@ -274,8 +274,10 @@ impl Collector {
             // laid out by the CUPTI whose GetNextRecord and layouts we pass; nobody else
             // touches it now.
             let st = unsafe { decode_buffer(next, &layouts, addr as *mut u8, valid, &mut self.names, &mut self.records) };
-            // SAFETY: decoded; the buffer goes back to the pool exactly once.
-            unsafe { a.pool.give_back(RawBuffer(addr)) };
+            // SAFETY: decoded; the buffer goes back to the pool exactly once, and only its
+            // `valid` bytes were written since the pool lent it zeroed (CUPTI fills buffers
+            // from the start; a foreign buffer's copy is `valid` bytes long).
+            unsafe { a.pool.give_back_written(RawBuffer(addr), valid) };
             a.counters.buffers_decoded.fetch_add(1, Ordering::Release);
             // Coarse mode's spans come from scope intervals; its records (fine windows) only
             // go to the window's capture. Every device a kernel ran on is one the worker uses

@@ -136,8 +136,9 @@ unsafe fn completed(ctx: *mut std::ffi::c_void, stream_id: u32, buffer: *mut u8,
                 unsafe { FOREIGN.forward(next, ctx, stream_id, buffer, valid_bytes) };
             }
             if !FOREIGN.agent_collects() {
-                // SAFETY: the buffer came from our pool and CUPTI hands ownership back here.
-                unsafe { a.pool.give_back(RawBuffer(buffer as usize)) };
+                // SAFETY: the buffer came from our pool and CUPTI hands ownership back here,
+                // written over its `valid_bytes` only.
+                unsafe { a.pool.give_back_written(RawBuffer(buffer as usize), valid_bytes) };
                 return;
             }
         }
@@ -145,8 +146,9 @@ unsafe fn completed(ctx: *mut std::ffi::c_void, stream_id: u32, buffer: *mut u8,
             a.counters.buffers_queued.fetch_add(1, Ordering::Release);
         } else {
             a.counters.buffers_dropped.fetch_add(1, Ordering::Relaxed);
-            // SAFETY: the buffer came from our pool and CUPTI hands ownership back here.
-            unsafe { a.pool.give_back(RawBuffer(buffer as usize)) };
+            // SAFETY: the buffer came from our pool and CUPTI hands ownership back here,
+            // written over its `valid_bytes` only.
+            unsafe { a.pool.give_back_written(RawBuffer(buffer as usize), valid_bytes) };
         }
     });
 }
@@ -170,8 +172,8 @@ unsafe fn copy_foreign(a: &crate::shared::Shared, buffer: *mut u8, valid_bytes: 
     unsafe { std::ptr::copy_nonoverlapping(buffer as *const u8, copy.0 as *mut u8, n) };
     if a.completed_queue.push((copy.0, n)).is_err() {
         a.counters.buffers_dropped.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: our pool buffer, not queued anywhere.
-        unsafe { a.pool.give_back(copy) };
+        // SAFETY: our pool buffer, not queued anywhere, written over its first `n` bytes.
+        unsafe { a.pool.give_back_written(copy, n) };
     } else {
         a.counters.buffers_queued.fetch_add(1, Ordering::Release);
     }

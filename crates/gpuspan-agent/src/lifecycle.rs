@@ -354,6 +354,9 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
         Some(Err(e)) => crate::log::info(&format!("launch counting off ({e}); step spans finish by timing")),
         None => {}
     }
+    if !api.buffers_promised_zeroed() {
+        crate::log::info("CUPTI zeroes each activity buffer itself, on the application thread that needs it (the agent is not preloaded, or CUPTI refused CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER)");
+    }
     // Kernel names are read before their module is unloaded (crate::unload).
     if let Some(Err(e)) = a.subscriber.lock().ok().and_then(|g| g.as_ref().map(|s| api.enable_unload_callbacks(s))) {
         crate::log::info(&format!("unload callbacks off ({e}): names of kernels of unloaded code may be wrong"));

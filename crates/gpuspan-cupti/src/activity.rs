@@ -80,7 +80,16 @@ pub struct ActivityApi {
     session: std::sync::atomic::AtomicPtr<c_void>,
     /// Whether [`ActivityApi::subscribe_with`] may ask for multiple-subscriber mode.
     multi_wanted: std::sync::atomic::AtomicBool,
+    /// CUPTI was told that gpuspan's buffers come zeroed
+    /// ([`ATTR_ZEROED_OUT_ACTIVITY_BUFFER`]), so it does not zero them itself.
+    buffers_promised_zeroed: std::sync::atomic::AtomicBool,
 }
+
+/// `CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER` (5, a `uint8_t`; `cupti_activity.h`,
+/// CUPTI-NOTES §1): at 0, the default, CUPTI zeroes each buffer it is given on the
+/// application thread that needed it (the header warns of stalls on the critical path); at
+/// 1 the client promises zeroed buffers and CUPTI writes into them as they are.
+pub const ATTR_ZEROED_OUT_ACTIVITY_BUFFER: u32 = 5;
 
 /// The buffer callbacks gpuspan registers: the V1 pair (`cuptiActivityRegisterCallbacks`)
 /// and the V2 pair used in multiple-subscriber mode (`cuptiActivityRegisterCallbacks_v2`),
@@ -240,6 +249,7 @@ impl ActivityApi {
             layouts,
             session: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
             multi_wanted: std::sync::atomic::AtomicBool::new(true),
+            buffers_promised_zeroed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -495,7 +505,39 @@ impl ActivityApi {
         // SAFETY: both are 'static extern "C" fns with the CUPTI callback signatures.
         let code = crate::foreign_client::FOREIGN
             .agent_register(|| unsafe { (self.syms.register_callbacks)(cbs.requested, cbs.completed) });
-        check("cuptiActivityRegisterCallbacks", code)
+        check("cuptiActivityRegisterCallbacks", code)?;
+        // Every buffer CUPTI fills now comes from gpuspan's pool, zeroed (`BufferPool`): say
+        // so, and CUPTI no longer zeroes 4 MiB on an application thread per buffer. Only
+        // when `libgpuspan.so`'s interposed `cuptiActivityRegisterCallbacks` stands in front
+        // of CUPTI's: the attribute is process-wide, and without the interposer a later
+        // client (Kineto, whose buffers are not zeroed) would replace gpuspan's callbacks
+        // and get records over stale bytes.
+        if crate::foreign_client::interposed() {
+            self.promise_zeroed_buffers();
+        }
+        Ok(())
+    }
+
+    /// Sets [`ATTR_ZEROED_OUT_ACTIVITY_BUFFER`] to 1; returns whether CUPTI took it (a CUPTI
+    /// without `cuptiActivitySetAttribute`, or one that refuses the attribute, zeroes buffers
+    /// itself as before).
+    pub fn promise_zeroed_buffers(&self) -> bool {
+        let Some(set) = self.syms.activity_set_attribute else { return false };
+        let mut value: u8 = 1;
+        let mut size = std::mem::size_of::<u8>();
+        // SAFETY: CUPTI's prototype; `size` and `value` are live locals of the attribute's
+        // type (`uint8_t`), read during the call only.
+        let ok = unsafe { set(ATTR_ZEROED_OUT_ACTIVITY_BUFFER, &mut size, (&mut value as *mut u8).cast()) } == 0;
+        if ok {
+            self.buffers_promised_zeroed.store(true, std::sync::atomic::Ordering::Release);
+        }
+        ok
+    }
+
+    /// Whether CUPTI was told that gpuspan's buffers come zeroed
+    /// ([`ActivityApi::promise_zeroed_buffers`]).
+    pub fn buffers_promised_zeroed(&self) -> bool {
+        self.buffers_promised_zeroed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// `cuptiActivityEnable(kind)` (`_v2` with our handle and no config in

@@ -67,6 +67,37 @@ pub fn real_cupti() -> Option<RealCupti> {
     *REAL.get_or_init(resolve_real)
 }
 
+/// Whether the process's global symbol lookup finds `libgpuspan.so`'s interposed
+/// `cuptiActivityRegisterCallbacks` (the agent was preloaded), so that no other client can
+/// register buffer callbacks with CUPTI behind gpuspan's back. Looks the symbol up through
+/// the main program's handle (`dlopen(NULL)`: the program, the objects loaded at startup,
+/// `LD_PRELOAD` first, then those loaded `RTLD_GLOBAL`; dlopen(3)), which is where a
+/// client's calls bind, and compares the object that defines it with the one this function
+/// is in. (`dlsym(RTLD_DEFAULT)` would not do: called from an object loaded `RTLD_LOCAL`,
+/// as `CUDA_INJECTION64_PATH` loads the agent, it also searches that object's own scope
+/// and finds the agent's symbol there.) Resolved once and cached.
+pub fn interposed() -> bool {
+    static INTERPOSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *INTERPOSED.get_or_init(|| {
+        // SAFETY: dlopen(NULL) returns the main program's handle and loads nothing; dlsym /
+        // dladdr with a NUL-terminated name and zero-initialised `Dl_info` out-structs (plain
+        // C data); the addresses are only compared.
+        unsafe {
+            let program = libc::dlopen(std::ptr::null(), libc::RTLD_LAZY);
+            if program.is_null() {
+                return false;
+            }
+            let found = libc::dlsym(program, c"cuptiActivityRegisterCallbacks".as_ptr());
+            if found.is_null() {
+                return false;
+            }
+            let (mut there, mut here): (libc::Dl_info, libc::Dl_info) = (std::mem::zeroed(), std::mem::zeroed());
+            let me = interposed as fn() -> bool as *const c_void;
+            libc::dladdr(found, &mut there) != 0 && libc::dladdr(me, &mut here) != 0 && there.dli_fbase == here.dli_fbase
+        }
+    })
+}
+
 fn resolve_real() -> Option<RealCupti> {
     // SAFETY: dlsym with RTLD_NEXT and NUL-terminated names; a non-NULL result is the address
     // of the named function, whose prototype is the one in `cupti_activity.h`.

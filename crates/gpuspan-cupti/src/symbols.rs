@@ -68,6 +68,9 @@ pub struct CuptiSymbols {
     /// `cuptiSetThreadIdType(CUpti_ActivityThreadIdType)` (`cupti_activity.h`, CUPTI 5.5+);
     /// `None` when the library lacks it.
     pub(crate) set_thread_id_type: Option<unsafe extern "C" fn(u32) -> u32>,
+    /// `cuptiActivitySetAttribute(CUpti_ActivityAttribute, size_t *valueSize, void *value)`
+    /// (`cupti_activity.h`); `None` when the library lacks it.
+    pub(crate) activity_set_attribute: Option<unsafe extern "C" fn(u32, *mut usize, *mut c_void) -> u32>,
     /// `cuptiActivityGetNextRecord`, public because [`crate::decode`] takes it as a parameter
     /// (benches pass the simulator's).
     pub get_next_record: GetNextRecordFn,
@@ -182,6 +185,12 @@ impl CuptiSymbols {
             get_timestamp: sym!(lib, "cuptiGetTimestamp"),
             // SAFETY: the symbol has the C signature of the field (`cupti_activity.h`).
             set_thread_id_type: unsafe { lib.get::<unsafe extern "C" fn(u32) -> u32>(b"cuptiSetThreadIdType\0") }.ok().map(|f| *f),
+            // SAFETY: the symbol has the C signature of the field (`cupti_activity.h`).
+            activity_set_attribute: unsafe {
+                lib.get::<unsafe extern "C" fn(u32, *mut usize, *mut c_void) -> u32>(b"cuptiActivitySetAttribute\0")
+            }
+            .ok()
+            .map(|f| *f),
             get_next_record: sym!(lib, "cuptiActivityGetNextRecord"),
             v2: Self::resolve_v2(&lib),
             loaded_from: name.to_string(),

@@ -647,19 +647,33 @@ pub unsafe extern "C" fn cuptiActivityGetAttribute_v2(
     })
 }
 
-/// Accepts every attribute (the sim has no device buffers); checks the arguments only.
+/// `CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER` (`cupti_activity.h`).
+const ATTR_ZEROED_OUT_ACTIVITY_BUFFER: u32 = 5;
+
+/// Accepts every attribute (the sim has no device buffers) after checking the arguments;
+/// keeps `CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER` (5, a `uint8_t`), which decides
+/// whether the sim zeroes lent buffers on the requesting thread
+/// (`sim::cupti::Cupti::zeroed_out_buffers`).
 #[no_mangle]
 pub unsafe extern "C" fn cuptiActivitySetAttribute(
-    _attr: u32,
+    attr: u32,
     size: *mut usize,
     value: *mut c_void,
 ) -> CUptiResult {
     guard(|| {
         if size.is_null() || value.is_null() {
-            CUPTI_ERROR_INVALID_PARAMETER
-        } else {
-            CUPTI_SUCCESS
+            return CUPTI_ERROR_INVALID_PARAMETER;
         }
+        if attr == ATTR_ZEROED_OUT_ACTIVITY_BUFFER {
+            // SAFETY: non-NULL in-size from the caller.
+            if unsafe { *size } < 1 {
+                return CUPTI_ERROR_PARAMETER_SIZE_NOT_SUFFICIENT;
+            }
+            // SAFETY: non-NULL, at least one readable byte (checked above).
+            let on = unsafe { *(value as *const u8) } != 0;
+            sim().lock().cupti.zeroed_out_buffers = on;
+        }
+        CUPTI_SUCCESS
     })
 }
 

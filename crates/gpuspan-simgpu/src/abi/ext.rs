@@ -5,6 +5,7 @@
 //! | `gpuspanSimAdvanceHostNs(uint64_t ns)` | model host time: virtual clock += ns, or sleep ns in real mode |
 //! | `int gpuspanSimIsVirtual(void)` | 1 with the virtual clock, 0 with the real one |
 //! | `gpuspanSimCuptiCounters(uint64_t *subscribes, uint64_t *enables)` | cuptiSubscribe / cuptiActivityEnable call counts |
+//! | `gpuspanSimCuptiBuffers(uint64_t *zeroed_by_cupti, uint64_t *lent_dirty)` | activity buffers the sim zeroed on the requesting thread (the client did not set `CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER`), and buffers lent non-zero after it did (`sim::cupti::Counters`) |
 //! | `gpuspanSimCuptiSubscription(uint64_t *unsubscribes, int *subscribed, uint64_t *kinds_enabled)` | cuptiUnsubscribe calls, a subscriber held now (0/1), activity kinds enabled now |
 //! | `gpuspanSimNodeTruth(GpuspanSimNodeTruth *out)` | ground truth of this rank's device: collectives, communication, exposed communication, NVLink bytes (`sim::node::Truth`; `now_ns` of the sim's clock not included) |
 //! | `size_t gpuspanSimNodeTransfers(uint64_t *out, size_t cap)` | this rank's NVLink transfers (`start_ns, end_ns, bytes` triples, the first `cap` written to `out`); returns how many there are (`sim::node::Node::transfers`) |
@@ -48,6 +49,22 @@ pub unsafe extern "C" fn gpuspanSimCuptiSubscription(unsubscribes: *mut u64, sub
             }
             if !kinds.is_null() {
                 *kinds = k;
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn gpuspanSimCuptiBuffers(zeroed_by_cupti: *mut u64, lent_dirty: *mut u64) {
+    guard(|| {
+        let c = sim().lock().counters;
+        // SAFETY: each out-pointer is written only when non-NULL.
+        unsafe {
+            if !zeroed_by_cupti.is_null() {
+                *zeroed_by_cupti = c.buffers_zeroed_by_cupti;
+            }
+            if !lent_dirty.is_null() {
+                *lent_dirty = c.buffers_lent_dirty;
             }
         }
     })

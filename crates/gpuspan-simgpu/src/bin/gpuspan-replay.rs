@@ -78,6 +78,12 @@
 //! `device D: thread TID replayed N kernels, M memcpy, S memset` (TID: the OS thread id of
 //! the device's thread, as NVTX ranges and `gettid` name it).
 //!
+//! After the summary (and the per-device lines), `worker thread cpu_ns N`: the CPU time of the thread that replayed
+//! (the main thread; with `--devices`, the thread that waited for the device threads), ns,
+//! so a bench can tell the worker's thread (its own work, CUPTI's record writing, which the
+//! simulator does there, and a profiler's callbacks) from the rest of the process (a
+//! profiler's own threads: `scripts/bench-agent-cpu.sh`).
+//!
 //! Exit codes: 0 done; 1 a CUDA call failed (with `--cuda-graph`, a capture, instantiation
 //! or graph launch failure names the driver's error, `cuGetErrorName`); 2 bad workload
 //! (unknown preset, unreadable or invalid trace, not capturable with `--cuda-graph`); 3 no
@@ -372,6 +378,16 @@ impl Iterator for Requests {
     }
 }
 
+/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`: user and system), ns.
+fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec to write; the clock id is a constant Linux knows.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        return 0;
+    }
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("gpuspan-replay: {msg}");
     ExitCode::from(code)
@@ -389,7 +405,8 @@ fn trace_stem(path: &str) -> String {
 }
 
 /// On the simulated H100: `sim cupti: version=12.9 subscribes=N enables=N unsubscribes=N subscribed=0|1
-/// kinds_enabled=N` (the sim's `gpuspanSimCuptiCounters` / `gpuspanSimCuptiSubscription`),
+/// kinds_enabled=N buffers_zeroed_by_cupti=N buffers_lent_dirty=N` (the sim's
+/// `gpuspanSimCuptiCounters` / `gpuspanSimCuptiSubscription` / `gpuspanSimCuptiBuffers`),
 /// so tests can tell what the agent did with CUPTI while the worker ran. `None` on a real
 /// driver.
 fn sim_cupti_line(lib: &libloading::Library) -> Option<String> {
@@ -400,12 +417,15 @@ fn sim_cupti_line(lib: &libloading::Library) -> Option<String> {
     unsafe {
         let counters = lib.get::<Counters>(b"gpuspanSimCuptiCounters\0").ok()?;
         let subscription = lib.get::<Subscription>(b"gpuspanSimCuptiSubscription\0").ok()?;
+        let buffers = lib.get::<Counters>(b"gpuspanSimCuptiBuffers\0").ok()?;
         let (mut s, mut e, mut u, mut held, mut k) = (0u64, 0u64, 0u64, 0, 0u64);
+        let (mut zeroed, mut dirty) = (0u64, 0u64);
         counters(&mut s, &mut e);
         subscription(&mut u, &mut held, &mut k);
+        buffers(&mut zeroed, &mut dirty);
         let version = gpuspan_simgpu::sim::config::Config::from_env().cupti.name();
         Some(format!(
-            "sim cupti: version={version} subscribes={s} enables={e} unsubscribes={u} subscribed={held} kinds_enabled={k}"
+            "sim cupti: version={version} subscribes={s} enables={e} unsubscribes={u} subscribed={held} kinds_enabled={k} buffers_zeroed_by_cupti={zeroed} buffers_lent_dirty={dirty}"
         ))
     }
 }
@@ -681,6 +701,7 @@ fn main() -> ExitCode {
             for (d, (tid, p)) in per_device.iter().enumerate() {
                 println!("device {d}: thread {tid} replayed {} kernels, {} memcpy, {} memset", p.kernels, p.memcpys, p.memsets);
             }
+            println!("worker thread cpu_ns {}", thread_cpu_ns());
             if requests.is_none() {
                 println!("requests: {}", ran.load(std::sync::atomic::Ordering::Relaxed));
             }

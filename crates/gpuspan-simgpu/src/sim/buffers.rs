@@ -101,7 +101,16 @@ pub struct Pool {
     current: Option<ClientBuffer>,
     spare: VecDeque<ClientBuffer>,
     full: Vec<ClientBuffer>,
+    /// Buffer address → bytes the sim wrote into it in its last use (its `valid_size` when
+    /// handed back; at most [`WRITTEN_EXTENTS_MAX`] addresses, then forgotten): where a
+    /// client that promised zeroed buffers must have zeroed it again before lending it anew
+    /// ([`Pool::written_extent`]).
+    written: std::collections::HashMap<usize, usize>,
 }
+
+/// Most buffer addresses [`Pool::written_extent`] remembers (a client recycles a bounded
+/// pool; one that never frees would grow it without end).
+pub const WRITTEN_EXTENTS_MAX: usize = 4096;
 
 impl Pool {
     pub fn new() -> Self {
@@ -167,7 +176,27 @@ impl Pool {
             .drain(..)
             .partition(|b| b.complete_at_ns <= now_ns);
         self.full = keep;
-        ready.into_iter().map(|b| b.into_delivery(None)).collect()
+        let out: Vec<Delivery> = ready.into_iter().map(|b| b.into_delivery(None)).collect();
+        self.remember(&out);
+        out
+    }
+
+    /// Remembers how far each delivered buffer was written.
+    fn remember(&mut self, delivered: &[Delivery]) {
+        if self.written.len() + delivered.len() > WRITTEN_EXTENTS_MAX {
+            self.written.clear();
+        }
+        for d in delivered {
+            self.written.insert(d.ptr as usize, d.valid_size);
+        }
+    }
+
+    /// Bytes the sim wrote into the buffer at `ptr` in its last use, 0 for one not seen
+    /// before. Those pages are resident and writable, so reading them costs no fault (a
+    /// read of a never-touched page would map the shared zero page and turn the sim's next
+    /// write there into a copy-on-write fault with a TLB shootdown: not CUPTI's cost).
+    pub fn written_extent(&self, ptr: *mut u8) -> usize {
+        self.written.get(&(ptr as usize)).copied().unwrap_or(0)
     }
 
     /// `cuptiActivityFlushAll(0)`: complete full buffers plus the current buffer when it
@@ -179,7 +208,9 @@ impl Pool {
             .as_ref()
             .is_some_and(|b| b.records > 0 && b.complete_at_ns <= now_ns)
         {
-            out.push(self.current.take().expect("checked").into_delivery(None));
+            let d = self.current.take().expect("checked").into_delivery(None);
+            self.remember(&[d]);
+            out.push(d);
         }
         out
     }
@@ -191,9 +222,9 @@ impl Pool {
         let mut all: Vec<ClientBuffer> = self.full.drain(..).collect();
         all.extend(self.current.take());
         all.extend(self.spare.drain(..));
-        all.into_iter()
-            .map(|b| b.into_delivery(Some(now_ns)))
-            .collect()
+        let out: Vec<Delivery> = all.into_iter().map(|b| b.into_delivery(Some(now_ns))).collect();
+        self.remember(&out);
+        out
     }
 
     /// Number of records written but not yet handed back (for tests).
@@ -249,7 +280,10 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].valid_size, 80);
         assert_eq!(mem[0] as u32, kind::DRIVER);
-        assert_eq!(mem[5] as u32, kind::DRIVER);
+        assert_eq!(mem[5] as u32, kind::DRIVER);        // What a client promising zeroed buffers must zero again before lending it anew.
+        assert_eq!(pool.written_extent(mem.as_mut_ptr() as *mut u8), 80);
+        let mut other = [0u64; 4];
+        assert_eq!(pool.written_extent(other.as_mut_ptr() as *mut u8), 0, "a buffer never lent");
     }
 
     #[test]

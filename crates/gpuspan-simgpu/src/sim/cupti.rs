@@ -187,6 +187,11 @@ pub struct Cupti {
     /// `cuptiSetThreadIdType(SYSTEM)` (1): API records carry gettid instead of pthread_self.
     pub system_thread_ids: bool,
     pub flush_period_ms: u32,
+    /// `CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER` (5) set non-zero: the client promised
+    /// zeroed buffers, so they are used as given; at 0, the default, each buffer a request
+    /// callback returns is zeroed on the thread that asked for it, as CUPTI does
+    /// (`cupti_activity.h`: "CUPTI will zero out the buffer in the main thread").
+    pub zeroed_out_buffers: bool,
 }
 
 /// Counters that survive `cuptiFinalize` (exported for tests).
@@ -196,6 +201,12 @@ pub struct Counters {
     pub enables: u64,
     /// Successful cuptiUnsubscribe calls.
     pub unsubscribes: u64,
+    /// Buffers CUPTI zeroed itself, on the application thread that needed one
+    /// ([`Cupti::zeroed_out_buffers`] off).
+    pub buffers_zeroed_by_cupti: u64,
+    /// Buffers lent after the client promised zeroed ones that were not (a sampled check:
+    /// one 8-byte word in every 2 KiB): a real CUPTI would leave stale bytes in its records.
+    pub buffers_lent_dirty: u64,
 }
 
 impl Cupti {

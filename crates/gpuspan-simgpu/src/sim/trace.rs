@@ -253,6 +253,7 @@ fn write_to<'a>(
                 }
                 requests += 1;
                 let overhead = c.is_enabled(kind::OVERHEAD);
+                let zeroed_out = st.cupti.zeroed_out_buffers;
                 drop(st);
                 let (mut ptr, mut size, mut max) = (std::ptr::null_mut::<u8>(), 0usize, 0usize);
                 match callbacks {
@@ -266,8 +267,29 @@ fn write_to<'a>(
                     }
                     BufferCallbacks::None => {}
                 }
+                if !zeroed_out && !ptr.is_null() {
+                    // CUPTI's default: it zeroes the buffer itself, here, on the thread that
+                    // needed it. SAFETY: a non-NULL `ptr` is the client's buffer of `size`
+                    // writable bytes (the request callback's contract); no lock held.
+                    unsafe { std::ptr::write_bytes(ptr, 0, size) };
+                }
                 st = s.lock();
-                if overhead {
+                if !zeroed_out && !ptr.is_null() {
+                    st.counters.buffers_zeroed_by_cupti += 1;
+                } else if let Some(c) = st.cupti.client_mut(t) {
+                    // A buffer lent as zeroed: where the sim wrote in its last use must read
+                    // zero again. SAFETY: as above; `written_extent` is at most what the sim
+                    // wrote into this buffer before, clamped to `size`.
+                    let extent = c.pool.written_extent(ptr).min(size);
+                    if unsafe { nonzero_sample(ptr, extent) } {
+                        st.counters.buffers_lent_dirty += 1;
+                    }
+                }
+                // The request's overhead record, for a buffer the client lent: a declined
+                // request (NULL) makes none, else each overhead record of a client whose
+                // pool is exhausted asked for a buffer again, without end (a pool of 4
+                // buffers dropped 10^8 such records a minute).
+                if overhead && !ptr.is_null() {
                     let t1 = st.clock.now_ns();
                     let pid = super::process_id();
                     let r = records::overhead_buffer_flush(t0, t1, pid, api_thread_id(system_tids), abi, true);
@@ -281,4 +303,24 @@ fn write_to<'a>(
             }
         }
     }
+}
+
+/// Whether any of the 8-byte words at every 2 KiB of the first `len` bytes at `ptr`, or the
+/// last whole word, is non-zero: the sim's check that a client which promised zeroed
+/// buffers (`CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER`) zeroed again what the sim
+/// wrote into a buffer before lending it anew (a real CUPTI would leave those stale bytes in
+/// its records).
+///
+/// # Safety
+/// `ptr` is NULL or valid for `len` bytes of reads.
+unsafe fn nonzero_sample(ptr: *mut u8, len: usize) -> bool {
+    if ptr.is_null() || len < 8 {
+        return false;
+    }
+    const STRIDE: usize = 2048;
+    (0..len - 7).step_by(STRIDE).chain(std::iter::once(len - 8)).any(|off| {
+        // SAFETY: `off + 8 <= len` (the last offset is `len - 8`, the others below it);
+        // unaligned reads are allowed.
+        unsafe { (ptr.add(off) as *const u64).read_unaligned() != 0 }
+    })
 }

@@ -5,11 +5,15 @@
 //!
 //! CUPTI keeps one pair of buffer callbacks per process: whoever registered last receives
 //! every completed buffer, including those the other client lent (CUPTI-NOTES §1). So the
-//! client fills each buffer it lends with a canary byte ([`CANARY`]) and, at the end,
-//! checks that nobody wrote into them beyond what CUPTI filled: the bytes past `validSize`
-//! of the buffers it got back, and, in those another client received instead, the bytes
-//! past the last record `cuptiActivityGetNextRecord` still finds (plus [`MAX_RECORD_BYTES`]).
-//! It counts the kernel records it received.
+//! client fills each buffer it lends with a canary byte ([`CANARY`]), and [`GUARD_BYTES`]
+//! more past the size it lends, and, at the end, checks that nobody wrote into them beyond
+//! what CUPTI filled: the bytes past `validSize` of the buffers it got back, and, in those
+//! another client received instead, the bytes past the last record
+//! `cuptiActivityGetNextRecord` still finds (plus [`MAX_RECORD_BYTES`]), must still be the
+//! canary or zero (like Kineto, the client does not set
+//! `CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER`, so CUPTI zeroes a buffer when it takes
+//! it, unless gpuspan set the process-wide attribute); the guard past the lent size must be
+//! the canary. It counts the kernel records it received.
 //!
 //! The V1 client resolves `cuptiActivityRegisterCallbacks` / `cuptiActivityEnable` from the
 //! process's global scope (after loading `libcupti.so.12` `RTLD_GLOBAL`), as Kineto's PLT
@@ -34,6 +38,8 @@ use std::sync::Mutex;
 pub const BUFFER_BYTES: usize = 32 << 20;
 /// The byte every lent buffer is filled with.
 pub const CANARY: u8 = 0xA5;
+/// Canary bytes allocated past the size each buffer is lent with: nothing may write there.
+pub const GUARD_BYTES: usize = 4096;
 /// The longest record a CUPTI 12.0 … 13.5 writes for the kinds enabled here (Kernel13,
 /// 248 B), rounded up: how far past the start of the last record found a buffer may hold
 /// record bytes.
@@ -88,7 +94,7 @@ pub struct Report {
 }
 
 unsafe extern "C" fn request(buffer: *mut *mut u8, size: *mut usize, max_records: *mut usize) {
-    let b = vec![CANARY; BUFFER_BYTES].into_boxed_slice();
+    let b = vec![CANARY; BUFFER_BYTES + GUARD_BYTES].into_boxed_slice();
     let p = Box::leak(b).as_mut_ptr();
     if let Ok(mut st) = STATE.lock() {
         st.buffers.push((p as usize, None));
@@ -257,9 +263,10 @@ pub fn finish() -> Report {
             }
             (None, None) => 0,
         };
-        // SAFETY: each address is a leaked BUFFER_BYTES allocation of ours.
-        let b = unsafe { std::slice::from_raw_parts(addr as *const u8, BUFFER_BYTES) };
-        intact &= b[from..].iter().all(|&x| x == CANARY);
+        // SAFETY: each address is a leaked BUFFER_BYTES + GUARD_BYTES allocation of ours.
+        let b = unsafe { std::slice::from_raw_parts(addr as *const u8, BUFFER_BYTES + GUARD_BYTES) };
+        intact &= b[from..BUFFER_BYTES].iter().all(|&x| x == CANARY || x == 0);
+        intact &= b[BUFFER_BYTES..].iter().all(|&x| x == CANARY);
     }
     Report {
         lent: st.buffers.len(),
