@@ -2,7 +2,9 @@
 //!
 //! Rules (DESIGN.md "Hot-path rules"): no allocation, no lock, no syscall besides the first
 //! `gettid` of a thread, no logging, no panic across FFI; one atomic load when the agent is
-//! not collecting. Each push and pop makes a 40-byte scope event that names its scope by a
+//! not collecting. The one exception is a thread's first boundary, which allocates the
+//! thread's ring and registers it under a `try_lock` that never waits
+//! ([`crate::thread_ring`]). Each push and pop makes a 40-byte scope event that names its scope by a
 //! key, the name itself crossing once per thread ([`crate::scope_names`]); in coarse mode it
 //! also records a pooled CUDA event on each of the thread's streams ([`use_streams`]; the
 //! legacy default stream when none were named) and makes a mark ([`crate::coarse::mark`]);

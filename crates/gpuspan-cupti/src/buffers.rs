@@ -146,8 +146,9 @@ impl BufferPool {
     /// have been written since it was handed out zeroed: CUPTI's `validSize` of a completed
     /// buffer (CUPTI writes records one after another from the start and reports how many
     /// bytes they fill, CUPTI-NOTES §1), or the length of a copy. Only those bytes and
-    /// [`WRITE_SLACK_BYTES`] after them are zeroed again, not the whole buffer: zeroing 4 MiB
-    /// per buffer was 9 % of the collector thread's CPU in fine mode (issue 14, item 1).
+    /// [`WRITE_SLACK_BYTES`] after them are zeroed again, not the whole buffer (the zeroing
+    /// is 9 % of the collector thread's CPU in fine mode; a full buffer still needs nearly
+    /// all of it, one that a flush handed back part-filled no longer costs 4 MiB).
     ///
     /// # Safety
     /// As [`BufferPool::give_back`]; and nothing wrote to the buffer past `written_bytes` +
