@@ -101,7 +101,7 @@ impl std::fmt::Debug for ThreadRings {
 impl ThreadRings {
     /// Queues a copy of `b` on the calling thread's ring, registering one at the thread's
     /// first boundary. Never blocks; allocates only at that first boundary. (By reference:
-    /// a boundary is about 220 bytes, and each move of it was a copy the hot path paid for.)
+    /// a boundary is 208 bytes, and each move of it was a copy the hot path paid for.)
     pub fn push(&self, b: &Boundary) -> Pushed {
         let registry = self as *const ThreadRings as usize;
         SIDE.try_with(|side| {
@@ -147,9 +147,7 @@ impl ThreadRings {
 
     /// Hands every boundary queued on every ring to `f`, ring after ring, each in its
     /// thread's order, and frees the rings of threads that have exited once they are empty.
-    /// Returns how many boundaries it handed over.
-    pub fn drain(&self, mut f: impl FnMut(Boundary)) -> usize {
-        let mut n = 0;
+    pub fn drain(&self, mut f: impl FnMut(Boundary)) {
         for slot in &self.slots {
             let Ok(mut s) = slot.lock() else { continue };
             let Some(c) = s.as_mut() else { continue };
@@ -158,13 +156,11 @@ impl ThreadRings {
             let gone = c.is_abandoned();
             while let Ok(b) = c.pop() {
                 f(b);
-                n += 1;
             }
             if gone {
                 *s = None;
             }
         }
-        n
     }
 
     /// Rings registered now (threads alive or not yet drained after their exit).

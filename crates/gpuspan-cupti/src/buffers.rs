@@ -137,9 +137,8 @@ impl BufferPool {
     /// # Safety
     /// `b` came from [`BufferPool::take`] of this pool and is no longer used by CUPTI or us.
     pub unsafe fn give_back(&self, b: RawBuffer) {
-        // SAFETY: caller contract: `b` is one of our buffers of `buffer_bytes` bytes.
-        unsafe { std::ptr::write_bytes(b.0 as *mut u8, 0, self.buffer_bytes) };
-        self.recycle(b);
+        // SAFETY: caller contract; an extent of the whole buffer zeroes all of it.
+        unsafe { self.give_back_written(b, self.buffer_bytes) };
     }
 
     /// [`BufferPool::give_back`] for a buffer of which only the first `written_bytes` can
@@ -157,11 +156,7 @@ impl BufferPool {
         let n = written_bytes.saturating_add(WRITE_SLACK_BYTES).min(self.buffer_bytes);
         // SAFETY: caller contract: one of our buffers, of `buffer_bytes >= n` bytes.
         unsafe { std::ptr::write_bytes(b.0 as *mut u8, 0, n) };
-        self.recycle(b);
-    }
-
-    /// Keeps a zeroed buffer on the free list, or frees it when the list is full.
-    fn recycle(&self, b: RawBuffer) {
+        // Kept on the free list, or freed when the list is full.
         if let Err(addr) = self.free.push(b.0) {
             self.forget(addr);
             self.allocated.fetch_sub(1, Ordering::Relaxed);

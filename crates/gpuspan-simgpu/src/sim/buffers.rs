@@ -280,7 +280,8 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].valid_size, 80);
         assert_eq!(mem[0] as u32, kind::DRIVER);
-        assert_eq!(mem[5] as u32, kind::DRIVER);        // What a client promising zeroed buffers must zero again before lending it anew.
+        assert_eq!(mem[5] as u32, kind::DRIVER);
+        // What a client promising zeroed buffers must zero again before lending it anew.
         assert_eq!(pool.written_extent(mem.as_mut_ptr() as *mut u8), 80);
         let mut other = [0u64; 4];
         assert_eq!(pool.written_extent(other.as_mut_ptr() as *mut u8), 0, "a buffer never lent");

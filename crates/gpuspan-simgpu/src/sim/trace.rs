@@ -267,14 +267,16 @@ fn write_to<'a>(
                     }
                     BufferCallbacks::None => {}
                 }
-                if !zeroed_out && !ptr.is_null() {
-                    // CUPTI's default: it zeroes the buffer itself, here, on the thread that
-                    // needed it. SAFETY: a non-NULL `ptr` is the client's buffer of `size`
-                    // writable bytes (the request callback's contract); no lock held.
+                // CUPTI's default: it zeroes the buffer itself, here, on the thread that
+                // needed it.
+                let zero_here = !zeroed_out && !ptr.is_null();
+                if zero_here {
+                    // SAFETY: a non-NULL `ptr` is the client's buffer of `size` writable
+                    // bytes (the request callback's contract); no lock held.
                     unsafe { std::ptr::write_bytes(ptr, 0, size) };
                 }
                 st = s.lock();
-                if !zeroed_out && !ptr.is_null() {
+                if zero_here {
                     st.counters.buffers_zeroed_by_cupti += 1;
                 } else if let Some(c) = st.cupti.client_mut(t) {
                     // A buffer lent as zeroed: where the sim wrote in its last use must read
