@@ -177,7 +177,7 @@ fn request_events() -> Vec<ScopeEvent> {
         v.push(ev(id, 1, n));
     }
     for id in [2, 3, 4, 5, 1, 100] {
-        v.push(ScopeEvent::End { id, ts_ns: 1, launches: None });
+        v.push(ScopeEvent::End { id, ts_ns: 1, launches: None, graph_launches: 0 });
     }
     v
 }

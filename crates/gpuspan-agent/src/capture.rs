@@ -54,6 +54,7 @@ pub fn write(a: &Shared, telemetry: &Telemetry, c: &mut Collector, deadline: Opt
         ("kernel_spans_omitted".to_string(), sp.kernel_spans_omitted),
         ("span_units_timed_out".to_string(), sp.units_timed_out),
         ("span_gpu_late".to_string(), sp.gpu_late),
+        ("span_gpu_dropped".to_string(), sp.gpu_dropped),
         ("span_captured_scopes".to_string(), sp.captured_scopes),
     ];
     let seed = c.assembler.options().seed;

@@ -4,6 +4,7 @@
 //! `GPUSPAN_OUT` (capture directory, default `./gpuspan-out`), `GPUSPAN_RULES` (stage rules
 //! TOML), `GPUSPAN_LOG`, `GPUSPAN_METRICS_ADDR` (Prometheus endpoint, default off),
 //! `GPUSPAN_KERNEL_SPAN_BUDGET` (default 20 000 `cuda.kernel` spans per trace),
+//! `GPUSPAN_MAX_PENDING_GPU` (GPU records held for unfinished spans, default 262 144),
 //! `GPUSPAN_WORKER_ID` (the `worker_id` metric label, default `<host>:<pid>`),
 //! `GPUSPAN_EVENT_POOL` (most CUDA events of coarse mode, default 4096),
 //! `GPUSPAN_MAX_MODELS` (distinct `model` label values with metric series and anomaly
@@ -104,6 +105,11 @@ pub struct Config {
     /// [`DEFAULT_MAX_RECORDS`], or [`SEGMENT_MAX_RECORDS`] with rolling segments); more are
     /// dropped and counted (`record_limit`).
     pub max_records: usize,
+    /// Most GPU records (kernels, copies, sets) the span assembler holds for steps and
+    /// requests not finalized yet (`GPUSPAN_MAX_PENDING_GPU`, default
+    /// [`DEFAULT_MAX_PENDING_GPU`]); more are dropped from the spans and counted
+    /// (`span_gpu_dropped`). The capture keeps them.
+    pub max_pending_gpu: usize,
     /// Prometheus endpoint address (`GPUSPAN_METRICS_ADDR`, `host:port`; unset, empty or
     /// `off` = no endpoint), its port moved up by `LOCAL_RANK` in a distributed job.
     pub metrics_addr: Option<String>,
@@ -160,6 +166,15 @@ pub const DEFAULT_MAX_RECORDS: usize = 8_000_000;
 /// stays within its memory, every drop counted). 200 k until the flood bench showed the
 /// agent's share at 128–152 MB with it and 86–98 MB with 100 k (`scripts/bench-flood.sh`).
 pub const SEGMENT_MAX_RECORDS: usize = 100_000;
+
+/// Default of [`Config::max_pending_gpu`]: 256 Ki records, about 27 MB at the assembler's
+/// 104 bytes a record. A step whose launch count the agent knows is finalized as soon as its
+/// records are in, so this only fills where a unit must wait `settle_ms` (600 ms) after its
+/// end: a step that launched CUDA graphs, whose kernel count the launch callbacks cannot
+/// know. At the flood's 1 M graph-launched kernels a second (`scripts/bench-flood.sh`) that
+/// wait held 4 M records (the old limit, about 420 MB) and made the agent's share 433 MB
+/// (issue 14, item 6: at most 128 MB).
+pub const DEFAULT_MAX_PENDING_GPU: usize = 256 << 10;
 
 /// Default of [`Config::nvml_period`]: 1 s, `nvidia-smi dmon`'s default sampling period.
 pub const DEFAULT_NVML_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
@@ -243,6 +258,7 @@ impl Config {
         let capture_keep = parse_num("GPUSPAN_CAPTURE_KEEP", 8, &mut w);
         let default_records = if capture_segment_steps.is_some() { SEGMENT_MAX_RECORDS } else { DEFAULT_MAX_RECORDS };
         let max_records = parse_num("GPUSPAN_MAX_RECORDS", default_records, &mut w);
+        let max_pending_gpu = parse_num("GPUSPAN_MAX_PENDING_GPU", DEFAULT_MAX_PENDING_GPU, &mut w);
         let metrics_addr = std::env::var("GPUSPAN_METRICS_ADDR")
             .ok()
             .map(|v| v.trim().to_string())
@@ -309,6 +325,7 @@ impl Config {
                 buffer_bytes,
                 max_buffers,
                 max_records,
+                max_pending_gpu,
                 metrics_addr,
                 distributed,
                 kernel_span_budget,

@@ -377,17 +377,18 @@ pub fn range_end(slot: usize) -> i32 {
         if let (true, Some(api)) = (pushed, &a.api) {
             let _ = api.pop_external_correlation(GPUSPAN_EXTERNAL_KIND);
         }
-        // A graph launch inside makes the record count unknown (one per graph node).
-        let launches = (a.counting_launches.load(Ordering::Relaxed) && t.graph_launches.get() == graph_base)
-            .then(|| (t.launches.get() - launch_base).min(u32::MAX as u64) as u32);
+        // Graph launches are counted apart: each makes one record per graph node.
+        let counting = a.counting_launches.load(Ordering::Relaxed);
+        let launches = counting.then(|| (t.launches.get() - launch_base).min(u32::MAX as u64) as u32);
+        let graph_launches = if counting { (t.graph_launches.get() - graph_base).min(u32::MAX as u64) as u32 } else { 0 };
         let ts_ns = a.now_ns();
         // Begun and ended inside a stream capture with nothing that ran: recorded into a
         // graph (fine mode; coarse mode tells by the capture status of its streams).
-        if began_in_capture && t.capturing.get() > 0 && launches == Some(0) && a.coarse.is_none() {
+        if began_in_capture && t.capturing.get() > 0 && launches == Some(0) && graph_launches == 0 && a.coarse.is_none() {
             send(a, &Boundary { scope: Some(QueuedScope::InCapture { id }), mark: None });
         }
         let b = Boundary {
-            scope: Some(QueuedScope::End { id, ts_ns, launches }),
+            scope: Some(QueuedScope::End { id, ts_ns, launches, graph_launches }),
             mark: a.coarse.as_ref().map(|c| {
                 let (streams, n) = thread_streams(t);
                 record_boundary(c, id, 0, true, pos == 0, ts_ns, &streams[..n])

@@ -225,6 +225,7 @@ fn span_options(config: &Config, api: Option<&ActivityApi>, exporting: bool, dev
     let offset = if offset.unsigned_abs() < 1_000_000 { 0 } else { offset };
     gpuspan_core::spans::SpanOptions {
         kernel_span_budget: config.kernel_span_budget,
+        max_pending_gpu: config.max_pending_gpu,
         kernel_spans: exporting && config.kernel_span_budget > 0 && config.mode == Mode::Fine,
         coarse: config.mode == Mode::Coarse,
         clock_offset_ns: offset,

@@ -68,6 +68,8 @@ pub enum QueuedScope {
         ts_ns: u64,
         /// See [`ScopeEvent::End`].
         launches: Option<u32>,
+        /// See [`ScopeEvent::End`].
+        graph_launches: u32,
     },
     /// [`ScopeEvent::InCapture`], as is.
     InCapture {
@@ -199,7 +201,7 @@ impl NameTable {
                 };
                 ScopeEvent::Begin { id, parent, thread_id, ts_ns, name }
             }
-            QueuedScope::End { id, ts_ns, launches } => ScopeEvent::End { id, ts_ns, launches },
+            QueuedScope::End { id, ts_ns, launches, graph_launches } => ScopeEvent::End { id, ts_ns, launches, graph_launches },
             QueuedScope::InCapture { id } => ScopeEvent::InCapture { id },
         })
     }
@@ -275,8 +277,8 @@ mod tests {
         assert_eq!(name_of(table.resolve(&s, begin(4, l2))), long);
         assert_eq!(table.len(), (1, 0), "one-time names are forgotten once used");
         assert!(table.resolve(&s, begin(5, l1)).is_none(), "a one-time key resolves once");
-        let end = QueuedScope::End { id: 1, ts_ns: 5, launches: Some(3) };
-        assert_eq!(table.resolve(&s, end), Some(ScopeEvent::End { id: 1, ts_ns: 5, launches: Some(3) }));
+        let end = QueuedScope::End { id: 1, ts_ns: 5, launches: Some(3), graph_launches: 0 };
+        assert_eq!(table.resolve(&s, end), Some(ScopeEvent::End { id: 1, ts_ns: 5, launches: Some(3), graph_launches: 0 }));
     }
 
     #[test]

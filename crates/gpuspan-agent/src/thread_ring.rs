@@ -174,7 +174,7 @@ mod tests {
     use super::*;
 
     fn end(id: u64) -> Boundary {
-        Boundary { scope: Some(QueuedScope::End { id, ts_ns: id, launches: None }), mark: None }
+        Boundary { scope: Some(QueuedScope::End { id, ts_ns: id, launches: None, graph_launches: 0 }), mark: None }
     }
 
     fn ids(r: &ThreadRings) -> Vec<u64> {

@@ -556,7 +556,7 @@ mod tests {
     }
 
     fn end(id: ScopeId, ts_ns: u64) -> ScopeEvent {
-        ScopeEvent::End { id, ts_ns, launches: None }
+        ScopeEvent::End { id, ts_ns, launches: None, graph_launches: 0 }
     }
 
     /// A 2-step window armed with the flight recorder's past: steps 2 and 3 ended, step 4 in

@@ -709,10 +709,10 @@ mod tests {
             begin(1, 0, 1_000, &format!("gpuspan.request {tp}")),
             begin(2, 1, 2_000, "dit.step 0/2"),
             begin(3, 2, 3_000, "ffn"),
-            ScopeEvent::End { id: 3, ts_ns: 9_000, launches: None },
-            ScopeEvent::End { id: 2, ts_ns: 9_500, launches: None },
-            ScopeEvent::End { id: 1, ts_ns: 10_000, launches: None },
-            ScopeEvent::End { id: 99, ts_ns: 10_000, launches: None },
+            ScopeEvent::End { id: 3, ts_ns: 9_000, launches: None, graph_launches: 0 },
+            ScopeEvent::End { id: 2, ts_ns: 9_500, launches: None, graph_launches: 0 },
+            ScopeEvent::End { id: 1, ts_ns: 10_000, launches: None, graph_launches: 0 },
+            ScopeEvent::End { id: 99, ts_ns: 10_000, launches: None, graph_launches: 0 },
         ] {
             t.apply(&e);
         }
@@ -755,7 +755,7 @@ mod tests {
         for e in [
             begin(1, 0, 1_000, "dit.step 0/1"),
             begin(2, 1, 2_000, "ffn"),
-            ScopeEvent::End { id: 2, ts_ns: 9_000, launches: None },
+            ScopeEvent::End { id: 2, ts_ns: 9_000, launches: None, graph_launches: 0 },
             begin(3, 0, 8_000, "dit.step 1/2"),
         ] {
             t.apply(&e);

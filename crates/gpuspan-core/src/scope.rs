@@ -91,8 +91,14 @@ pub enum ScopeEvent {
         /// Launches (kernel launches, copies, sets: calls that make one GPU activity record)
         /// the thread made while the scope was open, nested scopes included, counted by the
         /// agent's CUPTI API callbacks; `None` when those callbacks are off. Lets the span
-        /// assembler know when all of a step's GPU records are in.
+        /// assembler know when all of a step's GPU records are in. CUDA graph launches are
+        /// not among them: see `graph_launches`.
         launches: Option<u32>,
+        /// CUDA graph launches (`cuGraphLaunch`, `cudaGraphLaunch`) the thread made while the
+        /// scope was open, nested scopes included (0 when the callbacks are off). Each makes
+        /// one GPU record per node of the graph, a count the launch call does not tell: the
+        /// span assembler learns it per graph (`graphId`) from the launches it has seen.
+        graph_launches: u32,
     },
     /// The scope (still open, its `End` follows) began and is ending while its thread had a
     /// CUDA stream capture open, and it launched nothing that ran: its work was recorded into

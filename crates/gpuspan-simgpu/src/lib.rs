@@ -49,7 +49,7 @@
 //!   `capture_invalidated` (every `cuStreamEndCapture` returns 901: the capture was
 //!   invalidated, as by another thread's unsafe call); see [`sim::config`].
 //! - **Extra symbols**: see [`abi::ext`] (`gpuspanSimAdvanceHostNs`,
-//!   `gpuspanSimIsVirtual`, `gpuspanSimCuptiCounters`, `gpuspanSimCuptiBuffers`, `gpuspanSimReset`).
+//!   `gpuspanSimIsVirtual`, `gpuspanSimHostNowNs`, `gpuspanSimCuptiCounters`, `gpuspanSimCuptiBuffers`, `gpuspanSimReset`).
 //! - `cuInit` honours `CUDA_INJECTION64_PATH` like the real driver.
 
 pub mod abi;

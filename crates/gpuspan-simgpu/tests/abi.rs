@@ -652,7 +652,9 @@ fn nvml_device_queries_and_utilization() {
         0
     );
     assert_eq!(u.gpu, 50, "500 ms kernel in the last 1 s");
+    let before_ns = c!(gpuspanSimHostNowNs() as fn() -> u64);
     c!(gpuspanSimAdvanceHostNs(2_000_000_000) as fn(u64) -> ());
+    assert_eq!(c!(gpuspanSimHostNowNs() as fn() -> u64) - before_ns, 2_000_000_000, "the virtual host clock moved by the advance only");
     assert_eq!(
         c!(nvmlDeviceGetUtilizationRates(dev, &mut u) as fn(*mut c_void, *mut Util) -> u32),
         0

@@ -204,6 +204,8 @@ struct Gpu {
     registers: u16,
     shared_bytes: i64,
     bytes: u64,
+    /// CUPTI `graphId` of a graph-launched kernel, 0 otherwise.
+    graph_id: u32,
 }
 
 impl Gpu {
@@ -224,6 +226,7 @@ impl Gpu {
             registers: 0,
             shared_bytes: 0,
             bytes,
+            graph_id: 0,
         }
     }
 }
@@ -240,6 +243,10 @@ struct Unit {
     /// Exact launches of the unit, once its end (and, for a request's own work, its
     /// steps' ends) reported them.
     launches: Option<u32>,
+    /// Exact CUDA graph launches of the unit, reported with `launches` (0 until then).
+    graph_launches: u32,
+    /// Kernels received per graph launch of the unit, at most [`MAX_GRAPH_LAUNCHES_TRACKED`].
+    graph_work: Vec<GraphWork>,
     expected_driver: u32,
     expected_runtime: u32,
     received: u32,
@@ -248,6 +255,24 @@ struct Unit {
     /// Coarse mode: the unit's own scope interval, once measured.
     scope_time: Option<(u64, u64, TimingSource)>,
 }
+
+/// The kernels of one graph launch that a unit has received: CUPTI gives every kernel of a
+/// graph launch the launch call's correlation id and the graph's `graphId` (CUPTI-NOTES §1
+/// "Graphs").
+#[derive(Debug, Clone, Copy)]
+struct GraphWork {
+    corr: u32,
+    graph_id: u32,
+    kernels: u32,
+}
+
+/// Graph launches per unit whose kernels are counted apart; a unit with more waits
+/// `settle_ms` as one whose graphs are not known yet.
+const MAX_GRAPH_LAUNCHES_TRACKED: usize = 256;
+
+/// Graphs whose kernels per launch the assembler remembers (a worker instantiates a few per
+/// shape); later ones are not learned, and their units wait `settle_ms`.
+const MAX_GRAPHS_LEARNED: usize = 4096;
 
 impl Unit {
     fn expected(&self) -> u32 {
@@ -357,6 +382,8 @@ struct Request {
     /// Launches of its steps, summed from their end events; `None` once a step's count was
     /// unknown.
     step_launches: Option<u64>,
+    /// Graph launches of its steps, summed from their end events.
+    step_graph_launches: u64,
     /// Coarse mode: the least faithful timing of its units.
     timing: Option<TimingSource>,
     /// Step scopes begun under it (0: steps are detected from its kernels, fine mode).
@@ -398,6 +425,9 @@ pub struct SpanAssembler {
     units: FnvHashMap<ScopeId, Unit>,
     requests: FnvHashMap<ScopeId, Request>,
     held_gpu: usize,
+    /// Kernels one launch of each CUDA graph made (`graphId` → the most seen in a settled
+    /// unit), at most [`MAX_GRAPHS_LEARNED`] graphs.
+    graph_kernels: FnvHashMap<u32, u32>,
     generation: u64,
     problems: Vec<ContextProblem>,
     stage_names: StageNames,
@@ -409,6 +439,26 @@ pub struct SpanAssembler {
 /// unattributed (the agent polls every 100 ms and flushes every 500 ms: 2 s covers several
 /// flushes, since API and GPU records may come in different buffers).
 pub(crate) const WAIT_GENERATIONS: u64 = 20;
+
+/// Whether all of a unit's GPU records are in when it made `launches` ordinary launches and
+/// `u.graph_launches` graph launches: every graph launch has kernels in, from a graph whose
+/// kernels per launch are known (`graph_kernels`), as many as that, and the rest of its
+/// records number its ordinary launches. A graph that made fewer kernels this time (a
+/// conditional node) leaves the unit to the `settle_ms` rule; one that made more finishes it
+/// early, and its last kernels count as late.
+fn graph_work_complete(u: &Unit, launches: u32, graph_kernels: &FnvHashMap<u32, u32>) -> bool {
+    if u.graph_work.len() != u.graph_launches as usize {
+        return false;
+    }
+    let mut in_graphs = 0u32;
+    for w in &u.graph_work {
+        match graph_kernels.get(&w.graph_id) {
+            Some(&k) if w.kernels >= k => in_graphs += w.kernels,
+            _ => return false,
+        }
+    }
+    u.received.saturating_sub(in_graphs) >= launches
+}
 
 /// CUPTI ns + `offset_ns` = Unix ns (clamped at 0).
 fn to_unix(cupti_ns: u64, offset_ns: i64) -> u64 {
@@ -451,6 +501,7 @@ impl SpanAssembler {
             units: FnvHashMap::default(),
             requests: FnvHashMap::default(),
             held_gpu: 0,
+            graph_kernels: FnvHashMap::default(),
             generation: 0,
             problems: Vec::new(),
             stage_names: StageNames::default(),
@@ -541,6 +592,7 @@ impl SpanAssembler {
                                 kernel_spans: 0,
                                 omitted: 0,
                                 step_launches: Some(0),
+                                step_graph_launches: 0,
                                 timing: None,
                                 step_scopes: 0,
                                 steps_detected: false,
@@ -567,24 +619,28 @@ impl SpanAssembler {
                     u.scope_time = Some((0, 0, TimingSource::Captured));
                 }
             }
-            ScopeEvent::End { id, launches, .. } => {
+            ScopeEvent::End { id, launches, graph_launches, .. } => {
                 if let Some(r) = self.requests.get_mut(id) {
                     r.ended = true;
                     let direct = match (launches, r.step_launches) {
                         (Some(total), Some(steps)) => Some((*total as u64).saturating_sub(steps) as u32),
                         _ => None,
                     };
+                    let direct_graphs = (*graph_launches as u64).saturating_sub(r.step_graph_launches) as u32;
                     if let Some(u) = self.units.get_mut(id) {
                         u.launches = direct;
+                        u.graph_launches = direct_graphs;
                     }
                 } else if let Some(u) = self.units.get_mut(id) {
                     u.launches = *launches;
+                    u.graph_launches = *graph_launches;
                     let rid = u.request;
                     if let Some(r) = self.requests.get_mut(&rid) {
                         r.step_launches = match (r.step_launches, launches) {
                             (Some(a), Some(b)) => Some(a + *b as u64),
                             _ => None,
                         };
+                        r.step_graph_launches += *graph_launches as u64;
                     }
                 }
             }
@@ -641,6 +697,7 @@ impl SpanAssembler {
             registers: 0,
             shared_bytes: 0,
             bytes: 0,
+            graph_id: 0,
         });
     }
 
@@ -680,6 +737,7 @@ impl SpanAssembler {
                     registers: k.registers_per_thread,
                     shared_bytes: k.static_shared_memory_bytes as i64 + k.dynamic_shared_memory_bytes as i64,
                     bytes: 0,
+                    graph_id: k.graph_id,
                 })
             }
             ActivityRecord::Memcpy(m) => Pending::Gpu(Gpu::copy(
@@ -730,6 +788,13 @@ impl SpanAssembler {
             Pending::Api { domain: ApiDomain::Runtime, .. } => unit.expected_runtime += 1,
             Pending::Gpu(mut g) => {
                 unit.received += 1;
+                if g.graph_id != 0 {
+                    if let Some(w) = unit.graph_work.iter_mut().find(|w| w.corr == g.corr) {
+                        w.kernels += 1;
+                    } else if unit.graph_work.len() < MAX_GRAPH_LAUNCHES_TRACKED {
+                        unit.graph_work.push(GraphWork { corr: g.corr, graph_id: g.graph_id, kernels: 1 });
+                    }
+                }
                 // A stage scope decides (NCCL / RCCL kernels: communication, crate::classify).
                 let scoped = crate::classify::scoped_stage(&g.name, scope.attribution.stage);
                 if let (GpuKind::Kernel, Some(stage)) = (g.kind, scoped) {
@@ -771,12 +836,26 @@ impl SpanAssembler {
             let waited = now_ms.saturating_sub(seen);
             let complete = match u.launches {
                 _ if self.opts.coarse => u.scope_time.is_some(),
-                Some(n) => u.received >= n,
-                // Unknown count (no launch callbacks, or a graph launch inside): settle_ms
-                // after the end, once every launch API record seen has a GPU record (a graph
-                // launch's counts as one).
+                Some(n) if u.graph_launches == 0 => u.received >= n,
+                // Graph launches inside: exact once each launch's kernels number what earlier
+                // launches of its graph made (learned, below), or else as an unknown count.
+                Some(n) => {
+                    graph_work_complete(u, n, &self.graph_kernels)
+                        || (waited >= self.opts.settle_ms && u.received >= u.expected())
+                }
+                // Unknown count (no launch callbacks): settle_ms after the end, once every
+                // launch API record seen has a GPU record (a graph launch's counts as one).
                 None => waited >= self.opts.settle_ms && u.received >= u.expected(),
             };
+            if complete && !force {
+                // A graph launch's kernels, once its unit settled: what its graph makes.
+                for w in &u.graph_work {
+                    if self.graph_kernels.len() < MAX_GRAPHS_LEARNED || self.graph_kernels.contains_key(&w.graph_id) {
+                        let k = self.graph_kernels.entry(w.graph_id).or_insert(0);
+                        *k = (*k).max(w.kernels);
+                    }
+                }
+            }
             if force || complete {
                 ready.push(*id);
             } else if waited >= self.opts.grace_ms {

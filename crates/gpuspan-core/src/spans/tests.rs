@@ -79,9 +79,9 @@ fn run_request_with(f: &mut Fixture, tp: &str, counted: bool, api_records: bool)
                 }
                 corr += 1;
             }
-            f.scope(ScopeEvent::End { id: scope, ts_ns: 100 * step + 50, launches: n_of(n) });
+            f.scope(ScopeEvent::End { id: scope, ts_ns: 100 * step + 50, launches: n_of(n), graph_launches: 0 });
         }
-        f.scope(ScopeEvent::End { id: step, ts_ns: 100 * step + 60, launches: n_of(5) });
+        f.scope(ScopeEvent::End { id: step, ts_ns: 100 * step + 60, launches: n_of(5), graph_launches: 0 });
     }
     f.scope(begin(8, 1, 900, "vae.decode"));
     f.rec(ext(corr, 8));
@@ -89,8 +89,8 @@ fn run_request_with(f: &mut Fixture, tp: &str, counted: bool, api_records: bool)
         f.rec(launch(corr));
     }
     kernels.push((corr, 1000 * corr as u64, 1000 * corr as u64 + 5000));
-    f.scope(ScopeEvent::End { id: 8, ts_ns: 950, launches: n_of(1) });
-    f.scope(ScopeEvent::End { id: 1, ts_ns: 990, launches: n_of(11) });
+    f.scope(ScopeEvent::End { id: 8, ts_ns: 950, launches: n_of(1), graph_launches: 0 });
+    f.scope(ScopeEvent::End { id: 1, ts_ns: 990, launches: n_of(11), graph_launches: 0 });
     kernels
 }
 
@@ -352,7 +352,7 @@ fn expected_gpu_work_by_callback_id() {
 fn request_attributes_are_percent_decoded() {
     let mut f = Fixture::new(SpanOptions::default());
     f.scope(begin(1, 0, 10, &format!("gpuspan.request {TP} model=my%20model tenant=gold%25 baggage=k=v%20w")));
-    f.scope(ScopeEvent::End { id: 1, ts_ns: 20, launches: Some(0) });
+    f.scope(ScopeEvent::End { id: 1, ts_ns: 20, launches: Some(0), graph_launches: 0 });
     let out = f.poll(0);
     let req = out.spans.iter().find(|s| &*s.name == "gpu.request").unwrap();
     assert_eq!(req.attr("gpuspan.request.model"), Some(&AttrValue::Str(Arc::from("my model"))));
@@ -374,18 +374,18 @@ fn coarse_tree_from_scope_intervals() {
     for (step, attn, ffn, base) in [(2u64, 3u64, 4u64, 100_000u64), (5, 6, 7, 200_000)] {
         f.scope(begin(step, 1, step, &format!("dit.step {}/2", step / 3)));
         f.scope(begin(attn, step, step, "attention.spatial"));
-        f.scope(ScopeEvent::End { id: attn, ts_ns: step, launches: None });
+        f.scope(ScopeEvent::End { id: attn, ts_ns: step, launches: None, graph_launches: 0 });
         f.scope(begin(ffn, step, step, "ffn"));
-        f.scope(ScopeEvent::End { id: ffn, ts_ns: step, launches: None });
-        f.scope(ScopeEvent::End { id: step, ts_ns: step, launches: None });
+        f.scope(ScopeEvent::End { id: ffn, ts_ns: step, launches: None, graph_launches: 0 });
+        f.scope(ScopeEvent::End { id: step, ts_ns: step, launches: None, graph_launches: 0 });
         // attention [base+100, base+40_100], ffn [base+40_100, base+70_100], step [base, base+80_000]
         intervals.push(gt(attn, base + 100, base + 40_100, TimingSource::CudaEvent));
         intervals.push(gt(ffn, base + 40_100, base + 70_100, TimingSource::CudaEvent));
         intervals.push(gt(step, base, base + 80_000, TimingSource::CudaEvent));
     }
     f.scope(begin(8, 1, 900, "vae.decode"));
-    f.scope(ScopeEvent::End { id: 8, ts_ns: 950, launches: None });
-    f.scope(ScopeEvent::End { id: 1, ts_ns: 990, launches: None });
+    f.scope(ScopeEvent::End { id: 8, ts_ns: 950, launches: None, graph_launches: 0 });
+    f.scope(ScopeEvent::End { id: 1, ts_ns: 990, launches: None, graph_launches: 0 });
     intervals.push(gt(8, 300_000, 350_000, TimingSource::LegacyStream));
     intervals.push(gt(1, 90_000, 360_000, TimingSource::CudaEvent));
 
@@ -453,8 +453,8 @@ fn coarse_missing_interval_times_out() {
     let mut f = Fixture::new(SpanOptions { coarse: true, grace_ms: 1_000, ..Default::default() });
     f.scope(begin(1, 0, 10, &format!("gpuspan.request {TP}")));
     f.scope(begin(2, 1, 20, "dit.step 0/1"));
-    f.scope(ScopeEvent::End { id: 2, ts_ns: 30, launches: None });
-    f.scope(ScopeEvent::End { id: 1, ts_ns: 40, launches: None });
+    f.scope(ScopeEvent::End { id: 2, ts_ns: 30, launches: None, graph_launches: 0 });
+    f.scope(ScopeEvent::End { id: 1, ts_ns: 40, launches: None, graph_launches: 0 });
     f.asm.observe_scope_time(&ScopeGpuTime { id: 1, start_ns: 10, end_ns: 40, source: TimingSource::CpuFallback, device: None }, &f.scopes);
     assert!(f.poll(0).is_empty());
     let out = f.poll(1_000);
@@ -480,8 +480,8 @@ fn correlation_ids_go_with_their_request_and_may_wrap() {
         }
         f.rec(ext(7, base + 1));
         f.rec(launch(7));
-        f.scope(ScopeEvent::End { id: base + 1, ts_ns: ts + 20, launches: Some(1) });
-        f.scope(ScopeEvent::End { id: base, ts_ns: ts + 30, launches: Some(1) });
+        f.scope(ScopeEvent::End { id: base + 1, ts_ns: ts + 20, launches: Some(1), graph_launches: 0 });
+        f.scope(ScopeEvent::End { id: base, ts_ns: ts + 30, launches: Some(1), graph_launches: 0 });
         if !kernel_first {
             f.rec(k);
         }
@@ -518,8 +518,8 @@ fn a_correlation_decoded_before_its_scope_begins_survives_a_release() {
     f.rec(ext(7, 2));
     f.rec(launch(7));
     f.rec(kernel("flash_fwd_kernel", 7, 1_100, 1_200));
-    f.scope(ScopeEvent::End { id: 2, ts_ns: 1_020, launches: Some(1) });
-    f.scope(ScopeEvent::End { id: 1, ts_ns: 1_030, launches: Some(1) });
+    f.scope(ScopeEvent::End { id: 2, ts_ns: 1_020, launches: Some(1), graph_launches: 0 });
+    f.scope(ScopeEvent::End { id: 1, ts_ns: 1_030, launches: Some(1), graph_launches: 0 });
     let out = f.poll(1_000);
     assert_eq!((out.requests.len(), out.steps.len()), (1, 1));
     for i in 1..=assemble::WAIT_GENERATIONS {
@@ -534,8 +534,8 @@ fn a_correlation_decoded_before_its_scope_begins_survives_a_release() {
     assert_eq!(f.asm.correlation_entries(), 1, "request 1's id went, the new step's stayed");
     f.scope(begin(12, 11, 5_010, "dit.step 0/1"));
     f.rec(kernel("flash_fwd_kernel", 20, 5_100, 5_200));
-    f.scope(ScopeEvent::End { id: 12, ts_ns: 5_020, launches: Some(1) });
-    f.scope(ScopeEvent::End { id: 11, ts_ns: 5_030, launches: Some(1) });
+    f.scope(ScopeEvent::End { id: 12, ts_ns: 5_020, launches: Some(1), graph_launches: 0 });
+    f.scope(ScopeEvent::End { id: 11, ts_ns: 5_030, launches: Some(1), graph_launches: 0 });
     let out = f.poll(2_001);
     assert_eq!((out.requests.len(), out.steps.len()), (1, 1), "the step completes with its kernel");
     assert_eq!((f.asm.stats.unattributed, f.asm.stats.units_timed_out), (0, 0));
@@ -561,7 +561,7 @@ fn steps_of_a_request_that_announces_none_are_detected_from_its_kernels() {
         f.scope(begin(1, 0, 10, &format!("gpuspan.request {TP} model=stdit")));
         if announce_one_step {
             f.scope(begin(2, 1, 11, "dit.step 0/1"));
-            f.scope(ScopeEvent::End { id: 2, ts_ns: 12, launches: Some(0) });
+            f.scope(ScopeEvent::End { id: 2, ts_ns: 12, launches: Some(0), graph_launches: 0 });
         }
         let (mut corr, mut t) = (1u32, 1_000u64);
         let mut launch_kernel = |f: &mut Fixture, name: &str, gap_ns: u64| {
@@ -581,7 +581,7 @@ fn steps_of_a_request_that_announces_none_are_detected_from_its_kernels() {
             }
         }
         launch_kernel(&mut f, "vae_decoder_conv", 2_000_000);
-        f.scope(ScopeEvent::End { id: 1, ts_ns: t + 1, launches: Some(corr - 1) });
+        f.scope(ScopeEvent::End { id: 1, ts_ns: t + 1, launches: Some(corr - 1), graph_launches: 0 });
         f.poll(1_000)
     };
 
@@ -622,4 +622,72 @@ fn steps_of_a_request_that_announces_none_are_detected_from_its_kernels() {
     let steps: Vec<&SpanRecord> = out.spans.iter().filter(|s| &*s.name == "dit.step").collect();
     assert_eq!(steps.len(), 1);
     assert!(out.spans.iter().all(|s| attr(s, "gpuspan.step_source").is_none()));
+}
+
+/// One step of [`graph_launched_steps_finish_without_the_settle_wait_once_their_graph_is_known`]:
+/// step scope `id` makes one ordinary launch (a copy kernel) and launches graph `graph_id`,
+/// which runs `kernels` kernels (all with the `cuGraphLaunch` call's correlation id), then
+/// ends with both counts, as the agent's callbacks report them; polled at `now_ms`.
+fn graph_step(f: &mut Fixture, corr: &mut u32, id: u64, graph_id: u32, kernels: u32, now_ms: u64) -> Finalized {
+    let t = 1_000_000 * id;
+    f.scope(begin(id, 1, t, &format!("dit.step {}/4", id - 2)));
+    f.rec(kernel("copy_kernel", *corr, t + 10, t + 20));
+    f.rec(ext(*corr, id));
+    f.rec(launch(*corr));
+    *corr += 1;
+    f.rec(ext(*corr, id));
+    f.rec(ActivityRecord::Api(ApiRecord {
+        domain: ApiDomain::Driver,
+        cbid: DRIVER_GRAPH_LAUNCH_CBIDS[0],
+        start_ns: t + 30,
+        end_ns: t + 40,
+        process_id: 1,
+        thread_id: 11,
+        correlation_id: *corr,
+        return_value: 0,
+    }));
+    for i in 0..kernels as u64 {
+        let mut r = kernel("sm90_xmma_gemm_bf16", *corr, t + 100 * (i + 1), t + 100 * (i + 1) + 50);
+        if let ActivityRecord::Kernel(k) = &mut r {
+            k.graph_id = graph_id;
+        }
+        f.rec(r);
+    }
+    *corr += 1;
+    f.scope(ScopeEvent::End { id, ts_ns: t + 900, launches: Some(1), graph_launches: 1 });
+    f.poll(now_ms)
+}
+
+/// A worker whose forward passes are CUDA graphs (torch.compile "reduce-overhead"): a graph
+/// launch makes one GPU record per node, a count the launch callback cannot know. The first
+/// step's graph is unknown, so its unit waits `settle_ms` as one without counts, and teaches
+/// the assembler that the graph makes 3 kernels a launch. The next step of that graph is
+/// finalized as soon as its records are in. A launch that made fewer (a conditional node
+/// skipped) and a graph never seen wait `settle_ms` again. Nothing is late or timed out.
+#[test]
+fn graph_launched_steps_finish_without_the_settle_wait_once_their_graph_is_known() {
+    let mut f = Fixture::new(SpanOptions { settle_ms: 600, ..Default::default() });
+    f.scope(begin(1, 0, 10, &format!("gpuspan.request {TP} model=stdit")));
+    let mut corr = 1u32;
+    let kernels = |out: &Finalized| {
+        let s = out.spans.iter().find(|s| &*s.name == "dit.step").expect("a step span");
+        s.attributes.iter().find(|(n, _)| n == "gpuspan.kernel_count").map(|(_, v)| v.clone())
+    };
+
+    let first = graph_step(&mut f, &mut corr, 3, 7, 3, 1_000);
+    assert!(first.steps.is_empty(), "an unknown graph: the unit waits");
+    let first = f.poll(1_700);
+    assert_eq!(first.steps.len(), 1, "finalized after settle_ms");
+    assert_eq!(kernels(&first), Some(AttrValue::Int(4)));
+
+    let second = graph_step(&mut f, &mut corr, 4, 7, 3, 2_000);
+    assert_eq!(second.steps.len(), 1, "a known graph with all its kernels in: finalized at once");
+    assert_eq!(kernels(&second), Some(AttrValue::Int(4)));
+
+    assert!(graph_step(&mut f, &mut corr, 5, 7, 2, 3_000).steps.is_empty(), "fewer kernels than the graph makes: it waits");
+    assert_eq!(f.poll(3_700).steps.len(), 1);
+
+    assert!(graph_step(&mut f, &mut corr, 6, 8, 3, 4_000).steps.is_empty(), "another graph, never seen: it waits");
+    assert_eq!(f.poll(4_700).steps.len(), 1);
+    assert_eq!((f.asm.stats.gpu_late, f.asm.stats.units_timed_out, f.asm.stats.gpu_dropped), (0, 0, 0));
 }

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `gpuspanSimAdvanceHostNs(uint64_t ns)` | model host time: virtual clock += ns, or sleep ns in real mode |
 //! | `int gpuspanSimIsVirtual(void)` | 1 with the virtual clock, 0 with the real one |
+//! | `uint64_t gpuspanSimHostNowNs(void)` | the sim's host clock now, Unix ns (`sim::clock::HostClock::now_ns`): two reads around a replay give the simulated time it took |
 //! | `gpuspanSimCuptiCounters(uint64_t *subscribes, uint64_t *enables)` | cuptiSubscribe / cuptiActivityEnable call counts |
 //! | `gpuspanSimCuptiBuffers(uint64_t *zeroed_by_cupti, uint64_t *lent_dirty)` | activity buffers the sim zeroed on the requesting thread (the client did not set `CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER`), and buffers lent non-zero after it did (`sim::cupti::Counters`) |
 //! | `gpuspanSimCuptiSubscription(uint64_t *unsubscribes, int *subscribed, uint64_t *kinds_enabled)` | cuptiUnsubscribe calls, a subscriber held now (0/1), activity kinds enabled now |
@@ -33,6 +34,11 @@ pub unsafe extern "C" fn gpuspanSimAdvanceHostNs(ns: u64) {
 #[no_mangle]
 pub unsafe extern "C" fn gpuspanSimIsVirtual() -> c_int {
     guard(|| sim().lock().clock.is_virtual() as c_int)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn gpuspanSimHostNowNs() -> u64 {
+    guard(|| sim().lock().clock.now_ns())
 }
 
 #[no_mangle]

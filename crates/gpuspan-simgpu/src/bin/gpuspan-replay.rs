@@ -78,6 +78,16 @@
 //! `device D: thread TID replayed N kernels, M memcpy, S memset` (TID: the OS thread id of
 //! the device's thread, as NVTX ranges and `gettid` name it).
 //!
+//! `--kernel-ns NS` makes a flood of short kernels (issue 14 item 6): every kernel runs NS
+//! of simulated GPU time and the workload's host gaps are dropped, so with `--cuda-graph`
+//! (one `cuGraphLaunch` per forward pass, not one launch per kernel) the simulated GPU runs
+//! about 10^9 / NS kernels per simulated second.
+//!
+//! On the simulator, a line `sim clock: elapsed_ns=N virtual=0|1` follows the `worker thread`
+//! line: the simulated host time the whole replay took (`gpuspanSimHostNowNs` before the
+//! first driver call and after the last synchronize), so a bench can give kernels per second
+//! of simulated GPU time.
+//!
 //! After the summary (and the per-device lines), `worker thread cpu_ns N`: the CPU time of the thread that replayed
 //! (the main thread; with `--devices`, the thread that waited for the device threads), ns,
 //! so a bench can tell the worker's thread (its own work, CUPTI's record writing, which the
@@ -134,6 +144,10 @@ struct Args {
     /// (a slow step for the anomaly rules).
     #[arg(long, value_name = "STEP:FACTOR")]
     slow_step: Option<String>,
+    /// Every kernel runs NS of simulated GPU time, and host gaps are dropped: a flood of
+    /// short kernels (with `--cuda-graph`, about 10^9 / NS kernels per simulated second).
+    #[arg(long, value_name = "NS", value_parser = clap::value_parser!(u64).range(1..))]
+    kernel_ns: Option<u64>,
     /// At the start of step STEP (of every request), ask the driver for more memory than
     /// the device has (`cuMemAlloc_v2`, which fails with CUDA_ERROR_OUT_OF_MEMORY) and go on.
     #[arg(long, value_name = "STEP")]
@@ -254,10 +268,12 @@ struct Adjustments {
     slow: Option<(u64, f64)>,
     /// `--oom-at-step`.
     oom_at_step: Option<u64>,
+    /// `--kernel-ns`.
+    kernel_ns: Option<u64>,
 }
 
 impl Adjustments {
-    fn parse(request_attrs: &[String], slow_step: Option<&str>, oom_at_step: Option<u64>) -> Result<Adjustments, String> {
+    fn parse(request_attrs: &[String], slow_step: Option<&str>, oom_at_step: Option<u64>, kernel_ns: Option<u64>) -> Result<Adjustments, String> {
         let mut attrs: Vec<(u32, String)> = Vec::new();
         for a in request_attrs {
             let (i, kv) = a.split_once(':').ok_or_else(|| format!("--request-attr {a:?}: expected INDEX:KEY=VALUE"))?;
@@ -276,12 +292,20 @@ impl Adjustments {
                 Some((i, f))
             }
         };
-        Ok(Adjustments { attrs, slow, oom_at_step })
+        Ok(Adjustments { attrs, slow, oom_at_step, kernel_ns })
     }
 
     /// Applies the adjustments to `w`, the run's requests from index `first_request` on
     /// (one request, or a whole trace pass). Errors when a named step does not exist.
     fn apply(&self, w: &mut Workload, first_request: u32) -> Result<(), String> {
+        if let Some(ns) = self.kernel_ns {
+            w.ops.retain(|op| !matches!(op, Op::HostGap { .. }));
+            for op in w.ops.iter_mut() {
+                if let Op::Launch { dur_ns, .. } = op {
+                    *dur_ns = ns;
+                }
+            }
+        }
         let mut request = first_request;
         let mut in_slow_step = 0usize;
         let mut depth_of_slow = None;
@@ -402,6 +426,12 @@ fn trace_stem(path: &str) -> String {
     } else {
         stem.replace(' ', "_")
     }
+}
+
+/// The simulator's host clock now, Unix ns (`gpuspanSimHostNowNs`); `None` on a real driver.
+fn sim_host_now_ns(lib: &libloading::Library) -> Option<u64> {
+    // SAFETY: the sim's documented extra, `uint64_t gpuspanSimHostNowNs(void)` (`abi::ext`).
+    unsafe { lib.get::<unsafe extern "C" fn() -> u64>(b"gpuspanSimHostNowNs\0").ok().map(|f| f()) }
 }
 
 /// On the simulated H100: `sim cupti: version=12.9 subscribes=N enables=N unsubscribes=N subscribed=0|1
@@ -627,7 +657,7 @@ fn main() -> ExitCode {
             Err(e) => return fail(2, format!("{e} (presets: {})", PRESET_NAMES.join(", "))),
         }
     };
-    let adjust = match Adjustments::parse(&args.request_attr, args.slow_step.as_deref(), args.oom_at_step) {
+    let adjust = match Adjustments::parse(&args.request_attr, args.slow_step.as_deref(), args.oom_at_step, args.kernel_ns) {
         Ok(a) => a,
         Err(e) => return fail(2, e),
     };
@@ -664,6 +694,7 @@ fn main() -> ExitCode {
         device: 0,
     };
     let started = std::time::Instant::now();
+    let sim_started_ns = sim_host_now_ns(&lib);
     let ran = std::sync::atomic::AtomicU32::new(0);
     let asked = std::sync::atomic::AtomicU32::new(0);
     // A rank of `--ranks` with `--duration`: rank 0 decides for all (module docs).
@@ -702,6 +733,9 @@ fn main() -> ExitCode {
                 println!("device {d}: thread {tid} replayed {} kernels, {} memcpy, {} memset", p.kernels, p.memcpys, p.memsets);
             }
             println!("worker thread cpu_ns {}", thread_cpu_ns());
+            if let (Some(t0), Some(t1)) = (sim_started_ns, sim_host_now_ns(&lib)) {
+                println!("sim clock: elapsed_ns={} virtual={}", t1.saturating_sub(t0), u8::from(s.virtual_clock));
+            }
             if requests.is_none() {
                 println!("requests: {}", ran.load(std::sync::atomic::Ordering::Relaxed));
             }

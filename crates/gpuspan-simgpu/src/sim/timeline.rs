@@ -46,6 +46,46 @@ pub enum WorkKind {
     Memory,
 }
 
+/// Busy intervals of one [`WorkKind`] for NVML utilization, `(start_ns, end_ns)` in
+/// placement order.
+///
+/// An interval that starts inside or at the end of the last one is merged into it (the
+/// union is all utilization reads), so a saturated GPU's back-to-back kernels are one entry.
+/// Intervals that ended more than [`UTIL_WINDOW_NS`] before the newest start are pruned
+/// once the list has doubled since the last prune (at least [`PRUNE_FLOOR`] entries):
+/// amortized O(1) per push even with more than that many kernels a simulated second, where
+/// a prune on every push past a fixed length made the flood (`--kernel-ns`) quadratic.
+#[derive(Debug, Default)]
+struct BusyIntervals {
+    list: VecDeque<(u64, u64)>,
+    /// Prune when `list` reaches this length (0: [`PRUNE_FLOOR`]).
+    prune_at: usize,
+}
+
+/// The shortest list [`BusyIntervals`] prunes.
+const PRUNE_FLOOR: usize = 100_000;
+
+impl BusyIntervals {
+    fn push(&mut self, start_ns: u64, end_ns: u64) {
+        if let Some(back) = self.list.back_mut() {
+            if back.0 <= start_ns && start_ns <= back.1 {
+                back.1 = back.1.max(end_ns);
+                return;
+            }
+        }
+        self.list.push_back((start_ns, end_ns));
+        if self.list.len() >= self.prune_at.max(PRUNE_FLOOR) {
+            self.forget_before(start_ns.saturating_sub(UTIL_WINDOW_NS));
+            self.prune_at = self.list.len() * 2;
+        }
+    }
+
+    /// Drops the intervals that ended before `horizon_ns`.
+    fn forget_before(&mut self, horizon_ns: u64) {
+        self.list.retain(|&(_, e)| e >= horizon_ns);
+    }
+}
+
 /// The device timeline: stream tails plus recent busy intervals for NVML.
 #[derive(Debug, Default)]
 pub struct Timeline {
@@ -53,8 +93,8 @@ pub struct Timeline {
     legacy_tail_ns: u64,
     next_id: u32,
     next_handle: u64,
-    kernels: VecDeque<(u64, u64)>,
-    memory: VecDeque<(u64, u64)>,
+    kernels: BusyIntervals,
+    memory: BusyIntervals,
 }
 
 /// True for the handles that name the legacy default stream.
@@ -182,11 +222,7 @@ impl Timeline {
             WorkKind::Kernel => &mut self.kernels,
             WorkKind::Memory => &mut self.memory,
         };
-        list.push_back((start_ns, end_ns));
-        if list.len() > 100_000 {
-            let horizon = start_ns.saturating_sub(UTIL_WINDOW_NS);
-            list.retain(|&(_, e)| e >= horizon);
-        }
+        list.push(start_ns, end_ns);
     }
 
     /// Makes later work on `handle` wait until `end_ns` (a graph launched on it ends
@@ -219,8 +255,9 @@ impl Timeline {
             WorkKind::Kernel => &mut self.kernels,
             WorkKind::Memory => &mut self.memory,
         };
-        list.retain(|&(_, e)| e >= from.saturating_sub(UTIL_WINDOW_NS));
+        list.forget_before(from.saturating_sub(UTIL_WINDOW_NS));
         let mut clipped: Vec<(u64, u64)> = list
+            .list
             .iter()
             .map(|&(s, e)| (s.max(from), e.min(now_ns)))
             .filter(|(s, e)| s < e)
@@ -299,5 +336,27 @@ mod tests {
         assert_eq!(t.utilization_pct(WorkKind::Kernel, 1_000, 1_000), 60);
         assert_eq!(t.utilization_pct(WorkKind::Memory, 1_000, 1_000), 0);
         assert_eq!(t.utilization_pct(WorkKind::Kernel, 2_000, 1_000), 0);
+    }
+
+    #[test]
+    fn back_to_back_kernels_are_one_interval_and_gaps_are_kept() {
+        let mut t = Timeline::new();
+        let a = t.create_stream(STREAM_NON_BLOCKING);
+        // 1 M kernels of 500 ns back to back: a saturated GPU, one merged interval.
+        for _ in 0..1_000_000 {
+            t.place(a, 0, 500, WorkKind::Kernel);
+        }
+        assert_eq!(t.kernels.list.len(), 1);
+        assert_eq!(t.utilization_pct(WorkKind::Kernel, 500_000_000, 100_000_000), 100);
+        // 300,000 kernels of 500 ns, each 1 µs after the last started: none merge, none
+        // are older than the window, so all are kept through the prunes, and the GPU was
+        // busy half of the time.
+        let mut b = Timeline::new();
+        let s = b.create_stream(STREAM_NON_BLOCKING);
+        for i in 0..300_000u64 {
+            b.place(s, i * 1_000, 500, WorkKind::Kernel);
+        }
+        assert_eq!(b.kernels.list.len(), 300_000);
+        assert_eq!(b.utilization_pct(WorkKind::Kernel, 300_000_000, 300_000_000), 50);
     }
 }
