@@ -12,7 +12,12 @@
 //! ([`gpu_work_expected`]), after waiting `settle_ms` from the end so a periodic flush can
 //! deliver them; this can finish a step early when its API records sit in a buffer CUPTI
 //! has not delivered yet (records of a still-running kernel hold the whole buffer back),
-//! which the late-record counter then shows. Either way a unit is finalized `grace_ms`
+//! which the late-record counter then shows. CUDA graph launches come apart
+//! (`graph_launches`): each makes one kernel record per graph node, all with the launch's
+//! correlation id and the graph's `graphId`. A unit with graph launches whose graphs have
+//! been seen settle once (the first falls back to `settle_ms`) is complete when each
+//! launch has as many kernels as its graph made then ([`SpanAssembler`]'s learned counts)
+//! and the rest number its ordinary launches. Either way a unit is finalized `grace_ms`
 //! after its end with what arrived (a launch that failed, an unknown call), counted in
 //! [`AssemblerStats::units_timed_out`]. A request is complete when
 //! it has ended and all its units are. Records that arrive for a finalized unit are
