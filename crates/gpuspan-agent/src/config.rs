@@ -167,8 +167,8 @@ pub const DEFAULT_MAX_RECORDS: usize = 8_000_000;
 /// agent's share at 128–152 MB with it and 86–98 MB with 100 k (`scripts/bench-flood.sh`).
 pub const SEGMENT_MAX_RECORDS: usize = 100_000;
 
-/// Default of [`Config::max_pending_gpu`]: 256 Ki records, about 27 MB at the assembler's
-/// 104 bytes a record. A step whose launch count the agent knows is finalized as soon as its
+/// Default of [`Config::max_pending_gpu`]: 256 Ki records, about 29 MB at the assembler's
+/// 112 bytes a record. A step whose launch count the agent knows is finalized as soon as its
 /// records are in, so this only fills where a unit must wait `settle_ms` (600 ms) after its
 /// end: a step that launched CUDA graphs, whose kernel count the launch callbacks cannot
 /// know. At the flood's 1 M graph-launched kernels a second (`scripts/bench-flood.sh`) that

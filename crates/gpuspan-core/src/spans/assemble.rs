@@ -49,6 +49,7 @@ use crate::join::ScopeTable;
 use crate::scope::{ScopeEvent, ScopeId, ScopeKind};
 use std::borrow::Cow;
 use fnv::{FnvHashMap, FnvHashSet};
+use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -794,7 +795,8 @@ impl SpanAssembler {
             Pending::Gpu(mut g) => {
                 unit.received += 1;
                 if g.graph_id != 0 {
-                    if let Some(w) = unit.graph_work.iter_mut().find(|w| w.corr == g.corr) {
+                    // Newest first: a launch's kernels mostly arrive together.
+                    if let Some(w) = unit.graph_work.iter_mut().rev().find(|w| w.corr == g.corr) {
                         w.kernels += 1;
                     } else if unit.graph_work.len() < MAX_GRAPH_LAUNCHES_TRACKED {
                         unit.graph_work.push(GraphWork { corr: g.corr, graph_id: g.graph_id, kernels: 1 });
@@ -855,9 +857,13 @@ impl SpanAssembler {
             if complete && !force {
                 // A graph launch's kernels, once its unit settled: what its graph makes.
                 for w in &u.graph_work {
-                    if self.graph_kernels.len() < MAX_GRAPHS_LEARNED || self.graph_kernels.contains_key(&w.graph_id) {
-                        let k = self.graph_kernels.entry(w.graph_id).or_insert(0);
-                        *k = (*k).max(w.kernels);
+                    let learned = self.graph_kernels.len();
+                    match self.graph_kernels.entry(w.graph_id) {
+                        Entry::Occupied(mut k) => *k.get_mut() = (*k.get()).max(w.kernels),
+                        Entry::Vacant(k) if learned < MAX_GRAPHS_LEARNED => {
+                            k.insert(w.kernels);
+                        }
+                        Entry::Vacant(_) => {}
                     }
                 }
             }

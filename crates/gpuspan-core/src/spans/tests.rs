@@ -14,9 +14,14 @@ const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 use crate::test_records::{begin, ext, kernel};
 
 fn launch(corr: u32) -> ActivityRecord {
+    driver_api(corr, 307)
+}
+
+/// A driver API record of callback `cbid` (307 `cuLaunchKernel`, 514 `cuGraphLaunch`).
+fn driver_api(corr: u32, cbid: u32) -> ActivityRecord {
     ActivityRecord::Api(ApiRecord {
         domain: ApiDomain::Driver,
-        cbid: 307,
+        cbid,
         start_ns: 0,
         end_ns: 0,
         process_id: 1,
@@ -636,16 +641,7 @@ fn graph_step(f: &mut Fixture, corr: &mut u32, id: u64, graph_id: u32, kernels: 
     f.rec(launch(*corr));
     *corr += 1;
     f.rec(ext(*corr, id));
-    f.rec(ActivityRecord::Api(ApiRecord {
-        domain: ApiDomain::Driver,
-        cbid: DRIVER_GRAPH_LAUNCH_CBIDS[0],
-        start_ns: t + 30,
-        end_ns: t + 40,
-        process_id: 1,
-        thread_id: 11,
-        correlation_id: *corr,
-        return_value: 0,
-    }));
+    f.rec(driver_api(*corr, DRIVER_GRAPH_LAUNCH_CBIDS[0]));
     for i in 0..kernels as u64 {
         let mut r = kernel("sm90_xmma_gemm_bf16", *corr, t + 100 * (i + 1), t + 100 * (i + 1) + 50);
         if let ActivityRecord::Kernel(k) = &mut r {
