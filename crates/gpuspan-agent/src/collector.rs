@@ -123,6 +123,12 @@ impl Collector {
         self.assembler.poll(&self.scopes, now_ms, force)
     }
 
+    /// Steps and requests complete by `now_ms`, between polls
+    /// ([`gpuspan_core::spans::SpanAssembler::finalize_ready`]: no poll generation starts).
+    pub fn finalize_ready_spans(&mut self, now_ms: u64) -> Finalized {
+        self.assembler.finalize_ready(&self.scopes, now_ms, false)
+    }
+
     fn feed_times(&mut self) {
         for t in self.times.drain(..) {
             self.assembler.observe_scope_time(&t, &self.scopes);

@@ -446,6 +446,14 @@ pub struct SpanAssembler {
 /// flushes, since API and GPU records may come in different buffers).
 pub(crate) const WAIT_GENERATIONS: u64 = 20;
 
+/// How long after its end a unit that is not complete waits before its record vector is
+/// shrunk to fit ([`SpanAssembler::finalize_ready`]): its records are in by then (a launch's
+/// records come in the next buffers), and it may wait `settle_ms` more. In the flood of
+/// `scripts/bench-flood.sh` the first request's graph-launched steps (1,132 kernels each,
+/// in vectors of 2,048) all wait, until their graph is learned: 45 % of what they held was
+/// spare capacity.
+pub const SHRINK_AFTER_MS: u64 = 50;
+
 /// Whether all of a unit's GPU records are in when it made `launches` ordinary launches and
 /// `u.graph_launches` graph launches: every graph launch has kernels in, from a graph whose
 /// kernels per launch are known (`graph_kernels`), as many as that, and the rest of its
@@ -818,8 +826,11 @@ impl SpanAssembler {
         Ok(())
     }
 
-    /// Finalizes what is complete. `now_ms` is the caller's monotonic clock; `force`
-    /// finalizes everything (exit, after the last forced flush).
+    /// One generation of the assembler: retries the records waiting for their external
+    /// correlation (for `WAIT_GENERATIONS` polls), finalizes what is complete
+    /// ([`Self::finalize_ready`]) and lets go of the correlation ids of requests finalized
+    /// `WAIT_GENERATIONS` (20) polls ago. The agent polls every 100 ms. `now_ms` is the caller's
+    /// monotonic clock; `force` finalizes everything (exit, after the last forced flush).
     pub fn poll(&mut self, scopes: &ScopeTable, now_ms: u64, force: bool) -> Finalized {
         self.generation += 1;
         let waiting = std::mem::take(&mut self.waiting);
@@ -833,6 +844,32 @@ impl SpanAssembler {
             }
         }
 
+        let out = self.finalize_ready(scopes, now_ms, force);
+        self.release_correlations(scopes);
+        out
+    }
+
+    /// GPU records held in units not finalized yet (at most
+    /// [`SpanOptions::max_pending_gpu`]).
+    pub fn held_gpu(&self) -> usize {
+        self.held_gpu
+    }
+
+    /// Room for GPU records the units' vectors have (what they hold, in records).
+    #[cfg(test)]
+    pub(crate) fn held_gpu_capacity(&self) -> usize {
+        self.units.values().map(|u| u.gpu.capacity()).sum()
+    }
+
+    /// Finalizes the units that are complete by `now_ms` (the same rules as [`Self::poll`]:
+    /// exact counts, learned graphs, `settle_ms`, `grace_ms`) and the requests whose units
+    /// all are, without starting a generation: the waits counted in polls
+    /// (`WAIT_GENERATIONS`) do not move. The agent calls it between its 100 ms polls while
+    /// many records are held: at 1 M kernels a second, 100 ms is 100,000 records (11 MB)
+    /// waiting for a poll that would finalize them at once. A unit that has waited
+    /// [`SHRINK_AFTER_MS`] after its end without completing (a `settle_ms` wait) has its
+    /// record vector's spare capacity (up to half of it, from doubling) given back.
+    pub fn finalize_ready(&mut self, scopes: &ScopeTable, now_ms: u64, force: bool) -> Finalized {
         let mut ready: Vec<ScopeId> = Vec::new();
         for (id, u) in self.units.iter_mut() {
             let ended = scopes.get(*id).and_then(|s| s.end_ns).is_some();
@@ -872,6 +909,8 @@ impl SpanAssembler {
             } else if waited >= self.opts.grace_ms {
                 self.stats.units_timed_out += 1;
                 ready.push(*id);
+            } else if waited >= SHRINK_AFTER_MS && u.gpu.capacity() - u.gpu.len() > u.gpu.len() / 4 {
+                u.gpu.shrink_to_fit();
             }
         }
         // Steps in scope order so spans and timings come out in step order.
@@ -894,7 +933,6 @@ impl SpanAssembler {
                 self.finalized.push_back((self.generation, id));
             }
         }
-        self.release_correlations(scopes);
         self.stats.spans += out.spans.len() as u64;
         out
     }

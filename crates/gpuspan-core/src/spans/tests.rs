@@ -687,3 +687,56 @@ fn graph_launched_steps_finish_without_the_settle_wait_once_their_graph_is_known
     assert_eq!(f.poll(4_700).steps.len(), 1);
     assert_eq!((f.asm.stats.gpu_late, f.asm.stats.units_timed_out, f.asm.stats.gpu_dropped), (0, 0, 0));
 }
+
+/// Between polls the agent finalizes what is complete ([`SpanAssembler::finalize_ready`])
+/// while many records are held. That finalizes a step whose records are in at once, shrinks
+/// the vector of a unit that waits `settle_ms` once it has waited `SHRINK_AFTER_MS`, and
+/// leaves the waits counted in polls alone: a record whose external correlation never comes
+/// is unattributed after `WAIT_GENERATIONS` polls, however often `finalize_ready` ran.
+#[test]
+fn finalize_ready_between_polls_finishes_complete_units_and_moves_no_poll_count() {
+    let mut f = Fixture::new(SpanOptions { settle_ms: 600, ..Default::default() });
+    f.scope(begin(1, 0, 10, &format!("gpuspan.request {TP} model=stdit")));
+    // Step 2: one counted launch, its records in.
+    f.scope(begin(2, 1, 1_000, "dit.step 0/2"));
+    f.rec(ext(1, 2));
+    f.rec(launch(1));
+    f.rec(kernel("flash_fwd_kernel", 1, 1_100, 1_200));
+    f.scope(ScopeEvent::End { id: 2, ts_ns: 1_300, launches: Some(1), graph_launches: 0 });
+    // A kernel whose external correlation record never comes: it waits for its scope.
+    f.rec(kernel("flash_fwd_kernel", 99, 1_400, 1_500));
+    let out = f.asm.finalize_ready(&f.scopes, 5, false);
+    assert_eq!(out.steps.len(), 1, "a complete step is finalized between polls");
+    assert_eq!(f.asm.held_gpu(), 0);
+
+    // Step 3: its launches not counted (no callbacks), so it waits settle_ms; 5 kernels in a
+    // vector grown to 8.
+    f.scope(begin(3, 1, 2_000, "dit.step 1/2"));
+    for corr in 10..15u32 {
+        f.rec(ext(corr, 3));
+        f.rec(launch(corr));
+        f.rec(kernel("flash_fwd_kernel", corr, 2_000 + 100 * corr as u64, 2_050 + 100 * corr as u64));
+    }
+    f.scope(ScopeEvent::End { id: 3, ts_ns: 4_000, launches: None, graph_launches: 0 });
+    assert_eq!((f.asm.held_gpu(), f.asm.held_gpu_capacity()), (5, 8));
+    for now_ms in [10, 10 + assemble::SHRINK_AFTER_MS - 1] {
+        assert!(f.asm.finalize_ready(&f.scopes, now_ms, false).is_empty());
+    }
+    assert_eq!(f.asm.held_gpu_capacity(), 8, "not shrunk before SHRINK_AFTER_MS");
+    assert!(f.asm.finalize_ready(&f.scopes, 10 + assemble::SHRINK_AFTER_MS, false).is_empty());
+    assert_eq!((f.asm.held_gpu(), f.asm.held_gpu_capacity()), (5, 5), "shrunk while it settles");
+    for now_ms in 100..200 {
+        f.asm.finalize_ready(&f.scopes, now_ms, false);
+    }
+    assert_eq!(f.asm.stats.unattributed, 0, "finalize_ready counts no poll");
+    let out = f.asm.finalize_ready(&f.scopes, 610, false);
+    assert_eq!(out.steps.len(), 1, "finalized after settle_ms");
+    let step = out.spans.iter().find(|s| &*s.name == "dit.step").expect("the step's span");
+    assert_eq!(int(step, "gpuspan.kernel_count"), 5);
+
+    for i in 0..=assemble::WAIT_GENERATIONS {
+        f.poll(1_000 + i);
+    }
+    assert_eq!(f.asm.stats.unattributed, 1, "WAIT_GENERATIONS polls later");
+    assert_eq!((f.asm.stats.gpu_late, f.asm.stats.units_timed_out, f.asm.stats.gpu_dropped), (0, 0, 0));
+}

@@ -104,10 +104,11 @@ impl<W: Write> JsonOut<W> {
         let mut n = 0;
         let mut first = true;
         let mut key = |out: &mut Self, k: &'static str| {
-            out.raw(if first { b",\"args\":{" } else { b"," });
+            out.raw(if first { b",\"args\":{\"" } else { b",\"" });
             first = false;
-            out.str(k);
-            out.raw(b":");
+            // The typed keys ([`keys`]) need no escape: copied as they are.
+            out.raw(k.as_bytes());
+            out.raw(b"\":");
             written[n] = k;
             n += 1;
         };
@@ -200,26 +201,53 @@ static ESCAPE: [u8; 256] = {
     t
 };
 
+/// Whether any of the 8 bytes of `w` needs an escape: a control character (below 0x20),
+/// `"` or `\\`. Exact as a yes / no (the "has a byte less than n" and "has a zero byte"
+/// word tests of Sean Anderson's *Bit Twiddling Hacks*, for n <= 128), though not for which
+/// byte.
+#[inline]
+const fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let q = w ^ (ONES * b'"' as u64);
+    let quote = q.wrapping_sub(ONES) & !q & HIGH;
+    let b = w ^ (ONES * b'\\' as u64);
+    let backslash = b.wrapping_sub(ONES) & !b & HIGH;
+    (control | quote | backslash) != 0
+}
+
 /// `s` quoted and escaped as serde_json does, appended to `buf`. Runs of bytes that need no
-/// escape (nearly all of a kernel name) are copied whole.
+/// escape (nearly all of a kernel name) are skipped 8 bytes at a time and copied whole: a
+/// byte at a time with a table lookup was 5.5 % of a fine-mode capture's CPU, its kernel
+/// names being 100–400 bytes of C++ signature.
 fn escape_into(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     buf.reserve(bytes.len() + 2);
     buf.push(b'"');
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(word) = bytes.get(i..i + 8) {
+            let word: [u8; 8] = word.try_into().expect("an 8-byte slice");
+            if !word_needs_escape(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
         let esc = ESCAPE[b as usize];
-        if esc == 0 {
-            continue;
+        if esc != 0 {
+            buf.extend_from_slice(&bytes[start..i]);
+            if esc == b'u' {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                buf.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
+            } else {
+                buf.extend_from_slice(&[b'\\', esc]);
+            }
+            start = i + 1;
         }
-        buf.extend_from_slice(&bytes[start..i]);
-        if esc == b'u' {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            buf.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
-        } else {
-            buf.extend_from_slice(&[b'\\', esc]);
-        }
-        start = i + 1;
+        i += 1;
     }
     buf.extend_from_slice(&bytes[start..]);
     buf.push(b'"');
@@ -239,6 +267,51 @@ mod tests {
             let mut ours = Vec::new();
             escape_into(&mut ours, s);
             assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn typed_keys_need_no_escape() {
+        // `JsonOut::args` copies them without escaping.
+        for k in [
+            keys::DEVICE,
+            keys::STREAM,
+            keys::CORRELATION,
+            keys::EXTERNAL_ID,
+            keys::GRID,
+            keys::BLOCK,
+            keys::REGISTERS,
+            keys::SHARED_MEMORY,
+            keys::BYTES,
+            keys::STAGE,
+            keys::STEP,
+            keys::TRACE_ID,
+            keys::SCOPE,
+        ] {
+            assert_eq!(serde_json::to_string(k).unwrap(), format!("\"{k}\""));
+        }
+    }
+
+    #[test]
+    fn an_escape_at_any_offset_of_a_word_is_found() {
+        // Every byte that needs an escape, and its neighbours that do not (0x1f / 0x20,
+        // 0x21 / 0x22 / 0x23, 0x5b / 0x5c / 0x5d, 0x7f, 0x80+ as UTF-8), at every position of
+        // strings long enough to span several 8-byte words, alone and two at a time.
+        let specials = ['\u{0}', '\u{8}', '\n', '\u{1f}', ' ', '!', '"', '#', '[', '\\', ']', '\u{7f}', 'é', '😀'];
+        for len in [1usize, 7, 8, 9, 15, 16, 17, 31, 40] {
+            for pos in 0..len {
+                for &c in &specials {
+                    for &d in &['a', '"', '\u{1}'] {
+                        let mut s: String = "x".repeat(len);
+                        s.replace_range(pos..pos + 1, &c.to_string());
+                        s.push(d);
+                        s.push_str("tail of eight+");
+                        let mut ours = Vec::new();
+                        escape_into(&mut ours, &s);
+                        assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(&s).unwrap(), "{s:?}");
+                    }
+                }
+            }
         }
     }
 
