@@ -4,7 +4,8 @@
 //! Builds a trace of `EVENTS` kernel events (default 400 000) from the events of a real
 //! H100 fixture (`h100-qwen-prefill`, repeated with shifted timestamps, so names, args and
 //! number shapes are real ones) and writes it with `gpuspan_export::kineto::write_trace_with`
-//! the way the agent does: uncompressed (JSON serialisation alone), gzip level 1 (what the
+//! the way the agent does: uncompressed into a file, serialised alone into `io::sink()`
+//! (`write_trace_json_to`: the writing thread's share), gzip level 1 (what the
 //! exit path uses) and level 6 (flate2's default), each deflated on the writing thread (+0)
 //! and on `gzip::default_threads()` threads beside it (the exit path's; one gzip member
 //! either way). Side by side in the same run, the same
@@ -74,7 +75,12 @@ fn main() {
     let rate = |d: Duration| events as f64 / d.as_secs_f64() / 1e6;
     let (json_d, json_bytes) = write("capture.json", None, 0);
     println!("{events} events, {:.1} MB of JSON", json_bytes as f64 / 1e6);
-    println!("json (serialisation only)   {:>8.1} ms  {:>6.2} M events/s", json_d.as_secs_f64() * 1e3, rate(json_d));
+    println!("json into a file             {:>8.1} ms  {:>6.2} M events/s", json_d.as_secs_f64() * 1e3, rate(json_d));
+    // The writing thread's own work: serialisation into io::sink(), no file, no deflate.
+    let ser_d = best(runs, || {
+        gpuspan_export::kineto::write_trace_json_to(&trace, std::io::sink(), &WriteOptions::default()).expect("serialise");
+    });
+    println!("json serialisation alone     {:>8.1} ms  {:>6.2} M events/s  (the writing thread's share)", ser_d.as_secs_f64() * 1e3, rate(ser_d));
     let threads = gpuspan_export::kineto::gzip::default_threads();
     for level in [1u32, 6] {
         for t in [0, threads] {

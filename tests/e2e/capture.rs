@@ -474,10 +474,6 @@ fn activity_client_report(text: &str) -> (u64, u64, u64, bool) {
     (field("lent="), field("returned="), field("kernels="), line.contains("canary_intact=1"))
 }
 
-/// `N` of the replay worker's `replayed N kernels` line.
-fn replayed_kernels(text: &str) -> u64 {
-    text.split("replayed ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no replayed line: {text}"))
-}
 
 /// CUPTI 13.3+'s multiple-subscriber mode (`gpuspan_cupti::multi_subscriber`): a second tool
 /// that subscribes with `cuptiSubscribe_v2` asking for it (a V2-aware torch.profiler) and

@@ -44,11 +44,6 @@ fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> (std::process
     }
 }
 
-/// The `gpuspan.summary` args of a capture, by key.
-fn summary_u64(t: &gpuspan_core::trace::Trace, key: &str) -> u64 {
-    let s = t.events.iter().find(|e| e.name == "gpuspan.summary").expect("summary event");
-    s.extra_args.get(key).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("summary has no {key}"))
-}
 
 /// The agent's "finished in N ms" line, N.
 fn finished_ms(stderr: &str) -> u64 {

@@ -15,10 +15,6 @@ fn run_stdit(out: &Path, env: &[(&str, &str)]) -> gpuspan_core::trace::Trace {
     gpuspan_export::read_trace(&capture_in(out)).expect("capture")
 }
 
-fn summary_arg(t: &gpuspan_core::trace::Trace, key: &str) -> u64 {
-    let s = t.events.iter().find(|e| e.name == "gpuspan.summary").expect("gpuspan.summary event");
-    s.extra_args.get(key).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("{key} in {:?}", s.extra_args))
-}
 
 #[test]
 fn cupti13_layouts_give_the_same_capture() {
@@ -26,8 +22,8 @@ fn cupti13_layouts_give_the_same_capture() {
     let b = tempfile::tempdir().unwrap();
     let t12 = run_stdit(a.path(), &[]);
     let t13 = run_stdit(b.path(), &[("GPUSPAN_SIM_CUPTI_VERSION", "13")]);
-    assert_eq!(summary_arg(&t12, "gpuspan.cupti_version"), 28);
-    assert_eq!(summary_arg(&t13, "gpuspan.cupti_version"), 130500);
+    assert_eq!(summary_u64(&t12, "gpuspan.cupti_version"), 28);
+    assert_eq!(summary_u64(&t13, "gpuspan.cupti_version"), 130500);
     let k12: Vec<_> = t12.kernels().map(|k| (k.name.clone(), k.dur_us, k.stage.clone(), k.step.clone())).collect();
     let k13: Vec<_> = t13.kernels().map(|k| (k.name.clone(), k.dur_us, k.stage.clone(), k.step.clone())).collect();
     assert!(!k12.is_empty());
@@ -40,13 +36,13 @@ fn dropped_records_are_counted_not_hidden() {
     let b = tempfile::tempdir().unwrap();
     let full = run_stdit(a.path(), &[]);
     let lossy = run_stdit(b.path(), &[("GPUSPAN_SIM_FAULT", "drop_records"), ("GPUSPAN_SIM_DROP_EVERY", "10")]);
-    assert_eq!(summary_arg(&full, "gpuspan.records_dropped_cupti"), 0);
-    let dropped = summary_arg(&lossy, "gpuspan.records_dropped_cupti");
+    assert_eq!(summary_u64(&full, "gpuspan.records_dropped_cupti"), 0);
+    let dropped = summary_u64(&lossy, "gpuspan.records_dropped_cupti");
     let (nf, nl) = (full.kernels().count() as u64, lossy.kernels().count() as u64);
     assert!(dropped > 0, "CUPTI's dropped count reaches the capture");
     assert!(nl < nf, "fewer kernels when records drop ({nl} vs {nf})");
-    let decoded_full = summary_arg(&full, "gpuspan.records_decoded");
-    let decoded_lossy = summary_arg(&lossy, "gpuspan.records_decoded");
+    let decoded_full = summary_u64(&full, "gpuspan.records_decoded");
+    let decoded_lossy = summary_u64(&lossy, "gpuspan.records_decoded");
     assert_eq!(decoded_lossy + dropped, decoded_full, "every record is either decoded or counted as dropped");
 }
 
@@ -76,7 +72,7 @@ fn every_cupti_release_gives_the_same_stats() {
         let capture = capture_in(out.path());
         let t = gpuspan_export::read_trace(&capture).expect("capture");
         let want_api = gpuspan_cupti::layouts::release_named(version).unwrap().api_version as u64;
-        assert_eq!(summary_arg(&t, "gpuspan.cupti_version"), want_api, "CUPTI {version}");
+        assert_eq!(summary_u64(&t, "gpuspan.cupti_version"), want_api, "CUPTI {version}");
         let so = output(gpuspan().args(["stats", "--json"]).arg(&capture));
         assert!(so.status.success());
         let mut stats: serde_json::Value = serde_json::from_slice(&so.stdout).unwrap();

@@ -307,3 +307,39 @@ fn fixture_replay_spans_over_http_protobuf() {
 fn fixture_replay_spans_over_grpc() {
     fixture_replay_over(Transport::Grpc);
 }
+
+/// The record limit (`GPUSPAN_MAX_RECORDS`) bounds what the capture holds, not what the
+/// spans count: with a limit of 2,000 records and 256 KiB CUPTI buffers, most buffers of a
+/// 3-step stdit request are decoded at the limit (aside, `Collector::over_limit`), and still
+/// the request span's `gpuspan.kernel_count` is every kernel replayed, while the capture holds
+/// at most the limit and its summary counts the rest as `records_dropped_limit`.
+#[test]
+fn the_record_limit_drops_from_the_capture_not_from_the_spans() {
+    let rx = OtlpReceiver::start(Transport::HttpProtobuf, "127.0.0.1:0");
+    let out = tempfile::tempdir().unwrap();
+    let mut c = gpuspan();
+    c.args(["run", "--sim", "--mode", "fine", "--out"])
+        .arg(out.path())
+        .arg("--")
+        .arg(artifact("gpuspan-replay"))
+        .args(["stdit", "--steps", "3", "--requests", "1"])
+        .env("GPUSPAN_MAX_RECORDS", "2000")
+        .env("GPUSPAN_BUFFER_BYTES", "262144")
+        .env("GPUSPAN_METRICS_ADDR", "off");
+    with_otlp(&mut c, &rx);
+    let o = output(&mut c);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    let replayed = replayed_kernels(&stdout) as i64;
+    let t = gpuspan_export::read_trace(&capture_in(out.path())).unwrap();
+    let arg = |k: &str| summary_u64(&t, k);
+    let (decoded, dropped) = (arg("gpuspan.records_decoded"), arg("gpuspan.records_dropped_limit"));
+    assert!(dropped > decoded / 2, "most records over the limit: {dropped} of {decoded} dropped");
+    assert!(decoded - dropped <= 2000, "the capture held at most the limit: {} of {decoded}", decoded - dropped);
+    assert!((t.kernels().count() as i64) < replayed / 2, "{} of {replayed} kernels captured", t.kernels().count());
+    assert!(rx.wait_for(Duration::from_secs(10), |s| s.iter().any(|s| s.name == "gpu.request")));
+    let spans = rx.spans();
+    let request = spans.iter().find(|s| s.name == "gpu.request").unwrap();
+    assert_eq!(request.int("gpuspan.kernel_count"), Some(replayed), "the spans saw every kernel");
+    assert_eq!(arg("gpuspan.span_gpu_late") + arg("gpuspan.span_gpu_dropped") + arg("gpuspan.span_units_timed_out"), 0);
+}

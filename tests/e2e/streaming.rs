@@ -45,14 +45,6 @@ fn run_with_peak_rss(c: &mut Command) -> (std::process::ExitStatus, String, i64)
     (std::process::ExitStatus::from_raw(status), stdout, ru.ru_maxrss)
 }
 
-/// The `replayed N kernels` count of a replay's stdout.
-fn replayed_kernels(stdout: &str) -> u64 {
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("replayed ")?.split(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no `replayed N kernels` line: {stdout}"))
-}
-
 #[test]
 fn memory_does_not_depend_on_the_number_of_requests() {
     // Issue 13's acceptance, as written: under `gpuspan run --sim --mode off`, 200 requests

@@ -229,3 +229,14 @@ pub fn sim_cupti(o: &Output) -> std::collections::BTreeMap<String, u64> {
         })
         .collect()
 }
+
+/// `N` of the replay worker's `replayed N kernels` line in `text` (its stdout).
+pub fn replayed_kernels(text: &str) -> u64 {
+    text.split("replayed ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no `replayed N kernels` line: {text}"))
+}
+
+/// The `gpuspan.summary` event's arg `key` (a count) in capture `t`.
+pub fn summary_u64(t: &gpuspan_core::trace::Trace, key: &str) -> u64 {
+    let s = t.events.iter().find(|e| e.name == "gpuspan.summary").expect("gpuspan.summary event");
+    s.extra_args.get(key).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("summary has no {key}: {:?}", s.extra_args))
+}

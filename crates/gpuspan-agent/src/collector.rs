@@ -66,8 +66,11 @@ impl ScopeObserver for NoObserver {
 pub struct Collector {
     /// Scopes seen so far.
     pub scopes: ScopeTable,
-    /// Decoded records, in arrival order.
+    /// Decoded records, in arrival order (at most `GPUSPAN_MAX_RECORDS`).
     pub records: Vec<ActivityRecord>,
+    /// A buffer's records decoded while `records` is at its limit: seen by the span
+    /// assembler, then dropped (`records_dropped_limit`). Empty between buffers.
+    over_limit: Vec<ActivityRecord>,
     /// Kernel-name interning.
     pub names: NameCache,
     /// Scope names by the keys the hot path sends ([`crate::scope_names`]).
@@ -102,6 +105,7 @@ impl Collector {
         Collector {
             scopes: ScopeTable::new(),
             records: Vec::new(),
+            over_limit: Vec::new(),
             names: NameCache::default(),
             scope_names: Default::default(),
             classifier: Classifier::new(rules),
@@ -275,11 +279,17 @@ impl Collector {
                 return a.completed_queue.is_empty();
             }
             let Some((addr, valid)) = a.completed_queue.pop() else { return true };
-            let before = self.records.len();
+            // At the record limit a buffer is decoded aside: the span assembler still sees its
+            // records, the capture drops them (counted). Decoded into `records` past the
+            // limit, they made that vector double beyond it (256 Ki records, 19 MB, for the
+            // 100 k of rolling segments) before the truncation below.
+            let at_limit = self.records.len() >= a.config.max_records;
+            let out = if at_limit { &mut self.over_limit } else { &mut self.records };
+            let before = out.len();
             // SAFETY: `addr` is a pool buffer CUPTI completed with `valid` bytes of records
             // laid out by the CUPTI whose GetNextRecord and layouts we pass; nobody else
             // touches it now.
-            let st = unsafe { decode_buffer(next, &layouts, addr as *mut u8, valid, &mut self.names, &mut self.records) };
+            let st = unsafe { decode_buffer(next, &layouts, addr as *mut u8, valid, &mut self.names, out) };
             // SAFETY: decoded; the buffer goes back to the pool exactly once, and only its
             // `valid` bytes were written since the pool lent it zeroed (CUPTI fills buffers
             // from the start; a foreign buffer's copy is `valid` bytes long).
@@ -290,7 +300,8 @@ impl Collector {
             // (NVML samples it).
             let spans = a.coarse.is_none();
             let mut last_device = None;
-            for r in &self.records[before..] {
+            let decoded = if at_limit { &self.over_limit[..] } else { &self.records[before..] };
+            for r in decoded {
                 if let ActivityRecord::Kernel(k) = r {
                     if last_device != Some(k.device_id) {
                         last_device = Some(k.device_id);
@@ -301,12 +312,21 @@ impl Collector {
                     self.assembler.observe_record(r, &self.scopes, &mut self.classifier);
                 }
             }
-            let added = self.records.len() - before;
+            let added = decoded.len();
             a.counters.records_decoded.fetch_add(added as u64, Ordering::Relaxed);
-            if self.records.len() > a.config.max_records {
+            if at_limit {
+                a.counters.records_over_limit.fetch_add(added as u64, Ordering::Relaxed);
+                self.over_limit.clear();
+            } else if self.records.len() > a.config.max_records {
                 let over = self.records.len() - a.config.max_records;
                 self.records.truncate(a.config.max_records);
                 a.counters.records_over_limit.fetch_add(over as u64, Ordering::Relaxed);
+            }
+            // The buffer that crossed the limit may have doubled the vector past it: what is
+            // beyond half as much again goes back.
+            let max = a.config.max_records;
+            if self.records.capacity() > max.saturating_add(max / 2) {
+                self.records.shrink_to(max);
             }
             self.decode_totals.decoded += st.decoded;
             self.decode_totals.skipped += st.skipped;

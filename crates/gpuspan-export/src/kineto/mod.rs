@@ -22,7 +22,7 @@ mod write;
 pub use dir::{merge, process_captures, read_captures, read_captures_with, read_rank_traces, trace_files, RankTraces};
 pub use error::{ReadError, ReadErrorKind};
 pub use read::{read_trace, read_trace_bytes, read_trace_with, ReadOptions, Skipped};
-pub use write::{write_trace, write_events_with, write_trace_with, Trailer, WriteOptions, WriteProgress, DEADLINE_CHECK_EVERY};
+pub use write::{write_events_with, write_trace, write_trace_json_to, write_trace_with, Trailer, WriteOptions, WriteProgress, DEADLINE_CHECK_EVERY};
 
 /// The typed `args` keys the model interprets (see [`gpuspan_core::trace::TraceEvent`]);
 /// every other arg goes to `extra_args` on read and comes back verbatim on write.

@@ -149,6 +149,22 @@ pub fn write_events_with(
     res
 }
 
+/// The JSON text [`write_trace_with`] writes for `trace` (a `.json` file's bytes, before any
+/// compression), into `out`, which is returned with how many events were written and cut:
+/// for callers that send it elsewhere than a file, and for measuring the serialisation
+/// alone (`benches/capture_write.rs` writes it into `io::sink()`).
+///
+/// # Errors
+/// A non-finite `ts` / `dur` (`InvalidData`, nothing written), or `out`'s error.
+pub fn write_trace_json_to<W: Write>(trace: &Trace, out: W, opts: &WriteOptions<'_>) -> io::Result<(W, WriteProgress)> {
+    let mut events = trace;
+    let survey = Survey::of(&events);
+    if let Some(i) = survey.non_finite {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("event {i} ({:?}) has a non-finite ts or dur", trace.events[i].name)));
+    }
+    write_json(JsonOut::new(out), trace, &mut events, &survey, opts)
+}
+
 fn tmp_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(".tmp");
