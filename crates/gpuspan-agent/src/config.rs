@@ -4,7 +4,7 @@
 //! `GPUSPAN_OUT` (capture directory, default `./gpuspan-out`), `GPUSPAN_RULES` (stage rules
 //! TOML), `GPUSPAN_LOG`, `GPUSPAN_METRICS_ADDR` (Prometheus endpoint, default off),
 //! `GPUSPAN_KERNEL_SPAN_BUDGET` (default 20 000 `cuda.kernel` spans per trace),
-//! `GPUSPAN_MAX_PENDING_GPU` (GPU records held for unfinished spans, default 262 144),
+//! `GPUSPAN_MAX_PENDING_GPU` (GPU records held for unfinished spans, default 131 072),
 //! `GPUSPAN_WORKER_ID` (the `worker_id` metric label, default `<host>:<pid>`),
 //! `GPUSPAN_EVENT_POOL` (most CUDA events of coarse mode, default 4096),
 //! `GPUSPAN_MAX_MODELS` (distinct `model` label values with metric series and anomaly
@@ -167,14 +167,18 @@ pub const DEFAULT_MAX_RECORDS: usize = 8_000_000;
 /// agent's share at 128–152 MB with it and 86–98 MB with 100 k (`scripts/bench-flood.sh`).
 pub const SEGMENT_MAX_RECORDS: usize = 100_000;
 
-/// Default of [`Config::max_pending_gpu`]: 256 Ki records, about 29 MB at the assembler's
+/// Default of [`Config::max_pending_gpu`]: 128 Ki records, about 14 MB at the assembler's
 /// 112 bytes a record. A step whose launch count the agent knows is finalized as soon as its
-/// records are in, so this only fills where a unit must wait `settle_ms` (600 ms) after its
-/// end: a step that launched CUDA graphs, whose kernel count the launch callbacks cannot
-/// know. At the flood's 1 M graph-launched kernels a second (`scripts/bench-flood.sh`) that
-/// wait held 4 M records (the old limit, about 420 MB) and made the agent's share 433 MB
-/// (issue 14, item 6: at most 128 MB).
-pub const DEFAULT_MAX_PENDING_GPU: usize = 256 << 10;
+/// records are in (between polls too, under load: `SpanAssembler::finalize_ready`), so this
+/// only fills where a unit must wait `settle_ms` (600 ms) after its end: a step that
+/// launched a CUDA graph not learned yet (the first launches of each graph), or any step
+/// when the launch callbacks are off. 128 Ki records in 600 ms is 218,000 such kernels a
+/// second before any is dropped. At the flood's 1 M graph-launched kernels a second
+/// (`scripts/bench-flood.sh`) that wait held 4 M records (the old limit, about 420 MB) and
+/// made the agent's share 433 MB (issue 14, item 6: at most 128 MB); with 256 Ki the share
+/// was 110.8–125.9 MB in four 60 s runs, with 128 Ki 101.1 and 102.2 MB in two, 0.75 M
+/// rather than 0.48–0.65 M kernels dropped from the first request's spans.
+pub const DEFAULT_MAX_PENDING_GPU: usize = 128 << 10;
 
 /// Default of [`Config::nvml_period`]: 1 s, `nvidia-smi dmon`'s default sampling period.
 pub const DEFAULT_NVML_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
