@@ -522,6 +522,25 @@ fn write_refuses_non_finite_and_leaves_nothing() {
     assert!(write_trace(&sample_trace(), &p).is_err());
 }
 
+/// `write_trace_json_to` writes the bytes of the `.json` file `write_trace` writes, into any
+/// writer, and refuses a non-finite time as the file writer does, writing nothing.
+#[test]
+fn json_into_a_writer_is_the_json_files_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = sample_trace();
+    let p = dir.path().join("c.json");
+    write_trace(&t, &p).unwrap();
+    let (bytes, progress) = write_trace_json_to(&t, Vec::new(), &WriteOptions::default()).unwrap();
+    assert_eq!(bytes, std::fs::read(&p).unwrap());
+    assert_eq!((progress.events_written, progress.events_cut), (t.events.len(), 0));
+    let mut bad = sample_trace();
+    bad.events[1].ts_us = f64::INFINITY;
+    let mut out = Vec::new();
+    let e = write_trace_json_to(&bad, &mut out, &WriteOptions::default()).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    assert!(out.is_empty());
+}
+
 #[test]
 fn write_replaces_existing_file_atomically() {
     let dir = tempfile::tempdir().unwrap();

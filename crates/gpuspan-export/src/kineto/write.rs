@@ -127,19 +127,7 @@ pub fn write_events_with(
     opts: &WriteOptions<'_>,
 ) -> io::Result<WriteProgress> {
     let survey = Survey::of(&*events);
-    let bad = survey
-        .non_finite
-        .map(|i| (i, events.event(i).name.clone()))
-        .or_else(|| {
-            let t = &opts.trailer.as_ref()?.event;
-            (!t.ts_us.is_finite() || !t.dur_us.is_finite()).then(|| (events.len(), t.name.clone()))
-        });
-    if let Some((i, name)) = bad {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("event {i} ({name:?}) has a non-finite ts or dur"),
-        ));
-    }
+    check_finite(&mut *events, &survey, opts)?;
     let gzip = path.as_os_str().to_string_lossy().ends_with(".gz");
     let tmp = tmp_path(path);
     let res = write_to(header, events, survey, &tmp, gzip, opts).and_then(|p| fs::rename(&tmp, path).map(|()| p));
@@ -159,10 +147,24 @@ pub fn write_events_with(
 pub fn write_trace_json_to<W: Write>(trace: &Trace, out: W, opts: &WriteOptions<'_>) -> io::Result<(W, WriteProgress)> {
     let mut events = trace;
     let survey = Survey::of(&events);
-    if let Some(i) = survey.non_finite {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("event {i} ({:?}) has a non-finite ts or dur", trace.events[i].name)));
-    }
+    check_finite(&mut events, &survey, opts)?;
     write_json(JsonOut::new(out), trace, &mut events, &survey, opts)
+}
+
+/// JSON has no NaN or infinity: an event (or the trailer) with a non-finite `ts` / `dur` is
+/// refused before anything is written (`InvalidData`, naming the event).
+fn check_finite(events: &mut dyn EventSource, survey: &Survey, opts: &WriteOptions<'_>) -> io::Result<()> {
+    let bad = survey
+        .non_finite
+        .map(|i| (i, events.event(i).name.clone()))
+        .or_else(|| {
+            let t = &opts.trailer.as_ref()?.event;
+            (!t.ts_us.is_finite() || !t.dur_us.is_finite()).then(|| (events.len(), t.name.clone()))
+        });
+    match bad {
+        Some((i, name)) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("event {i} ({name:?}) has a non-finite ts or dur"))),
+        None => Ok(()),
+    }
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
