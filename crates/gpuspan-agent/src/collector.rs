@@ -300,7 +300,7 @@ impl Collector {
             // (NVML samples it).
             let spans = a.coarse.is_none();
             let mut last_device = None;
-            let decoded = if at_limit { &self.over_limit[..] } else { &self.records[before..] };
+            let decoded = &out[before..];
             for r in decoded {
                 if let ActivityRecord::Kernel(k) = r {
                     if last_device != Some(k.device_id) {
