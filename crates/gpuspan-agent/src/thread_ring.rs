@@ -10,7 +10,7 @@
 //! each a compare-and-swap on a cache line every thread and the collector contend for.
 //!
 //! - **First boundary of a thread.** It allocates the ring ([`THREAD_RING_CAP`] entries of
-//!   `size_of::<Boundary>()`, at most 1.75 MiB) and hands the consumer to a free registry slot
+//!   `size_of::<Boundary>()` (152 bytes): 1.2 MiB) and hands the consumer to a free registry slot
 //!   (one of [`MAX_THREAD_RINGS`]) under that slot's `try_lock`: it never waits on the
 //!   collector. When no slot is free, the thread uses the shared queues for the rest of this
 //!   agent generation ([`Pushed::NoRing`]), so a thread's boundaries never move from one
@@ -34,13 +34,13 @@ use rtrb::{Consumer, Producer, RingBuffer};
 use std::cell::RefCell;
 use std::sync::Mutex;
 
-/// Entries per thread ring (1.7 MiB of address space, resident as it is used). The collector
+/// Entries per thread ring (1.2 MiB of address space, resident as it is used). The collector
 /// drains every 5 ms, but a drain can wait behind the decoding of CUPTI buffers for tens of
 /// milliseconds (fine mode, a debug build): 1,024 entries dropped scope events of the
 /// simulated demo there, and the shared scope queue this replaces held 16,384 of all threads.
 pub const THREAD_RING_CAP: usize = 8192;
 
-/// Most threads with a ring at once (28 MiB of rings if all are taken and full); further
+/// Most threads with a ring at once (19 MiB of rings if all are taken and full); further
 /// threads use the shared queues. A worker announces scopes from one thread per device it
 /// drives, at most 8 on an HGX node.
 pub const MAX_THREAD_RINGS: usize = 16;
@@ -101,7 +101,7 @@ impl std::fmt::Debug for ThreadRings {
 impl ThreadRings {
     /// Queues a copy of `b` on the calling thread's ring, registering one at the thread's
     /// first boundary. Never blocks; allocates only at that first boundary. (By reference:
-    /// a boundary is 208 bytes, and each move of it was a copy the hot path paid for.)
+    /// a boundary is 152 bytes, and each move of it was a copy the hot path paid for.)
     pub fn push(&self, b: &Boundary) -> Pushed {
         let registry = self as *const ThreadRings as usize;
         SIDE.try_with(|side| {
@@ -188,8 +188,9 @@ mod tests {
 
     #[test]
     fn a_boundary_is_the_size_the_ring_capacity_assumes() {
-        // THREAD_RING_CAP's doc: 8,192 entries of at most 224 bytes are 1.75 MiB.
-        assert!(std::mem::size_of::<Boundary>() <= 224, "{}", std::mem::size_of::<Boundary>());
+        // THREAD_RING_CAP's doc: 8,192 entries of 152 bytes are 1.2 MiB; every byte of it is
+        // copied by each NVTX push and pop (issue 14, item 5).
+        assert!(std::mem::size_of::<Boundary>() <= 152, "{}", std::mem::size_of::<Boundary>());
     }
 
     #[test]

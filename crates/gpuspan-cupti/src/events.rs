@@ -75,6 +75,16 @@ pub enum CaptureStatus {
 pub struct Event(usize);
 
 impl Event {
+    /// No event (address 0): fills the unused slots of fixed-size arrays
+    /// (`gpuspan_agent`'s scope-boundary marks); never passed to the driver.
+    pub const UNSET: Event = Event(0);
+
+    /// An event handle by address, as the driver returned it (for tests of code that keeps
+    /// events; nothing is checked and the driver is not called).
+    pub fn from_raw(addr: usize) -> Event {
+        Event(addr)
+    }
+
     /// The handle's address (for logs and tests).
     pub fn addr(self) -> usize {
         self.0
@@ -86,6 +96,16 @@ impl Event {
 pub struct Context(usize);
 
 impl Context {
+    /// No context (address 0, which `cuCtxGetCurrent` never returns): the context of a mark
+    /// that recorded no event; never passed to the driver.
+    pub const UNSET: Context = Context(0);
+
+    /// A context handle by address, as the driver returned it (for tests of code that keeps
+    /// contexts; nothing is checked and the driver is not called).
+    pub fn from_raw(addr: usize) -> Context {
+        Context(addr)
+    }
+
     /// The handle's address (never 0 for a context `cuCtxGetCurrent` returned).
     pub fn addr(self) -> usize {
         self.0

@@ -1,7 +1,7 @@
 //! The hot-path half of coarse timing: record one pooled event per stream at a scope
 //! boundary and make a fixed-size [`GpuMark`], which the caller queues with the boundary's
 //! scope event (`crate::hooks`, `crate::thread_ring`). No allocation, no lock; the only driver
-//! calls are `cuStreamIsCapturing`, `cuEventRecord` (and `cuEventCreate` while the pool
+//! calls are `cuStreamIsCapturing`, `cuCtxGetCurrent`, `cuEventRecord` (and `cuEventCreate` while the pool
 //! fills), and at a root's begin and end (a request: twice per request) `cuStreamQuery`
 //! between two `cuThreadExchangeStreamCaptureMode` calls, to learn whether the GPU is idle
 //! there, plus `cuCtxGetDevice` at its begin (the device the worker uses, for NVML).
@@ -19,7 +19,7 @@ use super::pool::{PooledEvent, TakeError};
 use super::Coarse;
 use gpuspan_core::scope::ScopeId;
 use gpuspan_core::spans::TimingSource;
-use gpuspan_cupti::events::{CaptureStatus, Stream};
+use gpuspan_cupti::events::{CaptureStatus, Context, Event, Stream};
 use std::sync::atomic::Ordering;
 
 /// Most streams a scope is timed on (`gpuspan_use_streams` keeps the first 4).
@@ -34,32 +34,91 @@ pub struct StreamMark {
     pub stream: Stream,
 }
 
-/// A scope boundary as coarse timing saw it.
+/// A scope boundary as coarse timing saw it: 112 bytes, copied once into the thread's ring
+/// (`crate::thread_ring::Boundary`) and kept by the collector per open scope. The recorded
+/// events are stored as two arrays and one context (every event of a boundary is taken in
+/// the context current at it), not as `[Option<StreamMark>; 4]` (32 bytes each): the copy of
+/// this struct was the largest single cost of an NVTX push (issue 14, item 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GpuMark {
     /// The scope.
     pub scope: ScopeId,
     /// Its enclosing scope on the thread (begin marks only; 0 for a root or an end).
     pub parent: ScopeId,
-    /// `false` at the begin, `true` at the end.
-    pub is_end: bool,
     /// CPU time of the boundary, CUPTI ns (the same value as the scope event's `ts_ns`).
     pub cpu_ns: u64,
+    /// The context every recorded event was taken in; [`Context::UNSET`] when `n == 0`.
+    ctx: Context,
+    /// Events recorded, the first `n` set ([`Event::UNSET`] after them).
+    events: [Event; MAX_SCOPE_STREAMS],
+    /// The stream each of `events` was recorded on.
+    streams: [Stream; MAX_SCOPE_STREAMS],
+    /// A root's begin: the CUDA device current on the thread (`cuCtxGetDevice`), which the
+    /// request span names; `None` for other marks or without a context.
+    pub device: Option<u32>,
+    /// `false` at the begin, `true` at the end.
+    pub is_end: bool,
     /// How the scope is timed: [`TimingSource::CudaEvent`] on named streams,
     /// [`TimingSource::LegacyStream`], [`TimingSource::CpuFallback`] when no event was
     /// recorded (then `n == 0`), or [`TimingSource::Cpu`] when the process has no driver.
     pub source: TimingSource,
-    /// Events recorded, one per stream.
-    pub marks: [Option<StreamMark>; MAX_SCOPE_STREAMS],
-    /// How many of `marks` are set.
+    /// How many events were recorded (one per stream, at most [`MAX_SCOPE_STREAMS`]).
     pub n: u8,
     /// A root's boundary (begin or end) recorded while every one of its streams was idle
     /// (`cuStreamQuery` just before): the GPU reached the events as they were recorded, at
     /// `cpu_ns`, so the GPU-to-CPU clock chain is re-anchored there ([`super::resolve`]).
     pub idle: bool,
-    /// A root's begin: the CUDA device current on the thread (`cuCtxGetDevice`), which the
-    /// request span names; `None` for other marks or without a context.
-    pub device: Option<u32>,
+}
+
+impl GpuMark {
+    /// A mark of `scope` with no event recorded yet (`n == 0`).
+    pub fn new(scope: ScopeId, parent: ScopeId, is_end: bool, cpu_ns: u64, source: TimingSource) -> GpuMark {
+        GpuMark {
+            scope,
+            parent,
+            cpu_ns,
+            ctx: Context::UNSET,
+            events: [Event::UNSET; MAX_SCOPE_STREAMS],
+            streams: [Stream::LEGACY; MAX_SCOPE_STREAMS],
+            device: None,
+            is_end,
+            source,
+            n: 0,
+            idle: false,
+        }
+    }
+
+    /// The `i`-th recorded event and its stream; `None` past `n`.
+    pub fn stream_mark(&self, i: usize) -> Option<StreamMark> {
+        (i < usize::from(self.n).min(MAX_SCOPE_STREAMS)).then(|| StreamMark { event: (self.events[i], self.ctx), stream: self.streams[i] })
+    }
+
+    /// The recorded events, in stream order.
+    pub fn stream_marks(&self) -> impl Iterator<Item = StreamMark> + '_ {
+        (0..usize::from(self.n).min(MAX_SCOPE_STREAMS)).filter_map(|i| self.stream_mark(i))
+    }
+
+    /// Adds a recorded event. `false` (nothing added) when all [`MAX_SCOPE_STREAMS`] are set
+    /// or `m` was taken in another context than the events already added (a boundary takes
+    /// all of them in the context current at it, so neither happens).
+    pub fn push_mark(&mut self, m: StreamMark) -> bool {
+        let i = usize::from(self.n);
+        if i >= MAX_SCOPE_STREAMS || (i > 0 && self.ctx != m.event.1) {
+            return false;
+        }
+        self.ctx = m.event.1;
+        self.events[i] = m.event.0;
+        self.streams[i] = m.stream;
+        self.n += 1;
+        true
+    }
+
+    /// Forgets the recorded events (their owner gave them back).
+    fn clear_marks(&mut self) {
+        self.ctx = Context::UNSET;
+        self.events = [Event::UNSET; MAX_SCOPE_STREAMS];
+        self.n = 0;
+    }
 }
 
 /// Records a boundary of `scope` on `streams` (empty: the legacy default stream) and returns
@@ -68,14 +127,14 @@ pub struct GpuMark {
 /// [`give_back_all`]). For a `root` scope (none encloses it on its thread: a request) it
 /// first asks whether those streams are idle ([`GpuMark::idle`]). On a full pool or a driver
 /// error the events taken so far go back and the mark says [`TimingSource::CpuFallback`].
-#[inline]
+#[inline(always)]
 pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool, root: bool, cpu_ns: u64, streams: &[Stream]) -> GpuMark {
     let (targets, source): (&[Stream], TimingSource) = if streams.is_empty() {
         (&[Stream::LEGACY], TimingSource::LegacyStream)
     } else {
         (&streams[..streams.len().min(MAX_SCOPE_STREAMS)], TimingSource::CudaEvent)
     };
-    let mut mark = GpuMark { scope, parent, is_end, cpu_ns, source, marks: [None; MAX_SCOPE_STREAMS], n: 0, idle: false, device: None };
+    let mut mark = GpuMark::new(scope, parent, is_end, cpu_ns, source);
     if let Some(events) = &c.events {
         let capturing = |s: Stream| matches!(events.capture_status(s), CaptureStatus::Capturing | CaptureStatus::ImplicitCapture);
         if targets.iter().any(|&s| capturing(s)) {
@@ -93,8 +152,10 @@ pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool
                 mark.device = u32::try_from(d).ok();
             }
         }
+        // Every event of the boundary in the context current now: one `cuCtxGetCurrent`.
+        let ctx = events.current_context().map_err(TakeError::Driver);
         for &stream in targets {
-            let ev = match c.pool.take(events) {
+            let ev = match ctx.and_then(|ctx| c.pool.take_in(events, ctx)) {
                 Ok(ev) => ev,
                 Err(e) => {
                     let counter = match e {
@@ -112,8 +173,12 @@ pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool
                 fall_back(c, &mut mark);
                 break;
             }
-            mark.marks[mark.n as usize] = Some(StreamMark { event: ev, stream });
-            mark.n += 1;
+            if !mark.push_mark(StreamMark { event: ev, stream }) {
+                c.pool.give_back(ev);
+                c.counters.event_errors.fetch_add(1, Ordering::Relaxed);
+                fall_back(c, &mut mark);
+                break;
+            }
         }
     } else {
         mark.source = TimingSource::Cpu;
@@ -138,14 +203,49 @@ pub fn drop_mark(c: &Coarse, mark: &GpuMark) {
 
 fn fall_back(c: &Coarse, mark: &mut GpuMark) {
     give_back_all(c, mark);
-    mark.marks = [None; MAX_SCOPE_STREAMS];
-    mark.n = 0;
+    mark.clear_marks();
     mark.source = TimingSource::CpuFallback;
 }
 
 /// Returns every event of `mark` to the pool.
 pub fn give_back_all(c: &Coarse, mark: &GpuMark) {
-    for m in mark.marks.iter().flatten() {
+    for m in mark.stream_marks() {
         c.pool.give_back(m.event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sm(event: usize, ctx: usize, stream: usize) -> StreamMark {
+        StreamMark { event: (Event::from_raw(event), Context::from_raw(ctx)), stream: Stream::from_raw(stream) }
+    }
+
+    #[test]
+    fn a_marks_events_come_back_in_stream_order_with_their_context() {
+        let mut m = GpuMark::new(7, 3, false, 100, TimingSource::CudaEvent);
+        assert_eq!((m.n, m.stream_mark(0)), (0, None));
+        for i in 0..MAX_SCOPE_STREAMS {
+            assert!(m.push_mark(sm(0x100 + i, 0xc0, 0x10 + i)), "event {i}");
+        }
+        assert!(!m.push_mark(sm(0x200, 0xc0, 0x20)), "a fifth stream is refused");
+        let got: Vec<StreamMark> = m.stream_marks().collect();
+        let want: Vec<StreamMark> = (0..MAX_SCOPE_STREAMS).map(|i| sm(0x100 + i, 0xc0, 0x10 + i)).collect();
+        assert_eq!(got, want);
+        assert_eq!(m.stream_mark(MAX_SCOPE_STREAMS), None);
+        assert_eq!((m.scope, m.parent, m.cpu_ns, m.n), (7, 3, 100, MAX_SCOPE_STREAMS as u8));
+    }
+
+    #[test]
+    fn an_event_of_another_context_is_refused_and_cleared_marks_are_empty() {
+        let mut m = GpuMark::new(1, 0, true, 5, TimingSource::LegacyStream);
+        assert!(m.push_mark(sm(0x100, 0xc0, 1)));
+        assert!(!m.push_mark(sm(0x101, 0xc1, 2)), "one context per boundary");
+        assert_eq!(m.stream_marks().collect::<Vec<_>>(), vec![sm(0x100, 0xc0, 1)]);
+        m.clear_marks();
+        assert_eq!((m.n, m.stream_marks().count()), (0, 0));
+        assert!(m.push_mark(sm(0x102, 0xc1, 2)), "after clearing, any context");
+        assert_eq!(m.stream_mark(0), Some(sm(0x102, 0xc1, 2)));
     }
 }

@@ -98,6 +98,12 @@ impl EventPool {
     /// driver).
     pub fn take(&self, events: &CudaEvents) -> Result<PooledEvent, TakeError> {
         let ctx = events.current_context().map_err(TakeError::Driver)?;
+        self.take_in(events, ctx)
+    }
+
+    /// [`EventPool::take`] for a caller that already asked the driver for the current
+    /// context `ctx` (a boundary recorded on several streams asks once).
+    pub fn take_in(&self, events: &CudaEvents, ctx: Context) -> Result<PooledEvent, TakeError> {
         let free = self.slot(ctx).ok_or(TakeError::TooManyContexts)?;
         if let Some(e) = free.pop() {
             return Ok((e, ctx));

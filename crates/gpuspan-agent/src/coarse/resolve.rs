@@ -199,7 +199,7 @@ impl Resolver {
     }
 
     fn all_done(&mut self, events: &CudaEvents, m: &GpuMark) -> bool {
-        m.marks.iter().flatten().all(|s| self.done(events, s.event))
+        m.stream_marks().all(|s| self.done(events, s.event))
     }
 
     /// Gives up the roots open longer than [`Coarse::root_timeout`] (module docs); looks at
@@ -252,7 +252,7 @@ impl Resolver {
                 self.roots.pop_front();
                 continue;
             };
-            let start = match begin.marks[0] {
+            let start = match begin.stream_mark(0) {
                 Some(b0) => {
                     if !self.done(events, b0.event) {
                         return false;
@@ -306,14 +306,14 @@ impl Resolver {
             let (root, begin, end) = (p.root, p.begin, p.end.expect("only ended scopes are queued"));
             let root_ref = match self.pending.get(&root) {
                 Some(r) if r.root_start_ns.is_none() => break, // root not placed yet
-                Some(r) => r.begin.marks[0].map(|m| (m.event, r.root_start_ns.unwrap_or(r.begin.cpu_ns))),
+                Some(r) => r.begin.stream_mark(0).map(|m| (m.event, r.root_start_ns.unwrap_or(r.begin.cpu_ns))),
                 None => None,
             };
             if !(self.all_done(events, &end) && self.all_done(events, &begin)) {
                 break;
             }
             let reference = root_ref.or_else(|| {
-                let ctx = begin.marks[0].map(|m| m.event.1)?;
+                let ctx = begin.stream_mark(0).map(|m| m.event.1)?;
                 of_context(&self.anchors, ctx).map(|a| (a.event, a.time_ns))
             });
             let t = self.place(events, id, &begin, &end, reference);
@@ -323,7 +323,7 @@ impl Resolver {
             progress = true;
             self.ended.pop_front();
             // A root that ended on an idle GPU: its end event ran at its CPU time.
-            let keep = (root == id && end.idle && t.source < TimingSource::CpuFallback).then_some(end.marks[0]).flatten();
+            let keep = (root == id && end.idle && t.source < TimingSource::CpuFallback).then_some(end.stream_mark(0)).flatten();
             self.release(c, id, keep.map(|m| m.event));
             if let Some(m) = keep {
                 if let Some(old) = replace_for_context(&mut self.end_anchors, EndAnchor { event: m.event, time_ns: end.cpu_ns }) {
@@ -357,16 +357,14 @@ impl Resolver {
         let (Some(reference), true, true) = (reference, begin.n > 0, end.n > 0) else { return cpu };
         let mut starts = [0u64; super::mark::MAX_SCOPE_STREAMS];
         let mut start = 0u64;
-        for (i, b) in begin.marks.iter().enumerate() {
-            let Some(b) = b else { continue };
+        for (i, b) in begin.stream_marks().enumerate() {
             let Some(d) = self.elapsed_ns(events, reference.0, b.event.0) else { return cpu };
             starts[i] = add(reference.1, d).max(begin.cpu_ns);
             start = start.max(starts[i]);
         }
         let mut stop = 0u64;
-        for (j, e) in end.marks.iter().enumerate() {
-            let Some(e) = e else { continue };
-            let t = match begin.marks[j] {
+        for (j, e) in end.stream_marks().enumerate() {
+            let t = match begin.stream_mark(j) {
                 Some(b) if b.stream == e.stream => self.elapsed_ns(events, b.event, e.event.0).map(|d| add(starts[j], d)),
                 _ => self.elapsed_ns(events, reference.0, e.event.0).map(|d| add(reference.1, d)),
             };
@@ -381,7 +379,7 @@ impl Resolver {
     /// ended (its end mark was dropped).
     fn release(&mut self, c: &Coarse, id: ScopeId, keep: Option<PooledEvent>) {
         let Some(p) = self.pending.remove(&id) else { return };
-        for m in p.begin.marks.iter().flatten() {
+        for m in p.begin.stream_marks() {
             let anchor = self.anchors.iter_mut().find(|a| a.event == m.event);
             if let (Some(a), true) = (anchor, p.root == id) {
                 a.owned = true;
@@ -389,7 +387,7 @@ impl Resolver {
                 c.pool.give_back(m.event);
             }
         }
-        for m in p.end.iter().flat_map(|e| e.marks.iter().flatten()) {
+        for m in p.end.iter().flat_map(|e| e.stream_marks()) {
             if Some(m.event) != keep {
                 c.pool.give_back(m.event);
             }
