@@ -6,8 +6,7 @@
 //! DevTools uses to open a `.json.gz`, fails with "Junk found after end of compressed data"
 //! after the first member (whatwg/compression#42, still open), and Perfetto's trace processor
 //! could not read them before 2024 (google/perfetto#872). So the input is cut into
-//! [`CHUNK_BYTES`] chunks (or a caller's buffer of at least that much is taken whole:
-//! [`ParallelGzWriter::write_owned`]), each deflated on its own (raw deflate, primed with the previous
+//! [`CHUNK_BYTES`] chunks, each deflated on its own (raw deflate, primed with the previous
 //! chunk's last 32 KiB as its dictionary, as pigz does, so the ratio stays that of one
 //! stream), every chunk but the last ending with a sync flush (an empty stored block, so the
 //! next chunk's blocks start on a byte boundary) and the last with the final block; the
@@ -181,28 +180,6 @@ impl<W: Write> ParallelGzWriter<W> {
     }
 }
 
-impl<W: Write> ParallelGzWriter<W> {
-    /// Writes all of `buf` and leaves it empty. When no chunk is being filled and `buf`
-    /// holds at least [`CHUNK_BYTES`], `buf` itself becomes the chunk (swapped for an empty
-    /// buffer): a caller that fills its own buffer to a chunk's size before each call
-    /// (`super::json_out::JsonOut::with_hand_off`) hands over every byte without a copy.
-    /// Such a chunk is as long as `buf`; chunk lengths still depend only on the bytes
-    /// written and the calls, never on the thread count.
-    ///
-    /// # Errors
-    /// As [`Write::write_all`]: a deflated chunk that could not be written out.
-    pub fn write_owned(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
-        if self.chunk.is_empty() && buf.len() >= CHUNK_BYTES {
-            std::mem::swap(&mut self.chunk, buf);
-            buf.clear();
-            return self.submit(false);
-        }
-        self.write_all(buf)?;
-        buf.clear();
-        Ok(())
-    }
-}
-
 impl<W: Write> Write for ParallelGzWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let room = CHUNK_BYTES - self.chunk.len();
@@ -305,40 +282,6 @@ mod tests {
             assert_eq!(back, data, "{len} bytes round trip");
             assert_eq!(left, 0, "{len} bytes: one member, nothing after it");
         }
-    }
-
-    /// Buffers handed over whole (`write_owned`, a chunk as long as the buffer), a short
-    /// one in the middle (copied) and plain writes between them: one member that decodes
-    /// to the bytes in order, the same for every thread count, each buffer left empty.
-    #[test]
-    fn buffers_handed_over_whole_decode_in_order_whatever_the_thread_count() {
-        let data = sample(5 * CHUNK_BYTES + 777);
-        let cuts = [CHUNK_BYTES + 100, CHUNK_BYTES + 5_000, 300, CHUNK_BYTES, 2 * CHUNK_BYTES];
-        let run = |threads: usize| {
-            let mut w = ParallelGzWriter::new(Vec::new(), 1, threads).unwrap();
-            let mut at = 0;
-            for (i, &n) in cuts.iter().enumerate() {
-                let n = n.min(data.len() - at);
-                if i == 2 {
-                    w.write_all(&data[at..at + n]).unwrap();
-                } else {
-                    let mut buf = data[at..at + n].to_vec();
-                    w.write_owned(&mut buf).unwrap();
-                    assert!(buf.is_empty(), "buffer {i} left empty");
-                }
-                at += n;
-            }
-            let mut rest = data[at..].to_vec();
-            w.write_owned(&mut rest).unwrap();
-            w.finish().unwrap()
-        };
-        let one = run(1);
-        for threads in [2, 3] {
-            assert_eq!(run(threads), one, "{threads} threads: the same bytes");
-        }
-        let (back, left) = gunzip_one_member(&one);
-        assert!(back == data, "round trip: {} bytes of {}", back.len(), data.len());
-        assert_eq!(left, 0, "one member");
     }
 
     #[test]

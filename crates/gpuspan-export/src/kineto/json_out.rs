@@ -16,51 +16,30 @@ use super::keys;
 /// Bytes buffered before they go to the inner writer.
 const FLUSH_AT: usize = 1 << 16;
 
-/// How a full buffer goes to the inner writer: it is left empty (cleared, or swapped for
-/// another buffer).
-pub(crate) type HandOff<W> = fn(&mut W, &mut Vec<u8>) -> io::Result<()>;
-
 /// A buffered JSON writer over `W`.
 pub(crate) struct JsonOut<W: Write> {
     buf: Vec<u8>,
     inner: W,
-    /// Bytes buffered before [`Self::hand_off`] is called.
-    flush_at: usize,
-    hand_off: HandOff<W>,
 }
 
 impl<W: Write> JsonOut<W> {
-    /// Buffers [`FLUSH_AT`] bytes, then copies them into `inner`.
     pub(crate) fn new(inner: W) -> Self {
-        fn copy<W: Write>(w: &mut W, buf: &mut Vec<u8>) -> io::Result<()> {
-            w.write_all(buf)?;
-            buf.clear();
-            Ok(())
-        }
-        Self::with_hand_off(inner, FLUSH_AT, copy::<W>)
+        JsonOut { buf: Vec::with_capacity(FLUSH_AT + 4096), inner }
     }
 
-    /// Buffers `flush_at` bytes, then calls `hand_off` with the buffer: a writer that can
-    /// take the buffer itself (`super::gzip::ParallelGzWriter::write_owned`) saves copying
-    /// every byte once more.
-    pub(crate) fn with_hand_off(inner: W, flush_at: usize, hand_off: HandOff<W>) -> Self {
-        JsonOut { buf: Vec::with_capacity(flush_at + 4096), inner, flush_at, hand_off }
-    }
-
-    /// Hands the buffer to the inner writer once it holds `flush_at` bytes.
+    /// Hands the buffer to the inner writer once it holds [`FLUSH_AT`] bytes.
     #[inline]
     fn maybe_flush(&mut self) -> io::Result<()> {
-        if self.buf.len() >= self.flush_at {
-            (self.hand_off)(&mut self.inner, &mut self.buf)?;
+        if self.buf.len() >= FLUSH_AT {
+            self.inner.write_all(&self.buf)?;
+            self.buf.clear();
         }
         Ok(())
     }
 
     /// Writes what is buffered and returns the inner writer.
     pub(crate) fn finish(mut self) -> io::Result<W> {
-        if !self.buf.is_empty() {
-            (self.hand_off)(&mut self.inner, &mut self.buf)?;
-        }
+        self.inner.write_all(&self.buf)?;
         Ok(self.inner)
     }
 

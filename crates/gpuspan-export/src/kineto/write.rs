@@ -236,9 +236,7 @@ fn write_to(
     let threads = opts.gzip_threads.unwrap_or_else(super::gzip::default_threads);
     let (file, progress) = if gzip && threads > 0 {
         let enc = super::gzip::ParallelGzWriter::new(file, level, threads)?;
-        // The JSON is written into chunk-sized buffers that the gzip writer takes whole.
-        let out = JsonOut::with_hand_off(enc, super::gzip::CHUNK_BYTES, super::gzip::ParallelGzWriter::write_owned);
-        let (enc, progress) = write_json(out, trace, events, &survey, opts)?;
+        let (enc, progress) = write_json(JsonOut::new(enc), trace, events, &survey, opts)?;
         (enc.finish()?, progress)
     } else if gzip {
         let enc = flate2::write::GzEncoder::new(file, flate2::Compression::new(level));
