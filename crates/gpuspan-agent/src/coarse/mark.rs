@@ -155,7 +155,7 @@ pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool
         // Every event of the boundary in the context current now: one `cuCtxGetCurrent`.
         let ctx = events.current_context().map_err(TakeError::Driver);
         for &stream in targets {
-            let ev = match ctx.and_then(|ctx| c.pool.take_in(events, ctx)) {
+            let ev = match ctx.and_then(|ctx| c.pool.take(events, ctx)) {
                 Ok(ev) => ev,
                 Err(e) => {
                     let counter = match e {

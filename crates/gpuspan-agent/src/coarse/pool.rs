@@ -93,17 +93,10 @@ impl EventPool {
         None
     }
 
-    /// A free event of the calling thread's current context, or a new one made in it while
-    /// fewer than `cap` exist. One `cuCtxGetCurrent` per call (a thread-local read in the
-    /// driver).
-    pub fn take(&self, events: &CudaEvents) -> Result<PooledEvent, TakeError> {
-        let ctx = events.current_context().map_err(TakeError::Driver)?;
-        self.take_in(events, ctx)
-    }
-
-    /// [`EventPool::take`] for a caller that already asked the driver for the current
-    /// context `ctx` (a boundary recorded on several streams asks once).
-    pub fn take_in(&self, events: &CudaEvents, ctx: Context) -> Result<PooledEvent, TakeError> {
+    /// A free event of context `ctx`, the calling thread's current one (the caller asks the
+    /// driver, `cuCtxGetCurrent`, once per boundary however many streams it records on), or
+    /// a new one made in it while fewer than `cap` exist.
+    pub fn take(&self, events: &CudaEvents, ctx: Context) -> Result<PooledEvent, TakeError> {
         let free = self.slot(ctx).ok_or(TakeError::TooManyContexts)?;
         if let Some(e) = free.pop() {
             return Ok((e, ctx));
