@@ -222,9 +222,10 @@ fn fine_mode_rolling_segments_keep_memory_flat_and_add_up() {
 /// One 30-step stdit request in fine mode with rolling segments (`GPUSPAN_CAPTURE_SEGMENT_STEPS`
 /// = `steps`, `GPUSPAN_MAX_RECORDS` = `max_records`, CUPTI buffers of `buffer_bytes`, the
 /// simulated GPU at `speed`× real time), checked: its steps spread over at least two
-/// segments, each step in exactly one, the segments' kernels adding up to the launches, and every kernel of
+/// segments, each step in exactly one, the segments' kernels adding up to the launches, every kernel of
 /// every segment still in the request (its scope is copied into each segment it runs
-/// through).
+/// through), and every segment holding kernels but the exit's, which may hold only the
+/// worker's teardown and the run's summary (a cut while it ran took the whole request).
 fn long_request_in_segments(steps: &str, max_records: &str, speed: &str, buffer_bytes: &str) {
     let out = tempfile::tempdir().unwrap();
     let mut c = gpuspan();
@@ -242,17 +243,36 @@ fn long_request_in_segments(steps: &str, max_records: &str, speed: &str, buffer_
     let o = output(&mut c);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
-    let segments = captures_in(out.path());
+    let mut segments: Vec<(u64, std::path::PathBuf)> = captures_in(out.path())
+        .into_iter()
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let seq = name.trim_end_matches(".json.gz").rsplit('-').next().unwrap().parse().unwrap_or_else(|_| panic!("{name}"));
+            (seq, p)
+        })
+        .collect();
+    segments.sort();
     // At least two segments hold steps of the one request: it was cut inside. (How many
     // depends on when the writer is idle: a segment is taken only then.)
     assert!(segments.len() >= 2, "30 steps of one request: {segments:?}");
+    let last_seq = segments.last().unwrap().0;
     let mut with_steps = 0;
     let mut step_counts: std::collections::BTreeMap<String, usize> = Default::default();
     let mut trace_ids = std::collections::BTreeSet::new();
     let mut kernels = 0u64;
-    for p in &segments {
+    for (seq, p) in &segments {
         let t = gpuspan_export::read_trace(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         kernels += t.kernels().count() as u64;
+        // The exit's segment holds what was left; when a cut while the worker ran had taken
+        // the whole request (it was over, and half the record limit held), that is only the
+        // worker's teardown calls and the run's summary, which must then be the run's totals.
+        if *seq == last_seq && t.kernels().count() == 0 {
+            assert!(!t.events.iter().any(|e| e.name.starts_with("dit.") || e.name.starts_with("gpuspan.request")), "{}: a scope in the exit's segment without kernels", p.display());
+            let summary = t.events.iter().find(|e| e.name == "gpuspan.summary").expect("the exit's segment has the summary");
+            let total = |k: &str| summary.extra_args.get(k).and_then(|v| v.as_u64());
+            assert_eq!((total("gpuspan.span_requests"), total("gpuspan.span_steps")), (Some(1), Some(30)), "{}: the run's totals", p.display());
+            continue;
+        }
         assert!(t.kernels().count() > 0, "{}: a segment without kernels", p.display());
         assert!(t.kernels().all(|k| k.trace_id.is_some()), "{}: a kernel outside the request", p.display());
         trace_ids.extend(t.kernels().filter_map(|k| k.trace_id.clone()));

@@ -17,6 +17,12 @@
 //! CPU), or by its own start when that call's record is not there. Correlation ids are
 //! per-process `u32`s: a segment of 2³² launches would alias, far beyond any segment.
 //!
+//! At exit the rest is the last segment ([`crate::capture::write`]), with the run's summary
+//! (span totals, loss counters). When a cut while the worker ran had already taken its last
+//! request (over, and finalized), the rest is only what came after: the worker's teardown
+//! calls (`cuCtxSynchronize`, `cuMemFree_v2`) and no kernels. It is written all the same,
+//! since it holds calls nothing else holds and the only summary of the whole run.
+//!
 //! [`take`] runs under the collector lock and only moves vectors; the join and the gzip
 //! write happen on a `gpuspan-segment` thread of their own ([`SegmentWriter`]), so the
 //! collector keeps draining CUPTI's buffers meanwhile (on the collector thread, a debug
