@@ -83,7 +83,7 @@ pub struct Collector {
     pub assembler: SpanAssembler,
     /// Path of the written capture, once written.
     pub written: Option<PathBuf>,
-    /// [`finish`] ran (coarse mode writes nothing, so `written` cannot tell).
+    /// [`finish`](crate::collector_thread::finish) ran (coarse mode writes nothing, so `written` cannot tell).
     pub finished: bool,
     /// Coarse mode: pending scope marks → scope GPU intervals.
     pub resolver: crate::coarse::resolve::Resolver,

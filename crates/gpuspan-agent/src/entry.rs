@@ -126,7 +126,7 @@ pub fn activate(trigger: Trigger) -> Result<(), String> {
     r
 }
 
-/// Registers [`at_fork_child`] with `pthread_atfork`, once, before activation starts work.
+/// Registers `at_fork_child` with `pthread_atfork`, once, before activation starts work.
 pub fn register_fork_handler() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {

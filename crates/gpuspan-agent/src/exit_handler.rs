@@ -20,11 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Beyond the exit budget, how long [`at_exit`] waits for the finishing thread (joins, the
+/// Beyond the exit budget, how long `at_exit` waits for the finishing thread (joins, the
 /// last OTLP request's grace) before it lets the process go on exiting.
 pub const EXIT_GRACE: Duration = Duration::from_millis(500);
 
-/// What [`at_exit`] prints (with `write(2)`, no allocation, no lock) when the finishing
+/// What `at_exit` prints (with `write(2)`, no allocation, no lock) when the finishing
 /// thread did not report within the exit budget plus [`EXIT_GRACE`].
 pub const NOT_FINISHED_LINE: &str = "gpuspan: warning: finishing did not complete within the exit budget (GPUSPAN_EXIT_BUDGET; a lock held by the thread that called exit?): the process exits without the capture\n";
 
@@ -48,7 +48,7 @@ fn worker() -> Option<&'static ExitWorker> {
     WORKERS.get(generation())
 }
 
-/// Starts this generation's finishing thread (once) and registers [`at_exit`] (once per
+/// Starts this generation's finishing thread (once) and registers `at_exit` (once per
 /// process). Called when activation succeeded. Without a thread (none can be made), the
 /// exit handler does the work itself.
 pub fn arm() {

@@ -160,7 +160,7 @@ pub fn status() -> AgentStatus {
     }
 }
 
-/// Whether [`activate`] finished in this process (successfully or not). Two atomic loads.
+/// Whether [`activate`](crate::entry::activate) finished in this process (successfully or not). Two atomic loads.
 #[inline]
 pub fn activation_attempted() -> bool {
     lifecycle().is_none_or(|l| l.activation.get().is_some())

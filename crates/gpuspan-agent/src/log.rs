@@ -14,7 +14,7 @@
 //! `total_steps`, `step_duration_ms`, `gpu_memory_used_gb`); the schema is
 //! `docs/log-schema.json`. Plain warnings and info lines become events `agent.warning` /
 //! `agent.info`. Events go through a `tracing` [`Dispatch`] of the agent's own (never the
-//! host's global subscriber) to a `tracing-subscriber` layer ([`PlatformJson`]) that writes
+//! host's global subscriber) to a `tracing-subscriber` layer (`PlatformJson`) that writes
 //! through `tracing-appender`'s non-blocking writer: a bounded queue
 //! ([`JSON_QUEUE_LINES`]) to a `gpuspan-log` thread, lossy when full, so no application
 //! thread ever waits for stderr; lines dropped that way are counted

@@ -360,7 +360,7 @@ pub struct DeviceInfo {
 /// indices are assumed to follow CUDA's enumeration order (`CUDA_DEVICE_ORDER=PCI_BUS_ID`,
 /// what NVML uses; the default FASTEST_FIRST only differs on mixed-GPU nodes). A MIG entry
 /// ends the list here (CUDA enumerates one MIG instance per process); [`device_info`]
-/// resolves its parent GPU ([`mig_parent`]), which is what NVML samples (utilization is per
+/// resolves its parent GPU (`mig_parent`), which is what NVML samples (utilization is per
 /// GPU, not per MIG instance).
 pub fn visible_devices(spec: Option<&str>, uuids: &[String]) -> (Vec<u32>, Option<String>) {
     let Some(spec) = spec else { return ((0..uuids.len() as u32).collect(), None) };

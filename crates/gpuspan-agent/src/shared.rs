@@ -19,7 +19,7 @@ pub const SCOPE_QUEUE_CAP: usize = 1 << 14;
 /// Capacity of the completed-buffer queue; larger than any pool, so it never fills.
 pub const COMPLETED_QUEUE_CAP: usize = 1024;
 
-/// Counters of things lost, each reported in the capture and by [`AgentStatus`].
+/// Counters of things lost, each reported in the capture and by [`AgentStatus`](crate::lifecycle::AgentStatus).
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Scope events dropped because the scope queue was full.

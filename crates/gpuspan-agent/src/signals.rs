@@ -20,7 +20,7 @@ extern "C" fn on_sigterm(_sig: libc::c_int) {
 
 /// While CUPTI collects (fine mode, fine windows), SIGTERM would end the process without
 /// exit handlers and lose everything collected. When the application left SIGTERM at its
-/// default disposition, this installs [`on_sigterm`] (once); an application's own handler
+/// default disposition, this installs `on_sigterm` (once); an application's own handler
 /// (or SIG_IGN) is left alone. Process-wide, as signal dispositions are.
 pub fn install_sigterm_handler() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -42,7 +42,7 @@ pub fn install_sigterm_handler() {
     });
 }
 
-/// Whether SIGTERM arrived through [`on_sigterm`]. One atomic load.
+/// Whether SIGTERM arrived through `on_sigterm`. One atomic load.
 pub fn sigterm_seen() -> bool {
     SIGTERM_SEEN.load(std::sync::atomic::Ordering::Acquire)
 }
@@ -69,7 +69,7 @@ pub fn reraise_sigterm() {
 
 
 /// The `pthread_atfork` child handler's part: a forked child inherits the parent's signal
-/// dispositions but none of its threads, so [`on_sigterm`] would only set a flag nobody
+/// dispositions but none of its threads, so `on_sigterm` would only set a flag nobody
 /// reads and SIGTERM would no longer end the child. Restores the default disposition when
 /// ours is installed. `sigaction` only: async-signal-safe.
 pub fn reset_in_forked_child() {

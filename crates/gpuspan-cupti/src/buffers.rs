@@ -6,7 +6,7 @@
 //! every buffer is out, a request is declined (NULL buffer: CUPTI drops and counts the
 //! records) on CUPTI API ≥ 27, and on older CUPTI, where declining can crash, one extra
 //! buffer is allocated and counted as an overflow. Free buffers sit in a lock-free
-//! [`crossbeam::queue::ArrayQueue`]; no lock is taken in either callback.
+//! `crossbeam::queue::ArrayQueue`; no lock is taken in either callback.
 //!
 //! Buffers are 8-byte aligned (`ACTIVITY_RECORD_ALIGNMENT`, `cupti_common.h`) and handed out
 //! zeroed.

@@ -9,12 +9,12 @@
 //! activity kinds, buffer callbacks, buffers, external-correlation stacks and dropped count,
 //! reached through the `_v2` functions that take the subscriber handle
 //! (`cupti_callbacks.h` `CUpti_SubscriberParams`, `cupti_activity.h` 13.3 … 13.5; CUPTI-NOTES
-//! §4; https://docs.nvidia.com/cupti/main/main.html §2.2, §2.4). The rules the agent and the
+//! §4; <https://docs.nvidia.com/cupti/main/main.html> §2.2, §2.4). The rules the agent and the
 //! simulator follow:
 //! - the first subscriber fixes the mode: `cuptiSubscribe` or `_v2` with
 //!   `allowMultipleSubscribers = 0` makes it single, `_v2` with 1 makes it multiple;
 //! - in single mode any further subscribe returns 39 and, with `_v2`, writes the holder's name
-//!   ("CUPTI for <name>", or the incompatible tool's) into `oldSubscriberName`;
+//!   (`"CUPTI for <name>"`, or the incompatible tool's) into `oldSubscriberName`;
 //! - in multiple mode every tool must use the V2 calls; a V1 `cuptiSubscribe` returns 39;
 //! - `cuptiActivityFlushAll` (no `_v2`) flushes every subscriber's buffers;
 //! - `cuptiFinalize` does nothing while more than one subscriber is subscribed.

@@ -59,7 +59,5 @@ pub mod sim;
 
 pub use sim::cupti_counters;
 
-/// Workloads of the replay worker: trace replay, DiT presets, the op executor.
 pub mod workload;
-/// The NVTX v3 loader logic used by the replay worker.
 pub mod nvtx_loader;

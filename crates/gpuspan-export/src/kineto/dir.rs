@@ -8,8 +8,10 @@ use super::{ReadError, ReadErrorKind};
 use gpuspan_core::trace::Trace;
 use std::path::{Path, PathBuf};
 
-/// The per-process captures the agent writes in `dir` (`capture-<pid>.json.gz`), sorted by
-/// name; empty when there are none or `dir` cannot be listed.
+/// The per-process captures the agent writes in `dir` (`capture-<pid>.json.gz`, and rolling
+/// segments `capture-<pid>-<seq>.json.gz`), in order of process id then segment number
+/// (segment 10 after segment 9, not after 1; names of another shape last, by name); empty
+/// when there are none or `dir` cannot be listed.
 pub fn process_captures(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| {
@@ -21,11 +23,24 @@ pub fn process_captures(dir: &Path) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default();
-    v.sort();
+    v.sort_by_cached_key(|p| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        (capture_order(&name).unwrap_or((u64::MAX, u64::MAX)), name)
+    });
     v
 }
 
-/// The trace files of `dir`, directly inside it, sorted by name: gpuspan's per-process
+/// `(pid, seq)` of a capture named `capture-<pid>.json.gz` (seq 0) or
+/// `capture-<pid>-<seq>.json.gz`; `None` for any other name.
+fn capture_order(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_prefix("capture-")?.strip_suffix(".json.gz")?;
+    match stem.split_once('-') {
+        Some((pid, seq)) => Some((pid.parse().ok()?, seq.parse().ok()?)),
+        None => Some((stem.parse().ok()?, 0)),
+    }
+}
+
+/// The trace files of `dir`, directly inside it: gpuspan's per-process
 /// captures ([`process_captures`]) when there are any, so other JSON beside them (a ground-truth file,
 /// a report) is not mistaken for a trace; otherwise every `*.json` and `*.json.gz` (a
 /// folder of torch.profiler traces). Errors: the directory cannot be listed, or it holds no
@@ -49,7 +64,7 @@ pub fn trace_files(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
     Ok(files)
 }
 
-/// Reads `path` as one trace: a file with [`read_trace`], or every trace file of a
+/// Reads `path` as one trace: a file with [`read_trace`](crate::read_trace), or every trace file of a
 /// directory ([`trace_files`]) merged: events of all files in file order, each file's
 /// timestamps moved onto the earliest `baseTimeNanoseconds` among them (files without one
 /// keep theirs), process and thread names united, the first file's schema version and
@@ -163,6 +178,17 @@ mod tests {
         let ts: Vec<(i64, f64)> = t.kernels().map(|k| (k.pid, k.ts_us)).collect();
         assert_eq!(ts, [(1, 10.0), (2, 2010.0)], "pid 2's kernel moved by its 2 ms later base");
         assert_eq!(t.process_names.len(), 2);
+    }
+
+    #[test]
+    fn captures_come_in_process_then_segment_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["capture-7-10.json.gz", "capture-7-2.json.gz", "capture-12.json.gz", "capture-7-9.json.gz", "capture-x.json.gz", "capture-7.json.gz"];
+        for n in names {
+            std::fs::write(dir.path().join(n), "").unwrap();
+        }
+        let got: Vec<String> = process_captures(dir.path()).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(got, ["capture-7.json.gz", "capture-7-2.json.gz", "capture-7-9.json.gz", "capture-7-10.json.gz", "capture-12.json.gz", "capture-x.json.gz"]);
     }
 
     #[test]

@@ -52,7 +52,7 @@ const META_CAT: &str = "__metadata";
 /// `pid` / `tid`), when a kernel / memcpy / memset ends exactly where the next one starts
 /// (back to back, as kernels on a busy stream do) but `ts + dur` in `f64` lands a rounding
 /// error past the next `ts`, its `dur` is written as the largest `f64` that does not
-/// overlap (a change of about 1e-10 µs, far below CUPTI's 1 ns; see [`touching_dur_fixes`]).
+/// overlap (a change of about 1e-10 µs, far below CUPTI's 1 ns; see `touching_dur_fixes`).
 /// Chrome DevTools' trace engine otherwise drops the later event from its tree and never
 /// draws it. A non-finite `ts` or `dur` is refused (`InvalidData`) rather than written as
 /// `null`.

@@ -12,7 +12,7 @@
 //!   and counted, one warning), retries with backoff, and a bounded flush at exit;
 //! - [`logs`]: the agent's log events as OTLP log records (SDK logger provider).
 //!
-//! The three exporters share [`exporter_runtime`], [`resource`] and [`shutdown_within`].
+//! The three exporters share `exporter_runtime`, `resource` and `shutdown_within`.
 
 pub mod config;
 pub mod convert;

@@ -154,7 +154,7 @@ pub struct Subscriber {
     pub domains: [bool; DOMAIN_MAX as usize + 1],
     /// (domain, cbid) pairs enabled one by one.
     pub callbacks: HashSet<(u32, u32)>,
-    /// The name CUPTI reports for it ("CUPTI for <name>"); empty for V1 subscribers.
+    /// The name CUPTI reports for it (`"CUPTI for <name>"`); empty for V1 subscribers.
     pub name: String,
     /// Its own activity client, in multiple-subscriber mode.
     pub activity: Option<ActivityClient>,
