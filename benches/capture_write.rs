@@ -2,8 +2,8 @@
 //! `.json.gz` that HTA, Perfetto and Chrome's trace engine open).
 //!
 //! Builds a trace of `EVENTS` kernel events (default 400 000) from the events of a real
-//! H100 fixture (`h100-qwen-prefill`, repeated with shifted timestamps, so names, args and
-//! number shapes are real ones) and writes it with `gpuspan_export::kineto::write_trace_with`
+//! H100 fixture (`h100-qwen-prefill`, repeated with timestamps shifted by whole ns, so names,
+//! args and number shapes are real ones) and writes it with `gpuspan_export::kineto::write_trace_with`
 //! the way the agent does: uncompressed into a file, serialised alone into `io::sink()`
 //! (`write_trace_json_to`: the writing thread's share), gzip level 1 (what the
 //! exit path uses) and level 6 (flate2's default), each deflated on the writing thread (+0)
@@ -39,7 +39,8 @@ fn trace_of(events: usize) -> Trace {
                 break;
             }
             let mut e = k.clone();
-            e.ts_us += round as f64 * (span_us + 1000.0);
+            // Kept a whole number of ns, as CUPTI's timestamps and so every capture's are.
+            e.ts_us = ((e.ts_us + round as f64 * (span_us + 1000.0)) * 1000.0).round() / 1000.0;
             out.events.push(e);
         }
         round += 1;
