@@ -134,10 +134,11 @@ impl Shared {
     }
 }
 
-/// `CLOCK_REALTIME` in ns since the Unix epoch (0 before 1970). One `clock_gettime` through
-/// the kernel's vDSO, called by rustix directly (no libc wrapper, no `Result`), without
-/// `SystemTime`'s conversions, which were a third of the clock's cost on the hot path
-/// (issue 14, item 5).
+/// `CLOCK_REALTIME` in ns since the Unix epoch (0 before 1970). One `clock_gettime` (glibc's,
+/// through the vDSO), called by rustix without a `Result` or conversions: `SystemTime`'s
+/// conversions were a third of the clock's cost on the hot path, and nix's wrapper 7 % of the
+/// application thread's samples (issue 14, item 5). rustix is built with `use-libc`: its own
+/// vDSO lookup crashed the worker under valgrind.
 #[inline]
 pub fn realtime_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
