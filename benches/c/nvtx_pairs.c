@@ -4,7 +4,14 @@
  * no-op driver (benches/c/noop_driver.c). Prints `{"pairs":N,"thread_cpu_ns":T}`: this
  * thread's CPU time (CLOCK_THREAD_CPUTIME_ID) over the timed pairs only.
  *
- * Usage: nvtx_pairs PAIRS
+ * Usage: nvtx_pairs PAIRS [BATCH PAUSE_US]
+ *
+ * With BATCH and PAUSE_US, the thread sleeps PAUSE_US µs after every BATCH pairs, so the
+ * agent's collector (which drains every 5 ms) hands the CUDA events back to the pool and
+ * empties the thread's ring between batches, as it does in a worker that opens a few
+ * thousand scopes per second: without pauses, 2 M boundaries per second exhaust a
+ * 4096-event pool within milliseconds, and the rest are timed by the CPU fallback. Sleeping
+ * and its system calls are not counted.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -21,6 +28,9 @@ static unsigned long long thread_ns(void) {
 
 int main(int argc, char **argv) {
     long pairs = argc > 1 ? atol(argv[1]) : 1000000;
+    long batch = argc > 3 ? atol(argv[2]) : 0;
+    long pause_us = argc > 3 ? atol(argv[3]) : 0;
+    struct timespec pause = {pause_us / 1000000, (pause_us % 1000000) * 1000};
     void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
     if (!h) { fprintf(stderr, "dlopen libcuda.so.1: %s\n", dlerror()); return 1; }
     int (*init)(unsigned) = (int (*)(unsigned))dlsym(h, "cuInit");
@@ -32,14 +42,21 @@ int main(int argc, char **argv) {
         return 1;
     }
     for (int i = 0; i < 1000; i++) { nvtxRangePushA("dit.step 0/1"); nvtxRangePushA("attention"); nvtxRangePop(); nvtxRangePop(); }
-    unsigned long long t0 = thread_ns();
+    if (batch > 0) nanosleep(&pause, NULL); /* the warm-up's 4000 events back in the pool */
+    /* The pauses' own CPU time (the sleep's system calls) is not counted. */
+    unsigned long long t = 0, t0 = thread_ns();
     for (long i = 0; i < pairs / 2; i++) {
         nvtxRangePushA("dit.step 0/1");
         nvtxRangePushA("attention");
         nvtxRangePop();
         nvtxRangePop();
+        if (batch > 1 && (2 * (i + 1)) % batch == 0) { /* two pairs a round */
+            t += thread_ns() - t0;
+            nanosleep(&pause, NULL);
+            t0 = thread_ns();
+        }
     }
-    unsigned long long t = thread_ns() - t0;
+    t += thread_ns() - t0;
     printf("{\"pairs\":%ld,\"thread_cpu_ns\":%llu}\n", (pairs / 2) * 2, t);
     return 0;
 }
