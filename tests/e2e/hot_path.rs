@@ -2,7 +2,8 @@
 //! worker (`tests/e2e/workers/hot_path_allocs.c`) runs a million NVTX range pairs, through
 //! NVIDIA's own NVTX v3 loader, and C-ABI stage scopes, nested, in coarse and in fine mode,
 //! and counts the allocations libgpuspan.so makes on that thread (interposed malloc, caller
-//! named by `dladdr`).
+//! named by `dladdr`). Coarse mode runs twice: back to back (the event pool runs dry, the
+//! CPU fallback and the drop paths) and paced (every boundary records CUDA events).
 
 use crate::util::*;
 use std::path::Path;
@@ -28,15 +29,28 @@ fn nvtx_and_c_abi_scopes_allocate_nothing_after_warm_up() {
     compile_c(&src, &exe, &["-I", include.to_str().unwrap(), "-rdynamic"]);
     let sim = tempfile::tempdir().unwrap();
     gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
-    for mode in ["coarse", "fine"] {
+    // Back to back, a million pairs outrun the collector: the 4096-event pool runs dry and
+    // most boundaries take the CPU fallback (or are dropped when the ring is full). Paced
+    // (10 ms after every 500 pairs, 2000 boundaries), the pool never runs dry and every
+    // boundary records its CUDA events: the path a worker's scopes take.
+    for (mode, args) in [("coarse", &["1000000"][..]), ("coarse", &["100000", "500", "10000"][..]), ("fine", &["1000000"][..])] {
+        let paced = args.len() > 1;
         let out = tempfile::tempdir().unwrap();
-        let o = output(preload_agent(Command::new(&exe).arg("1000000"), sim.path(), mode, out.path()));
+        let o = output(preload_agent(Command::new(&exe).args(args), sim.path(), mode, out.path()));
         let stdout = String::from_utf8_lossy(&o.stdout);
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{mode}: {stdout}\n{stderr}");
         let (probe, warm, hot) = counts(&stdout);
-        println!("{mode}: {probe} allocations by the agent to register an NVTX string, {warm} in 1000 warm-up pairs, {hot} in 1,000,000 pairs");
+        println!(
+            "{mode}{}: {probe} allocations by the agent to register an NVTX string, {warm} in 1000 warm-up pairs, {hot} in {} pairs; event pool ran dry: {}",
+            if paced { " (paced)" } else { "" },
+            args[0],
+            stderr.contains("was exhausted")
+        );
         assert!(probe > 0, "{mode}: the counter saw no allocation of the agent's NVTX string registration (it would see none anywhere)");
         assert_eq!(hot, 0, "{mode}: the agent allocated on the application thread after warm-up\n{stderr}");
+        if paced {
+            assert!(!stderr.contains("was exhausted") && !stderr.contains("dropped"), "paced: every boundary should have had its events\n{stderr}");
+        }
     }
 }

@@ -18,6 +18,7 @@
 #include "sim_driver.h"
 #include <nvtx3/nvToolsExt.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static volatile int counting;
@@ -75,6 +76,13 @@ static void pair(begin_stage_t stage_begin, end_t end) {
 
 int main(int argc, char **argv) {
     long pairs = argc > 1 ? atol(argv[1]) : 1000000;
+    /* With BATCH and PAUSE_US: a pause of PAUSE_US µs after the warm-up and after every BATCH
+     * pairs, so the collector hands the CUDA events back between batches and every boundary
+     * takes the event path (back to back, the pool runs dry and boundaries take the CPU
+     * fallback or are dropped: other paths, also counted). */
+    long batch = argc > 3 ? atol(argv[2]) : 0;
+    long pause_us = argc > 3 ? atol(argv[3]) : 0;
+    struct timespec pause = {pause_us / 1000000, (pause_us % 1000000) * 1000};
     struct sim_driver d = sim_driver_open();
     void *stream;
     SIM_CHECK(d.stream_create(&stream, 1));
@@ -96,8 +104,12 @@ int main(int argc, char **argv) {
     counting = 0;
     printf("warm-up allocations %lu\n", counted);
     counted = 0;
+    if (batch > 0) nanosleep(&pause, NULL);
     counting = 1;
-    for (long i = 0; i < pairs; i++) pair(stage_begin, end);
+    for (long i = 0; i < pairs; i++) {
+        pair(stage_begin, end);
+        if (batch > 0 && (i + 1) % batch == 0) nanosleep(&pause, NULL);
+    }
     counting = 0;
     printf("hot allocations %lu in %ld pairs\n", counted, pairs);
     return 0;
