@@ -164,18 +164,6 @@ fn fine_mode_rolling_segments_keep_memory_flat_and_add_up() {
         run_with_peak_rss(&mut c)
     };
     let run = |requests: &str, keep: &str, out: &Path| run_mode("fine", requests, keep, out);
-    let segments = |dir: &Path| -> Vec<(u64, std::path::PathBuf)> {
-        let mut v: Vec<(u64, std::path::PathBuf)> = captures_in(dir)
-            .into_iter()
-            .map(|p| {
-                let name = p.file_name().unwrap().to_string_lossy().into_owned();
-                let seq = name.trim_end_matches(".json.gz").rsplit('-').next().unwrap().parse().unwrap_or_else(|_| panic!("{name}"));
-                (seq, p)
-            })
-            .collect();
-        v.sort();
-        v
-    };
     // The baseline first, and every run before this process reads a trace: `wait4`'s
     // `ru_maxrss` of a child spawned with `posix_spawn` (CLONE_VM) includes this process's
     // peak RSS at the child's `exec`.
@@ -185,7 +173,7 @@ fn fine_mode_rolling_segments_keep_memory_flat_and_add_up() {
     let small = tempfile::tempdir().unwrap();
     let (st, out_small, _) = run("20", "2", small.path());
     assert!(st.success(), "{out_small}");
-    let kept = segments(small.path());
+    let kept = segments_by_seq(small.path());
     assert_eq!(kept.len(), 2, "the newest two kept: {kept:?}");
     assert_eq!(kept[1].0, kept[0].0 + 1);
     assert!(kept[0].0 >= 2, "older segments were written and removed: {kept:?}");
@@ -193,7 +181,7 @@ fn fine_mode_rolling_segments_keep_memory_flat_and_add_up() {
     let big = tempfile::tempdir().unwrap();
     let (st, out_big, rss_big) = run("50", "1000", big.path());
     assert!(st.success(), "{out_big}");
-    let all = segments(big.path());
+    let all = segments_by_seq(big.path());
     assert!(all.len() >= 5, "100 steps in segments of ≥ 10: {} segments", all.len());
     assert_eq!(all.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (1..=all.len() as u64).collect::<Vec<_>>(), "numbered from 1");
     let mut kernels = 0u64;
@@ -217,6 +205,21 @@ fn fine_mode_rolling_segments_keep_memory_flat_and_add_up() {
         all.len()
     );
     assert!(share <= 128 * 1024, "the agent's share of the peak RSS is {share} KiB ({rss_big} KiB fine, {rss_off} KiB off), over 128 MiB");
+}
+
+/// The rolling segments of `dir` (`capture-<pid>-<seq>.json.gz`) with their numbers, in
+/// order of number.
+fn segments_by_seq(dir: &Path) -> Vec<(u64, std::path::PathBuf)> {
+    let mut v: Vec<(u64, std::path::PathBuf)> = captures_in(dir)
+        .into_iter()
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let seq = name.trim_end_matches(".json.gz").rsplit('-').next().unwrap().parse().unwrap_or_else(|_| panic!("{name}"));
+            (seq, p)
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// One 30-step stdit request in fine mode with rolling segments (`GPUSPAN_CAPTURE_SEGMENT_STEPS`
@@ -243,15 +246,7 @@ fn long_request_in_segments(steps: &str, max_records: &str, speed: &str, buffer_
     let o = output(&mut c);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
-    let mut segments: Vec<(u64, std::path::PathBuf)> = captures_in(out.path())
-        .into_iter()
-        .map(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            let seq = name.trim_end_matches(".json.gz").rsplit('-').next().unwrap().parse().unwrap_or_else(|_| panic!("{name}"));
-            (seq, p)
-        })
-        .collect();
-    segments.sort();
+    let segments = segments_by_seq(out.path());
     // At least two segments hold steps of the one request: it was cut inside. (How many
     // depends on when the writer is idle: a segment is taken only then.)
     assert!(segments.len() >= 2, "30 steps of one request: {segments:?}");

@@ -227,7 +227,6 @@ fn write_thousandths(buf: &mut Vec<u8>, negative: bool, n: u64) {
     let _ = CompactFormatter.write_u64(buf, int);
     let digits = [b'.', b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8];
     let len = match frac {
-        0 => 2,
         f if f % 100 == 0 => 2,
         f if f % 10 == 0 => 3,
         _ => 4,
