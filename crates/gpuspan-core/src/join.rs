@@ -262,8 +262,14 @@ fn merge_by_ts_then_index(parts: [Vec<(f64, usize)>; 3]) -> Vec<(f64, usize)> {
     }
 }
 
+/// `ns - base` in µs. Both below 2⁶³ (every CUPTI timestamp until the year 2262), the
+/// difference is exact in `i64` and converts as the `i128` does; `i128` to `f64` was a
+/// call into compiler-builtins and 5 % of the join (issue 14, item 3).
 fn rel_us(ns: u64, base: u64) -> f64 {
-    (ns as i128 - base as i128) as f64 / 1000.0
+    match (i64::try_from(ns), i64::try_from(base)) {
+        (Ok(n), Ok(b)) => (n - b) as f64 / 1000.0,
+        _ => (ns as i128 - base as i128) as f64 / 1000.0,
+    }
 }
 
 /// The fields a memcpy / memset row shares: GPU row (pid = device, tid = stream), times, bytes.
@@ -318,6 +324,11 @@ pub struct JoinedEvents<'a> {
     /// 0.229–0.246 s of process-tree CPU with it against 0.233–0.259 s with the map (7
     /// runs each, interleaved); `hot_path`'s two join rows moved −7 % and +6 %.
     ext: CorrelationRuns,
+    /// Per run of `ext`, its scope and that scope's step, looked up in the scope table once
+    /// per run rather than twice per GPU record (issue 14, item 3).
+    run_scopes: Vec<(Option<&'a ScopeInfo>, Option<&'a ScopeInfo>)>,
+    /// The run of `ext` the last lookup found ([`CorrelationRuns::find_run`]).
+    ext_hint: usize,
     /// (`ts_us`, source) in write order; a source below `records.len()` is that record,
     /// else scope `source - records.len()` of `scope_list`.
     order: Vec<(f64, usize)>,
@@ -351,6 +362,12 @@ impl<'a> JoinedEvents<'a> {
             }
         }
         let scope_list = scopes.iter_sorted();
+        let run_scopes = (0..ext.run_count())
+            .map(|i| {
+                let scope = scopes.get(ext.run_scope(i));
+                (scope, scope.and_then(|s| s.attribution.step).and_then(|id| scopes.get(id)))
+            })
+            .collect();
         let mut j = JoinedEvents {
             records,
             scope_list,
@@ -358,6 +375,8 @@ impl<'a> JoinedEvents<'a> {
             classifier,
             opts: opts.clone(),
             ext,
+            run_scopes,
+            ext_hint: 0,
             order: Vec::new(),
             trace_ids: HashMap::default(),
             last_ns: 0,
@@ -373,9 +392,15 @@ impl<'a> JoinedEvents<'a> {
         let mut scopes_part: Vec<(f64, usize)> = Vec::with_capacity(j.scope_list.len());
         let mut gpu_part: Vec<(f64, usize)> = Vec::with_capacity(records.len());
         let mut api_part: Vec<(f64, usize)> = Vec::new();
+        // The last row and thread added to the sets: records come in runs of one stream or
+        // thread, and a set insert per record was 10 % of this loop (issue 14, item 3).
+        let (mut last_row, mut last_thread) = (None, None);
+        // The end of the last record (kernel or API call) or scope.
+        let mut last_ns: Option<u64> = scopes.scopes.values().filter_map(|s| s.end_ns).max();
         for (i, r) in records.iter().enumerate() {
             let (corr, start_ns, row) = match r {
                 ActivityRecord::Kernel(k) => {
+                    last_ns = last_ns.max(Some(k.end_ns));
                     if k.end_ns == 0 || k.end_ns < k.start_ns {
                         j.stats.incomplete += 1;
                         continue;
@@ -384,30 +409,30 @@ impl<'a> JoinedEvents<'a> {
                 }
                 ActivityRecord::Memcpy(m) => (m.correlation_id, m.start_ns, (m.device_id, m.stream_id)),
                 ActivityRecord::Memset(m) => (m.correlation_id, m.start_ns, (m.device_id, m.stream_id)),
-                ActivityRecord::Api(a) if opts.include_api => {
-                    j.cpu_threads.insert(a.thread_id as i64);
-                    api_part.push((rel_us(a.start_ns, base), i));
+                ActivityRecord::Api(a) => {
+                    last_ns = last_ns.max(Some(a.end_ns));
+                    if opts.include_api {
+                        if last_thread != Some(a.thread_id) {
+                            j.cpu_threads.insert(a.thread_id as i64);
+                            last_thread = Some(a.thread_id);
+                        }
+                        api_part.push((rel_us(a.start_ns, base), i));
+                    }
                     continue;
                 }
                 _ => continue,
             };
             j.stats.gpu_events += 1;
-            if j.scope_of(corr).is_some() {
+            if j.scope_of(corr).0.is_some() {
                 j.stats.attributed += 1;
             }
-            j.gpu_rows.insert((row.0 as i64, row.1 as i64));
+            if last_row != Some(row) {
+                j.gpu_rows.insert((row.0 as i64, row.1 as i64));
+                last_row = Some(row);
+            }
             gpu_part.push((rel_us(start_ns, base), i));
         }
-        j.last_ns = records
-            .iter()
-            .filter_map(|r| match r {
-                ActivityRecord::Kernel(k) => Some(k.end_ns),
-                ActivityRecord::Api(a) => Some(a.end_ns),
-                _ => None,
-            })
-            .chain(scopes.scopes.values().filter_map(|s| s.end_ns))
-            .max()
-            .unwrap_or(base);
+        j.last_ns = last_ns.unwrap_or(base);
         for (i, s) in j.scope_list.iter().enumerate() {
             j.cpu_threads.insert(s.thread_id as i64);
             scopes_part.push((rel_us(s.begin_ns, base), records.len() + i));
@@ -462,9 +487,13 @@ impl<'a> JoinedEvents<'a> {
         }
     }
 
-    fn scope_of(&self, corr: u32) -> Option<&'a ScopeInfo> {
-        let scopes: &'a ScopeTable = self.scopes;
-        self.ext.get(corr).and_then(|id| scopes.get(id))
+    /// The scope a launch with correlation id `corr` ran in (its external correlation), and
+    /// that scope's step.
+    fn scope_of(&mut self, corr: u32) -> (Option<&'a ScopeInfo>, Option<&'a ScopeInfo>) {
+        match self.ext.find_run(corr, &mut self.ext_hint) {
+            Some(i) => self.run_scopes[i],
+            None => (None, None),
+        }
     }
 
     fn trace_id_of(&mut self, request: ScopeId) -> Option<String> {
@@ -503,25 +532,19 @@ impl<'a> JoinedEvents<'a> {
         let records: &'a [ActivityRecord] = self.records;
         let (corr, stage) = match records.get(src)? {
             ActivityRecord::Kernel(k) => {
-                let scope = self.scope_of(k.correlation_id);
+                let (scope, step) = self.scope_of(k.correlation_id);
                 let stage = match crate::classify::scoped_stage(&k.name, scope.and_then(|s| s.attribution.stage)) {
                     Some(stage) => Stage::Static(stage),
                     None => Stage::Class(self.classifier.class_of(&k.name)),
                 };
-                return Some(self.with_scope(scope, stage));
+                return Some(GpuAttribution { scope, step, stage });
             }
             ActivityRecord::Memcpy(m) => (m.correlation_id, Stage::Static("memcpy")),
             ActivityRecord::Memset(m) => (m.correlation_id, Stage::Static("memset")),
             _ => return None,
         };
-        let scope = self.scope_of(corr);
-        Some(self.with_scope(scope, stage))
-    }
-
-    fn with_scope(&self, scope: Option<&'a ScopeInfo>, stage: Stage) -> GpuAttribution<'a> {
-        let scopes: &'a ScopeTable = self.scopes;
-        let step = scope.and_then(|s| s.attribution.step).and_then(|id| scopes.get(id));
-        GpuAttribution { scope, step, stage }
+        let (scope, step) = self.scope_of(corr);
+        Some(GpuAttribution { scope, step, stage })
     }
 
     fn shape_of(&self, i: usize) -> crate::trace::EventShape {
@@ -700,6 +723,17 @@ mod tests {
     use super::*;
 
     use crate::test_records::{begin, ext, kernel};
+
+    #[test]
+    fn relative_times_match_the_wide_arithmetic_everywhere() {
+        let edges = [0u64, 1, 999, 1_000, 1 << 53, (1 << 53) + 1, 1_733_000_000_123_456_789, (1 << 63) - 1, 1 << 63, u64::MAX];
+        for &ns in &edges {
+            for &base in &edges {
+                let wide = (ns as i128 - base as i128) as f64 / 1000.0;
+                assert_eq!(rel_us(ns, base).to_bits(), wide.to_bits(), "ns {ns} base {base}");
+            }
+        }
+    }
 
     #[test]
     fn kernels_land_in_their_scopes() {

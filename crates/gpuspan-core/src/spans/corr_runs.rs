@@ -103,6 +103,34 @@ impl CorrelationRuns {
         self.ids += 1;
     }
 
+    /// The index of the run holding `corr` (for [`Self::run_scope`]), looked for first at
+    /// `*hint` and the run after it, then by binary search; `*hint` is set to the run found.
+    /// Lookups in about increasing `corr` order (a join walking records in time order) cost
+    /// one or two comparisons each instead of a binary search (issue 14, item 3). Any `*hint`
+    /// is valid: one past the end is only a missed guess.
+    pub fn find_run(&self, corr: u32, hint: &mut usize) -> Option<usize> {
+        let h = *hint;
+        for i in [h, h + 1] {
+            match self.runs.get(i) {
+                Some(r) if r.first <= corr && corr <= r.last => {
+                    *hint = i;
+                    return Some(i);
+                }
+                _ => {}
+            }
+        }
+        let i = self.runs.partition_point(|r| r.first <= corr).checked_sub(1)?;
+        (corr <= self.runs[i].last).then(|| {
+            *hint = i;
+            i
+        })
+    }
+
+    /// The scope of run `i` ([`Self::find_run`]; `i` below [`Self::run_count`]).
+    pub fn run_scope(&self, i: usize) -> ScopeId {
+        self.runs[i].scope
+    }
+
     /// The scope `corr` maps to.
     pub fn get(&self, corr: u32) -> Option<ScopeId> {
         // The usual lookup is of a recent id: the last run first.
@@ -210,6 +238,15 @@ mod tests {
             }
             for corr in 0..70 {
                 prop_assert_eq!(m.get(corr), model.get(&corr).copied());
+            }
+            // find_run answers the same from any hint: ids up, down, and hints past the end.
+            let mut hint = 0;
+            for (k, corr) in (0..70).chain((0..70).rev()).enumerate() {
+                if k % 17 == 16 {
+                    hint = m.run_count() + k % 3;
+                }
+                let found = m.find_run(corr, &mut hint).map(|i| m.run_scope(i));
+                prop_assert_eq!(found, model.get(&corr).copied(), "corr {}", corr);
             }
             // Runs stay sorted and disjoint.
             for w in m.runs.windows(2) {
