@@ -16,6 +16,7 @@ mod dir;
 mod error;
 pub mod gzip;
 mod json_out;
+mod lean;
 mod read;
 mod write;
 
@@ -27,6 +28,7 @@ pub use write::{write_events_with, write_trace, write_trace_json_to, write_trace
 /// The typed `args` keys the model interprets (see [`gpuspan_core::trace::TraceEvent`]);
 /// every other arg goes to `extra_args` on read and comes back verbatim on write.
 pub(crate) mod keys {
+    // A key typed here is typed by `read::take_args`, `lean::XArgs` and `lean::lean_keeps`.
     pub const DEVICE: &str = "device";
     pub const STREAM: &str = "stream";
     pub const CORRELATION: &str = "correlation";

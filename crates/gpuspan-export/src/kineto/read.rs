@@ -286,7 +286,7 @@ fn map_json_error(e: serde_json::Error, gzip: bool, failed_index: Option<usize>)
 /// Any JSON value, reduced to what the reader needs from a scalar field; arrays and objects
 /// are skipped without being built.
 #[derive(Debug, Default, Clone, PartialEq)]
-enum Scalar {
+pub(super) enum Scalar {
     #[default]
     Null,
     Bool(bool),
@@ -360,7 +360,7 @@ impl Scalar {
     }
 }
 
-fn f64_to_i64(f: f64) -> Option<i64> {
+pub(super) fn f64_to_i64(f: f64) -> Option<i64> {
     // -2^63 and 2^63 are exact f64s; i64 holds [-2^63, 2^63).
     const LIMIT: f64 = 9_223_372_036_854_775_808.0;
     if f.is_finite() && f.fract() == 0.0 && (-LIMIT..LIMIT).contains(&f) {
@@ -427,170 +427,93 @@ impl<'de> Visitor<'de> for ScalarVisitor {
 // Events
 // ---------------------------------------------------------------------------------------
 
-/// One `traceEvents` entry as written; unknown keys (`id`, `bp`, `s`, ...) are skipped.
-/// `A` is what its `args` are read as: a `serde_json::Value` ([`RawEvent`]), or
-/// [`LeanArgs`] when the extra args are dropped anyway.
+/// One `traceEvents` entry as written, its `args` a `serde_json::Value` (a lean read builds
+/// only part of them: [`super::lean`]); unknown keys (`id`, `bp`, `s`, ...) are skipped.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct RawEventOf<A> {
-    ph: Scalar,
-    cat: Scalar,
-    name: Scalar,
-    pid: Scalar,
-    tid: Scalar,
-    ts: Scalar,
-    dur: Scalar,
-    args: Option<A>,
+pub(super) struct RawEvent {
+    pub(super) ph: Scalar,
+    pub(super) cat: Cat,
+    pub(super) name: Scalar,
+    pub(super) pid: Scalar,
+    pub(super) tid: Scalar,
+    pub(super) ts: Scalar,
+    pub(super) dur: Scalar,
+    pub(super) args: Option<Value>,
 }
 
-/// An event with every arg.
-type RawEvent = RawEventOf<Value>;
+/// An event's `cat` as the event will hold it: a string is read straight into its
+/// [`Category`] (no `String` for the categories Kineto writes), any other scalar becomes
+/// [`Category::Other`] with its text, and null, an array or an object is no category.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(super) struct Cat(Option<Category>);
 
-impl From<RawEventOf<LeanArgs>> for RawEvent {
-    fn from(e: RawEventOf<LeanArgs>) -> RawEvent {
-        RawEvent { ph: e.ph, cat: e.cat, name: e.name, pid: e.pid, tid: e.tid, ts: e.ts, dur: e.dur, args: e.args.and_then(|a| a.0).map(Value::Object) }
+impl Cat {
+    fn from_scalar(s: Scalar) -> Cat {
+        Cat(match s {
+            Scalar::Null | Scalar::Compound => None,
+            Scalar::Str(s) => Some(Category::from_kineto(&s)),
+            other => Some(Category::Other(other.into_text())),
+        })
     }
 }
 
-/// An event's `args` as [`ReadOptions::drop_extra_args`] needs them, read without building a
-/// `Value` for what would be dropped (issue 14, item 4: the `args` of a torch.profiler trace
-/// are 40 % of its bytes, mostly `Input Dims`, `Input type`, `Call stack` strings and
-/// arrays): the typed keys of [`take_args`] and `name` (metadata events) are kept whole,
-/// any other key only when its value is a number (counter events keep their numeric args).
-/// Same map as a full read for every use of it: a skipped value also removes what an
-/// earlier duplicate of its key left (the last duplicate wins, as in a `Value` map). `None`
-/// when `args` is not an object.
-#[derive(Debug, Default)]
-struct LeanArgs(Option<Map<String, Value>>);
-
-/// The arg keys kept whole by [`LeanArgs`]: every key [`take_args`] types, and `name`. A key
-/// typed there must be added here too, or lean reads (`gpuspan stats`, `diff`, `waterfall`)
-/// drop it when its value is not a number.
-fn lean_keeps(key: &str) -> bool {
-    matches!(
-        key,
-        keys::DEVICE
-            | keys::STREAM
-            | keys::CORRELATION
-            | keys::EXTERNAL_ID
-            | keys::EXTERNAL_ID_OLD
-            | keys::GRID
-            | keys::BLOCK
-            | keys::REGISTERS
-            | keys::SHARED_MEMORY
-            | keys::BYTES
-            | keys::STAGE
-            | keys::STEP
-            | keys::TRACE_ID
-            | keys::SCOPE
-            | "name"
-    )
-}
-
-impl<'de> Deserialize<'de> for LeanArgs {
+impl<'de> Deserialize<'de> for Cat {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(LeanArgsVisitor)
+        d.deserialize_any(CatVisitor)
     }
 }
 
-struct LeanArgsVisitor;
+struct CatVisitor;
 
-impl<'de> Visitor<'de> for LeanArgsVisitor {
-    type Value = LeanArgs;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an args object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LeanArgs, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if lean_keeps(&key) {
-                let v: Value = map.next_value()?;
-                out.insert(key, v);
-            } else {
-                match map.next_value::<NumberOrSkip>()?.0 {
-                    Some(n) => {
-                        out.insert(key, Value::Number(n));
-                    }
-                    None => {
-                        out.remove(&key);
-                    }
-                }
-            }
-        }
-        Ok(LeanArgs(Some(out)))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LeanArgs, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(LeanArgs(None))
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<LeanArgs, E> {
-        Ok(LeanArgs(None))
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<LeanArgs, E> {
-        Ok(LeanArgs(None))
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<LeanArgs, E> {
-        Ok(LeanArgs(None))
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<LeanArgs, E> {
-        Ok(LeanArgs(None))
-    }
-    fn visit_str<E>(self, _: &str) -> Result<LeanArgs, E> {
-        Ok(LeanArgs(None))
-    }
-    fn visit_unit<E>(self) -> Result<LeanArgs, E> {
-        Ok(LeanArgs(None))
-    }
-}
-
-/// An arg value that is kept only when it is a JSON number; anything else is skipped
-/// without being built.
-struct NumberOrSkip(Option<serde_json::Number>);
-
-impl<'de> Deserialize<'de> for NumberOrSkip {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NumberOrSkipVisitor)
-    }
-}
-
-struct NumberOrSkipVisitor;
-
-impl<'de> Visitor<'de> for NumberOrSkipVisitor {
-    type Value = NumberOrSkip;
+impl<'de> Visitor<'de> for CatVisitor {
+    type Value = Cat;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_i64<E>(self, v: i64) -> Result<NumberOrSkip, E> {
-        Ok(NumberOrSkip(Some(v.into())))
+    fn visit_str<E>(self, v: &str) -> Result<Cat, E> {
+        Ok(Cat(Some(Category::from_kineto(v))))
     }
-    fn visit_u64<E>(self, v: u64) -> Result<NumberOrSkip, E> {
-        Ok(NumberOrSkip(Some(v.into())))
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Cat, E> {
+        ScalarVisitor.visit_bool(v).map(Cat::from_scalar)
     }
-    fn visit_f64<E>(self, v: f64) -> Result<NumberOrSkip, E> {
-        // As `Value` reads it: a non-finite float cannot be a JSON number.
-        Ok(NumberOrSkip(serde_json::Number::from_f64(v)))
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Cat, E> {
+        ScalarVisitor.visit_i64(v).map(Cat::from_scalar)
     }
-    fn visit_bool<E>(self, _: bool) -> Result<NumberOrSkip, E> {
-        Ok(NumberOrSkip(None))
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Cat, E> {
+        ScalarVisitor.visit_u64(v).map(Cat::from_scalar)
     }
-    fn visit_str<E>(self, _: &str) -> Result<NumberOrSkip, E> {
-        Ok(NumberOrSkip(None))
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Cat, E> {
+        ScalarVisitor.visit_f64(v).map(Cat::from_scalar)
     }
-    fn visit_unit<E>(self) -> Result<NumberOrSkip, E> {
-        Ok(NumberOrSkip(None))
+    fn visit_unit<E>(self) -> Result<Cat, E> {
+        Ok(Cat(None))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NumberOrSkip, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(NumberOrSkip(None))
+    fn visit_none<E>(self) -> Result<Cat, E> {
+        Ok(Cat(None))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NumberOrSkip, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(NumberOrSkip(None))
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Cat, D::Error> {
+        Cat::deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Cat, A::Error> {
+        ScalarVisitor.visit_seq(seq).map(Cat::from_scalar)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Cat, A::Error> {
+        ScalarVisitor.visit_map(map).map(Cat::from_scalar)
     }
 }
 
-/// A `traceEvents` entry: an object, or (`None`) something that is not one.
-struct Slot(Option<RawEvent>);
+/// A `traceEvents` entry. (Not boxed: a box would be an allocation per event, and a slot is
+/// moved once.)
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Slot {
+    /// Not a JSON object.
+    NotObject,
+    /// An event with its args as a `Value` (every event of a full read).
+    Raw(RawEvent),
+    /// A complete event read lean, its typed args only ([`super::lean`]).
+    LeanX(super::lean::LeanX),
+}
 
 /// Reads a [`Slot`]; `lean`: the args through [`LeanArgs`].
 struct SlotSeed {
@@ -614,33 +537,32 @@ impl<'de> Visitor<'de> for SlotVisitor {
         f.write_str("a trace event object")
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Slot, A::Error> {
-        let d = de::value::MapAccessDeserializer::new(map);
         if self.lean {
-            RawEventOf::<LeanArgs>::deserialize(d).map(|e| Slot(Some(e.into())))
+            super::lean::read_event(map)
         } else {
-            RawEvent::deserialize(d).map(|e| Slot(Some(e)))
+            RawEvent::deserialize(de::value::MapAccessDeserializer::new(map)).map(Slot::Raw)
         }
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Slot, A::Error> {
-        ScalarVisitor.visit_seq(seq).map(|_| Slot(None))
+        ScalarVisitor.visit_seq(seq).map(|_| Slot::NotObject)
     }
     fn visit_bool<E>(self, _: bool) -> Result<Slot, E> {
-        Ok(Slot(None))
+        Ok(Slot::NotObject)
     }
     fn visit_i64<E>(self, _: i64) -> Result<Slot, E> {
-        Ok(Slot(None))
+        Ok(Slot::NotObject)
     }
     fn visit_u64<E>(self, _: u64) -> Result<Slot, E> {
-        Ok(Slot(None))
+        Ok(Slot::NotObject)
     }
     fn visit_f64<E>(self, _: f64) -> Result<Slot, E> {
-        Ok(Slot(None))
+        Ok(Slot::NotObject)
     }
     fn visit_str<E>(self, _: &str) -> Result<Slot, E> {
-        Ok(Slot(None))
+        Ok(Slot::NotObject)
     }
     fn visit_unit<E>(self) -> Result<Slot, E> {
-        Ok(Slot(None))
+        Ok(Slot::NotObject)
     }
 }
 
@@ -682,7 +604,7 @@ fn arg_string(v: &Value) -> Option<String> {
 
 /// Moves the typed args into `ev`'s fields; the rest (and typed keys whose value has an
 /// unexpected type) into `ev.extra_args`, so nothing is lost, unless `drop_extra_args`.
-/// Every key matched here is also in [`lean_keeps`].
+/// Every key matched here is also in `lean::lean_keeps` and [`super::lean::XArgs`].
 fn take_args(ev: &mut TraceEvent, args: Map<String, Value>, drop_extra_args: bool) {
     for (k, v) in args {
         let used = match k.as_str() {
@@ -718,14 +640,31 @@ fn set<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
 }
 
 fn complete_event(raw: RawEvent, lenient: bool, drop_extra_args: bool) -> Result<TraceEvent, String> {
-    let name = raw.name.into_text();
-    let ts_us = raw.ts.as_f64().ok_or_else(|| {
+    let mut ev = complete_fields(raw.cat, raw.name, raw.pid, raw.tid, raw.ts, raw.dur, lenient)?;
+    if let Some(Value::Object(args)) = raw.args {
+        take_args(&mut ev, args, drop_extra_args);
+    }
+    Ok(ev)
+}
+
+/// A complete event read lean ([`super::lean`]): its typed args set straight.
+fn complete_lean(x: super::lean::LeanX, lenient: bool) -> Result<TraceEvent, String> {
+    let mut ev = complete_fields(x.cat, x.name, x.pid, x.tid, x.ts, x.dur, lenient)?;
+    x.args.apply(&mut ev);
+    Ok(ev)
+}
+
+/// A complete event's fields other than its args; the error says which is missing or not
+/// a number.
+fn complete_fields(cat: Cat, name: Scalar, pid: Scalar, tid: Scalar, ts: Scalar, dur: Scalar, lenient: bool) -> Result<TraceEvent, String> {
+    let name = name.into_text();
+    let ts_us = ts.as_f64().ok_or_else(|| {
         format!(
             "complete (X) event {:?} has no numeric \"ts\"",
             short(&name)
         )
     })?;
-    let dur_us = match raw.dur {
+    let dur_us = match dur {
         Scalar::Null if lenient => {
             return Err(format!("complete (X) event {:?} has no \"dur\"", short(&name)));
         }
@@ -737,24 +676,15 @@ fn complete_event(raw: RawEvent, lenient: bool, drop_extra_args: bool) -> Result
             )
         })?,
     };
-    let cat = match raw.cat {
-        Scalar::Null | Scalar::Compound => None,
-        Scalar::Str(s) => Some(Category::from_kineto(&s)),
-        other => Some(Category::Other(other.into_text())),
-    };
-    let mut ev = TraceEvent {
-        cat,
+    Ok(TraceEvent {
+        cat: cat.0,
         name,
-        pid: raw.pid.as_id(),
-        tid: raw.tid.as_id(),
+        pid: pid.as_id(),
+        tid: tid.as_id(),
         ts_us,
         dur_us,
         ..TraceEvent::default()
-    };
-    if let Some(Value::Object(args)) = raw.args {
-        take_args(&mut ev, args, drop_extra_args);
-    }
-    Ok(ev)
+    })
 }
 
 fn metadata_event(trace: &mut Trace, raw: RawEvent) {
@@ -889,9 +819,16 @@ impl<'de> Visitor<'de> for EventsSeed<'_> {
                 Some(slot) => slot,
             };
             let lenient = self.state.lenient;
-            let bad = match slot.0 {
-                None => Some("not a JSON object".to_string()),
-                Some(raw) => match raw.ph.as_str() {
+            let bad = match slot {
+                Slot::NotObject => Some("not a JSON object".to_string()),
+                Slot::LeanX(x) => match complete_lean(x, lenient) {
+                    Ok(ev) => {
+                        self.state.trace.events.push(ev);
+                        None
+                    }
+                    Err(msg) => Some(msg),
+                },
+                Slot::Raw(raw) => match raw.ph.as_str() {
                     Some("X") => match complete_event(raw, lenient, self.state.drop_extra_args) {
                         Ok(ev) => {
                             self.state.trace.events.push(ev);

@@ -1055,7 +1055,14 @@ fn lean_args_keep_what_every_use_of_args_needs() {
       {"ph": "X", "name": "k2", "pid": 0, "tid": 7, "ts": 12.0, "dur": 1.0, "args": [1, 2, 3]},
       {"ph": "X", "name": "k3", "pid": 0, "tid": 7, "ts": 13.0, "dur": 1.0, "args": "text"},
       {"ph": "X", "name": "k4", "pid": 0, "tid": 7, "ts": 14.0, "dur": 1.0, "args": null},
-      {"ph": "X", "name": "k5", "pid": 0, "tid": 7, "ts": 15.0, "dur": 1.0, "args": {"external id": 8, "shared memory": 1024}}
+      {"ph": "X", "name": "k5", "pid": 0, "tid": 7, "ts": 15.0, "dur": 1.0, "args": {"external id": 8, "shared memory": 1024}},
+      {"ph": "X", "name": "k6", "cat": 3, "pid": "stream 2", "tid": 7, "ts": 16.0, "dur": 1.0,
+       "args": {"device": 1, "device": "x", "External id": "bad", "external id": 6, "stream": 2.5,
+                "correlation": 9223372036854775808, "grid": [1, 2, 3, 4], "block": [1, [2], 3],
+                "bytes": " 12 ", "gpuspan.scope": 5, "gpuspan.trace_id": "ab", "gpuspan.trace_id": null,
+                "registers per thread": 3.0, "shared memory": -1e3, "gpuspan.step": {"a": 1}}},
+      {"args": {"device": 4, "grid": [7, 8, 9], "extra": 1}, "ph": "X", "name": "late phase", "cat": "Kernel", "pid": 0, "tid": 7, "ts": 17.0, "dur": 1.0},
+      {"ph": "X", "name": "no cat", "cat": null, "pid": 0, "tid": 7, "ts": 18.0, "dur": 1.0, "args": {"gpuspan.stage": "vae", "External id": 1, "External id": 2}}
     ]}"#;
     let lean_opts = ReadOptions { drop_extra_args: true, ..ReadOptions::default() };
     let check = |what: &str, full: Trace, lean: Trace| {
@@ -1080,6 +1087,13 @@ fn lean_args_keep_what_every_use_of_args_needs() {
     assert_eq!((k.device, k.stream, k.correlation, k.external_id), (Some(0), Some(7), Some(9), Some(5)));
     assert_eq!((k.grid, k.block, k.bytes, k.stage.as_deref()), (Some([1, 2, 3]), None, Some(1000), Some("ffn")));
     assert_eq!((full.events[4].external_id, full.events[4].shared_memory_bytes), (Some(8), Some(1024)));
+    // Duplicates (the last wins), values that do not convert, and the old key behind the new.
+    let k6 = &full.events[5];
+    assert_eq!((k6.device, k6.external_id, k6.stream, k6.correlation, k6.grid, k6.block), (None, Some(6), None, None, None, None));
+    assert_eq!((k6.bytes, k6.scope.as_deref(), k6.trace_id.as_deref(), k6.registers_per_thread, k6.shared_memory_bytes), (Some(12), None, None, Some(3), Some(-1000)));
+    assert_eq!((k6.cat.as_ref().map(|c| c.as_kineto()), k6.pid), (Some("3"), 2));
+    assert_eq!((full.events[6].device, full.events[6].grid, full.events[6].cat.as_ref().map(|c| c.as_kineto())), (Some(4), Some([7, 8, 9]), Some("kernel")));
+    assert_eq!((full.events[7].cat.is_none(), full.events[7].external_id, full.events[7].stage.as_deref()), (true, Some(2), Some("vae")));
     check("synthetic", full, lean);
     for name in ["a100-hta-control.json.gz", "h100-bert-small.json.gz", "h100-qwen-prefill.json.gz", "h100-vit-falconsai.json.gz", "v100-resnet50-oldschema.json.gz"] {
         let path = fixture(name);

@@ -1,0 +1,595 @@
+//! Lean reads of `traceEvents` entries ([`ReadOptions::drop_extra_args`]: `gpuspan stats`,
+//! `diff`, `waterfall`): what such a read drops is skipped, not built (issue 14, item 4).
+//!
+//! - A complete event (`"ph": "X"`) whose `ph` comes before its `args` (Kineto and
+//!   torch.profiler write `ph` first) reads its args straight into the typed fields
+//!   ([`XArgs`]): keys are matched without being allocated, no `Value` is built, and every
+//!   other arg is skipped. Its `cat` is read straight into a [`Category`].
+//! - Any other entry (metadata, counters, an `X` event that names its phase after its args)
+//!   reads its args as [`LeanArgs`]: a `Value` map of the typed keys, `name`, and the other
+//!   keys whose value is a number (what metadata and counter events use), and goes on as a
+//!   full read's [`RawEvent`].
+//!
+//! Either way the result is what a full read gives with the extra args dropped
+//! (`tests::lean_args_keep_what_every_use_of_args_needs`). Who uses it: `read::SlotVisitor`.
+//!
+//! [`ReadOptions::drop_extra_args`]: super::ReadOptions::drop_extra_args
+
+use std::fmt;
+
+use gpuspan_core::trace::TraceEvent;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::keys;
+use super::read::{f64_to_i64, Cat, RawEvent, Scalar, Slot};
+
+/// A complete event read lean: the fields a full read types, its typed args in [`XArgs`].
+#[derive(Debug, Default)]
+pub(super) struct LeanX {
+    pub(super) cat: Cat,
+    pub(super) name: Scalar,
+    pub(super) pid: Scalar,
+    pub(super) tid: Scalar,
+    pub(super) ts: Scalar,
+    pub(super) dur: Scalar,
+    pub(super) args: XArgs,
+}
+
+/// The top-level keys of an event that the reader uses.
+#[derive(Clone, Copy)]
+enum Field {
+    Ph,
+    Cat,
+    Name,
+    Pid,
+    Tid,
+    Ts,
+    Dur,
+    Args,
+    Other,
+}
+
+struct FieldSeed;
+
+impl<'de> DeserializeSeed<'de> for FieldSeed {
+    type Value = Field;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Field, D::Error> {
+        d.deserialize_identifier(FieldSeed)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldSeed {
+    type Value = Field;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event key")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Field, E> {
+        Ok(match v {
+            "ph" => Field::Ph,
+            "cat" => Field::Cat,
+            "name" => Field::Name,
+            "pid" => Field::Pid,
+            "tid" => Field::Tid,
+            "ts" => Field::Ts,
+            "dur" => Field::Dur,
+            "args" => Field::Args,
+            _ => Field::Other,
+        })
+    }
+}
+
+/// The next value of `map` into `slot`, or serde's "duplicate field" error when `slot` is
+/// set already (as the derived reader of the full path says it).
+fn once<'de, T: Deserialize<'de>, A: MapAccess<'de>>(map: &mut A, slot: &mut Option<T>, key: &'static str) -> Result<(), A::Error> {
+    if slot.is_some() {
+        return Err(de::Error::duplicate_field(key));
+    }
+    *slot = Some(map.next_value()?);
+    Ok(())
+}
+
+/// What an event's `args` were read as. (Not boxed: a box would be an allocation per event,
+/// and the value is moved once.)
+#[allow(clippy::large_enum_variant)]
+enum ReadArgs {
+    Typed(XArgs),
+    Lean(Option<LeanArgs>),
+}
+
+/// Reads one `traceEvents` object lean (module docs).
+pub(super) fn read_event<'de, A: MapAccess<'de>>(mut map: A) -> Result<Slot, A::Error> {
+    let (mut ph, mut cat, mut name, mut pid, mut tid, mut ts, mut dur) = (None, None, None, None, None, None, None);
+    let mut args: Option<ReadArgs> = None;
+    while let Some(field) = map.next_key_seed(FieldSeed)? {
+        match field {
+            Field::Ph => once(&mut map, &mut ph, "ph")?,
+            Field::Cat => once(&mut map, &mut cat, "cat")?,
+            Field::Name => once(&mut map, &mut name, "name")?,
+            Field::Pid => once(&mut map, &mut pid, "pid")?,
+            Field::Tid => once(&mut map, &mut tid, "tid")?,
+            Field::Ts => once(&mut map, &mut ts, "ts")?,
+            Field::Dur => once(&mut map, &mut dur, "dur")?,
+            Field::Args => {
+                if args.is_some() {
+                    return Err(de::Error::duplicate_field("args"));
+                }
+                let complete = matches!(&ph, Some(Scalar::Str(p)) if p == "X");
+                args = Some(if complete {
+                    ReadArgs::Typed(map.next_value::<Option<XArgs>>()?.unwrap_or_default())
+                } else {
+                    ReadArgs::Lean(map.next_value::<Option<LeanArgs>>()?)
+                });
+            }
+            Field::Other => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+    }
+    let (cat, name, pid, tid, ts, dur) =
+        (cat.unwrap_or_default(), name.unwrap_or_default(), pid.unwrap_or_default(), tid.unwrap_or_default(), ts.unwrap_or_default(), dur.unwrap_or_default());
+    Ok(match args {
+        Some(ReadArgs::Typed(args)) => Slot::LeanX(LeanX { cat, name, pid, tid, ts, dur, args }),
+        other => {
+            let args = match other {
+                Some(ReadArgs::Lean(a)) => a.and_then(|a| a.0).map(Value::Object),
+                _ => None,
+            };
+            Slot::Raw(RawEvent { ph: ph.unwrap_or_default(), cat, name, pid, tid, ts, dur, args })
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Typed args of a complete event
+// ---------------------------------------------------------------------------------------
+
+/// A complete event's typed args, each the value of its key's last occurrence converted as
+/// `read::take_args` converts it (`None`: absent, or of a type that does not convert).
+#[derive(Debug, Default)]
+pub(super) struct XArgs {
+    device: Option<i64>,
+    stream: Option<i64>,
+    correlation: Option<i64>,
+    external_id: Option<i64>,
+    external_id_old: Option<i64>,
+    grid: Option<[i64; 3]>,
+    block: Option<[i64; 3]>,
+    registers_per_thread: Option<i64>,
+    shared_memory_bytes: Option<i64>,
+    bytes: Option<i64>,
+    stage: Option<String>,
+    step: Option<String>,
+    trace_id: Option<String>,
+    scope: Option<String>,
+}
+
+impl XArgs {
+    /// Sets `ev`'s typed arg fields (those of a new event: all `None`). `External id` wins
+    /// over the old `external id` when both convert, as in `take_args`, which meets them in
+    /// that (sorted) order.
+    pub(super) fn apply(self, ev: &mut TraceEvent) {
+        ev.device = self.device;
+        ev.stream = self.stream;
+        ev.correlation = self.correlation;
+        ev.external_id = self.external_id.or(self.external_id_old);
+        ev.grid = self.grid;
+        ev.block = self.block;
+        ev.registers_per_thread = self.registers_per_thread;
+        ev.shared_memory_bytes = self.shared_memory_bytes;
+        ev.bytes = self.bytes;
+        ev.stage = self.stage;
+        ev.step = self.step;
+        ev.trace_id = self.trace_id;
+        ev.scope = self.scope;
+    }
+}
+
+impl<'de> Deserialize<'de> for XArgs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(XArgsVisitor)
+    }
+}
+
+/// An arg key of [`XArgs`], matched without allocating.
+#[derive(Clone, Copy)]
+enum ArgKey {
+    Device,
+    Stream,
+    Correlation,
+    ExternalId,
+    ExternalIdOld,
+    Grid,
+    Block,
+    Registers,
+    SharedMemory,
+    Bytes,
+    Stage,
+    Step,
+    TraceId,
+    Scope,
+    Other,
+}
+
+struct ArgKeySeed;
+
+impl<'de> DeserializeSeed<'de> for ArgKeySeed {
+    type Value = ArgKey;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ArgKey, D::Error> {
+        d.deserialize_identifier(ArgKeySeed)
+    }
+}
+
+impl<'de> Visitor<'de> for ArgKeySeed {
+    type Value = ArgKey;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an args key")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<ArgKey, E> {
+        Ok(match v {
+            keys::DEVICE => ArgKey::Device,
+            keys::STREAM => ArgKey::Stream,
+            keys::CORRELATION => ArgKey::Correlation,
+            keys::EXTERNAL_ID => ArgKey::ExternalId,
+            keys::EXTERNAL_ID_OLD => ArgKey::ExternalIdOld,
+            keys::GRID => ArgKey::Grid,
+            keys::BLOCK => ArgKey::Block,
+            keys::REGISTERS => ArgKey::Registers,
+            keys::SHARED_MEMORY => ArgKey::SharedMemory,
+            keys::BYTES => ArgKey::Bytes,
+            keys::STAGE => ArgKey::Stage,
+            keys::STEP => ArgKey::Step,
+            keys::TRACE_ID => ArgKey::TraceId,
+            keys::SCOPE => ArgKey::Scope,
+            _ => ArgKey::Other,
+        })
+    }
+}
+
+struct XArgsVisitor;
+
+impl<'de> Visitor<'de> for XArgsVisitor {
+    type Value = XArgs;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an args object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<XArgs, A::Error> {
+        let mut a = XArgs::default();
+        while let Some(key) = map.next_key_seed(ArgKeySeed)? {
+            match key {
+                ArgKey::Device => a.device = map.next_value::<IntArg>()?.0,
+                ArgKey::Stream => a.stream = map.next_value::<IntArg>()?.0,
+                ArgKey::Correlation => a.correlation = map.next_value::<IntArg>()?.0,
+                ArgKey::ExternalId => a.external_id = map.next_value::<IntArg>()?.0,
+                ArgKey::ExternalIdOld => a.external_id_old = map.next_value::<IntArg>()?.0,
+                ArgKey::Grid => a.grid = map.next_value::<Dim3Arg>()?.0,
+                ArgKey::Block => a.block = map.next_value::<Dim3Arg>()?.0,
+                ArgKey::Registers => a.registers_per_thread = map.next_value::<IntArg>()?.0,
+                ArgKey::SharedMemory => a.shared_memory_bytes = map.next_value::<IntArg>()?.0,
+                ArgKey::Bytes => a.bytes = map.next_value::<IntArg>()?.0,
+                ArgKey::Stage => a.stage = map.next_value::<StrArg>()?.0,
+                ArgKey::Step => a.step = map.next_value::<StrArg>()?.0,
+                ArgKey::TraceId => a.trace_id = map.next_value::<StrArg>()?.0,
+                ArgKey::Scope => a.scope = map.next_value::<StrArg>()?.0,
+                ArgKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(a)
+    }
+    // `args` that are not an object give no typed field.
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<XArgs, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(XArgs::default())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<XArgs, E> {
+        Ok(XArgs::default())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<XArgs, E> {
+        Ok(XArgs::default())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<XArgs, E> {
+        Ok(XArgs::default())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<XArgs, E> {
+        Ok(XArgs::default())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<XArgs, E> {
+        Ok(XArgs::default())
+    }
+    fn visit_unit<E>(self) -> Result<XArgs, E> {
+        Ok(XArgs::default())
+    }
+}
+
+/// An integer arg as `read::arg_int` converts a `Value`: an integer, a float with no
+/// fraction within `i64`, or a string holding an integer; anything else (skipped) is `None`.
+struct IntArg(Option<i64>);
+
+impl<'de> Deserialize<'de> for IntArg {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(IntArgVisitor)
+    }
+}
+
+struct IntArgVisitor;
+
+impl<'de> Visitor<'de> for IntArgVisitor {
+    type Value = IntArg;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<IntArg, E> {
+        Ok(IntArg(Some(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<IntArg, E> {
+        Ok(IntArg(i64::try_from(v).ok()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<IntArg, E> {
+        Ok(IntArg(f64_to_i64(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<IntArg, E> {
+        Ok(IntArg(v.trim().parse::<i64>().ok()))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<IntArg, E> {
+        Ok(IntArg(None))
+    }
+    fn visit_unit<E>(self) -> Result<IntArg, E> {
+        Ok(IntArg(None))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IntArg, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(IntArg(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IntArg, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(IntArg(None))
+    }
+}
+
+/// A `[x, y, z]` arg as `read::arg_dim3` converts it: exactly three [`IntArg`]s that all
+/// convert.
+struct Dim3Arg(Option<[i64; 3]>);
+
+impl<'de> Deserialize<'de> for Dim3Arg {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Dim3ArgVisitor)
+    }
+}
+
+struct Dim3ArgVisitor;
+
+impl<'de> Visitor<'de> for Dim3ArgVisitor {
+    type Value = Dim3Arg;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Dim3Arg, A::Error> {
+        let mut dims = [None; 3];
+        let mut n = 0usize;
+        while let Some(IntArg(v)) = seq.next_element::<IntArg>()? {
+            if let Some(d) = dims.get_mut(n) {
+                *d = v;
+            }
+            n += 1;
+        }
+        Ok(Dim3Arg(match (n, dims) {
+            (3, [Some(x), Some(y), Some(z)]) => Some([x, y, z]),
+            _ => None,
+        }))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Dim3Arg, E> {
+        Ok(Dim3Arg(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Dim3Arg, E> {
+        Ok(Dim3Arg(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Dim3Arg, E> {
+        Ok(Dim3Arg(None))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Dim3Arg, E> {
+        Ok(Dim3Arg(None))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Dim3Arg, E> {
+        Ok(Dim3Arg(None))
+    }
+    fn visit_unit<E>(self) -> Result<Dim3Arg, E> {
+        Ok(Dim3Arg(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Dim3Arg, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Dim3Arg(None))
+    }
+}
+
+/// A string arg as `read::arg_string` converts it: a JSON string; anything else (skipped)
+/// is `None`.
+struct StrArg(Option<String>);
+
+impl<'de> Deserialize<'de> for StrArg {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrArgVisitor)
+    }
+}
+
+struct StrArgVisitor;
+
+impl<'de> Visitor<'de> for StrArgVisitor {
+    type Value = StrArg;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<StrArg, E> {
+        Ok(StrArg(Some(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<StrArg, E> {
+        Ok(StrArg(Some(v)))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<StrArg, E> {
+        Ok(StrArg(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<StrArg, E> {
+        Ok(StrArg(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<StrArg, E> {
+        Ok(StrArg(None))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<StrArg, E> {
+        Ok(StrArg(None))
+    }
+    fn visit_unit<E>(self) -> Result<StrArg, E> {
+        Ok(StrArg(None))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StrArg, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(StrArg(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrArg, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(StrArg(None))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Args of any other entry
+// ---------------------------------------------------------------------------------------
+
+/// An event's `args` as [`ReadOptions::drop_extra_args`] needs them, read without building a
+/// `Value` for what would be dropped (issue 14, item 4: the `args` of a torch.profiler trace
+/// are 40 % of its bytes, mostly `Input Dims`, `Input type`, `Call stack` strings and
+/// arrays): the typed keys of `read::take_args` and `name` (metadata events) are kept whole,
+/// any other key only when its value is a number (counter events keep their numeric args).
+/// Same map as a full read for every use of it: a skipped value also removes what an
+/// earlier duplicate of its key left (the last duplicate wins, as in a `Value` map). `None`
+/// when `args` is not an object.
+#[derive(Debug, Default)]
+pub(super) struct LeanArgs(pub(super) Option<Map<String, Value>>);
+
+/// The arg keys kept whole by [`LeanArgs`]: every key `read::take_args` types, and `name`. A key
+/// typed there must be added here too, or lean reads (`gpuspan stats`, `diff`, `waterfall`)
+/// drop it when its value is not a number.
+fn lean_keeps(key: &str) -> bool {
+    matches!(
+        key,
+        keys::DEVICE
+            | keys::STREAM
+            | keys::CORRELATION
+            | keys::EXTERNAL_ID
+            | keys::EXTERNAL_ID_OLD
+            | keys::GRID
+            | keys::BLOCK
+            | keys::REGISTERS
+            | keys::SHARED_MEMORY
+            | keys::BYTES
+            | keys::STAGE
+            | keys::STEP
+            | keys::TRACE_ID
+            | keys::SCOPE
+            | "name"
+    )
+}
+
+impl<'de> Deserialize<'de> for LeanArgs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LeanArgsVisitor)
+    }
+}
+
+struct LeanArgsVisitor;
+
+impl<'de> Visitor<'de> for LeanArgsVisitor {
+    type Value = LeanArgs;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an args object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LeanArgs, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if lean_keeps(&key) {
+                let v: Value = map.next_value()?;
+                out.insert(key, v);
+            } else {
+                match map.next_value::<NumberOrSkip>()?.0 {
+                    Some(n) => {
+                        out.insert(key, Value::Number(n));
+                    }
+                    None => {
+                        out.remove(&key);
+                    }
+                }
+            }
+        }
+        Ok(LeanArgs(Some(out)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LeanArgs, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(LeanArgs(None))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<LeanArgs, E> {
+        Ok(LeanArgs(None))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<LeanArgs, E> {
+        Ok(LeanArgs(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<LeanArgs, E> {
+        Ok(LeanArgs(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<LeanArgs, E> {
+        Ok(LeanArgs(None))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<LeanArgs, E> {
+        Ok(LeanArgs(None))
+    }
+    fn visit_unit<E>(self) -> Result<LeanArgs, E> {
+        Ok(LeanArgs(None))
+    }
+}
+
+/// An arg value that is kept only when it is a JSON number; anything else is skipped
+/// without being built.
+struct NumberOrSkip(Option<serde_json::Number>);
+
+impl<'de> Deserialize<'de> for NumberOrSkip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NumberOrSkipVisitor)
+    }
+}
+
+struct NumberOrSkipVisitor;
+
+impl<'de> Visitor<'de> for NumberOrSkipVisitor {
+    type Value = NumberOrSkip;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<NumberOrSkip, E> {
+        Ok(NumberOrSkip(Some(v.into())))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<NumberOrSkip, E> {
+        Ok(NumberOrSkip(Some(v.into())))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<NumberOrSkip, E> {
+        // As `Value` reads it: a non-finite float cannot be a JSON number.
+        Ok(NumberOrSkip(serde_json::Number::from_f64(v)))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<NumberOrSkip, E> {
+        Ok(NumberOrSkip(None))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<NumberOrSkip, E> {
+        Ok(NumberOrSkip(None))
+    }
+    fn visit_unit<E>(self) -> Result<NumberOrSkip, E> {
+        Ok(NumberOrSkip(None))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NumberOrSkip, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(NumberOrSkip(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NumberOrSkip, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(NumberOrSkip(None))
+    }
+}
+
