@@ -50,7 +50,6 @@ use crate::scope::{ScopeEvent, ScopeId, ScopeKind};
 use std::borrow::Cow;
 use fnv::{FnvHashMap, FnvHashSet};
 use std::collections::hash_map::Entry;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Does an API call with this callback id make GPU activity records: exactly one (a kernel
@@ -416,11 +415,27 @@ impl StageNames {
     }
 }
 
+/// Where records launched in one scope go: its unit (its step's while that step's unit is
+/// open, else its request's) and its stage scope's name, interned. Consecutive records
+/// nearly always share a scope (a stage's launches), and finding these cost two hash
+/// lookups per record (issue 14, item 1).
+#[derive(Debug, Clone)]
+struct PlaceCache {
+    scope: ScopeId,
+    unit: ScopeId,
+    stage: Option<Arc<str>>,
+}
+
 /// Builds spans incrementally. Not thread-safe by design: the collector thread owns it.
 #[derive(Debug)]
 pub struct SpanAssembler {
     opts: SpanOptions,
     corr_scope: super::corr_runs::CorrelationRuns,
+    /// The run of `corr_scope` the last lookup found ([`super::corr_runs::CorrelationRuns::find_run`]).
+    corr_hint: usize,
+    /// Where the last placed record's scope put its records ([`PlaceCache`]); cleared when
+    /// `units` gains or loses a unit.
+    place_cache: Option<PlaceCache>,
     /// Scopes with mapped correlation ids that the scope table did not know at the last
     /// release ([`SpanAssembler::release_correlations`]).
     unseen_scopes: FnvHashSet<ScopeId>,
@@ -509,6 +524,8 @@ impl SpanAssembler {
         SpanAssembler {
             opts,
             corr_scope: Default::default(),
+            corr_hint: 0,
+            place_cache: None,
             unseen_scopes: Default::default(),
             finalized: std::collections::VecDeque::new(),
             waiting: Vec::new(),
@@ -614,6 +631,7 @@ impl SpanAssembler {
                             },
                         );
                         self.units.insert(*id, Unit { request: *id, ..Default::default() });
+                        self.place_cache = None;
                     }
                     ScopeKind::Step { .. } => {
                         let Some(rid) = s.attribution.request else { return };
@@ -621,6 +639,7 @@ impl SpanAssembler {
                             r.open_units += 1;
                             r.step_scopes += 1;
                             self.units.insert(*id, Unit { request: rid, ..Default::default() });
+                            self.place_cache = None;
                         }
                     }
                     _ => {}
@@ -777,7 +796,8 @@ impl SpanAssembler {
             Pending::Gpu(g) => g.corr,
             Pending::Api { corr, .. } => *corr,
         };
-        let Some(scope) = self.corr_scope.get(corr).and_then(|id| scopes.get(id)) else {
+        let scope_id = self.corr_scope.find_run(corr, &mut self.corr_hint).map(|i| self.corr_scope.run_scope(i));
+        let Some((scope_id, scope)) = scope_id.and_then(|id| Some((id, scopes.get(id)?))) else {
             return Err(p);
         };
         let Some(request) = scope.attribution.request else {
@@ -786,7 +806,15 @@ impl SpanAssembler {
             }
             return Ok(());
         };
-        let key = scope.attribution.step.filter(|s| self.units.contains_key(s)).unwrap_or(request);
+        if self.place_cache.as_ref().is_none_or(|c| c.scope != scope_id) {
+            self.place_cache = Some(PlaceCache {
+                scope: scope_id,
+                unit: scope.attribution.step.filter(|s| self.units.contains_key(s)).unwrap_or(request),
+                stage: scope.attribution.stage.map(|s| self.stage_names.get(s)),
+            });
+        }
+        let Some(cache) = &self.place_cache else { return Err(p) };
+        let key = cache.unit;
         let Some(unit) = self.units.get_mut(&key) else {
             if matches!(p, Pending::Gpu(_)) {
                 if self.requests.contains_key(&request) || scopes.get(request).is_some() {
@@ -810,10 +838,14 @@ impl SpanAssembler {
                         unit.graph_work.push(GraphWork { corr: g.corr, graph_id: g.graph_id, kernels: 1 });
                     }
                 }
-                // A stage scope decides (NCCL / RCCL kernels: communication, crate::classify).
-                let scoped = crate::classify::scoped_stage(&g.name, scope.attribution.stage);
-                if let (GpuKind::Kernel, Some(stage)) = (g.kind, scoped) {
-                    g.stage = self.stage_names.get(stage);
+                // A stage scope decides (NCCL / RCCL kernels: communication, as
+                // crate::classify::scoped_stage says).
+                if let (GpuKind::Kernel, Some(stage)) = (g.kind, &cache.stage) {
+                    g.stage = if crate::classify::is_collective_kernel(&g.name) {
+                        self.stage_names.get(crate::classify::COMMUNICATION)
+                    } else {
+                        stage.clone()
+                    };
                 }
                 if self.held_gpu >= self.opts.max_pending_gpu {
                     self.stats.gpu_dropped += 1;
@@ -918,6 +950,7 @@ impl SpanAssembler {
         let mut out = Finalized::default();
         for id in ready {
             if let Some(u) = self.units.remove(&id) {
+                self.place_cache = None;
                 self.finalize_unit(id, u, scopes, &mut out);
             }
         }
@@ -1047,21 +1080,31 @@ impl SpanAssembler {
             kernels: u64,
             activities: Vec<&'a Gpu>,
         }
-        let mut stages: BTreeMap<Arc<str>, Agg> = BTreeMap::new();
+        // A stage is found by its name's address first (names come interned from the
+        // classifier's and `StageNames`' caches, one `Arc` per name), by content otherwise;
+        // the few stages of a unit are then put in name order. A `BTreeMap` keyed by the
+        // name compared names for every record (issue 14, item 1).
+        let mut stages: Vec<(Arc<str>, Agg)> = Vec::new();
+        let mut at = 0usize;
         for g in &unit.gpu {
-            let a = stages.entry(g.stage.clone()).or_insert(Agg {
-                first: u64::MAX,
-                last: 0,
-                busy: 0,
-                kernels: 0,
-                activities: Vec::new(),
-            });
+            let same = |s: &Arc<str>| Arc::ptr_eq(s, &g.stage) || **s == *g.stage;
+            if !stages.get(at).is_some_and(|(s, _)| same(s)) {
+                at = match stages.iter().position(|(s, _)| same(s)) {
+                    Some(i) => i,
+                    None => {
+                        stages.push((g.stage.clone(), Agg { first: u64::MAX, last: 0, busy: 0, kernels: 0, activities: Vec::new() }));
+                        stages.len() - 1
+                    }
+                };
+            }
+            let a = &mut stages[at].1;
             a.first = a.first.min(g.start_ns);
             a.last = a.last.max(g.end_ns);
             a.busy += g.end_ns - g.start_ns;
             a.kernels += (g.kind == GpuKind::Kernel) as u64;
             a.activities.push(g);
         }
+        stages.sort_by(|a, b| a.0.cmp(&b.0));
         let (first, last) = match unit.scope_time {
             Some((s, e, _)) => (Some(s), Some(e)),
             None => (unit.gpu.iter().map(|g| g.start_ns).min(), unit.gpu.iter().map(|g| g.end_ns).max()),
@@ -1090,7 +1133,7 @@ impl SpanAssembler {
             req.first_ns = Some(req.first_ns.map_or(f, |x| x.min(f)));
             req.last_ns = Some(req.last_ns.map_or(l, |x| x.max(l)));
         }
-        if let Some(v) = stages.get("vae.decode") {
+        if let Some((_, v)) = stages.iter().find(|(s, _)| &**s == "vae.decode") {
             req.vae = Some(match req.vae {
                 Some((f, l)) => (f.min(v.first), l.max(v.last)),
                 None => (v.first, v.last),
