@@ -18,6 +18,7 @@ pub mod gzip;
 mod json_out;
 mod lean;
 mod read;
+mod split;
 mod write;
 
 pub use dir::{merge, process_captures, read_captures, read_captures_with, read_rank_traces, trace_files, RankTraces};

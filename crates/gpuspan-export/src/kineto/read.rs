@@ -1,6 +1,7 @@
 //! Reading Kineto / torch.profiler Chrome-trace JSON (`.json` or `.json.gz`) into a
 //! [`Trace`]: the file is decompressed and deserialized event by event into typed structs,
-//! from memory up to [`SLICE_PARSE_MAX_BYTES`] of JSON and streamed beyond; only each
+//! from memory up to [`SLICE_PARSE_MAX_BYTES`] of JSON and split into events beyond
+//! ([`super::split`]; streamed where the split gives up); only each
 //! event's `args` object is held as a `serde_json::Value` map, and only until its typed
 //! fields are pulled out. With [`ReadOptions::drop_extra_args`] that map holds only what the
 //! typed fields, metadata names and counters use (`LeanArgs`).
@@ -114,31 +115,41 @@ const CHROME_PHASES: &[&str] = &[
 /// # Errors
 /// As [`read_trace`]; in lenient mode a malformed event is never one.
 pub fn read_trace_with(path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
-    let file = File::open(path).map_err(|e| ReadError::new(path, ReadErrorKind::Io(e)))?;
-    read_buffered(BufReader::with_capacity(1 << 16, file), path, opts)
+    let open = || -> std::io::Result<Box<dyn BufRead>> { Ok(Box::new(BufReader::with_capacity(1 << 16, File::open(path)?))) };
+    read_source(&open, path, opts)
 }
 
 /// [`read_trace_with`] over bytes already in memory (plain JSON or gzip), for the fuzzer
 /// (`crates/gpuspan-fuzz`) and callers that hold a trace themselves. Errors name `path`.
 pub fn read_trace_bytes(bytes: &[u8], path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
-    read_buffered(bytes, path, opts)
+    let open = || -> std::io::Result<Box<dyn BufRead + '_>> { Ok(Box::new(bytes)) };
+    read_source(&open, path, opts)
 }
+
+/// Opens a trace's bytes from the start (a file, or bytes in memory): once, or twice when a
+/// large trace is read again by the streaming parse ([`super::split`]).
+type Open<'a> = dyn Fn() -> std::io::Result<Box<dyn BufRead + 'a>> + 'a;
 
 /// The read behind both: gzip or plain by the first two bytes, errors and the first
 /// skipped event naming `path`.
-fn read_buffered<B: BufRead>(mut buf: B, path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
+fn read_source<'a>(open: &Open<'a>, path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
     let err = |kind| ReadError::new(path, kind);
+    let mut buf = open().map_err(|e| err(ReadErrorKind::Io(e)))?;
     let head = buf.fill_buf().map_err(|e| err(ReadErrorKind::Io(e)))?;
     if head.is_empty() {
         return Err(err(ReadErrorKind::Empty));
     }
     let gzip = head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b;
-    let (trace, mut skipped) = if gzip {
-        let dec = flate2::bufread::MultiGzDecoder::new(buf);
-        parse(BufReader::with_capacity(1 << 16, dec), true, opts).map_err(err)?
-    } else {
-        parse(buf, false, opts).map_err(err)?
+    // The decompressed JSON, from the start: `buf` the first time, reopened after that.
+    let decoded = |buf: Box<dyn BufRead + 'a>| -> Box<dyn Read + 'a> {
+        if gzip {
+            Box::new(BufReader::with_capacity(1 << 16, flate2::bufread::MultiGzDecoder::new(buf)))
+        } else {
+            Box::new(buf)
+        }
     };
+    let again = || open().map(decoded);
+    let (trace, mut skipped) = parse(decoded(buf), &again, gzip, opts).map_err(err)?;
     if let Some(first) = skipped.first.as_mut() {
         first.0 = path.to_path_buf();
     }
@@ -148,64 +159,96 @@ fn read_buffered<B: BufRead>(mut buf: B, path: &Path, opts: ReadOptions) -> Resu
 /// Parse state shared by the visitors: the trace being built and the first semantic error
 /// (reported instead of serde's generic one).
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     trace: Trace,
     /// Skip malformed events instead of failing ([`ReadOptions::strict`] false).
     lenient: bool,
     /// [`ReadOptions::drop_extra_args`].
-    drop_extra_args: bool,
+    pub(super) drop_extra_args: bool,
     skipped: Skipped,
-    saw_trace_events: bool,
+    pub(super) saw_trace_events: bool,
     error: Option<ReadErrorKind>,
     /// Index of the event being deserialized when serde itself failed.
     failed_index: Option<usize>,
+    /// Index of the next `traceEvents` entry.
+    pub(super) next_index: usize,
 }
 
-/// Largest (decompressed) trace parsed from memory instead of streamed: 8 MiB. serde_json
-/// scans strings of a slice with `memchr` where its reader path goes byte by byte through
-/// `Read` (its `IoRead::parse_str` was 18 % of `gpuspan stats` on a 0.7 MB trace), so a
-/// trace up to this size is read whole first; a larger one is streamed (the first 8 MiB
-/// already read go in front of the rest, freed once read), so memory stays bounded.
+impl State {
+    pub(super) fn new(opts: ReadOptions) -> State {
+        State { lenient: !opts.strict, drop_extra_args: opts.drop_extra_args, ..State::default() }
+    }
+
+    /// What was read.
+    pub(super) fn into_result(self) -> (Trace, Skipped) {
+        (self.trace, self.skipped)
+    }
+}
+
+/// [`read_trace_bytes`] of plain JSON, parsed whole from the slice (the reference the split
+/// read is checked against).
+#[cfg(test)]
+pub(super) fn parse_slice(json: &[u8], opts: ReadOptions) -> Result<(Trace, Skipped), ReadErrorKind> {
+    parse_from(serde_json::Deserializer::from_slice(json), false, opts)
+}
+
+/// Largest (decompressed) trace parsed from memory whole: 8 MiB. serde_json scans strings
+/// of a slice with `memchr` where its reader path goes byte by byte through `Read` (its
+/// `IoRead::parse_str` was 18 % of `gpuspan stats` on a 0.7 MB trace), so a trace up to
+/// this size is read whole first; a larger one is split into events, each parsed from
+/// memory ([`super::split`]), so memory stays bounded, and streamed only when the split
+/// gives up.
 pub const SLICE_PARSE_MAX_BYTES: usize = 8 << 20;
 
-fn parse<R: Read>(mut reader: R, gzip: bool, opts: ReadOptions) -> Result<(Trace, Skipped), ReadErrorKind> {
+/// Parses the decompressed JSON `reader`: from memory up to [`SLICE_PARSE_MAX_BYTES`]; past
+/// that split into events ([`super::split`]), or, when the split gives up, streamed from
+/// the start of `again()` (the same JSON read anew).
+fn parse<'a>(
+    mut reader: Box<dyn Read + 'a>,
+    again: &dyn Fn() -> std::io::Result<Box<dyn Read + 'a>>,
+    gzip: bool,
+    opts: ReadOptions,
+) -> Result<(Trace, Skipped), ReadErrorKind> {
     let mut head = Vec::new();
     (&mut reader)
         .take(SLICE_PARSE_MAX_BYTES as u64 + 1)
         .read_to_end(&mut head)
         .map_err(|e| map_json_error(serde_json::Error::io(e), gzip, None))?;
     if head.len() <= SLICE_PARSE_MAX_BYTES {
-        parse_from(serde_json::Deserializer::from_slice(&head), gzip, opts)
-    } else {
-        // serde_json's reader path reads byte by byte: through a buffer, not the two-way
-        // `read` of a chain (without it the 35 MB fixtures took 1.6x as long).
-        let rest = BufReader::with_capacity(1 << 16, HeadThenRest { head, at: 0, rest: reader });
-        parse_from(serde_json::Deserializer::from_reader(rest), gzip, opts)
+        return parse_from(serde_json::Deserializer::from_slice(&head), gzip, opts);
     }
+    let mut state = State::new(opts);
+    if super::split::parse(head, reader, &mut state) {
+        return Ok(state.into_result());
+    }
+    drop(state);
+    // serde_json's reader path reads byte by byte: through a buffer (without it the 35 MB
+    // fixtures took 1.6x as long).
+    let rest = BufReader::with_capacity(1 << 16, again().map_err(|e| map_json_error(serde_json::Error::io(e), gzip, None))?);
+    parse_from(serde_json::Deserializer::from_reader(rest), gzip, opts)
 }
 
-/// `head`, then `rest`: `Read::chain` of a `Cursor`, but `head` is freed once read (a chain
-/// would hold the first 8 MiB for the whole parse of a large trace).
-struct HeadThenRest<R> {
-    head: Vec<u8>,
-    at: usize,
-    rest: R,
+/// One top-level entry other than `traceEvents` of a split read ([`super::split`]): `key`
+/// as written (with its quotes) and its value's bytes, read by the streaming parse's own
+/// code. `false` when that fails (the split gives up).
+pub(super) fn top_level_entry(state: &mut State, key: &[u8], value: &[u8]) -> bool {
+    let mut doc = Vec::with_capacity(key.len() + value.len() + 3);
+    doc.push(b'{');
+    doc.extend_from_slice(key);
+    doc.push(b':');
+    doc.extend_from_slice(value);
+    doc.push(b'}');
+    let mut de = serde_json::Deserializer::from_slice(&doc);
+    TopSeed { state }.deserialize(&mut de).and_then(|()| de.end()).is_ok()
 }
 
-impl<R: Read> Read for HeadThenRest<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.at < self.head.len() {
-            let n = buf.len().min(self.head.len() - self.at);
-            buf[..n].copy_from_slice(&self.head[self.at..self.at + n]);
-            self.at += n;
-            if self.at == self.head.len() {
-                self.head = Vec::new();
-                self.at = 0;
-            }
-            return Ok(n);
-        }
-        self.rest.read(buf)
-    }
+/// A `traceEvents` entry of a split read parsed from its bytes; `None` when serde_json
+/// refuses them.
+pub(super) fn slot_from_slice(bytes: &[u8], lean: bool) -> Option<Slot> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let slot = SlotSeed { lean }.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(slot)
 }
 
 fn parse_from<'de, R: serde_json::de::Read<'de>>(
@@ -213,7 +256,7 @@ fn parse_from<'de, R: serde_json::de::Read<'de>>(
     gzip: bool,
     opts: ReadOptions,
 ) -> Result<(Trace, Skipped), ReadErrorKind> {
-    let mut state = State { lenient: !opts.strict, drop_extra_args: opts.drop_extra_args, ..State::default() };
+    let mut state = State::new(opts);
     let res = TopSeed { state: &mut state }
         .deserialize(&mut de)
         .and_then(|()| de.end());
@@ -811,59 +854,69 @@ impl<'de> Visitor<'de> for EventsSeed<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut index = 0usize;
+        self.state.next_index = 0;
         loop {
+            let index = self.state.next_index;
             self.state.failed_index = Some(index);
             let slot = match seq.next_element_seed(SlotSeed { lean: self.state.drop_extra_args })? {
                 None => break,
                 Some(slot) => slot,
             };
-            let lenient = self.state.lenient;
-            let bad = match slot {
-                Slot::NotObject => Some("not a JSON object".to_string()),
-                Slot::LeanX(x) => match complete_lean(x, lenient) {
-                    Ok(ev) => {
-                        self.state.trace.events.push(ev);
-                        None
-                    }
-                    Err(msg) => Some(msg),
-                },
-                Slot::Raw(raw) => match raw.ph.as_str() {
-                    Some("X") => match complete_event(raw, lenient, self.state.drop_extra_args) {
-                        Ok(ev) => {
-                            self.state.trace.events.push(ev);
-                            None
-                        }
-                        Err(msg) => Some(msg),
-                    },
-                    Some("M") => {
-                        metadata_event(&mut self.state.trace, raw);
-                        None
-                    }
-                    Some("C") => {
-                        counter_event(&mut self.state.trace, raw);
-                        None
-                    }
-                    Some(ph) if CHROME_PHASES.contains(&ph) => None,
-                    // Ignored when strict (as always); skipped and counted when lenient.
-                    Some(ph) if lenient => Some(format!("unknown phase {:?}", short(ph))),
-                    None if lenient => Some("no \"ph\" (phase)".to_string()),
-                    _ => None,
-                },
-            };
-            if let Some(msg) = bad {
-                if !lenient {
-                    self.state.error = Some(ReadErrorKind::BadEvent { index, msg });
-                    return Err(de::Error::custom("bad event"));
-                }
-                self.state.skipped.count += 1;
-                if self.state.skipped.first.is_none() {
-                    self.state.skipped.first = Some((std::path::PathBuf::new(), index, msg));
-                }
+            if !take_slot(self.state, slot, index) {
+                return Err(de::Error::custom("bad event"));
             }
-            index += 1;
         }
         self.state.failed_index = None;
         Ok(())
     }
+}
+
+/// Adds `traceEvents` entry `index` to the trace being built (or counts it skipped, or, in
+/// a strict read, records why it is an error: `false`).
+pub(super) fn take_slot(state: &mut State, slot: Slot, index: usize) -> bool {
+    state.next_index = index + 1;
+    let lenient = state.lenient;
+    let bad = match slot {
+        Slot::NotObject => Some("not a JSON object".to_string()),
+        Slot::LeanX(x) => match complete_lean(x, lenient) {
+            Ok(ev) => {
+                state.trace.events.push(ev);
+                None
+            }
+            Err(msg) => Some(msg),
+        },
+        Slot::Raw(raw) => match raw.ph.as_str() {
+            Some("X") => match complete_event(raw, lenient, state.drop_extra_args) {
+                Ok(ev) => {
+                    state.trace.events.push(ev);
+                    None
+                }
+                Err(msg) => Some(msg),
+            },
+            Some("M") => {
+                metadata_event(&mut state.trace, raw);
+                None
+            }
+            Some("C") => {
+                counter_event(&mut state.trace, raw);
+                None
+            }
+            Some(ph) if CHROME_PHASES.contains(&ph) => None,
+            // Ignored when strict (as always); skipped and counted when lenient.
+            Some(ph) if lenient => Some(format!("unknown phase {:?}", short(ph))),
+            None if lenient => Some("no \"ph\" (phase)".to_string()),
+            _ => None,
+        },
+    };
+    if let Some(msg) = bad {
+        if !lenient {
+            state.error = Some(ReadErrorKind::BadEvent { index, msg });
+            return false;
+        }
+        state.skipped.count += 1;
+        if state.skipped.first.is_none() {
+            state.skipped.first = Some((std::path::PathBuf::new(), index, msg));
+        }
+    }
+    true
 }

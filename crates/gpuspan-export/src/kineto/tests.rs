@@ -1191,4 +1191,16 @@ fn traces_either_side_of_the_slice_limit_read_whole() {
     gz.truncate(gz.len() - 100);
     let e = read_err(dir.path(), "cut.json.gz", &gz);
     assert!(e.starts_with(": gzip stream corrupt: truncated"), "{e}");
+    // Past the limit a trace is split into events (kineto/split.rs); a fault there is read
+    // again by the streaming parse, so the error names its place in the whole text: a
+    // syntax error in the last event (line n), and in strict mode a bad event's index.
+    let n = 2 * at_limit;
+    let broken = String::from_utf8(trace_of(n)).unwrap().replace(&format!(r#""dur": 1, "args": {{"stream": 7, "correlation": {}}}"#, 1_000_000 + n - 1), r#""dur": 1 "x""#);
+    for (name, bytes) in [("bad.json", broken.clone().into_bytes()), ("bad.json.gz", gzip(broken.as_bytes()))] {
+        let e = read_err(dir.path(), name, &bytes);
+        assert!(e.contains(&format!("invalid JSON at line {n} column ")), "{name}: {e}");
+    }
+    let no_ts = String::from_utf8(trace_of(n)).unwrap().replace(&format!(r#""ts": {}, "#, 1_000_000 + n - 7), "");
+    let e = read_err(dir.path(), "no-ts.json.gz", &gzip(no_ts.as_bytes()));
+    assert!(e.contains(&format!("event {}", n - 7)) && e.contains("no numeric \"ts\""), "{e}");
 }

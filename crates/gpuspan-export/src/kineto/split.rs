@@ -1,0 +1,387 @@
+//! Large traces read event by event from memory (issue 14, item 4).
+//!
+//! serde_json reads a slice far faster than a `Read` (its `IoRead::parse_str` copies every
+//! string byte by byte through a scratch buffer: a quarter of `gpuspan stats` on a 35 MB
+//! trace), but reading a whole large trace into memory first would take 73 MB where the
+//! goal is 64. So a trace past [`super::read::SLICE_PARSE_MAX_BYTES`] is split here:
+//!
+//! - [`Window`] holds the decompressed JSON read so far, from the first byte not yet used,
+//!   and reads on in [`CHUNK`]s as a value needs them (the window is at most about one
+//!   chunk plus the largest event beyond the first 8 MiB).
+//! - [`Window::value_len`] finds where the JSON value at the front ends: brackets counted
+//!   outside strings, string bytes skipped eight at a time. It validates nothing else.
+//! - Each `traceEvents` entry is then parsed from its bytes by serde_json
+//!   (`read::slot_from_slice`) and added as the streaming parse adds it (`read::take_slot`);
+//!   any other top-level key is parsed by the same code as in the streaming parse
+//!   (`read::top_level_entry`).
+//!
+//! Anything this does not expect (a document that is not an object, a syntax error, a
+//! second `traceEvents`, an I/O or gzip error, a value nested past [`MAX_DEPTH`], an event
+//! that is an error in a strict read) makes [`parse`] give up (`false`): the caller then
+//! reads the file again from the start with the streaming parse, which gives the same trace
+//! or the same error, with the same line and column, as it always did. So the split changes
+//! how fast a well-formed large trace is read, never what any trace reads as.
+
+use std::io::Read;
+
+use super::read::{self, State};
+
+/// Bytes read from the decompressed stream at a time.
+const CHUNK: usize = 256 << 10;
+
+/// Deepest bracket nesting inside one value that the split follows: below serde_json's
+/// recursion limit (128) less the two levels above an event, so serde_json never refuses
+/// in a slice what it accepted in the stream.
+const MAX_DEPTH: u32 = 100;
+
+/// The decompressed JSON read so far: `buf[pos..]` is not used yet.
+struct Window<R> {
+    buf: Vec<u8>,
+    pos: usize,
+    rest: R,
+    /// The stream has ended (or failed: `failed`).
+    eof: bool,
+    failed: bool,
+}
+
+impl<R: Read> Window<R> {
+    /// Reads one more chunk after what is held, first dropping what was used when that is at
+    /// least half the buffer. `false` at the end of the stream or on an error.
+    fn more(&mut self) -> bool {
+        if self.eof {
+            return false;
+        }
+        if self.pos > 0 && self.pos >= self.buf.len() / 2 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let old = self.buf.len();
+        self.buf.resize(old + CHUNK, 0);
+        loop {
+            match self.rest.read(&mut self.buf[old..]) {
+                Ok(n) => {
+                    self.buf.truncate(old + n);
+                    self.eof = n == 0;
+                    return n > 0;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.buf.truncate(old);
+                    self.eof = true;
+                    self.failed = true;
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// The byte `i` past `pos`, reading on as needed; `None` past the end of the stream.
+    fn byte(&mut self, i: usize) -> Option<u8> {
+        while self.pos + i >= self.buf.len() {
+            if !self.more() {
+                return None;
+            }
+        }
+        Some(self.buf[self.pos + i])
+    }
+
+    /// Skips whitespace and returns the next byte, not consumed; `None` at the end.
+    fn peek(&mut self) -> Option<u8> {
+        loop {
+            let b = self.byte(0)?;
+            if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+                return Some(b);
+            }
+            self.pos += 1;
+        }
+    }
+
+    /// The length of the JSON value at `pos` (no whitespace before it): to its closing
+    /// bracket or quote, or for a number or literal to the first byte that cannot be in
+    /// one. `None` at the end of the stream or nested past [`MAX_DEPTH`]. One pass over the
+    /// bytes held, reading on where they end, eight bytes at a time to the next byte that
+    /// matters ([`structural`], [`string_stop`]).
+    fn value_len(&mut self) -> Option<usize> {
+        if !matches!(self.byte(0)?, b'{' | b'[' | b'"') {
+            let mut i = 0;
+            loop {
+                match self.byte(i) {
+                    None | Some(b',' | b' ' | b'\n' | b'\r' | b'\t' | b':' | b'}' | b']') => return Some(i),
+                    Some(_) => i += 1,
+                }
+            }
+        }
+        let (mut i, mut depth, mut in_string) = (0usize, 0u32, false);
+        loop {
+            let buf = &self.buf[self.pos..];
+            while i < buf.len() {
+                if let Some(word) = buf.get(i..i + 8) {
+                    let v = u64::from_le_bytes(word.try_into().unwrap_or_default());
+                    let stops = if in_string { string_stop(v) } else { structural(v) };
+                    if stops == 0 {
+                        i += 8;
+                        continue;
+                    }
+                    i += (stops.trailing_zeros() / 8) as usize;
+                }
+                let b = buf[i];
+                if in_string {
+                    match b {
+                        b'"' => {
+                            in_string = false;
+                            if depth == 0 {
+                                return Some(i + 1);
+                            }
+                        }
+                        // An escape: the byte after it is part of the string, whatever it is
+                        // (it may not be held yet: `i` then passes the end).
+                        b'\\' => i += 1,
+                        _ => {}
+                    }
+                    i += 1;
+                    continue;
+                }
+                match b {
+                    b'"' => in_string = true,
+                    b'{' | b'[' => {
+                        depth += 1;
+                        if depth > MAX_DEPTH {
+                            return None;
+                        }
+                    }
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    // A byte the word test flags that is none of these (`0x02`), or one looked
+                    // at by itself near the end of what is held.
+                    _ => {}
+                }
+                i += 1;
+            }
+            if !self.more() {
+                return None;
+            }
+        }
+    }
+
+    /// The next `n` bytes, consumed.
+    fn take(&mut self, n: usize) -> &[u8] {
+        let at = self.pos;
+        self.pos += n;
+        &self.buf[at..at + n]
+    }
+}
+
+/// Reads the trace whose decompressed JSON is `head` followed by `rest` into `state`.
+/// `false`: something here was not as expected (module docs) and `state` is to be thrown
+/// away; the caller reads the trace again with the streaming parse.
+pub(super) fn parse<R: Read>(head: Vec<u8>, rest: R, state: &mut State) -> bool {
+    let mut w = Window { buf: head, pos: 0, rest, eof: false, failed: false };
+    parse_object(&mut w, state).is_some() && state.saw_trace_events && w.peek().is_none() && !w.failed
+}
+
+fn parse_object<R: Read>(w: &mut Window<R>, state: &mut State) -> Option<()> {
+    expect(w, b'{')?;
+    if w.peek()? == b'}' {
+        w.pos += 1;
+        return None; // no "traceEvents": the streaming parse says so
+    }
+    loop {
+        if w.peek()? != b'"' {
+            return None;
+        }
+        let n = w.value_len()?;
+        let key = w.take(n).to_vec();
+        expect(w, b':')?;
+        w.peek()?;
+        if key == b"\"traceEvents\"" {
+            if state.saw_trace_events {
+                return None;
+            }
+            state.saw_trace_events = true;
+            parse_events(w, state)?;
+        } else {
+            let n = w.value_len()?;
+            let value = w.take(n);
+            if !read::top_level_entry(state, &key, value) {
+                return None;
+            }
+        }
+        match w.peek()? {
+            b',' => w.pos += 1,
+            b'}' => {
+                w.pos += 1;
+                return Some(());
+            }
+            _ => return None,
+        }
+    }
+}
+
+fn parse_events<R: Read>(w: &mut Window<R>, state: &mut State) -> Option<()> {
+    expect(w, b'[')?;
+    state.next_index = 0;
+    if w.peek()? == b']' {
+        w.pos += 1;
+        return Some(());
+    }
+    loop {
+        w.peek()?;
+        let n = w.value_len()?;
+        let index = state.next_index;
+        let lean = state.drop_extra_args;
+        let slot = read::slot_from_slice(w.take(n), lean)?;
+        if !read::take_slot(state, slot, index) {
+            return None;
+        }
+        match w.peek()? {
+            b',' => w.pos += 1,
+            b']' => {
+                w.pos += 1;
+                return Some(());
+            }
+            _ => return None,
+        }
+    }
+}
+
+const LOW: u64 = 0x0101_0101_0101_0101;
+
+/// The high bit of each byte of `x` that is zero, and maybe of bytes above the first such:
+/// the lowest bit set marks the first zero byte exactly ("has zero byte", Hacker's Delight
+/// 6-1; the borrow only runs upward).
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(LOW) & !x & (LOW << 7)
+}
+
+/// Bytes of `v` (eight, little-endian) that matter outside strings: `"`, `{`, `}`, `[`, `]`
+/// (a bracket with bit 5 set is a brace), and maybe `0x02` (`"` less bit 5 is not tested
+/// apart); the lowest bit set is the first of them.
+fn structural(v: u64) -> u64 {
+    let braces = v | (LOW * 0x20);
+    zero_bytes(braces ^ (LOW * u64::from(b'{'))) | zero_bytes(braces ^ (LOW * u64::from(b'}'))) | zero_bytes(v ^ (LOW * u64::from(b'"')))
+}
+
+/// Bytes of `v` that end a run of string bytes: `"` and `\`; the lowest bit set is the
+/// first of them.
+fn string_stop(v: u64) -> u64 {
+    zero_bytes(v ^ (LOW * u64::from(b'"'))) | zero_bytes(v ^ (LOW * u64::from(b'\\')))
+}
+
+/// Consumes `b` after whitespace, or `None`.
+fn expect<R: Read>(w: &mut Window<R>, b: u8) -> Option<()> {
+    (w.peek()? == b).then(|| w.pos += 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kineto::read::parse_slice;
+    use crate::kineto::ReadOptions;
+
+    /// Hands out the bytes a few at a time (1 to 7, in turn), so values, strings and escapes
+    /// cross the ends of what the window holds.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        turn: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.turn += 1;
+            let n = (1 + self.turn % 7).min(buf.len()).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    /// The split read of `json` (the first `head` bytes held, the rest trickled in), or
+    /// `None` when it gives up.
+    fn split(json: &[u8], head: usize, opts: ReadOptions) -> Option<(gpuspan_core::trace::Trace, crate::kineto::Skipped)> {
+        let mut state = State::new(opts);
+        let head = head.min(json.len());
+        parse(json[..head].to_vec(), Trickle { bytes: &json[head..], turn: 0 }, &mut state).then(|| state.into_result())
+    }
+
+    const TRACE: &str = r#" {"schemaVersion": 1, "deviceProperties": [{"id": 0, "name": "H100 \"SXM\""}],
+      "traceEvents": [
+        {"ph": "M", "name": "process_name", "pid": 0, "tid": 0, "args": {"name": "GPU 0"}},
+        {"ph": "X", "cat": "kernel", "name": "void k<{1}, [2]>(\"x\\\\\", \u00e9)", "pid": 0, "tid": 7,
+         "ts": 10.5, "dur": 2, "args": {"device": 0, "stream": 7, "grid": [1, 2, 3], "Input Dims": [[1, [2]], {"a": "]}"}]}},
+        {"ph": "C", "name": "mem", "pid": 0, "ts": 11, "args": {"used": 5}},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": 9, "dur": 1.25,
+         "args": {"correlation": 4, "External id": 3}}, {"ph": "i", "name": "mark", "ts": 1, "pid": 0, "tid": 0, "s": "t"}
+      ],
+      "baseTimeNanoseconds": 1700000000000000000, "traceName": "x", "distributedInfo": {"rank": 3}}
+    "#;
+
+    #[test]
+    fn a_split_read_is_the_slice_read_wherever_the_chunks_end() {
+        for lean in [false, true] {
+            let opts = ReadOptions { strict: true, drop_extra_args: lean };
+            let want = parse_slice(TRACE.as_bytes(), opts).unwrap();
+            assert_eq!(want.0.events.len(), 2, "the reference read has the complete events");
+            assert_eq!(want.0.base_time_ns, Some(1_700_000_000_000_000_000));
+            for head in [0, 1, 5, 40, 100, 333, TRACE.len()] {
+                assert_eq!(split(TRACE.as_bytes(), head, opts), Some(want.clone()), "head {head}, lean {lean}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_split_gives_up_where_the_streaming_parse_decides() {
+        let opts = ReadOptions { strict: true, drop_extra_args: true };
+        let ok = r#"{"traceEvents": [{"ph": "X", "name": "a", "ts": 1, "dur": 1}]}"#;
+        assert!(split(ok.as_bytes(), 3, opts).is_some(), "the well-formed case reads");
+        for bad in [
+            r#"[{"ph": "X", "name": "a", "ts": 1, "dur": 1}]"#,                 // JSON Array Format
+            r#"{"traceEvents": [{"ph": "X", "name": "a", "ts": 1, "dur": 1},]}"#, // trailing comma
+            r#"{"traceEvents": [{"ph": "X", "name": "a", "ts": 1, "dur": 1}]"#,   // truncated
+            r#"{"traceEvents": [{"ph": "X", "name": "a", "ts": 1, "dur": 1}]} x"#, // trailing bytes
+            r#"{"traceEvents": [{"ph": "X", "name": "a", "dur": 1}]}"#,            // strict: no ts
+            r#"{"traceEvents": [], "traceEvents": []}"#,                           // twice
+            r#"{"schemaVersion": 1}"#,                                             // no events
+            r#"{"traceEvents": {"a": 1}}"#,                                        // not an array
+            r#"{"traceEvents": [{"ph": "X", "ph": "X", "name": "a", "ts": 1}]}"#,   // duplicate field
+            r#"{"traceEvents": [{"ph": "X", "name": "a\"#,                         // in an escape
+        ] {
+            assert_eq!(split(bad.as_bytes(), 2, opts), None, "{bad}");
+        }
+        let deep = format!(r#"{{"traceEvents": [{{"ph": "X", "ts": 1, "args": {}1{}}}]}}"#, "[".repeat(101), "]".repeat(101));
+        assert_eq!(split(deep.as_bytes(), 2, opts), None, "nested past MAX_DEPTH");
+        // Lenient: a malformed event is skipped and counted, as in the streaming parse.
+        let lenient = ReadOptions { strict: false, drop_extra_args: true };
+        let skip = r#"{"traceEvents": [{"ph": "X", "name": "a", "dur": 1}, 7, {"ph": "X", "name": "b", "ts": 2, "dur": 1}]}"#;
+        let got = split(skip.as_bytes(), 4, lenient).expect("lenient reads");
+        assert_eq!(got, parse_slice(skip.as_bytes(), lenient).unwrap());
+        assert_eq!((got.0.events.len(), got.1.count), (1, 2));
+    }
+
+    #[test]
+    fn the_word_tests_find_the_first_byte_that_matters() {
+        let first = |m: u64| (m != 0).then(|| m.trailing_zeros() as usize / 8);
+        assert_eq!(first(structural(u64::from_le_bytes(*b"abc:1, 2"))), None);
+        assert_eq!(first(string_stop(u64::from_le_bytes(*b"abc{}[] "))), None);
+        for at in 0..8 {
+            for stop in [b'"', b'{', b'}', b'[', b']', b'\\'] {
+                let mut bytes = *b"abcdefgh";
+                bytes[at] = stop;
+                let v = u64::from_le_bytes(bytes);
+                let (is_structural, ends_string) = (stop != b'\\', stop == b'"' || stop == b'\\');
+                assert_eq!(first(structural(v)), is_structural.then_some(at), "{} at {at}", stop as char);
+                assert_eq!(first(string_stop(v)), ends_string.then_some(at), "{} at {at}", stop as char);
+                // With another stop byte further up, the first one is still the one found.
+                if at < 7 {
+                    bytes[7] = b'"';
+                    let v = u64::from_le_bytes(bytes);
+                    assert_eq!(first(structural(v)), Some(if is_structural { at } else { 7 }), "{} at {at}", stop as char);
+                    assert_eq!(first(string_stop(v)), Some(if ends_string { at } else { 7 }), "{} at {at}", stop as char);
+                }
+            }
+        }
+    }
+}
