@@ -806,14 +806,14 @@ impl SpanAssembler {
             }
             return Ok(());
         };
-        if self.place_cache.as_ref().is_none_or(|c| c.scope != scope_id) {
-            self.place_cache = Some(PlaceCache {
-                scope: scope_id,
-                unit: scope.attribution.step.filter(|s| self.units.contains_key(s)).unwrap_or(request),
-                stage: scope.attribution.stage.map(|s| self.stage_names.get(s)),
-            });
+        if self.place_cache.as_ref().is_some_and(|c| c.scope != scope_id) {
+            self.place_cache = None;
         }
-        let Some(cache) = &self.place_cache else { return Err(p) };
+        let cache = self.place_cache.get_or_insert_with(|| PlaceCache {
+            scope: scope_id,
+            unit: scope.attribution.step.filter(|s| self.units.contains_key(s)).unwrap_or(request),
+            stage: scope.attribution.stage.map(|s| self.stage_names.get(s)),
+        });
         let key = cache.unit;
         let Some(unit) = self.units.get_mut(&key) else {
             if matches!(p, Pending::Gpu(_)) {
