@@ -279,29 +279,7 @@ impl<'de> Visitor<'de> for XArgsVisitor {
         }
         Ok(a)
     }
-    // `args` that are not an object give no typed field.
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<XArgs, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(XArgs::default())
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<XArgs, E> {
-        Ok(XArgs::default())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<XArgs, E> {
-        Ok(XArgs::default())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<XArgs, E> {
-        Ok(XArgs::default())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<XArgs, E> {
-        Ok(XArgs::default())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<XArgs, E> {
-        Ok(XArgs::default())
-    }
-    fn visit_unit<E>(self) -> Result<XArgs, E> {
-        Ok(XArgs::default())
-    }
+    visit_others_as!('de, XArgs::default(); bool i64 u64 f64 str unit seq);
 }
 
 /// An integer arg as `read::arg_int` converts a `Value`: an integer, a float with no
@@ -333,20 +311,7 @@ impl<'de> Visitor<'de> for IntArgVisitor {
     fn visit_str<E>(self, v: &str) -> Result<IntArg, E> {
         Ok(IntArg(v.trim().parse::<i64>().ok()))
     }
-    fn visit_bool<E>(self, _: bool) -> Result<IntArg, E> {
-        Ok(IntArg(None))
-    }
-    fn visit_unit<E>(self) -> Result<IntArg, E> {
-        Ok(IntArg(None))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IntArg, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(IntArg(None))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IntArg, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(IntArg(None))
-    }
+    visit_others_as!('de, IntArg(None); bool unit seq map);
 }
 
 /// A `[x, y, z]` arg as `read::arg_dim3` converts it: exactly three [`IntArg`]s that all
@@ -380,28 +345,7 @@ impl<'de> Visitor<'de> for Dim3ArgVisitor {
             _ => None,
         }))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Dim3Arg, E> {
-        Ok(Dim3Arg(None))
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Dim3Arg, E> {
-        Ok(Dim3Arg(None))
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Dim3Arg, E> {
-        Ok(Dim3Arg(None))
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Dim3Arg, E> {
-        Ok(Dim3Arg(None))
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Dim3Arg, E> {
-        Ok(Dim3Arg(None))
-    }
-    fn visit_unit<E>(self) -> Result<Dim3Arg, E> {
-        Ok(Dim3Arg(None))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Dim3Arg, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Dim3Arg(None))
-    }
+    visit_others_as!('de, Dim3Arg(None); i64 u64 f64 str bool unit map);
 }
 
 /// A string arg as `read::arg_string` converts it: a JSON string; anything else (skipped)
@@ -427,29 +371,7 @@ impl<'de> Visitor<'de> for StrArgVisitor {
     fn visit_string<E>(self, v: String) -> Result<StrArg, E> {
         Ok(StrArg(Some(v)))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<StrArg, E> {
-        Ok(StrArg(None))
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<StrArg, E> {
-        Ok(StrArg(None))
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<StrArg, E> {
-        Ok(StrArg(None))
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<StrArg, E> {
-        Ok(StrArg(None))
-    }
-    fn visit_unit<E>(self) -> Result<StrArg, E> {
-        Ok(StrArg(None))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StrArg, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(StrArg(None))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrArg, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(StrArg(None))
-    }
+    visit_others_as!('de, StrArg(None); i64 u64 f64 bool unit seq map);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -523,28 +445,7 @@ impl<'de> Visitor<'de> for LeanArgsVisitor {
         }
         Ok(LeanArgs(Some(out)))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LeanArgs, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(LeanArgs(None))
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<LeanArgs, E> {
-        Ok(LeanArgs(None))
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<LeanArgs, E> {
-        Ok(LeanArgs(None))
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<LeanArgs, E> {
-        Ok(LeanArgs(None))
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<LeanArgs, E> {
-        Ok(LeanArgs(None))
-    }
-    fn visit_str<E>(self, _: &str) -> Result<LeanArgs, E> {
-        Ok(LeanArgs(None))
-    }
-    fn visit_unit<E>(self) -> Result<LeanArgs, E> {
-        Ok(LeanArgs(None))
-    }
+    visit_others_as!('de, LeanArgs(None); bool i64 u64 f64 str unit seq);
 }
 
 /// An arg value that is kept only when it is a JSON number; anything else is skipped
@@ -574,22 +475,6 @@ impl<'de> Visitor<'de> for NumberOrSkipVisitor {
         // As `Value` reads it: a non-finite float cannot be a JSON number.
         Ok(NumberOrSkip(serde_json::Number::from_f64(v)))
     }
-    fn visit_bool<E>(self, _: bool) -> Result<NumberOrSkip, E> {
-        Ok(NumberOrSkip(None))
-    }
-    fn visit_str<E>(self, _: &str) -> Result<NumberOrSkip, E> {
-        Ok(NumberOrSkip(None))
-    }
-    fn visit_unit<E>(self) -> Result<NumberOrSkip, E> {
-        Ok(NumberOrSkip(None))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NumberOrSkip, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(NumberOrSkip(None))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NumberOrSkip, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(NumberOrSkip(None))
-    }
+    visit_others_as!('de, NumberOrSkip(None); bool str unit seq map);
 }
 

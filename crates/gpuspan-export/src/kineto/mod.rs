@@ -12,6 +12,32 @@
 //! schema. See <https://github.com/pytorch/kineto/blob/main/libkineto/src/output_json.cpp>
 //! for the writer this mirrors.
 
+/// `Visitor` methods for the JSON values a visitor does not read: each consumes its value
+/// (an array's or object's contents unbuilt, as `IgnoredAny`) and returns `$value`. The
+/// methods written are those named, of `bool i64 u64 f64 str unit seq map`; `$de` is the
+/// impl's deserializer lifetime. (The lean reader's visitors each skip most kinds of value.)
+macro_rules! visit_others_as {
+    ($de:lifetime, $value:expr; $($kind:ident)*) => { $( visit_others_as!(@$kind $de, $value); )* };
+    (@bool $de:lifetime, $v:expr) => { fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> { Ok($v) } };
+    (@i64 $de:lifetime, $v:expr) => { fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> { Ok($v) } };
+    (@u64 $de:lifetime, $v:expr) => { fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> { Ok($v) } };
+    (@f64 $de:lifetime, $v:expr) => { fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> { Ok($v) } };
+    (@str $de:lifetime, $v:expr) => { fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> { Ok($v) } };
+    (@unit $de:lifetime, $v:expr) => { fn visit_unit<E>(self) -> Result<Self::Value, E> { Ok($v) } };
+    (@seq $de:lifetime, $v:expr) => {
+        fn visit_seq<A: serde::de::SeqAccess<$de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok($v)
+        }
+    };
+    (@map $de:lifetime, $v:expr) => {
+        fn visit_map<A: serde::de::MapAccess<$de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+            Ok($v)
+        }
+    };
+}
+
 mod dir;
 mod error;
 pub mod gzip;

@@ -529,21 +529,13 @@ impl<'de> Visitor<'de> for CatVisitor {
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Cat, E> {
         ScalarVisitor.visit_f64(v).map(Cat::from_scalar)
     }
-    fn visit_unit<E>(self) -> Result<Cat, E> {
-        Ok(Cat(None))
-    }
     fn visit_none<E>(self) -> Result<Cat, E> {
         Ok(Cat(None))
     }
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Cat, D::Error> {
         Cat::deserialize(d)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Cat, A::Error> {
-        ScalarVisitor.visit_seq(seq).map(Cat::from_scalar)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Cat, A::Error> {
-        ScalarVisitor.visit_map(map).map(Cat::from_scalar)
-    }
+    visit_others_as!('de, Cat(None); unit seq map);
 }
 
 /// A `traceEvents` entry. (Not boxed: a box would be an allocation per event, and a slot is
@@ -586,27 +578,7 @@ impl<'de> Visitor<'de> for SlotVisitor {
             RawEvent::deserialize(de::value::MapAccessDeserializer::new(map)).map(Slot::Raw)
         }
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Slot, A::Error> {
-        ScalarVisitor.visit_seq(seq).map(|_| Slot::NotObject)
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Slot, E> {
-        Ok(Slot::NotObject)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Slot, E> {
-        Ok(Slot::NotObject)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Slot, E> {
-        Ok(Slot::NotObject)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Slot, E> {
-        Ok(Slot::NotObject)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Slot, E> {
-        Ok(Slot::NotObject)
-    }
-    fn visit_unit<E>(self) -> Result<Slot, E> {
-        Ok(Slot::NotObject)
-    }
+    visit_others_as!('de, Slot::NotObject; seq bool i64 u64 f64 str unit);
 }
 
 fn short(name: &str) -> Cow<'_, str> {

@@ -186,7 +186,6 @@ pub(super) fn parse<R: Read>(head: Vec<u8>, rest: R, state: &mut State) -> bool 
 fn parse_object<R: Read>(w: &mut Window<R>, state: &mut State) -> Option<()> {
     expect(w, b'{')?;
     if w.peek()? == b'}' {
-        w.pos += 1;
         return None; // no "traceEvents": the streaming parse says so
     }
     loop {
@@ -210,13 +209,8 @@ fn parse_object<R: Read>(w: &mut Window<R>, state: &mut State) -> Option<()> {
                 return None;
             }
         }
-        match w.peek()? {
-            b',' => w.pos += 1,
-            b'}' => {
-                w.pos += 1;
-                return Some(());
-            }
-            _ => return None,
+        if !more_or_close(w, b'}')? {
+            return Some(());
         }
     }
 }
@@ -237,13 +231,8 @@ fn parse_events<R: Read>(w: &mut Window<R>, state: &mut State) -> Option<()> {
         if !read::take_slot(state, slot, index) {
             return None;
         }
-        match w.peek()? {
-            b',' => w.pos += 1,
-            b']' => {
-                w.pos += 1;
-                return Some(());
-            }
-            _ => return None,
+        if !more_or_close(w, b']')? {
+            return Some(());
         }
     }
 }
@@ -269,6 +258,18 @@ fn structural(v: u64) -> u64 {
 /// first of them.
 fn string_stop(v: u64) -> u64 {
     zero_bytes(v ^ (LOW * u64::from(b'"'))) | zero_bytes(v ^ (LOW * u64::from(b'\\')))
+}
+
+/// After a member of an object or array, consumes its `,` (`Some(true)`: another follows)
+/// or its `close` (`Some(false)`); `None` at anything else.
+fn more_or_close<R: Read>(w: &mut Window<R>, close: u8) -> Option<bool> {
+    let more = match w.peek()? {
+        b',' => true,
+        b if b == close => false,
+        _ => return None,
+    };
+    w.pos += 1;
+    Some(more)
 }
 
 /// Consumes `b` after whitespace, or `None`.
