@@ -220,10 +220,10 @@ impl Collector {
             self.apply_queued(a, obs, q);
         }
         a.thread_rings.drain(|b| {
-            if let Some(q) = b.scope {
-                self.apply_queued(a, obs, q);
+            if !b.scope.name_dropped() {
+                self.apply_queued(a, obs, b.scope);
             }
-            if let (Some(m), Some(c)) = (b.mark, &a.coarse) {
+            if let (Some(m), Some(c)) = (b.gpu_mark(), &a.coarse) {
                 self.resolver.accept(m, c);
             }
         });

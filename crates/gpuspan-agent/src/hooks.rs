@@ -25,7 +25,7 @@ use crate::shared::{shared, Shared};
 use gpuspan_core::activity::GPUSPAN_EXTERNAL_KIND;
 use gpuspan_cupti::events::Stream;
 use crate::nvtx_domains::{self, is_scope_domain, DOMAIN_SLOTS};
-use crate::scope_names::{QueuedScope, ThreadNames};
+use crate::scope_names::{QueuedScope, ThreadNames, NAME_DROPPED};
 use gpuspan_core::scope::{ScopeId, INLINE_NAME_CAP};
 use gpuspan_cupti::nvtx::{message_text, wide_to_utf8, EventAttributes, WChar};
 use std::cell::Cell;
@@ -264,12 +264,12 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
         t.began_in_capture[depth].set(t.capturing.get() > 0);
         let pushed = a.fine_on.load(Ordering::SeqCst);
         t.pushed[depth].set(pushed);
-        let (ts_ns, scope) = begin_event(a, id, parent, thread_id(t), &t.names, name, pushed);
+        let scope = begin_event(a, id, parent, thread_id(t), &t.names, name, pushed);
         let b = Boundary {
             scope,
             mark: a.coarse.as_ref().map(|c| {
                 let (streams, n) = thread_streams(t);
-                record_boundary(c, id, parent, false, depth == 0, ts_ns, &streams[..n])
+                record_boundary(c, false, depth == 0, &streams[..n])
             }),
         };
         send(a, &b);
@@ -278,21 +278,22 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
 }
 
 /// Makes the begin event, its name as a key (the name itself queued once per thread, or with
-/// every push for a long name: [`crate::scope_names`]; `None`, counted as dropped, when the
-/// name queue is full), and pushes the external correlation id when `push`; returns it with
-/// its timestamp, CUPTI ns.
-fn begin_event(a: &Shared, id: ScopeId, parent: ScopeId, thread_id: u32, names: &ThreadNames, name: &[u8], push: bool) -> (u64, Option<QueuedScope>) {
+/// every push for a long name: [`crate::scope_names`]; [`NAME_DROPPED`], counted as a
+/// dropped scope event, when the name queue is full), and pushes the external correlation
+/// id when `push`. Its `ts_ns` is now, CUPTI ns.
+#[inline(always)]
+fn begin_event(a: &Shared, id: ScopeId, parent: ScopeId, thread_id: u32, names: &ThreadNames, name: &[u8], push: bool) -> QueuedScope {
     let ts_ns = a.now_ns();
     if push {
         if let Some(api) = &a.api {
             api.push_external_correlation(GPUSPAN_EXTERNAL_KIND, id);
         }
     }
-    let ev = a.scope_names.key_of(names, name).map(|name| QueuedScope::Begin { id, parent, thread_id, ts_ns, name });
-    if ev.is_none() {
+    let name = a.scope_names.key_of(names, name).unwrap_or_else(|| {
         a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
-    }
-    (ts_ns, ev)
+        NAME_DROPPED
+    });
+    QueuedScope::Begin { id, parent, thread_id, ts_ns, name }
 }
 
 /// Queues a boundary: on the thread's ring ([`crate::thread_ring`]), or, for a thread without
@@ -303,7 +304,7 @@ fn send(a: &Shared, b: &Boundary) {
     match a.thread_rings.push(b) {
         Pushed::Ring => {}
         Pushed::Full => {
-            if b.scope.is_some() {
+            if !b.scope.name_dropped() {
                 a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
             }
             if let (Some(m), Some(c)) = (&b.mark, &a.coarse) {
@@ -311,12 +312,10 @@ fn send(a: &Shared, b: &Boundary) {
             }
         }
         Pushed::NoRing => {
-            if let Some(ev) = b.scope {
-                if a.scope_queue.push(ev).is_err() {
-                    a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
-                }
+            if !b.scope.name_dropped() && a.scope_queue.push(b.scope).is_err() {
+                a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
             }
-            if let (Some(m), Some(c)) = (b.mark, &a.coarse) {
+            if let (Some(m), Some(c)) = (b.gpu_mark(), &a.coarse) {
                 queue_shared(c, m);
             }
         }
@@ -385,13 +384,13 @@ pub fn range_end(slot: usize) -> i32 {
         // Begun and ended inside a stream capture with nothing that ran: recorded into a
         // graph (fine mode; coarse mode tells by the capture status of its streams).
         if began_in_capture && t.capturing.get() > 0 && launches == Some(0) && graph_launches == 0 && a.coarse.is_none() {
-            send(a, &Boundary { scope: Some(QueuedScope::InCapture { id }), mark: None });
+            send(a, &Boundary { scope: QueuedScope::InCapture { id }, mark: None });
         }
         let b = Boundary {
-            scope: Some(QueuedScope::End { id, ts_ns, launches, graph_launches }),
+            scope: QueuedScope::End { id, ts_ns, launches, graph_launches },
             mark: a.coarse.as_ref().map(|c| {
                 let (streams, n) = thread_streams(t);
-                record_boundary(c, id, 0, true, pos == 0, ts_ns, &streams[..n])
+                record_boundary(c, true, pos == 0, &streams[..n])
             }),
         };
         send(a, &b);

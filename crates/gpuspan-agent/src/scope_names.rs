@@ -44,6 +44,11 @@ pub const NAME_QUEUE_CAP: usize = 1 << 12;
 /// name's hash (with [`INTERNED`] set) or a one-time key.
 pub type NameKey = u64;
 
+/// The key of a begin whose name did not fit in the name queue (no name is given it: one-time
+/// keys start at 1, interned ones have [`INTERNED`] set). The push counted the begin as a
+/// dropped scope event; it is queued all the same for the scope its mark names.
+pub const NAME_DROPPED: NameKey = 0;
+
 /// A scope event as queued by the hot path: [`ScopeEvent`] with the begin's name as a key.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum QueuedScope {
@@ -76,6 +81,14 @@ pub enum QueuedScope {
         /// The scope's id.
         id: ScopeId,
     },
+}
+
+impl QueuedScope {
+    /// A begin whose name was dropped ([`NAME_DROPPED`]): not a scope event for the
+    /// collector, already counted as dropped.
+    pub fn name_dropped(&self) -> bool {
+        matches!(self, QueuedScope::Begin { name: NAME_DROPPED, .. })
+    }
 }
 
 /// A name's definition: `key` stands for `name`.
@@ -132,20 +145,33 @@ impl Default for ThreadNames {
 }
 
 /// 64-bit hash of `name` (FxHash's multiply-rotate over 8-byte words, with the length), with
-/// [`INTERNED`] set.
+/// [`INTERNED`] set. A tail shorter than a word is read as the last 8 bytes of the name
+/// (overlapping the words before it), or, in a name shorter than 8 bytes, as wyhash reads
+/// short keys: two overlapping 4-byte halves, or the first, middle and last byte. No byte
+/// copy (a `copy_from_slice` of the tail into a zeroed word was a `memcpy` call per push,
+/// issue 14 item 5); the length is hashed first, so names of different lengths whose words
+/// overlap alike still differ.
+#[inline]
 fn interned_key(name: &[u8]) -> NameKey {
     const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-    let mut h = name.len() as u64;
-    let mut chunks = name.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        h = (h.rotate_left(5) ^ w).wrapping_mul(K);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut b = [0u8; 8];
-        b[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(K);
+    let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(K);
+    let word = |at: usize| u64::from_le_bytes(name[at..at + 8].try_into().expect("8 bytes"));
+    let half = |at: usize| u64::from(u32::from_le_bytes(name[at..at + 4].try_into().expect("4 bytes")));
+    let n = name.len();
+    let mut h = n as u64;
+    if n >= 8 {
+        let mut at = 0;
+        while at + 8 <= n {
+            h = mix(h, word(at));
+            at += 8;
+        }
+        if at < n {
+            h = mix(h, word(n - 8));
+        }
+    } else if n >= 4 {
+        h = mix(h, half(0) | half(n - 4) << 32);
+    } else if n > 0 {
+        h = mix(h, u64::from(name[0]) | u64::from(name[n / 2]) << 8 | u64::from(name[n - 1]) << 16);
     }
     h | INTERNED
 }
@@ -154,6 +180,7 @@ impl NameSender {
     /// The key for `name` on the thread whose memory is `t`, queueing its definition unless
     /// the thread sent it before. `None` when the definition did not fit in the queue (the
     /// caller drops its event and counts it).
+    #[inline]
     pub fn key_of(&self, t: &ThreadNames, name: &[u8]) -> Option<NameKey> {
         if name.len() > INTERN_MAX_BYTES {
             let key = self.next_one_time.fetch_add(1, Ordering::Relaxed) & !INTERNED;
@@ -254,6 +281,40 @@ mod tests {
             Some(ScopeEvent::Begin { name, .. }) => name.as_str().to_string(),
             other => panic!("not a begin: {other:?}"),
         }
+    }
+
+    #[test]
+    fn every_byte_and_the_length_of_a_name_change_its_key() {
+        // All names of up to 3 bytes over four letters (NUL among them), then every one-byte
+        // change of a 1..=40-byte name: no two share a key (the tail reads overlap, so each
+        // byte must still count).
+        let mut seen = std::collections::HashMap::new();
+        let letters = [b'a', b'b', 0u8, 0xff];
+        let mut names: Vec<Vec<u8>> = vec![Vec::new()];
+        for len in 1..=3 {
+            for i in 0..letters.len().pow(len) {
+                names.push((0..len).map(|d| letters[i / letters.len().pow(d) % letters.len()]).collect());
+            }
+        }
+        for n in 1..=40usize {
+            let base: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            for at in 0..n {
+                let mut v = base.clone();
+                v[at] = b'#';
+                names.push(v);
+            }
+            names.push(base);
+        }
+        names.sort();
+        names.dedup();
+        for name in &names {
+            let key = interned_key(name);
+            assert_ne!(key & INTERNED, 0);
+            if let Some(other) = seen.insert(key, name.clone()) {
+                panic!("{name:?} and {other:?} share key {key:#x}");
+            }
+        }
+        assert!(seen.len() > 900, "{}", seen.len());
     }
 
     #[test]

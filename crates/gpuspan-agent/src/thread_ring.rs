@@ -10,7 +10,7 @@
 //! each a compare-and-swap on a cache line every thread and the collector contend for.
 //!
 //! - **First boundary of a thread.** It allocates the ring ([`THREAD_RING_CAP`] entries of
-//!   `size_of::<Boundary>()` (152 bytes): 1.2 MiB) and hands the consumer to a free registry slot
+//!   `size_of::<Boundary>()` (128 bytes): 1 MiB) and hands the consumer to a free registry slot
 //!   (one of [`MAX_THREAD_RINGS`]) under that slot's `try_lock`: it never waits on the
 //!   collector. When no slot is free, the thread uses the shared queues for the rest of this
 //!   agent generation ([`Pushed::NoRing`]), so a thread's boundaries never move from one
@@ -28,31 +28,46 @@
 //!
 //! One consumer at a time: the collector, which holds its state lock while it drains.
 
-use crate::coarse::mark::GpuMark;
+use crate::coarse::mark::{GpuMark, Recorded};
 use crate::scope_names::QueuedScope;
 use rtrb::{Consumer, Producer, RingBuffer};
 use std::cell::RefCell;
 use std::sync::Mutex;
 
-/// Entries per thread ring (1.2 MiB of address space, resident as it is used). The collector
+/// Entries per thread ring (1 MiB of address space, resident as it is used). The collector
 /// drains every 5 ms, but a drain can wait behind the decoding of CUPTI buffers for tens of
 /// milliseconds (fine mode, a debug build): 1,024 entries dropped scope events of the
 /// simulated demo there, and the shared scope queue this replaces held 16,384 of all threads.
 pub const THREAD_RING_CAP: usize = 8192;
 
-/// Most threads with a ring at once (19 MiB of rings if all are taken and full); further
+/// Most threads with a ring at once (16 MiB of rings if all are taken and full); further
 /// threads use the shared queues. A worker announces scopes from one thread per device it
 /// drives, at most 8 on an HGX node.
 pub const MAX_THREAD_RINGS: usize = 16;
 
-/// One scope boundary as an application thread queues it.
+/// One scope boundary as an application thread queues it: 128 bytes, copied inline into the
+/// ring (a bigger entry took a `memcpy` call per push and pop, issue 14 item 5).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Boundary {
-    /// The scope event; `None` when its name could not be queued (the name queue was full:
-    /// already counted as a dropped scope event).
-    pub scope: Option<QueuedScope>,
-    /// Coarse mode: the boundary's recorded CUDA events ([`GpuMark`]); `None` otherwise.
-    pub mark: Option<GpuMark>,
+    /// The scope event; a begin whose name could not be queued (the name queue was full,
+    /// already counted as a dropped scope event) names [`crate::scope_names::NAME_DROPPED`]
+    /// ([`QueuedScope::name_dropped`]), and still carries the scope for its mark.
+    pub scope: QueuedScope,
+    /// Coarse mode: the boundary's recorded CUDA events ([`Recorded`]); `None` otherwise.
+    pub mark: Option<Recorded>,
+}
+
+impl Boundary {
+    /// The boundary's mark as the collector keeps it: the recorded events with the scope,
+    /// parent (begins only) and CPU time of the scope event. `None` without a mark.
+    pub fn gpu_mark(&self) -> Option<GpuMark> {
+        let rec = self.mark?;
+        match self.scope {
+            QueuedScope::Begin { id, parent, ts_ns, .. } => Some(GpuMark::new(id, parent, ts_ns, rec)),
+            QueuedScope::End { id, ts_ns, .. } => Some(GpuMark::new(id, 0, ts_ns, rec)),
+            QueuedScope::InCapture { .. } => None,
+        }
+    }
 }
 
 /// What became of a pushed boundary.
@@ -101,7 +116,7 @@ impl std::fmt::Debug for ThreadRings {
 impl ThreadRings {
     /// Queues a copy of `b` on the calling thread's ring, registering one at the thread's
     /// first boundary. Never blocks; allocates only at that first boundary. (By reference:
-    /// a boundary is 152 bytes, and each move of it was a copy the hot path paid for.)
+    /// each move of a boundary is a copy the hot path pays for.)
     pub fn push(&self, b: &Boundary) -> Pushed {
         let registry = self as *const ThreadRings as usize;
         SIDE.try_with(|side| {
@@ -119,9 +134,8 @@ impl ThreadRings {
                 };
             }
             match &mut *side {
-                // Copied once, from `b` straight into the slot (`push(*b)` copied it onto
-                // the stack first).
-                ThreadSide::Ring { producer, .. } => match producer.push_entire_slice(std::slice::from_ref(b)) {
+                // A 128-byte copy, inline (`push_entire_slice`, a slice copy, called `memcpy`).
+                ThreadSide::Ring { producer, .. } => match producer.push(*b) {
                     Ok(()) => Pushed::Ring,
                     Err(_) => Pushed::Full,
                 },
@@ -174,13 +188,13 @@ mod tests {
     use super::*;
 
     fn end(id: u64) -> Boundary {
-        Boundary { scope: Some(QueuedScope::End { id, ts_ns: id, launches: None, graph_launches: 0 }), mark: None }
+        Boundary { scope: QueuedScope::End { id, ts_ns: id, launches: None, graph_launches: 0 }, mark: None }
     }
 
     fn ids(r: &ThreadRings) -> Vec<u64> {
         let mut out = Vec::new();
         r.drain(|b| match b.scope {
-            Some(QueuedScope::End { id, .. }) => out.push(id),
+            QueuedScope::End { id, .. } => out.push(id),
             other => panic!("unexpected {other:?}"),
         });
         out
@@ -188,9 +202,10 @@ mod tests {
 
     #[test]
     fn a_boundary_is_the_size_the_ring_capacity_assumes() {
-        // THREAD_RING_CAP's doc: 8,192 entries of 152 bytes are 1.2 MiB; every byte of it is
-        // copied by each NVTX push and pop (issue 14, item 5).
-        assert!(std::mem::size_of::<Boundary>() <= 152, "{}", std::mem::size_of::<Boundary>());
+        // THREAD_RING_CAP's doc: 8,192 entries of 128 bytes are 1 MiB; every byte of it is
+        // copied by each NVTX push and pop, and up to 128 bytes the copy is inline (x86-64's
+        // eight 16-byte moves, issue 14 item 5).
+        assert!(std::mem::size_of::<Boundary>() <= 128, "{}", std::mem::size_of::<Boundary>());
     }
 
     #[test]

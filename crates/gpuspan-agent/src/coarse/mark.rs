@@ -34,11 +34,9 @@ pub struct StreamMark {
     pub stream: Stream,
 }
 
-/// A scope boundary as coarse timing saw it: 112 bytes, copied once into the thread's ring
-/// (`crate::thread_ring::Boundary`) and kept by the collector per open scope. The recorded
-/// events are stored as two arrays and one context (every event of a boundary is taken in
-/// the context current at it), not as `[Option<StreamMark>; 4]` (32 bytes each): the copy of
-/// this struct was the largest single cost of an NVTX push (issue 14, item 5).
+/// A scope boundary as coarse timing saw it, as the collector keeps it per open scope
+/// ([`super::resolve`]) and the shared mark queue carries it: the scope, its parent and the
+/// boundary's CPU time, with what was recorded on the GPU ([`Recorded`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GpuMark {
     /// The scope.
@@ -47,6 +45,35 @@ pub struct GpuMark {
     pub parent: ScopeId,
     /// CPU time of the boundary, CUPTI ns (the same value as the scope event's `ts_ns`).
     pub cpu_ns: u64,
+    /// What was recorded.
+    pub rec: Recorded,
+}
+
+impl GpuMark {
+    /// The mark of `scope`'s boundary at `cpu_ns` that recorded `rec`.
+    pub fn new(scope: ScopeId, parent: ScopeId, cpu_ns: u64, rec: Recorded) -> GpuMark {
+        GpuMark { scope, parent, cpu_ns, rec }
+    }
+
+    /// The `i`-th recorded event and its stream; `None` past `n` ([`Recorded::stream_mark`]).
+    pub fn stream_mark(&self, i: usize) -> Option<StreamMark> {
+        self.rec.stream_mark(i)
+    }
+
+    /// The recorded events, in stream order.
+    pub fn stream_marks(&self) -> impl Iterator<Item = StreamMark> + '_ {
+        self.rec.stream_marks()
+    }
+}
+
+/// What a boundary recorded on the GPU: 88 bytes. This is what crosses the thread's ring
+/// (`crate::thread_ring::Boundary`), next to the scope event that carries the scope, its
+/// parent and the CPU time once: a ring entry of 128 bytes is copied inline, where the 152
+/// of a scope event and a whole [`GpuMark`] took a `memcpy` call (issue 14, item 5). The
+/// recorded events are stored as two arrays and one context (every event of a boundary is
+/// taken in the context current at it), not as `[Option<StreamMark>; 4]` (32 bytes each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
     /// The context every recorded event was taken in; [`Context::UNSET`] when `n == 0`.
     ctx: Context,
     /// Events recorded, the first `n` set ([`Event::UNSET`] after them).
@@ -66,17 +93,15 @@ pub struct GpuMark {
     pub n: u8,
     /// A root's boundary (begin or end) recorded while every one of its streams was idle
     /// (`cuStreamQuery` just before): the GPU reached the events as they were recorded, at
-    /// `cpu_ns`, so the GPU-to-CPU clock chain is re-anchored there ([`super::resolve`]).
+    /// the boundary's CPU time, so the GPU-to-CPU clock chain is re-anchored there
+    /// ([`super::resolve`]).
     pub idle: bool,
 }
 
-impl GpuMark {
-    /// A mark of `scope` with no event recorded yet (`n == 0`).
-    pub fn new(scope: ScopeId, parent: ScopeId, is_end: bool, cpu_ns: u64, source: TimingSource) -> GpuMark {
-        GpuMark {
-            scope,
-            parent,
-            cpu_ns,
+impl Recorded {
+    /// Nothing recorded yet (`n == 0`), to be timed by `source`.
+    pub fn new(is_end: bool, source: TimingSource) -> Recorded {
+        Recorded {
             ctx: Context::UNSET,
             events: [Event::UNSET; MAX_SCOPE_STREAMS],
             streams: [Stream::LEGACY; MAX_SCOPE_STREAMS],
@@ -121,20 +146,20 @@ impl GpuMark {
     }
 }
 
-/// Records a boundary of `scope` on `streams` (empty: the legacy default stream) and returns
-/// its mark, for the caller to queue with the boundary's scope event
-/// (`crate::thread_ring::Boundary`; a caller that drops it gives its events back with
-/// [`give_back_all`]). For a `root` scope (none encloses it on its thread: a request) it
+/// Records a scope boundary (a begin, or the end when `is_end`) on `streams` (empty: the
+/// legacy default stream) and returns what it recorded, for the caller to queue with the
+/// boundary's scope event (`crate::thread_ring::Boundary`; a caller that drops it gives its
+/// events back with [`give_back_all`]). For a `root` scope (none encloses it on its thread: a request) it
 /// first asks whether those streams are idle ([`GpuMark::idle`]). On a full pool or a driver
 /// error the events taken so far go back and the mark says [`TimingSource::CpuFallback`].
 #[inline(always)]
-pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool, root: bool, cpu_ns: u64, streams: &[Stream]) -> GpuMark {
+pub fn record_boundary(c: &Coarse, is_end: bool, root: bool, streams: &[Stream]) -> Recorded {
     let (targets, source): (&[Stream], TimingSource) = if streams.is_empty() {
         (&[Stream::LEGACY], TimingSource::LegacyStream)
     } else {
         (&streams[..streams.len().min(MAX_SCOPE_STREAMS)], TimingSource::CudaEvent)
     };
-    let mut mark = GpuMark::new(scope, parent, is_end, cpu_ns, source);
+    let mut mark = Recorded::new(is_end, source);
     if let Some(events) = &c.events {
         let capturing = |s: Stream| matches!(events.capture_status(s), CaptureStatus::Capturing | CaptureStatus::ImplicitCapture);
         if targets.iter().any(|&s| capturing(s)) {
@@ -190,25 +215,25 @@ pub fn record_boundary(c: &Coarse, scope: ScopeId, parent: ScopeId, is_end: bool
 /// `crate::thread_ring`); when it is full the mark's events go back and the drop is counted.
 pub fn queue_shared(c: &Coarse, mark: GpuMark) {
     if let Err(m) = c.marks.push(mark) {
-        drop_mark(c, &m);
+        drop_mark(c, &m.rec);
     }
 }
 
 /// A mark that will not reach the collector: its events go back to the pool and
 /// `marks_dropped` counts it.
-pub fn drop_mark(c: &Coarse, mark: &GpuMark) {
+pub fn drop_mark(c: &Coarse, mark: &Recorded) {
     give_back_all(c, mark);
     c.counters.marks_dropped.fetch_add(1, Ordering::Relaxed);
 }
 
-fn fall_back(c: &Coarse, mark: &mut GpuMark) {
+fn fall_back(c: &Coarse, mark: &mut Recorded) {
     give_back_all(c, mark);
     mark.clear_marks();
     mark.source = TimingSource::CpuFallback;
 }
 
 /// Returns every event of `mark` to the pool.
-pub fn give_back_all(c: &Coarse, mark: &GpuMark) {
+pub fn give_back_all(c: &Coarse, mark: &Recorded) {
     for m in mark.stream_marks() {
         c.pool.give_back(m.event);
     }
@@ -224,22 +249,22 @@ mod tests {
 
     #[test]
     fn a_marks_events_come_back_in_stream_order_with_their_context() {
-        let mut m = GpuMark::new(7, 3, false, 100, TimingSource::CudaEvent);
-        assert_eq!((m.n, m.stream_mark(0)), (0, None));
+        let mut m = GpuMark::new(7, 3, 100, Recorded::new(false, TimingSource::CudaEvent));
+        assert_eq!((m.rec.n, m.stream_mark(0)), (0, None));
         for i in 0..MAX_SCOPE_STREAMS {
-            assert!(m.push_mark(sm(0x100 + i, 0xc0, 0x10 + i)), "event {i}");
+            assert!(m.rec.push_mark(sm(0x100 + i, 0xc0, 0x10 + i)), "event {i}");
         }
-        assert!(!m.push_mark(sm(0x200, 0xc0, 0x20)), "a fifth stream is refused");
+        assert!(!m.rec.push_mark(sm(0x200, 0xc0, 0x20)), "a fifth stream is refused");
         let got: Vec<StreamMark> = m.stream_marks().collect();
         let want: Vec<StreamMark> = (0..MAX_SCOPE_STREAMS).map(|i| sm(0x100 + i, 0xc0, 0x10 + i)).collect();
         assert_eq!(got, want);
         assert_eq!(m.stream_mark(MAX_SCOPE_STREAMS), None);
-        assert_eq!((m.scope, m.parent, m.cpu_ns, m.n), (7, 3, 100, MAX_SCOPE_STREAMS as u8));
+        assert_eq!((m.scope, m.parent, m.cpu_ns, m.rec.n), (7, 3, 100, MAX_SCOPE_STREAMS as u8));
     }
 
     #[test]
     fn an_event_of_another_context_is_refused_and_cleared_marks_are_empty() {
-        let mut m = GpuMark::new(1, 0, true, 5, TimingSource::LegacyStream);
+        let mut m = Recorded::new(true, TimingSource::LegacyStream);
         assert!(m.push_mark(sm(0x100, 0xc0, 1)));
         assert!(!m.push_mark(sm(0x101, 0xc1, 2)), "one context per boundary");
         assert_eq!(m.stream_marks().collect::<Vec<_>>(), vec![sm(0x100, 0xc0, 1)]);

@@ -9,7 +9,7 @@
 //!   recorded it); the first root starts at its CPU begin. The latest root's begin event
 //!   is the *anchor*, kept out of the pool until the next root replaces it.
 //! - re-anchoring: a root whose streams were idle when its begin was recorded
-//!   ([`super::mark::GpuMark::idle`]) starts at its CPU begin, whatever the chain says. The
+//!   ([`super::mark::Recorded::idle`]) starts at its CPU begin, whatever the chain says. The
 //!   GPU's event timer and the host clock drift apart by tens of ppm (a day: several
 //!   seconds), and a chain of elapsed times carries that drift, and the f32 rounding of
 //!   each link, from request to request for the whole run; the clamp above only corrects a
@@ -161,7 +161,7 @@ impl Resolver {
     /// Takes one mark from the queue. An end whose begin was never seen (a dropped mark)
     /// gives its events straight back.
     pub fn accept(&mut self, m: GpuMark, c: &Coarse) {
-        if !m.is_end {
+        if !m.rec.is_end {
             let root = match self.pending.get(&m.parent) {
                 Some(p) if m.parent != 0 => p.root,
                 _ => m.scope,
@@ -176,7 +176,7 @@ impl Resolver {
             p.end = Some(m);
             self.ended.push_back(m.scope);
         } else {
-            super::mark::give_back_all(c, &m);
+            super::mark::give_back_all(c, &m.rec);
         }
     }
 
@@ -270,7 +270,7 @@ impl Resolver {
                         Some((ev, t)) => self.elapsed_ns(events, ev, b0.event.0).map(|d| add(t, d)),
                         None => None,
                     };
-                    let start = if begin.idle {
+                    let start = if begin.rec.idle {
                         c.counters.roots_reanchored.fetch_add(1, Ordering::Relaxed);
                         begin.cpu_ns
                     } else {
@@ -323,7 +323,7 @@ impl Resolver {
             progress = true;
             self.ended.pop_front();
             // A root that ended on an idle GPU: its end event ran at its CPU time.
-            let keep = (root == id && end.idle && t.source < TimingSource::CpuFallback).then_some(end.stream_mark(0)).flatten();
+            let keep = (root == id && end.rec.idle && t.source < TimingSource::CpuFallback).then_some(end.stream_mark(0)).flatten();
             self.release(c, id, keep.map(|m| m.event));
             if let Some(m) = keep {
                 if let Some(old) = replace_for_context(&mut self.end_anchors, EndAnchor { event: m.event, time_ns: end.cpu_ns }) {
@@ -348,13 +348,13 @@ impl Resolver {
             start_ns: begin.cpu_ns,
             end_ns: end.cpu_ns.max(begin.cpu_ns),
             source: TimingSource::CpuFallback,
-            device: begin.device,
+            device: begin.rec.device,
         };
-        if begin.source == TimingSource::Captured || end.source == TimingSource::Captured {
+        if begin.rec.source == TimingSource::Captured || end.rec.source == TimingSource::Captured {
             // Recorded into a CUDA graph: no GPU interval (the assembler emits no span).
             return ScopeGpuTime { source: TimingSource::Captured, ..cpu };
         }
-        let (Some(reference), true, true) = (reference, begin.n > 0, end.n > 0) else { return cpu };
+        let (Some(reference), true, true) = (reference, begin.rec.n > 0, end.rec.n > 0) else { return cpu };
         let mut starts = [0u64; super::mark::MAX_SCOPE_STREAMS];
         let mut start = 0u64;
         for (i, b) in begin.stream_marks().enumerate() {
@@ -371,7 +371,7 @@ impl Resolver {
             let Some(t) = t else { return cpu };
             stop = stop.max(t);
         }
-        ScopeGpuTime { id, start_ns: start, end_ns: stop.max(start), source: begin.source.max(end.source), device: begin.device }
+        ScopeGpuTime { id, start_ns: start, end_ns: stop.max(start), source: begin.rec.source.max(end.rec.source), device: begin.rec.device }
     }
 
     /// Gives a resolved scope's events back (a root's begin event stays with the anchor
@@ -399,7 +399,7 @@ impl Resolver {
                     continue; // resolved already, or ended and still waiting for its events
                 }
                 if let Some(q) = self.pending.remove(&o) {
-                    super::mark::give_back_all(c, &q.begin);
+                    super::mark::give_back_all(c, &q.begin.rec);
                     c.counters.marks_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -421,7 +421,7 @@ impl Resolver {
                     start_ns: p.begin.cpu_ns,
                     end_ns: end.max(p.begin.cpu_ns),
                     source: TimingSource::Cpu,
-                    device: p.begin.device,
+                    device: p.begin.rec.device,
                 });
             }
         }
@@ -449,16 +449,16 @@ impl Resolver {
                     start_ns: p.begin.cpu_ns,
                     end_ns: end.max(p.begin.cpu_ns),
                     source: TimingSource::CpuFallback,
-                    device: p.begin.device,
+                    device: p.begin.rec.device,
                 });
                 c.counters.scopes_cpu_timed.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.children.clear();
         for (_, p) in self.pending.drain() {
-            super::mark::give_back_all(c, &p.begin);
+            super::mark::give_back_all(c, &p.begin.rec);
             if let Some(e) = &p.end {
-                super::mark::give_back_all(c, e);
+                super::mark::give_back_all(c, &e.rec);
             }
         }
         self.roots.clear();
