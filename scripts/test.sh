@@ -76,6 +76,8 @@ export GPUSPAN_TORCH_VENV="$PWD/.venv-torch"
 # Every workspace artifact (libgpuspan.so, libgpuspan_simgpu.so, gpuspan-replay, gpuspan)
 # must exist before the end-to-end tests start processes with them.
 cargo build --workspace --all-targets
+# Every doc comment's links resolve (a renamed item leaves no dangling link).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 if [ -n "$TORCH_PID" ] && ! wait "$TORCH_PID"; then
   cat .venv-torch/install.log >&2
   echo "scripts/test.sh: installing ${TORCH_PINS[*]} into .venv-torch failed" >&2

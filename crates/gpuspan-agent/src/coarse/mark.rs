@@ -150,7 +150,7 @@ impl Recorded {
 /// legacy default stream) and returns what it recorded, for the caller to queue with the
 /// boundary's scope event (`crate::thread_ring::Boundary`; a caller that drops it gives its
 /// events back with [`give_back_all`]). For a `root` scope (none encloses it on its thread: a request) it
-/// first asks whether those streams are idle ([`GpuMark::idle`]). On a full pool or a driver
+/// first asks whether those streams are idle ([`Recorded::idle`]). On a full pool or a driver
 /// error the events taken so far go back and the mark says [`TimingSource::CpuFallback`].
 #[inline(always)]
 pub fn record_boundary(c: &Coarse, is_end: bool, root: bool, streams: &[Stream]) -> Recorded {
@@ -245,6 +245,15 @@ mod tests {
 
     fn sm(event: usize, ctx: usize, stream: usize) -> StreamMark {
         StreamMark { event: (Event::from_raw(event), Context::from_raw(ctx)), stream: Stream::from_raw(stream) }
+    }
+
+    #[test]
+    fn what_a_boundary_records_fits_a_128_byte_ring_entry() {
+        // Recorded's and MARK_QUEUE_CAP's docs: 88 and 112 bytes; the ring entry test
+        // (thread_ring.rs) holds the boundary to 128.
+        assert_eq!(std::mem::size_of::<Recorded>(), 88);
+        assert_eq!(std::mem::size_of::<Option<Recorded>>(), 88, "the flags' niche holds None");
+        assert_eq!(std::mem::size_of::<GpuMark>(), 112);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crossbeam::queue::ArrayQueue;
 use gpuspan_cupti::events::CudaEvents;
 use std::sync::atomic::AtomicU64;
 
-/// Capacity of the mark queue (marks; each 168 bytes on 64-bit targets). The collector drains it every
+/// Capacity of the mark queue (marks; each 112 bytes on 64-bit targets). The collector drains it every
 /// 5 ms.
 pub const MARK_QUEUE_CAP: usize = 1 << 14;
 
