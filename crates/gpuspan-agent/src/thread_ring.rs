@@ -209,6 +209,27 @@ mod tests {
     }
 
     #[test]
+    fn a_boundarys_mark_takes_its_scope_parent_and_time_from_the_scope_event() {
+        use crate::scope_names::NAME_DROPPED;
+        use gpuspan_core::spans::TimingSource;
+        let rec = Recorded::new(false, TimingSource::LegacyStream);
+        let begin = |name| QueuedScope::Begin { id: 7, parent: 3, thread_id: 11, ts_ns: 500, name };
+        let b = Boundary { scope: begin(1 << 63 | 42), mark: Some(rec) };
+        assert_eq!(b.gpu_mark(), Some(GpuMark::new(7, 3, 500, rec)));
+        assert!(!b.scope.name_dropped());
+        // A begin whose name was dropped still names the scope its mark belongs to.
+        let dropped = Boundary { scope: begin(NAME_DROPPED), mark: Some(rec) };
+        assert!(dropped.scope.name_dropped());
+        assert_eq!(dropped.gpu_mark(), Some(GpuMark::new(7, 3, 500, rec)));
+        let end_rec = Recorded::new(true, TimingSource::LegacyStream);
+        let e = Boundary { scope: QueuedScope::End { id: 7, ts_ns: 900, launches: Some(2), graph_launches: 0 }, mark: Some(end_rec) };
+        assert_eq!(e.gpu_mark(), Some(GpuMark::new(7, 0, 900, end_rec)), "an end's mark has no parent");
+        assert!(!e.scope.name_dropped());
+        assert_eq!(Boundary { scope: QueuedScope::InCapture { id: 7 }, mark: None }.gpu_mark(), None);
+        assert_eq!(Boundary { scope: begin(5), mark: None }.gpu_mark(), None, "no mark outside coarse mode");
+    }
+
+    #[test]
     fn a_threads_boundaries_come_out_in_order_and_a_full_ring_hands_back() {
         let r = ThreadRings::default();
         for i in 0..THREAD_RING_CAP as u64 {

@@ -21,7 +21,8 @@
 //!
 //! Anything this does not expect (a document that is not an object, a syntax error, a
 //! second `traceEvents`, an I/O or gzip error, a value nested past [`MAX_DEPTH`], an event
-//! that is an error in a strict read) makes [`parse`] give up (`false`): the caller then
+//! that is an error in a strict read, a helper thread that cannot be started or panics)
+//! makes [`parse`] give up (`false`): the caller then
 //! reads the file again from the start with the streaming parse, which gives the same trace
 //! or the same error, with the same line and column, as it always did. So the split changes
 //! how fast a well-formed large trace is read, never what any trace reads as.
@@ -245,7 +246,12 @@ fn parse_events<R: Read>(w: &mut Window<R>, state: &mut State, batch_bytes: usiz
     std::thread::scope(|scope| {
         let (to_helper, work) = mpsc::sync_channel::<Work>(QUEUED_MAX);
         let (spare_tx, spare) = mpsc::channel::<Batch>();
-        let helper = scope.spawn(move || add_batches(&work, state, lean, &spare_tx));
+        // A thread that cannot be started (a process at its limit) gives up the split: the
+        // streaming parse needs none.
+        let helper = std::thread::Builder::new()
+            .name("gpuspan-parse".into())
+            .spawn_scoped(scope, move || add_batches(&work, state, lean, &spare_tx))
+            .ok()?;
         let fed = feed(w, &to_helper, &spare, lean, batch_bytes);
         drop(to_helper);
         // A panic in the helper gives up like any other surprise.
