@@ -463,6 +463,40 @@ mod tests {
     }
 
     #[test]
+    fn number_args_are_written_as_serde_json_writes_them() {
+        // Extra args take i64, u64 past i64::MAX and f64 (whole thousandths or not) apart.
+        let numbers: Vec<serde_json::Number> = [
+            serde_json::json!(0),
+            serde_json::json!(-7),
+            serde_json::json!(i64::MIN),
+            serde_json::json!(u64::MAX),
+            serde_json::json!(1u64 << 63),
+            serde_json::json!(0.5),
+            serde_json::json!(-0.0),
+            serde_json::json!(22.875),
+            serde_json::json!(0.007575757575757576),
+            serde_json::json!(1e21),
+            serde_json::json!(1e-7),
+            serde_json::json!(f64::MAX),
+        ]
+        .into_iter()
+        .map(|v| match v {
+            serde_json::Value::Number(n) => n,
+            other => panic!("{other}"),
+        })
+        .collect();
+        for x in numbers {
+            let mut e = TraceEvent { name: "k".into(), ..Default::default() };
+            e.extra_args.insert("blocks per SM".into(), serde_json::Value::Number(x.clone()));
+            let mut out = JsonOut::new(Vec::new());
+            out.event(&e, 1.0).unwrap();
+            let ours = String::from_utf8(out.finish().unwrap()).unwrap();
+            let want = format!("\"args\":{{\"blocks per SM\":{}}}}}", serde_json::to_string(&x).unwrap());
+            assert!(ours.ends_with(&want), "{ours} does not end with {want}");
+        }
+    }
+
+    #[test]
     fn numbers_are_written_as_serde_json_writes_them() {
         let mut out = JsonOut::new(Vec::new());
         let floats = [0.0, -0.0, 1.0, 0.1, 1342.962, 62.66, 1e21, 1e-7, 123456789.123, f64::MAX, f64::MIN_POSITIVE];
