@@ -133,7 +133,7 @@ pub struct Classifier {
     /// name, so the address cannot be reused by another name while it is here; at most
     /// [`INTERNED_CACHE_MAX`] entries (cleared when full: a decoder whose names are not
     /// interned only pays the byte hash).
-    by_address: fnv::FnvHashMap<usize, (Arc<str>, Arc<str>)>,
+    by_address: crate::id_hash::IdHashMap<usize, (Arc<str>, Arc<str>)>,
 }
 
 /// Most entries of [`Classifier`]'s by-address cache.

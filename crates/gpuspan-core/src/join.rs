@@ -16,9 +16,10 @@ use crate::classify::Classifier;
 use crate::scope::{ScopeEvent, ScopeId, ScopeKind};
 use crate::spans::corr_runs::CorrelationRuns;
 use crate::trace::{Category, Trace, TraceEvent};
-// FNV: the keys are small integers this process made (correlation and scope ids), no
-// untrusted input to guard against, and SipHash was a tenth of the capture write's CPU.
-use fnv::FnvHashMap as HashMap;
+// The keys are integers this process made (correlation and scope ids), no untrusted input
+// to guard against: SipHash was a tenth of the capture write's CPU, and FNV's byte-wise
+// multiply chain a tenth of the collector's (crate::id_hash).
+use crate::id_hash::IdHashMap as HashMap;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a scope contributes to the events launched under it.
@@ -94,17 +95,49 @@ pub fn parse_traceparent_trace_id(tp: &str) -> Option<String> {
 }
 
 /// All scopes seen, by id.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug)]
 pub struct ScopeTable {
     scopes: HashMap<ScopeId, ScopeInfo>,
     /// End events whose begin was not seen (dropped on a full queue): counted, ignored.
     pub orphan_ends: u64,
+    /// [`ScopeTable::version`].
+    version: u64,
+}
+
+/// Source of [`ScopeTable::version`] values: one process-wide counter, so no two tables
+/// (nor two states of one table) share a version.
+static NEXT_TABLE_VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_table_version() -> u64 {
+    NEXT_TABLE_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Default for ScopeTable {
+    fn default() -> ScopeTable {
+        ScopeTable { scopes: HashMap::default(), orphan_ends: 0, version: next_table_version() }
+    }
+}
+
+impl Clone for ScopeTable {
+    /// A copy with a version of its own (the copy and the original change apart).
+    fn clone(&self) -> ScopeTable {
+        ScopeTable { scopes: self.scopes.clone(), orphan_ends: self.orphan_ends, version: next_table_version() }
+    }
 }
 
 impl ScopeTable {
     /// An empty table.
     pub fn new() -> ScopeTable {
         ScopeTable::default()
+    }
+
+    /// Which table, in which state of its existing scopes, this is: a value no other table
+    /// has, that changes whenever a scope this table knew is removed ([`ScopeTable::retain`])
+    /// or replaced (a begin with an id already present). Adding a scope or setting its end
+    /// leaves it: what [`ScopeTable::get`] says of a scope's attribution holds as long as
+    /// the version does. The span assembler keys its cache of the last record's scope by it.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Applies one scope event (begins must be applied before their children's, which holds
@@ -122,7 +155,7 @@ impl ScopeTable {
                     ScopeKind::Stage(s) => attribution.stage = Some(s),
                     ScopeKind::Other => {}
                 }
-                self.scopes.insert(
+                let replaced = self.scopes.insert(
                     *id,
                     ScopeInfo {
                         id: *id,
@@ -135,6 +168,9 @@ impl ScopeTable {
                         attribution,
                     },
                 );
+                if replaced.is_some() {
+                    self.version = next_table_version();
+                }
             }
             ScopeEvent::End { id, ts_ns, .. } => match self.scopes.get_mut(id) {
                 Some(s) => s.end_ns = Some(*ts_ns),
@@ -148,7 +184,11 @@ impl ScopeTable {
     /// Keeps only the scopes for which `keep` holds (coarse mode drops finished requests'
     /// scopes so the table stays bounded by the scopes in flight).
     pub fn retain(&mut self, mut keep: impl FnMut(&ScopeInfo) -> bool) {
+        let before = self.scopes.len();
         self.scopes.retain(|_, s| keep(s));
+        if self.scopes.len() != before {
+            self.version = next_table_version();
+        }
     }
 
     /// A copy holding only the scopes for which `keep` holds (a fine window's capture).
@@ -156,6 +196,7 @@ impl ScopeTable {
         ScopeTable {
             scopes: self.scopes.iter().filter(|(_, s)| keep(s)).map(|(k, v)| (*k, v.clone())).collect(),
             orphan_ends: 0,
+            version: next_table_version(),
         }
     }
 
@@ -721,6 +762,31 @@ impl crate::trace::EventSource for JoinedEvents<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`ScopeTable::version`]: unique per table and copy, moved by removing or replacing a
+    /// scope, kept by adding one or ending one (what the span assembler's cache relies on).
+    #[test]
+    fn version_moves_when_a_known_scope_goes_or_changes() {
+        use crate::test_records::begin;
+        let mut t = ScopeTable::new();
+        let v0 = t.version();
+        t.apply(&begin(1, 0, 10, "gpuspan.request model=m"));
+        t.apply(&begin(2, 1, 20, "ffn"));
+        t.apply(&ScopeEvent::End { id: 2, ts_ns: 30, launches: None, graph_launches: 0 });
+        assert_eq!(t.version(), v0, "adding and ending scopes keep the version");
+        let copy = t.clone();
+        let part = t.subset(|s| s.id == 1);
+        assert!(copy.version() != v0 && part.version() != v0 && copy.version() != part.version());
+        assert_ne!(ScopeTable::new().version(), ScopeTable::new().version());
+        t.retain(|_| true);
+        assert_eq!(t.version(), v0, "a retain that keeps everything keeps the version");
+        t.apply(&begin(2, 1, 40, "attention.spatial"));
+        let v1 = t.version();
+        assert_ne!(v1, v0, "a begin that replaces scope 2 changes the version");
+        assert_eq!(t.get(2).and_then(|s| s.attribution.stage), Some("attention.spatial"));
+        t.retain(|s| s.id != 2);
+        assert!(t.version() != v1 && t.get(2).is_none());
+    }
 
     use crate::test_records::{begin, ext, kernel};
 

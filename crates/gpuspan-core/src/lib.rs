@@ -34,6 +34,7 @@ pub mod classify;
 pub mod control;
 pub mod diff;
 pub mod interval;
+pub mod id_hash;
 pub mod join;
 pub mod scope;
 pub mod spans;

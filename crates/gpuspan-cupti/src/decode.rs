@@ -34,8 +34,8 @@ use std::sync::Arc;
 #[derive(Debug, Default)]
 pub struct NameCache {
     /// By the name's address (CUPTI hands out the same pointer for a kernel's every
-    /// record): FNV over the integer, not std's SipHash.
-    by_ptr: fnv::FnvHashMap<usize, Arc<str>>,
+    /// record): one multiply over the integer (`gpuspan_core::id_hash`), not std's SipHash.
+    by_ptr: gpuspan_core::id_hash::IdHashMap<usize, Arc<str>>,
     by_name: HashMap<Box<str>, Arc<str>>,
 }
 

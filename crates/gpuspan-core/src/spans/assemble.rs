@@ -48,7 +48,7 @@ use crate::classify::Classifier;
 use crate::join::ScopeTable;
 use crate::scope::{ScopeEvent, ScopeId, ScopeKind};
 use std::borrow::Cow;
-use fnv::{FnvHashMap, FnvHashSet};
+use crate::id_hash::{IdHashMap, IdHashSet};
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
@@ -402,12 +402,12 @@ struct Request {
 
 /// One shared `Arc<str>` per stage name, looked up once per GPU record with a stage scope.
 /// Keyed by the `&'static str`'s address and length (stage names come from the classifier's
-/// rules and scope kinds, a fixed set), so a lookup hashes two integers with FNV. std's
+/// rules and scope kinds, a fixed set), so a lookup hashes two integers ([`crate::id_hash`]). std's
 /// SipHash (of these names' bytes, and of the unit, request and name-pointer keys, now
-/// FNV maps too) was 12–15 % of the collector thread's samples in fine mode. Two copies of
+/// id-hash maps too) was 12–15 % of the collector thread's samples in fine mode. Two copies of
 /// one name at different addresses get two equal `Arc`s.
 #[derive(Debug, Default)]
-struct StageNames(FnvHashMap<(usize, usize), Arc<str>>);
+struct StageNames(IdHashMap<(usize, usize), Arc<str>>);
 
 impl StageNames {
     fn get(&mut self, stage: &'static str) -> Arc<str> {
@@ -419,10 +419,19 @@ impl StageNames {
 /// open, else its request's) and its stage scope's name, interned. Consecutive records
 /// nearly always share a scope (a stage's launches), and finding these cost two hash
 /// lookups per record (issue 14, item 1).
+///
+/// Found once per run of records from one scope: while the scope and the scope table's
+/// [`ScopeTable::version`] stay, the scope's attribution cannot change, so a hit needs no
+/// lookup in the scope table either.
 #[derive(Debug, Clone)]
 struct PlaceCache {
     scope: ScopeId,
-    unit: ScopeId,
+    /// The [`ScopeTable::version`] the scope was read from.
+    table: u64,
+    /// The scope's request (`None`: launched outside any request).
+    request: Option<ScopeId>,
+    /// Its unit (`None` exactly when `request` is).
+    unit: Option<ScopeId>,
     stage: Option<Arc<str>>,
 }
 
@@ -438,17 +447,17 @@ pub struct SpanAssembler {
     place_cache: Option<PlaceCache>,
     /// Scopes with mapped correlation ids that the scope table did not know at the last
     /// release ([`SpanAssembler::release_correlations`]).
-    unseen_scopes: FnvHashSet<ScopeId>,
+    unseen_scopes: IdHashSet<ScopeId>,
     /// Finalized requests whose correlation ids are still mapped (for late records), with
     /// the generation they were finalized in, oldest first.
     finalized: std::collections::VecDeque<(u64, ScopeId)>,
     waiting: Vec<(u64, Pending)>,
-    units: FnvHashMap<ScopeId, Unit>,
-    requests: FnvHashMap<ScopeId, Request>,
+    units: IdHashMap<ScopeId, Unit>,
+    requests: IdHashMap<ScopeId, Request>,
     held_gpu: usize,
     /// Kernels one launch of each CUDA graph made (`graphId` → the most seen in a settled
     /// unit), at most [`MAX_GRAPHS_LEARNED`] graphs.
-    graph_kernels: FnvHashMap<u32, u32>,
+    graph_kernels: IdHashMap<u32, u32>,
     generation: u64,
     problems: Vec<ContextProblem>,
     stage_names: StageNames,
@@ -475,7 +484,7 @@ pub const SHRINK_AFTER_MS: u64 = 50;
 /// records number its ordinary launches. A graph that made fewer kernels this time (a
 /// conditional node) leaves the unit to the `settle_ms` rule; one that made more finishes it
 /// early, and its last kernels count as late.
-fn graph_work_complete(u: &Unit, launches: u32, graph_kernels: &FnvHashMap<u32, u32>) -> bool {
+fn graph_work_complete(u: &Unit, launches: u32, graph_kernels: &IdHashMap<u32, u32>) -> bool {
     if u.graph_work.len() != u.graph_launches as usize {
         return false;
     }
@@ -529,10 +538,10 @@ impl SpanAssembler {
             unseen_scopes: Default::default(),
             finalized: std::collections::VecDeque::new(),
             waiting: Vec::new(),
-            units: FnvHashMap::default(),
-            requests: FnvHashMap::default(),
+            units: IdHashMap::default(),
+            requests: IdHashMap::default(),
             held_gpu: 0,
-            graph_kernels: FnvHashMap::default(),
+            graph_kernels: IdHashMap::default(),
             generation: 0,
             problems: Vec::new(),
             stage_names: StageNames::default(),
@@ -796,25 +805,30 @@ impl SpanAssembler {
             Pending::Gpu(g) => g.corr,
             Pending::Api { corr, .. } => *corr,
         };
-        let scope_id = self.corr_scope.find_run(corr, &mut self.corr_hint).map(|i| self.corr_scope.run_scope(i));
-        let Some((scope_id, scope)) = scope_id.and_then(|id| Some((id, scopes.get(id)?))) else {
+        let Some(scope_id) = self.corr_scope.find_run(corr, &mut self.corr_hint).map(|i| self.corr_scope.run_scope(i)) else {
             return Err(p);
         };
-        let Some(request) = scope.attribution.request else {
+        let table = scopes.version();
+        if !self.place_cache.as_ref().is_some_and(|c| c.scope == scope_id && c.table == table) {
+            let Some(scope) = scopes.get(scope_id) else {
+                return Err(p);
+            };
+            let request = scope.attribution.request;
+            self.place_cache = Some(PlaceCache {
+                scope: scope_id,
+                table,
+                request,
+                unit: request.map(|r| scope.attribution.step.filter(|s| self.units.contains_key(s)).unwrap_or(r)),
+                stage: scope.attribution.stage.map(|s| self.stage_names.get(s)),
+            });
+        }
+        let Some(cache) = self.place_cache.as_ref() else { return Err(p) };
+        let (Some(request), Some(key)) = (cache.request, cache.unit) else {
             if matches!(p, Pending::Gpu(_)) {
                 self.stats.gpu_outside_request += 1;
             }
             return Ok(());
         };
-        if self.place_cache.as_ref().is_some_and(|c| c.scope != scope_id) {
-            self.place_cache = None;
-        }
-        let cache = self.place_cache.get_or_insert_with(|| PlaceCache {
-            scope: scope_id,
-            unit: scope.attribution.step.filter(|s| self.units.contains_key(s)).unwrap_or(request),
-            stage: scope.attribution.stage.map(|s| self.stage_names.get(s)),
-        });
-        let key = cache.unit;
         let Some(unit) = self.units.get_mut(&key) else {
             if matches!(p, Pending::Gpu(_)) {
                 if self.requests.contains_key(&request) || scopes.get(request).is_some() {

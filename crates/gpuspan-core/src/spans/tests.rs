@@ -740,3 +740,26 @@ fn finalize_ready_between_polls_finishes_complete_units_and_moves_no_poll_count(
     assert_eq!(f.asm.stats.unattributed, 1, "WAIT_GENERATIONS polls later");
     assert_eq!((f.asm.stats.gpu_late, f.asm.stats.units_timed_out, f.asm.stats.gpu_dropped), (0, 0, 0));
 }
+
+/// The assembler remembers where the last record's scope put its records (`PlaceCache`),
+/// keyed by the scope table's version: once the table lets go of that scope, the scope's
+/// next records are looked up again (and wait, the scope being unknown), not placed from
+/// the memory of it. Before the version key, a hit skipped the table altogether.
+#[test]
+fn a_scope_the_table_let_go_of_is_looked_up_again() {
+    let mut f = Fixture::new(SpanOptions::default());
+    f.scope(begin(1, 0, 10, &format!("gpuspan.request {TP} model=stdit")));
+    f.scope(begin(3, 1, 20, "ffn"));
+    f.rec(ext(1, 3));
+    f.rec(kernel("sm90_xmma_gemm_bf16", 1, 1_000, 1_400));
+    f.rec(ext(2, 3));
+    let version = f.scopes.version();
+    f.scopes.retain(|s| s.id != 3);
+    assert_ne!(f.scopes.version(), version, "removing a scope changes the version");
+    f.rec(kernel("sm90_xmma_gemm_bf16", 2, 2_000, 2_400));
+    f.scope(ScopeEvent::End { id: 1, ts_ns: 990, launches: None, graph_launches: 0 });
+    let out = f.asm.poll(&f.scopes, 10_000, true);
+    assert_eq!(f.asm.stats.unattributed, 1, "the kernel of the removed scope waits, then counts as unattributed");
+    let ffn = out.spans.iter().find(|s| &*s.name == "ffn").expect("the first kernel's stage span");
+    assert_eq!(int(ffn, "gpuspan.kernel_count"), 1);
+}
