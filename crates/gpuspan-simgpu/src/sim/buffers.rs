@@ -105,7 +105,7 @@ pub struct Pool {
     /// handed back; at most [`WRITTEN_EXTENTS_MAX`] addresses, then forgotten): where a
     /// client that promised zeroed buffers must have zeroed it again before lending it anew
     /// ([`Pool::written_extent`]).
-    written: std::collections::HashMap<usize, usize>,
+    written: gpuspan_core::id_hash::IdHashMap<usize, usize>,
 }
 
 /// Most buffer addresses [`Pool::written_extent`] remembers (a client recycles a bounded

@@ -26,7 +26,9 @@ use super::buffers::Pool;
 use super::records::kind;
 use cudarc::cupti::sys::CUpti_CallbackFunc;
 use gpuspan_cupti::multi_subscriber::{BufferCompletedV2Fn, BufferRequestedV2Fn};
-use std::collections::{HashMap, HashSet};
+// Integer-keyed maps of the simulator's own handles: one multiply per key, the same
+// iteration order in every run (gpuspan_core::id_hash).
+use gpuspan_core::id_hash::{IdHashMap as HashMap, IdHashSet as HashSet};
 use std::ffi::c_void;
 
 /// First handle value given out by `cuptiSubscribe` / `_v2` (later ones step by 0x10).
@@ -328,7 +330,7 @@ mod tests {
             callback: None,
             userdata: 0,
             domains: [false; DOMAIN_MAX as usize + 1],
-            callbacks: HashSet::new(),
+            callbacks: HashSet::default(),
             name: "x".into(),
             activity: Some(ActivityClient::default()),
         });

@@ -1,7 +1,9 @@
 //! CUDA events on the simulated timeline (cuda.h `cuEventRecord` … `cuEventElapsedTime`;
 //! CUPTI-NOTES §6).
 
-use std::collections::HashMap;
+// Integer-keyed maps of the simulator's own handles: one multiply per key, the same
+// iteration order in every run (gpuspan_core::id_hash).
+use gpuspan_core::id_hash::IdHashMap as HashMap;
 
 /// `CU_EVENT_DISABLE_TIMING` (cuda.h `CUevent_flags`).
 pub const EVENT_DISABLE_TIMING: u32 = 0x2;
@@ -39,7 +41,7 @@ pub struct Events {
 impl Events {
     pub fn new() -> Self {
         Events {
-            map: HashMap::new(),
+            map: HashMap::default(),
             next: EVENT_HANDLE_BASE,
         }
     }

@@ -23,7 +23,9 @@
 
 use cudarc::driver::sys::CUresult::{self, *};
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+// Integer-keyed maps of the simulator's own handles: one multiply per key, the same
+// iteration order in every run (gpuspan_core::id_hash).
+use gpuspan_core::id_hash::{IdHashMap as HashMap, IdHashSet as HashSet};
 
 /// `CUstreamCaptureMode` (cuda.h; cudarc `CUstreamCaptureMode_enum`: GLOBAL 0,
 /// THREAD_LOCAL 1, RELAXED 2).
@@ -740,7 +742,7 @@ impl Graphs {
 
 /// `roots` and every node they transitively depend on.
 fn ancestors(nodes: &[Node], roots: &[usize]) -> HashSet<usize> {
-    let mut seen: HashSet<usize> = HashSet::new();
+    let mut seen: HashSet<usize> = HashSet::default();
     let mut stack: Vec<usize> = roots.to_vec();
     while let Some(i) = stack.pop() {
         if seen.insert(i) {

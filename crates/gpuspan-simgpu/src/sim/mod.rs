@@ -18,7 +18,10 @@ pub mod records;
 pub mod timeline;
 pub mod trace;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+// Integer-keyed maps of the simulator's own handles: one multiply per key, the same
+// iteration order in every run (gpuspan_core::id_hash).
+use gpuspan_core::id_hash::{IdHashMap as HashMap, IdHashSet as HashSet};
+use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
 /// Opaque handle of device 0's primary context (device `d`'s: [`context_handle`]).
@@ -160,15 +163,15 @@ impl State {
             record_seq: 0,
             initialized: false,
             nvml_refs: 0,
-            modules: HashSet::new(),
-            functions: HashMap::new(),
-            allocations: HashMap::new(),
+            modules: HashSet::default(),
+            functions: HashMap::default(),
+            allocations: HashMap::default(),
             allocated_bytes: vec![0; cfg.devices as usize],
             next_handle: 0,
             next_dptr: DEVICE_HEAP_BASE,
             grid_id: 0,
             node: node::Node::from_env(),
-            collectives: HashMap::new(),
+            collectives: HashMap::default(),
         }
     }
 

@@ -7,7 +7,10 @@
 //! (CUPTI-NOTES §6, driver API "stream synchronization behavior"). Kernels on different
 //! streams may overlap; the sim models no contention between them.
 
-use std::collections::{HashMap, VecDeque};
+// Integer-keyed maps of the simulator's own handles: one multiply per key, the same
+// iteration order in every run (gpuspan_core::id_hash).
+use gpuspan_core::id_hash::IdHashMap as HashMap;
+use std::collections::VecDeque;
 
 /// CUPTI `streamId` reported for the legacy default stream (what real CUPTI 12 reports
 /// for the primary context's NULL stream).
