@@ -379,6 +379,9 @@ pub struct JoinedEvents<'a> {
     stats: JoinStats,
     gpu_rows: BTreeSet<(i64, i64)>,
     cpu_threads: BTreeSet<i64>,
+    /// The event [`crate::trace::EventSource::event`] builds into and lends, boxed so that
+    /// taking it out of `self` to build into moves a pointer, not the event.
+    scratch: Option<Box<TraceEvent>>,
 }
 
 impl<'a> JoinedEvents<'a> {
@@ -424,6 +427,7 @@ impl<'a> JoinedEvents<'a> {
             stats: JoinStats::default(),
             gpu_rows: BTreeSet::new(),
             cpu_threads: BTreeSet::new(),
+            scratch: None,
         };
         let base = opts.base_time_ns;
         // The write order's three parts, each in arrival order and so nearly sorted by `ts`
@@ -537,26 +541,26 @@ impl<'a> JoinedEvents<'a> {
         }
     }
 
-    fn trace_id_of(&mut self, request: ScopeId) -> Option<String> {
+    fn trace_id_of(&mut self, request: ScopeId) -> Option<&str> {
         let (scopes, seed, env_tp) = (self.scopes, self.opts.trace_seed, self.opts.env_traceparent.as_deref());
         self.trace_ids
             .entry(request)
             .or_insert_with(|| scopes.get(request).and_then(|r| r.trace_id_for(seed, env_tp)))
-            .clone()
+            .as_deref()
     }
 
     /// `stage`, and the scope, step and trace id of a GPU event launched inside `scope` (the
     /// scope its correlation id names, if any): what [`Self::gpu_attribution`] found, as the
     /// event's strings.
-    fn attribute(&mut self, ev: &mut TraceEvent, a: &GpuAttribution<'a>) {
-        ev.stage = Some(a.stage.to_string());
+    fn attribute(&mut self, ev: &mut TraceEvent, a: &GpuAttribution<'a>, spare: &mut Spare) {
+        ev.stage = Some(spare.stage(&a.stage));
         if let Some(s) = a.scope {
-            ev.scope = Some(s.name.clone());
+            ev.scope = Some(spare.scope(&s.name));
             if let Some(step) = a.step {
-                ev.step = Some(step.name.clone());
+                ev.step = Some(spare.step(&step.name));
             }
             if let Some(rid) = s.attribution.request {
-                ev.trace_id = self.trace_id_of(rid);
+                ev.trace_id = self.trace_id_of(rid).map(|t| spare.trace_id(t));
             }
         }
     }
@@ -616,14 +620,25 @@ impl<'a> JoinedEvents<'a> {
 
     /// Builds event `i` of the write order.
     fn build(&mut self, i: usize) -> TraceEvent {
+        let mut ev = TraceEvent::default();
+        self.build_into(i, &mut ev);
+        ev
+    }
+
+    /// Builds event `i` of the write order into `ev`, whatever `ev` held, reusing its
+    /// strings' buffers: the capture writer builds every event into one (issue 14, item 1:
+    /// a fresh event per record cost a `String` for its name and one for each `gpuspan.*`
+    /// arg, and freeing them, about 2,000 instructions a kernel).
+    fn build_into(&mut self, i: usize, ev: &mut TraceEvent) {
+        let mut spare = Spare::take(ev);
         let (_, src) = self.order[i];
         let base = self.opts.base_time_ns;
         let records: &'a [ActivityRecord] = self.records;
         match records.get(src) {
             Some(ActivityRecord::Kernel(k)) => {
-                let mut ev = TraceEvent {
+                *ev = TraceEvent {
                     cat: Some(Category::Kernel),
-                    name: k.name.to_string(),
+                    name: spare.name(&k.name),
                     pid: k.device_id as i64,
                     tid: k.stream_id as i64,
                     ts_us: rel_us(k.start_ns, base),
@@ -640,55 +655,52 @@ impl<'a> JoinedEvents<'a> {
                     ..Default::default()
                 };
                 if let Some(a) = self.gpu_attribution(i) {
-                    self.attribute(&mut ev, &a);
+                    self.attribute(ev, &a, &mut spare);
                 }
-                ev
             }
             Some(ActivityRecord::Memcpy(m)) => {
-                let mut ev = TraceEvent {
+                *ev = TraceEvent {
                     cat: Some(Category::GpuMemcpy),
-                    name: m.kind.kineto_name().to_string(),
+                    name: spare.name(m.kind.kineto_name()),
                     ..gpu_event(m.device_id, m.stream_id, m.correlation_id, m.start_ns, m.end_ns, m.bytes, base)
                 };
                 if let Some(a) = self.gpu_attribution(i) {
-                    self.attribute(&mut ev, &a);
+                    self.attribute(ev, &a, &mut spare);
                 }
-                ev
             }
             Some(ActivityRecord::Memset(m)) => {
-                let mut ev = TraceEvent {
+                *ev = TraceEvent {
                     cat: Some(Category::GpuMemset),
-                    name: "Memset".to_string(),
+                    name: spare.name("Memset"),
                     ..gpu_event(m.device_id, m.stream_id, m.correlation_id, m.start_ns, m.end_ns, m.bytes, base)
                 };
                 if let Some(a) = self.gpu_attribution(i) {
-                    self.attribute(&mut ev, &a);
+                    self.attribute(ev, &a, &mut spare);
                 }
-                ev
             }
             Some(ActivityRecord::Api(a)) => {
                 let name = match a.domain {
                     ApiDomain::Driver => driver_api_name(a.cbid),
                     ApiDomain::Runtime => "cuda_runtime_call",
                 };
-                TraceEvent {
+                *ev = TraceEvent {
                     cat: Some(api_category(a.domain)),
-                    name: name.to_string(),
+                    name: spare.name(name),
                     pid: self.opts.process_id as i64,
                     tid: a.thread_id as i64,
                     ts_us: rel_us(a.start_ns, base),
                     dur_us: a.end_ns.saturating_sub(a.start_ns) as f64 / 1000.0,
                     correlation: Some(a.correlation_id as i64),
                     ..Default::default()
-                }
+                };
             }
             Some(_) => unreachable!("only kernel, memcpy, memset and API records are planned"),
             None => {
                 let s = self.scope_list[src - records.len()];
                 let end = s.end_ns.unwrap_or(self.last_ns.max(s.begin_ns));
-                let mut ev = TraceEvent {
+                *ev = TraceEvent {
                     cat: Some(Category::UserAnnotation),
-                    name: s.name.clone(),
+                    name: spare.name(&s.name),
                     pid: self.opts.process_id as i64,
                     tid: s.thread_id as i64,
                     ts_us: rel_us(s.begin_ns, base),
@@ -697,12 +709,60 @@ impl<'a> JoinedEvents<'a> {
                 };
                 if let Some(rid) = s.attribution.request {
                     if self.scopes.get(rid).is_some() {
-                        ev.trace_id = self.trace_id_of(rid);
+                        ev.trace_id = self.trace_id_of(rid).map(|t| spare.trace_id(t));
                     }
                 }
-                ev
             }
         }
+    }
+}
+
+/// The string buffers of an event being built over ([`JoinedEvents::build_into`]), each
+/// handed back filled with a new value: the old event's `name` and `gpuspan.*` args.
+struct Spare {
+    name: String,
+    stage: Option<String>,
+    step: Option<String>,
+    trace_id: Option<String>,
+    scope: Option<String>,
+}
+
+impl Spare {
+    fn take(ev: &mut TraceEvent) -> Spare {
+        Spare {
+            name: std::mem::take(&mut ev.name),
+            stage: ev.stage.take(),
+            step: ev.step.take(),
+            trace_id: ev.trace_id.take(),
+            scope: ev.scope.take(),
+        }
+    }
+
+    fn fill(buf: Option<String>, s: &str) -> String {
+        let mut b = buf.unwrap_or_default();
+        b.clear();
+        b.push_str(s);
+        b
+    }
+
+    fn name(&mut self, s: &str) -> String {
+        Self::fill(Some(std::mem::take(&mut self.name)), s)
+    }
+
+    fn stage(&mut self, s: &str) -> String {
+        Self::fill(self.stage.take(), s)
+    }
+
+    fn step(&mut self, s: &str) -> String {
+        Self::fill(self.step.take(), s)
+    }
+
+    fn trace_id(&mut self, s: &str) -> String {
+        Self::fill(self.trace_id.take(), s)
+    }
+
+    fn scope(&mut self, s: &str) -> String {
+        Self::fill(self.scope.take(), s)
     }
 }
 
@@ -754,8 +814,12 @@ impl crate::trace::EventSource for JoinedEvents<'_> {
         self.shape_of(i)
     }
 
+    /// Built into one event kept for the purpose, whose strings' buffers each build reuses
+    /// ([`JoinedEvents::build_into`]), and lent.
     fn event(&mut self, i: usize) -> std::borrow::Cow<'_, TraceEvent> {
-        std::borrow::Cow::Owned(self.build(i))
+        let mut ev = self.scratch.take().unwrap_or_default();
+        self.build_into(i, &mut ev);
+        std::borrow::Cow::Borrowed(self.scratch.insert(ev))
     }
 }
 
@@ -887,6 +951,86 @@ mod tests {
         let names: Vec<String> = (0..j.len()).map(|i| j.event(i).name.clone()).collect();
         assert_eq!(names, ["dit.step 0/1", "ffn", "dit.step 1/2", "early_kernel", "late_kernel"]);
         assert_eq!(j.event(2).dur_us, 1.0, "a scope still open is drawn to the last end seen (ffn's, 9 000 ns)");
+    }
+
+    /// The writer's events are built one over the other into one event
+    /// (`JoinedEvents::build_into`, reusing its strings): whatever came before, each is the
+    /// event `build_trace` builds alone, with none of the previous one's args left over. Every
+    /// kind follows every kind: a kernel with a request's trace id, step and scope, a
+    /// memcpy, a memset, driver API calls (no args but the correlation), scopes, a kernel
+    /// outside any scope, in both write orders.
+    #[test]
+    fn events_built_over_each_other_keep_nothing_of_the_last() {
+        use crate::activity::{MemcpyKind, MemcpyRecord, MemsetRecord};
+        use crate::trace::EventSource;
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut t = ScopeTable::new();
+        for e in [
+            begin(1, 0, 1_000, &format!("gpuspan.request {tp} model=m")),
+            begin(2, 1, 1_100, "dit.step 0/2"),
+            begin(3, 2, 1_200, "attention.spatial"),
+            ScopeEvent::End { id: 3, ts_ns: 30_000, launches: None, graph_launches: 0 },
+            ScopeEvent::End { id: 2, ts_ns: 31_000, launches: None, graph_launches: 0 },
+            ScopeEvent::End { id: 1, ts_ns: 40_000, launches: None, graph_launches: 0 },
+        ] {
+            t.apply(&e);
+        }
+        let api = |corr: u32, start_ns: u64| {
+            ActivityRecord::Api(crate::activity::ApiRecord {
+                domain: ApiDomain::Driver,
+                cbid: 307,
+                start_ns,
+                end_ns: start_ns + 300,
+                process_id: 42,
+                thread_id: 7,
+                correlation_id: corr,
+                return_value: 0,
+            })
+        };
+        let mut recs = Vec::new();
+        for k in 0..4u32 {
+            let corr = 10 + 3 * k;
+            let at = 2_000 + 6_000 * k as u64;
+            recs.push(api(corr, at));
+            recs.push(ext(corr, 3));
+            recs.push(kernel("flash_fwd_kernel_with_a_long_name_that_needs_its_own_buffer", corr, at + 500, at + 1_500));
+            recs.push(api(corr + 1, at + 1_600));
+            recs.push(ext(corr + 1, 2));
+            recs.push(ActivityRecord::Memcpy(MemcpyRecord {
+                kind: MemcpyKind::HtoD,
+                bytes: 4096,
+                start_ns: at + 1_700,
+                end_ns: at + 1_800,
+                device_id: 0,
+                context_id: 1,
+                stream_id: 7,
+                correlation_id: corr + 1,
+            }));
+            recs.push(api(corr + 2, at + 2_000));
+            recs.push(ActivityRecord::Memset(MemsetRecord {
+                value: 0,
+                bytes: 64,
+                start_ns: at + 2_100,
+                end_ns: at + 2_150,
+                device_id: 0,
+                context_id: 1,
+                stream_id: 7,
+                correlation_id: corr + 2,
+            }));
+        }
+        recs.push(kernel("x", 99, 50_000, 50_100));
+        let opts = JoinOptions { base_time_ns: 1_000, process_id: 42, include_api: true, trace_seed: None, env_traceparent: None };
+        let (built, _) = build_trace(&recs, &t, &mut Classifier::default(), &opts);
+        assert!(built.events.iter().any(|e| e.trace_id.is_some() && e.step.is_some() && e.scope.is_some()));
+        assert!(built.events.iter().any(|e| e.is(&Category::CudaDriver)) && built.events.iter().any(|e| e.is(&Category::GpuMemset)));
+        for cpu_first in [false, true] {
+            let (mut c, mut c2) = (Classifier::default(), Classifier::default());
+            let mut alone = JoinedEvents::new(&recs, &t, &mut c, &opts, cpu_first);
+            let mut over = JoinedEvents::new(&recs, &t, &mut c2, &opts, cpu_first);
+            for i in 0..over.len() {
+                assert_eq!(*over.event(i), alone.build(i), "event {i}, cpu_first {cpu_first}");
+            }
+        }
     }
 
     /// The write order (parts sorted apart, then merged or concatenated) is what one stable

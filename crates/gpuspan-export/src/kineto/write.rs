@@ -186,7 +186,27 @@ struct Survey {
     /// Rows of every event.
     rows: BTreeSet<(i64, i64)>,
     /// [`touching_dur_fixes`].
-    fixes: HashMap<usize, f64>,
+    fixes: DurFixes,
+}
+
+/// The durations [`touching_dur_fixes`] replaces, by event index: sorted by index, looked
+/// up by binary search once per written event (a `HashMap<usize, f64>` hashed every
+/// event's index with SipHash: with the rows' map, a tenth of the capture writer's
+/// instructions outside the JSON itself; issue 14, item 1).
+#[derive(Debug, Default)]
+pub(crate) struct DurFixes(Vec<(usize, f64)>);
+
+impl DurFixes {
+    /// The duration to write for event `i`, if it is replaced.
+    pub(crate) fn get(&self, i: usize) -> Option<f64> {
+        self.0.binary_search_by_key(&i, |&(j, _)| j).ok().map(|k| self.0[k].1)
+    }
+
+    /// How many durations are replaced.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 impl Survey {
@@ -196,10 +216,12 @@ impl Survey {
             min_ts_us: None,
             gpu_rows: BTreeSet::new(),
             rows: BTreeSet::new(),
-            fixes: HashMap::new(),
+            fixes: DurFixes::default(),
         };
         let mut timed = TimedRows::default();
         let mut last_row = None;
+        // The row of the last GPU activity and its place in `timed.rows`.
+        let mut last_timed: Option<((i64, i64), usize)> = None;
         for i in 0..events.len() {
             let e = events.shape(i);
             if sv.non_finite.is_none() && (!e.ts_us.is_finite() || !e.dur_us.is_finite()) {
@@ -215,7 +237,16 @@ impl Survey {
                 }
             }
             if e.cat.as_ref().is_some_and(|c| c.is_gpu_activity()) {
-                timed.entry((e.pid, e.tid)).or_default().push((e.ts_us, e.dur_us, i));
+                let row = (e.pid, e.tid);
+                let k = match last_timed {
+                    Some((r, k)) if r == row => k,
+                    _ => {
+                        let k = timed.index_of(row);
+                        last_timed = Some((row, k));
+                        k
+                    }
+                };
+                timed.rows[k].push((e.ts_us, e.dur_us, i));
             }
         }
         sv.fixes = fixes_of(timed);
@@ -295,7 +326,7 @@ fn write_json<W: Write>(
             written = i;
             break;
         }
-        let fix = survey.fixes.get(&i).copied();
+        let fix = survey.fixes.get(i);
         let e = events.event(i);
         sep(&mut out);
         out.event(&e, fix.unwrap_or(e.dur_us))?;
@@ -356,17 +387,34 @@ const MAX_ROUNDING_OVERLAP_US: f64 = 0.0005;
 /// events and other rows are left alone. (The writer gathers these in its one pass over the
 /// events, [`Survey`]; this is that pass's share, for tests.)
 #[cfg_attr(not(test), allow(dead_code))]
-pub(crate) fn touching_dur_fixes(events: &dyn EventSource) -> HashMap<usize, f64> {
+pub(crate) fn touching_dur_fixes(events: &dyn EventSource) -> DurFixes {
     Survey::of(events).fixes
 }
 
-/// (`ts`, `dur`, index) of the GPU activity events, by row (`pid`, `tid`).
-type TimedRows = HashMap<(i64, i64), Vec<(f64, f64, usize)>>;
+/// (`ts`, `dur`, index) of the GPU activity events, by row (`pid`, `tid`): the rows in the
+/// order first seen, and where each is.
+#[derive(Default)]
+struct TimedRows {
+    rows: Vec<Vec<(f64, f64, usize)>>,
+    index: HashMap<(i64, i64), usize>,
+}
+
+impl TimedRows {
+    /// Where row `row` is in `rows`, added empty if new.
+    fn index_of(&mut self, row: (i64, i64)) -> usize {
+        let n = self.rows.len();
+        let k = *self.index.entry(row).or_insert(n);
+        if k == n {
+            self.rows.push(Vec::new());
+        }
+        k
+    }
+}
 
 /// [`touching_dur_fixes`] of the GPU activity gathered by row.
-fn fixes_of(mut rows: TimedRows) -> HashMap<usize, f64> {
-    let mut fixes = HashMap::new();
-    for row in rows.values_mut() {
+fn fixes_of(mut rows: TimedRows) -> DurFixes {
+    let mut fixes = Vec::new();
+    for row in rows.rows.iter_mut() {
         row.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)));
         for w in row.windows(2) {
             let ((a_ts, a_dur, a_i), (b_ts, _, _)) = (w[0], w[1]);
@@ -380,11 +428,12 @@ fn fixes_of(mut rows: TimedRows) -> HashMap<usize, f64> {
                 continue;
             }
             if let Some(d) = fit_dur(a_ts, a_dur, b_ts) {
-                fixes.insert(a_i, d);
+                fixes.push((a_i, d));
             }
         }
     }
-    fixes
+    fixes.sort_unstable_by_key(|&(i, _)| i);
+    DurFixes(fixes)
 }
 
 /// The largest `d <= dur`, `d >= 0`, with `ts + d <= limit` in `f64`, if found within a few
@@ -612,7 +661,7 @@ pub(crate) mod serde_reference {
                     written = i;
                     break;
                 }
-                let fix = self.survey.fixes.get(&i).copied();
+                let fix = self.survey.fixes.get(i);
                 let e = events.event(i);
                 seq.serialize_element(&EventOut { dur_us: fix.unwrap_or(e.dur_us), event: &e })?;
             }
