@@ -302,3 +302,52 @@ fn a_request_longer_than_a_segment_is_cut_at_step_boundaries() {
 fn half_the_record_limit_cuts_a_segment_early() {
     long_request_in_segments("1000", "45000", "4", "524288");
 }
+
+/// `GPUSPAN_CAPTURE_GZIP_LEVEL` (issue 14, items 1 and 2: a fast level): rolling segments,
+/// written while the worker runs, deflate at level 1 by default (they used flate2's default
+/// 6: twice the CPU per kernel); 0 stores, 9 compresses hardest; the same events either way.
+/// A value that is not a level gets one warning naming it, and the default.
+#[test]
+fn capture_gzip_level_sets_every_segments_level() {
+    let run = |level: Option<&str>, out: &Path| {
+        let mut c = gpuspan();
+        c.args(["run", "--sim", "--mode", "fine", "--out"])
+            .arg(out)
+            .arg("--")
+            .arg(artifact("gpuspan-replay"))
+            .args(["stdit", "--steps", "2", "--requests", "3"])
+            .env("GPUSPAN_CAPTURE_SEGMENT_STEPS", "2")
+            .env("GPUSPAN_MAX_RECORDS", "1000000");
+        if let Some(l) = level {
+            c.env("GPUSPAN_CAPTURE_GZIP_LEVEL", l);
+        }
+        let o = output(&mut c);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = String::from_utf8_lossy(&o.stderr).into_owned();
+        let segments = segments_by_seq(out);
+        assert!(segments.len() >= 2, "segments written as it ran: {segments:?}\n{text}");
+        // (compressed bytes, JSON bytes, kernels) over every segment.
+        let mut sums = (0u64, 0u64, 0usize);
+        for (_, p) in &segments {
+            let gz = std::fs::read(p).unwrap();
+            let mut json = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&gz[..]), &mut json).unwrap();
+            sums.0 += gz.len() as u64;
+            sums.1 += json.len() as u64;
+            sums.2 += gpuspan_export::read_trace(p).unwrap().kernels().count();
+        }
+        (sums, text)
+    };
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ((gz_default, json_default, k_default), _) = run(None, dirs[0].path());
+    let ((gz_0, json_0, k_0), _) = run(Some("0"), dirs[1].path());
+    let ((gz_9, _, k_9), _) = run(Some("9"), dirs[2].path());
+    let ((gz_bad, _, k_bad), text_bad) = run(Some("11"), dirs[3].path());
+    assert!(k_default > 0 && k_0 == k_default && k_9 == k_default && k_bad == k_default, "the same kernels at every level");
+    assert!(gz_0 > json_0, "level 0 stores: {gz_0} bytes for {json_0} of JSON");
+    assert!(gz_default * 5 < json_default, "the default compresses: {gz_default} bytes for {json_default}");
+    assert!(gz_9 < gz_default, "level 9 is smaller than the default (level 1): {gz_9} against {gz_default}");
+    // Runs differ in a few bytes (process ids, wall-clock times), not in compression.
+    assert!(gz_bad.abs_diff(gz_default) * 100 < gz_default, "a bad level falls back to the default: {gz_bad} against {gz_default} bytes");
+    assert!(text_bad.contains("GPUSPAN_CAPTURE_GZIP_LEVEL=\"11\""), "{text_bad}");
+}

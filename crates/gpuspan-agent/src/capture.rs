@@ -218,7 +218,8 @@ pub fn write_parts(
     };
     let opts = gpuspan_export::kineto::WriteOptions {
         deadline,
-        gzip_level: deadline.map(|_| 1),
+        // At exit (a deadline) at most level 1: the budget goes to writing every event.
+        gzip_level: Some(deadline.map_or(a.config.capture_gzip_level, |_| a.config.capture_gzip_level.min(1))),
         // At exit (a deadline) the process is ending and wall time counts: deflate on the
         // other CPUs it may use. Windows and segments are written while the worker runs: on
         // the collector's thread alone, so the agent never competes with the worker for cores.
