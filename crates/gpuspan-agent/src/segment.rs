@@ -40,7 +40,7 @@ use gpuspan_core::activity::ActivityRecord;
 use gpuspan_core::classify::Classifier;
 use gpuspan_core::join::{ScopeInfo, ScopeTable};
 use gpuspan_core::scope::{ScopeId, ScopeKind};
-use std::collections::HashMap;
+use gpuspan_core::id_hash::{IdHashMap, IdHashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -137,18 +137,21 @@ pub fn take(c: &mut Collector, a: &Shared, finished_steps: usize, writer_idle: b
         if cut != u64::MAX && !sorted.iter().any(|s| s.begin_ns < cut) {
             return None;
         }
-        let whole: std::collections::HashSet<ScopeId> = sorted.iter().filter(|s| whole_before(c, s, cut)).map(|s| s.id).collect();
+        let whole: IdHashSet<ScopeId> = sorted.iter().filter(|s| whole_before(c, s, cut)).map(|s| s.id).collect();
         (cut, whole)
     };
     // Launch time of every API call whose record is here, by correlation id.
-    let launch: HashMap<u32, u64> = c
-        .records
-        .iter()
-        .filter_map(|r| match r {
-            ActivityRecord::Api(x) => Some((x.correlation_id, x.start_ns)),
-            _ => None,
-        })
-        .collect();
+    // (Correlation and scope ids are this process's and CUPTI's: `id_hash`; SipHash here,
+    // with the membership below worked out twice per record, was a third of the collector
+    // thread's samples in fine mode with segments; issue 14, item 1.)
+    let mut launch: IdHashMap<u32, u64> = IdHashMap::default();
+    // About a third of the records are API calls (a launch, its kernel, its external
+    // correlation): room for them up front rather than rehashing as the map doubles.
+    launch.reserve(c.records.len() / 3);
+    launch.extend(c.records.iter().filter_map(|r| match r {
+        ActivityRecord::Api(x) => Some((x.correlation_id, x.start_ns)),
+        _ => None,
+    }));
     // Correlation ids grow with each call: an external-correlation record whose call's
     // record is not here goes with the calls cut before it.
     let last_cut_call = launch.iter().filter(|(_, &t)| t < cut).map(|(&id, _)| id).max().unwrap_or(0);
@@ -170,9 +173,14 @@ pub fn take(c: &mut Collector, a: &Shared, finished_steps: usize, writer_idle: b
     };
     // Moved out in place (what stays keeps its buffer), into a vector of exactly the size
     // needed: a partition into two growing vectors held three copies' worth at its peak.
-    let n = c.records.iter().filter(|r| in_segment(r)).count();
+    // Each record's membership is worked out once (a byte per record) for the count and the
+    // move, which visits the records in order.
+    let member: Vec<bool> = c.records.iter().map(in_segment).collect();
+    let n = member.iter().filter(|&&m| m).count();
     let mut taken = Vec::with_capacity(n);
-    taken.extend(c.records.extract_if(.., |r| in_segment(r)));
+    let mut next = member.iter();
+    taken.extend(c.records.extract_if(.., |_| next.next().copied().unwrap_or(false)));
+    drop(member);
     c.records.shrink_to(c.records.len().max(1 << 16));
     // Nothing new since the last segment (a step cut at the step it cut at before, which is
     // still running): no segment, rather than one holding only the request's scope again.

@@ -38,7 +38,9 @@ use gpuspan_core::activity::{ActivityRecord, GPUSPAN_EXTERNAL_KIND};
 use gpuspan_core::control::{window_state, CaptureRequest, WindowSize, WindowStatus};
 use gpuspan_core::join::ScopeTable;
 use gpuspan_core::scope::{ScopeEvent, ScopeId, ScopeKind};
-use std::collections::{HashMap, HashSet};
+// Scope and correlation ids: `id_hash` (one multiply per key; a window's capture looks up
+// every record's correlation id).
+use gpuspan_core::id_hash::{IdHashMap as HashMap, IdHashSet as HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -215,7 +217,7 @@ impl Windows {
             accepting: true,
             first_begin_ns: None,
             first_id,
-            gpu_pending: HashSet::new(),
+            gpu_pending: HashSet::default(),
             closing_since: None,
         };
         if let Some(u) = start_unit {
@@ -512,7 +514,7 @@ fn write(a: &Shared, telemetry: &Telemetry, c: &mut Collector, w: &Window, deadl
             a.step.is_some_and(|x| units.contains(&x)) || a.request.is_some_and(|x| units.contains(&x))
         })
     };
-    let mut corr_scope: HashMap<u32, ScopeId> = HashMap::new();
+    let mut corr_scope: HashMap<u32, ScopeId> = HashMap::default();
     for r in &c.records {
         if let ActivityRecord::ExternalCorrelation(e) = r {
             if e.external_kind == GPUSPAN_EXTERNAL_KIND {
@@ -527,7 +529,7 @@ fn write(a: &Shared, telemetry: &Telemetry, c: &mut Collector, w: &Window, deadl
         .cloned()
         .collect();
     // The units, what they contain, and their ancestors (the request: its trace id).
-    let mut keep: HashSet<ScopeId> = HashSet::new();
+    let mut keep: HashSet<ScopeId> = HashSet::default();
     for &u in &w.units {
         let mut p = c.scopes.get(u).map(|s| s.parent).unwrap_or(0);
         while p != 0 && keep.insert(p) {
@@ -584,7 +586,7 @@ mod tests {
             accepting: true,
             first_begin_ns: None,
             first_id: 0,
-            gpu_pending: HashSet::new(),
+            gpu_pending: HashSet::default(),
             closing_since: None,
         }
     }
