@@ -294,7 +294,8 @@ fn a_request_longer_than_a_segment_is_cut_at_step_boundaries() {
 
 /// Record pressure cuts a segment before its steps are due: with segments of 1000 steps but
 /// at most 45 000 records held, a segment is cut (at a step boundary) once 22 500 are held
-/// (about 5 stdit steps of 1 445 kernels, 3 records each), so the limit never has to drop
+/// (about 7 stdit steps of 1 445 kernels, 2 records each: gpuspan's external correlations
+/// are held apart, as runs), so the limit never has to drop
 /// (the GPU at 4× an H100's speed leaves a debug build's writer time for a segment). The
 /// limit is checked as each CUPTI buffer is decoded, so the buffers are 512 KiB (about
 /// 5 000 records) here, not 4 MiB (40 000: a limit meant to hold should be far above that).

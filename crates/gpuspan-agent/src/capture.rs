@@ -7,6 +7,7 @@ use crate::telemetry::Telemetry;
 use gpuspan_core::activity::ActivityRecord;
 use gpuspan_core::classify::Classifier;
 use gpuspan_core::join::{JoinOptions, JoinedEvents, ScopeTable};
+use gpuspan_core::spans::corr_runs::CorrelationRuns;
 use gpuspan_core::trace::EventSource;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -66,7 +67,7 @@ pub fn write(a: &Shared, telemetry: &Telemetry, c: &mut Collector, deadline: Opt
         }
         None => capture_file_name(),
     };
-    let path = write_parts(a, telemetry, &c.records, &c.scopes, &mut c.classifier, seed, &a.config.out_dir, &name, &extra, deadline)?;
+    let path = write_parts(a, telemetry, &c.records, &c.correlations, &c.scopes, &mut c.classifier, seed, &a.config.out_dir, &name, &extra, deadline)?;
     if a.config.capture_segment_steps.is_some() {
         remove_old_segments(&a.config.out_dir, c.segment_seq, a.config.capture_keep);
     }
@@ -110,6 +111,7 @@ pub fn write_parts(
     a: &Shared,
     telemetry: &Telemetry,
     records: &[ActivityRecord],
+    correlations: &CorrelationRuns,
     scopes: &ScopeTable,
     classifier: &mut Classifier,
     seed: u64,
@@ -148,7 +150,7 @@ pub fn write_parts(
     // memory. With a deadline, the scopes go first, then the GPU activity, then the API calls:
     // if the deadline cuts the write, what goes is the API calls and then the tail of the GPU
     // activity, and every step and request keeps its range.
-    let mut joined = JoinedEvents::new(records, scopes, classifier, &opts, deadline.is_some());
+    let mut joined = JoinedEvents::with_correlations(records, correlations, scopes, classifier, &opts, deadline.is_some());
     let st = joined.stats();
     let mut header = joined.header();
     header.distributed_info = a.config.distributed.map(|d| d.kineto_info());

@@ -11,10 +11,11 @@
 use crate::config::Config;
 use crate::scope_names::QueuedScope;
 use crate::shared::Shared;
-use gpuspan_core::activity::ActivityRecord;
+use gpuspan_core::activity::{ActivityRecord, GPUSPAN_EXTERNAL_KIND};
 use gpuspan_core::classify::{Classifier, StageRules};
 use gpuspan_core::join::ScopeTable;
 use gpuspan_core::scope::{ScopeEvent, ScopeId};
+use gpuspan_core::spans::corr_runs::CorrelationRuns;
 use gpuspan_core::spans::{Finalized, SpanAssembler, SpanOptions};
 use gpuspan_cupti::buffers::RawBuffer;
 use gpuspan_cupti::decode::{decode_buffer, DecodeStats, NameCache};
@@ -66,8 +67,15 @@ impl ScopeObserver for NoObserver {
 pub struct Collector {
     /// Scopes seen so far.
     pub scopes: ScopeTable,
-    /// Decoded records, in arrival order (at most `GPUSPAN_MAX_RECORDS`).
+    /// Decoded records, in arrival order (at most `GPUSPAN_MAX_RECORDS`), but for gpuspan's
+    /// own external correlations, which are in `correlations`.
     pub records: Vec<ActivityRecord>,
+    /// gpuspan's external correlations (kind CUSTOM2: correlation id → the scope the launch
+    /// ran in) of the records held, as runs of consecutive ids (16 bytes a run, where each
+    /// launch's record took 96 in `records`: a third of what fine mode held per launch, and
+    /// of the collector's stores; issue 14, item 1). The capture's join reads them with
+    /// the records (`JoinedEvents::with_correlations`).
+    pub correlations: CorrelationRuns,
     /// A buffer's records decoded while `records` is at its limit: seen by the span
     /// assembler, then dropped (`records_dropped_limit`). Empty between buffers.
     over_limit: Vec<ActivityRecord>,
@@ -105,6 +113,7 @@ impl Collector {
         Collector {
             scopes: ScopeTable::new(),
             records: Vec::new(),
+            correlations: CorrelationRuns::new(),
             over_limit: Vec::new(),
             names: NameCache::default(),
             scope_names: Default::default(),
@@ -172,7 +181,7 @@ impl Collector {
                 }
         });
         if let Some(c) = cutoff_ns {
-            prune_records_before(&mut self.records, c);
+            prune_records_before(&mut self.records, &mut self.correlations, c);
         }
     }
 
@@ -314,6 +323,9 @@ impl Collector {
             }
             let added = decoded.len();
             a.counters.records_decoded.fetch_add(added as u64, Ordering::Relaxed);
+            if !at_limit {
+                take_correlations(&mut self.records, before, &mut self.correlations);
+            }
             if at_limit {
                 a.counters.records_over_limit.fetch_add(added as u64, Ordering::Relaxed);
                 self.over_limit.clear();
@@ -376,11 +388,30 @@ pub fn load_rules(config: &Config) -> StageRules {
     }
 }
 
+/// Moves gpuspan's own external-correlation records (kind CUSTOM2) of `records[from..]`
+/// into `correlations`, keeping the other records in order.
+pub fn take_correlations(records: &mut Vec<ActivityRecord>, from: usize, correlations: &mut CorrelationRuns) {
+    let mut kept = from;
+    for i in from..records.len() {
+        match &records[i] {
+            ActivityRecord::ExternalCorrelation(e) if e.external_kind == GPUSPAN_EXTERNAL_KIND => {
+                correlations.insert(e.correlation_id, e.external_id);
+            }
+            _ => {
+                // Everything in `kept..i` was moved out: this record moves up into it.
+                records.swap(kept, i);
+                kept += 1;
+            }
+        }
+    }
+    records.truncate(kept);
+}
+
 /// Flight recorder: drops records that started before `cutoff_ns` (CUPTI ns), and the
-/// external-correlation records older than every record kept (correlation ids grow with
-/// time). Records still in flight when their step left the ring are kept, which only
-/// over-retains (a window's capture keeps its own steps' records alone).
-pub fn prune_records_before(records: &mut Vec<ActivityRecord>, cutoff_ns: u64) {
+/// external correlations (records and `correlations`) older than every record kept
+/// (correlation ids grow with time). Records still in flight when their step left the ring
+/// are kept, which only over-retains (a window's capture keeps its own steps' records alone).
+pub fn prune_records_before(records: &mut Vec<ActivityRecord>, correlations: &mut CorrelationRuns, cutoff_ns: u64) {
     let start_of = |r: &ActivityRecord| match r {
         ActivityRecord::Kernel(k) => Some(k.start_ns),
         ActivityRecord::Memcpy(m) => Some(m.start_ns),
@@ -398,5 +429,78 @@ pub fn prune_records_before(records: &mut Vec<ActivityRecord>, cutoff_ns: u64) {
         Some(t) => t >= cutoff_ns,
         None => r.correlation_id() >= min_corr,
     });
+    correlations.remove_below(min_corr);
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuspan_core::activity::{ApiDomain, ApiRecord, ExternalCorrelationRecord, KernelRecord};
+
+    fn ext(kind: u32, corr: u32, scope: u64) -> ActivityRecord {
+        ActivityRecord::ExternalCorrelation(ExternalCorrelationRecord { external_kind: kind, external_id: scope, correlation_id: corr })
+    }
+
+    fn api(corr: u32, start_ns: u64) -> ActivityRecord {
+        ActivityRecord::Api(ApiRecord {
+            domain: ApiDomain::Driver,
+            cbid: 307,
+            start_ns,
+            end_ns: start_ns + 10,
+            process_id: 1,
+            thread_id: 1,
+            correlation_id: corr,
+            return_value: 0,
+        })
+    }
+
+    fn kernel(corr: u32, start_ns: u64) -> ActivityRecord {
+        ActivityRecord::Kernel(KernelRecord {
+            name: "k".into(),
+            start_ns,
+            end_ns: start_ns + 100,
+            device_id: 0,
+            context_id: 1,
+            stream_id: 7,
+            correlation_id: corr,
+            grid: [1, 1, 1],
+            block: [1, 1, 1],
+            registers_per_thread: 0,
+            static_shared_memory_bytes: 0,
+            dynamic_shared_memory_bytes: 0,
+            graph_id: 0,
+        })
+    }
+
+    /// gpuspan's external correlations of the new records go to the runs; every other record
+    /// (another tool's external correlation kind among them) stays, in order, and what was
+    /// held before `from` is not looked at.
+    #[test]
+    fn own_external_correlations_move_to_the_runs_and_the_rest_keep_their_order() {
+        let held = ext(GPUSPAN_EXTERNAL_KIND, 1, 99);
+        let mut records = vec![held.clone(), api(1, 10)];
+        let new = [api(2, 20), ext(GPUSPAN_EXTERNAL_KIND, 2, 5), kernel(2, 30), ext(1, 2, 777), ext(GPUSPAN_EXTERNAL_KIND, 3, 5), api(3, 40), kernel(3, 50)];
+        records.extend(new.iter().cloned());
+        let mut runs = CorrelationRuns::new();
+        take_correlations(&mut records, 2, &mut runs);
+        let others: Vec<ActivityRecord> = new.iter().filter(|r| !matches!(r, ActivityRecord::ExternalCorrelation(e) if e.external_kind == GPUSPAN_EXTERNAL_KIND)).cloned().collect();
+        assert_eq!(records[..2], [held, api(1, 10)]);
+        assert_eq!(records[2..], others[..]);
+        assert_eq!((runs.get(1), runs.get(2), runs.get(3), runs.len(), runs.run_count()), (None, Some(5), Some(5), 2, 1));
+    }
+
+    /// The flight recorder's pruning lets go of the runs of the calls older than every
+    /// record it keeps, as it does of external-correlation records.
+    #[test]
+    fn pruning_drops_the_correlations_older_than_what_is_kept() {
+        let mut records = vec![api(1, 10), kernel(1, 15), api(2, 20), kernel(2, 25), api(3, 40), kernel(3, 45), ext(1, 1, 777), ext(1, 3, 777)];
+        let mut runs = CorrelationRuns::new();
+        for corr in 1..=3 {
+            runs.insert(corr, 5);
+        }
+        prune_records_before(&mut records, &mut runs, 22);
+        assert_eq!(records, [kernel(2, 25), api(3, 40), kernel(3, 45), ext(1, 3, 777)]);
+        assert_eq!((runs.get(1), runs.get(2), runs.get(3)), (None, Some(5), Some(5)));
+    }
+}

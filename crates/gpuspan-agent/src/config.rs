@@ -167,8 +167,9 @@ pub const DEFAULT_MAX_RECORDS: usize = 8_000_000;
 /// Default of [`Config::max_records`] with rolling segments (`GPUSPAN_CAPTURE_SEGMENT_STEPS`):
 /// 100 k records (about 10 MB). A segment is also cut once half of them are held
 /// (`crate::segment`), so the limit drops records only when the segment writer falls behind
-/// the GPU, or when one step alone makes more (a step is never split: at about 3 records a
-/// kernel, a step of over 33 k kernels; a wan2.1 step has 20 k) (issue 14, item 6: a flood
+/// the GPU, or when one step alone makes more (a step is never split: at 2 records a kernel,
+/// its launch and itself, gpuspan's external correlations being held apart as runs, a step
+/// of over 50 k kernels; a wan2.1 step has 20 k) (issue 14, item 6: a flood
 /// stays within its memory, every drop counted). 200 k until the flood bench showed the
 /// agent's share at 128–152 MB with it and 86–98 MB with 100 k (`scripts/bench-flood.sh`).
 pub const SEGMENT_MAX_RECORDS: usize = 100_000;

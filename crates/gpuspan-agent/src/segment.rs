@@ -39,6 +39,7 @@ use crate::telemetry::Telemetry;
 use gpuspan_core::activity::ActivityRecord;
 use gpuspan_core::classify::Classifier;
 use gpuspan_core::join::{ScopeInfo, ScopeTable};
+use gpuspan_core::spans::corr_runs::CorrelationRuns;
 use gpuspan_core::scope::{ScopeId, ScopeKind};
 use gpuspan_core::id_hash::{IdHashMap, IdHashSet};
 use std::path::PathBuf;
@@ -54,6 +55,9 @@ pub struct Segment {
     pub seq: u64,
     /// Its records, in arrival order.
     pub records: Vec<ActivityRecord>,
+    /// gpuspan's external correlations held when it was cut (a copy of the collector's
+    /// runs: its records' launches among them).
+    pub correlations: CorrelationRuns,
     /// Its scopes: every scope that began before the cut (all ended, but for the request a
     /// step cut runs through, which is a copy and may still be open).
     pub scopes: ScopeTable,
@@ -194,7 +198,15 @@ pub fn take(c: &mut Collector, a: &Shared, finished_steps: usize, writer_idle: b
     c.scopes.retain(|s| !whole.contains(&s.id));
     c.segment_seq += 1;
     let steps = std::mem::take(&mut c.segment_steps);
-    Some(Segment { seq: c.segment_seq, records: taken, scopes, steps })
+    // The external correlations: the segment gets a copy of the runs; the collector keeps
+    // those of the calls after the cut (ids grow with each call) and of any record it still
+    // holds, and lets go of the rest, as the external-correlation records of the calls cut
+    // went with the segment when they were records.
+    let correlations = c.correlations.clone();
+    let after_cut = last_cut_call.saturating_add(1);
+    let keep_from = c.records.iter().map(|r| r.correlation_id()).filter(|&id| id != 0).min().map_or(after_cut, |m| m.min(after_cut));
+    c.correlations.remove_below(keep_from);
+    Some(Segment { seq: c.segment_seq, records: taken, correlations, scopes, steps })
 }
 
 /// Writes `seg` as `GPUSPAN_OUT/capture-<pid>-<seq>.json.gz` and removes the segments older
@@ -203,7 +215,7 @@ pub fn take(c: &mut Collector, a: &Shared, finished_steps: usize, writer_idle: b
 pub fn write(a: &Shared, telemetry: &Telemetry, seg: &Segment, classifier: &mut Classifier, seed: u64) -> Result<PathBuf, String> {
     let name = crate::capture::segment_file_name(seg.seq);
     let extra = vec![("segment".to_string(), seg.seq), ("segment_steps".to_string(), seg.steps)];
-    let path = crate::capture::write_parts(a, telemetry, &seg.records, &seg.scopes, classifier, seed, &a.config.out_dir, &name, &extra, None)?;
+    let path = crate::capture::write_parts(a, telemetry, &seg.records, &seg.correlations, &seg.scopes, classifier, seed, &a.config.out_dir, &name, &extra, None)?;
     crate::capture::remove_old_segments(&a.config.out_dir, seg.seq, a.config.capture_keep);
     Ok(path)
 }

@@ -34,13 +34,12 @@
 use crate::collector::{Collector, Past};
 use crate::shared::Shared;
 use crate::telemetry::Telemetry;
-use gpuspan_core::activity::{ActivityRecord, GPUSPAN_EXTERNAL_KIND};
+use gpuspan_core::activity::ActivityRecord;
 use gpuspan_core::control::{window_state, CaptureRequest, WindowSize, WindowStatus};
 use gpuspan_core::join::ScopeTable;
 use gpuspan_core::scope::{ScopeEvent, ScopeId, ScopeKind};
-// Scope and correlation ids: `id_hash` (one multiply per key; a window's capture looks up
-// every record's correlation id).
-use gpuspan_core::id_hash::{IdHashMap as HashMap, IdHashSet as HashSet};
+// Scope ids: `id_hash` (one multiply per key).
+use gpuspan_core::id_hash::IdHashSet as HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -330,6 +329,7 @@ impl Windows {
                 let r = write(a, telemetry, &mut c, &w, budget.map(|b| b.deadline()));
                 if !recorder {
                     c.records.clear();
+                    c.correlations = Default::default();
                 }
                 r
             }
@@ -514,18 +514,12 @@ fn write(a: &Shared, telemetry: &Telemetry, c: &mut Collector, w: &Window, deadl
             a.step.is_some_and(|x| units.contains(&x)) || a.request.is_some_and(|x| units.contains(&x))
         })
     };
-    let mut corr_scope: HashMap<u32, ScopeId> = HashMap::default();
-    for r in &c.records {
-        if let ActivityRecord::ExternalCorrelation(e) = r {
-            if e.external_kind == GPUSPAN_EXTERNAL_KIND {
-                corr_scope.insert(e.correlation_id, e.external_id);
-            }
-        }
-    }
+    // The launch's scope, by correlation id: gpuspan's external correlations, kept apart
+    // from the records (`Collector::correlations`).
     let records: Vec<ActivityRecord> = c
         .records
         .iter()
-        .filter(|r| corr_scope.get(&r.correlation_id()).is_some_and(|s| in_window(*s)))
+        .filter(|r| c.correlations.get(r.correlation_id()).is_some_and(in_window))
         .cloned()
         .collect();
     // The units, what they contain, and their ancestors (the request: its trace id).
@@ -544,7 +538,7 @@ fn write(a: &Shared, telemetry: &Telemetry, c: &mut Collector, w: &Window, deadl
         ("window_units".to_string(), w.units.len() as u64),
         ("window_steps".to_string(), steps),
     ];
-    let path = crate::capture::write_parts(a, telemetry, &records, &scopes, &mut c.classifier, c.assembler.options().seed, &w.out_dir, &crate::capture::capture_file_name(), &extra, deadline)?;
+    let path = crate::capture::write_parts(a, telemetry, &records, &c.correlations, &scopes, &mut c.classifier, c.assembler.options().seed, &w.out_dir, &crate::capture::capture_file_name(), &extra, deadline)?;
     Ok((path, kernels, steps))
 }
 

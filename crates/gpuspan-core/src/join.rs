@@ -397,7 +397,22 @@ impl<'a> JoinedEvents<'a> {
         opts: &JoinOptions,
         cpu_first: bool,
     ) -> JoinedEvents<'a> {
-        let mut ext = CorrelationRuns::new();
+        Self::with_correlations(records, &CorrelationRuns::new(), scopes, classifier, opts, cpu_first)
+    }
+
+    /// [`JoinedEvents::new`] with gpuspan's external correlations given apart from the
+    /// records as well (`correlations`: correlation id → scope id): the agent keeps them as
+    /// runs rather than as one record per launch. An external-correlation record among
+    /// `records` overrides what `correlations` says of its id.
+    pub fn with_correlations(
+        records: &'a [ActivityRecord],
+        correlations: &CorrelationRuns,
+        scopes: &'a ScopeTable,
+        classifier: &'a mut Classifier,
+        opts: &JoinOptions,
+        cpu_first: bool,
+    ) -> JoinedEvents<'a> {
+        let mut ext = correlations.clone();
         for r in records {
             if let ActivityRecord::ExternalCorrelation(e) = r {
                 if e.external_kind == GPUSPAN_EXTERNAL_KIND {
@@ -1031,6 +1046,48 @@ mod tests {
                 assert_eq!(*over.event(i), alone.build(i), "event {i}, cpu_first {cpu_first}");
             }
         }
+    }
+
+    /// gpuspan's external correlations given apart as runs (`JoinedEvents::with_correlations`,
+    /// as the agent keeps them) join as the same records inline do.
+    #[test]
+    fn correlations_given_apart_join_as_records_inline() {
+        use crate::trace::EventSource;
+        let mut t = ScopeTable::new();
+        for e in [begin(1, 0, 1_000, "dit.step 0/1"), begin(2, 1, 2_000, "ffn"), begin(3, 1, 5_000, "attention.spatial")] {
+            t.apply(&e);
+        }
+        let inline = vec![
+            ext(5, 2),
+            kernel("a", 5, 4_000, 4_500),
+            ext(6, 2),
+            kernel("b", 6, 4_600, 4_700),
+            ext(7, 3),
+            kernel("c", 7, 6_000, 6_100),
+            kernel("no_scope", 9, 7_000, 7_100),
+        ];
+        let mut apart = CorrelationRuns::new();
+        let records: Vec<ActivityRecord> = inline
+            .iter()
+            .filter(|r| match r {
+                ActivityRecord::ExternalCorrelation(e) => {
+                    apart.insert(e.correlation_id, e.external_id);
+                    false
+                }
+                _ => true,
+            })
+            .cloned()
+            .collect();
+        assert_eq!(apart.run_count(), 2);
+        let opts = JoinOptions { base_time_ns: 0, process_id: 42, include_api: true, trace_seed: None, env_traceparent: None };
+        let (mut c1, mut c2) = (Classifier::default(), Classifier::default());
+        let mut a = JoinedEvents::new(&inline, &t, &mut c1, &opts, false);
+        let mut b = JoinedEvents::with_correlations(&records, &apart, &t, &mut c2, &opts, false);
+        assert_eq!((a.len(), a.stats()), (b.len(), b.stats()));
+        for i in 0..a.len() {
+            assert_eq!(*a.event(i), *b.event(i), "event {i}");
+        }
+        assert!((0..b.len()).any(|i| b.event(i).scope.as_deref() == Some("attention.spatial")));
     }
 
     /// The write order (parts sorted apart, then merged or concatenated) is what one stable

@@ -160,6 +160,22 @@ impl CorrelationRuns {
         }
     }
 
+    /// Forgets the ids below `corr` (a run across it keeps its part from `corr` on): what a
+    /// capture segment took, or the flight recorder let go of (ids grow with each call).
+    pub fn remove_below(&mut self, corr: u32) {
+        let i = self.runs.partition_point(|r| r.last < corr);
+        let mut gone: u64 = self.runs[..i].iter().map(|r| u64::from(r.last - r.first) + 1).sum();
+        self.runs.drain(..i);
+        if let Some(r) = self.runs.first_mut().filter(|r| r.first < corr) {
+            gone += u64::from(corr - r.first);
+            r.first = corr;
+        }
+        self.ids -= gone;
+        if self.runs.capacity() > 4 * self.runs.len().max(1024) {
+            self.runs.shrink_to(2 * self.runs.len().max(1024));
+        }
+    }
+
     /// Correlation ids mapped.
     pub fn len(&self) -> usize {
         self.ids as usize
@@ -230,6 +246,10 @@ mod tests {
                     // Drop one scope's ids.
                     m.retain(|s| s != scope);
                     model.retain(|_, s| *s != scope);
+                } else if op == 1 {
+                    // Drop the ids below one.
+                    m.remove_below(corr);
+                    model.retain(|&c, _| c >= corr);
                 } else {
                     m.insert(corr, scope);
                     model.insert(corr, scope);
