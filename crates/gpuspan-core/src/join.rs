@@ -830,7 +830,7 @@ impl crate::trace::EventSource for JoinedEvents<'_> {
     }
 
     /// Built into one event kept for the purpose, whose strings' buffers each build reuses
-    /// ([`JoinedEvents::build_into`]), and lent.
+    /// (`JoinedEvents::build_into`), and lent.
     fn event(&mut self, i: usize) -> std::borrow::Cow<'_, TraceEvent> {
         let mut ev = self.scratch.take().unwrap_or_default();
         self.build_into(i, &mut ev);
