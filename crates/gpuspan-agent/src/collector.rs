@@ -432,7 +432,6 @@ pub fn prune_records_before(records: &mut Vec<ActivityRecord>, correlations: &mu
     correlations.remove_below(min_corr);
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
