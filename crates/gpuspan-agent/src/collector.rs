@@ -323,16 +323,16 @@ impl Collector {
             }
             let added = decoded.len();
             a.counters.records_decoded.fetch_add(added as u64, Ordering::Relaxed);
-            if !at_limit {
-                take_correlations(&mut self.records, before, &mut self.correlations);
-            }
             if at_limit {
                 a.counters.records_over_limit.fetch_add(added as u64, Ordering::Relaxed);
                 self.over_limit.clear();
-            } else if self.records.len() > a.config.max_records {
-                let over = self.records.len() - a.config.max_records;
-                self.records.truncate(a.config.max_records);
-                a.counters.records_over_limit.fetch_add(over as u64, Ordering::Relaxed);
+            } else {
+                take_correlations(&mut self.records, before, &mut self.correlations);
+                if self.records.len() > a.config.max_records {
+                    let over = self.records.len() - a.config.max_records;
+                    self.records.truncate(a.config.max_records);
+                    a.counters.records_over_limit.fetch_add(over as u64, Ordering::Relaxed);
+                }
             }
             // The buffer that crossed the limit may have doubled the vector past it: what is
             // beyond half as much again goes back.

@@ -363,8 +363,10 @@ pub struct JoinedEvents<'a> {
     /// hash map held about 20 bytes per launch (tens of MB at exit for an 8 M-record
     /// capture). Same speed: a fine-mode wan2.1 run without the capture write took
     /// 0.229–0.246 s of process-tree CPU with it against 0.233–0.259 s with the map (7
-    /// runs each, interleaved); `hot_path`'s two join rows moved −7 % and +6 %.
-    ext: CorrelationRuns,
+    /// runs each, interleaved); `hot_path`'s two join rows moved −7 % and +6 %. Borrowed
+    /// from the caller's when the records carry no such record of their own
+    /// ([`JoinedEvents::with_correlations`]).
+    ext: std::borrow::Cow<'a, CorrelationRuns>,
     /// Per run of `ext`, its scope and that scope's step, looked up in the scope table once
     /// per run rather than twice per GPU record (issue 14, item 3).
     run_scopes: Vec<(Option<&'a ScopeInfo>, Option<&'a ScopeInfo>)>,
@@ -397,26 +399,37 @@ impl<'a> JoinedEvents<'a> {
         opts: &JoinOptions,
         cpu_first: bool,
     ) -> JoinedEvents<'a> {
-        Self::with_correlations(records, &CorrelationRuns::new(), scopes, classifier, opts, cpu_first)
+        Self::plan(records, std::borrow::Cow::Owned(CorrelationRuns::new()), scopes, classifier, opts, cpu_first)
     }
 
     /// [`JoinedEvents::new`] with gpuspan's external correlations given apart from the
     /// records as well (`correlations`: correlation id → scope id): the agent keeps them as
     /// runs rather than as one record per launch. An external-correlation record among
-    /// `records` overrides what `correlations` says of its id.
+    /// `records` overrides what `correlations` says of its id (the runs are then copied; else
+    /// they are read where they are).
     pub fn with_correlations(
         records: &'a [ActivityRecord],
-        correlations: &CorrelationRuns,
+        correlations: &'a CorrelationRuns,
         scopes: &'a ScopeTable,
         classifier: &'a mut Classifier,
         opts: &JoinOptions,
         cpu_first: bool,
     ) -> JoinedEvents<'a> {
-        let mut ext = correlations.clone();
+        Self::plan(records, std::borrow::Cow::Borrowed(correlations), scopes, classifier, opts, cpu_first)
+    }
+
+    fn plan(
+        records: &'a [ActivityRecord],
+        mut ext: std::borrow::Cow<'a, CorrelationRuns>,
+        scopes: &'a ScopeTable,
+        classifier: &'a mut Classifier,
+        opts: &JoinOptions,
+        cpu_first: bool,
+    ) -> JoinedEvents<'a> {
         for r in records {
             if let ActivityRecord::ExternalCorrelation(e) = r {
                 if e.external_kind == GPUSPAN_EXTERNAL_KIND {
-                    ext.insert(e.correlation_id, e.external_id);
+                    ext.to_mut().insert(e.correlation_id, e.external_id);
                 }
             }
         }
