@@ -8,8 +8,10 @@
 //! on CUPTI's lock while CUPTI waits on ours, CUPTI-NOTES §1): flushes happen with the
 //! [`Collector`] unlocked, and the callbacks themselves take no lock at all.
 
+use crate::boundary_clock::{BoundaryClock, ClockPair, TickMap};
 use crate::config::Config;
 use crate::scope_names::QueuedScope;
+use crate::thread_ring::Boundary;
 use crate::shared::Shared;
 use gpuspan_core::activity::{ActivityRecord, GPUSPAN_EXTERNAL_KIND};
 use gpuspan_core::classify::{Classifier, StageRules};
@@ -95,6 +97,9 @@ pub struct Collector {
     pub finished: bool,
     /// Coarse mode: pending scope marks → scope GPU intervals.
     pub resolver: crate::coarse::resolve::Resolver,
+    /// Converts boundary-clock readings into ns ([`crate::boundary_clock`]); the identity
+    /// until activation sets the agent's.
+    pub ticks: TickMap,
     times: Vec<gpuspan_core::spans::ScopeGpuTime>,
     /// Flight recorder: the last steps ended, oldest first (at most its step count).
     pub ring: std::collections::VecDeque<ScopeId>,
@@ -123,6 +128,7 @@ impl Collector {
             written: None,
             finished: false,
             resolver: crate::coarse::resolve::Resolver::new(),
+            ticks: TickMap::default(),
             times: Vec::new(),
             ring: std::collections::VecDeque::new(),
             detector: Default::default(),
@@ -214,34 +220,37 @@ impl Collector {
     }
 
     /// Takes every queued scope boundary (scope events and coarse marks) into this collector:
-    /// first the shared queues (threads without a ring), then each thread's ring
-    /// ([`crate::thread_ring`]), telling `obs` of each scope event.
+    /// first the shared queue (threads without a ring), then each thread's ring
+    /// ([`crate::thread_ring`]), telling `obs` of each scope event. The boundary-clock map is
+    /// calibrated first, so every reading drained is converted by a line through a pair taken
+    /// after it ([`crate::boundary_clock`]).
     fn take_scope_events(&mut self, a: &Shared, obs: &dyn ScopeObserver) {
-        // Marks first: an application thread queues a scope's event before its mark, so
-        // every scope a mark names is in the scope queue drained next, and in the table
-        // before its interval is fed.
-        if let Some(c) = &a.coarse {
-            while let Some(m) = c.marks.pop() {
-                self.resolver.accept(m, c);
-            }
+        if self.ticks.clock() == BoundaryClock::Tsc {
+            self.ticks.calibrate(ClockPair::sample(&|| a.now_ns()));
         }
-        while let Some(q) = a.scope_queue.pop() {
-            self.apply_queued(a, obs, q);
+        while let Some(b) = a.scope_queue.pop() {
+            self.take_boundary(a, obs, b);
         }
-        a.thread_rings.drain(|b| {
-            if !b.scope.name_dropped() {
-                self.apply_queued(a, obs, b.scope);
-            }
-            if let (Some(m), Some(c)) = (b.gpu_mark(), &a.coarse) {
-                self.resolver.accept(m, c);
-            }
-        });
+        a.thread_rings.drain(|b| self.take_boundary(a, obs, b));
     }
 
-    /// One scope event from the hot path: its name resolved, applied to the scope table and
-    /// the span assembler, and told to `obs`.
-    fn apply_queued(&mut self, a: &Shared, obs: &dyn ScopeObserver, q: QueuedScope) {
-        let Some(ev) = self.scope_names.resolve(&a.scope_names, q) else {
+    /// One boundary: its reading converted to ns, its scope event applied, then its mark
+    /// (coarse mode) taken by the resolver (an application thread queues both in one entry,
+    /// so the scope a mark names is in the table before its interval is fed).
+    fn take_boundary(&mut self, a: &Shared, obs: &dyn ScopeObserver, b: Boundary) {
+        let ts_ns = self.ticks.to_ns(b.scope.ts_ticks());
+        if !b.scope.name_dropped() {
+            self.apply_queued(a, obs, b.scope, ts_ns);
+        }
+        if let (Some(m), Some(c)) = (b.gpu_mark(ts_ns), &a.coarse) {
+            self.resolver.accept(m, c);
+        }
+    }
+
+    /// One scope event from the hot path at `ts_ns`: its name resolved, applied to the scope
+    /// table and the span assembler, and told to `obs`.
+    fn apply_queued(&mut self, a: &Shared, obs: &dyn ScopeObserver, q: QueuedScope, ts_ns: u64) {
+        let Some(ev) = self.scope_names.resolve(&a.scope_names, q, ts_ns) else {
             a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };

@@ -12,7 +12,8 @@
 //! `GPUSPAN_CAPTURE_SEGMENT_STEPS` / `GPUSPAN_CAPTURE_KEEP` (fine mode: rolling capture
 //! segments of at least N steps each, the last K kept; unset: one capture at exit),
 //! `GPUSPAN_CAPTURE_GZIP_LEVEL` (deflate level of the captures, 0–9, default 1; at most 1
-//! at exit),
+//! at exit), `GPUSPAN_BOUNDARY_CLOCK` (`auto` default | `tsc` | `ns`: the clock scope
+//! boundaries read, [`crate::boundary_clock`]),
 //! `GPUSPAN_SCOPE_TIMEOUT` (coarse mode: a request scope still open after this long is given
 //! up and its CUDA events return to the pool, default 1 h),
 //! `GPUSPAN_FLIGHT_RECORDER` (steps the flight recorder keeps; overrides the rules file's
@@ -30,6 +31,7 @@
 //!
 //! The default mode is `coarse` (DESIGN.md "Collection modes").
 
+use crate::boundary_clock::BoundaryClockSetting;
 use std::path::PathBuf;
 
 /// This process's place in a distributed job, from the launcher's environment (torchrun's
@@ -140,6 +142,8 @@ pub struct Config {
     /// [`DEFAULT_CAPTURE_GZIP_LEVEL`]); the capture at exit uses at most 1, so the exit budget
     /// goes to writing events rather than to compressing them harder.
     pub capture_gzip_level: u32,
+    /// The clock scope boundaries read (`GPUSPAN_BOUNDARY_CLOCK`, [`crate::boundary_clock`]).
+    pub boundary_clock: BoundaryClockSetting,
     /// Most wall time the agent's finishing work takes (exit handler, SIGTERM,
     /// `flush_capture`): stopping its threads, flushing CUPTI, decoding, span export and the
     /// capture write together (`GPUSPAN_EXIT_BUDGET`, humantime syntax such as `2s` or
@@ -293,6 +297,13 @@ impl Config {
         };
         let capture_keep = parse_num("GPUSPAN_CAPTURE_KEEP", 8, &mut w);
         let capture_gzip_level = parse_gzip_level(std::env::var("GPUSPAN_CAPTURE_GZIP_LEVEL").ok().as_deref(), &mut w);
+        let boundary_clock = match std::env::var("GPUSPAN_BOUNDARY_CLOCK") {
+            Ok(v) => v.parse().unwrap_or_else(|e: String| {
+                w.push(format!("{e}; using auto"));
+                BoundaryClockSetting::Auto
+            }),
+            Err(_) => BoundaryClockSetting::Auto,
+        };
         let default_records = if capture_segment_steps.is_some() { SEGMENT_MAX_RECORDS } else { DEFAULT_MAX_RECORDS };
         let max_records = parse_num("GPUSPAN_MAX_RECORDS", default_records, &mut w);
         let max_pending_gpu = parse_num("GPUSPAN_MAX_PENDING_GPU", DEFAULT_MAX_PENDING_GPU, &mut w);
@@ -373,6 +384,7 @@ impl Config {
                 capture_segment_steps,
                 capture_keep,
                 capture_gzip_level,
+                boundary_clock,
                 exit_budget,
                 scope_timeout,
                 cupti_multi_subscriber,

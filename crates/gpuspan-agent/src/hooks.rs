@@ -19,8 +19,9 @@
 //! domain, so NCCL's ranges can neither open nor close ours. ASCII, wide (`W`) and
 //! registered-string messages all name scopes.
 
-use crate::coarse::mark::{drop_mark, queue_shared, record_boundary, MAX_SCOPE_STREAMS};
-use crate::thread_ring::{Boundary, Pushed};
+use crate::coarse::mark::{drop_mark, record_boundary, MAX_SCOPE_STREAMS};
+use crate::coarse::pool::EventStash;
+use crate::thread_ring::{Boundary, Pushed, RingSide};
 use crate::shared::{shared, Shared};
 use gpuspan_core::activity::GPUSPAN_EXTERNAL_KIND;
 use gpuspan_cupti::events::Stream;
@@ -78,6 +79,21 @@ struct ThreadScopes {
     n_streams: Cell<u8>,
     /// Scope names this thread has sent ([`crate::scope_names`]).
     names: ThreadNames,
+    /// This thread's ring ([`crate::thread_ring`]), here so that a boundary takes one
+    /// thread-local access. Its producer makes this thread-local one with a destructor: after
+    /// it ran (the thread's teardown), a range push or pop is not tracked.
+    ring: RingSide,
+    /// Coarse mode: this thread's free CUDA events at hand ([`crate::coarse::pool`]), given
+    /// back to the pool when the thread exits.
+    stash: EventStash,
+}
+
+impl Drop for ThreadScopes {
+    fn drop(&mut self) {
+        if let Some(c) = shared().and_then(|a| a.coarse.as_ref()) {
+            c.pool.release_stash(&self.stash);
+        }
+    }
 }
 
 thread_local! {
@@ -100,6 +116,8 @@ thread_local! {
             streams: [const { Cell::new(0) }; MAX_SCOPE_STREAMS],
             n_streams: Cell::new(0),
             names: ThreadNames::new(),
+            ring: RingSide::new(),
+            stash: EventStash::new(),
         }
     };
 }
@@ -240,7 +258,7 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
         return NO_PUSH_POP_TRACKING;
     }
     let slot = slot.min(DOMAIN_SLOTS - 1);
-    SCOPES.with(|t| {
+    SCOPES.try_with(|t| {
         let level = t.open[slot].get();
         t.open[slot].set(level.saturating_add(1));
         if !is_scope_domain(slot) {
@@ -269,21 +287,22 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
             scope,
             mark: a.coarse.as_ref().map(|c| {
                 let (streams, n) = thread_streams(t);
-                record_boundary(c, false, depth == 0, &streams[..n])
+                record_boundary(c, &t.stash, false, depth == 0, &streams[..n])
             }),
         };
-        send(a, &b);
+        send(a, &t.ring, &b);
         level as i32
     })
+    .unwrap_or(NO_PUSH_POP_TRACKING)
 }
 
 /// Makes the begin event, its name as a key (the name itself queued once per thread, or with
 /// every push for a long name: [`crate::scope_names`]; [`NAME_DROPPED`], counted as a
 /// dropped scope event, when the name queue is full), and pushes the external correlation
-/// id when `push`. Its `ts_ns` is now, CUPTI ns.
+/// id when `push`. Its `ts_ticks` is now, a boundary-clock reading ([`Shared::boundary_ticks`]).
 #[inline(always)]
 fn begin_event(a: &Shared, id: ScopeId, parent: ScopeId, thread_id: u32, names: &ThreadNames, name: &[u8], push: bool) -> QueuedScope {
-    let ts_ns = a.now_ns();
+    let ts_ticks = a.boundary_ticks();
     if push {
         if let Some(api) = &a.api {
             api.push_external_correlation(GPUSPAN_EXTERNAL_KIND, id);
@@ -293,32 +312,28 @@ fn begin_event(a: &Shared, id: ScopeId, parent: ScopeId, thread_id: u32, names: 
         a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
         NAME_DROPPED
     });
-    QueuedScope::Begin { id, parent, thread_id, ts_ns, name }
+    QueuedScope::Begin { id, parent, thread_id, ts_ticks, name }
 }
 
 /// Queues a boundary: on the thread's ring ([`crate::thread_ring`]), or, for a thread without
-/// one, its scope event on the shared scope queue and its mark on the shared mark queue. A
-/// full ring or queue drops what did not fit: counted (`scope_events_dropped`,
-/// `marks_dropped`), and the mark's events go back to the pool.
-fn send(a: &Shared, b: &Boundary) {
-    match a.thread_rings.push(b) {
-        Pushed::Ring => {}
-        Pushed::Full => {
-            if !b.scope.name_dropped() {
-                a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            if let (Some(m), Some(c)) = (&b.mark, &a.coarse) {
-                drop_mark(c, m);
-            }
-        }
-        Pushed::NoRing => {
-            if !b.scope.name_dropped() && a.scope_queue.push(b.scope).is_err() {
-                a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            if let (Some(m), Some(c)) = (b.gpu_mark(), &a.coarse) {
-                queue_shared(c, m);
-            }
-        }
+/// one, on the shared queue (`Shared::scope_queue`). A full ring or queue drops the
+/// boundary: counted (`scope_events_dropped`, `marks_dropped`), and the mark's events go back
+/// to the pool.
+#[inline(always)]
+fn send(a: &Shared, ring: &RingSide, b: &Boundary) {
+    let dropped = match a.thread_rings.push(ring, b) {
+        Pushed::Ring => return,
+        Pushed::Full => b,
+        Pushed::NoRing => match a.scope_queue.push(*b) {
+            Ok(()) => return,
+            Err(_) => b,
+        },
+    };
+    if !dropped.scope.name_dropped() {
+        a.counters.scope_events_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+    if let (Some(m), Some(c)) = (&dropped.mark, &a.coarse) {
+        drop_mark(c, m);
     }
 }
 
@@ -336,7 +351,7 @@ pub fn scope_end() -> i32 {
 pub fn range_end(slot: usize) -> i32 {
     let Some(a) = shared() else { return NO_PUSH_POP_TRACKING };
     let slot = slot.min(DOMAIN_SLOTS - 1);
-    SCOPES.with(|t| {
+    SCOPES.try_with(|t| {
         let open = t.open[slot].get();
         if open == 0 {
             return NO_PUSH_POP_TRACKING;
@@ -380,22 +395,23 @@ pub fn range_end(slot: usize) -> i32 {
         let counting = a.counting_launches.load(Ordering::Relaxed);
         let launches = counting.then(|| (t.launches.get() - launch_base).min(u32::MAX as u64) as u32);
         let graph_launches = if counting { (t.graph_launches.get() - graph_base).min(u32::MAX as u64) as u32 } else { 0 };
-        let ts_ns = a.now_ns();
+        let ts_ticks = a.boundary_ticks();
         // Begun and ended inside a stream capture with nothing that ran: recorded into a
         // graph (fine mode; coarse mode tells by the capture status of its streams).
         if began_in_capture && t.capturing.get() > 0 && launches == Some(0) && graph_launches == 0 && a.coarse.is_none() {
-            send(a, &Boundary { scope: QueuedScope::InCapture { id }, mark: None });
+            send(a, &t.ring, &Boundary { scope: QueuedScope::InCapture { id }, mark: None });
         }
         let b = Boundary {
-            scope: QueuedScope::End { id, ts_ns, launches, graph_launches },
+            scope: QueuedScope::End { id, ts_ticks, launches, graph_launches },
             mark: a.coarse.as_ref().map(|c| {
                 let (streams, n) = thread_streams(t);
-                record_boundary(c, true, pos == 0, &streams[..n])
+                record_boundary(c, &t.stash, true, pos == 0, &streams[..n])
             }),
         };
-        send(a, &b);
+        send(a, &t.ring, &b);
         level
     })
+    .unwrap_or(NO_PUSH_POP_TRACKING)
 }
 
 /// `nvtxRangePushA` hook.

@@ -38,6 +38,7 @@
 
 // Modules from the bottom up: each imports only modules listed before it (no import
 // cycle; `tests/module_layers.rs` checks it).
+pub mod boundary_clock;
 pub mod log;
 pub mod signals;
 pub mod nvml;

@@ -281,6 +281,10 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
     let triggers = crate::collector::load_triggers(&config);
     let telemetry = crate::telemetry::Telemetry::start(&config);
     let spans = span_options(&config, api.as_ref(), telemetry.spans.is_some(), &telemetry.device_uuids);
+    let now_ns = |api: Option<&ActivityApi>| api.map_or_else(realtime_ns, |api| api.timestamp_ns());
+    let (boundary_clock, clock_why) = crate::boundary_clock::choose(config.boundary_clock, api.is_some(), &|| now_ns(api.as_ref()));
+    crate::log::info(&clock_why);
+    let clock_origin = crate::boundary_clock::ClockPair::sample(&|| now_ns(api.as_ref()));
     let shared = Shared {
         pool: BufferPool::new(config.buffer_bytes, config.max_buffers),
         allow_decline,
@@ -297,10 +301,12 @@ fn activate_inner(l: &'static Lifecycle) -> Result<(), String> {
         subscriber: Mutex::new(subscriber),
         triggers,
         recorder_steps: std::sync::OnceLock::new(),
+        boundary_clock,
         config,
         api,
     };
     let mut collector = Collector::new(rules, spans);
+    collector.ticks = crate::boundary_clock::TickMap::new(boundary_clock, clock_origin);
     collector.detector = gpuspan_core::triggers::AnomalyDetector::new(shared.triggers.anomaly.clone()).with_max_models(shared.config.max_models);
     let agent = Agent { shared, collector: Mutex::new(collector), windows: crate::window::Windows::new(), telemetry };
     if l.agent.set(agent).is_err() {

@@ -60,8 +60,9 @@ pub enum QueuedScope {
         parent: ScopeId,
         /// OS thread id of the thread that opened it.
         thread_id: u32,
-        /// CPU time of the begin, CUPTI ns.
-        ts_ns: u64,
+        /// CPU time of the begin: a reading of the boundary clock (`Shared::boundary_ticks`),
+        /// converted to ns by the collector ([`crate::boundary_clock::TickMap`]).
+        ts_ticks: u64,
         /// The name's key.
         name: NameKey,
     },
@@ -69,8 +70,8 @@ pub enum QueuedScope {
     End {
         /// The scope's id.
         id: ScopeId,
-        /// CPU time of the end, CUPTI ns.
-        ts_ns: u64,
+        /// CPU time of the end: a boundary-clock reading, as the begin's.
+        ts_ticks: u64,
         /// See [`ScopeEvent::End`].
         launches: Option<u32>,
         /// See [`ScopeEvent::End`].
@@ -88,6 +89,14 @@ impl QueuedScope {
     /// collector, already counted as dropped.
     pub fn name_dropped(&self) -> bool {
         matches!(self, QueuedScope::Begin { name: NAME_DROPPED, .. })
+    }
+
+    /// The boundary-clock reading of a begin or end; 0 for [`QueuedScope::InCapture`].
+    pub fn ts_ticks(&self) -> u64 {
+        match self {
+            QueuedScope::Begin { ts_ticks, .. } | QueuedScope::End { ts_ticks, .. } => *ts_ticks,
+            QueuedScope::InCapture { .. } => 0,
+        }
     }
 }
 
@@ -212,13 +221,13 @@ pub struct NameTable {
 }
 
 impl NameTable {
-    /// `ev` as a [`ScopeEvent`], its name looked up (the name queue of `sender` drained
-    /// first when the key is new). `None` for a begin whose name never arrived (its
+    /// `ev` as a [`ScopeEvent`] at `ts_ns` (its boundary-clock reading converted), its name
+    /// looked up (the name queue of `sender` drained first when the key is new). `None` for a begin whose name never arrived (its
     /// definition was dropped, or the interned names were forgotten between the thread's
     /// check and its push): the caller counts it as a dropped scope event.
-    pub fn resolve(&mut self, sender: &NameSender, ev: QueuedScope) -> Option<ScopeEvent> {
+    pub fn resolve(&mut self, sender: &NameSender, ev: QueuedScope, ts_ns: u64) -> Option<ScopeEvent> {
         Some(match ev {
-            QueuedScope::Begin { id, parent, thread_id, ts_ns, name } => {
+            QueuedScope::Begin { id, parent, thread_id, name, .. } => {
                 let name = match self.take(name) {
                     Some(n) => n,
                     None => {
@@ -228,7 +237,7 @@ impl NameTable {
                 };
                 ScopeEvent::Begin { id, parent, thread_id, ts_ns, name }
             }
-            QueuedScope::End { id, ts_ns, launches, graph_launches } => ScopeEvent::End { id, ts_ns, launches, graph_launches },
+            QueuedScope::End { id, launches, graph_launches, .. } => ScopeEvent::End { id, ts_ns, launches, graph_launches },
             QueuedScope::InCapture { id } => ScopeEvent::InCapture { id },
         })
     }
@@ -273,7 +282,7 @@ mod tests {
     use super::*;
 
     fn begin(id: ScopeId, name: NameKey) -> QueuedScope {
-        QueuedScope::Begin { id, parent: 0, thread_id: 1, ts_ns: id * 10, name }
+        QueuedScope::Begin { id, parent: 0, thread_id: 1, ts_ticks: id * 10, name }
     }
 
     fn name_of(ev: Option<ScopeEvent>) -> String {
@@ -332,14 +341,14 @@ mod tests {
         let l2 = s.key_of(&t, long.as_bytes()).unwrap();
         assert_ne!(l1, l2, "a long name gets a new key each time");
         assert_eq!(l1 & INTERNED, 0);
-        assert_eq!(name_of(table.resolve(&s, begin(1, k1))), "attention.spatial");
-        assert_eq!(name_of(table.resolve(&s, begin(2, l1))), long);
-        assert_eq!(name_of(table.resolve(&s, begin(3, k2))), "attention.spatial");
-        assert_eq!(name_of(table.resolve(&s, begin(4, l2))), long);
+        assert_eq!(name_of(table.resolve(&s, begin(1, k1), 0)), "attention.spatial");
+        assert_eq!(name_of(table.resolve(&s, begin(2, l1), 0)), long);
+        assert_eq!(name_of(table.resolve(&s, begin(3, k2), 0)), "attention.spatial");
+        assert_eq!(name_of(table.resolve(&s, begin(4, l2), 0)), long);
         assert_eq!(table.len(), (1, 0), "one-time names are forgotten once used");
-        assert!(table.resolve(&s, begin(5, l1)).is_none(), "a one-time key resolves once");
-        let end = QueuedScope::End { id: 1, ts_ns: 5, launches: Some(3), graph_launches: 0 };
-        assert_eq!(table.resolve(&s, end), Some(ScopeEvent::End { id: 1, ts_ns: 5, launches: Some(3), graph_launches: 0 }));
+        assert!(table.resolve(&s, begin(5, l1), 0).is_none(), "a one-time key resolves once");
+        let end = QueuedScope::End { id: 1, ts_ticks: 5, launches: Some(3), graph_launches: 0 };
+        assert_eq!(table.resolve(&s, end, 5), Some(ScopeEvent::End { id: 1, ts_ns: 5, launches: Some(3), graph_launches: 0 }));
     }
 
     #[test]
@@ -353,7 +362,7 @@ mod tests {
         assert_eq!(distinct.len(), 200);
         assert_eq!(s.key_of(&b, names[0].as_bytes()), Some(keys[0]));
         for (i, k) in keys.iter().enumerate() {
-            assert_eq!(name_of(table.resolve(&s, begin(i as u64 + 1, *k))), names[i]);
+            assert_eq!(name_of(table.resolve(&s, begin(i as u64 + 1, *k), 0)), names[i]);
         }
     }
 
@@ -366,7 +375,7 @@ mod tests {
         assert_eq!(s.key_of(&t, b"one too many"), None, "full: no key, the caller drops and counts");
         // Resolving drains the queue; the thread did not remember the refused name, so now
         // it is sent.
-        assert_eq!(name_of(table.resolve(&s, begin(1, keys[0]))), "n0");
+        assert_eq!(name_of(table.resolve(&s, begin(1, keys[0]), 0)), "n0");
         assert!(s.queue.is_empty());
         assert!(s.key_of(&t, b"one too many").is_some());
         assert_eq!(s.queue.len(), 1);
@@ -374,18 +383,18 @@ mod tests {
         // Past INTERNED_NAMES_MAX the table forgets and the epoch moves: threads resend.
         let t2 = ThreadNames::new();
         let keep = s.key_of(&t2, b"keep").unwrap();
-        assert_eq!(name_of(table.resolve(&s, begin(2, keep))), "keep");
+        assert_eq!(name_of(table.resolve(&s, begin(2, keep), 0)), "keep");
         assert_eq!(s.key_of(&t2, b"keep"), Some(keep));
         assert!(s.queue.is_empty(), "remembered: not sent again");
         let epoch = s.epoch.load(Ordering::Relaxed);
         for i in 0..=INTERNED_NAMES_MAX {
             let k = s.key_of(&t, format!("m{i}").as_bytes()).unwrap();
-            table.resolve(&s, begin(2, k)).unwrap();
+            table.resolve(&s, begin(2, k), 0).unwrap();
         }
         assert_ne!(s.epoch.load(Ordering::Relaxed), epoch);
         assert!(table.len().0 <= INTERNED_NAMES_MAX);
         assert_eq!(s.key_of(&t2, b"keep"), Some(keep));
         assert_eq!(s.queue.len(), 1, "the thread forgot what it sent and sent it again");
-        assert_eq!(name_of(table.resolve(&s, begin(3, keep))), "keep");
+        assert_eq!(name_of(table.resolve(&s, begin(3, keep), 0)), "keep");
     }
 }

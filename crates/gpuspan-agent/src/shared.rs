@@ -6,6 +6,7 @@
 //! started moves to the next generation ([`crate::lifecycle`]), so the hot path of the
 //! child never sees the parent's agent. [`shared`] is two atomic loads.
 
+use crate::boundary_clock::BoundaryClock;
 use crate::config::Config;
 use crossbeam::queue::ArrayQueue;
 use gpuspan_cupti::activity::{ActivityApi, Subscriber};
@@ -13,9 +14,10 @@ use gpuspan_cupti::buffers::BufferPool;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-/// Capacity of the scope-event queue (events of 40 bytes, names apart:
-/// [`crate::scope_names`]; ≈ 640 KiB; the collector drains it every 5 ms).
-pub const SCOPE_QUEUE_CAP: usize = 1 << 14;
+/// Capacity of the shared boundary queue (`Shared::scope_queue`: boundaries of 128 bytes, names
+/// apart, [`crate::scope_names`]; ≈ 1.1 MiB with the queue's stamps). Only threads past the
+/// rings' slots use it; the collector drains it every 5 ms.
+pub const SCOPE_QUEUE_CAP: usize = 1 << 13;
 /// Capacity of the completed-buffer queue; larger than any pool, so it never fills.
 pub const COMPLETED_QUEUE_CAP: usize = 1024;
 
@@ -83,9 +85,10 @@ pub struct Shared {
     pub allow_decline: bool,
     /// Scope boundaries from app threads, one ring per thread ([`crate::thread_ring`]).
     pub thread_rings: crate::thread_ring::ThreadRings,
-    /// Scope events from app threads that have no ring (more than
-    /// [`crate::thread_ring::MAX_THREAD_RINGS`] threads), their names as keys.
-    pub scope_queue: ArrayQueue<crate::scope_names::QueuedScope>,
+    /// Scope boundaries (scope events, their names as keys, with coarse mode's marks) from
+    /// app threads that have no ring (more than [`crate::thread_ring::MAX_THREAD_RINGS`]
+    /// threads, or a thread's teardown).
+    pub scope_queue: ArrayQueue<crate::thread_ring::Boundary>,
     /// The names those keys stand for, and what the threads need to send them.
     pub scope_names: crate::scope_names::NameSender,
     /// Completed buffers `(address, valid_bytes)` from CUPTI threads.
@@ -109,6 +112,8 @@ pub struct Shared {
     pub triggers: gpuspan_core::triggers::Triggers,
     /// Steps the flight recorder keeps, when it holds CUPTI (coarse mode).
     pub recorder_steps: std::sync::OnceLock<u64>,
+    /// The clock scope boundaries read ([`crate::boundary_clock`]), chosen at activation.
+    pub boundary_clock: BoundaryClock,
 }
 
 impl Shared {
@@ -123,6 +128,17 @@ impl Shared {
         }
     }
 
+    /// A scope boundary's CPU time as the hot path reads it: a reading of
+    /// [`Shared::boundary_clock`] (time-stamp counter ticks, or [`Shared::now_ns`]'s ns), which
+    /// the collector converts to ns ([`crate::boundary_clock::TickMap`]).
+    #[inline(always)]
+    pub fn boundary_ticks(&self) -> u64 {
+        match self.boundary_clock {
+            BoundaryClock::Tsc => gpuspan_cupti::tsc::read(),
+            BoundaryClock::Ns => self.now_ns(),
+        }
+    }
+
     /// The CUPTI API version in use, 0 without CUPTI.
     pub fn cupti_version(&self) -> u32 {
         self.api.as_ref().map_or(0, |a| a.version())
@@ -134,19 +150,7 @@ impl Shared {
     }
 }
 
-/// `CLOCK_REALTIME` in ns since the Unix epoch (0 before 1970). One `clock_gettime` (glibc's,
-/// through the vDSO), called by rustix without a `Result` or conversions: `SystemTime`'s
-/// conversions were a third of the clock's cost on the hot path, and nix's wrapper 7 % of the
-/// application thread's samples (issue 14, item 5). rustix is built with `use-libc`: its own
-/// vDSO lookup crashed the worker under valgrind.
-#[inline]
-pub fn realtime_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
-    if t.tv_sec < 0 {
-        return 0;
-    }
-    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
-}
+pub use crate::boundary_clock::realtime_ns;
 
 /// Generations of agents: a process and the forked descendants that activate again; past
 /// the last one a descendant stays inactive.

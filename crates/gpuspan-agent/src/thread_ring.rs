@@ -12,16 +12,18 @@
 //! - **First boundary of a thread.** It allocates the ring ([`THREAD_RING_CAP`] entries of
 //!   `size_of::<Boundary>()` (128 bytes): 1 MiB) and hands the consumer to a free registry slot
 //!   (one of [`MAX_THREAD_RINGS`]) under that slot's `try_lock`: it never waits on the
-//!   collector. When no slot is free, the thread uses the shared queues for the rest of this
-//!   agent generation ([`Pushed::NoRing`]), so a thread's boundaries never move from one
-//!   path to the other (the collector drains the shared queues and the rings one after the
-//!   other, so a thread on both would be read out of order).
-//! - **Steady state.** No allocation, no lock: one thread-local access and the push. A full
+//!   collector. When no slot is free, the thread uses the shared boundary queue
+//!   (`Shared::scope_queue`) for the rest of this agent generation ([`Pushed::NoRing`]), so a
+//!   thread's boundaries never move from one path to the other (the collector drains the
+//!   shared queue and the rings one after the other, so a thread on both would be read out
+//!   of order).
+//! - **Steady state.** No allocation, no lock: the push, through the [`RingSide`] the caller
+//!   keeps in its own thread-local (one thread-local access per boundary in all). A full
 //!   ring drops the boundary ([`Pushed::Full`]; the caller counts it), it never blocks.
 //! - **Thread exit.** The thread-local producer is dropped; the collector drains what is
 //!   left and then frees the ring and its slot ([`ThreadRings::drain`]). A boundary made
 //!   later in that thread's teardown (another thread-local destructor opening a scope)
-//!   finds no thread-local and goes to the shared queues.
+//!   finds its caller's thread-local gone and is not tracked (`crate::hooks`).
 //! - **fork.** The registry belongs to one agent generation (`crate::shared`): a forked
 //!   child's thread still holds its parent's producer, sees that it belongs to another
 //!   registry (by address) and registers anew.
@@ -41,7 +43,7 @@ use std::sync::Mutex;
 pub const THREAD_RING_CAP: usize = 8192;
 
 /// Most threads with a ring at once (16 MiB of rings if all are taken and full); further
-/// threads use the shared queues. A worker announces scopes from one thread per device it
+/// threads use the shared boundary queue. A worker announces scopes from one thread per device it
 /// drives, at most 8 on an HGX node.
 pub const MAX_THREAD_RINGS: usize = 16;
 
@@ -58,13 +60,14 @@ pub struct Boundary {
 }
 
 impl Boundary {
-    /// The boundary's mark as the collector keeps it: the recorded events with the scope,
-    /// parent (begins only) and CPU time of the scope event. `None` without a mark.
-    pub fn gpu_mark(&self) -> Option<GpuMark> {
+    /// The boundary's mark as the collector keeps it: the recorded events with the scope and
+    /// parent (begins only) of the scope event, at `cpu_ns` (the scope event's boundary-clock
+    /// reading converted, [`crate::boundary_clock::TickMap`]). `None` without a mark.
+    pub fn gpu_mark(&self, cpu_ns: u64) -> Option<GpuMark> {
         let rec = self.mark?;
         match self.scope {
-            QueuedScope::Begin { id, parent, ts_ns, .. } => Some(GpuMark::new(id, parent, ts_ns, rec)),
-            QueuedScope::End { id, ts_ns, .. } => Some(GpuMark::new(id, 0, ts_ns, rec)),
+            QueuedScope::Begin { id, parent, .. } => Some(GpuMark::new(id, parent, cpu_ns, rec)),
+            QueuedScope::End { id, .. } => Some(GpuMark::new(id, 0, cpu_ns, rec)),
             QueuedScope::InCapture { .. } => None,
         }
     }
@@ -77,23 +80,34 @@ pub enum Pushed {
     Ring,
     /// This thread's ring is full: the boundary is to be dropped and counted.
     Full,
-    /// This thread has no ring (no registry slot was free, or its thread-locals are being
-    /// destroyed): the boundary is for the shared queues.
+    /// This thread has no ring (no registry slot was free, or the ring side is borrowed by
+    /// an interrupted push: a signal handler's scope): the boundary is for the shared queue.
     NoRing,
 }
 
-/// This thread's side of the registry.
+/// One thread's side of the registry: what it holds of its ring. It lives in the caller's
+/// thread-local (`crate::hooks`'s per-thread scope state, so a boundary takes one
+/// thread-local access, not two: issue 14, item 5) and is dropped with it at thread exit,
+/// which tells the collector the ring is abandoned.
+#[derive(Default)]
+pub struct RingSide(RefCell<ThreadSide>);
+
+impl RingSide {
+    /// No ring yet (registered at the thread's first boundary).
+    pub const fn new() -> RingSide {
+        RingSide(RefCell::new(ThreadSide::Unregistered))
+    }
+}
+
+#[derive(Default)]
 enum ThreadSide {
     /// No boundary made yet in any registry.
+    #[default]
     Unregistered,
     /// The producer of a ring registered in the registry at address `registry`.
     Ring { registry: usize, producer: Producer<Boundary> },
-    /// The registry at address `registry` had no free slot: shared queues for good.
+    /// The registry at address `registry` had no free slot: the shared queue for good.
     Refused { registry: usize },
-}
-
-thread_local! {
-    static SIDE: RefCell<ThreadSide> = const { RefCell::new(ThreadSide::Unregistered) };
 }
 
 /// The registry of thread rings: one per agent generation, in `Shared`.
@@ -114,35 +128,50 @@ impl std::fmt::Debug for ThreadRings {
 }
 
 impl ThreadRings {
-    /// Queues a copy of `b` on the calling thread's ring, registering one at the thread's
-    /// first boundary. Never blocks; allocates only at that first boundary. (By reference:
-    /// each move of a boundary is a copy the hot path pays for.)
-    pub fn push(&self, b: &Boundary) -> Pushed {
+    /// Queues a copy of `b` on the ring of the thread whose side is `side`, registering one at
+    /// the thread's first boundary. Never blocks; allocates only at that first boundary. (By
+    /// reference: each move of a boundary is a copy the hot path pays for.)
+    #[inline]
+    pub fn push(&self, side: &RingSide, b: &Boundary) -> Pushed {
         let registry = self as *const ThreadRings as usize;
-        SIDE.try_with(|side| {
-            // A signal handler that opens a scope while this thread is inside `push`: its
-            // boundary takes the shared queues.
-            let Ok(mut side) = side.try_borrow_mut() else { return Pushed::NoRing };
-            let mine = match &*side {
-                ThreadSide::Ring { registry: r, .. } | ThreadSide::Refused { registry: r } => *r == registry,
-                ThreadSide::Unregistered => false,
-            };
-            if !mine {
-                *side = match self.register() {
-                    Some(producer) => ThreadSide::Ring { registry, producer },
-                    None => ThreadSide::Refused { registry },
-                };
-            }
-            match &mut *side {
+        // A signal handler that opens a scope while this thread is inside `push`: its
+        // boundary takes the shared queue.
+        let Ok(mut side) = side.0.try_borrow_mut() else { return Pushed::NoRing };
+        if let ThreadSide::Ring { registry: r, producer } = &mut *side {
+            if *r == registry {
                 // A 128-byte copy, inline (`push_entire_slice`, a slice copy, called `memcpy`).
-                ThreadSide::Ring { producer, .. } => match producer.push(*b) {
+                return match producer.push(*b) {
                     Ok(()) => Pushed::Ring,
                     Err(_) => Pushed::Full,
-                },
-                _ => Pushed::NoRing,
+                };
             }
-        })
-        .unwrap_or(Pushed::NoRing)
+        }
+        self.push_cold(&mut side, b)
+    }
+
+    /// [`Self::push`] at a thread's first boundary in this registry (its first ever, or its
+    /// first after a fork) or on a thread the registry refused.
+    #[cold]
+    #[inline(never)]
+    fn push_cold(&self, side: &mut ThreadSide, b: &Boundary) -> Pushed {
+        let registry = self as *const ThreadRings as usize;
+        let mine = match &*side {
+            ThreadSide::Ring { registry: r, .. } | ThreadSide::Refused { registry: r } => *r == registry,
+            ThreadSide::Unregistered => false,
+        };
+        if !mine {
+            *side = match self.register() {
+                Some(producer) => ThreadSide::Ring { registry, producer },
+                None => ThreadSide::Refused { registry },
+            };
+        }
+        match side {
+            ThreadSide::Ring { producer, .. } => match producer.push(*b) {
+                Ok(()) => Pushed::Ring,
+                Err(_) => Pushed::Full,
+            },
+            _ => Pushed::NoRing,
+        }
     }
 
     /// A new ring whose consumer went into a free slot, or `None` when every slot is taken
@@ -187,8 +216,17 @@ impl ThreadRings {
 mod tests {
     use super::*;
 
+    thread_local! {
+        static SIDE: RingSide = const { RingSide::new() };
+    }
+
+    /// Pushes from the calling thread, as `crate::hooks` does with its own thread-local.
+    fn push(r: &ThreadRings, b: &Boundary) -> Pushed {
+        SIDE.with(|side| r.push(side, b))
+    }
+
     fn end(id: u64) -> Boundary {
-        Boundary { scope: QueuedScope::End { id, ts_ns: id, launches: None, graph_launches: 0 }, mark: None }
+        Boundary { scope: QueuedScope::End { id, ts_ticks: id, launches: None, graph_launches: 0 }, mark: None }
     }
 
     fn ids(r: &ThreadRings) -> Vec<u64> {
@@ -209,35 +247,36 @@ mod tests {
     }
 
     #[test]
-    fn a_boundarys_mark_takes_its_scope_parent_and_time_from_the_scope_event() {
+    fn a_boundarys_mark_takes_its_scope_and_parent_from_the_scope_event_and_the_converted_time() {
         use crate::scope_names::NAME_DROPPED;
         use gpuspan_core::spans::TimingSource;
         let rec = Recorded::new(false, TimingSource::LegacyStream);
-        let begin = |name| QueuedScope::Begin { id: 7, parent: 3, thread_id: 11, ts_ns: 500, name };
+        let begin = |name| QueuedScope::Begin { id: 7, parent: 3, thread_id: 11, ts_ticks: 500, name };
         let b = Boundary { scope: begin(1 << 63 | 42), mark: Some(rec) };
-        assert_eq!(b.gpu_mark(), Some(GpuMark::new(7, 3, 500, rec)));
+        // The time is the reading (500 ticks) as the collector converted it.
+        assert_eq!(b.gpu_mark(12_345), Some(GpuMark::new(7, 3, 12_345, rec)));
         assert!(!b.scope.name_dropped());
         // A begin whose name was dropped still names the scope its mark belongs to.
         let dropped = Boundary { scope: begin(NAME_DROPPED), mark: Some(rec) };
         assert!(dropped.scope.name_dropped());
-        assert_eq!(dropped.gpu_mark(), Some(GpuMark::new(7, 3, 500, rec)));
+        assert_eq!(dropped.gpu_mark(500), Some(GpuMark::new(7, 3, 500, rec)));
         let end_rec = Recorded::new(true, TimingSource::LegacyStream);
-        let e = Boundary { scope: QueuedScope::End { id: 7, ts_ns: 900, launches: Some(2), graph_launches: 0 }, mark: Some(end_rec) };
-        assert_eq!(e.gpu_mark(), Some(GpuMark::new(7, 0, 900, end_rec)), "an end's mark has no parent");
+        let e = Boundary { scope: QueuedScope::End { id: 7, ts_ticks: 900, launches: Some(2), graph_launches: 0 }, mark: Some(end_rec) };
+        assert_eq!(e.gpu_mark(23_456), Some(GpuMark::new(7, 0, 23_456, end_rec)), "an end's mark has no parent");
         assert!(!e.scope.name_dropped());
-        assert_eq!(Boundary { scope: QueuedScope::InCapture { id: 7 }, mark: None }.gpu_mark(), None);
-        assert_eq!(Boundary { scope: begin(5), mark: None }.gpu_mark(), None, "no mark outside coarse mode");
+        assert_eq!(Boundary { scope: QueuedScope::InCapture { id: 7 }, mark: None }.gpu_mark(1), None);
+        assert_eq!(Boundary { scope: begin(5), mark: None }.gpu_mark(1), None, "no mark outside coarse mode");
     }
 
     #[test]
     fn a_threads_boundaries_come_out_in_order_and_a_full_ring_hands_back() {
         let r = ThreadRings::default();
         for i in 0..THREAD_RING_CAP as u64 {
-            assert_eq!(r.push(&end(i)), Pushed::Ring);
+            assert_eq!(push(&r, &end(i)), Pushed::Ring);
         }
-        assert_eq!(r.push(&end(99_999)), Pushed::Full);
+        assert_eq!(push(&r, &end(99_999)), Pushed::Full);
         assert_eq!(ids(&r), (0..THREAD_RING_CAP as u64).collect::<Vec<_>>());
-        assert!(r.push(&end(7)) == Pushed::Ring);
+        assert!(push(&r, &end(7)) == Pushed::Ring);
         assert_eq!(ids(&r), vec![7]);
         assert_eq!(r.live(), 1);
     }
@@ -248,7 +287,7 @@ mod tests {
         let r2 = r.clone();
         std::thread::spawn(move || {
             for i in 0..10 {
-                assert_eq!(r2.push(&end(i)), Pushed::Ring);
+                assert_eq!(push(&r2, &end(i)), Pushed::Ring);
             }
         })
         .join()
@@ -268,11 +307,11 @@ mod tests {
         for i in 0..MAX_THREAD_RINGS as u64 + 3 {
             let (r, tx, stop) = (r.clone(), tx.clone(), stop_rx.clone());
             threads.push(std::thread::spawn(move || {
-                let first = r.push(&end(i)) == Pushed::Ring;
+                let first = push(&r, &end(i)) == Pushed::Ring;
                 tx.send(first).unwrap();
                 // Hold the ring until every thread has pushed, then push once more.
                 let _ = stop.lock().unwrap().recv();
-                let second = r.push(&end(i)) == Pushed::Ring;
+                let second = push(&r, &end(i)) == Pushed::Ring;
                 assert_eq!(first, second, "thread {i} changed path");
             }));
         }
@@ -292,8 +331,8 @@ mod tests {
         // As after fork: the thread's producer belongs to the parent's registry.
         let parent = ThreadRings::default();
         let child = ThreadRings::default();
-        assert_eq!(parent.push(&end(1)), Pushed::Ring);
-        assert_eq!(child.push(&end(2)), Pushed::Ring);
+        assert_eq!(push(&parent, &end(1)), Pushed::Ring);
+        assert_eq!(push(&child, &end(2)), Pushed::Ring);
         assert_eq!(ids(&child), vec![2]);
     }
 }

@@ -244,6 +244,7 @@ impl CudaEvents {
 
     /// The calling thread's current context (`cuCtxGetCurrent`). Errors: the driver's code,
     /// `CUDA_ERROR_INVALID_CONTEXT` when no context is current.
+    #[inline]
     pub fn current_context(&self) -> Result<Context, CuResult> {
         let mut ctx: *mut c_void = std::ptr::null_mut();
         // SAFETY: out-pointer to a live local (cuda.h `cuCtxGetCurrent`).
@@ -273,6 +274,7 @@ impl CudaEvents {
     }
 
     /// `cuEventRecord(ev, stream)`: non-blocking.
+    #[inline]
     pub fn record(&self, ev: Event, stream: Stream) -> Result<(), CuResult> {
         // SAFETY: `ev` came from `create`; `stream` is the application's handle or LEGACY
         // (module docs on trusting it).
@@ -307,6 +309,7 @@ impl CudaEvents {
     /// during any capture and invalidates nothing (cuda.h).
     /// A driver without the function (before CUDA 10.0, which has no graphs) answers
     /// [`CaptureStatus::None`].
+    #[inline]
     pub fn capture_status(&self, stream: Stream) -> CaptureStatus {
         let Some(f) = self.is_capturing else { return CaptureStatus::None };
         let mut status = 0u32;

@@ -33,6 +33,7 @@ pub mod foreign_client;
 pub mod layouts;
 pub mod multi_subscriber;
 pub mod symbols;
+pub mod tsc;
 pub mod nvtx;
 
 pub use error::CuptiError;

@@ -15,7 +15,7 @@
 //! [`TimingSource::Captured`]: the scope was recorded into the graph, is counted, and gets
 //! no span. Its work runs later inside the graph launch that an enclosing scope times.
 
-use super::pool::{PooledEvent, TakeError};
+use super::pool::{EventStash, PooledEvent, TakeError};
 use super::Coarse;
 use gpuspan_core::scope::ScopeId;
 use gpuspan_core::spans::TimingSource;
@@ -35,7 +35,8 @@ pub struct StreamMark {
 }
 
 /// A scope boundary as coarse timing saw it, as the collector keeps it per open scope
-/// ([`super::resolve`]) and the shared mark queue carries it: the scope, its parent and the
+/// ([`super::resolve`]), made from a boundary's scope event and [`Recorded`]
+/// (`crate::thread_ring::Boundary::gpu_mark`): the scope, its parent and the
 /// boundary's CPU time, with what was recorded on the GPU ([`Recorded`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GpuMark {
@@ -150,10 +151,12 @@ impl Recorded {
 /// legacy default stream) and returns what it recorded, for the caller to queue with the
 /// boundary's scope event (`crate::thread_ring::Boundary`; a caller that drops it gives its
 /// events back with [`give_back_all`]). For a `root` scope (none encloses it on its thread: a request) it
-/// first asks whether those streams are idle ([`Recorded::idle`]). On a full pool or a driver
-/// error the events taken so far go back and the mark says [`TimingSource::CpuFallback`].
+/// first asks whether those streams are idle ([`Recorded::idle`]). Events are taken through
+/// the calling thread's `stash` ([`super::pool::EventPool::take_stashed`]). On a full pool or
+/// a driver error the events taken so far go back and the mark says
+/// [`TimingSource::CpuFallback`].
 #[inline(always)]
-pub fn record_boundary(c: &Coarse, is_end: bool, root: bool, streams: &[Stream]) -> Recorded {
+pub fn record_boundary(c: &Coarse, stash: &EventStash, is_end: bool, root: bool, streams: &[Stream]) -> Recorded {
     let (targets, source): (&[Stream], TimingSource) = if streams.is_empty() {
         (&[Stream::LEGACY], TimingSource::LegacyStream)
     } else {
@@ -180,7 +183,7 @@ pub fn record_boundary(c: &Coarse, is_end: bool, root: bool, streams: &[Stream])
         // Every event of the boundary in the context current now: one `cuCtxGetCurrent`.
         let ctx = events.current_context().map_err(TakeError::Driver);
         for &stream in targets {
-            let ev = match ctx.and_then(|ctx| c.pool.take(events, ctx)) {
+            let ev = match ctx.and_then(|ctx| c.pool.take_stashed(ctx, stash, || events.create())) {
                 Ok(ev) => ev,
                 Err(e) => {
                     let counter = match e {
@@ -209,14 +212,6 @@ pub fn record_boundary(c: &Coarse, is_end: bool, root: bool, streams: &[Stream])
         mark.source = TimingSource::Cpu;
     }
     mark
-}
-
-/// Queues `mark` on the shared mark queue (threads without a ring of their own,
-/// `crate::thread_ring`); when it is full the mark's events go back and the drop is counted.
-pub fn queue_shared(c: &Coarse, mark: GpuMark) {
-    if let Err(m) = c.marks.push(mark) {
-        drop_mark(c, &m.rec);
-    }
 }
 
 /// A mark that will not reach the collector: its events go back to the pool and
@@ -249,7 +244,7 @@ mod tests {
 
     #[test]
     fn what_a_boundary_records_fits_a_128_byte_ring_entry() {
-        // Recorded's and MARK_QUEUE_CAP's docs: 88 and 112 bytes; the ring entry test
+        // Recorded's docs: 88 bytes, and a GpuMark 112; the ring entry test
         // (thread_ring.rs) holds the boundary to 128.
         assert_eq!(std::mem::size_of::<Recorded>(), 88);
         assert_eq!(std::mem::size_of::<Option<Recorded>>(), 88, "the flags' niche holds None");

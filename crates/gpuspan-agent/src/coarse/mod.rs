@@ -20,13 +20,8 @@ pub mod mark;
 pub mod pool;
 pub mod resolve;
 
-use crossbeam::queue::ArrayQueue;
 use gpuspan_cupti::events::CudaEvents;
 use std::sync::atomic::AtomicU64;
-
-/// Capacity of the mark queue (marks; each 112 bytes on 64-bit targets). The collector drains it every
-/// 5 ms.
-pub const MARK_QUEUE_CAP: usize = 1 << 14;
 
 /// Counters of coarse timing, reported in `status` and as metrics.
 #[derive(Debug, Default)]
@@ -36,7 +31,8 @@ pub struct CoarseCounters {
     /// Scope boundaries timed on the CPU side because the driver refused an event call
     /// (no context on the thread, `cuInit` not called yet, a stale stream).
     pub event_errors: AtomicU64,
-    /// Marks dropped because the mark queue was full (their scopes get no GPU interval).
+    /// Marks dropped: their boundary found its ring or the shared queue full, or their
+    /// request was given up before they ended (their scopes get no GPU interval).
     pub marks_dropped: AtomicU64,
     /// Scope intervals resolved from CUDA events.
     pub scopes_timed: AtomicU64,
@@ -65,8 +61,6 @@ pub struct Coarse {
     pub events: Option<CudaEvents>,
     /// The event pool.
     pub pool: pool::EventPool,
-    /// Marks from application threads.
-    pub marks: ArrayQueue<mark::GpuMark>,
     /// Counters.
     pub counters: CoarseCounters,
     /// How long a root scope may stay open before the resolver gives it up
@@ -88,7 +82,6 @@ impl Coarse {
         Coarse {
             events,
             pool: pool::EventPool::new(pool_cap),
-            marks: ArrayQueue::new(MARK_QUEUE_CAP),
             counters: CoarseCounters::default(),
             root_timeout,
         }

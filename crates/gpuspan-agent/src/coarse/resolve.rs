@@ -44,8 +44,8 @@
 //! A root finds those children in its own list (`Resolver::children`), so resolving a root
 //! costs its children, not the whole backlog of pending scopes.
 
-use super::mark::GpuMark;
-use super::pool::PooledEvent;
+use super::mark::{GpuMark, Recorded};
+use super::pool::{EventReturns, PooledEvent};
 use super::Coarse;
 use gpuspan_core::scope::ScopeId;
 use gpuspan_core::spans::{ScopeGpuTime, TimingSource};
@@ -99,6 +99,16 @@ pub struct Resolver {
     current_ctx: Option<Context>,
     /// Last look for roots past their timeout (at most one a second).
     last_sweep: Option<Instant>,
+    /// Events given back, in batches ([`EventReturns`]); flushed at the end of every public
+    /// call that gives any back.
+    returns: EventReturns,
+}
+
+/// Gives every event of `rec` back through `returns`.
+fn give_back_all(returns: &mut EventReturns, c: &Coarse, rec: &Recorded) {
+    for m in rec.stream_marks() {
+        returns.give_back(&c.pool, m.event);
+    }
 }
 
 /// An anchor kept per CUDA context (its event's).
@@ -158,6 +168,16 @@ impl Resolver {
         self.pending.contains_key(&id)
     }
 
+    /// Gives every event of `rec` back, in batches (flushed by the public caller).
+    fn give_back_all(&mut self, c: &Coarse, rec: &Recorded) {
+        give_back_all(&mut self.returns, c, rec);
+    }
+
+    /// Events given back and not yet in the pool (batches fill until the pass ends).
+    pub fn returns_waiting(&self) -> usize {
+        self.returns.len()
+    }
+
     /// Takes one mark from the queue. An end whose begin was never seen (a dropped mark)
     /// gives its events straight back.
     pub fn accept(&mut self, m: GpuMark, c: &Coarse) {
@@ -176,7 +196,8 @@ impl Resolver {
             p.end = Some(m);
             self.ended.push_back(m.scope);
         } else {
-            super::mark::give_back_all(c, &m.rec);
+            self.give_back_all(c, &m.rec);
+            self.returns.flush(&c.pool);
         }
     }
 
@@ -223,6 +244,7 @@ impl Resolver {
             self.release(c, id, None);
             c.counters.roots_timed_out.fetch_add(1, Ordering::Relaxed);
         }
+        self.returns.flush(&c.pool);
         stale.len()
     }
 
@@ -243,6 +265,7 @@ impl Resolver {
                 break;
             }
         }
+        self.returns.flush(&c.pool);
     }
 
     /// Places the oldest root whose begin events completed; false when there is none.
@@ -278,7 +301,7 @@ impl Resolver {
                     };
                     if let Some(old) = replace_for_context(&mut self.anchors, Anchor { event: b0.event, time_ns: start, owned: false }) {
                         if old.owned {
-                            c.pool.give_back(old.event);
+                            self.returns.give_back(&c.pool, old.event);
                         }
                     }
                     start
@@ -327,7 +350,7 @@ impl Resolver {
             self.release(c, id, keep.map(|m| m.event));
             if let Some(m) = keep {
                 if let Some(old) = replace_for_context(&mut self.end_anchors, EndAnchor { event: m.event, time_ns: end.cpu_ns }) {
-                    c.pool.give_back(old.event);
+                    self.returns.give_back(&c.pool, old.event);
                 }
             }
         }
@@ -384,12 +407,12 @@ impl Resolver {
             if let (Some(a), true) = (anchor, p.root == id) {
                 a.owned = true;
             } else {
-                c.pool.give_back(m.event);
+                self.returns.give_back(&c.pool, m.event);
             }
         }
         for m in p.end.iter().flat_map(|e| e.stream_marks()) {
             if Some(m.event) != keep {
-                c.pool.give_back(m.event);
+                self.returns.give_back(&c.pool, m.event);
             }
         }
         if p.root == id {
@@ -399,7 +422,7 @@ impl Resolver {
                     continue; // resolved already, or ended and still waiting for its events
                 }
                 if let Some(q) = self.pending.remove(&o) {
-                    super::mark::give_back_all(c, &q.begin.rec);
+                    self.give_back_all(c, &q.begin.rec);
                     c.counters.marks_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -456,20 +479,21 @@ impl Resolver {
         }
         self.children.clear();
         for (_, p) in self.pending.drain() {
-            super::mark::give_back_all(c, &p.begin.rec);
+            give_back_all(&mut self.returns, c, &p.begin.rec);
             if let Some(e) = &p.end {
-                super::mark::give_back_all(c, &e.rec);
+                give_back_all(&mut self.returns, c, &e.rec);
             }
         }
         self.roots.clear();
         for a in self.anchors.drain(..) {
             // The anchor's event went back above with its root's begin, unless owned.
             if a.owned {
-                c.pool.give_back(a.event);
+                self.returns.give_back(&c.pool, a.event);
             }
         }
         for e in self.end_anchors.drain(..) {
-            c.pool.give_back(e.event);
+            self.returns.give_back(&c.pool, e.event);
         }
+        self.returns.flush(&c.pool);
     }
 }
