@@ -19,7 +19,7 @@
 //! domain, so NCCL's ranges can neither open nor close ours. ASCII, wide (`W`) and
 //! registered-string messages all name scopes.
 
-use crate::coarse::mark::{drop_mark, record_boundary, MAX_SCOPE_STREAMS};
+use crate::coarse::mark::{drop_mark, record_boundary, Recorded, MAX_SCOPE_STREAMS};
 use crate::coarse::pool::EventStash;
 use crate::thread_ring::{Boundary, Pushed, RingSide};
 use crate::shared::{shared, Shared};
@@ -28,6 +28,7 @@ use gpuspan_cupti::events::Stream;
 use crate::nvtx_domains::{self, is_scope_domain, DOMAIN_SLOTS};
 use crate::scope_names::{QueuedScope, ThreadNames, NAME_DROPPED};
 use gpuspan_core::scope::{ScopeId, INLINE_NAME_CAP};
+use gpuspan_core::spans::TimingSource;
 use gpuspan_cupti::nvtx::{message_text, wide_to_utf8, EventAttributes, WChar};
 use std::cell::Cell;
 use std::ffi::{c_char, c_void, CStr};
@@ -283,14 +284,12 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
         let pushed = a.fine_on.load(Ordering::SeqCst);
         t.pushed[depth].set(pushed);
         let scope = begin_event(a, id, parent, thread_id(t), &t.names, name, pushed);
-        let b = Boundary {
-            scope,
-            mark: a.coarse.as_ref().map(|c| {
-                let (streams, n) = thread_streams(t);
-                record_boundary(c, &t.stash, false, depth == 0, &streams[..n])
-            }),
-        };
-        send(a, &t.ring, &b);
+        let mut mark = Recorded::new(false, TimingSource::LegacyStream);
+        let marked = a.coarse.as_ref().map(|c| {
+            let (streams, n) = thread_streams(t);
+            record_boundary(c, &t.stash, &mut mark, depth == 0, &streams[..n]);
+        });
+        send(a, &t.ring, &scope, marked.map(|()| &mark));
         level as i32
     })
     .unwrap_or(NO_PUSH_POP_TRACKING)
@@ -320,13 +319,13 @@ fn begin_event(a: &Shared, id: ScopeId, parent: ScopeId, thread_id: u32, names: 
 /// boundary: counted (`scope_events_dropped`, `marks_dropped`), and the mark's events go back
 /// to the pool.
 #[inline(always)]
-fn send(a: &Shared, ring: &RingSide, b: &Boundary) {
-    let dropped = match a.thread_rings.push(ring, b) {
+fn send(a: &Shared, ring: &RingSide, scope: &QueuedScope, mark: Option<&Recorded>) {
+    let dropped = match a.thread_rings.push(ring, scope, mark) {
         Pushed::Ring => return,
-        Pushed::Full => b,
-        Pushed::NoRing => match a.scope_queue.push(*b) {
+        Pushed::Full => Boundary { scope: *scope, mark: mark.copied() },
+        Pushed::NoRing => match a.scope_queue.push(Boundary { scope: *scope, mark: mark.copied() }) {
             Ok(()) => return,
-            Err(_) => b,
+            Err(b) => b,
         },
     };
     if !dropped.scope.name_dropped() {
@@ -399,16 +398,15 @@ pub fn range_end(slot: usize) -> i32 {
         // Begun and ended inside a stream capture with nothing that ran: recorded into a
         // graph (fine mode; coarse mode tells by the capture status of its streams).
         if began_in_capture && t.capturing.get() > 0 && launches == Some(0) && graph_launches == 0 && a.coarse.is_none() {
-            send(a, &t.ring, &Boundary { scope: QueuedScope::InCapture { id }, mark: None });
+            send(a, &t.ring, &QueuedScope::InCapture { id }, None);
         }
-        let b = Boundary {
-            scope: QueuedScope::End { id, ts_ticks, launches, graph_launches },
-            mark: a.coarse.as_ref().map(|c| {
-                let (streams, n) = thread_streams(t);
-                record_boundary(c, &t.stash, true, pos == 0, &streams[..n])
-            }),
-        };
-        send(a, &t.ring, &b);
+        let scope = QueuedScope::End { id, ts_ticks, launches, graph_launches };
+        let mut mark = Recorded::new(true, TimingSource::LegacyStream);
+        let marked = a.coarse.as_ref().map(|c| {
+            let (streams, n) = thread_streams(t);
+            record_boundary(c, &t.stash, &mut mark, pos == 0, &streams[..n]);
+        });
+        send(a, &t.ring, &scope, marked.map(|()| &mark));
         level
     })
     .unwrap_or(NO_PUSH_POP_TRACKING)

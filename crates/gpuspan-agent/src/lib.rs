@@ -39,6 +39,7 @@
 // Modules from the bottom up: each imports only modules listed before it (no import
 // cycle; `tests/module_layers.rs` checks it).
 pub mod boundary_clock;
+pub mod word_ring;
 pub mod log;
 pub mod signals;
 pub mod nvml;

@@ -2,15 +2,16 @@
 //! collector (issue 14, item 5).
 //!
 //! Each application thread that opens a scope gets, at its first boundary, a
-//! single-producer single-consumer ring of its own ([`rtrb`]: a push is a slot write and one
-//! release store, no compare-and-swap, and the producer reads the collector's position only
-//! when its cached copy says the ring is full). One entry, [`Boundary`], carries the
-//! boundary's scope event and, in coarse mode, its mark together: one push per boundary,
-//! where the shared multi-producer queues (`Shared::scope_queue`, `Coarse::marks`) took two,
-//! each a compare-and-swap on a cache line every thread and the collector contend for.
+//! single-producer single-consumer ring of its own ([`crate::word_ring`]: a push is the
+//! entry's word stores and one release store, no compare-and-swap, and the producer reads the
+//! collector's position only when its cached copy says the ring is full). One entry carries
+//! the boundary's scope event and, in coarse mode, its mark together ([`Boundary`], stored
+//! word by word: [`store_boundary`]): one push per boundary, where the shared multi-producer
+//! queues this replaced took two, each a compare-and-swap on a cache line every thread and
+//! the collector contend for.
 //!
 //! - **First boundary of a thread.** It allocates the ring ([`THREAD_RING_CAP`] entries of
-//!   `size_of::<Boundary>()` (128 bytes): 1 MiB) and hands the consumer to a free registry slot
+//!   16 words (128 bytes): 1 MiB) and hands the consumer to a free registry slot
 //!   (one of [`MAX_THREAD_RINGS`]) under that slot's `try_lock`: it never waits on the
 //!   collector. When no slot is free, the thread uses the shared boundary queue
 //!   (`Shared::scope_queue`) for the rest of this agent generation ([`Pushed::NoRing`]), so a
@@ -32,23 +33,25 @@
 
 use crate::coarse::mark::{GpuMark, Recorded};
 use crate::scope_names::QueuedScope;
-use rtrb::{Consumer, Producer, RingBuffer};
+use crate::word_ring::{Consumer, Entry, Producer};
 use std::cell::RefCell;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
-/// Entries per thread ring (1 MiB of address space, resident as it is used). The collector
+/// Entries per thread ring (1 MiB, zeroed and so resident from the thread's first boundary:
+/// `crate::word_ring` allocates atomic words). The collector
 /// drains every 5 ms, but a drain can wait behind the decoding of CUPTI buffers for tens of
 /// milliseconds (fine mode, a debug build): 1,024 entries dropped scope events of the
 /// simulated demo there, and the shared scope queue this replaces held 16,384 of all threads.
 pub const THREAD_RING_CAP: usize = 8192;
 
-/// Most threads with a ring at once (16 MiB of rings if all are taken and full); further
+/// Most threads with a ring at once (16 MiB of rings if all are taken); further
 /// threads use the shared boundary queue. A worker announces scopes from one thread per device it
 /// drives, at most 8 on an HGX node.
 pub const MAX_THREAD_RINGS: usize = 16;
 
-/// One scope boundary as an application thread queues it: 128 bytes, copied inline into the
-/// ring (a bigger entry took a `memcpy` call per push and pop, issue 14 item 5).
+/// One scope boundary as an application thread queues it: on its ring as the words of one
+/// entry ([`store_boundary`]), on the shared queue as is (128 bytes).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Boundary {
     /// The scope event; a begin whose name could not be queued (the name queue was full,
@@ -105,14 +108,14 @@ enum ThreadSide {
     #[default]
     Unregistered,
     /// The producer of a ring registered in the registry at address `registry`.
-    Ring { registry: usize, producer: Producer<Boundary> },
+    Ring { registry: usize, producer: Producer },
     /// The registry at address `registry` had no free slot: the shared queue for good.
     Refused { registry: usize },
 }
 
 /// The registry of thread rings: one per agent generation, in `Shared`.
 pub struct ThreadRings {
-    slots: [Mutex<Option<Consumer<Boundary>>>; MAX_THREAD_RINGS],
+    slots: [Mutex<Option<Consumer>>; MAX_THREAD_RINGS],
 }
 
 impl Default for ThreadRings {
@@ -128,32 +131,30 @@ impl std::fmt::Debug for ThreadRings {
 }
 
 impl ThreadRings {
-    /// Queues a copy of `b` on the ring of the thread whose side is `side`, registering one at
-    /// the thread's first boundary. Never blocks; allocates only at that first boundary. (By
-    /// reference: each move of a boundary is a copy the hot path pays for.)
-    #[inline]
-    pub fn push(&self, side: &RingSide, b: &Boundary) -> Pushed {
+    /// Queues the boundary of `scope` with coarse mode's `mark` on the ring of the thread
+    /// whose side is `side`, registering one at the thread's first boundary. Never blocks;
+    /// allocates only at that first boundary. The parts are passed by reference and stored
+    /// word by word into the ring ([`store_boundary`]): a [`Boundary`] built to be pushed
+    /// would be one more copy of them.
+    #[inline(always)]
+    pub fn push(&self, side: &RingSide, scope: &QueuedScope, mark: Option<&Recorded>) -> Pushed {
         let registry = self as *const ThreadRings as usize;
         // A signal handler that opens a scope while this thread is inside `push`: its
         // boundary takes the shared queue.
         let Ok(mut side) = side.0.try_borrow_mut() else { return Pushed::NoRing };
         if let ThreadSide::Ring { registry: r, producer } = &mut *side {
             if *r == registry {
-                // A 128-byte copy, inline (`push_entire_slice`, a slice copy, called `memcpy`).
-                return match producer.push(*b) {
-                    Ok(()) => Pushed::Ring,
-                    Err(_) => Pushed::Full,
-                };
+                return if producer.push_with(|e| store_boundary(e, scope, mark)) { Pushed::Ring } else { Pushed::Full };
             }
         }
-        self.push_cold(&mut side, b)
+        self.push_cold(&mut side, scope, mark)
     }
 
     /// [`Self::push`] at a thread's first boundary in this registry (its first ever, or its
     /// first after a fork) or on a thread the registry refused.
     #[cold]
     #[inline(never)]
-    fn push_cold(&self, side: &mut ThreadSide, b: &Boundary) -> Pushed {
+    fn push_cold(&self, side: &mut ThreadSide, scope: &QueuedScope, mark: Option<&Recorded>) -> Pushed {
         let registry = self as *const ThreadRings as usize;
         let mine = match &*side {
             ThreadSide::Ring { registry: r, .. } | ThreadSide::Refused { registry: r } => *r == registry,
@@ -166,21 +167,24 @@ impl ThreadRings {
             };
         }
         match side {
-            ThreadSide::Ring { producer, .. } => match producer.push(*b) {
-                Ok(()) => Pushed::Ring,
-                Err(_) => Pushed::Full,
-            },
+            ThreadSide::Ring { producer, .. } => {
+                if producer.push_with(|e| store_boundary(e, scope, mark)) {
+                    Pushed::Ring
+                } else {
+                    Pushed::Full
+                }
+            }
             _ => Pushed::NoRing,
         }
     }
 
     /// A new ring whose consumer went into a free slot, or `None` when every slot is taken
     /// (or being drained).
-    fn register(&self) -> Option<Producer<Boundary>> {
+    fn register(&self) -> Option<Producer> {
         for slot in &self.slots {
             let Ok(mut s) = slot.try_lock() else { continue };
             if s.is_none() {
-                let (producer, consumer) = RingBuffer::new(THREAD_RING_CAP);
+                let (producer, consumer) = crate::word_ring::ring(THREAD_RING_CAP);
                 *s = Some(consumer);
                 return Some(producer);
             }
@@ -197,8 +201,11 @@ impl ThreadRings {
             // Read before draining: a producer that pushes and then exits has pushed
             // everything by the time it is seen gone.
             let gone = c.is_abandoned();
-            while let Ok(b) = c.pop() {
-                f(b);
+            while let Some(b) = c.pop_with(load_boundary) {
+                // An entry of an unknown kind, which `store_boundary` never writes, is skipped.
+                if let Some(b) = b {
+                    f(b);
+                }
             }
             if gone {
                 *s = None;
@@ -212,6 +219,66 @@ impl ThreadRings {
     }
 }
 
+/// Entry header word: the kind (bits 0–7), a mark follows (bit 8), an end's launch count is
+/// known (bit 9), a begin's thread id (bits 32–63).
+const KIND_BEGIN: u64 = 0;
+const KIND_END: u64 = 1;
+const KIND_IN_CAPTURE: u64 = 2;
+const HAS_MARK: u64 = 1 << 8;
+const HAS_LAUNCHES: u64 = 1 << 9;
+
+/// Stores a boundary into ring entry `e`, each word from the field that holds it: word 0 the
+/// header, 1 the scope id, 2 a begin's parent or an end's launch counts, 3 the boundary-clock
+/// reading, 4 a begin's name key, then the mark's words from [`crate::coarse::mark::RECORDED_FIRST_WORD`]
+/// ([`Recorded::store_words`]).
+#[inline(always)]
+pub fn store_boundary(e: &Entry, scope: &QueuedScope, mark: Option<&Recorded>) {
+    let has_mark = if mark.is_some() { HAS_MARK } else { 0 };
+    let put = |i: usize, v: u64| e[i].store(v, Ordering::Relaxed);
+    match *scope {
+        QueuedScope::Begin { id, parent, thread_id, ts_ticks, name } => {
+            put(0, KIND_BEGIN | has_mark | u64::from(thread_id) << 32);
+            put(1, id);
+            put(2, parent);
+            put(3, ts_ticks);
+            put(4, name);
+        }
+        QueuedScope::End { id, ts_ticks, launches, graph_launches } => {
+            let has_launches = if launches.is_some() { HAS_LAUNCHES } else { 0 };
+            put(0, KIND_END | has_mark | has_launches);
+            put(1, id);
+            put(2, u64::from(launches.unwrap_or(0)) | u64::from(graph_launches) << 32);
+            put(3, ts_ticks);
+        }
+        QueuedScope::InCapture { id } => {
+            put(0, KIND_IN_CAPTURE | has_mark);
+            put(1, id);
+        }
+    }
+    if let Some(m) = mark {
+        m.store_words(e);
+    }
+}
+
+/// The boundary [`store_boundary`] stored in `e`; `None` for an unknown kind.
+pub fn load_boundary(e: &Entry) -> Option<Boundary> {
+    let get = |i: usize| e[i].load(Ordering::Relaxed);
+    let header = get(0);
+    let scope = match header & 0xff {
+        KIND_BEGIN => QueuedScope::Begin { id: get(1), parent: get(2), thread_id: (header >> 32) as u32, ts_ticks: get(3), name: get(4) },
+        KIND_END => QueuedScope::End {
+            id: get(1),
+            ts_ticks: get(3),
+            launches: (header & HAS_LAUNCHES != 0).then_some(get(2) as u32),
+            graph_launches: (get(2) >> 32) as u32,
+        },
+        KIND_IN_CAPTURE => QueuedScope::InCapture { id: get(1) },
+        _ => return None,
+    };
+    let mark = (header & HAS_MARK != 0).then(|| Recorded::load_words(e));
+    Some(Boundary { scope, mark })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,7 +289,7 @@ mod tests {
 
     /// Pushes from the calling thread, as `crate::hooks` does with its own thread-local.
     fn push(r: &ThreadRings, b: &Boundary) -> Pushed {
-        SIDE.with(|side| r.push(side, b))
+        SIDE.with(|side| r.push(side, &b.scope, b.mark.as_ref()))
     }
 
     fn end(id: u64) -> Boundary {
@@ -239,11 +306,40 @@ mod tests {
     }
 
     #[test]
-    fn a_boundary_is_the_size_the_ring_capacity_assumes() {
-        // THREAD_RING_CAP's doc: 8,192 entries of 128 bytes are 1 MiB; every byte of it is
-        // copied by each NVTX push and pop, and up to 128 bytes the copy is inline (x86-64's
-        // eight 16-byte moves, issue 14 item 5).
+    fn a_boundary_is_the_size_the_shared_queue_assumes() {
+        // SCOPE_QUEUE_CAP's doc (shared.rs): boundaries of 128 bytes.
         assert!(std::mem::size_of::<Boundary>() <= 128, "{}", std::mem::size_of::<Boundary>());
+    }
+
+    #[test]
+    fn every_kind_of_boundary_comes_back_whole_from_its_ring_entry() {
+        use gpuspan_core::spans::TimingSource;
+        use gpuspan_cupti::events::{Context, Event, Stream};
+        let mut rec = Recorded::new(true, TimingSource::CudaEvent);
+        for i in 0..3 {
+            assert!(rec.push_mark(crate::coarse::mark::StreamMark {
+                event: (Event::from_raw(0x500 + i), Context::from_raw(0xc0)),
+                stream: Stream::from_raw(0x70 + i)
+            }));
+        }
+        rec.device = Some(3);
+        let begin = QueuedScope::Begin { id: u64::MAX - 1, parent: 41, thread_id: u32::MAX, ts_ticks: 1 << 62, name: 1 << 63 | 9 };
+        let cases = [
+            Boundary { scope: begin, mark: None },
+            Boundary { scope: begin, mark: Some(Recorded::new(false, TimingSource::CpuFallback)) },
+            Boundary { scope: QueuedScope::End { id: 7, ts_ticks: 900, launches: Some(u32::MAX), graph_launches: 5 }, mark: Some(rec) },
+            Boundary { scope: QueuedScope::End { id: 7, ts_ticks: 900, launches: None, graph_launches: 0 }, mark: None },
+            Boundary { scope: QueuedScope::InCapture { id: 12 }, mark: None },
+        ];
+        // One entry reused, as the ring reuses its slots: nothing of an earlier boundary
+        // shows through a later one.
+        let e: Entry = std::array::from_fn(|_| std::sync::atomic::AtomicU64::new(u64::MAX));
+        for b in cases {
+            store_boundary(&e, &b.scope, b.mark.as_ref());
+            assert_eq!(load_boundary(&e), Some(b));
+        }
+        e[0].store(77, Ordering::Relaxed);
+        assert_eq!(load_boundary(&e), None, "an unknown kind");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::Coarse;
 use gpuspan_core::scope::ScopeId;
 use gpuspan_core::spans::TimingSource;
 use gpuspan_cupti::events::{CaptureStatus, Context, Event, Stream};
+use crate::word_ring::Entry;
 use std::sync::atomic::Ordering;
 
 /// Most streams a scope is timed on (`gpuspan_use_streams` keeps the first 4).
@@ -139,6 +140,43 @@ impl Recorded {
         true
     }
 
+    /// Stores this mark into words [`RECORDED_FIRST_WORD`].. of a ring entry
+    /// (`crate::thread_ring`): the context, the events, the streams, then one word of the
+    /// rest. Each word is read from the field that holds it, never through a copy of the
+    /// whole struct (`crate::word_ring` says why).
+    #[inline(always)]
+    pub fn store_words(&self, e: &Entry) {
+        let w = &e[RECORDED_FIRST_WORD..];
+        w[0].store(self.ctx.addr() as u64, Ordering::Relaxed);
+        for i in 0..MAX_SCOPE_STREAMS {
+            w[1 + i].store(self.events[i].addr() as u64, Ordering::Relaxed);
+            w[1 + MAX_SCOPE_STREAMS + i].store(self.streams[i].addr() as u64, Ordering::Relaxed);
+        }
+        let meta = self.device.map_or(0, |d| 1 | u64::from(d) << 32)
+            | u64::from(self.is_end) << 1
+            | u64::from(self.idle) << 2
+            | u64::from(self.n) << 8
+            | u64::from(source_code(self.source)) << 16;
+        w[1 + 2 * MAX_SCOPE_STREAMS].store(meta, Ordering::Relaxed);
+    }
+
+    /// The mark [`Recorded::store_words`] stored in `e`.
+    pub fn load_words(e: &Entry) -> Recorded {
+        let w = &e[RECORDED_FIRST_WORD..];
+        let word = |i: usize| w[i].load(Ordering::Relaxed) as usize;
+        let meta = w[1 + 2 * MAX_SCOPE_STREAMS].load(Ordering::Relaxed);
+        Recorded {
+            ctx: Context::from_raw(word(0)),
+            events: std::array::from_fn(|i| Event::from_raw(word(1 + i))),
+            streams: std::array::from_fn(|i| Stream::from_raw(word(1 + MAX_SCOPE_STREAMS + i))),
+            device: (meta & 1 != 0).then_some((meta >> 32) as u32),
+            is_end: meta & 2 != 0,
+            idle: meta & 4 != 0,
+            n: (meta >> 8) as u8,
+            source: source_of_code((meta >> 16) as u8),
+        }
+    }
+
     /// Forgets the recorded events (their owner gave them back).
     fn clear_marks(&mut self) {
         self.ctx = Context::UNSET;
@@ -147,28 +185,58 @@ impl Recorded {
     }
 }
 
-/// Records a scope boundary (a begin, or the end when `is_end`) on `streams` (empty: the
-/// legacy default stream) and returns what it recorded, for the caller to queue with the
-/// boundary's scope event (`crate::thread_ring::Boundary`; a caller that drops it gives its
-/// events back with [`give_back_all`]). For a `root` scope (none encloses it on its thread: a request) it
+/// The first word of a ring entry that [`Recorded::store_words`] uses; it uses
+/// `2 + 2 * MAX_SCOPE_STREAMS` (10), up to the entry's end.
+pub const RECORDED_FIRST_WORD: usize = crate::word_ring::ENTRY_WORDS - 2 - 2 * MAX_SCOPE_STREAMS;
+
+/// `source` as one byte in a ring entry.
+fn source_code(source: TimingSource) -> u8 {
+    match source {
+        TimingSource::CudaEvent => 0,
+        TimingSource::LegacyStream => 1,
+        TimingSource::CpuFallback => 2,
+        TimingSource::Cpu => 3,
+        TimingSource::Captured => 4,
+    }
+}
+
+/// The source [`source_code`] wrote (an unknown byte, which it never writes, reads as the
+/// CPU fallback).
+fn source_of_code(code: u8) -> TimingSource {
+    match code {
+        0 => TimingSource::CudaEvent,
+        1 => TimingSource::LegacyStream,
+        3 => TimingSource::Cpu,
+        4 => TimingSource::Captured,
+        _ => TimingSource::CpuFallback,
+    }
+}
+
+/// Records a scope boundary on `streams` (empty: the legacy default stream) into `mark`, a
+/// [`Recorded::new`] of the boundary's kind made by the caller (in place: a returned mark was
+/// copied once more, through loads that wait on the stores that built it,
+/// `crate::word_ring`), for the caller to queue with the boundary's scope event
+/// (`crate::thread_ring::Boundary`; a caller that drops it gives its events back with
+/// [`give_back_all`]). For a `root` scope (none encloses it on its thread: a request) it
 /// first asks whether those streams are idle ([`Recorded::idle`]). Events are taken through
 /// the calling thread's `stash` ([`super::pool::EventPool::take_stashed`]). On a full pool or
 /// a driver error the events taken so far go back and the mark says
 /// [`TimingSource::CpuFallback`].
 #[inline(always)]
-pub fn record_boundary(c: &Coarse, stash: &EventStash, is_end: bool, root: bool, streams: &[Stream]) -> Recorded {
+pub fn record_boundary(c: &Coarse, stash: &EventStash, mark: &mut Recorded, root: bool, streams: &[Stream]) {
     let (targets, source): (&[Stream], TimingSource) = if streams.is_empty() {
         (&[Stream::LEGACY], TimingSource::LegacyStream)
     } else {
         (&streams[..streams.len().min(MAX_SCOPE_STREAMS)], TimingSource::CudaEvent)
     };
-    let mut mark = Recorded::new(is_end, source);
+    mark.source = source;
+    let is_end = mark.is_end;
     if let Some(events) = &c.events {
         let capturing = |s: Stream| matches!(events.capture_status(s), CaptureStatus::Capturing | CaptureStatus::ImplicitCapture);
         if targets.iter().any(|&s| capturing(s)) {
             mark.source = TimingSource::Captured;
             c.counters.scopes_in_capture.fetch_add(1, Ordering::Relaxed);
-            return mark;
+            return;
         }
         // A root's boundary (twice per request): is the GPU idle on its streams? Then its
         // events run as they are recorded (three driver calls per stream, RELAXED mode).
@@ -191,27 +259,26 @@ pub fn record_boundary(c: &Coarse, stash: &EventStash, is_end: bool, root: bool,
                         TakeError::Driver(_) | TakeError::TooManyContexts => &c.counters.event_errors,
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
-                    fall_back(c, &mut mark);
+                    fall_back(c, mark);
                     break;
                 }
             };
             if events.record(ev.0, stream).is_err() {
                 c.pool.give_back(ev);
                 c.counters.event_errors.fetch_add(1, Ordering::Relaxed);
-                fall_back(c, &mut mark);
+                fall_back(c, mark);
                 break;
             }
             if !mark.push_mark(StreamMark { event: ev, stream }) {
                 c.pool.give_back(ev);
                 c.counters.event_errors.fetch_add(1, Ordering::Relaxed);
-                fall_back(c, &mut mark);
+                fall_back(c, mark);
                 break;
             }
         }
     } else {
         mark.source = TimingSource::Cpu;
     }
-    mark
 }
 
 /// A mark that will not reach the collector: its events go back to the pool and
@@ -264,6 +331,23 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(m.stream_mark(MAX_SCOPE_STREAMS), None);
         assert_eq!((m.scope, m.parent, m.cpu_ns, m.rec.n), (7, 3, 100, MAX_SCOPE_STREAMS as u8));
+    }
+
+    #[test]
+    fn a_mark_comes_back_whole_from_a_ring_entrys_words() {
+        let entry: Entry = std::array::from_fn(|_| std::sync::atomic::AtomicU64::new(0));
+        let sources = [TimingSource::CudaEvent, TimingSource::LegacyStream, TimingSource::CpuFallback, TimingSource::Cpu, TimingSource::Captured];
+        for (k, source) in sources.into_iter().enumerate() {
+            let mut m = Recorded::new(k % 2 == 1, source);
+            for i in 0..k.min(MAX_SCOPE_STREAMS) {
+                assert!(m.push_mark(sm(0x1000 + i, 0xc0 + k, 0x20 + i)));
+            }
+            m.device = (k != 2).then_some(k as u32 * 3);
+            m.idle = k >= 3;
+            m.store_words(&entry);
+            assert_eq!(Recorded::load_words(&entry), m, "source {source:?}");
+            assert_eq!(entry[RECORDED_FIRST_WORD - 1].load(Ordering::Relaxed), 0, "words before the mark's are the scope event's");
+        }
     }
 
     #[test]
