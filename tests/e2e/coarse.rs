@@ -572,7 +572,10 @@ impl ReadyWorker {
 /// (`gpuspan-replay --print-request-begins`): three in four within 1 ms, every one within
 /// 25 ms, the last third no further off than the first (the slack is the host's scheduling
 /// between the worker reading the clock and the agent's hook, on a loaded 2-core machine
-/// running other tests; unanchored, the offsets grow by 30 ms a request).
+/// running other tests; unanchored, the offsets grow by 30 ms a request). The simulator's
+/// real clock is `CLOCK_REALTIME`, so where the time-stamp counter is the machine's clock the
+/// agent's boundaries read it (`GPUSPAN_BOUNDARY_CLOCK=auto`, issue 14 item 5) and these
+/// offsets also check the collector's conversion against the worker's own clock reads.
 #[test]
 fn coarse_request_starts_do_not_drift_with_the_gpu_clock() {
     const REQUESTS: usize = 12;
@@ -585,6 +588,11 @@ fn coarse_request_starts_do_not_drift_with_the_gpu_clock() {
         &rx,
     );
     let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let tsc = cfg!(target_arch = "x86_64")
+        && std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource").is_ok_and(|s| s.trim() == "tsc");
+    let clock = if tsc { "boundary clock: the time-stamp counter" } else { "boundary clock: the ns clock" };
+    assert!(stderr.contains(clock), "expected {clock:?}: {stderr}");
     let begins: Vec<u64> = stdout.lines().filter_map(|l| l.strip_prefix("request begin_unix_ns=")).map(|v| v.parse().unwrap()).collect();
     assert_eq!(begins.len(), REQUESTS, "{stdout}");
     assert!(rx.wait_for(Duration::from_secs(10), |s| s.iter().filter(|s| s.name == "gpu.request").count() == REQUESTS));
