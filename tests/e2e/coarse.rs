@@ -444,6 +444,22 @@ fn unended_steps_of_requests_given_up_give_their_events_back() {
     unended_requests(&["step"]);
 }
 
+/// Twenty threads open requests at once, more than the agent's 16 thread rings: the four
+/// without a ring queue their boundaries (scope events and CUDA-event marks together) on the
+/// shared boundary queue, and every request is timed with its events all the same.
+#[test]
+fn threads_past_the_rings_are_timed_through_the_shared_queue() {
+    let (threads, requests) = (20u64, 3u64);
+    let mut w = ReadyWorker::start("many_threads", &[&threads.to_string(), &requests.to_string()], "coarse", &[]);
+    let (coarse, _) = w.poll_status("coarse", |c| c["scopes_timed"].as_u64() >= Some(threads * requests));
+    let drops = crate::control::status_json(w.child.id())["drops"].clone();
+    let _ = w.child.kill();
+    let stderr = w.finish();
+    assert_eq!(coarse["scopes_timed"], threads * requests, "{coarse}\n{stderr}");
+    assert_eq!((coarse["scopes_cpu_timed"].as_u64(), coarse["marks_dropped"].as_u64()), (Some(0), Some(0)), "{coarse}");
+    assert_eq!(drops["scope_queue"], 0, "{drops}");
+}
+
 /// `unended_requests 6 1500 EXTRA...` with a 300 ms scope timeout and a pool that holds
 /// every begin event the leaky requests take (one each, two with `step`).
 fn unended_requests(extra: &[&str]) {
