@@ -32,7 +32,7 @@ use gpuspan_core::spans::TimingSource;
 use gpuspan_cupti::nvtx::{message_text, wide_to_utf8, EventAttributes, WChar};
 use std::cell::Cell;
 use std::ffi::{c_char, c_void, CStr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Deepest nesting of scopes tracked per thread (all scope domains together); deeper ranges
 /// are counted (`nvtx_ranges_too_deep`) and keep NVTX's return values right, but open no
@@ -84,6 +84,13 @@ struct ThreadScopes {
     /// thread-local access. Its producer makes this thread-local one with a destructor: after
     /// it ran (the thread's teardown), a range push or pop is not tracked.
     ring: RingSide,
+    /// This thread's block of scope ids ([`next_scope_id`]): the next and the end.
+    id_next: Cell<u64>,
+    id_end: Cell<u64>,
+    /// The address of the counter the block came from (an agent generation's).
+    id_counter: Cell<usize>,
+    /// `fine_on` when the block was taken.
+    id_fine_on: Cell<bool>,
     /// Coarse mode: this thread's free CUDA events at hand ([`crate::coarse::pool`]), given
     /// back to the pool when the thread exits.
     stash: EventStash,
@@ -118,6 +125,10 @@ thread_local! {
             n_streams: Cell::new(0),
             names: ThreadNames::new(),
             ring: RingSide::new(),
+            id_next: Cell::new(0),
+            id_end: Cell::new(0),
+            id_counter: Cell::new(0),
+            id_fine_on: Cell::new(false),
             stash: EventStash::new(),
         }
     };
@@ -273,9 +284,7 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
         }
         t.depth.set(depth + 1);
         let parent = if depth == 0 { 0 } else { t.ids[depth - 1].get() };
-        // SeqCst with `fine_on` below: a fine window takes only scopes numbered after it set
-        // `fine_on` (window.rs `arm`).
-        let id = a.next_scope_id.fetch_add(1, Ordering::SeqCst);
+        let id = next_scope_id(a, t);
         t.ids[depth].set(id);
         t.domains[depth].set(slot as u8);
         t.launch_base[depth].set(t.launches.get());
@@ -293,6 +302,39 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
         level as i32
     })
     .unwrap_or(NO_PUSH_POP_TRACKING)
+}
+
+/// Scope ids a thread takes from `Shared::next_scope_id` at a time: one `lock xadd` per this
+/// many scopes instead of one per scope (issue 14, item 5).
+pub const SCOPE_ID_BLOCK: u64 = 64;
+
+/// The next scope id of this thread, from its block of [`SCOPE_ID_BLOCK`] ids, taking a new
+/// block when it is used up, was taken from another agent generation's counter (a forked
+/// child), or was taken before `fine_on` last changed as this thread saw it. Ids are unique
+/// and grow on each thread; across threads they are no longer in the order scopes began.
+///
+/// A fine window (window.rs `arm`) sets `fine_on`, then reads the counter as its `first_id`,
+/// and takes only scopes numbered from there. A block is taken whole before or after that
+/// read (a `fetch_add` of the block size), and each begin reads `fine_on` (SeqCst) after its
+/// block was taken, so a scope numbered at or past `first_id` saw `fine_on` and pushed its
+/// external correlation id, as when every scope took its id alone. Taking a new block when
+/// `fine_on` changes keeps a thread from opening a window's first units with ids of an older
+/// block, which the window would pass over.
+#[inline(always)]
+fn next_scope_id(a: &Shared, t: &ThreadScopes) -> ScopeId {
+    let counter = &a.next_scope_id as *const AtomicU64 as usize;
+    let fine_on = a.fine_on.load(Ordering::SeqCst);
+    let next = t.id_next.get();
+    if next < t.id_end.get() && t.id_counter.get() == counter && t.id_fine_on.get() == fine_on {
+        t.id_next.set(next + 1);
+        return next;
+    }
+    let first = a.next_scope_id.fetch_add(SCOPE_ID_BLOCK, Ordering::SeqCst);
+    t.id_next.set(first + 1);
+    t.id_end.set(first + SCOPE_ID_BLOCK);
+    t.id_counter.set(counter);
+    t.id_fine_on.set(fine_on);
+    first
 }
 
 /// Makes the begin event, its name as a key (the name itself queued once per thread, or with
