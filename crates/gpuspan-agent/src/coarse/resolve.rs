@@ -173,11 +173,6 @@ impl Resolver {
         give_back_all(&mut self.returns, c, rec);
     }
 
-    /// Events given back and not yet in the pool (batches fill until the pass ends).
-    pub fn returns_waiting(&self) -> usize {
-        self.returns.len()
-    }
-
     /// Takes one mark from the queue. An end whose begin was never seen (a dropped mark)
     /// gives its events straight back.
     pub fn accept(&mut self, m: GpuMark, c: &Coarse) {
