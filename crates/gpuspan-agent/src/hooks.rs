@@ -284,13 +284,12 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
         }
         t.depth.set(depth + 1);
         let parent = if depth == 0 { 0 } else { t.ids[depth - 1].get() };
-        let id = next_scope_id(a, t);
+        let (id, pushed) = next_scope_id(a, t);
         t.ids[depth].set(id);
         t.domains[depth].set(slot as u8);
         t.launch_base[depth].set(t.launches.get());
         t.graph_base[depth].set(t.graph_launches.get());
         t.began_in_capture[depth].set(t.capturing.get() > 0);
-        let pushed = a.fine_on.load(Ordering::SeqCst);
         t.pushed[depth].set(pushed);
         let scope = begin_event(a, id, parent, thread_id(t), &t.names, name, pushed);
         let mut mark = Recorded::new(false, TimingSource::LegacyStream);
@@ -308,33 +307,37 @@ pub fn range_begin(slot: usize, name: &[u8]) -> i32 {
 /// many scopes instead of one per scope (issue 14, item 5).
 pub const SCOPE_ID_BLOCK: u64 = 64;
 
-/// The next scope id of this thread, from its block of [`SCOPE_ID_BLOCK`] ids, taking a new
-/// block when it is used up, was taken from another agent generation's counter (a forked
-/// child), or was taken before `fine_on` last changed as this thread saw it. Ids are unique
-/// and grow on each thread; across threads they are no longer in the order scopes began.
+/// The next scope id of this thread, from its block of [`SCOPE_ID_BLOCK`] ids, with `fine_on`
+/// as the scope reads it (whether it pushes its external correlation id). A new block is
+/// taken when the block is used up, was taken from another agent generation's counter (a
+/// forked child), or was taken before `fine_on` last changed as this thread saw it. Ids are
+/// unique and grow on each thread; across threads they are no longer in the order scopes
+/// began.
 ///
 /// A fine window (window.rs `arm`) sets `fine_on`, then reads the counter as its `first_id`,
 /// and takes only scopes numbered from there. A block is taken whole before or after that
-/// read (a `fetch_add` of the block size), and each begin reads `fine_on` (SeqCst) after its
-/// block was taken, so a scope numbered at or past `first_id` saw `fine_on` and pushed its
-/// external correlation id, as when every scope took its id alone. Taking a new block when
-/// `fine_on` changes keeps a thread from opening a window's first units with ids of an older
-/// block, which the window would pass over.
+/// read (a `fetch_add` of the block size), and the `fine_on` returned is always read (SeqCst)
+/// after the block was taken (a block's first id reads it again after the `fetch_add`), so a
+/// scope numbered at or past `first_id` saw `fine_on` and pushed its external correlation
+/// id, as when every scope took its id alone. Taking a new block when `fine_on` changes keeps
+/// a thread from opening a window's first units with ids of an older block, which the window
+/// would pass over.
 #[inline(always)]
-fn next_scope_id(a: &Shared, t: &ThreadScopes) -> ScopeId {
+fn next_scope_id(a: &Shared, t: &ThreadScopes) -> (ScopeId, bool) {
     let counter = &a.next_scope_id as *const AtomicU64 as usize;
     let fine_on = a.fine_on.load(Ordering::SeqCst);
     let next = t.id_next.get();
     if next < t.id_end.get() && t.id_counter.get() == counter && t.id_fine_on.get() == fine_on {
         t.id_next.set(next + 1);
-        return next;
+        return (next, fine_on);
     }
     let first = a.next_scope_id.fetch_add(SCOPE_ID_BLOCK, Ordering::SeqCst);
+    let fine_on = a.fine_on.load(Ordering::SeqCst);
     t.id_next.set(first + 1);
     t.id_end.set(first + SCOPE_ID_BLOCK);
     t.id_counter.set(counter);
     t.id_fine_on.set(fine_on);
-    first
+    (first, fine_on)
 }
 
 /// Makes the begin event, its name as a key (the name itself queued once per thread, or with

@@ -104,7 +104,8 @@ pub struct Resolver {
     returns: EventReturns,
 }
 
-/// Gives every event of `rec` back through `returns`.
+/// Gives every event of `rec` back through `returns`, in batches (flushed by the resolver's
+/// public caller).
 fn give_back_all(returns: &mut EventReturns, c: &Coarse, rec: &Recorded) {
     for m in rec.stream_marks() {
         returns.give_back(&c.pool, m.event);
@@ -168,11 +169,6 @@ impl Resolver {
         self.pending.contains_key(&id)
     }
 
-    /// Gives every event of `rec` back, in batches (flushed by the public caller).
-    fn give_back_all(&mut self, c: &Coarse, rec: &Recorded) {
-        give_back_all(&mut self.returns, c, rec);
-    }
-
     /// Takes one mark from the queue. An end whose begin was never seen (a dropped mark)
     /// gives its events straight back.
     pub fn accept(&mut self, m: GpuMark, c: &Coarse) {
@@ -191,7 +187,7 @@ impl Resolver {
             p.end = Some(m);
             self.ended.push_back(m.scope);
         } else {
-            self.give_back_all(c, &m.rec);
+            give_back_all(&mut self.returns, c, &m.rec);
             self.returns.flush(&c.pool);
         }
     }
@@ -417,7 +413,7 @@ impl Resolver {
                     continue; // resolved already, or ended and still waiting for its events
                 }
                 if let Some(q) = self.pending.remove(&o) {
-                    self.give_back_all(c, &q.begin.rec);
+                    give_back_all(&mut self.returns, c, &q.begin.rec);
                     c.counters.marks_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
