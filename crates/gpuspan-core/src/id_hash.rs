@@ -7,83 +7,15 @@
 //! once each), and `perf` put FNV's multiply chain at a tenth of the collector thread's
 //! time (issue 14, item 1).
 //!
-//! The function is rustc-hash 2's `FxHasher` (the hasher rustc itself uses for such keys,
-//! <https://github.com/rust-lang/rustc-hash>, `src/lib.rs`): `hash = (hash + word) * K`
-//! per word, then a rotation by 26 in `finish` that brings the well-mixed high bits down
-//! to the low bits hashbrown indexes its buckets with (an address, a multiple of 8 or 16,
-//! would otherwise leave the low bits zero). The crate is not in this project's offline
-//! registry, so the twenty lines are here. It is not a defence against chosen keys: use
-//! it only for keys no outsider picks (nothing from a file, a socket or a trace).
+//! The hasher is rustc-hash 2's `FxHasher` (the hasher rustc itself uses for such keys,
+//! <https://github.com/rust-lang/rustc-hash>): `hash = (hash + word) * K` per word, then a
+//! rotation in `finish` that brings the well-mixed high bits down to the low bits hashbrown
+//! indexes its buckets with (an address, a multiple of 8 or 16, would otherwise leave the
+//! low bits zero). It is not a defence against chosen keys: use it only for keys no
+//! outsider picks (nothing from a file, a socket or a trace).
 
-use std::hash::{BuildHasherDefault, Hasher};
-
-/// `K` of rustc-hash 2 (`src/lib.rs`): odd, so multiplying by it is a bijection.
-const K: u64 = 0xf135_7aea_2e62_a9c5;
-
-/// rustc-hash 2's `FxHasher` (module docs). `write` of bytes takes 8 at a time, the tail
-/// zero-padded with its length mixed in; integers are one word each.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct IdHasher {
-    hash: u64,
-}
-
-impl IdHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.hash = self.hash.wrapping_add(word).wrapping_mul(K);
-    }
-}
-
-impl Hasher for IdHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u16(&mut self, i: u16) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.hash.rotate_left(26)
-    }
-}
-
-/// Builds [`IdHasher`]s (stateless: every map hashes a key the same way).
-pub type IdBuildHasher = BuildHasherDefault<IdHasher>;
+/// Builds the hashers of these maps (stateless: every map hashes a key the same way).
+pub type IdBuildHasher = rustc_hash::FxBuildHasher;
 
 /// A `HashMap` keyed by ids this process made (module docs).
 pub type IdHashMap<K, V> = std::collections::HashMap<K, V, IdBuildHasher>;
@@ -98,16 +30,6 @@ mod tests {
 
     fn hash_of<T: std::hash::Hash>(v: T) -> u64 {
         IdBuildHasher::default().hash_one(v)
-    }
-
-    #[test]
-    fn integers_hash_as_rustc_hash_2_does() {
-        // rustc-hash 2: one word `w` hashes to (w * K).rotate_left(26).
-        for w in [0u64, 1, 2, 0xdead_beef, u64::MAX] {
-            assert_eq!(hash_of(w), w.wrapping_mul(K).rotate_left(26));
-        }
-        assert_eq!(hash_of(7u32), 7u64.wrapping_mul(K).rotate_left(26));
-        assert_eq!(hash_of(7usize), hash_of(7u64));
     }
 
     #[test]
