@@ -6,7 +6,10 @@
 //! header-only NVTX v3 loader from the `nvidia-nvtx-cu12` wheel, timed with the thread's CPU
 //! clock), then runs the worker alternately, `RUNS` times each: `baseline` (no agent: the
 //! loader's own no-op cost), `coarse` (`libgpuspan.so` preloaded, `GPUSPAN_MODE=coarse`: two
-//! CUDA events recorded per scope on the legacy stream, here free) and `coarse-cpu` (a
+//! CUDA events recorded per scope on the legacy stream, here free; the pairs alternate a
+//! root scope, `dit.step`, and a scope inside it), `coarse-nested` (the same pairs all inside
+//! one enclosing request, as in a worker, where a root is one scope in thousands: a root's
+//! boundary also asks whether its streams are idle) and `coarse-cpu` (a
 //! one-event pool, so boundaries take the CPU-time fallback: no driver call at all). Prints
 //! the median ns per push + pop pair of each and what the agent adds over the baseline,
 //! against the 50 ns goal. The first boundary on a new thread allocates its ring
@@ -68,8 +71,12 @@ fn main() {
     gcc(&["-O2", "-I", include.to_str().unwrap(), "-o", worker.to_str().unwrap(), src.join("nvtx_pairs.c").to_str().unwrap(), "-ldl"]);
     let out = tempfile::tempdir().expect("tempdir");
     let agent_b = std::env::var_os("AGENT_B").map(PathBuf::from);
-    let mut modes: Vec<(&str, Option<&str>, &Path)> =
-        vec![("baseline", None, agent.as_path()), ("coarse", Some("4096"), agent.as_path()), ("coarse-cpu", Some("1"), agent.as_path())];
+    let mut modes: Vec<(&str, Option<&str>, &Path)> = vec![
+        ("baseline", None, agent.as_path()),
+        ("coarse", Some("4096"), agent.as_path()),
+        ("coarse-nested", Some("4096"), agent.as_path()),
+        ("coarse-cpu", Some("1"), agent.as_path()),
+    ];
     if let Some(b) = &agent_b {
         modes.push(("coarse-B", Some("4096"), b.as_path()));
         modes.push(("coarse-cpu-B", Some("1"), b.as_path()));
@@ -82,7 +89,11 @@ fn main() {
             c.args([pairs.to_string().as_str(), "1000", "10000"])
                 .env("LD_LIBRARY_PATH", tmp.path())
                 .env_remove("LD_PRELOAD")
-                .env_remove("NVTX_INJECTION64_PATH");
+                .env_remove("NVTX_INJECTION64_PATH")
+                .env_remove("NVTX_PAIRS_OUTER");
+            if modes[i].0 == "coarse-nested" {
+                c.env("NVTX_PAIRS_OUTER", "request");
+            }
             if let Some(pool) = pool {
                 c.env("LD_PRELOAD", lib)
                     .env("GPUSPAN_MODE", "coarse")
@@ -110,7 +121,7 @@ fn main() {
     }
     println!("nvtx_push_pop: {pairs} push + pop pairs per run, {runs} runs per mode, median thread CPU per pair:");
     for (i, (name, _, _)) in modes.iter().enumerate() {
-        println!("  {name:<12} {:>7.1} ns", med[i]);
+        println!("  {name:<14} {:>7.1} ns", med[i]);
     }
     for (i, (name, _, _)) in modes.iter().enumerate().skip(1) {
         let added = med[i] - med[0];

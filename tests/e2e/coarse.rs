@@ -460,6 +460,31 @@ fn threads_past_the_rings_are_timed_through_the_shared_queue() {
     assert_eq!(drops["scope_queue"], 0, "{drops}");
 }
 
+/// Twenty threads, one after the other, each end their request and its step in a
+/// `pthread_key` destructor, which runs after the agent's thread-local destructors (a C++
+/// RAII range in a thread-local does the same): both ends are still tracked (the scope stack
+/// outlives the thread's teardown, and the boundaries take the shared queue behind what the
+/// thread's ring still held), every scope is timed with its events, none is given up, and
+/// every event is back in the pool. Before, the ends found the thread's state destroyed and
+/// the scopes stayed open until the scope timeout gave them up.
+#[test]
+fn scopes_ended_in_a_threads_teardown_are_timed() {
+    let threads = 20u64;
+    let mut w = ReadyWorker::start("teardown_scopes", &[&threads.to_string(), "20"], "coarse", &[]);
+    let (coarse, _) = w.poll_status("coarse", |c| c["scopes_timed"].as_u64() >= Some(2 * threads));
+    let drops = crate::control::status_json(w.child.id())["drops"].clone();
+    let _ = w.child.kill();
+    let stderr = w.finish();
+    assert_eq!(coarse["scopes_timed"], 2 * threads, "each request and its step: {coarse}\n{stderr}");
+    assert_eq!((coarse["scopes_cpu_timed"].as_u64(), coarse["marks_dropped"].as_u64()), (Some(0), Some(0)), "{coarse}");
+    assert_eq!(coarse["roots_timed_out"], 0, "{coarse}");
+    assert_eq!(drops["scope_queue"], 0, "{drops}");
+    // Every event is back but the anchor (the latest request's begin event): the exited
+    // threads' stashes were given back, and the events their teardown took one at a time too.
+    let (made, free) = (coarse["events_made"].as_u64().unwrap(), coarse["events_free"].as_u64().unwrap());
+    assert!(free + 1 >= made, "events made {made}, free {free}: {coarse}");
+}
+
 /// `unended_requests 6 1500 EXTRA...` with a 300 ms scope timeout and a pool that holds
 /// every begin event the leaky requests take (one each, two with `step`).
 fn unended_requests(extra: &[&str]) {

@@ -228,10 +228,20 @@ impl Collector {
         if self.ticks.clock() == BoundaryClock::Tsc {
             self.ticks.calibrate(ClockPair::sample(&|| a.now_ns()));
         }
-        while let Some(b) = a.scope_queue.pop() {
+        // A thread moves from its ring to the shared queue when it exits (its later
+        // boundaries, made in its teardown: `crate::thread_ring`), never back, so its ring's
+        // boundaries come first. The shared queue's boundaries present now are counted, the
+        // rings drained, then those boundaries taken (the queue is first in, first out, and
+        // this is its one consumer): whatever a thread put on its ring before a boundary of
+        // the shared queue counted here was published before that push, which the count's
+        // read of the queue's tail saw, so the ring drain after it finds it. Boundaries queued
+        // after the count wait for the next drain, behind the ring entries before them.
+        let queued = a.scope_queue.len();
+        a.thread_rings.drain(|b| self.take_boundary(a, obs, b));
+        for _ in 0..queued {
+            let Some(b) = a.scope_queue.pop() else { break };
             self.take_boundary(a, obs, b);
         }
-        a.thread_rings.drain(|b| self.take_boundary(a, obs, b));
     }
 
     /// One boundary: its reading converted to ns, its scope event applied, then its mark

@@ -2,9 +2,9 @@
 //!
 //! Rules (DESIGN.md "Hot-path rules"): no allocation, no lock, no syscall besides the first
 //! `gettid` of a thread, no logging, no panic across FFI; one atomic load when the agent is
-//! not collecting. The one exception is a thread's first boundary, which allocates the
-//! thread's ring and registers it under a `try_lock` that never waits
-//! ([`crate::thread_ring`]). Each push and pop makes a 40-byte scope event that names its scope by a
+//! not collecting. The one exception is a thread's first boundary, which takes a ring
+//! (allocating one unless its registry slot kept an exited thread's) under a `try_lock` that
+//! never waits ([`crate::thread_ring`]) and arms the thread's exit guard (`ThreadExit`). Each push and pop makes a 40-byte scope event that names its scope by a
 //! key, the name itself crossing once per thread ([`crate::scope_names`]); in coarse mode it
 //! also records a pooled CUDA event on each of the thread's streams ([`use_streams`]; the
 //! legacy default stream when none were named) and makes a mark ([`crate::coarse::mark`]);
@@ -81,8 +81,7 @@ struct ThreadScopes {
     /// Scope names this thread has sent ([`crate::scope_names`]).
     names: ThreadNames,
     /// This thread's ring ([`crate::thread_ring`]), here so that a boundary takes one
-    /// thread-local access. Its producer makes this thread-local one with a destructor: after
-    /// it ran (the thread's teardown), a range push or pop is not tracked.
+    /// thread-local access; retired at the thread's exit by [`ThreadExit`].
     ring: RingSide,
     /// This thread's block of scope ids ([`next_scope_id`]): the next and the end.
     id_next: Cell<u64>,
@@ -92,15 +91,36 @@ struct ThreadScopes {
     /// `fine_on` when the block was taken.
     id_fine_on: Cell<bool>,
     /// Coarse mode: this thread's free CUDA events at hand ([`crate::coarse::pool`]), given
-    /// back to the pool when the thread exits.
+    /// back to the pool when the thread exits ([`ThreadExit`]).
     stash: EventStash,
 }
 
-impl Drop for ThreadScopes {
+// The scope state has no destructor, so it stays readable through the thread's whole
+// teardown: a range popped by a thread-local's or a `pthread_key` destructor that runs
+// after [`ThreadExit`] still finds its scope, and the boundary takes the shared queue. With a
+// destructor, such a pop found the state gone and its scope stayed open until the collector
+// gave it up. It also spares every boundary the thread-local's "alive?" check.
+const _: () = assert!(!std::mem::needs_drop::<ThreadScopes>());
+
+/// The thread's exit, for the scope state (which has no destructor of its own): its ring is
+/// abandoned and its stash of events given back (`crate::thread_ring`,
+/// [`crate::coarse::pool::EventPool::retire_stash`]); a boundary made later in the thread's
+/// teardown takes the shared queue and one event at a time. Armed at the thread's first
+/// scope ([`thread_id`]).
+struct ThreadExit;
+
+impl Drop for ThreadExit {
     fn drop(&mut self) {
-        if let Some(c) = shared().and_then(|a| a.coarse.as_ref()) {
-            c.pool.release_stash(&self.stash);
-        }
+        let _ = SCOPES.try_with(retire_thread);
+    }
+}
+
+/// What [`ThreadExit`] does, also done at once when it cannot be armed (a first scope opened
+/// in the thread's teardown, after the destructors already ran).
+fn retire_thread(t: &ThreadScopes) {
+    t.ring.retire();
+    if let Some(c) = shared().and_then(|a| a.coarse.as_ref()) {
+        c.pool.retire_stash(&t.stash);
     }
 }
 
@@ -132,6 +152,7 @@ thread_local! {
             stash: EventStash::new(),
         }
     };
+    static THREAD_EXIT: ThreadExit = const { ThreadExit };
 }
 
 /// The CUPTI subscriber callback: counts this thread's successful launch / copy / set calls
@@ -218,10 +239,20 @@ fn count_api_error(code: i32) {
     }
 }
 
+/// This thread's id, asked of the kernel at its first scope, which also arms [`ThreadExit`].
 fn thread_id(t: &ThreadScopes) -> u32 {
     let v = t.tid.get();
     if v != 0 {
         return v;
+    }
+    first_scope_of_thread(t)
+}
+
+#[cold]
+#[inline(never)]
+fn first_scope_of_thread(t: &ThreadScopes) -> u32 {
+    if THREAD_EXIT.try_with(|_| ()).is_err() {
+        retire_thread(t);
     }
     // SAFETY: gettid has no arguments and cannot fail.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;

@@ -10,10 +10,10 @@
 //! queues this replaced took two, each a compare-and-swap on a cache line every thread and
 //! the collector contend for.
 //!
-//! - **First boundary of a thread.** It allocates the ring ([`THREAD_RING_CAP`] entries of
-//!   16 words (128 bytes): 1 MiB) and hands the consumer to a free registry slot
-//!   (one of [`MAX_THREAD_RINGS`]) under that slot's `try_lock`: it never waits on the
-//!   collector. When no slot is free, the thread uses the shared boundary queue
+//! - **First boundary of a thread.** It takes a free registry slot (one of
+//!   [`MAX_THREAD_RINGS`]) under that slot's `try_lock`, never waiting on the collector, and
+//!   the slot's ring: the one an exited thread left there, or a new one ([`THREAD_RING_CAP`]
+//!   entries of 16 words (128 bytes): 1 MiB, allocated then). When no slot is free, the thread uses the shared boundary queue
 //!   (`Shared::scope_queue`) for the rest of this agent generation ([`Pushed::NoRing`]), so a
 //!   thread's boundaries never move from one path to the other (the collector drains the
 //!   shared queue and the rings one after the other, so a thread on both would be read out
@@ -21,10 +21,14 @@
 //! - **Steady state.** No allocation, no lock: the push, through the [`RingSide`] the caller
 //!   keeps in its own thread-local (one thread-local access per boundary in all). A full
 //!   ring drops the boundary ([`Pushed::Full`]; the caller counts it), it never blocks.
-//! - **Thread exit.** The thread-local producer is dropped; the collector drains what is
-//!   left and then frees the ring and its slot ([`ThreadRings::drain`]). A boundary made
-//!   later in that thread's teardown (another thread-local destructor opening a scope)
-//!   finds its caller's thread-local gone and is not tracked (`crate::hooks`).
+//! - **Thread exit.** The caller retires the thread's side ([`RingSide::retire`], from a
+//!   thread-local destructor of its own: `crate::hooks`): the ring is abandoned, and a
+//!   boundary made later in the thread's teardown (a range popped by another thread-local's
+//!   or a `pthread_key` destructor) takes the shared queue, with its scope stack still there
+//!   (the side is cells in a thread-local without a destructor). The collector drains what
+//!   is left and frees the slot ([`ThreadRings::drain`]); the slot keeps its ring for the
+//!   next thread that registers (rings are never freed: `crate::word_ring`), so there are at
+//!   most [`MAX_THREAD_RINGS`] per agent generation.
 //! - **fork.** The registry belongs to one agent generation (`crate::shared`): a forked
 //!   child's thread still holds its parent's producer, sees that it belongs to another
 //!   registry (by address) and registers anew.
@@ -33,8 +37,8 @@
 
 use crate::coarse::mark::{GpuMark, Recorded};
 use crate::scope_names::QueuedScope;
-use crate::word_ring::{Consumer, Entry, Producer};
-use std::cell::RefCell;
+use crate::word_ring::{Consumer, Entry, Producer, Ring};
+use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
@@ -83,44 +87,68 @@ pub enum Pushed {
     Ring,
     /// This thread's ring is full: the boundary is to be dropped and counted.
     Full,
-    /// This thread has no ring (no registry slot was free, or the ring side is borrowed by
-    /// an interrupted push: a signal handler's scope): the boundary is for the shared queue.
+    /// This thread has no ring (no registry slot was free, the thread is exiting and its side
+    /// was retired, or the side is busy with an interrupted push: a signal handler's scope):
+    /// the boundary is for the shared queue.
     NoRing,
 }
 
-/// One thread's side of the registry: what it holds of its ring. It lives in the caller's
-/// thread-local (`crate::hooks`'s per-thread scope state, so a boundary takes one
-/// thread-local access, not two: issue 14, item 5) and is dropped with it at thread exit,
-/// which tells the collector the ring is abandoned.
+/// One thread's side of the registry: what it holds of its ring, in cells. It lives in the
+/// caller's thread-local (`crate::hooks`'s per-thread scope state, so a boundary takes one
+/// thread-local access, not two: issue 14, item 5), which has no destructor, so the side
+/// stays readable through the thread's whole teardown; the caller retires it
+/// ([`RingSide::retire`]) when the thread exits.
 #[derive(Default)]
-pub struct RingSide(RefCell<ThreadSide>);
+pub struct RingSide {
+    /// Attached to a ring of `registry` (or to none: no boundary yet, refused, or retired).
+    producer: Producer,
+    /// The address of the registry the ring or the refusal belongs to; 0 before the
+    /// thread's first boundary.
+    registry: Cell<usize>,
+    /// Retired at thread exit: the shared queue for good.
+    retired: Cell<bool>,
+    /// A push is under way (a signal handler's scope that interrupts it takes the shared
+    /// queue).
+    busy: Cell<bool>,
+}
 
 impl RingSide {
     /// No ring yet (registered at the thread's first boundary).
     pub const fn new() -> RingSide {
-        RingSide(RefCell::new(ThreadSide::Unregistered))
+        RingSide { producer: Producer::new(), registry: Cell::new(0), retired: Cell::new(false), busy: Cell::new(false) }
+    }
+
+    /// At the thread's exit: abandons its ring (the collector drains it and frees its slot)
+    /// and sends this thread's later boundaries to the shared queue.
+    pub fn retire(&self) {
+        self.producer.abandon();
+        self.retired.set(true);
+    }
+
+    /// Whether [`RingSide::retire`] ran.
+    pub fn is_retired(&self) -> bool {
+        self.retired.get()
     }
 }
 
+/// One registry slot: the ring it keeps (made at its first registration, kept for the
+/// next) and whether a thread holds it.
 #[derive(Default)]
-enum ThreadSide {
-    /// No boundary made yet in any registry.
-    #[default]
-    Unregistered,
-    /// The producer of a ring registered in the registry at address `registry`.
-    Ring { registry: usize, producer: Producer },
-    /// The registry at address `registry` had no free slot: the shared queue for good.
-    Refused { registry: usize },
+struct Slot {
+    consumer: Option<Consumer>,
+    /// A thread registered the ring and the collector has not yet drained it after its
+    /// thread abandoned it.
+    live: bool,
 }
 
 /// The registry of thread rings: one per agent generation, in `Shared`.
 pub struct ThreadRings {
-    slots: [Mutex<Option<Consumer>>; MAX_THREAD_RINGS],
+    slots: [Mutex<Slot>; MAX_THREAD_RINGS],
 }
 
 impl Default for ThreadRings {
     fn default() -> Self {
-        ThreadRings { slots: std::array::from_fn(|_| Mutex::new(None)) }
+        ThreadRings { slots: std::array::from_fn(|_| Mutex::new(Slot::default())) }
     }
 }
 
@@ -141,53 +169,70 @@ impl ThreadRings {
         let registry = self as *const ThreadRings as usize;
         // A signal handler that opens a scope while this thread is inside `push`: its
         // boundary takes the shared queue.
-        let Ok(mut side) = side.0.try_borrow_mut() else { return Pushed::NoRing };
-        if let ThreadSide::Ring { registry: r, producer } = &mut *side {
-            if *r == registry {
-                return if producer.push_with(|e| store_boundary(e, scope, mark)) { Pushed::Ring } else { Pushed::Full };
-            }
+        if side.busy.replace(true) {
+            return Pushed::NoRing;
         }
-        self.push_cold(&mut side, scope, mark)
+        let pushed = if side.registry.get() == registry && side.producer.is_attached() {
+            if side.producer.push_with(|e| store_boundary(e, scope, mark)) {
+                Pushed::Ring
+            } else {
+                Pushed::Full
+            }
+        } else {
+            self.push_cold(side, scope, mark)
+        };
+        side.busy.set(false);
+        pushed
     }
 
     /// [`Self::push`] at a thread's first boundary in this registry (its first ever, or its
-    /// first after a fork) or on a thread the registry refused.
+    /// first after a fork), on a thread the registry refused, or on a retired side.
     #[cold]
     #[inline(never)]
-    fn push_cold(&self, side: &mut ThreadSide, scope: &QueuedScope, mark: Option<&Recorded>) -> Pushed {
+    fn push_cold(&self, side: &RingSide, scope: &QueuedScope, mark: Option<&Recorded>) -> Pushed {
         let registry = self as *const ThreadRings as usize;
-        let mine = match &*side {
-            ThreadSide::Ring { registry: r, .. } | ThreadSide::Refused { registry: r } => *r == registry,
-            ThreadSide::Unregistered => false,
-        };
-        if !mine {
-            *side = match self.register() {
-                Some(producer) => ThreadSide::Ring { registry, producer },
-                None => ThreadSide::Refused { registry },
-            };
+        if side.retired.get() {
+            return Pushed::NoRing;
         }
-        match side {
-            ThreadSide::Ring { producer, .. } => {
-                if producer.push_with(|e| store_boundary(e, scope, mark)) {
-                    Pushed::Ring
-                } else {
-                    Pushed::Full
-                }
+        if side.registry.get() != registry {
+            side.registry.set(registry);
+            // A forked child's thread still holds its parent's ring: let go of it (in the
+            // child's copy) and register here.
+            side.producer.abandon();
+            if let Some(ring) = self.register() {
+                side.producer.attach(ring);
             }
-            _ => Pushed::NoRing,
+        }
+        if side.producer.push_with(|e| store_boundary(e, scope, mark)) {
+            Pushed::Ring
+        } else if side.producer.is_attached() {
+            Pushed::Full
+        } else {
+            Pushed::NoRing
         }
     }
 
-    /// A new ring whose consumer went into a free slot, or `None` when every slot is taken
-    /// (or being drained).
-    fn register(&self) -> Option<Producer> {
+    /// A ring of a free slot, the slot's own or a new one, now taken; `None` when every slot
+    /// is taken (or being drained).
+    fn register(&self) -> Option<&'static Ring> {
         for slot in &self.slots {
             let Ok(mut s) = slot.try_lock() else { continue };
-            if s.is_none() {
-                let (producer, consumer) = crate::word_ring::ring(THREAD_RING_CAP);
-                *s = Some(consumer);
-                return Some(producer);
+            if s.live {
+                continue;
             }
+            let ring = match &mut s.consumer {
+                // Drained when its last thread was seen gone (`drain`).
+                Some(c) if c.reopen() => c.ring(),
+                Some(_) => continue,
+                None => {
+                    let c = Consumer::new(Ring::leak(THREAD_RING_CAP));
+                    let ring = c.ring();
+                    s.consumer = Some(c);
+                    ring
+                }
+            };
+            s.live = true;
+            return Some(ring);
         }
         None
     }
@@ -197,7 +242,10 @@ impl ThreadRings {
     pub fn drain(&self, mut f: impl FnMut(Boundary)) {
         for slot in &self.slots {
             let Ok(mut s) = slot.lock() else { continue };
-            let Some(c) = s.as_mut() else { continue };
+            if !s.live {
+                continue;
+            }
+            let Some(c) = s.consumer.as_mut() else { continue };
             // Read before draining: a producer that pushes and then exits has pushed
             // everything by the time it is seen gone.
             let gone = c.is_abandoned();
@@ -208,14 +256,20 @@ impl ThreadRings {
                 }
             }
             if gone {
-                *s = None;
+                s.live = false;
             }
         }
     }
 
     /// Rings registered now (threads alive or not yet drained after their exit).
     pub fn live(&self) -> usize {
-        self.slots.iter().filter(|s| s.try_lock().map(|s| s.is_some()).unwrap_or(true)).count()
+        self.slots.iter().filter(|s| s.try_lock().map(|s| s.live).unwrap_or(true)).count()
+    }
+
+    /// Rings made so far (each kept by its slot for the next thread): at most
+    /// [`MAX_THREAD_RINGS`].
+    pub fn made(&self) -> usize {
+        self.slots.iter().filter(|s| s.try_lock().map(|s| s.consumer.is_some()).unwrap_or(true)).count()
     }
 }
 
@@ -283,12 +337,23 @@ pub fn load_boundary(e: &Entry) -> Option<Boundary> {
 mod tests {
     use super::*;
 
+    /// Retires the thread's side at its exit, as `crate::hooks`'s guard does.
+    struct Retire;
+
+    impl Drop for Retire {
+        fn drop(&mut self) {
+            SIDE.with(RingSide::retire);
+        }
+    }
+
     thread_local! {
         static SIDE: RingSide = const { RingSide::new() };
+        static RETIRE: Retire = const { Retire };
     }
 
     /// Pushes from the calling thread, as `crate::hooks` does with its own thread-local.
     fn push(r: &ThreadRings, b: &Boundary) -> Pushed {
+        RETIRE.with(|_| ());
         SIDE.with(|side| r.push(side, &b.scope, b.mark.as_ref()))
     }
 
@@ -390,7 +455,50 @@ mod tests {
         .unwrap();
         assert_eq!(r.live(), 1);
         assert_eq!(ids(&r), (0..10).collect::<Vec<_>>());
-        assert_eq!(r.live(), 0, "the exited thread's ring is freed once drained");
+        assert_eq!(r.live(), 0, "the exited thread's slot is freed once drained");
+        // The next thread takes the slot and its ring over: no new ring.
+        let r2 = r.clone();
+        std::thread::spawn(move || {
+            for i in 10..20 {
+                assert_eq!(push(&r2, &end(i)), Pushed::Ring);
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!((r.live(), r.made()), (1, 1));
+        assert_eq!(ids(&r), (10..20).collect::<Vec<_>>());
+        assert_eq!(r.live(), 0);
+    }
+
+    #[test]
+    fn a_retired_side_sends_its_later_boundaries_to_the_shared_queue() {
+        // A range popped in the thread's teardown, after its side was retired: the boundary
+        // is still made, and goes to the shared queue; the ring's earlier boundaries are
+        // drained and its slot freed.
+        let r = ThreadRings::default();
+        let side = RingSide::new();
+        assert_eq!(r.push(&side, &end(1).scope, None), Pushed::Ring);
+        side.retire();
+        assert!(side.is_retired());
+        assert_eq!(r.push(&side, &end(2).scope, None), Pushed::NoRing);
+        assert_eq!(r.live(), 1);
+        assert_eq!(ids(&r), vec![1]);
+        assert_eq!(r.live(), 0);
+        assert_eq!(r.push(&side, &end(3).scope, None), Pushed::NoRing, "a retired side never registers again");
+        assert_eq!(r.live(), 0);
+    }
+
+    #[test]
+    fn a_push_interrupted_by_another_on_the_same_side_sends_that_one_to_the_shared_queue() {
+        // As a signal handler's scope inside a push: the side is busy.
+        let r = ThreadRings::default();
+        let side = RingSide::new();
+        assert_eq!(r.push(&side, &end(1).scope, None), Pushed::Ring);
+        side.busy.set(true);
+        assert_eq!(r.push(&side, &end(2).scope, None), Pushed::NoRing);
+        side.busy.set(false);
+        assert_eq!(r.push(&side, &end(3).scope, None), Pushed::Ring);
+        assert_eq!(ids(&r), vec![1, 3]);
     }
 
     #[test]

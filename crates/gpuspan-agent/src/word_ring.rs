@@ -16,9 +16,16 @@
 //! only when that copy says the ring is full, as `rtrb` does. The two positions sit on cache
 //! lines of their own (`CachePadded`).
 
+//!
+//! Rings are never freed ([`Ring::leak`]): the producer's end lives in a thread-local that
+//! must have no destructor (`crate::hooks` says why), so it holds the ring as a `&'static`
+//! in cells ([`Producer`]), not an `Arc`. A ring whose producer is gone is drained and then
+//! handed to the next producer ([`Producer::attach`]; `crate::thread_ring` keeps one ring
+//! per registry slot), so their number stays bounded.
+
 use crossbeam::utils::CachePadded;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 
 /// Words per entry: 16 × 8 = 128 bytes, two cache lines.
 pub const ENTRY_WORDS: usize = 16;
@@ -26,7 +33,8 @@ pub const ENTRY_WORDS: usize = 16;
 /// One entry.
 pub type Entry = [AtomicU64; ENTRY_WORDS];
 
-struct Ring {
+/// A ring's memory and positions, shared by its two ends.
+pub struct Ring {
     entries: Box<[Entry]>,
     /// Capacity − 1 (the capacity is a power of two).
     mask: usize,
@@ -34,71 +42,129 @@ struct Ring {
     head: CachePadded<AtomicUsize>,
     /// Entries published by the producer (free-running).
     tail: CachePadded<AtomicUsize>,
-    /// The producer was dropped (its thread exited).
+    /// The producer let go of the ring ([`Producer::abandon`]: its thread exited).
     abandoned: AtomicBool,
 }
 
-/// The producer's end. Dropping it marks the ring abandoned ([`Consumer::is_abandoned`]).
-pub struct Producer {
-    ring: Arc<Ring>,
-    tail: usize,
-    /// The head as last read: the ring has at least `capacity − (tail − cached_head)` free
-    /// entries.
-    cached_head: usize,
-}
-
-/// The consumer's end.
-pub struct Consumer {
-    ring: Arc<Ring>,
-    head: usize,
-}
-
-/// A ring of at least `capacity` entries (rounded up to a power of two, at least 1), as its
-/// two ends. Allocates `capacity × 128` bytes, zeroed (so resident from the start).
-pub fn ring(capacity: usize) -> (Producer, Consumer) {
-    let cap = capacity.max(1).next_power_of_two();
-    let entries: Box<[Entry]> = (0..cap).map(|_| std::array::from_fn(|_| AtomicU64::new(0))).collect();
-    let ring = Arc::new(Ring {
-        entries,
-        mask: cap - 1,
-        head: CachePadded::new(AtomicUsize::new(0)),
-        tail: CachePadded::new(AtomicUsize::new(0)),
-        abandoned: AtomicBool::new(false),
-    });
-    (Producer { ring: ring.clone(), tail: 0, cached_head: 0 }, Consumer { ring, head: 0 })
-}
-
-impl Producer {
-    /// Writes one entry with `write` (which stores its words, `Relaxed`) and publishes it.
-    /// `false`, with nothing written, when the ring is full.
-    #[inline(always)]
-    pub fn push_with(&mut self, write: impl FnOnce(&Entry)) -> bool {
-        let cap = self.ring.mask + 1;
-        if self.tail.wrapping_sub(self.cached_head) >= cap {
-            self.cached_head = self.ring.head.load(Ordering::Acquire);
-            if self.tail.wrapping_sub(self.cached_head) >= cap {
-                return false;
-            }
-        }
-        write(&self.ring.entries[self.tail & self.ring.mask]);
-        self.tail = self.tail.wrapping_add(1);
-        self.ring.tail.store(self.tail, Ordering::Release);
-        true
+impl Ring {
+    /// A ring of at least `capacity` entries (rounded up to a power of two, at least 1),
+    /// never freed. Allocates `capacity × 128` bytes, zeroed (so resident from the start).
+    pub fn leak(capacity: usize) -> &'static Ring {
+        let cap = capacity.max(1).next_power_of_two();
+        let entries: Box<[Entry]> = (0..cap).map(|_| std::array::from_fn(|_| AtomicU64::new(0))).collect();
+        Box::leak(Box::new(Ring {
+            entries,
+            mask: cap - 1,
+            head: CachePadded::new(AtomicUsize::new(0)),
+            tail: CachePadded::new(AtomicUsize::new(0)),
+            abandoned: AtomicBool::new(false),
+        }))
     }
 
     /// Entries the ring holds.
     pub fn capacity(&self) -> usize {
-        self.ring.mask + 1
+        self.mask + 1
     }
 }
 
-impl Drop for Producer {
-    fn drop(&mut self) {
-        self.ring.abandoned.store(true, Ordering::Release);
+/// The producer's end, in cells, so that it can live in a thread-local without a
+/// destructor: attached to a ring or not. Dropping it does nothing; [`Producer::abandon`]
+/// tells the consumer it is gone.
+pub struct Producer {
+    ring: Cell<Option<&'static Ring>>,
+    tail: Cell<usize>,
+    /// The head as last read: the ring has at least `capacity − (tail − cached_head)` free
+    /// entries.
+    cached_head: Cell<usize>,
+}
+
+/// The consumer's end.
+pub struct Consumer {
+    ring: &'static Ring,
+    head: usize,
+}
+
+/// A new ring of at least `capacity` entries ([`Ring::leak`]) as its two ends.
+pub fn ring(capacity: usize) -> (Producer, Consumer) {
+    let ring = Ring::leak(capacity);
+    let p = Producer::new();
+    p.attach(ring);
+    (p, Consumer::new(ring))
+}
+
+impl Producer {
+    /// Attached to no ring: every push fails.
+    pub const fn new() -> Producer {
+        Producer { ring: Cell::new(None), tail: Cell::new(0), cached_head: Cell::new(0) }
+    }
+
+    /// Becomes `ring`'s producer, from its positions as they are (a new ring, or one whose
+    /// last producer abandoned it and whose consumer drained it: see [`Consumer::reopen`]).
+    /// The caller makes sure no other producer pushes to `ring` any more.
+    pub fn attach(&self, ring: &'static Ring) {
+        self.tail.set(ring.tail.load(Ordering::Acquire));
+        self.cached_head.set(ring.head.load(Ordering::Acquire));
+        self.ring.set(Some(ring));
+    }
+
+    /// Whether it is attached to a ring.
+    pub fn is_attached(&self) -> bool {
+        self.ring.get().is_some()
+    }
+
+    /// Writes one entry with `write` (which stores its words, `Relaxed`) and publishes it.
+    /// `false`, with nothing written, when the ring is full or there is none. Not reentrant:
+    /// the caller keeps a push interrupted by a signal handler from being joined by the
+    /// handler's (`crate::thread_ring`'s busy flag).
+    #[inline(always)]
+    pub fn push_with(&self, write: impl FnOnce(&Entry)) -> bool {
+        let Some(ring) = self.ring.get() else { return false };
+        let cap = ring.mask + 1;
+        let tail = self.tail.get();
+        if tail.wrapping_sub(self.cached_head.get()) >= cap {
+            self.cached_head.set(ring.head.load(Ordering::Acquire));
+            if tail.wrapping_sub(self.cached_head.get()) >= cap {
+                return false;
+            }
+        }
+        write(&ring.entries[tail & ring.mask]);
+        let tail = tail.wrapping_add(1);
+        self.tail.set(tail);
+        ring.tail.store(tail, Ordering::Release);
+        true
+    }
+
+    /// Lets go of the ring, telling its consumer ([`Consumer::is_abandoned`]); later pushes
+    /// fail until [`Producer::attach`].
+    pub fn abandon(&self) {
+        if let Some(ring) = self.ring.take() {
+            ring.abandoned.store(true, Ordering::Release);
+        }
+    }
+
+    /// Entries the ring holds; 0 when attached to none.
+    pub fn capacity(&self) -> usize {
+        self.ring.get().map_or(0, Ring::capacity)
+    }
+}
+
+impl Default for Producer {
+    fn default() -> Self {
+        Producer::new()
     }
 }
 
 impl Consumer {
+    /// The consumer of `ring`, from its head as it is.
+    pub fn new(ring: &'static Ring) -> Consumer {
+        Consumer { ring, head: ring.head.load(Ordering::Acquire) }
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &'static Ring {
+        self.ring
+    }
+
     /// Reads the oldest entry with `read` and frees it; `None` when the ring is empty.
     pub fn pop_with<T>(&mut self, read: impl FnOnce(&Entry) -> T) -> Option<T> {
         if self.head == self.ring.tail.load(Ordering::Acquire) {
@@ -110,10 +176,21 @@ impl Consumer {
         Some(v)
     }
 
-    /// Whether the producer was dropped. Read it before draining: what a producer pushed
-    /// before it was dropped is visible after this returns `true`.
+    /// Whether the producer abandoned the ring. Read it before draining: what a producer
+    /// pushed before it abandoned the ring is visible after this returns `true`.
     pub fn is_abandoned(&self) -> bool {
         self.ring.abandoned.load(Ordering::Acquire)
+    }
+
+    /// Makes an abandoned, drained ring ready for a new producer ([`Producer::attach`]):
+    /// no longer abandoned. `false`, with nothing changed, when it still holds entries or
+    /// was not abandoned.
+    pub fn reopen(&self) -> bool {
+        if !self.is_abandoned() || self.head != self.ring.tail.load(Ordering::Acquire) {
+            return false;
+        }
+        self.ring.abandoned.store(false, Ordering::Release);
+        true
     }
 }
 
@@ -121,7 +198,7 @@ impl Consumer {
 mod tests {
     use super::*;
 
-    fn push(p: &mut Producer, v: u64) -> bool {
+    fn push(p: &Producer, v: u64) -> bool {
         p.push_with(|e| {
             for (i, w) in e.iter().enumerate() {
                 w.store(v * 100 + i as u64, Ordering::Relaxed);
@@ -141,38 +218,63 @@ mod tests {
 
     #[test]
     fn entries_come_out_in_order_and_a_full_ring_refuses_without_writing() {
-        let (mut p, mut c) = ring(3);
+        let (p, mut c) = ring(3);
         assert_eq!(p.capacity(), 4);
         for v in 0..4 {
-            assert!(push(&mut p, v));
+            assert!(push(&p, v));
         }
         assert!(!p.push_with(|_| panic!("nothing is written into a full ring")));
         assert_eq!((pop(&mut c), pop(&mut c)), (Some(0), Some(1)));
         // Positions wrap around the slots.
         for v in 4..6 {
-            assert!(push(&mut p, v));
+            assert!(push(&p, v));
         }
         assert_eq!((0..5).map(|_| pop(&mut c)).collect::<Vec<_>>(), vec![Some(2), Some(3), Some(4), Some(5), None]);
     }
 
     #[test]
     fn a_dropped_producer_leaves_its_entries_and_says_so() {
-        let (mut p, mut c) = ring(8);
-        push(&mut p, 7);
+        let (p, mut c) = ring(8);
+        push(&p, 7);
         assert!(!c.is_abandoned());
-        drop(p);
+        assert!(!c.reopen(), "a ring in use is not reopened");
+        p.abandon();
         assert!(c.is_abandoned());
+        assert!(!push(&p, 8), "an abandoned ring takes nothing more from its producer");
+        assert!(!c.reopen(), "a ring with entries left is not reopened");
         assert_eq!((pop(&mut c), pop(&mut c)), (Some(7), None));
     }
 
     #[test]
+    fn a_drained_ring_is_taken_over_by_a_new_producer_from_where_it_stood() {
+        let (p, mut c) = ring(4);
+        for v in 0..3 {
+            assert!(push(&p, v));
+        }
+        p.abandon();
+        assert_eq!((0..3).map(|_| pop(&mut c)).collect::<Vec<_>>(), vec![Some(0), Some(1), Some(2)]);
+        assert!(c.reopen());
+        assert!(!c.is_abandoned());
+        let q = Producer::new();
+        assert!(!push(&q, 1), "a producer attached to nothing takes nothing");
+        q.attach(c.ring());
+        // Positions carry on past the slots the last producer used, and the ring's capacity
+        // is whole again.
+        for v in 10..14 {
+            assert!(push(&q, v));
+        }
+        assert!(!push(&q, 99), "full");
+        assert_eq!((0..5).map(|_| pop(&mut c)).collect::<Vec<_>>(), vec![Some(10), Some(11), Some(12), Some(13), None]);
+    }
+
+    #[test]
     fn a_thread_and_a_consumer_move_a_million_entries_whole_and_in_order() {
-        let (mut p, mut c) = ring(64);
+        let (p, mut c) = ring(64);
         let n = 1_000_000u64;
         let t = std::thread::spawn(move || {
             let mut v = 0;
             while v < n {
-                if push(&mut p, v) {
+                if push(&p, v) {
                     v += 1;
                 } else {
                     std::hint::spin_loop();

@@ -101,7 +101,8 @@ pub struct EventPool {
 
 /// An application thread's free events at hand: all of one context of one pool, taken from
 /// it a batch at a time ([`EventPool::take_stashed`]). Lives in the thread's scope state
-/// (`crate::hooks`), which gives it back at thread exit ([`EventPool::return_stash`]).
+/// (`crate::hooks`), which gives it back at thread exit ([`EventPool::retire_stash`]). All
+/// cells: the thread-local it lives in has no destructor.
 #[derive(Debug)]
 pub struct EventStash {
     /// The address of the pool the events and `slot` belong to (0: none yet); a forked
@@ -113,6 +114,9 @@ pub struct EventStash {
     /// Events held, the first `n` of `events`.
     n: Cell<u8>,
     events: [Cell<Event>; STASH_EVENTS],
+    /// Given back for good at its thread's exit: boundaries made later in the thread's
+    /// teardown take one event at a time and claim no slot.
+    retired: Cell<bool>,
 }
 
 impl EventStash {
@@ -124,6 +128,7 @@ impl EventStash {
             ctx: Cell::new(Context::UNSET),
             n: Cell::new(0),
             events: [const { Cell::new(Event::UNSET) }; STASH_EVENTS],
+            retired: Cell::new(false),
         }
     }
 
@@ -303,6 +308,9 @@ impl EventPool {
     /// `stash`'s slot in this pool, claimed the first time (the stash then belongs to this
     /// pool); `None` when all [`MAX_STASHES`] are claimed by other threads.
     fn stash_slot(&self, stash: &EventStash) -> Option<&StashCount> {
+        if stash.retired.get() {
+            return None;
+        }
         if stash.pool.get() == self.addr() {
             if let Some(c) = self.stash_counts.get(usize::from(stash.slot.get())) {
                 return Some(c);
@@ -361,6 +369,14 @@ impl EventPool {
         if let Some(c) = self.stash_counts.get(usize::from(stash.slot.replace(NO_SLOT))) {
             c.claimed.store(false, Ordering::Release);
         }
+    }
+
+    /// [`Self::release_stash`] at the stash's thread's exit, for good: a boundary the thread
+    /// makes later (in its teardown) takes a single event, and never fills the stash again,
+    /// which nothing would then give back.
+    pub fn retire_stash(&self, stash: &EventStash) {
+        stash.retired.set(true);
+        self.release_stash(stash);
     }
 
     /// Returns an event to its context's free list. Never fails: each list holds `cap`
@@ -518,5 +534,23 @@ mod tests {
         pool.take_stashed(A(), &late, || unreachable!()).unwrap();
         assert_eq!(late.len(), STASH_EVENTS - 1, "the freed slot is taken");
         assert_eq!(pool.free_len(), 2000 - MAX_STASHES - 2);
+    }
+
+    #[test]
+    fn a_retired_stash_gives_its_events_and_slot_back_and_takes_one_event_at_a_time() {
+        // A thread's exit, then a boundary in its teardown: nothing is stashed again, since
+        // nothing would give it back.
+        let pool = EventPool::new(64);
+        let next = Cell::new(0);
+        fill(&pool, A(), 40, &next);
+        let stash = EventStash::new();
+        pool.take_stashed(A(), &stash, || unreachable!()).unwrap();
+        assert_eq!((stash.len(), pool.free_len()), (STASH_EVENTS - 1, 39));
+        pool.retire_stash(&stash);
+        assert_eq!((stash.len(), pool.free_len()), (0, 39), "the stashed events are free again");
+        assert!(pool.stash_counts.iter().all(|c| !c.claimed.load(Ordering::Relaxed)), "and its slot");
+        pool.take_stashed(A(), &stash, || unreachable!()).unwrap();
+        assert_eq!((stash.len(), pool.free_len()), (0, 38), "one event taken, none stashed");
+        assert!(pool.stash_counts.iter().all(|c| !c.claimed.load(Ordering::Relaxed)), "no slot claimed");
     }
 }
