@@ -20,7 +20,7 @@ use gpuspan_core::scope::{ScopeEvent, ScopeId};
 use gpuspan_core::spans::corr_runs::CorrelationRuns;
 use gpuspan_core::spans::{Finalized, SpanAssembler, SpanOptions};
 use gpuspan_cupti::buffers::RawBuffer;
-use gpuspan_cupti::decode::{decode_buffer, DecodeStats, NameCache};
+use gpuspan_cupti::decode::{decode_buffer, DecodeStats, NameCache, RecordSink};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -312,21 +312,27 @@ impl Collector {
             // limit, they made that vector double beyond it (256 Ki records, 19 MB, for the
             // 100 k of rolling segments) before the truncation below.
             let at_limit = self.records.len() >= a.config.max_records;
-            let out = if at_limit { &mut self.over_limit } else { &mut self.records };
-            let before = out.len();
+            // Coarse mode's spans come from scope intervals; its records (fine windows) only
+            // go to the window's capture.
+            let spans = a.coarse.is_none();
+            let mut sink = OwnCorrelations {
+                records: if at_limit { &mut self.over_limit } else { &mut self.records },
+                // At the limit the capture drops the buffer, its correlations with it.
+                correlations: (!at_limit).then_some(&mut self.correlations),
+                assembler: spans.then_some(&mut self.assembler),
+            };
+            let before = sink.records.len();
             // SAFETY: `addr` is a pool buffer CUPTI completed with `valid` bytes of records
             // laid out by the CUPTI whose GetNextRecord and layouts we pass; nobody else
             // touches it now.
-            let st = unsafe { decode_buffer(next, &layouts, addr as *mut u8, valid, &mut self.names, out) };
+            let st = unsafe { decode_buffer(next, &layouts, addr as *mut u8, valid, &mut self.names, &mut sink) };
+            let out = if at_limit { &mut self.over_limit } else { &mut self.records };
             // SAFETY: decoded; the buffer goes back to the pool exactly once, and only its
             // `valid` bytes were written since the pool lent it zeroed (CUPTI fills buffers
             // from the start; a foreign buffer's copy is `valid` bytes long).
             unsafe { a.pool.give_back_written(RawBuffer(addr), valid) };
             a.counters.buffers_decoded.fetch_add(1, Ordering::Release);
-            // Coarse mode's spans come from scope intervals; its records (fine windows) only
-            // go to the window's capture. Every device a kernel ran on is one the worker uses
-            // (NVML samples it).
-            let spans = a.coarse.is_none();
+            // Every device a kernel ran on is one the worker uses (NVML samples it).
             let mut last_device = None;
             let decoded = &out[before..];
             for r in decoded {
@@ -340,13 +346,12 @@ impl Collector {
                     self.assembler.observe_record(r, &self.scopes, &mut self.classifier);
                 }
             }
-            let added = decoded.len();
-            a.counters.records_decoded.fetch_add(added as u64, Ordering::Relaxed);
+            // Every record decoded, gpuspan's external correlations (taken as runs) among them.
+            a.counters.records_decoded.fetch_add(st.decoded, Ordering::Relaxed);
             if at_limit {
-                a.counters.records_over_limit.fetch_add(added as u64, Ordering::Relaxed);
+                a.counters.records_over_limit.fetch_add(st.decoded, Ordering::Relaxed);
                 self.over_limit.clear();
             } else {
-                take_correlations(&mut self.records, before, &mut self.correlations);
                 if self.records.len() > a.config.max_records {
                     let over = self.records.len() - a.config.max_records;
                     self.records.truncate(a.config.max_records);
@@ -407,23 +412,39 @@ pub fn load_rules(config: &Config) -> StageRules {
     }
 }
 
-/// Moves gpuspan's own external-correlation records (kind CUSTOM2) of `records[from..]`
-/// into `correlations`, keeping the other records in order.
-pub fn take_correlations(records: &mut Vec<ActivityRecord>, from: usize, correlations: &mut CorrelationRuns) {
-    let mut kept = from;
-    for i in from..records.len() {
-        match &records[i] {
-            ActivityRecord::ExternalCorrelation(e) if e.external_kind == GPUSPAN_EXTERNAL_KIND => {
-                correlations.insert(e.correlation_id, e.external_id);
-            }
-            _ => {
-                // Everything in `kept..i` was moved out: this record moves up into it.
-                records.swap(kept, i);
-                kept += 1;
+/// Where the collector decodes a buffer to ([`RecordSink`]): gpuspan's own external
+/// correlations (kind CUSTOM2: correlation id → scope) go, as they are decoded, to the
+/// collector's runs (`correlations`, `None` when the capture drops the buffer at its record
+/// limit) and to the span assembler (`None` in coarse mode), never into `records`; every
+/// other record, another tool's external correlation kinds among them, is appended to
+/// `records` in order. Storing those records and then moving them out
+/// (`take_correlations`, until issue 14 item 1's thirteenth part) was a third of the records
+/// written and a pass that moved the rest.
+pub struct OwnCorrelations<'a> {
+    /// Where the other records go.
+    pub records: &'a mut Vec<ActivityRecord>,
+    /// The capture's correlation runs.
+    pub correlations: Option<&'a mut CorrelationRuns>,
+    /// The span assembler ([`SpanAssembler::observe_external_correlation`]).
+    pub assembler: Option<&'a mut SpanAssembler>,
+}
+
+impl RecordSink for OwnCorrelations<'_> {
+    #[inline]
+    fn push_record(&mut self, r: ActivityRecord) {
+        if let ActivityRecord::ExternalCorrelation(e) = &r {
+            if e.external_kind == GPUSPAN_EXTERNAL_KIND {
+                if let Some(c) = self.correlations.as_deref_mut() {
+                    c.insert(e.correlation_id, e.external_id);
+                }
+                if let Some(s) = self.assembler.as_deref_mut() {
+                    s.observe_external_correlation(e.correlation_id, e.external_id);
+                }
+                return;
             }
         }
+        self.records.push(r);
     }
-    records.truncate(kept);
 }
 
 /// Flight recorder: drops records that started before `cutoff_ns` (CUPTI ns), and the
@@ -495,17 +516,26 @@ mod tests {
     /// (another tool's external correlation kind among them) stays, in order, and what was
     /// held before `from` is not looked at.
     #[test]
-    fn own_external_correlations_move_to_the_runs_and_the_rest_keep_their_order() {
+    fn own_external_correlations_go_to_the_runs_and_the_rest_keep_their_order() {
         let held = ext(GPUSPAN_EXTERNAL_KIND, 1, 99);
         let mut records = vec![held.clone(), api(1, 10)];
         let new = [api(2, 20), ext(GPUSPAN_EXTERNAL_KIND, 2, 5), kernel(2, 30), ext(1, 2, 777), ext(GPUSPAN_EXTERNAL_KIND, 3, 5), api(3, 40), kernel(3, 50)];
-        records.extend(new.iter().cloned());
         let mut runs = CorrelationRuns::new();
-        take_correlations(&mut records, 2, &mut runs);
+        let mut sink = OwnCorrelations { records: &mut records, correlations: Some(&mut runs), assembler: None };
+        for r in new.iter().cloned() {
+            sink.push_record(r);
+        }
         let others: Vec<ActivityRecord> = new.iter().filter(|r| !matches!(r, ActivityRecord::ExternalCorrelation(e) if e.external_kind == GPUSPAN_EXTERNAL_KIND)).cloned().collect();
         assert_eq!(records[..2], [held, api(1, 10)]);
         assert_eq!(records[2..], others[..]);
         assert_eq!((runs.get(1), runs.get(2), runs.get(3), runs.len(), runs.run_count()), (None, Some(5), Some(5), 2, 1));
+        // At the record limit (no runs) they are dropped with the buffer, never kept as records.
+        let mut over = Vec::new();
+        let mut sink = OwnCorrelations { records: &mut over, correlations: None, assembler: None };
+        for r in new.iter().cloned() {
+            sink.push_record(r);
+        }
+        assert_eq!(over, others);
     }
 
     /// The flight recorder's pruning lets go of the runs of the calls older than every

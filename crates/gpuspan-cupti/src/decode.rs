@@ -141,7 +141,23 @@ impl NextRecord {
     }
 }
 
-/// Decodes every record of `buf[..valid_bytes]`, appending to `out`.
+/// Where [`decode_buffer`] puts each record it decodes, in buffer order: a `Vec` keeps them
+/// all; a caller may take some kinds elsewhere as they are decoded (the agent's collector
+/// keeps gpuspan's own external correlations as runs, never as records).
+pub trait RecordSink {
+    /// Takes one decoded record.
+    fn push_record(&mut self, r: ActivityRecord);
+}
+
+impl RecordSink for Vec<ActivityRecord> {
+    #[inline]
+    fn push_record(&mut self, r: ActivityRecord) {
+        self.push(r);
+    }
+}
+
+/// Decodes every record of `buf[..valid_bytes]`, handing each to `out` ([`RecordSink`]; a
+/// `Vec` appends).
 ///
 /// `next_record` walks the buffer: the CUPTI's that filled it (`ActivityApi::next_record`),
 /// or any function with its contract (`NextRecord::from(f)`); `layouts` are that CUPTI's
@@ -151,13 +167,13 @@ impl NextRecord {
 /// `buf` points to a buffer of at least `valid_bytes` bytes that CUPTI completed, holding
 /// records laid out by the CUPTI whose `next_record` and `layouts` are passed; name pointers
 /// inside the records are valid for the duration of this call.
-pub unsafe fn decode_buffer(
+pub unsafe fn decode_buffer<S: RecordSink + ?Sized>(
     next_record: NextRecord,
     layouts: &RecordLayouts,
     buf: *mut u8,
     valid_bytes: usize,
     names: &mut NameCache,
-    out: &mut Vec<ActivityRecord>,
+    out: &mut S,
 ) -> DecodeStats {
     let mut st = DecodeStats::default();
     if buf.is_null() || valid_bytes == 0 {
@@ -186,7 +202,7 @@ pub unsafe fn decode_buffer(
                         st.incomplete_kernels += 1;
                     }
                 }
-                out.push(r);
+                out.push_record(r);
                 st.decoded += 1;
             }
             None => st.skipped += 1,

@@ -141,14 +141,15 @@ impl Recorded {
     }
 
     /// Stores this mark into words [`RECORDED_FIRST_WORD`].. of a ring entry
-    /// (`crate::thread_ring`): the context, the events, the streams, then one word of the
-    /// rest. Each word is read from the field that holds it, never through a copy of the
-    /// whole struct (`crate::word_ring` says why).
+    /// (`crate::thread_ring`): the context, the `n` recorded events and their streams (the
+    /// words of the others are left as they are: [`Recorded::load_words`] reads only `n`),
+    /// then one word of the rest. Each word is read from the field that holds it, never
+    /// through a copy of the whole struct (`crate::word_ring` says why).
     #[inline(always)]
     pub fn store_words(&self, e: &Entry) {
         let w = &e[RECORDED_FIRST_WORD..];
         w[0].store(self.ctx.addr() as u64, Ordering::Relaxed);
-        for i in 0..MAX_SCOPE_STREAMS {
+        for i in 0..usize::from(self.n).min(MAX_SCOPE_STREAMS) {
             w[1 + i].store(self.events[i].addr() as u64, Ordering::Relaxed);
             w[1 + MAX_SCOPE_STREAMS + i].store(self.streams[i].addr() as u64, Ordering::Relaxed);
         }
@@ -160,27 +161,32 @@ impl Recorded {
         w[1 + 2 * MAX_SCOPE_STREAMS].store(meta, Ordering::Relaxed);
     }
 
-    /// The mark [`Recorded::store_words`] stored in `e`.
+    /// The mark [`Recorded::store_words`] stored in `e` (past `n`, the events and streams of
+    /// [`Recorded::new`]).
     pub fn load_words(e: &Entry) -> Recorded {
         let w = &e[RECORDED_FIRST_WORD..];
         let word = |i: usize| w[i].load(Ordering::Relaxed) as usize;
         let meta = w[1 + 2 * MAX_SCOPE_STREAMS].load(Ordering::Relaxed);
+        let n = ((meta >> 8) as u8).min(MAX_SCOPE_STREAMS as u8);
+        let set = |i: usize| i < usize::from(n);
         Recorded {
             ctx: Context::from_raw(word(0)),
-            events: std::array::from_fn(|i| Event::from_raw(word(1 + i))),
-            streams: std::array::from_fn(|i| Stream::from_raw(word(1 + MAX_SCOPE_STREAMS + i))),
+            events: std::array::from_fn(|i| if set(i) { Event::from_raw(word(1 + i)) } else { Event::UNSET }),
+            streams: std::array::from_fn(|i| if set(i) { Stream::from_raw(word(1 + MAX_SCOPE_STREAMS + i)) } else { Stream::LEGACY }),
             device: (meta & 1 != 0).then_some((meta >> 32) as u32),
             is_end: meta & 2 != 0,
             idle: meta & 4 != 0,
-            n: (meta >> 8) as u8,
+            n,
             source: source_of_code((meta >> 16) as u8),
         }
     }
 
-    /// Forgets the recorded events (their owner gave them back).
+    /// Forgets the recorded events (their owner gave them back): as [`Recorded::new`] made it,
+    /// but for the flags.
     fn clear_marks(&mut self) {
         self.ctx = Context::UNSET;
         self.events = [Event::UNSET; MAX_SCOPE_STREAMS];
+        self.streams = [Stream::LEGACY; MAX_SCOPE_STREAMS];
         self.n = 0;
     }
 }
@@ -337,7 +343,9 @@ mod tests {
     fn a_mark_comes_back_whole_from_a_ring_entrys_words() {
         let entry: Entry = std::array::from_fn(|_| std::sync::atomic::AtomicU64::new(0));
         let sources = [TimingSource::CudaEvent, TimingSource::LegacyStream, TimingSource::CpuFallback, TimingSource::Cpu, TimingSource::Captured];
-        for (k, source) in sources.into_iter().enumerate() {
+        // Fewer events after more, as a reused ring slot sees them: the words past `n` hold an
+        // earlier mark's, and read as none.
+        for (k, source) in sources.into_iter().enumerate().rev() {
             let mut m = Recorded::new(k % 2 == 1, source);
             for i in 0..k.min(MAX_SCOPE_STREAMS) {
                 assert!(m.push_mark(sm(0x1000 + i, 0xc0 + k, 0x20 + i)));
@@ -347,6 +355,11 @@ mod tests {
             m.store_words(&entry);
             assert_eq!(Recorded::load_words(&entry), m, "source {source:?}");
             assert_eq!(entry[RECORDED_FIRST_WORD - 1].load(Ordering::Relaxed), 0, "words before the mark's are the scope event's");
+            // A mark whose events went back reads as none recorded.
+            let mut cleared = m;
+            cleared.clear_marks();
+            cleared.store_words(&entry);
+            assert_eq!(Recorded::load_words(&entry), cleared, "source {source:?}, cleared");
         }
     }
 

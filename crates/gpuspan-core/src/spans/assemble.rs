@@ -743,13 +743,20 @@ impl SpanAssembler {
         });
     }
 
+    /// gpuspan's external correlation (kind `GPUSPAN_EXTERNAL_KIND`): the API call of
+    /// `correlation_id` ran in scope `scope` (its id, as pushed). What [`Self::observe_record`]
+    /// does with such a record, for a caller that keeps no record of it.
+    pub fn observe_external_correlation(&mut self, correlation_id: u32, scope: ScopeId) {
+        self.corr_scope.insert(correlation_id, scope);
+    }
+
     /// Observes one decoded record. Kernels are classified here (scope stage first, then
     /// the cached name rules).
     pub fn observe_record(&mut self, rec: &ActivityRecord, scopes: &ScopeTable, classifier: &mut Classifier) {
         let pending = match rec {
             ActivityRecord::ExternalCorrelation(e) => {
                 if e.external_kind == GPUSPAN_EXTERNAL_KIND {
-                    self.corr_scope.insert(e.correlation_id, e.external_id);
+                    self.observe_external_correlation(e.correlation_id, e.external_id);
                 }
                 return;
             }
