@@ -13,14 +13,14 @@ use crate::config::Config;
 use crate::scope_names::QueuedScope;
 use crate::thread_ring::Boundary;
 use crate::shared::Shared;
-use gpuspan_core::activity::{ActivityRecord, GPUSPAN_EXTERNAL_KIND};
+use gpuspan_core::activity::ActivityRecord;
 use gpuspan_core::classify::{Classifier, StageRules};
 use gpuspan_core::join::ScopeTable;
 use gpuspan_core::scope::{ScopeEvent, ScopeId};
 use gpuspan_core::spans::corr_runs::CorrelationRuns;
 use gpuspan_core::spans::{Finalized, SpanAssembler, SpanOptions};
 use gpuspan_cupti::buffers::RawBuffer;
-use gpuspan_cupti::decode::{decode_buffer, DecodeStats, NameCache, RecordSink};
+use gpuspan_cupti::decode::{decode_buffer_own_correlations_apart, DecodeStats, NameCache};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -315,18 +315,19 @@ impl Collector {
             // Coarse mode's spans come from scope intervals; its records (fine windows) only
             // go to the window's capture.
             let spans = a.coarse.is_none();
-            let mut sink = OwnCorrelations {
-                records: if at_limit { &mut self.over_limit } else { &mut self.records },
-                // At the limit the capture drops the buffer, its correlations with it.
-                correlations: (!at_limit).then_some(&mut self.correlations),
-                assembler: spans.then_some(&mut self.assembler),
+            let out = if at_limit { &mut self.over_limit } else { &mut self.records };
+            let before = out.len();
+            // gpuspan's external correlations go to the runs (not at the limit, where the
+            // capture drops the buffer and its correlations with it) and to the span
+            // assembler, never into `out` ([`take_own_correlation`]).
+            let (correlations, assembler) = (&mut self.correlations, &mut self.assembler);
+            let mut own = |corr: u32, scope: ScopeId| {
+                take_own_correlation((!at_limit).then_some(&mut *correlations), spans.then_some(&mut *assembler), corr, scope)
             };
-            let before = sink.records.len();
             // SAFETY: `addr` is a pool buffer CUPTI completed with `valid` bytes of records
             // laid out by the CUPTI whose GetNextRecord and layouts we pass; nobody else
             // touches it now.
-            let st = unsafe { decode_buffer(next, &layouts, addr as *mut u8, valid, &mut self.names, &mut sink) };
-            let out = if at_limit { &mut self.over_limit } else { &mut self.records };
+            let st = unsafe { decode_buffer_own_correlations_apart(next, &layouts, addr as *mut u8, valid, &mut self.names, out, &mut own) };
             // SAFETY: decoded; the buffer goes back to the pool exactly once, and only its
             // `valid` bytes were written since the pool lent it zeroed (CUPTI fills buffers
             // from the start; a foreign buffer's copy is `valid` bytes long).
@@ -412,38 +413,19 @@ pub fn load_rules(config: &Config) -> StageRules {
     }
 }
 
-/// Where the collector decodes a buffer to ([`RecordSink`]): gpuspan's own external
-/// correlations (kind CUSTOM2: correlation id → scope) go, as they are decoded, to the
-/// collector's runs (`correlations`, `None` when the capture drops the buffer at its record
-/// limit) and to the span assembler (`None` in coarse mode), never into `records`; every
-/// other record, another tool's external correlation kinds among them, is appended to
-/// `records` in order. Storing those records and then moving them out
-/// (`take_correlations`, until issue 14 item 1's thirteenth part) was a third of the records
-/// written and a pass that moved the rest.
-pub struct OwnCorrelations<'a> {
-    /// Where the other records go.
-    pub records: &'a mut Vec<ActivityRecord>,
-    /// The capture's correlation runs.
-    pub correlations: Option<&'a mut CorrelationRuns>,
-    /// The span assembler ([`SpanAssembler::observe_external_correlation`]).
-    pub assembler: Option<&'a mut SpanAssembler>,
-}
-
-impl RecordSink for OwnCorrelations<'_> {
-    #[inline]
-    fn push_record(&mut self, r: ActivityRecord) {
-        if let ActivityRecord::ExternalCorrelation(e) = &r {
-            if e.external_kind == GPUSPAN_EXTERNAL_KIND {
-                if let Some(c) = self.correlations.as_deref_mut() {
-                    c.insert(e.correlation_id, e.external_id);
-                }
-                if let Some(s) = self.assembler.as_deref_mut() {
-                    s.observe_external_correlation(e.correlation_id, e.external_id);
-                }
-                return;
-            }
-        }
-        self.records.push(r);
+/// Where gpuspan's own external correlation (kind CUSTOM2: the API call of `corr` ran in
+/// `scope`) goes as the collector decodes it
+/// ([`gpuspan_cupti::decode::decode_buffer_own_correlations_apart`]): to the capture's
+/// correlation runs (`None` when the capture drops the buffer at its record limit) and to the
+/// span assembler (`None` in coarse mode). It is never stored as a record: storing each and
+/// then moving them out (`take_correlations`, until issue 14 item 1's thirteenth part) was a
+/// third of the records written and a pass that moved the rest.
+pub fn take_own_correlation(correlations: Option<&mut CorrelationRuns>, assembler: Option<&mut SpanAssembler>, corr: u32, scope: ScopeId) {
+    if let Some(c) = correlations {
+        c.insert(corr, scope);
+    }
+    if let Some(s) = assembler {
+        s.observe_external_correlation(corr, scope);
     }
 }
 
@@ -512,30 +494,18 @@ mod tests {
         })
     }
 
-    /// gpuspan's external correlations of the new records go to the runs; every other record
-    /// (another tool's external correlation kind among them) stays, in order, and what was
-    /// held before `from` is not looked at.
+    /// gpuspan's external correlation goes to the runs and to the span assembler, either
+    /// left out when not given (the record limit, coarse mode).
     #[test]
-    fn own_external_correlations_go_to_the_runs_and_the_rest_keep_their_order() {
-        let held = ext(GPUSPAN_EXTERNAL_KIND, 1, 99);
-        let mut records = vec![held.clone(), api(1, 10)];
-        let new = [api(2, 20), ext(GPUSPAN_EXTERNAL_KIND, 2, 5), kernel(2, 30), ext(1, 2, 777), ext(GPUSPAN_EXTERNAL_KIND, 3, 5), api(3, 40), kernel(3, 50)];
+    fn an_own_external_correlation_goes_to_the_runs_and_the_span_assembler() {
         let mut runs = CorrelationRuns::new();
-        let mut sink = OwnCorrelations { records: &mut records, correlations: Some(&mut runs), assembler: None };
-        for r in new.iter().cloned() {
-            sink.push_record(r);
-        }
-        let others: Vec<ActivityRecord> = new.iter().filter(|r| !matches!(r, ActivityRecord::ExternalCorrelation(e) if e.external_kind == GPUSPAN_EXTERNAL_KIND)).cloned().collect();
-        assert_eq!(records[..2], [held, api(1, 10)]);
-        assert_eq!(records[2..], others[..]);
-        assert_eq!((runs.get(1), runs.get(2), runs.get(3), runs.len(), runs.run_count()), (None, Some(5), Some(5), 2, 1));
-        // At the record limit (no runs) they are dropped with the buffer, never kept as records.
-        let mut over = Vec::new();
-        let mut sink = OwnCorrelations { records: &mut over, correlations: None, assembler: None };
-        for r in new.iter().cloned() {
-            sink.push_record(r);
-        }
-        assert_eq!(over, others);
+        let mut spans = SpanAssembler::new(SpanOptions::default());
+        take_own_correlation(Some(&mut runs), Some(&mut spans), 2, 5);
+        take_own_correlation(Some(&mut runs), None, 3, 5);
+        take_own_correlation(None, None, 9, 6);
+        assert_eq!((runs.get(2), runs.get(3), runs.get(9), runs.len(), runs.run_count()), (Some(5), Some(5), None, 2, 1));
+        assert_eq!(spans.correlation_scope(2), Some(5), "the assembler was told");
+        assert_eq!(spans.correlation_scope(3), None, "and only when given");
     }
 
     /// The flight recorder's pruning lets go of the runs of the calls older than every

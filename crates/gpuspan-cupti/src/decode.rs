@@ -141,23 +141,7 @@ impl NextRecord {
     }
 }
 
-/// Where [`decode_buffer`] puts each record it decodes, in buffer order: a `Vec` keeps them
-/// all; a caller may take some kinds elsewhere as they are decoded (the agent's collector
-/// keeps gpuspan's own external correlations as runs, never as records).
-pub trait RecordSink {
-    /// Takes one decoded record.
-    fn push_record(&mut self, r: ActivityRecord);
-}
-
-impl RecordSink for Vec<ActivityRecord> {
-    #[inline]
-    fn push_record(&mut self, r: ActivityRecord) {
-        self.push(r);
-    }
-}
-
-/// Decodes every record of `buf[..valid_bytes]`, handing each to `out` ([`RecordSink`]; a
-/// `Vec` appends).
+/// Decodes every record of `buf[..valid_bytes]`, appending to `out`.
 ///
 /// `next_record` walks the buffer: the CUPTI's that filled it (`ActivityApi::next_record`),
 /// or any function with its contract (`NextRecord::from(f)`); `layouts` are that CUPTI's
@@ -167,13 +151,56 @@ impl RecordSink for Vec<ActivityRecord> {
 /// `buf` points to a buffer of at least `valid_bytes` bytes that CUPTI completed, holding
 /// records laid out by the CUPTI whose `next_record` and `layouts` are passed; name pointers
 /// inside the records are valid for the duration of this call.
-pub unsafe fn decode_buffer<S: RecordSink + ?Sized>(
+pub unsafe fn decode_buffer(
     next_record: NextRecord,
     layouts: &RecordLayouts,
     buf: *mut u8,
     valid_bytes: usize,
     names: &mut NameCache,
-    out: &mut S,
+    out: &mut Vec<ActivityRecord>,
+) -> DecodeStats {
+    // SAFETY: the caller's contract, passed on.
+    unsafe { decode_records(next_record, layouts, buf, valid_bytes, names, out, None) }
+}
+
+/// [`decode_buffer`], but gpuspan's own external correlations (kind
+/// [`GPUSPAN_EXTERNAL_KIND`]) are handed to `own` as (correlation id, external id: the
+/// scope) as they are decoded, and not appended to `out`; every other record, another tool's
+/// external correlation kinds among them, is, in order. The agent's collector keeps its
+/// correlations as runs, so storing them as records first (a third of a fine-mode buffer's
+/// records) and moving them out again was wasted (issue 14, item 1). They count in
+/// [`DecodeStats::decoded`].
+///
+/// # Safety
+/// As [`decode_buffer`].
+pub unsafe fn decode_buffer_own_correlations_apart(
+    next_record: NextRecord,
+    layouts: &RecordLayouts,
+    buf: *mut u8,
+    valid_bytes: usize,
+    names: &mut NameCache,
+    out: &mut Vec<ActivityRecord>,
+    own: &mut dyn FnMut(u32, u64),
+) -> DecodeStats {
+    // SAFETY: the caller's contract, passed on.
+    unsafe { decode_records(next_record, layouts, buf, valid_bytes, names, out, Some(own)) }
+}
+
+/// The walk of both: `own`, when given, takes gpuspan's external correlations. Inlined into
+/// each, with `decode_one` inlined into it: called out of line, `decode_one` made decoding
+/// take 1.4× as long (`benches/hot_path.rs`, `decode`).
+///
+/// # Safety
+/// As [`decode_buffer`].
+#[inline(always)]
+unsafe fn decode_records(
+    next_record: NextRecord,
+    layouts: &RecordLayouts,
+    buf: *mut u8,
+    valid_bytes: usize,
+    names: &mut NameCache,
+    out: &mut Vec<ActivityRecord>,
+    mut own: Option<&mut dyn FnMut(u32, u64)>,
 ) -> DecodeStats {
     let mut st = DecodeStats::default();
     if buf.is_null() || valid_bytes == 0 {
@@ -197,13 +224,18 @@ pub unsafe fn decode_buffer<S: RecordSink + ?Sized>(
         // `decode_one` reads only fields that exist in it (`layouts`).
         match unsafe { decode_one(kind, rec as *const u8, layouts, names) } {
             Some(r) => {
-                if let ActivityRecord::Kernel(k) = &r {
-                    if k.end_ns == 0 && k.start_ns != 0 {
-                        st.incomplete_kernels += 1;
-                    }
-                }
-                out.push_record(r);
                 st.decoded += 1;
+                match &r {
+                    ActivityRecord::Kernel(k) if k.end_ns == 0 && k.start_ns != 0 => st.incomplete_kernels += 1,
+                    ActivityRecord::ExternalCorrelation(e) if e.external_kind == GPUSPAN_EXTERNAL_KIND => {
+                        if let Some(f) = own.as_deref_mut() {
+                            f(e.correlation_id, e.external_id);
+                            continue;
+                        }
+                    }
+                    _ => {}
+                }
+                out.push(r);
             }
             None => st.skipped += 1,
         }
@@ -222,6 +254,7 @@ macro_rules! field {
 
 /// # Safety
 /// `p` points to a complete record of kind `kind` written by the CUPTI `layouts` describe.
+#[inline(always)]
 unsafe fn decode_one(kind: u32, p: *const u8, layouts: &RecordLayouts, names: &mut NameCache) -> Option<ActivityRecord> {
     use crate::activity::*;
     // SAFETY (whole body): per the fn contract, the record struct of `kind` that this CUPTI

@@ -750,6 +750,12 @@ impl SpanAssembler {
         self.corr_scope.insert(correlation_id, scope);
     }
 
+    /// The scope the API call of `correlation_id` ran in, as gpuspan's external correlations
+    /// told it; `None` when none did (or it was let go of).
+    pub fn correlation_scope(&self, correlation_id: u32) -> Option<ScopeId> {
+        self.corr_scope.get(correlation_id)
+    }
+
     /// Observes one decoded record. Kernels are classified here (scope stage first, then
     /// the cached name rules).
     pub fn observe_record(&mut self, rec: &ActivityRecord, scopes: &ScopeTable, classifier: &mut Classifier) {
