@@ -12,12 +12,13 @@
 //!
 //! - **First boundary of a thread.** It takes a free registry slot (one of
 //!   [`MAX_THREAD_RINGS`]) under that slot's `try_lock`, never waiting on the collector, and
-//!   the slot's ring: the one an exited thread left there, or a new one ([`THREAD_RING_CAP`]
-//!   entries of 16 words (128 bytes): 1 MiB, allocated then). When no slot is free, the thread uses the shared boundary queue
-//!   (`Shared::scope_queue`) for the rest of this agent generation ([`Pushed::NoRing`]), so a
-//!   thread's boundaries never move from one path to the other (the collector drains the
-//!   shared queue and the rings one after the other, so a thread on both would be read out
-//!   of order).
+//!   the slot's ring: the one an exited thread left there, or a new one
+//!   ([`THREAD_RING_CAP`] entries of 16 words (128 bytes): 1 MiB, allocated then). When no
+//!   slot is free, the thread uses the shared boundary queue (`Shared::scope_queue`) for the
+//!   rest of this agent generation ([`Pushed::NoRing`]). A thread moves from one path to the
+//!   other only at its exit, from its ring to the shared queue (below), never back, and the
+//!   collector reads the rings before the shared queue's boundaries queued by then, so each
+//!   thread's boundaries are read in order.
 //! - **Steady state.** No allocation, no lock: the push, through the [`RingSide`] the caller
 //!   keeps in its own thread-local (one thread-local access per boundary in all). A full
 //!   ring drops the boundary ([`Pushed::Full`]; the caller counts it), it never blocks.
