@@ -515,6 +515,12 @@ fn multiple_subscriber_mode_lets_a_second_tool_collect_alongside() {
     assert_eq!(kernels(&t).len() as u64, replayed, "gpuspan got every kernel too");
     assert_eq!(summary_of(&t, "cupti_multi_subscriber_subscriptions"), 1);
     assert_eq!(summary_of(&t, "buffers_foreign"), 0, "CUPTI kept the tool's buffers apart");
+    // gpuspan promised zeroed buffers for its own subscriber (`cuptiActivitySetAttribute_v2`):
+    // CUPTI zeroed every buffer the tool lent (it promised nothing) and none of gpuspan's, and
+    // none of gpuspan's was lent dirty.
+    let cupti = crate::util::sim_cupti_text(&text);
+    assert_eq!(cupti["buffers_zeroed_by_cupti"], lent, "only the tool's buffers were zeroed by CUPTI: {cupti:?}\n{text}");
+    assert_eq!(cupti["buffers_lent_dirty"], 0, "{cupti:?}");
 
     // The single V1 subscription when the driver refuses the mode (older than r610), or when
     // it is turned off.

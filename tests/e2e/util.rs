@@ -218,7 +218,11 @@ pub fn url_encode(q: &str) -> String {
 
 /// The worker's `sim cupti: …` line as (key → value), its counters (not `version=`).
 pub fn sim_cupti(o: &Output) -> std::collections::BTreeMap<String, u64> {
-    let stdout = String::from_utf8_lossy(&o.stdout);
+    sim_cupti_text(&String::from_utf8_lossy(&o.stdout))
+}
+
+/// [`sim_cupti`] of the worker's output `stdout`.
+pub fn sim_cupti_text(stdout: &str) -> std::collections::BTreeMap<String, u64> {
     let line = stdout.lines().find(|l| l.starts_with("sim cupti:")).unwrap_or_else(|| panic!("no sim cupti line in {stdout}"));
     line["sim cupti:".len()..]
         .split_whitespace()

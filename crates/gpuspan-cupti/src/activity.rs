@@ -498,9 +498,13 @@ impl ActivityApi {
         if let Some((t, h)) = self.v2() {
             // SAFETY: live subscriber handle; both are 'static extern "C" fns with the V2
             // callback signatures.
-            return check("cuptiActivityRegisterCallbacks_v2", unsafe {
-                (t.register_callbacks)(h, cbs.requested_v2, cbs.completed_v2)
-            });
+            check("cuptiActivityRegisterCallbacks_v2", unsafe { (t.register_callbacks)(h, cbs.requested_v2, cbs.completed_v2) })?;
+            // This subscriber's buffers are all gpuspan's pool's, lent zeroed: say so for this
+            // subscriber alone (`cuptiActivitySetAttribute_v2`), so CUPTI no longer zeroes each
+            // on the application thread that needs one; another subscriber's buffers, and
+            // the process-wide V1 value, are left as they are.
+            self.promise_zeroed_buffers_v2(t, h);
+            return Ok(());
         }
         // SAFETY: both are 'static extern "C" fns with the CUPTI callback signatures.
         let code = crate::foreign_client::FOREIGN
@@ -528,6 +532,21 @@ impl ActivityApi {
         // SAFETY: CUPTI's prototype; `size` and `value` are live locals of the attribute's
         // type (`uint8_t`), read during the call only.
         let ok = unsafe { set(ATTR_ZEROED_OUT_ACTIVITY_BUFFER, &mut size, (&mut value as *mut u8).cast()) } == 0;
+        if ok {
+            self.buffers_promised_zeroed.store(true, std::sync::atomic::Ordering::Release);
+        }
+        ok
+    }
+
+    /// [`Self::promise_zeroed_buffers`] for multiple-subscriber mode: the attribute for
+    /// subscriber `h` alone; returns whether CUPTI took it.
+    fn promise_zeroed_buffers_v2(&self, t: &crate::symbols::V2Symbols, h: *mut c_void) -> bool {
+        let Some(set) = t.activity_set_attribute else { return false };
+        let mut value: u8 = 1;
+        let mut size = std::mem::size_of::<u8>();
+        // SAFETY: CUPTI's prototype; `h` is the live subscriber handle; `size` and `value`
+        // are live locals of the attribute's type (`uint8_t`), read during the call only.
+        let ok = unsafe { set(h, ATTR_ZEROED_OUT_ACTIVITY_BUFFER, &mut size, (&mut value as *mut u8).cast()) } == 0;
         if ok {
             self.buffers_promised_zeroed.store(true, std::sync::atomic::Ordering::Release);
         }

@@ -104,6 +104,9 @@ pub(crate) struct V2Symbols {
     pub(crate) get_timestamp: unsafe extern "C" fn(*mut c_void, *mut u64) -> u32,
     /// `cuptiActivityGetNextRecord_v2`.
     pub(crate) get_next_record: GetNextRecordV2Fn,
+    /// `cuptiActivitySetAttribute_v2(subscriber, attr, size_t*, value*)`: an attribute for
+    /// this subscriber alone; `None` when the library lacks it (the table does not need it).
+    pub(crate) activity_set_attribute: Option<unsafe extern "C" fn(*mut c_void, u32, *mut usize, *mut c_void) -> u32>,
 }
 
 impl std::fmt::Debug for CuptiSymbols {
@@ -213,6 +216,12 @@ impl CuptiSymbols {
                 pop_external: sym!(lib, "cuptiActivityPopExternalCorrelationId_v2"),
                 get_timestamp: sym!(lib, "cuptiGetTimestamp_v2"),
                 get_next_record: sym!(lib, "cuptiActivityGetNextRecord_v2"),
+                // SAFETY: the symbol has the C signature of the field (`cupti_activity.h` 13.3+).
+                activity_set_attribute: unsafe {
+                    lib.get::<unsafe extern "C" fn(*mut c_void, u32, *mut usize, *mut c_void) -> u32>(b"cuptiActivitySetAttribute_v2\0")
+                }
+                .ok()
+                .map(|f| *f),
             })
         };
         table().ok()

@@ -467,6 +467,7 @@ fn multi_subscriber_types_match_the_13x_headers() {
         "cuptiActivityPopExternalCorrelationId_v2",
         "cuptiGetTimestamp_v2",
         "cuptiActivityGetNextRecord_v2",
+        "cuptiActivitySetAttribute_v2",
     ];
     let mut checked = 0;
     for entry in std::fs::read_dir(&root).unwrap() {

@@ -677,6 +677,44 @@ pub unsafe extern "C" fn cuptiActivitySetAttribute(
     })
 }
 
+/// `cuptiActivitySetAttribute` for one subscriber (13.3+): an unknown handle is
+/// INVALID_PARAMETER; `CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER` (5) is kept for the
+/// subscriber's activity client (in single mode, the V1 client: the process-wide value), so
+/// only its buffers are used as lent (`sim::cupti::ActivityClient::zeroed_out_buffers`);
+/// every other attribute is accepted.
+#[no_mangle]
+pub unsafe extern "C" fn cuptiActivitySetAttribute_v2(
+    sub: CUpti_SubscriberHandle,
+    attr: u32,
+    size: *mut usize,
+    value: *mut c_void,
+) -> CUptiResult {
+    guard(|| {
+        if size.is_null() || value.is_null() {
+            return CUPTI_ERROR_INVALID_PARAMETER;
+        }
+        let mut st = sim().lock();
+        let Some(t) = st.cupti.client_of_handle(sub as usize) else { return CUPTI_ERROR_INVALID_PARAMETER };
+        if attr == ATTR_ZEROED_OUT_ACTIVITY_BUFFER {
+            // SAFETY: non-NULL in-size from the caller.
+            if unsafe { *size } < 1 {
+                return CUPTI_ERROR_PARAMETER_SIZE_NOT_SUFFICIENT;
+            }
+            // SAFETY: non-NULL, at least one readable byte (checked above).
+            let on = unsafe { *(value as *const u8) } != 0;
+            match t {
+                Target::Legacy => st.cupti.zeroed_out_buffers = on,
+                _ => {
+                    if let Some(c) = st.cupti.client_mut(t) {
+                        c.zeroed_out_buffers = Some(on);
+                    }
+                }
+            }
+        }
+        CUPTI_SUCCESS
+    })
+}
+
 /// `type_`: CUPTI_ACTIVITY_THREAD_ID_TYPE_DEFAULT 0 (pthread_self) or SYSTEM 1 (gettid).
 #[no_mangle]
 pub unsafe extern "C" fn cuptiSetThreadIdType(type_: u32) -> CUptiResult {

@@ -99,6 +99,12 @@ pub struct ActivityClient {
     pub ext_stacks: HashMap<u32, HashMap<u32, Vec<u64>>>,
     /// Records lost since the last `GetNumDroppedRecords` of this client.
     pub dropped: u64,
+    /// `CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER` as this subscriber set it with
+    /// `cuptiActivitySetAttribute_v2`; `None`: the process-wide value
+    /// ([`Cupti::zeroed_out_buffers`], V1 `cuptiActivitySetAttribute`). Chosen where NVIDIA is
+    /// silent: the header says only that in multiple-subscriber mode `_v2` writes an
+    /// attribute "for the subscriber".
+    pub zeroed_out_buffers: Option<bool>,
 }
 
 impl ActivityClient {

@@ -253,7 +253,8 @@ fn write_to<'a>(
                 }
                 requests += 1;
                 let overhead = c.is_enabled(kind::OVERHEAD);
-                let zeroed_out = st.cupti.zeroed_out_buffers;
+                let own_zeroed_out = c.zeroed_out_buffers;
+                let zeroed_out = own_zeroed_out.unwrap_or(st.cupti.zeroed_out_buffers);
                 drop(st);
                 let (mut ptr, mut size, mut max) = (std::ptr::null_mut::<u8>(), 0usize, 0usize);
                 match callbacks {
