@@ -220,8 +220,9 @@ impl Collector {
     }
 
     /// Takes every queued scope boundary (scope events and coarse marks) into this collector:
-    /// first the shared queue (threads without a ring), then each thread's ring
-    /// ([`crate::thread_ring`]), telling `obs` of each scope event. The boundary-clock map is
+    /// each thread's ring ([`crate::thread_ring`]), then the boundaries that were on the
+    /// shared queue (threads without a ring, and boundaries made in a thread's teardown)
+    /// before the rings were read, telling `obs` of each scope event. The boundary-clock map is
     /// calibrated first, so every reading drained is converted by a line through a pair taken
     /// after it ([`crate::boundary_clock`]).
     fn take_scope_events(&mut self, a: &Shared, obs: &dyn ScopeObserver) {

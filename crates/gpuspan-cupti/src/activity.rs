@@ -527,26 +527,25 @@ impl ActivityApi {
     /// itself as before).
     pub fn promise_zeroed_buffers(&self) -> bool {
         let Some(set) = self.syms.activity_set_attribute else { return false };
-        let mut value: u8 = 1;
-        let mut size = std::mem::size_of::<u8>();
-        // SAFETY: CUPTI's prototype; `size` and `value` are live locals of the attribute's
-        // type (`uint8_t`), read during the call only.
-        let ok = unsafe { set(ATTR_ZEROED_OUT_ACTIVITY_BUFFER, &mut size, (&mut value as *mut u8).cast()) } == 0;
-        if ok {
-            self.buffers_promised_zeroed.store(true, std::sync::atomic::Ordering::Release);
-        }
-        ok
+        // SAFETY: CUPTI's prototype; the pointers are `promise_zeroed_with`'s live locals.
+        self.promise_zeroed_with(|size, value| unsafe { set(ATTR_ZEROED_OUT_ACTIVITY_BUFFER, size, value) })
     }
 
     /// [`Self::promise_zeroed_buffers`] for multiple-subscriber mode: the attribute for
     /// subscriber `h` alone; returns whether CUPTI took it.
     fn promise_zeroed_buffers_v2(&self, t: &crate::symbols::V2Symbols, h: *mut c_void) -> bool {
         let Some(set) = t.activity_set_attribute else { return false };
+        // SAFETY: CUPTI's prototype; `h` is the live subscriber handle; the pointers are
+        // `promise_zeroed_with`'s live locals.
+        self.promise_zeroed_with(|size, value| unsafe { set(h, ATTR_ZEROED_OUT_ACTIVITY_BUFFER, size, value) })
+    }
+
+    /// Writes the attribute's value 1 (a `uint8_t`) with `set(size, value)`, pointers to live
+    /// locals read during the call only; remembers a success.
+    fn promise_zeroed_with(&self, set: impl FnOnce(*mut usize, *mut c_void) -> u32) -> bool {
         let mut value: u8 = 1;
         let mut size = std::mem::size_of::<u8>();
-        // SAFETY: CUPTI's prototype; `h` is the live subscriber handle; `size` and `value`
-        // are live locals of the attribute's type (`uint8_t`), read during the call only.
-        let ok = unsafe { set(h, ATTR_ZEROED_OUT_ACTIVITY_BUFFER, &mut size, (&mut value as *mut u8).cast()) } == 0;
+        let ok = set(&mut size, (&mut value as *mut u8).cast()) == 0;
         if ok {
             self.buffers_promised_zeroed.store(true, std::sync::atomic::Ordering::Release);
         }

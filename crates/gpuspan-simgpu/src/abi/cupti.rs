@@ -661,20 +661,35 @@ pub unsafe extern "C" fn cuptiActivitySetAttribute(
     value: *mut c_void,
 ) -> CUptiResult {
     guard(|| {
-        if size.is_null() || value.is_null() {
-            return CUPTI_ERROR_INVALID_PARAMETER;
-        }
-        if attr == ATTR_ZEROED_OUT_ACTIVITY_BUFFER {
-            // SAFETY: non-NULL in-size from the caller.
-            if unsafe { *size } < 1 {
-                return CUPTI_ERROR_PARAMETER_SIZE_NOT_SUFFICIENT;
-            }
-            // SAFETY: non-NULL, at least one readable byte (checked above).
-            let on = unsafe { *(value as *const u8) } != 0;
-            sim().lock().cupti.zeroed_out_buffers = on;
+        // SAFETY: the caller's in-size and value (CUPTI's contract).
+        match unsafe { zeroed_out_value(attr, size, value) } {
+            Ok(Some(on)) => sim().lock().cupti.zeroed_out_buffers = on,
+            Ok(None) => {}
+            Err(code) => return code,
         }
         CUPTI_SUCCESS
     })
+}
+
+/// The value of `CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER` being set (a `uint8_t`, non-zero
+/// for on); `None` for another attribute; INVALID_PARAMETER for a NULL `size` or `value`,
+/// PARAMETER_SIZE_NOT_SUFFICIENT for a size under one byte.
+///
+/// # Safety
+/// `size` and `value` are NULL or the caller's in-size and value (CUPTI's contract).
+unsafe fn zeroed_out_value(attr: u32, size: *mut usize, value: *mut c_void) -> Result<Option<bool>, CUptiResult> {
+    if size.is_null() || value.is_null() {
+        return Err(CUPTI_ERROR_INVALID_PARAMETER);
+    }
+    if attr != ATTR_ZEROED_OUT_ACTIVITY_BUFFER {
+        return Ok(None);
+    }
+    // SAFETY: non-NULL in-size from the caller.
+    if unsafe { *size } < 1 {
+        return Err(CUPTI_ERROR_PARAMETER_SIZE_NOT_SUFFICIENT);
+    }
+    // SAFETY: non-NULL, at least one readable byte (checked above).
+    Ok(Some(unsafe { *(value as *const u8) } != 0))
 }
 
 /// `cuptiActivitySetAttribute` for one subscriber (13.3+): an unknown handle is
@@ -690,26 +705,20 @@ pub unsafe extern "C" fn cuptiActivitySetAttribute_v2(
     value: *mut c_void,
 ) -> CUptiResult {
     guard(|| {
-        if size.is_null() || value.is_null() {
-            return CUPTI_ERROR_INVALID_PARAMETER;
-        }
         let mut st = sim().lock();
         let Some(t) = st.cupti.client_of_handle(sub as usize) else { return CUPTI_ERROR_INVALID_PARAMETER };
-        if attr == ATTR_ZEROED_OUT_ACTIVITY_BUFFER {
-            // SAFETY: non-NULL in-size from the caller.
-            if unsafe { *size } < 1 {
-                return CUPTI_ERROR_PARAMETER_SIZE_NOT_SUFFICIENT;
-            }
-            // SAFETY: non-NULL, at least one readable byte (checked above).
-            let on = unsafe { *(value as *const u8) } != 0;
-            match t {
+        // SAFETY: the caller's in-size and value (CUPTI's contract).
+        match unsafe { zeroed_out_value(attr, size, value) } {
+            Ok(Some(on)) => match t {
                 Target::Legacy => st.cupti.zeroed_out_buffers = on,
                 _ => {
                     if let Some(c) = st.cupti.client_mut(t) {
                         c.zeroed_out_buffers = Some(on);
                     }
                 }
-            }
+            },
+            Ok(None) => {}
+            Err(code) => return code,
         }
         CUPTI_SUCCESS
     })
