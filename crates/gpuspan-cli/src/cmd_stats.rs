@@ -462,6 +462,31 @@ mod tests {
         p
     }
 
+    /// `stats` reads host ops only where they name steps (`input`'s host-op filter): on every
+    /// fixture its statistics, step detection included, are those of a read that keeps every
+    /// host op, and the filter did drop most of them.
+    #[test]
+    fn statistics_are_the_same_without_the_host_ops_stats_does_not_read() {
+        use gpuspan_export::kineto::ReadOptions;
+        let host_ops = |t: &Trace| t.events.iter().filter(|e| matches!(e.cat, Some(Category::CpuOp | Category::PythonFunction))).count();
+        let stats_of = |mut t: Trace, path: &Path| {
+            let detection = crate::steps_arg::prepare(&mut t, None, path);
+            let mut s = stats::compute(&t, "same");
+            s.step_detection = detection;
+            serde_json::to_value(&s).unwrap()
+        };
+        let (mut kept, mut read) = (0, 0);
+        for name in FIXTURES {
+            let path = fixture(name);
+            let (filtered, _) = crate::input::read_ranked(&path, false).unwrap();
+            let all = gpuspan_export::kineto::read_trace_with(&path, ReadOptions { drop_extra_args: true, ..Default::default() }).unwrap().0;
+            kept += host_ops(&filtered);
+            read += host_ops(&all);
+            assert_eq!(stats_of(filtered, &path), stats_of(all, &path), "{name}");
+        }
+        assert!(read > 50_000 && kept * 100 < read, "{kept} of {read} host ops kept");
+    }
+
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
     }

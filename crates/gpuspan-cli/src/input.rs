@@ -16,7 +16,7 @@ use gpuspan_export::kineto::{RankTraces, ReadOptions};
 /// one trace; a directory's traces on one time base), each with its rank; the skipped
 /// events warned about once. On failure prints `gpuspan: <error>` and gives exit code 2.
 fn read_traces(path: &Path, strict: bool) -> Result<RankTraces, ExitCode> {
-    match gpuspan_export::kineto::read_rank_traces(path, ReadOptions { strict, drop_extra_args: true }) {
+    match gpuspan_export::kineto::read_rank_traces(path, ReadOptions { strict, drop_extra_args: true, keep_host_op: Some(gpuspan_core::step_detect::is_step_name) }) {
         Ok((traces, skipped)) => {
             if let Some(w) = skipped.warning() {
                 eprintln!("gpuspan: warning: {w}");

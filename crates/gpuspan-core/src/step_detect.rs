@@ -320,9 +320,12 @@ pub mod hints {
     use std::collections::HashMap;
 
     /// Whether `name` is a scheduler's `step` call as torch.profiler names it.
+    /// ASCII case-insensitive, allocating nothing: a lean read asks it of every host op
+    /// ([`super::is_step_name`]).
     pub fn is_scheduler_step(name: &str) -> bool {
-        let n = name.to_ascii_lowercase();
-        n.contains("schedul") && (n.ends_with(": step") || n.ends_with(".step") || n.ends_with("::step"))
+        let n = name.as_bytes();
+        let ends = |suffix: &[u8]| n.len() >= suffix.len() && n[n.len() - suffix.len()..].eq_ignore_ascii_case(suffix);
+        (ends(b": step") || ends(b".step") || ends(b"::step")) && n.windows(7).any(|w| w.eq_ignore_ascii_case(b"schedul"))
     }
 
     /// Whether `name` is torch.compile's annotation of a compiled graph's call.
@@ -429,8 +432,22 @@ pub fn has_step_scopes(trace: &Trace) -> bool {
     trace.events.iter().any(|e| is_step_scope(&e.name, e.cat.as_ref())) || trace.kernels().any(|k| k.step.is_some())
 }
 
+/// Whether a host op (`cpu_op`, `python_function`) named `name` is one a step analysis reads:
+/// a step range (`ProfilerStep#N`, `dit.step i/n`) or a step hint ([`hints`]: a scheduler's
+/// `step`, a compiled graph's call). Every use of host ops by `gpuspan stats`, `diff` and
+/// `waterfall` (step ranges, hints, `--steps` defaults) is of these, so their reads keep no
+/// other host op (`gpuspan_export::kineto::ReadOptions::keep_host_op`).
+pub fn is_step_name(name: &str) -> bool {
+    is_step_range_name(name) || hints::is_scheduler_step(name) || hints::is_compiled_graph_call(name)
+}
+
+/// `ProfilerStep#N` or `dit.step i/n`.
+fn is_step_range_name(name: &str) -> bool {
+    name.starts_with("ProfilerStep#") || name.starts_with("dit.step ")
+}
+
 fn is_step_scope(name: &str, cat: Option<&Category>) -> bool {
-    let named = name.starts_with("ProfilerStep#") || name.starts_with("dit.step ");
+    let named = is_step_range_name(name);
     named
         && matches!(
             cat,
@@ -521,6 +538,26 @@ mod tests {
         let d = detect(&synthetic(4, 2, 500.0, 3));
         assert_eq!((d.steps.len(), d.passes_per_step, d.evidence), (4, 2, Evidence::IdleGaps), "{d:?}");
         assert!(d.steps.iter().all(|s| s.kernels == 28));
+    }
+
+    #[test]
+    fn step_names_are_the_step_ranges_and_the_hints() {
+        let steps = [
+            "ProfilerStep#3",
+            "dit.step 0/30",
+            "diffusers/schedulers/scheduling_flow_match_euler_discrete.py(357): step",
+            "FlowMatchEulerDiscreteScheduler.step",
+            "DDIMScheduler::step",
+            "SCHEDULING_DDIM.PY(1): STEP",
+            "## Call CompiledFxGraph fxabc ##",
+        ];
+        for n in steps {
+            assert!(is_step_name(n), "{n}");
+        }
+        let others = ["aten::mm", "ProfilerStep", "dit.stepper", "scheduling_ddim.py(3): step_index", "optimizer.step", "schedul", "## Call Graph"];
+        for n in others {
+            assert!(!is_step_name(n), "{n}");
+        }
     }
 
     #[test]

@@ -10,14 +10,24 @@
 //!   keys whose value is a number (what metadata and counter events use), and goes on as a
 //!   full read's [`RawEvent`].
 //!
+//! - An entry whose phase is not one the trace holds (`X`, `M`, `C`: flows, instants,
+//!   async and object events, an unknown or missing phase) is read only as far as its `ph`:
+//!   every later field is skipped unread, since all the reader does with such an entry is
+//!   ignore it or, for an unknown phase, count it skipped.
+//! - With a host-op filter ([`super::ReadOptions::keep_host_op`]), a `cpu_op` or
+//!   `python_function` complete event whose name the filter declines has its `args` skipped
+//!   unread and is checked as any complete event is, then not kept ([`LeanX::keep`]).
+//!
 //! Either way the result is what a full read gives with the extra args dropped
-//! (`tests::lean_args_keep_what_every_use_of_args_needs`). Who uses it: `read::SlotVisitor`.
+//! (`tests::lean_args_keep_what_every_use_of_args_needs`), less the host ops a filter
+//! declined (`tests::a_host_op_filter_drops_only_what_it_declines`). Who uses it:
+//! `read::SlotVisitor`.
 //!
 //! [`ReadOptions::drop_extra_args`]: super::ReadOptions::drop_extra_args
 
 use std::fmt;
 
-use gpuspan_core::trace::TraceEvent;
+use gpuspan_core::trace::{Category, TraceEvent};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -35,6 +45,8 @@ pub(super) struct LeanX {
     pub(super) ts: Scalar,
     pub(super) dur: Scalar,
     pub(super) args: XArgs,
+    /// `false`: a host op the filter declined: checked as any complete event, not kept.
+    pub(super) keep: bool,
 }
 
 /// The top-level keys of an event that the reader uses.
@@ -98,13 +110,62 @@ enum ReadArgs {
     Lean(Option<LeanArgs>),
 }
 
-/// Reads one `traceEvents` object lean (module docs).
-pub(super) fn read_event<'de, A: MapAccess<'de>>(mut map: A) -> Result<Slot, A::Error> {
+/// Whether the reader holds events of phase `ph` (`X`, `M`, `C`); it ignores (or, for an
+/// unknown phase, counts skipped) every other entry, so nothing after its `ph` is read.
+fn phase_is_read(ph: &Scalar) -> bool {
+    matches!(ph, Scalar::Str(p) if p == "X" || p == "M" || p == "C")
+}
+
+/// A `cpu_op` / `python_function` event (a host-side op: most of a torch.profiler trace's
+/// entries) named `name` that `keep_host_op` declines.
+fn declined(keep_host_op: Option<fn(&str) -> bool>, cat: &Option<Cat>, name: &Option<Scalar>) -> bool {
+    let host_op = matches!(cat, Some(Cat(Some(Category::CpuOp | Category::PythonFunction))));
+    match (keep_host_op, name) {
+        (Some(keep), Some(Scalar::Str(n))) if host_op => !keep(n),
+        _ => false,
+    }
+}
+
+/// Skips a field's value unread, with [`once`]'s duplicate check: `slot` is set to `seen`,
+/// so a later copy of the key is still refused.
+fn skip_once<'de, T, A: MapAccess<'de>>(map: &mut A, slot: &mut Option<T>, seen: T, key: &'static str) -> Result<(), A::Error> {
+    if slot.is_some() {
+        return Err(de::Error::duplicate_field(key));
+    }
+    map.next_value::<IgnoredAny>()?;
+    *slot = Some(seen);
+    Ok(())
+}
+
+/// Reads one `traceEvents` object lean (module docs); `keep_host_op`: the read's host-op
+/// filter ([`super::ReadOptions::keep_host_op`]).
+pub(super) fn read_event<'de, A: MapAccess<'de>>(mut map: A, keep_host_op: Option<fn(&str) -> bool>) -> Result<Slot, A::Error> {
     let (mut ph, mut cat, mut name, mut pid, mut tid, mut ts, mut dur) = (None, None, None, None, None, None, None);
     let mut args: Option<ReadArgs> = None;
+    // The entry's phase is one the reader ignores: the rest is skipped unread.
+    let mut ignored = false;
     while let Some(field) = map.next_key_seed(FieldSeed)? {
+        if ignored {
+            match field {
+                Field::Ph => skip_once(&mut map, &mut ph, Scalar::Null, "ph")?,
+                Field::Cat => skip_once(&mut map, &mut cat, Cat::default(), "cat")?,
+                Field::Name => skip_once(&mut map, &mut name, Scalar::Null, "name")?,
+                Field::Pid => skip_once(&mut map, &mut pid, Scalar::Null, "pid")?,
+                Field::Tid => skip_once(&mut map, &mut tid, Scalar::Null, "tid")?,
+                Field::Ts => skip_once(&mut map, &mut ts, Scalar::Null, "ts")?,
+                Field::Dur => skip_once(&mut map, &mut dur, Scalar::Null, "dur")?,
+                Field::Args => skip_once(&mut map, &mut args, ReadArgs::Lean(None), "args")?,
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            continue;
+        }
         match field {
-            Field::Ph => once(&mut map, &mut ph, "ph")?,
+            Field::Ph => {
+                once(&mut map, &mut ph, "ph")?;
+                ignored = !ph.as_ref().is_some_and(phase_is_read);
+            }
             Field::Cat => once(&mut map, &mut cat, "cat")?,
             Field::Name => once(&mut map, &mut name, "name")?,
             Field::Pid => once(&mut map, &mut pid, "pid")?,
@@ -116,7 +177,10 @@ pub(super) fn read_event<'de, A: MapAccess<'de>>(mut map: A) -> Result<Slot, A::
                     return Err(de::Error::duplicate_field("args"));
                 }
                 let complete = matches!(&ph, Some(Scalar::Str(p)) if p == "X");
-                args = Some(if complete {
+                args = Some(if complete && declined(keep_host_op, &cat, &name) {
+                    map.next_value::<IgnoredAny>()?;
+                    ReadArgs::Typed(XArgs::default())
+                } else if complete {
                     ReadArgs::Typed(map.next_value::<Option<XArgs>>()?.unwrap_or_default())
                 } else {
                     ReadArgs::Lean(map.next_value::<Option<LeanArgs>>()?)
@@ -127,10 +191,15 @@ pub(super) fn read_event<'de, A: MapAccess<'de>>(mut map: A) -> Result<Slot, A::
             }
         }
     }
+    // Decided on the whole event, whatever the order of its fields.
+    let complete = matches!(&ph, Some(Scalar::Str(p)) if p == "X");
+    let keep = !(complete && declined(keep_host_op, &cat, &name));
     let (cat, name, pid, tid, ts, dur) =
         (cat.unwrap_or_default(), name.unwrap_or_default(), pid.unwrap_or_default(), tid.unwrap_or_default(), ts.unwrap_or_default(), dur.unwrap_or_default());
     Ok(match args {
-        Some(ReadArgs::Typed(args)) => Slot::LeanX(LeanX { cat, name, pid, tid, ts, dur, args }),
+        Some(ReadArgs::Typed(args)) => Slot::LeanX(LeanX { cat, name, pid, tid, ts, dur, args, keep }),
+        // Declined (so complete), its args not kept however they were read.
+        _ if !keep => Slot::LeanX(LeanX { cat, name, pid, tid, ts, dur, args: XArgs::default(), keep }),
         other => {
             let args = match other {
                 Some(ReadArgs::Lean(a)) => a.and_then(|a| a.0).map(Value::Object),

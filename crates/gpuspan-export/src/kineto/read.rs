@@ -52,7 +52,7 @@ pub fn read_trace(path: &Path) -> Result<Trace, ReadError> {
 }
 
 /// How [`read_trace_with`] treats malformed events.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ReadOptions {
     /// `true`: [`read_trace`]'s rules (a bad `X` event is an error; a missing `dur` is 0;
     /// events of an unknown phase are ignored). `false` (lenient): every malformed event is
@@ -67,6 +67,14 @@ pub struct ReadOptions {
     /// Kineto's per-kernel occupancy args they are most of what a read holds. `false` (the
     /// default): nothing is lost, as a round trip needs.
     pub drop_extra_args: bool,
+    /// With `drop_extra_args` (a lean read): which host-side op events (`cpu_op`,
+    /// `python_function`: half or more of a torch.profiler trace's bytes) are kept, by name;
+    /// the others are still checked as any complete event is (a malformed one is an error,
+    /// or skipped and counted, alike), but their args are skipped unread and the event is not
+    /// kept. `None` (the default): all are kept. `gpuspan stats`, `diff` and `waterfall` keep
+    /// only the step ranges and step hints they read
+    /// ([`gpuspan_core::step_detect::is_step_name`]).
+    pub keep_host_op: Option<fn(&str) -> bool>,
 }
 
 /// The events a lenient read skipped.
@@ -165,6 +173,8 @@ pub(super) struct State {
     lenient: bool,
     /// [`ReadOptions::drop_extra_args`].
     pub(super) drop_extra_args: bool,
+    /// [`ReadOptions::keep_host_op`].
+    keep_host_op: Option<fn(&str) -> bool>,
     skipped: Skipped,
     pub(super) saw_trace_events: bool,
     error: Option<ReadErrorKind>,
@@ -176,7 +186,16 @@ pub(super) struct State {
 
 impl State {
     pub(super) fn new(opts: ReadOptions) -> State {
-        State { lenient: !opts.strict, drop_extra_args: opts.drop_extra_args, ..State::default() }
+        State { lenient: !opts.strict, drop_extra_args: opts.drop_extra_args, keep_host_op: opts.keep_host_op, ..State::default() }
+    }
+
+    /// How this read reads each `traceEvents` entry.
+    pub(super) fn event_read(&self) -> EventRead {
+        if self.drop_extra_args {
+            EventRead::Lean { keep_host_op: self.keep_host_op }
+        } else {
+            EventRead::Full
+        }
     }
 
     /// What was read.
@@ -244,9 +263,9 @@ pub(super) fn top_level_entry(state: &mut State, key: &[u8], value: &[u8]) -> bo
 
 /// A `traceEvents` entry of a split read parsed from its bytes; `None` when serde_json
 /// refuses them.
-pub(super) fn slot_from_slice(bytes: &[u8], lean: bool) -> Option<Slot> {
+pub(super) fn slot_from_slice(bytes: &[u8], how: EventRead) -> Option<Slot> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let slot = SlotSeed { lean }.deserialize(&mut de).ok()?;
+    let slot = SlotSeed { how }.deserialize(&mut de).ok()?;
     de.end().ok()?;
     Some(slot)
 }
@@ -489,7 +508,7 @@ pub(super) struct RawEvent {
 /// [`Category`] (no `String` for the categories Kineto writes), any other scalar becomes
 /// [`Category::Other`] with its text, and null, an array or an object is no category.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub(super) struct Cat(Option<Category>);
+pub(super) struct Cat(pub(super) Option<Category>);
 
 impl Cat {
     fn from_scalar(s: Scalar) -> Cat {
@@ -550,20 +569,29 @@ pub(super) enum Slot {
     LeanX(super::lean::LeanX),
 }
 
-/// Reads a [`Slot`]; `lean`: the args through [`LeanArgs`].
+/// How a `traceEvents` entry is read ([`State::event_read`]).
+#[derive(Clone, Copy)]
+pub(super) enum EventRead {
+    /// Every field and arg ([`RawEvent`]).
+    Full,
+    /// Lean ([`super::lean`]), with the read's host-op filter.
+    Lean { keep_host_op: Option<fn(&str) -> bool> },
+}
+
+/// Reads a [`Slot`] as `how` says.
 struct SlotSeed {
-    lean: bool,
+    how: EventRead,
 }
 
 impl<'de> DeserializeSeed<'de> for SlotSeed {
     type Value = Slot;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Slot, D::Error> {
-        d.deserialize_any(SlotVisitor { lean: self.lean })
+        d.deserialize_any(SlotVisitor { how: self.how })
     }
 }
 
 struct SlotVisitor {
-    lean: bool,
+    how: EventRead,
 }
 
 impl<'de> Visitor<'de> for SlotVisitor {
@@ -572,10 +600,9 @@ impl<'de> Visitor<'de> for SlotVisitor {
         f.write_str("a trace event object")
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Slot, A::Error> {
-        if self.lean {
-            super::lean::read_event(map)
-        } else {
-            RawEvent::deserialize(de::value::MapAccessDeserializer::new(map)).map(Slot::Raw)
+        match self.how {
+            EventRead::Lean { keep_host_op } => super::lean::read_event(map, keep_host_op),
+            EventRead::Full => RawEvent::deserialize(de::value::MapAccessDeserializer::new(map)).map(Slot::Raw),
         }
     }
     visit_others_as!('de, Slot::NotObject; seq bool i64 u64 f64 str unit);
@@ -830,7 +857,7 @@ impl<'de> Visitor<'de> for EventsSeed<'_> {
         loop {
             let index = self.state.next_index;
             self.state.failed_index = Some(index);
-            let slot = match seq.next_element_seed(SlotSeed { lean: self.state.drop_extra_args })? {
+            let slot = match seq.next_element_seed(SlotSeed { how: self.state.event_read() })? {
                 None => break,
                 Some(slot) => slot,
             };
@@ -850,12 +877,13 @@ pub(super) fn take_slot(state: &mut State, slot: Slot, index: usize) -> bool {
     let lenient = state.lenient;
     let bad = match slot {
         Slot::NotObject => Some("not a JSON object".to_string()),
-        Slot::LeanX(x) => match complete_lean(x, lenient) {
-            Ok(ev) => {
+        Slot::LeanX(x) => match (x.keep, complete_lean(x, lenient)) {
+            (true, Ok(ev)) => {
                 state.trace.events.push(ev);
                 None
             }
-            Err(msg) => Some(msg),
+            (false, Ok(_)) => None,
+            (_, Err(msg)) => Some(msg),
         },
         Slot::Raw(raw) => match raw.ph.as_str() {
             Some("X") => match complete_event(raw, lenient, state.drop_extra_args) {

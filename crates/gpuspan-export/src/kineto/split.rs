@@ -30,7 +30,7 @@
 use std::io::Read;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 
-use super::read::{self, Slot, State};
+use super::read::{self, EventRead, Slot, State};
 
 /// Bytes read from the decompressed stream at a time.
 const CHUNK: usize = 256 << 10;
@@ -242,7 +242,7 @@ fn parse_events<R: Read>(w: &mut Window<R>, state: &mut State, batch_bytes: usiz
         w.pos += 1;
         return Some(());
     }
-    let lean = state.drop_extra_args;
+    let how = state.event_read();
     std::thread::scope(|scope| {
         let (to_helper, work) = mpsc::sync_channel::<Work>(QUEUED_MAX);
         let (spare_tx, spare) = mpsc::channel::<Batch>();
@@ -250,9 +250,9 @@ fn parse_events<R: Read>(w: &mut Window<R>, state: &mut State, batch_bytes: usiz
         // streaming parse needs none.
         let helper = std::thread::Builder::new()
             .name("gpuspan-parse".into())
-            .spawn_scoped(scope, move || add_batches(&work, state, lean, &spare_tx))
+            .spawn_scoped(scope, move || add_batches(&work, state, how, &spare_tx))
             .ok()?;
-        let fed = feed(w, &to_helper, &spare, lean, batch_bytes);
+        let fed = feed(w, &to_helper, &spare, how, batch_bytes);
         drop(to_helper);
         // A panic in the helper gives up like any other surprise.
         let added = helper.join().unwrap_or(false);
@@ -269,7 +269,7 @@ enum Work {
 /// This thread's side of [`parse_events`]: cuts the entries into batches and hands each to
 /// the helper, or, when [`QUEUED_MAX`] wait for it already, parses it first. `None` where the
 /// entries end unexpectedly or the helper gave up.
-fn feed<R: Read>(w: &mut Window<R>, to_helper: &SyncSender<Work>, spare: &Receiver<Batch>, lean: bool, batch_bytes: usize) -> Option<()> {
+fn feed<R: Read>(w: &mut Window<R>, to_helper: &SyncSender<Work>, spare: &Receiver<Batch>, how: EventRead, batch_bytes: usize) -> Option<()> {
     let mut open = true;
     while open {
         let mut batch = spare.try_recv().unwrap_or_default();
@@ -283,7 +283,7 @@ fn feed<R: Read>(w: &mut Window<R>, to_helper: &SyncSender<Work>, spare: &Receiv
         match to_helper.try_send(Work::Parse(batch)) {
             Ok(()) => {}
             Err(TrySendError::Full(Work::Parse(batch))) => {
-                let slots = batch.parse(lean);
+                let slots = batch.parse(how);
                 to_helper.send(Work::Parsed(batch, slots)).ok()?;
             }
             Err(_) => return None,
@@ -297,11 +297,11 @@ fn feed<R: Read>(w: &mut Window<R>, to_helper: &SyncSender<Work>, spare: &Receiv
 /// hands the emptied batch back to be filled again (a fresh buffer of this size is mapped
 /// and faulted in page by page). `false` at the first entry serde_json refused or that
 /// `take_slot` would not add.
-fn add_batches(work: &Receiver<Work>, state: &mut State, lean: bool, spare: &Sender<Batch>) -> bool {
+fn add_batches(work: &Receiver<Work>, state: &mut State, how: EventRead, spare: &Sender<Batch>) -> bool {
     for w in work {
         let (mut batch, slots) = match w {
             Work::Parse(batch) => {
-                let slots = batch.parse(lean);
+                let slots = batch.parse(how);
                 (batch, slots)
             }
             Work::Parsed(batch, slots) => (batch, slots),
@@ -329,12 +329,12 @@ struct Batch {
 
 impl Batch {
     /// Each entry parsed (`read::slot_from_slice`), `None` where serde_json refuses it.
-    fn parse(&self, lean: bool) -> Vec<Option<Slot>> {
+    fn parse(&self, how: EventRead) -> Vec<Option<Slot>> {
         let mut start = 0;
         self.ends
             .iter()
             .map(|&end| {
-                let slot = read::slot_from_slice(&self.bytes[start..end], lean);
+                let slot = read::slot_from_slice(&self.bytes[start..end], how);
                 start = end;
                 slot
             })
@@ -437,7 +437,7 @@ mod tests {
     #[test]
     fn a_split_read_is_the_slice_read_wherever_the_chunks_end() {
         for lean in [false, true] {
-            let opts = ReadOptions { strict: true, drop_extra_args: lean };
+            let opts = ReadOptions { strict: true, drop_extra_args: lean, ..Default::default() };
             let want = parse_slice(TRACE.as_bytes(), opts).unwrap();
             assert_eq!(want.0.events.len(), 2, "the reference read has the complete events");
             assert_eq!(want.0.base_time_ns, Some(1_700_000_000_000_000_000));
@@ -449,7 +449,7 @@ mod tests {
 
     #[test]
     fn the_split_gives_up_where_the_streaming_parse_decides() {
-        let opts = ReadOptions { strict: true, drop_extra_args: true };
+        let opts = ReadOptions { strict: true, drop_extra_args: true, ..Default::default() };
         let ok = r#"{"traceEvents": [{"ph": "X", "name": "a", "ts": 1, "dur": 1}]}"#;
         assert!(split(ok.as_bytes(), 3, opts).is_some(), "the well-formed case reads");
         for bad in [
@@ -469,7 +469,7 @@ mod tests {
         let deep = format!(r#"{{"traceEvents": [{{"ph": "X", "ts": 1, "args": {}1{}}}]}}"#, "[".repeat(101), "]".repeat(101));
         assert_eq!(split(deep.as_bytes(), 2, opts), None, "nested past MAX_DEPTH");
         // Lenient: a malformed event is skipped and counted, as in the streaming parse.
-        let lenient = ReadOptions { strict: false, drop_extra_args: true };
+        let lenient = ReadOptions { strict: false, drop_extra_args: true, ..Default::default() };
         let skip = r#"{"traceEvents": [{"ph": "X", "name": "a", "dur": 1}, 7, {"ph": "X", "name": "b", "ts": 2, "dur": 1}]}"#;
         let got = split(skip.as_bytes(), 4, lenient).expect("lenient reads");
         assert_eq!(got, parse_slice(skip.as_bytes(), lenient).unwrap());
@@ -485,7 +485,7 @@ mod tests {
             .collect();
         let json = format!(r#"{{"traceEvents": [{}]}}"#, events.join(","));
         for strict in [false, true] {
-            let opts = ReadOptions { strict, drop_extra_args: true };
+            let opts = ReadOptions { strict, drop_extra_args: true, ..Default::default() };
             let want = parse_slice(json.as_bytes(), opts).ok();
             let got = split(json.as_bytes(), 100, opts);
             if strict {

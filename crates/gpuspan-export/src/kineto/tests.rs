@@ -1204,3 +1204,84 @@ fn traces_either_side_of_the_slice_limit_read_whole() {
     let e = read_err(dir.path(), "no-ts.json.gz", &gzip(no_ts.as_bytes()));
     assert!(e.contains(&format!("event {}", n - 7)) && e.contains("no numeric \"ts\""), "{e}");
 }
+
+/// A host-op filter ([`ReadOptions::keep_host_op`]) drops exactly the `cpu_op` /
+/// `python_function` events it declines, whatever the order of their fields, and checks
+/// them as any complete event: a malformed one is skipped with the same message (lenient)
+/// or the same error (strict) as without the filter. An entry of a phase the reader ignores
+/// is read only as far as its `ph`, but a key it repeats is still refused. On every fixture
+/// (the two 35 MB ones read split into batches) the filtered read is the unfiltered one
+/// less the host ops declined.
+#[test]
+fn a_host_op_filter_drops_only_what_it_declines() {
+    fn keep(name: &str) -> bool {
+        name.starts_with("keep") || name.starts_with("ProfilerStep#")
+    }
+    let host_op = |e: &TraceEvent| matches!(e.cat, Some(Category::CpuOp | Category::PythonFunction));
+    let lean = ReadOptions { drop_extra_args: true, ..ReadOptions::default() };
+    let filtered = ReadOptions { keep_host_op: Some(keep), ..lean };
+    let path = Path::new("synthetic.json");
+    let synthetic = br#"{"traceEvents": [
+      {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 1, "tid": 1, "ts": 1.0, "dur": 2.0, "args": {"External id": 3, "Input Dims": [[1, 2], []], "Call stack": "a\"b"}},
+      {"ph": "X", "cat": "cpu_op", "name": "keep me", "pid": 1, "tid": 1, "ts": 2.0, "dur": 1.0, "args": {"External id": 4}},
+      {"ph": "X", "cat": "python_function", "name": "f.py(1): g", "pid": 1, "tid": 1, "ts": 3.0, "dur": 1.0},
+      {"args": {"External id": 5}, "ph": "X", "cat": "Operator", "name": "args first", "pid": 1, "tid": 1, "ts": 4.0, "dur": 1.0},
+      {"ph": "X", "cat": "user_annotation", "name": "not a host op", "pid": 1, "tid": 1, "ts": 5.0, "dur": 1.0},
+      {"ph": "f", "id": 1, "pid": 1, "tid": 1, "ts": 5.5, "cat": "ac2g", "name": "launch", "bp": "e"},
+      {"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, "ts": 6.0, "dur": 1.0, "args": {"correlation": 9}},
+      {"ph": "X", "cat": "cpu_op", "name": 12, "pid": 1, "tid": 1, "ts": 7.0, "dur": 1.0},
+      {"cat": "cpu_op", "name": "an instant", "ph": "i", "pid": 1, "tid": 1, "ts": 8.0, "s": "t"}
+    ]}"#;
+    let names = |t: &Trace| t.events.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
+    let (all, all_skipped) = read_trace_bytes(synthetic, path, lean).unwrap();
+    let (some, some_skipped) = read_trace_bytes(synthetic, path, filtered).unwrap();
+    assert_eq!((all_skipped.count, some_skipped.count), (0, 0), "an instant is no complete event to check");
+    assert_eq!(names(&all), ["aten::mm", "keep me", "f.py(1): g", "args first", "not a host op", "k", "12"]);
+    assert_eq!(names(&some), ["keep me", "not a host op", "k", "12"], "declined host ops dropped, a name that is not a string kept");
+    assert_eq!(some.events[0], all.events[1]);
+    assert_eq!(some.events[2].correlation, Some(9));
+
+    // A declined host op without a numeric `ts`: the same skip, or the same error, as unfiltered.
+    let bad = br#"{"traceEvents": [
+      {"ph": "X", "cat": "cpu_op", "name": "aten::ok", "pid": 1, "tid": 1, "ts": 1.0, "dur": 1.0},
+      {"ph": "X", "cat": "cpu_op", "name": "aten::bad", "pid": 1, "tid": 1, "ts": "soon", "dur": 1.0, "args": {"x": 1}}
+    ]}"#;
+    for strict in [false, true] {
+        let read = |o: ReadOptions| read_trace_bytes(bad, path, ReadOptions { strict, ..o }).map_err(|e| e.to_string());
+        let (want, got) = (read(lean), read(filtered));
+        match (&want, &got) {
+            (Ok((_, w)), Ok((t, g))) => {
+                assert!(!strict);
+                assert_eq!((w.count, g.count), (1, 1));
+                assert_eq!(g, w, "the same skip counted");
+                assert!(t.events.is_empty(), "the good one declined, the bad one skipped");
+            }
+            (Err(w), Err(g)) => {
+                assert!(strict);
+                assert!(w.contains("aten::bad") && w.contains("\"ts\""), "{w}");
+                assert_eq!(g, w, "the same error");
+            }
+            _ => panic!("strict {strict}: {want:?} against {got:?}"),
+        }
+    }
+
+    // A flow event is read only to its phase, yet a key repeated after it is still refused.
+    let repeated = br#"{"traceEvents": [{"ph": "f", "id": 1, "ts": 1.0, "cat": "ac2g", "ts": 2.0}]}"#;
+    for o in [ReadOptions::default(), lean, filtered] {
+        let e = read_trace_bytes(repeated, path, ReadOptions { strict: true, ..o }).unwrap_err().to_string();
+        assert!(e.contains("duplicate field `ts`"), "{e}");
+    }
+
+    let mut declined = 0;
+    for (name, _) in FIXTURE_KERNELS {
+        let (mut all, all_skipped) = read_trace_with(&fixture(name), lean).unwrap();
+        let (some, some_skipped) = read_trace_with(&fixture(name), filtered).unwrap();
+        let before = all.events.len();
+        all.events.retain(|e| !host_op(e) || keep(&e.name));
+        declined += before - all.events.len();
+        assert_eq!(some, all, "{name}");
+        assert_eq!(some_skipped, all_skipped, "{name}");
+    }
+    // qwen-prefill alone holds 8,448 host ops; a100-hta-control 40,506.
+    assert!(declined > 40_000, "{declined} host ops declined in all");
+}
