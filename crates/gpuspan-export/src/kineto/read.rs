@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use gpuspan_core::trace::{Category, Trace, TraceEvent};
@@ -124,23 +124,47 @@ const CHROME_PHASES: &[&str] = &[
 /// As [`read_trace`]; in lenient mode a malformed event is never one.
 pub fn read_trace_with(path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
     let open = || -> std::io::Result<Box<dyn BufRead>> { Ok(Box::new(BufReader::with_capacity(1 << 16, File::open(path)?))) };
-    read_source(&open, path, opts)
+    let size_hint = |gzip: bool| -> Option<u64> {
+        let mut f = File::open(path).ok()?;
+        if !gzip {
+            return f.metadata().ok().map(|m| m.len());
+        }
+        f.seek(SeekFrom::End(-4)).ok()?;
+        let mut isize = [0u8; 4];
+        f.read_exact(&mut isize).ok()?;
+        Some(u64::from(u32::from_le_bytes(isize)))
+    };
+    read_source(&open, &size_hint, path, opts)
 }
 
 /// [`read_trace_with`] over bytes already in memory (plain JSON or gzip), for the fuzzer
 /// (`crates/gpuspan-fuzz`) and callers that hold a trace themselves. Errors name `path`.
 pub fn read_trace_bytes(bytes: &[u8], path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
     let open = || -> std::io::Result<Box<dyn BufRead + '_>> { Ok(Box::new(bytes)) };
-    read_source(&open, path, opts)
+    let size_hint = |gzip: bool| -> Option<u64> {
+        if !gzip {
+            return Some(bytes.len() as u64);
+        }
+        let isize: [u8; 4] = bytes.get(bytes.len().checked_sub(4)?..)?.try_into().ok()?;
+        Some(u64::from(u32::from_le_bytes(isize)))
+    };
+    read_source(&open, &size_hint, path, opts)
 }
 
 /// Opens a trace's bytes from the start (a file, or bytes in memory): once, or twice when a
 /// large trace is read again by the streaming parse ([`super::split`]).
 type Open<'a> = dyn Fn() -> std::io::Result<Box<dyn BufRead + 'a>> + 'a;
 
+/// A trace's decompressed size as its container states it, given whether it is gzip: a
+/// plain file's length, or a gzip stream's `ISIZE` trailer (RFC 1952 §2.3.1: the last
+/// member's input size modulo 2^32, so a multi-member stream is at least that large, and a
+/// size past 4 GiB may read as less). Only a choice of read path rests on it
+/// ([`parse`]), never what the trace reads as; `None` where it cannot be had.
+type SizeHint<'a> = dyn Fn(bool) -> Option<u64> + 'a;
+
 /// The read behind both: gzip or plain by the first two bytes, errors and the first
 /// skipped event naming `path`.
-fn read_source<'a>(open: &Open<'a>, path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
+fn read_source<'a>(open: &Open<'a>, size_hint: &SizeHint<'_>, path: &Path, opts: ReadOptions) -> Result<(Trace, Skipped), ReadError> {
     let err = |kind| ReadError::new(path, kind);
     let mut buf = open().map_err(|e| err(ReadErrorKind::Io(e)))?;
     let head = buf.fill_buf().map_err(|e| err(ReadErrorKind::Io(e)))?;
@@ -157,7 +181,7 @@ fn read_source<'a>(open: &Open<'a>, path: &Path, opts: ReadOptions) -> Result<(T
         }
     };
     let again = || open().map(decoded);
-    let (trace, mut skipped) = parse(decoded(buf), &again, gzip, opts).map_err(err)?;
+    let (trace, mut skipped) = parse(decoded(buf), &again, size_hint(gzip), gzip, opts).map_err(err)?;
     if let Some(first) = skipped.first.as_mut() {
         first.0 = path.to_path_buf();
     }
@@ -221,14 +245,25 @@ pub const SLICE_PARSE_MAX_BYTES: usize = 8 << 20;
 
 /// Parses the decompressed JSON `reader`: from memory up to [`SLICE_PARSE_MAX_BYTES`]; past
 /// that split into events ([`super::split`]), or, when the split gives up, streamed from
-/// the start of `again()` (the same JSON read anew).
+/// the start of `again()` (the same JSON read anew). `size_hint` ([`SizeHint`]): past
+/// [`SLICE_PARSE_MAX_BYTES`], the split starts at once, its helper parsing while the first
+/// 8 MiB are still being decompressed (on a100-hta-control those took a tenth of the read,
+/// alone); below it, the buffer is sized once.
 fn parse<'a>(
     mut reader: Box<dyn Read + 'a>,
     again: &dyn Fn() -> std::io::Result<Box<dyn Read + 'a>>,
+    size_hint: Option<u64>,
     gzip: bool,
     opts: ReadOptions,
 ) -> Result<(Trace, Skipped), ReadErrorKind> {
-    let mut head = Vec::new();
+    let mut state = State::new(opts);
+    if size_hint.is_some_and(|n| n > SLICE_PARSE_MAX_BYTES as u64) {
+        if super::split::parse(Vec::new(), reader, &mut state) {
+            return Ok(state.into_result());
+        }
+        return parse_again(again, gzip, opts);
+    }
+    let mut head = Vec::with_capacity(size_hint.map_or(0, |n| n as usize + 1));
     (&mut reader)
         .take(SLICE_PARSE_MAX_BYTES as u64 + 1)
         .read_to_end(&mut head)
@@ -236,11 +271,15 @@ fn parse<'a>(
     if head.len() <= SLICE_PARSE_MAX_BYTES {
         return parse_from(serde_json::Deserializer::from_slice(&head), gzip, opts);
     }
-    let mut state = State::new(opts);
     if super::split::parse(head, reader, &mut state) {
         return Ok(state.into_result());
     }
     drop(state);
+    parse_again(again, gzip, opts)
+}
+
+/// The streaming parse of the JSON read anew, where the split gave up.
+fn parse_again<'a>(again: &dyn Fn() -> std::io::Result<Box<dyn Read + 'a>>, gzip: bool, opts: ReadOptions) -> Result<(Trace, Skipped), ReadErrorKind> {
     // serde_json's reader path reads byte by byte: through a buffer (without it the 35 MB
     // fixtures took 1.6x as long).
     let rest = BufReader::with_capacity(1 << 16, again().map_err(|e| map_json_error(serde_json::Error::io(e), gzip, None))?);
@@ -919,4 +958,44 @@ pub(super) fn take_slot(state: &mut State, slot: Slot, index: usize) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `parse` of `json` with `size_hint`, as `Debug` text (errors have no `PartialEq`).
+    fn parsed(json: &[u8], size_hint: Option<u64>, opts: ReadOptions) -> String {
+        let again = || -> std::io::Result<Box<dyn Read + '_>> { Ok(Box::new(json)) };
+        format!("{:?}", parse(Box::new(json), &again, size_hint, false, opts))
+    }
+
+    /// The size hint picks a read path, never what a trace reads as: a trace read whole
+    /// (no hint, a small one) and split from the start (a hint past 8 MiB, right or wrong)
+    /// give the same events, or the same error with the same line and column.
+    #[test]
+    fn the_size_hint_changes_no_read() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/traces/h100-bert-small.json.gz");
+        let mut bert = Vec::new();
+        flate2::read::MultiGzDecoder::new(File::open(fixture).unwrap()).read_to_end(&mut bert).unwrap();
+        let good = br#"{"schemaVersion": 1, "traceEvents": [
+          {"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, "ts": 1.5, "dur": 2, "args": {"stream": 7}},
+          {"ph": "f", "id": 1, "ts": 1.0}, {"ph": "M", "name": "process_name", "pid": 0, "args": {"name": "gpu"}}
+        ]}"#;
+        let syntax = b"{\"traceEvents\": [\n  {\"ph\": \"X\", \"ts\": 1,, \"dur\": 2}\n]}";
+        let bad_event = br#"{"traceEvents": [{"ph": "X", "name": "no ts", "dur": 2}]}"#;
+        let no_events = br#"{"displayTimeUnit": "ns"}"#;
+        for (what, json) in [("bert-small", &bert[..]), ("good", good), ("syntax", syntax), ("bad event", bad_event), ("no events", no_events)] {
+            for strict in [false, true] {
+                for drop_extra_args in [false, true] {
+                    let opts = ReadOptions { strict, drop_extra_args, ..ReadOptions::default() };
+                    let whole = parsed(json, None, opts);
+                    assert!(whole.starts_with(if what == "syntax" || what == "no events" || (what == "bad event" && strict) { "Err" } else { "Ok" }), "{what}: {whole}");
+                    for hint in [Some(0), Some(json.len() as u64), Some(u64::from(u32::MAX))] {
+                        assert_eq!(parsed(json, hint, opts), whole, "{what}, strict {strict}, lean {drop_extra_args}, hint {hint:?}");
+                    }
+                }
+            }
+        }
+    }
 }
