@@ -31,7 +31,7 @@
 //! Used by `gpuspan stats | waterfall | diff --steps auto` (`gpuspan-cli`), which apply the
 //! result with [`apply`] so every analysis sees `dit.step i/n` steps.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use serde::{Deserialize, Serialize};
 
@@ -317,7 +317,7 @@ pub fn detect_kernels<'a>(kernels: impl IntoIterator<Item = KernelAt<'a>>) -> De
 pub mod hints {
     use super::{Detection, DetectedStep, Evidence, Region, AFTER_STEPS, BEFORE_STEPS};
     use crate::trace::{Category, Trace};
-    use std::collections::HashMap;
+    use foldhash::{HashMap, HashMapExt};
 
     /// Whether `name` is a scheduler's `step` call as torch.profiler names it.
     /// ASCII case-insensitive, allocating nothing: a lean read asks it of every host op

@@ -25,7 +25,7 @@
 //! kernels: a per-kernel delay means nothing), nor are synchronous copies (their CPU
 //! duration includes the wait), as in HTA.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use serde::{Deserialize, Serialize};
 

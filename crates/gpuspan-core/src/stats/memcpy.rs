@@ -11,7 +11,7 @@
 //! per-event bandwidth of concurrently running copies; the aggregate here weights every
 //! byte once. Events without `args.bytes` count 0 bytes.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use serde::{Deserialize, Serialize};
 

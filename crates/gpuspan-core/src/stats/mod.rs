@@ -43,7 +43,7 @@
 //! ([`MemcpyStats`]), `percentiles`, `intervals` (interval unions), `steps` (step
 //! attribution).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use serde::{Deserialize, Serialize};
 

@@ -2,7 +2,7 @@
 //! ([`kernel_step_assignment`]), the attribution behind `steps[]` of `gpuspan stats` and
 //! the per-step values of `gpuspan diff`.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use crate::trace::{Category, Trace, TraceEvent};
 
