@@ -523,4 +523,65 @@ mod tests {
             }
         }
     }
+
+    /// The JSON value at the start of `bytes` measured byte by byte, as plainly as it can be
+    /// written: its length, or `None` when it does not end or nests past [`MAX_DEPTH`].
+    fn plain_value_len(bytes: &[u8]) -> Option<usize> {
+        let (mut depth, mut in_string, mut escaped) = (0u32, false, false);
+        for (i, &b) in bytes.iter().enumerate() {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                    if depth == 0 {
+                        return Some(i + 1);
+                    }
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return None;
+                    }
+                }
+                b'}' | b']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(i + 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// `value_len` (eight bytes at a time to the next byte that matters) measures what
+        /// the plain scan measures, on values made of brackets, quotes, escapes and filler,
+        /// nested up to past `MAX_DEPTH`, held whole or trickled in 1 to 7 bytes at a time.
+        #[test]
+        fn value_len_is_the_plain_scan(
+            body in proptest::collection::vec(proptest::sample::select(b"{}[]\"\\a:, ".to_vec()), 0..600),
+            open in proptest::sample::select(b"{[".to_vec()),
+            deep in 0usize..120,
+        ) {
+            let mut bytes = vec![open];
+            bytes.extend(std::iter::repeat_n(b'[', deep));
+            bytes.extend(body);
+            bytes.extend(std::iter::repeat_n(b']', 130));
+            let want = plain_value_len(&bytes);
+            let whole = Window { buf: bytes.clone(), pos: 0, rest: std::io::empty(), eof: false, failed: false }.value_len();
+            proptest::prop_assert_eq!(whole, want);
+            let trickled = Window { buf: Vec::new(), pos: 0, rest: Trickle { bytes: &bytes, turn: 0 }, eof: false, failed: false }.value_len();
+            proptest::prop_assert_eq!(trickled, want);
+        }
+    }
 }
