@@ -13,6 +13,9 @@
 //! the backend's share shows as a ratio. Each figure is the best of `RUNS` (default 3), on
 //! the calling thread (the writer is single-threaded).
 //!
+//! Then the same writes of `EVENTS` events as the agent's fine-mode capture holds them
+//! ([`agent_capture_of`]: a launch event and a kernel event per kernel, the agent's args).
+//!
 //! Run: `cargo bench --bench capture_write` (environment: `EVENTS`, `RUNS`).
 
 use gpuspan_core::trace::Trace;
@@ -48,6 +51,46 @@ fn trace_of(events: usize) -> Trace {
     out
 }
 
+/// `events` events as the agent's fine-mode capture holds them (`gpuspan run --mode fine` of
+/// the wan2.1 replay: one `cuda_driver` launch event and one kernel event per kernel, about
+/// 470 bytes of JSON an event where the fixture's kernel events alone are about 780): the
+/// fixture's kernels with the agent's typed args (device, stream, correlation, grid, block,
+/// registers, shared memory, `gpuspan.stage` / `.trace_id` / `.scope`) in place of Kineto's
+/// occupancy args, each after its `cuLaunchKernel` (`args.correlation` only).
+fn agent_capture_of(events: usize) -> Trace {
+    use gpuspan_core::trace::Category;
+    let kernels = trace_of(events.div_ceil(2));
+    let trace_id = "42bf122c828339933dd78a50ccd20343";
+    let scope = format!("gpuspan.request 00-{trace_id}-7f0dc5139760ca1f-01 model=wan2.1");
+    let stages = ["attention.spatial", "ffn", "elementwise", "norm", "gemm"];
+    let mut out = Trace { events: Vec::with_capacity(events), ..kernels.clone() };
+    for (i, k) in kernels.events.iter().enumerate() {
+        let correlation = Some(i as i64 + 1);
+        if out.events.len() < events {
+            out.events.push(gpuspan_core::trace::TraceEvent {
+                cat: Some(Category::CudaDriver),
+                name: "cuLaunchKernel".into(),
+                pid: 32551,
+                tid: 32551,
+                ts_us: ((k.ts_us - 5.0) * 1000.0).round() / 1000.0,
+                dur_us: 3.25,
+                correlation,
+                ..Default::default()
+            });
+        }
+        if out.events.len() < events {
+            let mut e = k.clone();
+            e.extra_args.clear();
+            e.correlation = correlation;
+            e.stage = Some(stages[i % stages.len()].into());
+            e.trace_id = Some(trace_id.into());
+            e.scope = Some(scope.clone());
+            out.events.push(e);
+        }
+    }
+    out
+}
+
 /// Best wall time of `runs` calls of `f`.
 fn best(runs: usize, mut f: impl FnMut()) -> Duration {
     (0..runs)
@@ -75,7 +118,7 @@ fn main() {
     };
     let rate = |d: Duration| events as f64 / d.as_secs_f64() / 1e6;
     let (json_d, json_bytes) = write("capture.json", None, 0);
-    println!("{events} events, {:.1} MB of JSON", json_bytes as f64 / 1e6);
+    println!("{events} kernel events of the fixture, {:.1} MB of JSON", json_bytes as f64 / 1e6);
     println!("json into a file             {:>8.1} ms  {:>6.2} M events/s", json_d.as_secs_f64() * 1e3, rate(json_d));
     // The writing thread's own work: serialisation into io::sink(), no file, no deflate.
     let ser_d = best(runs, || {
@@ -97,7 +140,32 @@ fn main() {
             }
         }
     }
-    // The same bytes through miniz_oxide, side by side: deflate alone.
+    // The agent's own captures: shorter events on average (a launch event per kernel).
+    let agent = agent_capture_of(events);
+    let p = dir.path().join("agent.json");
+    write_trace_with(&agent, &p, &WriteOptions::default()).expect("write");
+    println!("{events} events as the agent's fine-mode capture holds them, {:.1} MB of JSON", std::fs::metadata(&p).unwrap().len() as f64 / 1e6);
+    let ser_d = best(runs, || {
+        gpuspan_export::kineto::write_trace_json_to(&agent, std::io::sink(), &WriteOptions::default()).expect("serialise");
+    });
+    println!("  json serialisation alone   {:>8.1} ms  {:>6.2} M events/s", ser_d.as_secs_f64() * 1e3, rate(ser_d));
+    for t in [0, threads] {
+        let p = dir.path().join(format!("agent-{t}.json.gz"));
+        let opts = WriteOptions { gzip_level: Some(1), gzip_threads: Some(t), ..Default::default() };
+        let d = best(runs, || {
+            write_trace_with(&agent, &p, &opts).expect("write");
+        });
+        println!(
+            "  json.gz level 1, +{t} deflate thread(s) {:>8.1} ms  {:>6.2} M events/s  {:>6.1} MB  (goal ≥ 2 M events/s)",
+            d.as_secs_f64() * 1e3,
+            rate(d),
+            std::fs::metadata(&p).unwrap().len() as f64 / 1e6
+        );
+        if t == threads {
+            break;
+        }
+    }
+    // The fixture's JSON bytes through miniz_oxide, side by side: deflate alone.
     let json = std::fs::read(dir.path().join("capture.json")).unwrap();
     for level in [1u8, 6] {
         let mut out_len = 0;
