@@ -20,8 +20,10 @@
 //!
 //! Either way the result is what a full read gives with the extra args dropped
 //! (`tests::lean_args_keep_what_every_use_of_args_needs`), less the host ops a filter
-//! declined (`tests::a_host_op_filter_drops_only_what_it_declines`). Who uses it:
-//! `read::SlotVisitor`.
+//! declined (`tests::a_host_op_filter_drops_only_what_it_declines`). That holds for any
+//! trace that is valid JSON; what a lean read skips unread (an ignored entry's fields, a
+//! declined op's args, any arg without a typed field) is not checked for valid UTF-8 as a
+//! full read's strings are. Who uses it: `read::SlotVisitor`.
 //!
 //! [`ReadOptions::drop_extra_args`]: super::ReadOptions::drop_extra_args
 
