@@ -238,7 +238,9 @@ fn agent_detects_the_steps_of_a_request_that_announces_none() {
 /// repetition left and alone finds one step), a diffusers scheduler's `step` call at the end
 /// of each step (torch.profiler's `python_function` event), or a `## Call CompiledFxGraph
 /// … ##` range around each, gives back the recorded steps with at least 99 % of the kernels
-/// in the same step.
+/// in the same step. The same traces written out, with host ops that name no step around the
+/// hints (which `stats` reads without keeping: `ReadOptions::keep_host_op`), give `gpuspan
+/// stats` the same evidence and step count.
 #[test]
 fn scheduler_step_calls_and_compiled_graph_calls_mark_the_steps() {
     use gpuspan_core::step_detect::Evidence;
@@ -272,7 +274,8 @@ fn scheduler_step_calls_and_compiled_graph_calls_mark_the_steps() {
     let compiled = "## Call CompiledFxGraph fx3kq2sd ##";
     // The scheduler's step() ends the step (2 µs long); the compiled graph's call spans it.
     let by_scheduler: Vec<TraceEvent> = ranges.iter().map(|&(_, e)| hint(scheduler, Category::PythonFunction, e - 2.0, e)).collect();
-    let by_graph: Vec<TraceEvent> = ranges.iter().map(|&(s, e)| hint(compiled, Category::UserAnnotation, s, e)).collect();
+    // As torch.profiler writes it when the call is an op: a `cpu_op`.
+    let by_graph: Vec<TraceEvent> = ranges.iter().map(|&(s, e)| hint(compiled, Category::CpuOp, s, e)).collect();
     for (what, evidence, hints) in [
         ("scheduler step() calls", Evidence::SchedulerSteps, by_scheduler),
         ("CompiledFxGraph calls", Evidence::CompiledGraphCalls, by_graph),
@@ -287,5 +290,20 @@ fn scheduler_step_calls_and_compiled_graph_calls_mark_the_steps() {
         println!("{what}: recorded {want_n} steps, found {got_n}, {:.2} % of {} kernels placed alike", same * 100.0, want.len());
         assert_eq!(got_n, want_n, "{what}: step count");
         assert!(same >= 0.99, "{what}: only {:.2} % of kernels in the same step", same * 100.0);
+
+        // Through the command line: the hints among ops that name no step.
+        let mut written = bare.clone();
+        written.events.extend(hinted.events.iter().filter(|e| e.name == scheduler || e.name == compiled).cloned());
+        for &(s, e) in &ranges {
+            written.events.push(hint("aten::mm", Category::CpuOp, s + 1.0, s + 2.0));
+            written.events.push(hint("torch/nn/modules/module.py(1750): _call_impl", Category::PythonFunction, s, e - 3.0));
+        }
+        let file = d.path().join("hinted.json.gz");
+        gpuspan_export::write_trace(&written, &file).unwrap();
+        let o = output(gpuspan().args(["stats", "--json"]).arg(&file));
+        assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+        let st: gpuspan_core::stats::Stats = serde_json::from_slice(&o.stdout).unwrap();
+        let det = st.step_detection.expect("detection ran");
+        assert_eq!((det.evidence, det.steps.len(), st.steps.len()), (evidence, want_n, want_n), "{what}: from the command line");
     }
 }
