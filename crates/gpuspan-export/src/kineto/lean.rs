@@ -35,7 +35,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::keys;
-use super::read::{f64_to_i64, Cat, RawEvent, Scalar, Slot};
+use super::read::{f64_to_i64, Cat, RawEvent, Scalar, Slot, CHROME_PHASES};
 
 /// A complete event read lean: the fields a full read types, its typed args in [`XArgs`].
 #[derive(Debug, Default)]
@@ -115,7 +115,64 @@ enum ReadArgs {
 /// Whether the reader holds events of phase `ph` (`X`, `M`, `C`); it ignores (or, for an
 /// unknown phase, counts skipped) every other entry, so nothing after its `ph` is read.
 fn phase_is_read(ph: &Scalar) -> bool {
-    matches!(ph, Scalar::Str(p) if p == "X" || p == "M" || p == "C")
+    matches!(ph.as_str(), Some("X" | "M" | "C"))
+}
+
+/// Reads an event's `ph`: one of Chrome's phases as a [`Scalar::Phase`] (no allocation, where
+/// [`Scalar`]'s own read makes a `String` of every event's `ph`), anything else as [`Scalar`]
+/// reads it.
+struct PhaseSeed;
+
+impl<'de> DeserializeSeed<'de> for PhaseSeed {
+    type Value = Scalar;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Scalar, D::Error> {
+        d.deserialize_any(PhaseSeed)
+    }
+}
+
+impl<'de> Visitor<'de> for PhaseSeed {
+    type Value = Scalar;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+        // Kineto's own phases first, then the rest of Chrome's.
+        let phase = match v {
+            "X" => Some("X"),
+            "f" => Some("f"),
+            "s" => Some("s"),
+            "i" => Some("i"),
+            _ => CHROME_PHASES.iter().copied().find(|p| *p == v),
+        };
+        Ok(phase.map_or_else(|| Scalar::Str(v.to_owned()), Scalar::Phase))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar::UInt(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Float(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Scalar, D::Error> {
+        d.deserialize_any(PhaseSeed)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar, A::Error> {
+        Scalar::deserialize(de::value::SeqAccessDeserializer::new(seq))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
+        Scalar::deserialize(de::value::MapAccessDeserializer::new(map))
+    }
 }
 
 /// A `cpu_op` / `python_function` event (a host-side op: most of a torch.profiler trace's
@@ -165,7 +222,10 @@ pub(super) fn read_event<'de, A: MapAccess<'de>>(mut map: A, keep_host_op: Optio
         }
         match field {
             Field::Ph => {
-                once(&mut map, &mut ph, "ph")?;
+                if ph.is_some() {
+                    return Err(de::Error::duplicate_field("ph"));
+                }
+                ph = Some(map.next_value_seed(PhaseSeed)?);
                 ignored = !ph.as_ref().is_some_and(phase_is_read);
             }
             Field::Cat => once(&mut map, &mut cat, "cat")?,
@@ -178,7 +238,7 @@ pub(super) fn read_event<'de, A: MapAccess<'de>>(mut map: A, keep_host_op: Optio
                 if args.is_some() {
                     return Err(de::Error::duplicate_field("args"));
                 }
-                let complete = matches!(&ph, Some(Scalar::Str(p)) if p == "X");
+                let complete = ph.as_ref().and_then(Scalar::as_str) == Some("X");
                 args = Some(if complete && declined(keep_host_op, &cat, &name) {
                     map.next_value::<IgnoredAny>()?;
                     ReadArgs::Typed(XArgs::default())
@@ -194,7 +254,7 @@ pub(super) fn read_event<'de, A: MapAccess<'de>>(mut map: A, keep_host_op: Optio
         }
     }
     // Decided on the whole event, whatever the order of its fields.
-    let complete = matches!(&ph, Some(Scalar::Str(p)) if p == "X");
+    let complete = ph.as_ref().and_then(Scalar::as_str) == Some("X");
     let keep = !(complete && declined(keep_host_op, &cat, &name));
     let (cat, name, pid, tid, ts, dur) =
         (cat.unwrap_or_default(), name.unwrap_or_default(), pid.unwrap_or_default(), tid.unwrap_or_default(), ts.unwrap_or_default(), dur.unwrap_or_default());

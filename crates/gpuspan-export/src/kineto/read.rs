@@ -113,7 +113,7 @@ impl Skipped {
 /// i / I, counter C, async b / n / e and legacy S / T / p / F, flow s / t / f, sample P,
 /// object N / O / D, metadata M, memory dump V / v, mark R, clock sync c, context ( / ),
 /// linked id =). Anything else is an unknown phase.
-const CHROME_PHASES: &[&str] = &[
+pub(super) const CHROME_PHASES: &[&str] = &[
     "B", "E", "X", "i", "I", "C", "b", "n", "e", "S", "T", "p", "F", "s", "t", "f", "P", "N", "O", "D", "M", "V", "v",
     "R", "c", "(", ")", "=",
 ];
@@ -395,6 +395,9 @@ pub(super) enum Scalar {
     UInt(u64),
     Float(f64),
     Str(String),
+    /// One of [`CHROME_PHASES`], as a lean read holds an event's `ph` (no `String` an
+    /// event); otherwise what [`Scalar::Str`] of it would be.
+    Phase(&'static str),
     Compound,
 }
 
@@ -404,7 +407,7 @@ impl Scalar {
             Scalar::Int(i) => Some(*i as f64),
             Scalar::UInt(u) => Some(*u as f64),
             Scalar::Float(f) if f.is_finite() => Some(*f),
-            Scalar::Str(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
+            Scalar::Str(_) | Scalar::Phase(_) => self.as_str()?.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
             _ => None,
         }
     }
@@ -414,8 +417,8 @@ impl Scalar {
             Scalar::Int(i) => Some(*i),
             Scalar::UInt(u) => i64::try_from(*u).ok(),
             Scalar::Float(f) => f64_to_i64(*f),
-            Scalar::Str(s) => {
-                let t = s.trim();
+            Scalar::Str(_) | Scalar::Phase(_) => {
+                let t = self.as_str()?.trim();
                 t.parse::<i64>()
                     .ok()
                     .or_else(|| t.parse::<f64>().ok().and_then(f64_to_i64))
@@ -424,9 +427,10 @@ impl Scalar {
         }
     }
 
-    fn as_str(&self) -> Option<&str> {
+    pub(super) fn as_str(&self) -> Option<&str> {
         match self {
             Scalar::Str(s) => Some(s),
+            Scalar::Phase(p) => Some(p),
             _ => None,
         }
     }
@@ -437,7 +441,7 @@ impl Scalar {
         if let Some(n) = self.as_i64() {
             return n;
         }
-        if let Scalar::Str(s) = self {
+        if let Some(s) = self.as_str() {
             if let Some(n) = s
                 .split_whitespace()
                 .last()
@@ -452,6 +456,7 @@ impl Scalar {
     fn into_text(self) -> String {
         match self {
             Scalar::Str(s) => s,
+            Scalar::Phase(p) => p.to_string(),
             Scalar::Int(i) => i.to_string(),
             Scalar::UInt(u) => u.to_string(),
             Scalar::Float(f) => f.to_string(),
@@ -554,6 +559,7 @@ impl Cat {
         Cat(match s {
             Scalar::Null | Scalar::Compound => None,
             Scalar::Str(s) => Some(Category::from_kineto(&s)),
+            Scalar::Phase(p) => Some(Category::from_kineto(p)),
             other => Some(Category::Other(other.into_text())),
         })
     }

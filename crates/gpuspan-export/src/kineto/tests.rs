@@ -1285,3 +1285,37 @@ fn a_host_op_filter_drops_only_what_it_declines() {
     // qwen-prefill alone holds 8,448 host ops; a100-hta-control 40,506.
     assert!(declined > 40_000, "{declined} host ops declined in all");
 }
+
+/// A lean read holds each event's `ph` without a `String` where it is one of Chrome's
+/// phases: every kind of phase (Kineto's, Chrome's others, unknown ones, a number, null, a
+/// repeated `ph`) reads as in a full read, with the same skips or the same error.
+#[test]
+fn phases_of_every_kind_read_the_same_lean() {
+    let path = Path::new("phases.json");
+    let events = [
+        r#"{"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, "ts": 1.0, "dur": 1.0}"#,
+        r#"{"ph": "M", "name": "process_name", "pid": 0, "args": {"name": "gpu"}}"#,
+        r#"{"ph": "C", "name": "c", "pid": 0, "ts": 2.0, "args": {"v": 1}}"#,
+        r#"{"ph": "B", "name": "b", "pid": 0, "tid": 1, "ts": 3.0}"#,
+        r#"{"ph": "(", "name": "ctx", "pid": 0, "tid": 1, "ts": 3.5}"#,
+        r#"{"ph": "f", "id": 1, "pid": 0, "tid": 1, "ts": 4.0, "bp": "e"}"#,
+        r#"{"ph": "Q", "name": "unknown", "pid": 0, "ts": 5.0}"#,
+        r#"{"ph": 5, "name": "numeric phase", "pid": 0, "ts": 6.0}"#,
+        r#"{"ph": null, "name": "null phase", "pid": 0, "ts": 7.0}"#,
+        r#"{"name": "no phase", "pid": 0, "ts": 8.0}"#,
+    ];
+    let json = format!(r#"{{"traceEvents": [{}]}}"#, events.join(",\n"));
+    for strict in [false, true] {
+        let full = read_trace_bytes(json.as_bytes(), path, ReadOptions { strict, ..ReadOptions::default() }).map_err(|e| e.to_string());
+        let lean = read_trace_bytes(json.as_bytes(), path, ReadOptions { strict, drop_extra_args: true, ..ReadOptions::default() }).map_err(|e| e.to_string());
+        assert_eq!(lean, full, "strict {strict}");
+        let (t, skipped) = full.unwrap();
+        assert_eq!((t.events.len(), t.counters.len(), t.process_names.len()), (1, 1, 1), "strict {strict}");
+        assert_eq!(skipped.count, if strict { 0 } else { 4 }, "strict {strict}: the unknown, numeric, null and missing phases");
+    }
+    let repeated = br#"{"traceEvents": [{"ph": "X", "name": "k", "ts": 1.0, "dur": 1.0, "ph": "X"}]}"#;
+    for drop_extra_args in [false, true] {
+        let e = read_trace_bytes(repeated, path, ReadOptions { strict: true, drop_extra_args, ..ReadOptions::default() }).unwrap_err().to_string();
+        assert!(e.contains("duplicate field `ph`"), "lean {drop_extra_args}: {e}");
+    }
+}
