@@ -177,11 +177,90 @@ impl<'de> Visitor<'de> for PhaseSeed {
 
 /// A `cpu_op` / `python_function` event (a host-side op: most of a torch.profiler trace's
 /// entries) named `name` that `keep_host_op` declines.
-fn declined(keep_host_op: Option<fn(&str) -> bool>, cat: &Option<Cat>, name: &Option<Scalar>) -> bool {
+fn declined(keep_host_op: Option<fn(&str) -> bool>, cat: &Option<Cat>, name: &Option<NameRead<'_>>) -> bool {
     let host_op = matches!(cat, Some(Cat(Some(Category::CpuOp | Category::PythonFunction))));
-    match (keep_host_op, name) {
-        (Some(keep), Some(Scalar::Str(n))) if host_op => !keep(n),
+    match (keep_host_op, name.as_ref().and_then(NameRead::as_str)) {
+        (Some(keep), Some(n)) if host_op => !keep(n),
         _ => false,
+    }
+}
+
+/// An event's `name` as a lean read holds it until it knows whether the event is kept: a
+/// string borrowed from the JSON where serde_json can lend one (a slice without escapes), so
+/// a declined host op's name is never copied; else as [`Scalar`] reads it.
+enum NameRead<'de> {
+    Borrowed(&'de str),
+    Read(Scalar),
+}
+
+impl NameRead<'_> {
+    /// The name when it is a string.
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            NameRead::Borrowed(s) => Some(s),
+            NameRead::Read(s) => s.as_str(),
+        }
+    }
+
+    /// The name as the event holds it.
+    fn into_scalar(self) -> Scalar {
+        match self {
+            NameRead::Borrowed(s) => Scalar::Str(s.to_owned()),
+            NameRead::Read(s) => s,
+        }
+    }
+}
+
+/// Reads a [`NameRead`].
+struct NameSeed;
+
+impl<'de> DeserializeSeed<'de> for NameSeed {
+    type Value = NameRead<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<NameRead<'de>, D::Error> {
+        d.deserialize_any(NameSeed)
+    }
+}
+
+impl<'de> Visitor<'de> for NameSeed {
+    type Value = NameRead<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<NameRead<'de>, E> {
+        Ok(NameRead::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<NameRead<'de>, E> {
+        Ok(NameRead::Read(Scalar::Str(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<NameRead<'de>, E> {
+        Ok(NameRead::Read(Scalar::Str(v)))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<NameRead<'de>, E> {
+        Ok(NameRead::Read(Scalar::Bool(v)))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<NameRead<'de>, E> {
+        Ok(NameRead::Read(Scalar::Int(v)))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<NameRead<'de>, E> {
+        Ok(NameRead::Read(Scalar::UInt(v)))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<NameRead<'de>, E> {
+        Ok(NameRead::Read(Scalar::Float(v)))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<NameRead<'de>, E> {
+        Ok(NameRead::Read(Scalar::Null))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<NameRead<'de>, E> {
+        Ok(NameRead::Read(Scalar::Null))
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<NameRead<'de>, D::Error> {
+        d.deserialize_any(NameSeed)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<NameRead<'de>, A::Error> {
+        Scalar::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(NameRead::Read)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<NameRead<'de>, A::Error> {
+        Scalar::deserialize(de::value::MapAccessDeserializer::new(map)).map(NameRead::Read)
     }
 }
 
@@ -208,7 +287,7 @@ pub(super) fn read_event<'de, A: MapAccess<'de>>(mut map: A, keep_host_op: Optio
             match field {
                 Field::Ph => skip_once(&mut map, &mut ph, Scalar::Null, "ph")?,
                 Field::Cat => skip_once(&mut map, &mut cat, Cat::default(), "cat")?,
-                Field::Name => skip_once(&mut map, &mut name, Scalar::Null, "name")?,
+                Field::Name => skip_once(&mut map, &mut name, NameRead::Read(Scalar::Null), "name")?,
                 Field::Pid => skip_once(&mut map, &mut pid, Scalar::Null, "pid")?,
                 Field::Tid => skip_once(&mut map, &mut tid, Scalar::Null, "tid")?,
                 Field::Ts => skip_once(&mut map, &mut ts, Scalar::Null, "ts")?,
@@ -229,7 +308,12 @@ pub(super) fn read_event<'de, A: MapAccess<'de>>(mut map: A, keep_host_op: Optio
                 ignored = !ph.as_ref().is_some_and(phase_is_read);
             }
             Field::Cat => once(&mut map, &mut cat, "cat")?,
-            Field::Name => once(&mut map, &mut name, "name")?,
+            Field::Name => {
+                if name.is_some() {
+                    return Err(de::Error::duplicate_field("name"));
+                }
+                name = Some(map.next_value_seed(NameSeed)?);
+            }
             Field::Pid => once(&mut map, &mut pid, "pid")?,
             Field::Tid => once(&mut map, &mut tid, "tid")?,
             Field::Ts => once(&mut map, &mut ts, "ts")?,
@@ -256,6 +340,13 @@ pub(super) fn read_event<'de, A: MapAccess<'de>>(mut map: A, keep_host_op: Optio
     // Decided on the whole event, whatever the order of its fields.
     let complete = ph.as_ref().and_then(Scalar::as_str) == Some("X");
     let keep = !(complete && declined(keep_host_op, &cat, &name));
+    let numeric = |x: &Option<Scalar>| x.as_ref().and_then(Scalar::as_f64).is_some();
+    if !keep && numeric(&ts) && numeric(&dur) {
+        // Valid as a complete event, strict or lenient (`read::complete_fields`): nothing
+        // is left to check, and its name is never copied.
+        return Ok(Slot::Declined);
+    }
+    let name = name.map(NameRead::into_scalar);
     let (cat, name, pid, tid, ts, dur) =
         (cat.unwrap_or_default(), name.unwrap_or_default(), pid.unwrap_or_default(), tid.unwrap_or_default(), ts.unwrap_or_default(), dur.unwrap_or_default());
     Ok(match args {

@@ -402,7 +402,7 @@ pub(super) enum Scalar {
 }
 
 impl Scalar {
-    fn as_f64(&self) -> Option<f64> {
+    pub(super) fn as_f64(&self) -> Option<f64> {
         match self {
             Scalar::Int(i) => Some(*i as f64),
             Scalar::UInt(u) => Some(*u as f64),
@@ -612,6 +612,10 @@ pub(super) enum Slot {
     Raw(RawEvent),
     /// A complete event read lean, its typed args only ([`super::lean`]).
     LeanX(super::lean::LeanX),
+    /// A host op the read's filter declined ([`ReadOptions::keep_host_op`]) whose `ts` and
+    /// `dur` are numbers: a valid complete event in a strict read and a lenient one alike,
+    /// so nothing is added and nothing skipped.
+    Declined,
 }
 
 /// How a `traceEvents` entry is read ([`State::event_read`]).
@@ -922,6 +926,7 @@ pub(super) fn take_slot(state: &mut State, slot: Slot, index: usize) -> bool {
     let lenient = state.lenient;
     let bad = match slot {
         Slot::NotObject => Some("not a JSON object".to_string()),
+        Slot::Declined => None,
         Slot::LeanX(x) => match (x.keep, complete_lean(x, lenient)) {
             (true, Ok(ev)) => {
                 state.trace.events.push(ev);

@@ -1230,20 +1230,28 @@ fn a_host_op_filter_drops_only_what_it_declines() {
       {"ph": "f", "id": 1, "pid": 1, "tid": 1, "ts": 5.5, "cat": "ac2g", "name": "launch", "bp": "e"},
       {"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, "ts": 6.0, "dur": 1.0, "args": {"correlation": 9}},
       {"ph": "X", "cat": "cpu_op", "name": 12, "pid": 1, "tid": 1, "ts": 7.0, "dur": 1.0},
-      {"cat": "cpu_op", "name": "an instant", "ph": "i", "pid": 1, "tid": 1, "ts": 8.0, "s": "t"}
+      {"cat": "cpu_op", "name": "an instant", "ph": "i", "pid": 1, "tid": 1, "ts": 8.0, "s": "t"},
+      {"ph": "X", "cat": "cpu_op", "name": "aten::\u0061dd", "pid": 1, "tid": 1, "ts": 9.0, "dur": 1.0},
+      {"ph": "X", "cat": "cpu_op", "name": "keep \"quoted\"", "pid": 1, "tid": 1, "ts": 10.0, "dur": 1.0}
     ]}"#;
     let names = |t: &Trace| t.events.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
     let (all, all_skipped) = read_trace_bytes(synthetic, path, lean).unwrap();
     let (some, some_skipped) = read_trace_bytes(synthetic, path, filtered).unwrap();
     assert_eq!((all_skipped.count, some_skipped.count), (0, 0), "an instant is no complete event to check");
-    assert_eq!(names(&all), ["aten::mm", "keep me", "f.py(1): g", "args first", "not a host op", "k", "12"]);
-    assert_eq!(names(&some), ["keep me", "not a host op", "k", "12"], "declined host ops dropped, a name that is not a string kept");
+    assert_eq!(names(&all), ["aten::mm", "keep me", "f.py(1): g", "args first", "not a host op", "k", "12", "aten::add", "keep \"quoted\""]);
+    assert_eq!(
+        names(&some),
+        ["keep me", "not a host op", "k", "12", "keep \"quoted\""],
+        "declined host ops dropped (escaped names too), a name that is not a string kept"
+    );
     assert_eq!(some.events[0], all.events[1]);
     assert_eq!(some.events[2].correlation, Some(9));
 
-    // A declined host op without a numeric `ts`: the same skip, or the same error, as unfiltered.
+    // A declined host op without a numeric `ts`, and one without a `dur` (malformed when
+    // lenient, 0 when strict): the same skips, or the same error, as unfiltered.
     let bad = br#"{"traceEvents": [
       {"ph": "X", "cat": "cpu_op", "name": "aten::ok", "pid": 1, "tid": 1, "ts": 1.0, "dur": 1.0},
+      {"ph": "X", "cat": "cpu_op", "name": "aten::no_dur", "pid": 1, "tid": 1, "ts": 1.5},
       {"ph": "X", "cat": "cpu_op", "name": "aten::bad", "pid": 1, "tid": 1, "ts": "soon", "dur": 1.0, "args": {"x": 1}}
     ]}"#;
     for strict in [false, true] {
@@ -1252,9 +1260,9 @@ fn a_host_op_filter_drops_only_what_it_declines() {
         match (&want, &got) {
             (Ok((_, w)), Ok((t, g))) => {
                 assert!(!strict);
-                assert_eq!((w.count, g.count), (1, 1));
-                assert_eq!(g, w, "the same skip counted");
-                assert!(t.events.is_empty(), "the good one declined, the bad one skipped");
+                assert_eq!((w.count, g.count), (2, 2));
+                assert_eq!(g, w, "the same skips counted, the same first");
+                assert!(t.events.is_empty(), "the good one declined, the bad ones skipped");
             }
             (Err(w), Err(g)) => {
                 assert!(strict);
