@@ -337,6 +337,10 @@ pub(super) fn read_event<'de, A: MapAccess<'de>>(mut map: A, keep_host_op: Optio
             }
         }
     }
+    // A phase of Chrome's that the trace does not hold: ignored (`read::take_slot`).
+    if ignored && matches!(ph, Some(Scalar::Phase(_))) {
+        return Ok(Slot::Unkept);
+    }
     // Decided on the whole event, whatever the order of its fields.
     let complete = ph.as_ref().and_then(Scalar::as_str) == Some("X");
     let keep = !(complete && declined(keep_host_op, &cat, &name));
@@ -344,7 +348,7 @@ pub(super) fn read_event<'de, A: MapAccess<'de>>(mut map: A, keep_host_op: Optio
     if !keep && numeric(&ts) && numeric(&dur) {
         // Valid as a complete event, strict or lenient (`read::complete_fields`): nothing
         // is left to check, and its name is never copied.
-        return Ok(Slot::Declined);
+        return Ok(Slot::Unkept);
     }
     let name = name.map(NameRead::into_scalar);
     let (cat, name, pid, tid, ts, dur) =

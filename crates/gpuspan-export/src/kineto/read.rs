@@ -612,10 +612,11 @@ pub(super) enum Slot {
     Raw(RawEvent),
     /// A complete event read lean, its typed args only ([`super::lean`]).
     LeanX(super::lean::LeanX),
-    /// A host op the read's filter declined ([`ReadOptions::keep_host_op`]) whose `ts` and
-    /// `dur` are numbers: a valid complete event in a strict read and a lenient one alike,
-    /// so nothing is added and nothing skipped.
-    Declined,
+    /// An entry a lean read found nothing to add from and nothing to count skipped: a host
+    /// op the read's filter declined ([`ReadOptions::keep_host_op`]) whose `ts` and `dur` are
+    /// numbers (a valid complete event, strict or lenient), or an entry of one of Chrome's
+    /// phases the trace does not hold (a flow, an instant).
+    Unkept,
 }
 
 /// How a `traceEvents` entry is read ([`State::event_read`]).
@@ -926,7 +927,7 @@ pub(super) fn take_slot(state: &mut State, slot: Slot, index: usize) -> bool {
     let lenient = state.lenient;
     let bad = match slot {
         Slot::NotObject => Some("not a JSON object".to_string()),
-        Slot::Declined => None,
+        Slot::Unkept => None,
         Slot::LeanX(x) => match (x.keep, complete_lean(x, lenient)) {
             (true, Ok(ev)) => {
                 state.trace.events.push(ev);
