@@ -35,7 +35,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::keys;
-use super::read::{f64_to_i64, Cat, RawEvent, Scalar, Slot, CHROME_PHASES};
+use super::read::{f64_to_i64, Cat, RawEvent, Scalar, ScalarVisitor, Slot, CHROME_PHASES};
 
 /// A complete event read lean: the fields a full read types, its typed args in [`XArgs`].
 #[derive(Debug, Default)]
@@ -146,32 +146,33 @@ impl<'de> Visitor<'de> for PhaseSeed {
         };
         Ok(phase.map_or_else(|| Scalar::Str(v.to_owned()), Scalar::Phase))
     }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
-        Ok(Scalar::Bool(v))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
-        Ok(Scalar::Int(v))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-        Ok(Scalar::UInt(v))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
-        Ok(Scalar::Float(v))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
-        Ok(Scalar::Null)
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
-        Ok(Scalar::Null)
-    }
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Scalar, D::Error> {
         d.deserialize_any(PhaseSeed)
     }
+    // Anything but a string: as `Scalar` reads it.
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+        ScalarVisitor.visit_bool(v)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+        ScalarVisitor.visit_i64(v)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+        ScalarVisitor.visit_u64(v)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+        ScalarVisitor.visit_f64(v)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+        ScalarVisitor.visit_unit()
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
+        ScalarVisitor.visit_none()
+    }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar, A::Error> {
-        Scalar::deserialize(de::value::SeqAccessDeserializer::new(seq))
+        ScalarVisitor.visit_seq(seq)
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
-        Scalar::deserialize(de::value::MapAccessDeserializer::new(map))
+        ScalarVisitor.visit_map(map)
     }
 }
 
@@ -229,38 +230,39 @@ impl<'de> Visitor<'de> for NameSeed {
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<NameRead<'de>, E> {
         Ok(NameRead::Borrowed(v))
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<NameRead<'de>, E> {
-        Ok(NameRead::Read(Scalar::Str(v.to_owned())))
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<NameRead<'de>, E> {
-        Ok(NameRead::Read(Scalar::Str(v)))
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<NameRead<'de>, E> {
-        Ok(NameRead::Read(Scalar::Bool(v)))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<NameRead<'de>, E> {
-        Ok(NameRead::Read(Scalar::Int(v)))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<NameRead<'de>, E> {
-        Ok(NameRead::Read(Scalar::UInt(v)))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<NameRead<'de>, E> {
-        Ok(NameRead::Read(Scalar::Float(v)))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<NameRead<'de>, E> {
-        Ok(NameRead::Read(Scalar::Null))
-    }
-    fn visit_none<E: de::Error>(self) -> Result<NameRead<'de>, E> {
-        Ok(NameRead::Read(Scalar::Null))
-    }
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<NameRead<'de>, D::Error> {
         d.deserialize_any(NameSeed)
     }
+    // Anything else (a string serde_json cannot lend): as `Scalar` reads it.
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<NameRead<'de>, E> {
+        ScalarVisitor.visit_str(v).map(NameRead::Read)
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<NameRead<'de>, E> {
+        ScalarVisitor.visit_string(v).map(NameRead::Read)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<NameRead<'de>, E> {
+        ScalarVisitor.visit_bool(v).map(NameRead::Read)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<NameRead<'de>, E> {
+        ScalarVisitor.visit_i64(v).map(NameRead::Read)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<NameRead<'de>, E> {
+        ScalarVisitor.visit_u64(v).map(NameRead::Read)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<NameRead<'de>, E> {
+        ScalarVisitor.visit_f64(v).map(NameRead::Read)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<NameRead<'de>, E> {
+        ScalarVisitor.visit_unit().map(NameRead::Read)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<NameRead<'de>, E> {
+        ScalarVisitor.visit_none().map(NameRead::Read)
+    }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<NameRead<'de>, A::Error> {
-        Scalar::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(NameRead::Read)
+        ScalarVisitor.visit_seq(seq).map(NameRead::Read)
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<NameRead<'de>, A::Error> {
-        Scalar::deserialize(de::value::MapAccessDeserializer::new(map)).map(NameRead::Read)
+        ScalarVisitor.visit_map(map).map(NameRead::Read)
     }
 }
 
