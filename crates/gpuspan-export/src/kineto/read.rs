@@ -243,12 +243,20 @@ pub(super) fn parse_slice(json: &[u8], opts: ReadOptions) -> Result<(Trace, Skip
 /// gives up.
 pub const SLICE_PARSE_MAX_BYTES: usize = 8 << 20;
 
+/// Smallest trace (decompressed JSON, by its [`SizeHint`]) split into events as it is
+/// decompressed ([`super::split`]) instead of parsed whole from memory: 3 MiB. The split
+/// parses on two threads while the stream is still being inflated; below this size the
+/// thread's start and the batches' copies cost about what it saves (`gpuspan stats`, on
+/// this project's 2-core VM: h100-qwen-prefill, 5.4 MB, 19-21 -> 15 ms; h100-vit-falconsai,
+/// 1.4 MB, 6.2 -> 7.8 ms).
+pub const SPLIT_MIN_BYTES: usize = 3 << 20;
+
 /// Parses the decompressed JSON `reader`: from memory up to [`SLICE_PARSE_MAX_BYTES`]; past
 /// that split into events ([`super::split`]), or, when the split gives up, streamed from
-/// the start of `again()` (the same JSON read anew). `size_hint` ([`SizeHint`]): past
-/// [`SLICE_PARSE_MAX_BYTES`], the split starts at once, its helper parsing while the first
-/// 8 MiB are still being decompressed (on a100-hta-control those took a tenth of the read,
-/// alone); below it, the buffer is sized once.
+/// the start of `again()` (the same JSON read anew). `size_hint` ([`SizeHint`]): from
+/// [`SPLIT_MIN_BYTES`], the split starts at once, its helper parsing while the rest is still
+/// being decompressed (on a100-hta-control its first 8 MiB, read whole, took a tenth of the
+/// read, alone); below it, the buffer is sized once.
 fn parse<'a>(
     mut reader: Box<dyn Read + 'a>,
     again: &dyn Fn() -> std::io::Result<Box<dyn Read + 'a>>,
@@ -257,7 +265,7 @@ fn parse<'a>(
     opts: ReadOptions,
 ) -> Result<(Trace, Skipped), ReadErrorKind> {
     let mut state = State::new(opts);
-    if size_hint.is_some_and(|n| n > SLICE_PARSE_MAX_BYTES as u64) {
+    if size_hint.is_some_and(|n| n >= SPLIT_MIN_BYTES as u64) {
         if super::split::parse(Vec::new(), reader, &mut state) {
             return Ok(state.into_result());
         }
@@ -300,13 +308,37 @@ pub(super) fn top_level_entry(state: &mut State, key: &[u8], value: &[u8]) -> bo
     TopSeed { state }.deserialize(&mut de).and_then(|()| de.end()).is_ok()
 }
 
-/// A `traceEvents` entry of a split read parsed from its bytes; `None` when serde_json
-/// refuses them.
-pub(super) fn slot_from_slice(bytes: &[u8], how: EventRead) -> Option<Slot> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let slot = SlotSeed { how }.deserialize(&mut de).ok()?;
-    de.end().ok()?;
-    Some(slot)
+/// The `traceEvents` entry at the start of `bytes` (a split read), parsed as the streaming
+/// parse parses one, and the number of bytes it takes; serde_json's error where it refuses
+/// them (`is_eof` where they end inside the entry).
+///
+/// The entry is read by serde_json's `StreamDeserializer`, the one place it tells how many
+/// bytes a value took; that takes a `Deserialize` type, not a seed, so `how` reaches the
+/// [`SlotSeed`] through a thread-local ([`EntrySlot`]).
+pub(super) fn slot_at(bytes: &[u8], how: EventRead) -> Result<(Slot, usize), serde_json::Error> {
+    ENTRY_READ.with(|r| r.set(how));
+    let mut entries = serde_json::Deserializer::from_slice(bytes).into_iter::<EntrySlot>();
+    match entries.next() {
+        Some(Ok(EntrySlot(slot))) => Ok((slot, entries.byte_offset())),
+        Some(Err(e)) => Err(e),
+        // Nothing but whitespace: the entry is still to come (serde_json's EOF error for
+        // an empty input; it cannot be `Ok`).
+        None => serde_json::from_slice::<IgnoredAny>(b"").map(|_| (Slot::NotObject, 0)),
+    }
+}
+
+thread_local! {
+    /// How [`EntrySlot`] reads an entry on this thread ([`slot_at`]).
+    static ENTRY_READ: std::cell::Cell<EventRead> = const { std::cell::Cell::new(EventRead::Full) };
+}
+
+/// A [`Slot`] read as this thread's [`ENTRY_READ`] says.
+struct EntrySlot(Slot);
+
+impl<'de> Deserialize<'de> for EntrySlot {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<EntrySlot, D::Error> {
+        SlotSeed { how: ENTRY_READ.with(|r| r.get()) }.deserialize(d).map(EntrySlot)
+    }
 }
 
 fn parse_from<'de, R: serde_json::de::Read<'de>>(

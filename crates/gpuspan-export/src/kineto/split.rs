@@ -3,31 +3,44 @@
 //! serde_json reads a slice far faster than a `Read` (its `IoRead::parse_str` copies every
 //! string byte by byte through a scratch buffer: a quarter of `gpuspan stats` on a 35 MB
 //! trace), but reading a whole large trace into memory first would take 73 MB where the
-//! goal is 64. So a trace past [`super::read::SLICE_PARSE_MAX_BYTES`] is split here:
+//! goal is 64. So a trace from [`super::read::SPLIT_MIN_BYTES`] is split here as it is
+//! decompressed, and its entries parsed on two threads:
 //!
 //! - [`Window`] holds the decompressed JSON read so far, from the first byte not yet used,
-//!   and reads on in [`CHUNK`]s as a value needs them (the window is at most about one
-//!   chunk plus the largest event beyond the first 8 MiB).
-//! - [`Window::value_len`] finds where the JSON value at the front ends: brackets counted
-//!   outside strings, string bytes skipped eight at a time. It validates nothing else.
-//! - The `traceEvents` entries are copied out in batches of about [`BATCH_BYTES`] and
-//!   handed to a helper thread, which parses each entry from its bytes by serde_json
-//!   (`read::slot_from_slice`) and adds it as the streaming parse adds it
-//!   (`read::take_slot`), batch after batch in file order. This thread reads, decompresses
-//!   and cuts batches meanwhile; when [`QUEUED_MAX`] batches already wait for the helper,
-//!   it parses the next one itself and queues it parsed. On two cores that is two thirds
-//!   of the time of one (issue 14, item 4). Any other top-level key is parsed by the same
-//!   code as in the streaming parse (`read::top_level_entry`).
+//!   and reads on in [`CHUNK`]s as it needs them.
+//! - The top-level keys and values other than `traceEvents` are measured by
+//!   [`Window::value_len`] (brackets counted outside strings, string bytes skipped eight at
+//!   a time; it validates nothing else) and parsed by the streaming parse's own code
+//!   (`read::top_level_entry`).
+//! - The `traceEvents` entries are cut into batches of about [`BATCH_BYTES`] at a *guessed*
+//!   entry boundary ([`find_cut`]: a `{` after `},` and before `"`, looked for only past
+//!   the batch's size, so this thread reads each byte about once, where measuring every entry
+//!   read it twice: the bracket scan was 40 % of this thread's time on a100-hta-control).
+//!   Each batch is copied out and handed to a helper thread, which parses its entries one
+//!   after another (`read::slot_at`) and adds them as the streaming parse adds them
+//!   (`read::take_slot`), batch after batch in file order. When [`QUEUED_MAX`] batches
+//!   already wait for the helper, this thread parses the next one itself and queues it
+//!   parsed. On two cores that is two thirds of the time of one.
+//! - A guess is checked by the parse itself ([`parse_entries`]): a batch is parsed alone only
+//!   when the one before it ended after an entry's `,`, so every parse starts at an entry.
+//!   A guess that fell inside an entry (the same bytes in a string or a nested object)
+//!   leaves that entry cut short, which serde_json reports as the end of its input; the
+//!   helper then reads that entry again with the next batch's bytes after it (up to
+//!   [`CARRY_MAX`]), and that batch's own parse is thrown away.
+//! - The batch that holds the array's `]` tells this thread to stop cutting, and the bytes
+//!   after the `]` (still in the window, or in batches cut past it) go back to the top-level
+//!   parse.
 //!
 //! Anything this does not expect (a document that is not an object, a syntax error, a
-//! second `traceEvents`, an I/O or gzip error, a value nested past [`MAX_DEPTH`], an event
-//! that is an error in a strict read, a helper thread that cannot be started or panics)
-//! makes [`parse`] give up (`false`): the caller then
+//! second `traceEvents`, an I/O or gzip error, an entry that may nest past [`MAX_DEPTH`] or
+//! is longer than [`CARRY_MAX`], an event that is an error in a strict read, a helper thread
+//! that cannot be started or panics) makes [`parse`] give up (`false`): the caller then
 //! reads the file again from the start with the streaming parse, which gives the same trace
 //! or the same error, with the same line and column, as it always did. So the split changes
 //! how fast a well-formed large trace is read, never what any trace reads as.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 
 use super::read::{self, EventRead, Slot, State};
@@ -36,11 +49,13 @@ use super::read::{self, EventRead, Slot, State};
 const CHUNK: usize = 256 << 10;
 
 /// Bytes of `traceEvents` entries parsed together, by this thread or the helper
-/// ([`parse_events`]).
-const BATCH_BYTES: usize = 512 << 10;
+/// ([`parse_events`]). 256 KiB: `gpuspan stats` on h100-qwen-prefill (5.4 MB) 15.5–15.9 ms
+/// against 16.4–18.0 with 512 KiB (two alternated `perf stat -r 10`), the large fixtures
+/// the same within noise.
+const BATCH_BYTES: usize = 256 << 10;
 
 /// Batches queued for the helper, at most (with the one it works on and the one being cut
-/// here, about 2 MiB of entries); past that this thread parses a batch itself before it
+/// here, about 1 MiB of entries); past that this thread parses a batch itself before it
 /// queues it.
 const QUEUED_MAX: usize = 2;
 
@@ -53,6 +68,8 @@ const MAX_DEPTH: u32 = 100;
 struct Window<R> {
     buf: Vec<u8>,
     pos: usize,
+    /// Offset of `buf[0]` in the decompressed stream (bytes dropped before it).
+    base: usize,
     rest: R,
     /// The stream has ended (or failed: `failed`).
     eof: bool,
@@ -68,6 +85,7 @@ impl<R: Read> Window<R> {
         }
         if self.pos > 0 && self.pos >= self.buf.len() / 2 {
             self.buf.drain(..self.pos);
+            self.base += self.pos;
             self.pos = 0;
         }
         let old = self.buf.len();
@@ -182,6 +200,23 @@ impl<R: Read> Window<R> {
         }
     }
 
+    /// Where the next batch of `traceEvents` entries ends: `(n, last)`, its length from
+    /// `pos` and whether the stream ends with it. At least `batch_bytes` where the stream
+    /// holds that many, up to the first `{` past them that [`looks_like_entry_start`] (a
+    /// guess, which the helper checks), reading on as needed; everything left once the
+    /// stream ends first.
+    fn cut(&mut self, batch_bytes: usize) -> (usize, bool) {
+        let mut from = batch_bytes;
+        loop {
+            if let Some(at) = find_cut(&self.buf[self.pos..], &mut from) {
+                return (at, false);
+            }
+            if !self.more() {
+                return (self.buf.len() - self.pos, true);
+            }
+        }
+    }
+
     /// The next `n` bytes, consumed.
     fn take(&mut self, n: usize) -> &[u8] {
         let at = self.pos;
@@ -199,7 +234,7 @@ pub(super) fn parse<R: Read>(head: Vec<u8>, rest: R, state: &mut State) -> bool 
 
 /// [`parse`], the events parsed in batches of about `batch_bytes` bytes of JSON.
 fn parse_in_batches<R: Read>(head: Vec<u8>, rest: R, state: &mut State, batch_bytes: usize) -> bool {
-    let mut w = Window { buf: head, pos: 0, rest, eof: false, failed: false };
+    let mut w = Window { buf: head, pos: 0, base: 0, rest, eof: false, failed: false };
     parse_object(&mut w, state, batch_bytes).is_some() && state.saw_trace_events && w.peek().is_none() && !w.failed
 }
 
@@ -235,6 +270,9 @@ fn parse_object<R: Read>(w: &mut Window<R>, state: &mut State, batch_bytes: usiz
     }
 }
 
+/// The `traceEvents` array, from its `[` to past its `]`: cut into batches at guessed entry
+/// boundaries by this thread ([`feed`]), parsed here or by a helper thread, and added to
+/// `state` by the helper in file order ([`add_batches`], which also checks every guess).
 fn parse_events<R: Read>(w: &mut Window<R>, state: &mut State, batch_bytes: usize) -> Option<()> {
     expect(w, b'[')?;
     state.next_index = 0;
@@ -243,103 +281,285 @@ fn parse_events<R: Read>(w: &mut Window<R>, state: &mut State, batch_bytes: usiz
         return Some(());
     }
     let how = state.event_read();
+    let close = run_batches(state, how, |batch| {
+        let (n, last) = w.cut(batch_bytes);
+        batch.at = w.base + w.pos;
+        batch.bytes.extend_from_slice(w.take(n));
+        last
+    })?;
+    // Past the `]`: still held, or only in the bytes the helper kept after it.
+    if close.at >= w.base && close.at < w.base + w.buf.len() {
+        w.pos = close.at - w.base + 1;
+    } else {
+        let mut buf = close.after;
+        buf.extend_from_slice(&w.buf[w.pos..]);
+        w.base = close.at + 1;
+        w.buf = buf;
+        w.pos = 0;
+    }
+    Some(())
+}
+
+/// The batches of a `traceEvents` array, each filled by `next` (which says whether it was
+/// the last), parsed here or by a helper thread and added to `state` by the helper
+/// ([`feed`], [`add_batches`]). `None` where the split gives up.
+fn run_batches(state: &mut State, how: EventRead, next: impl FnMut(&mut Batch) -> bool) -> Option<Close> {
+    let closed = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (to_helper, work) = mpsc::sync_channel::<Work>(QUEUED_MAX);
         let (spare_tx, spare) = mpsc::channel::<Batch>();
         // A thread that cannot be started (a process at its limit) gives up the split: the
         // streaming parse needs none.
+        let closed = &closed;
         let helper = std::thread::Builder::new()
             .name("gpuspan-parse".into())
-            .spawn_scoped(scope, move || add_batches(&work, state, how, &spare_tx))
+            .spawn_scoped(scope, move || add_batches(&work, state, how, &spare_tx, closed))
             .ok()?;
-        let fed = feed(w, &to_helper, &spare, how, batch_bytes);
+        let fed = feed(next, &to_helper, &spare, how, closed);
         drop(to_helper);
         // A panic in the helper gives up like any other surprise.
-        let added = helper.join().unwrap_or(false);
-        (fed.is_some() && added).then_some(())
+        let close = helper.join().ok().flatten();
+        fed.and(close)
     })
 }
 
 /// A batch for the helper: to parse, or parsed here already (the helper was behind).
 enum Work {
     Parse(Batch),
-    Parsed(Batch, Vec<Option<Slot>>),
+    Parsed(Batch, Parsed),
 }
 
-/// This thread's side of [`parse_events`]: cuts the entries into batches and hands each to
-/// the helper, or, when [`QUEUED_MAX`] wait for it already, parses it first. `None` where the
-/// entries end unexpectedly or the helper gave up.
-fn feed<R: Read>(w: &mut Window<R>, to_helper: &SyncSender<Work>, spare: &Receiver<Batch>, how: EventRead, batch_bytes: usize) -> Option<()> {
-    let mut open = true;
-    while open {
-        let mut batch = spare.try_recv().unwrap_or_default();
-        while open && batch.bytes.len() < batch_bytes {
-            w.peek()?;
-            let n = w.value_len()?;
-            batch.bytes.extend_from_slice(w.take(n));
-            batch.ends.push(batch.bytes.len());
-            open = more_or_close(w, b']')?;
+/// This thread's side of [`run_batches`]: has `next` fill each batch (cut at a guessed
+/// entry boundary: [`Window::cut`], [`find_cut`]) and hands it to the helper, or, when
+/// [`QUEUED_MAX`] wait for it already, parses it first. Stops once the helper has found the
+/// array's `]` (`closed`) or after the last batch. `None` where the helper gave up.
+fn feed(
+    mut next: impl FnMut(&mut Batch) -> bool,
+    to_helper: &SyncSender<Work>,
+    spare: &Receiver<Batch>,
+    how: EventRead,
+    closed: &AtomicBool,
+) -> Option<()> {
+    loop {
+        if closed.load(Ordering::Acquire) {
+            return Some(());
         }
+        let mut batch = spare.try_recv().unwrap_or_default();
+        let last = next(&mut batch);
         match to_helper.try_send(Work::Parse(batch)) {
             Ok(()) => {}
             Err(TrySendError::Full(Work::Parse(batch))) => {
-                let slots = batch.parse(how);
-                to_helper.send(Work::Parsed(batch, slots)).ok()?;
+                let parsed = parse_entries(&batch.bytes, how);
+                to_helper.send(Work::Parsed(batch, parsed)).ok()?;
             }
             Err(_) => return None,
         }
+        if last {
+            return Some(());
+        }
     }
-    Some(())
 }
 
-/// The helper's side of [`parse_events`]: parses the batches it is given to parse and adds
-/// every batch's events to `state` in the order the batches come (`read::take_slot`), then
-/// hands the emptied batch back to be filled again (a fresh buffer of this size is mapped
-/// and faulted in page by page). `false` at the first entry serde_json refused or that
-/// `take_slot` would not add.
-fn add_batches(work: &Receiver<Work>, state: &mut State, how: EventRead, spare: &Sender<Batch>) -> bool {
+/// Where the `traceEvents` array ended, as the helper found it.
+struct Close {
+    /// The `]`'s offset in the decompressed stream.
+    at: usize,
+    /// The bytes after it that were cut into batches (the window may hold them no more).
+    after: Vec<u8>,
+}
+
+/// The helper's side of [`parse_events`]: takes the batches in file order, parses those it
+/// is given to parse, adds their entries to `state` (`read::take_slot`) and hands each
+/// emptied batch back to be filled again. It is also where the cuts are checked: a batch
+/// whose last entry runs past its end ([`BatchEnd::Short`]: the guess fell inside an entry)
+/// is parsed again from that entry with the next batch's bytes after it, the next batch's
+/// own parse thrown away. Once the `]` is found it tells [`feed`] (`closed`) and keeps the
+/// bytes after it. `None` at the first entry serde_json refused or that `take_slot` would
+/// not add, an entry longer than [`CARRY_MAX`], or a stream that ended inside the array.
+fn add_batches(work: &Receiver<Work>, state: &mut State, how: EventRead, spare: &Sender<Batch>, closed: &AtomicBool) -> Option<Close> {
+    // An entry cut short, with its offset in the stream, to be parsed with the next batch.
+    let mut carry: Option<(usize, Vec<u8>)> = None;
+    let mut close: Option<Close> = None;
     for w in work {
-        let (mut batch, slots) = match w {
-            Work::Parse(batch) => {
-                let slots = batch.parse(how);
-                (batch, slots)
-            }
-            Work::Parsed(batch, slots) => (batch, slots),
+        let (mut batch, parsed) = match w {
+            Work::Parse(batch) => (batch, None),
+            Work::Parsed(batch, parsed) => (batch, Some(parsed)),
         };
-        for slot in slots {
-            let index = state.next_index;
-            if !slot.is_some_and(|slot| read::take_slot(state, slot, index)) {
-                return false;
+        if let Some(c) = &mut close {
+            c.after.extend_from_slice(&batch.bytes);
+        } else {
+            let joined = carry.take().map(|(at, mut bytes)| {
+                bytes.extend_from_slice(&batch.bytes);
+                (at, bytes)
+            });
+            let (at, bytes) = match &joined {
+                Some((at, bytes)) => (*at, bytes.as_slice()),
+                None => (batch.at, batch.bytes.as_slice()),
+            };
+            let mut add = |slot| {
+                let index = state.next_index;
+                read::take_slot(state, slot, index)
+            };
+            let end = match parsed {
+                Some((slots, end)) if joined.is_none() => {
+                    if !slots.into_iter().all(&mut add) {
+                        return None;
+                    }
+                    end
+                }
+                _ => read_entries(bytes, how, add),
+            };
+            match end {
+                BatchEnd::More => {}
+                BatchEnd::Short(from) => {
+                    if bytes.len() - from > CARRY_MAX {
+                        return None;
+                    }
+                    carry = Some((at + from, bytes[from..].to_vec()));
+                }
+                BatchEnd::Closed(o) => {
+                    close = Some(Close { at: at + o, after: bytes[o + 1..].to_vec() });
+                    closed.store(true, Ordering::Release);
+                }
+                BatchEnd::Bad => return None,
             }
         }
         batch.bytes.clear();
-        batch.ends.clear();
         let _ = spare.send(batch);
     }
-    true
+    close
 }
 
-/// `traceEvents` entries copied out of the window to be parsed together: the `i`-th is
-/// `bytes[ends[i - 1]..ends[i]]` (from 0 for the first).
+/// Longest entry the helper carries over from one batch to the next (each time parsed
+/// again with the next batch): past it the split gives up and the streaming parse reads the
+/// trace, so a pathological entry costs one more read, never a quadratic one.
+const CARRY_MAX: usize = 4 << 20;
+
+/// `traceEvents` entries copied out of the window to be parsed together, from a guessed
+/// entry start to just past a `,`.
 #[derive(Default)]
 struct Batch {
+    /// Offset of `bytes[0]` in the decompressed stream.
+    at: usize,
     bytes: Vec<u8>,
-    ends: Vec<usize>,
 }
 
-impl Batch {
-    /// Each entry parsed (`read::slot_from_slice`), `None` where serde_json refuses it.
-    fn parse(&self, how: EventRead) -> Vec<Option<Slot>> {
-        let mut start = 0;
-        self.ends
-            .iter()
-            .map(|&end| {
-                let slot = read::slot_from_slice(&self.bytes[start..end], how);
-                start = end;
-                slot
-            })
-            .collect()
+/// A batch's entries, parsed, and where the parse stopped.
+type Parsed = (Vec<Slot>, BatchEnd);
+
+/// Where [`parse_entries`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchEnd {
+    /// After a `,` and whitespace at the end of the bytes: more entries follow.
+    More,
+    /// At the array's closing `]`, at this offset.
+    Closed(usize),
+    /// The entry at this offset runs past the end of the bytes (serde_json found the end of
+    /// its input inside it), or ends there with no `,` or `]` after it: it is to be read
+    /// with more bytes.
+    Short(usize),
+    /// Anything else: serde_json refused an entry, an entry nests too deep, or something
+    /// other than `,` or `]` follows one.
+    Bad,
+}
+
+/// The `traceEvents` entries at the start of `bytes`, one after another, each parsed by
+/// serde_json from where the last ended (`read::slot_at`), up to where the bytes end or
+/// the array does.
+///
+/// Why a guessed cut needs no other check: the first batch starts where the array's
+/// entries do, and a batch is parsed alone only when the one before ended
+/// [`BatchEnd::More`], so every parse starts at the start of an entry. From there serde_json
+/// reads the JSON as it is; a cut that fell inside an entry leaves that entry's bytes a
+/// proper prefix of a JSON value, and parsing a prefix of valid JSON fails only at its
+/// end: [`BatchEnd::Short`], and the helper reads the entry again with the next batch.
+fn parse_entries(bytes: &[u8], how: EventRead) -> Parsed {
+    let mut slots = Vec::new();
+    let end = read_entries(bytes, how, |slot| {
+        slots.push(slot);
+        true
+    });
+    (slots, end)
+}
+
+/// [`parse_entries`], each entry handed to `add` as it is read (`false` from `add`: stop,
+/// [`BatchEnd::Bad`]).
+fn read_entries(bytes: &[u8], how: EventRead, mut add: impl FnMut(Slot) -> bool) -> BatchEnd {
+    let mut pos = skip_whitespace(bytes, 0);
+    loop {
+        let start = pos;
+        match read::slot_at(&bytes[start..], how) {
+            Ok((slot, n)) => {
+                pos += n;
+                if nests_too_deep(&bytes[start..pos]) || !add(slot) {
+                    return BatchEnd::Bad;
+                }
+            }
+            Err(e) if e.is_eof() => return BatchEnd::Short(start),
+            Err(_) => return BatchEnd::Bad,
+        }
+        pos = skip_whitespace(bytes, pos);
+        match bytes.get(pos) {
+            None => return BatchEnd::Short(start),
+            Some(b',') => {
+                pos = skip_whitespace(bytes, pos + 1);
+                if pos == bytes.len() {
+                    return BatchEnd::More;
+                }
+            }
+            Some(b']') => return BatchEnd::Closed(pos),
+            Some(_) => return BatchEnd::Bad,
+        }
     }
+}
+
+/// Whether an entry may nest past [`MAX_DEPTH`]: it holds more opening brackets than that,
+/// strings included (an entry parsed from its own bytes sits two levels higher than in the
+/// whole document, where serde_json's recursion limit would refuse it; the streaming parse
+/// decides such a trace). Only an entry of more than twice as many bytes can; the count is a
+/// plain loop that compiles to vector compares.
+fn nests_too_deep(entry: &[u8]) -> bool {
+    // Counted in `u8`s, 255 bytes at a time, so the compares and sums are 16 bytes a vector.
+    let opening = |bytes: &[u8]| bytes.iter().fold(0u8, |n, &b| n + u8::from(b == b'{' || b == b'['));
+    entry.len() > 2 * MAX_DEPTH as usize && entry.chunks(255).map(|c| usize::from(opening(c))).sum::<usize>() > MAX_DEPTH as usize
+}
+
+/// The first offset at or after `from` that is not JSON whitespace (`bytes.len()` if none).
+fn skip_whitespace(bytes: &[u8], from: usize) -> usize {
+    bytes[from..].iter().position(|b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t')).map_or(bytes.len(), |i| from + i)
+}
+
+/// The first `{` at or past `*from` in `held` that [`looks_like_entry_start`] (a guessed
+/// cut between two entries); `None` where there is none, with `*from` where to look again
+/// once more bytes are held (a `{` whose following bytes are not held yet is looked at
+/// again).
+fn find_cut(held: &[u8], from: &mut usize) -> Option<usize> {
+    while let Some(at) = held.get(*from..).and_then(|rest| rest.iter().position(|&b| b == b'{')).map(|i| *from + i) {
+        if skip_whitespace(held, at + 1) == held.len() {
+            *from = at;
+            return None;
+        }
+        if looks_like_entry_start(held, at) {
+            return Some(at);
+        }
+        *from = at + 1;
+    }
+    *from = (*from).max(held.len());
+    None
+}
+
+/// Whether a `{` at `at` looks like the start of an entry: a `}` then a `,` before it and a
+/// `"` or `}` after it, whitespace allowed between. A guess: inside a string or a nested
+/// value the same bytes may occur, and [`parse_entries`] finds out.
+fn looks_like_entry_start(held: &[u8], at: usize) -> bool {
+    let before = |mut i: usize| {
+        while i > 0 && matches!(held[i - 1], b' ' | b'\n' | b'\r' | b'\t') {
+            i -= 1;
+        }
+        i.checked_sub(1).map(|j| (j, held[j]))
+    };
+    let after = skip_whitespace(held, at + 1);
+    matches!(held.get(after), Some(b'"' | b'}')) && matches!(before(at), Some((comma, b',')) if matches!(before(comma), Some((_, b'}'))))
 }
 
 const LOW: u64 = 0x0101_0101_0101_0101;
@@ -500,6 +720,114 @@ mod tests {
         }
     }
 
+    /// An entry whose args hold the bytes a guessed cut looks for (`}, {"` and `},{"`), in
+    /// a nested array of objects and inside strings.
+    const LOOKALIKE: &str = r#"{"ph": "X", "cat": "kernel", "name": "k}, {\"x\": 1}", "pid": 0, "tid": 7, "ts": 3, "dur": 1,
+         "args": {"stream": 7, "nested": [{"a": 1}, {"b": "},{\"c"}, {"d": [{}, {}]}], "s": "},{\"ph\": \"X\"}"}}"#;
+
+    #[test]
+    fn a_cut_inside_an_entry_is_found_and_read_again_with_the_next_batch() {
+        let how = EventRead::Lean { keep_host_op: None };
+        let json = format!("{LOOKALIKE},\n {LOOKALIKE}, ");
+        // Where a guess would cut: the `{` of each lookalike and of the second entry.
+        let mut cuts = Vec::new();
+        let mut from = 1;
+        while let Some(at) = find_cut(json.as_bytes(), &mut from) {
+            cuts.push(at);
+            from = at + 1;
+        }
+        let second = LOOKALIKE.len() + 3;
+        assert!(cuts.len() >= 3 && cuts.contains(&second), "{cuts:?}");
+        for &at in &cuts {
+            let (slots, end) = parse_entries(&json.as_bytes()[..at], how);
+            if at == second {
+                assert_eq!((slots.len(), end), (1, BatchEnd::More), "the true cut");
+            } else {
+                assert_eq!((slots.len(), end), (usize::from(at > second), BatchEnd::Short(if at > second { second } else { 0 })), "cut at {at}");
+            }
+        }
+        let (slots, end) = parse_entries(json.as_bytes(), how);
+        assert_eq!((slots.len(), end), (2, BatchEnd::More));
+        let closed = format!("{LOOKALIKE} ] , \"x\": 1}}");
+        assert_eq!(parse_entries(closed.as_bytes(), how).1, BatchEnd::Closed(LOOKALIKE.len() + 1));
+        for bad in ["{\"ph\": \"X\"},, {}", "{\"ph\": \"X\"} {}", "{\"ph\": \"X\"}, ]", "{\"a\": tru}, "] {
+            assert_eq!(parse_entries(bad.as_bytes(), how).1, BatchEnd::Bad, "{bad}");
+        }
+        assert_eq!(parse_entries(b"{\"ph\": \"X\"}", how).1, BatchEnd::Short(0), "no separator yet");
+        assert_eq!(parse_entries(b"  ", how).1, BatchEnd::Short(2), "nothing yet");
+    }
+
+    #[test]
+    fn lookalike_cuts_and_a_long_tail_read_as_the_slice_read() {
+        // Every batch size from one byte up: guesses fall inside entries (read again with the
+        // next batch), and the batches cut past the `]` (a tail of top-level keys whose
+        // objects hold the same bytes) go back to the top-level parse.
+        let events: Vec<String> = (0..40).map(|i| LOOKALIKE.replace("\"ts\": 3", &format!("\"ts\": {i}"))).collect();
+        let tail: Vec<String> = (0..30).map(|i| format!(r#"{{"id": {i}, "name": "}},{{\"gpu\"}}"}}"#)).collect();
+        let json = format!(r#"{{"traceEvents": [{}], "deviceProperties": [{}], "baseTimeNanoseconds": 7}}"#, events.join(", "), tail.join(","));
+        for lean in [false, true] {
+            let opts = ReadOptions { strict: true, drop_extra_args: lean, ..Default::default() };
+            let want = parse_slice(json.as_bytes(), opts).unwrap();
+            assert_eq!((want.0.events.len(), want.0.base_time_ns), (40, Some(7)));
+            for batch_bytes in [1, 7, 300, 1000, 5000, json.len()] {
+                for head in [0, 9, 2000] {
+                    let mut state = State::new(opts);
+                    let read = parse_in_batches(json.as_bytes()[..head].to_vec(), Trickle { bytes: &json.as_bytes()[head..], turn: 0 }, &mut state, batch_bytes);
+                    assert!(read, "batch {batch_bytes}, head {head}, lean {lean}");
+                    assert_eq!(state.into_result(), want, "batch {batch_bytes}, head {head}, lean {lean}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_entry_longer_than_the_carry_limit_gives_the_read_to_the_streaming_parse() {
+        let long = "x".repeat(CARRY_MAX + 10);
+        let json = format!(r#"{{"traceEvents": [{{"ph": "X", "name": "a", "ts": 1, "dur": 1}}, {{"ph": "X", "name": "b", "ts": 2, "dur": 1, "args": {{"s": "{long}", "t": [{{"a": 1}}, {{"b": 2}}]}}}}, {{"ph": "X", "name": "c", "ts": 3, "dur": 1}}]}}"#);
+        let opts = ReadOptions { strict: true, drop_extra_args: true, ..Default::default() };
+        let mut state = State::new(opts);
+        assert!(!parse_in_batches(Vec::new(), json.as_bytes(), &mut state, 1 << 16), "gives up");
+        let (trace, _) = crate::kineto::read_trace_bytes(json.as_bytes(), std::path::Path::new("long.json"), opts).unwrap();
+        assert_eq!(trace.events.len(), 3, "the streaming parse reads it");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Traces of entries whose names and args hold the bytes a guessed cut looks for, in
+        /// strings and in nested objects, some entries not objects (lenient) or malformed:
+        /// the split read (any batch size, the stream trickled) is the slice read, or gives
+        /// up where that fails.
+        #[test]
+        fn guessed_cuts_never_change_what_a_trace_reads_as(
+            entries in proptest::collection::vec((0usize..6, "[a-z{}\\[\\],\" ]{0,12}"), 1..40),
+            batch_bytes in 1usize..400,
+            strict in proptest::bool::ANY,
+        ) {
+            let quoted = |s: &str| serde_json::to_string(s).unwrap();
+            let body: Vec<String> = entries.iter().enumerate().map(|(i, (kind, text))| match kind {
+                0 => format!(r#"{{"ph": "X", "cat": "kernel", "name": {}, "pid": 0, "tid": 1, "ts": {i}, "dur": 1}}"#, quoted(text)),
+                1 => format!(r#"{{"ph": "X", "name": "n", "ts": {i}, "dur": 2, "args": {{"k": [{{"a": {}}}, {{"b": [{{}}, {{"c": 1}}]}}], "stream": 3}}}}"#, quoted(text)),
+                2 => format!(r#"{{"ph": "M", "name": "process_name", "pid": {i}, "args": {{"name": {}}}}}"#, quoted(text)),
+                3 => format!(r#"{{"ph": "f", "id": {i}, "name": {}, "ts": 1}}"#, quoted(text)),
+                4 => i.to_string(),
+                _ => format!(r#"{{"ph": "X", "name": {}, "dur": 1}}"#, quoted(text)),
+            }).collect();
+            let json = format!(r#"{{"traceEvents": [{}], "tail": [{{"a": 1}}, {{"b": {}}}]}}"#, body.join(", "), quoted("},{\""));
+            for lean in [false, true] {
+                let opts = ReadOptions { strict, drop_extra_args: lean, ..Default::default() };
+                let want = parse_slice(json.as_bytes(), opts).ok();
+                let mut state = State::new(opts);
+                let read = parse_in_batches(Vec::new(), Trickle { bytes: json.as_bytes(), turn: 0 }, &mut state, batch_bytes);
+                if read {
+                    proptest::prop_assert_eq!(Some(state.into_result()), want);
+                } else {
+                    // Giving up is only allowed where the streaming parse decides otherwise.
+                    proptest::prop_assert!(want.is_none() || (strict && entries.iter().any(|(k, _)| *k >= 4)), "gave up on a trace that reads");
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_word_tests_find_the_first_byte_that_matters() {
         let first = |m: u64| (m != 0).then(|| m.trailing_zeros() as usize / 8);
@@ -578,9 +906,9 @@ mod tests {
             bytes.extend(body);
             bytes.extend(std::iter::repeat_n(b']', 130));
             let want = plain_value_len(&bytes);
-            let whole = Window { buf: bytes.clone(), pos: 0, rest: std::io::empty(), eof: false, failed: false }.value_len();
+            let whole = Window { buf: bytes.clone(), pos: 0, base: 0, rest: std::io::empty(), eof: false, failed: false }.value_len();
             proptest::prop_assert_eq!(whole, want);
-            let trickled = Window { buf: Vec::new(), pos: 0, rest: Trickle { bytes: &bytes, turn: 0 }, eof: false, failed: false }.value_len();
+            let trickled = Window { buf: Vec::new(), pos: 0, base: 0, rest: Trickle { bytes: &bytes, turn: 0 }, eof: false, failed: false }.value_len();
             proptest::prop_assert_eq!(trickled, want);
         }
     }
