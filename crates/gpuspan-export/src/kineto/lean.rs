@@ -356,15 +356,15 @@ pub(super) fn read_event<'de, A: MapAccess<'de>>(mut map: A, keep_host_op: Optio
     let (cat, name, pid, tid, ts, dur) =
         (cat.unwrap_or_default(), name.unwrap_or_default(), pid.unwrap_or_default(), tid.unwrap_or_default(), ts.unwrap_or_default(), dur.unwrap_or_default());
     Ok(match args {
-        Some(ReadArgs::Typed(args)) => Slot::LeanX(LeanX { cat, name, pid, tid, ts, dur, args, keep }),
+        Some(ReadArgs::Typed(args)) => Slot::LeanX(Box::new(LeanX { cat, name, pid, tid, ts, dur, args, keep })),
         // Declined (so complete), its args not kept however they were read.
-        _ if !keep => Slot::LeanX(LeanX { cat, name, pid, tid, ts, dur, args: XArgs::default(), keep }),
+        _ if !keep => Slot::LeanX(Box::new(LeanX { cat, name, pid, tid, ts, dur, args: XArgs::default(), keep })),
         other => {
             let args = match other {
                 Some(ReadArgs::Lean(a)) => a.and_then(|a| a.0).map(Value::Object),
                 _ => None,
             };
-            Slot::Raw(RawEvent { ph: ph.unwrap_or_default(), cat, name, pid, tid, ts, dur, args })
+            Slot::Raw(Box::new(RawEvent { ph: ph.unwrap_or_default(), cat, name, pid, tid, ts, dur, args }))
         }
     })
 }

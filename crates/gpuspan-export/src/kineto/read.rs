@@ -634,16 +634,20 @@ impl<'de> Visitor<'de> for CatVisitor {
     visit_others_as!('de, Cat(None); unit seq map);
 }
 
-/// A `traceEvents` entry. (Not boxed: a box would be an allocation per event, and a slot is
-/// moved once.)
-#[allow(clippy::large_enum_variant)]
+/// A `traceEvents` entry. The events are boxed (one allocation per event kept or checked):
+/// a split read moves each slot four or five times (`StreamDeserializer`, a batch parsed
+/// ahead, `take_slot`), and an unboxed slot was the size of its largest variant, about 440
+/// bytes, for every entry, the declined ones too. Boxed, `callgrind` of `gpuspan stats`
+/// counted 1,179 -> 1,105 M instructions on a100-hta-control (split) and 23.7 -> 22.9 M on
+/// h100-bert-small (whole slice); unboxed had been faster when the entries were read in
+/// place by the streaming parse (issue 14, item 4).
 pub(super) enum Slot {
     /// Not a JSON object.
     NotObject,
     /// An event with its args as a `Value` (every event of a full read).
-    Raw(RawEvent),
+    Raw(Box<RawEvent>),
     /// A complete event read lean, its typed args only ([`super::lean`]).
-    LeanX(super::lean::LeanX),
+    LeanX(Box<super::lean::LeanX>),
     /// An entry a lean read found nothing to add from and nothing to count skipped: a host
     /// op the read's filter declined ([`ReadOptions::keep_host_op`]) whose `ts` and `dur` are
     /// numbers (a valid complete event, strict or lenient), or an entry of one of Chrome's
@@ -684,7 +688,7 @@ impl<'de> Visitor<'de> for SlotVisitor {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Slot, A::Error> {
         match self.how {
             EventRead::Lean { keep_host_op } => super::lean::read_event(map, keep_host_op),
-            EventRead::Full => RawEvent::deserialize(de::value::MapAccessDeserializer::new(map)).map(Slot::Raw),
+            EventRead::Full => RawEvent::deserialize(de::value::MapAccessDeserializer::new(map)).map(|r| Slot::Raw(Box::new(r))),
         }
     }
     visit_others_as!('de, Slot::NotObject; seq bool i64 u64 f64 str unit);
@@ -960,7 +964,7 @@ pub(super) fn take_slot(state: &mut State, slot: Slot, index: usize) -> bool {
     let bad = match slot {
         Slot::NotObject => Some("not a JSON object".to_string()),
         Slot::Unkept => None,
-        Slot::LeanX(x) => match (x.keep, complete_lean(x, lenient)) {
+        Slot::LeanX(x) => match (x.keep, complete_lean(*x, lenient)) {
             (true, Ok(ev)) => {
                 state.trace.events.push(ev);
                 None
@@ -969,7 +973,7 @@ pub(super) fn take_slot(state: &mut State, slot: Slot, index: usize) -> bool {
             (_, Err(msg)) => Some(msg),
         },
         Slot::Raw(raw) => match raw.ph.as_str() {
-            Some("X") => match complete_event(raw, lenient, state.drop_extra_args) {
+            Some("X") => match complete_event(*raw, lenient, state.drop_extra_args) {
                 Ok(ev) => {
                     state.trace.events.push(ev);
                     None
@@ -977,11 +981,11 @@ pub(super) fn take_slot(state: &mut State, slot: Slot, index: usize) -> bool {
                 Err(msg) => Some(msg),
             },
             Some("M") => {
-                metadata_event(&mut state.trace, raw);
+                metadata_event(&mut state.trace, *raw);
                 None
             }
             Some("C") => {
-                counter_event(&mut state.trace, raw);
+                counter_event(&mut state.trace, *raw);
                 None
             }
             Some(ph) if CHROME_PHASES.contains(&ph) => None,
