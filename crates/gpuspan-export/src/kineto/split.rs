@@ -701,6 +701,9 @@ mod tests {
         for bad in [
             r#"[{"ph": "X", "name": "a", "ts": 1, "dur": 1}]"#,                 // JSON Array Format
             r#"{"traceEvents": [{"ph": "X", "name": "a", "ts": 1, "dur": 1},]}"#, // trailing comma
+            r#"{"traceEvents": [{"ph": "X", "name": "a", "ts": 1, "dur": 1} {"ph": "X", "name": "b", "ts": 2, "dur": 1}]}"#, // no comma
+            r#"{"traceEvents": [{"ph": "X", "name": "a", "ts": 1, "dur": 1} x, {"ph": "X", "name": "b", "ts": 2, "dur": 1}]}"#, // not a comma
+            r#"{"traceEvents": [{"ph": "X", "name": "a", "ts": 1, "dur": 1},, {"ph": "X", "name": "b", "ts": 2, "dur": 1}]}"#, // two
             r#"{"traceEvents": [{"ph": "X", "name": "a", "ts": 1, "dur": 1}]"#,   // truncated
             r#"{"traceEvents": [{"ph": "X", "name": "a", "ts": 1, "dur": 1}]} x"#, // trailing bytes
             r#"{"traceEvents": [{"ph": "X", "name": "a", "dur": 1}]}"#,            // strict: no ts
@@ -849,6 +852,43 @@ mod tests {
                 } else {
                     // Giving up is only allowed where the streaming parse decides otherwise.
                     proptest::prop_assert!(want.is_none() || (strict && entries.iter().any(|(k, _)| *k >= 4)), "gave up on a trace that reads");
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+        /// A trace with bytes overwritten (brackets, quotes, commas, backslashes, a byte that
+        /// is not UTF-8) or cut off: the split never panics, and what it reads is what the
+        /// slice read reads; anything else it gives to the streaming parse.
+        #[test]
+        fn garbled_traces_read_as_the_slice_read_or_are_given_up(
+            edits in proptest::collection::vec((0usize..4000, proptest::sample::select(b"{}[]\",:\\ x7\xff".to_vec())), 1..6),
+            separator in proptest::option::of((0usize..11, proptest::sample::select(b"{}[]\": x".to_vec()))),
+            cut in proptest::option::of(0usize..4000),
+            batch_bytes in 1usize..300,
+        ) {
+            let events: Vec<String> = (0..12).map(|i| LOOKALIKE.replace("\"ts\": 3", &format!("\"ts\": {i}"))).collect();
+            let mut json = format!(r#"{{"traceEvents": [{}], "baseTimeNanoseconds": 7}}"#, events.join(", ")).into_bytes();
+            // The comma after entry `i`, overwritten (the separators are few among the bytes).
+            if let Some((i, b)) = separator {
+                let at = "{\"traceEvents\": [".len() + (i + 1) * LOOKALIKE.len() + i * 2 + usize::from(i >= 10);
+                proptest::prop_assert_eq!(json[at], b',');
+                json[at] = b;
+            }
+            for (at, b) in edits {
+                let at = at % json.len();
+                json[at] = b;
+            }
+            if let Some(c) = cut {
+                json.truncate(c % json.len());
+            }
+            for (strict, lean) in [(true, true), (false, false)] {
+                let opts = ReadOptions { strict, drop_extra_args: lean, ..Default::default() };
+                let mut state = State::new(opts);
+                if parse_in_batches(Vec::new(), Trickle { bytes: &json, turn: 0 }, &mut state, batch_bytes) {
+                    proptest::prop_assert_eq!(Some(state.into_result()), parse_slice(&json, opts).ok());
                 }
             }
         }
