@@ -314,3 +314,50 @@ fn kernel_names_are_read_before_their_module_is_unloaded() {
     assert!(summary_u64(&t, "gpuspan.unload_drains") >= 1, "the unload was seen");
     assert_eq!(summary_u64(&t, "gpuspan.unload_drain_timeouts"), 0);
 }
+
+/// The agent's "agent threads' CPU: collector C ms, exit E ms, deflate D ms" line, in s.
+fn agent_threads_cpu_s(stderr: &str) -> (f64, f64, f64) {
+    let l = stderr.lines().find(|l| l.contains("agent threads' CPU: ")).unwrap_or_else(|| panic!("no agent threads' CPU line:\n{stderr}"));
+    let ms = |key: &str| -> f64 {
+        let v = l.split(&format!("{key} ")).nth(1).and_then(|r| r.split(" ms").next()).unwrap_or_else(|| panic!("no {key} in {l}"));
+        v.parse::<f64>().unwrap_or_else(|e| panic!("{key} {v:?}: {e}")) / 1e3
+    };
+    (ms("collector"), ms("exit"), ms("deflate"))
+}
+
+#[test]
+fn the_exit_report_gives_what_the_agents_own_threads_cost() {
+    // Issue 14, item 1: the agent's threads report their own CPU clocks at exit, which is how
+    // `scripts/bench-agent-cpu.sh` tells the agent's cost from the worker's and the
+    // simulator's. The figures are the threads' own: together no more than the whole
+    // process's CPU (`wait4`), each there when its work was done, and no deflate without a
+    // capture to write.
+    let sim = tempfile::tempdir().unwrap();
+    gpuspan_simgpu::install::install(sim.path(), &artifact("libgpuspan_simgpu.so")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let run = |dest: &Path| {
+        let mut child = spawn_replay(sim.path(), dest, &["wan2.1", "--steps", "2"], &[]);
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        let mut status = 0;
+        // SAFETY: a zeroed rusage is a valid out-parameter; the child is ours and not yet
+        // waited (forgotten after, never waited again).
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+        assert_eq!(pid, child.id() as i32);
+        std::mem::forget(child);
+        assert!(std::process::ExitStatus::from_raw(status).success(), "{stderr}");
+        let cpu_s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        (agent_threads_cpu_s(&stderr), cpu_s(ru.ru_utime) + cpu_s(ru.ru_stime), replayed_kernels(&stdout), stderr)
+    };
+    let ((collector, exit, deflate), process, kernels, stderr) = run(out.path());
+    println!("with a capture: collector {collector:.4} s, exit {exit:.4} s, deflate {deflate:.4} s of the process's {process:.4} s ({kernels} kernels)");
+    assert!(collector > 0.0 && exit > 0.0 && deflate > 0.0, "{stderr}");
+    assert!(collector + exit + deflate <= process * 1.05 + 0.01, "the agent's threads report more than the process used\n{stderr}");
+    let ((_, exit_no, deflate_no), _, _, stderr) = run(Path::new("/dev/null/no-capture"));
+    println!("without: exit {exit_no:.4} s, deflate {deflate_no:.4} s");
+    assert_eq!(deflate_no, 0.0, "nothing deflated without a capture\n{stderr}");
+    assert!(exit_no < exit, "the exit without the capture's join and JSON ({exit_no} s) costs less than with them ({exit} s)");
+}

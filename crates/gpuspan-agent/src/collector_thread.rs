@@ -332,6 +332,17 @@ fn run(a: &'static Agent) {
         }
     }
     crate::unload::set_collector_running(false);
+    COLLECTOR_CPU_NS.store(thread_cpu_ns(), Ordering::Relaxed);
+}
+
+/// The collector thread's CPU time when it stopped, ns (the exit report's; issue 14,
+/// item 1).
+static COLLECTOR_CPU_NS: AtomicU64 = AtomicU64::new(0);
+
+/// This thread's CPU time, ns (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
 }
 
 static CLOCK_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -451,6 +462,7 @@ fn report_coarse_fallbacks(a: &Agent) {
 /// partial. Idempotent: later calls return the first path.
 pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
     let budget = ExitBudget::start(a.config.exit_budget);
+    let exit_cpu_start = thread_cpu_ns();
     // One finish at a time (the exit handler, `flush_capture`, the SIGTERM path): a second
     // caller waits for the first (itself bounded) and returns its outcome, so the capture is
     // written once.
@@ -560,6 +572,16 @@ pub fn finish(a: &'static Agent) -> Result<PathBuf, String> {
         t_decode - t_flush,
         t_spans - t_decode,
         budget.elapsed_ms() - t_spans
+    ));
+    // What the agent's own threads cost (`scripts/bench-agent-cpu.sh` reads this line):
+    // the collector's run, this exit (the last decode, spans, the capture's join and JSON),
+    // and every deflate worker of the process (the rolling segments' too). Not counted: the
+    // segment writer's join and JSON, the control socket, NVML sampler and OTLP threads.
+    crate::log::info(&format!(
+        "agent threads' CPU: collector {:.3} ms, exit {:.3} ms, deflate {:.3} ms",
+        COLLECTOR_CPU_NS.load(Ordering::Relaxed) as f64 / 1e6,
+        thread_cpu_ns().saturating_sub(exit_cpu_start) as f64 / 1e6,
+        gpuspan_export::kineto::gzip::deflate_cpu_ns() as f64 / 1e6
     ));
     let path = path?;
     c.written = Some(path.clone());

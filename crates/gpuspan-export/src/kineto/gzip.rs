@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam::channel::{bounded, Receiver, Sender};
@@ -55,6 +56,21 @@ struct Job {
 /// serialises on the one left), at least 1, at most 8.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1).clamp(1, 8)
+}
+
+/// CPU time the deflate worker threads of every [`ParallelGzWriter`] of this process have
+/// spent deflating, ns (each chunk timed by its worker's thread clock): the agent's exit
+/// report adds it to its own threads' (issue 14, item 1).
+pub fn deflate_cpu_ns() -> u64 {
+    DEFLATE_CPU_NS.load(Ordering::Relaxed)
+}
+
+static DEFLATE_CPU_NS: AtomicU64 = AtomicU64::new(0);
+
+/// This thread's CPU time, ns (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
 }
 
 /// Writes one gzip member to `out`, deflating [`CHUNK_BYTES`] chunks on `threads` worker
@@ -112,7 +128,9 @@ impl<W: Write> ParallelGzWriter<W> {
             let handle = std::thread::Builder::new().name(format!("gpuspan-gzip-{i}")).spawn(move || {
                 let mut c = Compress::new(level, false);
                 for job in rx {
+                    let start = thread_cpu_ns();
                     let res = deflate_chunk(&mut c, job.input, job.out, &job.dict, job.last);
+                    DEFLATE_CPU_NS.fetch_add(thread_cpu_ns().saturating_sub(start), Ordering::Relaxed);
                     let _ = job.reply.send(res);
                 }
             })?;
