@@ -1,7 +1,8 @@
 //! Reading Kineto / torch.profiler Chrome-trace JSON (`.json` or `.json.gz`) into a
 //! [`Trace`]: the file is decompressed and deserialized event by event into typed structs,
-//! from memory up to [`SLICE_PARSE_MAX_BYTES`] of JSON and split into events beyond
-//! ([`super::split`]; streamed where the split gives up); only each
+//! from memory below [`SPLIT_MIN_BYTES`] of JSON (by the size the file or its gzip trailer
+//! states; up to [`SLICE_PARSE_MAX_BYTES`] where none is known) and split into events
+//! beyond ([`super::split`]; streamed where the split gives up); only each
 //! event's `args` object is held as a `serde_json::Value` map, and only until its typed
 //! fields are pulled out. With [`ReadOptions::drop_extra_args`] that map holds only what the
 //! typed fields, metadata names and counters use (`LeanArgs`).
@@ -246,7 +247,7 @@ pub const SLICE_PARSE_MAX_BYTES: usize = 8 << 20;
 /// Smallest trace (decompressed JSON, by its [`SizeHint`]) split into events as it is
 /// decompressed ([`super::split`]) instead of parsed whole from memory: 3 MiB. The split
 /// parses on two threads while the stream is still being inflated; below this size the
-/// thread's start and the batches' copies cost about what it saves (`gpuspan stats`, on
+/// thread's start and the per-batch work cost more than it saves (`gpuspan stats`, on
 /// this project's 2-core VM: h100-qwen-prefill, 5.4 MB, 19-21 -> 15 ms; h100-vit-falconsai,
 /// 1.4 MB, 6.2 -> 7.8 ms).
 pub const SPLIT_MIN_BYTES: usize = 3 << 20;
@@ -1019,7 +1020,7 @@ mod tests {
     }
 
     /// The size hint picks a read path, never what a trace reads as: a trace read whole
-    /// (no hint, a small one) and split from the start (a hint past 8 MiB, right or wrong)
+    /// (no hint, a small one) and split from the start (a hint of 3 MiB or more, right or wrong)
     /// give the same events, or the same error with the same line and column.
     #[test]
     fn the_size_hint_changes_no_read() {

@@ -16,8 +16,9 @@
 //!   entry boundary ([`find_cut`]: a `{` after `},` and before `"`, looked for only past
 //!   the batch's size, so this thread reads each byte about once, where measuring every entry
 //!   read it twice: the bracket scan was 40 % of this thread's time on a100-hta-control).
-//!   Each batch is copied out and handed to a helper thread, which parses its entries one
-//!   after another (`read::slot_at`) and adds them as the streaming parse adds them
+//!   The stream is read straight into each batch ([`Window::fill_batch`]), which is handed
+//!   to a helper thread that parses its entries one after another (`read::slot_at`) and
+//!   adds them as the streaming parse adds them
 //!   (`read::take_slot`), batch after batch in file order. When [`QUEUED_MAX`] batches
 //!   already wait for the helper, this thread parses the next one itself and queues it
 //!   parsed. On two cores that is two thirds of the time of one.
@@ -356,7 +357,7 @@ enum Work {
 }
 
 /// This thread's side of [`run_batches`]: has `next` fill each batch (cut at a guessed
-/// entry boundary: [`Window::cut`], [`find_cut`]) and hands it to the helper, or, when
+/// entry boundary: [`Window::fill_batch`], [`find_cut`]) and hands it to the helper, or, when
 /// [`QUEUED_MAX`] wait for it already, parses it first. Stops once the helper has found the
 /// array's `]` (`closed`) or after the last batch. `None` where the helper gave up.
 fn feed(
@@ -457,8 +458,9 @@ fn add_batches(work: &Receiver<Work>, state: &mut State, how: EventRead, spare: 
 }
 
 /// Longest entry the helper carries over from one batch to the next (each time parsed
-/// again with the next batch): past it the split gives up and the streaming parse reads the
-/// trace, so a pathological entry costs one more read, never a quadratic one.
+/// again from its start with the next batch's bytes after it): past it the split gives up
+/// and the streaming parse reads the trace. So one huge entry is parsed again at most
+/// `CARRY_MAX / BATCH_BYTES` (16) times, about 32 MiB in all, before that one more read.
 const CARRY_MAX: usize = 4 << 20;
 
 /// `traceEvents` entries copied out of the window to be parsed together, from a guessed
