@@ -189,27 +189,34 @@ fn bench_spans(c: &mut Criterion) {
     let events = request_events();
     let mut g = c.benchmark_group("decode_join_classify");
     g.throughput(Throughput::Elements((3 * N) as u64));
-    g.bench_function("decode+assemble_spans", |b| {
-        b.iter(|| {
-            let mut names = NameCache::default();
-            let mut out = Vec::with_capacity(3 * N);
-            // SAFETY: `buf` holds `valid` bytes of records in the layout `next_record` walks.
-            unsafe { decode_buffer(NextRecord::V1(next_record), &RecordLayouts::cupti_12_9(), buf.as_mut_ptr(), valid, &mut names, &mut out) };
-            let mut cl = Classifier::default();
-            let mut table = ScopeTable::new();
-            let mut asm = SpanAssembler::new(SpanOptions { kernel_span_budget: u64::MAX, ..Default::default() });
-            for e in &events {
-                table.apply(e);
-                asm.observe_scope(e, &table);
-            }
-            for r in &out {
-                asm.observe_record(r, &table, &mut cl);
-            }
-            let f = asm.poll(&table, 0, true);
-            assert_eq!(f.spans.iter().filter(|s| &*s.name == "cuda.kernel").count(), N);
-            black_box(f)
-        })
-    });
+    // With kernel spans (an exporter configured: one `cuda.kernel` span per kernel) and
+    // without (no exporter, or the kernel span budget spent: what the collector does per
+    // record in fine mode then, issue 14 item 1's "collector without the capture write").
+    for (row, kernel_spans) in [("decode+assemble_spans", true), ("decode+assemble_no_kernel_spans", false)] {
+        g.bench_function(row, |b| {
+            b.iter(|| {
+                let mut names = NameCache::default();
+                let mut out = Vec::with_capacity(3 * N);
+                // SAFETY: `buf` holds `valid` bytes of records in the layout `next_record` walks.
+                unsafe { decode_buffer(NextRecord::V1(next_record), &RecordLayouts::cupti_12_9(), buf.as_mut_ptr(), valid, &mut names, &mut out) };
+                let mut cl = Classifier::default();
+                let mut table = ScopeTable::new();
+                let mut asm = SpanAssembler::new(SpanOptions { kernel_span_budget: u64::MAX, kernel_spans, ..Default::default() });
+                for e in &events {
+                    table.apply(e);
+                    asm.observe_scope(e, &table);
+                }
+                for r in &out {
+                    asm.observe_record(r, &table, &mut cl);
+                }
+                let f = asm.poll(&table, 0, true);
+                let want = if kernel_spans { N } else { 0 };
+                assert_eq!(f.spans.iter().filter(|s| &*s.name == "cuda.kernel").count(), want);
+                assert!(f.steps.iter().any(|s| s.stage_busy_ns.len() == 4), "every stage scope's kernels placed");
+                black_box(f)
+            })
+        });
+    }
     g.finish();
 }
 

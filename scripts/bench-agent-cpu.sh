@@ -16,8 +16,13 @@
 # simulator's emulation of CUPTI's record writing on the worker thread, which a real worker
 # pays to CUPTI; the collector's figure holds the simulator's cuptiActivityGetNextRecord.
 # Not part of the test command.
+# With AGENT_B=/path/to/libgpuspan.so (another build of the agent, e.g. the previous commit's),
+# the fine modes also run with that library, alternated with this build's in every round,
+# and the agent's own threads are printed for both (best and median of the rounds) with
+# their ratio: an A/B comparison on one noisy machine.
 # usage: scripts/bench-agent-cpu.sh [REPLAY ARGS...]   (default: wan2.1 --steps 5)
-# environment: ROUNDS (default 3), GPUSPAN_CAPTURE_SEGMENT_STEPS (passed through).
+# environment: ROUNDS (default 3), AGENT_B (above), GPUSPAN_CAPTURE_SEGMENT_STEPS (passed
+# through).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p gpuspan-cli -p gpuspan-simgpu -p gpuspan-preload
@@ -26,18 +31,24 @@ ARGS=("$@")
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 python3 - "$OUT" "${ROUNDS:-3}" "${ARGS[@]}" <<'PY'
-import os, re, resource, subprocess, sys
+import os, re, resource, statistics, subprocess, sys
 out, rounds, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 modes = ["off", "coarse", "fine", "fine-no-write"]
-best, kernels, worker, own = {}, None, {}, {}
+agent_b = os.environ.get("AGENT_B")
+if agent_b and not os.path.isfile(agent_b):
+    sys.exit(f"bench-agent-cpu: AGENT_B={agent_b} is not a file")
+best, kernels, worker, own, own_all = {}, None, {}, {}, {}
 for r in range(rounds):
-    for m in modes:
+    for m in modes + (["fine@B", "fine-no-write@B"] if agent_b else []):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        mode, dest = (("fine", "/dev/null/no-capture") if m == "fine-no-write" else (m, f"{out}/{m}-{r}"))
+        base = m.removesuffix("@B")
+        mode, dest = (("fine", "/dev/null/no-capture") if base == "fine-no-write" else (base, f"{out}/{m}-{r}"))
+        env = {**os.environ, "GPUSPAN_METRICS_ADDR": "off", "GPUSPAN_LOG": "info"}
+        if m.endswith("@B"):
+            env["GPUSPAN_AGENT_LIB"] = agent_b
         p = subprocess.run(["target/release/gpuspan", "run", "--sim", "--mode", mode, "--out", dest, "--",
                             "target/release/gpuspan-replay", *args],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "GPUSPAN_METRICS_ADDR": "off", "GPUSPAN_LOG": "info"})
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if p.returncode != 0:
             sys.exit(f"bench-agent-cpu: mode {m} failed ({p.returncode})")
@@ -50,12 +61,13 @@ for r in range(rounds):
         if t:
             v = tuple(float(x) / 1e3 for x in t.groups())
             own[m] = v if m not in own or sum(v) < sum(own[m]) else own[m]
+            own_all.setdefault(m, []).append(v)
         k = re.search(r"replayed (\d+) kernels", p.stdout)
         kernels = int(k.group(1)) if k else kernels
 if not kernels:
     sys.exit("bench-agent-cpu: no 'replayed N kernels' line")
 print(f"replay: {' '.join(args)}: {kernels} kernels; best of {rounds} rounds, CPU of the whole process tree")
-for m in modes:
+for m in modes:  # this build's rows (AGENT_B's are below)
     extra = (best[m] - best["off"]) / kernels * 1e9
     line = f"  {m:<13} {best[m]:7.3f} s  ({best[m] / best['off']:5.2f}x off)"
     if m != "off":
@@ -78,4 +90,15 @@ if own:
             c, e, d = (x / kernels * 1e9 for x in own[m])
             goal = "  (goal <= 1000 ns)" if m == "fine" else "  (collector + exit: goal <= 300 ns)"
             print(f"  {m:<13} collector {c:6.0f}  exit {e:6.0f}  deflate {d:6.0f}  all {c + e + d:6.0f}{goal}")
+if agent_b:
+    print(f"A/B, the agent's own threads (ns per kernel, best / median of {rounds} rounds): this build against AGENT_B={agent_b}")
+    for m in ("fine", "fine-no-write"):
+        if m in own_all and m + "@B" in own_all:
+            def fig(k, parts):
+                sums = [sum(v[i] for i in parts) / kernels * 1e9 for v in own_all[k]]
+                return min(sums), statistics.median(sums)
+            parts = (0, 1, 2) if m == "fine" else (0, 1)
+            (a_best, a_med), (b_best, b_med) = fig(m, parts), fig(m + "@B", parts)
+            what = "all" if m == "fine" else "collector + exit"
+            print(f"  {m:<13} {what}: this {a_best:6.0f} / {a_med:6.0f}   B {b_best:6.0f} / {b_med:6.0f}   this / B {a_best / b_best:5.3f} / {a_med / b_med:5.3f}")
 PY

@@ -509,10 +509,12 @@ fn to_unix(cupti_ns: u64, offset_ns: i64) -> u64 {
 fn comm_times(gpu: &[Gpu]) -> (u64, u64) {
     use crate::interval::{length, overlap, union};
     let kernels = gpu.iter().filter(|g| g.kind == GpuKind::Kernel && g.end_ns > g.start_ns);
-    let (comm, compute): (Vec<&Gpu>, Vec<&Gpu>) = kernels.partition(|g| &*g.stage == crate::classify::COMMUNICATION);
-    if comm.is_empty() {
+    let is_comm = |g: &&Gpu| &*g.stage == crate::classify::COMMUNICATION;
+    // Most units have no collective kernel: found without collecting every kernel twice.
+    if !kernels.clone().any(|g| is_comm(&g)) {
         return (0, 0);
     }
+    let (comm, compute): (Vec<&Gpu>, Vec<&Gpu>) = kernels.partition(is_comm);
     let comm = union(comm.iter().map(|g| (g.start_ns, g.end_ns)).collect());
     let compute = union(compute.iter().map(|g| (g.start_ns, g.end_ns)).collect());
     let total = length(&comm);
@@ -776,11 +778,20 @@ impl SpanAssembler {
                 if k.end_ns == 0 || k.end_ns < k.start_ns {
                     return;
                 }
-                // The name's class; a stage scope overrides it once the kernel is placed
-                // (its external correlation record may not have arrived yet).
+                // The stage scope's stage when the kernel's scope is known now (and it has
+                // one), else the name's class, which a stage scope overrides once the kernel
+                // is placed (its external correlation record may not have arrived yet). The
+                // class is not looked up for a kernel that a stage scope decides: the lookup
+                // and the class's `Arc` count, a locked add that waits for the decoder's
+                // stores to drain, were 6 % of the collector thread (issue 14, item 1).
+                let stage = match self.scope_stage_of(k.correlation_id, scopes) {
+                    Some(_) if crate::classify::is_collective_kernel(&k.name) => self.stage_names.get(crate::classify::COMMUNICATION),
+                    Some(stage) => stage,
+                    None => classifier.class_of(&k.name),
+                };
                 Pending::Gpu(Gpu {
                     kind: GpuKind::Kernel,
-                    stage: classifier.class_of(&k.name),
+                    stage,
                     name: k.name.clone(),
                     start_ns: k.start_ns,
                     end_ns: k.end_ns,
@@ -812,19 +823,17 @@ impl SpanAssembler {
         }
     }
 
-    /// Puts a record into its unit; gives it back when its external correlation is unknown.
-    fn place(&mut self, p: Pending, scopes: &ScopeTable) -> Result<(), Pending> {
-        let corr = match &p {
-            Pending::Gpu(g) => g.corr,
-            Pending::Api { corr, .. } => *corr,
-        };
+    /// Makes [`Self::place_cache`] describe the scope the API call of `corr` ran in; `false`
+    /// when that scope is not known yet (no external correlation for `corr`, or its scope
+    /// not in `scopes`), the cache then left as it was.
+    fn find_place(&mut self, corr: u32, scopes: &ScopeTable) -> bool {
         let Some(scope_id) = self.corr_scope.find_run(corr, &mut self.corr_hint).map(|i| self.corr_scope.run_scope(i)) else {
-            return Err(p);
+            return false;
         };
         let table = scopes.version();
         if !self.place_cache.as_ref().is_some_and(|c| c.scope == scope_id && c.table == table) {
             let Some(scope) = scopes.get(scope_id) else {
-                return Err(p);
+                return false;
             };
             let request = scope.attribution.request;
             self.place_cache = Some(PlaceCache {
@@ -834,6 +843,27 @@ impl SpanAssembler {
                 unit: request.map(|r| scope.attribution.step.filter(|s| self.units.contains_key(s)).unwrap_or(r)),
                 stage: scope.attribution.stage.map(|s| self.stage_names.get(s)),
             });
+        }
+        true
+    }
+
+    /// The stage of the stage scope the API call of `corr` ran in, when that scope is known
+    /// now and is in one ([`Self::find_place`]); `None` otherwise.
+    fn scope_stage_of(&mut self, corr: u32, scopes: &ScopeTable) -> Option<Arc<str>> {
+        if !self.find_place(corr, scopes) {
+            return None;
+        }
+        self.place_cache.as_ref()?.stage.clone()
+    }
+
+    /// Puts a record into its unit; gives it back when its external correlation is unknown.
+    fn place(&mut self, p: Pending, scopes: &ScopeTable) -> Result<(), Pending> {
+        let corr = match &p {
+            Pending::Gpu(g) => g.corr,
+            Pending::Api { corr, .. } => *corr,
+        };
+        if !self.find_place(corr, scopes) {
+            return Err(p);
         }
         let Some(cache) = self.place_cache.as_ref() else { return Err(p) };
         let (Some(request), Some(key)) = (cache.request, cache.unit) else {
@@ -866,13 +896,16 @@ impl SpanAssembler {
                     }
                 }
                 // A stage scope decides (NCCL / RCCL kernels: communication, as
-                // crate::classify::scoped_stage says).
+                // crate::classify::scoped_stage says), unless `observe_record` found the
+                // scope already and gave the kernel its stage (the same `Arc`).
                 if let (GpuKind::Kernel, Some(stage)) = (g.kind, &cache.stage) {
-                    g.stage = if crate::classify::is_collective_kernel(&g.name) {
-                        self.stage_names.get(crate::classify::COMMUNICATION)
-                    } else {
-                        stage.clone()
-                    };
+                    if !Arc::ptr_eq(&g.stage, stage) {
+                        g.stage = if crate::classify::is_collective_kernel(&g.name) {
+                            self.stage_names.get(crate::classify::COMMUNICATION)
+                        } else {
+                            stage.clone()
+                        };
+                    }
                 }
                 if self.held_gpu >= self.opts.max_pending_gpu {
                     self.stats.gpu_dropped += 1;
