@@ -50,6 +50,7 @@ use crate::scope::{ScopeEvent, ScopeId, ScopeKind};
 use std::borrow::Cow;
 use crate::id_hash::{IdHashMap, IdHashSet};
 use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Does an API call with this callback id make GPU activity records: exactly one (a kernel
@@ -197,8 +198,10 @@ enum GpuKind {
 #[derive(Debug, Clone)]
 struct Gpu {
     kind: GpuKind,
-    name: Arc<str>,
-    stage: Arc<str>,
+    /// Its name, in the assembler's [`GpuNames`].
+    name: GpuName,
+    /// Its stage, in the assembler's [`StageNames`].
+    stage: StageIx,
     start_ns: u64,
     end_ns: u64,
     device: u32,
@@ -215,12 +218,12 @@ struct Gpu {
 
 impl Gpu {
     /// A memcpy / memset: `(start_ns, end_ns, device, stream, correlation id, bytes)`; its
-    /// stage is `memcpy` / `memset`.
-    fn copy(kind: GpuKind, name: Arc<str>, (start_ns, end_ns, device, stream, corr, bytes): (u64, u64, u32, u32, u32, u64)) -> Gpu {
+    /// stage is `memcpy` / `memset`, interned in `stages`.
+    fn copy(kind: GpuKind, name: GpuName, stages: &mut StageNames, (start_ns, end_ns, device, stream, corr, bytes): (u64, u64, u32, u32, u32, u64)) -> Gpu {
         Gpu {
             kind,
             name,
-            stage: Arc::from(if kind == GpuKind::Memset { "memset" } else { "memcpy" }),
+            stage: stages.of_static(if kind == GpuKind::Memset { "memset" } else { "memcpy" }),
             start_ns,
             end_ns: end_ns.max(start_ns),
             device,
@@ -280,6 +283,17 @@ const MAX_GRAPH_LAUNCHES_TRACKED: usize = 256;
 const MAX_GRAPHS_LEARNED: usize = 4096;
 
 impl Unit {
+    /// Counts a kernel of graph launch `corr` (graph `graph_id`) among the unit's graph work,
+    /// newest launch first (a launch's kernels mostly arrive together); at most
+    /// [`MAX_GRAPH_LAUNCHES_TRACKED`] launches.
+    fn note_graph_kernel(&mut self, corr: u32, graph_id: u32) {
+        if let Some(w) = self.graph_work.iter_mut().rev().find(|w| w.corr == corr) {
+            w.kernels += 1;
+        } else if self.graph_work.len() < MAX_GRAPH_LAUNCHES_TRACKED {
+            self.graph_work.push(GraphWork { corr, graph_id, kernels: 1 });
+        }
+    }
+
     fn expected(&self) -> u32 {
         if self.expected_runtime > 0 {
             self.expected_runtime
@@ -318,7 +332,7 @@ const MIN_KERNELS_TO_DETECT: usize = 8;
 /// range (its compute-stream kernels, first start to last end) holds its start; the rest
 /// stays the request's direct work (`Ok((steps, rest))`). `Err(gpu)` gives the work back
 /// untouched when there is no evidence of two or more steps.
-fn detect_steps(gpu: Vec<Gpu>, request_span: &[u8; 8]) -> Result<DetectedSplit, Vec<Gpu>> {
+fn detect_steps(gpu: Vec<Gpu>, request_span: &[u8; 8], names: &GpuNames) -> Result<DetectedSplit, Vec<Gpu>> {
     let kernels = gpu.iter().filter(|g| g.kind == GpuKind::Kernel);
     if kernels.clone().count() < MIN_KERNELS_TO_DETECT {
         return Err(gpu);
@@ -329,7 +343,7 @@ fn detect_steps(gpu: Vec<Gpu>, request_span: &[u8; 8]) -> Result<DetectedSplit, 
         row: (g.device as i64, g.stream as i64),
         start_us: us(g.start_ns),
         end_us: us(g.end_ns),
-        name: &g.name,
+        name: names.str(&g.name),
     }));
     if d.evidence == crate::step_detect::Evidence::None || d.steps.len() < 2 {
         return Err(gpu);
@@ -400,18 +414,135 @@ struct Request {
     devices: u64,
 }
 
-/// One shared `Arc<str>` per stage name, looked up once per GPU record with a stage scope.
-/// Keyed by the `&'static str`'s address and length (stage names come from the classifier's
-/// rules and scope kinds, a fixed set), so a lookup hashes two integers ([`crate::id_hash`]). std's
-/// SipHash (of these names' bytes, and of the unit, request and name-pointer keys, now
-/// id-hash maps too) was 12–15 % of the collector thread's samples in fine mode. Two copies of
-/// one name at different addresses get two equal `Arc`s.
+/// A stage name's index in a [`StageNames`].
+type StageIx = u32;
+
+/// The stage names of the assembler's GPU records, each held once (one `Arc<str>`), a record
+/// holding its stage as an index: a record's stage is copied, compared and dropped as an
+/// integer. As a shared `Arc<str>` per record, every copy and drop was a locked add on the
+/// name's count, which waits for the store buffer to drain (issue 14, item 1). A scope's
+/// stage is looked up by its `&'static str`'s address and length (stage names come from scope
+/// kinds and the classifier's rules, a fixed set), so a lookup hashes two integers
+/// ([`crate::id_hash`]); std's SipHash of the names' bytes was 12–15 % of the collector
+/// thread's samples in fine mode. A name met first as a kernel's class is found by content,
+/// once per kernel name ([`SpanAssembler::class_stage`]). Equal names share one index.
 #[derive(Debug, Default)]
-struct StageNames(IdHashMap<(usize, usize), Arc<str>>);
+struct StageNames {
+    by_static: IdHashMap<(usize, usize), StageIx>,
+    by_name: HashMap<Arc<str>, StageIx>,
+    names: Vec<Arc<str>>,
+}
 
 impl StageNames {
-    fn get(&mut self, stage: &'static str) -> Arc<str> {
-        self.0.entry((stage.as_ptr() as usize, stage.len())).or_insert_with(|| Arc::from(stage)).clone()
+    /// The index of `stage`, a name with a fixed address.
+    fn of_static(&mut self, stage: &'static str) -> StageIx {
+        let key = (stage.as_ptr() as usize, stage.len());
+        if let Some(&ix) = self.by_static.get(&key) {
+            return ix;
+        }
+        let ix = self.of_name(stage);
+        self.by_static.insert(key, ix);
+        ix
+    }
+
+    /// The index of the stage named `name`, added when new.
+    fn of_name(&mut self, name: &str) -> StageIx {
+        if let Some(&ix) = self.by_name.get(name) {
+            return ix;
+        }
+        let ix = self.names.len() as StageIx;
+        let name: Arc<str> = Arc::from(name);
+        self.names.push(name.clone());
+        self.by_name.insert(name, ix);
+        ix
+    }
+
+    /// The name of stage `ix` (an index this table gave; `other` for any other).
+    fn name(&self, ix: StageIx) -> Arc<str> {
+        self.names.get(ix as usize).cloned().unwrap_or_else(|| Arc::from(crate::classify::OTHER))
+    }
+}
+
+/// A GPU record's name: an index in the assembler's [`GpuNames`], or, once that table is
+/// full, the name itself.
+#[derive(Debug, Clone)]
+enum GpuName {
+    Ix(u32),
+    Own(Arc<str>),
+}
+
+/// The names of the assembler's GPU records, each held once: a record holds an index, so
+/// taking and dropping a kernel's name costs no locked add on its `Arc` count (which waits
+/// for the store buffer to drain: 4 % of the collector thread for the name alone; issue 14,
+/// item 1). A kernel name is looked up by the address of the decoder's interned `Arc`
+/// (`gpuspan_cupti::decode::NameCache`; the table holds the `Arc`, so the address is not
+/// reused while it is here), a fixed name (memcpy kinds, stage scopes) by its `&'static
+/// str`'s address and length. At most [`GPU_NAMES_MAX`] names, never let go of while the
+/// assembler lives (records may hold their indices); past that, a record holds its own
+/// `Arc`.
+#[derive(Debug, Default)]
+struct GpuNames {
+    by_arc: IdHashMap<usize, u32>,
+    by_static: IdHashMap<(usize, usize), u32>,
+    names: Vec<Arc<str>>,
+}
+
+/// Most names a [`GpuNames`] holds (the classifier's by-address cache's bound).
+pub(crate) const GPU_NAMES_MAX: usize = crate::classify::INTERNED_CACHE_MAX;
+
+impl GpuNames {
+    /// The name of a kernel, `name` as the decoder interned it.
+    fn of_arc(&mut self, name: &Arc<str>) -> GpuName {
+        let addr = Arc::as_ptr(name) as *const u8 as usize;
+        if let Some(&ix) = self.by_arc.get(&addr) {
+            return GpuName::Ix(ix);
+        }
+        match self.add(name.clone()) {
+            Some(ix) => {
+                self.by_arc.insert(addr, ix);
+                GpuName::Ix(ix)
+            }
+            None => GpuName::Own(name.clone()),
+        }
+    }
+
+    /// A name with a fixed address.
+    fn of_static(&mut self, name: &'static str) -> GpuName {
+        let key = (name.as_ptr() as usize, name.len());
+        if let Some(&ix) = self.by_static.get(&key) {
+            return GpuName::Ix(ix);
+        }
+        match self.add(Arc::from(name)) {
+            Some(ix) => {
+                self.by_static.insert(key, ix);
+                GpuName::Ix(ix)
+            }
+            None => GpuName::Own(Arc::from(name)),
+        }
+    }
+
+    fn add(&mut self, name: Arc<str>) -> Option<u32> {
+        if self.names.len() >= GPU_NAMES_MAX {
+            return None;
+        }
+        self.names.push(name);
+        Some(self.names.len() as u32 - 1)
+    }
+
+    /// The text of `n`.
+    fn str<'a>(&'a self, n: &'a GpuName) -> &'a str {
+        match n {
+            GpuName::Ix(ix) => self.names.get(*ix as usize).map_or("", |a| &**a),
+            GpuName::Own(a) => a,
+        }
+    }
+
+    /// `n` as a shared string.
+    fn arc(&self, n: &GpuName) -> Arc<str> {
+        match n {
+            GpuName::Ix(ix) => self.names.get(*ix as usize).cloned().unwrap_or_else(|| Arc::from("")),
+            GpuName::Own(a) => a.clone(),
+        }
     }
 }
 
@@ -432,7 +563,7 @@ struct PlaceCache {
     request: Option<ScopeId>,
     /// Its unit (`None` exactly when `request` is).
     unit: Option<ScopeId>,
-    stage: Option<Arc<str>>,
+    stage: Option<StageIx>,
 }
 
 /// Builds spans incrementally. Not thread-safe by design: the collector thread owns it.
@@ -461,6 +592,14 @@ pub struct SpanAssembler {
     generation: u64,
     problems: Vec<ContextProblem>,
     stage_names: StageNames,
+    /// The names of the GPU records held ([`GpuNames`]).
+    gpu_names: GpuNames,
+    /// The stage of each kernel name met without a stage scope, by the address of its
+    /// interned `Arc` (which the entry holds, so the address is not reused while it is
+    /// here): the classifier's class, interned in `stage_names`. Cleared when it holds
+    /// [`crate::classify::INTERNED_CACHE_MAX`] names. Assumes one classifier (the caller's
+    /// rules) for the assembler's life.
+    class_stages: IdHashMap<usize, (Arc<str>, StageIx)>,
     /// Counters.
     pub stats: AssemblerStats,
 }
@@ -506,10 +645,11 @@ fn to_unix(cupti_ns: u64, offset_ns: i64) -> u64 {
 /// `(communication, exposed communication)` of a unit's kernels, ns: the union of its
 /// collective kernels' intervals (stage `communication`), and the part of it no other kernel
 /// overlaps (on any stream of the device: a step runs on one).
-fn comm_times(gpu: &[Gpu]) -> (u64, u64) {
+/// `communication` is that stage's index.
+fn comm_times(gpu: &[Gpu], communication: StageIx) -> (u64, u64) {
     use crate::interval::{length, overlap, union};
     let kernels = gpu.iter().filter(|g| g.kind == GpuKind::Kernel && g.end_ns > g.start_ns);
-    let is_comm = |g: &&Gpu| &*g.stage == crate::classify::COMMUNICATION;
+    let is_comm = |g: &&Gpu| g.stage == communication;
     // Most units have no collective kernel: found without collecting every kernel twice.
     if !kernels.clone().any(|g| is_comm(&g)) {
         return (0, 0);
@@ -519,6 +659,31 @@ fn comm_times(gpu: &[Gpu]) -> (u64, u64) {
     let compute = union(compute.iter().map(|g| (g.start_ns, g.end_ns)).collect());
     let total = length(&comm);
     (total, total - overlap(&comm, &compute))
+}
+
+/// The unit a GPU record of the scope `cache` describes goes to; `None` when it goes
+/// nowhere, counted: launched outside any request (`gpu_outside_request`), or after its
+/// unit was finalized (`gpu_late`; `gpu_outside_request` when its request is gone too).
+fn unit_of_gpu<'u>(
+    cache: &PlaceCache,
+    units: &'u mut IdHashMap<ScopeId, Unit>,
+    requests: &IdHashMap<ScopeId, Request>,
+    stats: &mut AssemblerStats,
+    scopes: &ScopeTable,
+) -> Option<&'u mut Unit> {
+    let (Some(request), Some(key)) = (cache.request, cache.unit) else {
+        stats.gpu_outside_request += 1;
+        return None;
+    };
+    let unit = units.get_mut(&key);
+    if unit.is_none() {
+        if requests.contains_key(&request) || scopes.get(request).is_some() {
+            stats.gpu_late += 1;
+        } else {
+            stats.gpu_outside_request += 1;
+        }
+    }
+    unit
 }
 
 fn attr_str(k: &'static str, v: impl Into<Arc<str>>) -> (Cow<'static, str>, AttrValue) {
@@ -547,6 +712,8 @@ impl SpanAssembler {
             generation: 0,
             problems: Vec::new(),
             stage_names: StageNames::default(),
+            gpu_names: GpuNames::default(),
+            class_stages: IdHashMap::default(),
             stats: AssemblerStats::default(),
         }
     }
@@ -720,7 +887,8 @@ impl SpanAssembler {
             return;
         };
         let key = s.attribution.step.filter(|x| self.units.contains_key(x)).unwrap_or(request);
-        let stage = self.stage_names.get(stage);
+        let name = self.gpu_names.of_static(stage);
+        let stage = self.stage_names.of_static(stage);
         let Some(unit) = self.units.get_mut(&key) else {
             self.stats.gpu_late += 1;
             return;
@@ -729,7 +897,7 @@ impl SpanAssembler {
         self.held_gpu += 1;
         unit.gpu.push(Gpu {
             kind: GpuKind::Scope(t.source),
-            name: stage.clone(),
+            name,
             stage,
             start_ns: t.start_ns,
             end_ns,
@@ -784,15 +952,18 @@ impl SpanAssembler {
                 // class is not looked up for a kernel that a stage scope decides: the lookup
                 // and the class's `Arc` count, a locked add that waits for the decoder's
                 // stores to drain, were 6 % of the collector thread (issue 14, item 1).
-                let stage = match self.scope_stage_of(k.correlation_id, scopes) {
-                    Some(_) if crate::classify::is_collective_kernel(&k.name) => self.stage_names.get(crate::classify::COMMUNICATION),
+                let known = self.find_place(k.correlation_id, scopes);
+                let scope_stage = if known { self.place_cache.as_ref().and_then(|c| c.stage) } else { None };
+                let stage = match scope_stage {
+                    Some(_) if crate::classify::is_collective_kernel(&k.name) => self.stage_names.of_static(crate::classify::COMMUNICATION),
                     Some(stage) => stage,
-                    None => classifier.class_of(&k.name),
+                    None => self.class_stage(&k.name, classifier),
                 };
-                Pending::Gpu(Gpu {
+                let name = self.gpu_names.of_arc(&k.name);
+                let gpu = move || Gpu {
                     kind: GpuKind::Kernel,
                     stage,
-                    name: k.name.clone(),
+                    name,
                     start_ns: k.start_ns,
                     end_ns: k.end_ns,
                     device: k.device_id,
@@ -804,16 +975,40 @@ impl SpanAssembler {
                     shared_bytes: k.static_shared_memory_bytes as i64 + k.dynamic_shared_memory_bytes as i64,
                     bytes: 0,
                     graph_id: k.graph_id,
-                })
+                };
+                if !known {
+                    self.waiting.push((self.generation, Pending::Gpu(gpu())));
+                    return;
+                }
+                // Its scope is known: straight into its unit, as `place` would put it, the
+                // record built where it is kept. Built on the stack and moved through
+                // `Pending`, it was copied with 16-byte loads over the narrower stores that
+                // had just built it, which the store buffer cannot forward (a third of
+                // `place`'s samples; issue 14, item 1).
+                let Some(cache) = self.place_cache.as_ref() else { return };
+                let Some(unit) = unit_of_gpu(cache, &mut self.units, &self.requests, &mut self.stats, scopes) else { return };
+                unit.received += 1;
+                if k.graph_id != 0 {
+                    unit.note_graph_kernel(k.correlation_id, k.graph_id);
+                }
+                if self.held_gpu >= self.opts.max_pending_gpu {
+                    self.stats.gpu_dropped += 1;
+                } else {
+                    self.held_gpu += 1;
+                    unit.gpu.push(gpu());
+                }
+                return;
             }
             ActivityRecord::Memcpy(m) => Pending::Gpu(Gpu::copy(
                 GpuKind::Memcpy,
-                Arc::from(m.kind.kineto_name()),
+                self.gpu_names.of_static(m.kind.kineto_name()),
+                &mut self.stage_names,
                 (m.start_ns, m.end_ns, m.device_id, m.stream_id, m.correlation_id, m.bytes),
             )),
             ActivityRecord::Memset(m) => Pending::Gpu(Gpu::copy(
                 GpuKind::Memset,
-                Arc::from("Memset"),
+                self.gpu_names.of_static("Memset"),
+                &mut self.stage_names,
                 (m.start_ns, m.end_ns, m.device_id, m.stream_id, m.correlation_id, m.bytes),
             )),
             _ => return,
@@ -841,19 +1036,25 @@ impl SpanAssembler {
                 table,
                 request,
                 unit: request.map(|r| scope.attribution.step.filter(|s| self.units.contains_key(s)).unwrap_or(r)),
-                stage: scope.attribution.stage.map(|s| self.stage_names.get(s)),
+                stage: scope.attribution.stage.map(|s| self.stage_names.of_static(s)),
             });
         }
         true
     }
 
-    /// The stage of the stage scope the API call of `corr` ran in, when that scope is known
-    /// now and is in one ([`Self::find_place`]); `None` otherwise.
-    fn scope_stage_of(&mut self, corr: u32, scopes: &ScopeTable) -> Option<Arc<str>> {
-        if !self.find_place(corr, scopes) {
-            return None;
+    /// The stage of a kernel named `name` that no stage scope decides: its class by
+    /// `classifier`'s rules, once per interned name ([`Self::class_stages`]).
+    fn class_stage(&mut self, name: &Arc<str>, classifier: &mut Classifier) -> StageIx {
+        let addr = Arc::as_ptr(name) as *const u8 as usize;
+        if let Some((_, ix)) = self.class_stages.get(&addr) {
+            return *ix;
         }
-        self.place_cache.as_ref()?.stage.clone()
+        let ix = self.stage_names.of_name(&classifier.class_of(name));
+        if self.class_stages.len() >= crate::classify::INTERNED_CACHE_MAX {
+            self.class_stages.clear();
+        }
+        self.class_stages.insert(addr, (name.clone(), ix));
+        ix
     }
 
     /// Puts a record into its unit; gives it back when its external correlation is unknown.
@@ -866,44 +1067,28 @@ impl SpanAssembler {
             return Err(p);
         }
         let Some(cache) = self.place_cache.as_ref() else { return Err(p) };
-        let (Some(request), Some(key)) = (cache.request, cache.unit) else {
-            if matches!(p, Pending::Gpu(_)) {
-                self.stats.gpu_outside_request += 1;
-            }
-            return Ok(());
+        let unit = match &p {
+            Pending::Gpu(_) => unit_of_gpu(cache, &mut self.units, &self.requests, &mut self.stats, scopes),
+            Pending::Api { .. } => cache.unit.and_then(|key| self.units.get_mut(&key)),
         };
-        let Some(unit) = self.units.get_mut(&key) else {
-            if matches!(p, Pending::Gpu(_)) {
-                if self.requests.contains_key(&request) || scopes.get(request).is_some() {
-                    self.stats.gpu_late += 1;
-                } else {
-                    self.stats.gpu_outside_request += 1;
-                }
-            }
-            return Ok(());
-        };
+        let Some(unit) = unit else { return Ok(()) };
         match p {
             Pending::Api { domain: ApiDomain::Driver, .. } => unit.expected_driver += 1,
             Pending::Api { domain: ApiDomain::Runtime, .. } => unit.expected_runtime += 1,
             Pending::Gpu(mut g) => {
                 unit.received += 1;
                 if g.graph_id != 0 {
-                    // Newest first: a launch's kernels mostly arrive together.
-                    if let Some(w) = unit.graph_work.iter_mut().rev().find(|w| w.corr == g.corr) {
-                        w.kernels += 1;
-                    } else if unit.graph_work.len() < MAX_GRAPH_LAUNCHES_TRACKED {
-                        unit.graph_work.push(GraphWork { corr: g.corr, graph_id: g.graph_id, kernels: 1 });
-                    }
+                    unit.note_graph_kernel(g.corr, g.graph_id);
                 }
                 // A stage scope decides (NCCL / RCCL kernels: communication, as
                 // crate::classify::scoped_stage says), unless `observe_record` found the
-                // scope already and gave the kernel its stage (the same `Arc`).
-                if let (GpuKind::Kernel, Some(stage)) = (g.kind, &cache.stage) {
-                    if !Arc::ptr_eq(&g.stage, stage) {
-                        g.stage = if crate::classify::is_collective_kernel(&g.name) {
-                            self.stage_names.get(crate::classify::COMMUNICATION)
+                // scope already and gave the kernel its stage.
+                if let (GpuKind::Kernel, Some(stage)) = (g.kind, cache.stage) {
+                    if g.stage != stage {
+                        g.stage = if crate::classify::is_collective_kernel(self.gpu_names.str(&g.name)) {
+                            self.stage_names.of_static(crate::classify::COMMUNICATION)
                         } else {
-                            stage.clone()
+                            stage
                         };
                     }
                 }
@@ -1105,7 +1290,7 @@ impl SpanAssembler {
         }
         // A request that announced no step (fine mode): its steps come from its kernels.
         let gpu = if !coarse && req.step_scopes == 0 {
-            match detect_steps(unit.gpu, &req.span_id) {
+            match detect_steps(unit.gpu, &req.span_id, &self.gpu_names) {
                 Ok((steps, rest)) => {
                     req.steps_detected = true;
                     self.stats.steps_detected += steps.len() as u64;
@@ -1127,6 +1312,9 @@ impl SpanAssembler {
     /// coarse mode, its own interval `scope_time`).
     fn emit_unit(&mut self, rid: ScopeId, step: Option<StepOf>, gpu: Vec<Gpu>, scope_time: Option<(u64, u64, TimingSource)>, out: &mut Finalized) {
         let opts = self.opts.clone();
+        let communication = self.stage_names.of_static(crate::classify::COMMUNICATION);
+        let names = &self.stage_names;
+        let gpu_names = &self.gpu_names;
         let Some(req) = self.requests.get_mut(&rid) else { return };
         let unit = Unit { gpu, scope_time, ..Default::default() };
         let is_step = step.is_some();
@@ -1140,24 +1328,22 @@ impl SpanAssembler {
             kernels: u64,
             activities: Vec<&'a Gpu>,
         }
-        // A stage is found by its name's address first (names come interned from the
-        // classifier's and `StageNames`' caches, one `Arc` per name), by content otherwise;
+        // A stage is found by its index ([`StageNames`]: one per name), the last one first;
         // the few stages of a unit are then put in name order. A `BTreeMap` keyed by the
         // name compared names for every record (issue 14, item 1).
-        let mut stages: Vec<(Arc<str>, Agg)> = Vec::new();
+        let mut stages: Vec<(Arc<str>, StageIx, Agg)> = Vec::new();
         let mut at = 0usize;
         for g in &unit.gpu {
-            let same = |s: &Arc<str>| Arc::ptr_eq(s, &g.stage) || **s == *g.stage;
-            if !stages.get(at).is_some_and(|(s, _)| same(s)) {
-                at = match stages.iter().position(|(s, _)| same(s)) {
+            if stages.get(at).is_none_or(|(_, s, _)| *s != g.stage) {
+                at = match stages.iter().position(|(_, s, _)| *s == g.stage) {
                     Some(i) => i,
                     None => {
-                        stages.push((g.stage.clone(), Agg { first: u64::MAX, last: 0, busy: 0, kernels: 0, activities: Vec::new() }));
+                        stages.push((names.name(g.stage), g.stage, Agg { first: u64::MAX, last: 0, busy: 0, kernels: 0, activities: Vec::new() }));
                         stages.len() - 1
                     }
                 };
             }
-            let a = &mut stages[at].1;
+            let a = &mut stages[at].2;
             a.first = a.first.min(g.start_ns);
             a.last = a.last.max(g.end_ns);
             a.busy += g.end_ns - g.start_ns;
@@ -1193,7 +1379,7 @@ impl SpanAssembler {
             req.first_ns = Some(req.first_ns.map_or(f, |x| x.min(f)));
             req.last_ns = Some(req.last_ns.map_or(l, |x| x.max(l)));
         }
-        if let Some((_, v)) = stages.iter().find(|(s, _)| &**s == "vae.decode") {
+        if let Some((_, _, v)) = stages.iter().find(|(s, _, _)| &**s == "vae.decode") {
             req.vae = Some(match req.vae {
                 Some((f, l)) => (f.min(v.first), l.max(v.last)),
                 None => (v.first, v.last),
@@ -1220,7 +1406,7 @@ impl SpanAssembler {
 
         let mut stage_busy = Vec::new();
         let mut omitted_total = 0u64;
-        for (stage, agg) in &stages {
+        for (stage, _, agg) in &stages {
             stage_busy.push((stage.clone(), agg.busy));
             let stage_id = ids::span_id(&parent_id, &[b"stage", stage.as_bytes()]);
             let mut omitted = 0u64;
@@ -1233,7 +1419,7 @@ impl SpanAssembler {
                     req.kernel_spans += 1;
                     let kid = ids::span_id(&stage_id, &[b"cuda.kernel", &g.corr.to_be_bytes(), &g.start_ns.to_be_bytes()]);
                     let mut attributes = vec![
-                        attr_str("cuda.kernel.name", g.name.clone()),
+                        attr_str("cuda.kernel.name", gpu_names.arc(&g.name)),
                         (Cow::Borrowed("cuda.kernel.grid"), AttrValue::IntArray(g.grid.iter().map(|&v| v as i64).collect())),
                         (Cow::Borrowed("cuda.kernel.block"), AttrValue::IntArray(g.block.iter().map(|&v| v as i64).collect())),
                         attr_int("cuda.kernel.registers", g.registers as i64),
@@ -1241,7 +1427,7 @@ impl SpanAssembler {
                         attr_int("gpu.stream.id", g.stream as i64),
                         attr_int("gpu.device.id", g.device as i64),
                         attr_int("cuda.correlation_id", g.corr as i64),
-                        attr_str("gpuspan.stage", g.stage.clone()),
+                        attr_str("gpuspan.stage", stage.clone()),
                     ];
                     if opts.device_uuids.len() > 1 {
                         if let Some(u) = opts.device_uuids.get(g.device as usize).filter(|u| !u.is_empty()) {
@@ -1283,7 +1469,7 @@ impl SpanAssembler {
         }
 
         let steps_done = is_step as u64;
-        let (comm_ns, exposed_comm_ns) = comm_times(&unit.gpu);
+        let (comm_ns, exposed_comm_ns) = comm_times(&unit.gpu, communication);
         if let Some(st) = &step {
             req.steps += 1;
             let (index, count) = (st.index, st.count);

@@ -763,3 +763,62 @@ fn a_scope_the_table_let_go_of_is_looked_up_again() {
     let ffn = out.spans.iter().find(|s| &*s.name == "ffn").expect("the first kernel's stage span");
     assert_eq!(int(ffn, "gpuspan.kernel_count"), 1);
 }
+
+/// Kernel names and stages held by index (`GpuNames`, `StageNames`): past the name table's
+/// bound, each kernel still gets its own name; a kernel in a stage scope takes the scope's
+/// stage (an NCCL kernel `communication`), one outside any takes its name's class, whether
+/// its scope was known when it arrived or only later; every stage span counts its own.
+#[test]
+fn kernel_names_and_stages_survive_the_name_tables_bound() {
+    let mut f = Fixture::new(SpanOptions { kernel_span_budget: u64::MAX, ..Default::default() });
+    f.scope(begin(1, 0, 10, &format!("gpuspan.request {TP} model=m")));
+    f.scope(begin(2, 1, 20, "dit.step 0/1"));
+    f.scope(begin(3, 2, 30, "ffn"));
+    let n = super::assemble::GPU_NAMES_MAX as u32 + 5;
+    let mut want: HashMap<i64, (String, &str)> = HashMap::new();
+    for (corr, i) in (1u32..).zip(0..n) {
+        // Every name distinct, as many as the table holds and more; one in 1,000 an NCCL
+        // kernel; the last of every 100 launched outside the stage scope (in the step).
+        let (name, scope, stage) = match i {
+            i if i % 1000 == 999 => (format!("ncclDevKernel_AllReduce_{i}"), 3, "communication"),
+            i if i % 100 == 99 => (format!("flash_fwd_kernel_{i}"), 2, "attention"),
+            i => (format!("gemm_{i}"), 3, "ffn"),
+        };
+        let (s, e) = (1000 * corr as u64, 1000 * corr as u64 + 500);
+        // Half the kernels arrive before their scope is known.
+        if i % 2 == 0 {
+            f.rec(ext(corr, scope));
+            f.rec(launch(corr));
+            f.rec(kernel(&name, corr, s, e));
+        } else {
+            f.rec(kernel(&name, corr, s, e));
+            f.rec(ext(corr, scope));
+            f.rec(launch(corr));
+        }
+        want.insert(corr as i64, (name, stage));
+    }
+    f.scope(ScopeEvent::End { id: 3, ts_ns: 1_000_000_000, launches: None, graph_launches: 0 });
+    f.scope(ScopeEvent::End { id: 2, ts_ns: 1_000_000_001, launches: None, graph_launches: 0 });
+    f.scope(ScopeEvent::End { id: 1, ts_ns: 1_000_000_002, launches: None, graph_launches: 0 });
+    let out = f.asm.poll(&f.scopes, 0, true);
+    let text = |s: &SpanRecord, k: &str| match s.attr(k) {
+        Some(AttrValue::Str(v)) => v.to_string(),
+        other => panic!("{k} on {}: {other:?}", s.name),
+    };
+    let kernels: Vec<&SpanRecord> = out.spans.iter().filter(|s| &*s.name == "cuda.kernel").collect();
+    assert_eq!(kernels.len(), n as usize);
+    for k in &kernels {
+        let (name, stage) = &want[&int(k, "cuda.correlation_id")];
+        assert_eq!(&text(k, "cuda.kernel.name"), name);
+        assert_eq!(&text(k, "gpuspan.stage"), stage, "{name}");
+    }
+    let mut per_stage: HashMap<String, i64> = HashMap::new();
+    for s in out.spans.iter().filter(|s| !matches!(&*s.name, "gpu.request" | "dit.step" | "cuda.kernel")) {
+        per_stage.insert(s.name.to_string(), int(s, "gpuspan.kernel_count"));
+    }
+    let count = |st: &str| want.values().filter(|(_, s)| *s == st).count() as i64;
+    assert_eq!(per_stage.len(), 3, "{per_stage:?}");
+    for st in ["ffn", "attention", "communication"] {
+        assert_eq!(per_stage[st], count(st), "{st}");
+    }
+}
