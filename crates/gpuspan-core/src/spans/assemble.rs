@@ -1081,16 +1081,14 @@ impl SpanAssembler {
                     unit.note_graph_kernel(g.corr, g.graph_id);
                 }
                 // A stage scope decides (NCCL / RCCL kernels: communication, as
-                // crate::classify::scoped_stage says), unless `observe_record` found the
-                // scope already and gave the kernel its stage.
+                // crate::classify::scoped_stage says). (A kernel whose scope was known when
+                // it arrived never comes here: `observe_record` put it in its unit.)
                 if let (GpuKind::Kernel, Some(stage)) = (g.kind, cache.stage) {
-                    if g.stage != stage {
-                        g.stage = if crate::classify::is_collective_kernel(self.gpu_names.str(&g.name)) {
-                            self.stage_names.of_static(crate::classify::COMMUNICATION)
-                        } else {
-                            stage
-                        };
-                    }
+                    g.stage = if crate::classify::is_collective_kernel(self.gpu_names.str(&g.name)) {
+                        self.stage_names.of_static(crate::classify::COMMUNICATION)
+                    } else {
+                        stage
+                    };
                 }
                 if self.held_gpu >= self.opts.max_pending_gpu {
                     self.stats.gpu_dropped += 1;

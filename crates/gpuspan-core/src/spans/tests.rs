@@ -822,3 +822,32 @@ fn kernel_names_and_stages_survive_the_name_tables_bound() {
         assert_eq!(per_stage[st], count(st), "{st}");
     }
 }
+
+/// A collective kernel in a stage scope is `communication` whatever its name's class, also
+/// when it arrives before its external correlation (classified by name while it waits) and
+/// its class is the stage scope's own stage.
+#[test]
+fn a_waiting_collective_kernel_is_communication_even_when_its_class_is_its_scopes_stage() {
+    let rules = StageRules::with_overrides("[[rule]]\nclass = \"attention.spatial\"\ncontains = [\"nccl\"]\n").unwrap();
+    let mut f = Fixture { scopes: ScopeTable::new(), asm: SpanAssembler::new(SpanOptions::default()), cls: Classifier::new(rules) };
+    f.scope(begin(1, 0, 10, &format!("gpuspan.request {TP} model=m")));
+    f.scope(begin(2, 1, 20, "dit.step 0/1"));
+    f.scope(begin(3, 2, 30, "attention.spatial"));
+    // Arrives first: its scope is unknown, so it waits with its name's class.
+    f.rec(kernel("ncclDevKernel_AllGather_RING_LL", 1, 1_000, 2_000));
+    f.rec(ext(1, 3));
+    f.rec(launch(1));
+    // Arrives after: placed at once.
+    f.rec(ext(2, 3));
+    f.rec(launch(2));
+    f.rec(kernel("ncclDevKernel_AllGather_RING_LL", 2, 3_000, 4_000));
+    for id in [3, 2, 1] {
+        f.scope(ScopeEvent::End { id, ts_ns: 10_000, launches: None, graph_launches: 0 });
+    }
+    let out = f.asm.poll(&f.scopes, 0, true);
+    let stages: Vec<String> = out.spans.iter().filter(|s| &*s.name == "cuda.kernel").map(|s| match s.attr("gpuspan.stage") {
+        Some(AttrValue::Str(v)) => v.to_string(),
+        other => panic!("{other:?}"),
+    }).collect();
+    assert_eq!(stages, ["communication", "communication"]);
+}
