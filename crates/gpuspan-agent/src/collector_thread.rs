@@ -11,6 +11,7 @@ use crate::collector::{Collector, DrainLimit, ScopeObserver};
 use gpuspan_core::scope::{ScopeEvent, ScopeId};
 use gpuspan_core::spans::Finalized;
 use gpuspan_cupti::activity::FLUSH_FORCED;
+use gpuspan_export::kineto::gzip::thread_cpu_ns;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -338,12 +339,6 @@ fn run(a: &'static Agent) {
 /// The collector thread's CPU time when it stopped, ns (the exit report's; issue 14,
 /// item 1).
 static COLLECTOR_CPU_NS: AtomicU64 = AtomicU64::new(0);
-
-/// This thread's CPU time, ns (`CLOCK_THREAD_CPUTIME_ID`).
-fn thread_cpu_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
-}
 
 static CLOCK_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 

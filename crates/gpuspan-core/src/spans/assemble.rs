@@ -425,7 +425,7 @@ type StageIx = u32;
 /// kinds and the classifier's rules, a fixed set), so a lookup hashes two integers
 /// ([`crate::id_hash`]); std's SipHash of the names' bytes was 12–15 % of the collector
 /// thread's samples in fine mode. A name met first as a kernel's class is found by content,
-/// once per kernel name ([`SpanAssembler::class_stage`]). Equal names share one index.
+/// once per kernel name ([`GpuNames::class_stage`]). Equal names share one index.
 #[derive(Debug, Default)]
 struct StageNames {
     by_static: IdHashMap<(usize, usize), StageIx>,
@@ -479,12 +479,13 @@ enum GpuName {
 /// reused while it is here), a fixed name (memcpy kinds, stage scopes) by its `&'static
 /// str`'s address and length. At most [`GPU_NAMES_MAX`] names, never let go of while the
 /// assembler lives (records may hold their indices); past that, a record holds its own
-/// `Arc`.
+/// `Arc`. Each name also keeps its class stage once asked for ([`GpuNames::class_stage`]).
 #[derive(Debug, Default)]
 struct GpuNames {
     by_arc: IdHashMap<usize, u32>,
     by_static: IdHashMap<(usize, usize), u32>,
-    names: Vec<Arc<str>>,
+    /// Each name, with the stage of its class by the caller's rules once known.
+    names: Vec<(Arc<str>, Option<StageIx>)>,
 }
 
 /// Most names a [`GpuNames`] holds (the classifier's by-address cache's bound).
@@ -525,14 +526,31 @@ impl GpuNames {
         if self.names.len() >= GPU_NAMES_MAX {
             return None;
         }
-        self.names.push(name);
+        self.names.push((name, None));
         Some(self.names.len() as u32 - 1)
+    }
+
+    /// The stage of a kernel that no stage scope decides: the class of its name (`n`,
+    /// `text` its text as the decoder interned it) by `classifier`'s rules, interned in
+    /// `stages`; looked up once per name held (a name past the table's bound is classified
+    /// each time, the classifier caching its class). Assumes one classifier (the caller's
+    /// rules) for the assembler's life.
+    fn class_stage(&mut self, n: &GpuName, text: &Arc<str>, classifier: &mut Classifier, stages: &mut StageNames) -> StageIx {
+        let held = match n {
+            GpuName::Ix(ix) => self.names.get_mut(*ix as usize),
+            GpuName::Own(_) => None,
+        };
+        match held {
+            Some((_, Some(stage))) => *stage,
+            Some((_, class)) => *class.insert(stages.of_name(&classifier.class_of(text))),
+            None => stages.of_name(&classifier.class_of(text)),
+        }
     }
 
     /// The text of `n`.
     fn str<'a>(&'a self, n: &'a GpuName) -> &'a str {
         match n {
-            GpuName::Ix(ix) => self.names.get(*ix as usize).map_or("", |a| &**a),
+            GpuName::Ix(ix) => self.names.get(*ix as usize).map_or("", |(a, _)| &**a),
             GpuName::Own(a) => a,
         }
     }
@@ -540,7 +558,7 @@ impl GpuNames {
     /// `n` as a shared string.
     fn arc(&self, n: &GpuName) -> Arc<str> {
         match n {
-            GpuName::Ix(ix) => self.names.get(*ix as usize).cloned().unwrap_or_else(|| Arc::from("")),
+            GpuName::Ix(ix) => self.names.get(*ix as usize).map_or_else(|| Arc::from(""), |(a, _)| a.clone()),
             GpuName::Own(a) => a.clone(),
         }
     }
@@ -594,12 +612,6 @@ pub struct SpanAssembler {
     stage_names: StageNames,
     /// The names of the GPU records held ([`GpuNames`]).
     gpu_names: GpuNames,
-    /// The stage of each kernel name met without a stage scope, by the address of its
-    /// interned `Arc` (which the entry holds, so the address is not reused while it is
-    /// here): the classifier's class, interned in `stage_names`. Cleared when it holds
-    /// [`crate::classify::INTERNED_CACHE_MAX`] names. Assumes one classifier (the caller's
-    /// rules) for the assembler's life.
-    class_stages: IdHashMap<usize, (Arc<str>, StageIx)>,
     /// Counters.
     pub stats: AssemblerStats,
 }
@@ -713,7 +725,6 @@ impl SpanAssembler {
             problems: Vec::new(),
             stage_names: StageNames::default(),
             gpu_names: GpuNames::default(),
-            class_stages: IdHashMap::default(),
             stats: AssemblerStats::default(),
         }
     }
@@ -954,12 +965,12 @@ impl SpanAssembler {
                 // stores to drain, were 6 % of the collector thread (issue 14, item 1).
                 let known = self.find_place(k.correlation_id, scopes);
                 let scope_stage = if known { self.place_cache.as_ref().and_then(|c| c.stage) } else { None };
+                let name = self.gpu_names.of_arc(&k.name);
                 let stage = match scope_stage {
                     Some(_) if crate::classify::is_collective_kernel(&k.name) => self.stage_names.of_static(crate::classify::COMMUNICATION),
                     Some(stage) => stage,
-                    None => self.class_stage(&k.name, classifier),
+                    None => self.gpu_names.class_stage(&name, &k.name, classifier, &mut self.stage_names),
                 };
-                let name = self.gpu_names.of_arc(&k.name);
                 let gpu = move || Gpu {
                     kind: GpuKind::Kernel,
                     stage,
@@ -1040,21 +1051,6 @@ impl SpanAssembler {
             });
         }
         true
-    }
-
-    /// The stage of a kernel named `name` that no stage scope decides: its class by
-    /// `classifier`'s rules, once per interned name ([`Self::class_stages`]).
-    fn class_stage(&mut self, name: &Arc<str>, classifier: &mut Classifier) -> StageIx {
-        let addr = Arc::as_ptr(name) as *const u8 as usize;
-        if let Some((_, ix)) = self.class_stages.get(&addr) {
-            return *ix;
-        }
-        let ix = self.stage_names.of_name(&classifier.class_of(name));
-        if self.class_stages.len() >= crate::classify::INTERNED_CACHE_MAX {
-            self.class_stages.clear();
-        }
-        self.class_stages.insert(addr, (name.clone(), ix));
-        ix
     }
 
     /// Puts a record into its unit; gives it back when its external correlation is unknown.

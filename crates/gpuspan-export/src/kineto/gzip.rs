@@ -67,8 +67,9 @@ pub fn deflate_cpu_ns() -> u64 {
 
 static DEFLATE_CPU_NS: AtomicU64 = AtomicU64::new(0);
 
-/// This thread's CPU time, ns (`CLOCK_THREAD_CPUTIME_ID`).
-fn thread_cpu_ns() -> u64 {
+/// The calling thread's CPU time, ns (`CLOCK_THREAD_CPUTIME_ID`): how each deflate worker
+/// times its chunks, and how the agent's collector and exit work time themselves.
+pub fn thread_cpu_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
 }
