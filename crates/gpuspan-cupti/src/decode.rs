@@ -209,6 +209,8 @@ unsafe fn decode_records(
         return st;
     }
     let mut rec: *mut CUpti_Activity = std::ptr::null_mut();
+    let end = buf as usize + valid_bytes;
+    let mut prefetched = buf as usize;
     loop {
         // SAFETY: buffer contract from the caller; `rec` is NULL or the previous record.
         let code = unsafe { next_record.step(buf, valid_bytes, &mut rec) };
@@ -219,37 +221,80 @@ unsafe fn decode_records(
             st.invalid += 1;
             break;
         }
+        // The buffer's lines up to `PREFETCH_AHEAD` bytes past this record asked for.
+        let ahead = (rec as usize + PREFETCH_AHEAD).min(end);
+        while prefetched < ahead {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch is a hint; it reads nothing and cannot fault.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(prefetched as *const i8)
+            };
+            prefetched += 64;
+        }
         // SAFETY: CUPTI returned a record pointer inside the buffer; every record starts with
         // a u32 kind (`CUpti_Activity`). Read unaligned-tolerant.
         let kind = unsafe { std::ptr::read_unaligned(rec as *const u32) };
-        // SAFETY: for each kind, CUPTI wrote the record struct of its version at `rec`, and
-        // `decode_one` reads only fields that exist in it (`layouts`).
-        // The record is pushed first and looked at where it lies: built on the stack and
-        // matched there, it was copied into the vector with 16-byte loads over the narrower
-        // stores that had just built it, which the store buffer cannot forward (a fifth of
-        // this function's samples; issue 14, item 1).
-        out.reserve(1);
-        match unsafe { decode_one(kind, rec as *const u8, layouts, names) } {
-            Some(r) => out.push(r),
-            None => {
-                st.skipped += 1;
-                continue;
-            }
-        }
-        st.decoded += 1;
-        match out.last() {
-            Some(ActivityRecord::Kernel(k)) if k.end_ns == 0 && k.start_ns != 0 => st.incomplete_kernels += 1,
-            Some(ActivityRecord::ExternalCorrelation(e)) if e.external_kind == GPUSPAN_EXTERNAL_KIND => {
-                if let Some(f) = own.as_deref_mut() {
-                    f(e.correlation_id, e.external_id);
-                    out.pop();
+        // gpuspan's own external correlations go to `own` without being stored. Pushed and
+        // popped again, each was read back whole (96 bytes, of which it writes 32), and a
+        // read past the written bytes into a page not touched yet mapped the zero page there,
+        // so the next record's store took a second fault and a TLB shootdown of the other
+        // CPUs (issue 14, item 1).
+        if kind == crate::activity::KIND_EXTERNAL_CORRELATION {
+            if let Some(f) = own.as_deref_mut() {
+                // SAFETY: CUPTI wrote an external correlation record at `rec` (its kind).
+                if let Some((correlation_id, external_id)) = unsafe { own_correlation(rec as *const u8) } {
+                    st.decoded += 1;
+                    f(correlation_id, external_id);
+                    continue;
                 }
             }
-            _ => {}
+        }
+        // SAFETY: for each kind, CUPTI wrote the record struct of its version at `rec`, and
+        // `decode_one` reads only fields that exist in it (`layouts`).
+        // The record is written straight into the vector and looked at where it lies
+        // (`put!`): built on the stack, it was copied into the vector with 16-byte loads over
+        // the narrower stores that had just built it, which the store buffer cannot forward
+        // (half of this function's samples; issue 14, item 1).
+        out.reserve(1);
+        if !unsafe { decode_one(kind, rec as *const u8, layouts, names, out) } {
+            st.skipped += 1;
+            continue;
+        }
+        st.decoded += 1;
+        if let Some(ActivityRecord::Kernel(k)) = out.last() {
+            if k.end_ns == 0 && k.start_ns != 0 {
+                st.incomplete_kernels += 1;
+            }
         }
     }
     st
 }
+
+/// Appends the record `$r` to `$out`, whose capacity the caller reserved, its slot found
+/// before the record is built, so nothing (no call, no check) comes between the record's
+/// fields and their stores into the vector. `Vec::push` may grow the vector (a call), so the
+/// record was built on the stack first and then copied with 16-byte loads over the narrower
+/// stores that had just built it, which the store buffer cannot forward (half of the
+/// decoder's samples; issue 14, item 1). Panics when `$out` has no spare capacity (the
+/// caller's `reserve(1)` forgotten).
+macro_rules! put {
+    ($out:expr, $r:expr) => {{
+        let slot: *mut ActivityRecord = $out.spare_capacity_mut()[0].as_mut_ptr();
+        // SAFETY: `slot` is the vector's first spare slot, written once here before the
+        // length takes it in. (Used inside `decode_one`'s unsafe body, hence the allow.)
+        #[allow(unused_unsafe)]
+        unsafe {
+            slot.write($r);
+            $out.set_len($out.len() + 1);
+        }
+    }};
+}
+
+/// How far ahead of the record being decoded [`decode_records`] asks for the buffer's cache
+/// lines, bytes. The buffer was written by the worker thread on another core, and its lines
+/// are read once, in order; reading them as they came was about a quarter of the collector
+/// thread (issue 14, item 1). 2 KiB and 4 KiB measured alike.
+const PREFETCH_AHEAD: usize = 2048;
 
 /// Reads field `$f` of cudarc struct `$S` at record pointer `$p` as `$T`, by offset, without
 /// materialising the whole struct (some fields are Rust enums; a value CUPTI adds later would
@@ -260,10 +305,25 @@ macro_rules! field {
     };
 }
 
+/// `(correlation id, external id)` of the external correlation record at `p` when its kind is
+/// gpuspan's ([`GPUSPAN_EXTERNAL_KIND`]).
+///
+/// # Safety
+/// `p` points to a complete `CUpti_ActivityExternalCorrelation` record.
+#[inline(always)]
+unsafe fn own_correlation(p: *const u8) -> Option<(u32, u64)> {
+    type E = CUpti_ActivityExternalCorrelation;
+    // SAFETY: the fields exist in every CUPTI's external correlation record (12.9 offsets,
+    // checked against every wheel header by tests/header_layout.rs); unaligned-tolerant.
+    unsafe {
+        (field!(p, E, externalKind, u32) == GPUSPAN_EXTERNAL_KIND).then(|| (field!(p, E, correlationId, u32), field!(p, E, externalId, u64)))
+    }
+}
+
 /// # Safety
 /// `p` points to a complete record of kind `kind` written by the CUPTI `layouts` describe.
 #[inline(always)]
-unsafe fn decode_one(kind: u32, p: *const u8, layouts: &RecordLayouts, names: &mut NameCache) -> Option<ActivityRecord> {
+unsafe fn decode_one(kind: u32, p: *const u8, layouts: &RecordLayouts, names: &mut NameCache, out: &mut Vec<ActivityRecord>) -> bool {
     use crate::activity::*;
     // SAFETY (whole body): per the fn contract, the record struct of `kind` that this CUPTI
     // writes lies at `p`; every field read below exists in it at the 12.9 offset (checked
@@ -271,11 +331,12 @@ unsafe fn decode_one(kind: u32, p: *const u8, layouts: &RecordLayouts, names: &m
     // fields only where `layouts` says so; reads are unaligned-tolerant and use the field's
     // own C type (enums as u32).
     unsafe {
-        Some(match kind {
+        match kind {
             KIND_KERNEL | KIND_CONCURRENT_KERNEL => {
                 type K = CUpti_ActivityKernel9;
-                ActivityRecord::Kernel(KernelRecord {
-                    name: names.intern(field!(p, K, name, *const std::ffi::c_char)),
+                let name = names.intern(field!(p, K, name, *const std::ffi::c_char));
+                put!(out, ActivityRecord::Kernel(KernelRecord {
+                    name,
                     start_ns: field!(p, K, start, u64),
                     end_ns: field!(p, K, end, u64),
                     device_id: field!(p, K, deviceId, u32),
@@ -288,11 +349,11 @@ unsafe fn decode_one(kind: u32, p: *const u8, layouts: &RecordLayouts, names: &m
                     static_shared_memory_bytes: field!(p, K, staticSharedMemory, i32),
                     dynamic_shared_memory_bytes: field!(p, K, dynamicSharedMemory, i32),
                     graph_id: field!(p, K, graphId, u32),
-                })
+                }));
             }
             KIND_MEMCPY => {
                 type M = CUpti_ActivityMemcpy6;
-                ActivityRecord::Memcpy(MemcpyRecord {
+                put!(out, ActivityRecord::Memcpy(MemcpyRecord {
                     kind: MemcpyKind::from_raw(field!(p, M, copyKind, u8)),
                     bytes: field!(p, M, bytes, u64),
                     start_ns: field!(p, M, start, u64),
@@ -301,11 +362,11 @@ unsafe fn decode_one(kind: u32, p: *const u8, layouts: &RecordLayouts, names: &m
                     context_id: field!(p, M, contextId, u32),
                     stream_id: field!(p, M, streamId, u32),
                     correlation_id: field!(p, M, correlationId, u32),
-                })
+                }));
             }
             KIND_MEMSET => {
                 type M = CUpti_ActivityMemset4;
-                ActivityRecord::Memset(MemsetRecord {
+                put!(out, ActivityRecord::Memset(MemsetRecord {
                     value: field!(p, M, value, u32),
                     bytes: field!(p, M, bytes, u64),
                     start_ns: field!(p, M, start, u64),
@@ -314,11 +375,11 @@ unsafe fn decode_one(kind: u32, p: *const u8, layouts: &RecordLayouts, names: &m
                     context_id: field!(p, M, contextId, u32),
                     stream_id: field!(p, M, streamId, u32),
                     correlation_id: field!(p, M, correlationId, u32),
-                })
+                }));
             }
             KIND_DRIVER | KIND_RUNTIME => {
                 type A = CUpti_ActivityAPI;
-                ActivityRecord::Api(ApiRecord {
+                put!(out, ActivityRecord::Api(ApiRecord {
                     domain: if kind == KIND_DRIVER { ApiDomain::Driver } else { ApiDomain::Runtime },
                     cbid: field!(p, A, cbid, u32),
                     start_ns: field!(p, A, start, u64),
@@ -327,15 +388,15 @@ unsafe fn decode_one(kind: u32, p: *const u8, layouts: &RecordLayouts, names: &m
                     thread_id: field!(p, A, threadId, u32),
                     correlation_id: field!(p, A, correlationId, u32),
                     return_value: field!(p, A, returnValue, u32),
-                })
+                }));
             }
             KIND_EXTERNAL_CORRELATION => {
                 type E = CUpti_ActivityExternalCorrelation;
-                ActivityRecord::ExternalCorrelation(ExternalCorrelationRecord {
+                put!(out, ActivityRecord::ExternalCorrelation(ExternalCorrelationRecord {
                     external_kind: field!(p, E, externalKind, u32),
                     external_id: field!(p, E, externalId, u64),
                     correlation_id: field!(p, E, correlationId, u32),
-                })
+                }));
             }
             KIND_OVERHEAD => {
                 type O = CUpti_ActivityOverhead3;
@@ -346,15 +407,16 @@ unsafe fn decode_one(kind: u32, p: *const u8, layouts: &RecordLayouts, names: &m
                         libc::free(data);
                     }
                 }
-                ActivityRecord::Overhead(OverheadRecord {
+                put!(out, ActivityRecord::Overhead(OverheadRecord {
                     overhead_kind: field!(p, O, overheadKind, u32),
                     start_ns: field!(p, O, start, u64),
                     end_ns: field!(p, O, end, u64),
                     correlation_id: if layouts.overhead.has_correlation_id() { field!(p, O, correlationId, u32) } else { 0 },
-                })
+                }));
             }
-            _ => return None,
-        })
+            _ => return false,
+        }
+        true
     }
 }
 
@@ -399,5 +461,120 @@ mod tests {
         assert_eq!(at(&mut table, b""), "", "an empty one");
         assert_eq!(at(&mut table, b"k\xff1"), "k\u{fffd}1");
         assert_eq!(at(&mut table, b"k\xff1"), "k\u{fffd}1", "not UTF-8: the same on a hit");
+    }
+
+    use crate::activity::{KIND_CONCURRENT_KERNEL, KIND_DRIVER, KIND_EXTERNAL_CORRELATION, KIND_MEMSET};
+    use std::mem::{offset_of, size_of};
+
+    /// `cuptiActivityGetNextRecord` over a buffer of the kinds below, striding by each
+    /// kind's 12.9 record size (as CUPTI 12.9 does, CUPTI-NOTES §1).
+    unsafe extern "C" fn next_record(buf: *mut u8, valid: usize, rec: *mut *mut CUpti_Activity) -> u32 {
+        // SAFETY: `rec` is the caller's cursor, NULL or a record of this buffer.
+        let off = unsafe {
+            if (*rec).is_null() {
+                0
+            } else {
+                let cur = *rec as *mut u8;
+                let size = match std::ptr::read_unaligned(cur as *const u32) {
+                    KIND_CONCURRENT_KERNEL => size_of::<CUpti_ActivityKernel9>(),
+                    KIND_DRIVER => size_of::<CUpti_ActivityAPI>(),
+                    KIND_EXTERNAL_CORRELATION => size_of::<CUpti_ActivityExternalCorrelation>(),
+                    KIND_MEMSET => size_of::<CUpti_ActivityMemset4>(),
+                    _ => return CUPTI_ERROR_INVALID_KIND,
+                };
+                cur.offset_from(buf) as usize + size
+            }
+        };
+        if off + 8 > valid {
+            return CUPTI_ERROR_MAX_LIMIT_REACHED;
+        }
+        // SAFETY: within the buffer.
+        unsafe { *rec = buf.add(off) as *mut CUpti_Activity };
+        0
+    }
+
+    fn put_at<T: Copy>(buf: &mut Vec<u8>, at: usize, v: T) {
+        if buf.len() < at + size_of::<T>() {
+            buf.resize(at + size_of::<T>(), 0);
+        }
+        // SAFETY: in bounds (resized above); an unaligned write of a plain value.
+        unsafe { std::ptr::write_unaligned(buf.as_mut_ptr().add(at) as *mut T, v) };
+    }
+
+    /// gpuspan's own external correlations go to the callback, in buffer order, and are not
+    /// stored; every other record is, in order and whole (each kind written in place, issue
+    /// 14 item 1), another tool's external correlation kind among them; the stats count
+    /// every record.
+    #[test]
+    fn own_correlations_go_to_the_callback_and_every_other_record_is_kept_in_order() {
+        static NAME: &[u8] = b"flash_fwd_kernel\0";
+        let mut b = Vec::new();
+        let mut at = 0;
+        let ext = |b: &mut Vec<u8>, at: &mut usize, kind: u32, id: u64, corr: u32| {
+            type E = CUpti_ActivityExternalCorrelation;
+            put_at(b, *at, KIND_EXTERNAL_CORRELATION);
+            put_at(b, *at + offset_of!(E, externalKind), kind);
+            put_at(b, *at + offset_of!(E, externalId), id);
+            put_at(b, *at + offset_of!(E, correlationId), corr);
+            *at += size_of::<E>();
+        };
+        ext(&mut b, &mut at, GPUSPAN_EXTERNAL_KIND, 42, 7);
+        ext(&mut b, &mut at, 1, 900, 7);
+        type A = CUpti_ActivityAPI;
+        put_at(&mut b, at, KIND_DRIVER);
+        put_at(&mut b, at + offset_of!(A, cbid), 307u32);
+        put_at(&mut b, at + offset_of!(A, start), 100u64);
+        put_at(&mut b, at + offset_of!(A, end), 180u64);
+        put_at(&mut b, at + offset_of!(A, correlationId), 7u32);
+        at += size_of::<A>();
+        ext(&mut b, &mut at, GPUSPAN_EXTERNAL_KIND, 43, 8);
+        type K = CUpti_ActivityKernel9;
+        put_at(&mut b, at, KIND_CONCURRENT_KERNEL);
+        put_at(&mut b, at + offset_of!(K, start), 200u64);
+        put_at(&mut b, at + offset_of!(K, end), 290u64);
+        put_at(&mut b, at + offset_of!(K, deviceId), 1u32);
+        put_at(&mut b, at + offset_of!(K, streamId), 13u32);
+        put_at(&mut b, at + offset_of!(K, correlationId), 7u32);
+        put_at(&mut b, at + offset_of!(K, gridX), 132i32);
+        put_at(&mut b, at + offset_of!(K, blockZ), 4i32);
+        put_at(&mut b, at + offset_of!(K, registersPerThread), 96u16);
+        put_at(&mut b, at + offset_of!(K, dynamicSharedMemory), 4096i32);
+        put_at(&mut b, at + offset_of!(K, graphId), 3u32);
+        put_at(&mut b, at + offset_of!(K, name), NAME.as_ptr() as usize);
+        at += size_of::<K>();
+        type M = CUpti_ActivityMemset4;
+        put_at(&mut b, at, KIND_MEMSET);
+        put_at(&mut b, at + offset_of!(M, bytes), 1u64 << 20);
+        put_at(&mut b, at + offset_of!(M, start), 300u64);
+        put_at(&mut b, at + offset_of!(M, end), 310u64);
+        put_at(&mut b, at + offset_of!(M, correlationId), 8u32);
+        at += size_of::<M>();
+        b.resize(at + 8, 0);
+
+        let mut own = Vec::new();
+        let mut out = Vec::new();
+        let mut names = NameCache::default();
+        // SAFETY: `b` holds `at` bytes of records in the layout `next_record` walks.
+        let st = unsafe {
+            decode_buffer_own_correlations_apart(NextRecord::V1(next_record), &RecordLayouts::cupti_12_9(), b.as_mut_ptr(), at, &mut names, &mut out, &mut |c, id| own.push((c, id)))
+        };
+        assert_eq!(own, [(7, 42), (8, 43)]);
+        assert_eq!((st.decoded, st.skipped, st.invalid), (6, 0, 0));
+        let mut all = Vec::new();
+        // SAFETY: as above.
+        unsafe { decode_buffer(NextRecord::V1(next_record), &RecordLayouts::cupti_12_9(), b.as_mut_ptr(), at, &mut NameCache::default(), &mut all) };
+        assert_eq!(all.len(), 6, "decode_buffer keeps every record");
+        let kept: Vec<_> = all.iter().filter(|r| !matches!(r, ActivityRecord::ExternalCorrelation(e) if e.external_kind == GPUSPAN_EXTERNAL_KIND)).collect();
+        assert_eq!(out.iter().collect::<Vec<_>>(), kept);
+        match &out[..] {
+            [ActivityRecord::ExternalCorrelation(e), ActivityRecord::Api(a), ActivityRecord::Kernel(k), ActivityRecord::Memset(m)] => {
+                assert_eq!((e.external_kind, e.external_id, e.correlation_id), (1, 900, 7));
+                assert_eq!((a.cbid, a.start_ns, a.end_ns, a.correlation_id), (307, 100, 180, 7));
+                assert_eq!((&*k.name, k.start_ns, k.end_ns, k.device_id, k.stream_id, k.correlation_id), ("flash_fwd_kernel", 200, 290, 1, 13, 7));
+                assert_eq!((k.grid, k.block, k.registers_per_thread, k.dynamic_shared_memory_bytes, k.graph_id), ([132, 0, 0], [0, 0, 4], 96, 4096, 3));
+                assert_eq!((m.bytes, m.start_ns, m.end_ns, m.correlation_id), (1 << 20, 300, 310, 8));
+            }
+            other => panic!("unexpected records {other:?}"),
+        }
     }
 }

@@ -484,26 +484,38 @@ enum GpuName {
 struct GpuNames {
     by_arc: IdHashMap<usize, u32>,
     by_static: IdHashMap<(usize, usize), u32>,
-    /// Each name, with the stage of its class by the caller's rules once known.
-    names: Vec<(Arc<str>, Option<StageIx>)>,
+    /// Each name, with the stage of its class by the caller's rules once known, and whether
+    /// it is an NCCL / RCCL kernel's ([`crate::classify::is_collective_kernel`], asked once
+    /// per name instead of reading the name's bytes for every record).
+    names: Vec<(Arc<str>, Option<StageIx>, bool)>,
 }
 
 /// Most names a [`GpuNames`] holds (the classifier's by-address cache's bound).
 pub(crate) const GPU_NAMES_MAX: usize = crate::classify::INTERNED_CACHE_MAX;
 
 impl GpuNames {
-    /// The name of a kernel, `name` as the decoder interned it.
-    fn of_arc(&mut self, name: &Arc<str>) -> GpuName {
+    /// The name of a kernel, `name` as the decoder interned it, and whether it is a
+    /// collective kernel's.
+    fn of_arc(&mut self, name: &Arc<str>) -> (GpuName, bool) {
         let addr = Arc::as_ptr(name) as *const u8 as usize;
-        if let Some(&ix) = self.by_arc.get(&addr) {
-            return GpuName::Ix(ix);
-        }
-        match self.add(name.clone()) {
-            Some(ix) => {
-                self.by_arc.insert(addr, ix);
-                GpuName::Ix(ix)
-            }
-            None => GpuName::Own(name.clone()),
+        let ix = match self.by_arc.get(&addr) {
+            Some(&ix) => ix,
+            None => match self.add(name.clone()) {
+                Some(ix) => {
+                    self.by_arc.insert(addr, ix);
+                    ix
+                }
+                None => return (GpuName::Own(name.clone()), crate::classify::is_collective_kernel(name)),
+            },
+        };
+        (GpuName::Ix(ix), self.names.get(ix as usize).is_some_and(|n| n.2))
+    }
+
+    /// Whether `n` is an NCCL / RCCL kernel's name.
+    fn is_collective(&self, n: &GpuName) -> bool {
+        match n {
+            GpuName::Ix(ix) => self.names.get(*ix as usize).is_some_and(|n| n.2),
+            GpuName::Own(a) => crate::classify::is_collective_kernel(a),
         }
     }
 
@@ -526,7 +538,8 @@ impl GpuNames {
         if self.names.len() >= GPU_NAMES_MAX {
             return None;
         }
-        self.names.push((name, None));
+        let collective = crate::classify::is_collective_kernel(&name);
+        self.names.push((name, None, collective));
         Some(self.names.len() as u32 - 1)
     }
 
@@ -541,8 +554,8 @@ impl GpuNames {
             GpuName::Own(_) => None,
         };
         match held {
-            Some((_, Some(stage))) => *stage,
-            Some((_, class)) => *class.insert(stages.of_name(&classifier.class_of(text))),
+            Some((_, Some(stage), _)) => *stage,
+            Some((_, class, _)) => *class.insert(stages.of_name(&classifier.class_of(text))),
             None => stages.of_name(&classifier.class_of(text)),
         }
     }
@@ -550,7 +563,7 @@ impl GpuNames {
     /// The text of `n`.
     fn str<'a>(&'a self, n: &'a GpuName) -> &'a str {
         match n {
-            GpuName::Ix(ix) => self.names.get(*ix as usize).map_or("", |(a, _)| &**a),
+            GpuName::Ix(ix) => self.names.get(*ix as usize).map_or("", |(a, _, _)| &**a),
             GpuName::Own(a) => a,
         }
     }
@@ -558,7 +571,7 @@ impl GpuNames {
     /// `n` as a shared string.
     fn arc(&self, n: &GpuName) -> Arc<str> {
         match n {
-            GpuName::Ix(ix) => self.names.get(*ix as usize).map_or_else(|| Arc::from(""), |(a, _)| a.clone()),
+            GpuName::Ix(ix) => self.names.get(*ix as usize).map_or_else(|| Arc::from(""), |(a, _, _)| a.clone()),
             GpuName::Own(a) => a.clone(),
         }
     }
@@ -657,15 +670,12 @@ fn to_unix(cupti_ns: u64, offset_ns: i64) -> u64 {
 /// `(communication, exposed communication)` of a unit's kernels, ns: the union of its
 /// collective kernels' intervals (stage `communication`), and the part of it no other kernel
 /// overlaps (on any stream of the device: a step runs on one).
-/// `communication` is that stage's index.
+/// `communication` is that stage's index. Most units have none: the caller, which has
+/// already read every record, calls this only for a unit with one.
 fn comm_times(gpu: &[Gpu], communication: StageIx) -> (u64, u64) {
     use crate::interval::{length, overlap, union};
     let kernels = gpu.iter().filter(|g| g.kind == GpuKind::Kernel && g.end_ns > g.start_ns);
     let is_comm = |g: &&Gpu| g.stage == communication;
-    // Most units have no collective kernel: found without collecting every kernel twice.
-    if !kernels.clone().any(|g| is_comm(&g)) {
-        return (0, 0);
-    }
     let (comm, compute): (Vec<&Gpu>, Vec<&Gpu>) = kernels.partition(is_comm);
     let comm = union(comm.iter().map(|g| (g.start_ns, g.end_ns)).collect());
     let compute = union(compute.iter().map(|g| (g.start_ns, g.end_ns)).collect());
@@ -965,9 +975,9 @@ impl SpanAssembler {
                 // stores to drain, were 6 % of the collector thread (issue 14, item 1).
                 let known = self.find_place(k.correlation_id, scopes);
                 let scope_stage = if known { self.place_cache.as_ref().and_then(|c| c.stage) } else { None };
-                let name = self.gpu_names.of_arc(&k.name);
+                let (name, collective) = self.gpu_names.of_arc(&k.name);
                 let stage = match scope_stage {
-                    Some(_) if crate::classify::is_collective_kernel(&k.name) => self.stage_names.of_static(crate::classify::COMMUNICATION),
+                    Some(_) if collective => self.stage_names.of_static(crate::classify::COMMUNICATION),
                     Some(stage) => stage,
                     None => self.gpu_names.class_stage(&name, &k.name, classifier, &mut self.stage_names),
                 };
@@ -1080,7 +1090,7 @@ impl SpanAssembler {
                 // crate::classify::scoped_stage says). (A kernel whose scope was known when
                 // it arrived never comes here: `observe_record` put it in its unit.)
                 if let (GpuKind::Kernel, Some(stage)) = (g.kind, cache.stage) {
-                    g.stage = if crate::classify::is_collective_kernel(self.gpu_names.str(&g.name)) {
+                    g.stage = if self.gpu_names.is_collective(&g.name) {
                         self.stage_names.of_static(crate::classify::COMMUNICATION)
                     } else {
                         stage
@@ -1310,64 +1320,79 @@ impl SpanAssembler {
         let names = &self.stage_names;
         let gpu_names = &self.gpu_names;
         let Some(req) = self.requests.get_mut(&rid) else { return };
-        let unit = Unit { gpu, scope_time, ..Default::default() };
         let is_step = step.is_some();
         let emit = req.ctx.sampled;
 
-        // Per-stage aggregates, in stage-name order.
-        struct Agg<'a> {
+        // One pass over the unit's records gives the per-stage aggregates and the unit's
+        // own (issue 14, item 1): the records were written when they arrived, long enough
+        // ago to have left the cache, and six passes (with a vector of references per stage,
+        // grown record by record) read them from memory six times. Kernel spans, when they
+        // are made, read them once more per stage.
+        #[derive(Default)]
+        struct Agg {
             first: u64,
             last: u64,
             busy: u64,
             kernels: u64,
-            activities: Vec<&'a Gpu>,
+            records: u64,
+            bytes: u64,
+            /// Coarse mode: the least faithful timing of its scope records.
+            timing: Option<TimingSource>,
         }
         // A stage is found by its index ([`StageNames`]: one per name), the last one first;
         // the few stages of a unit are then put in name order. A `BTreeMap` keyed by the
         // name compared names for every record (issue 14, item 1).
         let mut stages: Vec<(Arc<str>, StageIx, Agg)> = Vec::new();
         let mut at = 0usize;
-        for g in &unit.gpu {
+        let (mut first_start, mut last_end) = (u64::MAX, 0u64);
+        // The least faithful way any part of this unit was measured (coarse mode).
+        let mut unit_timing = scope_time.map(|(_, _, t)| t);
+        let (mut busy, mut kernels, mut devices) = (0u64, 0u64, 0u64);
+        let mut any_comm = false;
+        for g in &gpu {
             if stages.get(at).is_none_or(|(_, s, _)| *s != g.stage) {
                 at = match stages.iter().position(|(_, s, _)| *s == g.stage) {
                     Some(i) => i,
                     None => {
-                        stages.push((names.name(g.stage), g.stage, Agg { first: u64::MAX, last: 0, busy: 0, kernels: 0, activities: Vec::new() }));
+                        stages.push((names.name(g.stage), g.stage, Agg { first: u64::MAX, ..Agg::default() }));
                         stages.len() - 1
                     }
                 };
             }
+            let dur = g.end_ns - g.start_ns;
+            let kernel = g.kind == GpuKind::Kernel;
             let a = &mut stages[at].2;
             a.first = a.first.min(g.start_ns);
             a.last = a.last.max(g.end_ns);
-            a.busy += g.end_ns - g.start_ns;
-            a.kernels += (g.kind == GpuKind::Kernel) as u64;
-            a.activities.push(g);
+            a.busy += dur;
+            a.kernels += kernel as u64;
+            a.records += 1;
+            a.bytes += g.bytes;
+            match g.kind {
+                GpuKind::Scope(t) => {
+                    a.timing = a.timing.max(Some(t));
+                    unit_timing = unit_timing.max(Some(t));
+                }
+                _ if g.device < 64 => devices |= 1 << g.device,
+                _ => {}
+            }
+            first_start = first_start.min(g.start_ns);
+            last_end = last_end.max(g.end_ns);
+            busy += dur;
+            kernels += kernel as u64;
+            any_comm |= kernel && dur > 0 && g.stage == communication;
         }
         stages.sort_by(|a, b| a.0.cmp(&b.0));
-        let (first, last) = match unit.scope_time {
+        let (first, last) = match scope_time {
             Some((s, e, _)) => (Some(s), Some(e)),
-            None => (unit.gpu.iter().map(|g| g.start_ns).min(), unit.gpu.iter().map(|g| g.end_ns).max()),
+            None if gpu.is_empty() => (None, None),
+            None => (Some(first_start), Some(last_end)),
         };
         let coarse = opts.coarse;
-        // The least faithful way any part of this unit was measured (coarse mode).
-        let unit_timing = unit
-            .gpu
-            .iter()
-            .filter_map(|g| match g.kind {
-                GpuKind::Scope(t) => Some(t),
-                _ => None,
-            })
-            .chain(unit.scope_time.map(|(_, _, t)| t))
-            .max();
-        let busy: u64 = unit.gpu.iter().map(|g| g.end_ns - g.start_ns).sum();
-        let kernels = unit.gpu.iter().filter(|g| g.kind == GpuKind::Kernel).count() as u64;
         req.kernel_count += kernels;
-        for g in unit.gpu.iter().filter(|g| !matches!(g.kind, GpuKind::Scope(_)) && g.device < 64) {
-            req.devices |= 1 << g.device;
-        }
+        req.devices |= devices;
         req.timing = req.timing.max(unit_timing);
-        req.activity_count += unit.gpu.len() as u64;
+        req.activity_count += gpu.len() as u64;
         req.busy_ns += busy;
         if let (Some(f), Some(l)) = (first, last) {
             req.first_ns = Some(req.first_ns.map_or(f, |x| x.min(f)));
@@ -1400,12 +1425,12 @@ impl SpanAssembler {
 
         let mut stage_busy = Vec::new();
         let mut omitted_total = 0u64;
-        for (stage, _, agg) in &stages {
+        for (stage, ix, agg) in &stages {
             stage_busy.push((stage.clone(), agg.busy));
             let stage_id = ids::span_id(&parent_id, &[b"stage", stage.as_bytes()]);
             let mut omitted = 0u64;
             if emit && opts.kernel_spans {
-                for g in agg.activities.iter().filter(|g| g.kind == GpuKind::Kernel) {
+                for g in gpu.iter().filter(|g| g.stage == *ix && g.kind == GpuKind::Kernel) {
                     if req.kernel_spans >= opts.kernel_span_budget {
                         omitted += 1;
                         continue;
@@ -1434,26 +1459,21 @@ impl SpanAssembler {
             req.omitted += omitted;
             omitted_total += omitted;
             if emit && coarse {
-                let timing = agg.activities.iter().filter_map(|g| match g.kind {
-                    GpuKind::Scope(t) => Some(t),
-                    _ => None,
-                });
                 let attributes = vec![
-                    attr_int("gpuspan.scope_count", agg.activities.len() as i64),
+                    attr_int("gpuspan.scope_count", agg.records as i64),
                     attr_int("gpuspan.gpu_busy_ns", agg.busy as i64),
                     attr_str("gpuspan.stage", stage.clone()),
-                    attr_str("gpuspan.timing", timing.max().unwrap_or(TimingSource::CpuFallback).as_str()),
+                    attr_str("gpuspan.timing", agg.timing.unwrap_or(TimingSource::CpuFallback).as_str()),
                 ];
                 out.spans.push(mk(stage_id, parent_id, stage.clone(), agg.first, agg.last, attributes));
             } else if emit {
                 let mut attributes = vec![
-                    attr_int("gpuspan.kernel_count", agg.activities.len() as i64),
+                    attr_int("gpuspan.kernel_count", agg.records as i64),
                     attr_int("gpuspan.gpu_busy_ns", agg.busy as i64),
                     attr_str("gpuspan.stage", stage.clone()),
                 ];
-                if agg.kernels as usize != agg.activities.len() {
-                    let bytes: u64 = agg.activities.iter().map(|g| g.bytes).sum();
-                    attributes.push(attr_int("gpuspan.bytes", bytes as i64));
+                if agg.kernels != agg.records {
+                    attributes.push(attr_int("gpuspan.bytes", agg.bytes as i64));
                 }
                 if omitted > 0 {
                     attributes.push(attr_int("gpuspan.kernel_spans_omitted", omitted as i64));
@@ -1463,7 +1483,7 @@ impl SpanAssembler {
         }
 
         let steps_done = is_step as u64;
-        let (comm_ns, exposed_comm_ns) = comm_times(&unit.gpu, communication);
+        let (comm_ns, exposed_comm_ns) = if any_comm { comm_times(&gpu, communication) } else { (0, 0) };
         if let Some(st) = &step {
             req.steps += 1;
             let (index, count) = (st.index, st.count);
