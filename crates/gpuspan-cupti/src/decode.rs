@@ -33,12 +33,22 @@ use std::sync::Arc;
 /// and one `memcmp` of the name; on a mismatch the pointer is looked up again by content.
 /// (One `strncmp` of the cached length and a look at the NUL after it was tried instead:
 /// `callgrind` counted as many instructions, 16.2 M for 11,348 kernels' names either way.)
+///
+/// The check is made once per address per pass ([`NameCache::next_pass`]; the decoder starts
+/// one per buffer), not for every record: the bytes are read when the buffer is decoded, all
+/// of its records within the same short walk, and an unload waits until the buffers it
+/// flushed are decoded (the agent's `unload` module), so they cannot differ between two
+/// records of one buffer. A buffer's kernels share a few dozen names, and the check of every
+/// record was 5–8 % of the collector thread (issue 14, item 1).
 #[derive(Debug, Default)]
 pub struct NameCache {
     /// By the name's address (CUPTI hands out the same pointer for a kernel's every
     /// record): one multiply over the integer (`gpuspan_core::id_hash`), not std's SipHash.
-    by_ptr: gpuspan_core::id_hash::IdHashMap<usize, Arc<str>>,
+    /// With the pass in which the bytes there last spelled the name.
+    by_ptr: gpuspan_core::id_hash::IdHashMap<usize, (Arc<str>, u64)>,
     by_name: HashMap<Box<str>, Arc<str>>,
+    /// The current pass ([`NameCache::next_pass`]).
+    pass: u64,
 }
 
 impl NameCache {
@@ -52,19 +62,31 @@ impl NameCache {
         self.by_name.is_empty()
     }
 
+    /// Starts a pass: the next hit on each address checks the bytes there again. The decoder
+    /// starts one for every buffer.
+    pub fn next_pass(&mut self) {
+        self.pass += 1;
+    }
+
     /// # Safety
     /// `p` is NULL or a NUL-terminated string valid for this call.
     unsafe fn intern(&mut self, p: *const std::ffi::c_char) -> Arc<str> {
         if p.is_null() {
             return Arc::from("<unnamed>");
         }
-        // SAFETY: caller guarantees a NUL-terminated string.
-        let bytes = unsafe { CStr::from_ptr(p) }.to_bytes();
-        if let Some(a) = self.by_ptr.get(&(p as usize)) {
-            if a.as_bytes() == bytes {
+        let pass = self.pass;
+        if let Some((a, checked)) = self.by_ptr.get_mut(&(p as usize)) {
+            if *checked == pass {
+                return a.clone();
+            }
+            // SAFETY: caller guarantees a NUL-terminated string.
+            if a.as_bytes() == unsafe { CStr::from_ptr(p) }.to_bytes() {
+                *checked = pass;
                 return a.clone();
             }
         }
+        // SAFETY: caller guarantees a NUL-terminated string.
+        let bytes = unsafe { CStr::from_ptr(p) }.to_bytes();
         let s = String::from_utf8_lossy(bytes);
         let a = match self.by_name.get(s.as_ref()) {
             Some(a) => a.clone(),
@@ -74,7 +96,7 @@ impl NameCache {
                 a
             }
         };
-        self.by_ptr.insert(p as usize, a.clone());
+        self.by_ptr.insert(p as usize, (a.clone(), pass));
         a
     }
 }
@@ -209,6 +231,7 @@ unsafe fn decode_records(
         return st;
     }
     let mut rec: *mut CUpti_Activity = std::ptr::null_mut();
+    names.next_pass();
     let end = buf as usize + valid_bytes;
     let mut prefetched = buf as usize;
     loop {
@@ -435,7 +458,10 @@ mod tests {
         assert_eq!(&*unsafe { names.intern(p) }, "flash_fwd_kernel", "pointer hit");
         table[..16].copy_from_slice(b"gemm_bf16_kernel");
         // SAFETY: as above.
-        assert_eq!(&*unsafe { names.intern(table.as_ptr() as *const std::ffi::c_char) }, "gemm_bf16_kernel");
+        assert_eq!(&*unsafe { names.intern(table.as_ptr() as *const std::ffi::c_char) }, "flash_fwd_kernel", "a hit within one pass is not checked again");
+        names.next_pass();
+        // SAFETY: as above.
+        assert_eq!(&*unsafe { names.intern(table.as_ptr() as *const std::ffi::c_char) }, "gemm_bf16_kernel", "checked again in the next pass");
         assert_eq!(names.len(), 2);
     }
 
@@ -448,6 +474,8 @@ mod tests {
         // One table at one address throughout, standing in for a reused string table.
         let mut table = [0u8; 32];
         let mut at = |table: &mut [u8; 32], name: &[u8]| {
+            // Each name as a buffer decoded after the address was reused would read it.
+            names.next_pass();
             table.fill(0xee);
             table[..name.len()].copy_from_slice(name);
             table[name.len()] = 0;
