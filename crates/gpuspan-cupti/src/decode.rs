@@ -257,11 +257,11 @@ unsafe fn decode_records(
         // SAFETY: CUPTI returned a record pointer inside the buffer; every record starts with
         // a u32 kind (`CUpti_Activity`). Read unaligned-tolerant.
         let kind = unsafe { std::ptr::read_unaligned(rec as *const u32) };
-        // gpuspan's own external correlations go to `own` without being stored. Pushed and
-        // popped again, each was read back whole (96 bytes, of which it writes 32), and a
-        // read past the written bytes into a page not touched yet mapped the zero page there,
-        // so the next record's store took a second fault and a TLB shootdown of the other
-        // CPUs (issue 14, item 1).
+        // gpuspan's own external correlations go to `own` without being stored. Written in
+        // place (`put!`) and popped again, each was read back whole (96 bytes, of which it
+        // writes 32), and a read past the written bytes into a page not touched yet mapped
+        // the zero page there, so the next record's store took a second fault and a TLB
+        // shootdown of the other CPUs (issue 14, item 1).
         if kind == crate::activity::KIND_EXTERNAL_CORRELATION {
             if let Some(f) = own.as_deref_mut() {
                 // SAFETY: CUPTI wrote an external correlation record at `rec` (its kind).
