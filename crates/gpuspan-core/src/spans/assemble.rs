@@ -708,6 +708,36 @@ fn unit_of_gpu<'u>(
     unit
 }
 
+/// The stage of a kernel launched in a stage scope of stage `scope_stage`: that stage, or
+/// `communication` for an NCCL / RCCL kernel (`collective`), as
+/// [`crate::classify::scoped_stage`] says.
+fn scoped_kernel_stage(stages: &mut StageNames, scope_stage: StageIx, collective: bool) -> StageIx {
+    if collective {
+        stages.of_static(crate::classify::COMMUNICATION)
+    } else {
+        scope_stage
+    }
+}
+
+/// Counts a GPU record of graph launch `(corr, graph_id)` (`graph_id` 0: none) as received
+/// by `unit` and holds it there, built by `make` where it is kept (built on the stack and
+/// moved in, it was copied with 16-byte loads over the narrower stores that had just built
+/// it; issue 14, item 1); past `max` records held (`held`) it is dropped, counted in
+/// `gpu_dropped`.
+#[inline(always)]
+fn hold_gpu(unit: &mut Unit, held: &mut usize, max: usize, stats: &mut AssemblerStats, (corr, graph_id): (u32, u32), make: impl FnOnce() -> Gpu) {
+    unit.received += 1;
+    if graph_id != 0 {
+        unit.note_graph_kernel(corr, graph_id);
+    }
+    if *held >= max {
+        stats.gpu_dropped += 1;
+    } else {
+        *held += 1;
+        unit.gpu.push(make());
+    }
+}
+
 fn attr_str(k: &'static str, v: impl Into<Arc<str>>) -> (Cow<'static, str>, AttrValue) {
     (Cow::Borrowed(k), AttrValue::Str(v.into()))
 }
@@ -977,8 +1007,7 @@ impl SpanAssembler {
                 let scope_stage = if known { self.place_cache.as_ref().and_then(|c| c.stage) } else { None };
                 let (name, collective) = self.gpu_names.of_arc(&k.name);
                 let stage = match scope_stage {
-                    Some(_) if collective => self.stage_names.of_static(crate::classify::COMMUNICATION),
-                    Some(stage) => stage,
+                    Some(stage) => scoped_kernel_stage(&mut self.stage_names, stage, collective),
                     None => self.gpu_names.class_stage(&name, &k.name, classifier, &mut self.stage_names),
                 };
                 let gpu = move || Gpu {
@@ -1008,16 +1037,7 @@ impl SpanAssembler {
                 // `place`'s samples; issue 14, item 1).
                 let Some(cache) = self.place_cache.as_ref() else { return };
                 let Some(unit) = unit_of_gpu(cache, &mut self.units, &self.requests, &mut self.stats, scopes) else { return };
-                unit.received += 1;
-                if k.graph_id != 0 {
-                    unit.note_graph_kernel(k.correlation_id, k.graph_id);
-                }
-                if self.held_gpu >= self.opts.max_pending_gpu {
-                    self.stats.gpu_dropped += 1;
-                } else {
-                    self.held_gpu += 1;
-                    unit.gpu.push(gpu());
-                }
+                hold_gpu(unit, &mut self.held_gpu, self.opts.max_pending_gpu, &mut self.stats, (k.correlation_id, k.graph_id), gpu);
                 return;
             }
             ActivityRecord::Memcpy(m) => Pending::Gpu(Gpu::copy(
@@ -1082,26 +1102,12 @@ impl SpanAssembler {
             Pending::Api { domain: ApiDomain::Driver, .. } => unit.expected_driver += 1,
             Pending::Api { domain: ApiDomain::Runtime, .. } => unit.expected_runtime += 1,
             Pending::Gpu(mut g) => {
-                unit.received += 1;
-                if g.graph_id != 0 {
-                    unit.note_graph_kernel(g.corr, g.graph_id);
-                }
-                // A stage scope decides (NCCL / RCCL kernels: communication, as
-                // crate::classify::scoped_stage says). (A kernel whose scope was known when
-                // it arrived never comes here: `observe_record` put it in its unit.)
+                // A stage scope decides. (A kernel whose scope was known when it arrived
+                // never comes here: `observe_record` put it in its unit.)
                 if let (GpuKind::Kernel, Some(stage)) = (g.kind, cache.stage) {
-                    g.stage = if self.gpu_names.is_collective(&g.name) {
-                        self.stage_names.of_static(crate::classify::COMMUNICATION)
-                    } else {
-                        stage
-                    };
+                    g.stage = scoped_kernel_stage(&mut self.stage_names, stage, self.gpu_names.is_collective(&g.name));
                 }
-                if self.held_gpu >= self.opts.max_pending_gpu {
-                    self.stats.gpu_dropped += 1;
-                } else {
-                    self.held_gpu += 1;
-                    unit.gpu.push(g);
-                }
+                hold_gpu(unit, &mut self.held_gpu, self.opts.max_pending_gpu, &mut self.stats, (g.corr, g.graph_id), || g);
             }
         }
         Ok(())
