@@ -303,6 +303,16 @@ fn merge_by_ts_then_index(parts: [Vec<(f64, usize)>; 3]) -> Vec<(f64, usize)> {
     }
 }
 
+/// Per run of `ext`, its scope and that scope's step ([`JoinedEvents::run_scopes`]).
+fn run_scopes_of<'a>(ext: &CorrelationRuns, scopes: &'a ScopeTable) -> Vec<(Option<&'a ScopeInfo>, Option<&'a ScopeInfo>)> {
+    (0..ext.run_count())
+        .map(|i| {
+            let scope = scopes.get(ext.run_scope(i));
+            (scope, scope.and_then(|s| s.attribution.step).and_then(|id| scopes.get(id)))
+        })
+        .collect()
+}
+
 /// `ns - base` in µs. Both below 2⁶³ (every CUPTI timestamp until the year 2262), the
 /// difference is exact in `i64` and converts as the `i128` does; `i128` to `f64` was a
 /// call into compiler-builtins and 5 % of the join (issue 14, item 3).
@@ -420,26 +430,14 @@ impl<'a> JoinedEvents<'a> {
 
     fn plan(
         records: &'a [ActivityRecord],
-        mut ext: std::borrow::Cow<'a, CorrelationRuns>,
+        ext: std::borrow::Cow<'a, CorrelationRuns>,
         scopes: &'a ScopeTable,
         classifier: &'a mut Classifier,
         opts: &JoinOptions,
         cpu_first: bool,
     ) -> JoinedEvents<'a> {
-        for r in records {
-            if let ActivityRecord::ExternalCorrelation(e) = r {
-                if e.external_kind == GPUSPAN_EXTERNAL_KIND {
-                    ext.to_mut().insert(e.correlation_id, e.external_id);
-                }
-            }
-        }
         let scope_list = scopes.iter_sorted();
-        let run_scopes = (0..ext.run_count())
-            .map(|i| {
-                let scope = scopes.get(ext.run_scope(i));
-                (scope, scope.and_then(|s| s.attribution.step).and_then(|id| scopes.get(id)))
-            })
-            .collect();
+        let run_scopes = run_scopes_of(&ext, scopes);
         let mut j = JoinedEvents {
             records,
             scope_list,
@@ -470,6 +468,12 @@ impl<'a> JoinedEvents<'a> {
         let (mut last_row, mut last_thread) = (None, None);
         // The end of the last record (kernel or API call) or scope.
         let mut last_ns: Option<u64> = scopes.scopes.values().filter_map(|s| s.end_ns).max();
+        // Whether gpuspan's own external correlations were among the records (the agent keeps
+        // them apart, so its captures have none): they are taken in this same pass, which
+        // then counts the attributed GPU records again once it has them all (a record may
+        // come before its external correlation). A pass of their own over every record
+        // first was 2.6 % of the exit thread in fine mode (issue 14, item 1).
+        let mut own_correlations = false;
         for (i, r) in records.iter().enumerate() {
             let (corr, start_ns, row) = match r {
                 ActivityRecord::Kernel(k) => {
@@ -493,10 +497,18 @@ impl<'a> JoinedEvents<'a> {
                     }
                     continue;
                 }
+                ActivityRecord::ExternalCorrelation(e) => {
+                    if e.external_kind == GPUSPAN_EXTERNAL_KIND {
+                        j.ext.to_mut().insert(e.correlation_id, e.external_id);
+                        own_correlations = true;
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             j.stats.gpu_events += 1;
-            if j.scope_of(corr).0.is_some() {
+            // Once the runs have changed, `run_scopes` no longer matches them: counted after.
+            if !own_correlations && j.scope_of(corr).0.is_some() {
                 j.stats.attributed += 1;
             }
             if last_row != Some(row) {
@@ -506,6 +518,22 @@ impl<'a> JoinedEvents<'a> {
             gpu_part.push((rel_us(start_ns, base), i));
         }
         j.last_ns = last_ns.unwrap_or(base);
+        if own_correlations {
+            j.run_scopes = run_scopes_of(&j.ext, scopes);
+            j.ext_hint = 0;
+            j.stats.attributed = 0;
+            for &(_, i) in &gpu_part {
+                let corr = match &records[i] {
+                    ActivityRecord::Kernel(k) => k.correlation_id,
+                    ActivityRecord::Memcpy(m) => m.correlation_id,
+                    ActivityRecord::Memset(m) => m.correlation_id,
+                    _ => continue,
+                };
+                if j.scope_of(corr).0.is_some() {
+                    j.stats.attributed += 1;
+                }
+            }
+        }
         for (i, s) in j.scope_list.iter().enumerate() {
             j.cpu_threads.insert(s.thread_id as i64);
             scopes_part.push((rel_us(s.begin_ns, base), records.len() + i));
@@ -1101,6 +1129,42 @@ mod tests {
             assert_eq!(*a.event(i), *b.event(i), "event {i}");
         }
         assert!((0..b.len()).any(|i| b.event(i).scope.as_deref() == Some("attention.spatial")));
+    }
+
+    /// An external-correlation record among the records overrides what the runs given apart
+    /// say of its id, even when it comes after its kernel, and the attributed count is that
+    /// of the final join (the records' own correlations are taken in the planning pass
+    /// itself, and the count made again once they are all in).
+    #[test]
+    fn an_inline_correlation_after_its_kernel_overrides_the_runs_given_apart() {
+        use crate::trace::EventSource;
+        let mut t = ScopeTable::new();
+        for e in [begin(1, 0, 1_000, "dit.step 0/1"), begin(2, 1, 2_000, "ffn"), begin(3, 1, 5_000, "attention.spatial")] {
+            t.apply(&e);
+        }
+        let mut apart = CorrelationRuns::new();
+        apart.insert(5, 2);
+        apart.insert(6, 2);
+        let records = vec![
+            kernel("a", 5, 4_000, 4_500),
+            kernel("b", 6, 4_600, 4_700),
+            kernel("c", 7, 6_000, 6_100),
+            ext(5, 3),
+            ext(7, 3),
+            kernel("no_scope", 9, 7_000, 7_100),
+        ];
+        let opts = JoinOptions { base_time_ns: 0, process_id: 42, include_api: true, trace_seed: None, env_traceparent: None };
+        let mut c = Classifier::default();
+        let mut j = JoinedEvents::with_correlations(&records, &apart, &t, &mut c, &opts, false);
+        assert_eq!(j.stats(), JoinStats { gpu_events: 4, attributed: 3, incomplete: 0 });
+        let scope_of = |j: &mut JoinedEvents<'_>, name: &str| {
+            (0..j.len()).map(|i| j.event(i).into_owned()).find(|e| e.name == name).and_then(|e| e.scope)
+        };
+        assert_eq!(scope_of(&mut j, "a").as_deref(), Some("attention.spatial"), "the inline record wins");
+        assert_eq!(scope_of(&mut j, "b").as_deref(), Some("ffn"), "the runs given apart hold");
+        assert_eq!(scope_of(&mut j, "c").as_deref(), Some("attention.spatial"));
+        assert_eq!(scope_of(&mut j, "no_scope"), None);
+        assert_eq!(apart.run_count(), 1, "the caller's runs are not changed");
     }
 
     /// The write order (parts sorted apart, then merged or concatenated) is what one stable
