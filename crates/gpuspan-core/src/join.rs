@@ -284,14 +284,14 @@ pub struct JoinOptions {
 }
 
 /// Merges lists each sorted by (`ts`, index) into one sorted the same way.
-fn merge_by_ts_then_index(parts: [Vec<(f64, usize)>; 3]) -> Vec<(f64, usize)> {
+fn merge_by_ts_then_index(parts: [Vec<(u64, usize)>; 3]) -> Vec<(u64, usize)> {
     let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
     let mut at = [0usize; 3];
     loop {
-        let mut best: Option<(usize, (f64, usize))> = None;
+        let mut best: Option<(usize, (u64, usize))> = None;
         for (p, part) in parts.iter().enumerate() {
             if let Some(&x) = part.get(at[p]) {
-                let better = best.is_none_or(|(_, b)| x.0.total_cmp(&b.0).then(x.1.cmp(&b.1)).is_lt());
+                let better = best.is_none_or(|(_, b)| x < b);
                 if better {
                     best = Some((p, x));
                 }
@@ -382,12 +382,19 @@ pub struct JoinedEvents<'a> {
     run_scopes: Vec<(Option<&'a ScopeInfo>, Option<&'a ScopeInfo>)>,
     /// The run of `ext` the last lookup found ([`CorrelationRuns::find_run`]).
     ext_hint: usize,
-    /// (`ts_us`, source) in write order; a source below `records.len()` is that record,
-    /// else scope `source - records.len()` of `scope_list`.
-    order: Vec<(f64, usize)>,
+    /// (start, CUPTI ns; source) in write order; a source below `records.len()` is that
+    /// record, else scope `source - records.len()` of `scope_list`. Kept in ns, not µs
+    /// relative to the base time, so that the base can be set after planning
+    /// ([`JoinedEvents::rebase`]): ordered by ns or by µs since a base, the order is the
+    /// same (`rel_us` is increasing, and one-to-one within 2⁵³ ns, 104 days, of the base).
+    order: Vec<(u64, usize)>,
+    /// The earliest start of any record that has one (a kernel still running included) and
+    /// of any scope ([`JoinedEvents::first_ns`]).
+    first_ns: Option<u64>,
     trace_ids: HashMap<ScopeId, Option<String>>,
-    /// End of the last record or scope, CUPTI ns (where a scope still open is drawn to).
-    last_ns: u64,
+    /// End of the last record or scope, CUPTI ns (where a scope still open is drawn to);
+    /// `None`: neither has one (the base time is used, [`JoinedEvents::open_scope_end`]).
+    last_ns: Option<u64>,
     stats: JoinStats,
     gpu_rows: BTreeSet<(i64, i64)>,
     cpu_threads: BTreeSet<i64>,
@@ -448,21 +455,26 @@ impl<'a> JoinedEvents<'a> {
             run_scopes,
             ext_hint: 0,
             order: Vec::new(),
+            first_ns: None,
             trace_ids: HashMap::default(),
-            last_ns: 0,
+            last_ns: None,
             stats: JoinStats::default(),
             gpu_rows: BTreeSet::new(),
             cpu_threads: BTreeSet::new(),
             scratch: None,
         };
-        let base = opts.base_time_ns;
         // The write order's three parts, each in arrival order and so nearly sorted by `ts`
         // already (API calls per thread, GPU activity per stream, scopes by id): sorted
         // apart, each is a few runs for the stable sort to merge, where one mixed vector
         // sorted whole costs a full sort (issue 14, item 1).
-        let mut scopes_part: Vec<(f64, usize)> = Vec::with_capacity(j.scope_list.len());
-        let mut gpu_part: Vec<(f64, usize)> = Vec::with_capacity(records.len());
-        let mut api_part: Vec<(f64, usize)> = Vec::new();
+        let mut scopes_part: Vec<(u64, usize)> = Vec::with_capacity(j.scope_list.len());
+        let mut gpu_part: Vec<(u64, usize)> = Vec::with_capacity(records.len());
+        let mut api_part: Vec<(u64, usize)> = Vec::new();
+        // The earliest start (`first_ns`), found in this pass: the agent's capture sets its
+        // base time from it, where a pass of its own over every record was 3.6 % of the
+        // exit thread (issue 14, item 1).
+        let mut first_ns: Option<u64> = None;
+        let mut saw = |ns: u64| first_ns = Some(first_ns.map_or(ns, |f: u64| f.min(ns)));
         // The last row and thread added to the sets: records come in runs of one stream or
         // thread, and a set insert per record was 10 % of this loop (issue 14, item 3).
         let (mut last_row, mut last_thread) = (None, None);
@@ -478,22 +490,32 @@ impl<'a> JoinedEvents<'a> {
             let (corr, start_ns, row) = match r {
                 ActivityRecord::Kernel(k) => {
                     last_ns = last_ns.max(Some(k.end_ns));
+                    if k.start_ns > 0 {
+                        saw(k.start_ns);
+                    }
                     if k.end_ns == 0 || k.end_ns < k.start_ns {
                         j.stats.incomplete += 1;
                         continue;
                     }
                     (k.correlation_id, k.start_ns, (k.device_id, k.stream_id))
                 }
-                ActivityRecord::Memcpy(m) => (m.correlation_id, m.start_ns, (m.device_id, m.stream_id)),
-                ActivityRecord::Memset(m) => (m.correlation_id, m.start_ns, (m.device_id, m.stream_id)),
+                ActivityRecord::Memcpy(m) => {
+                    saw(m.start_ns);
+                    (m.correlation_id, m.start_ns, (m.device_id, m.stream_id))
+                }
+                ActivityRecord::Memset(m) => {
+                    saw(m.start_ns);
+                    (m.correlation_id, m.start_ns, (m.device_id, m.stream_id))
+                }
                 ActivityRecord::Api(a) => {
                     last_ns = last_ns.max(Some(a.end_ns));
+                    saw(a.start_ns);
                     if opts.include_api {
                         if last_thread != Some(a.thread_id) {
                             j.cpu_threads.insert(a.thread_id as i64);
                             last_thread = Some(a.thread_id);
                         }
-                        api_part.push((rel_us(a.start_ns, base), i));
+                        api_part.push((a.start_ns, i));
                     }
                     continue;
                 }
@@ -515,9 +537,9 @@ impl<'a> JoinedEvents<'a> {
                 j.gpu_rows.insert((row.0 as i64, row.1 as i64));
                 last_row = Some(row);
             }
-            gpu_part.push((rel_us(start_ns, base), i));
+            gpu_part.push((start_ns, i));
         }
-        j.last_ns = last_ns.unwrap_or(base);
+        j.last_ns = last_ns;
         if own_correlations {
             j.run_scopes = run_scopes_of(&j.ext, scopes);
             j.ext_hint = 0;
@@ -536,10 +558,12 @@ impl<'a> JoinedEvents<'a> {
         }
         for (i, s) in j.scope_list.iter().enumerate() {
             j.cpu_threads.insert(s.thread_id as i64);
-            scopes_part.push((rel_us(s.begin_ns, base), records.len() + i));
+            saw(s.begin_ns);
+            scopes_part.push((s.begin_ns, records.len() + i));
         }
+        j.first_ns = first_ns;
         for part in [&mut scopes_part, &mut gpu_part, &mut api_part] {
-            part.sort_by(|a, b| a.0.total_cmp(&b.0));
+            part.sort_by_key(|a| a.0);
         }
         let order = if cpu_first {
             // Scopes, then GPU activity, then API calls, each in `ts` order.
@@ -559,6 +583,27 @@ impl<'a> JoinedEvents<'a> {
     /// The counts of this join (known before any event is built).
     pub fn stats(&self) -> JoinStats {
         self.stats
+    }
+
+    /// The earliest start, CUPTI ns, of the records that have one (every kernel with a start,
+    /// still running or not; every memcpy, memset and API call, included or not) and of the
+    /// scopes; `None` when there is none. Found while planning: the agent's capture sets its
+    /// base time from it ([`JoinedEvents::rebase`]).
+    pub fn first_ns(&self) -> Option<u64> {
+        self.first_ns
+    }
+
+    /// Sets the base time, CUPTI ns, that every event's `ts` is relative to (and the
+    /// header's `baseTimeNanoseconds`), in place of [`JoinOptions::base_time_ns`]. The
+    /// write order does not depend on it; call it before building any event.
+    pub fn rebase(&mut self, base_time_ns: u64) {
+        self.opts.base_time_ns = base_time_ns;
+    }
+
+    /// Where a scope that began at `begin_ns` and never ended is drawn to: the end of the
+    /// last record or scope, else the base time, and never before its begin.
+    fn open_scope_end(&self, begin_ns: u64) -> u64 {
+        self.last_ns.unwrap_or(self.opts.base_time_ns).max(begin_ns)
     }
 
     /// The trace's header: `baseTimeNanoseconds`, schema version 1, and a name for every
@@ -649,7 +694,8 @@ impl<'a> JoinedEvents<'a> {
     }
 
     fn shape_of(&self, i: usize) -> crate::trace::EventShape {
-        let (ts_us, src) = self.order[i];
+        let (ts_ns, src) = self.order[i];
+        let ts_us = rel_us(ts_ns, self.opts.base_time_ns);
         let (pid, tid, dur_ns, cat) = match self.records.get(src) {
             Some(ActivityRecord::Kernel(k)) => (k.device_id as i64, k.stream_id as i64, k.end_ns - k.start_ns, Category::Kernel),
             Some(ActivityRecord::Memcpy(m)) => {
@@ -667,7 +713,7 @@ impl<'a> JoinedEvents<'a> {
             Some(_) => unreachable!("only kernel, memcpy, memset and API records are planned"),
             None => {
                 let s = self.scope_list[src - self.records.len()];
-                let end = s.end_ns.unwrap_or(self.last_ns.max(s.begin_ns));
+                let end = s.end_ns.unwrap_or(self.open_scope_end(s.begin_ns));
                 (self.opts.process_id as i64, s.thread_id as i64, end.saturating_sub(s.begin_ns), Category::UserAnnotation)
             }
         };
@@ -753,7 +799,7 @@ impl<'a> JoinedEvents<'a> {
             Some(_) => unreachable!("only kernel, memcpy, memset and API records are planned"),
             None => {
                 let s = self.scope_list[src - records.len()];
-                let end = s.end_ns.unwrap_or(self.last_ns.max(s.begin_ns));
+                let end = s.end_ns.unwrap_or(self.open_scope_end(s.begin_ns));
                 *ev = TraceEvent {
                     cat: Some(Category::UserAnnotation),
                     name: spare.name(&s.name),
@@ -1131,6 +1177,45 @@ mod tests {
         assert!((0..b.len()).any(|i| b.event(i).scope.as_deref() == Some("attention.spatial")));
     }
 
+    /// The first start the plan finds is every record's and scope's earliest (a kernel still
+    /// running included), and a join rebased to a base time after planning writes the events
+    /// and header that one planned with it writes.
+    #[test]
+    fn a_join_rebased_after_planning_is_the_join_planned_with_that_base() {
+        use crate::trace::EventSource;
+        let mut t = ScopeTable::new();
+        for e in [begin(1, 0, 3_000_123, "dit.step 0/1"), begin(2, 1, 3_100_000, "ffn"), begin(3, 0, 9_000_000, "dit.step 1/2")] {
+            t.apply(&e);
+        }
+        t.apply(&ScopeEvent::End { id: 2, ts_ns: 3_900_000, launches: None, graph_launches: 0 });
+        let records = vec![
+            kernel("a", 5, 3_200_000, 3_250_000),
+            ext(5, 2),
+            kernel("still_running", 6, 2_500_007, 0),
+            kernel("b", 7, 3_300_000, 3_450_001),
+        ];
+        let opts_at = |base| JoinOptions { base_time_ns: base, process_id: 42, include_api: true, trace_seed: None, env_traceparent: None };
+        let (mut c1, mut c2) = (Classifier::default(), Classifier::default());
+        let mut late = JoinedEvents::new(&records, &t, &mut c1, &opts_at(0), false);
+        assert_eq!(late.first_ns(), Some(2_500_007), "the running kernel's start is the earliest");
+        late.rebase(2_000_000);
+        let mut planned = JoinedEvents::new(&records, &t, &mut c2, &opts_at(2_000_000), false);
+        assert_eq!(late.header(), planned.header());
+        assert_eq!(late.len(), planned.len());
+        for i in 0..late.len() {
+            assert_eq!(late.shape(i), planned.shape(i), "shape {i}");
+            assert_eq!(*late.event(i), *planned.event(i), "event {i}");
+        }
+        // Open steps are drawn to the last end of a record or scope, in µs since the new base.
+        let open = (0..late.len()).map(|i| late.event(i).into_owned()).find(|e| e.name == "dit.step 1/2").expect("the open step");
+        assert_eq!((open.ts_us, open.dur_us), (7_000.0, 0.0), "begun after every record ended");
+        let step0 = (0..late.len()).map(|i| late.event(i).into_owned()).find(|e| e.name == "dit.step 0/1").expect("step 0");
+        assert_eq!((step0.ts_us, step0.dur_us), (1_000.123, 899.877), "open step 0 ends at the last end of a record or scope (ffn's)");
+        let empty = ScopeTable::new();
+        let mut c3 = Classifier::default();
+        assert_eq!(JoinedEvents::new(&[], &empty, &mut c3, &opts_at(0), false).first_ns(), None);
+    }
+
     /// An external-correlation record among the records overrides what the runs given apart
     /// say of its id, even when it comes after its kernel, and the attributed count is that
     /// of the final join (the records' own correlations are taken in the planning pass
@@ -1214,6 +1299,8 @@ mod tests {
             for (i, s) in t.iter_sorted().iter().enumerate() {
                 want.push((rel_us(s.begin_ns, 1_000), recs.len() + i));
             }
+            // The write order is kept in ns: compared in µs since the base, as written.
+            let got: Vec<(f64, usize)> = j.order.iter().map(|&(ns, src)| (rel_us(ns, 1_000), src)).collect();
             let part = |src: usize| match recs.get(src) {
                 None => 0u8,
                 Some(ActivityRecord::Api(_)) => 2,
@@ -1224,7 +1311,7 @@ mod tests {
             } else {
                 want.sort_by(|a, b| a.0.total_cmp(&b.0));
             }
-            assert_eq!(j.order, want, "cpu_first {cpu_first}");
+            assert_eq!(got, want, "cpu_first {cpu_first}");
         }
     }
 
