@@ -268,12 +268,16 @@ const fn word_needs_escape(w: u64) -> bool {
     (control | quote | backslash) != 0
 }
 
-/// Whether any of the 32 bytes of `chunk` needs an escape (as [`word_needs_escape`]):
-/// written as a plain reduction, which LLVM compiles to vector compares (16 bytes at a time
-/// with x86-64's baseline SSE2).
+/// Whether any of the `N` bytes of `chunk` needs an escape (as [`word_needs_escape`]):
+/// written as a plain reduction into a byte, which LLVM compiles to vector compares (16
+/// bytes at a time with x86-64's baseline SSE2) and one test at the end.
 #[inline]
-fn chunk_needs_escape(chunk: &[u8; 32]) -> bool {
-    chunk.iter().fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\'))
+fn chunk_needs_escape<const N: usize>(chunk: &[u8; N]) -> bool {
+    let mut any = 0u8;
+    for &b in chunk {
+        any |= u8::from((b < 0x20) | (b == b'"') | (b == b'\\'));
+    }
+    any != 0
 }
 
 /// Whether the last bytes of `bytes` need no escape: its last 8 bytes as one word, or in a
@@ -296,9 +300,10 @@ fn tail_is_clean(bytes: &[u8]) -> bool {
 }
 
 /// `s` quoted and escaped as serde_json does, appended to `buf`. Runs of bytes that need no
-/// escape (nearly all of a kernel name) are skipped 8 bytes at a time and copied whole: a
-/// byte at a time with a table lookup was 5.5 % of a fine-mode capture's CPU, its kernel
-/// names being 100–400 bytes of C++ signature.
+/// escape (nearly all of a kernel name) are skipped 64, 16 or 8 bytes at a time and copied
+/// whole: a byte at a time with a table lookup was 5.5 % of a fine-mode capture's CPU, its
+/// kernel names being 100–400 bytes of C++ signature. (64-byte steps, then 16, scan the
+/// names of a fine-mode capture 1.3 times as fast as 32-byte steps did.)
 fn escape_into(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     buf.reserve(bytes.len() + 2);
@@ -306,9 +311,15 @@ fn escape_into(buf: &mut Vec<u8>, s: &str) {
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        if let Some(chunk) = bytes.get(i..i + 32) {
-            if !chunk_needs_escape(chunk.try_into().expect("a 32-byte slice")) {
-                i += 32;
+        if let Some(chunk) = bytes.get(i..i + 64) {
+            if !chunk_needs_escape::<64>(chunk.try_into().expect("a 64-byte slice")) {
+                i += 64;
+                continue;
+            }
+        }
+        if let Some(chunk) = bytes.get(i..i + 16) {
+            if !chunk_needs_escape::<16>(chunk.try_into().expect("a 16-byte slice")) {
+                i += 16;
                 continue;
             }
         }
@@ -384,9 +395,10 @@ mod tests {
         // Every byte that needs an escape, and its neighbours that do not (0x1f / 0x20,
         // 0x21 / 0x22 / 0x23, 0x5b / 0x5c / 0x5d, 0x7f, 0x80+ as UTF-8), at every position of
         // strings of every length up to several 8-byte words (the short ones and the tails
-        // shorter than a word are settled by one overlapping word), alone and two at a time.
+        // shorter than a word are settled by one overlapping word) and of lengths around
+        // the 16- and 64-byte steps, alone and two at a time.
         let specials = ['\u{0}', '\u{8}', '\n', '\u{1f}', ' ', '!', '"', '#', '[', '\\', ']', '\u{7f}', 'é', '😀'];
-        for len in 1usize..=40 {
+        for len in (1usize..=40).chain([63, 64, 65, 79, 80, 81, 127, 128, 129, 150]) {
             for pos in 0..len {
                 for &c in &specials {
                     for &d in &['a', '"', '\u{1}'] {
