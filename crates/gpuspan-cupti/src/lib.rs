@@ -19,6 +19,10 @@
 //!   completed buffer → owned records, once), reading only the fields that exist in the
 //!   loaded CUPTI's records ([`layouts`]: which struct each CUPTI 12.0 … 13.5 writes).
 //!
+//! [`tsc`] and [`cpu_hint`] are the two CPU instructions of the agent's hot path (the
+//! time-stamp counter, a prefetch), here because this crate is where `unsafe`
+//! lives.
+//!
 //! [`nvtx`] holds the NVTX v3 injection ABI (export table, module slots) that the agent's
 //! `InitializeInjectionNvtx2` uses.
 //!
@@ -26,6 +30,7 @@
 
 pub mod activity;
 pub mod buffers;
+pub mod cpu_hint;
 pub mod decode;
 pub mod error;
 pub mod events;
