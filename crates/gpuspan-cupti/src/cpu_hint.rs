@@ -21,27 +21,36 @@
 //! it compiles to nothing.
 
 /// Cache line size assumed (x86-64).
-const LINE_BYTES: usize = 64;
+pub const LINE_BYTES: usize = 64;
 
-/// Asks the CPU to bring every cache line of `*value` (from its address, `size_of_val`
-/// bytes, rounded out to 64-byte lines) into all levels of this core's cache, for a write
-/// soon after. Returns at once; changes nothing observable.
+/// Asks the CPU to bring every cache line of `*value` ([`line_addrs`] of its address and
+/// `size_of_val`) into all levels of this core's cache, for a write soon after. Returns at
+/// once; changes nothing observable.
 #[inline(always)]
 pub fn prefetch_lines<T: ?Sized>(value: &T) {
     #[cfg(target_arch = "x86_64")]
-    {
-        let start = value as *const T as *const u8 as usize;
-        let end = start + std::mem::size_of_val(value).max(1);
-        let mut line = start & !(LINE_BYTES - 1);
-        while line < end {
-            // SAFETY: a prefetch reads and writes nothing observable and cannot fault
-            // (module docs).
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line as *const i8) };
-            line += LINE_BYTES;
-        }
+    for line in line_addrs(value as *const T as *const u8 as usize, std::mem::size_of_val(value)) {
+        // SAFETY: a prefetch reads and writes nothing observable and cannot fault (module
+        // docs).
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line as *const i8) };
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = value;
+}
+
+/// The address of each 64-byte line that `len` bytes from `start` touch, in order; the one
+/// line of `start` when `len` is 0.
+#[inline(always)]
+pub fn line_addrs(start: usize, len: usize) -> impl Iterator<Item = usize> {
+    let end = start.saturating_add(len.max(1));
+    let mut line = start & !(LINE_BYTES - 1);
+    std::iter::from_fn(move || {
+        (line < end).then(|| {
+            let this = line;
+            line = line.saturating_add(LINE_BYTES);
+            this
+        })
+    })
 }
 
 #[cfg(test)]
@@ -49,9 +58,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_lines_of_a_value_are_every_line_it_touches() {
+        let lines = |start, len| line_addrs(start, len).collect::<Vec<_>>();
+        // A ring entry on its own two lines, and one unaligned as malloc handed the ring out
+        // (its page plus 16 bytes), which straddles three.
+        assert_eq!(lines(0x1000, 128), [0x1000, 0x1040]);
+        assert_eq!(lines(0x1010, 128), [0x1000, 0x1040, 0x1080]);
+        // One byte, a value ending on a line's last byte, one starting on a line's last byte.
+        assert_eq!(lines(0x1047, 1), [0x1040]);
+        assert_eq!(lines(0x1000, 64), [0x1000]);
+        assert_eq!(lines(0x103f, 2), [0x1000, 0x1040]);
+        // A zero-sized value: its own line, nothing past it.
+        assert_eq!(lines(0x1010, 0), [0x1000]);
+        // The top of the address space: no overflow.
+        assert_eq!(lines(usize::MAX - 10, 100), [usize::MAX & !63]);
+    }
+
+    #[test]
     fn a_prefetch_changes_nothing_it_is_given() {
-        // Lines of a value, of a value straddling two lines, of a zero-sized value, and of
-        // the last bytes of an allocation: all left as they were, nothing faults.
         #[repr(C, align(64))]
         struct Two([u64; 16]);
         let two = Two(std::array::from_fn(|i| i as u64));
@@ -59,7 +83,6 @@ mod tests {
         assert_eq!(two.0, std::array::from_fn(|i| i as u64));
         let bytes = [7u8; 100];
         prefetch_lines(&bytes[60..70]);
-        prefetch_lines(&bytes[99]);
         prefetch_lines(&());
         assert!(bytes.iter().all(|&b| b == 7));
     }
