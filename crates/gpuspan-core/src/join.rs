@@ -545,13 +545,7 @@ impl<'a> JoinedEvents<'a> {
             j.ext_hint = 0;
             j.stats.attributed = 0;
             for &(_, i) in &gpu_part {
-                let corr = match &records[i] {
-                    ActivityRecord::Kernel(k) => k.correlation_id,
-                    ActivityRecord::Memcpy(m) => m.correlation_id,
-                    ActivityRecord::Memset(m) => m.correlation_id,
-                    _ => continue,
-                };
-                if j.scope_of(corr).0.is_some() {
+                if j.scope_of(records[i].correlation_id()).0.is_some() {
                     j.stats.attributed += 1;
                 }
             }
